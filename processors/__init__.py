@@ -1,0 +1,1 @@
+"""taskstream.processors — see DESIGN.md."""

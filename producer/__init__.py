@@ -1,0 +1,1 @@
+"""taskstream.producer — see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""taskstream.schemas — see DESIGN.md."""

@@ -1,0 +1,1 @@
+"""taskstream.statestore — see DESIGN.md."""

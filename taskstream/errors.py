@@ -1,0 +1,33 @@
+"""One error tree for the whole platform.
+
+Every error a user can see derives from :class:`TaskstreamError` and says what
+went wrong and what to do. Subpackages add their own subclasses in their own
+``errors`` module, always under this root. ``retriable`` tells callers whether
+trying the same thing again may succeed (aiokafka's convention).
+"""
+
+from __future__ import annotations
+
+
+class TaskstreamError(Exception):
+    """Root of every error raised by taskstream."""
+
+    retriable: bool = False
+
+
+class ConfigError(TaskstreamError):
+    """A setting is missing or invalid. The message names the field."""
+
+
+class KafkaUnavailableError(TaskstreamError):
+    """The Kafka cluster could not be reached in time."""
+
+    retriable = True
+
+
+class LocalKafkaError(TaskstreamError):
+    """The local Kafka runner could not install, start or stop a broker."""
+
+
+class TopicError(TaskstreamError):
+    """A topic could not be created or described."""

@@ -1,0 +1,1 @@
+"""taskstream.workers — see DESIGN.md."""
