@@ -1,0 +1,41 @@
+"""The ``taskstream`` command.
+
+Subcommands are imported only when used (a lazy click group), so ``taskstream
+kafka up`` does not pay for importing Faust. Each entry names ``module:attr`` of
+a click command; the modules live beside this one.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+_COMMANDS: dict[str, str] = {
+    "kafka": "taskstream.cli.kafka_cmd:kafka",
+    "topics": "taskstream.cli.kafka_cmd:topics",
+    "config": "taskstream.cli.config_cmd:config",
+    "submit": "taskstream.cli.submit_cmd:submit",
+    "processor": "taskstream.cli.processor_cmd:processor",
+    "worker": "taskstream.cli.worker_cmd:worker",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="taskstream")
+def main() -> None:
+    """taskstream: tasks as events on Kafka, state as a fold of the log."""
