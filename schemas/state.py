@@ -62,7 +62,8 @@ class TaskState:
     tags: list[str] = field(default_factory=list)
     depends_on: list[str] = field(default_factory=list)
 
-    attempt: int = 0  # the current attempt; 1 on first dispatch
+    attempt: int = 0  # the current attempt; 1 on first dispatch; never goes backwards
+    attempt_base: int = 0  # attempts before the last redrive; budget = attempt - attempt_base
     dispatch_id: str | None = None  # the current dispatch; completions must match it
     dispatched_at_ms: int | None = None
     started_at_ms: int | None = None
