@@ -1,0 +1,41 @@
+"""Prometheus metrics of one processor replica, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ProcessorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.applied = Counter(
+            "taskstream_events_applied_total", "Events folded into task state", ["type"],
+            registry=r)
+        self.rejected = Counter(
+            "taskstream_events_rejected_total",
+            "Events that changed nothing: stale, fenced or for finished tasks", ["type"],
+            registry=r)
+        self.duplicates = Counter(
+            "taskstream_duplicate_submissions_total", "Second submissions of a known task ID",
+            ["conflict"], registry=r)
+        self.quarantined = Counter(
+            "taskstream_quarantined_total", "Records that could not be decoded", ["topic"],
+            registry=r)
+        self.dispatched = Counter(
+            "taskstream_dispatched_total", "Attempts written to ready topics", ["queue"],
+            registry=r)
+        self.retries = Counter("taskstream_retries_total", "Retries scheduled", ["queue"], registry=r)
+        self.dead_letters = Counter(
+            "taskstream_dead_letters_total", "Tasks dead-lettered", ["queue"], registry=r)
+        self.timers_fired = Counter(
+            "taskstream_timers_fired_total", "Timer events emitted", ["kind"], registry=r)
+        self.timer_lag = Histogram(
+            "taskstream_timer_lag_seconds", "How late a timer event was emitted after its due time",
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30), registry=r)
+        self.dispatch_latency = Histogram(
+            "taskstream_dispatch_latency_seconds",
+            "From the triggering event's time to the dispatch being handed to the producer",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.tasks = Gauge(
+            "taskstream_tasks", "Tasks in this replica's active partitions, by queue and state",
+            ["queue", "state"], registry=r)

@@ -1,0 +1,113 @@
+"""The processor's RocksDB tables, as Faust tables with raw byte keys.
+
+* ``tasks``: task ID -> encoded :class:`~taskstream.schemas.state.TaskState`;
+* ``due``: the timer index (:func:`keys.due_key`), one entry per task at most;
+* ``listing``: the (queue, state, task ID) index behind listings and counts.
+
+All three are written only inside the fold (Faust's rule), all on the task's own
+partition, and all restored from their changelogs. Range scans read a partition's
+rocksdict directly: Faust keeps one RocksDB per changelog partition.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+
+from taskstream.schemas.state import TaskState
+from taskstream.statestore import keys
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    return app.Table(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        default=None,
+    )
+
+
+class TaskTables:
+    def __init__(self, app: faust.App, partitions: int) -> None:
+        self.tasks = _raw_table(app, "tasks", partitions)
+        self.due = _raw_table(app, "due", partitions)
+        self.listing = _raw_table(app, "listing", partitions)
+
+    # -- writes (inside the fold only) ---------------------------------------------
+
+    def reindex(
+        self,
+        before: TaskState | None,
+        after: TaskState,
+        timer_before: keys.DueEntry | None,
+        timer_after: keys.DueEntry | None,
+    ) -> None:
+        if timer_before != timer_after:
+            if timer_before is not None:
+                self.due.pop(keys.due_key(timer_before.due_at_ms, timer_before.task_id), None)
+            if timer_after is not None:
+                self.due[keys.due_key(timer_after.due_at_ms, timer_after.task_id)] = keys.due_value(
+                    timer_after.kind, timer_after.attempt, timer_after.dispatch_id)
+        if before is None or (before.queue, before.status) != (after.queue, after.status):
+            if before is not None:
+                for key in keys.listing_keys(before.queue, before.status, before.task_id):
+                    self.listing.pop(key, None)
+            priority = str(after.priority).encode()
+            for key in keys.listing_keys(after.queue, after.status, after.task_id):
+                self.listing[key] = priority
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get_any(self, key: bytes) -> bytes | None:
+        """A task's encoded state from whichever local partition holds it."""
+        value = self.tasks.get(key)
+        return value if isinstance(value, bytes) else None
+
+    @staticmethod
+    def _db(table: Any, partition: int) -> Any:
+        return table.data._db_for_partition(partition)
+
+    def due_entries(self, partition: int, now_ms: int) -> Iterator[tuple[bytes, keys.DueEntry]]:
+        upper = keys.due_upper_bound(now_ms)
+        for key, value in self._db(self.due, partition).items():
+            if key >= upper:
+                return
+            yield key, keys.parse_due(key, value)
+
+    def scan_listing(
+        self, partition: int, queue: str | None, status: str, after_task_id: str = ""
+    ) -> Iterator[str]:
+        """Task IDs of (queue or every queue, status) in this partition, in ID order,
+        after a cursor."""
+        prefix = keys.listing_prefix(queue, status)
+        start = prefix + after_task_id.encode() + (b"\x00" if after_task_id else b"")
+        for key in self._db(self.listing, partition).keys(from_key=start):
+            if not key.startswith(prefix):
+                return
+            yield key[len(prefix):].decode()
+
+    def scan_tasks(self, partition: int, after_task_id: str = "") -> Iterator[bytes]:
+        start = after_task_id.encode() + b"\x00" if after_task_id else b""
+        for _key, value in self._db(self.tasks, partition).items(from_key=start):
+            yield value
+
+    def get_in(self, partition: int, task_id: str) -> bytes | None:
+        value = self._db(self.tasks, partition).get(task_id.encode())
+        return value if isinstance(value, bytes) else None
+
+    def counts(self, partitions: list[int]) -> Counter[tuple[str, str, int]]:
+        """Tasks by (queue, status, priority) over the given partitions, from the index."""
+        result: Counter[tuple[str, str, int]] = Counter()
+        for partition in partitions:
+            for key, value in self._db(self.listing, partition).items(from_key=b"q"):
+                if not key.startswith(b"q"):
+                    break
+                queue, status, _ = keys.parse_queue_listing(key)
+                result[(queue, status, int(value))] += 1
+        return result
