@@ -1,0 +1,156 @@
+"""Handles: what submit() returns. One per event sent.
+
+A handle learns its fate from the Kafka client's delivery callback, which runs
+in whichever thread polls the client (the caller's thread for the sync
+producer, the poll thread for the asyncio one). The state is written before any
+waiter is looked at, and a waiter is registered before the state is checked, so
+no wake-up is lost between the two threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from taskstream.producer.errors import DeliveryError, DeliveryTimeoutError, FailedDelivery
+
+if TYPE_CHECKING:
+    from taskstream.producer.core import ProducerCore
+    from taskstream.producer.results import AsyncResultClient, ResultClient
+
+PENDING, DELIVERED, FAILED = 0, 1, 2
+
+
+class _Delivery:
+    """Delivery state shared by the sync and asyncio handles."""
+
+    __slots__ = ("_core", "_failure", "_reported", "_state", "_t0", "event_type", "task_id")
+
+    def __init__(self, task_id: str, event_type: str, core: ProducerCore) -> None:
+        self.task_id = task_id
+        self.event_type = event_type
+        self._core = core
+        self._state = PENDING
+        self._failure: FailedDelivery | None = None
+        self._reported = False
+        self._t0 = 0.0  # set when this delivery's latency is sampled
+
+    @property
+    def done(self) -> bool:
+        """True once the broker acknowledged or rejected the event."""
+        return self._state != PENDING
+
+    @property
+    def failure(self) -> FailedDelivery | None:
+        return self._failure
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        # runs in the polling thread; keep it short
+        if err is None:
+            self._state = DELIVERED
+            self._core.on_acked(self._t0)
+        else:
+            self._failure = FailedDelivery(
+                self.task_id, self.event_type, err.str(), err.code(), err.retriable()
+            )
+            self._state = FAILED
+            self._core.on_failed(self)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Tell a waiter (asyncio handles only)."""
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            self._reported = True
+            raise DeliveryError([self._failure], self._core.bootstrap)
+
+    def __repr__(self) -> str:
+        state = ("pending", "delivered", "failed")[self._state]
+        return f"<{type(self).__name__} {self.task_id} {self.event_type} {state}>"
+
+
+class TaskHandle(_Delivery):
+    """The sync producer's handle: ``delivered()`` and ``result()`` block."""
+
+    __slots__ = ()
+
+    def delivered(self, timeout: float | None = None) -> None:
+        """Wait until Kafka acknowledged the event; raise DeliveryError if it refused.
+
+        ``timeout`` defaults to the delivery timeout plus a margin (the client
+        fails the event by then anyway).
+        """
+        wait = self._core.default_wait_s if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while self._state == PENDING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeliveryTimeoutError(
+                    f"event {self.event_type} of task {self.task_id} not acknowledged by "
+                    f"Kafka at {self._core.bootstrap} within {wait:g}s; it is still queued"
+                )
+            self._core.poll(min(left, 0.05))
+        self._raise_if_failed()
+
+    def result(self, timeout: float = 60.0) -> Any:
+        """Wait for the task to finish and return its result.
+
+        Raises TaskFailedError (DEAD), TaskCancelledError, ResultTimeoutError or
+        ApiUnavailableError. Confirms delivery first, so a lost submit is never
+        mistaken for a slow task.
+        """
+        started = time.monotonic()
+        self.delivered(timeout)
+        client: ResultClient = self._core.result_client()
+        return client.wait(self.task_id, max(timeout - (time.monotonic() - started), 0.001))
+
+
+class AsyncTaskHandle(_Delivery):
+    """The asyncio producer's handle: ``delivered()`` and ``result()`` are awaitable."""
+
+    __slots__ = ("_loop", "_waiter")
+
+    def __init__(
+        self, task_id: str, event_type: str, core: ProducerCore, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(task_id, event_type, core)
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            # a closed loop means nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_resolve, waiter)
+
+    async def delivered(self, timeout: float | None = None) -> None:
+        """Await Kafka's acknowledgement; raise DeliveryError if it refused."""
+        if self._state == PENDING:
+            if self._waiter is None:
+                self._waiter = self._loop.create_future()
+            if self._state == PENDING:  # re-check: the callback may have run meanwhile
+                wait = self._core.default_wait_s if timeout is None else timeout
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._waiter), wait)
+                except TimeoutError:
+                    raise DeliveryTimeoutError(
+                        f"event {self.event_type} of task {self.task_id} not acknowledged by "
+                        f"Kafka at {self._core.bootstrap} within {wait:g}s; it is still queued"
+                    ) from None
+        self._raise_if_failed()
+
+    async def result(self, timeout: float = 60.0) -> Any:
+        """Await the task's outcome (see :meth:`TaskHandle.result`)."""
+        started = self._loop.time()
+        await self.delivered(timeout)
+        client: AsyncResultClient = self._core.async_result_client()
+        return await client.wait(self.task_id, max(timeout - (self._loop.time() - started), 0.001))
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

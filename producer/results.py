@@ -1,0 +1,160 @@
+"""Waiting for a task's outcome through the HTTP API.
+
+``GET {api_url}/tasks/{id}/wait?timeout=S`` long-polls: it answers 200 with the
+task's JSON view as soon as the task is finished or after S seconds, whichever
+is first. :class:`ResultClient` repeats that call until the caller's deadline,
+so one ``result(timeout=600)`` survives server-side long-poll caps and a
+processor failover (404 right after submit and 502/503/504 are retried).
+
+The decision what a response means is :func:`interpret`, pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from taskstream.producer.errors import (
+    ApiUnavailableError,
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskFailedError,
+)
+from taskstream.schemas.state import TaskStatus
+
+#: Longest single long-poll; the loop makes up the rest of the caller's timeout.
+MAX_POLL_S = 30.0
+#: Pause before asking again after a 404 or a 5xx.
+RETRY_PAUSE_S = 0.2
+_RETRY_STATUS = frozenset({404, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    value: Any  # the decoded JSON result, or bytes for other content types
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    status: str  # a TaskStatus name, or "UNKNOWN" when the API has not seen it yet
+    pause_s: float = 0.0  # wait this long before asking again
+
+
+def decode_result(body: dict[str, Any]) -> Any:
+    """The result value of a SUCCEEDED view: JSON as is, anything else as bytes."""
+    b64 = body.get("result_b64")
+    if b64 is not None:
+        return base64.b64decode(b64)
+    return body.get("result")
+
+
+def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished | Pending:
+    """What one API response means: finished, pending, or an exception raised."""
+    if status_code in _RETRY_STATUS:
+        status = "UNKNOWN" if status_code == 404 else f"API {status_code}"
+        return Pending(status, RETRY_PAUSE_S)
+    if status_code in (401, 403):
+        raise ApiUnavailableError(
+            f"the API at {url} refused the request ({status_code}): set TASKSTREAM_API_TOKEN "
+            "to a token with the 'read' scope"
+        )
+    if status_code != 200 or not isinstance(body, dict) or "status" not in body:
+        raise ApiUnavailableError(
+            f"unexpected answer from {url}: HTTP {status_code} {str(body)[:200]!r}"
+        )
+    status = str(body["status"])
+    if status == TaskStatus.SUCCEEDED:
+        return Finished(decode_result(body))
+    if status == TaskStatus.DEAD:
+        err = body.get("last_error")
+        raise TaskFailedError(task_id, err if isinstance(err, dict) else None)
+    if status == TaskStatus.CANCELLED:
+        raise TaskCancelledError(task_id, str(body.get("cancel_reason") or ""))
+    return Pending(status)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _unreachable(url: str, exc: Exception) -> ApiUnavailableError:
+    return ApiUnavailableError(
+        f"cannot reach the taskstream API at {url}: {exc or type(exc).__name__}. Check that a "
+        "processor is running and that TASKSTREAM_API_URL names it"
+    )
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
+
+
+class ResultClient:
+    """Blocking waits on the API; one connection pool per producer."""
+
+    def __init__(self, api_url: str, token: str | None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._client = httpx.Client(headers=_headers(token))
+
+    def wait(self, task_id: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        url = f"{self.api_url}/tasks/{task_id}/wait"
+        status = "UNKNOWN"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ResultTimeoutError(task_id, timeout, status)
+            poll = min(left, MAX_POLL_S)
+            try:
+                resp = self._client.get(url, params={"timeout": f"{poll:.3f}"}, timeout=poll + 10)
+            except httpx.TransportError as exc:
+                raise _unreachable(url, exc) from exc
+            outcome = interpret(task_id, url, resp.status_code, _json(resp))
+            if isinstance(outcome, Finished):
+                return outcome.value
+            status = outcome.status
+            if outcome.pause_s:
+                time.sleep(min(outcome.pause_s, max(deadline - time.monotonic(), 0)))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncResultClient:
+    """The asyncio twin of :class:`ResultClient`."""
+
+    def __init__(self, api_url: str, token: str | None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._client = httpx.AsyncClient(headers=_headers(token))
+
+    async def wait(self, task_id: str, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        url = f"{self.api_url}/tasks/{task_id}/wait"
+        status = "UNKNOWN"
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ResultTimeoutError(task_id, timeout, status)
+            poll = min(left, MAX_POLL_S)
+            try:
+                resp = await self._client.get(
+                    url, params={"timeout": f"{poll:.3f}"}, timeout=poll + 10
+                )
+            except httpx.TransportError as exc:
+                raise _unreachable(url, exc) from exc
+            outcome = interpret(task_id, url, resp.status_code, _json(resp))
+            if isinstance(outcome, Finished):
+                return outcome.value
+            status = outcome.status
+            if outcome.pause_s:
+                await asyncio.sleep(min(outcome.pause_s, max(deadline - loop.time(), 0)))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
