@@ -1,0 +1,172 @@
+"""Topic administration: create the platform's topics (DESIGN.md, "Topics").
+
+``ensure_topics`` is idempotent: it creates what is missing and leaves what
+exists alone (it never alters an existing topic's partitions or configs), so
+the processor, the test fixtures, ``taskstream topics create`` and
+``taskstream dev`` can all call it at start-up.
+
+Partitions: ``events``, ``cancellations``, ``dlq`` and ``quarantine`` are keyed
+by task ID and get ``settings.partitions``; ready topics get
+``settings.ready_partitions``; ``queues`` holds a handful of commands per queue
+that every worker reads whole, so it has one partition (total order per queue
+for free).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from taskstream import topics
+from taskstream.errors import KafkaUnavailableError, TopicError
+from taskstream.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What one topic should look like when we create it."""
+
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def _min_insync(replication: int) -> str:
+    # a 3-node dev cluster defaults min.insync.replicas to 2; a topic with fewer
+    # replicas than that could never take an acks=all write, so set it per topic
+    return str(max(1, min(2, replication - 1)))
+
+
+def _delete(retention_ms: int, replication: int) -> dict[str, str]:
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(retention_ms),
+        "min.insync.replicas": _min_insync(replication),
+    }
+
+
+def _compact(replication: int) -> dict[str, str]:
+    return {"cleanup.policy": "compact", "min.insync.replicas": _min_insync(replication)}
+
+
+def queue_topic_specs(settings: Settings, queue: str) -> list[TopicSpec]:
+    """The ready topics of one queue, highest priority first."""
+    if not topics.QUEUE_NAME.match(queue):
+        raise TopicError(
+            f"queue name {queue!r} is not valid: use 1-64 letters, digits, '_' or '-'"
+        )
+    config = _delete(settings.ready_retention_ms, settings.replication)
+    return [
+        TopicSpec(name, settings.ready_partitions, config)
+        for name in topics.ready_topics(settings, queue)
+    ]
+
+
+def topic_specs(settings: Settings, queues: Iterable[str] | None = None) -> list[TopicSpec]:
+    """Every topic the platform needs, ready topics for ``queues`` (default: settings.queues)."""
+    rf, n = settings.replication, settings.partitions
+    specs = [
+        TopicSpec(topics.events_topic(settings), n, _delete(settings.events_retention_ms, rf)),
+        TopicSpec(topics.queues_topic(settings), 1, _compact(rf)),
+        TopicSpec(topics.cancellations_topic(settings), n, _compact(rf)),
+        TopicSpec(topics.dlq_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
+        TopicSpec(topics.quarantine_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
+    ]
+    for queue in settings.queues if queues is None else queues:
+        specs.extend(queue_topic_specs(settings, queue))
+    return specs
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0})
+
+
+def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[str, int]:
+    """Topic name -> partition count, internal topics left out."""
+    client = client or admin_client(settings)
+    try:
+        metadata = client.list_topics(timeout=settings.kafka_timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"Kafka at {settings.bootstrap} did not answer within {settings.kafka_timeout_s}s "
+            f"({exc}); start it with `taskstream kafka up` or fix TASKSTREAM_BOOTSTRAP"
+        ) from None
+    return {
+        name: len(meta.partitions)
+        for name, meta in metadata.topics.items()
+        if not name.startswith("__")
+    }
+
+
+def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]:
+    """Create the topics in ``specs`` that do not exist. Name -> True when created now."""
+    client = admin_client(settings)
+    existing = list_topics(settings, client)
+    missing = [s for s in specs if s.name not in existing]
+    result = {s.name: False for s in specs}
+    if not missing:
+        return result
+    futures = client.create_topics(
+        [
+            NewTopic(s.name, s.partitions, settings.replication, config=dict(s.config))
+            for s in missing
+        ],
+        operation_timeout=settings.kafka_timeout_s,
+        request_timeout=settings.kafka_timeout_s,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=settings.kafka_timeout_s * 2)
+            result[name] = True
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # somebody else created it meanwhile: fine
+            raise TopicError(
+                f"could not create topic {name} with {settings.replication} replica(s): {error}; "
+                "check that the cluster has that many brokers (TASKSTREAM_REPLICATION)"
+            ) from None
+        except TimeoutError:
+            raise KafkaUnavailableError(
+                f"creating topic {name} on {settings.bootstrap} timed out; is the broker healthy? "
+                "see `taskstream kafka status`"
+            ) from None
+    _wait_for_leaders(settings, client, [n for n, created in result.items() if created])
+    return result
+
+
+def _wait_for_leaders(settings: Settings, client: AdminClient, names: list[str]) -> None:
+    """Wait until every partition of the new topics has a leader, so producing works at once."""
+    deadline = time.monotonic() + settings.kafka_timeout_s
+    pending = set(names)
+    while pending:
+        metadata = client.list_topics(timeout=settings.kafka_timeout_s)
+        for name in list(pending):
+            meta = metadata.topics.get(name)
+            if meta is not None and meta.error is None and meta.partitions and all(
+                p.leader >= 0 for p in meta.partitions.values()
+            ):
+                pending.discard(name)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TopicError(
+                f"topics {sorted(pending)} were created but have no leader after "
+                f"{settings.kafka_timeout_s}s; check the broker log (`taskstream kafka status`)"
+            )
+        time.sleep(0.1)
+
+
+def ensure_topics(settings: Settings, queues: Iterable[str] | None = None) -> dict[str, bool]:
+    """Create every platform topic that is missing. Name -> True when created now."""
+    return create_topics(settings, topic_specs(settings, queues))
+
+
+def ensure_queue_topics(settings: Settings, queue: str) -> dict[str, bool]:
+    """Create the ready topics of one queue if missing. Name -> True when created now."""
+    return create_topics(settings, queue_topic_specs(settings, queue))
