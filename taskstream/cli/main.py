@@ -18,6 +18,15 @@ _COMMANDS: dict[str, str] = {
     "submit": "taskstream.cli.submit_cmd:submit",
     "processor": "taskstream.cli.processor_cmd:processor",
     "worker": "taskstream.cli.worker_cmd:worker",
+    "status": "taskstream.cli.admin_cmds:status",
+    "list": "taskstream.cli.admin_cmds:list_tasks",
+    "cancel": "taskstream.cli.admin_cmds:cancel",
+    "redrive": "taskstream.cli.admin_cmds:redrive",
+    "queues": "taskstream.cli.admin_cmds:queues",
+    "pause": "taskstream.cli.admin_cmds:pause",
+    "resume": "taskstream.cli.admin_cmds:resume",
+    "wait": "taskstream.cli.admin_cmds:wait",
+    "dlq": "taskstream.cli.admin_cmds:dlq",
 }
 
 

@@ -1,0 +1,355 @@
+"""Admin commands: read task state and steer queues through the HTTP API.
+
+``taskstream status|list|cancel|redrive|queues|pause|resume|wait`` and
+``taskstream dlq list|redrive``. The API address and token come from the
+settings (``TASKSTREAM_API_URL``, ``TASKSTREAM_API_TOKEN``) or ``--api-url``.
+Output is an aligned table for people; ``--json`` prints the API's JSON for
+scripts. Exit codes: 0 success; 1 an error (the message says which and what to
+do); ``wait``: 1 when the task ended DEAD or CANCELLED, 124 when it had not
+finished when the timeout passed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import httpx
+
+from taskstream.schemas.state import TaskStatus
+
+TERMINAL = {TaskStatus.SUCCEEDED.value, TaskStatus.DEAD.value, TaskStatus.CANCELLED.value}
+EXIT_TIMEOUT = 124
+#: one long poll at most; longer waits are several polls
+POLL_S = 30.0
+REQUEST_TIMEOUT_S = 15.0
+
+
+class ApiClient:
+    """A small blocking client of the taskstream HTTP API."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers,
+                                  timeout=REQUEST_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+             body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """The JSON of a 2xx answer; anything else is a ClickException with the API's message."""
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = self._http.request(method, path, params=clean, json=body,
+                                      timeout=timeout or REQUEST_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            raise click.ClickException(
+                f"cannot reach the taskstream API at {self.url} ({type(exc).__name__}: {exc}). "
+                "Is a processor running? Set TASKSTREAM_API_URL or --api-url to its address."
+            ) from None
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if resp.is_success:
+            return data
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            field = f" (field: {error['field']})" if error.get("field") else ""
+            raise click.ClickException(
+                f"{method} {path}: HTTP {resp.status_code} {error.get('code')}: "
+                f"{error.get('message')}{field}")
+        raise click.ClickException(f"{method} {path}: HTTP {resp.status_code} "
+                                   f"{resp.text[:200]!r} from {self.url}")
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def fmt_time(value: Any) -> str:
+    """An ISO or epoch-ms time as 'YYYY-mm-dd HH:MM:SS' UTC; '-' for none."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    text = str(value)
+    return text.replace("T", " ")[:19]
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
+                                           for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def _time_field(view: dict[str, Any], name: str) -> Any:
+    return view.get(name, view.get(f"{name}_ms"))
+
+
+def _error_text(view: dict[str, Any], width: int = 60) -> str:
+    err = view.get("last_error")
+    if not isinstance(err, dict):
+        return "-"
+    text = f"{err.get('error_type', '')}: {err.get('message', '')}".strip(": ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def task_rows(items: Sequence[dict[str, Any]]) -> str:
+    return render_table(
+        ["TASK ID", "NAME", "QUEUE", "PRI", "STATE", "ATTEMPT", "SUBMITTED", "UPDATED"],
+        [[i.get("task_id"), i.get("name"), i.get("queue"), i.get("priority"), i.get("status"),
+          i.get("attempt"), fmt_time(_time_field(i, "submitted_at")),
+          fmt_time(_time_field(i, "updated_at"))] for i in items])
+
+
+def dlq_rows(items: Sequence[dict[str, Any]]) -> str:
+    return render_table(
+        ["TASK ID", "NAME", "QUEUE", "ATTEMPT", "FINISHED", "LAST ERROR"],
+        [[i.get("task_id"), i.get("name"), i.get("queue"), i.get("attempt"),
+          fmt_time(_time_field(i, "finished_at")), _error_text(i)] for i in items])
+
+
+def task_detail(view: dict[str, Any]) -> str:
+    skip = {"payload", "payload_b64", "result_b64", "last_error", "recent_event_ids"}
+    rows = []
+    for key, value in view.items():
+        if key in skip or value is None or value == [] or value == {}:
+            continue
+        shown = fmt_time(value) if key.endswith(("_at", "_at_ms")) else value
+        if isinstance(shown, dict | list):
+            shown = json.dumps(shown)
+        rows.append([key, shown])
+    if isinstance(view.get("last_error"), dict):
+        rows.append(["last_error", _error_text(view, 200)])
+    return render_table(["FIELD", "VALUE"], rows)
+
+
+def queue_rows(queues: Sequence[dict[str, Any]]) -> str:
+    states = [s.value for s in TaskStatus]
+    present = [s for s in states if any(q.get("counts", {}).get(s) for q in queues)]
+    rows = []
+    for q in queues:
+        rate = q.get("succeeded_per_s")
+        rows.append([q["name"], "paused" if q.get("paused") else "running", q.get("total", 0),
+                     *[q.get("counts", {}).get(s, 0) for s in present],
+                     "-" if rate is None else f"{rate:g}/s"])
+    return render_table(["QUEUE", "STATUS", "TOTAL", *present, "SUCCEEDED/S (1 MIN)"], rows)
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else human(data))
+
+
+# -- shared plumbing --------------------------------------------------------------------
+
+
+def client_from(api_url: str | None) -> ApiClient:
+    from taskstream.cli.common import load_settings_or_exit
+
+    settings = load_settings_or_exit()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return ApiClient(api_url or settings.api_url, token)
+
+
+def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--api-url", default=None,
+                      help="API address (default: the api_url setting)")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")(fn)
+
+
+def wait_for(client: ApiClient, task_id: str, timeout: float,
+             on_change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Long-poll until the task is terminal or ``timeout`` passes; the last view seen."""
+    deadline = time.monotonic() + timeout
+    last_status = None
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        poll = min(left, POLL_S if on_change is None else 2.0)
+        view: dict[str, Any] = client.call("GET", f"/tasks/{task_id}/wait",
+                                           params={"timeout": f"{poll:.3f}"},
+                                           timeout=poll + REQUEST_TIMEOUT_S)
+        if on_change is not None and view.get("status") != last_status:
+            on_change(view)
+        last_status = view.get("status")
+        if last_status in TERMINAL or time.monotonic() >= deadline:
+            return view
+
+
+def iter_dlq(client: ApiClient, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    cursor = None
+    while True:
+        page = client.call("GET", "/dlq", params={"limit": page_size, "cursor": cursor})
+        yield from page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
+
+
+# -- the commands -------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--watch", is_flag=True, help="follow the task until it finishes")
+@click.option("--timeout", type=click.FloatRange(0), default=3600.0, show_default=True,
+              help="with --watch: stop following after this many seconds")
+@api_options
+def status(task_id: str, watch: bool, timeout: float, as_json: bool, api_url: str | None
+           ) -> None:
+    """Show a task: state, attempts, times, last error and result."""
+    client = client_from(api_url)
+    if not watch:
+        emit(client.call("GET", f"/tasks/{task_id}"), as_json, task_detail)
+        return
+
+    def show(view: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(view))
+        else:
+            click.echo(f"{fmt_time(time.time() * 1000)}  {view.get('status')}  "
+                       f"attempt {view.get('attempt')}  {_error_text(view)}")
+
+    wait_for(client, task_id, timeout, on_change=show)
+
+
+@click.command("list")
+@click.option("--queue", help="only this queue")
+@click.option("--state", help="only this state (READY, RUNNING, DEAD, ...)")
+@click.option("--name", help="only tasks of this name")
+@click.option("--since", help="submitted at or after (ISO-8601 or epoch ms)")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", help="next_cursor of a previous page")
+@api_options
+def list_tasks(queue: str | None, state: str | None, name: str | None, since: str | None,
+               limit: int, cursor: str | None, as_json: bool, api_url: str | None) -> None:
+    """List tasks in task-ID order, one page at a time."""
+    page = client_from(api_url).call("GET", "/tasks", params={
+        "queue": queue, "state": state, "name": name, "since": since, "limit": limit,
+        "cursor": cursor})
+
+    def human(data: dict[str, Any]) -> str:
+        text = task_rows(data["items"])
+        if data.get("next_cursor"):
+            text += f"\n(more: --cursor {data['next_cursor']})"
+        return text
+
+    emit(page, as_json, human)
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--reason", default="", help="recorded with the cancellation")
+@api_options
+def cancel(task_id: str, reason: str, as_json: bool, api_url: str | None) -> None:
+    """Cancel a task (workers running it are told to stop)."""
+    data = client_from(api_url).call("POST", f"/tasks/{task_id}/cancel",
+                                     body={"reason": reason})
+    emit(data, as_json, lambda d: f"cancel requested for {d['task_id']}")
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--reason", default="", help="recorded with the redrive")
+@click.option("--max-attempts", type=click.IntRange(1, 1000), help="a fresh attempt budget")
+@api_options
+def redrive(task_id: str, reason: str, max_attempts: int | None, as_json: bool,
+            api_url: str | None) -> None:
+    """Run a DEAD or CANCELLED task again."""
+    data = client_from(api_url).call("POST", f"/tasks/{task_id}/redrive",
+                                     body={"reason": reason, "max_attempts": max_attempts})
+    emit(data, as_json, lambda d: f"redrive requested for {d['task_id']}")
+
+
+@click.command()
+@api_options
+def queues(as_json: bool, api_url: str | None) -> None:
+    """Every queue: tasks by state, processing rate, paused or not."""
+    data = client_from(api_url).call("GET", "/queues")
+    emit(data, as_json, lambda d: queue_rows(d["queues"]))
+
+
+@click.command()
+@click.argument("queue")
+@api_options
+def pause(queue: str, as_json: bool, api_url: str | None) -> None:
+    """Pause a queue: workers stop taking its tasks until it is resumed."""
+    data = client_from(api_url).call("POST", f"/queues/{queue}/pause")
+    emit(data, as_json, lambda d: f"queue {d['queue']} paused")
+
+
+@click.command()
+@click.argument("queue")
+@api_options
+def resume(queue: str, as_json: bool, api_url: str | None) -> None:
+    """Resume a paused queue."""
+    data = client_from(api_url).call("POST", f"/queues/{queue}/resume")
+    emit(data, as_json, lambda d: f"queue {d['queue']} resumed")
+
+
+@click.command()
+@click.argument("task_id")
+@click.option("--timeout", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="seconds to wait at most")
+@api_options
+def wait(task_id: str, timeout: float, as_json: bool, api_url: str | None) -> None:
+    """Wait until a task finishes; exit 0 if it SUCCEEDED, 1 if DEAD/CANCELLED, 124 on timeout."""
+    view = wait_for(client_from(api_url), task_id, timeout)
+    emit(view, as_json, task_detail)
+    state = view.get("status")
+    if state == TaskStatus.SUCCEEDED.value:
+        return
+    raise SystemExit(1 if state in TERMINAL else EXIT_TIMEOUT)
+
+
+@click.group()
+def dlq() -> None:
+    """Dead tasks: list them, run them again."""
+
+
+@dlq.command("list")
+@click.option("--queue", help="only this queue")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", help="next_cursor of a previous page")
+@api_options
+def dlq_list(queue: str | None, limit: int, cursor: str | None, as_json: bool,
+             api_url: str | None) -> None:
+    """Dead tasks with their last error."""
+    page = client_from(api_url).call("GET", "/dlq", params={
+        "queue": queue, "limit": limit, "cursor": cursor})
+
+    def human(data: dict[str, Any]) -> str:
+        text = dlq_rows(data["items"])
+        if data.get("next_cursor"):
+            text += f"\n(more: --cursor {data['next_cursor']})"
+        return text
+
+    emit(page, as_json, human)
+
+
+@dlq.command("redrive")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "redrive_all", is_flag=True, help="every dead task")
+@click.option("--reason", default="", help="recorded with each redrive")
+@click.option("--max-attempts", type=click.IntRange(1, 1000), help="a fresh attempt budget")
+@api_options
+def dlq_redrive(task_ids: tuple[str, ...], redrive_all: bool, reason: str,
+                max_attempts: int | None, as_json: bool, api_url: str | None) -> None:
+    """Run dead tasks again: the IDs given, or --all."""
+    if redrive_all == bool(task_ids):
+        raise click.UsageError("give task IDs or --all (not both)")
+    client = client_from(api_url)
+    ids = [item["task_id"] for item in iter_dlq(client)] if redrive_all else list(task_ids)
+    for task_id in ids:
+        client.call("POST", f"/tasks/{task_id}/redrive",
+                    body={"reason": reason, "max_attempts": max_attempts})
+    emit({"redriven": ids}, as_json, lambda d: f"redrive requested for {len(d['redriven'])} "
+                                               "task(s)")
