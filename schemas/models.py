@@ -1,0 +1,261 @@
+"""Public pydantic models: what a caller submits (:class:`TaskSpec`) and what the
+HTTP API shows (:class:`TaskView`).
+
+Limits (payload size, name pattern, priority range) are a :class:`SpecLimits`
+value, never a global. Two equivalent ways to apply non-default limits:
+
+* ``TaskSpec.build(limits, name=..., payload=...)``, which raises
+  :class:`InvalidSpecError` (a TaskstreamError and a ValueError) whose message
+  lists every bad field; this is what the producer SDK and the API use;
+* ``TaskSpec.model_validate(data, context={"limits": limits})``, which raises
+  pydantic's ValidationError (its entries carry the field name as ``loc``).
+
+Plain ``TaskSpec(...)`` validates against ``SpecLimits()`` (the defaults).
+Durations on the model are float seconds (what people write); on the wire they
+are integer milliseconds (:meth:`TaskSpec.to_submitted`).
+
+Payloads: ``bytes`` travel as they are, with ``content_type`` (default
+``application/octet-stream``); any other value must be JSON-able and is encoded
+as compact UTF-8 JSON with sorted keys (so equal values give equal bytes, which
+the duplicate/conflict check compares), content type ``application/json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from taskstream.schemas.events import Backoff, TaskSubmitted
+from taskstream.schemas.view import TaskView
+
+from taskstream.errors import TaskstreamError
+
+if TYPE_CHECKING:
+    from taskstream.settings import Settings
+
+__all__ = [
+    "BackoffSpec",
+    "InvalidSpecError",
+    "SpecLimits",
+    "TaskSpec",
+    "TaskView",
+    "encode_json",
+]
+
+JSON_CONTENT_TYPE = "application/json"
+BYTES_CONTENT_TYPE = "application/octet-stream"
+DEFAULT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+
+
+class InvalidSpecError(TaskstreamError, ValueError):
+    """A task specification broke a rule; the message names each bad field."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpecLimits:
+    """The configurable rules a TaskSpec is validated against."""
+
+    max_payload_bytes: int = 1024 * 1024
+    name_pattern: str = DEFAULT_NAME_PATTERN
+    priority_min: int = 0
+    priority_max: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpecLimits:
+        return cls(
+            max_payload_bytes=settings.max_payload_bytes,
+            priority_max=settings.priority_levels - 1,
+        )
+
+
+_DEFAULT_LIMITS = SpecLimits()
+
+
+def _limits(info: ValidationInfo) -> SpecLimits:
+    context = info.context
+    if isinstance(context, dict):
+        limits = context.get("limits")
+        if isinstance(limits, SpecLimits):
+            return limits
+    return _DEFAULT_LIMITS
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact, key-sorted UTF-8 JSON; ValueError/TypeError if not JSON-able."""
+    return json.dumps(
+        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+class BackoffSpec(BaseModel):
+    """Retry delay for attempt n: min(initial * multiplier**(n-1), max), +/- jitter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial: float = Field(default=1.0, ge=0, description="seconds before the first retry")
+    multiplier: float = Field(default=2.0, ge=1, le=100)
+    max: float = Field(default=300.0, ge=0, description="cap on the delay, seconds")
+    jitter: float = Field(default=0.1, ge=0, le=1, description="fraction of the delay")
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> Self:
+        if self.max < self.initial:
+            raise ValueError(
+                f"backoff.max ({self.max}) must be >= backoff.initial ({self.initial})"
+            )
+        return self
+
+    def to_backoff(self) -> Backoff:
+        return Backoff(_ms(self.initial), self.multiplier, _ms(self.max), self.jitter)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class TaskSpec(BaseModel):
+    """One task to submit. See the module docstring for limits and payloads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=False)
+
+    name: str
+    payload: Any = None
+    content_type: str | None = Field(default=None, min_length=1, max_length=255)
+    queue: str = Field(default="default", pattern=QUEUE_PATTERN)
+    priority: int = 0
+    delay: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="seconds")
+    eta: datetime | None = None
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    backoff: BackoffSpec = BackoffSpec()  # frozen, so sharing the default is safe
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="seconds")
+    lease: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="seconds")
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
+    headers: dict[str, str] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+
+    _payload_bytes: bytes = PrivateAttr(default=b"")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str, info: ValidationInfo) -> str:
+        pattern = _limits(info).name_pattern
+        if re.fullmatch(pattern, value) is None:
+            raise ValueError(f"name {value!r} does not match {pattern}")
+        return value
+
+    @field_validator("priority")
+    @classmethod
+    def _check_priority(cls, value: int, info: ValidationInfo) -> int:
+        limits = _limits(info)
+        if not limits.priority_min <= value <= limits.priority_max:
+            raise ValueError(
+                f"priority {value} is outside {limits.priority_min}..{limits.priority_max} "
+                "(higher runs first)"
+            )
+        return value
+
+    @field_validator("eta")
+    @classmethod
+    def _check_eta(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("eta must be timezone-aware (for example datetime.now(UTC))")
+        return value
+
+    @field_validator("depends_on")
+    @classmethod
+    def _check_depends_on(cls, value: list[str]) -> list[str]:
+        for task_id in value:
+            if re.fullmatch(TASK_ID_PATTERN, task_id) is None:
+                raise ValueError(f"depends_on entry {task_id!r} is not a 26-character task ID")
+        return value
+
+    @model_validator(mode="after")
+    def _check_whole(self, info: ValidationInfo) -> Self:
+        if self.delay is not None and self.eta is not None:
+            raise ValueError("give delay or eta, not both")
+        self._payload_bytes = self._encode_payload(_limits(info).max_payload_bytes)
+        return self
+
+    def _encode_payload(self, max_bytes: int) -> bytes:
+        payload = self.payload
+        if isinstance(payload, bytes | bytearray | memoryview):
+            data = bytes(payload)
+        else:
+            if self.content_type not in (None, JSON_CONTENT_TYPE):
+                raise ValueError(
+                    f"payload: content_type {self.content_type!r} needs a bytes payload; "
+                    "JSON values are always application/json"
+                )
+            try:
+                data = encode_json(payload)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"payload is neither bytes nor JSON-able: {exc}") from exc
+        if len(data) > max_bytes:
+            raise ValueError(f"payload is {len(data)} bytes encoded; the limit is {max_bytes}")
+        return data
+
+    @classmethod
+    def build(cls, limits: SpecLimits | None = None, **fields: Any) -> TaskSpec:
+        """Validate ``fields`` against ``limits``; InvalidSpecError names every bad field."""
+        try:
+            return cls.model_validate(fields, context={"limits": limits or _DEFAULT_LIMITS})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidSpecError(f"invalid task spec: {problems}") from exc
+
+    @property
+    def payload_bytes(self) -> bytes:
+        """The payload as it travels."""
+        return self._payload_bytes
+
+    @property
+    def resolved_content_type(self) -> str:
+        if isinstance(self.payload, bytes | bytearray | memoryview):
+            return self.content_type or BYTES_CONTENT_TYPE
+        return JSON_CONTENT_TYPE
+
+    def eta_ms(self, now_ms: int) -> int | None:
+        """Absolute due time in ms, or None to run now (a zero delay is "now")."""
+        if self.eta is not None:
+            return math.floor(self.eta.timestamp() * 1000)
+        if self.delay:
+            return now_ms + _ms(self.delay)
+        return None
+
+    def to_submitted(self, now_ms: int) -> TaskSubmitted:
+        """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta)."""
+        return TaskSubmitted(
+            name=self.name,
+            queue=self.queue,
+            priority=self.priority,
+            payload=self._payload_bytes,
+            content_type=self.resolved_content_type,
+            eta_ms=self.eta_ms(now_ms),
+            max_attempts=self.max_attempts,
+            backoff=self.backoff.to_backoff(),
+            timeout_ms=None if self.timeout is None else _ms(self.timeout),
+            lease_ms=_ms(self.lease),
+            idempotency_key=self.idempotency_key,
+            headers=dict(self.headers),
+            tags=list(self.tags),
+            depends_on=list(self.depends_on),
+        )
