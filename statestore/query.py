@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.view import TaskView
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -84,6 +85,20 @@ class ListQuery:
         if self.cursor:
             params["cursor"] = self.cursor
         return params
+
+
+#: TaskView fields left out of listings (they can be megabytes; GET /tasks/{id} has them)
+LIST_OMITTED = frozenset({"payload", "payload_b64", "result", "result_b64"})
+
+
+def task_view(state: TaskState) -> dict[str, Any]:
+    """The public JSON of a task: the schemas package's TaskView."""
+    return TaskView.from_state(state).model_dump(mode="json")
+
+
+def list_item(state: TaskState) -> dict[str, Any]:
+    """A task's JSON in a listing: the TaskView without payload and result."""
+    return {k: v for k, v in task_view(state).items() if k not in LIST_OMITTED}
 
 
 def parse_since(raw: str) -> int:
