@@ -1,0 +1,187 @@
+"""The task lifecycle: a pure fold of events into task state.
+
+``apply(state, event) -> (state, effects)`` is the heart of the platform. It
+does no I/O, reads no clock but the event's own ``occurred_at_ms`` and draws no
+random numbers (ids and jitter are hashes), so replaying the events topic from
+offset 0 rebuilds the live tables byte for byte (DESIGN.md; docs/lifecycle.md).
+
+How one event is applied, in order:
+
+0. **Idempotency.** An event id already in ``state.recent_event_ids`` changes
+   nothing. If it is the *last* applied id, ``apply`` returns the outbound
+   effects the current state implies ("redo": READY -> the current dispatch,
+   DEAD -> the dlq copy, CANCELLED -> the cancellation), otherwise none. Why:
+   the processor writes table state to RocksDB before its producer is flushed
+   (the flush happens before the offset commit). After a crash in between, the
+   events from the last commit are read again while the store may already hold
+   their results; the last of them for each task is the last applied id, and
+   re-emitting what its state implies recovers any record that never left.
+   Downstream all three are idempotent: a second ``TaskStarted`` for the same
+   dispatch is fenced, dlq and cancellation consumers key by task id.
+1. ``TaskSubmitted`` for an unknown task creates it; for a known task it is a
+   duplicate (counted; a conflict if name or payload differ), never a transition.
+2. Any other event is looked up in :data:`TRANSITIONS` by (status, event key);
+   an absent pair is rejected. Otherwise its step
+   (:mod:`~taskstream.processors.lifecycle_steps`) applies the fencing checks
+   (dispatch id, attempt, timer due time) and computes the new state.
+3. Every event that reaches a known task, accepted, duplicate or rejected, is
+   recorded: its id appended to ``recent_event_ids`` (the newest
+   ``limits.recent_events`` kept) and ``updated_at_ms`` set to its time. A
+   rejection also adds one to ``rejected`` and returns ``Rejected(reason)``. An
+   event for an unknown task (other than a submission) leaves ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from taskstream.processors.effects import (
+    DeadLetter,
+    Dispatch,
+    Effect,
+    PublishCancel,
+    Rejected,
+    cancel_envelope,
+    dead_letter_envelope,
+    dispatch_envelope,
+)
+from taskstream.processors.lifecycle_rules import (
+    TRANSITIONS,
+    LifecycleError,
+    Limits,
+    check_transition,
+    event_key,
+    timer_kind_for,
+)
+from taskstream.processors.lifecycle_steps import (
+    Refusal,
+    Step,
+    cancel,
+    failed,
+    redrive,
+    renewed,
+    started,
+    submit_again,
+    submit_new,
+    succeeded,
+    timer,
+)
+from taskstream.schemas.events import (
+    CancelRequested,
+    Envelope,
+    LeaseRenewed,
+    RedriveRequested,
+    TaskFailed,
+    TaskStarted,
+    TaskSubmitted,
+    TaskSucceeded,
+    TimerFired,
+)
+from taskstream.schemas.state import TaskState, TaskStatus
+
+__all__ = [
+    "TRANSITIONS",
+    "LifecycleError",
+    "Limits",
+    "apply",
+    "event_key",
+    "fold",
+    "redo_effects",
+    "timer_kind_for",
+]
+
+_DEFAULT_LIMITS = Limits()
+
+
+def apply(
+    state: TaskState | None, event: Envelope, limits: Limits = _DEFAULT_LIMITS
+) -> tuple[TaskState | None, list[Effect]]:
+    """Fold one event into one task's state; see the module docstring for the rules."""
+    if state is not None and state.task_id != event.task_id:
+        raise LifecycleError(
+            f"event {event.event_id} is for task {event.task_id} but was applied to the "
+            f"state of task {state.task_id}; look states up by the event's task_id")
+    body = event.body
+    key = event_key(event)
+    if state is None:
+        if isinstance(body, TaskSubmitted):
+            created, effects = submit_new(event, body)
+            check_transition(None, key, created.status)
+            return _record(created, event, limits), effects
+        return None, [Rejected(f"{key} for unknown task {event.task_id}")]
+    if event.event_id in state.recent_event_ids:
+        last = state.recent_event_ids[-1] == event.event_id
+        return state, redo_effects(state, event.event_id) if last else []
+    if isinstance(body, TaskSubmitted):
+        counted, effects = submit_again(state, body)
+        return _record(counted, event, limits), effects
+    if (state.status, key) not in TRANSITIONS:
+        return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
+    step = _step(state, event, limits)
+    if isinstance(step, Refusal):
+        return _reject(state, event, limits, step.reason)
+    after, effects = step
+    check_transition(state.status, key, after.status)
+    return _record(after, event, limits), effects
+
+
+def _step(state: TaskState, event: Envelope, limits: Limits) -> Step:
+    body = event.body
+    match body:
+        case TimerFired():
+            return timer(state, event, body)
+        case TaskStarted():
+            return started(state, event, body)
+        case LeaseRenewed():
+            return renewed(state, event, body)
+        case TaskSucceeded():
+            return succeeded(state, event, body, limits)
+        case TaskFailed():
+            return failed(state, event, body)
+        case CancelRequested():
+            return cancel(state, event, body)
+        case RedriveRequested():
+            return redrive(state, event, body)
+        case _:  # derived records never reach here: TRANSITIONS has no key for them
+            return Refusal(f"{event.type_name} is not an events-topic record")
+
+
+def _record(state: TaskState, event: Envelope, limits: Limits) -> TaskState:
+    recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
+    return replace(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms)
+
+
+def _reject(
+    state: TaskState, event: Envelope, limits: Limits, reason: str
+) -> tuple[TaskState, list[Effect]]:
+    counted = replace(state, rejected=state.rejected + 1)
+    return _record(counted, event, limits), [Rejected(reason)]
+
+
+def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
+    """The outbound records ``state`` implies, as if ``cause_event_id`` had just caused them.
+
+    Re-applying the cause of those records rebuilds them exactly (same event id,
+    time, attempt and body); re-applying a later event gives the same records
+    under that event's derived id (same dispatch id, so workers fence a repeat).
+    """
+    match state.status:
+        case TaskStatus.READY:
+            return [Dispatch(dispatch_envelope(state, cause_event_id))]
+        case TaskStatus.DEAD:
+            return [DeadLetter(dead_letter_envelope(state, cause_event_id))]
+        case TaskStatus.CANCELLED:
+            return [PublishCancel(cancel_envelope(state, cause_event_id))]
+        case _:
+            return []
+
+
+def fold(events: Iterable[Envelope], limits: Limits = _DEFAULT_LIMITS) -> dict[str, TaskState]:
+    """Apply ``events`` in order, keeping one state per task id (replay and tests)."""
+    states: dict[str, TaskState] = {}
+    for event in events:
+        after, _ = apply(states.get(event.task_id), event, limits)
+        if after is not None:
+            states[event.task_id] = after
+    return states
