@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,

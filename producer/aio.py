@@ -1,0 +1,206 @@
+"""The asyncio producer: ``AsyncTaskProducer``.
+
+A daemon poll thread serves the Kafka client's delivery callbacks; a handle
+whose ``delivered()`` is awaited gets its future resolved from that thread
+with ``loop.call_soon_threadsafe`` (futures are made only when awaited, so a
+burst of submits costs no cross-thread wake-ups). Blocking steps (the first
+metadata request, flush) run in a worker thread, so the event loop never
+stalls; a full local queue is waited out with ``asyncio.sleep``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from taskstream.producer.build import EventBuilder, now_ms
+from taskstream.producer.config import default_source
+from taskstream.producer.core import ProducerCore
+from taskstream.producer.errors import ProducerQueueFullError
+from taskstream.producer.handle import AsyncTaskHandle
+from taskstream.producer.metrics import ProducerMetrics
+from taskstream.schemas.models import SpecLimits, TaskSpec
+
+from taskstream.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.05
+
+
+class AsyncTaskProducer:
+    """The asyncio twin of :class:`~taskstream.producer.sync.TaskProducer`.
+
+    Use ``async with AsyncTaskProducer(settings) as producer:``; leaving the
+    block flushes and raises DeliveryError if any event failed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        source: str | None = None,
+        metrics: ProducerMetrics | None = None,
+        queue_full_timeout_s: float | None = None,
+        connect_timeout_s: float | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self._core = ProducerCore(
+            self.settings,
+            metrics=metrics,
+            queue_full_timeout_s=queue_full_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            kafka_overrides=kafka_config,
+        )
+        self._build = EventBuilder(
+            source or default_source(),
+            self.settings.max_payload_bytes,
+            limits=SpecLimits.from_settings(self.settings),
+        )
+        self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def source(self) -> str:
+        return self._build.source
+
+    @property
+    def metrics(self) -> ProducerMetrics:
+        return self._core.metrics
+
+    @property
+    def topic(self) -> str:
+        return self._core.topic
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._core.poll(POLL_INTERVAL_S)
+            except Exception:  # a callback bug must not kill delivery for everyone
+                log.exception("producer poll thread: delivery callback failed")
+
+    async def _ready(self) -> asyncio.AbstractEventLoop:
+        core = self._core
+        if core.needs_probe or core.closed:
+            await asyncio.to_thread(core.check_usable)
+        else:
+            core.check_usable()
+        if self._poller is None:
+            self._poller = threading.Thread(
+                target=self._poll_forever, name="taskstream-producer-poll", daemon=True
+            )
+            self._poller.start()
+        return asyncio.get_running_loop()
+
+    async def start(self) -> None:
+        """Connect now (else the first submit does): raises if Kafka is unreachable."""
+        await self._ready()
+
+    async def _send(self, task_id: str, data: bytes, handle: AsyncTaskHandle) -> None:
+        core = self._core
+        if core.try_send(task_id, data, handle):
+            return
+        deadline = time.monotonic() + core.queue_full_timeout_s
+        while not core.try_send(task_id, data, handle):
+            if time.monotonic() >= deadline:
+                raise core.queue_full_error()
+            await asyncio.sleep(0.01)  # the poll thread frees the queue
+
+    async def submit(self, name: str, payload: Any = None, **options: Any) -> AsyncTaskHandle:
+        """Submit one task; ``options`` are TaskSpec fields."""
+        loop = await self._ready()
+        spec = self._build.spec(name, payload, options)
+        task_id, data = self._build.submitted(spec, now_ms())
+        handle = AsyncTaskHandle(task_id, "TaskSubmitted", self._core, loop)
+        await self._send(task_id, data, handle)
+        self._submitted.inc()
+        return handle
+
+    async def submit_many(
+        self, specs: Iterable[TaskSpec | Mapping[str, Any]]
+    ) -> list[AsyncTaskHandle]:
+        """Submit many tasks; every spec is validated before any is sent."""
+        loop = await self._ready()
+        build, core = self._build, self._core
+        at = now_ms()
+        encoded = [build.submitted(build.spec_from(s, i), at) for i, s in enumerate(specs)]
+        handles: list[AsyncTaskHandle] = []
+        try:
+            for task_id, data in encoded:
+                handle = AsyncTaskHandle(task_id, "TaskSubmitted", core, loop)
+                if not core.try_send(task_id, data, handle):
+                    await self._send(task_id, data, handle)
+                handles.append(handle)
+        except ProducerQueueFullError as exc:
+            exc.handles = list(handles)
+            raise
+        finally:
+            if handles:
+                self._submitted.inc(len(handles))
+        return handles
+
+    async def cancel(self, task_id: str, reason: str = "") -> AsyncTaskHandle:
+        """Ask for a task to be cancelled."""
+        loop = await self._ready()
+        data = self._build.cancel(task_id, reason, now_ms())
+        handle = AsyncTaskHandle(task_id, "CancelRequested", self._core, loop)
+        await self._send(task_id, data, handle)
+        self._core.metrics.count_submitted("CancelRequested")
+        return handle
+
+    async def redrive(
+        self, task_id: str, max_attempts: int | None = None, reason: str = ""
+    ) -> AsyncTaskHandle:
+        """Give a DEAD task a fresh budget of attempts."""
+        loop = await self._ready()
+        data = self._build.redrive(task_id, max_attempts, reason, now_ms())
+        handle = AsyncTaskHandle(task_id, "RedriveRequested", self._core, loop)
+        await self._send(task_id, data, handle)
+        self._core.metrics.count_submitted("RedriveRequested")
+        return handle
+
+    def pending(self) -> int:
+        return self._core.pending()
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait for every event's ack; raise DeliveryError / FlushTimeoutError."""
+        left = await asyncio.to_thread(self._core.flush_wait, timeout)
+        self._core.raise_for_outcome(left, timeout)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush, stop the poll thread, release the clients. Raises like flush()."""
+        if self._core.closed:
+            return
+        try:
+            await self.flush(timeout)
+        finally:
+            self._stop.set()
+            if self._poller is not None:
+                await asyncio.to_thread(self._poller.join, 5.0)
+            await self._core.aclose_result_client()
+            self._core.mark_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self.close()
+            return
+        try:
+            await self.close()
+        except Exception as flush_exc:  # the body's error wins; do not hide this one
+            log.error("while closing after %r: %s", exc, flush_exc)
+            exc.add_note(f"also, closing the producer failed: {flush_exc}")

@@ -1,0 +1,128 @@
+"""From a caller's arguments to the bytes of one event: validation and encoding.
+
+Pure (no Kafka): the options are checked by :class:`TaskSpec` (pydantic), the
+task ID comes from ``(name, idempotency_key)`` when a key is given (so
+duplicates share a partition and meet in one fold) and is a fresh ULID
+otherwise, and the envelope is Avro-encoded by the schemas package.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from taskstream.producer.errors import InvalidTaskError
+from taskstream.producer.fastwire import SubmittedEncoder, submitted_encoder
+from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
+from taskstream.schemas.ids import ID_LENGTH, derived_task_id, new_event_id, new_task_id
+from taskstream.schemas.models import SpecLimits, TaskSpec
+from taskstream.schemas.serde import encode_event
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def invalid(exc: ValidationError, what: str) -> InvalidTaskError:
+    """A ValidationError as an InvalidTaskError that names each bad field."""
+    fields: list[str] = []
+    problems: list[str] = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "task"
+        fields.append(field)
+        problems.append(f"{field}: {err['msg']}")
+    return InvalidTaskError(f"invalid {what}: " + "; ".join(problems), fields)
+
+
+def task_id_for(name: str, idempotency_key: str | None) -> str:
+    """The Kafka key of a task: derived from (name, key) when keyed, else new."""
+    if idempotency_key is not None:
+        return derived_task_id(name, idempotency_key)
+    return new_task_id()
+
+
+def check_task_id(task_id: str) -> str:
+    if not isinstance(task_id, str) or len(task_id) != ID_LENGTH:
+        raise InvalidTaskError(
+            f"task_id: {task_id!r} is not a task ID (26 characters, as submit() returns)",
+            ["task_id"],
+        )
+    return task_id
+
+
+class EventBuilder:
+    """Builds and encodes the three client events for one producer."""
+
+    __slots__ = ("_context", "_encode", "limits", "max_payload_bytes", "source")
+
+    def __init__(
+        self,
+        source: str,
+        max_payload_bytes: int,
+        *,
+        limits: SpecLimits | None = None,
+        encoder: SubmittedEncoder | None = None,
+    ) -> None:
+        self.source = source
+        self.max_payload_bytes = max_payload_bytes
+        self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
+        self._context = {"limits": self.limits}
+        self._encode = encoder if encoder is not None else submitted_encoder()
+
+    def spec(self, name: str, payload: Any, options: Mapping[str, Any]) -> TaskSpec:
+        fields = {"name": name, "payload": payload}
+        if options:
+            if "name" in options or "payload" in options:
+                raise InvalidTaskError(
+                    f"invalid task {name!r}: pass name and payload once, as arguments",
+                    ["name" if "name" in options else "payload"],
+                )
+            fields.update(options)
+        try:
+            return TaskSpec.model_validate(fields, context=self._context)
+        except ValidationError as exc:
+            raise invalid(exc, f"task {name!r}") from None
+
+    def spec_from(self, item: TaskSpec | Mapping[str, Any], index: int) -> TaskSpec:
+        if isinstance(item, TaskSpec):
+            return item  # validated when it was built (with the caller's limits)
+        if not isinstance(item, Mapping):
+            raise InvalidTaskError(
+                f"task #{index}: expected a TaskSpec or a mapping, got {type(item).__name__}",
+                [f"[{index}]"],
+            )
+        try:
+            return TaskSpec.model_validate(item, context=self._context)
+        except ValidationError as exc:
+            raise invalid(exc, f"task #{index} ({item.get('name')!r})") from None
+
+    def submitted(self, spec: TaskSpec, at_ms: int) -> tuple[str, bytes]:
+        """(task ID, encoded TaskSubmitted envelope) of one spec."""
+        body = spec.to_submitted(at_ms)
+        if len(body.payload) > self.max_payload_bytes:
+            raise InvalidTaskError(
+                f"payload: {len(body.payload)} bytes is over max_payload_bytes "
+                f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
+                ["payload"],
+            )
+        task_id = task_id_for(body.name, body.idempotency_key)
+        return task_id, self._encode(new_event_id(), task_id, at_ms, self.source, body)
+
+    def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
+        check_task_id(task_id)
+        body = CancelRequested(reason=str(reason))
+        return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
+
+    def redrive(self, task_id: str, max_attempts: int | None, reason: str, at_ms: int) -> bytes:
+        check_task_id(task_id)
+        if max_attempts is not None and (
+            not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1
+        ):
+            raise InvalidTaskError(
+                f"max_attempts: must be a positive integer or None, got {max_attempts!r}",
+                ["max_attempts"],
+            )
+        body = RedriveRequested(reason=str(reason), max_attempts=max_attempts)
+        return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))

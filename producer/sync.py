@@ -1,0 +1,199 @@
+"""The blocking producer: ``TaskProducer``.
+
+Delivery callbacks run in the caller's thread: every submit polls the client
+now and then, and flush(), close() and TaskHandle.delivered() poll until done.
+The class is safe to share between threads (the Kafka client is).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from taskstream.producer.build import EventBuilder, now_ms
+from taskstream.producer.config import default_source
+from taskstream.producer.core import ProducerCore
+from taskstream.producer.errors import ProducerQueueFullError
+from taskstream.producer.handle import TaskHandle
+from taskstream.producer.metrics import ProducerMetrics
+from taskstream.schemas.models import SpecLimits, TaskSpec
+
+from taskstream.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+#: Serve delivery callbacks once per this many sends (poll(0) costs ~1 us).
+POLL_EVERY = 64
+
+
+class TaskProducer:
+    """Submit tasks and send cancel/redrive requests to the events topic.
+
+    ``settings`` defaults to :func:`load_settings` (environment and file).
+    ``source`` names this producer in every event (default
+    ``producer:<host>:<pid>``). ``queue_full_timeout_s`` bounds how long a
+    submit waits for room in a full local queue and ``connect_timeout_s`` how
+    long it waits for an unreachable broker (both default to
+    ``settings.kafka_timeout_s``). ``kafka_config`` adds librdkafka settings
+    (not acks, idempotence or partitioner).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        source: str | None = None,
+        metrics: ProducerMetrics | None = None,
+        queue_full_timeout_s: float | None = None,
+        connect_timeout_s: float | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self._core = ProducerCore(
+            self.settings,
+            metrics=metrics,
+            queue_full_timeout_s=queue_full_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            kafka_overrides=kafka_config,
+        )
+        self._build = EventBuilder(
+            source or default_source(),
+            self.settings.max_payload_bytes,
+            limits=SpecLimits.from_settings(self.settings),
+        )
+        self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
+        self._unpolled = 0
+
+    @property
+    def source(self) -> str:
+        return self._build.source
+
+    @property
+    def metrics(self) -> ProducerMetrics:
+        return self._core.metrics
+
+    @property
+    def topic(self) -> str:
+        return self._core.topic
+
+    def _after_send(self, n: int = 1) -> None:
+        self._unpolled += n
+        if self._unpolled >= POLL_EVERY:
+            self._unpolled = 0
+            self._core.poll(0)
+
+    def submit(self, name: str, payload: Any = None, **options: Any) -> TaskHandle:
+        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...).
+
+        Returns at once with a handle; the event is durable when
+        ``handle.delivered()`` returns or ``flush()`` does.
+        """
+        core = self._core
+        core.check_usable()
+        spec = self._build.spec(name, payload, options)
+        task_id, data = self._build.submitted(spec, now_ms())
+        handle = TaskHandle(task_id, "TaskSubmitted", core)
+        core.send(task_id, data, handle)
+        self._submitted.inc()
+        self._after_send()
+        return handle
+
+    def submit_many(self, specs: Iterable[TaskSpec | Mapping[str, Any]]) -> list[TaskHandle]:
+        """Submit many tasks; every spec is validated before any is sent.
+
+        If the local queue stays full, raises ProducerQueueFullError whose
+        ``handles`` are the tasks already sent.
+        """
+        core = self._core
+        core.check_usable()
+        build = self._build
+        at = now_ms()
+        encoded = [build.submitted(build.spec_from(s, i), at) for i, s in enumerate(specs)]
+        handles: list[TaskHandle] = []
+        append = handles.append
+        try_send = core.try_send
+        try:
+            for n, (task_id, data) in enumerate(encoded, 1):
+                handle = TaskHandle(task_id, "TaskSubmitted", core)
+                if not try_send(task_id, data, handle):
+                    core.send(task_id, data, handle)  # polls until there is room
+                append(handle)
+                if not n & 1023:
+                    core.poll(0)
+        except ProducerQueueFullError as exc:
+            exc.handles = list(handles)
+            raise
+        finally:
+            if handles:
+                self._submitted.inc(len(handles))
+        self._after_send(len(handles))
+        return handles
+
+    def cancel(self, task_id: str, reason: str = "") -> TaskHandle:
+        """Ask for a task to be cancelled (a CancelRequested event)."""
+        core = self._core
+        core.check_usable()
+        data = self._build.cancel(task_id, reason, now_ms())
+        handle = TaskHandle(task_id, "CancelRequested", core)
+        core.send(task_id, data, handle)
+        core.metrics.count_submitted("CancelRequested")
+        self._after_send()
+        return handle
+
+    def redrive(
+        self, task_id: str, max_attempts: int | None = None, reason: str = ""
+    ) -> TaskHandle:
+        """Give a DEAD task a fresh budget of attempts (a RedriveRequested event)."""
+        core = self._core
+        core.check_usable()
+        data = self._build.redrive(task_id, max_attempts, reason, now_ms())
+        handle = TaskHandle(task_id, "RedriveRequested", core)
+        core.send(task_id, data, handle)
+        core.metrics.count_submitted("RedriveRequested")
+        self._after_send()
+        return handle
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many ran."""
+        return self._core.poll(timeout)
+
+    def pending(self) -> int:
+        """Events sent and not yet acknowledged or failed."""
+        return self._core.pending()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event sent so far is acknowledged.
+
+        Raises DeliveryError naming every task whose event failed (and that
+        nobody was told about yet), or FlushTimeoutError when time runs out.
+        """
+        self._core.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then release the client. Raises like flush()."""
+        if self._core.closed:
+            return
+        try:
+            self._core.flush(timeout)
+        finally:
+            self._core.mark_closed()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as flush_exc:  # the body's error wins; do not hide this one
+            log.error("while closing after %r: %s", exc, flush_exc)
+            exc.add_note(f"also, closing the producer failed: {flush_exc}")
