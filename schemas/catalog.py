@@ -181,15 +181,20 @@ def catalog() -> Catalog:
 def sample_records(schema: JsonSchema) -> list[Any]:
     """Records that together use every union branch and enum symbol of ``schema``.
 
-    Record ``i`` takes branch ``i mod n`` of every n-branch union and symbol
-    ``i mod n`` of every n-symbol enum, so the records cover each branch (and so
-    each nested record type) at least once. Named union branches are written
-    in fastavro's tuple notation so the branch is explicit.
+    Record ``(i, j)`` takes branch ``i mod n`` of every n-branch union that is not
+    inside another union, and branch (or symbol) ``j mod n`` of everything nested
+    inside one, and symbol ``i mod n`` of an enum outside any union. Running both
+    indices over the widest choice covers every combination of an outer branch
+    (for example a body type of the envelope) with each inner choice (its
+    nullable fields, its enum symbols). Named union branches are written in
+    fastavro's tuple notation so the branch is explicit.
     """
     named: dict[str, JsonSchema] = {}
     width = max(_widths(schema, named, NAMESPACE), default=1)
     named.clear()
-    return [_sample(schema, i, named, NAMESPACE) for i in range(width)]
+    return [
+        _sample(schema, (i, j), 0, named, NAMESPACE) for i in range(width) for j in range(width)
+    ]
 
 
 def _widths(node: JsonSchema, named: dict[str, JsonSchema], ns: str) -> Iterator[int]:
@@ -225,14 +230,17 @@ _PRIMITIVE_SAMPLES: dict[str, Any] = {
 }
 
 
-def _sample(node: JsonSchema, i: int, named: dict[str, JsonSchema], ns: str) -> Any:
+def _sample(
+    node: JsonSchema, index: tuple[int, int], depth: int, named: dict[str, JsonSchema], ns: str
+) -> Any:
+    i = index[min(depth, len(index) - 1)]
     if isinstance(node, str):
         if node in _PRIMITIVE_SAMPLES:
             return _PRIMITIVE_SAMPLES[node]
-        return _sample(named[node if "." in node else f"{ns}.{node}"], i, named, ns)
+        return _sample(named[node if "." in node else f"{ns}.{node}"], index, depth, named, ns)
     if isinstance(node, list):
         branch = node[i % len(node)]
-        value = _sample(branch, i, named, ns)
+        value = _sample(branch, index, depth + 1, named, ns)
         full = _named_full(branch, ns)
         return (full, value) if full is not None and isinstance(value, dict) else value
     kind = node["type"]
@@ -240,16 +248,16 @@ def _sample(node: JsonSchema, i: int, named: dict[str, JsonSchema], ns: str) -> 
         ns = node.get("namespace", ns)
         named[f"{ns}.{node['name']}"] = node
     if kind == "record":
-        return {f["name"]: _sample(f["type"], i, named, ns) for f in node["fields"]}
+        return {f["name"]: _sample(f["type"], index, depth, named, ns) for f in node["fields"]}
     if kind == "enum":
         return node["symbols"][i % len(node["symbols"])]
     if kind == "fixed":
         return b"\x01" * node["size"]
     if kind == "array":
-        return [_sample(node["items"], i, named, ns)]
+        return [_sample(node["items"], index, depth, named, ns)]
     if kind == "map":
-        return {"k": _sample(node["values"], i, named, ns)}
-    return _sample(kind, i, named, ns)
+        return {"k": _sample(node["values"], index, depth, named, ns)}
+    return _sample(kind, index, depth, named, ns)
 
 
 def _named_full(node: JsonSchema, ns: str) -> str | None:
