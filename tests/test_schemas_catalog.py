@@ -163,7 +163,7 @@ def test_synthetic_v2_with_an_optional_field_passes(tmp_path: Path, file: str) -
         ("TaskState", _drop_field("payload_digest"), "forward"),
         ("TimerFired", _add_required, "backward"),  # added field without default
         ("TaskSubmitted", _retype("eta_ms", ["null", "int"]), "backward"),  # inner union branch
-        ("TaskState", _retype("retries", "string"), "backward"),
+        ("TaskState", _retype("priority", "string"), "backward"),
     ],
 )
 def test_synthetic_v2_with_an_incompatible_change_is_caught(
