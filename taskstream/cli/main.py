@@ -27,6 +27,7 @@ _COMMANDS: dict[str, str] = {
     "resume": "taskstream.cli.admin_cmds:resume",
     "wait": "taskstream.cli.admin_cmds:wait",
     "dlq": "taskstream.cli.admin_cmds:dlq",
+    "replay": "taskstream.cli.replay_cmd:replay",
 }
 
 

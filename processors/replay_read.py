@@ -1,0 +1,335 @@
+"""Reading a topic for replay: partition choice, time and offset specs, batched reads, progress.
+
+Replay reads with a plain confluent-kafka consumer that *assigns* partitions and never
+joins or commits to a consumer group, so it never disturbs the processors. Every read
+is bounded: it stops at an end offset per partition fixed before it starts (the high
+watermark unless told otherwise), and it fails with :class:`ReplayError` when the
+broker delivers nothing for ``Settings.kafka_timeout_s`` while records are still due.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from taskstream.errors import TaskstreamError
+from taskstream.settings import Settings
+
+#: records asked of librdkafka per ``consume`` call
+BATCH = 10_000
+
+_M = 0x5BD1E995
+_MASK32 = 0xFFFFFFFF
+
+
+class ReplayError(TaskstreamError):
+    """A replay could not run (bad argument, topic missing, broker silent, not caught up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRecord:
+    """A record the replay could not use, and why."""
+
+    partition: int
+    offset: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"partition {self.partition} offset {self.offset}: {self.reason}"
+
+
+# -- partitioning ---------------------------------------------------------------
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (Java client, aiokafka, librdkafka ``murmur2_random``), signed 32 bit."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK32
+    end = length - length % 4
+    for i in range(0, end, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * _M) & _MASK32
+        k ^= k >> 24
+        k = (k * _M) & _MASK32
+        h = ((h * _M) & _MASK32) ^ k
+    rest = length % 4
+    if rest >= 3:
+        h ^= data[end + 2] << 16
+    if rest >= 2:
+        h ^= data[end + 1] << 8
+    if rest >= 1:
+        h ^= data[end]
+        h = (h * _M) & _MASK32
+    h ^= h >> 13
+    h = (h * _M) & _MASK32
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition every client of ours puts ``key`` on (Java's ``toPositive(murmur2) % n``)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+# -- arguments ----------------------------------------------------------------------
+
+
+def parse_offsets_spec(spec: str) -> dict[int, int]:
+    """``"0:1200,1:900"`` -> ``{0: 1200, 1: 900}``: fold records with offset < N.
+
+    A partition the spec does not name is not read at all.
+    """
+    ends: dict[int, int] = {}
+    for part in spec.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        partition, sep, offset = item.partition(":")
+        if not sep or not partition.strip().isdigit() or not offset.strip().isdigit():
+            raise ReplayError(
+                f"bad offsets spec item {item!r} in {spec!r}: write PARTITION:OFFSET pairs "
+                "separated by commas, e.g. 0:1200,1:900"
+            )
+        p = int(partition)
+        if p in ends:
+            raise ReplayError(f"partition {p} appears twice in offsets spec {spec!r}")
+        ends[p] = int(offset)
+    if not ends:
+        raise ReplayError(f"offsets spec {spec!r} names no partition; e.g. 0:1200,1:900")
+    return ends
+
+
+def parse_time(text: str) -> int:
+    """Epoch milliseconds from an integer (ms) or ISO 8601 text (no zone = UTC)."""
+    value = text.strip()
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReplayError(
+            f"cannot read time {text!r}: give epoch milliseconds or ISO 8601, "
+            "e.g. 2026-05-01T12:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+# -- progress -------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar with events per second on stderr; silent when quiet or not a TTY."""
+
+    def __init__(self, description: str, total: int, quiet: bool = False) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._bar.add_task(description, total=total, rate="")
+        self._started = time.monotonic()
+        self._done = 0
+        self._bar.start()
+
+    def advance(self, n: int) -> None:
+        if self._bar is None:
+            return
+        self._done += n
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        self._bar.update(self._task, advance=n, rate=f"{self._done / elapsed:,.0f} ev/s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- the consumer ------------------------------------------------------------------------
+
+
+def make_consumer(settings: Settings) -> Consumer:
+    """An assign-only consumer tuned for bulk reads (large fetches, no commits)."""
+    return Consumer({
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": "taskstream-replay-assign-only",  # required by the client; never joined
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        "fetch.wait.max.ms": 50,
+    })
+
+
+def partition_count(consumer: Consumer, topic: str, timeout: float) -> int:
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+    except KafkaException as exc:
+        raise ReplayError(f"cannot read metadata of topic {topic}: {exc}; is Kafka up?") from exc
+    found = meta.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ReplayError(
+            f"topic {topic} does not exist; check --bootstrap and the topic prefix "
+            "(TASKSTREAM_TOPIC_PREFIX)"
+        )
+    return len(found.partitions)
+
+
+def watermarks(
+    consumer: Consumer, topic: str, partitions: range | list[int], timeout: float
+) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermark."""
+    out: dict[int, tuple[int, int]] = {}
+    for p in partitions:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        except KafkaException as exc:
+            raise ReplayError(f"cannot read watermarks of {topic}[{p}]: {exc}") from exc
+        out[p] = (low, high)
+    return out
+
+
+def offsets_for_time(
+    consumer: Consumer, topic: str, partitions: list[int], time_ms: int, timeout: float
+) -> dict[int, int]:
+    """Per partition, the first offset whose record timestamp is >= ``time_ms``
+    (the high watermark when there is none)."""
+    asked = [TopicPartition(topic, p, time_ms) for p in partitions]
+    try:
+        found = consumer.offsets_for_times(asked, timeout=timeout)
+    except KafkaException as exc:
+        raise ReplayError(f"cannot look up offsets by time in {topic}: {exc}") from exc
+    marks = watermarks(consumer, topic, partitions, timeout)
+    return {tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1] for tp in found}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Which records to read: per partition, offsets in [start, end)."""
+
+    topic: str
+    starts: Mapping[int, int]
+    ends: Mapping[int, int]
+
+    @property
+    def total(self) -> int:
+        return sum(max(0, self.ends[p] - self.starts.get(p, 0)) for p in self.ends)
+
+
+def plan(
+    consumer: Consumer, settings: Settings, topic: str,
+    ends: Mapping[int, int] | None = None, starts: Mapping[int, int] | None = None,
+) -> ReadPlan:
+    """Bound the read: end = min(asked end, high watermark); start = max(asked, low)."""
+    timeout = settings.kafka_timeout_s
+    count = partition_count(consumer, topic, timeout)
+    wanted = sorted(ends) if ends is not None else list(range(count))
+    unknown = [p for p in wanted if p >= count]
+    if unknown:
+        raise ReplayError(f"topic {topic} has partitions 0..{count - 1}; no partition {unknown}")
+    marks = watermarks(consumer, topic, wanted, timeout)
+    bounded_ends = {
+        p: min(ends[p], marks[p][1]) if ends is not None else marks[p][1] for p in wanted
+    }
+    bounded_starts = {
+        p: max(starts.get(p, 0) if starts else 0, marks[p][0]) for p in wanted
+    }
+    return ReadPlan(topic, bounded_starts, bounded_ends)
+
+
+def read_batches(
+    consumer: Consumer, read: ReadPlan, timeout_s: float, progress: Progress | None = None
+) -> Iterator[list[Any]]:
+    """Yield lists of confluent-kafka messages of ``read``, in offset order per partition.
+
+    Messages at or past a partition's end are dropped; a partition is done once the
+    consumer's position reaches its end (which also steps over transaction markers).
+    """
+    pending = {p for p in read.ends if read.ends[p] > read.starts[p]}
+    if not pending:
+        return
+    consumer.assign([
+        TopicPartition(read.topic, p, read.starts[p] if read.starts[p] > 0 else OFFSET_BEGINNING)
+        for p in sorted(pending)
+    ])
+    last_progress = time.monotonic()
+    paused = {p for p in read.ends if p not in pending}
+    try:
+        while pending:
+            messages = consumer.consume(num_messages=BATCH, timeout=0.5)
+            batch = [m for m in messages if _keep(m, read.ends)]
+            if batch:
+                last_progress = time.monotonic()
+                if progress is not None:
+                    progress.advance(len(batch))
+                yield batch
+            _retire_finished(consumer, read, pending, paused, messages)
+            if pending and time.monotonic() - last_progress > timeout_s:
+                raise ReplayError(
+                    f"no records from {read.topic} partitions {sorted(pending)} for {timeout_s}s "
+                    "although more are due; is the broker up? (raise kafka_timeout_s if slow)"
+                )
+    finally:
+        consumer.unassign()
+
+
+def _keep(message: Any, ends: Mapping[int, int]) -> bool:
+    error = message.error()
+    if error is not None:
+        raise ReplayError(f"Kafka error while reading {message.topic()}: {error}")
+    return bool(message.offset() < ends[message.partition()])
+
+
+def _retire_finished(
+    consumer: Consumer, read: ReadPlan, pending: set[int], paused: set[int], messages: list[Any]
+) -> None:
+    for m in messages:
+        if m.partition() in pending and m.offset() >= read.ends[m.partition()] - 1:
+            pending.discard(m.partition())
+    if not messages and pending:
+        positions = consumer.position([TopicPartition(read.topic, p) for p in pending])
+        for tp in positions:
+            if tp.offset >= 0 and tp.offset >= read.ends[tp.partition]:
+                pending.discard(tp.partition)
+    finished = [p for p in read.ends if p not in pending and p not in paused]
+    if pending and finished:
+        consumer.pause([TopicPartition(read.topic, p) for p in finished])  # no fetch past end
+        paused.update(finished)
