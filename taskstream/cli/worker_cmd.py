@@ -1,0 +1,50 @@
+"""``taskstream worker``: run a worker for the tasks of a module."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+@click.command()
+@click.option("-A", "--app", "target", required=True, metavar="MODULE[:ATTR]",
+              help="module holding the TaskRegistry/TaskApp (attr defaults to 'app')")
+@click.option("-Q", "--queues", default=None, metavar="Q1,Q2",
+              help="queues to consume (default: the queues of the registered tasks)")
+@click.option("-c", "--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000),
+              help="attempts running at once")
+@click.option("--pool", default="thread", show_default=True,
+              type=click.Choice(["async", "thread", "process"]),
+              help="where plain functions run (coroutines always run on the event loop)")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="seconds running attempts get to finish after SIGTERM")
+@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535),
+              help="serve Prometheus /metrics on this port")
+@click.option("--create-topics/--no-create-topics", default=True, show_default=True,
+              help="create the queues' topics if missing")
+@click.option("--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: float,
+           metrics_port: int | None, create_topics: bool, loglevel: str) -> None:
+    """Run tasks from the queues' ready topics until SIGTERM (twice: stop at once)."""
+    from taskstream.cli.common import load_settings_or_exit
+    from taskstream.errors import TaskstreamError
+    from taskstream.workers.loader import load_registry
+    from taskstream.workers.worker import Worker
+
+    logging.basicConfig(level=loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings_or_exit()
+    try:
+        registry = load_registry(target)
+        queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        w = Worker(registry, settings, queues=queue_list, concurrency=concurrency, pool=pool,
+                   grace_s=grace, metrics_port=metrics_port)
+        if create_topics:
+            from taskstream.admin import ensure_topics
+
+            ensure_topics(settings, w.queues)
+    except TaskstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    w.run_sync()

@@ -1,0 +1,343 @@
+"""One consumer-group member per queue, reading that queue's ready topics.
+
+A daemon thread owns the confluent-kafka Consumer (poll, pause, resume,
+commit, close all happen there); the asyncio side only takes decoded records
+from a lock-protected buffer and reports them settled. See
+:mod:`taskstream.workers.flow` for the commit and pause rules.
+
+Group id ``<prefix>workers.<queue>``, cooperative-sticky assignment, manual
+commits, ``auto.offset.reset=earliest``. A newly assigned partition stays paused
+until its lag is known, so a backlog in a high level is never overtaken by a low
+one at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from taskstream.schemas.errors import DecodeError
+from taskstream.schemas.events import Envelope, TaskDispatched
+from taskstream.schemas.serde import decode_event
+from taskstream.workers.emitter import EventEmitter
+from taskstream.workers.flow import (
+    TP,
+    OffsetTracker,
+    desired_paused,
+    level_of_topic,
+    waiting_levels,
+)
+from taskstream.workers.metrics import WorkerMetrics
+
+from taskstream.settings import Settings
+from taskstream.topics import ready_topics
+
+log = logging.getLogger("taskstream.worker")
+
+POLL_S = 0.1
+COMMIT_EVERY_S = 0.5
+_QUIET_ERRORS = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyRecord:
+    tp: TP
+    offset: int
+    level: int
+    envelope: Envelope
+    dispatched: TaskDispatched
+
+
+def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": group_id,
+        "client.id": client_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 3_000,
+        "topic.metadata.refresh.interval.ms": 10_000,
+    }
+
+
+def _tp(p: TopicPartition) -> TP:
+    return (p.topic, p.partition)
+
+
+class QueueConsumer:
+    """Reads one queue's ready topics for a worker."""
+
+    def __init__(self, settings: Settings, queue: str, *, prefetch: int, client_id: str,
+                 emitter: EventEmitter, metrics: WorkerMetrics,
+                 on_records: Callable[[], object]) -> None:
+        self.queue = queue
+        self.group_id = f"{settings.topic_prefix}workers.{queue}"
+        self._topics = ready_topics(settings, queue)
+        self._timeout = settings.kafka_timeout_s
+        self._prefetch = max(1, prefetch)
+        self._emitter = emitter
+        self._metrics = metrics
+        self._on_records = on_records
+        self._lock = threading.Lock()
+        self._buffers: dict[int, deque[ReadyRecord]] = {}
+        self._tracker = OffsetTracker()
+        self._levels: dict[TP, int] = {}
+        self._new: set[TP] = set()
+        self._paused_now: set[TP] = set()
+        self._next: dict[TP, int] = {}
+        self._high: dict[TP, int] = {}
+        self._full = False
+        self._queue_paused = False
+        self._draining = False
+        self._stop = threading.Event()
+        self._last_commit = 0.0
+        conf = consumer_config(settings, self.group_id, client_id)
+        conf["on_commit"] = self._on_commit
+        self._consumer = Consumer(conf)
+        self._thread = threading.Thread(target=self._run, name=f"taskstream-queue-{queue}",
+                                        daemon=True)
+
+    # -- called from the asyncio side (any thread) --------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(self._topics, on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._thread.start()
+
+    def take(self) -> ReadyRecord | None:
+        """The next record to start: highest level first; None when none or paused."""
+        with self._lock:
+            if self._queue_paused or self._draining:
+                return None
+            for level in sorted(self._buffers, reverse=True):
+                if self._buffers[level]:
+                    return self._buffers[level].popleft()
+        return None
+
+    def settle(self, tp: TP, offset: int) -> None:
+        """The record was started (TaskStarted acknowledged) or needs no start."""
+        with self._lock:
+            self._tracker.settled(tp, offset)
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._queue_paused = paused
+
+    @property
+    def paused(self) -> bool:
+        return self._queue_paused
+
+    def assignment(self) -> set[TP]:
+        with self._lock:
+            return set(self._levels)
+
+    def drain(self) -> None:
+        """Stop fetching and starting; buffered records are dropped (re-read later)."""
+        with self._lock:
+            self._draining = True
+            self._buffers.clear()
+
+    def close(self) -> None:
+        """Final commit, leave the group, join the thread (bounded)."""
+        self._stop.set()
+        self._thread.join(self._timeout + 5)
+        if self._thread.is_alive():
+            log.warning("event=consumer.close.timeout queue=%s", self.queue)
+
+    # -- rebalance callbacks (run in the poll thread) --------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        if partitions:
+            consumer.pause(partitions)  # until the lag is known (see the module doc)
+        with self._lock:
+            for p in partitions:
+                tp = _tp(p)
+                self._levels[tp] = level_of_topic(p.topic)
+                self._new.add(tp)
+                self._paused_now.add(tp)
+        log.info("event=partitions.assigned queue=%s partitions=%s", self.queue,
+                 sorted(_tp(p) for p in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(only={_tp(p) for p in partitions}, asynchronous=False)
+        self._forget(partitions)
+        log.info("event=partitions.revoked queue=%s partitions=%s", self.queue,
+                 sorted(_tp(p) for p in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+        log.warning("event=partitions.lost queue=%s partitions=%s", self.queue,
+                    sorted(_tp(p) for p in partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {_tp(p) for p in partitions}
+        with self._lock:
+            for level, buf in self._buffers.items():
+                self._buffers[level] = deque(r for r in buf if r.tp not in gone)
+            self._tracker.forget(gone)
+            for tp in gone:
+                self._levels.pop(tp, None)
+                self._new.discard(tp)
+                self._paused_now.discard(tp)
+                self._next.pop(tp, None)
+                self._high.pop(tp, None)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            log.warning("event=commit.failed queue=%s error=%s", self.queue, err)
+            return
+        with self._lock:
+            for p in partitions:
+                if p.error is None and p.offset >= 0:
+                    self._tracker.mark_committed(_tp(p), p.offset)
+
+    # -- the poll thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._init_new_partitions()
+                self._apply_flow()
+                room = max(1, self._prefetch - self._buffered())
+                messages = self._consumer.consume(num_messages=room, timeout=POLL_S)
+                self._handle(messages)
+                if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+                    self._commit(asynchronous=True)
+        except Exception:
+            log.exception("event=consumer.crashed queue=%s (leases recover started tasks)",
+                          self.queue)
+        finally:
+            self._commit(asynchronous=False)
+            try:
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("event=consumer.close.failed queue=%s error=%s", self.queue, exc)
+
+    def _buffered(self) -> int:
+        with self._lock:
+            return sum(len(b) for b in self._buffers.values())
+
+    def _init_new_partitions(self) -> None:
+        with self._lock:
+            new = sorted(self._new)
+        if not new:
+            return
+        try:
+            committed = self._consumer.committed([TopicPartition(t, p) for t, p in new],
+                                                 timeout=self._timeout)
+            marks = {tp: self._consumer.get_watermark_offsets(
+                TopicPartition(*tp), timeout=self._timeout, cached=False) for tp in new}
+        except KafkaException as exc:
+            log.warning("event=lag.unknown queue=%s error=%s (retrying)", self.queue, exc)
+            return
+        with self._lock:
+            for p in committed:
+                tp = _tp(p)
+                if tp not in self._levels:
+                    continue
+                low, high = marks[tp]
+                self._next[tp] = p.offset if p.offset >= 0 else low
+                self._high[tp] = high
+                if p.offset >= 0:
+                    self._tracker.mark_committed(tp, p.offset)
+                self._new.discard(tp)
+
+    def _lag(self) -> dict[TP, int]:
+        lag: dict[TP, int] = {}
+        for tp in list(self._levels):
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            except KafkaException:
+                high = -1
+            if high is not None and high >= 0:
+                self._high[tp] = max(high, self._high.get(tp, 0))
+            if tp in self._next and tp in self._high:
+                lag[tp] = self._high[tp] - self._next[tp]
+        return lag
+
+    def _apply_flow(self) -> None:
+        lag = self._lag()
+        with self._lock:
+            buffered: dict[int, int] = {lvl: len(b) for lvl, b in self._buffers.items()}
+            total = sum(buffered.values())
+            # hysteresis: a full buffer pauses fetching until it is half empty
+            self._full = total >= self._prefetch or (self._full and total > self._prefetch // 2)
+            want = desired_paused(self._levels, waiting_levels(self._levels, buffered, lag),
+                                  full=self._full,
+                                  queue_paused=self._queue_paused or self._draining)
+            want |= self._new
+            to_pause = want - self._paused_now
+            to_resume = (self._paused_now - want) & set(self._levels)
+        if to_pause:
+            self._consumer.pause([TopicPartition(*tp) for tp in sorted(to_pause)])
+        if to_resume:
+            self._consumer.resume([TopicPartition(*tp) for tp in sorted(to_resume)])
+        with self._lock:
+            self._paused_now = (self._paused_now | to_pause) - to_resume
+
+    def _handle(self, messages: list[Message]) -> None:
+        got = False
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() not in _QUIET_ERRORS:
+                    log.warning("event=consume.error queue=%s error=%s", self.queue, err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            tp = (topic, partition)
+            with self._lock:
+                if tp not in self._levels:
+                    continue
+                self._tracker.delivered(tp, offset)
+                self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+            record = self._decode(msg, tp, offset)
+            if record is not None:
+                with self._lock:
+                    self._buffers.setdefault(record.level, deque()).append(record)
+                got = True
+        if got:
+            self._on_records()
+
+    def _decode(self, msg: Message, tp: TP, offset: int) -> ReadyRecord | None:
+        value = msg.value() or b""
+        try:
+            envelope = decode_event(value)
+            if not isinstance(envelope.body, TaskDispatched):
+                raise DecodeError(f"{envelope.type_name} is not a ready-topic record")
+        except DecodeError as exc:
+            self._metrics.quarantined.labels(tp[0]).inc()
+            log.warning("event=record.quarantined topic=%s partition=%d offset=%d reason=%s",
+                        tp[0], tp[1], offset, exc)
+            self._emitter.quarantine(
+                tp[0], tp[1], offset, msg.key(), value, str(exc),
+                on_delivered=lambda ok: self.settle(tp, offset) if ok else None)
+            return None
+        return ReadyRecord(tp, offset, self._levels[tp], envelope, envelope.body)
+
+    def _commit(self, only: set[TP] | None = None, *, asynchronous: bool) -> None:
+        self._last_commit = time.monotonic()
+        with self._lock:
+            targets = {tp: off for tp, off in self._tracker.to_commit().items()
+                       if tp in self._levels and (only is None or tp in only)}
+        if not targets:
+            return
+        offsets = [TopicPartition(t, p, off) for (t, p), off in sorted(targets.items())]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._on_commit(None, self._consumer.commit(offsets=offsets, asynchronous=False))
+        except KafkaException as exc:
+            log.warning("event=commit.failed queue=%s error=%s", self.queue, exc)

@@ -1,0 +1,135 @@
+"""Reads the compacted control topics every worker must see in full.
+
+``cancellations`` (key task ID, value a TaskCancelled envelope, tombstones
+allowed) and ``queues`` (see :mod:`taskstream.workers.queuectl`). No consumer
+group: all partitions are assigned and read from the beginning at start, and
+:meth:`ControlReader.wait_caught_up` lets the worker start only after it has
+seen everything written before it started (bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from taskstream.schemas.errors import DecodeError
+from taskstream.schemas.serde import decode_event
+from taskstream.workers.queuectl import QueueCommand, parse_command
+
+from taskstream.settings import Settings
+from taskstream.topics import cancellations_topic, queues_topic
+
+log = logging.getLogger("taskstream.worker")
+
+OnCancel = Callable[[str, int], object]  # task_id, attempt
+OnQueue = Callable[[QueueCommand], object]
+RETRY_METADATA_S = 5.0
+
+
+class ControlReader:
+    def __init__(self, settings: Settings, on_cancel: OnCancel, on_queue: OnQueue) -> None:
+        self._cancellations = cancellations_topic(settings)
+        self._queues = queues_topic(settings)
+        self._timeout = settings.kafka_timeout_s
+        self._on_cancel = on_cancel
+        self._on_queue = on_queue
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"{settings.topic_prefix}workers.control.{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        })
+        self._assigned: set[str] = set()
+        self._targets: dict[tuple[str, int], int] = {}  # high watermark at start
+        self._caught_up = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskstream-control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        return self._caught_up.wait(timeout_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(self._timeout + 5)
+
+    def _assign_missing(self) -> None:
+        try:
+            metadata = self._consumer.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            log.warning("event=control.metadata.failed error=%s", exc)
+            return
+        new: list[TopicPartition] = []
+        for name in (self._cancellations, self._queues):
+            meta = metadata.topics.get(name)
+            if name in self._assigned or meta is None or meta.error is not None:
+                continue
+            for pid in meta.partitions:
+                tp = TopicPartition(name, pid, -2)  # OFFSET_BEGINNING
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=self._timeout)
+                if high > low:
+                    self._targets[(name, pid)] = high
+                new.append(tp)
+            self._assigned.add(name)
+        if new:
+            self._consumer.incremental_assign(new)
+        missing = {self._cancellations, self._queues} - self._assigned
+        if missing and not self._caught_up.is_set():
+            log.warning("event=control.topics.missing topics=%s (create them with "
+                        "`taskstream topics create`)", sorted(missing))
+
+    def _run(self) -> None:
+        next_metadata = 0.0
+        try:
+            while not self._stop.is_set():
+                if len(self._assigned) < 2 and _now() >= next_metadata:
+                    self._assign_missing()
+                    next_metadata = _now() + RETRY_METADATA_S
+                    if not self._targets:
+                        self._caught_up.set()
+                for msg in self._consumer.consume(num_messages=500, timeout=0.1):
+                    self._handle(msg)
+        except Exception:
+            log.exception("event=control.crashed (cancellations and pauses no longer seen)")
+        finally:
+            self._consumer.close()
+
+    def _handle(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                log.warning("event=control.consume.error error=%s", err)
+            return
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            return
+        if topic == self._cancellations:
+            value = msg.value()
+            if value:  # a tombstone removes an old cancellation: nothing to do
+                try:
+                    envelope = decode_event(value)
+                except DecodeError as exc:
+                    log.warning("event=control.undecodable topic=%s offset=%d error=%s",
+                                topic, offset, exc)
+                else:
+                    self._on_cancel(envelope.task_id, envelope.attempt)
+        else:
+            command = parse_command(msg.key(), msg.value())
+            if command is not None:
+                self._on_queue(command)
+        target = self._targets.get((topic, partition))
+        if target is not None and offset + 1 >= target:
+            del self._targets[(topic, partition)]
+            if not self._targets:
+                self._caught_up.set()
+
+
+def _now() -> float:
+    return time.monotonic()

@@ -1,0 +1,152 @@
+"""The worker's producer: its events to the events topic, bad records to quarantine.
+
+One confluent-kafka Producer per worker (acks=all, idempotent,
+``murmur2_random`` so a task's events land where the processor expects them),
+with a thread serving delivery callbacks. ``on_delivered(ok)`` callbacks run in
+that thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from taskstream.schemas.events import (
+    Envelope,
+    EventBody,
+    LeaseRenewed,
+    TaskDispatched,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+)
+from taskstream.schemas.ids import new_event_id
+from taskstream.schemas.quarantine import quarantine_headers
+from taskstream.schemas.serde import encode_event
+from taskstream.workers.metrics import WorkerMetrics
+from taskstream.workers.outcome import Failure, Outcome
+
+from taskstream.settings import Settings
+from taskstream.topics import events_topic, quarantine_topic
+
+log = logging.getLogger("taskstream.worker")
+
+Delivered = Callable[[bool], None]
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "acks": "all",
+        "enable.idempotence": True,
+        "partitioner": "murmur2_random",
+        "linger.ms": min(settings.linger_ms, 5),
+        "compression.type": settings.compression,
+        "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
+    }
+
+
+def outcome_body(outcome: Outcome, dispatch_id: str, worker_id: str) -> EventBody:
+    if isinstance(outcome, Failure):
+        return TaskFailed(
+            dispatch_id=dispatch_id, worker_id=worker_id, error_type=outcome.error_type,
+            message=outcome.message, traceback=outcome.traceback, retryable=outcome.retryable,
+            timed_out=outcome.timed_out, retry_after_ms=outcome.retry_after_ms,
+        )
+    return TaskSucceeded(dispatch_id=dispatch_id, worker_id=worker_id, result=outcome.result,
+                         result_content_type=outcome.content_type)
+
+
+class EventEmitter:
+    """Produces the worker's events for ready records; thread-safe."""
+
+    def __init__(self, settings: Settings, worker_id: str, metrics: WorkerMetrics) -> None:
+        self.worker_id = worker_id
+        self.source = f"worker:{worker_id}"
+        self._metrics = metrics
+        self._events = events_topic(settings)
+        self._quarantine = quarantine_topic(settings)
+        self._producer = Producer(producer_config(settings))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="taskstream-emitter",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def _emit(self, ready: Envelope, body: EventBody, on_delivered: Delivered | None) -> None:
+        envelope = Envelope(event_id=new_event_id(), task_id=ready.task_id,
+                            occurred_at_ms=time.time_ns() // 1_000_000, source=self.source,
+                            attempt=ready.attempt, body=body)
+        kind = type(body).__name__
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._metrics.delivery_errors.labels(kind).inc()
+                log.error("event=delivery.failed type=%s task_id=%s attempt=%d error=%s",
+                          kind, ready.task_id, ready.attempt, err)
+            if on_delivered is not None:
+                on_delivered(err is None)
+
+        self._produce(self._events, ready.task_id.encode(), encode_event(envelope), report)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes,
+                 report: Callable[[KafkaError | None, Message], None],
+                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers,
+                                       on_delivery=report)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: wait for deliveries
+
+    @staticmethod
+    def _dispatch_id(ready: Envelope) -> str:
+        body = ready.body
+        return body.dispatch_id if isinstance(body, TaskDispatched) else ""
+
+    def started(self, ready: Envelope, on_delivered: Delivered | None = None) -> None:
+        self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered)
+
+    def lease_renewed(self, ready: Envelope) -> None:
+        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None)
+        self._metrics.heartbeats.inc()
+
+    def outcome(self, ready: Envelope, outcome: Outcome,
+                on_delivered: Delivered | None = None) -> None:
+        self._emit(ready, outcome_body(outcome, self._dispatch_id(ready), self.worker_id),
+                   on_delivered)
+
+    def quarantine(self, topic: str, partition: int, offset: int, key: bytes | None,
+                   value: bytes, reason: str, on_delivered: Delivered) -> None:
+        """Copy a record byte for byte to the quarantine topic, the reason in its headers."""
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._metrics.delivery_errors.labels("quarantine").inc()
+                log.error("event=quarantine.failed topic=%s partition=%d offset=%d error=%s",
+                          topic, partition, offset, err)
+            on_delivered(err is None)
+
+        headers: list[tuple[str, str | bytes | None]] = list(
+            quarantine_headers(topic, partition, offset, reason))
+        self._produce(self._quarantine, key, value, report, headers=headers)
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for outstanding deliveries; returns how many are still undelivered."""
+        return int(self._producer.flush(timeout_s))
+
+    def close(self, timeout_s: float) -> None:
+        remaining = self.flush(timeout_s)
+        if remaining:
+            log.warning("event=emitter.close undelivered=%d (leases recover those attempts)",
+                        remaining)
+        self._stop.set()
+        self._thread.join(timeout_s)

@@ -1,0 +1,45 @@
+"""Prometheus metrics of one worker, in its own registry (no global state)."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.started = Counter("taskstream_worker_tasks_started", "attempts started",
+                               ["task"], registry=r)
+        self.succeeded = Counter("taskstream_worker_tasks_succeeded", "attempts that succeeded",
+                                 ["task"], registry=r)
+        self.failed = Counter("taskstream_worker_tasks_failed", "attempts that failed",
+                              ["task", "error_type"], registry=r)
+        self.run_seconds = Histogram("taskstream_worker_run_seconds", "handler run time",
+                                     ["task"], buckets=_RUN_BUCKETS, registry=r)
+        self.queue_wait = Histogram("taskstream_worker_queue_wait_seconds",
+                                    "dispatch to start", ["queue"], buckets=_WAIT_BUCKETS,
+                                    registry=r)
+        self.in_flight = Gauge("taskstream_worker_in_flight", "attempts running now", registry=r)
+        self.heartbeats = Counter("taskstream_worker_heartbeats", "LeaseRenewed events emitted",
+                                  registry=r)
+        self.skipped = Counter("taskstream_worker_skipped", "ready records not run (cancelled)",
+                               ["queue"], registry=r)
+        self.quarantined = Counter("taskstream_worker_quarantined",
+                                   "undecodable ready records moved to quarantine", ["topic"],
+                                   registry=r)
+        self.abandoned_threads = Counter("taskstream_worker_abandoned_threads",
+                                         "thread handlers left running after a timeout or "
+                                         "cancellation", registry=r)
+        self.delivery_errors = Counter("taskstream_worker_delivery_errors",
+                                       "events the broker did not acknowledge", ["type"],
+                                       registry=r)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
+        """Serve ``/metrics`` on ``port`` in a daemon thread; shut the server down to stop."""
+        return start_http_server(port, addr=addr, registry=self.registry)

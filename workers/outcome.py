@@ -1,0 +1,97 @@
+"""How an attempt ended, as plain data, and the conversions around a handler call.
+
+These functions are pure and run in the worker process or in a process-pool
+child alike (every value here pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback as tb
+from dataclasses import dataclass
+from typing import Any
+
+from taskstream.workers.errors import NonRetryableError, Retry
+
+JSON = "application/json"
+OCTETS = "application/octet-stream"
+MAX_TRACEBACK_CHARS = 16_000
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    result: bytes
+    content_type: str = JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    error_type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+    timed_out: bool = False
+    retry_after_ms: int | None = None
+
+
+Outcome = Success | Failure
+
+
+def decode_payload(payload: bytes, content_type: str) -> Any:
+    """JSON payloads become Python values; anything else stays bytes.
+
+    Raises ValueError when a JSON payload is not JSON.
+    """
+    if content_type.split(";", 1)[0].strip().lower() == JSON:
+        return json.loads(payload) if payload else None
+    return payload
+
+
+def encode_result(value: Any) -> Outcome:
+    """Bytes go out as-is (octet-stream); anything else as JSON."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return Success(bytes(value), OCTETS)
+    try:
+        return Success(json.dumps(value, separators=(",", ":")).encode(), JSON)
+    except (TypeError, ValueError) as exc:
+        return Failure(
+            "ResultEncodeError",
+            f"the handler returned a {type(value).__name__}, which is not JSON: {exc}; "
+            "return JSON-able values or bytes",
+            retryable=False,
+        )
+
+
+def _traceback_of(exc: BaseException) -> str:
+    text = "".join(tb.format_exception(exc))
+    return text if len(text) <= MAX_TRACEBACK_CHARS else "...\n" + text[-MAX_TRACEBACK_CHARS:]
+
+
+def failure_from_exception(exc: BaseException) -> Failure:
+    """Retry -> retryable with retry_after; NonRetryableError -> not retryable; else retryable."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, Retry):
+        return Failure("Retry", message, _traceback_of(exc), retryable=True,
+                       retry_after_ms=exc.retry_after_ms)
+    retryable = not isinstance(exc, NonRetryableError)
+    return Failure(type(exc).__name__, message, _traceback_of(exc), retryable=retryable)
+
+
+def timeout_failure(timeout_s: float) -> Failure:
+    return Failure("TaskTimeout", f"the handler ran longer than its timeout of {timeout_s:g} s",
+                   retryable=True, timed_out=True)
+
+
+def cancelled_failure() -> Failure:
+    return Failure("Cancelled", "the task was cancelled while running", retryable=False)
+
+
+def unknown_task_failure(name: str, known: list[str]) -> Failure:
+    shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+    return Failure(
+        "UnknownTask",
+        f"no handler is registered for task {name!r} on this worker "
+        f"(registered: {shown or 'none'}); "
+        "deploy a worker that registers it, then redrive the task",
+        retryable=False,
+    )

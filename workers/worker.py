@@ -1,0 +1,374 @@
+"""The worker: consumers per queue, a bounded number of attempts at once, clean shutdown.
+
+Life of one ready record (the order of durable steps matters):
+
+1. the queue's consumer thread decodes it into the buffer (undecodable ones go
+   to quarantine and are settled once the copy is acknowledged);
+2. when a slot is free the dispatcher takes the highest-priority record;
+3. a cancelled task is skipped (settled, nothing emitted); otherwise
+   ``TaskStarted`` is produced and the handler starts at once; the record is
+   settled when the broker acknowledges ``TaskStarted`` and only then can its
+   offset be committed;
+4. ``LeaseRenewed`` every ``lease_ms / 3`` while the handler runs;
+5. ``TaskSucceeded`` or ``TaskFailed`` is produced; the slot is freed.
+
+Shutdown (first SIGTERM/SIGINT, or :meth:`Worker.request_stop`): stop fetching
+and starting, let running attempts finish for up to ``grace_s`` and emit their
+outcomes, interrupt the rest without an outcome (their leases expire and the
+processor retries them), flush the producer, commit, leave the groups. A second
+signal (``immediate=True``) ends the grace period at once. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+from taskstream.schemas.events import Envelope, TaskDispatched
+from taskstream.workers.consumer import QueueConsumer, ReadyRecord
+from taskstream.workers.context import TaskContext
+from taskstream.workers.control import ControlReader
+from taskstream.workers.emitter import EventEmitter
+from taskstream.workers.errors import WorkerError
+from taskstream.workers.metrics import WorkerMetrics
+from taskstream.workers.outcome import (
+    Failure,
+    Outcome,
+    cancelled_failure,
+    unknown_task_failure,
+)
+from taskstream.workers.queuectl import QueueCommand
+from taskstream.workers.registry import TaskDef, TaskRegistry
+from taskstream.workers.runtime import Pool, execute
+
+from taskstream.settings import Settings, load_settings
+
+log = logging.getLogger("taskstream.worker")
+
+WAKEUP_S = 0.5
+MIN_RENEW_S = 0.05
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Running:
+    envelope: Envelope
+    ctx: TaskContext
+    task: asyncio.Task[Outcome]
+    cancel_requested: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs the tasks of ``app`` from the ready topics of ``queues``."""
+
+    def __init__(
+        self,
+        app: TaskRegistry,
+        settings: Settings | None = None,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 16,
+        pool: Pool | str = Pool.THREAD,
+        grace_s: float = 30.0,
+        metrics_port: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise WorkerError(f"concurrency must be >= 1; got {concurrency}")
+        self.app = app
+        self.settings = settings or load_settings()
+        self.queues = list(queues or app.queues() or ["default"])
+        self.concurrency = concurrency
+        self.pool = Pool(pool)
+        self.grace_s = grace_s
+        self.metrics_port = metrics_port
+        self.worker_id = worker_id or new_worker_id()
+        self.metrics = WorkerMetrics()
+        self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
+        self._paused: dict[str, bool] = {}
+        self._running: dict[str, _Running] = {}
+        self._record_tasks: set[asyncio.Task[None]] = set()
+        self._consumers: list[QueueConsumer] = []
+        self._rr = 0
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._emitter: EventEmitter | None = None
+        self._control: ControlReader | None = None
+        self._metrics_server: WSGIServer | None = None
+        self._started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._signals = 0
+
+    # -- public ----------------------------------------------------------------
+
+    async def wait_started(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self._started.wait(), timeout_s)
+
+    def request_stop(self, immediate: bool = False) -> None:
+        """Graceful stop; ``immediate`` ends the grace period now. Thread-safe."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            return
+
+        def stop() -> None:
+            self._stop.set()
+            if immediate:
+                self._hard_stop.set()
+
+        if _in_loop(loop):
+            stop()
+        else:
+            loop.call_soon_threadsafe(stop)
+
+    def run_sync(self) -> None:
+        """Run until SIGTERM/SIGINT (a second signal stops at once)."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            await self.run()
+
+        asyncio.run(main())
+
+    async def run(self) -> None:
+        """Start, serve until asked to stop, then shut down cleanly."""
+        self._loop = loop = asyncio.get_running_loop()
+        if self._stopping:
+            return
+        self._emitter = EventEmitter(self.settings, self.worker_id, self.metrics)
+        self._control = ControlReader(
+            self.settings,
+            on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),
+            on_queue=lambda cmd: loop.call_soon_threadsafe(self._on_queue, cmd),
+        )
+        self._control.start()
+        if not await asyncio.to_thread(self._control.wait_caught_up, self.settings.kafka_timeout_s):
+            log.warning("event=control.slow (starting before all cancellations were read)")
+        if self.metrics_port is not None:
+            self._metrics_server, _ = self.metrics.serve(self.metrics_port)
+        for queue in self.queues:
+            consumer = QueueConsumer(
+                self.settings, queue, prefetch=max(2 * self.concurrency, 8),
+                client_id=self.worker_id, emitter=self._emitter, metrics=self.metrics,
+                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set))
+            consumer.set_paused(self._paused.get(queue, False))
+            consumer.start()
+            self._consumers.append(consumer)
+        log.info("event=worker.started worker_id=%s queues=%s concurrency=%d pool=%s tasks=%d",
+                 self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
+                 len(self.app))
+        self._started.set()
+        dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
+        await self._stop.wait()
+        await self._shutdown(dispatcher)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def assignment(self) -> dict[str, set[tuple[str, int]]]:
+        return {c.queue: c.assignment() for c in self._consumers}
+
+    # -- control -------------------------------------------------------------
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        immediate = self._signals > 1
+        log.info("event=worker.signal signal=%s action=%s", sig.name,
+                 "stop-now" if immediate else "graceful-stop")
+        self.request_stop(immediate=immediate)
+
+    def _on_cancel(self, task_id: str, attempt: int) -> None:
+        self._cancelled[task_id] = max(attempt, self._cancelled.get(task_id, 0))
+        running = self._running.get(task_id)
+        if running is not None and running.envelope.attempt <= self._cancelled[task_id]:
+            running.cancel_requested = True
+            running.ctx.mark_cancelled()
+            running.task.cancel()
+            log.info("event=task.cancelling task_id=%s attempt=%d", task_id,
+                     running.envelope.attempt)
+
+    def _on_queue(self, command: QueueCommand) -> None:
+        self._paused[command.queue] = command.paused
+        for consumer in self._consumers:
+            if consumer.queue == command.queue:
+                consumer.set_paused(command.paused)
+        log.info("event=queue.%s queue=%s", "paused" if command.paused else "resumed",
+                 command.queue)
+        self._wakeup.set()
+
+    def _is_cancelled(self, envelope: Envelope) -> bool:
+        attempt = self._cancelled.get(envelope.task_id)
+        return attempt is not None and envelope.attempt <= attempt
+
+    # -- dispatch ------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        slots = asyncio.Semaphore(self.concurrency)
+        while not self._stopping:
+            await slots.acquire()
+            picked = await self._next_record()
+            if picked is None:
+                slots.release()
+                return
+            task = asyncio.create_task(self._run_record(*picked))
+            task.add_done_callback(lambda _t: slots.release())
+            self._record_tasks.add(task)
+            task.add_done_callback(self._record_tasks.discard)
+
+    async def _next_record(self) -> tuple[QueueConsumer, ReadyRecord] | None:
+        while not self._stopping:
+            self._wakeup.clear()
+            n = len(self._consumers)
+            for i in range(n):
+                consumer = self._consumers[(self._rr + i) % n]
+                record = consumer.take()
+                if record is not None:
+                    self._rr = (self._rr + i + 1) % n
+                    return consumer, record
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), WAKEUP_S)
+        return None
+
+    async def _run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
+        envelope, dispatched = record.envelope, record.dispatched
+        emitter = self._emitter
+        assert emitter is not None
+        if self._is_cancelled(envelope):
+            consumer.settle(record.tp, record.offset)
+            self.metrics.skipped.labels(consumer.queue).inc()
+            log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
+                     envelope.task_id, envelope.attempt)
+            return
+        task = self.app.get(dispatched.name)
+
+        def on_started(ok: bool) -> None:
+            if ok:
+                consumer.settle(record.tp, record.offset)
+
+        emitter.started(envelope, on_delivered=on_started)
+        started = time.monotonic()
+        self.metrics.started.labels(dispatched.name).inc()
+        self.metrics.queue_wait.labels(dispatched.queue).observe(
+            max(0.0, time.time() - envelope.occurred_at_ms / 1000))
+        log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
+                 envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
+        if task is None:
+            outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
+        else:
+            outcome = await self._execute(task, envelope, dispatched)
+        self.metrics.run_seconds.labels(dispatched.name).observe(time.monotonic() - started)
+        if outcome is None:
+            return
+        emitter.outcome(envelope, outcome)
+        self._log_outcome(envelope, dispatched, outcome, time.monotonic() - started)
+
+    async def _execute(self, task: TaskDef, envelope: Envelope,
+                       dispatched: TaskDispatched) -> Outcome | None:
+        emitter = self._emitter
+        assert emitter is not None
+        ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
+                          idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
+                          heartbeat=lambda: emitter.lease_renewed(envelope))
+        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
+        running = self._running[envelope.task_id] = _Running(envelope, ctx, run)
+        lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))
+        self.metrics.in_flight.inc()
+        try:
+            await asyncio.wait({run})
+        except asyncio.CancelledError:  # stop without grace: no outcome, the lease recovers it
+            run.cancel()
+            raise
+        finally:
+            lease.cancel()
+            self.metrics.in_flight.dec()
+            if self._running.get(envelope.task_id) is running:
+                del self._running[envelope.task_id]
+        threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
+        if run.cancelled() or running.cancel_requested:
+            if threaded and run.cancelled():
+                self.metrics.abandoned_threads.inc()
+            return cancelled_failure()
+        outcome = run.result()
+        if threaded and isinstance(outcome, Failure) and outcome.timed_out:
+            self.metrics.abandoned_threads.inc()
+        return outcome
+
+    async def _renew_lease(self, envelope: Envelope, lease_ms: int) -> None:
+        emitter = self._emitter
+        assert emitter is not None
+        interval = max(lease_ms / 3000, MIN_RENEW_S)
+        while True:
+            await asyncio.sleep(interval)
+            emitter.lease_renewed(envelope)
+
+    def _log_outcome(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Outcome,
+                     took_s: float) -> None:
+        if isinstance(outcome, Failure):
+            self.metrics.failed.labels(dispatched.name, outcome.error_type).inc()
+            event = "task.retry" if outcome.retryable else "task.failed"
+            log.warning("event=%s task_id=%s attempt=%d name=%s error_type=%s timed_out=%s "
+                        "took_ms=%d message=%r", event, envelope.task_id, envelope.attempt,
+                        dispatched.name, outcome.error_type, outcome.timed_out,
+                        took_s * 1000, outcome.message)
+        else:
+            self.metrics.succeeded.labels(dispatched.name).inc()
+            log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
+                     envelope.task_id, envelope.attempt, dispatched.name, took_s * 1000)
+
+    # -- shutdown ------------------------------------------------------------
+
+    async def _shutdown(self, dispatcher: asyncio.Task[None]) -> None:
+        """Order: stop starting; wait for running attempts (bounded by the grace period);
+        interrupt the rest; flush events (TaskStarted acks settle offsets); commit and
+        leave the groups; stop the control reader and the producer."""
+        self._stopping = True
+        dispatcher.cancel()
+        await asyncio.wait({dispatcher}, timeout=5)
+        for consumer in self._consumers:
+            consumer.drain()
+        pending = set(self._record_tasks)
+        log.info("event=worker.stopping in_flight=%d grace_s=%g", len(pending), self.grace_s)
+        deadline = time.monotonic() + self.grace_s
+        while pending and not self._hard_stop.is_set() and time.monotonic() < deadline:
+            _, pending = await asyncio.wait(pending, timeout=min(0.2, self.grace_s))
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("event=worker.abandoned in_flight=%d (their leases will expire and the "
+                        "processor retries them)", len(pending))
+            await asyncio.wait(pending, timeout=5)
+        flush_s = 1.0 if self._hard_stop.is_set() else self.settings.kafka_timeout_s
+        assert self._emitter is not None and self._control is not None
+        await asyncio.to_thread(self._emitter.flush, flush_s)
+        await asyncio.gather(*(asyncio.to_thread(c.close) for c in self._consumers))
+        await asyncio.to_thread(self._control.close)
+        await asyncio.to_thread(self._emitter.close, flush_s)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        log.info("event=worker.stopped worker_id=%s", self.worker_id)
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
