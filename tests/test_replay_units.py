@@ -1,0 +1,255 @@
+"""Replay's pure parts, without Kafka: partition choice, argument parsing, compare,
+the rebuild fold (LRU and skips), history verdicts and the JSON export of bodies."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskstream.processors.lifecycle import Limits, fold
+from taskstream.processors.replay_export import body_to_json, envelope_to_json
+from taskstream.processors.replay_history import (
+    ACCEPTED,
+    CONFLICT,
+    DUPLICATE,
+    REJECTED,
+    SKIPPED,
+    explain,
+    format_entry,
+)
+from taskstream.processors.replay_read import (
+    ReplayError,
+    murmur2,
+    parse_offsets_spec,
+    parse_time,
+    partition_for,
+)
+from taskstream.processors.replay_rebuild import (
+    FoldStats,
+    StateCache,
+    StateDB,
+    fold_messages,
+    open_db,
+)
+from taskstream.processors.replay_verify import compare
+from taskstream.schemas.events import (
+    Envelope,
+    TaskDispatched,
+    TaskStarted,
+    TaskSucceeded,
+)
+from taskstream.schemas.serde import encode_event
+from taskstream.schemas.state import TaskState, TaskStatus
+from tests.lifecycle_support import T0, submitted
+
+# -- partition choice ---------------------------------------------------------------
+
+# org.apache.kafka.common.utils.UtilsTest#testMurmur2
+JAVA_VECTORS = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+@pytest.mark.parametrize(("key", "expected"), JAVA_VECTORS.items())
+def test_murmur2_matches_the_java_client(key: bytes, expected: int) -> None:
+    assert murmur2(key) == expected
+
+
+@given(st.binary(max_size=64), st.integers(min_value=1, max_value=512))
+def test_partition_choice_matches_aiokafka(key: bytes, partitions: int) -> None:
+    assert murmur2(key) & 0xFFFFFFFF == aiokafka_murmur2(key) & 0xFFFFFFFF
+    everyone = list(range(partitions))
+    assert partition_for(key, partitions) == DefaultPartitioner()(key, everyone, everyone)
+
+
+# -- arguments ------------------------------------------------------------------------
+
+
+def test_offsets_spec_parses_pairs() -> None:
+    assert parse_offsets_spec("0:1200,1:900") == {0: 1200, 1: 900}
+    assert parse_offsets_spec(" 3 : 7 , ") == {3: 7}
+
+
+@pytest.mark.parametrize("bad", ["", ",", "0", "0:", ":5", "a:1", "0:-1", "0:1,0:2", "0:1;1:2"])
+def test_offsets_spec_rejects_nonsense(bad: str) -> None:
+    with pytest.raises(ReplayError, match="spec"):
+        parse_offsets_spec(bad)
+
+
+def test_time_accepts_millis_and_iso() -> None:
+    assert parse_time("1700000000000") == 1_700_000_000_000
+    assert parse_time("2023-11-14T22:13:20Z") == 1_700_000_000_000
+    assert parse_time("2023-11-14T22:13:20") == 1_700_000_000_000  # no zone = UTC
+    assert parse_time("2023-11-15T00:13:20+02:00") == 1_700_000_000_000
+    with pytest.raises(ReplayError, match="ISO 8601"):
+        parse_time("yesterday")
+
+
+# -- compare ------------------------------------------------------------------------------
+
+
+def _states() -> dict[str, TaskState]:
+    events = []
+    for n, task_id in enumerate(("A", "B", "C")):
+        events.append(Envelope(f"E{n}", task_id, T0 + n, "test", 0, submitted()))
+    return fold(events)
+
+
+def test_compare_identical_is_empty() -> None:
+    states = _states()
+    assert compare(states, dict(states)) == []
+
+
+def test_compare_names_exactly_the_corrupted_task_and_fields() -> None:
+    expected = _states()
+    live = dict(expected)
+    live["B"] = dataclasses.replace(live["B"], status=TaskStatus.SUCCEEDED, retries=7)
+    [mismatch] = compare(expected, live)
+    assert mismatch.task_id == "B" and mismatch.kind == "differs"
+    assert [d.name for d in mismatch.diffs] == ["status", "retries"]
+    assert mismatch.diffs[0].expected is TaskStatus.READY
+    assert mismatch.diffs[0].live is TaskStatus.SUCCEEDED
+    assert "retries: replay=0 live=7" in mismatch.describe()
+
+
+def test_compare_reports_tasks_missing_on_either_side() -> None:
+    expected = _states()
+    live = dict(expected)
+    del live["A"]
+    live["Z"] = dataclasses.replace(expected["C"], task_id="Z")
+    assert [(m.task_id, m.kind) for m in compare(expected, live)] == [
+        ("A", "missing-live"), ("Z", "missing-replay")]
+
+
+# -- the rebuild fold -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Msg:
+    """The three accessors of a confluent-kafka Message the fold uses."""
+
+    _value: bytes | None
+    _partition: int
+    _offset: int
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def _workload(tasks: int) -> list[Envelope]:
+    events: list[Envelope] = []
+    states: dict[str, TaskState] = {}
+    for n in range(tasks):
+        events.append(Envelope(f"S{n}", f"T{n:04d}", T0 + n, "test", 0, submitted()))
+    states = fold(events)
+    for n in range(tasks):
+        state = states[f"T{n:04d}"]
+        assert state.dispatch_id is not None
+        events.append(Envelope(f"R{n}", state.task_id, T0 + 1000 + n, "w", 1,
+                               TaskStarted(state.dispatch_id, "w")))
+        if n % 2:
+            events.append(Envelope(f"D{n}", state.task_id, T0 + 2000 + n, "w", 1,
+                                   TaskSucceeded(state.dispatch_id, "w", b"1")))
+    return events
+
+
+def test_fold_with_a_tiny_cache_equals_the_lifecycle_fold(tmp_path: Path) -> None:
+    events = _workload(40)
+    messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
+    db = open_db(tmp_path / "db", create=True)
+    try:
+        cache = StateCache(db, capacity=3, batch=7)
+        stats = FoldStats()
+        fold_messages([messages[:50], messages[50:]], cache, Limits(), stats)
+        cache.flush()
+        assert stats.events == len(events) and stats.skipped == 0
+        assert dict(StateDB(db)) == fold(events)
+    finally:
+        db.close()
+
+
+def test_fold_skips_bad_records_with_their_position(tmp_path: Path) -> None:
+    events = _workload(2)
+    state = fold(events[:1])["T0000"]
+    derived = Envelope("X", "T0000", T0, "processor", 1, TaskDispatched(
+        "d", "n", "default", 0, b"", "application/json", None, 1, 1, T0))
+    messages = [Msg(encode_event(events[0]), 2, 10), Msg(b"garbage", 2, 11), Msg(None, 2, 12),
+                Msg(encode_event(derived), 2, 13)]
+    db = open_db(tmp_path / "db", create=True)
+    try:
+        cache = StateCache(db)
+        stats = FoldStats()
+        fold_messages([messages], cache, Limits(), stats)
+        cache.flush()
+        assert stats.events == 1 and stats.skipped == 3
+        assert [(s.partition, s.offset) for s in stats.skipped_details] == [(2, 11), (2, 12),
+                                                                             (2, 13)]
+        assert "not an events-topic record" in stats.skipped_details[2].reason
+        assert dict(StateDB(db)) == {"T0000": state}
+    finally:
+        db.close()
+
+
+# -- history verdicts ---------------------------------------------------------------------------
+
+
+def test_history_shows_duplicates_and_rejected_stale_completions() -> None:
+    sub = Envelope("E1", "T", T0, "client", 0, submitted())
+    state = fold([sub])["T"]
+    assert state.dispatch_id is not None
+    items: list[Envelope | str] = [
+        sub,
+        Envelope("E2", "T", T0 + 1, "client", 0, submitted()),
+        Envelope("E3", "T", T0 + 2, "client", 0, submitted(payload=b'{"n": 2}')),
+        Envelope("E4", "T", T0 + 3, "w", 1, TaskStarted(state.dispatch_id, "w")),
+        Envelope("E5", "T", T0 + 4, "w", 1, TaskSucceeded(state.dispatch_id, "w", b"1")),
+        Envelope("E6", "T", T0 + 5, "w", 1, TaskSucceeded(state.dispatch_id, "w2", b"2")),
+        "cannot decode event: garbage",
+    ]
+    entries = explain([(0, n, T0 + n, item) for n, item in enumerate(items)], Limits())
+    assert [e.outcome for e in entries] == [ACCEPTED, DUPLICATE, CONFLICT, ACCEPTED, ACCEPTED,
+                                            REJECTED, SKIPPED]
+    assert (entries[0].status_before, entries[0].status_after) == (None, "READY")
+    assert entries[0].decisions[0].startswith("dispatched attempt 1")
+    assert (entries[4].status_before, entries[4].status_after) == ("RUNNING", "SUCCEEDED")
+    assert entries[5].reason and entries[5].status_after == "SUCCEEDED"
+    assert "REJECTED" in format_entry(entries[5])
+    as_json = entries[5].to_json()
+    assert as_json["outcome"] == REJECTED and as_json["type"] == "TaskSucceeded"
+    json.dumps(as_json)
+
+
+# -- export bodies ------------------------------------------------------------------------------
+
+
+def test_json_payloads_are_inlined_and_other_bytes_base64() -> None:
+    body = body_to_json(submitted(payload=b'{"n": 1}'))
+    assert body["payload"] == {"n": 1}
+    binary = dataclasses.replace(submitted(), payload=b"\xff\x00", content_type="app/octet")
+    assert body_to_json(binary)["payload_base64"] == base64.b64encode(b"\xff\x00").decode()
+    succeeded = body_to_json(TaskSucceeded("d", "w", b"not json", "application/json"))
+    assert succeeded["result_base64"] == base64.b64encode(b"not json").decode()
+    env = Envelope("E", "T", T0, "client", 0, submitted())
+    line: dict[str, Any] = json.loads(envelope_to_json(env, 1, 2, 3))
+    assert (line["partition"], line["offset"], line["type"]) == (1, 2, "TaskSubmitted")
+    assert line["body"]["backoff"]["initial_ms"] == 1_000
