@@ -28,7 +28,10 @@ def base_delay_ms(backoff: Backoff, attempt: int) -> float:
     """The capped exponential delay after ``attempt`` failed, before jitter."""
     cap = max(0.0, float(backoff.max_ms))
     initial = max(0.0, float(backoff.initial_ms))
-    multiplier = max(0.0, backoff.multiplier) if math.isfinite(backoff.multiplier) else 0.0
+    # NaN means "no growth"; +inf grows straight to the cap
+    multiplier = 1.0 if math.isnan(backoff.multiplier) else max(0.0, backoff.multiplier)
+    if initial == 0.0:
+        return 0.0
     try:
         raw = initial * multiplier ** (max(1, attempt) - 1)
     except OverflowError:
