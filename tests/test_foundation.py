@@ -209,3 +209,46 @@ def test_compose_file_runs_a_loopback_kraft_broker_of_our_version() -> None:
     for port in service["ports"]:
         assert str(port).startswith("127.0.0.1:"), f"{port} is not bound to loopback"
     assert all(isinstance(v, str) for v in env.values()), "compose wants strings"
+
+
+# start-up failures name the broker's log ------------------------------------------------
+
+FAKE_JAVA = """case "$*" in
+  *-version*) echo 'openjdk version "17.0.1"' >&2 ;;
+  *StorageTool*) exit 0 ;;
+  *) %s ;;
+esac
+"""
+
+
+def fake_install(tmp_path: Path, broker_behaviour: str) -> dict[str, str]:
+    """A kafka_home whose jars count as resolved and a java that only pretends."""
+    home = tmp_path / "kh"
+    (home / "4.3.1" / "libs").mkdir(parents=True)
+    (home / "4.3.1" / ".complete").write_text("fake\n")
+    fake_tool(tmp_path / "bin", "java", FAKE_JAVA % broker_behaviour)
+    return {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TASKSTREAM_KAFKA_HOME": str(home)}
+
+
+def test_a_broker_that_exits_at_start_names_its_log(tmp_path: Path) -> None:
+    env = fake_install(tmp_path, "echo boom; exit 3")
+    port = str(localkafka.free_port_block(2))
+    code, output = run("kafka", "up", "--port", port, "--data-dir", str(tmp_path / "run"),
+                       env=env)
+    assert code == 1
+    assert "exited during start-up" in output
+    assert str(tmp_path / "run" / "node-1" / "server.log") in output
+    assert "boom" in (tmp_path / "run" / "node-1" / "stdout.log").read_text()
+
+
+def test_a_broker_that_never_answers_times_out_and_is_stopped(tmp_path: Path) -> None:
+    env = fake_install(tmp_path, "while :; do sleep 0.1; done")
+    port = str(localkafka.free_port_block(2))
+    code, output = run("kafka", "up", "--port", port, "--timeout", "3",
+                       "--data-dir", str(tmp_path / "run"), env=env)
+    assert code == 1
+    assert "did not answer within 3s" in output
+    assert str(tmp_path / "run" / "node-1" / "server.log") in output
+    state = localkafka.read_state(tmp_path / "run")
+    assert state is not None
+    assert not any(localkafka.is_running(n) for n in state.nodes), "up left its broker running"

@@ -1,0 +1,105 @@
+"""The foundation against real brokers: topic creation and the local runner's lifecycle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from taskstream import localkafka
+from taskstream.admin import ensure_queue_topics, ensure_topics, list_topics
+from taskstream.cli.main import main
+from taskstream.settings import Settings, load_settings
+from taskstream.topics import ready_topics
+
+pytestmark = pytest.mark.kafka
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    return {"TASKSTREAM_BOOTSTRAP": settings.bootstrap,
+            "TASKSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "TASKSTREAM_KAFKA_HOME": str(settings.kafka_home)}
+
+
+def test_topics_create_twice_is_a_noop_the_second_time(settings: Settings) -> None:
+    runner = CliRunner()
+    first = runner.invoke(main, ["topics", "create", "--queues", "emails,reports",
+                                 "--partitions", "4"], env=env_of(settings))
+    assert first.exit_code == 0, first.output
+    assert f"{settings.topic('events')}: created" in first.output
+    assert f"{settings.topic('ready.reports.p2')}: created" in first.output
+    second = runner.invoke(main, ["topics", "create", "--queues", "emails,reports"],
+                           env=env_of(settings))
+    assert second.exit_code == 0, second.output
+    assert "created" not in second.output.replace("already", "")
+    assert "All 11 topics already exist; nothing to do." in second.output
+    found = list_topics(settings)
+    assert found[settings.topic("events")] == 4
+    assert found[settings.topic("queues")] == 1
+    listed = runner.invoke(main, ["topics", "list"], env=env_of(settings))
+    assert f"{settings.topic('dlq')}  (4 partitions)" in listed.output
+
+
+def test_ensure_topics_reports_what_it_created(settings: Settings) -> None:
+    created = ensure_topics(settings)
+    assert all(created.values()) and len(created) == 5 + settings.priority_levels
+    assert not any(ensure_topics(settings).values())
+    new_queue = ensure_queue_topics(settings, "fresh")
+    assert list(new_queue) == ready_topics(settings, "fresh")
+    assert all(new_queue.values())
+    assert not any(ensure_queue_topics(settings, "fresh").values())
+
+
+def test_too_many_replicas_is_a_clear_error(settings: Settings) -> None:
+    result = CliRunner().invoke(main, ["topics", "create", "--replication", "3"],
+                                env=env_of(settings))
+    assert result.exit_code == 1
+    assert "with 3 replica(s)" in result.output
+    assert "Traceback" not in result.output
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+
+
+@pytest.mark.slow
+def test_up_status_down_lifecycle(tmp_path: Path) -> None:
+    """Its own broker: `up` twice, `status`, `down --keep`, `up` resumes, `down` cleans."""
+    runner = CliRunner()
+    data = tmp_path / "run"
+    port = localkafka.free_port_block(2)
+    env = {"TASKSTREAM_KAFKA_HOME": str(load_settings().kafka_home)}
+    try:
+        up = runner.invoke(main, ["kafka", "up", "--port", str(port), "--data-dir", str(data)],
+                           env=env)
+        assert up.exit_code == 0, up.output
+        assert f"is up at 127.0.0.1:{port}" in up.output
+        again = runner.invoke(main, ["kafka", "up", "--data-dir", str(data)], env=env)
+        assert "already running" in again.output
+        status = runner.invoke(main, ["kafka", "status", "--data-dir", str(data)], env=env)
+        assert status.exit_code == 0, status.output
+        assert "running" in status.output and "answers metadata requests" in status.output
+        state = localkafka.read_state(data)
+        assert state is not None
+        (pid,) = [n.pid for n in state.nodes]
+
+        kept = runner.invoke(main, ["kafka", "down", "--keep", "--data-dir", str(data)], env=env)
+        assert f"stopped PIDs {pid}; data kept" in kept.output
+        assert not _alive(pid)
+        resumed = runner.invoke(main, ["kafka", "up", "--data-dir", str(data)], env=env)
+        assert f"is up at 127.0.0.1:{port}" in resumed.output, resumed.output
+    finally:
+        down = runner.invoke(main, ["kafka", "down", "--data-dir", str(data)], env=env)
+    assert down.exit_code == 0, down.output
+    assert "data removed" in down.output
+    assert localkafka.read_state(data) is None
+    state_pids = [int(p) for p in down.output.split("PIDs ")[1].split(";")[0].split(", ")]
+    assert not any(_alive(p) for p in state_pids)
+    status = runner.invoke(main, ["kafka", "status", "--data-dir", str(data)], env=env)
+    assert status.exit_code == 1
