@@ -231,7 +231,7 @@ def _expected_avro(name: str, tp: Any) -> set[str]:
         return {json.dumps({"type": "map", "values": "string"})}
     if origin is list:
         return {json.dumps({"type": "array", "items": "string"})}
-    if dataclasses.is_dataclass(tp) or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+    if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or issubclass(tp, enum.Enum)):
         return {json.dumps(f"{NAMESPACE}.{tp.__name__}")}
     simple = {str: {"string"}, bytes: {"bytes"}, bool: {"boolean"}, float: {"double"}}
     if tp is int:
