@@ -63,7 +63,7 @@ from taskstream.schemas.serde import decode_event, decode_state, encode_event, e
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore import keys
-from taskstream.statestore.tables import TaskTables
+from taskstream.statestore.tables import TaskTables, processor_app_id
 from taskstream.topics import (
     cancellations_topic,
     dlq_topic,
@@ -111,7 +111,7 @@ def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> Topi
 def build_faust_app(settings: Settings) -> faust.App:
     host, port = settings.web_host, settings.web_port
     return faust.App(
-        f"{settings.topic_prefix}processor",
+        processor_app_id(settings),
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap.split(",")],
         store="rocksdb://",
         datadir=str(settings.data_dir),
@@ -127,6 +127,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        key_serializer="raw",
+        value_serializer="raw",
         web_cors_options=None,
     )
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import faust
 
-from taskstream.admin import ensure_topics
+from taskstream.admin import TopicSpec, create_topics, ensure_topics
 from taskstream.processors.app import Processor
 from taskstream.settings import Settings
 from taskstream.statestore.api import register_api
+from taskstream.statestore.tables import TABLE_NAMES, changelog_topic
 
 
 def build_processor(settings: Settings) -> Processor:
@@ -16,10 +17,26 @@ def build_processor(settings: Settings) -> Processor:
     return processor
 
 
+def ensure_changelog_topics(settings: Settings) -> dict[str, bool]:
+    """Create the tables' changelog topics before Faust starts.
+
+    Faust would create them itself, but racing its own metadata refresh it can
+    start the fold before a new changelog topic is visible ("PartitionsMismatch
+    ... changelog has 0 partitions"). Made here, they exist with the events
+    topic's partition count and our replication settings before the first event.
+    """
+    config = {"cleanup.policy": "compact",
+              "min.insync.replicas": str(max(1, min(2, settings.replication - 1)))}
+    return create_topics(settings, [
+        TopicSpec(changelog_topic(settings, name), settings.partitions, config)
+        for name in TABLE_NAMES])
+
+
 def run_processor(settings: Settings, loglevel: str = "info") -> None:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
+    ensure_changelog_topics(settings)
     processor = build_processor(settings)
     worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -18,16 +18,27 @@ from typing import Any
 import faust
 
 from taskstream.schemas.state import TaskState
+from taskstream.settings import Settings
 from taskstream.statestore import keys
+
+TABLE_NAMES = ("tasks", "due", "listing")
+
+
+def processor_app_id(settings: Settings) -> str:
+    """The Faust app id: the processors' consumer group and changelog prefix."""
+    return f"{settings.topic_prefix}processor"
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{processor_app_id(settings)}-{table}-changelog"
 
 
 def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    # bytes in, bytes out: the app's serializers are "raw" (processors/app.py)
     return app.Table(
         name,
         key_type=bytes,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
         partitions=partitions,
         default=None,
     )
@@ -35,9 +46,8 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
 
 class TaskTables:
     def __init__(self, app: faust.App, partitions: int) -> None:
-        self.tasks = _raw_table(app, "tasks", partitions)
-        self.due = _raw_table(app, "due", partitions)
-        self.listing = _raw_table(app, "listing", partitions)
+        self.tasks, self.due, self.listing = (
+            _raw_table(app, name, partitions) for name in TABLE_NAMES)
 
     # -- writes (inside the fold only) ---------------------------------------------
 

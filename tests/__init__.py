@@ -1,0 +1,1 @@
+"""taskstream tests (a package, so tests share helpers as tests.harness)."""

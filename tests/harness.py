@@ -1,0 +1,200 @@
+"""Helpers for integration tests: run processor replicas as real processes, write
+events, read topics and task state back. Everything talks to the real broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from taskstream.schemas.events import Envelope, EventBody
+from taskstream.schemas.ids import new_event_id
+from taskstream.schemas.serde import decode_event, decode_state, encode_event
+from taskstream.schemas.state import TaskState
+
+from taskstream.settings import Settings
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0,
+             interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
+    env.update(
+        TASKSTREAM_BOOTSTRAP=settings.bootstrap,
+        TASKSTREAM_TOPIC_PREFIX=settings.topic_prefix,
+        TASKSTREAM_PARTITIONS=str(settings.partitions),
+        TASKSTREAM_READY_PARTITIONS=str(settings.ready_partitions),
+        TASKSTREAM_QUEUES='["' + '","'.join(settings.queues) + '"]',
+        TASKSTREAM_STANDBY_REPLICAS=str(settings.standby_replicas),
+    )
+    return env
+
+
+class ProcessorProcess:
+    """One ``taskstream processor`` replica in a child process."""
+
+    def __init__(self, settings: Settings, data_dir: Path, web_port: int | None = None) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.web_port = web_port or free_port()
+        self.url = f"http://127.0.0.1:{self.web_port}"
+        self.log_path = data_dir.parent / f"processor-{self.web_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 60.0) -> ProcessorProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "taskstream", "processor",
+                 "--web-port", str(self.web_port), "--data-dir", str(self.data_dir)],
+                env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(f"processor on :{self.web_port} to be ready (log {self.log_path})",
+                 self._ready, timeout=ready_timeout, interval=0.2)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"processor exited with {self.proc.returncode}:\n{self.log()}")
+        return "Worker]: Ready" in self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@contextmanager
+def processors(settings: Settings, base: Path, count: int = 1) -> Iterator[list[ProcessorProcess]]:
+    procs = [ProcessorProcess(settings, base / f"replica{i}") for i in range(count)]
+    try:
+        for p in procs:
+            p.start()
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+class EventWriter:
+    """Writes envelopes to the events topic the way every client must."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = Producer({
+            "bootstrap.servers": settings.bootstrap,
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+        })
+
+    def send(self, task_id: str, body: EventBody, attempt: int = 0,
+             occurred_at_ms: int | None = None, source: str = "test") -> Envelope:
+        env = Envelope(
+            event_id=new_event_id(),
+            task_id=task_id,
+            occurred_at_ms=occurred_at_ms if occurred_at_ms is not None else int(time.time() * 1000),
+            source=source,
+            attempt=attempt,
+            body=body,
+        )
+        self.send_envelope(env)
+        return env
+
+    def send_envelope(self, env: Envelope) -> None:
+        self.producer.produce(self.settings.topic("events"), key=env.task_id.encode(),
+                              value=encode_event(env))
+        remaining = self.producer.flush(10)
+        assert remaining == 0, "event not delivered within 10 s"
+
+
+class TopicReader:
+    """Reads a topic from the beginning, keeping its position between calls."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"test-reader-{new_event_id()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        })
+        meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
+
+    def poll_raw(self, timeout: float = 0.5) -> list[tuple[bytes | None, bytes | None, int, int]]:
+        out = []
+        for msg in self.consumer.consume(1000, timeout):
+            if msg.error():
+                continue
+            out.append((msg.key(), msg.value(), msg.partition(), msg.offset()))
+        return out
+
+    def envelopes(self, timeout: float = 0.5) -> list[Envelope]:
+        return [decode_event(v) for _, v, _, _ in self.poll_raw(timeout) if v is not None]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class StateReader:
+    """The latest state of every task, read from the processor's task changelog."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.reader = TopicReader(settings, f"{settings.topic_prefix}processor-tasks-changelog")
+        self.states: dict[str, TaskState] = {}
+
+    def refresh(self) -> dict[str, TaskState]:
+        for key, value, _, _ in self.reader.poll_raw(0.2):
+            if key is not None and value is not None:
+                self.states[key.decode()] = decode_state(value)
+        return self.states
+
+    def wait(self, task_id: str, predicate: Callable[[TaskState], bool], what: str,
+             timeout: float = 30.0) -> TaskState:
+        def check() -> TaskState | None:
+            state = self.refresh().get(task_id)
+            return state if state is not None and predicate(state) else None
+
+        return wait_for(f"task {task_id}: {what}", check, timeout=timeout, interval=0.05)

@@ -1,0 +1,219 @@
+"""The processor against the real broker: events in, state, dispatches and DLQ copies out.
+
+Given a running ``taskstream processor`` replica, when events are written to the
+events topic the way clients and workers write them, then the task table (read
+through its changelog), the ready topics and the dlq topic show the lifecycle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from taskstream.schemas.events import (
+    Backoff,
+    CancelRequested,
+    Envelope,
+    TaskDispatched,
+    TaskFailed,
+    TaskStarted,
+    TaskSubmitted,
+    TaskSucceeded,
+)
+from taskstream.schemas.ids import new_task_id
+from taskstream.schemas.state import TaskStatus
+
+from taskstream.settings import Settings
+from taskstream.topics import ready_topic
+from tests.harness import EventWriter, ProcessorProcess, StateReader, TopicReader, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def submitted(payload: bytes = b'{"n": 1}', *, max_attempts: int = 3, eta_ms: int | None = None,
+              lease_ms: int = 30_000, priority: int = 0) -> TaskSubmitted:
+    return TaskSubmitted(
+        name="demo.add", queue="default", priority=priority, payload=payload,
+        content_type="application/json", eta_ms=eta_ms, max_attempts=max_attempts,
+        backoff=Backoff(initial_ms=200, multiplier=2.0, max_ms=1_000, jitter=0.0),
+        timeout_ms=None, lease_ms=lease_ms,
+    )
+
+
+class Rig:
+    def __init__(self, settings: Settings, base: Path) -> None:
+        self.settings = settings
+        self.base = base
+        self.replicas: list[ProcessorProcess] = []
+        self.writer = EventWriter(settings)
+        self._states: StateReader | None = None
+        self.ready = TopicReader(settings, ready_topic(settings, "default", 0))
+        self.dispatches: list[Envelope] = []
+
+    def start_replica(self, name: str = "replica0") -> ProcessorProcess:
+        replica = ProcessorProcess(self.settings, self.base / name).start()
+        self.replicas.append(replica)
+        return replica
+
+    @property
+    def states(self) -> StateReader:
+        if self._states is None:
+            self._states = StateReader(self.settings)
+        return self._states
+
+    def dispatch_of(self, task_id: str, attempt: int, timeout: float = 30.0) -> Envelope:
+        def check() -> Envelope | None:
+            self.dispatches.extend(self.ready.envelopes(0.2))
+            for env in self.dispatches:
+                if env.task_id == task_id and env.attempt == attempt:
+                    return env
+            return None
+
+        return wait_for(f"dispatch of {task_id} attempt {attempt}", check, timeout=timeout)
+
+    def start_and_finish(self, dispatch: Envelope, ok: bool = True, **failure: object) -> None:
+        body = dispatch.body
+        assert isinstance(body, TaskDispatched)
+        self.writer.send(dispatch.task_id, TaskStarted(body.dispatch_id, "w1"), dispatch.attempt)
+        if ok:
+            self.writer.send(dispatch.task_id, TaskSucceeded(body.dispatch_id, "w1", b"3"),
+                             dispatch.attempt)
+        else:
+            self.writer.send(dispatch.task_id, TaskFailed(
+                body.dispatch_id, "w1", "ValueError", "boom", **failure),  # type: ignore[arg-type]
+                dispatch.attempt)
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+
+
+@pytest.fixture
+def rig(topics: Settings, tmp_path: Path) -> Iterator[Rig]:
+    rig = Rig(topics, tmp_path)
+    rig.start_replica()
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_submit_dispatch_success(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted())
+    dispatch = rig.dispatch_of(task_id, attempt=1)
+    rig.start_and_finish(dispatch)
+    state = rig.states.wait(task_id, lambda s: s.status is TaskStatus.SUCCEEDED, "success")
+    assert state.result == b"3"
+    assert state.attempt == 1
+
+
+def test_failures_retry_with_backoff_then_dead_letter(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted(max_attempts=3))
+    started = []
+    for attempt in (1, 2, 3):
+        dispatch = rig.dispatch_of(task_id, attempt)
+        started.append(time.monotonic())
+        rig.start_and_finish(dispatch, ok=False)
+    state = rig.states.wait(task_id, lambda s: s.status is TaskStatus.DEAD, "dead")
+    assert state.last_error is not None and state.last_error.message == "boom"
+    assert state.retries == 2
+    # backoff 200 ms then 400 ms: the third dispatch comes later than the second
+    assert started[2] - started[1] >= 0.35
+    dlq = TopicReader(rig.settings, rig.settings.topic("dlq"))
+    copies = wait_for("dlq copy", lambda: [e for e in dlq.envelopes() if e.task_id == task_id])
+    assert copies[0].body.error_type == "ValueError"  # type: ignore[union-attr]
+
+
+def test_non_retryable_failure_goes_straight_to_dead(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted(max_attempts=5))
+    rig.start_and_finish(rig.dispatch_of(task_id, 1), ok=False, retryable=False)
+    state = rig.states.wait(task_id, lambda s: s.status is TaskStatus.DEAD, "dead")
+    assert state.attempt == 1
+
+
+def test_delay_is_honoured(rig: Rig) -> None:
+    task_id = new_task_id()
+    eta = int(time.time() * 1000) + 1_500
+    rig.writer.send(task_id, submitted(eta_ms=eta))
+    rig.states.wait(task_id, lambda s: s.status is TaskStatus.SCHEDULED, "scheduled")
+    dispatch = rig.dispatch_of(task_id, 1, timeout=20)
+    assert dispatch.occurred_at_ms >= eta  # dispatched by a timer event at or after its due time
+
+
+def test_lease_expiry_redispatches(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted(lease_ms=500))
+    first = rig.dispatch_of(task_id, 1)
+    assert isinstance(first.body, TaskDispatched)
+    rig.writer.send(task_id, TaskStarted(first.body.dispatch_id, "dead-worker"), 1)
+    second = rig.dispatch_of(task_id, 2, timeout=20)
+    state = rig.states.wait(task_id, lambda s: s.attempt == 2, "second attempt")
+    assert state.last_error is not None and state.last_error.timed_out
+    rig.start_and_finish(second)
+    rig.states.wait(task_id, lambda s: s.status is TaskStatus.SUCCEEDED, "success")
+
+
+def test_duplicate_and_conflicting_submit(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted(b'{"n": 1}'))
+    rig.writer.send(task_id, submitted(b'{"n": 1}'))
+    rig.writer.send(task_id, submitted(b'{"n": 2}'))
+    state = rig.states.wait(task_id, lambda s: s.duplicates == 2, "two duplicates")
+    assert state.conflicts == 1
+    rig.dispatch_of(task_id, 1)
+    time.sleep(0.5)
+    assert [e.attempt for e in rig.dispatches if e.task_id == task_id] == [1]
+
+
+def test_stale_completion_is_rejected(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted(lease_ms=400))
+    first = rig.dispatch_of(task_id, 1)
+    assert isinstance(first.body, TaskDispatched)
+    rig.writer.send(task_id, TaskStarted(first.body.dispatch_id, "slow"), 1)
+    second = rig.dispatch_of(task_id, 2, timeout=20)  # lease lapsed
+    rig.start_and_finish(second)
+    rig.states.wait(task_id, lambda s: s.status is TaskStatus.SUCCEEDED, "success")
+    # the slow worker of attempt 1 reports late: fenced
+    rig.writer.send(task_id, TaskSucceeded(first.body.dispatch_id, "slow", b"late"), 1)
+    state = rig.states.wait(task_id, lambda s: s.rejected >= 1, "rejection counted")
+    assert state.result == b"3" and state.attempt == 2
+
+
+def test_cancel_before_start_and_while_running(rig: Rig) -> None:
+    waiting, running = new_task_id(), new_task_id()
+    rig.writer.send(waiting, submitted(eta_ms=int(time.time() * 1000) + 60_000))
+    rig.writer.send(running, submitted())
+    dispatch = rig.dispatch_of(running, 1)
+    assert isinstance(dispatch.body, TaskDispatched)
+    rig.writer.send(running, TaskStarted(dispatch.body.dispatch_id, "w1"), 1)
+    rig.states.wait(running, lambda s: s.status is TaskStatus.RUNNING, "running")
+    for task_id in (waiting, running):
+        rig.writer.send(task_id, CancelRequested("test"))
+    cancellations = TopicReader(rig.settings, rig.settings.topic("cancellations"))
+    wait_for("both cancellations published", lambda: {e.task_id for e in cancellations.envelopes()}
+             >= {waiting, running} or None)
+    # a cancelled task never later succeeds
+    rig.writer.send(running, TaskSucceeded(dispatch.body.dispatch_id, "w1", b"1"), 1)
+    state = rig.states.wait(running, lambda s: s.rejected >= 1, "late success rejected")
+    assert state.status is TaskStatus.CANCELLED
+    assert rig.states.refresh()[waiting].status is TaskStatus.CANCELLED
+
+
+def test_restart_keeps_state(rig: Rig) -> None:
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted())
+    dispatch = rig.dispatch_of(task_id, 1)
+    rig.replicas[0].stop()
+    rig.replicas.clear()
+    rig.start_replica("replica0")  # same data dir: restores from local RocksDB + changelog
+    rig.start_and_finish(dispatch)
+    state = rig.states.wait(task_id, lambda s: s.status is TaskStatus.SUCCEEDED, "success")
+    assert state.duplicates == 0 and state.attempt == 1
+    time.sleep(0.5)
+    assert [e.attempt for e in rig.dispatches + rig.ready.envelopes() if e.task_id == task_id] == [1]
