@@ -15,7 +15,6 @@ Every replica answers every request:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -23,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from prometheus_client import generate_latest
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
@@ -31,6 +30,7 @@ from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore.auth import TokenAuth
+from taskstream.statestore.tables import TaskTables
 from taskstream.statestore.query import (
     TERMINAL,
     ApiError,
@@ -48,8 +48,10 @@ from taskstream.statestore.query import (
     sum_rates,
     task_view,
 )
+from taskstream.workers.queuectl import parse_command, set_paused
 from yarl import URL
 
+from taskstream.errors import KafkaUnavailableError
 from taskstream.settings import Settings
 from taskstream.topics import queues_topic
 
@@ -67,6 +69,8 @@ RATE_SAMPLE_S = 10.0
 #: header set on requests one replica sends another, so they are never proxied again
 PROXIED = "X-Taskstream-Proxied"
 SOURCE = "api"
+#: Faust's own bookkeeping keys (b"__faust\0offset__") live in the table's RocksDB too
+FAUST_KEY_PREFIX = b"__faust"
 
 
 def _ident(url: URL) -> tuple[str, int]:
@@ -193,14 +197,23 @@ class Api:
         a state is asked for, else the task table itself."""
         tables = self.processor.tables
         if query.state is None:
-            for encoded in tables.scan_tasks(partition, query.cursor):
-                yield decode_state(encoded)
+            yield from self._scan_states(partition, query.cursor)
             return
         for task_id in tables.scan_listing(partition, query.queue, query.state.value,
                                            query.cursor):
             raw = tables.get_in(partition, task_id)
             if raw is not None:
                 yield decode_state(raw)
+
+    def _scan_states(self, partition: int, after: str) -> Iterator[TaskState]:
+        """The task table of one partition after a cursor, skipping the key Faust keeps its
+        changelog offset under in the same RocksDB (TaskTables.scan_tasks yields it too)."""
+        start = after.encode() + b"\x00" if after else b""
+        db = TaskTables._db(self.processor.tables.tasks, partition)
+        for key, value in db.items(from_key=start):
+            if key.startswith(FAUST_KEY_PREFIX):
+                continue
+            yield decode_state(value)
 
     def local_page(self, query: ListQuery) -> dict[str, Any]:
         """This replica's answer: the first ``limit`` matches over its active partitions."""
@@ -265,16 +278,16 @@ class Api:
         try:
             return await asyncio.wait_for(
                 asyncio.to_thread(read_paused, self.settings, timeout), timeout + 1)
-        except TimeoutError:
+        except (TimeoutError, KafkaException):
             raise ApiError(503, "unavailable", "the queues topic could not be read in "
                            f"{timeout:g} s; retry") from None
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         timeout = self.settings.kafka_timeout_s
         try:
-            await asyncio.wait_for(asyncio.to_thread(write_paused, self.settings, queue, paused),
+            await asyncio.wait_for(asyncio.to_thread(set_paused, self.settings, queue, paused),
                                    timeout + 1)
-        except TimeoutError:
+        except (TimeoutError, KafkaUnavailableError):
             raise ApiError(503, "unavailable", f"the queue command was not acknowledged in "
                            f"{timeout:g} s; retry") from None
 
@@ -337,7 +350,7 @@ def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
     """Queue name -> paused, from the compacted queues topic read to its end (blocking).
 
     Records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms": n}``;
-    the last record of a key wins; other settings in the value are ignored here.
+    the last record of a key wins (workers/queuectl.py parses them).
     """
     consumer = Consumer({
         "bootstrap.servers": settings.bootstrap,
@@ -367,8 +380,9 @@ def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
             if msg is None or msg.error() is not None:
                 continue
             key, partition, offset = msg.key(), msg.partition(), msg.offset()
-            if key is not None:
-                _apply_queue_record(paused, key, msg.value())
+            command = parse_command(key, msg.value())
+            if command is not None:
+                paused[command.queue] = command.paused
             if partition is not None and offset is not None and offset + 1 >= ends.get(
                     partition, 0):
                 ends.pop(partition, None)
@@ -377,37 +391,6 @@ def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
         return paused
     finally:
         consumer.close()
-
-
-def _apply_queue_record(paused: dict[str, bool], key: bytes, value: bytes | None) -> None:
-    name = key.decode(errors="replace")
-    if value is None:  # tombstone: back to defaults
-        paused.pop(name, None)
-        return
-    try:
-        data = json.loads(value)
-    except ValueError:
-        return
-    if isinstance(data, dict) and "paused" in data:
-        paused[name] = bool(data["paused"])
-
-
-def write_paused(settings: Settings, queue: str, paused: bool) -> None:
-    """Write one pause/resume record to the queues topic and wait for the ack (blocking)."""
-    producer = Producer({
-        "bootstrap.servers": settings.bootstrap,
-        "partitioner": "murmur2_random",
-        "enable.idempotence": True,
-        "acks": "all",
-        "message.timeout.ms": max(1000, int(settings.kafka_timeout_s * 1000)),
-    })
-    errors: list[Any] = []
-    value = json.dumps({"paused": paused, "updated_at_ms": int(time.time() * 1000)})
-    producer.produce(queues_topic(settings), key=queue.encode(), value=value.encode(),
-                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
-    left = producer.flush(settings.kafka_timeout_s)
-    if left or errors:
-        raise TimeoutError(f"queue record not acknowledged: {errors or 'timed out'}")
 
 
 def register_api(processor: Processor) -> Api:
