@@ -47,6 +47,7 @@ class ControlReader:
         self._assigned: set[str] = set()
         self._targets: dict[tuple[str, int], int] = {}  # high watermark at start
         self._caught_up = threading.Event()
+        self._warned_missing = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskstream-control", daemon=True)
 
@@ -66,22 +67,25 @@ class ControlReader:
         except KafkaException as exc:
             log.warning("event=control.metadata.failed error=%s", exc)
             return
-        new: list[TopicPartition] = []
         for name in (self._cancellations, self._queues):
             meta = metadata.topics.get(name)
             if name in self._assigned or meta is None or meta.error is not None:
                 continue
-            for pid in meta.partitions:
-                tp = TopicPartition(name, pid, -2)  # OFFSET_BEGINNING
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=self._timeout)
+            new = [TopicPartition(name, pid, -2) for pid in meta.partitions]  # from the beginning
+            try:
+                marks = [self._consumer.get_watermark_offsets(tp, timeout=self._timeout)
+                         for tp in new]
+            except KafkaException as exc:  # e.g. a new topic without a leader yet: retry
+                log.warning("event=control.watermarks.failed topic=%s error=%s", name, exc)
+                continue
+            for tp, (low, high) in zip(new, marks, strict=True):
                 if high > low:
-                    self._targets[(name, pid)] = high
-                new.append(tp)
-            self._assigned.add(name)
-        if new:
+                    self._targets[(name, tp.partition)] = high
             self._consumer.incremental_assign(new)
+            self._assigned.add(name)
         missing = {self._cancellations, self._queues} - self._assigned
-        if missing and not self._caught_up.is_set():
+        if missing and not self._warned_missing:
+            self._warned_missing = True
             log.warning("event=control.topics.missing topics=%s (create them with "
                         "`taskstream topics create`)", sorted(missing))
 
@@ -91,13 +95,16 @@ class ControlReader:
             while not self._stop.is_set():
                 if len(self._assigned) < 2 and _now() >= next_metadata:
                     self._assign_missing()
-                    next_metadata = _now() + RETRY_METADATA_S
-                    if not self._targets:
+                    retry_s = RETRY_METADATA_S if self._caught_up.is_set() else 0.5
+                    next_metadata = _now() + retry_s
+                    if len(self._assigned) == 2 and not self._targets:
                         self._caught_up.set()
-                for msg in self._consumer.consume(num_messages=500, timeout=0.1):
-                    self._handle(msg)
-        except Exception:
-            log.exception("event=control.crashed (cancellations and pauses no longer seen)")
+                try:
+                    for msg in self._consumer.consume(num_messages=500, timeout=0.1):
+                        self._handle(msg)
+                except Exception:  # one bad record or callback must not stop the reader
+                    log.exception("event=control.error (continuing)")
+                    self._stop.wait(0.5)
         finally:
             self._consumer.close()
 
@@ -127,7 +134,7 @@ class ControlReader:
         target = self._targets.get((topic, partition))
         if target is not None and offset + 1 >= target:
             del self._targets[(topic, partition)]
-            if not self._targets:
+            if not self._targets and len(self._assigned) == 2:
                 self._caught_up.set()
 
 

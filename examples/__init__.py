@@ -1,0 +1,1 @@
+"""Example task modules for the README, the docs and ``taskstream dev``."""
