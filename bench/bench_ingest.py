@@ -34,7 +34,7 @@ from taskstream.producer import TaskProducer
 from taskstream.producer.build import EventBuilder, now_ms
 from taskstream.producer.config import kafka_config
 
-from taskstream.settings import Settings
+from taskstream.settings import Settings, load_settings
 from taskstream.topics import events_topic
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "ingest.json"
@@ -119,7 +119,7 @@ def run(
     compression: str = "lz4",
 ) -> dict[str, Any]:
     """Measure and return the results (tasks/s, medians, ratios to raw)."""
-    settings = Settings(
+    settings = load_settings(
         bootstrap=bootstrap,
         topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
         partitions=partitions,
@@ -133,7 +133,7 @@ def run(
         specs = _specs(n, payload_bytes)
         build = EventBuilder("producer:bench", settings.max_payload_bytes)
         at = now_ms()
-        records = [build.submitted(build.spec_from(s, i), at) for i, s in enumerate(specs)]
+        records = [build.from_item(s, i, at) for i, s in enumerate(specs)]
         runs: dict[str, list[float]] = {"raw": [], "submit_many": [], "submit": []}
         for _ in range(reps):
             runs["raw"].append(_raw_rate(settings, records))

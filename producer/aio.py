@@ -116,8 +116,7 @@ class AsyncTaskProducer:
     async def submit(self, name: str, payload: Any = None, **options: Any) -> AsyncTaskHandle:
         """Submit one task; ``options`` are TaskSpec fields."""
         loop = await self._ready()
-        spec = self._build.spec(name, payload, options)
-        task_id, data = self._build.submitted(spec, now_ms())
+        task_id, data = self._build.from_call(name, payload, options, now_ms())
         handle = AsyncTaskHandle(task_id, "TaskSubmitted", self._core, loop)
         await self._send(task_id, data, handle)
         self._submitted.inc()
@@ -130,7 +129,7 @@ class AsyncTaskProducer:
         loop = await self._ready()
         build, core = self._build, self._core
         at = now_ms()
-        encoded = [build.submitted(build.spec_from(s, i), at) for i, s in enumerate(specs)]
+        encoded = [build.from_item(s, i, at) for i, s in enumerate(specs)]
         handles: list[AsyncTaskHandle] = []
         try:
             for task_id, data in encoded:

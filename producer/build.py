@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 from taskstream.producer.errors import InvalidTaskError
-from taskstream.producer.fastwire import SubmittedEncoder, submitted_encoder
+from taskstream.producer.fastspec import SimpleSpecs
+from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
 from taskstream.schemas.ids import ID_LENGTH, derived_task_id, new_event_id, new_task_id
 from taskstream.schemas.models import SpecLimits, TaskSpec
@@ -55,7 +56,15 @@ def check_task_id(task_id: str) -> str:
 class EventBuilder:
     """Builds and encodes the three client events for one producer."""
 
-    __slots__ = ("_context", "_encode", "limits", "max_payload_bytes", "source")
+    __slots__ = (
+        "_context",
+        "_encode",
+        "_encode_simple",
+        "_simple",
+        "limits",
+        "max_payload_bytes",
+        "source",
+    )
 
     def __init__(
         self,
@@ -70,20 +79,52 @@ class EventBuilder:
         self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
         self._context = {"limits": self.limits}
         self._encode = encoder if encoder is not None else submitted_encoder()
+        self._simple = SimpleSpecs(self.limits)
+        self._encode_simple = simple_encoder()
 
     def spec(self, name: str, payload: Any, options: Mapping[str, Any]) -> TaskSpec:
-        fields = {"name": name, "payload": payload}
-        if options:
-            if "name" in options or "payload" in options:
-                raise InvalidTaskError(
-                    f"invalid task {name!r}: pass name and payload once, as arguments",
-                    ["name" if "name" in options else "payload"],
-                )
-            fields.update(options)
+        """A validated TaskSpec; InvalidTaskError names every bad field."""
+        return self._validate({**options, "name": name, "payload": payload}, f"task {name!r}")
+
+    def _validate(self, fields: Mapping[str, Any], what: str) -> TaskSpec:
         try:
             return TaskSpec.model_validate(fields, context=self._context)
         except ValidationError as exc:
-            raise invalid(exc, f"task {name!r}") from None
+            raise invalid(exc, what) from None
+
+    def from_fields(self, fields: Mapping[str, Any], at_ms: int, what: str) -> tuple[str, bytes]:
+        """(task ID, encoded TaskSubmitted) of TaskSpec fields: the submit hot path.
+
+        Simple options take the cheap path (:mod:`taskstream.producer.fastspec`);
+        everything else, and every error, goes through TaskSpec.
+        """
+        simple = self._simple.fields(fields, at_ms)
+        if simple is None:
+            return self.submitted(self._validate(fields, what), at_ms)
+        key = simple[9]
+        task_id = new_task_id() if key is None else derived_task_id(simple[0], key)
+        return task_id, self._encode_simple(new_event_id(), task_id, at_ms, self.source, simple)
+
+    def from_call(
+        self, name: str, payload: Any, options: Mapping[str, Any], at_ms: int
+    ) -> tuple[str, bytes]:
+        """submit(name, payload, **options) as (task ID, encoded TaskSubmitted)."""
+        return self.from_fields(
+            {**options, "name": name, "payload": payload}, at_ms, f"task {name!r}"
+        )
+
+    def from_item(
+        self, item: TaskSpec | Mapping[str, Any], index: int, at_ms: int
+    ) -> tuple[str, bytes]:
+        """One element of submit_many() as (task ID, encoded TaskSubmitted)."""
+        if isinstance(item, TaskSpec):
+            return self.submitted(item, at_ms)
+        if not isinstance(item, Mapping):
+            raise InvalidTaskError(
+                f"task #{index}: expected a TaskSpec or a mapping, got {type(item).__name__}",
+                [f"[{index}]"],
+            )
+        return self.from_fields(item, at_ms, f"task #{index} ({item.get('name')!r})")
 
     def spec_from(self, item: TaskSpec | Mapping[str, Any], index: int) -> TaskSpec:
         if isinstance(item, TaskSpec):

@@ -92,8 +92,7 @@ class TaskProducer:
         """
         core = self._core
         core.check_usable()
-        spec = self._build.spec(name, payload, options)
-        task_id, data = self._build.submitted(spec, now_ms())
+        task_id, data = self._build.from_call(name, payload, options, now_ms())
         handle = TaskHandle(task_id, "TaskSubmitted", core)
         core.send(task_id, data, handle)
         self._submitted.inc()
@@ -110,7 +109,7 @@ class TaskProducer:
         core.check_usable()
         build = self._build
         at = now_ms()
-        encoded = [build.submitted(build.spec_from(s, i), at) for i, s in enumerate(specs)]
+        encoded = [build.from_item(s, i, at) for i, s in enumerate(specs)]
         handles: list[TaskHandle] = []
         append = handles.append
         try_send = core.try_send

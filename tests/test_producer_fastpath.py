@@ -1,0 +1,108 @@
+"""The cheap option check and encoder agree with TaskSpec and encode_event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from taskstream.producer.build import EventBuilder
+from taskstream.producer.fastspec import SimpleSpecs
+from taskstream.producer.fastwire import (
+    make_simple_encoder,
+    reference_simple_encoder,
+    simple_encoder,
+    simple_to_submitted,
+)
+from taskstream.schemas.models import SpecLimits, TaskSpec
+from taskstream.schemas.serde import decode_event
+
+LIMITS = SpecLimits(max_payload_bytes=200)
+AT = 1_700_000_000_000
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3)
+    ),
+    max_leaves=8,
+)
+seconds = st.integers(-2, 10**6) | st.floats(allow_nan=True) | st.text(max_size=2) | st.booleans()
+options = st.fixed_dictionaries(
+    {"name": st.sampled_from(["ok", "a.b:c-d", "9bad", "", "x" * 201]) | st.integers()},
+    optional={
+        "payload": json_values | st.binary(max_size=250) | st.just(object()),
+        "queue": st.sampled_from(["default", "q_1", "bad queue", "", "é"]) | st.integers(),
+        "priority": st.integers(-1, 3) | st.booleans() | st.sampled_from([1.0, "1"]),
+        "delay": seconds,
+        "max_attempts": st.integers(-1, 1001) | st.sampled_from([2.0, "3", True]),
+        "timeout": seconds,
+        "lease": seconds,
+        "idempotency_key": st.text(max_size=3) | st.just("k" * 513) | st.integers(),
+        "headers": st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=2),
+        "colour": st.just("red"),
+    },
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(options)
+def test_fast_path_accepts_only_what_taskspec_accepts_and_builds_the_same(
+    fields: dict[str, Any],
+) -> None:
+    fast = SimpleSpecs(LIMITS).fields(fields, AT)
+    try:
+        expected = TaskSpec.model_validate(fields, context={"limits": LIMITS}).to_submitted(AT)
+    except ValidationError:
+        assert fast is None  # the fast path never lets an invalid task through
+        return
+    if fast is not None:
+        assert simple_to_submitted(fast) == expected
+
+
+def test_the_common_case_takes_the_fast_path() -> None:
+    fast = SimpleSpecs(LIMITS)
+    assert fast.fields({"name": "a", "payload": {"i": 1}}, AT) is not None
+    assert (
+        fast.fields(
+            {
+                "name": "a",
+                "queue": "q",
+                "priority": 2,
+                "delay": 1.5,
+                "max_attempts": 5,
+                "timeout": 3,
+                "lease": 10,
+                "idempotency_key": "k",
+                "payload": b"\x00",
+            },
+            AT,
+        )
+        is not None
+    )
+
+
+def test_simple_encoder_is_fast_and_matches_encode_event() -> None:
+    assert simple_encoder() is not reference_simple_encoder
+
+
+@settings(max_examples=300, deadline=None)
+@given(options)
+def test_simple_encoder_writes_what_encode_event_writes(fields: dict[str, Any]) -> None:
+    fast = SimpleSpecs(LIMITS).fields(fields, AT)
+    if fast is None:
+        return
+    enc = make_simple_encoder(reference_simple_encoder("A" * 26, "B" * 26, 0, "s", fast)[:10])
+    args = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW", AT, "producer:t", fast)
+    assert enc(*args) == reference_simple_encoder(*args)
+
+
+def test_both_builder_paths_give_the_same_event() -> None:
+    build = EventBuilder("producer:t", 200, limits=LIMITS)
+    fields = {"name": "charge", "payload": {"a": [1, 2]}, "idempotency_key": "o-1", "delay": 2}
+    tid_fast, fast = build.from_fields(fields, AT, "t")
+    tid_slow, slow = build.submitted(TaskSpec.model_validate(fields), AT)
+    assert tid_fast == tid_slow
+    a, b = decode_event(fast), decode_event(slow)
+    assert (a.task_id, a.body, a.source, a.occurred_at_ms) == (b.task_id, b.body, b.source, AT)
