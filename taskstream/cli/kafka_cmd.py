@@ -19,6 +19,17 @@ def kafka() -> None:
 
 
 @kafka.command()
+@exits_on_error
+def install() -> None:
+    """Resolve the Kafka jars with Maven into the cache now (``up`` does it when needed)."""
+    from taskstream.localkafka_install import ensure_kafka
+
+    settings = load_settings_or_exit()
+    found = ensure_kafka(settings.kafka_home, settings.kafka_version, show_progress=True)
+    click.echo(f"Kafka {found.version} jars are in {found.libs}")
+
+
+@kafka.command()
 @click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="1 broker, or 3 replicating brokers for fault tests")
 @click.option("--port", type=click.IntRange(1, 65535),
