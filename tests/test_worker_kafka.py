@@ -26,7 +26,7 @@ import examples.tasks as example_tasks
 from taskstream.settings import Settings
 from taskstream.topics import cancellations_topic, quarantine_topic, ready_topic
 from tests.harness import TopicReader, wait_for
-from tests.worker_support import (
+from tests.test_worker_support import (
     Events,
     ReadyWriter,
     committed,
