@@ -209,7 +209,7 @@ def up(settings: Settings, *, nodes: int = 1, port: int | None = None,
     _write_state(cluster)
     try:
         _wait_until_ready(cluster, timeout)
-    except LocalKafkaError:
+    except BaseException:  # a timeout, a dead node or Ctrl-C: leave nothing running
         _stop(cluster.nodes, timeout=30.0)
         raise
     return UpResult(cluster, already_running=False)
