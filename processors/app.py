@@ -127,6 +127,10 @@ def build_faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # a SIGKILLed replica is noticed after the session timeout; Faust's 60 s
+        # default would leave its partitions unserved for a minute (failover target: 5 s)
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.5,
         key_serializer="raw",
         value_serializer="raw",
         web_cors_options=None,
