@@ -20,6 +20,7 @@ WriteBatches, so a task with three events is encoded and written once.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -52,6 +53,8 @@ from taskstream.topics import events_topic
 DERIVED = (TaskDispatched, TaskDeadLettered, TaskCancelled)
 #: skipped records kept with their details; beyond this only counted
 MAX_SKIPPED_DETAILS = 1_000
+#: below this many records a rebuild folds in-process (spawning costs about a second)
+PARALLEL_FROM = 200_000
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -221,21 +224,42 @@ def rebuild(
     until_offsets: Mapping[int, int] | None = None,
     quiet: bool = True,
     cache_size: int = 200_000,
+    workers: int | None = None,
 ) -> RebuildResult:
-    """Fold the events topic (up to the given cut) into a fresh RocksDB at ``out``."""
+    """Fold the events topic (up to the given cut) into a fresh RocksDB at ``out``.
+
+    ``workers``: fold processes (None = one per core, up to 2, for topics of at least
+    :data:`PARALLEL_FROM` records; see ``processors/replay_parallel.py``).
+    """
+    from taskstream.processors.replay_parallel import default_workers, rebuild_parallel
+
     if out.exists() and any(out.iterdir()):
         raise ReplayError(f"{out} exists and is not empty; give a new directory for the rebuild")
     ends = resolve_ends(settings, until_ms, until_offsets)
     started = time.perf_counter()
     consumer = make_consumer(settings)
-    db = open_db(out, create=True)
     try:
         read = plan(consumer, settings, events_topic(settings), ends)
-        stats = fold_into(consumer, settings, read, db, quiet, cache_size)
-        tasks = count_keys(db)
+    finally:
+        consumer.close()  # before any child process starts
+    if workers is None:
+        workers = default_workers(read.ends) if read.total >= PARALLEL_FROM else 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    db = open_db(out, create=True)
+    try:
+        if workers > 1 and len(read.ends) > 1:
+            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-parts-", dir=out.parent))
+            stats, tasks = rebuild_parallel(settings, read, db, scratch, workers, quiet,
+                                            cache_size)
+        else:
+            consumer = make_consumer(settings)
+            try:
+                stats = fold_into(consumer, settings, read, db, quiet, cache_size)
+            finally:
+                consumer.close()
+            tasks = count_keys(db)
     finally:
         db.close()
-        consumer.close()
     return RebuildResult(out, tasks, stats.events, stats.skipped, tuple(stats.skipped_details),
                          dict(read.ends), time.perf_counter() - started)
 

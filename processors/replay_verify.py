@@ -39,7 +39,7 @@ from taskstream.processors.replay_read import (
     read_batches,
     watermarks,
 )
-from taskstream.processors.replay_rebuild import StateDB, fold_into, open_db
+from taskstream.processors.replay_rebuild import StateDB, open_db, rebuild
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
@@ -240,23 +240,19 @@ def read_changelog(
 
 def verify(
     settings: Settings, wait_timeout: float = 30.0, quiet: bool = True,
-    workdir: Path | None = None,
+    workdir: Path | None = None, workers: int | None = None,
 ) -> VerifyReport:
     started = time.perf_counter()
     positions = wait_caught_up(settings, wait_timeout)
     live, changelog_skipped = read_changelog(settings, positions.changelog_high, quiet)
     with tempfile.TemporaryDirectory(prefix="taskstream-verify-", dir=workdir) as scratch:
-        consumer = make_consumer(settings)
-        db = open_db(Path(scratch) / "replay", create=True)
+        result = rebuild(settings, Path(scratch) / "replay", until_offsets=positions.committed,
+                         quiet=quiet, workers=workers)
+        db = open_db(result.out, create=False)
         try:
-            read = plan(consumer, settings, events_topic(settings), positions.committed)
-            stats = fold_into(consumer, settings, read, db, quiet)
-            expected = StateDB(db)
-            mismatches = compare(expected, live)
-            tasks = len(expected)
+            mismatches = compare(StateDB(db), live)
         finally:
             db.close()
-            consumer.close()
-    return VerifyReport(tasks, stats.events, dict(read.ends), tuple(mismatches), stats.skipped,
-                        tuple(stats.skipped_details), tuple(changelog_skipped),
+    return VerifyReport(result.tasks, result.events, dict(result.ends), tuple(mismatches),
+                        result.skipped, result.skipped_details, tuple(changelog_skipped),
                         time.perf_counter() - started)

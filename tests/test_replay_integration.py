@@ -25,8 +25,8 @@ from confluent_kafka import Producer
 from taskstream.cli.main import main
 from taskstream.processors.replay_history import REJECTED, SKIPPED, task_history
 from taskstream.processors.replay_read import partition_for
-from taskstream.processors.replay_rebuild import StateDB, open_db, rebuild
-from taskstream.processors.replay_verify import changelog_topic, compare, read_changelog
+from taskstream.processors.replay_rebuild import StateDB, iter_states, open_db, rebuild
+from taskstream.processors.replay_verify import changelog_topic, read_changelog
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
@@ -37,8 +37,8 @@ from taskstream.schemas.events import (
     TaskSubmitted,
     TaskSucceeded,
 )
-from taskstream.schemas.ids import new_task_id
-from taskstream.schemas.serde import decode_state, encode_state
+from taskstream.schemas.ids import new_event_id, new_task_id
+from taskstream.schemas.serde import decode_state, encode_event, encode_state
 from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
@@ -269,3 +269,30 @@ def test_undecodable_record_is_reported_and_skipped(
     # --until-offsets: only the submission
     until = rebuild(topics, tmp_path / "db3", until_offsets={partition: 1})
     assert (until.events, until.skipped) == (1, 0)
+
+
+def test_parallel_rebuild_equals_the_single_process_one(topics: Settings, tmp_path: Path) -> None:
+    writer = EventWriter(topics)
+    writer.producer.produce(topics.topic("events"), key=b"x", value=b"not avro")
+    for _ in range(40):
+        task_id = new_task_id()
+        writer.producer.produce(topics.topic("events"), key=task_id.encode(),
+                                value=encode_event(Envelope(new_event_id(), task_id, 1, "test", 0,
+                                                            submitted())))
+        writer.producer.produce(topics.topic("events"), key=task_id.encode(),
+                                value=encode_event(Envelope(new_event_id(), task_id, 2, "test", 0,
+                                                            CancelRequested("x"))))
+    assert writer.producer.flush(10) == 0
+    single = rebuild(topics, tmp_path / "one", workers=1)
+    double = rebuild(topics, tmp_path / "two", workers=2)
+    assert (single.events, single.skipped, single.tasks) == (80, 1, 40)
+    assert (double.events, double.skipped, double.tasks) == (80, 1, 40)
+    states = []
+    for out in (single.out, double.out):
+        db = open_db(out, create=False)
+        try:
+            states.append(dict(iter_states(db)))
+        finally:
+            db.close()
+    assert states[0] == states[1]
+    assert {s.status for s in states[0].values()} == {TaskStatus.CANCELLED}

@@ -26,7 +26,9 @@ from taskstream.processors.replay_history import (
     explain,
     format_entry,
 )
+from taskstream.processors.replay_parallel import split
 from taskstream.processors.replay_read import (
+    ReadPlan,
     ReplayError,
     murmur2,
     parse_offsets_spec,
@@ -253,3 +255,12 @@ def test_json_payloads_are_inlined_and_other_bytes_base64() -> None:
     line: dict[str, Any] = json.loads(envelope_to_json(env, 1, 2, 3))
     assert (line["partition"], line["offset"], line["type"]) == (1, 2, "TaskSubmitted")
     assert line["body"]["backoff"]["initial_ms"] == 1_000
+
+
+def test_split_balances_partitions_by_records() -> None:
+    read = ReadPlan("t", {0: 0, 1: 0, 2: 10, 3: 0}, {0: 100, 1: 60, 2: 50, 3: 30})
+    groups = split(read, 2)
+    assert sorted(p for g in groups for p in g) == [0, 1, 2, 3]
+    sizes = sorted(sum(read.ends[p] - read.starts[p] for p in g) for g in groups)
+    assert sizes == [100, 130]
+    assert split(ReadPlan("t", {0: 0}, {0: 5}), 2) == [[0]]

@@ -16,6 +16,9 @@ import click
 from taskstream.cli.common import echo_json, exits_on_error, json_option, load_settings_or_exit
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+workers_option = click.option(
+    "--workers", type=click.IntRange(1, 64), default=None,
+    help="fold processes (default: one per core, up to 2, for large topics)")
 
 
 def _report_skipped(skipped: int, details: Iterable[object]) -> None:
@@ -65,11 +68,12 @@ def history(task_id: str, as_json: bool, quiet: bool) -> None:
               help="a new directory for the RocksDB (task ID -> encoded TaskState)")
 @click.option("--cache-size", default=200_000, show_default=True,
               help="task states kept in memory while folding")
+@workers_option
 @json_option
 @quiet_option
 @exits_on_error
 def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size: int,
-            as_json: bool, quiet: bool) -> None:
+            workers: int | None, as_json: bool, quiet: bool) -> None:
     """Fold the events topic from the beginning into a fresh RocksDB."""
     from taskstream.processors.replay_read import parse_offsets_spec, parse_time
     from taskstream.processors.replay_rebuild import rebuild as run_rebuild
@@ -78,7 +82,7 @@ def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size:
         load_settings_or_exit(), out,
         until_ms=parse_time(until) if until else None,
         until_offsets=parse_offsets_spec(until_offsets) if until_offsets else None,
-        quiet=quiet, cache_size=cache_size,
+        quiet=quiet, cache_size=cache_size, workers=workers,
     )
     _report_skipped(result.skipped, result.skipped_details)
     if as_json:
@@ -91,14 +95,16 @@ def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size:
 @replay.command()
 @click.option("--wait-timeout", default=30.0, show_default=True,
               help="seconds to wait for the processors to catch up")
+@workers_option
 @json_option
 @quiet_option
 @exits_on_error
-def verify(wait_timeout: float, as_json: bool, quiet: bool) -> None:
+def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool) -> None:
     """Check that the live task table is exactly the fold of the log (exit 1 if not)."""
     from taskstream.processors.replay_verify import verify as run_verify
 
-    report = run_verify(load_settings_or_exit(), wait_timeout=wait_timeout, quiet=quiet)
+    report = run_verify(load_settings_or_exit(), wait_timeout=wait_timeout, quiet=quiet,
+                        workers=workers)
     _report_skipped(report.skipped, report.skipped_details)
     for record in report.changelog_skipped:
         click.echo(f"skipped changelog {record.describe()}", err=True)
