@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 import faust
+from faust.tables.manager import TableManager
 from faust.types import EventT, StreamT, TopicT
 
 from taskstream.admin import ensure_queue_topics
@@ -279,7 +280,9 @@ class Processor:
 
     def is_ready(self) -> bool:
         """True once the tables have been restored and the fold is running."""
-        return bool(self.app.tables.recovery.completed.is_set())
+        manager = self.app.tables
+        assert isinstance(manager, TableManager)  # the interface type does not declare recovery
+        return bool(manager.recovery.completed.is_set())
 
     def get_local(self, task_id: str) -> TaskState | None:
         raw = self.tables.get_any(task_id.encode())

@@ -24,7 +24,8 @@ class ProcessorMetrics:
         self.dispatched = Counter(
             "taskstream_dispatched_total", "Attempts written to ready topics", ["queue"],
             registry=r)
-        self.retries = Counter("taskstream_retries_total", "Retries scheduled", ["queue"], registry=r)
+        self.retries = Counter(
+            "taskstream_retries_total", "Retries scheduled", ["queue"], registry=r)
         self.dead_letters = Counter(
             "taskstream_dead_letters_total", "Tasks dead-lettered", ["queue"], registry=r)
         self.timers_fired = Counter(

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_event, decode_state, encode_event
 from taskstream.schemas.state import TaskState
-
 from taskstream.settings import Settings
 
 T = TypeVar("T")
@@ -131,10 +131,12 @@ class EventWriter:
 
     def send(self, task_id: str, body: EventBody, attempt: int = 0,
              occurred_at_ms: int | None = None, source: str = "test") -> Envelope:
+        if occurred_at_ms is None:
+            occurred_at_ms = int(time.time() * 1000)
         env = Envelope(
             event_id=new_event_id(),
             task_id=task_id,
-            occurred_at_ms=occurred_at_ms if occurred_at_ms is not None else int(time.time() * 1000),
+            occurred_at_ms=occurred_at_ms,
             source=source,
             attempt=attempt,
             body=body,

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from taskstream.schemas.events import TaskDispatched, TaskStarted, TaskSucceeded
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskStatus
-
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
 from tests.harness import EventWriter, ProcessorProcess, StateReader, TopicReader, wait_for

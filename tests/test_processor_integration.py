@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
@@ -24,7 +25,6 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskStatus
-
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
 from tests.harness import EventWriter, ProcessorProcess, StateReader, TopicReader, wait_for
@@ -216,4 +216,5 @@ def test_restart_keeps_state(rig: Rig) -> None:
     state = rig.states.wait(task_id, lambda s: s.status is TaskStatus.SUCCEEDED, "success")
     assert state.duplicates == 0 and state.attempt == 1
     time.sleep(0.5)
-    assert [e.attempt for e in rig.dispatches + rig.ready.envelopes() if e.task_id == task_id] == [1]
+    dispatches = rig.dispatches + rig.ready.envelopes()
+    assert [e.attempt for e in dispatches if e.task_id == task_id] == [1]
