@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
@@ -165,13 +165,11 @@ class TopicReader:
         meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
 
+    def messages(self, timeout: float = 0.5) -> list[Message]:
+        return [msg for msg in self.consumer.consume(1000, timeout) if not msg.error()]
+
     def poll_raw(self, timeout: float = 0.5) -> list[tuple[bytes | None, bytes | None, int, int]]:
-        out = []
-        for msg in self.consumer.consume(1000, timeout):
-            if msg.error():
-                continue
-            out.append((msg.key(), msg.value(), msg.partition(), msg.offset()))
-        return out
+        return [(m.key(), m.value(), m.partition(), m.offset()) for m in self.messages(timeout)]
 
     def envelopes(self, timeout: float = 0.5) -> list[Envelope]:
         return [decode_event(v) for _, v, _, _ in self.poll_raw(timeout) if v is not None]

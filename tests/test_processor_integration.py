@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Message
 
 from taskstream.schemas.events import (
     Backoff,
@@ -24,6 +25,7 @@ from taskstream.schemas.events import (
     TaskSucceeded,
 )
 from taskstream.schemas.ids import new_task_id
+from taskstream.schemas.quarantine import QuarantineRecord
 from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
@@ -218,3 +220,26 @@ def test_restart_keeps_state(rig: Rig) -> None:
     time.sleep(0.5)
     dispatches = rig.dispatches + rig.ready.envelopes()
     assert [e.attempt for e in dispatches if e.task_id == task_id] == [1]
+
+
+
+def test_undecodable_record_is_quarantined_and_the_fold_goes_on(rig: Rig) -> None:
+    events = rig.settings.topic("events")
+    rig.writer.producer.produce(events, key=b"junk", value=b"\xc3\x01garbage")
+    rig.writer.producer.produce(events, key=b"junk2", value=b"not avro")
+    assert rig.writer.producer.flush(10) == 0
+    quarantine = TopicReader(rig.settings, rig.settings.topic("quarantine"))
+    got: list[Message] = []
+
+    def two_records() -> bool:
+        got.extend(quarantine.messages(0.2))
+        return len(got) >= 2
+
+    wait_for("two quarantined records", two_records)
+    assert {m.value() for m in got} == {b"\xc3\x01garbage", b"not avro"}
+    origins = [QuarantineRecord.from_headers(m.headers()) for m in got]
+    assert {o.topic for o in origins} == {events}
+    assert all(o.reason and o.offset >= 0 for o in origins)
+    task_id = new_task_id()
+    rig.writer.send(task_id, submitted())
+    rig.dispatch_of(task_id, 1)  # the fold went on
