@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import pytest
+
+import examples.tasks as example_tasks
 from taskstream.schemas.events import (
     Envelope,
     TaskCancelled,
@@ -19,12 +21,10 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import TOPIC as Q_TOPIC
-from taskstream.workers import TaskContext, TaskRegistry
-from taskstream.workers.queuectl import set_paused
-
-import examples.tasks as example_tasks
 from taskstream.settings import Settings
 from taskstream.topics import cancellations_topic, quarantine_topic, ready_topic
+from taskstream.workers import TaskContext, TaskRegistry
+from taskstream.workers.queuectl import set_paused
 from tests.harness import TopicReader, wait_for
 from tests.test_worker_support import (
     Events,

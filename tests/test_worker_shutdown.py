@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from taskstream.schemas.events import TaskSucceeded
 
+from taskstream.schemas.events import TaskSucceeded
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
 from tests.harness import settings_env

@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.ids import new_event_id, new_task_id
 from taskstream.schemas.serde import encode_event
-from taskstream.workers import TaskRegistry, Worker
-
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, ready_topic
+from taskstream.workers import TaskRegistry, Worker
 from tests.harness import TopicReader
 
 

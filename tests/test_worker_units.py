@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+import examples.tasks as example_tasks
 from taskstream.schemas.events import TaskDispatched
 from taskstream.workers import NonRetryableError, Retry, TaskContext, TaskRegistry, fail
 from taskstream.workers.errors import RegistrationError, TaskLoadError
@@ -19,8 +21,6 @@ from taskstream.workers.loader import load_registry
 from taskstream.workers.outcome import Failure, Success, decode_payload, encode_result
 from taskstream.workers.queuectl import encode_command, parse_command
 from taskstream.workers.runtime import Pool, execute, timeout_seconds
-
-import examples.tasks as example_tasks
 
 
 def dispatched(payload: Any = None, *, name: str = "t", timeout_ms: int | None = None,

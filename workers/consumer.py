@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.serde import decode_event
+from taskstream.settings import Settings
+from taskstream.topics import ready_topics
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.flow import (
     TP,
@@ -34,9 +37,6 @@ from taskstream.workers.flow import (
     waiting_levels,
 )
 from taskstream.workers.metrics import WorkerMetrics
-
-from taskstream.settings import Settings
-from taskstream.topics import ready_topics
 
 log = logging.getLogger("taskstream.worker")
 

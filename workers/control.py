@@ -16,12 +16,12 @@ import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_event
-from taskstream.workers.queuectl import QueueCommand, parse_command
-
 from taskstream.settings import Settings
 from taskstream.topics import cancellations_topic, queues_topic
+from taskstream.workers.queuectl import QueueCommand, parse_command
 
 log = logging.getLogger("taskstream.worker")
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
+
 from taskstream.schemas.events import (
     Envelope,
     EventBody,
@@ -27,11 +28,10 @@ from taskstream.schemas.events import (
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event
-from taskstream.workers.metrics import WorkerMetrics
-from taskstream.workers.outcome import Failure, Outcome
-
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, quarantine_topic
+from taskstream.workers.metrics import WorkerMetrics
+from taskstream.workers.outcome import Failure, Outcome
 
 log = logging.getLogger("taskstream.worker")
 
@@ -45,7 +45,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "enable.idempotence": True,
         "partitioner": "murmur2_random",
         "linger.ms": min(settings.linger_ms, 5),
-        "compression.type": settings.compression,
+        # worker events are a few hundred bytes each: compression saves little, and a
+        # consumer without the codec (aiokafka needs the lz4 package) could not read them
+        "compression.type": "none",
         "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
     }
 

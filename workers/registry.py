@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from taskstream.schemas.events import Backoff
-from taskstream.workers.errors import RegistrationError
-
 from taskstream.topics import QUEUE_NAME
+from taskstream.workers.errors import RegistrationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

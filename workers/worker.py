@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
+from taskstream.settings import Settings, load_settings
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
 from taskstream.workers.control import ControlReader
@@ -49,8 +50,6 @@ from taskstream.workers.outcome import (
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute
-
-from taskstream.settings import Settings, load_settings
 
 log = logging.getLogger("taskstream.worker")
 
