@@ -211,3 +211,24 @@ def test_paused_queue_starts_nothing_until_resumed(topics: Settings, events: Eve
         assert events.of(env.task_id) == []
         set_paused(topics, "default", False)
         events.wait_type(env.task_id, "TaskSucceeded")
+
+
+def test_metrics_are_served(topics: Settings, events: Events) -> None:
+    import urllib.request
+
+    from tests.harness import free_port
+
+    port = free_port()
+    env = ready_envelope("examples.slow", {"seconds": 0.3}, lease_ms=300)
+    with running_worker(example_tasks.app, topics, metrics_port=port):
+        ReadyWriter(topics).send(env)
+        events.wait_type(env.task_id, "TaskSucceeded")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    assert 'taskstream_worker_tasks_started_total{task="examples.slow"} 1.0' in text
+    assert 'taskstream_worker_tasks_succeeded_total{task="examples.slow"} 1.0' in text
+    assert 'taskstream_worker_queue_wait_seconds_count{queue="default"} 1.0' in text
+    assert "taskstream_worker_in_flight 0.0" in text
+    beats = [line for line in text.splitlines()
+             if line.startswith("taskstream_worker_heartbeats_total")]
+    assert beats and float(beats[0].split()[-1]) >= 1
