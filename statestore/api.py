@@ -24,13 +24,16 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from prometheus_client import generate_latest
+from yarl import URL
+
+from taskstream.errors import KafkaUnavailableError
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.settings import Settings
 from taskstream.statestore.auth import TokenAuth
-from taskstream.statestore.tables import TaskTables
 from taskstream.statestore.query import (
     TERMINAL,
     ApiError,
@@ -48,12 +51,9 @@ from taskstream.statestore.query import (
     sum_rates,
     task_view,
 )
-from taskstream.workers.queuectl import parse_command, set_paused
-from yarl import URL
-
-from taskstream.errors import KafkaUnavailableError
-from taskstream.settings import Settings
+from taskstream.statestore.tables import TaskTables
 from taskstream.topics import queues_topic
+from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
     from taskstream.processors.app import Processor

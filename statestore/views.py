@@ -23,6 +23,7 @@ from aiohttp import web
 from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.auth import AuthFailure, required_scope
@@ -34,7 +35,6 @@ from taskstream.statestore.query import (
     parse_list_query,
     parse_wait_timeout,
 )
-
 from taskstream.topics import QUEUE_NAME
 
 if TYPE_CHECKING:
@@ -142,6 +142,22 @@ def validation_error(exc: ValidationError) -> ApiError:
     return bad_request(field, f"{field}: {first['msg']}")
 
 
+#: longest duration the API takes in a TaskSpec (ten years), so milliseconds stay integers
+MAX_DURATION_S = 10 * 365 * 24 * 3600.0
+_DURATIONS = (("delay",), ("timeout",), ("lease",), ("backoff", "initial"), ("backoff", "max"))
+
+
+def _check_durations(data: dict[str, Any]) -> None:
+    for path in _DURATIONS:
+        value: Any = data
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and (
+                abs(value) > MAX_DURATION_S):
+            field = ".".join(path)
+            raise bad_request(field, f"{field} must be at most {MAX_DURATION_S:.0f} seconds")
+
+
 class CommandBody(BaseModel):
     """The optional body of cancel and redrive."""
 
@@ -228,11 +244,16 @@ class Endpoints:
     async def submit(self, request: web.Request) -> web.Response:
         data = await read_json(request, self.max_body, required=True)
         self._check_payload_size(data.get("payload"))
+        _check_durations(data)
         try:
             spec = TaskSpec.model_validate(data, context={"limits": self.limits})
         except ValidationError as exc:
             raise validation_error(exc) from None
-        return json_response({"task_id": await self.api.submit(spec)}, 202)
+        try:
+            task_id = await self.api.submit(spec)
+        except OverflowError:
+            raise bad_request("body", "a time or duration is out of range") from None
+        return json_response({"task_id": task_id}, 202)
 
     def _check_payload_size(self, payload: Any) -> None:
         try:

@@ -27,13 +27,13 @@ import jsonschema_rs
 import pytest
 import schemathesis
 from confluent_kafka import Producer
+
+from taskstream.admin import ensure_topics
 from taskstream.schemas.events import Envelope, EventBody, TaskFailed, TaskStarted, TaskSucceeded
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import encode_event
-from taskstream.statestore.auth import token_digest
-
-from taskstream.admin import ensure_topics
 from taskstream.settings import Settings
+from taskstream.statestore.auth import token_digest
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -316,6 +316,7 @@ def test_wait_returns_as_soon_as_the_task_ends(cluster: Cluster) -> None:
     ("POST", "/tasks", {"content": b"{" + b" " * 3_000_000 + b"}",
                         "headers": {"Content-Type": "application/json"}}, 413, None),
     ("POST", "/tasks", {"json": []}, 400, "body"),
+    ("POST", "/tasks", {"json": {"name": "x", "lease": 1e308}}, 400, "lease"),  # found by fuzz
     ("DELETE", "/tasks", {}, 405, None),
     ("GET", "/tasks/01J0000000000000000000000Z/cancel", {}, 405, None),
     ("POST", "/tasks/01J0000000000000000000000Z/cancel", {}, 404, None),
@@ -427,3 +428,64 @@ def test_generated_requests_find_no_server_error(cluster: Cluster, mode: str) ->
     no_inputs = {f"{m.upper()} {p}" for p, ops in cluster.doc["paths"].items()
                  for m, op in ops.items() if not op.get("parameters") and "requestBody" not in op}
     assert set(skipped) <= no_inputs, skipped
+
+
+def test_pause_stops_dispatch_to_workers_and_resume_restarts_it(cluster: Cluster,
+                                                                tmp_path: Path) -> None:
+    """A real ``taskstream worker`` on the default queue obeys pause and resume."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
+    env.update(TASKSTREAM_BOOTSTRAP=cluster.settings.bootstrap,
+               TASKSTREAM_TOPIC_PREFIX=cluster.settings.topic_prefix,
+               TASKSTREAM_PARTITIONS=str(cluster.settings.partitions),
+               TASKSTREAM_QUEUES=json.dumps(cluster.settings.queues),
+               # the processor's aiokafka cannot read lz4 (the default) without the lz4 package
+               TASKSTREAM_COMPRESSION="gzip")
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskstream", "worker", "-A", "examples.tasks", "-Q",
+             "default", "--loglevel", "warning"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+    try:
+        with cluster.client(0) as a:
+            first = cluster.submit(a, name="examples.noop", queue="default")
+            cluster.when(a, first, "SUCCEEDED", timeout=60)
+            assert a.post("/queues/default/pause").status_code == 202
+            time.sleep(3)  # the worker reads the queues topic and pauses its consumer
+            held = cluster.submit(a, name="examples.noop", queue="default")
+            cluster.when(a, held, "READY")
+            time.sleep(4)
+            assert cluster.view(a, held)["status"] == "READY", "a paused queue was worked"
+            assert a.post("/queues/default/resume").status_code == 202
+            cluster.when(a, held, "SUCCEEDED", timeout=30)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+        assert worker.returncode is not None, log_path.read_text()
+
+
+def test_cli_against_the_live_api(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from taskstream.cli.main import main
+
+    monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[1].url)
+    monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
+    with cluster.client(0) as a:
+        task_id = cluster.submit(a, delay=120)
+        cluster.when(a, task_id, "SCHEDULED")
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", task_id, "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["status"] == "SCHEDULED"
+    listed = runner.invoke(main, ["list", "--queue", QUEUE, "--state", "SCHEDULED"])
+    assert listed.exit_code == 0 and task_id in listed.output
+    assert runner.invoke(main, ["cancel", task_id]).exit_code == 0
+    waited = runner.invoke(main, ["wait", task_id, "--timeout", "20"])
+    assert waited.exit_code == 1 and "CANCELLED" in waited.output  # ended, not succeeded
+    queues = runner.invoke(main, ["queues"])
+    assert queues.exit_code == 0 and QUEUE in queues.output

@@ -11,12 +11,12 @@ from typing import Any
 
 import jsonschema_rs
 import pytest
+
 from taskstream.schemas.events import Backoff
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
+from taskstream.settings import Settings
 from taskstream.statestore.openapi import documented_routes, openapi_document
 from taskstream.statestore.query import error_body, list_item, task_view
-
-from taskstream.settings import Settings
 
 #: Faust's own endpoints: not ours to document (auth still guards them)
 FAUST_PREFIXES = ("/router", "/table", "/graph", "/assignment", "/stats", "/performance")

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from taskstream.errors import ConfigError
 from taskstream.schemas.events import Backoff
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore.auth import (
@@ -32,8 +34,6 @@ from taskstream.statestore.query import (
     parse_wait_timeout,
     sum_rates,
 )
-
-from taskstream.errors import ConfigError
 
 # -- auth --------------------------------------------------------------------------
 

@@ -157,7 +157,9 @@ def client_from(api_url: str | None) -> ApiClient:
 
     settings = load_settings_or_exit()
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    return ApiClient(api_url or settings.api_url, token)
+    client = ApiClient(api_url or settings.api_url, token)
+    click.get_current_context().call_on_close(client.close)  # no socket outlives the command
+    return client
 
 
 def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
