@@ -140,13 +140,16 @@ def create(prefix: str | None, partitions: int | None, replication: int | None,
 
 
 @topics.command("list")
+@click.option("--all", "show_all", is_flag=True, help="every topic, not only those with the prefix")
 @json_option
 @exits_on_error
-def list_(as_json: bool) -> None:
-    """List the cluster's topics (with partition counts)."""
+def list_(show_all: bool, as_json: bool) -> None:
+    """List the platform's topics (those with the topic prefix) with partition counts."""
     from taskstream.admin import list_topics
 
-    found = list_topics(load_settings_or_exit())
+    settings = load_settings_or_exit()
+    found = {name: n for name, n in list_topics(settings).items()
+             if show_all or name.startswith(settings.topic_prefix)}
     if as_json:
         echo_json(found)
         return
