@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from taskstream.errors import TaskstreamError
 from taskstream.schemas.events import Envelope, TimerFired, TimerKind
 from taskstream.schemas.state import TaskStatus
-
-from taskstream.errors import TaskstreamError
 
 S = TaskStatus
 

@@ -153,7 +153,7 @@ def test_the_table_is_what_the_matrix_exercises() -> None:
 def test_terminal_states_lead_nowhere_but_dead_by_redrive() -> None:
     for (status, key), targets in TRANSITIONS.items():
         if status is not None and status.terminal:
-            assert (status, key, targets) == (S.DEAD, "RedriveRequested", {S.READY})
+            assert (status, key, targets) == (S.DEAD, "RedriveRequested", frozenset({S.READY}))
         assert targets, (status, key)
 
 
@@ -183,8 +183,9 @@ def test_submit_with_future_eta_is_scheduled_with_a_delay_timer() -> None:
     assert story.s.status is S.SCHEDULED and story.s.attempt == 0
     assert effects == [SetTimer(T0 + 5_000, TimerKind.DELAY_DUE)]
     effects = story.fire(TimerKind.DELAY_DUE)
-    assert story.s.status is S.READY and story.s.attempt == 1
-    assert story.s.dispatched_at_ms == T0 + 5_000
+    state = story.s  # a fresh read: the timer moved it on
+    assert state.status is S.READY and state.attempt == 1
+    assert state.dispatched_at_ms == T0 + 5_000
     assert ClearTimer(T0 + 5_000) in effects and any(isinstance(e, Dispatch) for e in effects)
 
 
@@ -329,8 +330,9 @@ def test_redrive_gives_a_fresh_budget() -> None:
     assert dispatch.envelope.body.max_attempts == 3  # type: ignore[union-attr]
     story.start()
     story.fail()
-    assert story.s.status is S.RETRYING  # attempt 1 of the new budget of 2
-    assert story.s.due_at_ms == story.now + 1_000  # the backoff restarts with the budget
+    state = story.s
+    assert state.status is S.RETRYING  # attempt 1 of the new budget of 2
+    assert state.due_at_ms == story.now + 1_000  # the backoff restarts with the budget
     story.fire(TimerKind.RETRY_DUE)
     story.start()
     story.fail()

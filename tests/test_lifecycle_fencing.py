@@ -7,6 +7,7 @@ and the rejection is counted; given the same log, replay gives the same states.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -35,7 +36,7 @@ from tests.lifecycle_support import T0, Story, submitted
 S = TaskStatus
 
 
-def _rejected(effects: list[object]) -> str:
+def _rejected(effects: Sequence[object]) -> str:
     assert len(effects) == 1 and isinstance(effects[0], Rejected), effects
     return effects[0].reason
 
