@@ -107,7 +107,9 @@ class EventEmitter:
                                        on_delivery=report)
                 return
             except BufferError:
-                self._producer.poll(0.05)  # local queue full: wait for deliveries
+                # local queue full: wait for deliveries (bounded: librdkafka expires queued
+                # messages after delivery.timeout.ms, which frees space)
+                self._producer.poll(0.05)
 
     @staticmethod
     def _dispatch_id(ready: Envelope) -> str:
