@@ -59,9 +59,8 @@ class Limits:
                 "redo need at least the last applied event id")
 
 
-NON_TERMINAL = frozenset(
-    {S.SCHEDULED, S.WAITING, S.READY, S.RUNNING, S.RETRYING}
-)
+#: the statuses a cancel can stop, in lifecycle order (a tuple: iteration order is fixed)
+NON_TERMINAL: tuple[TaskStatus, ...] = (S.SCHEDULED, S.WAITING, S.READY, S.RUNNING, S.RETRYING)
 
 _FAILURE = frozenset({S.RETRYING, S.DEAD})
 

@@ -362,3 +362,18 @@ def test_limits_are_validated() -> None:
         Limits(recent_events=0)
     with pytest.raises(LifecycleError, match="max_result_bytes"):
         Limits(max_result_bytes=-1)
+
+
+def test_docs_show_the_table_as_it_is() -> None:
+    """docs/lifecycle.md's table lists exactly TRANSITIONS (docs drift is a test failure)."""
+    from pathlib import Path
+    doc = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+    rows = set()
+    for line in doc.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and (cells[1].startswith(("Task", "Timer", "Lease", "Cancel",
+                                                     "Redrive"))):
+            rows.add((cells[0], cells[1], cells[2]))
+    listed = {(s.value if s else "(none)", k, ", ".join(sorted(t)))
+              for (s, k), t in TRANSITIONS.items()}
+    assert rows == listed
