@@ -31,11 +31,12 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from taskstream.admin import ensure_topics
+from taskstream.processors.lifecycle import apply
 from taskstream.processors.lifecycle_steps import make_dispatch_id
-from taskstream.processors.replay_rebuild import rebuild
+from taskstream.processors.replay_rebuild import limits_of, rebuild
 from taskstream.schemas.events import Backoff, Envelope, TaskStarted, TaskSubmitted, TaskSucceeded
 from taskstream.schemas.ids import new_event_id, new_task_id
-from taskstream.schemas.serde import encode_event
+from taskstream.schemas.serde import decode_event, encode_event, encode_state
 from taskstream.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "replay.json"
@@ -58,10 +59,38 @@ def _triple(n: int, now_ms: int) -> list[tuple[bytes, bytes]]:
     return [(key, encode_event(submit)), (key, encode_event(start)), (key, encode_event(done))]
 
 
-def produce(settings: Settings, n_events: int) -> float:
-    """Write ``n_events`` (rounded up to triples) to the events topic; seconds taken."""
+def make_records(n_events: int) -> list[tuple[bytes, bytes]]:
+    """``n_events`` (rounded up to triples) encoded envelopes with their keys."""
     now_ms = int(time.time() * 1000)
-    records = [r for n in range((n_events + 2) // 3) for r in _triple(n, now_ms)]
+    return [r for n in range((n_events + 2) // 3) for r in _triple(n, now_ms)]
+
+
+def components(records: list[tuple[bytes, bytes]]) -> dict[str, float]:
+    """Microseconds per event of each step of the fold, measured in memory, one core."""
+    limits = limits_of(load_settings())
+    started = time.perf_counter()
+    envelopes = [decode_event(value) for _, value in records]
+    decoded = time.perf_counter()
+    states: dict[str, Any] = {}
+    for env in envelopes:
+        after, _ = apply(states.get(env.task_id), env, limits)
+        if after is not None:
+            states[env.task_id] = after
+    applied = time.perf_counter()
+    for state in states.values():
+        encode_state(state)
+    encoded = time.perf_counter()
+    n = len(records)
+    return {
+        "decode_event_us": round((decoded - started) / n * 1e6, 2),
+        "apply_us": round((applied - decoded) / n * 1e6, 2),
+        "encode_state_us_per_event": round((encoded - applied) / n * 1e6, 2),
+        "in_memory_fold_events_per_s": round(n / (encoded - started)),
+    }
+
+
+def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> float:
+    """Write the records to the events topic; seconds taken."""
     producer = Producer({
         "bootstrap.servers": settings.bootstrap,
         "partitioner": "murmur2_random",
@@ -100,7 +129,11 @@ def run(bootstrap: str, n_events: int = 1_000_000, runs: int = 3) -> dict[str, A
     ensure_topics(settings)
     scratch = Path(tempfile.mkdtemp(prefix="taskstream-bench-replay-"))
     try:
-        produce_s = produce(settings, n_events)
+        records = make_records(n_events)
+        profile = components(records[:60_000])
+        load_before = os.getloadavg()
+        produce_s = produce(settings, records)
+        del records
         timings: list[dict[str, Any]] = []
         for i in range(runs):
             result = rebuild(settings, scratch / f"run{i}")
@@ -118,6 +151,8 @@ def run(bootstrap: str, n_events: int = 1_000_000, runs: int = 3) -> dict[str, A
         "median_events_per_s": statistics.median(rates),
         "target_events_per_s": 100_000,
         "produce_seconds": round(produce_s, 2),
+        "fold_components_one_core": profile,
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
