@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fastavro
 import pytest
@@ -24,7 +25,7 @@ from confluent_kafka import Producer
 
 from taskstream.cli.main import main
 from taskstream.processors.replay_history import REJECTED, SKIPPED, task_history
-from taskstream.processors.replay_read import partition_for
+from taskstream.processors.replay_read import partition_for, watermarks
 from taskstream.processors.replay_rebuild import StateDB, iter_states, open_db, rebuild
 from taskstream.processors.replay_verify import changelog_topic, read_changelog
 from taskstream.schemas.events import (
@@ -221,11 +222,21 @@ def test_verify_history_until_and_export_after_a_full_workload(
                        str(tmp_path / "events.avro"), "--quiet")
     assert code == 0, err
     with open(tmp_path / "events.avro", "rb") as fo:
-        records = list(fastavro.reader(fo))
+        records: list[dict[str, Any]] = list(fastavro.reader(fo))  # type: ignore[arg-type]
     everything = TopicReader(topics, topics.topic("events"))
-    logged = wait_for("the whole events topic", lambda: everything.envelopes(1.0))
-    assert len(records) == len(logged)
+    logged: list[Envelope] = []
+    total = sum(high for _, high in watermarks(
+        everything.consumer, topics.topic("events"), range(topics.partitions), 10).values())
+
+    def read_all() -> bool:
+        logged.extend(everything.envelopes(0.5))
+        return len(logged) >= total
+
+    wait_for(f"all {total} events", read_all)
+    assert len(records) == total == len(logged)
     assert {r["event_id"] for r in records} == {e.event_id for e in logged}
+    assert {r["body"]["dispatch_id"] for r in records if "dispatch_id" in r["body"]} >= {
+        slow.dispatch_id}
 
 
 def test_undecodable_record_is_reported_and_skipped(
@@ -246,7 +257,9 @@ def test_undecodable_record_is_reported_and_skipped(
     assert (skipped.partition, skipped.offset) == (partition, 1)
     db = open_db(tmp_path / "db", create=False)
     try:
-        state = decode_state(db[task_id.encode()])
+        stored = db.get(task_id.encode())
+        assert isinstance(stored, bytes)
+        state = decode_state(stored)
         assert state.status is TaskStatus.CANCELLED
     finally:
         db.close()
