@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from confluent_kafka.admin import AdminClient
 
 from taskstream import localkafka
 from taskstream.admin import ensure_queue_topics, ensure_topics, list_topics
@@ -103,3 +104,26 @@ def test_up_status_down_lifecycle(tmp_path: Path) -> None:
     assert not any(_alive(p) for p in state_pids)
     status = runner.invoke(main, ["kafka", "status", "--data-dir", str(data)], env=env)
     assert status.exit_code == 1
+
+
+@pytest.mark.slow
+def test_three_nodes_replicate(tmp_path: Path) -> None:
+    """`--nodes 3`: three brokers, topics with 3 in-sync replicas, all stopped by `down`."""
+    data = tmp_path / "run3"
+    base = load_settings(kafka_home=load_settings().kafka_home)
+    started = localkafka.up(base, nodes=3, port=localkafka.free_port_block(6), data_dir=data,
+                            timeout=180.0)
+    try:
+        assert len(started.cluster.nodes) == 3
+        settings = load_settings(bootstrap=started.cluster.bootstrap, replication=3,
+                                 topic_prefix="r3.", kafka_home=base.kafka_home)
+        ensure_topics(settings, queues=[])
+        metadata = AdminClient({"bootstrap.servers": settings.bootstrap}).list_topics(timeout=10)
+        assert len(metadata.brokers) == 3
+        for partition in metadata.topics[settings.topic("events")].partitions.values():
+            assert sorted(partition.replicas) == [1, 2, 3]
+            assert sorted(partition.isrs) == [1, 2, 3]
+    finally:
+        stopped = localkafka.down(data)
+    assert stopped is not None and sorted(stopped) == sorted(n.pid for n in started.cluster.nodes)
+    assert not any(_alive(pid) for pid in stopped)
