@@ -118,6 +118,12 @@ def build_faust_app(settings: Settings) -> faust.App:
         datadir=str(settings.data_dir),
         autodiscover=False,
         web_enabled=True,
+        # Faust's own pages would expose raw tables beside our API: ours only
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_metrics_enabled=False,
         web_host=host,
         web_port=port,
         web_bind=host,
@@ -128,6 +134,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # batch the changelog and dispatch sends of many events into one request
+        producer_linger=0.002,
         # a SIGKILLed replica is noticed after the session timeout; Faust's 60 s
         # default would leave its partitions unserved for a minute (failover target: 5 s)
         broker_session_timeout=6.0,

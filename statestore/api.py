@@ -51,7 +51,6 @@ from taskstream.statestore.query import (
     sum_rates,
     task_view,
 )
-from taskstream.statestore.tables import TaskTables
 from taskstream.topics import queues_topic
 from taskstream.workers.queuectl import parse_command, set_paused
 
@@ -69,8 +68,6 @@ RATE_SAMPLE_S = 10.0
 #: header set on requests one replica sends another, so they are never proxied again
 PROXIED = "X-Taskstream-Proxied"
 SOURCE = "api"
-#: Faust's own bookkeeping keys (b"__faust\0offset__") live in the table's RocksDB too
-FAUST_KEY_PREFIX = b"__faust"
 
 
 def _ident(url: URL) -> tuple[str, int]:
@@ -206,13 +203,8 @@ class Api:
                 yield decode_state(raw)
 
     def _scan_states(self, partition: int, after: str) -> Iterator[TaskState]:
-        """The task table of one partition after a cursor, skipping the key Faust keeps its
-        changelog offset under in the same RocksDB (TaskTables.scan_tasks yields it too)."""
-        start = after.encode() + b"\x00" if after else b""
-        db = TaskTables._db(self.processor.tables.tasks, partition)
-        for key, value in db.items(from_key=start):
-            if key.startswith(FAUST_KEY_PREFIX):
-                continue
+        """The task table of one partition after a cursor."""
+        for value in self.processor.tables.scan_tasks(partition, after):
             yield decode_state(value)
 
     def local_page(self, query: ListQuery) -> dict[str, Any]:

@@ -3,10 +3,10 @@
 * task table: ``task_id`` (ULIDs sort by submission time).
 * due index: ``be64(due_at_ms) + task_id`` -> ``kind \\0 attempt \\0 dispatch_id``; a scan
   from the start of a partition's index up to ``be64(now)`` yields every due timer.
-* listing index, two families, value = the task's priority as ASCII digits:
-  ``b"q" queue \\0 status \\0 task_id`` (by queue and state) and
-  ``b"s" status \\0 task_id`` (by state, every queue). A scan of one prefix from a
-  cursor yields tasks in ID order. The order is by immutable task ID, so pages never
+* listing index: ``b"q" queue \\0 status \\0 task_id`` -> the task's priority as
+  ASCII digits. A scan of one (queue, status) prefix from a cursor yields tasks in
+  ID order; "one status over every queue" seeks from queue to queue (there are few
+  queues), merging their runs. The order is by immutable task ID, so pages never
   skip or repeat a task while states change.
 """
 
@@ -55,17 +55,21 @@ def parse_due(key: bytes, value: bytes) -> DueEntry:
     )
 
 
-def listing_prefix(queue: str | None, status: str) -> bytes:
-    """The prefix of one (queue, status) run, or of one status over all queues."""
-    if queue is None:
-        return b"s" + status.encode() + SEP
-    return b"q" + queue.encode() + SEP + status.encode() + SEP
+QUEUES_START = b"q"
 
 
-def listing_keys(queue: str, status: str, task_id: str) -> tuple[bytes, bytes]:
-    """Both index keys of one task."""
-    tid = task_id.encode()
-    return listing_prefix(queue, status) + tid, listing_prefix(None, status) + tid
+def listing_prefix(queue: str, status: str) -> bytes:
+    """The prefix of one (queue, status) run."""
+    return QUEUES_START + queue.encode() + SEP + status.encode() + SEP
+
+
+def listing_key(queue: str, status: str, task_id: str) -> bytes:
+    return listing_prefix(queue, status) + task_id.encode()
+
+
+def next_queue_start(queue: str) -> bytes:
+    """The first key after every key of ``queue`` (for seeking to the next queue)."""
+    return QUEUES_START + queue.encode() + b"\x01"
 
 
 def parse_queue_listing(key: bytes) -> tuple[str, str, str]:

@@ -11,6 +11,7 @@ rocksdict directly: Faust keeps one RocksDB per changelog partition.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,8 @@ from taskstream.settings import Settings
 from taskstream.statestore import keys
 
 TABLE_NAMES = ("tasks", "due", "listing")
+#: Faust keeps its own keys (``__faust\0offset__``) in every partition's RocksDB
+FAUST_KEY_PREFIX = b"__faust"
 
 
 def processor_app_id(settings: Settings) -> str:
@@ -66,11 +69,10 @@ class TaskTables:
                     timer_after.kind, timer_after.attempt, timer_after.dispatch_id)
         if before is None or (before.queue, before.status) != (after.queue, after.status):
             if before is not None:
-                for key in keys.listing_keys(before.queue, before.status, before.task_id):
-                    self.listing.pop(key, None)
-            priority = str(after.priority).encode()
-            for key in keys.listing_keys(after.queue, after.status, after.task_id):
-                self.listing[key] = priority
+                old = keys.listing_key(before.queue, before.status, before.task_id)
+                self.listing.pop(old, None)
+            self.listing[keys.listing_key(after.queue, after.status, after.task_id)] = str(
+                after.priority).encode()
 
     # -- reads ---------------------------------------------------------------------
 
@@ -95,16 +97,37 @@ class TaskTables:
     ) -> Iterator[str]:
         """Task IDs of (queue or every queue, status) in this partition, in ID order,
         after a cursor."""
-        prefix = keys.listing_prefix(queue, status)
+        db = self._db(self.listing, partition)
+        queues = [queue] if queue is not None else list(self._queues(db))
+        runs = [self._scan_run(db, keys.listing_prefix(q, status), after_task_id) for q in queues]
+        yield from heapq.merge(*runs)
+
+    @staticmethod
+    def _queues(db: Any) -> Iterator[str]:
+        """The queues present in one partition's listing index, seeking queue to queue."""
+        start = keys.QUEUES_START
+        while True:
+            first = next(iter(db.keys(from_key=start)), None)
+            if first is None or not first.startswith(keys.QUEUES_START):
+                return
+            queue, _, _ = keys.parse_queue_listing(first)
+            yield queue
+            start = keys.next_queue_start(queue)
+
+    @staticmethod
+    def _scan_run(db: Any, prefix: bytes, after_task_id: str) -> Iterator[str]:
         start = prefix + after_task_id.encode() + (b"\x00" if after_task_id else b"")
-        for key in self._db(self.listing, partition).keys(from_key=start):
+        for key in db.keys(from_key=start):
             if not key.startswith(prefix):
                 return
             yield key[len(prefix):].decode()
 
     def scan_tasks(self, partition: int, after_task_id: str = "") -> Iterator[bytes]:
+        """Encoded states of one partition in task ID order, after a cursor."""
         start = after_task_id.encode() + b"\x00" if after_task_id else b""
-        for _key, value in self._db(self.tasks, partition).items(from_key=start):
+        for key, value in self._db(self.tasks, partition).items(from_key=start):
+            if key.startswith(FAUST_KEY_PREFIX):
+                continue  # Faust's own bookkeeping (the persisted changelog offset)
             yield value
 
     def get_in(self, partition: int, task_id: str) -> bytes | None:
