@@ -25,6 +25,7 @@ from typing import Any
 from taskstream.schemas.models import (
     BYTES_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
+    MAX_DURATION_S,
     QUEUE_PATTERN,
     SpecLimits,
 )
@@ -66,11 +67,13 @@ def _ms(seconds: float) -> int:
 
 
 def _seconds(value: Any, *, zero_ok: bool) -> float | None:
-    """A finite float of an int/float (not bool), or None if TaskSpec must judge it."""
+    """A finite float of an int/float (not bool) within TaskSpec's bound, or None if
+    TaskSpec must judge it."""
     if type(value) is not float and type(value) is not int:
         return None
     seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+    if (not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION_S
+            or (seconds == 0 and not zero_ok)):
         return None
     return seconds
 

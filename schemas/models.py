@@ -39,10 +39,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from taskstream.schemas.events import Backoff, TaskSubmitted
-from taskstream.schemas.view import TaskView
 
 from taskstream.errors import TaskstreamError
+from taskstream.schemas.events import Backoff, TaskSubmitted
+from taskstream.schemas.view import TaskView
 
 if TYPE_CHECKING:
     from taskstream.settings import Settings
@@ -62,6 +62,10 @@ DEFAULT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 
+
+#: the longest delay, lease, timeout or backoff a spec may ask for: ten years. Beyond
+#: it the millisecond values would overflow Avro's long and nobody means it anyway.
+MAX_DURATION_S = 10 * 365 * 24 * 3600.0
 
 class InvalidSpecError(TaskstreamError, ValueError):
     """A task specification broke a rule; the message names each bad field."""
@@ -108,9 +112,11 @@ class BackoffSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    initial: float = Field(default=1.0, ge=0, description="seconds before the first retry")
+    initial: float = Field(default=1.0, ge=0, le=MAX_DURATION_S, allow_inf_nan=False,
+                           description="seconds before the first retry")
     multiplier: float = Field(default=2.0, ge=1, le=100)
-    max: float = Field(default=300.0, ge=0, description="cap on the delay, seconds")
+    max: float = Field(default=300.0, ge=0, le=MAX_DURATION_S, allow_inf_nan=False,
+                       description="cap on the delay, seconds")
     jitter: float = Field(default=0.1, ge=0, le=1, description="fraction of the delay")
 
     @model_validator(mode="after")
@@ -139,12 +145,15 @@ class TaskSpec(BaseModel):
     content_type: str | None = Field(default=None, min_length=1, max_length=255)
     queue: str = Field(default="default", pattern=QUEUE_PATTERN)
     priority: int = 0
-    delay: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="seconds")
+    delay: float | None = Field(default=None, ge=0, le=MAX_DURATION_S, allow_inf_nan=False,
+                                description="seconds")
     eta: datetime | None = None
     max_attempts: int = Field(default=3, ge=1, le=1000)
     backoff: BackoffSpec = BackoffSpec()  # frozen, so sharing the default is safe
-    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="seconds")
-    lease: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="seconds")
+    timeout: float | None = Field(default=None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
+                                  description="seconds")
+    lease: float = Field(default=30.0, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
+                         description="seconds")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
     headers: dict[str, str] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id, new_event_id, new_task_id
 from taskstream.schemas.models import InvalidSpecError, SpecLimits, TaskSpec, TaskView
@@ -218,3 +219,9 @@ def test_view_renders_times_both_ways_and_every_field() -> None:
         "max_ms": 300000,
         "jitter": 0.1,
     }
+
+
+@pytest.mark.parametrize("field", ["delay", "timeout", "lease"])
+def test_durations_beyond_ten_years_name_the_field(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        TaskSpec(name="a", **{field: 1e308})
