@@ -8,7 +8,7 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars lint typecheck pytest clean
+.PHONY: test install kafka-jars lint typecheck pytest dev clean
 
 test: install kafka-jars lint typecheck pytest
 
@@ -35,6 +35,10 @@ typecheck: install
 
 pytest: install
 	VENV=$(VENV) KAFKA_DATA_DIR=$(CURDIR)/$(BUILD)/kafka scripts/test-with-kafka.sh $(PYTEST_ARGS)
+
+# The whole platform on this machine with a demo workload (see `taskstream dev --help`).
+dev: install
+	$(BIN)/taskstream dev
 
 clean:
 	rm -rf $(BUILD) $(VENV)
