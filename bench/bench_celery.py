@@ -1,0 +1,157 @@
+"""Celery with a Redis broker on this machine, behind the calls ``bench_e2e`` measures.
+
+``CeleryRig`` starts its own ``redis-server`` on a free 127.0.0.1 port with
+persistence stated (AOF on, ``appendfsync everysec``, no RDB snapshots) and a
+Celery worker (``--pool threads`` with the same concurrency as our worker, one
+process like ours), submits ``bench.noop`` (celery_app.py) and reads each task's
+submitted/started/finished times back from the result backend.
+
+Durability, compared: our events are acknowledged by Kafka (acks=all) once in the
+broker's page cache; Kafka does not fsync each write (replication is its
+durability; one broker here). Redis with AOF writes every command to the file
+before answering and fsyncs once a second. Both survive a crash of the broker
+process; neither survives a power cut for the last second or so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+from bench_e2e import Times
+
+from taskstream.dev_procs import Child, ChildSpec, free_port
+
+HERE = Path(__file__).resolve().parent
+INSTALL_HINT = ("redis-server is not installed; on Debian/Ubuntu: "
+                "`apt-get update && apt-get install -y redis-server`")
+
+
+def redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RuntimeError(INSTALL_HINT)
+    return path
+
+
+class CeleryRig:
+    name = "celery"
+
+    def __init__(self, *, concurrency: int = 16, pool: str = "threads",
+                 workdir: Path | None = None) -> None:
+        from celery_app import app, noop
+
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="taskstream-bench-celery-"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.concurrency, self.pool = concurrency, pool
+        self.children: list[Child] = []
+        self.pending: set[str] = set()
+        self.redis_version = ""
+        os.environ["BENCH_REDIS_URL"] = self.url
+        app.conf.broker_url, app.conf.result_backend = f"{self.url}/0", f"{self.url}/1"
+        self.app, self.noop = app, noop
+        self.results = redis.Redis(host="127.0.0.1", port=self.port, db=1)
+
+    def start(self, timeout: float = 60.0) -> None:
+        server = Child(ChildSpec(
+            "redis-server",
+            (redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--appendonly", "yes", "--appendfsync", "everysec",
+             "--save", "", "--daemonize", "no"),
+            self.workdir / "redis.log", dict(os.environ), self.workdir))
+        self.children.append(server)
+        server.wait_until("answering PING", self._pings, timeout)
+        info = self.results.info("server")
+        self.redis_version = str(info.get("redis_version", ""))
+        env = dict(os.environ, BENCH_REDIS_URL=self.url, PYTHONPATH=str(HERE))
+        worker = Child(ChildSpec(
+            "celery worker",
+            (sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", self.pool,
+             "--concurrency", str(self.concurrency), "--loglevel", "WARNING",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"),
+            self.workdir / "celery.log", env, HERE))
+        self.children.append(worker)
+
+    def _pings(self) -> bool:
+        try:
+            return bool(self.results.ping())
+        except redis.RedisError:
+            return False
+
+    def warm_up(self, n: int = 20, timeout: float = 60.0) -> None:
+        self.submit_batch(n)
+        if not self.wait_all_done(timeout):
+            raise RuntimeError(f"Celery warm-up did not finish in {timeout:g} s; "
+                               f"see {self.workdir / 'celery.log'}")
+
+    # -- the System calls -----------------------------------------------------------
+
+    def submit_batch(self, n: int) -> list[str]:
+        ids = []
+        with self.app.producer_or_acquire() as producer:
+            for _ in range(n):
+                ids.append(self.noop.apply_async((time.time() * 1000,), producer=producer).id)
+        self.pending.update(ids)
+        return ids
+
+    def submit_one(self, delay_s: float | None = None) -> str:
+        task_id = str(self.noop.apply_async((time.time() * 1000,), countdown=delay_s).id)
+        self.pending.add(task_id)
+        return task_id
+
+    def flush(self) -> None:
+        """apply_async returns once Redis has the message: nothing is buffered."""
+
+    def _metas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for lo in range(0, len(ids), 1000):
+            chunk = list(ids[lo : lo + 1000])
+            values = self.results.mget([f"celery-task-meta-{i}" for i in chunk])
+            for task_id, raw in zip(chunk, values, strict=True):
+                if raw is not None:
+                    out[task_id] = json.loads(raw)
+        return out
+
+    def wait_all_done(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            metas = self._metas(sorted(self.pending))
+            self.pending -= {t for t, m in metas.items() if m.get("status") == "SUCCESS"}
+            if not self.pending:
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
+
+    def times(self, ids: Sequence[str], since_ms: int) -> list[Times]:
+        out = []
+        for meta in self._metas(ids).values():
+            result = meta.get("result")
+            if meta.get("status") == "SUCCESS" and isinstance(result, dict):
+                out.append(Times(result["submitted_ms"], result["started_ms"],
+                                 result["finished_ms"]))
+        return out
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            child.stop(15.0)
+        self.children.clear()
+        self.results.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def config(self) -> dict[str, Any]:
+        return {"broker": "redis", "redis_version": self.redis_version,
+                "redis_persistence": {"appendonly": "yes", "appendfsync": "everysec",
+                                      "rdb_snapshots": "off"},
+                "pool": self.pool, "concurrency": self.concurrency, "worker_processes": 1,
+                "acks_late": True, "track_started": True, "result_backend": "redis"}
