@@ -42,3 +42,20 @@ dev: install
 
 clean:
 	rm -rf $(BUILD) $(VENV)
+
+# make dev: the whole platform on this machine with a demo workload (README's first command).
+dev: install
+	$(BIN)/taskstream dev $(DEV_ARGS)
+
+# make bench: every benchmark, side by side with Celery + Redis; results in bench/results/.
+# Needs redis-server (Debian/Ubuntu: apt-get install -y redis-server).
+BENCH_ARGS ?=
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.installed-bench kafka-jars
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed-bench kafka-jars
+	$(BIN)/python bench/run.py --quick --out bench/results/tmp $(BENCH_ARGS)
