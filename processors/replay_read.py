@@ -199,6 +199,14 @@ def make_consumer(settings: Settings) -> Consumer:
     })
 
 
+def consumer_bootstrap(consumer: Consumer) -> str:
+    try:
+        brokers = consumer.list_topics(timeout=1).brokers.values()
+        return ",".join(f"{b.host}:{b.port}" for b in brokers) or "the cluster"
+    except KafkaException:
+        return "the cluster"
+
+
 def partition_count(consumer: Consumer, topic: str, timeout: float) -> int:
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
@@ -207,8 +215,8 @@ def partition_count(consumer: Consumer, topic: str, timeout: float) -> int:
     found = meta.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ReplayError(
-            f"topic {topic} does not exist; check --bootstrap and the topic prefix "
-            "(TASKSTREAM_TOPIC_PREFIX)"
+            f"topic {topic} does not exist on {consumer_bootstrap(consumer)}; check "
+            "TASKSTREAM_BOOTSTRAP and TASKSTREAM_TOPIC_PREFIX (or the settings file)"
         )
     return len(found.partitions)
 

@@ -177,7 +177,11 @@ def sample_positions(settings: Settings, consumer: Consumer) -> Positions:
     events_high = {p: hw for p, (_, hw) in watermarks(consumer, events, range(count),
                                                        timeout).items()}
     committed = committed_offsets(settings, count)
-    changes = partition_count(consumer, changelog, timeout)
+    try:
+        changes = partition_count(consumer, changelog, timeout)
+    except ReplayError as exc:
+        raise ReplayError(f"{exc}. The task changelog appears when a processor first "
+                          "starts: has a processor run with these settings?") from exc
     changelog_high = {p: hw for p, (_, hw) in watermarks(consumer, changelog, range(changes),
                                                          timeout).items()}
     return Positions(events_high, committed, changelog_high)
