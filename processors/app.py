@@ -195,6 +195,15 @@ class Processor:
         if after is not None and after != before:
             self.tables.tasks[key] = encode_state(after)
             self.tables.reindex(before, after, timer_of(before), timer_of(after))
+        elif before is not None and envelope.event_id in before.recent_event_ids:
+            # A repeat: we crashed after writing this state. The three tables'
+            # changelogs flush independently, so the indexes may have missed
+            # their part of it; write them again from the state (idempotent).
+            self.tables.repair(before, timer_of(before))
+        if isinstance(envelope.body, TimerFired):
+            # a timer that no longer fits leaves its index entry behind: drop it
+            self.tables.drop_stale_timer(envelope.task_id, envelope.body.due_at_ms,
+                                         timer_of(after))
         self.metrics.applied.labels(envelope.type_name).inc()
         for effect in effects:
             await self._perform(effect, envelope)

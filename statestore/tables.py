@@ -74,6 +74,21 @@ class TaskTables:
             self.listing[keys.listing_key(after.queue, after.status, after.task_id)] = str(
                 after.priority).encode()
 
+    def repair(self, state: TaskState, timer: keys.DueEntry | None) -> None:
+        """Write the index entries ``state`` implies (after a crash left them unwritten)."""
+        if timer is not None:
+            self.due[keys.due_key(timer.due_at_ms, timer.task_id)] = keys.due_value(
+                timer.kind, timer.attempt, timer.dispatch_id)
+        self.listing[keys.listing_key(state.queue, state.status, state.task_id)] = str(
+            state.priority).encode()
+
+    def drop_stale_timer(
+        self, task_id: str, due_at_ms: int, current: keys.DueEntry | None
+    ) -> None:
+        """Remove the due entry a fired timer came from unless it is the task's timer now."""
+        if current is None or (current.due_at_ms, current.task_id) != (due_at_ms, task_id):
+            self.due.pop(keys.due_key(due_at_ms, task_id), None)
+
     # -- reads ---------------------------------------------------------------------
 
     def get_any(self, key: bytes) -> bytes | None:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import hypothesis
@@ -34,33 +33,14 @@ from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from taskstream.statestore.auth import token_digest
+from tests.harness import free_port, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-BOOTSTRAP = os.environ.get("TASKSTREAM_BOOTSTRAP", "127.0.0.1:19092")
 TOKENS = {"read-tok": ["read"], "submit-tok": ["submit"], "admin-tok": ["admin"]}
 QUEUE = "apiq"
 
 
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0,
-             interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class EventWriter:
@@ -169,8 +149,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    settings = Settings(bootstrap=BOOTSTRAP, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    settings = Settings(bootstrap=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
                         partitions=4, queues=["default", QUEUE])
     ensure_topics(settings)
     base = tmp_path_factory.mktemp("api")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -141,10 +141,21 @@ def empty_topic(settings: Settings, topic: str) -> int:
             [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[policy])]).values():
         future.result(timeout=settings.kafka_timeout_s)
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    # OFFSET_END (-1) deletes up to the high watermark
-    futures = admin.delete_records([TopicPartition(topic, p, -1) for p in partitions])
-    deleted = [f.result(timeout=settings.kafka_timeout_s) for f in futures.values()]
-    return sum(1 for d in deleted if d.low_watermark > 0)
+    # the new policy reaches the partition leader a moment after the alter returns:
+    # until then DeleteRecords is still refused, so retry that refusal (bounded)
+    deadline = time.monotonic() + settings.kafka_timeout_s
+    while True:
+        # OFFSET_END (-1) deletes up to the high watermark
+        futures = admin.delete_records([TopicPartition(topic, p, -1) for p in partitions])
+        try:
+            deleted = [f.result(timeout=settings.kafka_timeout_s) for f in futures.values()]
+        except KafkaException as exc:
+            refused = exc.args[0].code() == KafkaError.POLICY_VIOLATION
+            if not refused or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        return sum(1 for d in deleted if d.low_watermark > 0)
 
 
 def test_table_survives_restarts_from_disk_and_from_changelog(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,11 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient, NewTopic
-from taskstream.schemas.ids import derived_task_id
 
 from taskstream.cli.main import main
-
-BOOTSTRAP = os.environ.get("TASKSTREAM_BOOTSTRAP", "127.0.0.1:19092")
+from taskstream.schemas.ids import derived_task_id
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -40,16 +37,16 @@ def test_bad_options_exit_non_zero_naming_the_option(args: list[str], named: str
 
 
 @pytest.fixture
-def env() -> Iterator[dict[str, str]]:
+def env(kafka_bootstrap: str) -> Iterator[dict[str, str]]:
     prefix = f"t{uuid.uuid4().hex[:8]}."
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     topic = f"{prefix}events"
     for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
         fut.result(timeout=30)
     deadline = time.monotonic() + 15
     while topic not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
         time.sleep(0.1)
-    yield {"TASKSTREAM_BOOTSTRAP": BOOTSTRAP, "TASKSTREAM_TOPIC_PREFIX": prefix}
+    yield {"TASKSTREAM_BOOTSTRAP": kafka_bootstrap, "TASKSTREAM_TOPIC_PREFIX": prefix}
     for fut in admin.delete_topics([topic]).values():
         fut.result(timeout=30)
 

@@ -8,7 +8,6 @@ beginning of the topic.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 import uuid
@@ -19,6 +18,8 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from taskstream.errors import TopicError
 from taskstream.producer import (
     AsyncTaskProducer,
     BrokerUnreachableError,
@@ -28,27 +29,24 @@ from taskstream.producer import (
 from taskstream.schemas.events import CancelRequested, RedriveRequested, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id
 from taskstream.schemas.serde import decode_event
-
-from taskstream.errors import TopicError
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
 pytestmark = pytest.mark.kafka
 
-BOOTSTRAP = os.environ.get("TASKSTREAM_BOOTSTRAP", "127.0.0.1:19092")
 PARTITIONS = 6
 
 
 @pytest.fixture
-def settings() -> Iterator[Settings]:
+def settings(kafka_bootstrap: str) -> Iterator[Settings]:
     s = Settings(
-        bootstrap=BOOTSTRAP,
+        bootstrap=kafka_bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         partitions=PARTITIONS,
         kafka_timeout_s=10,
         delivery_timeout_s=20,
     )
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     topic = events_topic(s)
     for fut in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         fut.result(timeout=30)
@@ -193,8 +191,8 @@ def test_async_unreachable_broker_fails_naming_it() -> None:
         asyncio.run(go())
 
 
-def test_missing_events_topic_is_a_clear_error() -> None:
-    s = Settings(bootstrap=BOOTSTRAP, topic_prefix=f"t{uuid.uuid4().hex[:8]}.")
+def test_missing_events_topic_is_a_clear_error(kafka_bootstrap: str) -> None:
+    s = Settings(bootstrap=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}.")
     producer = TaskProducer(s)
     with pytest.raises(TopicError, match="taskstream topics create"):
         producer.submit("x")
