@@ -241,7 +241,7 @@ class OursRig:
                     return True
             except (httpx.HTTPError, KeyError):
                 pass  # 503 during a rebalance
-            time.sleep(0.5)
+            time.sleep(1.0)  # /queues counts index keys: do not load the processor much
         return False
 
     def times(self, ids: Sequence[str], since_ms: int) -> list[Times]:

@@ -166,7 +166,7 @@ class Bench:
             rig.add_processor()
             rig.warm_up(40)
         s = self.sizes
-        return run_failover(rig, max(5.0, 0.5 * max_rate), s.failover_pre_s,
+        return run_failover(rig, max(5.0, 0.25 * max_rate), s.failover_pre_s,
                             s.failover_post_s, 120.0)
 
     def celery(self) -> dict[str, Any]:

@@ -45,6 +45,16 @@ def test_recovery_finds_the_first_second_back_at_80_percent() -> None:
     assert out["per_second_after_kill"][:3] == [100, 100, 100]
 
 
+def test_recovery_waits_for_the_dip_after_the_kill() -> None:
+    kill = 100_000.0
+    finishes = [kill - 2000 + i * 10 for i in range(200)]  # 100/s before
+    finishes += [kill + i * 10 for i in range(200)]  # 2 more good seconds, then a stall
+    finishes += [kill + 5000 + i * 10 for i in range(200)]
+    assert _recovery(finishes, kill, pre_s=2)["throughput_recovered_s"] == 5
+    steady = [kill - 2000 + i * 10 for i in range(600)]
+    assert _recovery(steady, kill, pre_s=2)["throughput_recovered_s"] == 0
+
+
 def _profile(rate: float) -> list[dict[str, Any]]:
     lat = {"n": 10, "p50": 5.0, "p95": 9.0, "p99": 12.0, "max": 13.0}
     return [{"fraction_of_max": f, "achieved_rate": rate * f, "submit_to_start_ms": lat,
