@@ -18,66 +18,27 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.build import EventBuilder, now_ms
-from taskstream.producer.config import default_source
-from taskstream.producer.core import ProducerCore
+from taskstream.producer.base import ProducerBase
+from taskstream.producer.build import now_ms
 from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.handle import AsyncTaskHandle
-from taskstream.producer.metrics import ProducerMetrics
-from taskstream.schemas.models import SpecLimits, TaskSpec
-
-from taskstream.settings import Settings, load_settings
+from taskstream.schemas.models import TaskSpec
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.05
 
 
-class AsyncTaskProducer:
+class AsyncTaskProducer(ProducerBase):
     """The asyncio twin of :class:`~taskstream.producer.sync.TaskProducer`.
 
     Use ``async with AsyncTaskProducer(settings) as producer:``; leaving the
     block flushes and raises DeliveryError if any event failed.
     """
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        source: str | None = None,
-        metrics: ProducerMetrics | None = None,
-        queue_full_timeout_s: float | None = None,
-        connect_timeout_s: float | None = None,
-        kafka_config: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.settings = settings if settings is not None else load_settings()
-        self._core = ProducerCore(
-            self.settings,
-            metrics=metrics,
-            queue_full_timeout_s=queue_full_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            kafka_overrides=kafka_config,
-        )
-        self._build = EventBuilder(
-            source or default_source(),
-            self.settings.max_payload_bytes,
-            limits=SpecLimits.from_settings(self.settings),
-        )
-        self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
+    def _init_flavour(self) -> None:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-
-    @property
-    def source(self) -> str:
-        return self._build.source
-
-    @property
-    def metrics(self) -> ProducerMetrics:
-        return self._core.metrics
-
-    @property
-    def topic(self) -> str:
-        return self._core.topic
 
     def _poll_forever(self) -> None:
         while not self._stop.is_set():

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+
+from taskstream.errors import TopicError
 from taskstream.producer.config import kafka_config
 from taskstream.producer.errors import (
     BrokerUnreachableError,
@@ -27,8 +29,6 @@ from taskstream.producer.errors import (
     UndeliveredOnBrokerDownError,
 )
 from taskstream.producer.metrics import ProducerMetrics, producer_metrics
-
-from taskstream.errors import TopicError
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 

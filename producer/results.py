@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,

@@ -1,0 +1,67 @@
+"""What both producer flavours share: settings, the Kafka core and the event builder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from taskstream.producer.build import EventBuilder
+from taskstream.producer.config import default_source
+from taskstream.producer.core import ProducerCore
+from taskstream.producer.metrics import ProducerMetrics
+from taskstream.schemas.models import SpecLimits
+from taskstream.settings import Settings, load_settings
+
+
+class ProducerBase:
+    """Builds the parts; :class:`TaskProducer` and :class:`AsyncTaskProducer` drive them.
+
+    ``settings`` defaults to :func:`load_settings` (environment and file).
+    ``source`` names this producer in every event (default
+    ``producer:<host>:<pid>``). ``queue_full_timeout_s`` bounds how long a
+    submit waits for room in a full local queue and ``connect_timeout_s`` how
+    long it waits for an unreachable broker (both default to
+    ``settings.kafka_timeout_s``). ``kafka_config`` adds librdkafka settings
+    (not acks, idempotence or partitioner).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        source: str | None = None,
+        metrics: ProducerMetrics | None = None,
+        queue_full_timeout_s: float | None = None,
+        connect_timeout_s: float | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self._core = ProducerCore(
+            self.settings,
+            metrics=metrics,
+            queue_full_timeout_s=queue_full_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            kafka_overrides=kafka_config,
+        )
+        self._build = EventBuilder(
+            source or default_source(),
+            self.settings.max_payload_bytes,
+            limits=SpecLimits.from_settings(self.settings),
+        )
+        self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
+        self._init_flavour()
+
+    def _init_flavour(self) -> None:
+        """The flavour's own state (poll counters, a poll thread); nothing by default."""
+
+    @property
+    def source(self) -> str:
+        return self._build.source
+
+    @property
+    def metrics(self) -> ProducerMetrics:
+        return self._core.metrics
+
+    @property
+    def topic(self) -> str:
+        return self._core.topic
