@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from taskstream.processors.replay_verify import verify
 from taskstream.schemas.events import TaskDispatched, TaskStarted, TaskSucceeded
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskStatus
@@ -56,6 +57,10 @@ def test_two_replicas_one_killed(topics: Settings, tmp_path: Path) -> None:
                  if (s := states.states[task_id]).attempt != 1 or s.duplicates != 0}
         # attempt != 1: a dispatch was lost or applied twice; duplicates: a submission was
         assert wrong == {}, f"(attempt, duplicates, status) of tasks applied wrongly: {wrong}"
+        # the oracle: the live tables are exactly the fold of the log
+        report = verify(topics, wait_timeout=60, workdir=tmp_path)
+        assert report.mismatches == (), [
+            m.describe() for m in report.mismatches]
     finally:
         for replica in replicas:
             replica.stop()
