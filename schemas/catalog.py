@@ -34,6 +34,7 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
 from taskstream.schemas.errors import IncompatibleSchemaError, SchemaLoadError
 
 NAMESPACE = "io.taskstream"

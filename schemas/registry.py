@@ -31,6 +31,7 @@ import json
 from typing import Any
 
 from fastavro.schema import parse_schema, to_parsing_canonical_form
+
 from taskstream.schemas.catalog import Catalog, SchemaVersion, catalog
 from taskstream.schemas.convert import (
     envelope_from_record,

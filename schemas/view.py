@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
 from taskstream.schemas.state import ErrorInfo, TaskState
 
 

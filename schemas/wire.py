@@ -6,6 +6,7 @@ import io
 from typing import Any, cast
 
 import fastavro
+
 from taskstream.schemas.errors import DecodeError, EncodeError
 
 #: Avro single-object encoding: these two bytes, then the 8-byte fingerprint.

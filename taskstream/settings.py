@@ -138,5 +138,7 @@ def masked(settings: Settings) -> dict[str, Any]:
         if isinstance(getattr(settings, key), SecretStr) and value is not None:
             data[key] = "***"
     if data.get("api_tokens"):
-        data["api_tokens"] = {"***": scopes for scopes in data["api_tokens"].values()}
+        # token hashes are shown by a short prefix only: enough to tell them apart
+        data["api_tokens"] = {
+            f"{digest[:8]}***": scopes for digest, scopes in data["api_tokens"].items()}
     return data

@@ -252,3 +252,9 @@ def test_a_broker_that_never_answers_times_out_and_is_stopped(tmp_path: Path) ->
     state = localkafka.read_state(tmp_path / "run")
     assert state is not None
     assert not any(localkafka.is_running(n) for n in state.nodes), "up left its broker running"
+
+
+def test_token_hashes_are_shown_by_prefix_only_and_each_kept() -> None:
+    a, b = "a" * 64, "b" * 64
+    shown = masked(load_settings(api_tokens={a: ["read"], b: ["admin"]}))["api_tokens"]
+    assert shown == {"aaaaaaaa***": ["read"], "bbbbbbbb***": ["admin"]}

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from taskstream.producer import (
     BrokerUnreachableError,
     DeliveryError,
@@ -31,7 +32,6 @@ from taskstream.producer import (
     TaskHandle,
     TaskProducer,
 )
-
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 

@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import (

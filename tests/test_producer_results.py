@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,

@@ -6,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+
+from taskstream.errors import ConfigError, KafkaUnavailableError, TaskstreamError
 from taskstream.producer.build import EventBuilder, check_task_id, task_id_for
 from taskstream.producer.config import kafka_config
 from taskstream.producer.errors import (
@@ -29,8 +31,6 @@ from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import decode_event, encode_event
-
-from taskstream.errors import ConfigError, KafkaUnavailableError, TaskstreamError
 from taskstream.settings import Settings
 
 # --- librdkafka config --------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
+
 from taskstream.schemas import events, state
 from taskstream.schemas.catalog import (
     AVRO_DIR,

@@ -8,6 +8,8 @@ import time
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ulid import ULID
+
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
@@ -21,7 +23,6 @@ from taskstream.schemas.quarantine import (
     QuarantineRecord,
     quarantine_headers,
 )
-from ulid import ULID
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 

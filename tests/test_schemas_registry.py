@@ -20,12 +20,12 @@ from urllib.parse import unquote, urlparse
 import fastavro
 import httpx
 import pytest
+
 from taskstream.schemas.catalog import NAMESPACE, catalog
 from taskstream.schemas.errors import DecodeError, RegistryError
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.registry import RegistryCodec
 from taskstream.schemas.serde import encode_event
-
 from tests.test_schemas_serde import BODIES, envelope, full_state
 
 

@@ -16,6 +16,7 @@ import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from taskstream.schemas.catalog import catalog
 from taskstream.schemas.errors import DecodeError, EncodeError
 from taskstream.schemas.events import (
