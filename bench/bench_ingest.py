@@ -30,10 +30,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from taskstream.producer import TaskProducer
 from taskstream.producer.build import EventBuilder, now_ms
 from taskstream.producer.config import kafka_config
-
 from taskstream.settings import Settings, load_settings
 from taskstream.topics import events_topic
 
