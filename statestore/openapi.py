@@ -188,7 +188,7 @@ def _paths() -> dict[str, Any]:
              "415": _error("the body is not application/json"), "503": unavailable},
             params=[_TASK_ID], body=_command_body(), scope="admin")},
         "/tasks/{task_id}/redrive": {"post": _op(
-            "Run a DEAD or CANCELLED task again (a RedriveRequested event)",
+            "Run a DEAD task again with a fresh attempt budget (a RedriveRequested event)",
             {"202": accepted, "400": bad, "404": not_found,
              "415": _error("the body is not application/json"), "503": unavailable},
             params=[_TASK_ID], body=_command_body(), scope="admin")},

@@ -265,7 +265,7 @@ def cancel(task_id: str, reason: str, as_json: bool, api_url: str | None) -> Non
 @api_options
 def redrive(task_id: str, reason: str, max_attempts: int | None, as_json: bool,
             api_url: str | None) -> None:
-    """Run a DEAD or CANCELLED task again."""
+    """Run a DEAD task again with a fresh attempt budget."""
     data = client_from(api_url).call("POST", f"/tasks/{task_id}/redrive",
                                      body={"reason": reason, "max_attempts": max_attempts})
     emit(data, as_json, lambda d: f"redrive requested for {d['task_id']}")
