@@ -209,8 +209,7 @@ class QueueConsumer:
                 self._init_new_partitions()
                 self._apply_flow()
                 room = max(1, self._prefetch - self._buffered())
-                messages = self._consumer.consume(num_messages=room, timeout=POLL_S)
-                self._handle(messages)
+                self._handle(self._fetch(room))
                 if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
                     self._commit(asynchronous=True)
         except Exception:
@@ -222,6 +221,25 @@ class QueueConsumer:
                 self._consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 log.warning("event=consumer.close.failed queue=%s error=%s", self.queue, exc)
+
+    def _fetch(self, room: int) -> list[Message]:
+        """Up to ``room`` records, returned as soon as there is one.
+
+        ``consume(n, timeout)`` would wait for all ``n`` (or the timeout): with a
+        small ``room`` that caps a worker at ``room`` records per ``POLL_S`` and adds
+        up to ``POLL_S`` to every task's wait. So: take what the client has already
+        fetched; if nothing, wait for the first record only, then take the rest that
+        came with it.
+        """
+        messages: list[Message] = self._consumer.consume(num_messages=room, timeout=0)
+        if messages:
+            return messages
+        first = self._consumer.poll(POLL_S)
+        if first is None:
+            return []
+        if room == 1:
+            return [first]
+        return [first, *self._consumer.consume(num_messages=room - 1, timeout=0)]
 
     def _buffered(self) -> int:
         with self._lock:

@@ -40,6 +40,6 @@ class WorkerMetrics:
                                        "events the broker did not acknowledge", ["type"],
                                        registry=r)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
         """Serve ``/metrics`` on ``port`` in a daemon thread; shut the server down to stop."""
         return start_http_server(port, addr=addr, registry=self.registry)
