@@ -7,8 +7,9 @@ index entries, and performs the effects (dispatch, DLQ copy, cancellation).
 
 The order of durable steps for one record, and why it is safe:
 
-1. table writes (task state, due index, listing index) go to the partition's
-   local RocksDB and are queued for the changelog;
+1. the task state goes to the partition's local RocksDB and is queued for the
+   changelog; the due and listing index entries go to local RocksDBs derived
+   from the task table (no changelog: rebuilt from it, statestore/indexes.py);
 2. effects are queued on the same producer (ready, dlq, cancellations topics);
 3. at commit time Faust flushes the producer (changelog and effects both
    acknowledged by the broker) and only then commits the events offset.
@@ -56,12 +57,11 @@ from taskstream.schemas.events import (
     TaskDeadLettered,
     TaskDispatched,
     TimerFired,
-    TimerKind,
 )
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import decode_event, decode_state, encode_event, encode_state
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 from taskstream.statestore import keys
 from taskstream.statestore.tables import TaskTables, processor_app_id
@@ -78,25 +78,6 @@ log = logging.getLogger("taskstream.processor")
 _DERIVED = (TaskDispatched, TaskDeadLettered, TaskCancelled)
 #: how long an emitted timer is not emitted again while its event is in flight
 TIMER_REEMIT_S = 5.0
-
-_TIMED = {
-    TaskStatus.SCHEDULED: TimerKind.DELAY_DUE,
-    TaskStatus.RETRYING: TimerKind.RETRY_DUE,
-    TaskStatus.RUNNING: TimerKind.LEASE_EXPIRED,
-}
-
-
-def timer_of(state: TaskState | None) -> keys.DueEntry | None:
-    """The timer a state implies: derived from the state, so it can never disagree."""
-    if state is None or state.due_at_ms is None:
-        return None
-    kind = _TIMED.get(state.status)
-    if kind is None:
-        return None
-    return keys.DueEntry(
-        state.due_at_ms, state.task_id, kind, state.attempt, state.dispatch_id or ""
-    )
-
 
 def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> TopicT:
     return app.topic(
@@ -156,7 +137,8 @@ class Processor:
         self.source = f"processor:{socket.gethostname()}:{os.getpid()}"
         self.app = app = build_faust_app(settings)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
-        self.tables = TaskTables(app, settings.partitions)
+        self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
+                                 can_build=self._restored)
         self._ready: dict[tuple[str, int], TopicT] = {}
         self._known_queues: set[str] = set()
         self._dlq = _raw_topic(app, dlq_topic(settings))
@@ -164,6 +146,10 @@ class Processor:
         self._quarantine = _raw_topic(app, quarantine_topic(settings))
         self._emitted: dict[bytes, float] = {}
         app.agent(self.events, name="taskstream.fold")(self._fold)
+        # a rebalance may hand a partition's tasks to another replica and back:
+        # rebuild its local indexes from the task table when it is ours again
+        app.on_partitions_revoked.connect(self._on_rebalance)
+        app.on_partitions_assigned.connect(self._on_rebalance)
         app.timer(settings.timer_interval_s, name="taskstream.timers")(self._scan_timers)
 
     # -- the fold ------------------------------------------------------------
@@ -185,25 +171,18 @@ class Processor:
             await self.quarantine(message.topic, message.partition, message.offset, event.key,
                                   value, f"{envelope.type_name} is not an events-topic record")
             return
-        await self.fold_one(envelope)
+        await self.fold_one(envelope, message.partition)
 
-    async def fold_one(self, envelope: Envelope) -> None:
-        key = envelope.task_id.encode()
-        raw = self.tables.tasks.get(key)
+    async def fold_one(self, envelope: Envelope, partition: int) -> None:
+        raw = self.tables.tasks.get(envelope.task_id.encode())
         before = decode_state(raw) if raw is not None else None
         after, effects = apply(before, envelope, self.limits)
         if after is not None and after != before:
-            self.tables.tasks[key] = encode_state(after)
-            self.tables.reindex(before, after, timer_of(before), timer_of(after))
-        elif before is not None and envelope.event_id in before.recent_event_ids:
-            # A repeat: we crashed after writing this state. The three tables'
-            # changelogs flush independently, so the indexes may have missed
-            # their part of it; write them again from the state (idempotent).
-            self.tables.repair(before, timer_of(before))
+            self.tables.put(partition, before, after, encode_state(after))
         if isinstance(envelope.body, TimerFired):
             # a timer that no longer fits leaves its index entry behind: drop it
-            self.tables.drop_stale_timer(envelope.task_id, envelope.body.due_at_ms,
-                                         timer_of(after))
+            self.tables.drop_stale_timer(partition, envelope.task_id,
+                                         envelope.body.due_at_ms, after)
         self.metrics.applied.labels(envelope.type_name).inc()
         for effect in effects:
             await self._perform(effect, envelope)
@@ -266,7 +245,17 @@ class Processor:
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives()
                       if tp.topic == name)
 
+    async def _on_rebalance(self, *_: Any, **__: Any) -> None:
+        self.tables.indexes.invalidate()
+        self._emitted.clear()
+
+    def _restored(self) -> bool:
+        """True when no recovery or rebalance is under way (the task table is whole)."""
+        return not (self.app.in_recovery or self.app.rebalancing)
+
     async def _scan_timers(self) -> None:
+        if not self._restored():
+            return  # timers wait for the task table to be whole again
         now_ms = int(time.time() * 1000)
         now = time.monotonic()
         seen: dict[bytes, float] = {}

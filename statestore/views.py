@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.auth import AuthFailure, required_scope
+from taskstream.statestore.indexes import IndexNotReady
 from taskstream.statestore.openapi import openapi_document
 from taskstream.statestore.query import (
     ApiError,
@@ -76,6 +77,8 @@ def make_middleware(api: Api) -> Any:
             return error_response(exc.status, exc.code, exc.message, None, headers)
         except ApiError as exc:
             return json_response(exc.body(), exc.status)
+        except IndexNotReady as exc:  # a partition is being restored after a rebalance
+            return error_response(503, "not_ready", str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -5,14 +5,16 @@ from __future__ import annotations
 import heapq
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
-from taskstream.schemas.events import TimerKind
+from taskstream.schemas.events import Backoff, TimerKind
 from taskstream.schemas.ids import new_task_id
+from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore import keys
-from taskstream.statestore.tables import TaskTables
+from taskstream.statestore.indexes import IndexNotReady, LocalIndexes, queues_in, scan_run, timer_of
 
 
 def raw_db(path: Path) -> Rdict:
@@ -38,13 +40,46 @@ def test_listing_scans_in_id_order_per_queue_and_across_queues(tmp_path: Path) -
         for task_id in task_ids:
             db[keys.listing_key(queue, "READY", task_id)] = b"1"
             db[keys.listing_key(queue, "DEAD", task_id + "Z")] = b"0"
-    assert list(TaskTables._queues(db)) == ["alpha", "b", "beta"]
-    run = list(TaskTables._scan_run(db, keys.listing_prefix("b", "READY"), ""))
+    assert list(queues_in(db)) == ["alpha", "b", "beta"]
+    run = list(scan_run(db, keys.listing_prefix("b", "READY"), ""))
     assert run == ids["b"]
-    after = list(TaskTables._scan_run(db, keys.listing_prefix("b", "READY"), ids["b"][1]))
+    after = list(scan_run(db, keys.listing_prefix("b", "READY"), ids["b"][1]))
     assert after == ids["b"][2:]
     every_queue = list(heapq.merge(*(
-        TaskTables._scan_run(db, keys.listing_prefix(q, "READY"), "")
-        for q in TaskTables._queues(db))))
+        scan_run(db, keys.listing_prefix(q, "READY"), "")
+        for q in queues_in(db))))
     assert every_queue == sorted(t for v in ids.values() for t in v)
     db.close()
+
+
+def _state(task_id: str, queue: str, status: TaskStatus, due: int | None) -> TaskState:
+    return TaskState(
+        task_id=task_id, name="n", queue=queue, priority=1, status=status, payload=b"",
+        content_type="application/json", payload_digest="", max_attempts=3,
+        backoff=Backoff(), timeout_ms=None, lease_ms=1000, submitted_at_ms=0,
+        updated_at_ms=0, attempt=1, dispatch_id="d1", due_at_ms=due)
+
+
+def test_indexes_are_rebuilt_from_the_task_states_and_only_when_allowed(tmp_path: Path) -> None:
+    states = {0: [_state("A", "q", TaskStatus.RUNNING, 50),
+                  _state("B", "q", TaskStatus.READY, None),
+                  _state("C", "r", TaskStatus.RETRYING, 10)]}
+    allowed = [False]
+    indexes = LocalIndexes(tmp_path, lambda p: iter(states.get(p, [])), lambda: allowed[0])
+    with pytest.raises(IndexNotReady, match="partition 0"):
+        indexes.for_partition(0)
+    allowed[0] = True
+    index = indexes.for_partition(0)
+    assert [e.task_id for _, e in index.due_entries(now_ms=100)] == ["C", "A"]
+    assert [e.kind for _, e in index.due_entries(now_ms=100)] == [
+        TimerKind.RETRY_DUE, TimerKind.LEASE_EXPIRED]
+    assert list(index.due_entries(now_ms=20)) == [(keys.due_key(10, "C"), timer_of(states[0][2]))]
+    assert list(index.scan_listing(None, "READY", "")) == ["B"]
+    assert index.counts() == {("q", "RUNNING", 1): 1, ("q", "READY", 1): 1, ("r", "RETRYING", 1): 1}
+    # a rebalance forgets it; the next use rebuilds from the (changed) task table
+    states[0] = [_state("A", "q", TaskStatus.SUCCEEDED, None)]
+    indexes.invalidate()
+    index = indexes.for_partition(0)
+    assert list(index.due_entries(now_ms=10**6)) == []
+    assert list(index.scan_listing("q", "SUCCEEDED", "")) == ["A"]
+    indexes.close()

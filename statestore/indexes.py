@@ -1,0 +1,193 @@
+"""The due and listing indexes: local RocksDBs derived from the task table.
+
+Both indexes are functions of the task states, so they need no changelog of
+their own: a replica keeps them only for its *active* partitions, in RocksDBs
+under ``<data_dir>/indexes/p<N>/``, and rebuilds a partition's indexes from that
+partition's task table whenever the partition (re)becomes active here. That
+halves the records the processor writes per event (docs/decisions.md, D10):
+a changelog record per index change was the processor's largest cost.
+
+Rebuilding reads every state of the partition once; it happens on the first use
+after a rebalance, never during a recovery (the task table is not complete
+then: :class:`IndexNotReady`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from taskstream.errors import TaskstreamError
+from taskstream.schemas.events import TimerKind
+from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.statestore import keys
+
+_TIMED = {
+    TaskStatus.SCHEDULED: TimerKind.DELAY_DUE,
+    TaskStatus.RETRYING: TimerKind.RETRY_DUE,
+    TaskStatus.RUNNING: TimerKind.LEASE_EXPIRED,
+}
+
+
+class IndexNotReady(TaskstreamError):
+    """A partition's indexes cannot be built yet: its task table is being restored."""
+
+    retriable = True
+
+
+def timer_of(state: TaskState | None) -> keys.DueEntry | None:
+    """The timer a state implies: derived from the state, so it can never disagree."""
+    if state is None or state.due_at_ms is None:
+        return None
+    kind = _TIMED.get(state.status)
+    if kind is None:
+        return None
+    return keys.DueEntry(
+        state.due_at_ms, state.task_id, kind, state.attempt, state.dispatch_id or ""
+    )
+
+
+def _open(path: Path) -> Any:
+    """A raw-mode RocksDB: bytes keys and values (rocksdict's stubs type them loosely)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return Rdict(str(path), Options(raw_mode=True))
+
+
+class PartitionIndex:
+    """Both indexes of one partition."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.due = _open(path / "due")
+        self.listing = _open(path / "listing")
+
+    def close(self) -> None:
+        self.due.close()
+        self.listing.close()
+
+    # -- writes --------------------------------------------------------------------
+
+    def put_timer(self, timer: keys.DueEntry) -> None:
+        self.due[keys.due_key(timer.due_at_ms, timer.task_id)] = keys.due_value(
+            timer.kind, timer.attempt, timer.dispatch_id)
+
+    def drop_timer(self, due_at_ms: int, task_id: str) -> None:
+        del self.due[keys.due_key(due_at_ms, task_id)]
+
+    def put_listing(self, state: TaskState) -> None:
+        self.listing[keys.listing_key(state.queue, state.status, state.task_id)] = str(
+            state.priority).encode()
+
+    def drop_listing(self, state: TaskState) -> None:
+        del self.listing[keys.listing_key(state.queue, state.status, state.task_id)]
+
+    def fill(self, states: Iterable[TaskState]) -> int:
+        """Write the entries of ``states`` in batches (the DBs are empty)."""
+        due, listing, n = WriteBatch(raw_mode=True), WriteBatch(raw_mode=True), 0
+        for state in states:
+            timer = timer_of(state)
+            if timer is not None:
+                due.put(keys.due_key(timer.due_at_ms, timer.task_id),
+                        keys.due_value(timer.kind, timer.attempt, timer.dispatch_id))
+            listing.put(keys.listing_key(state.queue, state.status, state.task_id),
+                        str(state.priority).encode())
+            n += 1
+        self.due.write(due)
+        self.listing.write(listing)
+        return n
+
+    # -- reads ---------------------------------------------------------------------
+
+    def due_entries(self, now_ms: int) -> Iterator[tuple[bytes, keys.DueEntry]]:
+        upper = keys.due_upper_bound(now_ms)
+        for key, value in self.due.items():
+            if key >= upper:
+                return
+            yield key, keys.parse_due(key, value)
+
+    def scan_listing(self, queue: str | None, status: str, after_task_id: str) -> Iterator[str]:
+        queues = [queue] if queue is not None else list(queues_in(self.listing))
+        yield from heapq.merge(*(
+            scan_run(self.listing, keys.listing_prefix(q, status), after_task_id)
+            for q in queues))
+
+    def counts(self) -> Counter[tuple[str, str, int]]:
+        result: Counter[tuple[str, str, int]] = Counter()
+        for key, value in self.listing.items():
+            queue, status, _ = keys.parse_queue_listing(key)
+            result[(queue, status, int(value))] += 1
+        return result
+
+
+def queues_in(db: Any) -> Iterator[str]:
+    """The queues present in a listing index, seeking from queue to queue."""
+    start = keys.QUEUES_START
+    while True:
+        first = next(iter(db.keys(from_key=start)), None)
+        if first is None or not first.startswith(keys.QUEUES_START):
+            return
+        queue, _, _ = keys.parse_queue_listing(first)
+        yield queue
+        start = keys.next_queue_start(queue)
+
+
+def scan_run(db: Any, prefix: bytes, after_task_id: str) -> Iterator[str]:
+    """Task IDs under one listing prefix, in ID order, after a cursor."""
+    start = prefix + after_task_id.encode() + (b"\x00" if after_task_id else b"")
+    for key in db.keys(from_key=start):
+        if not key.startswith(prefix):
+            return
+        yield key[len(prefix):].decode()
+
+
+class LocalIndexes:
+    """The indexes of the partitions this replica serves, built on first use.
+
+    ``states_of(partition)`` yields a partition's task states (the task table);
+    ``can_build()`` says whether the task table is complete (not recovering).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        states_of: Callable[[int], Iterator[TaskState]],
+        can_build: Callable[[], bool],
+    ) -> None:
+        self.root = root
+        self._states_of = states_of
+        self._can_build = can_build
+        self._built: dict[int, PartitionIndex] = {}
+
+    def invalidate(self) -> None:
+        """Forget every built index (on a rebalance: another replica may have written)."""
+        for index in self._built.values():
+            index.close()
+        self._built.clear()
+
+    def for_partition(self, partition: int, *, restored: bool = False) -> PartitionIndex:
+        """The partition's indexes, built first if need be. ``restored``: the caller
+        knows the task table is complete (the fold only runs on restored partitions)."""
+        index = self._built.get(partition)
+        if index is None:
+            if not restored and not self._can_build():
+                raise IndexNotReady(
+                    f"the indexes of partition {partition} are rebuilt once its task table "
+                    "is restored; retry in a moment")
+            index = self._built[partition] = self._rebuild(partition)
+        return index
+
+    def _rebuild(self, partition: int) -> PartitionIndex:
+        path = self.root / f"p{partition}"
+        shutil.rmtree(path, ignore_errors=True)
+        index = PartitionIndex(path)
+        index.fill(self._states_of(partition))
+        return index
+
+    def close(self) -> None:
+        self.invalidate()
