@@ -35,6 +35,12 @@ def _headline(r: dict[str, Any]) -> list[str]:
                      f"{_lat(o, 'submit_to_start_ms')} | {_lat(c, 'submit_to_start_ms')} | |")
         lines.append(f"| submit->done p50/p95/p99 ms at {label} | "
                      f"{_lat(o, 'submit_to_done_ms')} | {_lat(c, 'submit_to_done_ms')} | |")
+    celery_fixed = {row.get("rate"): row for row in celery.get("fixed") or []}
+    for o in ours.get("fixed") or []:
+        c = celery_fixed.get(o.get("rate"), {})
+        lines.append(f"| submit->start p50/p95/p99 ms at {_n(o.get('rate'))} tasks/s offered "
+                     f"(achieved {_n(o.get('achieved_rate'))} vs {_n(c.get('achieved_rate'))}/s)"
+                     f" | {_lat(o, 'submit_to_start_ms')} | {_lat(c, 'submit_to_start_ms')} | |")
     return [*lines, ""]
 
 

@@ -37,6 +37,9 @@ from taskstream.settings import load_settings
 
 SECTIONS = ("ingest", "replay", "e2e", "delayed", "scaling", "failover", "celery")
 FRACTIONS = (0.25, 0.5, 0.9)
+#: the same offered loads for both systems: latency side by side at equal rates
+#: (the "max" above comes from a burst and overstates what a system sustains)
+FIXED_RATES = (100.0, 200.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,11 @@ class Bench:
         best = measure_max(rig, s.e2e_n, _max_timeout(s.e2e_n))
         rate = best["steady_tasks_per_s"] or best["tasks_per_s"] or 10.0
         profile = load_profile(rig, rate, FRACTIONS, s.paced_s, 60.0)
+        fixed = fixed_rates(rig, s.paced_s)
         return {"config": {"processors": 1, "workers": 1, "concurrency": self.concurrency,
                            "pool": "async", "partitions": 6, "ready_partitions": 3,
                            "startup_s": round(startup, 1)},
-                "max": _strip(best), "profile": profile}
+                "max": _strip(best), "profile": profile, "fixed": fixed}
 
     def _delayed(self, rig: OursRig, max_rate: float) -> dict[str, Any]:
         self._ensure_started(rig)
@@ -180,9 +184,15 @@ class Bench:
             best = measure_max(rig, s.e2e_n, _max_timeout(s.e2e_n))
             rate = best["steady_tasks_per_s"] or best["tasks_per_s"] or 10.0
             profile = load_profile(rig, rate, FRACTIONS, s.paced_s, 60.0)
-            return {"config": rig.config(), "max": _strip(best), "profile": profile}
+            return {"config": rig.config(), "max": _strip(best), "profile": profile,
+                    "fixed": fixed_rates(rig, s.paced_s)}
         finally:
             rig.close()
+
+
+def fixed_rates(rig: Any, seconds: float) -> list[dict[str, Any]]:
+    """Latency at each of FIXED_RATES tasks/s, one call per task."""
+    return [{**measure_paced(rig, rate, seconds, 60.0), "rate": rate} for rate in FIXED_RATES]
 
 
 def _broker(given: str | None, scratch: Path) -> tuple[str, Path | None]:

@@ -86,3 +86,15 @@ def test_markdown_and_plots_of_a_full_result(tmp_path: Path) -> None:
 def test_markdown_of_an_empty_run() -> None:
     text = markdown({"meta": {}})
     assert text.startswith("# Benchmark results") and "n/a" in text
+
+
+def test_markdown_puts_equal_offered_rates_side_by_side() -> None:
+    lat = {"p50": 20.0, "p95": 40.0, "p99": 60.0}
+    results = {
+        "e2e": {"fixed": [{"rate": 200.0, "achieved_rate": 199.0, "submit_to_start_ms": lat}]},
+        "celery": {"fixed": [{"rate": 200.0, "achieved_rate": 198.0,
+                              "submit_to_start_ms": {"p50": 3.0, "p95": 5.0, "p99": 9.0}}]},
+    }
+    text = markdown(results)
+    assert ("| submit->start p50/p95/p99 ms at 200 tasks/s offered (achieved 199 vs 198/s) "
+            "| 20 / 40 / 60 | 3 / 5 / 9 | |") in text
