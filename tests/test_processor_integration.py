@@ -18,6 +18,7 @@ from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
     Envelope,
+    TaskDeadLettered,
     TaskDispatched,
     TaskFailed,
     TaskStarted,
@@ -75,7 +76,8 @@ class Rig:
 
         return wait_for(f"dispatch of {task_id} attempt {attempt}", check, timeout=timeout)
 
-    def start_and_finish(self, dispatch: Envelope, ok: bool = True, **failure: object) -> None:
+    def start_and_finish(self, dispatch: Envelope, ok: bool = True,
+                         retryable: bool = True) -> None:
         body = dispatch.body
         assert isinstance(body, TaskDispatched)
         self.writer.send(dispatch.task_id, TaskStarted(body.dispatch_id, "w1"), dispatch.attempt)
@@ -84,7 +86,7 @@ class Rig:
                              dispatch.attempt)
         else:
             self.writer.send(dispatch.task_id, TaskFailed(
-                body.dispatch_id, "w1", "ValueError", "boom", **failure),  # type: ignore[arg-type]
+                body.dispatch_id, "w1", "ValueError", "boom", retryable=retryable),
                 dispatch.attempt)
 
     def close(self) -> None:
@@ -127,7 +129,8 @@ def test_failures_retry_with_backoff_then_dead_letter(rig: Rig) -> None:
     assert started[2] - started[1] >= 0.35
     dlq = TopicReader(rig.settings, rig.settings.topic("dlq"))
     copies = wait_for("dlq copy", lambda: [e for e in dlq.envelopes() if e.task_id == task_id])
-    assert copies[0].body.error_type == "ValueError"  # type: ignore[union-attr]
+    assert isinstance(copies[0].body, TaskDeadLettered)
+    assert copies[0].body.error_type == "ValueError"
 
 
 def test_non_retryable_failure_goes_straight_to_dead(rig: Rig) -> None:
