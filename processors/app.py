@@ -184,10 +184,12 @@ class Processor:
             self.tables.drop_stale_timer(partition, envelope.task_id,
                                          envelope.body.due_at_ms, after)
         self.metrics.applied.labels(envelope.type_name).inc()
+        state = after or before
+        queue = state.queue if state is not None else ""
         for effect in effects:
-            await self._perform(effect, envelope)
+            await self._perform(effect, envelope, queue)
 
-    async def _perform(self, effect: Effect, cause: Envelope) -> None:
+    async def _perform(self, effect: Effect, cause: Envelope, queue: str) -> None:
         match effect:
             case Dispatch(envelope=env):
                 body = env.body
@@ -208,13 +210,9 @@ class Processor:
             case Duplicate(conflict=conflict):
                 self.metrics.duplicates.labels(str(conflict).lower()).inc()
             case RetryScheduled():
-                self.metrics.retries.labels(self._queue_of(cause)).inc()
+                self.metrics.retries.labels(queue).inc()
             case _:
                 pass  # SetTimer/ClearTimer: the due index follows the state itself
-
-    def _queue_of(self, envelope: Envelope) -> str:
-        raw = self.tables.tasks.get(envelope.task_id.encode())
-        return decode_state(raw).queue if raw is not None else ""
 
     async def _ready_topic(self, queue: str, level: int) -> TopicT:
         topic = self._ready.get((queue, level))

@@ -4,9 +4,7 @@ events, read topics and task state back. Everything talks to the real broker.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from taskstream.dev_procs import free_port, settings_env
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_event, decode_state, encode_event
@@ -24,12 +23,6 @@ from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0,
@@ -43,19 +36,6 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
-    env.update(
-        TASKSTREAM_BOOTSTRAP=settings.bootstrap,
-        TASKSTREAM_TOPIC_PREFIX=settings.topic_prefix,
-        TASKSTREAM_PARTITIONS=str(settings.partitions),
-        TASKSTREAM_READY_PARTITIONS=str(settings.ready_partitions),
-        TASKSTREAM_QUEUES='["' + '","'.join(settings.queues) + '"]',
-        TASKSTREAM_STANDBY_REPLICAS=str(settings.standby_replicas),
-    )
-    return env
 
 
 class ProcessorProcess:
