@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import time
+from functools import partial
 from typing import Any
 
 import faust
@@ -48,6 +49,7 @@ from taskstream.processors.effects import (
     Rejected,
     RetryScheduled,
 )
+from taskstream.processors.guard import guarded
 from taskstream.processors.lifecycle import Limits, apply
 from taskstream.processors.metrics import ProcessorMetrics
 from taskstream.schemas.errors import DecodeError
@@ -156,7 +158,14 @@ class Processor:
 
     async def _fold(self, stream: StreamT[bytes]) -> None:
         async for event in stream.events():
-            await self.handle(event)
+            m = event.message
+            await guarded(partial(self.handle, event), partial(self._quarantine_event, event),
+                          where=f"{m.topic}[{m.partition}]@{m.offset}")
+
+    async def _quarantine_event(self, event: EventT[bytes], reason: str) -> None:
+        m = event.message
+        value = event.value if isinstance(event.value, bytes) else b""
+        await self.quarantine(m.topic, m.partition, m.offset, event.key, value, reason)
 
     async def handle(self, event: EventT[bytes]) -> None:
         message = event.message
