@@ -37,9 +37,6 @@ pytest: install
 	VENV=$(VENV) KAFKA_DATA_DIR=$(CURDIR)/$(BUILD)/kafka scripts/test-with-kafka.sh $(PYTEST_ARGS)
 
 # The whole platform on this machine with a demo workload (see `taskstream dev --help`).
-dev: install
-	$(BIN)/taskstream dev
-
 clean:
 	rm -rf $(BUILD) $(VENV)
 
