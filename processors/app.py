@@ -148,10 +148,6 @@ class Processor:
         self._quarantine = _raw_topic(app, quarantine_topic(settings))
         self._emitted: dict[bytes, float] = {}
         app.agent(self.events, name="taskstream.fold")(self._fold)
-        # a rebalance may hand a partition's tasks to another replica and back:
-        # rebuild its local indexes from the task table when it is ours again
-        app.on_partitions_revoked.connect(self._on_rebalance)
-        app.on_partitions_assigned.connect(self._on_rebalance)
         app.timer(settings.timer_interval_s, name="taskstream.timers")(self._scan_timers)
 
     # -- the fold ------------------------------------------------------------
@@ -251,10 +247,6 @@ class Processor:
         name = self.events.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives()
                       if tp.topic == name)
-
-    async def _on_rebalance(self, *_: Any, **__: Any) -> None:
-        self.tables.indexes.invalidate()
-        self._emitted.clear()
 
     def _restored(self) -> bool:
         """True when no recovery or rebalance is under way (the task table is whole)."""

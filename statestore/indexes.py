@@ -150,7 +150,10 @@ class LocalIndexes:
     """The indexes of the partitions this replica serves, built on first use.
 
     ``states_of(partition)`` yields a partition's task states (the task table);
-    ``can_build()`` says whether the task table is complete (not recovering).
+    ``can_build()`` says whether the task table is complete (not recovering);
+    ``generation()`` is the consumer group generation: an index built in an earlier
+    generation is rebuilt, because in between the partition may have been another
+    replica's.
     """
 
     def __init__(
@@ -158,28 +161,35 @@ class LocalIndexes:
         root: Path,
         states_of: Callable[[int], Iterator[TaskState]],
         can_build: Callable[[], bool],
+        generation: Callable[[], int],
     ) -> None:
         self.root = root
         self._states_of = states_of
         self._can_build = can_build
-        self._built: dict[int, PartitionIndex] = {}
+        self._generation = generation
+        self._built: dict[int, tuple[int, PartitionIndex]] = {}
 
     def invalidate(self) -> None:
-        """Forget every built index (on a rebalance: another replica may have written)."""
-        for index in self._built.values():
+        """Forget every built index."""
+        for _, index in self._built.values():
             index.close()
         self._built.clear()
 
     def for_partition(self, partition: int, *, restored: bool = False) -> PartitionIndex:
         """The partition's indexes, built first if need be. ``restored``: the caller
         knows the task table is complete (the fold only runs on restored partitions)."""
-        index = self._built.get(partition)
-        if index is None:
-            if not restored and not self._can_build():
-                raise IndexNotReady(
-                    f"the indexes of partition {partition} are rebuilt once its task table "
-                    "is restored; retry in a moment")
-            index = self._built[partition] = self._rebuild(partition)
+        generation = self._generation()
+        built = self._built.get(partition)
+        if built is not None and built[0] == generation:
+            return built[1]
+        if not restored and not self._can_build():
+            raise IndexNotReady(
+                f"the indexes of partition {partition} are rebuilt once its task table "
+                "is restored; retry in a moment")
+        if built is not None:
+            built[1].close()
+        index = self._rebuild(partition)
+        self._built[partition] = (generation, index)
         return index
 
     def _rebuild(self, partition: int) -> PartitionIndex:

@@ -43,10 +43,14 @@ class TaskTables:
     def __init__(
         self, app: faust.App, partitions: int, index_dir: Path, can_build: Callable[[], bool]
     ) -> None:
+        # an index built before the latest rebalance is rebuilt (statestore/indexes.py)
+        def generation() -> int:
+            return int(app.consumer_generation_id or 0)
+
         # bytes in, bytes out: the app's serializers are "raw" (processors/app.py)
         self.tasks: Any = app.Table("tasks", key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None)
-        self.indexes = LocalIndexes(index_dir, self.states_in, can_build)
+        self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)
 
     # -- writes (inside the fold only) ---------------------------------------------
 

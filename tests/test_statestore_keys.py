@@ -64,8 +64,9 @@ def test_indexes_are_rebuilt_from_the_task_states_and_only_when_allowed(tmp_path
     states = {0: [_state("A", "q", TaskStatus.RUNNING, 50),
                   _state("B", "q", TaskStatus.READY, None),
                   _state("C", "r", TaskStatus.RETRYING, 10)]}
-    allowed = [False]
-    indexes = LocalIndexes(tmp_path, lambda p: iter(states.get(p, [])), lambda: allowed[0])
+    allowed, generation = [False], [1]
+    indexes = LocalIndexes(tmp_path, lambda p: iter(states.get(p, [])), lambda: allowed[0],
+                           lambda: generation[0])
     with pytest.raises(IndexNotReady, match="partition 0"):
         indexes.for_partition(0)
     allowed[0] = True
@@ -76,9 +77,11 @@ def test_indexes_are_rebuilt_from_the_task_states_and_only_when_allowed(tmp_path
     assert list(index.due_entries(now_ms=20)) == [(keys.due_key(10, "C"), timer_of(states[0][2]))]
     assert list(index.scan_listing(None, "READY", "")) == ["B"]
     assert index.counts() == {("q", "RUNNING", 1): 1, ("q", "READY", 1): 1, ("r", "RETRYING", 1): 1}
-    # a rebalance forgets it; the next use rebuilds from the (changed) task table
+    # within one generation the index is kept; a rebalance (new generation) rebuilds it
+    # from the task table, which another replica may have changed meanwhile
     states[0] = [_state("A", "q", TaskStatus.SUCCEEDED, None)]
-    indexes.invalidate()
+    assert indexes.for_partition(0) is index
+    generation[0] = 2
     index = indexes.for_partition(0)
     assert list(index.due_entries(now_ms=10**6)) == []
     assert list(index.scan_listing("q", "SUCCEEDED", "")) == ["A"]
