@@ -164,19 +164,17 @@ class Processor:
         await self.quarantine(m.topic, m.partition, m.offset, event.key, value, reason)
 
     async def handle(self, event: EventT[bytes]) -> None:
-        message = event.message
         value = event.value if isinstance(event.value, bytes) else b""
         try:
             envelope = decode_event(value)
         except DecodeError as exc:
-            await self.quarantine(message.topic, message.partition, message.offset,
-                                  event.key, value, str(exc))
+            await self._quarantine_event(event, str(exc))
             return
         if isinstance(envelope.body, _DERIVED):
-            await self.quarantine(message.topic, message.partition, message.offset, event.key,
-                                  value, f"{envelope.type_name} is not an events-topic record")
+            await self._quarantine_event(
+                event, f"{envelope.type_name} is not an events-topic record")
             return
-        await self.fold_one(envelope, message.partition)
+        await self.fold_one(envelope, event.message.partition)
 
     async def fold_one(self, envelope: Envelope, partition: int) -> None:
         raw = self.tables.tasks.get(envelope.task_id.encode())
