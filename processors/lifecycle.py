@@ -34,7 +34,7 @@ How one event is applied, in order:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from taskstream.processors.effects import (
     DeadLetter,
@@ -78,6 +78,12 @@ from taskstream.schemas.events import (
     TaskSucceeded,
     TimerFired,
 )
+
+if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copy
+    from dataclasses import replace
+else:
+    from taskstream.schemas.state import evolve as replace
+
 from taskstream.schemas.state import TaskState, TaskStatus
 
 __all__ = [
@@ -92,6 +98,8 @@ __all__ = [
 ]
 
 _DEFAULT_LIMITS = Limits()
+#: completes a state built during the current apply (see _record)
+_set = object.__setattr__
 
 
 def apply(
@@ -108,14 +116,14 @@ def apply(
         if isinstance(body, TaskSubmitted):
             created, effects = submit_new(event, body)
             check_transition(None, key, created.status)
-            return _record(created, event, limits), effects
+            return _record(created, event, limits, fresh=True), effects
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
     if event.event_id in state.recent_event_ids:
         last = state.recent_event_ids[-1] == event.event_id
         return state, redo_effects(state, event.event_id) if last else []
     if isinstance(body, TaskSubmitted):
         counted, effects = submit_again(state, body)
-        return _record(counted, event, limits), effects
+        return _record(counted, event, limits, fresh=counted is not state), effects
     if (state.status, key) not in TRANSITIONS:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
     step = _step(state, event, limits)
@@ -123,7 +131,7 @@ def apply(
         return _reject(state, event, limits, step.reason)
     after, effects = step
     check_transition(state.status, key, after.status)
-    return _record(after, event, limits), effects
+    return _record(after, event, limits, fresh=after is not state), effects
 
 
 def _step(state: TaskState, event: Envelope, limits: Limits) -> Step:
@@ -147,8 +155,20 @@ def _step(state: TaskState, event: Envelope, limits: Limits) -> Step:
             return Refusal(f"{event.type_name} is not an events-topic record")
 
 
-def _record(state: TaskState, event: Envelope, limits: Limits) -> TaskState:
+def _record(
+    state: TaskState, event: Envelope, limits: Limits, *, fresh: bool = False
+) -> TaskState:
+    """``state`` with ``event`` remembered as applied.
+
+    ``fresh`` says ``state`` was built during this ``apply`` call and nobody else
+    holds it yet; then it is completed in place instead of copied once more
+    (one copy of a 40-field state per event instead of two).
+    """
     recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
+    if fresh:
+        _set(state, "recent_event_ids", recent)
+        _set(state, "updated_at_ms", event.occurred_at_ms)
+        return state
     return replace(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms)
 
 
@@ -156,7 +176,7 @@ def _reject(
     state: TaskState, event: Envelope, limits: Limits, reason: str
 ) -> tuple[TaskState, list[Effect]]:
     counted = replace(state, rejected=state.rejected + 1)
-    return _record(counted, event, limits), [Rejected(reason)]
+    return _record(counted, event, limits, fresh=True), [Rejected(reason)]
 
 
 def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:

@@ -13,7 +13,8 @@ All times come from the event's ``occurred_at_ms``; ids and jitter from hashes.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from taskstream.processors.backoff import retry_delay_ms
 from taskstream.processors.effects import (
@@ -42,6 +43,12 @@ from taskstream.schemas.events import (
     TimerFired,
     TimerKind,
 )
+
+if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copy
+    from dataclasses import replace
+else:
+    from taskstream.schemas.state import evolve as replace
+
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 
 #: error_type recorded when a RUNNING attempt's lease runs out
