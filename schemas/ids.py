@@ -14,14 +14,19 @@ every ID looks alike, sorts as text and fits in the same columns.
   by construction"). The length prefix keeps ``("a", "bc")`` and ``("ab", "c")``
   apart. Never read a time out of a task ID.
 
-The encoder looks up 10-bit chunks in a table of 1024 two-character strings
-(about 2 us per ID against about 5 us for building and rendering a
-``ulid.ULID``), because the producer makes one or two IDs per submitted task;
-``python-ulid`` parses them (the tests compare both).
+Making IDs is on the producer's hot path (one or two per submitted task), so a
+ULID is written as text directly: the 48-bit time is 10 characters (cached per
+millisecond) and the 80 random bits are 16 random characters, each the low 5
+bits of a random byte mapped through a 256-byte translation table (uniform,
+since 256 is a multiple of 32), all in C: about 0.6 us per ID, 0.2 us in
+batches (:func:`new_ulids`), against about 5 us for building and rendering a
+``ulid.ULID``. :func:`encode_128` renders any 128-bit value (derived IDs);
+``python-ulid`` parses both (the tests compare).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -47,8 +52,28 @@ def encode_128(value: int) -> str:
     return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
+#: a random byte -> a random Crockford character (its low 5 bits)
+_RANDOM_CHAR = bytes(_CROCKFORD.encode("ascii")[b & 31] for b in range(256))
+_MAX_MS = (1 << 48) - 1
+
+
+@functools.lru_cache(maxsize=8)
+def _time_part(ms: int) -> str:
+    """The first 10 characters of a ULID: its 48-bit millisecond time."""
+    if not 0 <= ms <= _MAX_MS:
+        raise ValueError(f"a ULID's time is 48 bits of milliseconds; got {ms!r}")
+    return "".join([_CROCKFORD[(ms >> shift) & 31] for shift in range(45, -1, -5)])
+
+
 def _ulid(ms: int) -> str:
-    return encode_128((ms << 80) | int.from_bytes(os.urandom(10), "big"))
+    return _time_part(ms) + os.urandom(16).translate(_RANDOM_CHAR).decode("ascii")
+
+
+def new_ulids(n: int, ms: int | None = None) -> list[str]:
+    """``n`` fresh ULIDs of the millisecond ``ms`` (default: now), made in one go."""
+    head = _time_part(time.time_ns() // 1_000_000 if ms is None else ms)
+    text = os.urandom(16 * n).translate(_RANDOM_CHAR).decode("ascii")
+    return [head + text[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 def new_task_id() -> str:

@@ -16,6 +16,7 @@ from taskstream.schemas.ids import (
     encode_128,
     new_event_id,
     new_task_id,
+    new_ulids,
 )
 from taskstream.schemas.quarantine import (
     MAX_REASON,
@@ -45,6 +46,32 @@ def test_new_ids_are_ulids_of_now() -> None:
         assert len(value) == ID_LENGTH and set(value) <= CROCKFORD
         assert before <= ULID.from_str(value).milliseconds <= after
     assert len({new_event_id() for _ in range(10_000)}) == 10_000
+
+
+@given(st.integers(0, 2**48 - 1))
+def test_batch_ulids_carry_their_millisecond(ms: int) -> None:
+    ids = new_ulids(3, ms)
+    assert len(set(ids)) == 3
+    for value in ids:
+        assert len(value) == ID_LENGTH and set(value) <= CROCKFORD
+        assert ULID.from_str(value).milliseconds == ms
+        assert encode_128(int(ULID.from_str(value))) == value
+
+
+def test_ulid_random_part_uses_every_character_everywhere() -> None:
+    """80 random bits: each of the 16 random characters is uniform over the alphabet."""
+    ids = new_ulids(5_000)
+    assert len(set(ids)) == 5_000
+    for position in range(10, ID_LENGTH):
+        assert {value[position] for value in ids} == CROCKFORD
+    assert len({new_task_id()[10:] for _ in range(2_000)}) == 2_000
+
+
+def test_ulid_time_must_fit_48_bits() -> None:
+    with pytest.raises(ValueError, match="48 bits"):
+        new_ulids(1, 2**48)
+    with pytest.raises(ValueError, match="48 bits"):
+        new_ulids(1, -1)
 
 
 def test_ulids_sort_by_time() -> None:
