@@ -16,7 +16,6 @@ hypothesis test checks that both paths give the same ``TaskSubmitted``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -28,13 +27,8 @@ from taskstream.schemas.models import (
     MAX_DURATION_S,
     QUEUE_PATTERN,
     SpecLimits,
+    encode_json,
 )
-
-#: encode_json of taskstream.schemas.models with its options bound once
-#: (json.dumps re-reads its keyword arguments on every call)
-_json_encode = json.JSONEncoder(
-    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-).encode
 
 #: options the fast path understands; anything else goes through TaskSpec
 FAST_KEYS = frozenset(
@@ -130,7 +124,7 @@ class SimpleSpecs:
             data, content_type = payload, BYTES_CONTENT_TYPE
         else:
             try:
-                data, content_type = _json_encode(payload).encode(), JSON_CONTENT_TYPE
+                data, content_type = encode_json(payload), JSON_CONTENT_TYPE
             except (TypeError, ValueError):
                 return None
         if len(data) > self._max_payload:

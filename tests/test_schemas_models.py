@@ -15,7 +15,13 @@ from pydantic import ValidationError
 
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id, new_event_id, new_task_id
-from taskstream.schemas.models import InvalidSpecError, SpecLimits, TaskSpec, TaskView
+from taskstream.schemas.models import (
+    InvalidSpecError,
+    SpecLimits,
+    TaskSpec,
+    TaskView,
+    encode_json,
+)
 from taskstream.schemas.serde import decode_event, encode_event
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.schemas.view import RENDERED
@@ -225,3 +231,45 @@ def test_view_renders_times_both_ways_and_every_field() -> None:
 def test_durations_beyond_ten_years_name_the_field(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         TaskSpec(name="a", **{field: 1e308})
+
+
+# --- encode_json: orjson where it agrees with the standard library's contract ------
+
+
+def _stdlib(value: Any) -> bytes:
+    return json.dumps(
+        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+@given(JSON)
+def test_encode_json_is_compact_sorted_and_round_trips(value: Any) -> None:
+    data = encode_json(value)
+    assert json.loads(data) == value
+    assert data == encode_json(value)  # one value, one encoding
+    assert json.loads(data, object_pairs_hook=lambda pairs: [k for k, _ in pairs]) == (
+        json.loads(_stdlib(value), object_pairs_hook=lambda pairs: [k for k, _ in pairs])
+    )  # same key order as the standard library (sorted), at every level
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), [1.0, -float("inf")], {"x": [float("nan")]}]
+)
+def test_encode_json_refuses_nan_and_infinity(bad: Any) -> None:
+    """orjson would write null for these; the payload must never change silently."""
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode_json(bad)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**70, {1: "a", 2: "b"}, {"n": None, "f": 1e16}, [True, None]],
+)
+def test_encode_json_leaves_what_orjson_refuses_to_the_standard_library(value: Any) -> None:
+    assert encode_json(value) == _stdlib(value)
+
+
+@pytest.mark.parametrize("value", [datetime(2026, 1, 1, tzinfo=UTC), {1, 2}, object(), b"x"])
+def test_encode_json_refuses_what_is_not_json(value: Any) -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_json(value)
