@@ -18,9 +18,8 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, sent_only
 from taskstream.producer.build import now_ms
-from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.handle import AsyncTaskHandle
 from taskstream.schemas.models import TaskSpec
 
@@ -88,22 +87,21 @@ class AsyncTaskProducer(ProducerBase):
     ) -> list[AsyncTaskHandle]:
         """Submit many tasks; every spec is validated before any is sent."""
         loop = await self._ready()
-        build, core = self._build, self._core
-        at = now_ms()
-        encoded = [build.from_item(s, i, at) for i, s in enumerate(specs)]
-        handles: list[AsyncTaskHandle] = []
-        try:
-            for task_id, data in encoded:
-                handle = AsyncTaskHandle(task_id, "TaskSubmitted", core, loop)
-                if not core.try_send(task_id, data, handle):
-                    await self._send(task_id, data, handle)
-                handles.append(handle)
-        except ProducerQueueFullError as exc:
-            exc.handles = list(handles)
-            raise
-        finally:
-            if handles:
-                self._submitted.inc(len(handles))
+        core = self._core
+        encoded = self._build.many(list(specs), now_ms())
+        handles = [AsyncTaskHandle(task_id, "TaskSubmitted", core, loop) for task_id, _ in encoded]
+        todo = core.offer_many(encoded, handles, list(range(len(encoded))))
+        if todo:
+            deadline = time.monotonic() + core.queue_full_timeout_s
+            while todo:
+                await asyncio.sleep(0.01)  # the poll thread frees the queue
+                todo = core.offer_many(encoded, handles, todo)
+                if todo and time.monotonic() >= deadline:
+                    exc = core.queue_full_error()
+                    exc.handles = sent_only(handles, todo)
+                    self._submitted.inc(len(exc.handles))
+                    raise exc
+        self._submitted.inc(len(handles))
         return handles
 
     async def cancel(self, task_id: str, reason: str = "") -> AsyncTaskHandle:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.config import default_source
@@ -65,3 +65,12 @@ class ProducerBase:
     @property
     def topic(self) -> str:
         return self._core.topic
+
+
+H = TypeVar("H")
+
+
+def sent_only(handles: Sequence[H], unsent: list[int]) -> list[H]:
+    """The handles of a submit_many whose events were queued (``unsent`` are indices)."""
+    skip = set(unsent)
+    return [h for i, h in enumerate(handles) if i not in skip]

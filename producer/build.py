@@ -9,7 +9,7 @@ otherwise, and the envelope is Avro-encoded by the schemas package.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +18,13 @@ from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
-from taskstream.schemas.ids import ID_LENGTH, derived_task_id, new_event_id, new_task_id
+from taskstream.schemas.ids import (
+    ID_LENGTH,
+    derived_task_id,
+    new_event_id,
+    new_task_id,
+    new_ulids,
+)
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import encode_event
 
@@ -126,6 +132,30 @@ class EventBuilder:
                 [f"[{index}]"],
             )
         return self.from_fields(item, at_ms, f"task #{index} ({item.get('name')!r})")
+
+    def many(
+        self, items: Sequence[TaskSpec | Mapping[str, Any]], at_ms: int
+    ) -> list[tuple[str, bytes]]:
+        """submit_many()'s items as (task ID, encoded TaskSubmitted), in order.
+
+        Like :meth:`from_item` for each item, with the IDs made in one go
+        (:func:`new_ulids`: event IDs first, then the task IDs of unkeyed items).
+        Raises InvalidTaskError for the first bad item, before anything is sent.
+        """
+        n = len(items)
+        ids = new_ulids(2 * n, at_ms)
+        fields, encode, source = self._simple.fields, self._encode_simple, self.source
+        out: list[tuple[str, bytes]] = []
+        append = out.append
+        for i, item in enumerate(items):
+            simple = fields(item, at_ms) if type(item) is dict else None
+            if simple is None:
+                append(self.from_item(item, i, at_ms))
+                continue
+            key = simple[9]
+            task_id = ids[n + i] if key is None else derived_task_id(simple[0], key)
+            append((task_id, encode(ids[i], task_id, at_ms, source, simple)))
+        return out
 
     def spec_from(self, item: TaskSpec | Mapping[str, Any], index: int) -> TaskSpec:
         if isinstance(item, TaskSpec):

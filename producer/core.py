@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from taskstream.producer.results import AsyncResultClient, ResultClient
 
 DeliveryCallback = Callable[[Any, Any], None]
+#: records per produce_batch call
+BATCH = 10_000
 
 _DOWN_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN})
 _BROKER_DOWN_ERRORS = frozenset(
@@ -168,6 +170,40 @@ class ProducerCore:
         """Hand one event to the client; poll and retry while its queue is full."""
         if not self.try_send(key, value, handle):
             self._send_when_room(key, value, handle)
+
+    def offer_many(
+        self, records: Sequence[tuple[str, bytes]], handles: Sequence[_Delivery], todo: list[int]
+    ) -> list[int]:
+        """Queue ``records[i]`` for each ``i`` in ``todo`` (``produce_batch``, one C call
+        per :data:`BATCH` records); return the indices refused because the local
+        queue is full, in order. A record refused for any other reason fails its
+        handle, so flush() reports it like any failed delivery.
+        """
+        topic, produce_batch = self.topic, self._producer.produce_batch
+        for lo in range(0, len(todo), BATCH):
+            part = todo[lo : lo + BATCH]
+            self._sample += len(part)
+            if self._sample >= self.metrics.sample_every:
+                self._sample = 0
+                handles[part[0]]._t0 = time.perf_counter()
+            messages: list[dict[str, Any]] = [
+                {"key": records[i][0], "value": records[i][1], "callback": handles[i]._on_delivery}
+                for i in part
+            ]
+            if produce_batch(topic, messages) == len(messages):
+                continue
+            refused = []
+            for i, message in zip(part, messages, strict=True):
+                err = message.get("_error")
+                if err is None:
+                    continue
+                if err.code() == KafkaError._QUEUE_FULL:
+                    refused.append(i)
+                else:  # e.g. a record over message.max.bytes: that task's delivery failed
+                    handles[i]._on_delivery(err, None)
+            if refused:  # the queue is full: the rest waits for acks too
+                return refused + todo[lo + BATCH :]
+        return []
 
     def queue_full_error(self) -> ProducerQueueFullError:
         self.metrics.failed.labels(reason="queue_full").inc()

@@ -8,13 +8,13 @@ The class is safe to share between threads (the Kafka client is).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, sent_only
 from taskstream.producer.build import now_ms
-from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.handle import TaskHandle
 from taskstream.schemas.models import TaskSpec
 
@@ -68,26 +68,20 @@ class TaskProducer(ProducerBase):
         """
         core = self._core
         core.check_usable()
-        build = self._build
-        at = now_ms()
-        encoded = [build.from_item(s, i, at) for i, s in enumerate(specs)]
-        handles: list[TaskHandle] = []
-        append = handles.append
-        try_send = core.try_send
-        try:
-            for n, (task_id, data) in enumerate(encoded, 1):
-                handle = TaskHandle(task_id, "TaskSubmitted", core)
-                if not try_send(task_id, data, handle):
-                    core.send(task_id, data, handle)  # polls until there is room
-                append(handle)
-                if not n & 1023:
-                    core.poll(0)
-        except ProducerQueueFullError as exc:
-            exc.handles = list(handles)
-            raise
-        finally:
-            if handles:
-                self._submitted.inc(len(handles))
+        encoded = self._build.many(list(specs), now_ms())
+        handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id, _ in encoded]
+        todo = core.offer_many(encoded, handles, list(range(len(encoded))))
+        if todo:
+            deadline = time.monotonic() + core.queue_full_timeout_s
+            while todo:
+                core.poll(0.05)  # serve acks: that is what frees the queue
+                todo = core.offer_many(encoded, handles, todo)
+                if todo and time.monotonic() >= deadline:
+                    exc = core.queue_full_error()
+                    exc.handles = sent_only(handles, todo)
+                    self._submitted.inc(len(exc.handles))
+                    raise exc
+        self._submitted.inc(len(handles))
         self._after_send(len(handles))
         return handles
 

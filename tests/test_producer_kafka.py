@@ -23,6 +23,7 @@ from taskstream.errors import TopicError
 from taskstream.producer import (
     AsyncTaskProducer,
     BrokerUnreachableError,
+    DeliveryError,
     ProducerQueueFullError,
     TaskProducer,
 )
@@ -224,3 +225,42 @@ def test_submit_many_reports_handles_sent_before_the_queue_filled(settings: Sett
     assert len(info.value.handles) == 3
     producer.close()
     assert all(h.failure is None for h in info.value.handles)
+
+
+def test_submit_many_waits_for_room_and_loses_nothing(settings: Settings) -> None:
+    """A batch larger than the local queue goes through as acks free it."""
+    small = settings.model_copy(update={"producer_queue_max": 50})
+    with TaskProducer(small, queue_full_timeout_s=30) as producer:
+        handles = producer.submit_many({"name": "big", "payload": i} for i in range(600))
+    assert all(h.done and h.failure is None for h in handles)
+    records = read_all(settings, 600)
+    assert Counter(k.decode() for _, k, _ in records) == Counter(h.task_id for h in handles)
+
+
+def test_async_submit_many_waits_for_room(settings: Settings) -> None:
+    small = settings.model_copy(update={"producer_queue_max": 40})
+
+    async def go() -> list[str]:
+        async with AsyncTaskProducer(small, queue_full_timeout_s=30) as producer:
+            handles = await producer.submit_many({"name": "a", "payload": i} for i in range(300))
+        return [h.task_id for h in handles]
+
+    ids = asyncio.run(go())
+    assert Counter(k.decode() for _, k, _ in read_all(settings, 300)) == Counter(ids)
+
+
+def test_submit_many_record_refused_by_the_client_fails_only_that_task(
+    settings: Settings,
+) -> None:
+    """A record the client refuses outright (here: over message.max.bytes) is a failed
+    delivery of that one task, reported by flush; the others are delivered."""
+    producer = TaskProducer(settings, kafka_config={"message.max.bytes": 4_000})
+    items = [{"name": "s", "payload": i} for i in range(5)]
+    items.insert(2, {"name": "s", "payload": "x" * 10_000})
+    handles = producer.submit_many(items)
+    with pytest.raises(DeliveryError, match="too large") as info:
+        producer.close(timeout=20)
+    assert info.value.task_ids == (handles[2].task_id,)
+    assert handles[2].failure is not None and not handles[0].failure
+    keys = {k.decode() for _, k, _ in read_all(settings, 5)}
+    assert keys == {h.task_id for i, h in enumerate(handles) if i != 2}
