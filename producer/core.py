@@ -33,7 +33,7 @@ from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
 if TYPE_CHECKING:
-    from taskstream.producer.handle import _Delivery
+    from taskstream.producer.handle import BatchDelivery, _Delivery
     from taskstream.producer.results import AsyncResultClient, ResultClient
 
 DeliveryCallback = Callable[[Any, Any], None]
@@ -101,6 +101,12 @@ class ProducerCore:
         self._down_since = None
         if t0:
             self.metrics.produce_latency.observe(time.perf_counter() - t0)
+
+    def on_acked_many(self, n: int, t0: float) -> None:
+        """``n`` events of one submit_many acknowledged; the last of them just now."""
+        self._acked += n
+        self._down_since = None
+        self.metrics.produce_latency.observe(time.perf_counter() - t0)
 
     def on_failed(self, delivery: _Delivery) -> None:
         with self._failures_lock:
@@ -172,25 +178,22 @@ class ProducerCore:
             self._send_when_room(key, value, handle)
 
     def offer_many(
-        self, records: Sequence[tuple[str, bytes]], handles: Sequence[_Delivery], todo: list[int]
+        self, records: Sequence[tuple[str, bytes]], batch: BatchDelivery, todo: list[int]
     ) -> list[int]:
         """Queue ``records[i]`` for each ``i`` in ``todo`` (``produce_batch``, one C call
-        per :data:`BATCH` records); return the indices refused because the local
-        queue is full, in order. A record refused for any other reason fails its
-        handle, so flush() reports it like any failed delivery.
+        per :data:`BATCH` records, ``batch`` hears every report); return the
+        indices refused because the local queue is full, in order. A record
+        refused for any other reason fails its handle, so flush() reports it like
+        any failed delivery.
         """
         topic, produce_batch = self.topic, self._producer.produce_batch
+        on_delivery = batch.on_delivery
         for lo in range(0, len(todo), BATCH):
             part = todo[lo : lo + BATCH]
-            self._sample += len(part)
-            if self._sample >= self.metrics.sample_every:
-                self._sample = 0
-                handles[part[0]]._t0 = time.perf_counter()
             messages: list[dict[str, Any]] = [
-                {"key": records[i][0], "value": records[i][1], "callback": handles[i]._on_delivery}
-                for i in part
+                {"key": records[i][0], "value": records[i][1]} for i in part
             ]
-            if produce_batch(topic, messages) == len(messages):
+            if produce_batch(topic, messages, on_delivery=on_delivery) == len(messages):
                 continue
             refused = []
             for i, message in zip(part, messages, strict=True):
@@ -200,7 +203,7 @@ class ProducerCore:
                 if err.code() == KafkaError._QUEUE_FULL:
                     refused.append(i)
                 else:  # e.g. a record over message.max.bytes: that task's delivery failed
-                    handles[i]._on_delivery(err, None)
+                    batch.fail(i, err)
             if refused:  # the queue is full: the rest waits for acks too
                 return refused + todo[lo + BATCH :]
         return []

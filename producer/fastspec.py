@@ -49,6 +49,8 @@ _KEY_LEN = (1, 512)  # TaskSpec.idempotency_key: min_length=1, max_length=512
 _DEFAULT_LEASE_S = 30.0
 _DEFAULT_MAX_ATTEMPTS = 3
 _REMEMBER = 4096  # validated names and queues kept, per builder
+_DEFAULT_TIMES = (None, None, round(_DEFAULT_LEASE_S * 1000))  # no delay, no timeout
+_only_fast_keys = FAST_KEYS.issuperset
 
 #: (name, queue, priority, payload, content_type, eta_ms, max_attempts,
 #:  timeout_ms, lease_ms, idempotency_key); backoff, headers, tags and
@@ -66,8 +68,12 @@ def _seconds(value: Any, *, zero_ok: bool) -> float | None:
     if type(value) is not float and type(value) is not int:
         return None
     seconds = float(value)
-    if (not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION_S
-            or (seconds == 0 and not zero_ok)):
+    if (
+        not math.isfinite(seconds)
+        or seconds < 0
+        or seconds > MAX_DURATION_S
+        or (seconds == 0 and not zero_ok)
+    ):
         return None
     return seconds
 
@@ -85,12 +91,9 @@ class SimpleSpecs:
         self._names: set[str] = set()
         self._queues: set[str] = {"default"}
 
-    def _known(self, value: Any, seen: set[str], ok: Any) -> bool:
-        if type(value) is not str:
-            return False
-        if value in seen:
-            return True
-        if ok(value) is None:
+    def _learn(self, value: Any, seen: set[str], ok: Any) -> bool:
+        """Whether ``value`` is a valid name/queue not seen yet (remembered if so)."""
+        if type(value) is not str or ok(value) is None:
             return False
         if len(seen) < _REMEMBER:
             seen.add(value)
@@ -98,7 +101,7 @@ class SimpleSpecs:
 
     def fields(self, f: Mapping[str, Any], at_ms: int) -> SimpleFields | None:
         """The wire fields of ``f`` if it is simple and valid, else None."""
-        if not FAST_KEYS.issuperset(f):
+        if not _only_fast_keys(f):
             return None
         get = f.get
         name = get("name")
@@ -107,8 +110,16 @@ class SimpleSpecs:
         attempts = get("max_attempts", _DEFAULT_MAX_ATTEMPTS)
         key = get("idempotency_key")
         if not (
-            self._known(name, self._names, self._name_ok)
-            and self._known(queue, self._queues, self._queue_ok)
+            (
+                (type(name) is str
+                and name in self._names)
+                or self._learn(name, self._names, self._name_ok)
+            )
+            and (
+                (type(queue) is str
+                and queue in self._queues)
+                or self._learn(queue, self._queues, self._queue_ok)
+            )
             and type(priority) is int
             and self._prio[0] <= priority <= self._prio[1]
             and type(attempts) is int
@@ -116,9 +127,12 @@ class SimpleSpecs:
             and (key is None or (type(key) is str and _KEY_LEN[0] <= len(key) <= _KEY_LEN[1]))
         ):
             return None
-        times = _times(get("delay"), get("timeout"), get("lease", _DEFAULT_LEASE_S), at_ms)
-        if times is None:
-            return None
+        if "delay" in f or "timeout" in f or "lease" in f:
+            times = _times(get("delay"), get("timeout"), get("lease", _DEFAULT_LEASE_S), at_ms)
+            if times is None:
+                return None
+        else:
+            times = _DEFAULT_TIMES
         payload = get("payload")
         if type(payload) is bytes:
             data, content_type = payload, BYTES_CONTENT_TYPE
@@ -130,7 +144,7 @@ class SimpleSpecs:
         if len(data) > self._max_payload:
             return None
         eta_ms, timeout_ms, lease_ms = times
-        assert isinstance(name, str)  # checked by _known
+        assert isinstance(name, str)  # checked above
         return (
             name,
             queue,

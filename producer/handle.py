@@ -72,6 +72,71 @@ class _Delivery:
         return f"<{type(self).__name__} {self.task_id} {self.event_type} {state}>"
 
 
+class BatchDelivery:
+    """One delivery callback for all the events of one ``submit_many`` call.
+
+    A callback per event costs ~3 us (a bound method per handle, then a call
+    that updates that handle); this one counts acks and touches a handle only
+    when its event failed. The handles of the call turn delivered together,
+    when every event of the call is acknowledged or failed (a failed one is
+    marked failed at once). The produce-latency histogram gets one sample
+    per call: from handing the first record over to the last report.
+    """
+
+    __slots__ = ("_by_key", "_core", "_t0", "acked", "failed", "handles", "size")
+
+    def __init__(self, core: ProducerCore, handles: list[Any]) -> None:
+        self._core = core
+        self.handles = handles
+        self.size = len(handles)
+        self.acked = 0
+        self.failed = 0
+        self._by_key: dict[bytes, list[_Delivery]] | None = None
+        self._t0 = time.perf_counter()
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        # runs in the polling thread, once per event: keep the common case short
+        if err is None:
+            self.acked += 1
+        else:
+            self._fail_key(msg.key(), err)
+        if self.acked + self.failed >= self.size:
+            self._settle()
+
+    def fail(self, index: int, err: Any) -> None:
+        """The client refused event ``index`` outright (produce_batch's ``_error``)."""
+        self.failed += 1
+        self.handles[index]._on_delivery(err, None)
+        if self.acked + self.failed >= self.size:
+            self._settle()
+
+    def drop(self, unsent: int) -> None:
+        """``unsent`` events were never handed over (the queue stayed full)."""
+        self.size -= unsent
+        if self.size and self.acked + self.failed >= self.size:
+            self._settle()
+
+    def _fail_key(self, key: bytes, err: Any) -> None:
+        if self._by_key is None:
+            self._by_key = {}
+            for handle in self.handles:
+                self._by_key.setdefault(handle.task_id.encode(), []).append(handle)
+        self.failed += 1
+        for handle in self._by_key.get(key, ()):
+            if handle._state == PENDING:
+                handle._on_delivery(err, None)
+                return
+
+    def _settle(self) -> None:
+        core = self._core
+        if self.acked:
+            core.on_acked_many(self.acked, self._t0)
+        for handle in self.handles:
+            if handle._state == PENDING:
+                handle._state = DELIVERED
+                handle._wake()
+
+
 class TaskHandle(_Delivery):
     """The sync producer's handle: ``delivered()`` and ``result()`` block."""
 

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from taskstream.producer.base import ProducerBase, sent_only
 from taskstream.producer.build import now_ms
-from taskstream.producer.handle import TaskHandle
+from taskstream.producer.handle import BatchDelivery, TaskHandle
 from taskstream.schemas.models import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,17 @@ class TaskProducer(ProducerBase):
         core.check_usable()
         encoded = self._build.many(list(specs), now_ms())
         handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id, _ in encoded]
-        todo = core.offer_many(encoded, handles, list(range(len(encoded))))
+        batch = BatchDelivery(core, handles)
+        todo = core.offer_many(encoded, batch, list(range(len(encoded))))
         if todo:
             deadline = time.monotonic() + core.queue_full_timeout_s
             while todo:
                 core.poll(0.05)  # serve acks: that is what frees the queue
-                todo = core.offer_many(encoded, handles, todo)
+                todo = core.offer_many(encoded, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     exc = core.queue_full_error()
                     exc.handles = sent_only(handles, todo)
+                    batch.drop(len(todo))
                     self._submitted.inc(len(exc.handles))
                     raise exc
         self._submitted.inc(len(handles))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from taskstream.errors import ConfigError, KafkaUnavailableError, TaskstreamError
 from taskstream.producer.build import EventBuilder, check_task_id, task_id_for
 from taskstream.producer.config import kafka_config
+from taskstream.producer.core import ProducerCore
 from taskstream.producer.errors import (
     BrokerUnreachableError,
     DeliveryError,
@@ -26,6 +28,7 @@ from taskstream.producer.fastwire import (
     reference_encoder,
     submitted_encoder,
 )
+from taskstream.producer.handle import BatchDelivery, TaskHandle
 from taskstream.producer.metrics import producer_metrics
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id
@@ -253,3 +256,58 @@ def test_cancel_and_redrive_events_are_built(build: EventBuilder) -> None:
     assert env.body.max_attempts == 4  # type: ignore[union-attr]
     with pytest.raises(InvalidTaskError, match="max_attempts"):
         build.redrive(tid, 0, "", 5)
+
+
+# --- BatchDelivery: one callback for a whole submit_many ---------------------------
+
+
+class _Msg:
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def key(self) -> bytes:
+        return self._key
+
+
+def _batch(
+    n: int, ids: list[str] | None = None
+) -> tuple[ProducerCore, list[TaskHandle], BatchDelivery]:
+    core = ProducerCore(
+        Settings(bootstrap="127.0.0.1:1"), metrics=producer_metrics(CollectorRegistry())
+    )
+    ids = ids or [f"{i:026d}" for i in range(n)]
+    handles = [TaskHandle(t, "TaskSubmitted", core) for t in ids]
+    return core, handles, BatchDelivery(core, handles)
+
+
+def test_batch_handles_turn_delivered_together_when_every_report_is_in() -> None:
+    core, handles, batch = _batch(4)
+    batch.on_delivery(None, None)
+    batch.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), _Msg(b"2".zfill(26)))
+    batch.on_delivery(None, None)
+    assert handles[2].failure is not None
+    assert not any(h.done for i, h in enumerate(handles) if i != 2)
+    batch.on_delivery(None, None)
+    assert all(h.done for h in handles)
+    assert [h.failure is None for h in handles] == [True, True, False, True]
+    failures = core.take_failures()
+    assert [f.task_id for f in failures] == [handles[2].task_id]
+    assert core.metrics.produce_latency.collect()[0].samples
+
+
+def test_batch_failure_of_a_repeated_task_id_fails_one_handle() -> None:
+    same = "7" * 26
+    _core, handles, batch = _batch(2, [same, same])
+    batch.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), _Msg(same.encode()))
+    batch.on_delivery(None, None)
+    assert sorted(h.failure is None for h in handles) == [False, True]
+
+
+def test_batch_refused_and_unsent_events_still_settle_the_rest() -> None:
+    _core, handles, batch = _batch(4)
+    batch.fail(0, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    batch.on_delivery(None, None)
+    assert not handles[1].done
+    batch.drop(2)  # the last two never left the full queue
+    assert handles[0].failure is not None and handles[1].done
+    assert handles[1].failure is None
