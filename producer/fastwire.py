@@ -16,6 +16,7 @@ import functools
 import logging
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from taskstream.producer.fastspec import SimpleFields
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 SubmittedEncoder = Callable[[str, str, int, str, TaskSubmitted], bytes]
 SimpleEncoder = Callable[[str, str, int, str, SimpleFields], bytes]
 HEADER_LEN = 10  # C3 01 + 8-byte fingerprint
+_MEMO_MAX = 1024  # entries per memo of the simple encoder (cleared when full)
 
 _pack_double = struct.Struct("<d").pack
 _ONE_BYTE = tuple(bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 64))
@@ -140,48 +142,75 @@ def make_fast_encoder(header: bytes) -> SubmittedEncoder:
 
 
 def make_simple_encoder(header: bytes) -> SimpleEncoder:
-    """Like :func:`make_fast_encoder` for SimpleFields (default backoff, no maps or lists)."""
+    """Like :func:`make_fast_encoder` for SimpleFields (default backoff, no maps or lists).
+
+    The fields around the payload repeat across tasks (a batch shares its
+    timestamp, name, queue and options), so their bytes are kept in small
+    memos: what is left per task is the two IDs, the payload and its length.
+    """
     long_, str_, cached = avro_long, avro_str, _cached_str
     id_len = avro_long(26)
-    after_source = _NULL + _NULL
+    after_source = _NULL + _NULL  # attempt 0, union branch 0 (TaskSubmitted)
     default_backoff = _backoff(Backoff())
     empty_tail = _NULL + _NULL + _NULL  # headers {}, tags [], depends_on []
-    # a batch shares its timestamp and usually its lease: encode each once
-    last_at: list[tuple[int, bytes]] = [(0, long_(0))]
-    last_lease: list[tuple[int, bytes]] = [(30_000, long_(30_000))]
+    one_byte = _ONE_BYTE
+    # (at_ms, source) -> bytes; (name, queue, priority) -> bytes; options -> bytes
+    memo_at: dict[tuple[int, str], bytes] = {}
+    memo_head: dict[tuple[Any, ...], bytes] = {}
+    memo_tail: dict[tuple[Any, ...], bytes] = {}
+
+    def remember(memo: dict[Any, bytes], key: Any, value: bytes) -> bytes:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[key] = value
+        return value
 
     def id_(s: str) -> bytes:
         return id_len + s.encode("ascii") if len(s) == 26 and s.isascii() else str_(s)
 
-    def encode(event_id: str, task_id: str, at_ms: int, source: str, f: SimpleFields) -> bytes:
-        name, queue, priority, payload, ctype, eta_ms, attempts, timeout_ms, lease_ms, key = f
-        at = last_at[0]
-        if at[0] != at_ms:
-            at = last_at[0] = (at_ms, long_(at_ms))
-        lease = last_lease[0]
-        if lease[0] != lease_ms:
-            lease = last_lease[0] = (lease_ms, long_(lease_ms))
+    def tail_of(f: SimpleFields) -> bytes:
+        _n, _q, _p, _d, ctype, eta_ms, attempts, timeout_ms, lease_ms, key = f
         return b"".join(
             (
-                header,
-                id_(event_id),
-                id_(task_id),
-                at[1],
-                cached(source),
-                after_source,
-                cached(name),
-                cached(queue),
-                long_(priority),
-                long_(len(payload)),
-                payload,
                 cached(ctype),
                 _NULL if eta_ms is None else _SECOND + long_(eta_ms),
                 long_(attempts),
                 default_backoff,
                 _NULL if timeout_ms is None else _SECOND + long_(timeout_ms),
-                lease[1],
+                long_(lease_ms),
                 _NULL if key is None else _SECOND + str_(key),
                 empty_tail,
+            )
+        )
+
+    def encode(event_id: str, task_id: str, at_ms: int, source: str, f: SimpleFields) -> bytes:
+        at = memo_at.get((at_ms, source))
+        if at is None:
+            at = remember(memo_at, (at_ms, source), long_(at_ms) + cached(source) + after_source)
+        head_key = f[:3]
+        head = memo_head.get(head_key)
+        if head is None:
+            name, queue, priority = head_key
+            head = remember(memo_head, head_key, cached(name) + cached(queue) + long_(priority))
+        if f[9] is None:  # no idempotency key: the options repeat across tasks
+            tail_key = f[4:9]
+            tail = memo_tail.get(tail_key)
+            if tail is None:
+                tail = remember(memo_tail, tail_key, tail_of(f))
+        else:
+            tail = tail_of(f)
+        payload = f[3]
+        size = len(payload)
+        return b"".join(
+            (
+                header,
+                id_(event_id),
+                id_(task_id),
+                at,
+                head,
+                one_byte[size + 64] if size < 64 else long_(size),
+                payload,
+                tail,
             )
         )
 

@@ -84,6 +84,9 @@ def test_the_common_case_takes_the_fast_path() -> None:
     )
 
 
+SIMPLE = ("n", "default", 0, b"{}", "application/json", None, 3, None, 30_000, None)
+
+
 def test_simple_encoder_is_fast_and_matches_encode_event() -> None:
     assert simple_encoder() is not reference_simple_encoder
 
@@ -97,6 +100,32 @@ def test_simple_encoder_writes_what_encode_event_writes(fields: dict[str, Any]) 
     enc = make_simple_encoder(reference_simple_encoder("A" * 26, "B" * 26, 0, "s", fast)[:10])
     args = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW", AT, "producer:t", fast)
     assert enc(*args) == reference_simple_encoder(*args)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(options, st.sampled_from([AT, AT + 1]), st.sampled_from(["a", "b"]))))
+def test_one_simple_encoder_stays_right_across_calls(
+    calls: list[tuple[dict[str, Any], int, str]],
+) -> None:
+    """The encoder memoizes the bytes around the payload: reuse must never leak."""
+    header = reference_simple_encoder("A" * 26, "B" * 26, 0, "s", SIMPLE)[:10]
+    enc = make_simple_encoder(header)
+    specs = SimpleSpecs(LIMITS)
+    for fields, at, source in calls:
+        fast = specs.fields(fields, at)
+        if fast is None:
+            continue
+        args = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW", at, source, fast)
+        assert enc(*args) == reference_simple_encoder(*args)
+
+
+def test_simple_encoder_memos_are_bounded_and_stay_right() -> None:
+    header = reference_simple_encoder("A" * 26, "B" * 26, 0, "s", SIMPLE)[:10]
+    enc = make_simple_encoder(header)
+    for i in range(2_500):  # more distinct names than a memo holds: it is cleared, not wrong
+        fast = (f"n{i}", "default", i % 3, b"{}", "application/json", None, 3, None, 30_000, None)
+        args = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW", AT + i, "p", fast)
+        assert enc(*args) == reference_simple_encoder(*args)
 
 
 def test_both_builder_paths_give_the_same_event() -> None:
