@@ -88,15 +88,15 @@ class AsyncTaskProducer(ProducerBase):
         """Submit many tasks; every spec is validated before any is sent."""
         loop = await self._ready()
         core = self._core
-        encoded = self._build.many(list(specs), now_ms())
-        handles = [AsyncTaskHandle(task_id, "TaskSubmitted", core, loop) for task_id, _ in encoded]
+        task_ids, values = self._build.many(list(specs), now_ms())
+        handles = [AsyncTaskHandle(task_id, "TaskSubmitted", core, loop) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
-        todo = core.offer_many(encoded, batch, list(range(len(encoded))))
+        todo = core.offer_many(task_ids, values, batch, None)
         if todo:
             deadline = time.monotonic() + core.queue_full_timeout_s
             while todo:
                 await asyncio.sleep(0.01)  # the poll thread frees the queue
-                todo = core.offer_many(encoded, batch, todo)
+                todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     exc = core.queue_full_error()
                     exc.handles = sent_only(handles, todo)

@@ -135,27 +135,32 @@ class EventBuilder:
 
     def many(
         self, items: Sequence[TaskSpec | Mapping[str, Any]], at_ms: int
-    ) -> list[tuple[str, bytes]]:
-        """submit_many()'s items as (task ID, encoded TaskSubmitted), in order.
+    ) -> tuple[list[str], list[bytes]]:
+        """submit_many()'s items as (task IDs, encoded TaskSubmitted events), in order.
 
         Like :meth:`from_item` for each item, with the IDs made in one go
         (:func:`new_ulids`: event IDs first, then the task IDs of unkeyed items).
         Raises InvalidTaskError for the first bad item, before anything is sent.
+        Two flat lists rather than pairs: nothing per task for the garbage
+        collector to track.
         """
         n = len(items)
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        out: list[tuple[str, bytes]] = []
-        append = out.append
+        task_ids: list[str] = []
+        values: list[bytes] = []
+        add_id, add_value = task_ids.append, values.append
         for i, item in enumerate(items):
             simple = fields(item, at_ms) if type(item) is dict else None
             if simple is None:
-                append(self.from_item(item, i, at_ms))
-                continue
-            key = simple[9]
-            task_id = ids[n + i] if key is None else derived_task_id(simple[0], key)
-            append((task_id, encode(ids[i], task_id, at_ms, source, simple)))
-        return out
+                task_id, value = self.from_item(item, i, at_ms)
+            else:
+                key = simple[9]
+                task_id = ids[n + i] if key is None else derived_task_id(simple[0], key)
+                value = encode(ids[i], task_id, at_ms, source, simple)
+            add_id(task_id)
+            add_value(value)
+        return task_ids, values
 
     def spec_from(self, item: TaskSpec | Mapping[str, Any], index: int) -> TaskSpec:
         if isinstance(item, TaskSpec):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -178,21 +178,27 @@ class ProducerCore:
             self._send_when_room(key, value, handle)
 
     def offer_many(
-        self, records: Sequence[tuple[str, bytes]], batch: BatchDelivery, todo: list[int]
+        self, keys: list[str], values: list[bytes], batch: BatchDelivery, todo: list[int] | None
     ) -> list[int]:
-        """Queue ``records[i]`` for each ``i`` in ``todo`` (``produce_batch``, one C call
-        per :data:`BATCH` records, ``batch`` hears every report); return the
-        indices refused because the local queue is full, in order. A record
-        refused for any other reason fails its handle, so flush() reports it like
-        any failed delivery.
+        """Queue event ``i`` (``keys[i]``, ``values[i]``) for each ``i`` in ``todo``
+        (all when None) with ``produce_batch``, one C call per :data:`BATCH`
+        events, ``batch`` hearing every report; return the indices refused
+        because the local queue is full, in order. An event refused for any
+        other reason fails its handle, so flush() reports it like any failed
+        delivery.
         """
         topic, produce_batch = self.topic, self._producer.produce_batch
         on_delivery = batch.on_delivery
-        for lo in range(0, len(todo), BATCH):
-            part = todo[lo : lo + BATCH]
-            messages: list[dict[str, Any]] = [
-                {"key": records[i][0], "value": records[i][1]} for i in part
-            ]
+        indices = range(len(keys)) if todo is None else todo
+        for lo in range(0, len(indices), BATCH):
+            part = indices[lo : lo + BATCH]
+            if todo is None:
+                messages: list[dict[str, Any]] = [
+                    {"key": k, "value": v}
+                    for k, v in zip(keys[lo : lo + BATCH], values[lo : lo + BATCH], strict=True)
+                ]
+            else:
+                messages = [{"key": keys[i], "value": values[i]} for i in part]
             if produce_batch(topic, messages, on_delivery=on_delivery) == len(messages):
                 continue
             refused = []
@@ -205,7 +211,7 @@ class ProducerCore:
                 else:  # e.g. a record over message.max.bytes: that task's delivery failed
                     batch.fail(i, err)
             if refused:  # the queue is full: the rest waits for acks too
-                return refused + todo[lo + BATCH :]
+                return refused + list(indices[lo + BATCH :])
         return []
 
     def queue_full_error(self) -> ProducerQueueFullError:

@@ -68,15 +68,15 @@ class TaskProducer(ProducerBase):
         """
         core = self._core
         core.check_usable()
-        encoded = self._build.many(list(specs), now_ms())
-        handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id, _ in encoded]
+        task_ids, values = self._build.many(list(specs), now_ms())
+        handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
-        todo = core.offer_many(encoded, batch, list(range(len(encoded))))
+        todo = core.offer_many(task_ids, values, batch, None)
         if todo:
             deadline = time.monotonic() + core.queue_full_timeout_s
             while todo:
                 core.poll(0.05)  # serve acks: that is what frees the queue
-                todo = core.offer_many(encoded, batch, todo)
+                todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     exc = core.queue_full_error()
                     exc.handles = sent_only(handles, todo)
