@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from taskstream.producer.errors import InvalidTaskError
+from taskstream.producer.fastplain import PlainItems
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
@@ -147,17 +148,26 @@ class EventBuilder:
         n = len(items)
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
+        limit = self.limits.max_payload_bytes
+        plain = PlainItems(self._simple, encode, limit, at_ms, source).encode
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
         for i, item in enumerate(items):
-            simple = fields(item, at_ms) if type(item) is dict else None
-            if simple is None:
-                task_id, value = self.from_item(item, i, at_ms)
+            if type(item) is dict:
+                task_id = ids[n + i]
+                value = plain(item, ids[i], task_id)
+                if value is None:
+                    simple = fields(item, at_ms)
+                    if simple is None:
+                        task_id, value = self.from_item(item, i, at_ms)
+                    else:
+                        key = simple[9]
+                        if key is not None:
+                            task_id = derived_task_id(simple[0], key)
+                        value = encode(ids[i], task_id, at_ms, source, simple)
             else:
-                key = simple[9]
-                task_id = ids[n + i] if key is None else derived_task_id(simple[0], key)
-                value = encode(ids[i], task_id, at_ms, source, simple)
+                task_id, value = self.from_item(item, i, at_ms)
             add_id(task_id)
             add_value(value)
         return task_ids, values

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from taskstream.producer.build import EventBuilder
+from taskstream.producer.fastplain import PlainItems
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import (
     make_simple_encoder,
@@ -16,6 +17,7 @@ from taskstream.producer.fastwire import (
     simple_encoder,
     simple_to_submitted,
 )
+from taskstream.schemas.ids import derived_task_id
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import decode_event
 
@@ -136,3 +138,48 @@ def test_both_builder_paths_give_the_same_event() -> None:
     assert tid_fast == tid_slow
     a, b = decode_event(fast), decode_event(slow)
     assert (a.task_id, a.body, a.source, a.occurred_at_ms) == (b.task_id, b.body, b.source, AT)
+
+
+plain_items = st.fixed_dictionaries(
+    {"name": st.sampled_from(["ok", "a.b:c-d", "9bad", "", "x" * 201]) | st.integers()},
+    optional={"payload": json_values | st.binary(max_size=250) | st.just(object())},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(plain_items | options, max_size=6), st.sampled_from([AT, AT + 1]))
+def test_plain_items_encode_exactly_what_the_general_path_encodes(
+    items: list[dict[str, Any]], at: int
+) -> None:
+    """A plain item ({name, payload}) gives the general encoder's bytes; anything the
+    plain path turns down is left to the general path, never encoded differently."""
+    specs, encode = SimpleSpecs(LIMITS), simple_encoder()
+    plain = PlainItems(specs, encode, LIMITS.max_payload_bytes, at, "producer:t")
+    ids = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW")
+    for item in items:
+        got = plain.encode(item, *ids)
+        general = specs.fields(item, at)
+        if got is None:
+            plain_and_valid = set(item) <= {"name", "payload"} and general is not None
+            assert not plain_and_valid, item  # the plain path took every plain, valid item
+            continue
+        assert general is not None  # only valid items are encoded
+        assert got == encode(*ids, at, "producer:t", general)
+
+
+def test_many_takes_the_plain_path_and_keeps_order() -> None:
+    build = EventBuilder("producer:t", 200, limits=LIMITS)
+    items: list[Any] = [
+        {"name": "ok", "payload": {"i": 1}},
+        {"name": "ok", "payload": b"raw"},
+        {"name": "ok", "payload": None, "queue": "q_1"},
+        TaskSpec(name="ok", payload=[1]),
+        {"name": "ok", "idempotency_key": "k"},
+    ]
+    task_ids, values = build.many(items, AT)
+    bodies = [decode_event(v) for v in values]
+    assert [b.task_id for b in bodies] == task_ids
+    assert [b.body.payload for b in bodies] == [b'{"i":1}', b"raw", b"null", b"[1]", b"null"]
+    assert bodies[2].body.queue == "q_1"
+    assert task_ids[4] == derived_task_id("ok", "k")
+    assert len(set(task_ids)) == 5
