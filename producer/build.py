@@ -68,6 +68,7 @@ class EventBuilder:
         "_context",
         "_encode",
         "_encode_simple",
+        "_plain",
         "_simple",
         "limits",
         "max_payload_bytes",
@@ -89,6 +90,9 @@ class EventBuilder:
         self._encode = encoder if encoder is not None else submitted_encoder()
         self._simple = SimpleSpecs(self.limits)
         self._encode_simple = simple_encoder()
+        self._plain = PlainItems(
+            self._simple, self._encode_simple, self.limits.max_payload_bytes, source
+        )
 
     def spec(self, name: str, payload: Any, options: Mapping[str, Any]) -> TaskSpec:
         """A validated TaskSpec; InvalidTaskError names every bad field."""
@@ -109,14 +113,21 @@ class EventBuilder:
         simple = self._simple.fields(fields, at_ms)
         if simple is None:
             return self.submitted(self._validate(fields, what), at_ms)
+        event_id, task_id = new_ulids(2, at_ms)
         key = simple[9]
-        task_id = new_task_id() if key is None else derived_task_id(simple[0], key)
-        return task_id, self._encode_simple(new_event_id(), task_id, at_ms, self.source, simple)
+        if key is not None:
+            task_id = derived_task_id(simple[0], key)
+        return task_id, self._encode_simple(event_id, task_id, at_ms, self.source, simple)
 
     def from_call(
         self, name: str, payload: Any, options: Mapping[str, Any], at_ms: int
     ) -> tuple[str, bytes]:
         """submit(name, payload, **options) as (task ID, encoded TaskSubmitted)."""
+        if not options:
+            event_id, task_id = new_ulids(2, at_ms)
+            value = self._plain.encode_call(name, payload, event_id, task_id, at_ms)
+            if value is not None:
+                return task_id, value
         return self.from_fields(
             {**options, "name": name, "payload": payload}, at_ms, f"task {name!r}"
         )
@@ -148,15 +159,14 @@ class EventBuilder:
         n = len(items)
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        limit = self.limits.max_payload_bytes
-        plain = PlainItems(self._simple, encode, limit, at_ms, source).encode
+        plain = self._plain.encode
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
         for i, item in enumerate(items):
             if type(item) is dict:
                 task_id = ids[n + i]
-                value = plain(item, ids[i], task_id)
+                value = plain(item, ids[i], task_id, at_ms)
                 if value is None:
                     simple = fields(item, at_ms)
                     if simple is None:

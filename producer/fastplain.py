@@ -26,33 +26,43 @@ _ID_FIELD = 1 + 26  # the length byte, then a 26-character ID
 _TEMPLATE_EVENT_ID = "0" * 26
 _TEMPLATE_TASK_ID = "1" * 26
 _SHORT = tuple(avro_long(n) for n in range(64))  # one-byte payload lengths
+_MAX_TEMPLATES = 1024
 
 
 class PlainItems:
-    """Encodes plain items for one ``submit_many`` call (one time, one source)."""
+    """Encodes plain items for one producer (its limits, encoder and source).
 
-    __slots__ = ("_at_ms", "_encode", "_max_payload", "_parts", "_source", "_specs")
+    Safe to share between threads: the templates are keyed by time and name in
+    one dict, read with ``get`` and cleared when full, never changed in place.
+    """
+
+    __slots__ = ("_encode", "_max_payload", "_parts", "_source", "_specs")
 
     def __init__(
-        self, specs: SimpleSpecs, encode: SimpleEncoder, max_payload: int, at_ms: int, source: str
+        self, specs: SimpleSpecs, encode: SimpleEncoder, max_payload: int, source: str
     ) -> None:
         self._specs = specs
         self._encode = encode
         self._max_payload = max_payload
-        self._at_ms = at_ms
         self._source = source
-        # (name, payload is bytes) -> (bytes before the event ID, between the task ID
-        # and the payload length, after the payload), or None: not plain
-        self._parts: dict[tuple[str, bool], tuple[bytes, bytes, bytes] | None] = {}
+        # (at_ms, name, payload is bytes) -> (bytes before the event ID, between the
+        # task ID and the payload length, after the payload), or () if not plain
+        self._parts: dict[tuple[int, str, bool], tuple[bytes, bytes, bytes] | tuple[()]] = {}
 
-    def encode(self, item: dict[str, Any], event_id: str, task_id: str) -> bytes | None:
+    def encode(
+        self, item: dict[str, Any], event_id: str, task_id: str, at_ms: int
+    ) -> bytes | None:
         """The TaskSubmitted of ``item`` if it is plain and valid, else None."""
         if not PLAIN_KEYS.issuperset(item):
             return None
-        name = item.get("name")
+        return self.encode_call(item.get("name"), item.get("payload"), event_id, task_id, at_ms)
+
+    def encode_call(
+        self, name: Any, payload: Any, event_id: str, task_id: str, at_ms: int
+    ) -> bytes | None:
+        """``submit(name, payload)`` with no options, as :meth:`encode` would."""
         if type(name) is not str:
             return None
-        payload: Any = item.get("payload")
         binary = type(payload) is bytes
         data: bytes
         if binary:
@@ -65,12 +75,14 @@ class PlainItems:
         size = len(data)
         if size > self._max_payload:
             return None
-        key = (name, binary)
-        if key in self._parts:
-            parts = self._parts[key]
-        else:
-            parts = self._parts[key] = self._template(name, binary)
+        key = (at_ms, name, binary)
+        parts = self._parts.get(key)
         if parts is None:
+            parts = self._template(name, binary, at_ms)
+            if len(self._parts) >= _MAX_TEMPLATES:
+                self._parts.clear()
+            self._parts[key] = parts
+        if not parts:
             return None
         head, middle, tail = parts
         return b"".join(
@@ -86,23 +98,25 @@ class PlainItems:
             )
         )
 
-    def _template(self, name: str, binary: bool) -> tuple[bytes, bytes, bytes] | None:
+    def _template(
+        self, name: str, binary: bool, at_ms: int
+    ) -> tuple[bytes, bytes, bytes] | tuple[()]:
         fields = self._specs.fields({"name": name, "payload": b"" if binary else None}, 0)
         if fields is None:
-            return None
+            return ()
         empty, one = (
             self._encode(
                 _TEMPLATE_EVENT_ID,
                 _TEMPLATE_TASK_ID,
-                self._at_ms,
+                at_ms,
                 self._source,
                 (*fields[:3], payload, *fields[4:]),
             )
             for payload in (b"", b"Z")
         )
         ids_end = HEADER_LEN + 2 * _ID_FIELD
+        if empty[HEADER_LEN + 1 : ids_end] != (b"0" * 26 + b"\x34" + b"1" * 26):
+            return ()  # IDs are not where this module expects them: take the general path
         split = next(i for i in range(ids_end, len(empty)) if empty[i] != one[i])
         head = empty[: HEADER_LEN + 1]  # the header and the event ID's length byte
-        if empty[HEADER_LEN + 1 : ids_end] != (b"0" * 26 + b"\x34" + b"1" * 26):
-            return None  # IDs are not where this module expects them: take the general path
         return head, empty[ids_end:split], empty[split + 1 :]

@@ -147,17 +147,17 @@ plain_items = st.fixed_dictionaries(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(plain_items | options, max_size=6), st.sampled_from([AT, AT + 1]))
+@given(st.lists(st.tuples(plain_items | options, st.sampled_from([AT, AT + 1])), max_size=8))
 def test_plain_items_encode_exactly_what_the_general_path_encodes(
-    items: list[dict[str, Any]], at: int
+    items: list[tuple[dict[str, Any], int]],
 ) -> None:
     """A plain item ({name, payload}) gives the general encoder's bytes; anything the
     plain path turns down is left to the general path, never encoded differently."""
     specs, encode = SimpleSpecs(LIMITS), simple_encoder()
-    plain = PlainItems(specs, encode, LIMITS.max_payload_bytes, at, "producer:t")
+    plain = PlainItems(specs, encode, LIMITS.max_payload_bytes, "producer:t")
     ids = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW")
-    for item in items:
-        got = plain.encode(item, *ids)
+    for item, at in items:
+        got = plain.encode(item, *ids, at)
         general = specs.fields(item, at)
         if got is None:
             plain_and_valid = set(item) <= {"name", "payload"} and general is not None
@@ -165,6 +165,15 @@ def test_plain_items_encode_exactly_what_the_general_path_encodes(
             continue
         assert general is not None  # only valid items are encoded
         assert got == encode(*ids, at, "producer:t", general)
+
+
+def test_a_plain_submit_call_is_the_general_event() -> None:
+    build = EventBuilder("producer:t", 200, limits=LIMITS)
+    tid_plain, plain = build.from_call("ok", {"a": 1}, {}, AT)
+    tid_general, general = build.from_call("ok", {"a": 1}, {"queue": "default"}, AT)
+    a, b = decode_event(plain), decode_event(general)
+    assert (a.body, a.occurred_at_ms, a.source) == (b.body, b.occurred_at_ms, b.source)
+    assert a.task_id == tid_plain and b.task_id == tid_general and tid_plain != tid_general
 
 
 def test_many_takes_the_plain_path_and_keeps_order() -> None:
