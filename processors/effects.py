@@ -21,6 +21,7 @@ records.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from taskstream.schemas.events import (
     Envelope,
@@ -30,6 +31,19 @@ from taskstream.schemas.events import (
     TimerKind,
 )
 from taskstream.schemas.state import TaskState
+
+if TYPE_CHECKING:  # checked as the dataclasses, run as their fast constructors
+    new_envelope = Envelope
+    new_dispatched = TaskDispatched
+    new_dead_lettered = TaskDeadLettered
+    new_cancelled = TaskCancelled
+else:
+    from taskstream.processors.lifecycle_copy import (
+        new_cancelled,
+        new_dead_lettered,
+        new_dispatched,
+        new_envelope,
+    )
 
 #: ``source`` of every record the lifecycle derives
 PROCESSOR_SOURCE = "processor"
@@ -109,7 +123,7 @@ OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel)
 
 def _envelope(state: TaskState, event_id: str, occurred_at_ms: int,
               body: TaskDispatched | TaskDeadLettered | TaskCancelled) -> Envelope:
-    return Envelope(
+    return new_envelope(
         event_id=event_id,
         task_id=state.task_id,
         occurred_at_ms=occurred_at_ms,
@@ -128,7 +142,7 @@ def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     """
     if state.dispatch_id is None or state.dispatched_at_ms is None:
         raise ValueError(f"task {state.task_id} has no dispatch to publish")
-    body = TaskDispatched(
+    body = new_dispatched(
         dispatch_id=state.dispatch_id,
         name=state.name,
         queue=state.queue,
@@ -148,7 +162,7 @@ def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:
 def dead_letter_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     """The dlq copy of a DEAD task: the task and its last error."""
     error = state.last_error
-    body = TaskDeadLettered(
+    body = new_dead_lettered(
         name=state.name,
         queue=state.queue,
         payload=state.payload,
@@ -163,7 +177,7 @@ def dead_letter_envelope(state: TaskState, cause_event_id: str) -> Envelope:
 
 def cancel_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     """The cancellations record of a CANCELLED task."""
-    body = TaskCancelled(reason=state.cancel_reason or "")
+    body = new_cancelled(reason=state.cancel_reason or "")
     return _envelope(state, f"{cause_event_id}.cancel", _finished(state), body)
 
 

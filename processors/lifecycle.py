@@ -82,7 +82,7 @@ from taskstream.schemas.events import (
 if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copy
     from dataclasses import replace
 else:
-    from taskstream.schemas.state import evolve as replace
+    from taskstream.processors.lifecycle_copy import copy_state as replace
 
 from taskstream.schemas.state import TaskState, TaskStatus
 

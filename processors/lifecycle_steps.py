@@ -43,13 +43,15 @@ from taskstream.schemas.events import (
     TimerFired,
     TimerKind,
 )
-
-if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copy
-    from dataclasses import replace
-else:
-    from taskstream.schemas.state import evolve as replace
-
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
+
+if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (lifecycle_copy.py)
+    from dataclasses import replace
+
+    new_state = TaskState
+else:
+    from taskstream.processors.lifecycle_copy import copy_state as replace
+    from taskstream.processors.lifecycle_copy import new_state
 
 #: error_type recorded when a RUNNING attempt's lease runs out
 LEASE_EXPIRED_ERROR = "LeaseExpired"
@@ -126,14 +128,21 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
 
 
 def submit_new(event: Envelope, body: TaskSubmitted) -> Accepted:
-    """A first ``TaskSubmitted``: SCHEDULED until its eta, or dispatched at once."""
+    """A first ``TaskSubmitted``: SCHEDULED until its eta, or dispatched at once.
+
+    Dispatched at once, the state is built READY in one go: the same state as
+    building it SCHEDULED and then taking :func:`dispatch_next` (a test checks
+    that), one 40-field build instead of two.
+    """
     at = event.occurred_at_ms
-    state = TaskState(
+    eta = body.eta_ms
+    delayed = eta is not None and eta > at
+    state = new_state(
         task_id=event.task_id,
         name=body.name,
         queue=body.queue,
         priority=body.priority,
-        status=TaskStatus.SCHEDULED,
+        status=TaskStatus.SCHEDULED if delayed else TaskStatus.READY,
         payload=body.payload,
         content_type=body.content_type,
         payload_digest=payload_digest(body.payload),
@@ -147,10 +156,14 @@ def submit_new(event: Envelope, body: TaskSubmitted) -> Accepted:
         headers=dict(body.headers),
         tags=list(body.tags),
         depends_on=list(body.depends_on),
+        attempt=0 if delayed else 1,
+        dispatch_id=None if delayed else make_dispatch_id(event.task_id, 1, event.event_id),
+        dispatched_at_ms=None if delayed else at,
+        due_at_ms=eta if delayed else None,
     )
-    if body.eta_ms is not None and body.eta_ms > at:
-        return replace(state, due_at_ms=body.eta_ms), [SetTimer(body.eta_ms, TimerKind.DELAY_DUE)]
-    return dispatch_next(state, event)
+    if eta is not None and delayed:
+        return state, [SetTimer(eta, TimerKind.DELAY_DUE)]
+    return state, [Dispatch(dispatch_envelope(state, event.event_id))]
 
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
