@@ -2,9 +2,9 @@
 decoding and ``apply`` hold the GIL, so threads would not help).
 
 Partitions are independent (every event of a task is on its task's partition), so
-each worker process folds its own partitions into its own scratch RocksDB, then
-writes its states, sorted, into one SST file. The parent ingests the SST files into
-the output RocksDB, one after the other. Children are started with ``spawn`` (no
+each worker process folds its own partitions (``fold_to_sst``: an LRU over a
+scratch RocksDB for evicted states) into one SST file of its states, sorted. The
+parent ingests the SST files into the output RocksDB. Children are started with ``spawn`` (no
 fork of a process that holds librdkafka threads); they report progress through
 shared counters and their result through a queue. Every wait is bounded: a child
 that dies without a result fails the rebuild with its exit code.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,23 +21,14 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, SstFileWriter
-
 from taskstream.processors.replay_read import (
     Progress,
     ReadPlan,
     ReplayError,
     SkippedRecord,
     make_consumer,
-    read_batches,
 )
-from taskstream.processors.replay_rebuild import (
-    FoldStats,
-    StateCache,
-    fold_messages,
-    limits_of,
-    open_db,
-)
+from taskstream.processors.replay_rebuild import FoldedPart, FoldStats, fold_to_sst
 from taskstream.settings import Settings
 
 
@@ -47,8 +37,7 @@ class GroupResult:
     events: int
     skipped: int
     skipped_details: tuple[SkippedRecord, ...]
-    tasks: int
-    sst: str | None  # None when the group produced no state
+    part: FoldedPart
 
 
 class _Counter:
@@ -73,54 +62,28 @@ def split(read: ReadPlan, groups: int) -> list[list[int]]:
     return [sorted(members) for _, members in buckets if members]
 
 
-def _write_sst(db: Any, path: Path) -> int:
-    options = Options(raw_mode=True)
-    writer = SstFileWriter(options=options)
-    writer.open(str(path))
-    count = 0
-    it = db.iter()
-    it.seek_to_first()
-    while it.valid():
-        writer[it.key()] = it.value()
-        count += 1
-        it.next()
-    if count:
-        writer.finish()
-    return count
-
-
 def fold_group(
     settings: Settings, read: ReadPlan, scratch: str, cache_size: int,
     counter: Synchronized[int], results: Any,
 ) -> None:
     """Child process: fold ``read`` and put a :class:`GroupResult` (or an error) on ``results``."""
     try:
-        work = Path(scratch)
         consumer = make_consumer(settings)
-        db = open_db(work / "db", create=True)
-        stats = FoldStats()
         try:
-            cache = StateCache(db, capacity=cache_size)
-            batches = read_batches(consumer, read, settings.kafka_timeout_s,
-                                   _Counter(counter))  # type: ignore[arg-type]
-            fold_messages(batches, cache, limits_of(settings), stats)
-            cache.flush()
-            sst = work / "states.sst"
-            tasks = _write_sst(db, sst)
+            stats, part = fold_to_sst(consumer, settings, read, Path(scratch), cache_size,
+                                      _Counter(counter))
         finally:
-            db.close()
             consumer.close()
-        results.put(GroupResult(stats.events, stats.skipped, tuple(stats.skipped_details), tasks,
-                                str(sst) if tasks else None))
+        results.put(GroupResult(stats.events, stats.skipped, tuple(stats.skipped_details), part))
     except Exception as exc:  # reported to the parent, which raises ReplayError
         results.put(f"{type(exc).__name__}: {exc}")
 
 
 def rebuild_parallel(
-    settings: Settings, read: ReadPlan, out_db: Any, scratch: Path, workers: int,
-    quiet: bool, cache_size: int,
-) -> tuple[FoldStats, int]:
-    """Fold ``read`` with ``workers`` processes into ``out_db``; (stats, tasks)."""
+    settings: Settings, read: ReadPlan, scratch: Path, workers: int, quiet: bool,
+    cache_size: int,
+) -> tuple[FoldStats, list[FoldedPart]]:
+    """Fold ``read`` with ``workers`` processes into SST files under ``scratch``."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     groups = split(read, workers)
@@ -144,16 +107,11 @@ def rebuild_parallel(
             if child.is_alive():
                 child.kill()
     stats = FoldStats()
-    tasks = 0
     for group in found:
         stats.events += group.events
         stats.skipped += group.skipped
         stats.skipped_details.extend(group.skipped_details)
-        tasks += group.tasks
-        if group.sst is not None:
-            out_db.ingest_external_file([group.sst])
-    shutil.rmtree(scratch, ignore_errors=True)
-    return stats, tasks
+    return stats, [group.part for group in found]
 
 
 def _collect(

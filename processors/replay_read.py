@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
@@ -283,8 +283,14 @@ def plan(
     return ReadPlan(topic, bounded_starts, bounded_ends)
 
 
+class Advances(Protocol):
+    """Anything that counts records read (:class:`Progress`, a child's shared counter)."""
+
+    def advance(self, n: int) -> None: ...
+
+
 def read_batches(
-    consumer: Consumer, read: ReadPlan, timeout_s: float, progress: Progress | None = None
+    consumer: Consumer, read: ReadPlan, timeout_s: float, progress: Advances | None = None
 ) -> Iterator[list[Any]]:
     """Yield lists of confluent-kafka messages of ``read``, in offset order per partition.
 

@@ -20,18 +20,22 @@ WriteBatches, so a task with three events is encoded and written once.
 
 from __future__ import annotations
 
+import gc
+import shutil
 import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, SstFileWriter, WriteBatch, WriteOptions
 
 from taskstream.processors.lifecycle import Limits, apply
 from taskstream.processors.replay_read import (
+    Advances,
     Progress,
     ReadPlan,
     ReplayError,
@@ -112,14 +116,48 @@ class RebuildResult:
 
 
 def open_db(path: Path, create: bool) -> Rdict:
+    """The rebuild's RocksDB (raw mode). ``create=True`` opens a fresh output: its
+    writes skip the write-ahead log, because a rebuild that dies half-way leaves a
+    directory to delete and rebuild anyway (docs/replay.md)."""
     options = Options(raw_mode=True)
     options.create_if_missing(create)
     options.increase_parallelism(2)
-    return Rdict(str(path), options)
+    db = Rdict(str(path), options)
+    if create:
+        write = WriteOptions()
+        write.disable_wal = True  # type: ignore[method-assign,assignment]  # a property
+        db.set_write_options(write)
+    return db
+
+
+def write_sst(path: Path, items: Iterable[tuple[bytes, bytes]]) -> int:
+    """Write ``items`` (keys strictly ascending) into a new SST file; how many.
+
+    No file is left when there is nothing to write (RocksDB cannot ingest an empty one).
+    """
+    writer = SstFileWriter(options=Options(raw_mode=True))
+    writer.open(str(path))
+    count = 0
+    for key, value in items:
+        writer[key] = value
+        count += 1
+    if count:
+        writer.finish()
+    else:
+        path.unlink(missing_ok=True)
+    return count
 
 
 class StateCache:
-    """An LRU of hot task states over a RocksDB; dirty states leave through WriteBatches."""
+    """An LRU of hot task states over a RocksDB.
+
+    States that leave the LRU while dirty are written through WriteBatches (keys
+    sorted within a batch: RocksDB's memtable takes sorted keys faster). At the end,
+    :meth:`flush` writes the dirty hot states the same way, or :meth:`flush_to_sst`
+    writes them, sorted, into an SST file for the caller to ingest (much cheaper
+    than WriteBatches for a fresh output; the file's states are newer than anything
+    the DB holds for the same keys, and ingestion keeps the newer).
+    """
 
     def __init__(self, db: Rdict, capacity: int = 200_000, batch: int = 20_000) -> None:
         self.db = db
@@ -127,8 +165,7 @@ class StateCache:
         self.batch_size = batch
         self._hot: OrderedDict[str, TaskState] = OrderedDict()
         self._dirty: set[str] = set()
-        self._batch = WriteBatch(raw_mode=True)
-        self._queued = 0
+        self._pending: list[tuple[bytes, bytes]] = []
 
     def get(self, task_id: str) -> TaskState | None:
         hot = self._hot
@@ -157,26 +194,84 @@ class StateCache:
             old_id, old = self._hot.popitem(last=False)
             if old_id in self._dirty:
                 self._dirty.discard(old_id)
-                self._write(old_id, old)
-
-    def _write(self, task_id: str, state: TaskState) -> None:
-        self._batch.put(task_id.encode(), encode_state(state))
-        self._queued += 1
-        if self._queued >= self.batch_size:
-            self._commit()
+                self._pending.append((old_id.encode(), encode_state(old)))
+                if len(self._pending) >= self.batch_size:
+                    self._commit()
 
     def _commit(self) -> None:
-        if self._queued:
-            self.db.write(self._batch)
-            self._batch = WriteBatch(raw_mode=True)
-            self._queued = 0
+        if self._pending:
+            self._pending.sort()
+            batch = WriteBatch(raw_mode=True)
+            for key, value in self._pending:
+                batch.put(key, value)
+            self.db.write(batch)
+            self._pending = []
+
+    def _drain(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every dirty hot state, encoded, in key order; afterwards none is dirty."""
+        hot = self._hot
+        for task_id in sorted(self._dirty):
+            yield task_id.encode(), encode_state(hot[task_id])
+        self._dirty.clear()
 
     def flush(self) -> None:
-        """Write every dirty state, then the pending batch."""
-        for task_id in sorted(self._dirty):
-            self._write(task_id, self._hot[task_id])
-        self._dirty.clear()
+        """Write every dirty state into the DB."""
         self._commit()
+        self._pending = list(self._drain())
+        self._commit()
+
+    def flush_to_sst(self, path: Path) -> int:
+        """Write every state the cache knows, evicted (from its DB) or hot, into one
+        SST file at ``path`` in key order, the hot one where both exist; how many.
+
+        For a cache over a scratch DB of its own: the file then holds the whole result.
+        """
+        self._commit()
+        it = self.db.iter()
+        it.seek_to_first()
+        return write_sst(path, merge_newest(_db_items(it), self._drain()))
+
+
+def _db_items(it: Any) -> Iterator[tuple[bytes, bytes]]:
+    while it.valid():
+        yield bytes(it.key()), bytes(it.value())
+        it.next()
+
+
+def merge_newest(
+    older: Iterator[tuple[bytes, bytes]], newer: Iterator[tuple[bytes, bytes]]
+) -> Iterator[tuple[bytes, bytes]]:
+    """Two key-ordered streams (each key once per stream) as one; ``newer`` wins a tie."""
+    old = next(older, None)
+    for key, value in newer:
+        while old is not None and old[0] < key:
+            yield old
+            old = next(older, None)
+        if old is not None and old[0] == key:
+            old = next(older, None)
+        yield key, value
+    while old is not None:
+        yield old
+        old = next(older, None)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the fold (restored afterwards).
+
+    The fold allocates millions of small container objects (envelopes, states, lists)
+    and keeps up to ``cache_size`` states alive, so the generational collector
+    keeps walking a large, growing heap: about a third of the fold's time. The fold
+    makes no reference cycles (reference counting frees everything it drops), so
+    nothing accumulates while the collector is off; the LRU bounds the memory.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def fold_messages(
@@ -245,36 +340,63 @@ def rebuild(
     if workers is None:
         workers = default_workers(read.ends) if read.total >= PARALLEL_FROM else 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    db = open_db(out, create=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-parts-", dir=out.parent))
     try:
         if workers > 1 and len(read.ends) > 1:
-            scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}-parts-", dir=out.parent))
-            stats, tasks = rebuild_parallel(settings, read, db, scratch, workers, quiet,
-                                            cache_size)
+            stats, parts = rebuild_parallel(settings, read, scratch, workers, quiet, cache_size)
         else:
             consumer = make_consumer(settings)
             try:
-                stats = fold_into(consumer, settings, read, db, quiet, cache_size)
+                with Progress("rebuild", read.total, quiet) as progress:
+                    stats, part = fold_to_sst(consumer, settings, read, scratch, cache_size,
+                                              progress)
             finally:
                 consumer.close()
-            tasks = count_keys(db)
+            parts = [part]
+        db = open_db(out, create=True)
+        try:
+            for part in parts:
+                if part.sst is not None:
+                    db.ingest_external_file([part.sst])
+        finally:
+            db.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return RebuildResult(out, sum(p.tasks for p in parts), stats.events, stats.skipped,
+                         tuple(stats.skipped_details), dict(read.ends),
+                         time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedPart:
+    """What folding some partitions left: the number of states and the SST holding them."""
+
+    tasks: int
+    sst: str | None  # None when there is no state
+
+
+def fold_to_sst(
+    consumer: Any, settings: Settings, read: ReadPlan, work: Path, cache_size: int,
+    progress: Advances | None,
+) -> tuple[FoldStats, FoldedPart]:
+    """Fold ``read`` into one SST file under ``work`` (a directory of its own).
+
+    States the LRU evicts go to a scratch RocksDB under ``work`` (WAL off); at the end
+    the scratch DB and the hot states are merged into ``work/states.sst``.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    db = open_db(work / "spill", create=True)
+    stats = FoldStats()
+    try:
+        cache = StateCache(db, capacity=cache_size)
+        with collector_paused():
+            batches = read_batches(consumer, read, settings.kafka_timeout_s, progress)
+            fold_messages(batches, cache, limits_of(settings), stats)
+            sst = work / "states.sst"
+            tasks = cache.flush_to_sst(sst)
     finally:
         db.close()
-    return RebuildResult(out, tasks, stats.events, stats.skipped, tuple(stats.skipped_details),
-                         dict(read.ends), time.perf_counter() - started)
-
-
-def fold_into(
-    consumer: Any, settings: Settings, read: ReadPlan, db: Rdict, quiet: bool,
-    cache_size: int = 200_000,
-) -> FoldStats:
-    cache = StateCache(db, capacity=cache_size)
-    stats = FoldStats()
-    with Progress("rebuild", read.total, quiet) as progress:
-        batches = read_batches(consumer, read, settings.kafka_timeout_s, progress)
-        fold_messages(batches, cache, limits_of(settings), stats)
-    cache.flush()
-    return stats
+    return stats, FoldedPart(tasks, str(sst) if tasks else None)
 
 
 def count_keys(db: Rdict) -> int:

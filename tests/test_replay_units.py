@@ -39,11 +39,14 @@ from taskstream.processors.replay_rebuild import (
     FoldStats,
     StateCache,
     StateDB,
+    collector_paused,
     fold_messages,
+    merge_newest,
     open_db,
 )
 from taskstream.processors.replay_verify import compare
 from taskstream.schemas.events import (
+    CancelRequested,
     Envelope,
     TaskDispatched,
     TaskStarted,
@@ -210,6 +213,54 @@ def test_fold_skips_bad_records_with_their_position(tmp_path: Path) -> None:
         assert dict(StateDB(db)) == {"T0000": state}
     finally:
         db.close()
+
+
+@given(st.dictionaries(st.binary(max_size=3), st.binary(max_size=3)),
+       st.dictionaries(st.binary(max_size=3), st.binary(max_size=3)))
+def test_merge_newest_is_a_sorted_dict_update(older: dict[bytes, bytes],
+                                              newer: dict[bytes, bytes]) -> None:
+    merged = list(merge_newest(iter(sorted(older.items())), iter(sorted(newer.items()))))
+    assert merged == sorted({**older, **newer}.items())
+
+
+@pytest.mark.parametrize("capacity", [3, 1_000])
+def test_fold_to_an_sst_with_evictions_equals_the_lifecycle_fold(
+    tmp_path: Path, capacity: int
+) -> None:
+    """Evicted states (spilled to the scratch DB) and hot ones meet in one SST."""
+    events = _workload(40)
+    # a late event for the first task: its state was evicted and must be read back
+    first = fold(events)["T0000"]
+    events.append(Envelope("C0", "T0000", T0 + 9_000, "api", 0, CancelRequested("late")))
+    messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
+    spill = open_db(tmp_path / "spill", create=True)
+    try:
+        cache = StateCache(spill, capacity=capacity, batch=7)
+        stats = FoldStats()
+        with collector_paused():
+            fold_messages([messages[:50], messages[50:]], cache, Limits(), stats)
+            written = cache.flush_to_sst(tmp_path / "states.sst")
+    finally:
+        spill.close()
+    out = open_db(tmp_path / "out", create=True)
+    try:
+        out.ingest_external_file([str(tmp_path / "states.sst")])
+        expected = fold(events)
+        assert written == len(expected) == 40
+        assert dict(StateDB(out)) == expected
+        assert expected["T0000"].status is not first.status  # the late event did count
+    finally:
+        out.close()
+
+
+def test_collector_paused_restores_the_collector() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+    assert gc.isenabled()
 
 
 # -- history verdicts ---------------------------------------------------------------------------
