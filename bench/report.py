@@ -83,7 +83,12 @@ def _failover(r: dict[str, Any]) -> list[str]:
 def _ingest_replay(r: dict[str, Any]) -> list[str]:
     lines = ["## Ingest and replay", "", "| what | median | target |", "|---|---:|---:|"]
     med = r.get("ingest", {}).get("median_tasks_per_s") or {}
-    for key, target in (("raw", None), ("submit_many", 150_000), ("submit", 50_000)):
+    for key, target in (
+        ("raw", None),
+        ("submit_many", 150_000),
+        ("submit", 50_000),
+        ("submit_many_options", 150_000),
+    ):
         if key in med:
             lines.append(f"| ingest `{key}` tasks/s | {_n(med[key])} | {_n(target)} |")
     replay = r.get("replay", {})
