@@ -58,6 +58,8 @@ def _raw_rate(settings: Settings, records: list[tuple[str, bytes]]) -> float:
     producer = Producer(kafka_config(settings))
     topic = events_topic(settings)
     produce, poll = producer.produce, producer.poll
+    produce(topic, *records[0][::-1])  # connect and get the idempotent producer ID first,
+    producer.flush(30)  # as the SDK measurements do with their warm-up submit
     started = time.perf_counter()
     for i, (key, value) in enumerate(records):
         while True:
