@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from taskstream.producer.errors import InvalidTaskError
-from taskstream.producer.fastplain import PlainItems
+from taskstream.producer.fastplain import PLAIN_KEYS, PlainItems
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
@@ -159,14 +159,18 @@ class EventBuilder:
         n = len(items)
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        plain = self._plain.encode
+        plain, plain_keys = self._plain.encode_call, PLAIN_KEYS.issuperset
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
         for i, item in enumerate(items):
             if type(item) is dict:
                 task_id = ids[n + i]
-                value = plain(item, ids[i], task_id, at_ms)
+                value = (
+                    plain(item.get("name"), item.get("payload"), ids[i], task_id, at_ms)
+                    if plain_keys(item)
+                    else None
+                )
                 if value is None:
                     simple = fields(item, at_ms)
                     if simple is None:

@@ -29,6 +29,13 @@ _SHORT = tuple(avro_long(n) for n in range(64))  # one-byte payload lengths
 _MAX_TEMPLATES = 1024
 
 
+def _varint(size: int) -> bytes:
+    """Avro's long of a payload size >= 64: two bytes up to 8191, the general form beyond."""
+    if size < 8192:  # zig-zag doubles it: 14 bits, 7 per byte
+        return bytes((((size << 1) & 0x7F) | 0x80, size >> 6))
+    return avro_long(size)
+
+
 class PlainItems:
     """Encodes plain items for one producer (its limits, encoder and source).
 
@@ -92,7 +99,7 @@ class PlainItems:
                 b"\x34",  # 26, the length of the task ID
                 task_id.encode("ascii"),
                 middle,
-                _SHORT[size] if size < 64 else avro_long(size),
+                _SHORT[size] if size < 64 else _varint(size),
                 data,
                 tail,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -192,3 +193,15 @@ def test_many_takes_the_plain_path_and_keeps_order() -> None:
     assert bodies[2].body.queue == "q_1"
     assert task_ids[4] == derived_task_id("ok", "k")
     assert len(set(task_ids)) == 5
+
+
+@pytest.mark.parametrize("size", [0, 63, 64, 127, 128, 8191, 8192, 70_000])
+def test_plain_payload_lengths_are_written_like_the_general_path(size: int) -> None:
+    limits = SpecLimits(max_payload_bytes=100_000)
+    specs, encode = SimpleSpecs(limits), simple_encoder()
+    plain = PlainItems(specs, encode, limits.max_payload_bytes, "producer:t")
+    ids = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW")
+    for item in ({"name": "n", "payload": b"x" * size}, {"name": "n", "payload": "y" * size}):
+        general = specs.fields(item, AT)
+        assert general is not None
+        assert plain.encode(item, *ids, AT) == encode(*ids, AT, "producer:t", general)
