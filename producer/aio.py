@@ -100,7 +100,7 @@ class AsyncTaskProducer(ProducerBase):
                 if todo and time.monotonic() >= deadline:
                     exc = core.queue_full_error()
                     exc.handles = sent_only(handles, todo)
-                    batch.drop(len(todo))
+                    batch.drop(todo)
                     self._submitted.inc(len(exc.handles))
                     raise exc
         self._submitted.inc(len(handles))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,17 @@ class BatchDelivery:
     per call: from handing the first record over to the last report.
     """
 
-    __slots__ = ("_by_key", "_core", "_t0", "acked", "failed", "handles", "size")
+    __slots__ = (
+        "_by_key",
+        "_core",
+        "_lock",
+        "_settled",
+        "_t0",
+        "acked",
+        "failed",
+        "handles",
+        "size",
+    )
 
     def __init__(self, core: ProducerCore, handles: list[Any]) -> None:
         self._core = core
@@ -93,6 +104,8 @@ class BatchDelivery:
         self.failed = 0
         self._by_key: dict[bytes, list[_Delivery]] | None = None
         self._t0 = time.perf_counter()
+        self._settled = False
+        self._lock = threading.Lock()  # drop() may race the polling thread's last report
 
     def on_delivery(self, err: Any, msg: Any) -> None:
         # runs in the polling thread, once per event: keep the common case short
@@ -110,10 +123,14 @@ class BatchDelivery:
         if self.acked + self.failed >= self.size:
             self._settle()
 
-    def drop(self, unsent: int) -> None:
-        """``unsent`` events were never handed over (the queue stayed full)."""
-        self.size -= unsent
-        if self.size and self.acked + self.failed >= self.size:
+    def drop(self, unsent: list[int]) -> None:
+        """The events at ``unsent`` were never handed over (the queue stayed full):
+        their handles leave the batch and stay pending; the rest settle as usual."""
+        skip = set(unsent)
+        with self._lock:
+            self.handles = [h for i, h in enumerate(self.handles) if i not in skip]
+            self.size = len(self.handles)
+        if self.acked + self.failed >= self.size:
             self._settle()
 
     def _fail_key(self, key: bytes, err: Any) -> None:
@@ -128,6 +145,10 @@ class BatchDelivery:
                 return
 
     def _settle(self) -> None:
+        with self._lock:
+            if self._settled:
+                return
+            self._settled = True
         core = self._core
         if self.acked:
             core.on_acked_many(self.acked, self._t0)

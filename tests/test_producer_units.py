@@ -308,6 +308,7 @@ def test_batch_refused_and_unsent_events_still_settle_the_rest() -> None:
     batch.fail(0, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     batch.on_delivery(None, None)
     assert not handles[1].done
-    batch.drop(2)  # the last two never left the full queue
+    batch.drop([2, 3])  # the last two never left the full queue
     assert handles[0].failure is not None and handles[1].done
     assert handles[1].failure is None
+    assert not handles[2].done and not handles[3].done  # never sent: never "delivered"
