@@ -68,6 +68,7 @@ from taskstream.processors.lifecycle_steps import (
     timer,
 )
 from taskstream.schemas.events import (
+    BODY_TYPES,
     CancelRequested,
     Envelope,
     LeaseRenewed,
@@ -98,39 +99,48 @@ __all__ = [
 ]
 
 _DEFAULT_LIMITS = Limits()
-#: completes a state built during the current apply (see _record)
-_set = object.__setattr__
+#: TRANSITIONS as a plain dict (a lookup per event; the mapping proxy adds a call)
+_TABLE = dict(TRANSITIONS)
+_SUBMIT_TO = TRANSITIONS[(None, "TaskSubmitted")]
+#: event_key of every body type whose key is its type name (all but TimerFired)
+_PLAIN_KEYS = {cls: cls.__name__ for cls in BODY_TYPES if cls is not TimerFired}
+#: complete a state built during the current apply (see _record)
+_set_recent = TaskState.__dict__["recent_event_ids"].__set__
+_set_updated = TaskState.__dict__["updated_at_ms"].__set__
 
 
 def apply(
     state: TaskState | None, event: Envelope, limits: Limits = _DEFAULT_LIMITS
 ) -> tuple[TaskState | None, list[Effect]]:
     """Fold one event into one task's state; see the module docstring for the rules."""
-    if state is not None and state.task_id != event.task_id:
-        raise LifecycleError(
-            f"event {event.event_id} is for task {event.task_id} but was applied to the "
-            f"state of task {state.task_id}; look states up by the event's task_id")
     body = event.body
-    key = event_key(event)
+    key = _PLAIN_KEYS.get(body.__class__) or event_key(event)
     if state is None:
         if isinstance(body, TaskSubmitted):
             created, effects = submit_new(event, body)
-            check_transition(None, key, created.status)
+            if created.status not in _SUBMIT_TO:
+                check_transition(None, key, created.status)  # raises: a bug
             return _record(created, event, limits, fresh=True), effects
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
+    if state.task_id != event.task_id:
+        raise LifecycleError(
+            f"event {event.event_id} is for task {event.task_id} but was applied to the "
+            f"state of task {state.task_id}; look states up by the event's task_id")
     if event.event_id in state.recent_event_ids:
         last = state.recent_event_ids[-1] == event.event_id
         return state, redo_effects(state, event.event_id) if last else []
     if isinstance(body, TaskSubmitted):
         counted, effects = submit_again(state, body)
         return _record(counted, event, limits, fresh=counted is not state), effects
-    if (state.status, key) not in TRANSITIONS:
+    allowed = _TABLE.get((state.status, key))
+    if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
     step = _step(state, event, limits)
     if isinstance(step, Refusal):
         return _reject(state, event, limits, step.reason)
     after, effects = step
-    check_transition(state.status, key, after.status)
+    if after.status not in allowed:
+        check_transition(state.status, key, after.status)  # raises: a bug
     return _record(after, event, limits, fresh=after is not state), effects
 
 
@@ -166,8 +176,8 @@ def _record(
     """
     recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
     if fresh:
-        _set(state, "recent_event_ids", recent)
-        _set(state, "updated_at_ms", event.occurred_at_ms)
+        _set_recent(state, recent)
+        _set_updated(state, event.occurred_at_ms)
         return state
     return replace(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms)
 

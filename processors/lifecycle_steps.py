@@ -49,9 +49,14 @@ if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (lifec
     from dataclasses import replace
 
     new_state = TaskState
+    new_set_timer = SetTimer
+    new_clear_timer = ClearTimer
 else:
     from taskstream.processors.lifecycle_copy import copy_state as replace
-    from taskstream.processors.lifecycle_copy import new_state
+    from taskstream.processors.lifecycle_copy import fast_init, new_state
+
+    new_set_timer = fast_init(SetTimer)
+    new_clear_timer = fast_init(ClearTimer)
 
 #: error_type recorded when a RUNNING attempt's lease runs out
 LEASE_EXPIRED_ERROR = "LeaseExpired"
@@ -79,7 +84,7 @@ def make_dispatch_id(task_id: str, attempt: int, event_id: str) -> str:
 
 
 def _clear_timer(state: TaskState) -> list[Effect]:
-    return [] if state.due_at_ms is None else [ClearTimer(state.due_at_ms)]
+    return [] if state.due_at_ms is None else [new_clear_timer(state.due_at_ms)]
 
 
 def dispatch_next(state: TaskState, event: Envelope) -> Accepted:
@@ -120,7 +125,7 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
     due = event.occurred_at_ms + delay
     retrying = replace(cleared, status=TaskStatus.RETRYING, retries=state.retries + 1,
                        due_at_ms=due)
-    return retrying, [*_clear_timer(state), SetTimer(due, TimerKind.RETRY_DUE),
+    return retrying, [*_clear_timer(state), new_set_timer(due, TimerKind.RETRY_DUE),
                       RetryScheduled(delay)]
 
 
@@ -162,7 +167,7 @@ def submit_new(event: Envelope, body: TaskSubmitted) -> Accepted:
         due_at_ms=eta if delayed else None,
     )
     if eta is not None and delayed:
-        return state, [SetTimer(eta, TimerKind.DELAY_DUE)]
+        return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
     return state, [Dispatch(dispatch_envelope(state, event.event_id))]
 
 
@@ -239,7 +244,7 @@ def _lease(state: TaskState, event: Envelope, worker_id: str) -> Accepted:
     due = event.occurred_at_ms + state.lease_ms
     running = replace(state, status=TaskStatus.RUNNING, worker_id=worker_id,
                       started_at_ms=event.occurred_at_ms, due_at_ms=due)
-    return running, [*_clear_timer(state), SetTimer(due, TimerKind.LEASE_EXPIRED)]
+    return running, [*_clear_timer(state), new_set_timer(due, TimerKind.LEASE_EXPIRED)]
 
 
 def started(state: TaskState, event: Envelope, body: TaskStarted) -> Step:
@@ -256,7 +261,7 @@ def renewed(state: TaskState, event: Envelope, body: LeaseRenewed) -> Step:
     if due == state.due_at_ms:
         return state, []
     return replace(state, due_at_ms=due), [*_clear_timer(state),
-                                           SetTimer(due, TimerKind.LEASE_EXPIRED)]
+                                           new_set_timer(due, TimerKind.LEASE_EXPIRED)]
 
 
 def succeeded(state: TaskState, event: Envelope, body: TaskSucceeded, limits: Limits) -> Step:
