@@ -232,6 +232,10 @@ def test_fold_to_an_sst_with_evictions_equals_the_lifecycle_fold(
     # a late event for the first task: its state was evicted and must be read back
     first = fold(events)["T0000"]
     events.append(Envelope("C0", "T0000", T0 + 9_000, "api", 0, CancelRequested("late")))
+    # later events for finished tasks: kept encoded (or spilled), decoded back
+    events.append(Envelope("S1again", "T0001", T0 + 9_001, "test", 0, submitted()))
+    events.append(Envelope("C3", "T0003", T0 + 9_002, "api", 0, CancelRequested("too late")))
+    events.append(Envelope("S1again2", "T0001", T0 + 9_003, "test", 0, submitted()))
     messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
     spill = open_db(tmp_path / "spill", create=True)
     try:
@@ -248,7 +252,8 @@ def test_fold_to_an_sst_with_evictions_equals_the_lifecycle_fold(
         expected = fold(events)
         assert written == len(expected) == 40
         assert dict(StateDB(out)) == expected
-        assert expected["T0000"].status is not first.status  # the late event did count
+        assert expected["T0000"].status is not first.status  # the late events did count
+        assert expected["T0001"].duplicates == 2 and expected["T0003"].rejected == 1
     finally:
         out.close()
 
