@@ -100,6 +100,9 @@ class RebuildResult:
     skipped_details: tuple[SkippedRecord, ...]
     ends: Mapping[int, int]  # partition -> first offset NOT folded
     seconds: float
+    #: per fold process: (wall seconds of its fold, CPU seconds of its fold); a CPU
+    #: share well below 1 means it waited for the broker or for a core
+    folds: tuple[tuple[float, float], ...] = ()
 
     @property
     def events_per_s(self) -> float:
@@ -114,6 +117,7 @@ class RebuildResult:
             "ends": {str(p): o for p, o in sorted(self.ends.items())},
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s),
+            "folds_wall_cpu_s": [[round(w, 2), round(c, 2)] for w, c in self.folds],
         }
 
 
@@ -430,7 +434,7 @@ def rebuild(
         shutil.rmtree(scratch, ignore_errors=True)
     return RebuildResult(out, sum(p.tasks for p in parts), stats.events, stats.skipped,
                          tuple(stats.skipped_details), dict(read.ends),
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, tuple((p.wall_s, p.cpu_s) for p in parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +443,8 @@ class FoldedPart:
 
     tasks: int
     sst: str | None  # None when there is no state
+    wall_s: float = 0.0  # the fold's wall time
+    cpu_s: float = 0.0  # the fold's CPU time (this process, librdkafka's threads included)
 
 
 def fold_to_sst(
@@ -450,6 +456,7 @@ def fold_to_sst(
     States the LRU evicts go to a scratch RocksDB under ``work`` (WAL off); at the end
     the scratch DB and the hot states are merged into ``work/states.sst``.
     """
+    started, cpu = time.perf_counter(), time.process_time()
     work.mkdir(parents=True, exist_ok=True)
     db = open_db(work / "spill", create=True)
     stats = FoldStats()
@@ -462,7 +469,8 @@ def fold_to_sst(
             tasks = cache.flush_to_sst(sst)
     finally:
         db.close()
-    return stats, FoldedPart(tasks, str(sst) if tasks else None)
+    return stats, FoldedPart(tasks, str(sst) if tasks else None,
+                             time.perf_counter() - started, time.process_time() - cpu)
 
 
 def count_keys(db: Rdict) -> int:
