@@ -58,46 +58,53 @@ def read_long(data: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos
 
 
-def memo_long_reader(limit: int = 4096) -> Callable[[bytes, int], tuple[int, int]]:
+def memo_long_reader(
+    limit: int = 4096, memo: dict[bytes, tuple[int, int]] | None = None
+) -> Callable[[bytes, int], tuple[int, int]]:
     """A :func:`read_long` that remembers multi-byte varints (timestamps repeat: many events a ms).
 
     The key is the next 6 bytes: a varint of at most 6 bytes (every ms timestamp
     until the year 36812) is determined by them, so a hit is always right. One
-    memo per codec, cleared when it holds ``limit`` entries.
+    memo per codec (``memo``, which the compiled readers also look up inline),
+    cleared when it holds ``limit`` entries.
     """
-    memo: dict[bytes, tuple[int, int]] = {}
+    if memo is None:
+        memo = {}
+    found = memo
 
     def read_long_memo(data: bytes, pos: int) -> tuple[int, int]:
         key = data[pos : pos + 6]
-        hit = memo.get(key)
+        hit = found.get(key)
         if hit is not None:
             return hit[0], pos + hit[1]
         value, after = read_long(data, pos)
         if after - pos <= 6:
-            if len(memo) >= limit:
-                memo.clear()
-            memo[key] = (value, after - pos)
+            if len(found) >= limit:
+                found.clear()
+            found[key] = (value, after - pos)
         return value, after
 
     return read_long_memo
 
 
-def memo_long_writer(limit: int = 4096) -> Callable[[int], bytes]:
-    """A :func:`write_long` that remembers what it wrote for plain ints (one memo per codec)."""
-    memo: dict[int, bytes] = {}
+class LongMemo(dict[int, bytes]):
+    """``memo[n]`` is ``write_long(n)`` for a plain ``int`` n, remembered (one per codec).
 
-    def write_long_memo(n: int) -> bytes:
-        if type(n) is not int:  # a float equal to an int must not hit; fastavro decides
-            return write_long(n)
-        hit = memo.get(n)
-        if hit is None:
-            hit = write_long(n)
-            if len(memo) >= limit:
-                memo.clear()
-            memo[n] = hit
-        return hit
+    The compiled writers index it only with values whose class is ``int`` (a float
+    equal to a cached int must not hit: fastavro decides what a float becomes);
+    cleared when it holds ``limit`` entries.
+    """
 
-    return write_long_memo
+    def __init__(self, limit: int = 4096) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, n: int) -> bytes:
+        encoded = write_long(n)
+        if len(self) >= self.limit:
+            self.clear()
+        self[n] = encoded
+        return encoded
 
 
 def read_length(data: bytes, pos: int, what: str) -> tuple[int, int]:
@@ -122,7 +129,7 @@ def read_count(data: bytes, pos: int, item_size: int) -> tuple[int, int]:
         count = -count
         _, pos = read_long(data, pos)
     if count * item_size > len(data) - pos:
-        raise Corrupt(f"block count {count} at byte {start} exceeds the remaining data")
+        raise bad_count(count, start)
     return count, pos
 
 
@@ -136,6 +143,10 @@ def read_text(data: bytes, pos: int) -> tuple[str, int]:
     """A string at ``pos`` (the slow path: long, negative or truncated lengths)."""
     n, pos = read_length(data, pos, "string")
     return data[pos : pos + n].decode(), pos + n
+
+
+def bad_count(count: int, start: int) -> Corrupt:
+    return Corrupt(f"block count {count} at byte {start} exceeds the remaining data")
 
 
 def bad_index(kind: str, index: int, size: int, field: str) -> Corrupt:

@@ -25,6 +25,7 @@ from taskstream.schemas.fastcodec_prims import (
     ONE_BYTE_LONG,
     SHORT_LEN,
     Corrupt,
+    bad_count,
     bad_index,
     memo_long_reader,
     read_bytes,
@@ -232,13 +233,21 @@ class _Gen:
         item = node["values" if is_map else "items"]
         count, v = self.tmp("c"), self.tmp("v")
         size = max(1, min_size(item) + (1 if is_map else 0))
+        # a block count below 64 is one even byte: read it inline (read_count otherwise)
         body = [
             f"{ind}{t} = {{}}" if is_map else f"{ind}{t} = []",
-            f"{ind}if data[pos] == 0:",
+            f"{ind}b = data[pos]",
+            f"{ind}if b == 0:",
             f"{ind}    pos += 1",
             f"{ind}else:",
             f"{ind}    while True:",
-            f"{ind}        {count}, pos = read_count(data, pos, {size})",
+            f"{ind}        if b < 128 and not b & 1:",
+            f"{ind}            {count} = b >> 1",
+            f"{ind}            pos += 1",
+            f"{ind}            if {count} * {size} > ln - pos:",
+            f"{ind}                raise bad_count({count}, pos - 1)",
+            f"{ind}        else:",
+            f"{ind}            {count}, pos = read_count(data, pos, {size})",
             f"{ind}        if not {count}:",
             f"{ind}            break",
             f"{ind}        for _ in range({count}):",
@@ -252,6 +261,7 @@ class _Gen:
         else:
             body += self.value(item, v, deep, "array item")
             body.append(f"{deep}{t}.append({v})")
+        body.append(f"{ind}        b = data[pos]")
         return body
 
     def _union(self, node: list[Node], t: str, ind: str, where: str) -> list[str]:
@@ -300,8 +310,13 @@ def long_lines(t: str, ind: str) -> list[str]:
         f"{ind}if b < 128:",
         f"{ind}    {t} = ONE[b]",
         f"{ind}    pos += 1",
-        f"{ind}else:",
-        f"{ind}    {t}, pos = read_big(data, pos)",
+        f"{ind}else:",  # a remembered multi-byte varint (read_big's memo), else read_big
+        f"{ind}    hit = MEMO.get(data[pos : pos + 6])",
+        f"{ind}    if hit is None:",
+        f"{ind}        {t}, pos = read_big(data, pos)",
+        f"{ind}    else:",
+        f"{ind}        {t} = hit[0]",
+        f"{ind}        pos += hit[1]",
     ]
 
 
@@ -312,6 +327,7 @@ def reader_source(schema: Node, bindings: Bindings) -> tuple[str, str, dict[str,
         raise CompileError("the top-level schema must be a record")
     gen = _Gen(bindings)
     entry = gen.record_function(root)
+    memo: dict[bytes, tuple[int, int]] = {}
     namespace: dict[str, Any] = {
         "ONE": ONE_BYTE_LONG,
         "Corrupt": Corrupt,
@@ -323,7 +339,9 @@ def reader_source(schema: Node, bindings: Bindings) -> tuple[str, str, dict[str,
         "read_bytes": read_bytes,
         "read_text": read_text,
         "SHORT_LEN": SHORT_LEN,
-        "read_big": memo_long_reader(),
+        "read_big": memo_long_reader(memo=memo),
+        "MEMO": memo,
+        "bad_count": bad_count,
         "unpack_double": unpack_double,
         "new": object.__new__,
         **gen.consts,

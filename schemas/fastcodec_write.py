@@ -23,8 +23,8 @@ from taskstream.schemas.fastcodec_prims import (
     SMALL_LEN,
     SMALL_LONG,
     TRUE,
+    LongMemo,
     Unsupported,
-    memo_long_writer,
     pack_double,
     write_long,
 )
@@ -85,7 +85,14 @@ class _Gen:
         if node == "null":
             return [], []
         if node in ("int", "long"):
-            return [f"{ind}{p} = SMALL[{x} + 64] if -64 <= {x} < 64 else write_big({x})"], [p]
+            return [
+                f"{ind}if -64 <= {x} < 64:",
+                f"{ind}    {p} = SMALL[{x} + 64]",
+                f"{ind}elif {x}.__class__ is int:",  # exactly int: see LongMemo
+                f"{ind}    {p} = BIG[{x}]",
+                f"{ind}else:",
+                f"{ind}    {p} = write_long({x})",
+            ], [p]
         if node == "boolean":
             return [f"{ind}{p} = TRUE if {x} else NULL"], [p]
         if node == "double":
@@ -158,7 +165,11 @@ class _Gen:
         name = self.tmp("w_block")
         is_map = node["type"] == "map"
         item = node["values" if is_map else "items"]
-        lines = [f"def {name}(x):", "    out = [write_long(len(x))]"]
+        lines = [
+            f"def {name}(x):",
+            "    n = len(x)",
+            "    out = [SMALL[n + 64] if n < 64 else write_long(n)]",
+        ]
         if is_map:
             key_lines, key_exprs = self._primitive("string", "k", "        ", "map key")
             lines += ["    for k in sorted(x):", "        v = x[k]", *key_lines]
@@ -204,7 +215,7 @@ def writer_source(
         "Unsupported": Unsupported,
         "pack_double": pack_double,
         "write_long": write_long,
-        "write_big": memo_long_writer(),
+        "BIG": LongMemo(),
         **gen.consts,
     }
     return "\n\n".join([*gen.functions, *gen.tables]) + "\n", entry, namespace
