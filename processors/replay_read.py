@@ -306,16 +306,26 @@ def read_batches(
     ])
     last_progress = time.monotonic()
     paused = {p for p in read.ends if p not in pending}
+    ends = read.ends
     try:
         while pending:
             messages = consumer.consume(num_messages=BATCH, timeout=0.5)
-            batch = [m for m in messages if _keep(m, read.ends)]
+            batch = []
+            keep = batch.append
+            for m in messages:  # one pass: errors, the end cut, finished partitions
+                if m.error() is not None:
+                    raise ReplayError(f"Kafka error while reading {m.topic()}: {m.error()}")
+                offset, end = m.offset(), ends[m.partition()]
+                if offset < end:
+                    keep(m)
+                if offset >= end - 1:
+                    pending.discard(m.partition())
             if batch:
                 last_progress = time.monotonic()
                 if progress is not None:
                     progress.advance(len(batch))
                 yield batch
-            _retire_finished(consumer, read, pending, paused, messages)
+            _retire_finished(consumer, read, pending, paused, bool(messages))
             if pending and time.monotonic() - last_progress > timeout_s:
                 raise ReplayError(
                     f"no records from {read.topic} partitions {sorted(pending)} for {timeout_s}s "
@@ -325,20 +335,12 @@ def read_batches(
         consumer.unassign()
 
 
-def _keep(message: Any, ends: Mapping[int, int]) -> bool:
-    error = message.error()
-    if error is not None:
-        raise ReplayError(f"Kafka error while reading {message.topic()}: {error}")
-    return bool(message.offset() < ends[message.partition()])
-
-
 def _retire_finished(
-    consumer: Consumer, read: ReadPlan, pending: set[int], paused: set[int], messages: list[Any]
+    consumer: Consumer, read: ReadPlan, pending: set[int], paused: set[int], got: bool
 ) -> None:
-    for m in messages:
-        if m.partition() in pending and m.offset() >= read.ends[m.partition()] - 1:
-            pending.discard(m.partition())
-    if not messages and pending:
+    """After an empty batch, ask the consumer's positions (a partition whose end is a
+    transaction marker never delivers its last offset); pause finished partitions."""
+    if not got and pending:
         positions = consumer.position([TopicPartition(read.topic, p) for p in pending])
         for tp in positions:
             if tp.offset >= 0 and tp.offset >= read.ends[tp.partition]:

@@ -31,7 +31,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, SstFileWriter, WriteBatch, WriteOptions
+from rocksdict import (
+    IngestExternalFileOptions,
+    Options,
+    Rdict,
+    SstFileWriter,
+    WriteBatch,
+    WriteOptions,
+)
 
 from taskstream.processors.lifecycle import Limits, apply
 from taskstream.processors.replay_read import (
@@ -425,9 +432,11 @@ def rebuild(
             parts = [part]
         db = open_db(out, create=True)
         try:
+            moving = IngestExternalFileOptions()
+            moving.set_move_files(True)  # the scratch files are ours, on the same disk
             for part in parts:
                 if part.sst is not None:
-                    db.ingest_external_file([part.sst])
+                    db.ingest_external_file([part.sst], moving)
         finally:
             db.close()
     finally:
