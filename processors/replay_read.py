@@ -309,8 +309,8 @@ def read_batches(
     ends = read.ends
     try:
         while pending:
-            messages = consumer.consume(num_messages=BATCH, timeout=0.5)
-            batch = []
+            messages: list[Any] = consumer.consume(num_messages=BATCH, timeout=0.5)
+            batch: list[Any] = []
             keep = batch.append
             for m in messages:  # one pass: errors, the end cut, finished partitions
                 if m.error() is not None:
