@@ -33,10 +33,10 @@ from confluent_kafka.admin import AdminClient
 from taskstream.admin import ensure_topics
 from taskstream.processors.lifecycle import apply
 from taskstream.processors.lifecycle_steps import make_dispatch_id
-from taskstream.processors.replay_rebuild import limits_of, rebuild
+from taskstream.processors.replay_rebuild import collector_paused, limits_of, rebuild
 from taskstream.schemas.events import Backoff, Envelope, TaskStarted, TaskSubmitted, TaskSucceeded
 from taskstream.schemas.ids import new_event_id, new_task_id
-from taskstream.schemas.serde import decode_event, encode_event, encode_state
+from taskstream.schemas.serde import default_codec, encode_event
 from taskstream.settings import Settings, load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "replay.json"
@@ -66,25 +66,30 @@ def make_records(n_events: int) -> list[tuple[bytes, bytes]]:
 
 
 def components(records: list[tuple[bytes, bytes]]) -> dict[str, float]:
-    """Microseconds per event of each step of the fold, measured in memory, one core."""
+    """Microseconds per event of each step of the fold, measured in memory, one core,
+    the way the rebuild runs them (the codec's bound methods, the collector paused)."""
     limits = limits_of(load_settings())
-    started = time.perf_counter()
-    envelopes = [decode_event(value) for _, value in records]
-    decoded = time.perf_counter()
-    states: dict[str, Any] = {}
-    for env in envelopes:
-        after, _ = apply(states.get(env.task_id), env, limits)
-        if after is not None:
-            states[env.task_id] = after
-    applied = time.perf_counter()
-    for state in states.values():
-        encode_state(state)
-    encoded = time.perf_counter()
+    codec = default_codec()
+    decode, encode = codec.decode_event, codec.encode_state
+    with collector_paused():
+        started = time.perf_counter()
+        envelopes = [decode(value) for _, value in records]
+        decoded = time.perf_counter()
+        states: dict[str, Any] = {}
+        for env in envelopes:
+            after, _ = apply(states.get(env.task_id), env, limits)
+            if after is not None:
+                states[env.task_id] = after
+        applied = time.perf_counter()
+        for state in states.values():
+            encode(state)
+        encoded = time.perf_counter()
     n = len(records)
     return {
         "decode_event_us": round((decoded - started) / n * 1e6, 2),
         "apply_us": round((applied - decoded) / n * 1e6, 2),
         "encode_state_us_per_event": round((encoded - applied) / n * 1e6, 2),
+        "encode_state_us_per_state": round((encoded - applied) / len(states) * 1e6, 2),
         "in_memory_fold_events_per_s": round(n / (encoded - started)),
     }
 
@@ -122,8 +127,13 @@ def delete_topics(settings: Settings) -> None:
             future.result(timeout=60)
 
 
-def run(bootstrap: str, n_events: int = 1_000_000, runs: int = 3) -> dict[str, Any]:
-    """Produce a topic of ``n_events``, time ``rebuild`` ``runs`` times, return the numbers."""
+def run(
+    bootstrap: str, n_events: int = 1_000_000, runs: int = 3, workers: int | None = None
+) -> dict[str, Any]:
+    """Produce a topic of ``n_events``, time ``rebuild`` ``runs`` times, return the numbers.
+
+    ``workers``: fold processes (None: rebuild's default, one per core up to 2).
+    """
     settings = load_settings(bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
                              partitions=6, kafka_timeout_s=30.0)
     ensure_topics(settings)
@@ -136,7 +146,7 @@ def run(bootstrap: str, n_events: int = 1_000_000, runs: int = 3) -> dict[str, A
         del records
         timings: list[dict[str, Any]] = []
         for i in range(runs):
-            result = rebuild(settings, scratch / f"run{i}")
+            result = rebuild(settings, scratch / f"run{i}", workers=workers)
             timings.append(result.summary())
             shutil.rmtree(scratch / f"run{i}", ignore_errors=True)
     finally:
@@ -150,6 +160,7 @@ def run(bootstrap: str, n_events: int = 1_000_000, runs: int = 3) -> dict[str, A
         "runs": timings,
         "median_events_per_s": statistics.median(rates),
         "target_events_per_s": 100_000,
+        "workers": workers if workers is not None else "default",
         "produce_seconds": round(produce_s, 2),
         "fold_components_one_core": profile,
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
@@ -165,9 +176,11 @@ def main() -> None:
                                                               "127.0.0.1:19092"))
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="fold processes (default: rebuild's own choice)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    result = run(args.bootstrap, args.events, args.runs)
+    result = run(args.bootstrap, args.events, args.runs, args.workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
