@@ -20,6 +20,7 @@ from typing import Any
 
 from taskstream.producer.fastspec import SimpleFields
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
+from taskstream.schemas.fastcodec_prims import write_long
 from taskstream.schemas.serde import encode_event
 
 log = logging.getLogger(__name__)
@@ -31,21 +32,10 @@ _MEMO_MAX = 1024  # entries per memo of the simple encoder (cleared when full)
 
 _pack_double = struct.Struct("<d").pack
 _ONE_BYTE = tuple(bytes([(n << 1) if n >= 0 else ((-n << 1) - 1)]) for n in range(-64, 64))
+#: Avro's zig-zag varint of a 64-bit integer (the compiled codec's)
+avro_long = write_long
 _NULL = b"\x00"  # union branch 0 (null) and an empty map/array block
 _SECOND = b"\x02"  # union branch 1
-
-
-def avro_long(n: int) -> bytes:
-    """Avro's zig-zag varint of a (64-bit) integer."""
-    if -64 <= n < 64:
-        return _ONE_BYTE[n + 64]
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 def avro_str(s: str) -> bytes:
