@@ -80,9 +80,12 @@ from taskstream.schemas.events import (
     TimerFired,
 )
 
-if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copy
+if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copies
     from dataclasses import replace
+
+    copy_recorded = replace
 else:
+    from taskstream.processors.lifecycle_copy import copy_recorded
     from taskstream.processors.lifecycle_copy import copy_state as replace
 
 from taskstream.schemas.state import TaskState, TaskStatus
@@ -110,17 +113,23 @@ _set_updated = TaskState.__dict__["updated_at_ms"].__set__
 
 
 def apply(
-    state: TaskState | None, event: Envelope, limits: Limits = _DEFAULT_LIMITS
+    state: TaskState | None, event: Envelope, limits: Limits = _DEFAULT_LIMITS,
+    *, effects: bool = True,
 ) -> tuple[TaskState | None, list[Effect]]:
-    """Fold one event into one task's state; see the module docstring for the rules."""
+    """Fold one event into one task's state; see the module docstring for the rules.
+
+    ``effects=False`` is for replay, which throws the outbound records away: the
+    returned state is the same (a test checks that), the effects list is empty
+    except for ``Rejected`` / ``Duplicate`` (cheap, kept as they are).
+    """
     body = event.body
     key = _PLAIN_KEYS.get(body.__class__) or event_key(event)
     if state is None:
         if isinstance(body, TaskSubmitted):
-            created, effects = submit_new(event, body)
+            created, made = submit_new(event, body, effects)
             if created.status not in _SUBMIT_TO:
                 check_transition(None, key, created.status)  # raises: a bug
-            return _record(created, event, limits, fresh=True), effects
+            return _record(created, event, limits, fresh=True), made
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
     if state.task_id != event.task_id:
         raise LifecycleError(
@@ -128,39 +137,39 @@ def apply(
             f"state of task {state.task_id}; look states up by the event's task_id")
     if event.event_id in state.recent_event_ids:
         last = state.recent_event_ids[-1] == event.event_id
-        return state, redo_effects(state, event.event_id) if last else []
+        return state, redo_effects(state, event.event_id) if last and effects else []
     if isinstance(body, TaskSubmitted):
-        counted, effects = submit_again(state, body)
-        return _record(counted, event, limits, fresh=counted is not state), effects
+        counted, made = submit_again(state, body)
+        return _record(counted, event, limits, fresh=counted is not state), made
     allowed = _TABLE.get((state.status, key))
     if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
-    step = _step(state, event, limits)
-    if isinstance(step, Refusal):
+    step = _step(state, event, limits, effects)
+    if step.__class__ is Refusal:
         return _reject(state, event, limits, step.reason)
-    after, effects = step
+    after, made = step  # type: ignore[misc]
     if after.status not in allowed:
         check_transition(state.status, key, after.status)  # raises: a bug
-    return _record(after, event, limits, fresh=after is not state), effects
+    return _record(after, event, limits, fresh=after is not state), made
 
 
-def _step(state: TaskState, event: Envelope, limits: Limits) -> Step:
+def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step:
     body = event.body
-    match body:
-        case TimerFired():
-            return timer(state, event, body)
+    match body:  # the bench's (and most logs') commonest bodies first
         case TaskStarted():
-            return started(state, event, body)
-        case LeaseRenewed():
-            return renewed(state, event, body)
+            return started(state, event, body, effects)
         case TaskSucceeded():
-            return succeeded(state, event, body, limits)
+            return succeeded(state, event, body, limits, effects)
+        case TimerFired():
+            return timer(state, event, body, effects)
+        case LeaseRenewed():
+            return renewed(state, event, body, effects)
         case TaskFailed():
-            return failed(state, event, body)
+            return failed(state, event, body, effects)
         case CancelRequested():
-            return cancel(state, event, body)
+            return cancel(state, event, body, effects)
         case RedriveRequested():
-            return redrive(state, event, body)
+            return redrive(state, event, body, effects)
         case _:  # derived records never reach here: TRANSITIONS has no key for them
             return Refusal(f"{event.type_name} is not an events-topic record")
 
@@ -179,7 +188,7 @@ def _record(
         _set_recent(state, recent)
         _set_updated(state, event.occurred_at_ms)
         return state
-    return replace(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms)
+    return copy_recorded(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms)
 
 
 def _reject(

@@ -103,6 +103,22 @@ def fast_replace(cls: type[T]) -> Callable[..., T]:
     return function
 
 
+def fast_replace_only(cls: type[T], changed: tuple[str, ...]) -> Callable[..., T]:
+    """``dataclasses.replace`` for ``cls`` specialised to exactly the ``changed`` fields,
+    each a required keyword (no per-field "was it given" test): for the hot steps."""
+    found, scope = _scope(cls)
+    names = [f.name for f in found]
+    unknown = [n for n in changed if n not in names]
+    if unknown or len(set(changed)) != len(changed):
+        raise TypeError(f"{cls.__name__}: cannot specialise a copy to {changed!r}")
+    entry = f"copy_{cls.__name__}_{'_'.join(changed)}"
+    lines = [f"def {entry}(obj, /, *, {', '.join(changed)}):", "    new = _new(CLS)"]
+    lines += [f"    S_{n}(new, {n if n in changed else f'obj.{n}'})" for n in names]
+    lines.append("    return new")
+    function: Callable[..., T] = _compile(lines, entry, scope)
+    return function
+
+
 #: ``copy_state(state, **changes)`` = ``dataclasses.replace(state, **changes)``
 copy_state = fast_replace(TaskState)
 #: ``new_state(...)`` = ``TaskState(...)``
@@ -111,3 +127,9 @@ new_envelope = fast_init(Envelope)
 new_dispatched = fast_init(TaskDispatched)
 new_dead_lettered = fast_init(TaskDeadLettered)
 new_cancelled = fast_init(TaskCancelled)
+#: the copies of the hottest steps: a start (``_lease``), a success, an applied event
+copy_lease = fast_replace_only(TaskState, ("status", "worker_id", "started_at_ms", "due_at_ms"))
+copy_done = fast_replace_only(TaskState, (
+    "status", "worker_id", "result", "result_content_type", "result_truncated",
+    "finished_at_ms", "due_at_ms"))
+copy_recorded = fast_replace_only(TaskState, ("recent_event_ids", "updated_at_ms"))

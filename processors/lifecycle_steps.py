@@ -51,9 +51,11 @@ if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (lifec
     new_state = TaskState
     new_set_timer = SetTimer
     new_clear_timer = ClearTimer
+    copy_lease = replace
+    copy_done = replace
 else:
+    from taskstream.processors.lifecycle_copy import copy_done, copy_lease, fast_init, new_state
     from taskstream.processors.lifecycle_copy import copy_state as replace
-    from taskstream.processors.lifecycle_copy import fast_init, new_state
 
     new_set_timer = fast_init(SetTimer)
     new_clear_timer = fast_init(ClearTimer)
@@ -87,8 +89,12 @@ def _clear_timer(state: TaskState) -> list[Effect]:
     return [] if state.due_at_ms is None else [new_clear_timer(state.due_at_ms)]
 
 
-def dispatch_next(state: TaskState, event: Envelope) -> Accepted:
-    """Start attempt ``state.attempt + 1``: READY, a fresh dispatch id, a ready record."""
+def dispatch_next(state: TaskState, event: Envelope, effects: bool = True) -> Accepted:
+    """Start attempt ``state.attempt + 1``: READY, a fresh dispatch id, a ready record.
+
+    ``effects=False`` (replay, which throws the outbound records away): the same
+    state, no effects built (every step below takes the flag).
+    """
     attempt = state.attempt + 1
     ready = replace(
         state,
@@ -101,11 +107,13 @@ def dispatch_next(state: TaskState, event: Envelope) -> Accepted:
         due_at_ms=None,
         finished_at_ms=None,
     )
+    if not effects:
+        return ready, []
     return ready, [*_clear_timer(state), Dispatch(dispatch_envelope(ready, event.event_id))]
 
 
 def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryable: bool,
-                 retry_after_ms: int | None) -> Accepted:
+                 retry_after_ms: int | None, effects: bool = True) -> Accepted:
     """The current attempt failed: retry after a delay, or dead-letter the task.
 
     DEAD if the failure is not retryable or the budget is spent (attempts since
@@ -117,6 +125,8 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
     used = state.attempt - state.attempt_base
     if not retryable or used >= state.max_attempts:
         dead = replace(cleared, status=TaskStatus.DEAD, finished_at_ms=event.occurred_at_ms)
+        if not effects:
+            return dead, []
         return dead, [*_clear_timer(state), DeadLetter(dead_letter_envelope(dead, event.event_id))]
     if retry_after_ms is not None:
         delay = max(0, retry_after_ms)
@@ -125,6 +135,8 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
     due = event.occurred_at_ms + delay
     retrying = replace(cleared, status=TaskStatus.RETRYING, retries=state.retries + 1,
                        due_at_ms=due)
+    if not effects:
+        return retrying, []
     return retrying, [*_clear_timer(state), new_set_timer(due, TimerKind.RETRY_DUE),
                       RetryScheduled(delay)]
 
@@ -132,7 +144,7 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
 # --- client events -------------------------------------------------------------
 
 
-def submit_new(event: Envelope, body: TaskSubmitted) -> Accepted:
+def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Accepted:
     """A first ``TaskSubmitted``: SCHEDULED until its eta, or dispatched at once.
 
     Dispatched at once, the state is built READY in one go: the same state as
@@ -166,6 +178,8 @@ def submit_new(event: Envelope, body: TaskSubmitted) -> Accepted:
         dispatched_at_ms=None if delayed else at,
         due_at_ms=eta if delayed else None,
     )
+    if not effects:
+        return state, []
     if eta is not None and delayed:
         return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
     return state, [Dispatch(dispatch_envelope(state, event.event_id))]
@@ -179,26 +193,30 @@ def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
     return counted, [Duplicate(conflict)]
 
 
-def cancel(state: TaskState, event: Envelope, body: CancelRequested) -> Step:
+def cancel(state: TaskState, event: Envelope, body: CancelRequested, effects: bool = True) -> Step:
     cancelled = replace(state, status=TaskStatus.CANCELLED, cancel_reason=body.reason,
                         finished_at_ms=event.occurred_at_ms, due_at_ms=None)
+    if not effects:
+        return cancelled, []
     return cancelled, [*_clear_timer(state),
                        PublishCancel(cancel_envelope(cancelled, event.event_id))]
 
 
-def redrive(state: TaskState, event: Envelope, body: RedriveRequested) -> Step:
+def redrive(
+    state: TaskState, event: Envelope, body: RedriveRequested, effects: bool = True
+) -> Step:
     if body.max_attempts is not None and body.max_attempts < 1:
         return Refusal(f"redrive with max_attempts={body.max_attempts}: must be >= 1 or None")
     budget = body.max_attempts if body.max_attempts is not None else state.max_attempts
     fresh = replace(state, attempt_base=state.attempt, max_attempts=budget,
                     redrives=state.redrives + 1)
-    return dispatch_next(fresh, event)
+    return dispatch_next(fresh, event, effects)
 
 
 # --- timers ----------------------------------------------------------------------
 
 
-def timer(state: TaskState, event: Envelope, body: TimerFired) -> Step:
+def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = True) -> Step:
     """A timer only proposes; it acts only if it is still the task's current timer."""
     if body.due_at_ms != state.due_at_ms:
         return Refusal(f"stale timer {body.kind}: due {body.due_at_ms}, "
@@ -221,8 +239,9 @@ def timer(state: TaskState, event: Envelope, body: TimerFired) -> Step:
             attempt=state.attempt,
             timed_out=True,
         )
-        return fail_attempt(state, event, error, retryable=True, retry_after_ms=None)
-    return dispatch_next(state, event)
+        return fail_attempt(state, event, error, retryable=True, retry_after_ms=None,
+                            effects=effects)
+    return dispatch_next(state, event, effects)
 
 
 # --- worker events (fenced by dispatch id and attempt) ------------------------------
@@ -239,37 +258,46 @@ def fence(state: TaskState, event: Envelope, dispatch_id: str) -> Refusal | None
     return None
 
 
-def _lease(state: TaskState, event: Envelope, worker_id: str) -> Accepted:
+def _lease(state: TaskState, event: Envelope, worker_id: str, effects: bool) -> Accepted:
     """RUNNING with a lease from this event's time (a start, or a renewal that stands in)."""
     due = event.occurred_at_ms + state.lease_ms
-    running = replace(state, status=TaskStatus.RUNNING, worker_id=worker_id,
-                      started_at_ms=event.occurred_at_ms, due_at_ms=due)
+    running = copy_lease(state, status=TaskStatus.RUNNING, worker_id=worker_id,
+                         started_at_ms=event.occurred_at_ms, due_at_ms=due)
+    if not effects:
+        return running, []
     return running, [*_clear_timer(state), new_set_timer(due, TimerKind.LEASE_EXPIRED)]
 
 
-def started(state: TaskState, event: Envelope, body: TaskStarted) -> Step:
-    return fence(state, event, body.dispatch_id) or _lease(state, event, body.worker_id)
+def started(state: TaskState, event: Envelope, body: TaskStarted, effects: bool = True) -> Step:
+    if body.dispatch_id == state.dispatch_id and event.attempt == state.attempt:  # fence passes
+        return _lease(state, event, body.worker_id, effects)
+    return fence(state, event, body.dispatch_id) or _lease(state, event, body.worker_id, effects)
 
 
-def renewed(state: TaskState, event: Envelope, body: LeaseRenewed) -> Step:
+def renewed(state: TaskState, event: Envelope, body: LeaseRenewed, effects: bool = True) -> Step:
     refusal = fence(state, event, body.dispatch_id)
     if refusal is not None:
         return refusal
     if state.status is TaskStatus.READY:  # its TaskStarted was lost: this renewal starts it
-        return _lease(state, event, body.worker_id)
+        return _lease(state, event, body.worker_id, effects)
     due = max(state.due_at_ms or 0, event.occurred_at_ms + state.lease_ms)
     if due == state.due_at_ms:
         return state, []
+    if not effects:
+        return replace(state, due_at_ms=due), []
     return replace(state, due_at_ms=due), [*_clear_timer(state),
                                            new_set_timer(due, TimerKind.LEASE_EXPIRED)]
 
 
-def succeeded(state: TaskState, event: Envelope, body: TaskSucceeded, limits: Limits) -> Step:
-    refusal = fence(state, event, body.dispatch_id)
-    if refusal is not None:
-        return refusal
+def succeeded(
+    state: TaskState, event: Envelope, body: TaskSucceeded, limits: Limits, effects: bool = True
+) -> Step:
+    if body.dispatch_id != state.dispatch_id or event.attempt != state.attempt:
+        refusal = fence(state, event, body.dispatch_id)
+        if refusal is not None:
+            return refusal
     truncated = len(body.result) > limits.max_result_bytes
-    done = replace(
+    done = copy_done(
         state,
         status=TaskStatus.SUCCEEDED,
         worker_id=state.worker_id or body.worker_id,
@@ -279,10 +307,10 @@ def succeeded(state: TaskState, event: Envelope, body: TaskSucceeded, limits: Li
         finished_at_ms=event.occurred_at_ms,
         due_at_ms=None,
     )
-    return done, _clear_timer(state)
+    return done, _clear_timer(state) if effects else []
 
 
-def failed(state: TaskState, event: Envelope, body: TaskFailed) -> Step:
+def failed(state: TaskState, event: Envelope, body: TaskFailed, effects: bool = True) -> Step:
     refusal = fence(state, event, body.dispatch_id)
     if refusal is not None:
         return refusal
@@ -291,4 +319,4 @@ def failed(state: TaskState, event: Envelope, body: TaskFailed) -> Step:
     if state.worker_id is None:
         state = replace(state, worker_id=body.worker_id)
     return fail_attempt(state, event, error, retryable=body.retryable,
-                        retry_after_ms=body.retry_after_ms)
+                        retry_after_ms=body.retry_after_ms, effects=effects)

@@ -13,9 +13,13 @@ from hypothesis import strategies as st
 
 from taskstream.processors.effects import Effect, SetTimer
 from taskstream.processors.lifecycle_copy import (
+    copy_done,
+    copy_lease,
+    copy_recorded,
     copy_state,
     fast_init,
     fast_replace,
+    fast_replace_only,
     new_cancelled,
     new_dead_lettered,
     new_dispatched,
@@ -87,6 +91,24 @@ def test_copy_state_is_dataclasses_replace() -> None:
     assert state == before  # the original is never touched
     with pytest.raises(TypeError):
         copy_state(state, nope=1)
+
+
+@pytest.mark.parametrize("copy", [copy_lease, copy_done, copy_recorded])
+def test_specialised_copies_are_dataclasses_replace(copy: Any) -> None:
+    state = full_state()
+    changed = copy.__code__.co_varnames[1:copy.__code__.co_kwonlyargcount + 1]
+    assert changed  # every specialised copy changes some fields, all of them required
+    values = {name: object() for name in changed}  # values no field holds
+    fast = copy(state, **values)
+    assert fast == dataclasses.replace(state, **values) and fast is not state
+    for name, value in values.items():
+        assert getattr(fast, name) is value
+    with pytest.raises(TypeError):
+        copy(state, **dict(list(values.items())[1:]))  # one missing
+    with pytest.raises(TypeError):
+        copy(state, **values, nope=1)
+    with pytest.raises(TypeError):
+        fast_replace_only(TaskState, ("status", "nope"))
 
 
 def test_classes_the_fast_path_cannot_build_are_refused() -> None:

@@ -48,6 +48,7 @@ from taskstream.schemas.events import (
     TimerFired,
     TimerKind,
 )
+from taskstream.schemas.serde import encode_state
 from taskstream.schemas.state import TaskState, TaskStatus
 from tests.lifecycle_support import T0, submitted
 
@@ -79,6 +80,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def step(self, event: Envelope) -> None:
         before = self.state
         after, effects = apply(before, event, self.limits)
+        self.check_without_effects(before, event, after, effects)
         if before is not None and event.event_id in before.recent_event_ids:
             self.check_repeat(before, event, after, effects)
             self.log.append(event)
@@ -97,6 +99,16 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.dues.append(after.due_at_ms)
         self.state = after
         self.log.append(event)
+
+    def check_without_effects(self, before: TaskState | None, event: Envelope,
+                              after: TaskState | None, effects: Sequence[object]) -> None:
+        """Replay's ``apply(..., effects=False)``: the same state (same bytes, same
+        identity when unchanged), only the Rejected / Duplicate effects."""
+        quiet, kept = apply(before, event, self.limits, effects=False)
+        assert (quiet is None) == (after is None) and (quiet is before) == (after is before)
+        if quiet is not None and after is not None:
+            assert quiet == after and encode_state(quiet) == encode_state(after)
+        assert kept == [e for e in effects if isinstance(e, Rejected | Duplicate)]
 
     def check_repeat(self, before: TaskState, event: Envelope, after: TaskState | None,
                      effects: Sequence[object]) -> None:
