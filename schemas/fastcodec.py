@@ -122,6 +122,21 @@ def compile_version(version: SchemaVersion, what: str, expected: str) -> tuple[A
     return make_decoder(read, what, expected), write
 
 
+def event_reader(schemas: Catalog) -> tuple[bytes, Reader]:
+    """(header, reader) of the newest envelope version, for loops that read millions of
+    events (replay): ``reader(data, len(header), len(data))`` gives ``(envelope, end)``.
+
+    The same code the codec compiles. Use it only when the codec's compiled path is
+    on (``EventCodec.compiled``, i.e. it agreed with fastavro), only on data that
+    starts with ``header``, and only if ``end == len(data)``; on anything else
+    (including an exception) fall back to ``decode_event``, which gives the
+    DecodeError.
+    """
+    version = schemas.envelope
+    read: Reader = _exec(*reader_source(version.schema, BINDINGS))
+    return SINGLE_OBJECT_MAGIC + version.fingerprint, read
+
+
 @dataclass(frozen=True, slots=True)
 class Reference:
     """The fastavro path for one top-level schema (what the compiled code must equal)."""

@@ -40,6 +40,7 @@ from taskstream.processors.replay_rebuild import (
     StateCache,
     StateDB,
     collector_paused,
+    decode_usable,
     fold_messages,
     merge_newest,
     open_db,
@@ -320,3 +321,24 @@ def test_split_balances_partitions_by_records() -> None:
     sizes = sorted(sum(read.ends[p] - read.starts[p] for p in g) for g in groups)
     assert sizes == [100, 130]
     assert split(ReadPlan("t", {0: 0}, {0: 5}), 2) == [[0]]
+
+
+def test_fold_reads_what_decode_event_reads_and_skips_what_it_refuses(tmp_path: Path) -> None:
+    """The fold's direct compiled reads: a clean record folds as decode_event gives it;
+    one with bytes after the body, cut short, or under another header is skipped
+    with decode_event's own reason."""
+    events = _workload(1)
+    good = encode_event(events[0])
+    bad = [good + b"\x00", good[:-3], b"\xc3\x01" + bytes(8) + good[10:]]
+    messages = [Msg(value, 0, offset) for offset, value in enumerate([*bad, good])]
+    db = open_db(tmp_path / "db", create=True)
+    try:
+        cache = StateCache(db)
+        stats = FoldStats()
+        fold_messages([messages], cache, Limits(), stats)
+        cache.flush()
+        assert stats.events == 1 and stats.skipped == 3
+        assert [s.reason for s in stats.skipped_details] == [decode_usable(v) for v in bad]
+        assert dict(StateDB(db)) == fold(events[:1])
+    finally:
+        db.close()
