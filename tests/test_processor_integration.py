@@ -7,13 +7,17 @@ through its changelog), the ready topics and the dlq topic show the lifecycle.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import Message
 
+from taskstream.cli.main import main
+from taskstream.dev_procs import settings_env
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
@@ -243,6 +247,16 @@ def test_undecodable_record_is_quarantined_and_the_fold_goes_on(rig: Rig) -> Non
     origins = [QuarantineRecord.from_headers(m.headers()) for m in got]
     assert {o.topic for o in origins} == {events}
     assert all(o.reason and o.offset >= 0 for o in origins)
+    # the operator's view of the same records
+    listed = CliRunner().invoke(
+        main, ["quarantine", "list", "--json"], env=settings_env(rig.settings)
+    )
+    assert listed.exit_code == 0, listed.output
+    items = json.loads(listed.stdout)["items"]
+    assert sorted((i["origin"]["offset"], i["key"]) for i in items) == sorted(
+        (o.offset, m.key().decode()) for o, m in zip(origins, got, strict=True)
+    )
+    assert all(i["event"] == "(undecodable)" and i["reason"] for i in items)
     task_id = new_task_id()
     rig.writer.send(task_id, submitted())
     rig.dispatch_of(task_id, 1)  # the fold went on
