@@ -184,8 +184,13 @@ class StateCache:
     than WriteBatches for a fresh output).
     """
 
-    def __init__(self, db: Rdict, capacity: int = 200_000, batch: int = 20_000) -> None:
+    def __init__(
+        self, db: Rdict, capacity: int = 200_000, batch: int = 20_000, *, db_empty: bool = False
+    ) -> None:
         self.db = db
+        #: the DB holds nothing yet (a fresh scratch DB until the first write): a state
+        #: in neither ``hot`` nor ``finished`` is then unknown without asking RocksDB
+        self.db_empty = db_empty
         self.capacity = max(1, capacity)
         self.finished_capacity = 4 * self.capacity
         self.batch_size = batch
@@ -204,6 +209,8 @@ class StateCache:
         raw = self.finished.pop(task_id, None)
         if raw is not None:
             self.dirty.add(task_id)  # the DB does not have it
+        elif self.db_empty:
+            return None
         else:
             raw = self.db.get(task_id.encode())
             if raw is None:
@@ -253,6 +260,7 @@ class StateCache:
             for key, value in self._pending:
                 batch.put(key, value)
             self.db.write(batch)
+            self.db_empty = False
             self._pending = []
 
     def _drain(self) -> list[tuple[bytes, bytes]]:
@@ -498,7 +506,7 @@ def fold_to_sst(
     db = open_db(work / "spill", create=True)
     stats = FoldStats()
     try:
-        cache = StateCache(db, capacity=cache_size)
+        cache = StateCache(db, capacity=cache_size, db_empty=True)  # a fresh scratch DB
         with collector_paused():
             batches = read_batches(consumer, read, settings.kafka_timeout_s, progress)
             fold_messages(batches, cache, limits_of(settings), stats)

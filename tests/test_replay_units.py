@@ -224,11 +224,13 @@ def test_merge_newest_is_a_sorted_dict_update(older: dict[bytes, bytes],
     assert merged == sorted({**older, **newer}.items())
 
 
+@pytest.mark.parametrize("db_empty", [False, True])
 @pytest.mark.parametrize("capacity", [3, 1_000])
 def test_fold_to_an_sst_with_evictions_equals_the_lifecycle_fold(
-    tmp_path: Path, capacity: int
+    tmp_path: Path, capacity: int, db_empty: bool
 ) -> None:
-    """Evicted states (spilled to the scratch DB) and hot ones meet in one SST."""
+    """Evicted states (spilled to the scratch DB) and hot ones meet in one SST; a cache
+    told its DB starts empty asks it again once it has written (capacity 3)."""
     events = _workload(40)
     # a late event for the first task: its state was evicted and must be read back
     first = fold(events)["T0000"]
@@ -240,7 +242,7 @@ def test_fold_to_an_sst_with_evictions_equals_the_lifecycle_fold(
     messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
     spill = open_db(tmp_path / "spill", create=True)
     try:
-        cache = StateCache(spill, capacity=capacity, batch=7)
+        cache = StateCache(spill, capacity=capacity, batch=7, db_empty=db_empty)
         stats = FoldStats()
         with collector_paused():
             fold_messages([messages[:50], messages[50:]], cache, Limits(), stats)
