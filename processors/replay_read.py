@@ -296,6 +296,12 @@ def read_batches(
 
     Messages at or past a partition's end are dropped; a partition is done once the
     consumer's position reaches its end (which also steps over transaction markers).
+
+    ``consume`` returns when it has the number of messages asked for or after its
+    timeout, so near the end it is asked for no more than the records still due
+    (the ranges' sizes minus those read): the last batch comes at once instead of
+    after the timeout. Where the ranges hold fewer records than their size
+    (transaction markers, compaction) it waits the timeout as before.
     """
     pending = {p for p in read.ends if read.ends[p] > read.starts[p]}
     if not pending:
@@ -307,9 +313,11 @@ def read_batches(
     last_progress = time.monotonic()
     paused = {p for p in read.ends if p not in pending}
     ends = read.ends
+    due = read.total  # at most this many records still to come
     try:
         while pending:
-            messages: list[Any] = consumer.consume(num_messages=BATCH, timeout=0.5)
+            asked = BATCH if due >= BATCH else max(due, 1)
+            messages: list[Any] = consumer.consume(num_messages=asked, timeout=0.5)
             batch: list[Any] = []
             keep = batch.append
             for m in messages:  # one pass: errors, the end cut, finished partitions
@@ -321,6 +329,7 @@ def read_batches(
                 if offset >= end - 1:
                     pending.discard(m.partition())
             if batch:
+                due -= len(batch)
                 last_progress = time.monotonic()
                 if progress is not None:
                     progress.advance(len(batch))

@@ -34,6 +34,7 @@ from taskstream.processors.replay_read import (
     parse_offsets_spec,
     parse_time,
     partition_for,
+    read_batches,
 )
 from taskstream.processors.replay_rebuild import (
     FoldStats,
@@ -344,3 +345,42 @@ def test_fold_reads_what_decode_event_reads_and_skips_what_it_refuses(tmp_path: 
         assert dict(StateDB(db)) == fold(events[:1])
     finally:
         db.close()
+
+
+@dataclasses.dataclass
+class ReadMsg(Msg):
+    def error(self) -> None:
+        return None
+
+
+class QueueConsumer:
+    """A consumer whose ``consume`` returns what it holds, at most the number asked."""
+
+    def __init__(self, held: list[ReadMsg]) -> None:
+        self.held = held
+        self.asked: list[int] = []
+
+    def assign(self, partitions: object) -> None:
+        pass
+
+    def unassign(self) -> None:
+        pass
+
+    def pause(self, partitions: object) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[ReadMsg]:
+        self.asked.append(num_messages)
+        taken, self.held = self.held[:num_messages], self.held[num_messages:]
+        return taken
+
+
+def test_read_asks_for_no_more_than_the_records_still_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last batch is asked for exactly (consume would otherwise wait its timeout)."""
+    monkeypatch.setattr("taskstream.processors.replay_read.BATCH", 4)
+    held = [ReadMsg(b"", p, o) for o in range(5) for p in (0, 1)]  # 10 records, 2 partitions
+    consumer = QueueConsumer(held)
+    read = ReadPlan("t", {0: 0, 1: 0}, {0: 5, 1: 5})
+    batches = list(read_batches(consumer, read, 1.0))  # type: ignore[arg-type]
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert consumer.asked == [4, 4, 2]
