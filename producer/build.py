@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from taskstream.producer.errors import InvalidTaskError
-from taskstream.producer.fastplain import PLAIN_KEYS, PlainItems
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
+from taskstream.producer.templates import PLAIN_KEYS, TemplateItems
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
 from taskstream.schemas.ids import (
     ID_LENGTH,
@@ -90,7 +90,7 @@ class EventBuilder:
         self._encode = encoder if encoder is not None else submitted_encoder()
         self._simple = SimpleSpecs(self.limits)
         self._encode_simple = simple_encoder()
-        self._plain = PlainItems(
+        self._plain = TemplateItems(
             self._simple, self._encode_simple, self.limits.max_payload_bytes, source
         )
 
@@ -160,6 +160,7 @@ class EventBuilder:
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
         plain, plain_keys = self._plain.encode_call, PLAIN_KEYS.issuperset
+        shaped = self._plain.encode_shaped
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
@@ -169,7 +170,7 @@ class EventBuilder:
                 value = (
                     plain(item.get("name"), item.get("payload"), ids[i], task_id, at_ms)
                     if plain_keys(item)
-                    else None
+                    else shaped(item, ids[i], task_id, at_ms)
                 )
                 if value is None:
                     simple = fields(item, at_ms)

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from taskstream.producer.build import EventBuilder
-from taskstream.producer.fastplain import PlainItems
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import (
     make_simple_encoder,
@@ -18,6 +17,7 @@ from taskstream.producer.fastwire import (
     simple_encoder,
     simple_to_submitted,
 )
+from taskstream.producer.templates import TemplateItems
 from taskstream.schemas.ids import derived_task_id
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import decode_event
@@ -155,7 +155,7 @@ def test_plain_items_encode_exactly_what_the_general_path_encodes(
     """A plain item ({name, payload}) gives the general encoder's bytes; anything the
     plain path turns down is left to the general path, never encoded differently."""
     specs, encode = SimpleSpecs(LIMITS), simple_encoder()
-    plain = PlainItems(specs, encode, LIMITS.max_payload_bytes, "producer:t")
+    plain = TemplateItems(specs, encode, LIMITS.max_payload_bytes, "producer:t")
     ids = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW")
     for item, at in items:
         got = plain.encode(item, *ids, at)
@@ -199,9 +199,26 @@ def test_many_takes_the_plain_path_and_keeps_order() -> None:
 def test_plain_payload_lengths_are_written_like_the_general_path(size: int) -> None:
     limits = SpecLimits(max_payload_bytes=100_000)
     specs, encode = SimpleSpecs(limits), simple_encoder()
-    plain = PlainItems(specs, encode, limits.max_payload_bytes, "producer:t")
+    plain = TemplateItems(specs, encode, limits.max_payload_bytes, "producer:t")
     ids = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW")
     for item in ({"name": "n", "payload": b"x" * size}, {"name": "n", "payload": "y" * size}):
         general = specs.fields(item, AT)
         assert general is not None
         assert plain.encode(item, *ids, AT) == encode(*ids, AT, "producer:t", general)
+
+
+def test_templates_never_mix_values_that_compare_equal() -> None:
+    """1, 1.0 and True are equal and hash alike; a template of one is never used for another."""
+    specs, encode = SimpleSpecs(LIMITS), simple_encoder()
+    templates = TemplateItems(specs, encode, LIMITS.max_payload_bytes, "producer:t")
+    ids = ("01ARZ3NDEKTSV4RRFFQ69G5FAV", "01ARZ3NDEKTSV4RRFFQ69G5FAW")
+    first = {"name": "ok", "priority": 1, "payload": 1}
+    general = specs.fields(first, AT)
+    assert general is not None
+    assert templates.encode(first, *ids, AT) == encode(*ids, AT, "producer:t", general)
+    for lookalike in (True, 1.0):
+        item = {"name": "ok", "priority": lookalike, "payload": 1}
+        assert specs.fields(item, AT) is None  # the fast path refuses it ...
+        assert templates.encode(item, *ids, AT) is None  # ... so the template path does too
+    keyed = {"name": "ok", "priority": 1, "payload": 1, "idempotency_key": "k"}
+    assert templates.encode(keyed, *ids, AT) is None  # keyed items are never templated
