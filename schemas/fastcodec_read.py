@@ -141,7 +141,11 @@ def check_binding(cls: type, record: Node) -> list[str]:
 
 
 @dataclass
-class _Gen:
+class CodeGen:
+    """What one compilation collects (the reader's and the writer's): constants bound
+    by name, generated functions and tables, the record types done, a counter for
+    fresh local names."""
+
     bindings: Bindings
     consts: dict[str, Any] = field(default_factory=dict)
     functions: list[str] = field(default_factory=list)
@@ -150,6 +154,7 @@ class _Gen:
     counter: int = 0
 
     def const(self, value: Any, hint: str) -> str:
+        """The name the generated code uses for ``value`` (one name per object)."""
         for name, existing in self.consts.items():
             if existing is value:
                 return name
@@ -161,6 +166,8 @@ class _Gen:
         self.counter += 1
         return f"{hint}{self.counter}"
 
+
+class _Gen(CodeGen):
     def value(self, node: Node, t: str, ind: str, where: str) -> list[str]:
         """Lines that read one value of ``node`` at ``pos`` into the local ``t``."""
         if isinstance(node, list):

@@ -14,7 +14,6 @@ or raises EncodeError exactly as before.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from taskstream.schemas.fastcodec_prims import (
@@ -30,6 +29,7 @@ from taskstream.schemas.fastcodec_prims import (
 )
 from taskstream.schemas.fastcodec_read import (
     Bindings,
+    CodeGen,
     CompileError,
     Node,
     check_binding,
@@ -41,24 +41,7 @@ _EXACT = {"int": "int", "long": "int", "string": "str", "bytes": "bytes", "boole
 _EXACT["double"] = "float"
 
 
-@dataclass
-class _Gen:
-    bindings: Bindings
-    consts: dict[str, Any] = field(default_factory=dict)
-    functions: list[str] = field(default_factory=list)
-    tables: list[str] = field(default_factory=list)
-    done: set[str] = field(default_factory=set)
-    counter: int = 0
-
-    def const(self, value: Any, hint: str) -> str:
-        name = f"{hint}_{len(self.consts)}"
-        self.consts[name] = value
-        return name
-
-    def tmp(self, hint: str) -> str:
-        self.counter += 1
-        return f"{hint}{self.counter}"
-
+class _Gen(CodeGen):
     def parts(self, node: Node, x: str, ind: str, where: str) -> tuple[list[str], list[str]]:
         """(lines, locals): the lines leave the encoding of local ``x`` in the listed locals."""
         if isinstance(node, list):
