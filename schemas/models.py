@@ -126,7 +126,10 @@ def encode_json(value: Any) -> bytes:
     writes NaN and infinities as null, where the standard library refuses
     them) goes through the standard library with ``allow_nan=False``. Either way
     one value always gives the same bytes. orjson also takes ``uuid.UUID`` and
-    plain enum members (written as their values).
+    plain enum members (written as their values), and writes some floats in
+    another exponent form than the standard library (``1e16``, not ``1e+16``):
+    a duplicate submitted by an SDK older than this change with such a float
+    counts as a payload conflict (the digests differ).
     """
     try:
         data = orjson.dumps(value, option=_ORJSON_OPTIONS)
