@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase, sent_only
+from taskstream.producer.base import ProducerBase
 from taskstream.producer.build import now_ms
 from taskstream.producer.handle import AsyncTaskHandle, BatchDelivery
 from taskstream.schemas.models import TaskSpec
@@ -98,11 +98,7 @@ class AsyncTaskProducer(ProducerBase):
                 await asyncio.sleep(0.01)  # the poll thread frees the queue
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
-                    exc = core.queue_full_error()
-                    exc.handles = sent_only(handles, todo)
-                    batch.drop(todo)
-                    self._submitted.inc(len(exc.handles))
-                    raise exc
+                    raise self._queue_stayed_full(handles, batch, todo)
         self._submitted.inc(len(handles))
         return handles
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.config import default_source
 from taskstream.producer.core import ProducerCore
+from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.metrics import ProducerMetrics
 from taskstream.schemas.models import SpecLimits
 from taskstream.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from taskstream.producer.handle import BatchDelivery, _Delivery
 
 
 class ProducerBase:
@@ -51,6 +55,19 @@ class ProducerBase:
         self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
         self._init_flavour()
 
+    def _queue_stayed_full(
+        self, handles: Sequence[_Delivery], batch: BatchDelivery, unsent: list[int]
+    ) -> ProducerQueueFullError:
+        """submit_many's error when the local queue stayed full: its ``handles`` are
+        those of the events that were queued (and counted as submitted); the
+        ``unsent`` ones leave the batch and never turn delivered."""
+        skip = set(unsent)
+        exc = self._core.queue_full_error()
+        exc.handles = [h for i, h in enumerate(handles) if i not in skip]
+        batch.drop(unsent)
+        self._submitted.inc(len(exc.handles))
+        return exc
+
     def _init_flavour(self) -> None:
         """The flavour's own state (poll counters, a poll thread); nothing by default."""
 
@@ -66,11 +83,3 @@ class ProducerBase:
     def topic(self) -> str:
         return self._core.topic
 
-
-H = TypeVar("H")
-
-
-def sent_only(handles: Sequence[H], unsent: list[int]) -> list[H]:
-    """The handles of a submit_many whose events were queued (``unsent`` are indices)."""
-    skip = set(unsent)
-    return [h for i, h in enumerate(handles) if i not in skip]

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase, sent_only
+from taskstream.producer.base import ProducerBase
 from taskstream.producer.build import now_ms
 from taskstream.producer.handle import BatchDelivery, TaskHandle
 from taskstream.schemas.models import TaskSpec
@@ -78,11 +78,7 @@ class TaskProducer(ProducerBase):
                 core.poll(0.05)  # serve acks: that is what frees the queue
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
-                    exc = core.queue_full_error()
-                    exc.handles = sent_only(handles, todo)
-                    batch.drop(todo)
-                    self._submitted.inc(len(exc.handles))
-                    raise exc
+                    raise self._queue_stayed_full(handles, batch, todo)
         self._submitted.inc(len(handles))
         self._after_send(len(handles))
         return handles
