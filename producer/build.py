@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
-from taskstream.producer.templates import PLAIN_KEYS, TemplateItems
+from taskstream.producer.templates import TemplateItems
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
 from taskstream.schemas.ids import (
     ID_LENGTH,
@@ -68,8 +68,8 @@ class EventBuilder:
         "_context",
         "_encode",
         "_encode_simple",
-        "_plain",
         "_simple",
+        "_templates",
         "limits",
         "max_payload_bytes",
         "source",
@@ -90,7 +90,7 @@ class EventBuilder:
         self._encode = encoder if encoder is not None else submitted_encoder()
         self._simple = SimpleSpecs(self.limits)
         self._encode_simple = simple_encoder()
-        self._plain = TemplateItems(
+        self._templates = TemplateItems(
             self._simple, self._encode_simple, self.limits.max_payload_bytes, source
         )
 
@@ -125,7 +125,7 @@ class EventBuilder:
         """submit(name, payload, **options) as (task ID, encoded TaskSubmitted)."""
         if not options:
             event_id, task_id = new_ulids(2, at_ms)
-            value = self._plain.encode_call(name, payload, event_id, task_id, at_ms)
+            value = self._templates.encode_call(name, payload, event_id, task_id, at_ms)
             if value is not None:
                 return task_id, value
         return self.from_fields(
@@ -159,19 +159,14 @@ class EventBuilder:
         n = len(items)
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        plain, plain_keys = self._plain.encode_call, PLAIN_KEYS.issuperset
-        shaped = self._plain.encode_shaped
+        from_template = self._templates.encode
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
         for i, item in enumerate(items):
             if type(item) is dict:
                 task_id = ids[n + i]
-                value = (
-                    plain(item.get("name"), item.get("payload"), ids[i], task_id, at_ms)
-                    if plain_keys(item)
-                    else shaped(item, ids[i], task_id, at_ms)
-                )
+                value = from_template(item, ids[i], task_id, at_ms)
                 if value is None:
                     simple = fields(item, at_ms)
                     if simple is None:
