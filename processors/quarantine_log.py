@@ -13,27 +13,15 @@ listed with that problem rather than skipped.
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-
-from taskstream.processors.replay_read import (
-    ReadPlan,
-    ReplayError,
-    make_consumer,
-    plan,
-    read_batches,
-)
+from taskstream.processors.replay_read import make_consumer, plan, read_batches
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.quarantine import QuarantineHeaderError, QuarantineRecord
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
 from taskstream.topics import quarantine_topic
-
-#: errors of a partition whose leader is not known yet (a topic just made)
-_ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +86,6 @@ def _quarantined(message: Any) -> Quarantined:
     )
 
 
-def _plan_when_led(consumer: Any, settings: Settings, topic: str) -> ReadPlan:
-    """plan(), retried while a partition's leader is still being elected (a new topic)."""
-    deadline = time.monotonic() + settings.kafka_timeout_s
-    while True:
-        try:
-            return plan(consumer, settings, topic)
-        except ReplayError as exc:
-            cause = exc.__cause__
-            electing = isinstance(cause, KafkaException) and cause.args[0].code() in _ELECTING
-            if not electing or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
-
-
 def read_quarantine(
     settings: Settings, *, newest: int | None = None
 ) -> tuple[list[Quarantined], int]:
@@ -119,7 +93,7 @@ def read_quarantine(
     and how many there are in all."""
     consumer = make_consumer(settings)
     try:
-        read = _plan_when_led(consumer, settings, quarantine_topic(settings))
+        read = plan(consumer, settings, quarantine_topic(settings))
         records = [
             _quarantined(m)
             for batch in read_batches(consumer, read, settings.kafka_timeout_s)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.errors import TaskstreamError
 from taskstream.settings import Settings
@@ -221,16 +221,32 @@ def partition_count(consumer: Consumer, topic: str, timeout: float) -> int:
     return len(found.partitions)
 
 
+#: errors of a partition whose leader is not known yet (a topic just made)
+_ELECTING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
 def watermarks(
     consumer: Consumer, topic: str, partitions: range | list[int], timeout: float
 ) -> dict[int, tuple[int, int]]:
-    """partition -> (low, high) watermark."""
+    """partition -> (low, high) watermark.
+
+    A partition whose leader is still being elected (a topic just made) is asked
+    again until ``timeout`` runs out; any other error, or that one at the end,
+    is a ReplayError naming the partition.
+    """
     out: dict[int, tuple[int, int]] = {}
+    deadline = time.monotonic() + timeout
     for p in partitions:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        except KafkaException as exc:
-            raise ReplayError(f"cannot read watermarks of {topic}[{p}]: {exc}") from exc
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout
+                )
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() not in _ELECTING or time.monotonic() >= deadline:
+                    raise ReplayError(f"cannot read watermarks of {topic}[{p}]: {exc}") from exc
+                time.sleep(0.2)
         out[p] = (low, high)
     return out
 
