@@ -228,8 +228,18 @@ def _plan(previous: Cluster | None, data_dir: Path, nodes: int,
         return previous.cluster_id, layout(data_dir, nodes, first)
     for stale in data_dir.glob("node-*"):
         shutil.rmtree(stale)  # left by an interrupted run: there is no state file for it
-    raw = uuid.uuid4().bytes
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode(), layout(data_dir, nodes, port)
+    return new_cluster_id(), layout(data_dir, nodes, port)
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster ID: a random UUID in URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with ``-``: the storage tool's
+    argument parser would read it as an option (1 in 64 IDs would fail to format)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _check_port_free(port: int) -> None:
@@ -254,7 +264,7 @@ def _format(install: KafkaInstall, cluster_id: str, nodes: list[NodeLayout]) -> 
             continue
         # one node bootstraps its own quorum; three use the static controller.quorum.voters
         verb = ["format", "--standalone"] if len(nodes) == 1 else ["format"]
-        cmd = [*_java(install, node, "kafka.tools.StorageTool"), *verb, "-t", cluster_id,
+        cmd = [*_java(install, node, "kafka.tools.StorageTool"), *verb, f"--cluster-id={cluster_id}",
                "-c", str(node.properties)]
         jobs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT,

@@ -148,6 +148,19 @@ def test_a_busy_port_is_named(tmp_path: Path) -> None:
             localkafka._check_port_free(port)
 
 
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka's storage tool reads ``-t -xyz`` as an option: 1 in 64 random IDs broke ``up``."""
+    import uuid
+
+    dashed = uuid.UUID(bytes=bytes([0xF8]) + bytes(15))  # first base64 character: '-'
+    plain = uuid.UUID(bytes=bytes([0x10]) + bytes(15))
+    draws = iter([dashed, dashed, plain])
+    monkeypatch.setattr(localkafka.uuid, "uuid4", lambda: next(draws))
+    cluster_id = localkafka.new_cluster_id()
+    assert cluster_id == "EAAAAAAAAAAAAAAAAAAAAA"
+    assert len(cluster_id) == 22
+
+
 def test_three_node_properties_replicate() -> None:
     nodes = layout(Path("/d"), 3, 9092)
     assert [(n.port, n.controller_port) for n in nodes] == [(9092, 9095), (9093, 9096),

@@ -12,6 +12,8 @@ from confluent_kafka.admin import AdminClient
 from taskstream import localkafka
 from taskstream.admin import ensure_queue_topics, ensure_topics, list_topics
 from taskstream.cli.main import main
+from taskstream.localkafka_config import layout, write_node_files
+from taskstream.localkafka_install import ensure_kafka
 from taskstream.settings import Settings, load_settings
 from taskstream.topics import ready_topics
 
@@ -107,6 +109,19 @@ def test_up_status_down_lifecycle(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """The real storage tool: an ID like ``-AbC...`` is a value, not an option (a CI failure)."""
+    settings = load_settings()
+    install = ensure_kafka(settings.kafka_home, settings.kafka_version, show_progress=False)
+    nodes = layout(tmp_path, 3, localkafka.free_port_block(6))
+    for node in nodes:
+        write_node_files(node, nodes)
+    localkafka._format(install, "-AbCdEfGhIjKlMnOpQrStU", nodes)
+    for node in nodes:
+        meta = (node.log_dirs / "meta.properties").read_text()
+        assert "cluster.id=-AbCdEfGhIjKlMnOpQrStU" in meta
+
+
 def test_three_nodes_replicate(tmp_path: Path) -> None:
     """`--nodes 3`: three brokers, topics with 3 in-sync replicas, all stopped by `down`."""
     data = tmp_path / "run3"
