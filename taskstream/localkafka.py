@@ -264,8 +264,8 @@ def _format(install: KafkaInstall, cluster_id: str, nodes: list[NodeLayout]) -> 
             continue
         # one node bootstraps its own quorum; three use the static controller.quorum.voters
         verb = ["format", "--standalone"] if len(nodes) == 1 else ["format"]
-        cmd = [*_java(install, node, "kafka.tools.StorageTool"), *verb, f"--cluster-id={cluster_id}",
-               "-c", str(node.properties)]
+        cmd = [*_java(install, node, "kafka.tools.StorageTool"), *verb,
+               f"--cluster-id={cluster_id}", "-c", str(node.properties)]
         jobs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)))
