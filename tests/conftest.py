@@ -14,11 +14,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from taskstream import localkafka
 from taskstream.admin import ensure_topics
 from taskstream.settings import Settings, load_settings
+
+# Property tests check behaviour, never speed: a slow example on a shared, noisy machine is not
+# a failure (Hypothesis' default 200 ms deadline made such runs fail as "Flaky").
+hypothesis.settings.register_profile("taskstream", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("taskstream")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
