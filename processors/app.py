@@ -120,9 +120,10 @@ def build_faust_app(settings: Settings) -> faust.App:
         # batch the changelog and dispatch sends of many events into one request
         producer_linger=0.002,
         # a SIGKILLed replica is noticed after the session timeout; Faust's 60 s
-        # default would leave its partitions unserved for a minute (failover target: 5 s)
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.5,
+        # default would leave its partitions unserved for a minute (failover target: 5 s).
+        # 6 s is the least a broker allows by default (group.min.session.timeout.ms).
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
         key_serializer="raw",
         value_serializer="raw",
         web_cors_options=None,

@@ -19,11 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from taskstream import topics
-from taskstream.errors import KafkaUnavailableError, TopicError
+from taskstream.errors import ConfigError, KafkaUnavailableError, TopicError
 from taskstream.settings import Settings
 
 
@@ -170,3 +170,52 @@ def ensure_topics(settings: Settings, queues: Iterable[str] | None = None) -> di
 def ensure_queue_topics(settings: Settings, queue: str) -> dict[str, bool]:
     """Create the ready topics of one queue if missing. Name -> True when created now."""
     return create_topics(settings, queue_topic_specs(settings, queue))
+
+
+SESSION_BOUNDS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
+
+
+def session_timeout_bounds(settings: Settings) -> tuple[int, int] | None:
+    """The session timeouts (ms) every broker accepts from a consumer group member:
+    the highest ``group.min.session.timeout.ms`` and the lowest ``...max...``.
+    None when the brokers' configs cannot be read (no DescribeConfigs right, say)."""
+    client = admin_client(settings)
+    try:
+        brokers = client.list_topics(timeout=settings.kafka_timeout_s).brokers
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"Kafka at {settings.bootstrap} did not answer within {settings.kafka_timeout_s}s "
+            f"({exc}); start it with `taskstream kafka up` or fix TASKSTREAM_BOOTSTRAP"
+        ) from None
+    resources = [ConfigResource(ResourceType.BROKER, str(b)) for b in sorted(brokers)]
+    lows, highs = [], []
+    try:
+        futures = client.describe_configs(resources, request_timeout=settings.kafka_timeout_s)
+        for future in futures.values():
+            entries = future.result(timeout=settings.kafka_timeout_s * 2)
+            lows.append(int(entries[SESSION_BOUNDS[0]].value))
+            highs.append(int(entries[SESSION_BOUNDS[1]].value))
+    except (KafkaException, KeyError, TypeError, ValueError, TimeoutError):
+        return None
+    return (max(lows), min(highs)) if lows else None
+
+
+def check_session_timeout(settings: Settings) -> None:
+    """Refuse a processor session timeout the brokers would refuse at every join.
+
+    The broker answers such a join with INVALID_SESSION_TIMEOUT, which Faust only
+    logs: the replica would run and never be given a partition."""
+    bounds = session_timeout_bounds(settings)
+    if bounds is None:
+        return  # cannot tell: the join itself is the check
+    wanted_ms = round(settings.session_timeout_s * 1000)
+    low, high = bounds
+    if low <= wanted_ms <= high:
+        return
+    raise ConfigError(
+        f"session_timeout_s={settings.session_timeout_s:g} ({wanted_ms} ms) is outside what the "
+        f"brokers at {settings.bootstrap} accept ({SESSION_BOUNDS[0]}={low}, "
+        f"{SESSION_BOUNDS[1]}={high}); set TASKSTREAM_SESSION_TIMEOUT_S between "
+        f"{low / 1000:g} and {high / 1000:g}, or change those broker settings "
+        "(`taskstream kafka up` allows down to 1 s)"
+    )

@@ -68,6 +68,9 @@ def server_properties(node: NodeLayout, cluster: list[NodeLayout]) -> str:
         "log.dirs": str(node.log_dirs),
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
+        # let a processor ask for a session shorter than the 6 s default minimum (faster
+        # failover: TASKSTREAM_SESSION_TIMEOUT_S)
+        "group.min.session.timeout.ms": "1000",
         "offsets.topic.replication.factor": str(rf),
         "transaction.state.log.replication.factor": str(rf),
         "transaction.state.log.min.isr": str(min(rf, 2)),

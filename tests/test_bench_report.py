@@ -98,3 +98,29 @@ def test_markdown_puts_equal_offered_rates_side_by_side() -> None:
     text = markdown(results)
     assert ("| submit->start p50/p95/p99 ms at 200 tasks/s offered (achieved 199 vs 198/s) "
             "| 20 / 40 / 60 | 3 / 5 / 9 | |") in text
+
+
+def test_soak_summary_skips_the_warm_up_and_finds_the_trend() -> None:
+    from bench_soak import slope_per_minute, summarize
+
+    flat = [(float(t), 100.0) for t in range(0, 600, 5)]
+    assert slope_per_minute(flat) == pytest.approx(0.0)
+    growing = [(float(t), 100.0 + t / 60.0) for t in range(0, 600, 5)]  # 1 MiB a minute
+    assert slope_per_minute(growing) == pytest.approx(1.0)
+    warm = [(float(t), 500.0) for t in range(0, 120, 5)] + growing[24:]
+    summary = summarize(warm, warmup_s=120.0)
+    assert summary["slope_mib_per_min"] == pytest.approx(1.0)
+    assert summary["start_mib"] == pytest.approx(100.0 + 150 / 60.0, abs=0.05)  # 120..180 s
+    assert summary["end_mib"] == pytest.approx(100.0 + 565 / 60.0, abs=0.05)  # 535..595 s
+    assert summary["max_mib"] == pytest.approx(100.0 + 595 / 60.0, abs=0.05)
+    assert summarize(warm, warmup_s=1_000.0) == {"samples": 0}
+    assert slope_per_minute([(1.0, 5.0), (1.0, 6.0)]) is None
+
+
+def test_soak_latency_is_bucketed_by_the_minute_of_submission() -> None:
+    from bench_soak import per_minute
+
+    times = [Times(1_000 + s * 1_000, 1_000 + s * 1_000 + 10 + s // 60, 0) for s in range(150)]
+    rows = per_minute(times, began_ms=1_000)
+    assert [(r["minute"], r["n"]) for r in rows] == [(0, 60), (1, 60), (2, 30)]
+    assert [r["p50"] for r in rows] == [10, 11, 12]

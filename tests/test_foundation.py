@@ -182,6 +182,7 @@ def test_one_node_properties_bootstrap_their_own_quorum() -> None:
     assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:9093"
     assert props["offsets.topic.replication.factor"] == "1"
     assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["group.min.session.timeout.ms"] == "1000"  # a processor may fail over faster
     assert "controller.quorum.voters" not in props
 
 
@@ -218,6 +219,7 @@ def test_compose_file_runs_a_loopback_kraft_broker_of_our_version() -> None:
     env = service["environment"]
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS"] == "1000"  # as `taskstream kafka up`
     assert "PLAINTEXT://127.0.0.1:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     for port in service["ports"]:
         assert str(port).startswith("127.0.0.1:"), f"{port} is not bound to loopback"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from taskstream.cli.common import exits_on_error, load_settings_or_exit
+
 
 @click.command()
 @click.option("--web-port", type=click.IntRange(1, 65535), help="HTTP API port of this replica")
@@ -13,9 +15,9 @@ import click
               help="RocksDB data directory; never share one between replicas")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@exits_on_error
 def processor(web_port: int | None, data_dir: Path | None, loglevel: str) -> None:
     """Run a processor replica: fold the events topic, dispatch, fire timers, serve the API."""
-    from taskstream.cli.common import load_settings_or_exit
     from taskstream.processors.runner import run_processor
 
     overrides: dict[str, object] = {}
