@@ -161,12 +161,13 @@ class OursRig:
     name = "taskstream"
 
     def __init__(self, bootstrap: str, *, concurrency: int = 16, workdir: Path | None = None,
-                 ready_timeout: float = 90.0) -> None:
+                 ready_timeout: float = 90.0, **overrides: Any) -> None:
+        """``overrides``: more settings for every process of the rig (``session_timeout_s``)."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="taskstream-bench-"))
-        self.settings: Settings = load_settings(
-            bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", partitions=6,
-            ready_partitions=3, standby_replicas=1, kafka_timeout_s=30.0,
-            data_dir=self.workdir / "data")
+        self.settings: Settings = load_settings(**{
+            "bootstrap": bootstrap, "topic_prefix": f"bench{uuid.uuid4().hex[:8]}.",
+            "partitions": 6, "ready_partitions": 3, "standby_replicas": 1,
+            "kafka_timeout_s": 30.0, "data_dir": self.workdir / "data", **overrides})
         self.concurrency = concurrency
         self.ready_timeout = ready_timeout
         self.processors: list[tuple[Child, str]] = []

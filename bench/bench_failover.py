@@ -10,15 +10,33 @@ victim, then measure from the kill:
 * ``throughput_recovered_s``: from the kill until finishes per second (from the
   tasks' ``finished_at_ms``, 1 s bins), after first dropping below half the rate
   before the kill, are back to 80 % of it over two seconds (0: no dip at all).
+
+On its own, side by side for several processor session timeouts (a SIGKILLed
+replica is only noticed when its session lapses), alternating, on one broker:
+
+    python bench/bench_failover.py --rate 200 --session-timeouts 6,3 --runs 3
+
+writes ``bench/results/failover.json``; :func:`run_failover` is what the bench
+harness calls.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from bench_e2e import OursRig, paced
 
 from taskstream.processors.replay_read import partition_for
@@ -97,3 +115,80 @@ def run_failover(rig: OursRig, rate: float, pre_s: float, post_s: float,
            "serve_again_s": serve_again}
     out.update(_recovery([t.finished_ms for t in times], kill_ms, pre_s))
     return out
+
+
+RESULTS = Path(__file__).resolve().parent / "results" / "failover.json"
+
+
+def one_run(bootstrap: str, session_timeout_s: float, rate: float, pre_s: float,
+            post_s: float) -> dict[str, Any]:
+    """A fresh rig (two processors, one worker) with this session timeout; one kill."""
+    rig = OursRig(bootstrap, concurrency=64, session_timeout_s=session_timeout_s)
+    try:
+        rig.add_processor()
+        rig.add_worker()
+        rig.add_processor()
+        rig.warm_up(40)
+        return {"session_timeout_s": session_timeout_s,
+                **run_failover(rig, rate, pre_s, post_s, 120.0)}
+    finally:
+        rig.close()
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--bootstrap", default=os.environ.get("TASKSTREAM_BOOTSTRAP"),
+                        help="a running broker (default: start a local one for this run)")
+    parser.add_argument("--rate", type=float, default=200.0, help="tasks submitted per second")
+    parser.add_argument("--session-timeouts", default="6,3",
+                        help="processor session timeouts to compare, seconds, comma separated")
+    parser.add_argument("--runs", type=int, default=3, help="kills per session timeout")
+    parser.add_argument("--pre", type=float, default=8.0, help="seconds of load before the kill")
+    parser.add_argument("--post", type=float, default=20.0, help="seconds of load after it")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    timeouts = [float(t) for t in args.session_timeouts.split(",") if t.strip()]
+    from run import _broker
+
+    from taskstream import localkafka
+
+    bootstrap, own_kafka = _broker(args.bootstrap, Path(tempfile.mkdtemp(prefix="ts-fo-")))
+    runs: list[dict[str, Any]] = []
+    try:
+        for i in range(args.runs):
+            for timeout in timeouts:  # alternating: drift in the machine's load hits both
+                row = one_run(bootstrap, timeout, args.rate, args.pre, args.post)
+                print(f"run {i + 1}, session {timeout:g} s: serving again after "
+                      f"{row['serve_again_s']} s, throughput back after "
+                      f"{row['throughput_recovered_s']} s", flush=True)
+                runs.append(row)
+    finally:
+        if own_kafka is not None:
+            localkafka.down(own_kafka)
+    summary = [{"session_timeout_s": t,
+                "serve_again_s_median": _median(
+                    [r for r in runs if r["session_timeout_s"] == t], "serve_again_s"),
+                "throughput_recovered_s_median": _median(
+                    [r for r in runs if r["session_timeout_s"] == t], "throughput_recovered_s"),
+                "serve_again_s": [r["serve_again_s"] for r in runs
+                                  if r["session_timeout_s"] == t]}
+               for t in timeouts]
+    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "command": " ".join(["python", "bench/bench_failover.py", *sys.argv[1:]]),
+              "rate": args.rate, "summary": summary, "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for row in summary:
+        print(f"session {row['session_timeout_s']:g} s: serving again after "
+              f"{row['serve_again_s_median']} s (median of {row['serve_again_s']}), "
+              f"throughput back after {row['throughput_recovered_s_median']} s")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,7 @@ import faust
 from faust.tables.manager import TableManager
 from faust.types import EventT, StreamT, TopicT
 
-from taskstream.admin import ensure_queue_topics
+from taskstream.admin import STOCK_SESSION_MIN_S, ensure_queue_topics
 from taskstream.processors.effects import (
     DeadLetter,
     Dispatch,
@@ -94,6 +94,7 @@ def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> Topi
 
 def build_faust_app(settings: Settings) -> faust.App:
     host, port = settings.web_host, settings.web_port
+    session_s = settings.session_timeout_s or STOCK_SESSION_MIN_S
     return faust.App(
         processor_app_id(settings),
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap.split(",")],
@@ -121,9 +122,10 @@ def build_faust_app(settings: Settings) -> faust.App:
         producer_linger=0.002,
         # a SIGKILLed replica is noticed after the session timeout; Faust's 60 s
         # default would leave its partitions unserved for a minute (failover target: 5 s).
-        # 6 s is the least a broker allows by default (group.min.session.timeout.ms).
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.session_timeout_s / 4,
+        # run_processor sets it from the brokers' bounds (admin.choose_session_timeout);
+        # 6 s is the least a stock broker accepts.
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=session_s / 4,
         key_serializer="raw",
         value_serializer="raw",
         web_cors_options=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from taskstream.admin import TopicSpec, check_session_timeout, create_topics, ensure_topics
+from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, ensure_topics
 from taskstream.processors.app import Processor
 from taskstream.settings import Settings
 from taskstream.statestore.api import register_api
@@ -37,7 +37,8 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
     ensure_changelog_topics(settings)
-    check_session_timeout(settings)
+    settings = settings.model_copy(
+        update={"session_timeout_s": choose_session_timeout(settings)})
     processor = build_processor(settings)
     worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

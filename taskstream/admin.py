@@ -19,7 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from taskstream import topics
@@ -200,22 +202,35 @@ def session_timeout_bounds(settings: Settings) -> tuple[int, int] | None:
     return (max(lows), min(highs)) if lows else None
 
 
-def check_session_timeout(settings: Settings) -> None:
-    """Refuse a processor session timeout the brokers would refuse at every join.
+#: the shortest session a processor asks for unless told otherwise: heartbeats go every
+#: quarter of it from Faust's consumer thread, so a busy 2-core machine still keeps it alive
+SESSION_FLOOR_S = 3.0
+#: what a broker accepts by default, used when its configs cannot be read
+STOCK_SESSION_MIN_S = 6.0
 
-    The broker answers such a join with INVALID_SESSION_TIMEOUT, which Faust only
-    logs: the replica would run and never be given a partition."""
+
+def choose_session_timeout(settings: Settings) -> float:
+    """The processor's session timeout in seconds: ``settings.session_timeout_s`` when set,
+    refused with a clear error if the brokers would refuse it at every join (Faust only logs
+    their INVALID_SESSION_TIMEOUT, and the replica would never be given a partition); else
+    the shortest the brokers accept, but at least SESSION_FLOOR_S."""
     bounds = session_timeout_bounds(settings)
+    wanted = settings.session_timeout_s
+    if wanted is None:
+        if bounds is None:
+            return STOCK_SESSION_MIN_S
+        low, high = bounds
+        return min(max(SESSION_FLOOR_S, low / 1000), high / 1000)
     if bounds is None:
-        return  # cannot tell: the join itself is the check
-    wanted_ms = round(settings.session_timeout_s * 1000)
+        return wanted  # cannot tell: the join itself is the check
+    wanted_ms = round(wanted * 1000)
     low, high = bounds
     if low <= wanted_ms <= high:
-        return
+        return wanted
     raise ConfigError(
-        f"session_timeout_s={settings.session_timeout_s:g} ({wanted_ms} ms) is outside what the "
+        f"session_timeout_s={wanted:g} ({wanted_ms} ms) is outside what the "
         f"brokers at {settings.bootstrap} accept ({SESSION_BOUNDS[0]}={low}, "
         f"{SESSION_BOUNDS[1]}={high}); set TASKSTREAM_SESSION_TIMEOUT_S between "
-        f"{low / 1000:g} and {high / 1000:g}, or change those broker settings "
+        f"{low / 1000:g} and {high / 1000:g} (or unset it), or change those broker settings "
         "(`taskstream kafka up` allows down to 1 s)"
     )

@@ -74,6 +74,8 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
         TASKSTREAM_KAFKA_HOME=str(settings.kafka_home),
         PYTHONUNBUFFERED="1",
     )
+    if settings.session_timeout_s is not None:
+        env["TASKSTREAM_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
     if pythonpath is not None:
         parts = [str(pythonpath), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(parts)

@@ -58,10 +58,11 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535)
     processor_id: str = "taskstream-processor"
     standby_replicas: int = Field(1, ge=0, le=5)
-    session_timeout_s: float = Field(
-        6.0, ge=1.0, le=300.0,
+    session_timeout_s: float | None = Field(
+        None, ge=1.0, le=300.0,
         description="how long a silent processor replica keeps its partitions (failover time); "
-        "the broker's group.min.session.timeout.ms (6 s by default) must allow it",
+        "unset: the shortest the brokers accept (group.min.session.timeout.ms, 6 s on a stock "
+        "broker, 1 s on `taskstream kafka up`'s), but at least 3 s",
     )
     timer_interval_s: float = Field(0.1, gt=0, le=60)
     max_result_bytes: int = Field(256 * 1024, ge=0)

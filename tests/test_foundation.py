@@ -12,8 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from taskstream import localkafka
-from taskstream.admin import topic_specs
+from taskstream import admin, localkafka
+from taskstream.admin import choose_session_timeout, topic_specs
 from taskstream.cli.main import main
 from taskstream.errors import ConfigError, LocalKafkaError, TopicError
 from taskstream.localkafka_config import layout, server_properties
@@ -273,3 +273,15 @@ def test_token_hashes_are_shown_by_prefix_only_and_each_kept() -> None:
     a, b = "a" * 64, "b" * 64
     shown = masked(load_settings(api_tokens={a: ["read"], b: ["admin"]}))["api_tokens"]
     assert shown == {"aaaaaaaa***": ["read"], "bbbbbbbb***": ["admin"]}
+
+
+def test_a_stock_brokers_minimum_is_taken_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that keeps the stock 6 s minimum (or whose configs cannot be read)."""
+    settings = load_settings()
+    monkeypatch.setattr(admin, "session_timeout_bounds", lambda s: (6000, 1_800_000))
+    assert choose_session_timeout(settings) == 6.0
+    with pytest.raises(ConfigError, match="between 6 and 1800"):
+        choose_session_timeout(settings.model_copy(update={"session_timeout_s": 3.0}))
+    monkeypatch.setattr(admin, "session_timeout_bounds", lambda s: None)
+    assert choose_session_timeout(settings) == 6.0
+    assert choose_session_timeout(settings.model_copy(update={"session_timeout_s": 2.0})) == 2.0

@@ -11,14 +11,15 @@ from confluent_kafka.admin import AdminClient
 
 from taskstream import localkafka
 from taskstream.admin import (
-    check_session_timeout,
+    SESSION_FLOOR_S,
+    choose_session_timeout,
     ensure_queue_topics,
     ensure_topics,
     list_topics,
     session_timeout_bounds,
 )
-from taskstream.errors import ConfigError
 from taskstream.cli.main import main
+from taskstream.errors import ConfigError
 from taskstream.localkafka_config import layout, write_node_files
 from taskstream.localkafka_install import ensure_kafka
 from taskstream.settings import Settings, load_settings
@@ -151,15 +152,19 @@ def test_three_nodes_replicate(tmp_path: Path) -> None:
     assert not any(_alive(pid) for pid in stopped)
 
 
-def test_a_session_timeout_the_brokers_refuse_is_named_before_the_processor_starts(
-        settings: Settings) -> None:
-    """Faust only logs the broker's INVALID_SESSION_TIMEOUT and never gets a partition."""
+def test_the_session_timeout_follows_what_the_brokers_accept(settings: Settings) -> None:
+    """Faust only logs the broker's INVALID_SESSION_TIMEOUT and never gets a partition,
+    so a refused value is named before the processor starts; unset, the shortest the
+    brokers accept is taken, but never under 3 s."""
     assert session_timeout_bounds(settings) == (1000, 1_800_000)  # what `kafka up` configures
-    check_session_timeout(settings)  # the default, 6 s
-    check_session_timeout(settings.model_copy(update={"session_timeout_s": 1.0}))
+    assert settings.session_timeout_s is None
+    assert choose_session_timeout(settings) == SESSION_FLOOR_S == 3.0
+    assert choose_session_timeout(settings.model_copy(update={"session_timeout_s": 1.0})) == 1.0
+    assert choose_session_timeout(settings.model_copy(update={"session_timeout_s": 45})) == 45
     too_short = settings.model_copy(update={"session_timeout_s": 0.5})
     with pytest.raises(ConfigError, match=r"session_timeout_s=0.5 \(500 ms\) is outside what "
                        r"the brokers .* accept \(group.min.session.timeout.ms=1000, "
                        r"group.max.session.timeout.ms=1800000\); set "
                        r"TASKSTREAM_SESSION_TIMEOUT_S between 1 and 1800"):
-        check_session_timeout(too_short)
+        choose_session_timeout(too_short)
+
