@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Rdict, WriteBatch
 
 from taskstream.errors import TaskstreamError
 from taskstream.schemas.events import TimerKind
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore import keys
+from taskstream.statestore.rocks import index_options
 
 _TIMED = {
     TaskStatus.SCHEDULED: TimerKind.DELAY_DUE,
@@ -56,16 +57,30 @@ def timer_of(state: TaskState | None) -> keys.DueEntry | None:
 def _open(path: Path) -> Any:
     """A raw-mode RocksDB: bytes keys and values (rocksdict's stubs type them loosely)."""
     path.mkdir(parents=True, exist_ok=True)
-    return Rdict(str(path), Options(raw_mode=True))
+    return Rdict(str(path), index_options())
 
 
 class PartitionIndex:
-    """Both indexes of one partition."""
+    """Both indexes of one partition.
+
+    Two things are kept beside the DBs, in memory, because this replica is the only
+    writer of its partitions' indexes (every change goes through these methods):
+
+    * ``_due_floor``: no live due entry sorts below it. The timer scan runs ten
+      times a second and starts there instead of at the first key, so it does not
+      step again and again over the tombstones of timers that were dropped (one
+      per finished task: the scan cost grew with every task ever run).
+    * ``_counts``: tasks by (queue, status, priority), counted once on first use and
+      then moved with every listing change, so ``/queues`` and the metrics do not
+      read the whole listing index each time.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.due = _open(path / "due")
         self.listing = _open(path / "listing")
+        self._due_floor = b""
+        self._counts: Counter[tuple[str, str, int]] | None = None
 
     def close(self) -> None:
         self.due.close()
@@ -74,18 +89,35 @@ class PartitionIndex:
     # -- writes --------------------------------------------------------------------
 
     def put_timer(self, timer: keys.DueEntry) -> None:
-        self.due[keys.due_key(timer.due_at_ms, timer.task_id)] = keys.due_value(
-            timer.kind, timer.attempt, timer.dispatch_id)
+        key = keys.due_key(timer.due_at_ms, timer.task_id)
+        self.due[key] = keys.due_value(timer.kind, timer.attempt, timer.dispatch_id)
+        if key < self._due_floor:
+            self._due_floor = key
 
     def drop_timer(self, due_at_ms: int, task_id: str) -> None:
         del self.due[keys.due_key(due_at_ms, task_id)]
 
     def put_listing(self, state: TaskState) -> None:
-        self.listing[keys.listing_key(state.queue, state.status, state.task_id)] = str(
-            state.priority).encode()
+        key = keys.listing_key(state.queue, state.status, state.task_id)
+        value = str(state.priority).encode()
+        if self._counts is not None:
+            self._count(state.queue, state.status.value, self.listing.get(key), -1)
+            self._count(state.queue, state.status.value, value, 1)
+        self.listing[key] = value
 
     def drop_listing(self, state: TaskState) -> None:
-        del self.listing[keys.listing_key(state.queue, state.status, state.task_id)]
+        key = keys.listing_key(state.queue, state.status, state.task_id)
+        if self._counts is not None:
+            self._count(state.queue, state.status.value, self.listing.get(key), -1)
+        del self.listing[key]
+
+    def _count(self, queue: str, status: str, priority: bytes | None, delta: int) -> None:
+        if priority is None or self._counts is None:
+            return
+        group = (queue, status, int(priority))
+        self._counts[group] += delta
+        if self._counts[group] <= 0:
+            del self._counts[group]
 
     def fill(self, states: Iterable[TaskState]) -> int:
         """Write the entries of ``states`` in batches (the DBs are empty)."""
@@ -106,10 +138,17 @@ class PartitionIndex:
 
     def due_entries(self, now_ms: int) -> Iterator[tuple[bytes, keys.DueEntry]]:
         upper = keys.due_upper_bound(now_ms)
-        for key, value in self.due.items():
+        first = True
+        for key, value in self.due.items(from_key=self._due_floor):
+            if first:
+                # the lowest live entry: nothing live sorts below it. Set before the
+                # first yield, so a put_timer while the caller awaits can lower it again
+                self._due_floor, first = key, False
             if key >= upper:
                 return
             yield key, keys.parse_due(key, value)
+        if first:
+            self._due_floor = upper  # no live entry at all: any put_timer lowers it
 
     def scan_listing(self, queue: str | None, status: str, after_task_id: str) -> Iterator[str]:
         queues = [queue] if queue is not None else list(queues_in(self.listing))
@@ -118,11 +157,19 @@ class PartitionIndex:
             for q in queues))
 
     def counts(self) -> Counter[tuple[str, str, int]]:
-        result: Counter[tuple[str, str, int]] = Counter()
-        for key, value in self.listing.items():
-            queue, status, _ = keys.parse_queue_listing(key)
-            result[(queue, status, int(value))] += 1
-        return result
+        """Tasks by (queue, status, priority): a copy of the running count."""
+        if self._counts is None:
+            self._counts = count_listing(self.listing)
+        return Counter(self._counts)
+
+
+def count_listing(db: Any) -> Counter[tuple[str, str, int]]:
+    """Tasks by (queue, status, priority), read from a whole listing index."""
+    result: Counter[tuple[str, str, int]] = Counter()
+    for key, value in db.items():
+        queue, status, _ = keys.parse_queue_listing(key)
+        result[(queue, status, int(value))] += 1
+    return result
 
 
 def queues_in(db: Any) -> Iterator[str]:

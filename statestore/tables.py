@@ -24,6 +24,7 @@ from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 from taskstream.statestore import keys
 from taskstream.statestore.indexes import LocalIndexes, timer_of
+from taskstream.statestore.rocks import TABLE_OPTIONS
 
 TABLE_NAMES = ("tasks",)
 #: Faust keeps its own keys (``__faust\0offset__``) in every partition's RocksDB
@@ -49,7 +50,8 @@ class TaskTables:
 
         # bytes in, bytes out: the app's serializers are "raw" (processors/app.py)
         self.tasks: Any = app.Table("tasks", key_type=bytes, value_type=bytes,
-                                    partitions=partitions, default=None)
+                                    partitions=partitions, default=None,
+                                    options=dict(TABLE_OPTIONS))
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)
 
     # -- writes (inside the fold only) ---------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from taskstream.schemas.events import Backoff, TimerKind
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore import keys
-from taskstream.statestore.indexes import IndexNotReady, LocalIndexes, queues_in, scan_run, timer_of
+from taskstream.statestore.indexes import (
+    IndexNotReady,
+    LocalIndexes,
+    PartitionIndex,
+    count_listing,
+    queues_in,
+    scan_run,
+    timer_of,
+)
 
 
 def raw_db(path: Path) -> Rdict:
@@ -86,3 +95,72 @@ def test_indexes_are_rebuilt_from_the_task_states_and_only_when_allowed(tmp_path
     assert list(index.due_entries(now_ms=10**6)) == []
     assert list(index.scan_listing("q", "SUCCEEDED", "")) == ["A"]
     indexes.close()
+
+
+# the due scan's floor and the running counts, against a plain model ----------------------
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("timer"), st.integers(0, 5), st.integers(0, 200)),
+    st.tuples(st.just("untimer"), st.integers(0, 5)),
+    st.tuples(st.just("list"), st.integers(0, 5), st.sampled_from(["q", "r"]),
+              st.sampled_from(["READY", "RUNNING"]), st.integers(0, 2)),
+    st.tuples(st.just("unlist"), st.integers(0, 5)),
+    st.tuples(st.just("reprioritize"), st.integers(0, 5), st.integers(0, 2)),
+    st.tuples(st.just("scan"), st.integers(0, 220)),
+), max_size=60)
+
+
+@given(_OPS)
+def test_due_scan_and_counts_match_a_model(tmp_path_factory: pytest.TempPathFactory,
+                                           ops: list[tuple]) -> None:
+    """Every live timer due by ``now`` is found although scans start at a remembered floor,
+    and the running counts equal a fresh count of the listing, whatever the order of
+    puts, drops and scans."""
+    index = PartitionIndex(tmp_path_factory.mktemp("idx"))
+    timers: dict[str, int] = {}  # task -> due
+    listed: dict[str, TaskState] = {}
+    try:
+        index.counts()  # from here on the counts are kept up to date, not re-read
+        for op in ops:
+            task = f"T{op[1]:02d}" if op[0] != "scan" else ""
+            if op[0] == "timer":
+                if task in timers:
+                    index.drop_timer(timers.pop(task), task)
+                timers[task] = op[2]
+                index.put_timer(keys.DueEntry(op[2], task, TimerKind.LEASE_EXPIRED, 1, "d"))
+            elif op[0] == "untimer" and task in timers:
+                index.drop_timer(timers.pop(task), task)
+            elif op[0] == "list":
+                state = dataclasses.replace(_state(task, op[2], TaskStatus(op[3]), None),
+                                            priority=op[4])
+                if task in listed:
+                    index.drop_listing(listed.pop(task))
+                listed[task] = state
+                index.put_listing(state)
+            elif op[0] == "unlist" and task in listed:
+                index.drop_listing(listed.pop(task))
+            elif op[0] == "reprioritize" and task in listed:  # same key, a new value
+                listed[task] = dataclasses.replace(listed[task], priority=op[2])
+                index.put_listing(listed[task])
+            elif op[0] == "scan":
+                found = [e.task_id for _, e in index.due_entries(op[1])]
+                assert found == [t for due, t in sorted((d, t) for t, d in timers.items())
+                                 if due <= op[1]]
+            counts = index.counts()
+            assert counts == count_listing(index.listing)
+            assert all(type(status) is str for _, status, _ in counts)  # as read from keys
+    finally:
+        index.close()
+
+
+def test_a_timer_put_while_a_scan_is_paused_is_found_next_time(tmp_path: Path) -> None:
+    index = PartitionIndex(tmp_path / "idx")
+    for due, task in [(50, "B"), (60, "C")]:
+        index.put_timer(keys.DueEntry(due, task, TimerKind.LEASE_EXPIRED, 1, "d"))
+    index.drop_timer(50, "B")
+    scan = index.due_entries(100)
+    assert next(scan)[1].task_id == "C"  # the caller awaits here; the fold goes on
+    index.put_timer(keys.DueEntry(10, "A", TimerKind.RETRY_DUE, 2, "d"))
+    assert list(scan) == []
+    assert [e.task_id for _, e in index.due_entries(100)] == ["A", "C"]
+    index.close()
