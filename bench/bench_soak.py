@@ -10,8 +10,8 @@ the size of the processor's data directory (its RocksDB state) and the tasks don
 Reported per process, after a warm-up (the first fifth of the run, at most two
 minutes: caches, RocksDB memtables and the JVM heap fill up first): the resident
 set at the start and at the end of the measured part (medians of the first and
-the last minute of it), the highest sample, and the least-squares slope in MiB
-per minute. Latency per minute of the run (submit->start p50/p99 of the tasks
+the last minute of it), the highest sample, the highest of each half, and the
+least-squares slope in MiB per minute. Latency per minute of the run (submit->start p50/p99 of the tasks
 submitted in that minute) shows whether the platform slows down as state grows.
 
     python bench/bench_soak.py --minutes 10 --rate 150
@@ -91,7 +91,13 @@ def summarize(samples: Sequence[tuple[float, float]], warmup_s: float,
     tail = [v for t, v in kept if t >= last_t - window_s]
     start, end = statistics.median(head), statistics.median(tail)
     slope = slope_per_minute(kept)
+    middle = (first_t + last_t) / 2
+    # RocksDB memtables fill and flush: a saw-tooth whose slope depends on where the run
+    # stops; bounded memory shows as a second half whose highest point is not far above
+    # the first half's
+    halves = [max(v for t, v in kept if t <= middle), max(v for t, v in kept if t >= middle)]
     return {"samples": len(kept), "measured_s": round(last_t - first_t, 1),
+            "max_first_half_mib": round(halves[0], 1), "max_second_half_mib": round(halves[1], 1),
             "start_mib": round(start, 1), "end_mib": round(end, 1),
             "growth_mib": round(end - start, 1),
             "growth_pct": round(100.0 * (end - start) / start, 1) if start else None,
@@ -182,12 +188,14 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"{result['tasks']} tasks at {result['achieved_rate']}/s over "
              f"{result['minutes']} min, {result['done']} done; measured after "
              f"{result['warmup_s']:.0f} s of warm-up",
-             f"{'process':<26}{'start MiB':>10}{'end MiB':>10}{'max MiB':>10}{'MiB/min':>9}"]
+             f"{'process':<26}{'start MiB':>10}{'end MiB':>10}{'max MiB':>10}{'MiB/min':>9}"
+             f"{'max 1st/2nd half':>18}"]
     rows = [*result["memory"].items(), ("data dir (on disk)", result["data_dir"])]
     for name, m in rows:
         if m.get("samples"):
+            halves = f"{m['max_first_half_mib']} / {m['max_second_half_mib']}"
             lines.append(f"{name:<26}{m['start_mib']:>10}{m['end_mib']:>10}{m['max_mib']:>10}"
-                         f"{m['slope_mib_per_min']:>9}")
+                         f"{m['slope_mib_per_min']:>9}{halves:>18}")
     for row in result["per_minute"]:
         lines.append(f"minute {row['minute']}: submit->start p50 {row['p50']:.0f} ms, "
                      f"p99 {row['p99']:.0f} ms ({row['n']} tasks)")

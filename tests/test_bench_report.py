@@ -113,6 +113,10 @@ def test_soak_summary_skips_the_warm_up_and_finds_the_trend() -> None:
     assert summary["start_mib"] == pytest.approx(100.0 + 150 / 60.0, abs=0.05)  # 120..180 s
     assert summary["end_mib"] == pytest.approx(100.0 + 565 / 60.0, abs=0.05)  # 535..595 s
     assert summary["max_mib"] == pytest.approx(100.0 + 595 / 60.0, abs=0.05)
+    assert summary["max_first_half_mib"] < summary["max_second_half_mib"]
+    saw = [(float(t), 100.0 + (t % 120) / 4) for t in range(0, 600, 5)]  # fills, flushes
+    halves = summarize(saw, warmup_s=0.0)
+    assert halves["max_first_half_mib"] == halves["max_second_half_mib"] == 128.8
     assert summarize(warm, warmup_s=1_000.0) == {"samples": 0}
     assert slope_per_minute([(1.0, 5.0), (1.0, 6.0)]) is None
 
