@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -88,16 +89,20 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0})
 
 
-def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[str, int]:
-    """Topic name -> partition count, internal topics left out."""
-    client = client or admin_client(settings)
+def cluster_metadata(settings: Settings, client: AdminClient) -> Any:
+    """The cluster's metadata (brokers, topics), or a clear error within the Kafka timeout."""
     try:
-        metadata = client.list_topics(timeout=settings.kafka_timeout_s)
+        return client.list_topics(timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"Kafka at {settings.bootstrap} did not answer within {settings.kafka_timeout_s}s "
             f"({exc}); start it with `taskstream kafka up` or fix TASKSTREAM_BOOTSTRAP"
         ) from None
+
+
+def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[str, int]:
+    """Topic name -> partition count, internal topics left out."""
+    metadata = cluster_metadata(settings, client or admin_client(settings))
     return {
         name: len(meta.partitions)
         for name, meta in metadata.topics.items()
@@ -182,13 +187,7 @@ def session_timeout_bounds(settings: Settings) -> tuple[int, int] | None:
     the highest ``group.min.session.timeout.ms`` and the lowest ``...max...``.
     None when the brokers' configs cannot be read (no DescribeConfigs right, say)."""
     client = admin_client(settings)
-    try:
-        brokers = client.list_topics(timeout=settings.kafka_timeout_s).brokers
-    except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"Kafka at {settings.bootstrap} did not answer within {settings.kafka_timeout_s}s "
-            f"({exc}); start it with `taskstream kafka up` or fix TASKSTREAM_BOOTSTRAP"
-        ) from None
+    brokers = cluster_metadata(settings, client).brokers
     resources = [ConfigResource(ResourceType.BROKER, str(b)) for b in sorted(brokers)]
     lows, highs = [], []
     try:
