@@ -11,8 +11,9 @@ Reported per process, after a warm-up (the first fifth of the run, at most two
 minutes: caches, RocksDB memtables and the JVM heap fill up first): the resident
 set at the start and at the end of the measured part (medians of the first and
 the last minute of it), the highest sample, the highest of each half, and the
-least-squares slope in MiB per minute. Latency per minute of the run (submit->start p50/p99 of the tasks
-submitted in that minute) shows whether the platform slows down as state grows.
+least-squares slope in MiB per minute. Latency per minute of the run
+(submit->start p50/p99 of the tasks submitted in that minute) shows whether the
+platform slows down as state grows.
 
     python bench/bench_soak.py --minutes 10 --rate 150
 
