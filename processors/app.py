@@ -49,7 +49,7 @@ from taskstream.processors.effects import (
     Rejected,
     RetryScheduled,
 )
-from taskstream.processors.guard import guarded
+from taskstream.processors.guard import guarded, timer_round
 from taskstream.processors.lifecycle import Limits, apply
 from taskstream.processors.metrics import ProcessorMetrics
 from taskstream.schemas.errors import DecodeError
@@ -66,6 +66,7 @@ from taskstream.schemas.serde import decode_event, decode_state, encode_event, e
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 from taskstream.statestore import keys
+from taskstream.statestore.indexes import IndexNotReady
 from taskstream.statestore.tables import TaskTables, processor_app_id
 from taskstream.topics import (
     cancellations_topic,
@@ -151,7 +152,10 @@ class Processor:
         self._quarantine = _raw_topic(app, quarantine_topic(settings))
         self._emitted: dict[bytes, float] = {}
         app.agent(self.events, name="taskstream.fold")(self._fold)
-        app.timer(settings.timer_interval_s, name="taskstream.timers")(self._scan_timers)
+        # a rebalance may begin while a scan awaits a send: the indexes then refuse
+        # (IndexNotReady) and the scan resumes once the partitions are restored
+        app.timer(settings.timer_interval_s, name="taskstream.timers")(
+            timer_round(self._scan_timers, "taskstream.timers", skip=(IndexNotReady,)))
 
     # -- the fold ------------------------------------------------------------
 

@@ -13,6 +13,11 @@ fold would skip a fact silently. So the fold never lets one escape:
   to the quarantine topic with the reason, logged and counted, and the fold goes
   on. The record is still in the events topic, and ``replay verify`` will show
   the task it concerns.
+
+The processor's periodic jobs (the timer scan, the rate sampler) are guarded too:
+Faust treats an exception escaping an ``app.timer`` as a crash of the whole app,
+so one that read an index while a rebalance began would have stopped the replica
+(:func:`timer_round`).
 """
 
 from __future__ import annotations
@@ -57,3 +62,22 @@ async def guarded(
             break
     await quarantine(reason)
     return False
+
+
+def timer_round(
+    job: Callable[[], Awaitable[None]], name: str, skip: tuple[type[BaseException], ...] = ()
+) -> Callable[[], Awaitable[None]]:
+    """``job`` as an ``app.timer`` body that never raises: an exception of a ``skip``
+    type ends the round quietly (the next round tries again), anything else is logged
+    with its traceback and the round ends. Faust would crash the app instead."""
+
+    async def one_round() -> None:
+        try:
+            await job()
+        except skip:
+            return
+        except Exception:  # a bug in a periodic job must not stop the replica
+            log.exception("periodic job %s raised; it runs again next round", name)
+
+    one_round.__name__ = one_round.__qualname__ = f"{name}_round"
+    return one_round

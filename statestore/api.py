@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -27,6 +27,7 @@ from prometheus_client import generate_latest
 from yarl import URL
 
 from taskstream.errors import KafkaUnavailableError
+from taskstream.processors.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
 from taskstream.schemas.models import TaskSpec
@@ -34,6 +35,7 @@ from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore.auth import TokenAuth
+from taskstream.statestore.indexes import IndexNotReady
 from taskstream.statestore.query import (
     TERMINAL,
     ApiError,
@@ -394,11 +396,13 @@ def register_api(processor: Processor) -> Api:
 
     api = Api(processor)
     install(api)
-    processor.app.timer(RATE_SAMPLE_S, name="taskstream.api.rates")(_sampler(api))
+    # during a recovery the indexes refuse (IndexNotReady): that sample is skipped
+    processor.app.timer(RATE_SAMPLE_S, name="taskstream.api.rates")(
+        timer_round(_sampler(api), "taskstream.api.rates", skip=(IndexNotReady,)))
     return api
 
 
-def _sampler(api: Api) -> Any:
+def _sampler(api: Api) -> Callable[[], Awaitable[None]]:
     async def sample() -> None:
         api.sample_rate()
     return sample
