@@ -378,24 +378,3 @@ def test_docs_show_the_table_as_it_is() -> None:
               for (s, k), t in TRANSITIONS.items()}
     assert rows == listed
 
-
-def test_evolve_is_dataclasses_replace() -> None:
-    """The fold's fast copy (schemas.state.evolve) gives what dataclasses.replace gives."""
-    import dataclasses
-
-    from taskstream.schemas.state import TaskState, evolve
-
-    story = Story()
-    story.submit()
-    state = story.state
-    assert state is not None
-    before = dataclasses.replace(state)
-    for f in dataclasses.fields(TaskState):
-        value = object()  # a value no field holds: proves this field was set, and only it
-        fast = evolve(state, **{f.name: value})
-        assert fast == dataclasses.replace(state, **{f.name: value})
-        assert getattr(fast, f.name) is value
-    assert evolve(state) == state and evolve(state) is not state
-    assert state == before  # the original is never touched
-    with pytest.raises(TypeError, match="no field 'nope'"):
-        evolve(state, nope=1)
