@@ -180,19 +180,27 @@ def _workload(tasks: int) -> list[Envelope]:
     return events
 
 
+def _fold_into_db(path: Path, batches: list[list[Msg]],
+                  **cache_args: int) -> tuple[FoldStats, dict[str, Any]]:
+    """Fold message batches into a fresh DB at ``path``: the stats and the states kept."""
+    db = open_db(path, create=True)
+    try:
+        cache = StateCache(db, **cache_args)
+        stats = FoldStats()
+        fold_messages(batches, cache, Limits(), stats)
+        cache.flush()
+        return stats, dict(StateDB(db))
+    finally:
+        db.close()
+
+
 def test_fold_with_a_tiny_cache_equals_the_lifecycle_fold(tmp_path: Path) -> None:
     events = _workload(40)
     messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
-    db = open_db(tmp_path / "db", create=True)
-    try:
-        cache = StateCache(db, capacity=3, batch=7)
-        stats = FoldStats()
-        fold_messages([messages[:50], messages[50:]], cache, Limits(), stats)
-        cache.flush()
-        assert stats.events == len(events) and stats.skipped == 0
-        assert dict(StateDB(db)) == fold(events)
-    finally:
-        db.close()
+    stats, states = _fold_into_db(tmp_path / "db", [messages[:50], messages[50:]],
+                                  capacity=3, batch=7)
+    assert stats.events == len(events) and stats.skipped == 0
+    assert states == fold(events)
 
 
 def test_fold_skips_bad_records_with_their_position(tmp_path: Path) -> None:
@@ -202,19 +210,12 @@ def test_fold_skips_bad_records_with_their_position(tmp_path: Path) -> None:
         "d", "n", "default", 0, b"", "application/json", None, 1, 1, T0))
     messages = [Msg(encode_event(events[0]), 2, 10), Msg(b"garbage", 2, 11), Msg(None, 2, 12),
                 Msg(encode_event(derived), 2, 13)]
-    db = open_db(tmp_path / "db", create=True)
-    try:
-        cache = StateCache(db)
-        stats = FoldStats()
-        fold_messages([messages], cache, Limits(), stats)
-        cache.flush()
-        assert stats.events == 1 and stats.skipped == 3
-        assert [(s.partition, s.offset) for s in stats.skipped_details] == [(2, 11), (2, 12),
-                                                                             (2, 13)]
-        assert "not an events-topic record" in stats.skipped_details[2].reason
-        assert dict(StateDB(db)) == {"T0000": state}
-    finally:
-        db.close()
+    stats, states = _fold_into_db(tmp_path / "db", [messages])
+    assert stats.events == 1 and stats.skipped == 3
+    assert [(s.partition, s.offset) for s in stats.skipped_details] == [(2, 11), (2, 12),
+                                                                         (2, 13)]
+    assert "not an events-topic record" in stats.skipped_details[2].reason
+    assert states == {"T0000": state}
 
 
 @given(st.dictionaries(st.binary(max_size=3), st.binary(max_size=3)),
@@ -334,17 +335,10 @@ def test_fold_reads_what_decode_event_reads_and_skips_what_it_refuses(tmp_path: 
     good = encode_event(events[0])
     bad = [good + b"\x00", good[:-3], b"\xc3\x01" + bytes(8) + good[10:]]
     messages = [Msg(value, 0, offset) for offset, value in enumerate([*bad, good])]
-    db = open_db(tmp_path / "db", create=True)
-    try:
-        cache = StateCache(db)
-        stats = FoldStats()
-        fold_messages([messages], cache, Limits(), stats)
-        cache.flush()
-        assert stats.events == 1 and stats.skipped == 3
-        assert [s.reason for s in stats.skipped_details] == [decode_usable(v) for v in bad]
-        assert dict(StateDB(db)) == fold(events[:1])
-    finally:
-        db.close()
+    stats, states = _fold_into_db(tmp_path / "db", [messages])
+    assert stats.events == 1 and stats.skipped == 3
+    assert [s.reason for s in stats.skipped_details] == [decode_usable(v) for v in bad]
+    assert states == fold(events[:1])
 
 
 @dataclasses.dataclass
