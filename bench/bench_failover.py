@@ -170,14 +170,13 @@ def main() -> None:
     finally:
         if own_kafka is not None:
             localkafka.down(own_kafka)
-    summary = [{"session_timeout_s": t,
-                "serve_again_s_median": _median(
-                    [r for r in runs if r["session_timeout_s"] == t], "serve_again_s"),
-                "throughput_recovered_s_median": _median(
-                    [r for r in runs if r["session_timeout_s"] == t], "throughput_recovered_s"),
-                "serve_again_s": [r["serve_again_s"] for r in runs
-                                  if r["session_timeout_s"] == t]}
-               for t in timeouts]
+    summary = []
+    for t in timeouts:
+        mine = [r for r in runs if r["session_timeout_s"] == t]
+        summary.append({"session_timeout_s": t,
+                        "serve_again_s_median": _median(mine, "serve_again_s"),
+                        "throughput_recovered_s_median": _median(mine, "throughput_recovered_s"),
+                        "serve_again_s": [r["serve_again_s"] for r in mine]})
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": " ".join(["python", "bench/bench_failover.py", *sys.argv[1:]]),
               "rate": args.rate, "summary": summary, "runs": runs}
