@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from taskstream.producer.fastspec import SimpleFields
+from taskstream.schemas.codec.prims import write_long
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
-from taskstream.schemas.fastcodec_prims import write_long
 from taskstream.schemas.serde import encode_event
 
 log = logging.getLogger(__name__)

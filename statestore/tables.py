@@ -48,7 +48,7 @@ class TaskTables:
         def generation() -> int:
             return int(app.consumer_generation_id or 0)
 
-        # bytes in, bytes out: the app's serializers are "raw" (processors/app.py)
+        # bytes in, bytes out: the app's serializers are "raw" (processors/live/app.py)
         self.tasks: Any = app.Table("tasks", key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))

@@ -9,10 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.errors import ConfigError
-from taskstream.schemas.events import Backoff
-from taskstream.schemas.state import TaskState, TaskStatus
-from taskstream.statestore.auth import (
+from taskstream.api.auth import (
     AuthFailure,
     Scope,
     TokenAuth,
@@ -20,7 +17,7 @@ from taskstream.statestore.auth import (
     required_scope,
     token_digest,
 )
-from taskstream.statestore.query import (
+from taskstream.api.query import (
     ApiError,
     ListQuery,
     RateWindow,
@@ -34,6 +31,9 @@ from taskstream.statestore.query import (
     parse_wait_timeout,
     sum_rates,
 )
+from taskstream.errors import ConfigError
+from taskstream.schemas.events import Backoff
+from taskstream.schemas.state import TaskState, TaskStatus
 
 # -- auth --------------------------------------------------------------------------
 

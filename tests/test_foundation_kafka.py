@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient
 
-from taskstream import localkafka
 from taskstream.admin import (
     SESSION_FLOOR_S,
     choose_session_timeout,
@@ -20,8 +19,9 @@ from taskstream.admin import (
 )
 from taskstream.cli.main import main
 from taskstream.errors import ConfigError
-from taskstream.localkafka_config import layout, write_node_files
-from taskstream.localkafka_install import ensure_kafka
+from taskstream.localkafka import cluster as localkafka
+from taskstream.localkafka.config import layout, write_node_files
+from taskstream.localkafka.install import ensure_kafka
 from taskstream.settings import Settings, load_settings
 from taskstream.topics import ready_topics
 

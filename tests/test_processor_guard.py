@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from taskstream.errors import KafkaUnavailableError, TaskstreamError
-from taskstream.processors.guard import guarded, timer_round
+from taskstream.processors.live.guard import guarded, timer_round
 from taskstream.statestore.indexes import IndexNotReady
 
 

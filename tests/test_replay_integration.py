@@ -24,10 +24,10 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from taskstream.cli.main import main
-from taskstream.processors.replay_history import REJECTED, SKIPPED, task_history
-from taskstream.processors.replay_read import partition_for, watermarks
-from taskstream.processors.replay_rebuild import StateDB, iter_states, open_db, rebuild
-from taskstream.processors.replay_verify import changelog_topic, read_changelog
+from taskstream.processors.replay.history import REJECTED, SKIPPED, task_history
+from taskstream.processors.replay.read import partition_for, watermarks
+from taskstream.processors.replay.rebuild import StateDB, iter_states, open_db, rebuild
+from taskstream.processors.replay.verify import changelog_topic, read_changelog
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,

@@ -15,9 +15,9 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.processors.lifecycle import Limits, fold
-from taskstream.processors.replay_export import body_to_json, envelope_to_json
-from taskstream.processors.replay_history import (
+from taskstream.processors.fold.lifecycle import Limits, fold
+from taskstream.processors.replay.export import body_to_json, envelope_to_json
+from taskstream.processors.replay.history import (
     ACCEPTED,
     CONFLICT,
     DUPLICATE,
@@ -26,8 +26,8 @@ from taskstream.processors.replay_history import (
     explain,
     format_entry,
 )
-from taskstream.processors.replay_parallel import split
-from taskstream.processors.replay_read import (
+from taskstream.processors.replay.parallel import split
+from taskstream.processors.replay.read import (
     ReadPlan,
     ReplayError,
     murmur2,
@@ -36,7 +36,7 @@ from taskstream.processors.replay_read import (
     partition_for,
     read_batches,
 )
-from taskstream.processors.replay_rebuild import (
+from taskstream.processors.replay.rebuild import (
     FoldStats,
     StateCache,
     StateDB,
@@ -46,7 +46,7 @@ from taskstream.processors.replay_rebuild import (
     merge_newest,
     open_db,
 )
-from taskstream.processors.replay_verify import compare
+from taskstream.processors.replay.verify import compare
 from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
@@ -371,7 +371,7 @@ class QueueConsumer:
 
 def test_read_asks_for_no_more_than_the_records_still_due(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last batch is asked for exactly (consume would otherwise wait its timeout)."""
-    monkeypatch.setattr("taskstream.processors.replay_read.BATCH", 4)
+    monkeypatch.setattr("taskstream.processors.replay.read.BATCH", 4)
     held = [ReadMsg(b"", p, o) for o in range(5) for p in (0, 1)]  # 10 records, 2 partitions
     consumer = QueueConsumer(held)
     read = ReadPlan("t", {0: 0, 1: 0}, {0: 5, 1: 5})

@@ -35,7 +35,7 @@ def dev(tasks: int, keep_running: bool, stop_only: bool, timeout: float, workdir
     from rich.console import Console
 
     from taskstream.cli.common import load_settings_or_exit
-    from taskstream.dev import DevOptions, run_dev, stop_recorded
+    from taskstream.dev.platform import DevOptions, run_dev, stop_recorded
     from taskstream.errors import TaskstreamError
 
     console = Console()

@@ -42,7 +42,7 @@ def replay() -> None:
 @exits_on_error
 def history(task_id: str, as_json: bool, quiet: bool) -> None:
     """Every event of TASK_ID in order, and what the fold made of each."""
-    from taskstream.processors.replay_history import format_entry, task_history, to_json_lines
+    from taskstream.processors.replay.history import format_entry, task_history, to_json_lines
 
     entries = task_history(load_settings_or_exit(), task_id, quiet=quiet)
     if as_json:
@@ -75,8 +75,8 @@ def history(task_id: str, as_json: bool, quiet: bool) -> None:
 def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size: int,
             workers: int | None, as_json: bool, quiet: bool) -> None:
     """Fold the events topic from the beginning into a fresh RocksDB."""
-    from taskstream.processors.replay_read import parse_offsets_spec, parse_time
-    from taskstream.processors.replay_rebuild import rebuild as run_rebuild
+    from taskstream.processors.replay.read import parse_offsets_spec, parse_time
+    from taskstream.processors.replay.rebuild import rebuild as run_rebuild
 
     result = run_rebuild(
         load_settings_or_exit(), out,
@@ -101,7 +101,7 @@ def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size:
 @exits_on_error
 def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool) -> None:
     """Check that the live task table is exactly the fold of the log (exit 1 if not)."""
-    from taskstream.processors.replay_verify import verify as run_verify
+    from taskstream.processors.replay.verify import verify as run_verify
 
     report = run_verify(load_settings_or_exit(), wait_timeout=wait_timeout, quiet=quiet,
                         workers=workers)
@@ -131,8 +131,8 @@ def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool)
 @exits_on_error
 def export(fmt: str, out: Path, since: str | None, until: str | None, quiet: bool) -> None:
     """Write the events topic to an Avro container file or JSON lines."""
-    from taskstream.processors.replay_export import export as run_export
-    from taskstream.processors.replay_read import parse_time
+    from taskstream.processors.replay.export import export as run_export
+    from taskstream.processors.replay.read import parse_time
 
     result = run_export(load_settings_or_exit(), fmt, out,
                         since_ms=parse_time(since) if since else None,

@@ -7,7 +7,7 @@ maps are written with sorted keys, as :mod:`taskstream.schemas.convert` does.
 
 The compiled writer only takes the values it is sure of (a union branch is
 chosen by exact type, bytes must be ``bytes``); for anything else it raises
-(:class:`~taskstream.schemas.fastcodec_prims.Unsupported`, TypeError,
+(:class:`~taskstream.schemas.codec.prims.Unsupported`, TypeError,
 AttributeError, ...) and the codec hands the value to fastavro, which writes it
 or raises EncodeError exactly as before.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskstream.schemas.fastcodec_prims import (
+from taskstream.schemas.codec.prims import (
     NULL,
     SECOND,
     SMALL_LEN,
@@ -27,7 +27,7 @@ from taskstream.schemas.fastcodec_prims import (
     pack_double,
     write_long,
 )
-from taskstream.schemas.fastcodec_read import (
+from taskstream.schemas.codec.read import (
     Bindings,
     CodeGen,
     CompileError,

@@ -1,6 +1,6 @@
 """Rebuild task state by folding the events topic into a fresh RocksDB.
 
-The fold is the processor's, step for step (``processors/app.py``): decode the
+The fold is the processor's, step for step (``processors/live/app.py``): decode the
 envelope, skip what the processor quarantines (undecodable records and derived
 bodies), ``apply`` with the same :class:`Limits`, store the new state under the
 envelope's task ID when ``apply`` returns one. The result maps task ID ->
@@ -40,8 +40,8 @@ from rocksdict import (
     WriteOptions,
 )
 
-from taskstream.processors.lifecycle import Limits, apply
-from taskstream.processors.replay_read import (
+from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.replay.read import (
     Advances,
     Progress,
     ReadPlan,
@@ -53,9 +53,9 @@ from taskstream.processors.replay_read import (
     plan,
     read_batches,
 )
+from taskstream.schemas.codec.compiled import event_reader
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskCancelled, TaskDeadLettered, TaskDispatched
-from taskstream.schemas.fastcodec import event_reader
 from taskstream.schemas.serde import decode_event, decode_state, default_codec
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
@@ -72,7 +72,7 @@ PARALLEL_FROM = 200_000
 
 
 def limits_of(settings: Settings) -> Limits:
-    """The limits the processor folds with (processors/app.py): replay must use the same."""
+    """The limits the processor folds with (processors/live/app.py): replay must use the same."""
     return Limits(max_result_bytes=settings.max_result_bytes)
 
 
@@ -437,9 +437,9 @@ def rebuild(
     """Fold the events topic (up to the given cut) into a fresh RocksDB at ``out``.
 
     ``workers``: fold processes (None = one per core, up to 2, for topics of at least
-    :data:`PARALLEL_FROM` records; see ``processors/replay_parallel.py``).
+    :data:`PARALLEL_FROM` records; see ``processors/replay/parallel.py``).
     """
-    from taskstream.processors.replay_parallel import default_workers, rebuild_parallel
+    from taskstream.processors.replay.parallel import default_workers, rebuild_parallel
 
     if out.exists() and any(out.iterdir()):
         raise ReplayError(f"{out} exists and is not empty; give a new directory for the rebuild")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from taskstream.processors.effects import (
+from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
     Dispatch,
@@ -27,8 +27,8 @@ from taskstream.processors.effects import (
     RetryScheduled,
     SetTimer,
 )
-from taskstream.processors.lifecycle import Limits, apply
-from taskstream.processors.replay_read import (
+from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.replay.read import (
     Progress,
     make_consumer,
     partition_count,
@@ -36,7 +36,7 @@ from taskstream.processors.replay_read import (
     plan,
     read_batches,
 )
-from taskstream.processors.replay_rebuild import decode_usable, limits_of
+from taskstream.processors.replay.rebuild import decode_usable, limits_of
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings

@@ -5,9 +5,9 @@ from __future__ import annotations
 import faust
 
 from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, ensure_topics
-from taskstream.processors.app import Processor
+from taskstream.api.service import register_api
+from taskstream.processors.live.app import Processor
 from taskstream.settings import Settings
-from taskstream.statestore.api import register_api
 from taskstream.statestore.tables import TABLE_NAMES, changelog_topic
 
 

@@ -3,12 +3,12 @@
 The middleware runs around every route of the replica's web server (Faust's own
 included) and is where the cross-cutting rules live:
 
-* auth (statestore/auth.py) before anything else;
+* auth (api/auth.py) before anything else;
 * every error is JSON ``{"error": {"code", "message", "field"}}``: ApiError as
   raised, aiohttp's own 404/405/413 translated, anything unexpected logged here
   and answered 500 with a generic message (no stack trace leaves the process).
 
-The views only parse requests and call :class:`~taskstream.statestore.api.Api`.
+The views only parse requests and call :class:`~taskstream.api.service.Api`.
 """
 
 from __future__ import annotations
@@ -24,22 +24,22 @@ from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
-from taskstream.schemas.state import TaskStatus
-from taskstream.statestore.auth import AuthFailure, required_scope
-from taskstream.statestore.indexes import IndexNotReady
-from taskstream.statestore.openapi import openapi_document
-from taskstream.statestore.query import (
+from taskstream.api.auth import AuthFailure, required_scope
+from taskstream.api.openapi import openapi_document
+from taskstream.api.query import (
     ApiError,
     bad_request,
     error_body,
     parse_list_query,
     parse_wait_timeout,
 )
+from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.schemas.state import TaskStatus
+from taskstream.statestore.indexes import IndexNotReady
 from taskstream.topics import QUEUE_NAME
 
 if TYPE_CHECKING:
-    from taskstream.statestore.api import Api
+    from taskstream.api.service import Api
 
 log = logging.getLogger("taskstream.api")
 
@@ -105,7 +105,7 @@ def _task_id(raw: str) -> str:
 
 
 def _proxied(request: web.Request) -> bool:
-    from taskstream.statestore.api import PROXIED
+    from taskstream.api.service import PROXIED
 
     return request.headers.get(PROXIED) == "1"
 

@@ -7,7 +7,7 @@ Steps, in this order (the order is what makes the comparison exact):
    events topic equal the topic's high watermarks, and two samples ``settle``
    seconds apart of (events high watermarks, committed offsets, changelog high
    watermarks) are identical. The processor flushes its changelog before it
-   commits (processors/app.py), so at that point the changelog holds the result
+   commits (processors/live/app.py), so at that point the changelog holds the result
    of every committed event and nothing past it. Not caught up in time ->
    :class:`NotCaughtUpError` (exit non-zero), never a guess;
 2. rebuild the events topic up to those committed offsets into a scratch RocksDB;
@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from taskstream.processors.replay_read import (
+from taskstream.processors.replay.read import (
     Progress,
     ReplayError,
     SkippedRecord,
@@ -39,7 +39,7 @@ from taskstream.processors.replay_read import (
     read_batches,
     watermarks,
 )
-from taskstream.processors.replay_rebuild import StateDB, open_db, rebuild
+from taskstream.processors.replay.rebuild import StateDB, open_db, rebuild
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState

@@ -21,14 +21,14 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
-from taskstream.processors.replay_read import (
+from taskstream.processors.replay.read import (
     Progress,
     ReadPlan,
     ReplayError,
     SkippedRecord,
     make_consumer,
 )
-from taskstream.processors.replay_rebuild import FoldedPart, FoldStats, fold_to_sst
+from taskstream.processors.replay.rebuild import FoldedPart, FoldStats, fold_to_sst
 from taskstream.settings import Settings
 
 

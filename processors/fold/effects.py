@@ -1,7 +1,7 @@
-"""What :func:`~taskstream.processors.lifecycle.apply` asks the processor to do.
+"""What :func:`~taskstream.processors.fold.lifecycle.apply` asks the processor to do.
 
 ``apply`` is pure: it never produces, writes or sleeps. It returns the new state
-and a list of effects; the processor (``processors/app.py``) performs them. Three
+and a list of effects; the processor (``processors/live/app.py``) performs them. Three
 effects carry a whole derived record (docs/decisions.md, D3):
 
 * :class:`Dispatch` — a ``TaskDispatched`` record for ``ready.<queue>.p<priority>``;
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # checked as the dataclasses, run as their fast constructors
     new_dead_lettered = TaskDeadLettered
     new_cancelled = TaskCancelled
 else:
-    from taskstream.processors.lifecycle_copy import (
+    from taskstream.processors.fold.copy import (
         new_cancelled,
         new_dead_lettered,
         new_dispatched,

@@ -1,11 +1,11 @@
 """One function per event type: the fencing checks and the state each event leads to.
 
 Each step takes the task's state (known to exist, and already looked up in
-:data:`~taskstream.processors.lifecycle_rules.TRANSITIONS` for its status) and
+:data:`~taskstream.processors.fold.rules.TRANSITIONS` for its status) and
 returns either the new state with its effects, or a :class:`Refusal` saying why
 the event does not fit. Bookkeeping shared by every event (recent event ids,
 ``updated_at_ms``, the rejected counter, the table check) lives in
-:mod:`taskstream.processors.lifecycle`.
+:mod:`taskstream.processors.fold.lifecycle`.
 
 All times come from the event's ``occurred_at_ms``; ids and jitter from hashes.
 """
@@ -16,8 +16,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from taskstream.processors.backoff import retry_delay_ms
-from taskstream.processors.effects import (
+from taskstream.processors.fold.backoff import retry_delay_ms
+from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
     Dispatch,
@@ -30,7 +30,7 @@ from taskstream.processors.effects import (
     dead_letter_envelope,
     dispatch_envelope,
 )
-from taskstream.processors.lifecycle_rules import Limits
+from taskstream.processors.fold.rules import Limits
 from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
@@ -45,7 +45,7 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 
-if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (lifecycle_copy.py)
+if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (fold/copy.py)
     from dataclasses import replace
 
     new_state = TaskState
@@ -54,8 +54,8 @@ if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (lifec
     copy_lease = replace
     copy_done = replace
 else:
-    from taskstream.processors.lifecycle_copy import copy_done, copy_lease, fast_init, new_state
-    from taskstream.processors.lifecycle_copy import copy_state as replace
+    from taskstream.processors.fold.copy import copy_done, copy_lease, fast_init, new_state
+    from taskstream.processors.fold.copy import copy_state as replace
 
     new_set_timer = fast_init(SetTimer)
     new_clear_timer = fast_init(ClearTimer)

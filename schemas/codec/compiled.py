@@ -3,8 +3,8 @@
 fastavro is general: every call walks the parsed schema, builds dicts, and
 :mod:`taskstream.schemas.convert` then turns them into dataclasses. For the
 newest Envelope and TaskState schemas, :func:`build_fast_codec` compiles the
-schema once into straight-line Python (:mod:`~taskstream.schemas.fastcodec_read`,
-:mod:`~taskstream.schemas.fastcodec_write`) that reads the dataclasses straight
+schema once into straight-line Python (:mod:`~taskstream.schemas.codec.read`,
+:mod:`~taskstream.schemas.codec.write`) that reads the dataclasses straight
 from ``bytes`` and writes them back, several times faster.
 
 It is used only after it has agreed with the fastavro path on canaries that
@@ -31,6 +31,10 @@ from typing import Any, TypeVar
 import fastavro
 
 from taskstream.schemas.catalog import Catalog, SchemaVersion, sample_records
+from taskstream.schemas.codec.canaries import canary_envelopes, canary_states
+from taskstream.schemas.codec.prims import Corrupt
+from taskstream.schemas.codec.read import Bindings, CompileError, reader_source
+from taskstream.schemas.codec.write import writer_source
 from taskstream.schemas.convert import (
     envelope_from_record,
     envelope_to_record,
@@ -39,10 +43,6 @@ from taskstream.schemas.convert import (
 )
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import BODY_TYPES, Backoff, Envelope, TimerKind
-from taskstream.schemas.fastcodec_canaries import canary_envelopes, canary_states
-from taskstream.schemas.fastcodec_prims import Corrupt
-from taskstream.schemas.fastcodec_read import Bindings, CompileError, reader_source
-from taskstream.schemas.fastcodec_write import writer_source
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.schemas.wire import (
     SINGLE_OBJECT_HEADER,
@@ -77,7 +77,7 @@ class FastCodec:
 
 
 def _exec(source: str, entry: str, namespace: dict[str, Any]) -> Any:
-    code = compile(source, f"<taskstream.schemas.fastcodec {entry}>", "exec")
+    code = compile(source, f"<taskstream.schemas.codec.compiled {entry}>", "exec")
     exec(code, namespace)  # our own source, generated from our own schema
     return namespace[entry]
 

@@ -4,7 +4,7 @@
 source of ``read(data, pos, ln) -> (value, pos)`` plus the constants it uses
 (classes, enum members, helpers). The code reads ``data`` (a ``bytes``) at an
 integer position: one-byte varints, short strings and empty maps or arrays are
-inlined, everything else calls :mod:`taskstream.schemas.fastcodec_prims`.
+inlined, everything else calls :mod:`taskstream.schemas.codec.prims`.
 Records become the bound classes directly (``object.__new__`` plus the slot
 setters: a frozen dataclass's ``__init__`` costs three times as much).
 
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from taskstream.schemas.fastcodec_prims import (
+from taskstream.schemas.codec.prims import (
     ONE_BYTE_LONG,
     SHORT_LEN,
     Corrupt,

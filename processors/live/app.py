@@ -2,7 +2,7 @@
 
 One agent reads the events topic. For each record it decodes the envelope,
 reads the task's state from the ``tasks`` table, calls the pure
-:func:`~taskstream.processors.lifecycle.apply`, writes the new state and its
+:func:`~taskstream.processors.fold.lifecycle.apply`, writes the new state and its
 index entries, and performs the effects (dispatch, DLQ copy, cancellation).
 
 The order of durable steps for one record, and why it is safe:
@@ -40,7 +40,7 @@ from faust.tables.manager import TableManager
 from faust.types import EventT, StreamT, TopicT
 
 from taskstream.admin import STOCK_SESSION_MIN_S, ensure_queue_topics
-from taskstream.processors.effects import (
+from taskstream.processors.fold.effects import (
     DeadLetter,
     Dispatch,
     Duplicate,
@@ -49,9 +49,9 @@ from taskstream.processors.effects import (
     Rejected,
     RetryScheduled,
 )
-from taskstream.processors.guard import guarded, timer_round
-from taskstream.processors.lifecycle import Limits, apply
-from taskstream.processors.metrics import ProcessorMetrics
+from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.live.guard import guarded, timer_round
+from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
     Envelope,

@@ -62,7 +62,7 @@ def _scope(cls: type) -> tuple[list[dataclasses.Field[Any]], dict[str, Any]]:
 
 
 def _compile(lines: list[str], entry: str, scope: dict[str, Any]) -> Any:
-    code = compile("\n".join(lines), f"<taskstream.processors.lifecycle_copy {entry}>", "exec")
+    code = compile("\n".join(lines), f"<taskstream.processors.fold.copy {entry}>", "exec")
     exec(code, scope)  # our own source, built from the class's field list
     return scope[entry]
 

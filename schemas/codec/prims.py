@@ -1,4 +1,4 @@
-"""Runtime pieces shared by the compiled Avro readers and writers (schemas/fastcodec.py).
+"""Runtime pieces shared by the compiled Avro readers and writers (schemas/codec/compiled.py).
 
 The generated code inlines the common one-byte cases; these functions are the
 slow paths it calls for everything else. They raise :class:`Corrupt` for bytes

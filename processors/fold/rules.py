@@ -3,7 +3,7 @@
 :data:`TRANSITIONS` maps ``(from_status, event_key)`` to the set of statuses the
 event may lead to. ``from_status`` is ``None`` for a task not seen yet; the event
 key is the body's type name, or ``"TimerFired.<KIND>"`` for timers.
-:func:`~taskstream.processors.lifecycle.apply` looks an event up here first (an
+:func:`~taskstream.processors.fold.lifecycle.apply` looks an event up here first (an
 absent pair is rejected without looking further), then applies its fencing
 checks, and refuses to produce a status the table does not list
 (:class:`LifecycleError`: a bug, never a bad event).

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.state import TaskStatus
 from taskstream.schemas.view import TaskView
-from taskstream.statestore.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
 
 _REF = "#/components/schemas/{model}"
 

@@ -16,7 +16,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-from taskstream.processors.replay_read import make_consumer, plan, read_batches
+from taskstream.processors.replay.read import make_consumer, plan, read_batches
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.quarantine import QuarantineHeaderError, QuarantineRecord
 from taskstream.schemas.serde import decode_event

@@ -26,17 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from prometheus_client import generate_latest
 from yarl import URL
 
-from taskstream.errors import KafkaUnavailableError
-from taskstream.processors.guard import timer_round
-from taskstream.producer.build import EventBuilder
-from taskstream.producer.errors import InvalidTaskError
-from taskstream.schemas.models import TaskSpec
-from taskstream.schemas.serde import decode_state
-from taskstream.schemas.state import TaskState, TaskStatus
-from taskstream.settings import Settings
-from taskstream.statestore.auth import TokenAuth
-from taskstream.statestore.indexes import IndexNotReady
-from taskstream.statestore.query import (
+from taskstream.api.auth import TokenAuth
+from taskstream.api.query import (
     TERMINAL,
     ApiError,
     ListQuery,
@@ -53,11 +44,20 @@ from taskstream.statestore.query import (
     sum_rates,
     task_view,
 )
+from taskstream.errors import KafkaUnavailableError
+from taskstream.processors.live.guard import timer_round
+from taskstream.producer.build import EventBuilder
+from taskstream.producer.errors import InvalidTaskError
+from taskstream.schemas.models import TaskSpec
+from taskstream.schemas.serde import decode_state
+from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.settings import Settings
+from taskstream.statestore.indexes import IndexNotReady
 from taskstream.topics import queues_topic
 from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
-    from taskstream.processors.app import Processor
+    from taskstream.processors.live.app import Processor
 
 log = logging.getLogger("taskstream.api")
 
@@ -392,7 +392,7 @@ def register_api(processor: Processor) -> Api:
 
     Must run before the app starts (aiohttp freezes its routes at start-up).
     """
-    from taskstream.statestore.views import install
+    from taskstream.api.views import install
 
     api = Api(processor)
     install(api)

@@ -22,7 +22,7 @@ How one event is applied, in order:
    duplicate (counted; a conflict if name or payload differ), never a transition.
 2. Any other event is looked up in :data:`TRANSITIONS` by (status, event key);
    an absent pair is rejected. Otherwise its step
-   (:mod:`~taskstream.processors.lifecycle_steps`) applies the fencing checks
+   (:mod:`~taskstream.processors.fold.steps`) applies the fencing checks
    (dispatch id, attempt, timer due time) and computes the new state.
 3. Every event that reaches a known task, accepted, duplicate or rejected, is
    recorded: its id appended to ``recent_event_ids`` (the newest
@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from taskstream.processors.effects import (
+from taskstream.processors.fold.effects import (
     DeadLetter,
     Dispatch,
     Effect,
@@ -46,7 +46,7 @@ from taskstream.processors.effects import (
     dead_letter_envelope,
     dispatch_envelope,
 )
-from taskstream.processors.lifecycle_rules import (
+from taskstream.processors.fold.rules import (
     TRANSITIONS,
     LifecycleError,
     Limits,
@@ -54,7 +54,7 @@ from taskstream.processors.lifecycle_rules import (
     event_key,
     timer_kind_for,
 )
-from taskstream.processors.lifecycle_steps import (
+from taskstream.processors.fold.steps import (
     Refusal,
     Step,
     cancel,
@@ -85,8 +85,8 @@ if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copies
 
     copy_recorded = replace
 else:
-    from taskstream.processors.lifecycle_copy import copy_recorded
-    from taskstream.processors.lifecycle_copy import copy_state as replace
+    from taskstream.processors.fold.copy import copy_recorded
+    from taskstream.processors.fold.copy import copy_state as replace
 
 from taskstream.schemas.state import TaskState, TaskStatus
 

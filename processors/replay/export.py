@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import fastavro
 
-from taskstream.processors.replay_read import (
+from taskstream.processors.replay.read import (
     Progress,
     ReplayError,
     SkippedRecord,
@@ -38,7 +38,7 @@ from taskstream.processors.replay_read import (
     plan,
     read_batches,
 )
-from taskstream.processors.replay_rebuild import FoldStats
+from taskstream.processors.replay.rebuild import FoldStats
 from taskstream.schemas.catalog import catalog
 from taskstream.schemas.convert import envelope_to_record
 from taskstream.schemas.errors import DecodeError

@@ -4,14 +4,14 @@ Order of steps (each wait is bounded and fails naming the log to read):
 
 1. Kafka: a cluster recorded in ``.taskstream/kafka`` that runs, else the one at
    ``settings.bootstrap`` if it answers, else a new local broker started into
-   ``.taskstream/kafka`` (:mod:`taskstream.localkafka`; the first run resolves
+   ``.taskstream/kafka`` (:mod:`taskstream.localkafka.cluster`; the first run resolves
    the jars with Maven and shows its progress);
 2. the platform's topics;
 3. one processor replica (``taskstream processor``), ready when ``/readyz`` is 200;
    it serves the HTTP API;
 4. one worker running ``examples/tasks.py``, ready when its consumer group has
    its partitions;
-5. the demo workload (:mod:`taskstream.dev_workload`) through the SDK, a live
+5. the demo workload (:mod:`taskstream.dev.workload`) through the SDK, a live
    progress bar fed by ``GET /tasks?since=...``, and the summary.
 
 At the end, on Ctrl-C or SIGTERM, everything this run started is stopped by PID
@@ -37,9 +37,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskstream import localkafka
 from taskstream.admin import ensure_topics
-from taskstream.dev_procs import (
+from taskstream.dev.procs import (
     HOST,
     Child,
     DevError,
@@ -50,7 +49,8 @@ from taskstream.dev_procs import (
     start_worker,
     stop_all,
 )
-from taskstream.dev_workload import STATES, TERMINAL, Summary, demo_workload, render, summarize
+from taskstream.dev.workload import STATES, TERMINAL, Summary, demo_workload, render, summarize
+from taskstream.localkafka import cluster as localkafka
 from taskstream.settings import Settings
 
 STATE_FILE = "dev.json"

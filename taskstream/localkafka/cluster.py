@@ -1,6 +1,6 @@
 """Run a real Apache Kafka (KRaft, combined mode) on this machine without Docker.
 
-``up`` resolves the jars once (:mod:`taskstream.localkafka_install`), formats
+``up`` resolves the jars once (:mod:`taskstream.localkafka.install`), formats
 each node's storage, starts ``java kafka.Kafka`` per node in its own session (it
 outlives the command that started it) and waits until the cluster answers a
 metadata request. It records what it started in ``<data_dir>/cluster.json``;
@@ -30,14 +30,14 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from taskstream.errors import LocalKafkaError
-from taskstream.localkafka_config import (
+from taskstream.localkafka.config import (
     HOST,
     NodeLayout,
     bootstrap_of,
     layout,
     write_node_files,
 )
-from taskstream.localkafka_install import KafkaInstall, ensure_kafka
+from taskstream.localkafka.install import KafkaInstall, ensure_kafka
 from taskstream.settings import Settings
 
 STATE_FILE = "cluster.json"
