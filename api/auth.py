@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from taskstream.api.errors import AuthFailure
 from taskstream.errors import ConfigError
 
 
@@ -38,16 +39,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 def token_digest(token: str) -> str:
     """The value to put in ``settings.api_tokens`` for ``token``."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class AuthFailure(Exception):
-    """A request that may not pass; ``status`` is 401 or 403. Turned into a JSON error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

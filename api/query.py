@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from taskstream.api.errors import ApiError
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.schemas.view import TaskView
 
@@ -27,24 +28,6 @@ DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
 _MAX_CURSOR = 200
-
-
-class ApiError(Exception):
-    """An error answered to the client as ``{"error": {"code", "message", "field"}}``."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.code, self.message, self.field)
-
-
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
 
 
 def bad_request(field: str, message: str) -> ApiError:

@@ -27,9 +27,9 @@ from prometheus_client import generate_latest
 from yarl import URL
 
 from taskstream.api.auth import TokenAuth
+from taskstream.api.errors import ApiError
 from taskstream.api.query import (
     TERMINAL,
-    ApiError,
     ListQuery,
     Page,
     QueueStats,
@@ -52,7 +52,7 @@ from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
-from taskstream.statestore.indexes import IndexNotReady
+from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import queues_topic
 from taskstream.workers.queuectl import parse_command, set_paused
 

@@ -24,18 +24,13 @@ from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from taskstream.api.auth import AuthFailure, required_scope
+from taskstream.api.auth import required_scope
+from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
-from taskstream.api.query import (
-    ApiError,
-    bad_request,
-    error_body,
-    parse_list_query,
-    parse_wait_timeout,
-)
+from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
 from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
-from taskstream.statestore.indexes import IndexNotReady
+from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import QUEUE_NAME
 
 if TYPE_CHECKING:

@@ -12,8 +12,9 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from taskstream.api.errors import error_body
 from taskstream.api.openapi import documented_routes, openapi_document
-from taskstream.api.query import error_body, list_item, task_view
+from taskstream.api.query import list_item, task_view
 from taskstream.schemas.events import Backoff
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.settings import Settings

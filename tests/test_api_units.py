@@ -9,16 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.api.auth import (
-    AuthFailure,
-    Scope,
-    TokenAuth,
-    bearer_token,
-    required_scope,
-    token_digest,
-)
+from taskstream.api.auth import Scope, TokenAuth, bearer_token, required_scope, token_digest
+from taskstream.api.errors import ApiError, AuthFailure
 from taskstream.api.query import (
-    ApiError,
     ListQuery,
     RateWindow,
     aggregate_queues,

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskstream.processors.fold.lifecycle import Limits, fold
+from taskstream.processors.replay.errors import ReplayError
 from taskstream.processors.replay.export import body_to_json, envelope_to_json
 from taskstream.processors.replay.history import (
     ACCEPTED,
@@ -29,7 +30,6 @@ from taskstream.processors.replay.history import (
 from taskstream.processors.replay.parallel import split
 from taskstream.processors.replay.read import (
     ReadPlan,
-    ReplayError,
     murmur2,
     parse_offsets_spec,
     parse_time,

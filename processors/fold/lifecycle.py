@@ -46,9 +46,9 @@ from taskstream.processors.fold.effects import (
     dead_letter_envelope,
     dispatch_envelope,
 )
+from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.rules import (
     TRANSITIONS,
-    LifecycleError,
     Limits,
     check_transition,
     event_key,

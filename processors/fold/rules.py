@@ -19,19 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from taskstream.errors import TaskstreamError
+from taskstream.processors.fold.errors import LifecycleError
 from taskstream.schemas.events import Envelope, TimerFired, TimerKind
 from taskstream.schemas.state import TaskStatus
 
 S = TaskStatus
-
-
-class LifecycleError(TaskstreamError):
-    """``apply`` was about to break its own transition table or was given bad limits.
-
-    This is a bug in taskstream or a misconfiguration, not a bad event: report it
-    with the event and the task state in the message.
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ from taskstream.schemas.serde import decode_event, decode_state, encode_event, e
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 from taskstream.statestore import keys
-from taskstream.statestore.indexes import IndexNotReady
+from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.tables import TaskTables, processor_app_id
 from taskstream.topics import (
     cancellations_topic,

@@ -28,9 +28,9 @@ from typing import IO, Any
 
 import fastavro
 
+from taskstream.processors.replay.errors import ReplayError
 from taskstream.processors.replay.read import (
     Progress,
-    ReplayError,
     SkippedRecord,
     make_consumer,
     offsets_for_time,

@@ -21,13 +21,8 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
-from taskstream.processors.replay.read import (
-    Progress,
-    ReadPlan,
-    ReplayError,
-    SkippedRecord,
-    make_consumer,
-)
+from taskstream.processors.replay.errors import ReplayError
+from taskstream.processors.replay.read import Progress, ReadPlan, SkippedRecord, make_consumer
 from taskstream.processors.replay.rebuild import FoldedPart, FoldStats, fold_to_sst
 from taskstream.settings import Settings
 

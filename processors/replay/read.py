@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from taskstream.errors import TaskstreamError
+from taskstream.processors.replay.errors import ReplayError
 from taskstream.settings import Settings
 
 #: records asked of librdkafka per ``consume`` call
@@ -27,10 +27,6 @@ BATCH = 10_000
 
 _M = 0x5BD1E995
 _MASK32 = 0xFFFFFFFF
-
-
-class ReplayError(TaskstreamError):
-    """A replay could not run (bad argument, topic missing, broker silent, not caught up)."""
 
 
 @dataclass(frozen=True, slots=True)

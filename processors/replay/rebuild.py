@@ -41,11 +41,11 @@ from rocksdict import (
 )
 
 from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.replay.errors import ReplayError
 from taskstream.processors.replay.read import (
     Advances,
     Progress,
     ReadPlan,
-    ReplayError,
     SkippedRecord,
     make_consumer,
     offsets_for_time,

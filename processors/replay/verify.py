@@ -29,9 +29,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from taskstream.processors.replay.errors import ReplayError
 from taskstream.processors.replay.read import (
     Progress,
-    ReplayError,
     SkippedRecord,
     make_consumer,
     partition_count,

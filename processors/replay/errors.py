@@ -1,0 +1,9 @@
+"""Errors of audit replay (:mod:`taskstream.processors.replay`), under :class:`TaskstreamError`."""
+
+from __future__ import annotations
+
+from taskstream.errors import TaskstreamError
+
+
+class ReplayError(TaskstreamError):
+    """A replay could not run (bad argument, topic missing, broker silent, not caught up)."""
