@@ -1,6 +1,7 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> ruff -> mypy over a
-#   normal install of the package tree -> Kafka up -> pytest -> Kafka down (always).
+#   venv (python3.11) -> install with constraints -> Kafka jars -> ruff -> a normal
+#   install of the package tree -> import-linter and mypy over it -> Kafka up -> pytest ->
+#   Kafka down (always).
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -8,7 +9,7 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars lint typecheck pytest dev clean
+.PHONY: test install kafka-jars lint site typecheck pytest dev clean
 
 test: install kafka-jars lint typecheck pytest
 
@@ -22,14 +23,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 kafka-jars: install
 	$(BIN)/taskstream kafka install
 
-lint: install
+# ruff over the sources; import-linter (the contracts in pyproject.toml) over the
+# installed tree, the module graph mypy sees.
+lint: install site
 	$(BIN)/ruff check .
+	cd $(BUILD)/site && PYTHONPATH=$(CURDIR)/$(BUILD)/site \
+		$(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
-# The editable install uses an import hook mypy cannot follow, so mypy checks a
-# normal install of the same mapping; package_tree.py proves the trees match.
-typecheck: install
+# The editable install uses an import hook mypy and import-linter cannot follow, so
+# they check a normal install of the same mapping; package_tree.py proves the trees match.
+site: install
 	rm -rf $(BUILD)/site
 	$(BIN)/python scripts/package_tree.py $(BUILD)/site
+
+typecheck: install site
 	cd $(BUILD)/site && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
 		--cache-dir $(CURDIR)/$(BUILD)/mypy-cache -p taskstream
 

@@ -45,6 +45,7 @@ from taskstream.api.query import (
     task_view,
 )
 from taskstream.errors import KafkaUnavailableError
+from taskstream.kafka_config import consumer_config
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
@@ -53,7 +54,7 @@ from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
-from taskstream.topics import queues_topic
+from taskstream.topics import api_reader_group, queues_topic
 from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
@@ -346,13 +347,10 @@ def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
     Records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms": n}``;
     the last record of a key wins (workers/queuectl.py parses them).
     """
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap,
-        "group.id": f"taskstream-api-{uuid.uuid4().hex}",
-        "enable.auto.commit": False,
+    consumer = Consumer(consumer_config(settings, api_reader_group(uuid.uuid4().hex), {
         "enable.partition.eof": True,
         "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
-    })
+    }))
     deadline = time.monotonic() + timeout_s
     try:
         topic = queues_topic(settings)

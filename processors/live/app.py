@@ -67,11 +67,12 @@ from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
-from taskstream.statestore.tables import TaskTables, processor_app_id
+from taskstream.statestore.tables import TaskTables
 from taskstream.topics import (
     cancellations_topic,
     dlq_topic,
     events_topic,
+    processor_app_id,
     quarantine_topic,
     ready_topic,
 )

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from taskstream.kafka_config import consumer_config
 from taskstream.processors.replay.errors import ReplayError
 from taskstream.settings import Settings
+from taskstream.topics import REPLAY_GROUP
 
 #: records asked of librdkafka per ``consume`` call
 BATCH = 10_000
@@ -182,17 +184,14 @@ class Progress:
 
 def make_consumer(settings: Settings) -> Consumer:
     """An assign-only consumer tuned for bulk reads (large fetches, no commits)."""
-    return Consumer({
-        "bootstrap.servers": settings.bootstrap,
-        "group.id": "taskstream-replay-assign-only",  # required by the client; never joined
-        "enable.auto.commit": False,
+    return Consumer(consumer_config(settings, REPLAY_GROUP, {
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
         "queued.max.messages.kbytes": 256 * 1024,
         "fetch.wait.max.ms": 50,
-    })
+    }))
 
 
 def consumer_bootstrap(consumer: Consumer) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from taskstream.kafka_config import consumer_config
 from taskstream.processors.replay.errors import ReplayError
 from taskstream.processors.replay.read import (
     Progress,
@@ -44,7 +45,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
-from taskstream.topics import events_topic
+from taskstream.topics import events_topic, processor_app_id, task_changelog_topic
 
 
 class NotCaughtUpError(ReplayError):
@@ -126,33 +127,20 @@ class VerifyReport:
 # -- the live side ----------------------------------------------------------------
 
 
-def changelog_topic(settings: Settings) -> str:
-    """The processor's task table changelog (Faust: ``<app id>-<table>-changelog``)."""
-    return f"{settings.topic_prefix}processor-tasks-changelog"
-
-
-def processor_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}processor"
-
-
 def committed_offsets(settings: Settings, partitions: int) -> dict[int, int]:
     """The processors' committed offsets on the events topic (0 where nothing is committed).
 
     Reads the group's offsets with OffsetFetch only: this consumer never subscribes,
     so it never joins the group nor disturbs its members.
     """
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap,
-        "group.id": processor_group(settings),
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(consumer_config(settings, processor_app_id(settings)))
     topic = events_topic(settings)
     try:
         found = consumer.committed(
             [TopicPartition(topic, p) for p in range(partitions)], timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
         raise ReplayError(f"cannot read the committed offsets of group "
-                          f"{processor_group(settings)}: {exc}") from exc
+                          f"{processor_app_id(settings)}: {exc}") from exc
     finally:
         consumer.close()
     return {tp.partition: max(tp.offset, 0) for tp in found}
@@ -173,7 +161,7 @@ def sample_positions(settings: Settings, consumer: Consumer) -> Positions:
     timeout = settings.kafka_timeout_s
     events = events_topic(settings)
     count = partition_count(consumer, events, timeout)
-    changelog = changelog_topic(settings)
+    changelog = task_changelog_topic(settings)
     events_high = {p: hw for p, (_, hw) in watermarks(consumer, events, range(count),
                                                        timeout).items()}
     committed = committed_offsets(settings, count)
@@ -221,7 +209,7 @@ def read_changelog(
     raw: dict[bytes, tuple[int, int, bytes | None]] = {}
     skipped: list[SkippedRecord] = []
     try:
-        read = plan(consumer, settings, changelog_topic(settings), ends)
+        read = plan(consumer, settings, task_changelog_topic(settings), ends)
         with Progress("changelog", read.total, quiet) as progress:
             for batch in read_batches(consumer, read, settings.kafka_timeout_s, progress):
                 for m in batch:

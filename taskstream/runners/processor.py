@@ -8,7 +8,8 @@ from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, e
 from taskstream.api.service import register_api
 from taskstream.processors.live.app import Processor
 from taskstream.settings import Settings
-from taskstream.statestore.tables import TABLE_NAMES, changelog_topic
+from taskstream.statestore.tables import TABLE_NAMES
+from taskstream.topics import changelog_topic
 
 
 def build_processor(settings: Settings) -> Processor:
