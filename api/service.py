@@ -29,7 +29,6 @@ from yarl import URL
 from taskstream.api.auth import TokenAuth
 from taskstream.api.errors import ApiError
 from taskstream.api.query import (
-    TERMINAL,
     ListQuery,
     Page,
     QueueStats,
@@ -172,7 +171,7 @@ class Api:
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.local_state(task_id)
-            if state is not None and state.status in TERMINAL:
+            if state is not None and state.status.terminal:
                 return task_view(state)
             if time.monotonic() >= deadline:
                 if state is None:

@@ -57,14 +57,13 @@ from taskstream.schemas.codec.compiled import event_reader
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskCancelled, TaskDeadLettered, TaskDispatched
 from taskstream.schemas.serde import decode_event, decode_state, default_codec
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.state import TERMINAL, TaskState
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
 #: bodies the processor refuses on the events topic (they are its own outputs)
 DERIVED = (TaskDispatched, TaskDeadLettered, TaskCancelled)
 _DERIVED = frozenset(DERIVED)
-_FINISHED = frozenset(status for status in TaskStatus if status.terminal)
 #: skipped records kept with their details; beyond this only counted
 MAX_SKIPPED_DETAILS = 1_000
 #: below this many records a rebuild folds in-process (spawning costs about a second)
@@ -221,7 +220,7 @@ class StateCache:
         return state
 
     def put(self, task_id: str, state: TaskState) -> None:
-        if state.status in _FINISHED:
+        if state.status in TERMINAL:
             self.finished[task_id] = self.encode(state)
             if self.hot.pop(task_id, None) is not None:
                 self.dirty.discard(task_id)
@@ -371,7 +370,7 @@ def fold_messages(
                 before = load(task_id)
             after, _effects = apply(before, envelope, limits, effects=False)
             if after is not None and after is not before:
-                if after.status in _FINISHED:  # cache.put, inline
+                if after.status in TERMINAL:  # cache.put, inline
                     finished[task_id] = encode(after)
                     if before is not None and hot.pop(task_id, None) is not None:
                         dirty.discard(task_id)

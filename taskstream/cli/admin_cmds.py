@@ -20,9 +20,8 @@ from typing import Any
 import click
 import httpx
 
-from taskstream.schemas.state import TaskStatus
+from taskstream.schemas.state import TERMINAL, TaskStatus
 
-TERMINAL = {TaskStatus.SUCCEEDED.value, TaskStatus.DEAD.value, TaskStatus.CANCELLED.value}
 EXIT_TIMEOUT = 124
 #: one long poll at most; longer waits are several polls
 POLL_S = 30.0

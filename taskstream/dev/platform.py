@@ -49,8 +49,9 @@ from taskstream.dev.procs import (
     start_worker,
     stop_all,
 )
-from taskstream.dev.workload import STATES, TERMINAL, Summary, demo_workload, render, summarize
+from taskstream.dev.workload import STATES, Summary, demo_workload, render, summarize
 from taskstream.localkafka import cluster as localkafka
+from taskstream.schemas.state import TERMINAL
 from taskstream.settings import Settings
 
 STATE_FILE = "dev.json"

@@ -15,11 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskstream.schemas.state import TERMINAL, TaskStatus
+
 FAST_BACKOFF = {"initial": 0.2, "multiplier": 2.0, "max": 1.0, "jitter": 0.0}
 DELAY_S = 2.0
 SLOW_S = 1.0
-TERMINAL = frozenset({"SUCCEEDED", "DEAD", "CANCELLED"})
-STATES = ("SCHEDULED", "READY", "RUNNING", "RETRYING", "SUCCEEDED", "DEAD", "CANCELLED")
+#: the progress bar's columns: every status the fold reaches (WAITING is reserved)
+STATES = tuple(s.value for s in TaskStatus if s is not TaskStatus.WAITING)
 
 
 @dataclass(frozen=True)
