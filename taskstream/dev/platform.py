@@ -27,13 +27,12 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -51,6 +50,8 @@ from taskstream.dev.procs import (
 )
 from taskstream.dev.workload import STATES, Summary, demo_workload, render, summarize
 from taskstream.localkafka import cluster as localkafka
+from taskstream.producer.api_client import ApiClient
+from taskstream.producer.errors import ApiUnavailableError
 from taskstream.schemas.state import TERMINAL
 from taskstream.settings import Settings
 
@@ -156,17 +157,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def list_since(client: httpx.Client, api_url: str, since_ms: int) -> dict[str, dict[str, Any]]:
-    """Every task submitted since ``since_ms``, by ID (GET /tasks, all pages)."""
+def list_since(client: ApiClient, since_ms: int) -> dict[str, dict[str, Any]]:
+    """Every task submitted since ``since_ms``, by ID (GET /tasks, all pages).
+
+    Raises :class:`ApiUnavailableError` when the API cannot be reached or answers an error.
+    """
     views: dict[str, dict[str, Any]] = {}
     cursor: str | None = None
     while True:
         params: dict[str, Any] = {"since": since_ms, "limit": PAGE}
         if cursor:
             params["cursor"] = cursor
-        response = client.get(f"{api_url}/tasks", params=params)
-        response.raise_for_status()
-        body = response.json()
+        response = client.request("GET", "/tasks", params=params, timeout=10.0)
+        if not response.ok:
+            raise ApiUnavailableError(f"GET /tasks: HTTP {response.status_code}")
+        body = response.data
         for item in body["items"]:
             views[item["task_id"]] = item
         cursor = body.get("next_cursor")
@@ -202,13 +207,14 @@ def _watch(api_url: str, kinds: dict[str, str], since_ms: int, timeout: float,
     deadline = time.monotonic() + timeout
     columns = (TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.description}"))
-    with httpx.Client(timeout=10.0) as client, Progress(*columns, console=console) as bar:
+    client = ApiClient(api_url, token=None)
+    with closing(client), Progress(*columns, console=console) as bar:
         job = bar.add_task("", total=len(kinds))
         while True:
             try:
-                seen = list_since(client, api_url, since_ms)
+                seen = list_since(client, since_ms)
                 views = {t: seen[t] for t in kinds if t in seen}
-            except httpx.HTTPError:
+            except ApiUnavailableError:
                 pass  # a 503 during a rebalance, or a slow answer: try again next tick
             counts = {s: 0 for s in STATES}
             for v in views.values():
