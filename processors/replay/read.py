@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from taskstream.kafka_config import consumer_config
@@ -26,10 +27,6 @@ from taskstream.topics import REPLAY_GROUP
 
 #: records asked of librdkafka per ``consume`` call
 BATCH = 10_000
-
-_M = 0x5BD1E995
-_MASK32 = 0xFFFFFFFF
-
 
 @dataclass(frozen=True, slots=True)
 class SkippedRecord:
@@ -46,34 +43,13 @@ class SkippedRecord:
 # -- partitioning ---------------------------------------------------------------
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (Java client, aiokafka, librdkafka ``murmur2_random``), signed 32 bit."""
-    length = len(data)
-    h = (0x9747B28C ^ length) & _MASK32
-    end = length - length % 4
-    for i in range(0, end, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * _M) & _MASK32
-        k ^= k >> 24
-        k = (k * _M) & _MASK32
-        h = ((h * _M) & _MASK32) ^ k
-    rest = length % 4
-    if rest >= 3:
-        h ^= data[end + 2] << 16
-    if rest >= 2:
-        h ^= data[end + 1] << 8
-    if rest >= 1:
-        h ^= data[end]
-        h = (h * _M) & _MASK32
-    h ^= h >> 13
-    h = (h * _M) & _MASK32
-    h ^= h >> 15
-    return h - (1 << 32) if h & 0x80000000 else h
-
-
 def partition_for(key: bytes, partitions: int) -> int:
-    """The partition every client of ours puts ``key`` on (Java's ``toPositive(murmur2) % n``)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """The partition every client of ours puts ``key`` on (Java's ``toPositive(murmur2) % n``).
+
+    aiokafka's murmur2 is Faust's and the Java client's (tests/test_partitioner.py shows
+    librdkafka's ``murmur2_random`` agrees).
+    """
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
 
 
 # -- arguments ----------------------------------------------------------------------
