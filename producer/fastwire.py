@@ -159,9 +159,9 @@ def reference_simple_encoder(
 
 def simple_encoder() -> SimpleEncoder:
     """The fast SimpleFields encoder if it matches encode_event on samples, else the reference."""
-    samples: list[SimpleFields] = [
-        ("a", "default", 0, b"null", "application/json", None, 3, None, 30_000, None),
-        (
+    samples = [
+        SimpleFields("a", "default", 0, b"null", "application/json", None, 3, None, 30_000, None),
+        SimpleFields(
             "n.x",
             "q-1",
             2,

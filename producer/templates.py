@@ -153,7 +153,7 @@ class TemplateItems:
                 _TEMPLATE_TASK_ID,
                 at_ms,
                 self._source,
-                (*fields[:3], payload, *fields[4:]),
+                fields._replace(payload=payload),
             )
             for payload in (b"", b"Z")
         )
