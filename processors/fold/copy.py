@@ -10,9 +10,10 @@ descriptor's ``__set__``): ``new_state`` ~3x faster than ``TaskState(...)``,
 results: tests compare them with the dataclass constructors and
 ``dataclasses.replace`` field by field, defaults and fresh default lists included.
 
-Lifecycle modules import them under the dataclass names for the type checker
-(``replace``, ``TaskState``, ``Envelope``, ...), so every call is still checked
-field by field; only the running code is the compiled one.
+Every call is still type-checked field by field: :func:`fast_init` is typed as
+the class it builds (a ParamSpec of its ``__init__``), and the copies are
+declared once, below, as ``dataclasses.replace`` for the type checker (whose
+dataclass plugin checks the changed fields); only the running code is compiled.
 
 Only for slotted dataclasses without ``__post_init__`` and with every field in
 ``__init__`` (checked when compiling; anything else raises TypeError at import).
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from taskstream.schemas.events import (
     Envelope,
@@ -33,7 +34,14 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.state import TaskState
 
+__all__ = [
+    "copy_done", "copy_lease", "copy_recorded", "copy_state", "fast_init", "fast_replace",
+    "fast_replace_only", "new_cancelled", "new_dead_lettered", "new_dispatched", "new_envelope",
+    "new_state",
+]
+
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class _Missing:
@@ -67,8 +75,10 @@ def _compile(lines: list[str], entry: str, scope: dict[str, Any]) -> Any:
     return scope[entry]
 
 
-def fast_init(cls: type[T]) -> Callable[..., T]:
+def fast_init(cls: Callable[P, T]) -> Callable[P, T]:
     """A function with the signature and result of ``cls.__init__`` (a new instance), fast."""
+    if not isinstance(cls, type):
+        raise TypeError(f"{cls!r}: the fast constructor is built from a dataclass")
     found, scope = _scope(cls)
     params, body = [], ["    new = _new(CLS)"]
     for f in found:
@@ -85,7 +95,7 @@ def fast_init(cls: type[T]) -> Callable[..., T]:
             params.append(n)
             body.append(f"    S_{n}(new, {n})")
     entry = f"new_{cls.__name__}"
-    function: Callable[..., T] = _compile(
+    function: Callable[P, T] = _compile(
         [f"def {entry}({', '.join(params)}):", *body, "    return new"], entry, scope)
     return function
 
@@ -119,17 +129,25 @@ def fast_replace_only(cls: type[T], changed: tuple[str, ...]) -> Callable[..., T
     return function
 
 
-#: ``copy_state(state, **changes)`` = ``dataclasses.replace(state, **changes)``
-copy_state = fast_replace(TaskState)
 #: ``new_state(...)`` = ``TaskState(...)``
 new_state = fast_init(TaskState)
 new_envelope = fast_init(Envelope)
 new_dispatched = fast_init(TaskDispatched)
 new_dead_lettered = fast_init(TaskDeadLettered)
 new_cancelled = fast_init(TaskCancelled)
-#: the copies of the hottest steps: a start (``_lease``), a success, an applied event
-copy_lease = fast_replace_only(TaskState, ("status", "worker_id", "started_at_ms", "due_at_ms"))
-copy_done = fast_replace_only(TaskState, (
-    "status", "worker_id", "result", "result_content_type", "result_truncated",
-    "finished_at_ms", "due_at_ms"))
-copy_recorded = fast_replace_only(TaskState, ("recent_event_ids", "updated_at_ms"))
+
+if TYPE_CHECKING:  # checked as dataclasses.replace, run as the compiled copies below
+    from dataclasses import replace as copy_done
+    from dataclasses import replace as copy_lease
+    from dataclasses import replace as copy_recorded
+    from dataclasses import replace as copy_state
+else:
+    #: ``copy_state(state, **changes)`` = ``dataclasses.replace(state, **changes)``
+    copy_state = fast_replace(TaskState)
+    #: the copies of the hottest steps: a start (``_lease``), a success, an applied event
+    copy_lease = fast_replace_only(
+        TaskState, ("status", "worker_id", "started_at_ms", "due_at_ms"))
+    copy_done = fast_replace_only(TaskState, (
+        "status", "worker_id", "result", "result_content_type", "result_truncated",
+        "finished_at_ms", "due_at_ms"))
+    copy_recorded = fast_replace_only(TaskState, ("recent_event_ids", "updated_at_ms"))

@@ -21,8 +21,13 @@ records.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from taskstream.processors.fold.copy import (
+    new_cancelled,
+    new_dead_lettered,
+    new_dispatched,
+    new_envelope,
+)
 from taskstream.schemas.events import (
     Envelope,
     TaskCancelled,
@@ -31,19 +36,6 @@ from taskstream.schemas.events import (
     TimerKind,
 )
 from taskstream.schemas.state import TaskState
-
-if TYPE_CHECKING:  # checked as the dataclasses, run as their fast constructors
-    new_envelope = Envelope
-    new_dispatched = TaskDispatched
-    new_dead_lettered = TaskDeadLettered
-    new_cancelled = TaskCancelled
-else:
-    from taskstream.processors.fold.copy import (
-        new_cancelled,
-        new_dead_lettered,
-        new_dispatched,
-        new_envelope,
-    )
 
 #: ``source`` of every record the lifecycle derives
 PROCESSOR_SOURCE = "processor"

@@ -34,8 +34,9 @@ How one event is applied, in order:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
+from taskstream.processors.fold.copy import copy_recorded
+from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     DeadLetter,
     Dispatch,
@@ -79,15 +80,6 @@ from taskstream.schemas.events import (
     TaskSucceeded,
     TimerFired,
 )
-
-if TYPE_CHECKING:  # checked as dataclasses.replace, run as the fast copies
-    from dataclasses import replace
-
-    copy_recorded = replace
-else:
-    from taskstream.processors.fold.copy import copy_recorded
-    from taskstream.processors.fold.copy import copy_state as replace
-
 from taskstream.schemas.state import TaskState, TaskStatus
 
 __all__ = [

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from taskstream.processors.fold.backoff import retry_delay_ms
+from taskstream.processors.fold.copy import copy_done, copy_lease, fast_init, new_state
+from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
@@ -45,20 +46,8 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 
-if TYPE_CHECKING:  # checked as the dataclass API, run as the fast copies (fold/copy.py)
-    from dataclasses import replace
-
-    new_state = TaskState
-    new_set_timer = SetTimer
-    new_clear_timer = ClearTimer
-    copy_lease = replace
-    copy_done = replace
-else:
-    from taskstream.processors.fold.copy import copy_done, copy_lease, fast_init, new_state
-    from taskstream.processors.fold.copy import copy_state as replace
-
-    new_set_timer = fast_init(SetTimer)
-    new_clear_timer = fast_init(ClearTimer)
+new_set_timer = fast_init(SetTimer)
+new_clear_timer = fast_init(ClearTimer)
 
 #: error_type recorded when a RUNNING attempt's lease runs out
 LEASE_EXPIRED_ERROR = "LeaseExpired"
