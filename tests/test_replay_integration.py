@@ -24,9 +24,10 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from taskstream.cli.main import main
+from taskstream.processors.replay.folding import StateDB, iter_states, open_db
 from taskstream.processors.replay.history import REJECTED, SKIPPED, task_history
 from taskstream.processors.replay.read import partition_for, watermarks
-from taskstream.processors.replay.rebuild import StateDB, iter_states, open_db, rebuild
+from taskstream.processors.replay.rebuild import rebuild
 from taskstream.processors.replay.verify import read_changelog
 from taskstream.schemas.events import (
     Backoff,

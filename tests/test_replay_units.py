@@ -14,9 +14,20 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskstream.cli.replay_args import parse_offsets_spec, parse_time
 from taskstream.processors.fold.lifecycle import Limits, fold
 from taskstream.processors.replay.errors import ReplayError
 from taskstream.processors.replay.export import body_to_json, envelope_to_json
+from taskstream.processors.replay.folding import (
+    FoldStats,
+    StateCache,
+    StateDB,
+    collector_paused,
+    decode_usable,
+    fold_messages,
+    merge_newest,
+    open_db,
+)
 from taskstream.processors.replay.history import (
     ACCEPTED,
     CONFLICT,
@@ -27,23 +38,7 @@ from taskstream.processors.replay.history import (
     format_entry,
 )
 from taskstream.processors.replay.parallel import split
-from taskstream.processors.replay.read import (
-    ReadPlan,
-    parse_offsets_spec,
-    parse_time,
-    partition_for,
-    read_batches,
-)
-from taskstream.processors.replay.rebuild import (
-    FoldStats,
-    StateCache,
-    StateDB,
-    collector_paused,
-    decode_usable,
-    fold_messages,
-    merge_newest,
-    open_db,
-)
+from taskstream.processors.replay.read import ReadPlan, partition_for, read_batches
 from taskstream.processors.replay.verify import compare
 from taskstream.schemas.events import (
     CancelRequested,

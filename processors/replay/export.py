@@ -29,16 +29,17 @@ from typing import IO, Any
 import fastavro
 
 from taskstream.processors.replay.errors import ReplayError
+from taskstream.processors.replay.folding import FoldStats
 from taskstream.processors.replay.read import (
-    Progress,
+    ProgressFactory,
     SkippedRecord,
     make_consumer,
+    no_progress,
     offsets_for_time,
     partition_count,
     plan,
     read_batches,
 )
-from taskstream.processors.replay.rebuild import FoldStats
 from taskstream.schemas.catalog import catalog
 from taskstream.schemas.convert import envelope_to_record
 from taskstream.schemas.errors import DecodeError
@@ -139,7 +140,7 @@ def _write_jsonl(fo: IO[bytes], items: Iterator[tuple[Envelope, int, int, int]])
 
 def export(
     settings: Settings, fmt: str, out: Path, *, since_ms: int | None = None,
-    until_ms: int | None = None, quiet: bool = True,
+    until_ms: int | None = None, progress: ProgressFactory = no_progress,
 ) -> ExportResult:
     if fmt not in FORMATS:
         raise ReplayError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -157,8 +158,8 @@ def export(
         read = plan(consumer, settings, topic, ends, starts)
         ranges = {str(p): [read.starts[p], read.ends[p]] for p in sorted(read.ends)}
         out.parent.mkdir(parents=True, exist_ok=True)
-        with Progress("export", read.total, quiet) as progress, open(out, "wb") as fo:
-            items = _decoded(read_batches(consumer, read, settings.kafka_timeout_s, progress),
+        with progress("export", read.total) as counter, open(out, "wb") as fo:
+            items = _decoded(read_batches(consumer, read, settings.kafka_timeout_s, counter),
                              since_ms, until_ms, counts)
             if fmt == "avro":
                 _write_avro(fo, items, {"taskstream.topic": topic,

@@ -28,15 +28,16 @@ from taskstream.processors.fold.effects import (
     SetTimer,
 )
 from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.replay.folding import decode_usable, limits_of
 from taskstream.processors.replay.read import (
-    Progress,
+    ProgressFactory,
     make_consumer,
+    no_progress,
     partition_count,
     partition_for,
     plan,
     read_batches,
 )
-from taskstream.processors.replay.rebuild import decode_usable, limits_of
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
@@ -160,7 +161,8 @@ def explain(envelopes: Iterable[tuple[int, int, int, Envelope | str]],
     return entries
 
 
-def task_history(settings: Settings, task_id: str, quiet: bool = True) -> list[HistoryEntry]:
+def task_history(settings: Settings, task_id: str, progress: ProgressFactory = no_progress
+                 ) -> list[HistoryEntry]:
     """Read the task's partition to its high watermark and explain its events."""
     key = task_id.encode()
     topic = events_topic(settings)
@@ -169,8 +171,8 @@ def task_history(settings: Settings, task_id: str, quiet: bool = True) -> list[H
     try:
         partition = partition_for(key, partition_count(consumer, topic, settings.kafka_timeout_s))
         read = plan(consumer, settings, topic, {partition: 2**62})
-        with Progress(f"partition {partition}", read.total, quiet) as progress:
-            for batch in read_batches(consumer, read, settings.kafka_timeout_s, progress):
+        with progress(f"partition {partition}", read.total) as counter:
+            for batch in read_batches(consumer, read, settings.kafka_timeout_s, counter):
                 for m in batch:
                     if m.key() == key:
                         records.append((m.partition(), m.offset(), m.timestamp()[1],

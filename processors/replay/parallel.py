@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from taskstream.processors.replay.errors import ReplayError
-from taskstream.processors.replay.read import Progress, ReadPlan, SkippedRecord, make_consumer
-from taskstream.processors.replay.rebuild import FoldedPart, FoldStats, fold_to_sst
+from taskstream.processors.replay.folding import FoldedPart, FoldStats, fold_to_sst
+from taskstream.processors.replay.read import (
+    ProgressFactory,
+    ReadPlan,
+    SkippedRecord,
+    make_consumer,
+)
 from taskstream.settings import Settings
 
 
@@ -36,7 +41,7 @@ class GroupResult:
 
 
 class _Counter:
-    """``Progress.advance`` for a child: adds to a counter the parent reads."""
+    """``advance`` for a child: adds to a counter the parent reads."""
 
     def __init__(self, value: Synchronized[int]) -> None:
         self._value = value
@@ -75,7 +80,7 @@ def fold_group(
 
 
 def rebuild_parallel(
-    settings: Settings, read: ReadPlan, scratch: Path, workers: int, quiet: bool,
+    settings: Settings, read: ReadPlan, scratch: Path, workers: int, progress: ProgressFactory,
     cache_size: int,
 ) -> tuple[FoldStats, list[FoldedPart]]:
     """Fold ``read`` with ``workers`` processes into SST files under ``scratch``."""
@@ -94,7 +99,7 @@ def rebuild_parallel(
         child.start()
         children.append(child)
     try:
-        found = _collect(children, results, counters, read.total, quiet,
+        found = _collect(children, results, counters, read.total, progress,
                          settings.kafka_timeout_s)
     finally:
         for child in children:
@@ -111,11 +116,11 @@ def rebuild_parallel(
 
 def _collect(
     children: list[Any], results: Any, counters: list[Synchronized[int]], total: int,
-    quiet: bool, silence_s: float,
+    progress: ProgressFactory, silence_s: float,
 ) -> list[GroupResult]:
     found: list[GroupResult] = []
     last_done, last_change = -1, time.monotonic()
-    with Progress(f"rebuild ({len(children)} processes)", total, quiet) as progress:
+    with progress(f"rebuild ({len(children)} processes)", total) as counter:
         while len(found) < len(children):
             try:
                 item = results.get(timeout=0.25)
@@ -127,7 +132,7 @@ def _collect(
                 found.append(item)
             done = sum(c.value for c in counters)
             if done != last_done:
-                progress.advance(done - max(last_done, 0))
+                counter.advance(done - max(last_done, 0))
                 last_done, last_change = done, time.monotonic()
             dead = [c for c in children if not c.is_alive() and c.exitcode not in (0, None)]
             if dead and item is None:

@@ -1,4 +1,4 @@
-"""Reading a topic for replay: partition choice, time and offset specs, batched reads, progress.
+"""Reading a topic for replay: partition choice, batched reads, the progress hook.
 
 Replay reads with a plain confluent-kafka consumer that *assigns* partitions and never
 joins or commits to a consumer group, so it never disturbs the processors. Every read
@@ -9,12 +9,10 @@ broker delivers nothing for ``Settings.kafka_timeout_s`` while records are still
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
@@ -27,6 +25,7 @@ from taskstream.topics import REPLAY_GROUP
 
 #: records asked of librdkafka per ``consume`` call
 BATCH = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class SkippedRecord:
@@ -52,107 +51,29 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
 
 
-# -- arguments ----------------------------------------------------------------------
-
-
-def parse_offsets_spec(spec: str) -> dict[int, int]:
-    """``"0:1200,1:900"`` -> ``{0: 1200, 1: 900}``: fold records with offset < N.
-
-    A partition the spec does not name is not read at all.
-    """
-    ends: dict[int, int] = {}
-    for part in spec.split(","):
-        item = part.strip()
-        if not item:
-            continue
-        partition, sep, offset = item.partition(":")
-        if not sep or not partition.strip().isdigit() or not offset.strip().isdigit():
-            raise ReplayError(
-                f"bad offsets spec item {item!r} in {spec!r}: write PARTITION:OFFSET pairs "
-                "separated by commas, e.g. 0:1200,1:900"
-            )
-        p = int(partition)
-        if p in ends:
-            raise ReplayError(f"partition {p} appears twice in offsets spec {spec!r}")
-        ends[p] = int(offset)
-    if not ends:
-        raise ReplayError(f"offsets spec {spec!r} names no partition; e.g. 0:1200,1:900")
-    return ends
-
-
-def parse_time(text: str) -> int:
-    """Epoch milliseconds from an integer (ms) or ISO 8601 text (no zone = UTC)."""
-    value = text.strip()
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ReplayError(
-            f"cannot read time {text!r}: give epoch milliseconds or ISO 8601, "
-            "e.g. 2026-05-01T12:00:00Z"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 # -- progress -------------------------------------------------------------------------
 
 
-class Progress:
-    """A progress bar with events per second on stderr; silent when quiet or not a TTY."""
+class Advances(Protocol):
+    """Anything that counts records read (a progress bar, a child's shared counter)."""
 
-    def __init__(self, description: str, total: int, quiet: bool = False) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        if quiet or not sys.stderr.isatty():
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
+    def advance(self, n: int) -> None: ...
 
-        self._bar = RichProgress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._bar.add_task(description, total=total, rate="")
-        self._started = time.monotonic()
-        self._done = 0
-        self._bar.start()
 
+#: ``progress(description, total)``: a context manager counting one read's records.
+#: The CLI passes a progress bar (:mod:`taskstream.cli.progress`); the default is silent.
+ProgressFactory = Callable[[str, int], AbstractContextManager[Advances]]
+
+
+class _Silent:
     def advance(self, n: int) -> None:
-        if self._bar is None:
-            return
-        self._done += n
-        elapsed = max(time.monotonic() - self._started, 1e-6)
-        self._bar.update(self._task, advance=n, rate=f"{self._done / elapsed:,.0f} ev/s")
+        pass
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
 
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+@contextmanager
+def no_progress(description: str, total: int) -> Iterator[Advances]:
+    """The default :data:`ProgressFactory`: counts nothing, shows nothing."""
+    yield _Silent()
 
 
 # -- the consumer ------------------------------------------------------------------------
@@ -268,12 +189,6 @@ def plan(
         p: max(starts.get(p, 0) if starts else 0, marks[p][0]) for p in wanted
     }
     return ReadPlan(topic, bounded_starts, bounded_ends)
-
-
-class Advances(Protocol):
-    """Anything that counts records read (:class:`Progress`, a child's shared counter)."""
-
-    def advance(self, n: int) -> None: ...
 
 
 def read_batches(

@@ -31,16 +31,18 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from taskstream.kafka_config import consumer_config
 from taskstream.processors.replay.errors import ReplayError
+from taskstream.processors.replay.folding import StateDB, open_db
 from taskstream.processors.replay.read import (
-    Progress,
+    ProgressFactory,
     SkippedRecord,
     make_consumer,
+    no_progress,
     partition_count,
     plan,
     read_batches,
     watermarks,
 )
-from taskstream.processors.replay.rebuild import StateDB, open_db, rebuild
+from taskstream.processors.replay.rebuild import rebuild
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
@@ -201,7 +203,8 @@ def wait_caught_up(settings: Settings, wait_timeout: float, settle: float = 1.0)
 
 
 def read_changelog(
-    settings: Settings, ends: Mapping[int, int] | None = None, quiet: bool = True
+    settings: Settings, ends: Mapping[int, int] | None = None,
+    progress: ProgressFactory = no_progress,
 ) -> tuple[dict[str, TaskState], list[SkippedRecord]]:
     """The latest state per task in the task changelog, read up to ``ends``."""
     consumer = make_consumer(settings)
@@ -210,8 +213,8 @@ def read_changelog(
     skipped: list[SkippedRecord] = []
     try:
         read = plan(consumer, settings, task_changelog_topic(settings), ends)
-        with Progress("changelog", read.total, quiet) as progress:
-            for batch in read_batches(consumer, read, settings.kafka_timeout_s, progress):
+        with progress("changelog", read.total) as counter:
+            for batch in read_batches(consumer, read, settings.kafka_timeout_s, counter):
                 for m in batch:
                     if m.key() is not None:
                         raw[m.key()] = (m.partition(), m.offset(), m.value())
@@ -231,15 +234,15 @@ def read_changelog(
 
 
 def verify(
-    settings: Settings, wait_timeout: float = 30.0, quiet: bool = True,
+    settings: Settings, wait_timeout: float = 30.0, progress: ProgressFactory = no_progress,
     workdir: Path | None = None, workers: int | None = None,
 ) -> VerifyReport:
     started = time.perf_counter()
     positions = wait_caught_up(settings, wait_timeout)
-    live, changelog_skipped = read_changelog(settings, positions.changelog_high, quiet)
+    live, changelog_skipped = read_changelog(settings, positions.changelog_high, progress)
     with tempfile.TemporaryDirectory(prefix="taskstream-verify-", dir=workdir) as scratch:
         result = rebuild(settings, Path(scratch) / "replay", until_offsets=positions.committed,
-                         quiet=quiet, workers=workers)
+                         progress=progress, workers=workers)
         db = open_db(result.out, create=False)
         try:
             mismatches = compare(StateDB(db), live)
