@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskstream.processors.replay.read import make_consumer, plan, read_batches
-from taskstream.schemas.errors import DecodeError
-from taskstream.schemas.quarantine import QuarantineHeaderError, QuarantineRecord
+from taskstream.schemas.errors import DecodeError, QuarantineHeaderError
+from taskstream.schemas.quarantine import QuarantineRecord
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
 from taskstream.topics import quarantine_topic

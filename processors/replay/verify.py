@@ -30,7 +30,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from taskstream.kafka_config import consumer_config
-from taskstream.processors.replay.errors import ReplayError
+from taskstream.processors.replay.errors import NotCaughtUpError, ReplayError
 from taskstream.processors.replay.folding import StateDB, open_db
 from taskstream.processors.replay.read import (
     ProgressFactory,
@@ -48,12 +48,6 @@ from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, processor_app_id, task_changelog_topic
-
-
-class NotCaughtUpError(ReplayError):
-    """The processors did not reach the end of the events topic within the wait."""
-
-    retriable = True
 
 
 @dataclass(frozen=True, slots=True)

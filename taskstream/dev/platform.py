@@ -37,10 +37,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from taskstream.admin import ensure_topics
+from taskstream.dev.errors import DevError
 from taskstream.dev.procs import (
     HOST,
     Child,
-    DevError,
     free_port,
     log_tail,
     port_is_free,

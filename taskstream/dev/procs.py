@@ -21,15 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from taskstream.errors import TaskstreamError
+from taskstream.dev.errors import DevError
 from taskstream.settings import Settings
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 25
-
-
-class DevError(TaskstreamError):
-    """A process that ``taskstream dev`` (or a benchmark) started failed or did not get ready."""
 
 
 def free_port() -> int:
