@@ -1,6 +1,6 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> ruff -> mypy over a
-#   normal install of the package tree -> Kafka up -> pytest -> Kafka down (always).
+#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> ruff ->
+#   mypy over a normal install of the package tree -> Kafka up -> pytest -> Kafka down.
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -8,9 +8,9 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars lint typecheck pytest dev clean
+.PHONY: test install kafka-jars kustomize lint typecheck pytest dev clean
 
-test: install kafka-jars lint typecheck pytest
+test: install kafka-jars kustomize lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,25 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 kafka-jars: install
 	$(BIN)/taskstream kafka install
+
+# kustomize renders k8s/ for tests/test_deploy_k8s.py: the pinned release, built once
+# with the Go toolchain into .ci-build/bin (Go's module and build caches keep later
+# runs offline). Without Go, the tests fall back to `kubectl kustomize`.
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE_STAMP := $(BUILD)/bin/.kustomize-$(KUSTOMIZE_VERSION)
+
+kustomize: $(KUSTOMIZE_STAMP)
+
+$(KUSTOMIZE_STAMP):
+	@mkdir -p $(BUILD)/bin
+	@if command -v go >/dev/null; then \
+		GOBIN=$(CURDIR)/$(BUILD)/bin GOFLAGS=-mod=mod \
+			go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) && touch $@; \
+	elif command -v kubectl >/dev/null; then \
+		echo "kustomize: no Go toolchain; the tests use kubectl kustomize ($$(kubectl version --client | grep -i kustomize))"; \
+	else \
+		echo "kustomize: install Go (to build kustomize $(KUSTOMIZE_VERSION)) or kubectl" >&2; exit 1; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

@@ -34,7 +34,6 @@ from tests.deploy_support import (
     Stage,
     build_context,
     copy_context,
-    expand,
     parse_dockerfile,
 )
 from tests.harness import wait_for
@@ -141,8 +140,8 @@ def test_image_install_and_entrypoint_run_the_platform(settings: Settings,
     # the runtime stage's environment, with $VENV here, and one platform's settings
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TASKSTREAM_", "VIRTUAL_ENV", "PYTHON"))}
-    env = runtime.env({**env, "VENV": str(venv)})
-    env["PATH"] = expand(env["PATH"], {"VENV": str(venv), "PATH": os.environ["PATH"]})
+    image_venv = build.env()["VENV"]
+    env = {k: v.replace(image_venv, str(venv)) for k, v in runtime.env(env).items()}
     web_port = free_port()
     env.update(TASKSTREAM_BOOTSTRAP=settings.bootstrap,
                TASKSTREAM_TOPIC_PREFIX=settings.topic_prefix,
