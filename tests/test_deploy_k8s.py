@@ -236,7 +236,7 @@ def test_keda_scales_each_queue_on_its_own_consumer_group() -> None:
         assert trigger["type"] == "kafka"
         # the group the worker joins (workers/consumer.py): f"{prefix}workers.{queue}"
         assert trigger["metadata"]["consumerGroup"] == f"{prefix}workers.{queue}"
-        assert trigger["metadata"]["bootstrapServersFromEnv"] == "TASKSTREAM_BOOTSTRAP"
+        assert trigger["metadata"]["bootstrapServers"] == settings.bootstrap
         assert scaled["spec"]["scaleTargetRef"]["envSourceContainerName"] == \
             container(target)["name"]
         # more members than partitions would idle: ready partitions x priority levels

@@ -93,6 +93,33 @@ def test_changed_files_lists_each_path_once() -> None:
                           (Change.deleted, "/a/a.py")}) == ["/a/a.py", "/a/b.py"]
 
 
+def test_dev_reload_starts_its_worker_with_reload(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    from taskstream import dev_procs
+    from taskstream.settings import load_settings
+
+    started: list[dev_procs.ChildSpec] = []
+    monkeypatch.setattr(dev_procs, "Child", started.append)
+    for reload in (False, True):
+        dev_procs.start_worker(load_settings(), "examples.tasks", tmp_path / "w.log", tmp_path,
+                               reload=reload)
+    assert ["--reload" in spec.argv for spec in started] == [False, True]
+
+
+def test_dev_command_passes_reload_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import taskstream.dev as dev
+    from taskstream.cli.main import main
+
+    seen: list[bool] = []
+    monkeypatch.setattr(dev, "run_dev", lambda settings, options, console: seen.append(
+        options.reload))
+    for args in (["dev"], ["dev", "--reload"]):
+        assert CliRunner().invoke(main, args).exit_code == 0
+    assert seen == [False, True]
+
+
 # -- against the broker --------------------------------------------------------------
 
 
