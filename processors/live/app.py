@@ -64,7 +64,7 @@ from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import decode_event, decode_state, encode_event, encode_state
 from taskstream.schemas.state import TaskState
-from taskstream.settings import Settings
+from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.tables import TaskTables
@@ -113,7 +113,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         web_host=host,
         web_port=port,
         web_bind=host,
-        canonical_url=f"http://{host}:{port}",
+        # what peers route to: never the bind address (0.0.0.0 in a container), D17
+        canonical_url=advertised_url(settings),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
         table_standby_replicas=settings.standby_replicas,

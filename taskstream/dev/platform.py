@@ -71,6 +71,7 @@ class DevOptions:
     ready_timeout_s: float = 60.0
     kafka_timeout_s: float = 180.0
     concurrency: int = 16
+    reload: bool = False  # the worker restarts when the task modules change
 
 
 def _app_path(options: DevOptions) -> Path:
@@ -271,7 +272,7 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     console.print(f"Worker: starting {options.app} (concurrency {options.concurrency})")
     worker = start_worker(settings, options.app, workdir / "logs" / "worker.log", app_path,
                           concurrency=options.concurrency, metrics_port=metrics_port,
-                          loglevel="info")
+                          loglevel="info", reload=options.reload)
     platform.children.append(worker)
     _wait_for_worker(worker, options.ready_timeout_s)
     started = time.monotonic()

@@ -187,11 +187,11 @@ def start_processor(settings: Settings, data_dir: Path, web_port: int, log: Path
 def start_worker(settings: Settings, app: str, log: Path, cwd: Path, *,
                  concurrency: int = 16, pool: str = "async", queues: Sequence[str] = (),
                  metrics_port: int | None = None, pythonpath: Path | None = None,
-                 loglevel: str = "warning") -> Child:
-    """A worker (``taskstream worker -A app``). It is ready when its consumer group has
-    joined; callers check that by running a task through."""
+                 loglevel: str = "warning", reload: bool = False) -> Child:
+    """A worker (``taskstream worker -A app``, with ``--reload`` if asked). It is ready
+    when its consumer group has joined; callers check that by running a task through."""
     argv = ["worker", "-A", app, "--concurrency", str(concurrency), "--pool", pool,
-            "--loglevel", loglevel, "--grace", "10"]
+            "--loglevel", loglevel, "--grace", "10", *(["--reload"] if reload else [])]
     if queues:
         argv += ["--queues", ",".join(queues)]
     if metrics_port is not None:
