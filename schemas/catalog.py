@@ -15,9 +15,13 @@ the Rabin fingerprint of the Avro spec, as used by single-object encoding).
 
 The newest version is the one this build writes and reads into; every older
 version stays readable, because a reader finds the writer's schema by its
-fingerprint and resolves it against the newest. :func:`check_full_compatible`
-is the rule a new version must pass against the previous one (tests run it on
-every consecutive pair).
+fingerprint and resolves it against the newest. :func:`check_evolution` is the
+rule a new version must pass against the previous one (tests run it on every
+consecutive pair): FULL compatibility (:func:`check_full_compatible`) for
+everything but new union branches and enum symbols, which may only be appended
+(v2 appends ``PurgeRequested`` and ``TimerKind.RETENTION_DUE``, issue 22). New
+data that uses none of them is readable by the old version; data that does
+needs the new one (upgrade readers first).
 """
 
 from __future__ import annotations
@@ -303,3 +307,76 @@ def check_full_compatible(old: JsonSchema, new: JsonSchema) -> None:
         check_readable(new, old)
     except IncompatibleSchemaError as exc:
         raise IncompatibleSchemaError(f"forward: old schema cannot read new data; {exc}") from exc
+
+
+def check_evolution(old: JsonSchema, new: JsonSchema) -> None:
+    """The rule between consecutive versions: FULL compatibility, except that union
+    branches and enum symbols may be appended.
+
+    * backward: every old record reads with the new schema;
+    * appended only: each union and enum keeps the old members first, in their order
+      (a branch index or symbol of old data means the same in new data);
+    * forward, for what old readers know: records shaped like old data (the new fields
+      take their defaults) written with the new schema read with the old one.
+
+    Data that uses an appended branch or symbol needs a reader of the new version.
+    Raises :class:`IncompatibleSchemaError` naming the rule broken.
+    """
+    try:
+        check_readable(old, new)
+    except IncompatibleSchemaError as exc:
+        raise IncompatibleSchemaError(f"backward: new schema cannot read old data; {exc}") from exc
+    _check_appended_only(_choices(old), _choices(new))
+    parsed_new = parse_schema(copy.deepcopy(new))
+    parsed_old = parse_schema(copy.deepcopy(old))
+    for record in sample_records(old):
+        buffer = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buffer, parsed_new, record)
+            buffer.seek(0)
+            fastavro.schemaless_reader(buffer, parsed_new, parsed_old)
+        except Exception as exc:  # fastavro raises several types; all mean "cannot resolve"
+            raise IncompatibleSchemaError(
+                f"forward: old schema cannot read new data shaped like old data: "
+                f"{type(exc).__name__}: {exc}") from exc
+
+
+def _choices(schema: JsonSchema) -> dict[str, list[str]]:
+    """Every union (by its path of field names) and enum (by name) -> its members."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node: JsonSchema, path: str, ns: str) -> None:
+        if isinstance(node, list):
+            found[f"union {path}"] = [_member(b, ns) for b in node]
+            for branch in node:
+                walk(branch, f"{path}|{_member(branch, ns)}", ns)
+        elif isinstance(node, dict):
+            kind = node["type"]
+            ns = node.get("namespace", ns)
+            if kind == "enum":
+                found[f"enum {ns}.{node['name']}"] = list(node["symbols"])
+            elif kind == "record":
+                for field in node["fields"]:
+                    walk(field["type"], f"{path}.{field['name']}", ns)
+            elif kind in ("array", "map"):
+                walk(node["items" if kind == "array" else "values"], f"{path}[]", ns)
+
+    walk(schema, "", NAMESPACE)
+    return found
+
+
+def _member(node: JsonSchema, ns: str) -> str:
+    if isinstance(node, dict):
+        if "name" in node:
+            return f"{node.get('namespace', ns)}.{node['name']}"
+        return json.dumps(node, sort_keys=True)
+    return str(node)
+
+
+def _check_appended_only(old: dict[str, list[str]], new: dict[str, list[str]]) -> None:
+    for where, members in old.items():
+        now = new.get(where)
+        if now is not None and now[: len(members)] != members:
+            raise IncompatibleSchemaError(
+                f"appended only: {where} was {members}, is {now}; keep the old members "
+                "first and in order, and add new ones at the end")

@@ -24,8 +24,11 @@ from taskstream.schemas.events import (
     Backoff,
     Envelope,
     EventBody,
+    ObjectRef,
+    TaskDeadLettered,
     TaskDispatched,
     TaskSubmitted,
+    TaskSucceeded,
     TimerFired,
     TimerKind,
 )
@@ -52,24 +55,65 @@ _error_to = _flat_to(ErrorInfo)
 _submitted_flat = _flat_to(TaskSubmitted)
 _dispatched_flat = _flat_to(TaskDispatched)
 _state_flat = _flat_to(TaskState)
+_ref_to = _flat_to(ObjectRef)
+_dead_flat = _flat_to(TaskDeadLettered)
+_succeeded_flat = _flat_to(TaskSucceeded)
+
+
+def _ref_out(ref: ObjectRef | None) -> Record | None:
+    return None if ref is None else _ref_to(ref)
+
+
+def _ref_in(record: Record | None) -> ObjectRef | None:
+    return None if record is None else ObjectRef(**record)
 
 
 def _submitted_to(body: TaskSubmitted) -> Record:
     record = _submitted_flat(body)
     record["backoff"] = _backoff_to(body.backoff)
     record["headers"] = _sorted_map(body.headers)
+    record["payload_ref"] = _ref_out(body.payload_ref)
     return record
 
 
 def _submitted_from(record: Record) -> TaskSubmitted:
     record["backoff"] = Backoff(**record["backoff"])
+    record["payload_ref"] = _ref_in(record["payload_ref"])
     return TaskSubmitted(**record)
 
 
 def _dispatched_to(body: TaskDispatched) -> Record:
     record = _dispatched_flat(body)
     record["headers"] = _sorted_map(body.headers)
+    record["payload_ref"] = _ref_out(body.payload_ref)
     return record
+
+
+def _dispatched_from(record: Record) -> TaskDispatched:
+    record["payload_ref"] = _ref_in(record["payload_ref"])
+    return TaskDispatched(**record)
+
+
+def _dead_to(body: TaskDeadLettered) -> Record:
+    record = _dead_flat(body)
+    record["payload_ref"] = _ref_out(body.payload_ref)
+    return record
+
+
+def _dead_from(record: Record) -> TaskDeadLettered:
+    record["payload_ref"] = _ref_in(record["payload_ref"])
+    return TaskDeadLettered(**record)
+
+
+def _succeeded_to(body: TaskSucceeded) -> Record:
+    record = _succeeded_flat(body)
+    record["result_ref"] = _ref_out(body.result_ref)
+    return record
+
+
+def _succeeded_from(record: Record) -> TaskSucceeded:
+    record["result_ref"] = _ref_in(record["result_ref"])
+    return TaskSucceeded(**record)
 
 
 def _timer_from(record: Record) -> TimerFired:
@@ -83,10 +127,15 @@ def _body_codecs() -> tuple[
     special_to: dict[type, Callable[[Any], Record]] = {
         TaskSubmitted: _submitted_to,
         TaskDispatched: _dispatched_to,
+        TaskDeadLettered: _dead_to,
+        TaskSucceeded: _succeeded_to,
     }
     special_from: dict[type, Callable[[Record], EventBody]] = {
         TaskSubmitted: _submitted_from,
         TimerFired: _timer_from,
+        TaskDispatched: _dispatched_from,
+        TaskDeadLettered: _dead_from,
+        TaskSucceeded: _succeeded_from,
     }
     to: dict[type, tuple[str, Callable[[Any], Record]]] = {}
     back: dict[str, Callable[[Record], EventBody]] = {}
@@ -141,6 +190,10 @@ def state_to_record(state: TaskState) -> Record:
     record["headers"] = _sorted_map(state.headers)
     if state.last_error is not None:
         record["last_error"] = _error_to(state.last_error)
+    if state.payload_ref is not None:
+        record["payload_ref"] = _ref_to(state.payload_ref)
+    if state.result_ref is not None:
+        record["result_ref"] = _ref_to(state.result_ref)
     return record
 
 
@@ -151,4 +204,6 @@ def state_from_record(record: Record) -> TaskState:
     error = record["last_error"]
     if error is not None:
         record["last_error"] = ErrorInfo(**error)
+    record["payload_ref"] = _ref_in(record["payload_ref"])
+    record["result_ref"] = _ref_in(record["result_ref"])
     return TaskState(**record)

@@ -31,6 +31,7 @@ class TimerKind(enum.StrEnum):
     DELAY_DUE = "DELAY_DUE"  # a SCHEDULED task's eta has come
     RETRY_DUE = "RETRY_DUE"  # a RETRYING task's backoff has passed
     LEASE_EXPIRED = "LEASE_EXPIRED"  # a RUNNING attempt stopped renewing its lease
+    RETENTION_DUE = "RETENTION_DUE"  # a finished task's retention has passed (D35)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,21 @@ class Backoff:
     multiplier: float = 2.0
     max_ms: int = 300_000
     jitter: float = 0.1  # fraction of the delay, 0..1; derived from (task_id, attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """A payload or result kept in S3-compatible storage instead of the record (D34).
+
+    ``sha256`` is the hex digest of the object's bytes, checked on every read;
+    ``key_id`` names the encryption key of an encrypted object.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    key_id: str | None = None
 
 
 # --- client events ---------------------------------------------------------
@@ -62,6 +78,7 @@ class TaskSubmitted:
     headers: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     depends_on: list[str] = field(default_factory=list)  # stored, not yet acted on
+    payload_ref: ObjectRef | None = None  # the payload is this object (payload is b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,13 @@ class CancelRequested:
 class RedriveRequested:
     reason: str = ""
     max_attempts: int | None = None  # fresh budget; None = the original max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRequested:
+    """An operator removes a finished task from the state now (D35)."""
+
+    reason: str = ""
 
 
 # --- worker events -----------------------------------------------------------
@@ -96,6 +120,7 @@ class TaskSucceeded:
     worker_id: str
     result: bytes = b""
     result_content_type: str = "application/json"
+    result_ref: ObjectRef | None = None  # the result is this object (result is b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +164,7 @@ class TaskDispatched:
     submitted_at_ms: int
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    payload_ref: ObjectRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +179,7 @@ class TaskDeadLettered:
     message: str
     traceback: str
     attempts: int
+    payload_ref: ObjectRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +201,7 @@ EventBody = (
     | TaskDispatched
     | TaskDeadLettered
     | TaskCancelled
+    | PurgeRequested
 )
 
 #: Every body type, in the order of the Avro union (append only: never reorder).
@@ -189,6 +217,7 @@ BODY_TYPES: tuple[type, ...] = (
     TaskDispatched,
     TaskDeadLettered,
     TaskCancelled,
+    PurgeRequested,
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from taskstream.schemas.events import Backoff
+from taskstream.schemas.events import Backoff, ObjectRef
 
 
 class TaskStatus(enum.StrEnum):
@@ -85,4 +85,6 @@ class TaskState:
     conflicts: int = 0
     rejected: int = 0
     recent_event_ids: list[str] = field(default_factory=list)  # newest last, bounded
+    payload_ref: ObjectRef | None = None  # the payload lives in object storage (D34)
+    result_ref: ObjectRef | None = None  # the result lives in object storage (D34)
 

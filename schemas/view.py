@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from taskstream.schemas.events import ObjectRef
 from taskstream.schemas.state import ErrorInfo, TaskState
 
 
@@ -74,6 +75,25 @@ class ErrorView(BaseModel):
             attempt=error.attempt,
             timed_out=error.timed_out,
         )
+
+
+class ObjectRefView(BaseModel):
+    """Where an offloaded payload or result lives (D34); fetch it with GET .../result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    key_id: str | None
+
+    @classmethod
+    def from_ref(cls, ref: ObjectRef | None) -> ObjectRefView | None:
+        if ref is None:
+            return None
+        return cls(bucket=ref.bucket, key=ref.key, size=ref.size, sha256=ref.sha256,
+                   key_id=ref.key_id)
 
 
 #: TaskView fields that are renderings of a TaskState field, not fields of their own.
@@ -139,6 +159,8 @@ class TaskView(BaseModel):
     conflicts: int
     rejected: int
     recent_event_ids: list[str]
+    payload_ref: ObjectRefView | None = None
+    result_ref: ObjectRefView | None = None
 
     @classmethod
     def from_state(cls, s: TaskState) -> TaskView:
@@ -193,4 +215,6 @@ class TaskView(BaseModel):
             conflicts=s.conflicts,
             rejected=s.rejected,
             recent_event_ids=list(s.recent_event_ids),
+            payload_ref=ObjectRefView.from_ref(s.payload_ref),
+            result_ref=ObjectRefView.from_ref(s.result_ref),
         )

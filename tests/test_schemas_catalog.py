@@ -27,6 +27,7 @@ from taskstream.schemas.catalog import (
     TASK_STATE,
     Catalog,
     catalog,
+    check_evolution,
     check_full_compatible,
     crc64_avro,
     load_catalog,
@@ -107,11 +108,27 @@ def assert_consecutive_full_compatible(schemas: Catalog) -> int:
     return pairs
 
 
-def test_released_versions_are_full_compatible() -> None:
+def test_released_versions_follow_the_evolution_rule() -> None:
+    """FULL compatible but for appended union branches and enum symbols (v2: issue 22)."""
     schemas = catalog()
     assert schemas.versions[0] == 1
     assert schemas.versions == tuple(range(1, len(schemas.versions) + 1)), "no gaps"
-    assert assert_consecutive_full_compatible(schemas) == 2 * (len(schemas.versions) - 1)
+    pairs = 0
+    for kind in (schemas.envelopes, schemas.states):
+        for old, new in itertools.pairwise(kind):
+            check_evolution(old.schema, new.schema)
+            pairs += 1
+    assert pairs == 2 * (len(schemas.versions) - 1)
+
+
+def test_v2_appends_a_body_and_a_timer_kind_and_nothing_else_breaks() -> None:
+    """What the evolution rule allows and FULL compatibility does not: old readers cannot
+    read PurgeRequested or RETENTION_DUE (upgrade readers first); the task state, which
+    only gains fields with defaults, stays FULL compatible."""
+    schemas = catalog()
+    with pytest.raises(IncompatibleSchemaError, match="forward"):
+        check_full_compatible(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+    check_full_compatible(schemas.states[0].schema, schemas.states[1].schema)
 
 
 def _with_v2(tmp_path: Path, edit: typing.Callable[[dict[str, Any]], None], file: str) -> Path:
@@ -187,8 +204,8 @@ def test_a_removed_enum_symbol_is_caught(tmp_path: Path) -> None:
 def test_codec_reads_data_of_an_older_version(tmp_path: Path) -> None:
     """v1 (synthetic) lacks TaskSubmitted.depends_on; v2 is today's schema. The codec
     finds v1 by fingerprint and resolves it: the missing field takes its default."""
-    shutil.copytree(AVRO_DIR / "v1", tmp_path / "v2")
-    shutil.copytree(AVRO_DIR / "v1", tmp_path / "v1")
+    shutil.copytree(AVRO_DIR / "v2", tmp_path / "v2")
+    shutil.copytree(AVRO_DIR / "v2", tmp_path / "v1")
     path = tmp_path / "v1" / f"{NAMESPACE}.TaskSubmitted.avsc"
     old = json.loads(path.read_text())
     _drop_field("depends_on")(old)

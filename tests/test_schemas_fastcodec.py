@@ -130,9 +130,9 @@ def test_truncation_at_every_byte_is_a_decode_error() -> None:
         (b"\x80\x01" + b"a" * 20, "string of 64 bytes at byte 12 runs past the end"),
         (b"\x01", "negative string length"),  # event_id length -1
         (b"\x04\xff\xfeab", "not valid UTF-8"),
-        (b"\x00\x00\x00\x00\x00\x16", "union index 11 of field 'body'"),
+        (b"\x00\x00\x00\x00\x00\x18", "union index 12 of field 'body'"),
         (b"\x00\x00\x00\x00\x00\x01", "union index -1 of field 'body'"),
-        (b"\x00\x00\x00\x00\x00\x0e\x06", "enum index 3 of field 'kind'"),
+        (b"\x00\x00\x00\x00\x00\x0e\x08", "enum index 4 of field 'kind'"),
         (b"\x00\x00\x00\x00\x00\x0e\x01", "enum index -1 of field 'kind'"),
         (b"\x00\x00" + b"\xff" * 11 + b"\x01", "longer than 10 bytes"),
         (b"\x00\x00\x00\x00\x00\x02\x00\x00", "1 unexpected bytes"),  # CancelRequested + 1
@@ -270,7 +270,7 @@ def test_a_wrong_compiled_value_is_caught_by_the_canaries(
 def test_samples_cover_every_enum_symbol_and_body_type() -> None:
     ref, state_ref = fastcodec.references(catalog())
     bodies = {FAST.decode_event(ref.write_record(r)).type_name for r in _samples(ref)}
-    assert len(bodies) == 11
+    assert len(bodies) == 12
     statuses = {FAST.decode_state(state_ref.write_record(r)).status for r in _samples(state_ref)}
     assert statuses == set(TaskStatus)
 

@@ -29,6 +29,10 @@ How one event is applied, in order:
    ``limits.recent_events`` kept) and ``updated_at_ms`` set to its time. A
    rejection also adds one to ``rejected`` and returns ``Rejected(reason)``. An
    event for an unknown task (other than a submission) leaves ``None``.
+4. A removal (``PurgeRequested``, ``TimerFired.RETENTION_DUE``; D35,
+   :mod:`~taskstream.processors.fold.retention`) of a finished task returns
+   ``None`` and :class:`Removed`: the caller deletes the task. For a task already
+   gone it returns ``Removed`` again (the tombstone is re-sent, as redo does).
 """
 
 from __future__ import annotations
@@ -43,11 +47,18 @@ from taskstream.processors.fold.effects import (
     Effect,
     PublishCancel,
     Rejected,
+    Removed,
     cancel_envelope,
     dead_letter_envelope,
     dispatch_envelope,
 )
 from taskstream.processors.fold.errors import LifecycleError
+from taskstream.processors.fold.retention import (
+    REMOVAL_KEYS,
+    check_purge,
+    check_retention_timer,
+    objects_of,
+)
 from taskstream.processors.fold.rules import (
     TRANSITIONS,
     Limits,
@@ -73,6 +84,7 @@ from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
     LeaseRenewed,
+    PurgeRequested,
     RedriveRequested,
     TaskFailed,
     TaskStarted,
@@ -122,6 +134,8 @@ def apply(
             if created.status not in _SUBMIT_TO:
                 check_transition(None, key, created.status)  # raises: a bug
             return _record(created, event, limits, fresh=True), made
+        if key in REMOVAL_KEYS:
+            return None, [Removed(f"{key} for a task already removed")]
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
     if state.task_id != event.task_id:
         raise LifecycleError(
@@ -133,6 +147,8 @@ def apply(
     if isinstance(body, TaskSubmitted):
         counted, made = submit_again(state, body)
         return _record(counted, event, limits, fresh=counted is not state), made
+    if key in REMOVAL_KEYS:
+        return _remove(state, event, limits, key)
     allowed = _TABLE.get((state.status, key))
     if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
@@ -164,6 +180,18 @@ def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> S
             return redrive(state, event, body, effects)
         case _:  # derived records never reach here: TRANSITIONS has no key for them
             return Refusal(f"{event.type_name} is not an events-topic record")
+
+
+def _remove(
+    state: TaskState, event: Envelope, limits: Limits, key: str
+) -> tuple[TaskState | None, list[Effect]]:
+    body = event.body
+    refusal = (check_retention_timer(state, event, body) if isinstance(body, TimerFired)
+               else check_purge(state))
+    if refusal is not None:
+        return _reject(state, event, limits, refusal)
+    reason = body.reason if isinstance(body, PurgeRequested) and body.reason else key
+    return None, [Removed(reason, objects_of(state))]
 
 
 def _record(
@@ -212,7 +240,9 @@ def fold(events: Iterable[Envelope], limits: Limits = _DEFAULT_LIMITS) -> dict[s
     """Apply ``events`` in order, keeping one state per task id (replay and tests)."""
     states: dict[str, TaskState] = {}
     for event in events:
-        after, _ = apply(states.get(event.task_id), event, limits)
+        after, made = apply(states.get(event.task_id), event, limits)
         if after is not None:
             states[event.task_id] = after
+        elif made and made[0].__class__ is Removed:
+            states.pop(event.task_id, None)
     return states

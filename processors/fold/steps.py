@@ -68,6 +68,13 @@ def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def submitted_digest(body: TaskSubmitted) -> str:
+    """sha256 of the payload, inline or offloaded (the reference carries it: D34), so a
+    duplicate is told from a conflict the same way either way."""
+    return body.payload_ref.sha256 if body.payload_ref is not None else payload_digest(
+        body.payload)
+
+
 def make_dispatch_id(task_id: str, attempt: int, event_id: str) -> str:
     """A short id for one dispatch, a hash of what caused it (same on replay)."""
     text = f"{task_id}\x1f{attempt}\x1f{event_id}"
@@ -151,7 +158,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         status=TaskStatus.SCHEDULED if delayed else TaskStatus.READY,
         payload=body.payload,
         content_type=body.content_type,
-        payload_digest=payload_digest(body.payload),
+        payload_digest=submitted_digest(body),
         max_attempts=body.max_attempts,
         backoff=body.backoff,
         timeout_ms=body.timeout_ms,
@@ -166,6 +173,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         dispatch_id=None if delayed else make_dispatch_id(event.task_id, 1, event.event_id),
         dispatched_at_ms=None if delayed else at,
         due_at_ms=eta if delayed else None,
+        payload_ref=body.payload_ref,
     )
     if not effects:
         return state, []
@@ -176,7 +184,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
     """A second ``TaskSubmitted`` for a known task: counted, never acted on."""
-    conflict = body.name != state.name or payload_digest(body.payload) != state.payload_digest
+    conflict = body.name != state.name or submitted_digest(body) != state.payload_digest
     counted = replace(state, duplicates=state.duplicates + 1,
                       conflicts=state.conflicts + (1 if conflict else 0))
     return counted, [Duplicate(conflict)]
@@ -285,6 +293,7 @@ def succeeded(
         refusal = fence(state, event, body.dispatch_id)
         if refusal is not None:
             return refusal
+    # an offloaded result (D34) is its reference; the bytes stay in object storage
     truncated = len(body.result) > limits.max_result_bytes
     done = copy_done(
         state,
@@ -295,6 +304,7 @@ def succeeded(
         result_truncated=truncated,
         finished_at_ms=event.occurred_at_ms,
         due_at_ms=None,
+        result_ref=body.result_ref,
     )
     return done, _clear_timer(state) if effects else []
 
