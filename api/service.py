@@ -43,14 +43,16 @@ from taskstream.api.query import (
     sum_rates,
     task_view,
 )
+from taskstream.api.results import ResultCache
 from taskstream.errors import KafkaUnavailableError
 from taskstream.kafka_config import consumer_config
+from taskstream.objectstore.offload import Offloader
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.serde import decode_state
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.state import TERMINAL, TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import api_reader_group, queues_topic
@@ -84,7 +86,12 @@ class Api:
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
         self.rates = RateWindow(window_s=60.0)
+        self.offloader = Offloader.from_settings(processor.settings)
+        # POST /tasks keeps payloads inline (max_payload_bytes); the SDK offloads (D34)
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
+        self.result_cache = ResultCache(processor.settings.result_cache_bytes,
+                                        processor.settings.result_cache_item_bytes,
+                                        processor.metrics.registry)
         self._session: aiohttp.ClientSession | None = None
 
     # -- the cluster ---------------------------------------------------------------
@@ -310,6 +317,16 @@ class Api:
         await self.get_task(task_id, headers, proxied)
         await self._produce(task_id, self.builder.redrive(task_id, max_attempts, reason,
                                                           int(time.time() * 1000)))
+
+    async def purge(self, task_id: str, reason: str, headers: Mapping[str, str],
+                    proxied: bool) -> None:
+        """Ask the fold to remove a finished task now (D35); 409 for one in flight."""
+        view = await self.get_task(task_id, headers, proxied)
+        if view["status"] not in TERMINAL:
+            raise ApiError(409, "not_finished", f"task {task_id} is {view['status']}; only "
+                           "finished tasks are purged (cancel it first)")
+        await self._produce(task_id, self.builder.purge(task_id, reason,
+                                                        int(time.time() * 1000)))
 
     async def _produce(self, task_id: str, value: bytes) -> None:
         """Send one event and wait for the broker's acknowledgement (bounded)."""

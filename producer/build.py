@@ -4,21 +4,27 @@ Pure (no Kafka): the options are checked by :class:`TaskSpec` (pydantic), the
 task ID comes from ``(name, idempotency_key)`` when a key is given (so
 duplicates share a partition and meet in one fold) and is a fresh ULID
 otherwise, and the envelope is Avro-encoded by the schemas package.
+
+No Kafka here; the one I/O is the offload of a payload over the threshold to
+object storage (D34), before its event is built, so the event never refers to
+an object that was not stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
-from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
+from taskstream.schemas.events import CancelRequested, Envelope, PurgeRequested, RedriveRequested
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
@@ -68,6 +74,7 @@ class EventBuilder:
         "_context",
         "_encode",
         "_encode_simple",
+        "_offloader",
         "_simple",
         "_templates",
         "limits",
@@ -82,16 +89,27 @@ class EventBuilder:
         *,
         limits: SpecLimits | None = None,
         encoder: SubmittedEncoder | None = None,
+        offloader: Offloader | None = None,
     ) -> None:
         self.source = source
         self.max_payload_bytes = max_payload_bytes
         self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
+        self._offloader = offloader
+        # With object storage (D34) a spec may carry up to max_offload_bytes; the fast
+        # paths keep to what stays inline, so a large payload takes the general path,
+        # which stores it (submitted()).
+        fast = self.limits
+        if offloader is not None:
+            fast = dataclasses.replace(
+                self.limits, max_payload_bytes=min(self.limits.max_payload_bytes,
+                                                   offloader.threshold))
+            self.limits = dataclasses.replace(self.limits, max_payload_bytes=offloader.max_bytes)
         self._context = {"limits": self.limits}
         self._encode = encoder if encoder is not None else encode_submitted
-        self._simple = SimpleSpecs(self.limits)
+        self._simple = SimpleSpecs(fast)
         self._encode_simple = simple_encoder()
         self._templates = TemplateItems(
-            self._simple, self._encode_simple, self.limits.max_payload_bytes, source
+            self._simple, self._encode_simple, fast.max_payload_bytes, source
         )
 
     def spec(self, name: str, payload: Any, options: Mapping[str, Any]) -> TaskSpec:
@@ -198,18 +216,28 @@ class EventBuilder:
     def submitted(self, spec: TaskSpec, at_ms: int) -> tuple[str, bytes]:
         """(task ID, encoded TaskSubmitted envelope) of one spec."""
         body = spec.to_submitted(at_ms)
+        task_id = task_id_for(body.name, body.idempotency_key)
+        if self._offloader is not None:
+            ref = self._offloader.payload(task_id, body.payload)
+            if ref is not None:
+                body = dataclasses.replace(body, payload=b"", payload_ref=ref)
         if len(body.payload) > self.max_payload_bytes:
             raise InvalidTaskError(
                 f"payload: {len(body.payload)} bytes is over max_payload_bytes "
                 f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
                 ["payload"],
             )
-        task_id = task_id_for(body.name, body.idempotency_key)
         return task_id, self._encode(new_event_id(), task_id, at_ms, self.source, body)
 
     def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
         check_task_id(task_id)
         body = CancelRequested(reason=str(reason))
+        return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
+
+    def purge(self, task_id: str, reason: str, at_ms: int) -> bytes:
+        """A ``PurgeRequested``: the fold removes the task if it is finished (D35)."""
+        check_task_id(task_id)
+        body = PurgeRequested(reason=str(reason))
         return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
 
     def redrive(self, task_id: str, max_attempts: int | None, reason: str, at_ms: int) -> bytes:

@@ -7,6 +7,12 @@ so one ``result(timeout=600)`` survives server-side long-poll caps and a
 processor failover (404 right after submit and 502/503/504 are retried).
 
 The decision what a response means is :func:`interpret`, pure and unit-tested.
+
+An offloaded result (the view carries ``result_ref``, D34) is then streamed from
+``GET /tasks/{id}/result`` into one buffer of its size (the one whole copy this
+process holds), its sha256 checked as it arrives, and decoded by content type:
+JSON into a value, anything else returned as bytes. :meth:`ResultClient.stream`
+hands the chunks to the caller instead, never holding the whole value.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskstream.producer.api_client import ApiClient, AsyncApiClient
+import orjson
+
+from taskstream.producer.api_client import ApiClient, AsyncApiClient, Download
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,
@@ -36,6 +45,32 @@ _RETRY_STATUS = frozenset({404, 502, 503, 504})
 @dataclass(frozen=True, slots=True)
 class Finished:
     value: Any  # the decoded JSON result, or bytes for other content types
+    offloaded: bool = False  # the value is in object storage: fetch GET .../result
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def decode_streamed(data: bytearray, content_type: str) -> Any:
+    """A streamed result's value: JSON decoded straight from the buffer, else bytes."""
+    if is_json(content_type):
+        return orjson.loads(data)
+    return bytes(data)
+
+
+def result_path(task_id: str) -> str:
+    return f"/tasks/{task_id}/result"
+
+
+def _refused(task_id: str, url: str, info: Download) -> Exception:
+    body = info.error.body if info.error is not None else ""
+    if info.status_code in (401, 403):
+        return ApiUnavailableError(f"the API at {url} refused the result of {task_id} "
+                                   f"({info.status_code}): set TASKSTREAM_API_TOKEN")
+    return ApiUnavailableError(f"the result of {task_id} could not be fetched from {url}: "
+                               f"HTTP {info.status_code} {str(body)[:300]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +103,8 @@ def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished |
         )
     status = str(body["status"])
     if status == TaskStatus.SUCCEEDED:
+        if body.get("result_ref"):
+            return Finished(None, offloaded=True)
         return Finished(decode_result(body))
     if status == TaskStatus.DEAD:
         err = body.get("last_error")
@@ -98,10 +135,32 @@ class ResultClient:
                                         timeout=poll + 10)
             outcome = interpret(task_id, url, resp.status_code, resp.body)
             if isinstance(outcome, Finished):
+                if outcome.offloaded:
+                    return self.fetch(task_id, max(deadline - time.monotonic(), 1.0))
                 return outcome.value
             status = outcome.status
             if outcome.pause_s:
                 time.sleep(min(outcome.pause_s, max(deadline - time.monotonic(), 0)))
+
+    def stream(self, task_id: str, sink: Callable[[bytes], object], timeout: float) -> str:
+        """Stream a finished task's result into ``sink`` chunk by chunk; its content type.
+
+        The last call to ``sink`` may be followed by ResultIntegrityError: a sink that
+        writes a file should write to a temporary name and rename after this returns.
+        """
+        path = result_path(task_id)
+        with self._client.stream(path, timeout=timeout) as (info, chunks):
+            if info.status_code != 200:
+                raise _refused(task_id, self.api_url + path, info)
+            for chunk in chunks:
+                sink(chunk)
+            return info.content_type
+
+    def fetch(self, task_id: str, timeout: float) -> Any:
+        """A finished task's result value, streamed into one buffer and decoded."""
+        buffer = bytearray()
+        content_type = self.stream(task_id, buffer.extend, timeout)
+        return decode_streamed(buffer, content_type)
 
     def close(self) -> None:
         self._client.close()
@@ -129,10 +188,23 @@ class AsyncResultClient:
                                               timeout=poll + 10)
             outcome = interpret(task_id, url, resp.status_code, resp.body)
             if isinstance(outcome, Finished):
+                if outcome.offloaded:
+                    return await self.fetch(task_id, max(deadline - loop.time(), 1.0))
                 return outcome.value
             status = outcome.status
             if outcome.pause_s:
                 await asyncio.sleep(min(outcome.pause_s, max(deadline - loop.time(), 0)))
+
+    async def fetch(self, task_id: str, timeout: float) -> Any:
+        """A finished task's result value, streamed into one buffer and decoded."""
+        path = result_path(task_id)
+        buffer = bytearray()
+        async with self._client.stream(path, timeout=timeout) as (info, chunks):
+            if info.status_code != 200:
+                raise _refused(task_id, self.api_url + path, info)
+            async for chunk in chunks:
+                buffer += chunk
+            return decode_streamed(buffer, info.content_type)
 
     async def aclose(self) -> None:
         await self._client.aclose()
