@@ -57,7 +57,8 @@ def outcome_body(outcome: Outcome, dispatch_id: str, worker_id: str) -> EventBod
             timed_out=outcome.timed_out, retry_after_ms=outcome.retry_after_ms,
         )
     return TaskSucceeded(dispatch_id=dispatch_id, worker_id=worker_id, result=outcome.result,
-                         result_content_type=outcome.content_type)
+                         result_content_type=outcome.content_type,
+                         result_ref=outcome.result_ref)
 
 
 class EventEmitter:

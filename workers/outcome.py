@@ -11,6 +11,7 @@ import traceback as tb
 from dataclasses import dataclass
 from typing import Any
 
+from taskstream.schemas.events import ObjectRef
 from taskstream.workers.errors import NonRetryableError, Retry
 
 JSON = "application/json"
@@ -22,6 +23,7 @@ MAX_TRACEBACK_CHARS = 16_000
 class Success:
     result: bytes
     content_type: str = JSON
+    result_ref: ObjectRef | None = None  # the result is in object storage (D34)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ class Failure:
 Outcome = Success | Failure
 
 
-def decode_payload(payload: bytes, content_type: str) -> Any:
+def decode_payload(payload: bytes | bytearray, content_type: str) -> Any:
     """JSON payloads become Python values; anything else stays bytes.
 
     Raises ValueError when a JSON payload is not JSON.

@@ -21,7 +21,9 @@ import asyncio
 import enum
 from typing import Any
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.schemas.events import TaskDispatched
+from taskstream.workers.blobs import fetch_payload, store_result
 from taskstream.workers.context import TaskContext
 from taskstream.workers.outcome import (
     Failure,
@@ -60,10 +62,23 @@ async def _call(task: TaskDef, args: tuple[Any, ...], pool: Pool) -> Outcome:
 
 
 async def execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
-                  pool: Pool = Pool.THREAD) -> Outcome:
-    """Run the handler once. Never raises, except CancelledError when cancelled."""
+                  pool: Pool = Pool.THREAD, *, offloader: Offloader | None = None) -> Outcome:
+    """Run the handler once. Never raises, except CancelledError when cancelled.
+
+    With object storage (D34) the payload is fetched first and a large result stored
+    after (workers/blobs.py); their failures are the attempt's outcome.
+    """
+    raw = await fetch_payload(offloader, dispatched)
+    if isinstance(raw, Failure):
+        return raw
+    outcome = await _execute(task, dispatched, ctx, pool, raw)
+    return await store_result(offloader, ctx.task_id, ctx.attempt, dispatched, outcome)
+
+
+async def _execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
+                   pool: Pool, raw: bytes | bytearray) -> Outcome:
     try:
-        payload = decode_payload(dispatched.payload, dispatched.content_type)
+        payload = decode_payload(raw, dispatched.content_type)
     except ValueError as exc:
         return Failure("PayloadDecodeError",
                        f"payload declared {dispatched.content_type} does not decode: {exc}",

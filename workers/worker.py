@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.settings import Settings, load_settings
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
@@ -96,6 +97,7 @@ class Worker:
         self.metrics_port = metrics_port
         self.worker_id = worker_id or new_worker_id()
         self.metrics = WorkerMetrics()
+        self._offloader = Offloader.from_settings(self.settings)
         self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
         self._running: dict[str, _Running] = {}
@@ -286,7 +288,8 @@ class Worker:
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
                           heartbeat=lambda: emitter.lease_renewed(envelope))
-        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
+        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool,
+                                          offloader=self._offloader))
         running = self._running[envelope.task_id] = _Running(envelope, ctx, run)
         lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))
         self.metrics.in_flight.inc()
