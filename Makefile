@@ -1,5 +1,5 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> ruff ->
+#   venv (python3.11) -> install with constraints -> Kafka and S3Proxy jars -> kustomize -> ruff ->
 #   a normal install of the package tree -> import-linter and mypy over it -> Kafka up ->
 #   pytest -> Kafka down (always).
 
@@ -9,9 +9,9 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars kustomize lint site typecheck pytest dev clean
+.PHONY: test install kafka-jars s3proxy-jars kustomize lint site typecheck pytest dev clean
 
-test: install kafka-jars kustomize lint typecheck pytest
+test: install kafka-jars s3proxy-jars kustomize lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 kafka-jars: install
 	$(BIN)/taskstream kafka install
+
+# S3Proxy (org.gaul:s3proxy, Maven Central): the S3-compatible server the storage tests
+# start themselves (D36); resolved once into ~/.cache/taskstream/s3proxy.
+s3proxy-jars: install
+	$(BIN)/taskstream storage install
 
 # kustomize renders k8s/ for tests/test_deploy_k8s.py: the pinned release, built once
 # with the Go toolchain into .ci-build/bin (Go's module and build caches keep later
@@ -77,7 +82,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	touch $@
 
-bench: $(VENV)/.installed-bench kafka-jars
+bench: $(VENV)/.installed-bench kafka-jars s3proxy-jars
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 bench-quick: $(VENV)/.installed-bench kafka-jars

@@ -30,6 +30,9 @@ _COMMANDS: dict[str, str] = {
     "replay": "taskstream.cli.replay_cmd:replay",
     "quarantine": "taskstream.cli.quarantine_cmd:quarantine",
     "dev": "taskstream.cli.dev_cmd:dev",
+    "result": "taskstream.cli.storage_cmd:result",
+    "purge": "taskstream.cli.storage_cmd:purge",
+    "storage": "taskstream.cli.storage_cmd:storage",
 }
 
 
