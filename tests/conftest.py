@@ -19,6 +19,7 @@ import pytest
 
 from taskstream.admin import ensure_topics
 from taskstream.localkafka import cluster as localkafka
+from taskstream.locals3.server import LocalS3
 from taskstream.settings import Settings, load_settings
 
 # Property tests check behaviour, never speed: a slow example on a shared, noisy machine is not
@@ -74,3 +75,32 @@ def topics(settings: Settings) -> Settings:
     """Like ``settings``, with every platform topic created."""
     ensure_topics(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3-compatible server (S3Proxy, filesystem backend) for the session (D36)."""
+    server = LocalS3.install(tmp_path_factory.mktemp("s3"), load_settings())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: LocalS3) -> dict[str, str]:
+    """TASKSTREAM_STORAGE_* variables of one test: the session's server, a bucket of its own
+    (created)."""
+    from taskstream.objectstore.store import ObjectStore
+
+    env = s3_server.settings_env(f"t{uuid.uuid4().hex[:12]}")
+    store = ObjectStore.from_settings(load_settings(**storage_fields(env)))
+    assert store is not None
+    store.ensure_bucket()
+    return env
+
+
+def storage_fields(env: dict[str, str]) -> dict[str, str]:
+    """TASKSTREAM_STORAGE_X=v as settings keywords (storage_x=v)."""
+    return {k.removeprefix("TASKSTREAM_").lower(): v for k, v in env.items()}

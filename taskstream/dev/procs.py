@@ -9,6 +9,7 @@ it fails, shows the tail of the child's log.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from taskstream.dev.errors import DevError
 from taskstream.settings import Settings
@@ -72,9 +74,32 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
     )
     if settings.session_timeout_s is not None:
         env["TASKSTREAM_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    env.update(storage_env(settings))
     if pythonpath is not None:
         parts = [str(pythonpath), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def storage_env(settings: Settings) -> dict[str, str]:
+    """The object storage and retention settings (issue 22), for every process of a platform."""
+    env = {
+        "TASKSTREAM_OFFLOAD_THRESHOLD_BYTES": str(settings.offload_threshold_bytes),
+        "TASKSTREAM_RETENTION_BY_QUEUE": json.dumps(settings.retention_by_queue),
+    }
+    optional = {
+        "TASKSTREAM_STORAGE_BUCKET": settings.storage_bucket,
+        "TASKSTREAM_STORAGE_ENDPOINT": settings.storage_endpoint,
+        "TASKSTREAM_STORAGE_REGION": settings.storage_region,
+        "TASKSTREAM_RETENTION_S": settings.retention_s,
+        "TASKSTREAM_STORAGE_ACCESS_KEY": settings.storage_access_key,
+        "TASKSTREAM_STORAGE_SECRET_KEY": settings.storage_secret_key,
+    }
+    for name, value in optional.items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            env[name] = str(value)
     return env
 
 
