@@ -1,0 +1,161 @@
+"""Large payloads and results end to end: SDK -> Kafka -> processor -> worker -> S3 -> API.
+
+Given a processor replica, an in-process worker and the local S3Proxy, with an offload
+threshold of 1 KB, when tasks with large payloads and results run, then the events carry
+references, handle.result() and ``taskstream result`` stream the values back checked, the
+API's cache answers repeats, and object store failures (down, missing, corrupted) end the
+attempt with a clear error: retried when that can help, nothing lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from taskstream.locals3.server import LocalS3
+from taskstream.objectstore.store import ObjectStore
+from taskstream.producer.sync import TaskProducer
+from taskstream.schemas.state import TaskStatus
+from taskstream.settings import Settings, load_settings
+from taskstream.workers import TaskApp
+from tests.conftest import storage_fields
+from tests.harness import ProcessorProcess, StateReader
+from tests.test_worker_support import running_worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+app = TaskApp("storage-tests")
+THRESHOLD = 1024
+
+
+@app.task(name="storage.grow")
+async def grow(payload: dict[str, Any]) -> dict[str, Any]:
+    """A result of about payload["size"] bytes, and the size of the payload it read."""
+    return {"seen": len(payload["blob"]), "blob": "r" * payload["size"]}
+
+
+def with_storage(settings: Settings, env: dict[str, str], **extra: Any) -> Settings:
+    return load_settings(bootstrap=settings.bootstrap, topic_prefix=settings.topic_prefix,
+                         data_dir=settings.data_dir, kafka_home=settings.kafka_home,
+                         offload_threshold_bytes=THRESHOLD, **storage_fields(env), **extra)
+
+
+@contextmanager
+def platform(settings: Settings, tmp_path: Path) -> Iterator[ProcessorProcess]:
+    replica = ProcessorProcess(settings, tmp_path / "replica0").start()
+    try:
+        with running_worker(app, settings, concurrency=4):
+            yield replica
+    finally:
+        replica.stop()
+
+
+def cache_hits(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('taskstream_result_cache_requests_total{outcome="hit"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_large_payload_and_result_round_trip(topics: Settings, s3_env: dict[str, str],
+                                             tmp_path: Path) -> None:
+    settings = with_storage(topics, s3_env)
+    store = ObjectStore.from_settings(settings)
+    assert store is not None
+    with platform(settings, tmp_path) as replica:
+        with TaskProducer(settings.model_copy(update={"api_url": replica.url})) as producer:
+            handle = producer.submit("storage.grow", {"blob": "p" * 300_000, "size": 2_000_000})
+            small = producer.submit("storage.grow", {"blob": "p", "size": 10})
+            value = handle.result(timeout=90)
+            assert small.result(timeout=60) == {"seen": 1, "blob": "r" * 10}
+        assert value == {"seen": 300_000, "blob": "r" * 2_000_000}
+
+        state = StateReader(settings).wait(handle.task_id,
+                                           lambda s: s.status is TaskStatus.SUCCEEDED, "done")
+        assert state.payload_ref is not None and state.result_ref is not None
+        assert state.payload == b"" and state.result == b""
+        assert state.result_ref.key == (
+            f"tasks/{handle.task_id}/result-{state.attempt}-{state.dispatch_id}")
+        assert state.payload_ref.sha256 == state.payload_digest
+
+        hits = cache_hits(replica.url)
+        again = httpx.get(f"{replica.url}/tasks/{handle.task_id}/result", timeout=30)
+        assert again.status_code == 200 and again.headers["content-type"].startswith(
+            "application/json")
+        assert hashlib.sha256(again.content).hexdigest() == state.result_ref.sha256
+        assert cache_hits(replica.url) >= hits + 1  # the SDK's read filled the cache
+
+        out = tmp_path / "result.json"
+        env = {**os.environ, "TASKSTREAM_API_URL": replica.url}
+        cli = subprocess.run([sys.executable, "-m", "taskstream", "result", handle.task_id,
+                              "--out", str(out)], env=env, capture_output=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr.decode()
+        assert json.loads(out.read_bytes()) == value
+
+
+def test_object_store_failures_end_the_attempt_clearly(
+        topics: Settings, s3_server: LocalS3, tmp_path: Path) -> None:
+    """Its own S3Proxy, stopped under a waiting task and started again: the attempt fails
+    retryable, the retry after the restart succeeds. A missing payload ends DEAD at once;
+    a corrupted one fails its attempts with a checksum error."""
+    own = LocalS3(tmp_path / "s3", s3_server.libs).start()
+    try:
+        env = own.settings_env("failures")
+        settings = with_storage(topics, env, storage_timeout_s=2.0)
+        store = ObjectStore.from_settings(settings)
+        assert store is not None
+        store.ensure_bucket()
+        with TaskProducer(settings) as producer:
+            spec = {"max_attempts": 2, "backoff": {"initial": 0.2, "max": 0.5}}
+            missing = producer.submit("storage.grow", {"blob": "m" * 5000, "size": 1}, **spec)
+            corrupt = producer.submit("storage.grow", {"blob": "c" * 5000, "size": 1}, **spec)
+            producer.flush(30)
+            keys = {t: [o.key for o in store.list(f"tasks/{t}/")]
+                    for t in (missing.task_id, corrupt.task_id)}
+            assert all(len(k) == 1 for k in keys.values()), keys  # the offloaded payloads
+            store.delete(keys[missing.task_id])
+            store.put(keys[corrupt.task_id][0], b"x" * 5000)
+            with platform(settings, tmp_path):
+                states = StateReader(settings)  # the changelog exists once the replica runs
+                dead = states.wait(missing.task_id, lambda s: s.status is TaskStatus.DEAD,
+                                   "missing payload to end DEAD", timeout=60)
+                bad = states.wait(corrupt.task_id, lambda s: s.status is TaskStatus.DEAD,
+                                  "corrupted payload to end DEAD", timeout=60)
+                assert dead.attempt == 1 and dead.last_error is not None
+                assert dead.last_error.error_type == "ObjectMissingError"
+                assert bad.attempt == 2 and bad.last_error is not None
+                assert bad.last_error.error_type == "ChecksumMismatchError"
+
+                # delayed, so that its payload is stored and the server stopped before it runs
+                retried = producer.submit("storage.grow", {"blob": "d" * 5000, "size": 5000},
+                                          delay=3, max_attempts=40,
+                                          backoff={"initial": 1, "max": 2})
+                producer.flush(30)
+                states.wait(retried.task_id, lambda s: s.payload_ref is not None, "folded")
+                own.stop()
+                failed = states.wait(retried.task_id,
+                                     lambda s: s.last_error is not None, "a failed attempt",
+                                     timeout=60)
+                assert failed.last_error is not None
+                assert failed.last_error.error_type == "ObjectStoreUnavailableError"
+                assert "did not answer" in failed.last_error.message
+                own = LocalS3(tmp_path / "s3", s3_server.libs, port=own.port,
+                              credential=own.credential).start()
+                done = states.wait(retried.task_id,
+                                   lambda s: s.status is TaskStatus.SUCCEEDED,
+                                   "the retry after the restart", timeout=90)
+                assert done.attempt >= 2 and done.result_ref is not None
+                assert len(store.read(done.result_ref)) > THRESHOLD  # stored after the restart
+    finally:
+        own.stop()
