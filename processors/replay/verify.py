@@ -3,11 +3,11 @@
 Steps, in this order (the order is what makes the comparison exact):
 
 1. wait, at most ``wait_timeout`` seconds, until the processors are caught up:
-   the committed offsets of their consumer group (``<prefix>processor``) on the
-   events topic equal the topic's high watermarks, and two samples ``settle``
+   the offsets their fold committed on the events topic (group
+   ``<prefix>processor.fold``, D19) equal the topic's high watermarks, and two samples ``settle``
    seconds apart of (events high watermarks, committed offsets, changelog high
    watermarks) are identical. The processor flushes its changelog before it
-   commits (processors/live/app.py), so at that point the changelog holds the result
+   commits (processors/live/engine.py), so at that point the changelog holds the result
    of every committed event and nothing past it. Not caught up in time ->
    :class:`NotCaughtUpError` (exit non-zero), never a guess;
 2. rebuild the events topic up to those committed offsets into a scratch RocksDB;
@@ -47,7 +47,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
-from taskstream.topics import events_topic, processor_app_id, task_changelog_topic
+from taskstream.topics import events_topic, fold_group, task_changelog_topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +129,15 @@ def committed_offsets(settings: Settings, partitions: int) -> dict[int, int]:
     Reads the group's offsets with OffsetFetch only: this consumer never subscribes,
     so it never joins the group nor disturbs its members.
     """
-    consumer = Consumer(consumer_config(settings, processor_app_id(settings)))
+    group = fold_group(settings)
+    consumer = Consumer(consumer_config(settings, group))
     topic = events_topic(settings)
     try:
         found = consumer.committed(
             [TopicPartition(topic, p) for p in range(partitions)], timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
         raise ReplayError(f"cannot read the committed offsets of group "
-                          f"{processor_app_id(settings)}: {exc}") from exc
+                          f"{group}: {exc}") from exc
     finally:
         consumer.close()
     return {tp.partition: max(tp.offset, 0) for tp in found}

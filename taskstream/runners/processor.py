@@ -41,5 +41,6 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     settings = settings.model_copy(
         update={"session_timeout_s": choose_session_timeout(settings)})
     processor = build_processor(settings)
-    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
+    # the fold's service stops first (services stop in reverse), before Faust leaves its group
+    worker = faust.Worker(processor.app, processor.service(), loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
