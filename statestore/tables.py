@@ -6,8 +6,9 @@
   derived from the task table, kept for this replica's active partitions only and
   rebuilt from the task table when a partition becomes active here.
 
-The task table is written only inside the fold (Faust's rule); the indexes are
-written beside it, on the same partition.
+Only the fold writes: the batched fold writes a partition's RocksDB directly, one
+write batch per batch, and sends the changelog records itself (D-FOLD); the index
+entries move beside the states, on the same partition.
 """
 
 from __future__ import annotations
@@ -34,20 +35,19 @@ FAUST_KEY_PREFIX = b"__faust"
 
 class PartitionWriter:
     """One batch's writes to one partition: the task states in one RocksDB write
-    batch, their index entries moved beside them.
+    batch, their index entries moved in one write per index.
 
     The batched fold (processors/live/engine.py) writes the partition's RocksDB
     directly instead of through the Faust table's ``__setitem__``, which needs a
-    current stream event and queues a changelog record per write (D16); the
-    engine sends the changelog records itself. The index entries are written at
-    once and the states at :meth:`commit`; the indexes are rebuilt from the states
-    after any restart or rebalance (D10), so a crash in between leaves nothing
-    behind.
+    current stream event and queues a changelog record per write (D-FOLD); the engine
+    sends the changelog records itself. The index entries are written first, the
+    states last; the indexes are rebuilt from the states after any restart or
+    rebalance (D10), so a crash in between leaves nothing behind.
     """
 
     def __init__(self, db: Any, index: PartitionIndex) -> None:
         self._db = db
-        self._index = index
+        self._index = index.batch()
         self._batch = WriteBatch(raw_mode=True)
 
     def put(self, key: bytes, encoded: bytes, before: TaskState | None, after: TaskState,
@@ -55,28 +55,15 @@ class PartitionWriter:
         """Stage a task's new state; ``fired_timers``: due times of timers that fired for
         it, whose entries go unless they are the task's timer now."""
         self._batch.put(key, encoded)
-        move_entries(self._index, before, after)
+        self._index.move(before, after)
         timer = timer_of(after)
         for due_at_ms in fired_timers:
             if timer is None or timer.due_at_ms != due_at_ms:
                 self._index.drop_timer(due_at_ms, after.task_id)
 
     def commit(self) -> None:
+        self._index.commit()
         self._db.write(self._batch)
-
-
-def move_entries(index: PartitionIndex, before: TaskState | None, after: TaskState) -> None:
-    """Move a task's due and listing entries from its old state's to its new state's."""
-    timer_before, timer_after = timer_of(before), timer_of(after)
-    if timer_before != timer_after:
-        if timer_before is not None:
-            index.drop_timer(timer_before.due_at_ms, timer_before.task_id)
-        if timer_after is not None:
-            index.put_timer(timer_after)
-    if before is None or (before.queue, before.status) != (after.queue, after.status):
-        if before is not None:
-            index.drop_listing(before)
-        index.put_listing(after)
 
 
 class TaskTables:
@@ -93,25 +80,12 @@ class TaskTables:
                                     options=dict(TABLE_OPTIONS))
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)
 
-    # -- writes (inside the fold only) ---------------------------------------------
-
-    def put(self, partition: int, before: TaskState | None, after: TaskState,
-            encoded: bytes) -> None:
-        """Store a new state and move its index entries (the fold's one write)."""
-        self.tasks[after.task_id.encode()] = encoded
-        move_entries(self.indexes.for_partition(partition, restored=True), before, after)
+    # -- writes (the batched fold only) -------------------------------------------
 
     def writer(self, partition: int) -> PartitionWriter:
         """The batched fold's writes to one partition (see :class:`PartitionWriter`)."""
         return PartitionWriter(self.partition_db(partition),
                                self.indexes.for_partition(partition, restored=True))
-
-    def drop_stale_timer(self, partition: int, task_id: str, due_at_ms: int,
-                         current: TaskState | None) -> None:
-        """Remove the due entry a fired timer came from unless it is the task's timer now."""
-        timer = timer_of(current)
-        if timer is None or (timer.due_at_ms, timer.task_id) != (due_at_ms, task_id):
-            self.indexes.for_partition(partition, restored=True).drop_timer(due_at_ms, task_id)
 
     # -- reads ---------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ server. Its group subscribes to the table's changelog topic only (no agent reads
 the events topic), so the assignor still gives each replica the same partition
 numbers of the events topic and the table. Once a generation's recovery is
 complete, :class:`~taskstream.processors.live.engine.FoldEngine` folds the events
-topic's partitions of the same numbers in batches (docs/decisions.md, D19); when a
+topic's partitions of the same numbers in batches (docs/decisions.md, D-FOLD); when a
 rebalance revokes them, the engine makes its batch in hand durable first, and
 when the replica stops, the engine stops before Faust leaves the group
 (:class:`FoldService`).
@@ -177,12 +177,14 @@ class Processor:
 
     # -- the fold follows the assignment -------------------------------------------
 
-    async def _on_partitions_revoked(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def _on_partitions_revoked(self, sender: Any, /, *args: Any, signal: Any,
+                                     **kwargs: Any) -> None:
         """Faust awaits this before it rejoins: the batch in hand is made durable now."""
         self._folding_generation = None
         await self.engine.stop()
 
-    async def _on_rebalance_complete(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def _on_rebalance_complete(self, sender: Any, /, *args: Any, signal: Any,
+                                     **kwargs: Any) -> None:
         generation = self.app.consumer_generation_id
         if self._starting is not None:
             self._starting.cancel()  # an older generation's wait: it can only give up

@@ -1,7 +1,7 @@
 """One batch of events-topic records folded into per-task changes, without I/O.
 
 The live processor folds what the consumer has in batches (docs/decisions.md,
-D16): the records of one partition are applied in order, each task's state is
+D-FOLD): the records of one partition are applied in order, each task's state is
 read once, carried from event to event in memory, and its *final* state is
 written once per batch (one RocksDB write batch per partition, one changelog
 record per touched task). This module is that fold; ``engine.py`` does the I/O
@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from taskstream.processors.fold.effects import Effect
+from taskstream.processors.fold.effects import Dispatch, Effect
 from taskstream.processors.fold.lifecycle import Limits, apply
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
@@ -94,6 +94,8 @@ class PartitionFold:
     set_aside: list[SetAside] = field(default_factory=list)
     #: events applied, by type name (metrics)
     applied: Counter[str] = field(default_factory=Counter)
+    #: the queues the batch dispatches to (their topics must exist first)
+    dispatch_queues: set[str] = field(default_factory=set)
     #: the offset to commit once everything above is durable (last record + 1)
     next_offset: int = -1
 
@@ -150,5 +152,8 @@ def fold_partition(
         if effects:
             known = after or state
             queue = known.queue if known is not None else ""
-            out.effects.extend(Caused(effect, envelope, queue) for effect in effects)
+            for effect in effects:
+                out.effects.append(Caused(effect, envelope, queue))
+                if effect.__class__ is Dispatch:
+                    out.dispatch_queues.add(queue)
     return out

@@ -10,7 +10,7 @@ which gives each replica the same partition numbers as before, and this engine
 reads the events topic with a confluent-kafka consumer assigned by hand to the
 replica's active partitions, writes those partitions' RocksDBs directly and
 sends changelog records and effects through one confluent-kafka producer
-(docs/decisions.md, D16).
+(docs/decisions.md, D-FOLD).
 
 A batch is what the consumer holds when the loop asks (at most
 ``fold_batch_max`` records); :func:`~taskstream.processors.live.batch.fold_partition`
@@ -20,7 +20,7 @@ of the durable steps, and why a crash between any two is safe, is written there)
 The events offsets are committed under a group of their own (``fold_group``),
 never joined: the engine assigns partitions itself, as Faust's assignor decided.
 Where that group has no offset for a partition yet, the offset the Faust group
-committed before D16 is used, so an upgrade resumes where the old fold stopped.
+committed before D-FOLD is used, so an upgrade resumes where the old fold stopped.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -54,7 +55,7 @@ from taskstream.processors.fold.effects import (
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.live.batch import PartitionFold, fold_partition
 from taskstream.processors.live.metrics import ProcessorMetrics
-from taskstream.schemas.events import TaskDeadLettered, TaskDispatched
+from taskstream.schemas.events import TaskDispatched
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event, encode_state
 from taskstream.statestore.tables import TaskTables
@@ -68,37 +69,43 @@ RESEND_BACKOFF_MAX_S = 5.0
 FLUSH_SLICE_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    """One record a batch sends, kept so that it can be sent again."""
+#: record headers as the client takes and gives them back
+Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]]
+
+
+class Outbound(NamedTuple):
+    """One record a batch sends."""
 
     topic: str
     key: bytes | None
     value: bytes | None
     partition: int = -1  # -1: by key (murmur2_random, like every producer of ours)
-    headers: list[tuple[str, str | bytes | None]] | None = None
+    headers: Headers | None = None
 
 
-@dataclass(slots=True)
 class Deliveries:
-    """The delivery reports of one batch (written on the producer's thread)."""
+    """The delivery reports of one batch (:meth:`report` runs on the producer's thread)."""
 
-    changelog_topic: str
-    failed: list[tuple[Outbound, KafkaError]] = field(default_factory=list)
-    #: changelog partition -> highest acknowledged offset
-    changelog_offsets: dict[int, int] = field(default_factory=dict)
+    __slots__ = ("changelog_offsets", "changelog_topic", "failed")
 
-    def reporter(self, record: Outbound) -> Callable[[KafkaError | None, Message], None]:
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                self.failed.append((record, err))
-            elif record.topic == self.changelog_topic:
-                partition, offset = msg.partition(), msg.offset()
-                if partition is None or offset is None:
-                    return  # an acknowledged record always has both
-                if offset > self.changelog_offsets.get(partition, -1):
-                    self.changelog_offsets[partition] = offset
-        return report
+    def __init__(self, changelog_topic: str) -> None:
+        self.changelog_topic = changelog_topic
+        #: records to send again, as the failed report gave them back, and why
+        self.failed: list[tuple[Outbound, KafkaError]] = []
+        #: changelog partition -> highest acknowledged offset
+        self.changelog_offsets: dict[int, int] = {}
+
+    def report(self, err: KafkaError | None, msg: Message) -> None:
+        topic, partition = msg.topic(), msg.partition()
+        if topic is None or partition is None:
+            return  # a report always names both
+        if err is not None:
+            self.failed.append((Outbound(topic, msg.key(), msg.value(), partition,
+                                         msg.headers()), err))
+        elif topic == self.changelog_topic:
+            offset = msg.offset()
+            if offset is not None and offset > self.changelog_offsets.get(partition, -1):
+                self.changelog_offsets[partition] = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,8 @@ class FoldEngine:
         self._producer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-producer")
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        #: partition -> the offset past its last durable batch, to commit
+        self._committing: dict[int, int] = {}
         #: called between batches (the timer scan); never raises (guard.timer_round)
         self.between_batches: Callable[[], Awaitable[None]] | None = None
 
@@ -223,20 +232,52 @@ class FoldEngine:
             for p, offset in committed.items()])
 
     async def _run(self, is_current: Callable[[], bool]) -> None:
-        while not self._stopping.is_set() and is_current():
-            records = await self._consumer_call(self._poll_batch)
-            if records:
-                await self.fold(records)
-            if self.between_batches is not None:
-                await self.between_batches()
+        backoff = RESEND_BACKOFF_S
+        try:
+            while not self._stopping.is_set() and is_current():
+                # what the client already holds is taken on this thread, without a wait;
+                # only an empty client is waited on, on the consumer's thread
+                records = self._take(0)
+                if not records:
+                    records = await self._consumer_call(self._take, self.poll_wait_s)
+                if records:
+                    try:
+                        await self.fold(records)
+                        backoff = RESEND_BACKOFF_S
+                    except Exception:  # never skip a record: read the batch again (D11)
+                        log.exception("a batch of %d record(s) could not be made durable; "
+                                      "it is read again in %.1fs", len(records), backoff)
+                        self.metrics.batch_retries.inc()
+                        await self._consumer_call(self._rewind, records)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                if self.between_batches is not None:
+                    await self.between_batches()
+        finally:
+            await self._consumer_call(self._commit_last)
 
-    def _poll_batch(self) -> list[Message]:
-        """Wait for the first record (up to ``poll_wait_s``), then take what is there."""
+    def _rewind(self, records: list[Message]) -> None:
+        """Seek each partition of a batch back to its first record: the next take reads
+        the batch again. Folding it again is safe: what was applied is recognised (D4)."""
         assert self._consumer is not None
-        first = self._consumer.poll(self.poll_wait_s)
-        if first is None:
-            return []
-        batch = [first, *self._consumer.consume(self.max_batch - 1, 0)]
+        first: dict[int, int] = {}
+        for msg in records:
+            partition, offset = msg.partition(), msg.offset()
+            if partition is not None and offset is not None and partition not in first:
+                first[partition] = offset
+        for partition, offset in first.items():
+            self._consumer.seek(TopicPartition(self.topics.events, partition, offset))
+
+    def _take(self, wait_s: float) -> list[Message]:
+        """Up to ``max_batch`` records: what is there, or the first within ``wait_s``
+        and what came with it."""
+        assert self._consumer is not None
+        batch = self._consumer.consume(self.max_batch, 0)
+        if not batch and wait_s > 0:
+            first = self._consumer.poll(wait_s)
+            if first is None:
+                return []
+            batch = [first, *self._consumer.consume(self.max_batch - 1, 0)]
         good = []
         for msg in batch:
             err = msg.error()
@@ -250,6 +291,7 @@ class FoldEngine:
 
     async def fold(self, records: list[Message]) -> None:
         """Fold one batch of records and make it durable."""
+        self.metrics.batch_size.observe(len(records))
         by_partition: dict[int, list[Message]] = {}
         for msg in records:
             partition = msg.partition()
@@ -296,9 +338,7 @@ class FoldEngine:
             return
         deliveries = Deliveries(self.topics.changelog)
         outbound: list[Outbound] = []
-        queues = {c.effect.envelope.body.queue for f in folds for c in f.effects
-                  if isinstance(c.effect, Dispatch)
-                  and isinstance(c.effect.envelope.body, TaskDispatched)}
+        queues = {queue for fold in folds for queue in fold.dispatch_queues}
         if queues:
             await self._ensure_queues(queues)
         for fold in folds:
@@ -309,9 +349,10 @@ class FoldEngine:
         await self._deliver(deliveries)
         for partition, offset in deliveries.changelog_offsets.items():
             self._set_persisted_offset(partition, offset)
-        offsets = [TopicPartition(self.topics.events, f.partition, f.next_offset)
-                   for f in folds if f.next_offset >= 0]
-        await self._consumer_call(self._commit, offsets)
+        for fold in folds:
+            if fold.next_offset >= 0:
+                self._committing[fold.partition] = fold.next_offset
+        self._commit(asynchronous=True)
         self._count(folds)
 
     def _write_local(self, fold: PartitionFold) -> list[Outbound]:
@@ -357,8 +398,8 @@ class FoldEngine:
 
     def _send(self, records: Iterable[Outbound], deliveries: Deliveries | None) -> None:
         produce, poll = self.producer.produce, self.producer.poll
+        report = deliveries.report if deliveries is not None else None
         for record in records:
-            report = deliveries.reporter(record) if deliveries is not None else None
             while True:
                 try:
                     produce(record.topic, record.value, record.key,
@@ -391,43 +432,53 @@ class FoldEngine:
                             time.monotonic() - started)
                 started = time.monotonic()
 
-    def _commit(self, offsets: list[TopicPartition]) -> None:
+    def _commit(self, *, asynchronous: bool) -> None:
+        """Commit the offsets past every batch made durable so far. The fold does not
+        wait for an asynchronous commit: one that is lost only reads records again,
+        which are found applied (D4); the last one of a generation is waited for."""
         assert self._consumer is not None
-        if not offsets:
+        if not self._committing:
             return
+        offsets = [TopicPartition(self.topics.events, p, o) for p, o in self._committing.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
-            # the records are read again and found applied (D4): wasted work, no harm
-            log.warning("events offsets not committed (%s); the batch will be read again",
-                        exc)
+            log.warning("events offsets not committed (%s); those records will be read "
+                        "again and found applied", exc)
+
+    def _commit_last(self) -> None:
+        self._commit(asynchronous=False)
+        self._committing.clear()
 
     def _count(self, folds: list[PartitionFold]) -> None:
-        m = self.metrics
+        """The batch's metrics, added once per label (a labelled inc per record costs
+        more than the record's own fold)."""
+        m, now = self.metrics, time.time()
+        applied: Counter[str] = Counter()
+        outcomes: Counter[tuple[Any, str]] = Counter()
+        quarantined = 0
         for fold in folds:
-            for type_name, n in fold.applied.items():
-                m.applied.labels(type_name).inc(n)
-            if fold.set_aside:
-                m.quarantined.labels(self.topics.events).inc(len(fold.set_aside))
+            applied.update(fold.applied)
+            quarantined += len(fold.set_aside)
             for caused in fold.effects:
-                effect = caused.effect
-                match effect:
-                    case Dispatch(envelope=env):
-                        body = env.body
-                        assert isinstance(body, TaskDispatched)
-                        m.dispatched.labels(body.queue).inc()
-                        m.dispatch_latency.observe(
-                            max(0.0, time.time() - caused.cause.occurred_at_ms / 1000))
-                    case DeadLetter(envelope=env):
-                        assert isinstance(env.body, TaskDeadLettered)
-                        m.dead_letters.labels(env.body.queue).inc()
-                    case Rejected():
-                        m.rejected.labels(caused.cause.type_name).inc()
-                    case Duplicate(conflict=conflict):
-                        m.duplicates.labels(str(conflict).lower()).inc()
-                    case RetryScheduled():
-                        m.retries.labels(caused.queue).inc()
-                    case PublishCancel():
-                        pass
-                    case _:
-                        pass
+                kind = caused.effect.__class__
+                if kind is Dispatch:
+                    outcomes[(m.dispatched, caused.queue)] += 1
+                    m.dispatch_latency.observe(max(0.0, now - caused.cause.occurred_at_ms / 1000))
+                elif kind is DeadLetter:
+                    outcomes[(m.dead_letters, caused.queue)] += 1
+                elif kind is Rejected:
+                    outcomes[(m.rejected, caused.cause.type_name)] += 1
+                elif kind is RetryScheduled:
+                    outcomes[(m.retries, caused.queue)] += 1
+                elif isinstance(caused.effect, Duplicate):
+                    outcomes[(m.duplicates, str(caused.effect.conflict).lower())] += 1
+        for type_name, n in applied.items():
+            m.applied.labels(type_name).inc(n)
+        for (metric, label), n in outcomes.items():
+            metric.labels(label).inc(n)
+        if quarantined:
+            m.quarantined.labels(self.topics.events).inc(quarantined)

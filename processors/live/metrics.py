@@ -41,6 +41,9 @@ class ProcessorMetrics:
             "taskstream_records_resent_total",
             "Records the brokers did not acknowledge, sent again before the commit",
             registry=r)
+        self.batch_retries = Counter(
+            "taskstream_fold_batch_retries_total",
+            "Batches that could not be made durable and were read again", registry=r)
         self.batch_size = Histogram(
             "taskstream_fold_batch_records", "Events-topic records folded per batch",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)
