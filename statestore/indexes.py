@@ -207,6 +207,14 @@ class IndexBatch:
                           str(after.priority).encode())
         self._counts[(after.queue, after.status.value, after.priority)] += 1
 
+    def remove(self, before: TaskState) -> None:
+        """A task left the table: its timer and listing entries go."""
+        timer = timer_of(before)
+        if timer is not None:
+            self.drop_timer(timer.due_at_ms, timer.task_id)
+        self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
+        self._counts[(before.queue, before.status.value, before.priority)] -= 1
+
     def drop_timer(self, due_at_ms: int, task_id: str) -> None:
         self._due.delete(keys.due_key(due_at_ms, task_id))
 

@@ -61,6 +61,12 @@ class PartitionWriter:
             if timer is None or timer.due_at_ms != due_at_ms:
                 self._index.drop_timer(due_at_ms, after.task_id)
 
+    def delete(self, key: bytes, before: TaskState | None) -> None:
+        """Stage a task's removal: its state and every index entry of it go."""
+        self._batch.delete(key)
+        if before is not None:
+            self._index.remove(before)
+
     def commit(self) -> None:
         self._index.commit()
         self._db.write(self._batch)

@@ -56,10 +56,11 @@ class Record(Protocol):
 
 @dataclass(slots=True)
 class Change:
-    """One task touched by the batch: its state before the batch and after it."""
+    """One task touched by the batch: its state before the batch and after it
+    (``None`` after it: the fold removed the task, a tombstone goes to the changelog)."""
 
     before: TaskState | None
-    after: TaskState
+    after: TaskState | None
     #: index entries of fired timers to drop unless they are the task's timer now
     fired_timers: list[int] = field(default_factory=list)
 
@@ -140,7 +141,7 @@ def fold_partition(
                 offset, record.key(), value, f"fold failed: {type(exc).__name__}: {exc}"))
             continue
         out.applied[envelope.type_name] += 1
-        if after is not None:
+        if after is not None or state is not None:
             current[key] = after
             change = changes.get(key)
             if change is None:

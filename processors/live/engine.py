@@ -361,6 +361,10 @@ class FoldEngine:
         writer = self.tables.writer(partition)
         records = []
         for key, change in fold.changes.items():
+            if change.after is None:
+                writer.delete(key, change.before)
+                records.append(Outbound(topic, key, None, partition))  # a tombstone
+                continue
             encoded = encode_state(change.after)
             writer.put(key, encoded, change.before, change.after, change.fired_timers)
             records.append(Outbound(topic, key, encoded, partition))
