@@ -41,6 +41,7 @@ from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
+from taskstream.processors.live.standby import StandbyFollower, standby_partitions
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
@@ -57,6 +58,7 @@ from taskstream.topics import (
     processor_app_id,
     quarantine_topic,
     ready_topic,
+    standby_group,
     task_changelog_topic,
 )
 
@@ -103,7 +105,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         canonical_url=advertised_url(settings),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
-        table_standby_replicas=settings.standby_replicas,
+        # standby copies are kept by the fold's own follower (live/standby.py, D-FOLD)
+        table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
@@ -164,6 +167,13 @@ class Processor:
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
         )
+        self.standby = StandbyFollower(
+            consumer_config(settings, standby_group(settings), {
+                "client.id": f"{self.source}:standby",
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            }),
+            self._changelog, self.tables.tasks.data.offset_key, self._persisted_offset)
         # a rebalance may begin between two batches: the indexes then refuse
         # (IndexNotReady) and the scan resumes once the partitions are restored
         self.engine.between_batches = timer_round(
@@ -181,6 +191,7 @@ class Processor:
                                      **kwargs: Any) -> None:
         """Faust awaits this before it rejoins: the batch in hand is made durable now."""
         self._folding_generation = None
+        await asyncio.to_thread(self.standby.stop)
         await self.engine.stop()
 
     async def _on_rebalance_complete(self, sender: Any, /, *args: Any, signal: Any,
@@ -204,9 +215,23 @@ class Processor:
         self._folding_generation = generation
         await self.engine.start(self.active_partitions(),
                                 lambda: self.app.consumer_generation_id == generation)
+        self._keep_standbys()
+
+    def _keep_standbys(self) -> None:
+        """Start following the partitions whose standby copy this replica keeps."""
+        owners = {p: str(url)
+                  for url, topics in self.app.assignor.tables_metadata().items()
+                  for p in topics.get(self._changelog, ())}
+        me = str(self.app.conf.canonical_url)
+        mine = standby_partitions(owners, me, self.settings.standby_replicas)
+        self.standby.start({p: self.tables.partition_db(p) for p in sorted(mine)})
 
     def _set_persisted_offset(self, partition: int, offset: int) -> None:
         self.tables.tasks.data.set_persisted_offset(TP(self._changelog, partition), offset)
+
+    def _persisted_offset(self, partition: int) -> int | None:
+        offset = self.tables.tasks.data.persisted_offset(TP(self._changelog, partition))
+        return offset if isinstance(offset, int) else None
 
     async def _ensure_queues(self, queues: Iterable[str]) -> None:
         """A queue met for the first time gets its ready topics made (once per queue)."""
@@ -281,15 +306,16 @@ class Processor:
 
     def service(self) -> FoldService:
         """The fold as a service for ``faust.Worker``: stopped before the app leaves its group."""
-        return FoldService(self.engine)
+        return FoldService(self)
 
 
 class FoldService(Service):
     """Stops the fold engine first when the worker stops (services stop in reverse order)."""
 
-    def __init__(self, engine: FoldEngine) -> None:
+    def __init__(self, processor: Processor) -> None:
         super().__init__()
-        self.engine = engine
+        self.processor = processor
 
     async def on_stop(self) -> None:
-        await self.engine.close()
+        await asyncio.to_thread(self.processor.standby.stop)
+        await self.processor.engine.close()
