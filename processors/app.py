@@ -36,10 +36,12 @@ from functools import partial
 from typing import Any
 
 import faust
+from faust.sensors import Sensor
 from faust.tables.manager import TableManager
-from faust.types import EventT, StreamT, TopicT
+from faust.types import ConsumerT, EventT, StreamT, TopicT
 
 from taskstream.admin import STOCK_SESSION_MIN_S, ensure_queue_topics
+from taskstream.faults import fault_point
 from taskstream.processors.effects import (
     DeadLetter,
     Dispatch,
@@ -118,6 +120,9 @@ def build_faust_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # how long a record may wait for its acknowledgement before its send fails
+        # (Faust's default, 20 minutes, hides a refusing broker for as long)
+        producer_request_timeout=settings.delivery_timeout_s,
         broker_commit_interval=1.0,
         # batch the changelog and dispatch sends of many events into one request
         producer_linger=0.002,
@@ -131,6 +136,19 @@ def build_faust_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         web_cors_options=None,
     )
+
+
+def _create_queue_topics(settings: Settings, queue: str) -> None:
+    fault_point("queue.create_topics")
+    ensure_queue_topics(settings, queue)
+
+
+class CommitFaults(Sensor):
+    """Calls the ``commit.before`` fault point as Faust starts an offset commit."""
+
+    def on_commit_initiated(self, consumer: ConsumerT) -> Any:
+        fault_point("commit.before")
+        return None
 
 
 class Processor:
@@ -152,6 +170,7 @@ class Processor:
         self._quarantine = _raw_topic(app, quarantine_topic(settings))
         self._emitted: dict[bytes, float] = {}
         app.agent(self.events, name="taskstream.fold")(self._fold)
+        app.sensors.add(CommitFaults())
         # a rebalance may begin while a scan awaits a send: the indexes then refuse
         # (IndexNotReady) and the scan resumes once the partitions are restored
         app.timer(settings.timer_interval_s, name="taskstream.timers")(
@@ -189,6 +208,7 @@ class Processor:
         after, effects = apply(before, envelope, self.limits)
         if after is not None and after != before:
             self.tables.put(partition, before, after, encode_state(after))
+            fault_point("fold.after_state_write")
         if isinstance(envelope.body, TimerFired):
             # a timer that no longer fits leaves its index entry behind: drop it
             self.tables.drop_stale_timer(partition, envelope.task_id,
@@ -206,15 +226,18 @@ class Processor:
                 assert isinstance(body, TaskDispatched)
                 topic = await self._ready_topic(body.queue, body.priority)
                 await topic.send(key=env.task_id.encode(), value=encode_event(env))
+                fault_point("fold.after_effect_send")
                 self.metrics.dispatched.labels(body.queue).inc()
                 self.metrics.dispatch_latency.observe(
                     max(0.0, time.time() - cause.occurred_at_ms / 1000))
             case DeadLetter(envelope=env):
                 await self._dlq.send(key=env.task_id.encode(), value=encode_event(env))
+                fault_point("fold.after_effect_send")
                 assert isinstance(env.body, TaskDeadLettered)
                 self.metrics.dead_letters.labels(env.body.queue).inc()
             case PublishCancel(envelope=env):
                 await self._cancellations.send(key=env.task_id.encode(), value=encode_event(env))
+                fault_point("fold.after_effect_send")
             case Rejected():
                 self.metrics.rejected.labels(cause.type_name).inc()
             case Duplicate(conflict=conflict):
@@ -229,7 +252,7 @@ class Processor:
         if topic is None:
             if queue not in self._known_queues:
                 # a queue seen for the first time gets its ready topics made
-                await asyncio.to_thread(ensure_queue_topics, self.settings, queue)
+                await asyncio.to_thread(_create_queue_topics, self.settings, queue)
                 self._known_queues.add(queue)
             topic = self._ready[(queue, level)] = _raw_topic(
                 self.app, ready_topic(self.settings, queue, level))

@@ -1,0 +1,228 @@
+"""A rig for the durability tests: real processes, a real broker that refuses, and the
+checks that must hold after any fault.
+
+Everything is black box on purpose, so the tests outlive a rewrite of the fold (issue
+12): processor replicas and workers run as subprocesses (a replica can be armed with
+fault points, taskstream/faults.py), tasks go in through the SDK, the broker is made to
+refuse writes with a topic config, and the checks read only the log, a fresh replica's
+HTTP API and ``replay verify``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+from taskstream.admin import admin_client, cluster_metadata
+from taskstream.dev_procs import settings_env
+from taskstream.faults import ENV as FAULTS_ENV
+from taskstream.processors.lifecycle import apply
+from taskstream.processors.replay_verify import VerifyReport, verify
+from taskstream.producer import TaskProducer
+from taskstream.schemas.events import TaskSucceeded
+from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.settings import Settings
+from taskstream.topics import events_topic
+from tests.harness import ProcessorProcess, StateReader, TopicReader, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+#: how long a processor's producer waits for an acknowledgement before a send is reported
+#: failed (settings.delivery_timeout_s): short, so a refusal shows within the test
+DELIVERY_TIMEOUT_S = 3
+
+
+class Rig:
+    """One platform on the test's topics: replicas, workers and a submitting client."""
+
+    def __init__(self, settings: Settings, base: Path) -> None:
+        self.settings = settings
+        self.base = base
+        self.replicas: list[ProcessorProcess] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.producer = TaskProducer(settings)
+        self._states: StateReader | None = None
+
+    # -- processes ------------------------------------------------------------------
+
+    def replica(self, name: str, faults: str = "", start: bool = True,
+                ready_timeout: float = 90.0) -> ProcessorProcess:
+        """A processor replica with its own data dir ``base/name`` (the same name: the same
+        dir), armed with ``faults`` (TASKSTREAM_FAULTS syntax)."""
+        env = {"TASKSTREAM_DELIVERY_TIMEOUT_S": str(DELIVERY_TIMEOUT_S)}
+        if faults:
+            env[FAULTS_ENV] = faults
+        replica = ProcessorProcess(self.settings, self.base / name, env=env)
+        self.replicas.append(replica)
+        return replica.start(ready_timeout) if start else replica
+
+    def worker(self, queues: Iterable[str] = ("default",), concurrency: int = 64
+               ) -> subprocess.Popen[bytes]:
+        log = self.base / f"worker{len(self.workers)}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "taskstream", "worker", "-A", "examples.tasks",
+                 "--queues", ",".join(queues), "--concurrency", str(concurrency)],
+                cwd=ROOT, env=settings_env(self.settings), stdout=out,
+                stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return proc
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+    def close(self) -> None:
+        self.stop_workers()
+        for replica in self.replicas:
+            replica.stop()
+        self.producer.close(10)
+        if self._states is not None:
+            self._states.reader.close()
+
+    # -- load -----------------------------------------------------------------------
+
+    def submit(self, n: int, queue: str = "default", rate: float | None = None) -> list[str]:
+        """``n`` no-op tasks, at ``rate`` per second when given; returns once all are
+        acknowledged by the broker."""
+        ids: list[str] = []
+        started = time.monotonic()
+        for i in range(n):
+            if rate is not None:
+                ahead = started + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            ids.append(self.producer.submit("examples.noop", None, queue=queue).task_id)
+        self.producer.flush(60)
+        return ids
+
+    # -- what the log and the live tables say ------------------------------------------
+
+    @property
+    def states(self) -> StateReader:
+        """Task states as the changelog holds them (what a fresh replica restores)."""
+        if self._states is None:
+            self._states = StateReader(self.settings)
+        return self._states
+
+    def wait_succeeded(self, task_ids: Iterable[str], timeout: float = 120.0) -> None:
+        wanted = set(task_ids)
+
+        def done() -> bool:
+            states = self.states.refresh()
+            return all(t in states and states[t].status is TaskStatus.SUCCEEDED
+                       for t in wanted)
+
+        try:
+            wait_for(f"{len(wanted)} tasks to succeed", done, timeout=timeout, interval=0.5)
+        except AssertionError:
+            states = self.states.states
+            late = {t: states[t].status.value if t in states else "absent" for t in wanted
+                    if t not in states or states[t].status is not TaskStatus.SUCCEEDED}
+            raise AssertionError(f"{len(late)} of {len(wanted)} tasks did not succeed in "
+                                 f"{timeout:g}s: {dict(list(late.items())[:10])}") from None
+
+    def verify_clean(self, wait_timeout: float = 90.0) -> VerifyReport:
+        """``replay verify``: the task changelog (what a fresh replica restores) is
+        exactly the fold of the events topic."""
+        report = verify(self.settings, wait_timeout=wait_timeout, workdir=self.base)
+        assert report.mismatches == (), (
+            f"{len(report.mismatches)} of {report.tasks} tasks differ from the fold of the "
+            "log: " + "; ".join(m.describe() for m in report.mismatches[:10]))
+        return report
+
+    def check_fresh_replica(self, task_ids: Iterable[str], timeout: float = 120.0) -> None:
+        """Every other replica stops; a replica on a new data dir restores from the
+        changelog and its live API shows every task SUCCEEDED; ``replay verify`` is clean;
+        the log holds exactly one accepted completion per task."""
+        wanted = set(task_ids)
+        for replica in self.replicas:
+            replica.stop()
+        fresh = self.replica(f"fresh{len(self.replicas)}")
+        wait_for("the fresh replica to show every task SUCCEEDED",
+                 lambda: live_counts(fresh.url).get("SUCCEEDED", 0) >= len(wanted),
+                 timeout=timeout, interval=0.5)
+        self.verify_clean()
+        accepted = accepted_completions(self.settings)
+        wrong = {t: accepted.get(t, 0) for t in wanted if accepted.get(t, 0) != 1}
+        assert wrong == {}, f"tasks without exactly one accepted completion: {wrong}"
+
+
+def live_counts(url: str) -> dict[str, int]:
+    """Tasks by status in one replica's live tables (its /internal/queues answer)."""
+    try:
+        rows = httpx.get(f"{url}/internal/queues", timeout=10).json()["rows"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+    counts: dict[str, int] = {}
+    for _queue, status, _priority, n in rows:
+        counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+def accepted_completions(settings: Settings) -> dict[str, int]:
+    """Task ID -> how many of its TaskSucceeded events the fold of the log accepted."""
+    reader = TopicReader(settings, events_topic(settings))
+    states: dict[str, TaskState] = {}
+    accepted: dict[str, int] = {}
+    try:
+        while batch := reader.envelopes(2.0):
+            for env in batch:
+                before = states.get(env.task_id)
+                after, _ = apply(before, env)
+                if after is None:
+                    continue
+                states[env.task_id] = after
+                if (isinstance(env.body, TaskSucceeded) and after.status is TaskStatus.SUCCEEDED
+                        and (before is None or before.status is not TaskStatus.SUCCEEDED)):
+                    accepted[env.task_id] = accepted.get(env.task_id, 0) + 1
+    finally:
+        reader.close()
+    return accepted
+
+
+# -- a broker that refuses ------------------------------------------------------------
+
+
+@contextmanager
+def refusing(settings: Settings, topic: str) -> Iterator[None]:
+    """The broker refuses every acks=all write to ``topic`` (NOT_ENOUGH_REPLICAS: its
+    min.insync.replicas is set above the number of brokers), until the block ends."""
+    client = admin_client(settings)
+    brokers = len(cluster_metadata(settings, client).brokers)
+    resource = ConfigResource("topic", topic)
+    before = client.describe_configs([resource])[resource].result(30)["min.insync.replicas"]
+
+    def alter(value: str) -> None:
+        entry = ConfigEntry("min.insync.replicas", value,
+                            incremental_operation=AlterConfigOpType.SET)
+        target = ConfigResource("topic", topic, incremental_configs=[entry])
+        client.incremental_alter_configs([target])[target].result(30)
+
+    alter(str(brokers + 1))
+    try:
+        yield
+    finally:
+        alter(before.value)
+
+
+def died_of_fault(replica: ProcessorProcess, point: str, timeout: float = 120.0) -> None:
+    """Wait until ``replica`` killed itself at the fault point ``point``."""
+    assert replica.proc is not None
+    proc = replica.proc
+    wait_for(f"the replica to die at {point}", lambda: proc.poll() is not None,
+             timeout=timeout, interval=0.2)
+    assert proc.returncode == -9, f"exit {proc.returncode}, not SIGKILL:\n{replica.log()[-3000:]}"
+    assert f"taskstream fault: {point} hit" in replica.log()
