@@ -18,9 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka import Producer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from taskstream.admin import admin_client, cluster_metadata
+from taskstream.admin import admin_client
 from taskstream.dev_procs import settings_env
 from taskstream.faults import ENV as FAULTS_ENV
 from taskstream.processors.lifecycle import apply
@@ -151,9 +152,17 @@ class Rig:
         for replica in self.replicas:
             replica.stop()
         fresh = self.replica(f"fresh{len(self.replicas)}")
-        wait_for("the fresh replica to show every task SUCCEEDED",
-                 lambda: live_counts(fresh.url).get("SUCCEEDED", 0) >= len(wanted),
-                 timeout=timeout, interval=0.5)
+        counts: dict[str, int] = {}
+
+        def all_succeeded() -> bool:
+            counts.update(live_counts(fresh.url))
+            return counts.get("SUCCEEDED", 0) >= len(wanted)
+
+        try:
+            wait_for("the fresh replica", all_succeeded, timeout=timeout, interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"a fresh replica restored from the changelog shows {counts} "
+                                 f"after {timeout:g}s, not {len(wanted)} SUCCEEDED") from None
         self.verify_clean()
         accepted = accepted_completions(self.settings)
         wrong = {t: accepted.get(t, 0) for t in wanted if accepted.get(t, 0) != 1}
@@ -198,24 +207,44 @@ def accepted_completions(settings: Settings) -> dict[str, int]:
 
 @contextmanager
 def refusing(settings: Settings, topic: str) -> Iterator[None]:
-    """The broker refuses every acks=all write to ``topic`` (NOT_ENOUGH_REPLICAS: its
-    min.insync.replicas is set above the number of brokers), until the block ends."""
+    """The broker refuses every write to ``topic`` until the block ends: its
+    ``max.message.bytes`` is set below any record batch (MESSAGE_TOO_LARGE, the answer a
+    record over the topic's limit gets), then set back. A config change takes the broker a
+    moment; the block starts once a probe write is refused and ends once one is taken."""
     client = admin_client(settings)
-    brokers = len(cluster_metadata(settings, client).brokers)
-    resource = ConfigResource("topic", topic)
-    before = client.describe_configs([resource])[resource].result(30)["min.insync.replicas"]
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    before = client.describe_configs([resource])[resource].result(30)["max.message.bytes"]
 
     def alter(value: str) -> None:
-        entry = ConfigEntry("min.insync.replicas", value,
+        entry = ConfigEntry("max.message.bytes", value,
                             incremental_operation=AlterConfigOpType.SET)
-        target = ConfigResource("topic", topic, incremental_configs=[entry])
+        target = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
         client.incremental_alter_configs([target])[target].result(30)
 
-    alter(str(brokers + 1))
+    probe = Probe(settings, topic)
+    alter("1")
+    wait_for(f"{topic} to refuse writes", lambda: not probe.taken(), timeout=30)
     try:
         yield
     finally:
         alter(before.value)
+        wait_for(f"{topic} to take writes again", probe.taken, timeout=30)
+
+
+class Probe:
+    """Writes an empty record to a topic and tells whether the broker took it."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.producer = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all",
+                                  "message.timeout.ms": 5000})
+
+    def taken(self) -> bool:
+        errors: list[object] = []
+        self.producer.produce(self.topic, key=b"probe", value=b"",
+                              on_delivery=lambda err, _msg: errors.append(err))
+        self.producer.flush(10)
+        return len(errors) == 1 and errors[0] is None  # KafkaError == None raises
 
 
 def died_of_fault(replica: ProcessorProcess, point: str, timeout: float = 120.0) -> None:
