@@ -206,7 +206,10 @@ class Processor:
         raw = self.tables.tasks.get(envelope.task_id.encode())
         before = decode_state(raw) if raw is not None else None
         after, effects = apply(before, envelope, self.limits)
-        if after is not None and after != before:
+        # an event read again (a crash before its offset was committed) may find its own
+        # result in the local RocksDB while the changelog never got it: write it again
+        reread = before is not None and envelope.event_id in before.recent_event_ids
+        if after is not None and (reread or after != before):
             self.tables.put(partition, before, after, encode_state(after))
             fault_point("fold.after_state_write")
         if isinstance(envelope.body, TimerFired):

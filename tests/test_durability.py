@@ -24,9 +24,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole 1 (issue 14): a re-read event whose new state is already in the local RocksDB "
-    "skips the table write, so the changelog never gets that state"))
 def test_crash_after_the_state_write_restores_the_fold(topics: Settings, tmp_path: Path) -> None:
     """Given a replica that dies right after writing a state to its RocksDB, when it
     restarts on the same data dir, then the changelog holds the fold of the log (before
