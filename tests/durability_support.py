@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from taskstream.admin import admin_client
@@ -209,42 +208,30 @@ def accepted_completions(settings: Settings) -> dict[str, int]:
 def refusing(settings: Settings, topic: str) -> Iterator[None]:
     """The broker refuses every write to ``topic`` until the block ends: its
     ``max.message.bytes`` is set below any record batch (MESSAGE_TOO_LARGE, the answer a
-    record over the topic's limit gets), then set back. A config change takes the broker a
-    moment; the block starts once a probe write is refused and ends once one is taken."""
+    record over the topic's limit gets), then set back. The block starts, and ends, once
+    the broker reports the new value (nothing is written to find out: a probe record
+    would be one more record in the topic under test)."""
     client = admin_client(settings)
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    before = client.describe_configs([resource])[resource].result(30)["max.message.bytes"]
+
+    def current() -> str:
+        return str(client.describe_configs([resource])[resource].result(30)
+                   ["max.message.bytes"].value)
 
     def alter(value: str) -> None:
         entry = ConfigEntry("max.message.bytes", value,
                             incremental_operation=AlterConfigOpType.SET)
         target = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
         client.incremental_alter_configs([target])[target].result(30)
+        wait_for(f"max.message.bytes={value} on {topic}", lambda: current() == value,
+                 timeout=30, interval=0.2)
 
-    probe = Probe(settings, topic)
+    before = current()
     alter("1")
-    wait_for(f"{topic} to refuse writes", lambda: not probe.taken(), timeout=30)
     try:
         yield
     finally:
-        alter(before.value)
-        wait_for(f"{topic} to take writes again", probe.taken, timeout=30)
-
-
-class Probe:
-    """Writes an empty record to a topic and tells whether the broker took it."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.topic = topic
-        self.producer = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all",
-                                  "message.timeout.ms": 5000})
-
-    def taken(self) -> bool:
-        errors: list[object] = []
-        self.producer.produce(self.topic, key=b"probe", value=b"",
-                              on_delivery=lambda err, _msg: errors.append(err))
-        self.producer.flush(10)
-        return len(errors) == 1 and errors[0] is None  # KafkaError == None raises
+        alter(before)
 
 
 def died_of_fault(replica: ProcessorProcess, point: str, timeout: float = 120.0) -> None:
