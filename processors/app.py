@@ -3,20 +3,11 @@
 One agent reads the events topic. For each record it decodes the envelope,
 reads the task's state from the ``tasks`` table, calls the pure
 :func:`~taskstream.processors.lifecycle.apply`, writes the new state and its
-index entries, and performs the effects (dispatch, DLQ copy, cancellation).
-
-The order of durable steps for one record, and why it is safe:
-
-1. the task state goes to the partition's local RocksDB and is queued for the
-   changelog; the due and listing index entries go to local RocksDBs derived
-   from the task table (no changelog: rebuilt from it, statestore/indexes.py);
-2. effects are queued on the same producer (ready, dlq, cancellations topics);
-3. at commit time Faust flushes the producer (changelog and effects both
-   acknowledged by the broker) and only then commits the events offset.
-
-A crash before 3 re-reads the record. If the local RocksDB already holds the new
-state, ``apply`` sees the event id as its last applied event and returns the
-"redo" effects, so nothing that had not left is lost (docs/decisions.md, D4).
+index entries, sends the state's changelog record and performs the effects
+(dispatch, DLQ copy, cancellation). :meth:`Processor.fold_one` holds the order of
+these durable steps and why a crash between any two of them is safe; the record
+is acked, and so its offset may be committed, only once everything it sent is
+acknowledged (processors/outbox.py, docs/decisions.md D4 and D16).
 
 Timers: Faust tables can only be written inside stream iteration, so a timer
 scans the due index of the partitions this replica owns (every
@@ -32,13 +23,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any
 
 import faust
 from faust.sensors import Sensor
 from faust.tables.manager import TableManager
-from faust.types import ConsumerT, EventT, StreamT, TopicT
+from faust.types import ConsumerT, EventT, RecordMetadata, StreamT, TopicT
 
 from taskstream.admin import STOCK_SESSION_MIN_S, ensure_queue_topics
 from taskstream.faults import fault_point
@@ -54,6 +46,7 @@ from taskstream.processors.effects import (
 from taskstream.processors.guard import guarded, timer_round
 from taskstream.processors.lifecycle import Limits, apply
 from taskstream.processors.metrics import ProcessorMetrics
+from taskstream.processors.outbox import Outbox, Pending, Record
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
     Envelope,
@@ -169,6 +162,11 @@ class Processor:
         self._cancellations = _raw_topic(app, cancellations_topic(settings))
         self._quarantine = _raw_topic(app, quarantine_topic(settings))
         self._emitted: dict[bytes, float] = {}
+        self._changelog = self.tables.changelog_topic()
+        self.outbox = Outbox(
+            self._send, self._ack, lambda: app.consumer_generation_id or 0,
+            lambda: bool(app.should_stop),
+            lambda kind, stage: self.metrics.send_retries.labels(kind, stage).inc())
         app.agent(self.events, name="taskstream.fold")(self._fold)
         app.sensors.add(CommitFaults())
         # a rebalance may begin while a scan awaits a send: the indexes then refuse
@@ -179,17 +177,23 @@ class Processor:
     # -- the fold ------------------------------------------------------------
 
     async def _fold(self, stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
+        # no automatic acks: the outbox acks a record once all it sent is acknowledged
+        assert isinstance(stream, faust.Stream)  # the interface type does not declare noack
+        async for event in stream.noack().events():
+            await self.outbox.room()
+            pending = self.outbox.open(event)
             m = event.message
-            await guarded(partial(self.handle, event), partial(self._quarantine_event, event),
+            await guarded(partial(self.handle, event, pending),
+                          partial(self._quarantine_event, event),
                           where=f"{m.topic}[{m.partition}]@{m.offset}")
+            self.outbox.close(pending)
 
     async def _quarantine_event(self, event: EventT[bytes], reason: str) -> None:
         m = event.message
         value = event.value if isinstance(event.value, bytes) else b""
         await self.quarantine(m.topic, m.partition, m.offset, event.key, value, reason)
 
-    async def handle(self, event: EventT[bytes]) -> None:
+    async def handle(self, event: EventT[bytes], pending: Pending) -> None:
         value = event.value if isinstance(event.value, bytes) else b""
         try:
             envelope = decode_event(value)
@@ -200,18 +204,49 @@ class Processor:
             await self._quarantine_event(
                 event, f"{envelope.type_name} is not an events-topic record")
             return
-        await self.fold_one(envelope, event.message.partition)
+        await self.fold_one(envelope, event.message.partition, pending)
 
-    async def fold_one(self, envelope: Envelope, partition: int) -> None:
-        raw = self.tables.tasks.get(envelope.task_id.encode())
+    async def fold_one(self, envelope: Envelope, partition: int, pending: Pending) -> None:
+        """Fold one event into its task's state, durably. The order of durable steps,
+        each followed by its fault point (taskstream/faults.py), and why a crash right
+        after it is safe:
+
+        1. the new state goes to the partition's local RocksDB, its due and listing
+           index entries beside it (``fold.after_state_write``). Crash: the events
+           offset is not committed, so the event is read again; ``apply`` finds its id
+           as the state's last applied event and the state is written again (step 1,
+           then 2), with the redo effects (D4). A fresh replica restores from the
+           changelog, which never held a state the log does not imply;
+        2. the state's changelog record is handed to the producer
+           (``fold.after_changelog_send``). Crash: as in 1; whether the record left or
+           not, the re-read sends the same state again;
+        3. each effect (dispatch, dead letter, cancellation) is handed to the producer
+           (``fold.after_effect_send``). Crash: as in 1; a resent effect is a repeat its
+           consumers fence (same dispatch id; dlq and cancellations are keyed by task);
+        4. the outbox acks the record once the changelog record and every effect are
+           acknowledged, resending what failed; Faust then commits the offsets of
+           acked records only (``commit.before``). Crash before the commit: the record
+           is read again and everything is sent once more, repeats only.
+
+        An events record of an older consumer generation is never acked: after a
+        rebalance its partition is read again from the committed offset (outbox.py).
+        """
+        key = envelope.task_id.encode()
+        raw = self.tables.get_in(partition, envelope.task_id)
         before = decode_state(raw) if raw is not None else None
         after, effects = apply(before, envelope, self.limits)
         # an event read again (a crash before its offset was committed) may find its own
         # result in the local RocksDB while the changelog never got it: write it again
         reread = before is not None and envelope.event_id in before.recent_event_ids
         if after is not None and (reread or after != before):
-            self.tables.put(partition, before, after, encode_state(after))
+            encoded = encode_state(after)
+            self.tables.put(partition, before, after, encoded)
             fault_point("fold.after_state_write")
+            await self.outbox.send(
+                pending, Record("changelog", self._changelog, key, encoded, partition),
+                refresh=partial(self._changelog_record, partition, envelope.task_id),
+                delivered=partial(self._changelog_delivered, partition))
+            fault_point("fold.after_changelog_send")
         if isinstance(envelope.body, TimerFired):
             # a timer that no longer fits leaves its index entry behind: drop it
             self.tables.drop_stale_timer(partition, envelope.task_id,
@@ -221,6 +256,27 @@ class Processor:
         queue = state.queue if state is not None else ""
         for effect in effects:
             await self._perform(effect, envelope, queue)
+
+    def _changelog_record(self, partition: int, task_id: str) -> Record | None:
+        """The task's changelog record as of now (what a failed changelog send resends)."""
+        value = self.tables.get_in(partition, task_id)
+        if value is None:
+            return None
+        return Record("changelog", self._changelog, task_id.encode(), value, partition)
+
+    def _changelog_delivered(self, partition: int, metadata: RecordMetadata) -> None:
+        self.tables.changelog_sent(partition, metadata.offset)
+
+    async def _send(self, record: Record) -> Awaitable[RecordMetadata]:
+        return await self.app.producer.send(record.topic, record.key, record.value,
+                                            record.partition, None,
+                                            None if record.headers is None
+                                            else list(record.headers))
+
+    def _ack(self, event: EventT[bytes]) -> None:
+        if event.ack():  # the last stream to ack it: Faust may commit its offset
+            m = event.message
+            self.app.sensors.on_message_out(m.tp, m.offset, m)
 
     async def _perform(self, effect: Effect, cause: Envelope, queue: str) -> None:
         match effect:

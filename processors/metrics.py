@@ -24,6 +24,10 @@ class ProcessorMetrics:
         self.dispatched = Counter(
             "taskstream_dispatched_total", "Attempts written to ready topics", ["queue"],
             registry=r)
+        self.send_retries = Counter(
+            "taskstream_send_retries_total",
+            "Records sent again after Kafka refused them, by role and stage (send, delivery)",
+            ["kind", "stage"], registry=r)
         self.retries = Counter(
             "taskstream_retries_total", "Retries scheduled", ["queue"], registry=r)
         self.dead_letters = Counter(

@@ -6,8 +6,11 @@
   derived from the task table, kept for this replica's active partitions only and
   rebuilt from the task table when a partition becomes active here.
 
-The task table is written only inside the fold (Faust's rule); the indexes are
-written beside it, on the same partition.
+The task table is written only by the fold, straight into the partition's RocksDB; the
+fold sends the changelog record itself (processors/outbox.py: Faust's own path could
+commit past a record it had not delivered, D16) and :meth:`TaskTables.changelog_sent`
+keeps the changelog offset Faust's recovery starts from. The indexes are written
+beside the state, on the same partition.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
@@ -58,8 +62,9 @@ class TaskTables:
 
     def put(self, partition: int, before: TaskState | None, after: TaskState,
             encoded: bytes) -> None:
-        """Store a new state and move its index entries (the fold's one write)."""
-        self.tasks[after.task_id.encode()] = encoded
+        """Store a new state in the local RocksDB and move its index entries (the fold's one
+        write; its changelog record is the caller's to send)."""
+        self._db(partition)[after.task_id.encode()] = encoded
         index = self.indexes.for_partition(partition, restored=True)
         timer_before, timer_after = timer_of(before), timer_of(after)
         if timer_before != timer_after:
@@ -78,6 +83,16 @@ class TaskTables:
         timer = timer_of(current)
         if timer is None or (timer.due_at_ms, timer.task_id) != (due_at_ms, task_id):
             self.indexes.for_partition(partition, restored=True).drop_timer(due_at_ms, task_id)
+
+    # -- the changelog -------------------------------------------------------------
+
+    def changelog_topic(self) -> str:
+        return str(self.tasks.changelog_topic.get_topic_name())
+
+    def changelog_sent(self, partition: int, offset: int) -> None:
+        """Remember that the changelog holds this partition's records up to ``offset``:
+        recovery reads the changelog from there (Faust keeps it in the partition's DB)."""
+        self.tasks.data.set_persisted_offset(TP(self.changelog_topic(), partition), offset)
 
     # -- reads ---------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ ENV = "TASKSTREAM_FAULTS"
 POINTS: Mapping[str, str] = {
     "fold.after_state_write":
         "a task's new state is in the local RocksDB; its changelog record is not sent yet",
+    "fold.after_changelog_send":
+        "the state's changelog record is handed to the producer; effects not sent yet",
     "fold.after_effect_send":
         "an effect (dispatch, dead letter, cancellation, quarantine copy) is handed to "
         "the producer, not yet acknowledged",

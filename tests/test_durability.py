@@ -43,9 +43,6 @@ def test_crash_after_the_state_write_restores_the_fold(topics: Settings, tmp_pat
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole 1 (issue 14): the offset commit passes events whose changelog records were "
-    "never acknowledged (Faust's buffer flush gives up, failed deliveries are only logged)"))
 def test_commit_never_passes_an_unacknowledged_changelog_record(
         topics: Settings, tmp_path: Path) -> None:
     """Given a replica whose changelog topic refuses every write, when tasks are submitted
