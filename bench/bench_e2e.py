@@ -34,8 +34,8 @@ import httpx
 from confluent_kafka.admin import AdminClient
 
 from taskstream.admin import ensure_topics
-from taskstream.dev_procs import Child, free_port, start_processor, start_worker, stop_all
-from taskstream.dev_workload import percentile
+from taskstream.dev.procs import Child, free_port, start_processor, start_worker, stop_all
+from taskstream.dev.workload import percentile
 from taskstream.producer import TaskProducer
 from taskstream.settings import Settings, load_settings
 

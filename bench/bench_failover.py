@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, paced
 
-from taskstream.processors.replay_read import partition_for
+from taskstream.processors.replay.read import partition_for
 
 
 def _one_per_partition(task_ids: list[str], partitions: int) -> list[str]:
@@ -155,7 +155,7 @@ def main() -> None:
     timeouts = [float(t) for t in args.session_timeouts.split(",") if t.strip()]
     from run import _broker
 
-    from taskstream import localkafka
+    from taskstream.localkafka import cluster as localkafka
 
     bootstrap, own_kafka = _broker(args.bootstrap, Path(tempfile.mkdtemp(prefix="ts-fo-")))
     runs: list[dict[str, Any]] = []

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, Times, paced, stats
 
-from taskstream import localkafka
+from taskstream.localkafka import cluster as localkafka
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MIB = 1024 * 1024

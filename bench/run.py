@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import OursRig, load_profile, measure_max, measure_paced
 from report import markdown
 
-from taskstream import localkafka
+from taskstream.localkafka import cluster as localkafka
 from taskstream.settings import load_settings
 
 SECTIONS = ("ingest", "replay", "e2e", "delayed", "scaling", "failover", "celery")

@@ -7,8 +7,8 @@
   rebuilt from the task table when a partition becomes active here.
 
 The task table is written only by the fold, straight into the partition's RocksDB; the
-fold sends the changelog record itself (processors/outbox.py: Faust's own path could
-commit past a record it had not delivered, D16) and :meth:`TaskTables.changelog_sent`
+fold sends the changelog record itself (processors/live/outbox.py: Faust's own path could
+commit past a record it had not delivered, D19) and :meth:`TaskTables.changelog_sent`
 keeps the changelog offset Faust's recovery starts from. The indexes are written
 beside the state, on the same partition.
 """
@@ -25,23 +25,14 @@ from faust.types import TP
 
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
-from taskstream.settings import Settings
 from taskstream.statestore import keys
 from taskstream.statestore.indexes import LocalIndexes, timer_of
 from taskstream.statestore.rocks import TABLE_OPTIONS
+from taskstream.topics import TASK_TABLE
 
-TABLE_NAMES = ("tasks",)
+TABLE_NAMES = (TASK_TABLE,)
 #: Faust keeps its own keys (``__faust\0offset__``) in every partition's RocksDB
 FAUST_KEY_PREFIX = b"__faust"
-
-
-def processor_app_id(settings: Settings) -> str:
-    """The Faust app id: the processors' consumer group and changelog prefix."""
-    return f"{settings.topic_prefix}processor"
-
-
-def changelog_topic(settings: Settings, table: str) -> str:
-    return f"{processor_app_id(settings)}-{table}-changelog"
 
 
 class TaskTables:
@@ -52,8 +43,8 @@ class TaskTables:
         def generation() -> int:
             return int(app.consumer_generation_id or 0)
 
-        # bytes in, bytes out: the app's serializers are "raw" (processors/app.py)
-        self.tasks: Any = app.Table("tasks", key_type=bytes, value_type=bytes,
+        # bytes in, bytes out: the app's serializers are "raw" (processors/live/app.py)
+        self.tasks: Any = app.Table(TASK_TABLE, key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)

@@ -21,10 +21,10 @@ import httpx
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from taskstream.admin import admin_client
-from taskstream.dev_procs import settings_env
+from taskstream.dev.procs import settings_env
 from taskstream.faults import ENV as FAULTS_ENV
-from taskstream.processors.lifecycle import apply
-from taskstream.processors.replay_verify import VerifyReport, verify
+from taskstream.processors.fold.lifecycle import apply
+from taskstream.processors.replay.verify import VerifyReport, verify
 from taskstream.producer import TaskProducer
 from taskstream.schemas.events import TaskSucceeded
 from taskstream.schemas.state import TaskState, TaskStatus

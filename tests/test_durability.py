@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from taskstream.settings import Settings
-from taskstream.statestore.tables import changelog_topic
+from taskstream.topics import task_changelog_topic
 from tests.durability_support import DELIVERY_TIMEOUT_S, Rig, died_of_fault, refusing
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -52,7 +52,7 @@ def test_commit_never_passes_an_unacknowledged_changelog_record(
     rig = Rig(topics, tmp_path)
     try:
         replica = rig.replica("r0")
-        with refusing(topics, changelog_topic(topics, "tasks")):
+        with refusing(topics, task_changelog_topic(topics)):
             ids = rig.submit(300)
             # long enough for sends to expire and for several commit intervals to pass
             time.sleep(3 * DELIVERY_TIMEOUT_S)

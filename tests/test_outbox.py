@@ -1,4 +1,4 @@
-"""The outbox's rules without a broker (processors/outbox.py): acks wait for every
+"""The outbox's rules without a broker (processors/live/outbox.py): acks wait for every
 acknowledgement and go in offset order per partition, refusals are sent again, an
 older generation is never acked, the fold is held back beyond the limit."""
 
@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 from faust.exceptions import ProducerSendError
 from faust.types import TP
 
-from taskstream.processors.outbox import Outbox, Record
+from taskstream.processors.live.outbox import Outbox, Record
 
 
 @dataclass

@@ -23,11 +23,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from taskstream.kafka_config import consumer_config as kafka_consumer_config
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
-from taskstream.topics import ready_topics
+from taskstream.topics import ready_topics, worker_group
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.flow import (
     TP,
@@ -55,18 +56,15 @@ class ReadyRecord:
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
-        "group.id": group_id,
+    return kafka_consumer_config(settings, group_id, {
         "client.id": client_id,
-        "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 3_000,
         "topic.metadata.refresh.interval.ms": 10_000,
-    }
+    })
 
 
 def _tp(p: TopicPartition) -> TP:
@@ -80,7 +78,7 @@ class QueueConsumer:
                  emitter: EventEmitter, metrics: WorkerMetrics,
                  on_records: Callable[[], object]) -> None:
         self.queue = queue
-        self.group_id = f"{settings.topic_prefix}workers.{queue}"
+        self.group_id = worker_group(settings, queue)
         self._topics = ready_topics(settings, queue)
         self._timeout = settings.kafka_timeout_s
         self._prefetch = max(1, prefetch)
