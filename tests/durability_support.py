@@ -20,17 +20,19 @@ from pathlib import Path
 import httpx
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from taskstream.admin import admin_client
+from taskstream.admin import TopicSpec, admin_client, create_topics, list_topics
 from taskstream.dev.procs import settings_env
+from taskstream.errors import TopicError
 from taskstream.faults import ENV as FAULTS_ENV
 from taskstream.processors.fold.lifecycle import apply
 from taskstream.processors.replay.verify import VerifyReport, verify
 from taskstream.producer import TaskProducer
 from taskstream.schemas.events import TaskSucceeded
+from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
-from taskstream.topics import events_topic
-from tests.harness import ProcessorProcess, StateReader, TopicReader, wait_for
+from taskstream.topics import events_topic, quarantine_topic
+from tests.harness import EventWriter, ProcessorProcess, StateReader, TopicReader, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 #: how long a processor's producer waits for an acknowledgement before a send is reported
@@ -106,6 +108,19 @@ class Rig:
                     time.sleep(ahead)
             ids.append(self.producer.submit("examples.noop", None, queue=queue).task_id)
         self.producer.flush(60)
+        return ids
+
+    def submit_until_dead(self, replica: ProcessorProcess, batch: int = 20,
+                          timeout: float = 120.0) -> list[str]:
+        """Submit tasks, ``batch`` at a time, until ``replica`` has exited (a fault point
+        killed it), so the fault strikes while records flow."""
+        assert replica.proc is not None
+        ids: list[str] = []
+        deadline = time.monotonic() + timeout
+        while replica.proc.poll() is None:
+            assert time.monotonic() < deadline, f"the replica still runs after {timeout:g}s"
+            ids += self.submit(batch)
+            time.sleep(0.05)
         return ids
 
     # -- what the log and the live tables say ------------------------------------------
@@ -201,6 +216,43 @@ def accepted_completions(settings: Settings) -> dict[str, int]:
     return accepted
 
 
+class Poison:
+    """Records no reader can decode, written to the events topic: the processor must
+    copy each one to the quarantine topic and go on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.writer = EventWriter(settings)
+        self.keys: set[bytes] = set()
+
+    def send(self, n: int) -> None:
+        for _ in range(n):
+            key = f"poison-{new_event_id()}".encode()
+            self.writer.producer.produce(events_topic(self.settings), key=key,
+                                         value=b"not an envelope")
+            self.keys.add(key)
+        assert self.writer.producer.flush(30) == 0
+
+    def wait_quarantined(self, timeout: float = 120.0) -> None:
+        """Every poison record is on the quarantine topic (a repeat is allowed: a record
+        read again after a crash is quarantined again)."""
+        reader = TopicReader(self.settings, quarantine_topic(self.settings))
+        seen: set[bytes] = set()
+
+        def all_there() -> bool:
+            seen.update(k for k, _, _, _ in reader.poll_raw(0.5) if k is not None)
+            return self.keys <= seen
+
+        try:
+            wait_for("the poison records on the quarantine topic", all_there,
+                     timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise AssertionError(f"{len(self.keys - seen)} of {len(self.keys)} undecodable "
+                                 "records never reached the quarantine topic") from None
+        finally:
+            reader.close()
+
+
 # -- a broker that refuses ------------------------------------------------------------
 
 
@@ -232,6 +284,29 @@ def refusing(settings: Settings, topic: str) -> Iterator[None]:
         yield
     finally:
         alter(before)
+
+
+@contextmanager
+def missing(settings: Settings, spec: TopicSpec) -> Iterator[None]:
+    """The topic of ``spec`` is deleted until the block ends, then made again empty: a
+    producer's send waits for its metadata and fails (UNKNOWN_TOPIC_OR_PARTITION)."""
+    client = admin_client(settings)
+    client.delete_topics([spec.name], operation_timeout=30)[spec.name].result(60)
+    wait_for(f"{spec.name} to be gone", lambda: spec.name not in list_topics(settings, client),
+             timeout=30, interval=0.2)
+    try:
+        yield
+    finally:
+        wait_for(f"{spec.name} to be made again",
+                 lambda: _create_again(settings, spec), timeout=60, interval=0.5)
+
+
+def _create_again(settings: Settings, spec: TopicSpec) -> bool:
+    try:
+        create_topics(settings, [spec])
+    except TopicError:  # still marked for deletion: try again
+        return False
+    return True
 
 
 def died_of_fault(replica: ProcessorProcess, point: str, timeout: float = 120.0) -> None:
