@@ -130,3 +130,25 @@ def test_a_failing_quarantine_send_is_retried(topics: Settings, tmp_path: Path) 
     finally:
         rig.close()
 
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(strict=True, reason=(
+    "hole 3 (issue 14): a new queue's topics are made inside the fold, which stalls every "
+    "partition of the replica until the topics have leaders"))
+def test_a_new_queue_is_set_up_off_the_fold(topics: Settings, tmp_path: Path) -> None:
+    """Given a replica whose topic creation for a new queue takes 30 s (a fault point
+    sleeps there, as a slow broker would), when a task for that queue arrives before tasks
+    for a known queue, then the known queue's tasks finish meanwhile, the new queue's task
+    finishes once its topics are made, and the changelog is the fold of the log."""
+    rig = Rig(topics, tmp_path)
+    try:
+        rig.replica("r0", faults="queue.create_topics=sleep:30")
+        rig.worker(queues=["default", "newq"])
+        new = rig.submit(1, queue="newq")
+        known = rig.submit(20)
+        rig.wait_succeeded(known, timeout=20)  # well inside the 30 s the new queue takes
+        rig.wait_succeeded(new, timeout=120)
+        rig.check_fresh_replica(known + new)
+    finally:
+        rig.close()
