@@ -72,9 +72,6 @@ def test_commit_never_passes_an_unacknowledged_changelog_record(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole 2 (issue 14): a dispatch refused at delivery time is dropped silently (the future "
-    "send() returns is never awaited) and one refused at send time quarantines its event"))
 def test_dispatches_refused_at_delivery_or_at_send_are_sent_again(
         topics: Settings, tmp_path: Path) -> None:
     """Given a running replica and worker, when the broker refuses the ready topic's writes
@@ -102,9 +99,6 @@ def test_dispatches_refused_at_delivery_or_at_send_are_sent_again(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=(
-    "hole 2 (issue 14): a quarantine copy refused at delivery time is dropped silently, and "
-    "one refused at send time escapes the guard, so Faust skips the record"))
 def test_a_failing_quarantine_send_is_retried(topics: Settings, tmp_path: Path) -> None:
     """Given a running replica, when records that cannot be decoded arrive while the
     quarantine topic refuses writes (at delivery time) and while it is gone (at send

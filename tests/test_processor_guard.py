@@ -61,6 +61,19 @@ def test_anything_else_is_quarantined_at_once(error: Exception) -> None:
     assert len(script.quarantined) == 1 and str(error) in script.quarantined[0]
 
 
+def test_a_quarantine_that_raises_does_not_escape(caplog: pytest.LogCaptureFixture) -> None:
+    """Faust would skip the record if it escaped; the failure is logged instead."""
+
+    async def failing_quarantine(reason: str) -> None:
+        raise RuntimeError("quarantine broke")
+
+    script = Script(ValueError("a bug"))
+    with caplog.at_level("ERROR", logger="taskstream.processor"):
+        done = asyncio.run(guarded(script.handle, failing_quarantine, where="t[0]@1"))
+    assert done is False
+    assert any("quarantine of t[0]@1 raised" in r.getMessage() for r in caplog.records)
+
+
 def test_a_periodic_job_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     """Faust crashes the whole app when an ``app.timer`` body raises (seen: the rate
     sampler met IndexNotReady as a rebalance began, and the replica stopped)."""

@@ -158,11 +158,10 @@ class Processor:
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
         self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
                                  can_build=self._restored)
-        self._ready: dict[tuple[str, int], TopicT] = {}
         self._known_queues: set[str] = set()
-        self._dlq = _raw_topic(app, dlq_topic(settings))
-        self._cancellations = _raw_topic(app, cancellations_topic(settings))
-        self._quarantine = _raw_topic(app, quarantine_topic(settings))
+        self._dlq = dlq_topic(settings)
+        self._cancellations = cancellations_topic(settings)
+        self._quarantine = quarantine_topic(settings)
         self._emitted: dict[bytes, float] = {}
         self._changelog = self.tables.changelog_topic()
         self.outbox = Outbox(
@@ -186,25 +185,36 @@ class Processor:
             pending = self.outbox.open(event)
             m = event.message
             await guarded(partial(self.handle, event, pending),
-                          partial(self._quarantine_event, event),
+                          partial(self._quarantine_event, event, pending),
                           where=f"{m.topic}[{m.partition}]@{m.offset}")
             self.outbox.close(pending)
 
-    async def _quarantine_event(self, event: EventT[bytes], reason: str) -> None:
+    async def _quarantine_event(self, event: EventT[bytes], pending: Pending,
+                                reason: str) -> None:
+        """Copy the record to the quarantine topic (a Kafka refusal is retried by the
+        outbox). Should even that fail, the record is held: never acked, so its offset is
+        not committed and the next owner of its partition reads it again."""
         m = event.message
         value = event.value if isinstance(event.value, bytes) else b""
-        await self.quarantine(m.topic, m.partition, m.offset, event.key, value, reason)
+        try:
+            await self.quarantine(m.topic, m.partition, m.offset, event.key, value, reason,
+                                  pending)
+        except Exception:  # nothing may escape: Faust would skip the record
+            log.exception("could not quarantine %s[%d]@%d; it is held unacknowledged, so "
+                          "this partition commits no further until it is read again",
+                          m.topic, m.partition, m.offset)
+            self.outbox.hold(pending)
 
     async def handle(self, event: EventT[bytes], pending: Pending) -> None:
         value = event.value if isinstance(event.value, bytes) else b""
         try:
             envelope = decode_event(value)
         except DecodeError as exc:
-            await self._quarantine_event(event, str(exc))
+            await self._quarantine_event(event, pending, str(exc))
             return
         if isinstance(envelope.body, _DERIVED):
             await self._quarantine_event(
-                event, f"{envelope.type_name} is not an events-topic record")
+                event, pending, f"{envelope.type_name} is not an events-topic record")
             return
         await self.fold_one(envelope, event.message.partition, pending)
 
@@ -257,7 +267,7 @@ class Processor:
         state = after or before
         queue = state.queue if state is not None else ""
         for effect in effects:
-            await self._perform(effect, envelope, queue)
+            await self._perform(effect, envelope, queue, pending)
 
     def _changelog_record(self, partition: int, task_id: str) -> Record | None:
         """The task's changelog record as of now (what a failed changelog send resends)."""
@@ -280,25 +290,23 @@ class Processor:
             m = event.message
             self.app.sensors.on_message_out(m.tp, m.offset, m)
 
-    async def _perform(self, effect: Effect, cause: Envelope, queue: str) -> None:
+    async def _perform(self, effect: Effect, cause: Envelope, queue: str,
+                       pending: Pending) -> None:
         match effect:
             case Dispatch(envelope=env):
                 body = env.body
                 assert isinstance(body, TaskDispatched)
                 topic = await self._ready_topic(body.queue, body.priority)
-                await topic.send(key=env.task_id.encode(), value=encode_event(env))
-                fault_point("fold.after_effect_send")
+                await self._send_effect(pending, "ready", topic, env)
                 self.metrics.dispatched.labels(body.queue).inc()
                 self.metrics.dispatch_latency.observe(
                     max(0.0, time.time() - cause.occurred_at_ms / 1000))
             case DeadLetter(envelope=env):
-                await self._dlq.send(key=env.task_id.encode(), value=encode_event(env))
-                fault_point("fold.after_effect_send")
+                await self._send_effect(pending, "dlq", self._dlq, env)
                 assert isinstance(env.body, TaskDeadLettered)
                 self.metrics.dead_letters.labels(env.body.queue).inc()
             case PublishCancel(envelope=env):
-                await self._cancellations.send(key=env.task_id.encode(), value=encode_event(env))
-                fault_point("fold.after_effect_send")
+                await self._send_effect(pending, "cancellations", self._cancellations, env)
             case Rejected():
                 self.metrics.rejected.labels(cause.type_name).inc()
             case Duplicate(conflict=conflict):
@@ -308,27 +316,29 @@ class Processor:
             case _:
                 pass  # SetTimer/ClearTimer: the due index follows the state itself
 
-    async def _ready_topic(self, queue: str, level: int) -> TopicT:
-        topic = self._ready.get((queue, level))
-        if topic is None:
-            if queue not in self._known_queues:
-                # a queue seen for the first time gets its ready topics made
-                await asyncio.to_thread(_create_queue_topics, self.settings, queue)
-                self._known_queues.add(queue)
-            topic = self._ready[(queue, level)] = _raw_topic(
-                self.app, ready_topic(self.settings, queue, level))
-        return topic
+    async def _send_effect(self, pending: Pending, kind: str, topic: str,
+                           env: Envelope) -> None:
+        await self.outbox.send(pending, Record(kind, topic, env.task_id.encode(),
+                                               encode_event(env)))
+        fault_point("fold.after_effect_send")
+
+    async def _ready_topic(self, queue: str, level: int) -> str:
+        if queue not in self._known_queues:
+            # a queue seen for the first time gets its ready topics made
+            await asyncio.to_thread(_create_queue_topics, self.settings, queue)
+            self._known_queues.add(queue)
+        return ready_topic(self.settings, queue, level)
 
     async def quarantine(
-        self, topic: str, partition: int, offset: int, key: Any, value: bytes, reason: str
+        self, topic: str, partition: int, offset: int, key: Any, value: bytes, reason: str,
+        pending: Pending,
     ) -> None:
         log.warning("quarantined %s[%d]@%d: %s", topic, partition, offset, reason)
         self.metrics.quarantined.labels(topic).inc()
-        await self._quarantine.send(
-            key=key if isinstance(key, bytes) else None,
-            value=value,
-            headers=quarantine_headers(topic, partition, offset, reason),
-        )
+        await self.outbox.send(pending, Record(
+            "quarantine", self._quarantine, key if isinstance(key, bytes) else None, value,
+            headers=quarantine_headers(topic, partition, offset, reason)))
+        fault_point("fold.after_effect_send")
 
     # -- timers --------------------------------------------------------------
 

@@ -12,7 +12,13 @@ fold would skip a fact silently. So the fold never lets one escape:
 * anything else, or a retriable error that outlasts the retries, sends the record
   to the quarantine topic with the reason, logged and counted, and the fold goes
   on. The record is still in the events topic, and ``replay verify`` will show
-  the task it concerns.
+  the task it concerns. Should the quarantine itself raise, that is logged and
+  the fold goes on all the same (the processor then holds the record unacked).
+
+Kafka refusing a record the fold sends (the state's changelog record, a dispatch,
+a quarantine copy) never comes here: the outbox retries it at send and at
+delivery time (processors/live/outbox.py, D19); quarantining a record because
+the broker pushed back would leave its task without the dispatch it needs.
 
 The processor's periodic jobs (the timer scan, the rate sampler) are guarded too:
 Faust treats an exception escaping an ``app.timer`` as a crash of the whole app,
@@ -60,7 +66,10 @@ async def guarded(
             log.exception("fold of %s raised", where)
             reason = f"fold failed: {type(exc).__name__}: {exc}"
             break
-    await quarantine(reason)
+    try:
+        await quarantine(reason)
+    except Exception:  # not even then: Faust would skip the record
+        log.exception("quarantine of %s raised", where)
     return False
 
 

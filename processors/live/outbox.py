@@ -138,6 +138,11 @@ class Outbox:
             pending.waiting += 1
             self._watch(pending, record, future, refresh, delivered)
 
+    def hold(self, pending: Pending) -> None:
+        """Never ack ``pending``: its record is read again by the next owner of its
+        partition (after a restart or a rebalance); the partition's acks stop at it."""
+        pending.dropped = True
+
     def close(self, pending: Pending) -> None:
         """Nothing more will be sent for ``pending``: ack it once all is acknowledged."""
         pending.closed = True
@@ -153,12 +158,12 @@ class Outbox:
         events record is no longer this replica's."""
         backoff = self._first_backoff_s
         while True:
+            if not self._current(pending):
+                pending.dropped = True
+                return None
             try:
                 return await self._send(record)
             except KAFKA_ERRORS as exc:
-                if not self._current(pending):
-                    pending.dropped = True
-                    return None
                 self._retried(record.kind, "send")
                 log.warning("%s record to %s refused at send time (%s: %s); retry in %.2fs",
                             record.kind, record.topic, type(exc).__name__, exc, backoff)
