@@ -25,7 +25,7 @@ from taskstream.dev.procs import settings_env
 from taskstream.errors import TopicError
 from taskstream.faults import ENV as FAULTS_ENV
 from taskstream.processors.fold.lifecycle import apply
-from taskstream.processors.replay.verify import VerifyReport, verify
+from taskstream.processors.replay.verify import VerifyReport, explain, verify
 from taskstream.producer import TaskProducer
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import TaskSucceeded
@@ -157,7 +157,7 @@ class Rig:
         report = verify(self.settings, wait_timeout=wait_timeout, workdir=self.base)
         assert report.mismatches == (), (
             f"{len(report.mismatches)} of {report.tasks} tasks differ from the fold of the "
-            "log: " + "; ".join(m.describe() for m in report.mismatches[:10]))
+            "log:\n" + "\n".join(explain(self.settings, m) for m in report.mismatches[:3]))
         return report
 
     def check_fresh_replica(self, task_ids: Iterable[str], timeout: float = 120.0) -> None:
@@ -180,9 +180,44 @@ class Rig:
             raise AssertionError(f"a fresh replica restored from the changelog shows {counts} "
                                  f"after {timeout:g}s, not {len(wanted)} SUCCEEDED") from None
         self.verify_clean()
+        self.check_one_completion_each(wanted)
+
+    def check_one_completion_each(self, task_ids: Iterable[str]) -> None:
         accepted = accepted_completions(self.settings)
-        wrong = {t: accepted.get(t, 0) for t in wanted if accepted.get(t, 0) != 1}
+        wrong = {t: accepted.get(t, 0) for t in task_ids if accepted.get(t, 0) != 1}
         assert wrong == {}, f"tasks without exactly one accepted completion: {wrong}"
+
+    def check_fresh_replica_holds(self, task_ids: Iterable[str], timeout: float = 600.0
+                                  ) -> None:
+        """Every replica and worker stops; a fresh replica on a new data dir, once idle
+        (``replay verify`` waits for that), holds exactly the fold of the log and its live
+        API counts every task; then a worker finishes each of them once."""
+        wanted = set(task_ids)
+        self.stop_workers()
+        for replica in self.replicas:
+            replica.stop()
+        fresh = self.replica(f"fresh{len(self.replicas)}")
+        self.verify_clean(wait_timeout=timeout)
+        counts = live_counts(fresh.url)
+        assert sum(counts.values()) == len(wanted), (
+            f"the fresh replica shows {counts}, not {len(wanted)} tasks")
+        self.worker()
+        self.wait_succeeded(wanted, timeout=timeout)
+        self.verify_clean(wait_timeout=timeout)
+        self.check_one_completion_each(wanted)
+
+
+def stop_hard(*procs: subprocess.Popen[bytes] | None, grace_s: float = 1.0) -> None:
+    """SIGTERM every process, then SIGKILL whichever still runs ``grace_s`` later (an
+    orchestrator whose grace period is shorter than the backlog takes to drain)."""
+    live = [p for p in procs if p is not None and p.poll() is None]
+    for proc in live:
+        proc.terminate()
+    time.sleep(grace_s)
+    for proc in live:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
 
 
 def live_counts(url: str) -> dict[str, int]:
