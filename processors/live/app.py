@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -35,13 +34,15 @@ from faust.tables.manager import TableManager
 from faust.types import TP, TopicT
 from mode import Service
 
-from taskstream.admin import STOCK_SESSION_MIN_S, ensure_queue_topics
+from taskstream.admin import STOCK_SESSION_MIN_S
+from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.live.standby import StandbyFollower, standby_partitions
+from taskstream.queue_registry import register_queues
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
@@ -124,6 +125,12 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
+def _register_queue(settings: Settings, queue: str) -> None:
+    """Make a queue's ready topics and register it (blocking: run off the fold)."""
+    fault_point("queue.create_topics")
+    register_queues(settings, [queue])
+
+
 class Processor:
     """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
@@ -146,7 +153,6 @@ class Processor:
             "queue.buffering.max.messages": settings.producer_queue_max,
             "allow.auto.create.topics": False,
         }))
-        self._known_queues: set[str] = set()
         self.engine = FoldEngine(
             self.tables, self.metrics, self.limits,
             Topics(events=events_topic(settings), changelog=self._changelog,
@@ -161,7 +167,9 @@ class Processor:
             }),
             producer=self.producer,
             set_persisted_offset=self._set_persisted_offset,
-            ensure_queues=self._ensure_queues,
+            ensure_queue=self._ensure_queue,
+            # the runner made the configured queues' topics before the app started
+            queues_ready=settings.queues,
             legacy_group=processor_app_id(settings),
             max_batch=settings.fold_batch_max,
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
@@ -233,12 +241,10 @@ class Processor:
         offset = self.tables.tasks.data.persisted_offset(TP(self._changelog, partition))
         return offset if isinstance(offset, int) else None
 
-    async def _ensure_queues(self, queues: Iterable[str]) -> None:
-        """A queue met for the first time gets its ready topics made (once per queue)."""
-        for queue in queues:
-            if queue not in self._known_queues:
-                await asyncio.to_thread(ensure_queue_topics, self.settings, queue)
-                self._known_queues.add(queue)
+    async def _ensure_queue(self, queue: str) -> None:
+        """A queue met for the first time is registered, its ready topics made first
+        (taskstream/queue_registry.py), off the fold (issue 14, hole 3)."""
+        await asyncio.to_thread(_register_queue, self.settings, queue)
 
     # -- timers --------------------------------------------------------------
 

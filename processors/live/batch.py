@@ -82,6 +82,8 @@ class Caused:
     effect: Effect
     cause: Envelope
     queue: str
+    #: the offset of the record that caused it (a parked dispatch holds the commit there)
+    offset: int
 
 
 @dataclass(slots=True)
@@ -154,7 +156,7 @@ def fold_partition(
             known = after or state
             queue = known.queue if known is not None else ""
             for effect in effects:
-                out.effects.append(Caused(effect, envelope, queue))
+                out.effects.append(Caused(effect, envelope, queue, offset))
                 if effect.__class__ is Dispatch:
                     out.dispatch_queues.add(queue)
     return out

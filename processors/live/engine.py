@@ -44,6 +44,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from taskstream.faults import fault_point
 from taskstream.processors.fold.effects import (
     DeadLetter,
     Dispatch,
@@ -139,7 +140,8 @@ class FoldEngine:
         consumer_config: dict[str, Any],
         producer: Producer,
         set_persisted_offset: Callable[[int, int], None],
-        ensure_queues: Callable[[Iterable[str]], Awaitable[None]],
+        ensure_queue: Callable[[str], Awaitable[None]],
+        queues_ready: Iterable[str],
         legacy_group: str | None,
         max_batch: int,
         poll_wait_s: float,
@@ -152,7 +154,12 @@ class FoldEngine:
         self._consumer_config = consumer_config
         self.producer = producer
         self._set_persisted_offset = set_persisted_offset
-        self._ensure_queues = ensure_queues
+        self._ensure_queue = ensure_queue
+        #: queues whose ready topics are known to exist; queues being set up
+        self._queues_ready: set[str] = set(queues_ready)
+        self._queues_setting_up: dict[str, asyncio.Task[None]] = {}
+        #: dispatches to queues still being set up, in fold order (see persist)
+        self._parked: list[tuple[int, int, Outbound, str]] = []
         self._legacy_group = legacy_group
         self.max_batch = max_batch
         self.poll_wait_s = poll_wait_s
@@ -163,7 +170,9 @@ class FoldEngine:
         self._producer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-producer")
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        #: partition -> the offset past its last durable batch, to commit
+        #: partition -> the offset past its last durable batch
+        self._folded: dict[int, int] = {}
+        #: partition -> the offset to commit (the folded one, held back by parked dispatches)
         self._committing: dict[int, int] = {}
         #: called between batches (the timer scan); never raises (guard.timer_round)
         self.between_batches: Callable[[], Awaitable[None]] | None = None
@@ -251,6 +260,7 @@ class FoldEngine:
                         await self._consumer_call(self._rewind, records)
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                await self.release_parked()
                 if self.between_batches is not None:
                     await self.between_batches()
         finally:
@@ -312,7 +322,9 @@ class FoldEngine:
         2. **Changelog records**, one per task the batch touched, to the table's
            changelog partition of the same number.
         3. **Effects** (dispatches, dlq copies, cancellations) and records set
-           aside for the quarantine topic.
+           aside for the quarantine topic. A dispatch to a queue not registered yet
+           is parked instead (:meth:`release_parked`): its queue is set up off the
+           fold, and its partition commits no further than the record that caused it.
         4. **Flush**: every record of 2 and 3 is acknowledged by the brokers
            (acks=all, idempotent). A record that failed is sent again, with
            backoff, until it is acknowledged; nothing moves on before.
@@ -333,25 +345,33 @@ class FoldEngine:
         may be applied, and the re-read batch brings the state forward again
         before the commit. A fresh replica restores from the changelog alone,
         which after 4 holds every state the commit covers.
+
+        The fault points after 1, 2, 3 and before 6 (``fold.after_state_write``,
+        ``fold.after_changelog_send``, ``fold.after_effect_send``, ``commit.before``)
+        are where tests/test_durability.py kills the replica to prove this.
         """
         if not folds:
             return
         deliveries = Deliveries(self.topics.changelog)
         outbound: list[Outbound] = []
-        queues = {queue for fold in folds for queue in fold.dispatch_queues}
-        if queues:
-            await self._ensure_queues(queues)
+        for queue in {q for fold in folds for q in fold.dispatch_queues} - self._queues_ready:
+            self._set_up(queue)
         for fold in folds:
             outbound.extend(self._write_local(fold))
-        for fold in folds:
-            outbound.extend(self._effect_records(fold))
+        fault_point("fold.after_state_write")
         self._send(outbound, deliveries)
+        fault_point("fold.after_changelog_send")
+        effects = [record for fold in folds for record in self._effect_records(fold)]
+        self._send(effects, deliveries)
+        fault_point("fold.after_effect_send")
         await self._deliver(deliveries)
         for partition, offset in deliveries.changelog_offsets.items():
             self._set_persisted_offset(partition, offset)
         for fold in folds:
             if fold.next_offset >= 0:
-                self._committing[fold.partition] = fold.next_offset
+                self._folded[fold.partition] = fold.next_offset
+                self._committing[fold.partition] = self._held(fold.partition)
+        fault_point("commit.before")
         self._commit(asynchronous=True)
         self._count(folds)
 
@@ -378,8 +398,12 @@ class FoldEngine:
                 case Dispatch(envelope=env):
                     body = env.body
                     assert isinstance(body, TaskDispatched)
-                    yield Outbound(self.topics.ready(body.queue, body.priority),
-                                   env.task_id.encode(), encode_event(env))
+                    record = Outbound(self.topics.ready(body.queue, body.priority),
+                                      env.task_id.encode(), encode_event(env))
+                    if body.queue in self._queues_ready:
+                        yield record
+                    else:
+                        self._parked.append((fold.partition, caused.offset, record, body.queue))
                 case DeadLetter(envelope=env):
                     yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env))
                 case PublishCancel(envelope=env):
@@ -394,6 +418,60 @@ class FoldEngine:
                                          aside.reason)
             yield Outbound(self.topics.quarantine, aside.key, aside.value,
                            headers=[(name, value) for name, value in headers])
+
+    # -- queues met for the first time ---------------------------------------------------
+
+    def _set_up(self, queue: str) -> None:
+        """Have a queue's ready topics made, off the fold (issue 14, hole 3)."""
+        if queue in self._queues_setting_up:
+            return
+
+        async def set_up() -> None:
+            backoff = RESEND_BACKOFF_S
+            while True:
+                try:
+                    await self._ensure_queue(queue)
+                    self._queues_ready.add(queue)
+                    return
+                except Exception as exc:  # retried: the dispatches wait, nothing is lost
+                    log.warning("the ready topics of queue %r are not there yet (%s); "
+                                "trying again in %.1fs", queue, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                finally:
+                    if queue in self._queues_ready:
+                        del self._queues_setting_up[queue]
+
+        self._queues_setting_up[queue] = asyncio.ensure_future(set_up())
+
+    def _held(self, partition: int) -> int:
+        """The offset a partition may commit: past its last durable batch, but not past
+        its first parked dispatch."""
+        parked = [o for p, o, _, _ in self._parked if p == partition]
+        return min([self._folded[partition], *parked])
+
+    async def release_parked(self) -> None:
+        """Send the parked dispatches whose queues are ready now, in fold order, and let
+        their partitions commit past them once they are acknowledged.
+
+        A dispatch to a queue whose topics are not made yet does not stall the fold:
+        everything else of its batch is made durable, the dispatch waits here, and its
+        partition commits no further than the record that caused it. A crash meanwhile
+        reads that record again and its task's last applied event redoes the dispatch
+        (D4), so nothing waits only in memory."""
+        if not self._parked:
+            return
+        ready = [entry for entry in self._parked if entry[3] in self._queues_ready]
+        if not ready:
+            return
+        deliveries = Deliveries(self.topics.changelog)
+        self._send((record for _, _, record, _ in ready), deliveries)
+        await self._deliver(deliveries)
+        sent = {id(entry) for entry in ready}
+        self._parked = [entry for entry in self._parked if id(entry) not in sent]
+        for partition in {p for p, _, _, _ in ready}:
+            self._committing[partition] = self._held(partition)
+        self._commit(asynchronous=True)
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Hand one record to the fold's producer, not waited for (timer events: a lost
@@ -454,8 +532,12 @@ class FoldEngine:
                         "again and found applied", exc)
 
     def _commit_last(self) -> None:
+        """A generation ends: its last commit is waited for; what it held in memory goes
+        (a parked dispatch is redone by whoever reads its record next, D4)."""
         self._commit(asynchronous=False)
         self._committing.clear()
+        self._folded.clear()
+        self._parked.clear()
 
     def _count(self, folds: list[PartitionFold]) -> None:
         """The batch's metrics, added once per label (a labelled inc per record costs
