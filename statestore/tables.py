@@ -7,7 +7,7 @@
   rebuilt from the task table when a partition becomes active here.
 
 Only the fold writes: the batched fold writes a partition's RocksDB directly, one
-write batch per batch, and sends the changelog records itself (D-FOLD); the index
+write batch per batch, and sends the changelog records itself (D19); the index
 entries move beside the states, on the same partition.
 """
 
@@ -39,7 +39,7 @@ class PartitionWriter:
 
     The batched fold (processors/live/engine.py) writes the partition's RocksDB
     directly instead of through the Faust table's ``__setitem__``, which needs a
-    current stream event and queues a changelog record per write (D-FOLD); the engine
+    current stream event and queues a changelog record per write (D19); the engine
     sends the changelog records itself. The index entries are written first, the
     states last; the indexes are rebuilt from the states after any restart or
     rebalance (D10), so a crash in between leaves nothing behind.

@@ -40,7 +40,7 @@ from taskstream.errors import ConfigError
 
 ENV = "TASKSTREAM_FAULTS"
 
-#: every fault point, with the step it follows (docs/decisions.md, D19)
+#: every fault point, with the step it follows (docs/decisions.md, D20)
 POINTS: Mapping[str, str] = {
     "fold.after_state_write":
         "a task's new state is in the local RocksDB; its changelog record is not sent yet",

@@ -3,7 +3,7 @@
 A queue is *registered* by making its ready topics and only then writing the record
 ``key = registered/<queue>``, ``value = {"registered_at_ms": ...}`` (acks=all). So a
 registration on the topic means the queue's topics exist, and whoever reads the
-registry may send to them without asking the cluster first (docs/decisions.md, D19).
+registry may send to them without asking the cluster first (docs/decisions.md, D20).
 The same topic holds the queues' pause commands, keyed by the bare queue name
 (workers/queuectl.py); no queue name holds a ``/``, so the two never share a key and
 compaction keeps the latest of each.

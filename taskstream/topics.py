@@ -64,7 +64,7 @@ def processor_app_id(settings: Settings) -> str:
 
 def fold_group(settings: Settings) -> str:
     """The group the live fold commits its events offsets under; never joined, the
-    fold assigns itself the partitions Faust's assignor gave the replica (D-FOLD)."""
+    fold assigns itself the partitions Faust's assignor gave the replica (D19)."""
     return f"{processor_app_id(settings)}.fold"
 
 

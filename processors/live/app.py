@@ -6,7 +6,7 @@ server. Its group subscribes to the table's changelog topic only (no agent reads
 the events topic), so the assignor still gives each replica the same partition
 numbers of the events topic and the table. Once a generation's recovery is
 complete, :class:`~taskstream.processors.live.engine.FoldEngine` folds the events
-topic's partitions of the same numbers in batches (docs/decisions.md, D-FOLD); when a
+topic's partitions of the same numbers in batches (docs/decisions.md, D19); when a
 rebalance revokes them, the engine makes its batch in hand durable first, and
 when the replica stops, the engine stops before Faust leaves the group
 (:class:`FoldService`).
@@ -106,7 +106,7 @@ def build_faust_app(settings: Settings) -> faust.App:
         canonical_url=advertised_url(settings),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
-        # standby copies are kept by the fold's own follower (live/standby.py, D-FOLD)
+        # standby copies are kept by the fold's own follower (live/standby.py, D19)
         table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,

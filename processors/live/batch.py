@@ -1,7 +1,7 @@
 """One batch of events-topic records folded into per-task changes, without I/O.
 
 The live processor folds what the consumer has in batches (docs/decisions.md,
-D-FOLD): the records of one partition are applied in order, each task's state is
+D19): the records of one partition are applied in order, each task's state is
 read once, carried from event to event in memory, and its *final* state is
 written once per batch (one RocksDB write batch per partition, one changelog
 record per touched task). This module is that fold; ``engine.py`` does the I/O

@@ -10,7 +10,7 @@ which gives each replica the same partition numbers as before, and this engine
 reads the events topic with a confluent-kafka consumer assigned by hand to the
 replica's active partitions, writes those partitions' RocksDBs directly and
 sends changelog records and effects through one confluent-kafka producer
-(docs/decisions.md, D-FOLD).
+(docs/decisions.md, D19).
 
 A batch is what the consumer holds when the loop asks (at most
 ``fold_batch_max`` records); :func:`~taskstream.processors.live.batch.fold_partition`
@@ -20,7 +20,7 @@ of the durable steps, and why a crash between any two is safe, is written there)
 The events offsets are committed under a group of their own (``fold_group``),
 never joined: the engine assigns partitions itself, as Faust's assignor decided.
 Where that group has no offset for a partition yet, the offset the Faust group
-committed before D-FOLD is used, so an upgrade resumes where the old fold stopped.
+committed before D19 is used, so an upgrade resumes where the old fold stopped.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ time through its stream machinery; with two replicas that cost each replica more
 CPU per task than its own fold (measured: 0.75-0.8 ms per task on each of two
 replicas against 0.5 ms for one replica alone, issue 12). So Faust is told to keep
 no standbys (``table_standby_replicas=0``) and this follower keeps them instead
-(docs/decisions.md, D-FOLD): a confluent-kafka consumer, assigned by hand, reads
+(docs/decisions.md, D19): a confluent-kafka consumer, assigned by hand, reads
 the changelog partitions of the copies this replica keeps and writes each batch to
 the partition's RocksDB in one write batch, the persisted changelog offset
 (Faust's own key) in the same batch, so a copy and its offset never disagree.

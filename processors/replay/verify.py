@@ -4,7 +4,7 @@ Steps, in this order (the order is what makes the comparison exact):
 
 1. wait, at most ``wait_timeout`` seconds, until the processors are caught up:
    the offsets their fold committed on the events topic (group
-   ``<prefix>processor.fold``, D-FOLD) equal the topic's high watermarks, and two samples ``settle``
+   ``<prefix>processor.fold``, D19) equal the topic's high watermarks, and two samples ``settle``
    seconds apart of (events high watermarks, committed offsets, changelog high
    watermarks) are identical. The processor commits an event's offset only once its
    changelog record is acknowledged (processors/live/engine.py), so at that point the
