@@ -47,12 +47,19 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
     return payload
 
 
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call
+_RESULT_JSON = json.JSONEncoder(separators=(",", ":"))
+_NONE = Success(b"null", JSON)
+
+
 def encode_result(value: Any) -> Outcome:
     """Bytes go out as-is (octet-stream); anything else as JSON."""
+    if value is None:  # most handlers return nothing
+        return _NONE
     if isinstance(value, bytes | bytearray | memoryview):
         return Success(bytes(value), OCTETS)
     try:
-        return Success(json.dumps(value, separators=(",", ":")).encode(), JSON)
+        return Success(_RESULT_JSON.encode(value).encode(), JSON)
     except (TypeError, ValueError) as exc:
         return Failure(
             "ResultEncodeError",
