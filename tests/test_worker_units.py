@@ -102,6 +102,26 @@ def test_payload_and_result_encoding() -> None:
     bad = encode_result(object())
     assert isinstance(bad, Failure) and bad.error_type == "ResultEncodeError"
     assert not bad.retryable
+    assert encode_result(None) == Success(b"null", "application/json")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(_JSON, st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]))
+def test_payloads_decode_as_json_loads_decides(value: Any, encoding: str) -> None:
+    """The UTF-8 fast path gives what ``json.loads(bytes)`` gives, in every encoding
+    json.loads detects."""
+    raw = json.dumps(value, ensure_ascii=False).encode(encoding)
+    assert decode_payload(raw, "application/json") == json.loads(raw)
+
+
+@given(_JSON)
+def test_results_encode_as_json_dumps_did(value: Any) -> None:
+    assert encode_result(value) == Success(json.dumps(value, separators=(",", ":")).encode())
 
 
 # -- runtime -------------------------------------------------------------------

@@ -64,6 +64,10 @@ COMMIT_EVERY_S = 0.5
 STALL_S = 1.0
 #: bound on waiting, at a revocation, for the acks of records already started
 REVOKE_WAIT_S = 5.0
+#: the pause rules are applied at least this often, and at once when something they
+#: read changes (assignment, queue pause, backpressure); not on every fetch, whose
+#: records arrive one by one on a lightly loaded worker
+FLOW_EVERY_S = 0.01
 _QUIET_ERRORS = {KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
@@ -130,6 +134,8 @@ class QueueConsumer:
         self._next: dict[TP, int] = {}
         self._high: dict[TP, int] = {}
         self._backpressure = Backpressure(self._prefetch, STALL_S)
+        self._stalled = False
+        self._flow_due = 0.0  # when the pause rules are next applied; 0: at once
         self._queue_paused = False
         self._draining = False
         self._stop = threading.Event()
@@ -169,6 +175,7 @@ class QueueConsumer:
     def set_paused(self, paused: bool) -> None:
         with self._lock:
             self._queue_paused = paused
+            self._flow_due = 0.0
 
     @property
     def paused(self) -> bool:
@@ -182,6 +189,7 @@ class QueueConsumer:
         """Stop fetching and starting; buffered records are dropped (re-read later)."""
         with self._lock:
             self._draining = True
+            self._flow_due = 0.0
             self._drop_buffered(set(self._levels))
 
     def close(self) -> None:
@@ -203,6 +211,7 @@ class QueueConsumer:
                 self._levels[tp] = level_of_topic(p.topic)
                 self._new.add(tp)
                 self._paused_now.add(tp)
+            self._flow_due = 0.0
         log.info("event=partitions.assigned queue=%s partitions=%s", self.queue,
                  sorted(_tp(p) for p in partitions))
 
@@ -260,6 +269,7 @@ class QueueConsumer:
             self._tracker.forget(gone)
             for tp in gone:
                 self._dropped.pop(tp, None)
+            self._flow_due = 0.0
             for tp in gone:
                 self._levels.pop(tp, None)
                 self._new.discard(tp)
@@ -354,12 +364,14 @@ class QueueConsumer:
                 if p.offset >= 0:
                     self._tracker.mark_committed(tp, p.offset)
                 self._new.discard(tp)
+            self._flow_due = 0.0
 
     def _lag(self) -> dict[TP, int]:
         lag: dict[TP, int] = {}
         for tp in list(self._levels):
             try:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(*tp),
+                                                               cached=True)
             except KafkaException:
                 high = -1
             if high is not None and high >= 0:
@@ -369,12 +381,18 @@ class QueueConsumer:
         return lag
 
     def _apply_flow(self) -> bool:
-        """Pause and resume partitions by the flow rules; True when stalled (all paused
-        because the buffer stayed full)."""
+        """Pause and resume partitions by the flow rules (when due, see FLOW_EVERY_S);
+        True when stalled (all paused because the buffer stayed full)."""
+        now = time.monotonic()
+        with self._lock:
+            stalled = self._backpressure.update(self._buffered, now)
+            if stalled == self._stalled and now < self._flow_due:
+                return stalled
+            self._stalled = stalled
+            self._flow_due = now + FLOW_EVERY_S
         lag = self._lag()
         with self._lock:
             buffered: dict[int, int] = {lvl: len(b) for lvl, b in self._buffers.items()}
-            stalled = self._backpressure.update(self._buffered, time.monotonic())
             want = desired_paused(self._levels, waiting_levels(self._levels, buffered, lag),
                                   full=stalled,
                                   queue_paused=self._queue_paused or self._draining)
@@ -390,32 +408,39 @@ class QueueConsumer:
         return stalled
 
     def _handle(self, messages: list[Message]) -> None:
-        got = False
-        for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() not in _QUIET_ERRORS:
-                    log.warning("event=consume.error queue=%s error=%s", self.queue, err)
-                continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic is None or partition is None or offset is None:
-                continue
-            tp = (topic, partition)
-            with self._lock:
+        """Register the fetched records as delivered, decode them, buffer them (two
+        lock round trips per batch, not per record)."""
+        fetched: list[tuple[Message, TP, int, int]] = []
+        with self._lock:
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    if err.code() not in _QUIET_ERRORS:
+                        log.warning("event=consume.error queue=%s error=%s", self.queue, err)
+                    continue
+                topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                if topic is None or partition is None or offset is None:
+                    continue
+                tp = (topic, partition)
                 if tp not in self._levels:
                     continue
                 self._tracker.delivered(tp, offset)
-                self._next[tp] = max(self._next.get(tp, 0), offset + 1)
-            record = self._decode(msg, tp, offset)
-            if record is not None:
-                with self._lock:
-                    self._buffers.setdefault(record.level, deque()).append(record)
-                    self._buffered += 1
-                got = True
-        if got:
-            self._on_records()
+                if offset >= self._next.get(tp, 0):
+                    self._next[tp] = offset + 1
+                fetched.append((msg, tp, offset, self._levels[tp]))
+        records = [r for r in (self._decode(*f) for f in fetched) if r is not None]
+        if not records:
+            return
+        with self._lock:
+            for record in records:
+                if self._draining:  # shutting down: never started, re-read later
+                    self._dropped.setdefault(record.tp, set()).add(record.offset)
+                    continue
+                self._buffers.setdefault(record.level, deque()).append(record)
+                self._buffered += 1
+        self._on_records()
 
-    def _decode(self, msg: Message, tp: TP, offset: int) -> ReadyRecord | None:
+    def _decode(self, msg: Message, tp: TP, offset: int, level: int) -> ReadyRecord | None:
         value = msg.value() or b""
         try:
             envelope = decode_event(value)
@@ -429,7 +454,7 @@ class QueueConsumer:
                 tp[0], tp[1], offset, msg.key(), value, str(exc),
                 on_delivered=lambda ok: self.settle(tp, offset) if ok else None)
             return None
-        return ReadyRecord(tp, offset, self._levels[tp], envelope, envelope.body)
+        return ReadyRecord(tp, offset, level, envelope, envelope.body)
 
     def _commit(self, only: set[TP] | None = None, *, asynchronous: bool) -> None:
         self._last_commit = time.monotonic()

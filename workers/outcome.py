@@ -43,7 +43,12 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
     Raises ValueError when a JSON payload is not JSON.
     """
     if content_type.split(";", 1)[0].strip().lower() == JSON:
-        return json.loads(payload) if payload else None
+        if not payload:
+            return None
+        try:  # UTF-8 (what the SDK writes) without json.loads' encoding detection
+            return json.loads(payload.decode("utf-8"))
+        except ValueError:  # UTF-16/32, a BOM, or not JSON: the general path decides
+            return json.loads(payload)
     return payload
 
 

@@ -22,7 +22,6 @@ signal (``immediate=True``) ends the grace period at once. Every wait is bounded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -64,13 +63,13 @@ def new_worker_id() -> str:
 @dataclass(slots=True)
 class _Running:
     """An attempt whose handler runs: ``task`` is the asyncio task running it (the
-    record's own task), ``lease`` the timer of its next LeaseRenewed."""
+    record's own task); its next LeaseRenewed is due at ``renew_at`` (loop time)."""
 
     envelope: Envelope
     ctx: TaskContext
     task: asyncio.Task[None]
     renew_every_s: float
-    lease: asyncio.TimerHandle | None = None
+    renew_at: float
     cancel_requested: bool = False
 
 
@@ -104,6 +103,7 @@ class Worker:
         self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
         self._running: dict[str, _Running] = {}
+        self._lease_sweep: asyncio.TimerHandle | None = None
         self._record_tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[QueueConsumer] = []
         self._rr = 0
@@ -179,6 +179,7 @@ class Worker:
                  self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
                  len(self.app))
         self._started.set()
+        loop.call_later(WAKEUP_S, self._nudge)
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
         await self._stop.wait()
         await self._shutdown(dispatcher)
@@ -253,14 +254,22 @@ class Worker:
         return None
 
     async def _wait_for_record(self) -> tuple[QueueConsumer, ReadyRecord] | None:
+        """Wait for the consumers' wake-up (records buffered, a queue resumed); a timer
+        also sets it every WAKEUP_S (``_nudge``), a safety net that costs no
+        ``wait_for`` per wait."""
         while not self._stopping:
             self._wakeup.clear()
             picked = self._take()
             if picked is not None:
                 return picked
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), WAKEUP_S)
+            await self._wakeup.wait()
         return None
+
+    def _nudge(self) -> None:
+        assert self._loop is not None
+        self._wakeup.set()
+        if not self._stopping:
+            self._loop.call_later(WAKEUP_S, self._nudge)
 
     async def _run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
         envelope, dispatched = record.envelope, record.dispatched
@@ -319,9 +328,10 @@ class Worker:
                           heartbeat=lambda: emitter.lease_renewed(envelope))
         me = asyncio.current_task()
         assert me is not None
-        running = _Running(envelope, ctx, me, max(dispatched.lease_ms / 3000, MIN_RENEW_S))
+        every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
+        running = _Running(envelope, ctx, me, every, loop.time() + every)
         self._running[envelope.task_id] = running
-        running.lease = loop.call_later(running.renew_every_s, self._renew_lease, running)
+        self._sweep_leases_by(running.renew_at)
         threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
         try:
             outcome = await execute(task, dispatched, ctx, self.pool)
@@ -334,8 +344,6 @@ class Worker:
                 self.metrics.abandoned_threads.inc()
             return cancelled_failure()
         finally:
-            if running.lease is not None:
-                running.lease.cancel()
             if self._running.get(envelope.task_id) is running:
                 del self._running[envelope.task_id]
         if running.cancel_requested:  # the handler swallowed the cancellation
@@ -345,12 +353,31 @@ class Worker:
             self.metrics.abandoned_threads.inc()
         return outcome
 
-    def _renew_lease(self, running: _Running) -> None:
-        """Emit LeaseRenewed and schedule the next one (a timer, not a task per attempt)."""
+    def _sweep_leases_by(self, when: float) -> None:
+        """Make sure the lease sweep runs by ``when`` (loop time). One timer serves every
+        running attempt: a timer per attempt cost more than a no-op task's handler."""
+        loop = self._loop
+        assert loop is not None
+        sweep = self._lease_sweep
+        if sweep is None or when < sweep.when():
+            if sweep is not None:
+                sweep.cancel()
+            self._lease_sweep = loop.call_at(when, self._renew_leases)
+
+    def _renew_leases(self) -> None:
+        """Emit LeaseRenewed for every attempt that is due; schedule the next sweep."""
         emitter, loop = self._emitter, self._loop
         assert emitter is not None and loop is not None
-        running.lease = loop.call_later(running.renew_every_s, self._renew_lease, running)
-        emitter.lease_renewed(running.envelope)
+        self._lease_sweep = None
+        now = loop.time()
+        due: float | None = None
+        for running in list(self._running.values()):
+            if running.renew_at <= now:
+                running.renew_at = now + running.renew_every_s
+                emitter.lease_renewed(running.envelope)
+            due = running.renew_at if due is None else min(due, running.renew_at)
+        if due is not None:
+            self._sweep_leases_by(due)
 
     def _log_failure(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Failure,
                      took_s: float) -> None:
