@@ -1,6 +1,7 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> ruff -> mypy over a
-#   normal install of the package tree -> Kafka up -> pytest -> Kafka down (always).
+#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> ruff ->
+#   a normal install of the package tree -> import-linter and mypy over it -> Kafka up ->
+#   pytest -> Kafka down (always).
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -8,9 +9,9 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars lint typecheck pytest dev clean
+.PHONY: test install kafka-jars kustomize lint site typecheck pytest dev clean
 
-test: install kafka-jars lint typecheck pytest
+test: install kafka-jars kustomize lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -22,14 +23,39 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 kafka-jars: install
 	$(BIN)/taskstream kafka install
 
-lint: install
-	$(BIN)/ruff check .
+# kustomize renders k8s/ for tests/test_deploy_k8s.py: the pinned release, built once
+# with the Go toolchain into .ci-build/bin (Go's module and build caches keep later
+# runs offline). Without Go, the tests fall back to `kubectl kustomize`.
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE_STAMP := $(BUILD)/bin/.kustomize-$(KUSTOMIZE_VERSION)
 
-# The editable install uses an import hook mypy cannot follow, so mypy checks a
-# normal install of the same mapping; package_tree.py proves the trees match.
-typecheck: install
-	rm -rf $(BUILD)/site
+kustomize: $(KUSTOMIZE_STAMP)
+
+$(KUSTOMIZE_STAMP):
+	@mkdir -p $(BUILD)/bin
+	@if command -v go >/dev/null; then \
+		GOBIN=$(CURDIR)/$(BUILD)/bin GOFLAGS=-mod=mod \
+			go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) && touch $@; \
+	elif command -v kubectl >/dev/null; then \
+		echo "kustomize: no Go toolchain; the tests use kubectl kustomize ($$(kubectl version --client | grep -i kustomize))"; \
+	else \
+		echo "kustomize: install Go (to build kustomize $(KUSTOMIZE_VERSION)) or kubectl" >&2; exit 1; \
+	fi
+
+# ruff over the sources; import-linter (the contracts in pyproject.toml) over the
+# installed tree, the module graph mypy sees.
+lint: install site
+	$(BIN)/ruff check .
+	cd $(BUILD)/site && PYTHONPATH=$(CURDIR)/$(BUILD)/site \
+		$(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
+
+# The editable install uses an import hook mypy and import-linter cannot follow, so
+# they check a normal install of the same mapping; package_tree.py proves the trees match.
+site: install
+	rm -rf $(BUILD)/site build  # build/: setuptools leftovers, maybe of an older layout
 	$(BIN)/python scripts/package_tree.py $(BUILD)/site
+
+typecheck: install site
 	cd $(BUILD)/site && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
 		--cache-dir $(CURDIR)/$(BUILD)/mypy-cache -p taskstream
 

@@ -32,7 +32,7 @@ import redis
 from bench_e2e import Times
 from cpu import CpuMeter
 
-from taskstream.dev_procs import Child, ChildSpec, free_port
+from taskstream.dev.procs import Child, ChildSpec, free_port
 
 HERE = Path(__file__).resolve().parent
 INSTALL_HINT = ("redis-server is not installed; on Debian/Ubuntu: "

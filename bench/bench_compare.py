@@ -43,7 +43,7 @@ from typing import Any
 from bench_e2e import OursRig, System, measure_max, measure_paced
 from cpu import CpuMeter
 
-from taskstream.dev import DevOptions
+from taskstream.dev.platform import DevOptions
 
 SYSTEMS = ("taskstream", "celery-prefork", "celery-threads")
 #: a step is held when its p99 submit->start is at most this (ms), overall and over

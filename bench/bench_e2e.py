@@ -38,8 +38,8 @@ from confluent_kafka.admin import AdminClient
 from cpu import CpuMeter
 
 from taskstream.admin import ensure_topics
-from taskstream.dev import DevOptions
-from taskstream.dev_procs import (
+from taskstream.dev.platform import DevOptions
+from taskstream.dev.procs import (
     Child,
     free_port,
     settings_env,
@@ -48,9 +48,10 @@ from taskstream.dev_procs import (
     stop_all,
     taskstream_argv,
 )
-from taskstream.dev_workload import percentile
+from taskstream.dev.workload import percentile
 from taskstream.producer import TaskProducer
 from taskstream.settings import Settings, load_settings
+from taskstream.topics import worker_group
 
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = "examples.noop"
@@ -346,7 +347,7 @@ class OursRig:
 
 def group_assignment(settings: Settings, queue: str = "default") -> tuple[str, list[int]]:
     """The broker's view of a queue's worker group: (state, ready partitions per member)."""
-    group = f"{settings.topic_prefix}workers.{queue}"
+    group = worker_group(settings, queue)
     admin = AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0})
     description = admin.describe_consumer_groups([group])[group].result(timeout=30)
     counts = [len(m.assignment.topic_partitions if m.assignment else [])

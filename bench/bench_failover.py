@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, paced
 
-from taskstream.processors.replay_read import partition_for
+from taskstream.processors.replay.read import partition_for
 
 
 def _one_per_partition(task_ids: list[str], partitions: int) -> list[str]:

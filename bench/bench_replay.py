@@ -31,11 +31,12 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from taskstream.admin import ensure_topics
-from taskstream.processors.lifecycle import apply
-from taskstream.processors.lifecycle_steps import make_dispatch_id
-from taskstream.processors.replay_rebuild import collector_paused, limits_of, rebuild
+from taskstream.processors.fold.lifecycle import apply
+from taskstream.processors.fold.steps import make_dispatch_id
+from taskstream.processors.replay.folding import collector_paused, limits_of
+from taskstream.processors.replay.rebuild import rebuild
+from taskstream.schemas.codec.compiled import event_reader
 from taskstream.schemas.events import Backoff, Envelope, TaskStarted, TaskSubmitted, TaskSucceeded
-from taskstream.schemas.fastcodec import event_reader
 from taskstream.schemas.ids import new_event_id, new_task_id
 from taskstream.schemas.serde import default_codec, encode_event
 from taskstream.settings import Settings, load_settings

@@ -45,9 +45,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from cpu import CpuMeter
 
 from taskstream.admin import ensure_topics
-from taskstream.dev import DevOptions
-from taskstream.dev_procs import Child, start_worker, stop_all
-from taskstream.dev_workload import percentile
+from taskstream.dev.platform import DevOptions
+from taskstream.dev.procs import Child, start_worker, stop_all
+from taskstream.dev.workload import percentile
+from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched, TaskStarted, TaskSucceeded
 from taskstream.schemas.ids import new_event_id, new_task_id
@@ -75,9 +76,8 @@ class EventsReader:
     """The events topic from the start, decoded; keeps started/succeeded times per task."""
 
     def __init__(self, settings: Settings) -> None:
-        self.consumer = Consumer({"bootstrap.servers": settings.bootstrap,
-                                  "group.id": f"bench-reader-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        self.consumer = Consumer(consumer_config(settings, f"bench-reader-{uuid.uuid4().hex}",
+                                                 {"auto.offset.reset": "earliest"}))
         topic = events_topic(settings)
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
         self.started: dict[str, int] = {}
@@ -121,9 +121,8 @@ class WorkerRig:
         ensure_topics(self.settings)
         self.concurrency, self.app = concurrency, app
         self.children: list[Child] = []
-        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
-                                  "enable.idempotence": True, "partitioner": "murmur2_random",
-                                  "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+        self.producer = Producer(producer_config(self.settings, {
+            "linger.ms": 5, "queue.buffering.max.messages": 1_000_000}))
         self.topic = ready_topic(self.settings, "default", 0)
         self.events = EventsReader(self.settings)
         for _ in range(workers):

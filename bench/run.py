@@ -45,8 +45,8 @@ import bench_compare
 from bench_e2e import OursRig, measure_max, measure_paced
 from report import markdown
 
-from taskstream import localkafka
-from taskstream.dev import DevOptions
+from taskstream.dev.platform import DevOptions
+from taskstream.localkafka import cluster as localkafka
 from taskstream.settings import load_settings
 
 SECTIONS = ("ingest", "replay", "compare", "worker", "scaling", "delayed", "failover")

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
-from taskstream.producer.fastwire import SubmittedEncoder, simple_encoder, submitted_encoder
+from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
 from taskstream.schemas.ids import (
@@ -87,7 +87,7 @@ class EventBuilder:
         self.max_payload_bytes = max_payload_bytes
         self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
         self._context = {"limits": self.limits}
-        self._encode = encoder if encoder is not None else submitted_encoder()
+        self._encode = encoder if encoder is not None else encode_submitted
         self._simple = SimpleSpecs(self.limits)
         self._encode_simple = simple_encoder()
         self._templates = TemplateItems(

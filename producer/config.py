@@ -1,9 +1,8 @@
 """The librdkafka configuration of the task producer, derived from Settings.
 
-Durability is not negotiable here: idempotence on, acks=all, so a broker ack
-means the event is on every in-sync replica and a client retry never writes it
-twice. ``partitioner=murmur2_random`` puts a key on the same partition as the
-Java client, aiokafka and Faust do (DESIGN.md, "Topics").
+The durability keys (idempotence, acks=all, murmur2_random) are fixed by
+:func:`taskstream.kafka_config.producer_config`; this module adds the task
+producer's own tuning (batching, compression, timeouts) and the caller's overrides.
 """
 
 from __future__ import annotations
@@ -13,11 +12,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from taskstream.errors import ConfigError
+from taskstream.kafka_config import producer_config
 from taskstream.settings import Settings
-
-#: Keys the caller may not override: they carry the delivery guarantee.
-FIXED_KEYS = frozenset({"enable.idempotence", "acks", "partitioner"})
 
 
 def default_source() -> str:
@@ -28,12 +24,8 @@ def default_source() -> str:
 def kafka_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings for a durable, ordered, idempotent task producer."""
     delivery_ms = int(settings.delivery_timeout_s * 1000)
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap,
+    return producer_config(settings, {
         "client.id": default_source(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
         "compression.type": settings.compression,
         "linger.ms": settings.linger_ms,
         "queue.buffering.max.messages": settings.producer_queue_max,
@@ -46,12 +38,4 @@ def kafka_config(settings: Settings, overrides: Mapping[str, Any] | None = None)
         "allow.auto.create.topics": False,
         "socket.connection.setup.timeout.ms": max(1_000, int(settings.kafka_timeout_s * 1000)),
         "reconnect.backoff.max.ms": 1_000,
-    }
-    for key, value in (overrides or {}).items():
-        if key in FIXED_KEYS:
-            raise ConfigError(
-                f"producer config {key!r} cannot be overridden: the task producer always runs "
-                "idempotent with acks=all and the murmur2_random partitioner"
-            )
-        config[key] = value
-    return config
+    }, overrides)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskstream.schemas.models import (
     BYTES_CONTENT_TYPE,
@@ -52,10 +52,26 @@ _REMEMBER = 4096  # validated names and queues kept, per builder
 _DEFAULT_TIMES = (None, None, round(_DEFAULT_LEASE_S * 1000))  # no delay, no timeout
 _only_fast_keys = FAST_KEYS.issuperset
 
-#: (name, queue, priority, payload, content_type, eta_ms, max_attempts,
-#:  timeout_ms, lease_ms, idempotency_key); backoff, headers, tags and
-#:  depends_on are the defaults
-SimpleFields = tuple[str, str, int, bytes, str, int | None, int, int | None, int, str | None]
+class SimpleFields(NamedTuple):
+    """A TaskSubmitted whose backoff, headers, tags and depends_on are the defaults.
+
+    The encoders index it (``f[9]``, ``f[:3]``) on the hot path; built with
+    ``tuple.__new__`` (:meth:`SimpleSpecs.fields`), ~0.3 us where the class call is ~0.9.
+    """
+
+    name: str
+    queue: str
+    priority: int
+    payload: bytes
+    content_type: str
+    eta_ms: int | None
+    max_attempts: int
+    timeout_ms: int | None
+    lease_ms: int
+    idempotency_key: str | None
+
+
+_new_fields = tuple.__new__
 
 
 def _ms(seconds: float) -> int:
@@ -145,7 +161,7 @@ class SimpleSpecs:
             return None
         eta_ms, timeout_ms, lease_ms = times
         assert isinstance(name, str)  # checked above
-        return (
+        return _new_fields(SimpleFields, (
             name,
             queue,
             priority,
@@ -156,7 +172,7 @@ class SimpleSpecs:
             timeout_ms,
             lease_ms,
             key,
-        )
+        ))
 
 
 def _times(

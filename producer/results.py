@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from taskstream.producer.api_client import ApiClient, AsyncApiClient
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,
@@ -78,45 +77,26 @@ def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished |
     return Pending(status)
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _unreachable(url: str, exc: Exception) -> ApiUnavailableError:
-    return ApiUnavailableError(
-        f"cannot reach the taskstream API at {url}: {exc or type(exc).__name__}. Check that a "
-        "processor is running and that TASKSTREAM_API_URL names it"
-    )
-
-
-def _json(resp: httpx.Response) -> Any:
-    try:
-        return resp.json()
-    except ValueError:
-        return resp.text
-
-
 class ResultClient:
     """Blocking waits on the API; one connection pool per producer."""
 
     def __init__(self, api_url: str, token: str | None) -> None:
-        self.api_url = api_url.rstrip("/")
-        self._client = httpx.Client(headers=_headers(token))
+        self._client = ApiClient(api_url, token)
+        self.api_url = self._client.url
 
     def wait(self, task_id: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
-        url = f"{self.api_url}/tasks/{task_id}/wait"
+        path = f"/tasks/{task_id}/wait"
+        url = self.api_url + path
         status = "UNKNOWN"
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ResultTimeoutError(task_id, timeout, status)
             poll = min(left, MAX_POLL_S)
-            try:
-                resp = self._client.get(url, params={"timeout": f"{poll:.3f}"}, timeout=poll + 10)
-            except httpx.TransportError as exc:
-                raise _unreachable(url, exc) from exc
-            outcome = interpret(task_id, url, resp.status_code, _json(resp))
+            resp = self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
+                                        timeout=poll + 10)
+            outcome = interpret(task_id, url, resp.status_code, resp.body)
             if isinstance(outcome, Finished):
                 return outcome.value
             status = outcome.status
@@ -131,26 +111,23 @@ class AsyncResultClient:
     """The asyncio twin of :class:`ResultClient`."""
 
     def __init__(self, api_url: str, token: str | None) -> None:
-        self.api_url = api_url.rstrip("/")
-        self._client = httpx.AsyncClient(headers=_headers(token))
+        self._client = AsyncApiClient(api_url, token)
+        self.api_url = self._client.url
 
     async def wait(self, task_id: str, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        url = f"{self.api_url}/tasks/{task_id}/wait"
+        path = f"/tasks/{task_id}/wait"
+        url = self.api_url + path
         status = "UNKNOWN"
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise ResultTimeoutError(task_id, timeout, status)
             poll = min(left, MAX_POLL_S)
-            try:
-                resp = await self._client.get(
-                    url, params={"timeout": f"{poll:.3f}"}, timeout=poll + 10
-                )
-            except httpx.TransportError as exc:
-                raise _unreachable(url, exc) from exc
-            outcome = interpret(task_id, url, resp.status_code, _json(resp))
+            resp = await self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
+                                              timeout=poll + 10)
+            outcome = interpret(task_id, url, resp.status_code, resp.body)
             if isinstance(outcome, Finished):
                 return outcome.value
             status = outcome.status

@@ -20,14 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 from taskstream.producer.fastspec import FAST_KEYS, SimpleSpecs
-from taskstream.producer.fastwire import HEADER_LEN, SimpleEncoder, avro_long
+from taskstream.producer.fastwire import HEADER_LEN, SimpleEncoder
+from taskstream.schemas.codec.prims import SMALL_LEN, write_long
 from taskstream.schemas.models import encode_json
 
 PLAIN_KEYS = frozenset({"name", "payload"})
 _ID_FIELD = 1 + 26  # the length byte, then a 26-character ID
 _TEMPLATE_EVENT_ID = "0" * 26
 _TEMPLATE_TASK_ID = "1" * 26
-_SHORT = tuple(avro_long(n) for n in range(64))  # one-byte payload lengths
 _MAX_TEMPLATES = 1024
 
 
@@ -35,7 +35,7 @@ def _varint(size: int) -> bytes:
     """Avro's long of a payload size >= 64: two bytes up to 8191, the general form beyond."""
     if size < 8192:  # zig-zag doubles it: 14 bits, 7 per byte
         return bytes((((size << 1) & 0x7F) | 0x80, size >> 6))
-    return avro_long(size)
+    return write_long(size)
 
 
 class TemplateItems:
@@ -135,7 +135,7 @@ class TemplateItems:
                 b"\x34",  # 26, the length of the task ID
                 task_id.encode("ascii"),
                 middle,
-                _SHORT[size] if size < 64 else _varint(size),
+                SMALL_LEN[size] if size < 64 else _varint(size),
                 data,
                 tail,
             )
@@ -153,7 +153,7 @@ class TemplateItems:
                 _TEMPLATE_TASK_ID,
                 at_ms,
                 self._source,
-                (*fields[:3], payload, *fields[4:]),
+                fields._replace(payload=payload),
             )
             for payload in (b"", b"Z")
         )

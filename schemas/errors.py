@@ -35,3 +35,11 @@ class RegistryError(SchemaError):
     """The schema registry could not be reached or refused a request."""
 
     retriable = True
+
+
+class QuarantineHeaderError(SchemaError):
+    """A record on the quarantine topic lacks or garbles a quarantine header."""
+
+
+class InvalidSpecError(TaskstreamError, ValueError):
+    """A task specification broke a rule; the message names each bad field."""

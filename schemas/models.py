@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from taskstream.errors import TaskstreamError
+from taskstream.schemas.errors import InvalidSpecError
 from taskstream.schemas.events import Backoff, TaskSubmitted
 from taskstream.schemas.view import TaskView
 
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackoffSpec",
-    "InvalidSpecError",
     "SpecLimits",
     "TaskSpec",
     "TaskView",
@@ -67,10 +66,6 @@ TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 #: the longest delay, lease, timeout or backoff a spec may ask for: ten years. Beyond
 #: it the millisecond values would overflow Avro's long and nobody means it anyway.
 MAX_DURATION_S = 10 * 365 * 24 * 3600.0
-
-class InvalidSpecError(TaskstreamError, ValueError):
-    """A task specification broke a rule; the message names each bad field."""
-
 
 @dataclass(frozen=True, slots=True)
 class SpecLimits:

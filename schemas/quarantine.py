@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from taskstream.schemas.errors import SchemaError
+from taskstream.schemas.errors import QuarantineHeaderError
 
 PREFIX = "taskstream-quarantine-"
 TOPIC = PREFIX + "topic"
@@ -27,10 +27,6 @@ OFFSET = PREFIX + "offset"
 REASON = PREFIX + "reason"
 AT_MS = PREFIX + "at-ms"
 MAX_REASON = 1000
-
-
-class QuarantineHeaderError(SchemaError):
-    """A record on the quarantine topic lacks or garbles a quarantine header."""
 
 
 def quarantine_headers(

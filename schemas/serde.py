@@ -25,6 +25,7 @@ import functools
 from typing import Any
 
 from taskstream.schemas.catalog import Catalog, SchemaVersion, catalog
+from taskstream.schemas.codec.compiled import FastCodec, build_fast_codec
 from taskstream.schemas.convert import (
     envelope_from_record,
     envelope_to_record,
@@ -33,7 +34,6 @@ from taskstream.schemas.convert import (
 )
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope
-from taskstream.schemas.fastcodec import FastCodec, build_fast_codec
 from taskstream.schemas.registry import RegistryCodec
 from taskstream.schemas.state import TaskState
 from taskstream.schemas.wire import (
@@ -60,7 +60,7 @@ class AvroCodec:
     """Single-object encoding over a :class:`Catalog` (parsed once, reused).
 
     With ``compiled`` (the default), records of the newest schema version go
-    through code compiled from that schema (:mod:`taskstream.schemas.fastcodec`,
+    through code compiled from that schema (:mod:`taskstream.schemas.codec.compiled`,
     several times faster than fastavro, same bytes and values); older versions,
     values the compiled writer does not take, and a compiled codec that failed
     its self-check go through fastavro.

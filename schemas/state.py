@@ -26,10 +26,12 @@ class TaskStatus(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in _TERMINAL
+        return self in TERMINAL
 
 
-_TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
+#: The statuses a task never leaves (but by a redrive). A StrEnum, so the names as
+#: plain strings (a JSON view's ``status``) are members too: ``"DEAD" in TERMINAL``.
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ set -euo pipefail
 
 VENV=${VENV:-.venv}
 DATA_DIR=${KAFKA_DATA_DIR:-$PWD/.ci-build/kafka}
-PORT=${KAFKA_PORT:-$("$VENV/bin/python" -c 'from taskstream.localkafka import free_port_block; print(free_port_block(2))')}
+PORT=${KAFKA_PORT:-$("$VENV/bin/python" -c 'from taskstream.localkafka.cluster import free_port_block; print(free_port_block(2))')}
 
 stop_kafka() {
     "$VENV/bin/taskstream" kafka down --data-dir "$DATA_DIR" || true

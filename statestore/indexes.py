@@ -23,10 +23,10 @@ from typing import Any
 
 from rocksdict import Rdict, WriteBatch
 
-from taskstream.errors import TaskstreamError
 from taskstream.schemas.events import TimerKind
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore import keys
+from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.rocks import index_options
 
 _TIMED = {
@@ -34,12 +34,6 @@ _TIMED = {
     TaskStatus.RETRYING: TimerKind.RETRY_DUE,
     TaskStatus.RUNNING: TimerKind.LEASE_EXPIRED,
 }
-
-
-class IndexNotReady(TaskstreamError):
-    """A partition's indexes cannot be built yet: its task table is being restored."""
-
-    retriable = True
 
 
 def timer_of(state: TaskState | None) -> keys.DueEntry | None:

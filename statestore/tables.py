@@ -21,23 +21,14 @@ import faust
 
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
-from taskstream.settings import Settings
 from taskstream.statestore import keys
 from taskstream.statestore.indexes import LocalIndexes, timer_of
 from taskstream.statestore.rocks import TABLE_OPTIONS
+from taskstream.topics import TASK_TABLE
 
-TABLE_NAMES = ("tasks",)
+TABLE_NAMES = (TASK_TABLE,)
 #: Faust keeps its own keys (``__faust\0offset__``) in every partition's RocksDB
 FAUST_KEY_PREFIX = b"__faust"
-
-
-def processor_app_id(settings: Settings) -> str:
-    """The Faust app id: the processors' consumer group and changelog prefix."""
-    return f"{settings.topic_prefix}processor"
-
-
-def changelog_topic(settings: Settings, table: str) -> str:
-    return f"{processor_app_id(settings)}-{table}-changelog"
 
 
 class TaskTables:
@@ -48,8 +39,8 @@ class TaskTables:
         def generation() -> int:
             return int(app.consumer_generation_id or 0)
 
-        # bytes in, bytes out: the app's serializers are "raw" (processors/app.py)
-        self.tasks: Any = app.Table("tasks", key_type=bytes, value_type=bytes,
+        # bytes in, bytes out: the app's serializers are "raw" (processors/live/app.py)
+        self.tasks: Any = app.Table(TASK_TABLE, key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)

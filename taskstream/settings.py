@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from taskstream.errors import ConfigError
 
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/?$")
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
 
 
 class Settings(BaseSettings):
@@ -56,6 +59,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".taskstream/data"))
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
+    advertised_url: str | None = Field(
+        None, description="the address other replicas use to reach this one's API "
+        "(http://host:port); unset: http://<web_host>:<web_port>, or this machine's hostname "
+        "when web_host is a wildcard (0.0.0.0, ::). In a StatefulSet: the pod's DNS name",
+    )
     processor_id: str = "taskstream-processor"
     standby_replicas: int = Field(1, ge=0, le=5)
     session_timeout_s: float | None = Field(
@@ -98,9 +106,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return v
 
+    @field_validator("advertised_url")
+    @classmethod
+    def _advertised_url_is_an_origin(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        match = _ORIGIN.match(v)
+        if match is None:
+            raise ValueError(f"{v!r} is not http(s)://host:port (no path): the address peers "
+                             "use to reach this replica's API")
+        return v.rstrip("/")
+
     def topic(self, name: str) -> str:
         """The full name of one of the platform's topics."""
         return f"{self.topic_prefix}{name}"
+
+
+def advertised_url(settings: Settings) -> str:
+    """The URL peers use to reach this replica's API (routing by partition owner, D17).
+
+    A wildcard bind address (0.0.0.0 in a container) is no address a peer can use,
+    so without ``advertised_url`` the machine's hostname stands in for it.
+    """
+    if settings.advertised_url:
+        return settings.advertised_url
+    host = settings.web_host
+    if host in _WILDCARD_HOSTS:
+        host = socket.gethostname()
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{settings.web_port}"
 
 
 def _read_file(path: Path) -> dict[str, Any]:

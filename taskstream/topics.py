@@ -1,7 +1,10 @@
-"""Names of the platform's topics (DESIGN.md, "Topics").
+"""Names of the platform's topics and consumer groups (DESIGN.md, "Topics"), derived here only.
 
-Every name carries the configured prefix. Ready topics are one per queue and
-priority level: ``<prefix>ready.<queue>.p<level>``; a higher level runs first.
+Every topic name carries the configured prefix. Ready topics are one per queue
+and priority level: ``<prefix>ready.<queue>.p<level>``; a higher level runs first.
+The processors are one Faust app, ``<prefix>processor``: that id is their
+consumer group and the prefix of their tables' changelogs
+(``<app id>-<table>-changelog``), which replay verify reads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ QUEUES = "queues"
 CANCELLATIONS = "cancellations"
 DLQ = "dlq"
 QUARANTINE = "quarantine"
+PROCESSOR = "processor"
+#: the processor's task table (a Faust table: its changelog is a topic)
+TASK_TABLE = "tasks"
+#: replay's consumers only assign partitions; librdkafka still wants a group id
+REPLAY_GROUP = "taskstream-replay-assign-only"
 
 
 def events_topic(settings: Settings) -> str:
@@ -47,3 +55,32 @@ def ready_topic(settings: Settings, queue: str, level: int) -> str:
 def ready_topics(settings: Settings, queue: str) -> list[str]:
     """The queue's ready topics, highest priority first."""
     return [ready_topic(settings, queue, lvl) for lvl in reversed(range(settings.priority_levels))]
+
+
+def processor_app_id(settings: Settings) -> str:
+    """The Faust app id: the processors' consumer group and changelog prefix."""
+    return settings.topic(PROCESSOR)
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """A processor table's changelog (Faust: ``<app id>-<table>-changelog``)."""
+    return f"{processor_app_id(settings)}-{table}-changelog"
+
+
+def task_changelog_topic(settings: Settings) -> str:
+    return changelog_topic(settings, TASK_TABLE)
+
+
+def worker_group(settings: Settings, queue: str) -> str:
+    """The consumer group of the workers of ``queue`` (they share its ready topics)."""
+    return settings.topic(f"workers.{queue}")
+
+
+def worker_control_group(settings: Settings, instance: str) -> str:
+    """One worker's own group for the cancellations and queues topics (it reads all of them)."""
+    return settings.topic(f"workers.control.{instance}")
+
+
+def api_reader_group(instance: str) -> str:
+    """A group id for one read of the queues topic by the API (never joined)."""
+    return f"taskstream-api-{instance}"

@@ -2,7 +2,7 @@
 
 ``kafka_bootstrap`` uses ``TASKSTREAM_BOOTSTRAP`` when set (CI starts the broker
 with ``taskstream kafka up``); otherwise it starts a broker through
-:mod:`taskstream.localkafka` on free ports in a temporary directory and stops it
+:mod:`taskstream.localkafka.cluster` on free ports in a temporary directory and stops it
 when the session ends. Tests that use it are marked ``kafka`` automatically, so
 ``pytest -m "not kafka"`` runs the broker-free tier.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import hypothesis
 import pytest
 
-from taskstream import localkafka
 from taskstream.admin import ensure_topics
+from taskstream.localkafka import cluster as localkafka
 from taskstream.settings import Settings, load_settings
 
 # Property tests check behaviour, never speed: a slow example on a shared, noisy machine is not

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from taskstream.dev_procs import free_port, settings_env
+from taskstream.dev.procs import free_port, settings_env
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_event, decode_state, encode_event

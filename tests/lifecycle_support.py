@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from taskstream.processors.effects import Duplicate, Effect, Rejected
-from taskstream.processors.lifecycle import TRANSITIONS, Limits, apply, event_key
+from taskstream.processors.fold.effects import Duplicate, Effect, Rejected
+from taskstream.processors.fold.lifecycle import TRANSITIONS, Limits, apply, event_key
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,

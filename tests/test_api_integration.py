@@ -28,11 +28,11 @@ import schemathesis
 from confluent_kafka import Producer
 
 from taskstream.admin import ensure_topics
+from taskstream.api.auth import token_digest
 from taskstream.schemas.events import Envelope, EventBody, TaskFailed, TaskStarted, TaskSucceeded
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
-from taskstream.statestore.auth import token_digest
 from tests.harness import free_port, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

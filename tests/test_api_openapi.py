@@ -12,11 +12,12 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from taskstream.api.errors import error_body
+from taskstream.api.openapi import documented_routes, openapi_document
+from taskstream.api.query import list_item, task_view
 from taskstream.schemas.events import Backoff
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.settings import Settings
-from taskstream.statestore.openapi import documented_routes, openapi_document
-from taskstream.statestore.query import error_body, list_item, task_view
 
 #: Faust's own endpoints: not ours to document (auth still guards them)
 FAUST_PREFIXES = ("/router", "/table", "/graph", "/assignment", "/stats", "/performance")
@@ -34,8 +35,8 @@ def assert_valid(name: str, instance: Any) -> None:
 
 
 def _routed(tmp_path: Path) -> set[tuple[str, str]]:
-    from taskstream.processors.app import Processor
-    from taskstream.statestore.api import register_api
+    from taskstream.api.service import register_api
+    from taskstream.processors.live.app import Processor
 
     settings = Settings(bootstrap="127.0.0.1:1", topic_prefix="openapi.", data_dir=tmp_path)
     processor = Processor(settings)

@@ -9,19 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.errors import ConfigError
-from taskstream.schemas.events import Backoff
-from taskstream.schemas.state import TaskState, TaskStatus
-from taskstream.statestore.auth import (
-    AuthFailure,
-    Scope,
-    TokenAuth,
-    bearer_token,
-    required_scope,
-    token_digest,
-)
-from taskstream.statestore.query import (
-    ApiError,
+from taskstream.api.auth import Scope, TokenAuth, bearer_token, required_scope, token_digest
+from taskstream.api.errors import ApiError, AuthFailure
+from taskstream.api.query import (
     ListQuery,
     RateWindow,
     aggregate_queues,
@@ -34,6 +24,9 @@ from taskstream.statestore.query import (
     parse_wait_timeout,
     sum_rates,
 )
+from taskstream.errors import ConfigError
+from taskstream.schemas.events import Backoff
+from taskstream.schemas.state import TaskState, TaskStatus
 
 # -- auth --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.dev_workload import demo_workload, percentile, render, summarize
+from taskstream.dev.workload import demo_workload, percentile, render, summarize
 from taskstream.schemas.models import TaskSpec
 
 

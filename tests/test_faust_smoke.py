@@ -32,7 +32,7 @@ from confluent_kafka.admin import (
 )
 
 from taskstream.admin import TopicSpec, create_topics
-from taskstream.localkafka import free_port_block
+from taskstream.localkafka.cluster import free_port_block
 from taskstream.settings import Settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

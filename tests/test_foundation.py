@@ -12,12 +12,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from taskstream import admin, localkafka
+from taskstream import admin
 from taskstream.admin import choose_session_timeout, topic_specs
 from taskstream.cli.main import main
 from taskstream.errors import ConfigError, LocalKafkaError, TopicError
-from taskstream.localkafka_config import layout, server_properties
-from taskstream.localkafka_install import find_java, java_major_version
+from taskstream.localkafka import cluster as localkafka
+from taskstream.localkafka.config import layout, server_properties
+from taskstream.localkafka.install import find_java, java_major_version
 from taskstream.settings import load_settings, masked
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient
 
-from taskstream import localkafka
 from taskstream.admin import (
     SESSION_FLOOR_S,
     choose_session_timeout,
@@ -20,10 +19,12 @@ from taskstream.admin import (
 )
 from taskstream.cli.main import main
 from taskstream.errors import ConfigError
-from taskstream.localkafka_config import layout, write_node_files
-from taskstream.localkafka_install import ensure_kafka
+from taskstream.localkafka import cluster as localkafka
+from taskstream.localkafka.config import layout, write_node_files
+from taskstream.localkafka.install import ensure_kafka
 from taskstream.settings import Settings, load_settings
 from taskstream.topics import ready_topics
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -141,7 +142,11 @@ def test_three_nodes_replicate(tmp_path: Path) -> None:
         settings = load_settings(bootstrap=started.cluster.bootstrap, replication=3,
                                  topic_prefix="r3.", kafka_home=base.kafka_home)
         ensure_topics(settings, queues=[])
-        metadata = AdminClient({"bootstrap.servers": settings.bootstrap}).list_topics(timeout=10)
+        admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+        # a broker other than the controller may not have the new topic's metadata yet
+        metadata = wait_for("the events topic in every broker's metadata", lambda: (
+            m if settings.topic("events") in (m := admin.list_topics(timeout=10)).topics
+            else None), timeout=30)
         assert len(metadata.brokers) == 3
         for partition in metadata.topics[settings.topic("events")].partitions.values():
             assert sorted(partition.replicas) == [1, 2, 3]

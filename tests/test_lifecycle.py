@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from taskstream.processors.effects import (
+from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
     Dispatch,
@@ -24,7 +24,7 @@ from taskstream.processors.effects import (
     RetryScheduled,
     SetTimer,
 )
-from taskstream.processors.lifecycle import TRANSITIONS, LifecycleError, Limits
+from taskstream.processors.fold.lifecycle import TRANSITIONS, LifecycleError, Limits
 from taskstream.schemas.events import TimerKind
 from taskstream.schemas.state import TaskStatus
 from tests.lifecycle_support import T0, Story

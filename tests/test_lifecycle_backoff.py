@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.processors.backoff import base_delay_ms, retry_delay_ms, stable_fraction
+from taskstream.processors.fold.backoff import base_delay_ms, retry_delay_ms, stable_fraction
 from taskstream.schemas.events import Backoff
 
 

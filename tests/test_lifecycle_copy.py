@@ -1,4 +1,4 @@
-"""The fold's fast constructors and copy (processors/lifecycle_copy.py) give exactly
+"""The fold's fast constructors and copy (processors/fold/copy.py) give exactly
 what the dataclasses give, and the one-build ``submit_new`` gives exactly the state
 and effects of building SCHEDULED and then dispatching."""
 
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.processors.effects import Effect, SetTimer
-from taskstream.processors.lifecycle_copy import (
+from taskstream.processors.fold.copy import (
     copy_done,
     copy_lease,
     copy_recorded,
@@ -26,7 +25,9 @@ from taskstream.processors.lifecycle_copy import (
     new_envelope,
     new_state,
 )
-from taskstream.processors.lifecycle_steps import dispatch_next, payload_digest, submit_new
+from taskstream.processors.fold.effects import Effect, SetTimer
+from taskstream.processors.fold.steps import dispatch_next, payload_digest, submit_new
+from taskstream.schemas.codec.compiled import same
 from taskstream.schemas.events import (
     Envelope,
     TaskCancelled,
@@ -35,7 +36,6 @@ from taskstream.schemas.events import (
     TaskSubmitted,
     TimerKind,
 )
-from taskstream.schemas.fastcodec import same
 from taskstream.schemas.state import TaskState, TaskStatus
 from tests.test_schemas_serde import ENVELOPES, _builds, full_state
 

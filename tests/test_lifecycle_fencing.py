@@ -12,14 +12,14 @@ from dataclasses import replace
 
 import pytest
 
-from taskstream.processors.effects import (
+from taskstream.processors.fold.effects import (
     DeadLetter,
     Dispatch,
     Duplicate,
     PublishCancel,
     Rejected,
 )
-from taskstream.processors.lifecycle import LifecycleError, Limits, apply, fold
+from taskstream.processors.fold.lifecycle import LifecycleError, Limits, apply, fold
 from taskstream.schemas.events import (
     CancelRequested,
     LeaseRenewed,

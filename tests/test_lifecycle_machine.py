@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from taskstream.processors.effects import OUTBOUND, Dispatch, Duplicate, Rejected
-from taskstream.processors.lifecycle import (
+from taskstream.processors.fold.effects import OUTBOUND, Dispatch, Duplicate, Rejected
+from taskstream.processors.fold.lifecycle import (
     TRANSITIONS,
     Limits,
     apply,

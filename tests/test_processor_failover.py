@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstream.processors.replay_verify import verify
+from taskstream.processors.replay.verify import verify
 from taskstream.schemas.events import TaskDispatched, TaskStarted, TaskSucceeded
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskStatus
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 # Once in about a dozen runs the survivor stayed idle after the rebalance that follows
 # the kill. One such run's log showed the cause: the rate sampler (an app.timer) met
 # IndexNotReady as the rebalance began, and Faust crashed the whole app; periodic jobs
-# are now guarded (processors/guard.timer_round). The rerun stays, reported as such in
+# are now guarded (processors/live/guard.timer_round). The rerun stays, reported as such in
 # the test output, until many runs show no other cause (cf. faust-streaming #175/#640).
 @pytest.mark.flaky(reruns=1)
 def test_two_replicas_one_killed(topics: Settings, tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from taskstream.errors import KafkaUnavailableError, TaskstreamError
-from taskstream.processors.guard import guarded, timer_round
-from taskstream.statestore.indexes import IndexNotReady
+from taskstream.processors.live.guard import guarded, timer_round
+from taskstream.statestore.errors import IndexNotReady
 
 
 class Script:

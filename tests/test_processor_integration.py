@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from confluent_kafka import Message
 
 from taskstream.cli.main import main
-from taskstream.dev_procs import settings_env
+from taskstream.dev.procs import settings_env
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,

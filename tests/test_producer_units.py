@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -21,19 +21,12 @@ from taskstream.producer.errors import (
     ProducerQueueFullError,
     UndeliveredOnBrokerDownError,
 )
-from taskstream.producer.fastwire import (
-    avro_long,
-    canaries,
-    make_fast_encoder,
-    reference_encoder,
-    submitted_encoder,
-)
+from taskstream.producer.fastwire import avro_long
 from taskstream.producer.handle import BatchDelivery, TaskHandle
 from taskstream.producer.metrics import producer_metrics
-from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id
 from taskstream.schemas.models import SpecLimits, TaskSpec
-from taskstream.schemas.serde import decode_event, encode_event
+from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
 
 # --- librdkafka config --------------------------------------------------------------
@@ -139,16 +132,6 @@ def test_errors_are_taskstream_errors_that_name_the_cause() -> None:
 # --- the fast TaskSubmitted encoder ----------------------------------------------------
 
 
-def test_fast_encoder_is_chosen_and_matches_the_canaries() -> None:
-    enc = submitted_encoder()
-    assert enc is not reference_encoder
-    for env in canaries():
-        assert isinstance(env.body, TaskSubmitted)
-        out = enc(env.event_id, env.task_id, env.occurred_at_ms, env.source, env.body)
-        assert out == encode_event(env)
-        assert decode_event(out) == env
-
-
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
 def test_avro_long_round_trips_like_fastavro(n: int) -> None:
     import io
@@ -158,40 +141,6 @@ def test_avro_long_round_trips_like_fastavro(n: int) -> None:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, "long", n)
     assert avro_long(n) == buf.getvalue()
-
-
-text = st.text(max_size=20)
-ids = st.text(alphabet="0123456789ABCDEFGHJKMNPQRSTVWXYZ", min_size=1, max_size=30)
-longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
-ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
-doubles = st.floats(allow_nan=False)
-bodies = st.builds(
-    TaskSubmitted,
-    name=text,
-    queue=text,
-    priority=ints,
-    payload=st.binary(max_size=300),
-    content_type=text,
-    eta_ms=st.none() | longs,
-    max_attempts=ints,
-    backoff=st.builds(Backoff, initial_ms=longs, multiplier=doubles, max_ms=longs, jitter=doubles),
-    timeout_ms=st.none() | longs,
-    lease_ms=longs,
-    idempotency_key=st.none() | text,
-    headers=st.dictionaries(text, text, max_size=4),
-    tags=st.lists(text, max_size=4),
-    depends_on=st.lists(ids, max_size=3),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(ids, ids, longs, text, bodies)
-def test_fast_encoder_writes_exactly_what_encode_event_writes(
-    event_id: str, task_id: str, at: int, source: str, body: TaskSubmitted
-) -> None:
-    fast = make_fast_encoder(encode_event(canaries()[0])[:10])
-    env = Envelope(event_id, task_id, at, source, 0, body)
-    assert fast(event_id, task_id, at, source, body) == encode_event(env)
 
 
 # --- options validation names the field -------------------------------------------

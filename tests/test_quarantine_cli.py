@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from taskstream.cli.main import main
-from taskstream.dev_procs import settings_env
+from taskstream.dev.procs import settings_env
 from taskstream.schemas.events import Envelope, TaskStarted
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event

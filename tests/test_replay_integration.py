@@ -24,10 +24,11 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from taskstream.cli.main import main
-from taskstream.processors.replay_history import REJECTED, SKIPPED, task_history
-from taskstream.processors.replay_read import partition_for, watermarks
-from taskstream.processors.replay_rebuild import StateDB, iter_states, open_db, rebuild
-from taskstream.processors.replay_verify import changelog_topic, read_changelog
+from taskstream.processors.replay.folding import StateDB, iter_states, open_db
+from taskstream.processors.replay.history import REJECTED, SKIPPED, task_history
+from taskstream.processors.replay.read import partition_for, watermarks
+from taskstream.processors.replay.rebuild import rebuild
+from taskstream.processors.replay.verify import read_changelog
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
@@ -43,6 +44,7 @@ from taskstream.schemas.serde import decode_state, encode_event, encode_state
 from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
+from taskstream.topics import task_changelog_topic as changelog_topic
 from tests.harness import EventWriter, ProcessorProcess, StateReader, TopicReader, wait_for
 
 pytestmark = [pytest.mark.kafka]

@@ -11,32 +11,14 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.processors.lifecycle import Limits, fold
-from taskstream.processors.replay_export import body_to_json, envelope_to_json
-from taskstream.processors.replay_history import (
-    ACCEPTED,
-    CONFLICT,
-    DUPLICATE,
-    REJECTED,
-    SKIPPED,
-    explain,
-    format_entry,
-)
-from taskstream.processors.replay_parallel import split
-from taskstream.processors.replay_read import (
-    ReadPlan,
-    ReplayError,
-    murmur2,
-    parse_offsets_spec,
-    parse_time,
-    partition_for,
-    read_batches,
-)
-from taskstream.processors.replay_rebuild import (
+from taskstream.cli.replay_args import parse_offsets_spec, parse_time
+from taskstream.processors.fold.lifecycle import Limits, fold
+from taskstream.processors.replay.errors import ReplayError
+from taskstream.processors.replay.export import body_to_json, envelope_to_json
+from taskstream.processors.replay.folding import (
     FoldStats,
     StateCache,
     StateDB,
@@ -46,7 +28,18 @@ from taskstream.processors.replay_rebuild import (
     merge_newest,
     open_db,
 )
-from taskstream.processors.replay_verify import compare
+from taskstream.processors.replay.history import (
+    ACCEPTED,
+    CONFLICT,
+    DUPLICATE,
+    REJECTED,
+    SKIPPED,
+    explain,
+    format_entry,
+)
+from taskstream.processors.replay.parallel import split
+from taskstream.processors.replay.read import ReadPlan, partition_for, read_batches
+from taskstream.processors.replay.verify import compare
 from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
@@ -72,13 +65,14 @@ JAVA_VECTORS = {
 
 
 @pytest.mark.parametrize(("key", "expected"), JAVA_VECTORS.items())
-def test_murmur2_matches_the_java_client(key: bytes, expected: int) -> None:
-    assert murmur2(key) == expected
+@pytest.mark.parametrize("partitions", [1, 3, 12, 64])
+def test_partition_choice_matches_the_java_client(key: bytes, expected: int,
+                                                  partitions: int) -> None:
+    assert partition_for(key, partitions) == (expected & 0x7FFFFFFF) % partitions
 
 
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=512))
 def test_partition_choice_matches_aiokafka(key: bytes, partitions: int) -> None:
-    assert murmur2(key) & 0xFFFFFFFF == aiokafka_murmur2(key) & 0xFFFFFFFF
     everyone = list(range(partitions))
     assert partition_for(key, partitions) == DefaultPartitioner()(key, everyone, everyone)
 
@@ -371,7 +365,7 @@ class QueueConsumer:
 
 def test_read_asks_for_no_more_than_the_records_still_due(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last batch is asked for exactly (consume would otherwise wait its timeout)."""
-    monkeypatch.setattr("taskstream.processors.replay_read.BATCH", 4)
+    monkeypatch.setattr("taskstream.processors.replay.read.BATCH", 4)
     held = [ReadMsg(b"", p, o) for o in range(5) for p in (0, 1)]  # 10 records, 2 partitions
     consumer = QueueConsumer(held)
     read = ReadPlan("t", {0: 0, 1: 0}, {0: 5, 1: 5})

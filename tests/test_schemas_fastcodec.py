@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taskstream.schemas import fastcodec
 from taskstream.schemas.catalog import catalog
+from taskstream.schemas.codec import compiled as fastcodec
+from taskstream.schemas.codec.canaries import canary_envelopes, canary_states
+from taskstream.schemas.codec.compiled import same
+from taskstream.schemas.codec.prims import read_long, write_long
 from taskstream.schemas.errors import DecodeError, EncodeError
 from taskstream.schemas.events import Envelope, TaskStarted, TimerFired, TimerKind
-from taskstream.schemas.fastcodec import same
-from taskstream.schemas.fastcodec_canaries import canary_envelopes, canary_states
-from taskstream.schemas.fastcodec_prims import read_long, write_long
 from taskstream.schemas.serde import AvroCodec, default_codec
 from taskstream.schemas.state import TaskState, TaskStatus
 from tests.test_schemas_serde import BODIES, ENVELOPES, _builds, envelope, full_state
@@ -240,7 +240,7 @@ def test_a_codec_that_disagrees_with_fastavro_is_not_used(
     monkeypatch.setattr(
         fastcodec, "BINDINGS", fastcodec.Bindings(fastcodec.BINDINGS.records, swapped)
     )
-    with caplog.at_level(logging.WARNING, logger="taskstream.schemas.fastcodec"):
+    with caplog.at_level(logging.WARNING, logger="taskstream.schemas.codec.compiled"):
         codec = AvroCodec(catalog())
     assert not codec.compiled
     assert "using fastavro" in caplog.text
@@ -259,7 +259,7 @@ def test_a_wrong_compiled_value_is_caught_by_the_canaries(
         return decode, lambda env: encode(dataclasses.replace(env, attempt=env.attempt + 1))
 
     monkeypatch.setattr(fastcodec, "compile_version", off_by_one)
-    with caplog.at_level(logging.WARNING, logger="taskstream.schemas.fastcodec"):
+    with caplog.at_level(logging.WARNING, logger="taskstream.schemas.codec.compiled"):
         codec = AvroCodec(catalog())
     assert not codec.compiled
     assert "differs from fastavro" in caplog.text

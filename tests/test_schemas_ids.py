@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
+from taskstream.schemas.errors import QuarantineHeaderError
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
@@ -18,12 +19,7 @@ from taskstream.schemas.ids import (
     new_task_id,
     new_ulids,
 )
-from taskstream.schemas.quarantine import (
-    MAX_REASON,
-    QuarantineHeaderError,
-    QuarantineRecord,
-    quarantine_headers,
-)
+from taskstream.schemas.quarantine import MAX_REASON, QuarantineRecord, quarantine_headers
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 

@@ -13,15 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from taskstream.schemas.errors import InvalidSpecError
 from taskstream.schemas.events import Backoff, Envelope, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id, new_event_id, new_task_id
-from taskstream.schemas.models import (
-    InvalidSpecError,
-    SpecLimits,
-    TaskSpec,
-    TaskView,
-    encode_json,
-)
+from taskstream.schemas.models import SpecLimits, TaskSpec, TaskView, encode_json
 from taskstream.schemas.serde import decode_event, encode_event
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.schemas.view import RENDERED

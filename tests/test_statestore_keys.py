@@ -15,8 +15,8 @@ from taskstream.schemas.events import Backoff, TimerKind
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.statestore import keys
+from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.indexes import (
-    IndexNotReady,
     LocalIndexes,
     PartitionIndex,
     count_listing,

@@ -40,11 +40,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from taskstream.kafka_config import consumer_config as kafka_consumer_config
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
-from taskstream.topics import ready_topics
+from taskstream.topics import ready_topics, worker_group
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.flow import (
     TP,
@@ -83,11 +84,8 @@ class ReadyRecord:
 def consumer_config(settings: Settings, group_id: str, client_id: str,
                     prefetch: int) -> dict[str, Any]:
     """The ready-topic consumer (see the module doc for assignment and fetching)."""
-    return {
-        "bootstrap.servers": settings.bootstrap,
-        "group.id": group_id,
+    return kafka_consumer_config(settings, group_id, {
         "client.id": client_id,
-        "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "roundrobin",
@@ -100,7 +98,7 @@ def consumer_config(settings: Settings, group_id: str, client_id: str,
         "queued.min.messages": max(prefetch, 100),
         # below queued.min.messages again: fetch at once, not after the 1 s default
         "fetch.queue.backoff.ms": 10,
-    }
+    })
 
 
 def _tp(p: TopicPartition) -> TP:
@@ -114,7 +112,7 @@ class QueueConsumer:
                  emitter: EventEmitter, metrics: WorkerMetrics,
                  on_records: Callable[[], object]) -> None:
         self.queue = queue
-        self.group_id = f"{settings.topic_prefix}workers.{queue}"
+        self.group_id = worker_group(settings, queue)
         self._topics = ready_topics(settings, queue)
         self._timeout = settings.kafka_timeout_s
         self._prefetch = max(1, prefetch)

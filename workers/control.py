@@ -17,10 +17,11 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from taskstream.kafka_config import consumer_config
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
-from taskstream.topics import cancellations_topic, queues_topic
+from taskstream.topics import cancellations_topic, queues_topic, worker_control_group
 from taskstream.workers.queuectl import QueueCommand, parse_command
 
 log = logging.getLogger("taskstream.worker")
@@ -37,13 +38,9 @@ class ControlReader:
         self._timeout = settings.kafka_timeout_s
         self._on_cancel = on_cancel
         self._on_queue = on_queue
-        self._consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"{settings.topic_prefix}workers.control.{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-        })
+        self._consumer = Consumer(consumer_config(
+            settings, worker_control_group(settings, uuid.uuid4().hex),
+            {"enable.auto.offset.store": False, "auto.offset.reset": "earliest"}))
         self._assigned: set[str] = set()
         self._targets: dict[tuple[str, int], int] = {}  # high watermark at start
         self._caught_up = threading.Event()

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from taskstream.kafka_config import producer_config
 from taskstream.schemas.events import (
     Envelope,
     EventBody,
@@ -38,18 +39,14 @@ log = logging.getLogger("taskstream.worker")
 Delivered = Callable[[bool], None]
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
-        "acks": "all",
-        "enable.idempotence": True,
-        "partitioner": "murmur2_random",
+def emitter_config(settings: Settings) -> dict[str, Any]:
+    return producer_config(settings, {
         "linger.ms": min(settings.linger_ms, 5),
         # worker events are a few hundred bytes each: compression saves little, and a
         # consumer without the codec (aiokafka needs the lz4 package) could not read them
         "compression.type": "none",
         "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
-    }
+    })
 
 
 def outcome_body(outcome: Outcome, dispatch_id: str, worker_id: str) -> EventBody:
@@ -72,7 +69,7 @@ class EventEmitter:
         self._metrics = metrics
         self._events = events_topic(settings)
         self._quarantine = quarantine_topic(settings)
-        self._producer = Producer(producer_config(settings))
+        self._producer = Producer(emitter_config(settings))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="taskstream-emitter",
                                         daemon=True)

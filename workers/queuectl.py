@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 
 from taskstream.errors import KafkaUnavailableError
+from taskstream.kafka_config import producer_config
 from taskstream.settings import Settings
 from taskstream.topics import QUEUE_NAME, queues_topic
 
@@ -51,8 +52,7 @@ def set_paused(settings: Settings, queue: str, paused: bool) -> QueueCommand:
     if not QUEUE_NAME.match(queue):
         raise ValueError(f"{queue!r} is not a legal queue name (1-64 letters, digits, '_' or '-')")
     command = QueueCommand(queue, paused, time.time_ns() // 1_000_000)
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all",
-                         "enable.idempotence": True, "partitioner": "murmur2_random"})
+    producer = Producer(producer_config(settings))
     errors: list[str] = []
     producer.produce(queues_topic(settings), key=queue.encode(),
                      value=encode_command(paused, command.updated_at_ms),

@@ -18,46 +18,35 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-import httpx
 
-from taskstream.schemas.state import TaskStatus
+from taskstream.producer.api_client import REQUEST_TIMEOUT_S, ApiClient
+from taskstream.producer.errors import ApiUnavailableError
+from taskstream.schemas.state import TERMINAL, TaskStatus
 
-TERMINAL = {TaskStatus.SUCCEEDED.value, TaskStatus.DEAD.value, TaskStatus.CANCELLED.value}
 EXIT_TIMEOUT = 124
 #: one long poll at most; longer waits are several polls
 POLL_S = 30.0
-REQUEST_TIMEOUT_S = 15.0
 
 
-class ApiClient:
-    """A small blocking client of the taskstream HTTP API."""
+class CommandClient:
+    """The API client (:class:`~taskstream.producer.api_client.ApiClient`) as commands use it."""
 
     def __init__(self, url: str, token: str | None) -> None:
-        self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers,
-                                  timeout=REQUEST_TIMEOUT_S)
+        self._api = ApiClient(url, token)
+        self.url = self._api.url
 
     def close(self) -> None:
-        self._http.close()
+        self._api.close()
 
     def call(self, method: str, path: str, *, params: dict[str, Any] | None = None,
              body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """The JSON of a 2xx answer; anything else is a ClickException with the API's message."""
-        clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            resp = self._http.request(method, path, params=clean, json=body,
-                                      timeout=timeout or REQUEST_TIMEOUT_S)
-        except httpx.TransportError as exc:
-            raise click.ClickException(
-                f"cannot reach the taskstream API at {self.url} ({type(exc).__name__}: {exc}). "
-                "Is a processor running? Set TASKSTREAM_API_URL or --api-url to its address."
-            ) from None
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if resp.is_success:
+            resp = self._api.request(method, path, params=params, body=body, timeout=timeout)
+        except ApiUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+        data = resp.data
+        if resp.ok:
             return data
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
@@ -152,12 +141,12 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
 # -- shared plumbing --------------------------------------------------------------------
 
 
-def client_from(api_url: str | None) -> ApiClient:
+def client_from(api_url: str | None) -> CommandClient:
     from taskstream.cli.common import load_settings_or_exit
 
     settings = load_settings_or_exit()
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    client = ApiClient(api_url or settings.api_url, token)
+    client = CommandClient(api_url or settings.api_url, token)
     click.get_current_context().call_on_close(client.close)  # no socket outlives the command
     return client
 
@@ -168,7 +157,7 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")(fn)
 
 
-def wait_for(client: ApiClient, task_id: str, timeout: float,
+def wait_for(client: CommandClient, task_id: str, timeout: float,
              on_change: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Long-poll until the task is terminal or ``timeout`` passes; the last view seen."""
     deadline = time.monotonic() + timeout
@@ -186,7 +175,7 @@ def wait_for(client: ApiClient, task_id: str, timeout: float,
             return view
 
 
-def iter_dlq(client: ApiClient, page_size: int = 500) -> Iterator[dict[str, Any]]:
+def iter_dlq(client: CommandClient, page_size: int = 500) -> Iterator[dict[str, Any]]:
     cursor = None
     while True:
         page = client.call("GET", "/dlq", params={"limit": page_size, "cursor": cursor})

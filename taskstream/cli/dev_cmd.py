@@ -23,8 +23,10 @@ import click
               help="module with the demo's tasks (examples/tasks.py)")
 @click.option("--app-path", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="directory to import --app from [default: the cwd or the source checkout]")
+@click.option("--reload", "reload_", is_flag=True,
+              help="the worker restarts (graceful drain) when the task modules change")
 def dev(tasks: int, keep_running: bool, stop_only: bool, timeout: float, workdir: Path,
-        app: str, app_path: Path | None) -> None:
+        app: str, app_path: Path | None, reload_: bool) -> None:
     """Run the platform locally with a demo workload and print a summary.
 
     Starts a local Kafka if none answers, creates the topics, starts one processor
@@ -35,7 +37,7 @@ def dev(tasks: int, keep_running: bool, stop_only: bool, timeout: float, workdir
     from rich.console import Console
 
     from taskstream.cli.common import load_settings_or_exit
-    from taskstream.dev import DevOptions, run_dev, stop_recorded
+    from taskstream.dev.platform import DevOptions, run_dev, stop_recorded
     from taskstream.errors import TaskstreamError
 
     console = Console()
@@ -46,7 +48,8 @@ def dev(tasks: int, keep_running: bool, stop_only: bool, timeout: float, workdir
             return
         settings = load_settings_or_exit()
         run_dev(settings, DevOptions(tasks=tasks, keep_running=keep_running, workdir=workdir,
-                                     app=app, app_path=app_path, timeout_s=timeout), console)
+                                     app=app, app_path=app_path, timeout_s=timeout,
+                                     reload=reload_), console)
     except TaskstreamError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ def kafka() -> None:
 @exits_on_error
 def install() -> None:
     """Resolve the Kafka jars with Maven into the cache now (``up`` does it when needed)."""
-    from taskstream.localkafka_install import ensure_kafka
+    from taskstream.localkafka.install import ensure_kafka
 
     settings = load_settings_or_exit()
     found = ensure_kafka(settings.kafka_home, settings.kafka_version, show_progress=True)
@@ -40,7 +40,7 @@ def install() -> None:
 @exits_on_error
 def up(nodes: str, port: int | None, data_dir: Path | None, timeout: float) -> None:
     """Start a local Kafka cluster and wait until it answers."""
-    from taskstream import localkafka
+    from taskstream.localkafka import cluster as localkafka
 
     settings = load_settings_or_exit()
     result = localkafka.up(settings, nodes=int(nodes), port=port, data_dir=data_dir,
@@ -61,7 +61,7 @@ def up(nodes: str, port: int | None, data_dir: Path | None, timeout: float) -> N
 @exits_on_error
 def status(data_dir: Path | None, as_json: bool) -> None:
     """Say whether the local cluster runs and answers; list its topics. Exit 1 if it is down."""
-    from taskstream import localkafka
+    from taskstream.localkafka import cluster as localkafka
 
     settings = load_settings_or_exit()
     report = localkafka.status(data_dir or localkafka.default_data_dir(settings))
@@ -96,7 +96,7 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 @exits_on_error
 def down(data_dir: Path | None, keep: bool, timeout: float) -> None:
     """Stop the brokers `up` started (only those PIDs); delete their data unless --keep."""
-    from taskstream import localkafka
+    from taskstream.localkafka import cluster as localkafka
 
     settings = load_settings_or_exit()
     where = data_dir or localkafka.default_data_dir(settings)

@@ -18,7 +18,7 @@ from taskstream.cli.common import exits_on_error, load_settings_or_exit
 @exits_on_error
 def processor(web_port: int | None, data_dir: Path | None, loglevel: str) -> None:
     """Run a processor replica: fold the events topic, dispatch, fire timers, serve the API."""
-    from taskstream.processors.runner import run_processor
+    from taskstream.runners.processor import run_processor
 
     overrides: dict[str, object] = {}
     if web_port is not None:

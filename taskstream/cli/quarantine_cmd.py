@@ -25,7 +25,7 @@ def quarantine() -> None:
 def list_quarantined(limit: int, as_json: bool) -> None:
     """The newest quarantined records: origin topic/partition@offset, reason, content."""
     from taskstream.cli.admin_cmds import fmt_time, render_table
-    from taskstream.processors.quarantine_log import read_quarantine
+    from taskstream.processors.replay.quarantine_log import read_quarantine
 
     records, total = read_quarantine(load_settings_or_exit(), newest=limit)
     if as_json:

@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 
 from taskstream.cli.common import echo_json, exits_on_error, json_option, load_settings_or_exit
+from taskstream.cli.progress import progress_for
+from taskstream.cli.replay_args import parse_offsets_spec, parse_time
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 workers_option = click.option(
@@ -42,9 +44,9 @@ def replay() -> None:
 @exits_on_error
 def history(task_id: str, as_json: bool, quiet: bool) -> None:
     """Every event of TASK_ID in order, and what the fold made of each."""
-    from taskstream.processors.replay_history import format_entry, task_history, to_json_lines
+    from taskstream.processors.replay.history import format_entry, task_history, to_json_lines
 
-    entries = task_history(load_settings_or_exit(), task_id, quiet=quiet)
+    entries = task_history(load_settings_or_exit(), task_id, progress=progress_for(quiet))
     if as_json:
         for line in to_json_lines(entries):
             click.echo(line)
@@ -75,14 +77,13 @@ def history(task_id: str, as_json: bool, quiet: bool) -> None:
 def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size: int,
             workers: int | None, as_json: bool, quiet: bool) -> None:
     """Fold the events topic from the beginning into a fresh RocksDB."""
-    from taskstream.processors.replay_read import parse_offsets_spec, parse_time
-    from taskstream.processors.replay_rebuild import rebuild as run_rebuild
+    from taskstream.processors.replay.rebuild import rebuild as run_rebuild
 
     result = run_rebuild(
         load_settings_or_exit(), out,
         until_ms=parse_time(until) if until else None,
         until_offsets=parse_offsets_spec(until_offsets) if until_offsets else None,
-        quiet=quiet, cache_size=cache_size, workers=workers,
+        progress=progress_for(quiet), cache_size=cache_size, workers=workers,
     )
     _report_skipped(result.skipped, result.skipped_details)
     if as_json:
@@ -101,10 +102,10 @@ def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size:
 @exits_on_error
 def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool) -> None:
     """Check that the live task table is exactly the fold of the log (exit 1 if not)."""
-    from taskstream.processors.replay_verify import verify as run_verify
+    from taskstream.processors.replay.verify import verify as run_verify
 
-    report = run_verify(load_settings_or_exit(), wait_timeout=wait_timeout, quiet=quiet,
-                        workers=workers)
+    report = run_verify(load_settings_or_exit(), wait_timeout=wait_timeout,
+                        progress=progress_for(quiet), workers=workers)
     _report_skipped(report.skipped, report.skipped_details)
     for record in report.changelog_skipped:
         click.echo(f"skipped changelog {record.describe()}", err=True)
@@ -131,12 +132,12 @@ def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool)
 @exits_on_error
 def export(fmt: str, out: Path, since: str | None, until: str | None, quiet: bool) -> None:
     """Write the events topic to an Avro container file or JSON lines."""
-    from taskstream.processors.replay_export import export as run_export
-    from taskstream.processors.replay_read import parse_time
+    from taskstream.processors.replay.export import export as run_export
 
     result = run_export(load_settings_or_exit(), fmt, out,
                         since_ms=parse_time(since) if since else None,
-                        until_ms=parse_time(until) if until else None, quiet=quiet)
+                        until_ms=parse_time(until) if until else None,
+                        progress=progress_for(quiet))
     _report_skipped(result.skipped, result.skipped_details)
     click.echo(f"exported {result.events} event(s) to {out} ({fmt}) in {result.seconds:.2f}s",
                err=True)

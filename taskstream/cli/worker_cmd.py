@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
 
@@ -25,8 +26,14 @@ import click
               help="create the queues' topics if missing")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--reload", "reload_", is_flag=True,
+              help="restart the worker (graceful drain) when the task modules change")
+@click.option("--reload-dir", "reload_dirs", multiple=True,
+              type=click.Path(exists=True, path_type=Path),
+              help="with --reload: also watch this file or directory (repeatable)")
 def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: float,
-           metrics_port: int | None, create_topics: bool, loglevel: str) -> None:
+           metrics_port: int | None, create_topics: bool, loglevel: str, reload_: bool,
+           reload_dirs: tuple[Path, ...]) -> None:
     """Run tasks from the queues' ready topics until SIGTERM (twice: stop at once)."""
     from taskstream.cli.common import load_settings_or_exit
     from taskstream.errors import TaskstreamError
@@ -35,6 +42,13 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
 
     logging.basicConfig(level=loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if reload_:
+        args = ["-A", target, "--concurrency", str(concurrency), "--pool", pool,
+                "--grace", str(grace), "--loglevel", loglevel,
+                "--create-topics" if create_topics else "--no-create-topics"]
+        args += ["--queues", queues] if queues else []
+        args += ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
+        raise SystemExit(_supervise(target, args, grace, reload_dirs))
     settings = load_settings_or_exit()
     try:
         registry = load_registry(target)
@@ -48,3 +62,17 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
     except TaskstreamError as exc:
         raise click.ClickException(str(exc)) from None
     w.run_sync()
+
+
+def _supervise(target: str, args: list[str], grace: float, extra: tuple[Path, ...]) -> int:
+    from taskstream.dev.procs import taskstream_argv
+    from taskstream.errors import TaskstreamError
+    from taskstream.runners.reload import Reloader, ReloadOptions, watch_paths
+
+    try:
+        paths = watch_paths(target, extra)
+    except TaskstreamError as exc:
+        raise click.ClickException(str(exc)) from None
+    options = ReloadOptions(argv=taskstream_argv("worker", *args), paths=tuple(paths),
+                            grace_s=grace)
+    return Reloader(options).run()

@@ -1,0 +1,242 @@
+"""The OpenAPI 3.1 document of the public API, served at ``GET /openapi.json``.
+
+Request and task schemas come from the same pydantic models the server
+validates with (TaskSpec, TaskView), so the document cannot drift from them; a
+test checks that every documented (method, path) is routed and every routed
+public one is documented, and the integration tests validate live responses
+against these schemas. ``/internal/*`` are replica-to-replica endpoints and are
+not part of the public API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
+from taskstream.schemas.models import TaskSpec
+from taskstream.schemas.state import TaskStatus
+from taskstream.schemas.view import TaskView
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _model_schemas() -> dict[str, Any]:
+    """TaskSpec, TaskView and the models they refer to, as components."""
+    out: dict[str, Any] = {}
+    for model in (TaskSpec, TaskView):
+        schema = model.model_json_schema(ref_template=_REF, mode="serialization"
+                                         if model is TaskView else "validation")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    item = dict(out["TaskView"])
+    item["properties"] = {k: v for k, v in item["properties"].items() if k not in LIST_OMITTED}
+    item["required"] = [k for k in item.get("required", []) if k not in LIST_OMITTED]
+    item["title"] = "TaskListItem"
+    item["description"] = ("A task in a listing: the TaskView without the payload and "
+                           "result (read GET /tasks/{task_id} for those).")
+    out["TaskListItem"] = item
+    return out
+
+
+def _schemas() -> dict[str, Any]:
+    count_map = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+    return {
+        **_model_schemas(),
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message", "field"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": ["string", "null"],
+                              "description": "the offending field or parameter, if any"},
+                }}}},
+        "TaskPage": {
+            "type": "object", "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("TaskListItem")},
+                "next_cursor": {"type": ["string", "null"],
+                                "description": "pass as cursor for the next page; null: done"},
+            }},
+        "Accepted": {"type": "object", "required": ["task_id"],
+                     "properties": {"task_id": {"type": "string"}}},
+        "QueueCommand": {"type": "object", "required": ["queue", "paused"],
+                         "properties": {"queue": {"type": "string"},
+                                        "paused": {"type": "boolean"}}},
+        "CommandBody": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "reason": {"type": "string", "maxLength": 1000},
+                "max_attempts": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000,
+                                 "description": "redrive only: a fresh attempt budget"},
+            }},
+        "Queue": {
+            "type": "object",
+            "required": ["name", "paused", "total", "counts", "by_priority", "succeeded_per_s"],
+            "properties": {
+                "name": {"type": "string"},
+                "paused": {"type": "boolean"},
+                "total": {"type": "integer", "minimum": 0},
+                "counts": {**count_map, "description": "tasks by state"},
+                "by_priority": {"type": "object", "additionalProperties": count_map,
+                                "description": "priority level -> tasks by state"},
+                "succeeded_per_s": {
+                    "type": ["number", "null"],
+                    "description": "tasks that reached SUCCEEDED per second over the last "
+                                   "minute (null until measured)"},
+            }},
+        "Queues": {"type": "object", "required": ["queues"],
+                   "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
+        "Status": {"type": "object", "required": ["status"],
+                   "properties": {"status": {"type": "string"}}},
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_TASK_ID = {"name": "task_id", "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+_QUEUE = {"name": "name", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                          "default": DEFAULT_LIMIT}, "page size")
+_CURSOR = _query("cursor", {"type": "string", "maxLength": 200},
+                 "next_cursor of the previous page")
+_FILTERS = [
+    _query("queue", {"type": "string"}, "only this queue"),
+    _query("name", {"type": "string"}, "only tasks of this name"),
+    _query("since", {"type": "string"},
+           "only tasks submitted at or after this time (ISO-8601 or epoch milliseconds)"),
+]
+_STATE = _query("state", {"type": "string", "enum": [s.value for s in TaskStatus]},
+                "only tasks in this state")
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = None,
+        body: dict[str, Any] | None = None, security: bool = True,
+        scope: str = "read") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses,
+                          "description": f"Needs the '{scope}' scope when tokens are configured."
+                          if security else "Open: no token needed."}
+    responses.setdefault("default", _error("any other error (405, 500, ...)"))
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = body
+    if not security:
+        op["security"] = []
+    else:
+        responses.setdefault("401", _error("missing or unknown bearer token"))
+        responses.setdefault("403", _error("the token lacks the scope"))
+    return op
+
+
+def _command_body() -> dict[str, Any]:
+    return {"required": False, "content": {"application/json": {"schema": _ref("CommandBody")}}}
+
+
+def _paths() -> dict[str, Any]:
+    accepted = _json(_ref("Accepted"), "the event was written; the task changes shortly")
+    not_found = _error("no such task")
+    bad = _error("a parameter is invalid; error.field names it")
+    unavailable = _error("a rebalance or restore is in progress, or Kafka is slow; retry")
+    return {
+        "/tasks": {
+            "get": _op("List tasks in task-ID order (scatter-gather over replicas)",
+                       {"200": _json(_ref("TaskPage"), "one page"), "400": bad,
+                        "503": unavailable},
+                       params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
+            "post": _op("Submit a task",
+                        {"202": accepted, "400": bad,
+                         "413": _error("the body or payload is over the limit"),
+                         "415": _error("the body is not application/json"),
+                         "503": unavailable},
+                        body={"required": True, "content": {
+                            "application/json": {"schema": _ref("TaskSpec")}}},
+                        scope="submit"),
+        },
+        "/tasks/{task_id}": {"get": _op(
+            "A task's state, attempts, times, last error and result",
+            {"200": _json(_ref("TaskView"), "the task"), "404": not_found, "503": unavailable},
+            params=[_TASK_ID])},
+        "/tasks/{task_id}/wait": {"get": _op(
+            "Long poll until the task is SUCCEEDED, DEAD or CANCELLED, or the timeout passes",
+            {"200": _json(_ref("TaskView"), "the task (finished or not: see status)"),
+             "400": bad, "404": not_found, "503": unavailable},
+            params=[_TASK_ID, _query("timeout", {"type": "number", "minimum": 0,
+                                                 "maximum": MAX_WAIT_S, "default": 30},
+                                     "seconds to wait at most")])},
+        "/tasks/{task_id}/cancel": {"post": _op(
+            "Request cancellation (a CancelRequested event)",
+            {"202": accepted, "400": bad, "404": not_found,
+             "415": _error("the body is not application/json"), "503": unavailable},
+            params=[_TASK_ID], body=_command_body(), scope="admin")},
+        "/tasks/{task_id}/redrive": {"post": _op(
+            "Run a DEAD task again with a fresh attempt budget (a RedriveRequested event)",
+            {"202": accepted, "400": bad, "404": not_found,
+             "415": _error("the body is not application/json"), "503": unavailable},
+            params=[_TASK_ID], body=_command_body(), scope="admin")},
+        "/queues": {"get": _op(
+            "Per queue: tasks by state and priority, processing rate, paused",
+            {"200": _json(_ref("Queues"), "every known queue"), "503": unavailable})},
+        "/queues/{name}/pause": {"post": _op(
+            "Pause a queue: workers stop taking its tasks",
+            {"202": _json(_ref("QueueCommand"), "the command was written"), "400": bad,
+             "503": unavailable}, params=[_QUEUE], scope="admin")},
+        "/queues/{name}/resume": {"post": _op(
+            "Resume a paused queue",
+            {"202": _json(_ref("QueueCommand"), "the command was written"), "400": bad,
+             "503": unavailable}, params=[_QUEUE], scope="admin")},
+        "/dlq": {"get": _op(
+            "Dead tasks with their last error, in task-ID order",
+            {"200": _json(_ref("TaskPage"), "one page"), "400": bad, "503": unavailable},
+            params=[*_FILTERS, _LIMIT, _CURSOR])},
+        "/healthz": {"get": _op("Liveness: 200 while the process runs",
+                                {"200": _json(_ref("Status"), "alive")}, security=False)},
+        "/readyz": {"get": _op("Readiness: 200 once state is restored",
+                               {"200": _json(_ref("Status"), "ready"),
+                                "503": _error("still restoring")}, security=False)},
+        "/metrics": {"get": _op("Prometheus metrics of this replica", {"200": {
+            "description": "Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}})},
+        "/openapi.json": {"get": _op("This document", {"200": {
+            "description": "OpenAPI 3.1", "content": {"application/json": {
+                "schema": {"type": "object"}}}}})},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "taskstream API", "version": "1",
+                 "description": "Task state, listings and admin commands, served by every "
+                                "processor replica. Writes are events: 202 means written "
+                                "to Kafka, not yet applied."},
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def documented_routes() -> set[tuple[str, str]]:
+    """(METHOD, path) of every documented operation."""
+    return {(method.upper(), path) for path, ops in _paths().items() for method in ops}

@@ -1,0 +1,405 @@
+"""The HTTP API of a processor replica: what each request does (views.py: how it is served).
+
+Every replica answers every request:
+
+* a task by ID is read on the replica that owns its partition
+  (``app.router.key_store``); another replica proxies the GET there;
+* listings and queue counts are scatter-gather: each replica answers
+  ``/internal/...`` from its *active* partitions and the replica that took the
+  request merges. A page is only answered when the replicas' partitions cover
+  every partition (else 503: a rebalance is in progress; retry);
+* writes (submit, cancel, redrive, pause, resume) are events produced to Kafka
+  and answered 202 once the broker has acknowledged them. Nothing else is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from prometheus_client import generate_latest
+from yarl import URL
+
+from taskstream.api.auth import TokenAuth
+from taskstream.api.errors import ApiError
+from taskstream.api.query import (
+    ListQuery,
+    Page,
+    QueueStats,
+    RateWindow,
+    aggregate_queues,
+    count_rows,
+    first_matches,
+    list_item,
+    merge_by_id,
+    merge_pages,
+    missing_partitions,
+    sum_rates,
+    task_view,
+)
+from taskstream.errors import KafkaUnavailableError
+from taskstream.kafka_config import consumer_config
+from taskstream.processors.live.guard import timer_round
+from taskstream.producer.build import EventBuilder
+from taskstream.producer.errors import InvalidTaskError
+from taskstream.schemas.models import TaskSpec
+from taskstream.schemas.serde import decode_state
+from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.settings import Settings
+from taskstream.statestore.errors import IndexNotReady
+from taskstream.topics import api_reader_group, queues_topic
+from taskstream.workers.queuectl import parse_command, set_paused
+
+if TYPE_CHECKING:
+    from taskstream.processors.live.app import Processor
+
+log = logging.getLogger("taskstream.api")
+
+#: bound on one call to another replica (the wait endpoint adds its own timeout)
+PEER_TIMEOUT_S = 10.0
+#: how often a waiting request looks at the task's state again
+WAIT_POLL_S = 0.02
+#: how often each replica samples its SUCCEEDED counts for the processing rate
+RATE_SAMPLE_S = 10.0
+#: header set on requests one replica sends another, so they are never proxied again
+PROXIED = "X-Taskstream-Proxied"
+SOURCE = "api"
+
+
+def _ident(url: URL) -> tuple[str, int]:
+    return (url.host or "", url.port or 80)
+
+
+class Api:
+    """The operations behind the endpoints, bound to one processor replica."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.settings = processor.settings
+        self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
+        self.rates = RateWindow(window_s=60.0)
+        self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- the cluster ---------------------------------------------------------------
+
+    @property
+    def me(self) -> URL:
+        return URL(str(self.processor.app.conf.canonical_url))
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def owner(self, task_id: str) -> URL | None:
+        """The replica that owns a task's partition; None when that is this one."""
+        try:
+            url = URL(str(self.processor.app.router.key_store("tasks", task_id.encode())))
+        except KeyError:
+            raise ApiError(503, "unavailable", "the task's partition has no owner right now "
+                           "(a rebalance is in progress); retry in a moment") from None
+        return None if _ident(url) == _ident(self.me) else url
+
+    def replicas(self) -> list[URL]:
+        """Every replica that holds active partitions of the task table (this one included)."""
+        metadata = self.processor.app.router.table_metadata("tasks")
+        urls = {_ident(self.me): self.me}
+        for host, topics in metadata.items():
+            if any(topics.values()):
+                url = URL(str(host))
+                urls.setdefault(_ident(url), url)
+        return [urls[k] for k in sorted(urls)]
+
+    async def peer_get(self, url: URL, path: str, params: Mapping[str, str],
+                       headers: Mapping[str, str], timeout_s: float = PEER_TIMEOUT_S
+                       ) -> tuple[int, Any]:
+        """GET another replica; (status, JSON body). Unreachable -> 502 ApiError."""
+        target = url.with_path(path).with_query(dict(params))
+        forward = {k: v for k, v in headers.items() if k.lower() == "authorization"}
+        forward[PROXIED] = "1"
+        try:
+            async with self.session().get(
+                    target, headers=forward,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                body = await resp.json(content_type=None)
+                return resp.status, body
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("replica %s did not answer %s: %r", url, path, exc)
+            raise ApiError(502, "replica_unavailable",
+                           f"the replica at {url} did not answer in time; retry") from None
+
+    # -- one task ------------------------------------------------------------------
+
+    def local_state(self, task_id: str) -> TaskState | None:
+        return self.processor.get_local(task_id)
+
+    async def get_task(self, task_id: str, headers: Mapping[str, str], proxied: bool
+                       ) -> dict[str, Any]:
+        owner = None if proxied else self.owner(task_id)
+        if owner is not None:
+            status, body = await self.peer_get(owner, f"/tasks/{task_id}", {}, headers)
+            return self._peer_answer(status, body)
+        state = self.local_state(task_id)
+        if state is None:
+            raise ApiError(404, "not_found", f"no task {task_id!r} is known")
+        return task_view(state)
+
+    async def wait_task(self, task_id: str, timeout_s: float, headers: Mapping[str, str],
+                        proxied: bool) -> dict[str, Any]:
+        """The task's view once it is terminal or ``timeout_s`` has passed.
+
+        A task not known yet is waited for too (a submit may still be on its way to
+        the fold); it is a 404 only if still unknown when the time is up.
+        """
+        owner = None if proxied else self.owner(task_id)
+        if owner is not None:
+            status, body = await self.peer_get(
+                owner, f"/tasks/{task_id}/wait", {"timeout": f"{timeout_s:g}"}, headers,
+                timeout_s=timeout_s + PEER_TIMEOUT_S)
+            return self._peer_answer(status, body)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.local_state(task_id)
+            if state is not None and state.status.terminal:
+                return task_view(state)
+            if time.monotonic() >= deadline:
+                if state is None:
+                    raise ApiError(404, "not_found", f"no task {task_id!r} is known")
+                return task_view(state)
+            await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+
+    @staticmethod
+    def _peer_answer(status: int, body: Any) -> dict[str, Any]:
+        if status == 200 and isinstance(body, dict):
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            raise ApiError(status, str(error.get("code")), str(error.get("message")),
+                           error.get("field"))
+        raise ApiError(502, "replica_error", f"the owning replica answered HTTP {status}")
+
+    # -- listings ------------------------------------------------------------------
+
+    def _candidates(self, partition: int, query: ListQuery) -> Iterator[TaskState]:
+        """One partition's tasks after the cursor, in ID order: from the listing index when
+        a state is asked for, else the task table itself."""
+        tables = self.processor.tables
+        if query.state is None:
+            yield from self._scan_states(partition, query.cursor)
+            return
+        for task_id in tables.scan_listing(partition, query.queue, query.state.value,
+                                           query.cursor):
+            raw = tables.get_in(partition, task_id)
+            if raw is not None:
+                yield decode_state(raw)
+
+    def _scan_states(self, partition: int, after: str) -> Iterator[TaskState]:
+        """The task table of one partition after a cursor."""
+        for value in self.processor.tables.scan_tasks(partition, after):
+            yield decode_state(value)
+
+    def local_page(self, query: ListQuery) -> dict[str, Any]:
+        """This replica's answer: the first ``limit`` matches over its active partitions."""
+        partitions = self.processor.active_partitions()
+        runs = [self._candidates(p, query) for p in partitions]
+        states = first_matches(merge_by_id(runs), query)
+        return {"items": [list_item(s) for s in states], "partitions": partitions}
+
+    async def gather(self, path: str, params: Mapping[str, str], headers: Mapping[str, str],
+                     local: Any) -> list[dict[str, Any]]:
+        """Every replica's answer to an internal endpoint (this one's computed in place),
+        checked to cover every partition exactly as the assignment says."""
+        calls = [self._one(url, path, params, headers, local) for url in self.replicas()]
+        answers = await asyncio.gather(*calls)
+        covered = [p for answer in answers for p in answer.get("partitions", [])]
+        missing = missing_partitions(covered, self.settings.partitions)
+        if missing:
+            raise ApiError(503, "unavailable", f"partitions {missing} are not served right now "
+                           "(a rebalance or a restore is in progress); retry in a moment")
+        return answers
+
+    async def _one(self, url: URL, path: str, params: Mapping[str, str],
+                   headers: Mapping[str, str], local: Any) -> dict[str, Any]:
+        if _ident(url) == _ident(self.me):
+            result: dict[str, Any] = local()
+            return result
+        status, body = await self.peer_get(url, path, params, headers)
+        return self._peer_answer(status, body)
+
+    async def list_tasks(self, query: ListQuery, headers: Mapping[str, str]) -> Page:
+        answers = await self.gather("/internal/tasks", query.to_params(), headers,
+                                    lambda: self.local_page(query))
+        return merge_pages([a["items"] for a in answers], query.limit)
+
+    # -- queues --------------------------------------------------------------------
+
+    def local_counts(self) -> dict[str, Any]:
+        partitions = self.processor.active_partitions()
+        counts = self.processor.tables.counts(partitions)
+        return {"rows": count_rows(counts), "rates": self.rates.rates(),
+                "partitions": partitions}
+
+    def sample_rate(self) -> None:
+        """One sample of SUCCEEDED counts per (partition, queue) for the rate window."""
+        partitions = self.processor.active_partitions()
+        succeeded: dict[tuple[int, str], int] = {}
+        for partition in partitions:
+            for (queue, status, _), n in self.processor.tables.counts([partition]).items():
+                if status == TaskStatus.SUCCEEDED.value:
+                    succeeded[(partition, queue)] = succeeded.get((partition, queue), 0) + n
+        self.rates.add(time.monotonic(), partitions, succeeded)
+
+    async def queues(self, headers: Mapping[str, str]) -> list[QueueStats]:
+        answers = await self.gather("/internal/queues", {}, headers, self.local_counts)
+        paused = await self.paused()
+        rows = [row for a in answers for row in a["rows"]]
+        rates = sum_rates(a["rates"] for a in answers)
+        return aggregate_queues(rows, rates, paused, self.settings.queues)
+
+    async def paused(self) -> dict[str, bool]:
+        timeout = self.settings.kafka_timeout_s
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(read_paused, self.settings, timeout), timeout + 1)
+        except (TimeoutError, KafkaException):
+            raise ApiError(503, "unavailable", "the queues topic could not be read in "
+                           f"{timeout:g} s; retry") from None
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        timeout = self.settings.kafka_timeout_s
+        try:
+            await asyncio.wait_for(asyncio.to_thread(set_paused, self.settings, queue, paused),
+                                   timeout + 1)
+        except (TimeoutError, KafkaUnavailableError):
+            raise ApiError(503, "unavailable", f"the queue command was not acknowledged in "
+                           f"{timeout:g} s; retry") from None
+
+    # -- commands --------------------------------------------------------------------
+
+    async def submit(self, spec: TaskSpec) -> str:
+        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding)."""
+        try:
+            task_id, value = self.builder.submitted(spec, int(time.time() * 1000))
+        except InvalidTaskError as exc:
+            field = exc.fields[0] if exc.fields else None
+            status = 413 if field == "payload" else 400
+            raise ApiError(status, "payload_too_large" if status == 413 else "invalid_parameter",
+                           str(exc), field) from None
+        await self._produce(task_id, value)
+        return task_id
+
+    async def cancel(self, task_id: str, reason: str, headers: Mapping[str, str],
+                     proxied: bool) -> None:
+        await self.get_task(task_id, headers, proxied)  # 404 for an unknown task
+        await self._produce(task_id, self.builder.cancel(task_id, reason,
+                                                         int(time.time() * 1000)))
+
+    async def redrive(self, task_id: str, reason: str, max_attempts: int | None,
+                      headers: Mapping[str, str], proxied: bool) -> None:
+        await self.get_task(task_id, headers, proxied)
+        await self._produce(task_id, self.builder.redrive(task_id, max_attempts, reason,
+                                                          int(time.time() * 1000)))
+
+    async def _produce(self, task_id: str, value: bytes) -> None:
+        """Send one event and wait for the broker's acknowledgement (bounded)."""
+        timeout = self.settings.kafka_timeout_s
+        try:
+            pending = await self.processor.events.send(key=task_id.encode(), value=value)
+            await asyncio.wait_for(asyncio.ensure_future(pending), timeout)
+        except TimeoutError:
+            raise ApiError(503, "unavailable", f"Kafka did not acknowledge the event in "
+                           f"{timeout:g} s; it may or may not have been written: check "
+                           "GET /tasks/{id} before retrying") from None
+
+    # -- metrics ---------------------------------------------------------------------
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text; the ``taskstream_tasks`` gauge is refreshed now."""
+        metrics = self.processor.metrics
+        counts = self.processor.tables.counts(self.processor.active_partitions())
+        by_state: dict[tuple[str, str], int] = {}
+        for (queue, status, _), n in counts.items():
+            by_state[(queue, status)] = by_state.get((queue, status), 0) + n
+        metrics.tasks.clear()
+        for (queue, status), n in by_state.items():
+            metrics.tasks.labels(queue, status).set(n)
+        return generate_latest(metrics.registry)
+
+
+# -- the queues topic ---------------------------------------------------------------
+
+
+def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
+    """Queue name -> paused, from the compacted queues topic read to its end (blocking).
+
+    Records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms": n}``;
+    the last record of a key wins (workers/queuectl.py parses them).
+    """
+    consumer = Consumer(consumer_config(settings, api_reader_group(uuid.uuid4().hex), {
+        "enable.partition.eof": True,
+        "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
+    }))
+    deadline = time.monotonic() + timeout_s
+    try:
+        topic = queues_topic(settings)
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return {}
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        ends = {}
+        for tp in parts:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            if high > low:
+                ends[tp.partition] = high
+        if not ends:
+            return {}
+        consumer.assign(parts)
+        paused: dict[str, bool] = {}
+        while ends and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            key, partition, offset = msg.key(), msg.partition(), msg.offset()
+            command = parse_command(key, msg.value())
+            if command is not None:
+                paused[command.queue] = command.paused
+            if partition is not None and offset is not None and offset + 1 >= ends.get(
+                    partition, 0):
+                ends.pop(partition, None)
+        if ends:
+            raise TimeoutError(f"queues topic not read to its end in {timeout_s:g} s")
+        return paused
+    finally:
+        consumer.close()
+
+
+def register_api(processor: Processor) -> Api:
+    """Add the API's routes, middleware and rate sampler to the processor's Faust app.
+
+    Must run before the app starts (aiohttp freezes its routes at start-up).
+    """
+    from taskstream.api.views import install
+
+    api = Api(processor)
+    install(api)
+    # during a recovery the indexes refuse (IndexNotReady): that sample is skipped
+    processor.app.timer(RATE_SAMPLE_S, name="taskstream.api.rates")(
+        timer_round(_sampler(api), "taskstream.api.rates", skip=(IndexNotReady,)))
+    return api
+
+
+def _sampler(api: Api) -> Callable[[], Awaitable[None]]:
+    async def sample() -> None:
+        api.sample_rate()
+    return sample

@@ -1,0 +1,331 @@
+"""How the API is served: Faust web views over aiohttp, and one middleware.
+
+The middleware runs around every route of the replica's web server (Faust's own
+included) and is where the cross-cutting rules live:
+
+* auth (api/auth.py) before anything else;
+* every error is JSON ``{"error": {"code", "message", "field"}}``: ApiError as
+  raised, aiohttp's own 404/405/413 translated, anything unexpected logged here
+  and answered 500 with a generic message (no stack trace leaves the process).
+
+The views only parse requests and call :class:`~taskstream.api.service.Api`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from faust.web import View
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from taskstream.api.auth import required_scope
+from taskstream.api.errors import ApiError, AuthFailure, error_body
+from taskstream.api.openapi import openapi_document
+from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
+from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.schemas.state import TaskStatus
+from taskstream.statestore.errors import IndexNotReady
+from taskstream.topics import QUEUE_NAME
+
+if TYPE_CHECKING:
+    from taskstream.api.service import Api
+
+log = logging.getLogger("taskstream.api")
+
+#: room for the JSON around a payload (base64 grows it by 4/3, the rest is fields)
+BODY_OVERHEAD = 64 * 1024
+_MAX_ID = 128
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(error_body(code, message, field), status, headers)
+
+
+# -- the middleware ------------------------------------------------------------------
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+               415: "unsupported_media_type"}
+
+
+def make_middleware(api: Api) -> Any:
+    @web.middleware
+    async def taskstream_api(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            api.auth.check(request.headers.get("Authorization"),
+                           required_scope(request.method, request.path))
+            return await handler(request)
+        except AuthFailure as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return error_response(exc.status, exc.code, exc.message, None, headers)
+        except ApiError as exc:
+            return json_response(exc.body(), exc.status)
+        except IndexNotReady as exc:  # a partition is being restored after a rebalance
+            return error_response(503, "not_ready", str(exc))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            message = (f"{request.method} is not allowed on {request.path}" if exc.status == 405
+                       else f"no such endpoint: {request.path}" if exc.status == 404
+                       else exc.reason)
+            return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"),
+                                  message, None, headers)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return error_response(500, "internal", "internal error; the server logged it")
+
+    return taskstream_api
+
+
+# -- request parsing -------------------------------------------------------------------
+
+
+def _task_id(raw: str) -> str:
+    if not raw or len(raw) > _MAX_ID or not raw.isprintable():
+        raise bad_request("task_id", f"a task ID is 1 to {_MAX_ID} printable characters")
+    return raw
+
+
+def _proxied(request: web.Request) -> bool:
+    from taskstream.api.service import PROXIED
+
+    return request.headers.get(PROXIED) == "1"
+
+
+async def read_json(request: web.Request, limit: int, *, required: bool) -> Any:
+    """The request's JSON body, bounded by ``limit`` bytes; None if empty and optional."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"the body is over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        if required:
+            raise bad_request("body", "the request needs a JSON object body")
+        return None
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("body", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise bad_request("body", "the body must be a JSON object")
+    return data
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """The first problem as a 400 naming its field (a whole-object rule names the body)."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "body"
+    return bad_request(field, f"{field}: {first['msg']}")
+
+
+#: longest duration the API takes in a TaskSpec (ten years), so milliseconds stay integers
+MAX_DURATION_S = 10 * 365 * 24 * 3600.0
+_DURATIONS = (("delay",), ("timeout",), ("lease",), ("backoff", "initial"), ("backoff", "max"))
+
+
+def _check_durations(data: dict[str, Any]) -> None:
+    for path in _DURATIONS:
+        value: Any = data
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and (
+                abs(value) > MAX_DURATION_S):
+            field = ".".join(path)
+            raise bad_request(field, f"{field} must be at most {MAX_DURATION_S:.0f} seconds")
+
+
+class CommandBody(BaseModel):
+    """The optional body of cancel and redrive."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    reason: str = Field("", max_length=1000)
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+
+
+async def _command(request: web.Request, allow_attempts: bool) -> CommandBody:
+    data = await read_json(request, BODY_OVERHEAD, required=False)
+    try:
+        body = CommandBody.model_validate(data or {})
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    if body.max_attempts is not None and not allow_attempts:
+        raise bad_request("max_attempts", "max_attempts applies to redrive only")
+    return body
+
+
+def _queue_name(raw: str) -> str:
+    if not QUEUE_NAME.match(raw):
+        raise bad_request("name", "a queue name is 1 to 64 letters, digits, '_' or '-'")
+    return raw
+
+
+def _no_params(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
+    for key in request.query:
+        if key not in allowed:
+            raise bad_request(key, f"unknown query parameter {key!r}")
+
+
+# -- the endpoints ------------------------------------------------------------------
+
+
+class Endpoints:
+    """One method per (path, method); each takes (request, **match_info)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.max_body = api.settings.max_payload_bytes * 4 // 3 + BODY_OVERHEAD
+        self.limits = SpecLimits.from_settings(api.settings)
+
+    def routes(self) -> dict[str, dict[str, Handler]]:
+        """path -> method -> handler: the whole public and internal surface."""
+        return {
+            "/tasks": {"get": self.list_tasks, "post": self.submit},
+            "/tasks/{task_id}": {"get": self.get_task},
+            "/tasks/{task_id}/wait": {"get": self.wait_task},
+            "/tasks/{task_id}/cancel": {"post": self.cancel},
+            "/tasks/{task_id}/redrive": {"post": self.redrive},
+            "/queues": {"get": self.queues},
+            "/queues/{name}/pause": {"post": self.pause},
+            "/queues/{name}/resume": {"post": self.resume},
+            "/dlq": {"get": self.list_dlq},
+            "/healthz": {"get": self.healthz},
+            "/readyz": {"get": self.readyz},
+            "/metrics": {"get": self.metrics},
+            "/openapi.json": {"get": self.openapi},
+            "/internal/tasks": {"get": self.internal_tasks},
+            "/internal/queues": {"get": self.internal_queues},
+        }
+
+    async def get_task(self, request: web.Request, task_id: str) -> web.Response:
+        _no_params(request)
+        return json_response(await self.api.get_task(_task_id(task_id), request.headers,
+                                                     _proxied(request)))
+
+    async def wait_task(self, request: web.Request, task_id: str) -> web.Response:
+        _no_params(request, ("timeout",))
+        timeout = parse_wait_timeout(request.query.get("timeout"))
+        return json_response(await self.api.wait_task(_task_id(task_id), timeout,
+                                                      request.headers, _proxied(request)))
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        query = parse_list_query(request.query)
+        return json_response((await self.api.list_tasks(query, request.headers)).body())
+
+    async def list_dlq(self, request: web.Request) -> web.Response:
+        query = parse_list_query(request.query,
+                                 allowed=("queue", "name", "since", "limit", "cursor"))
+        query = dataclasses.replace(query, state=TaskStatus.DEAD)
+        return json_response((await self.api.list_tasks(query, request.headers)).body())
+
+    async def submit(self, request: web.Request) -> web.Response:
+        data = await read_json(request, self.max_body, required=True)
+        self._check_payload_size(data.get("payload"))
+        _check_durations(data)
+        try:
+            spec = TaskSpec.model_validate(data, context={"limits": self.limits})
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        try:
+            task_id = await self.api.submit(spec)
+        except OverflowError:
+            raise bad_request("body", "a time or duration is out of range") from None
+        return json_response({"task_id": task_id}, 202)
+
+    def _check_payload_size(self, payload: Any) -> None:
+        try:
+            size = len(encode_json(payload))
+        except (TypeError, ValueError):
+            return  # not JSON-able: validation says so
+        if size > self.limits.max_payload_bytes:
+            raise ApiError(413, "payload_too_large", f"payload is {size} bytes encoded; the "
+                           f"limit is {self.limits.max_payload_bytes}", "payload")
+
+    async def cancel(self, request: web.Request, task_id: str) -> web.Response:
+        body = await _command(request, allow_attempts=False)
+        await self.api.cancel(_task_id(task_id), body.reason, request.headers,
+                              _proxied(request))
+        return json_response({"task_id": task_id}, 202)
+
+    async def redrive(self, request: web.Request, task_id: str) -> web.Response:
+        body = await _command(request, allow_attempts=True)
+        await self.api.redrive(_task_id(task_id), body.reason, body.max_attempts,
+                               request.headers, _proxied(request))
+        return json_response({"task_id": task_id}, 202)
+
+    async def queues(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        stats = await self.api.queues(request.headers)
+        return json_response({"queues": [s.body() for s in stats]})
+
+    async def pause(self, request: web.Request, name: str) -> web.Response:
+        await self.api.set_paused(_queue_name(name), True)
+        return json_response({"queue": name, "paused": True}, 202)
+
+    async def resume(self, request: web.Request, name: str) -> web.Response:
+        await self.api.set_paused(_queue_name(name), False)
+        return json_response({"queue": name, "paused": False}, 202)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.api.processor.is_ready():
+            return json_response({"status": "ready"})
+        return error_response(503, "not_ready", "state is still being restored; retry")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.api.metrics_text(), headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return json_response(openapi_document())
+
+    async def internal_tasks(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_page(parse_list_query(request.query)))
+
+    async def internal_queues(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_counts())
+
+
+def install(api: Api) -> None:
+    """Register every endpoint as a Faust page and the middleware on the aiohttp app."""
+    app = api.processor.app
+    server = app.web
+    if not isinstance(server, AiohttpWeb):
+        raise TypeError(f"the API needs Faust's aiohttp web driver, not {type(server)}")
+    server.web_app.middlewares.append(make_middleware(api))
+    for path, methods in Endpoints(api).routes().items():
+        name = "taskstream" + path.replace("/", "_").replace("{", "").replace("}", "")
+        # a Faust view class per path; bound methods are not re-bound to the view
+        view = type(name, (View,), {m: _unbound(h) for m, h in methods.items()})
+        app.page(path, name=name)(view)
+
+
+def _unbound(handler: Handler) -> Any:
+    """A function ``(view, request, **kw)`` calling ``handler(request, **kw)``: Faust calls
+    handlers as methods of its view and reads their ``__code__``."""
+    async def method(_view: Any, request: web.Request, **match: str) -> web.StreamResponse:
+        return await handler(request, **match)
+    return method

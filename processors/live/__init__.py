@@ -1,0 +1,1 @@
+"""taskstream.processors.live: the live Faust replica (batched fold, dispatch, timers, metrics)."""

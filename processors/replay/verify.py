@@ -1,0 +1,247 @@
+"""``replay verify``: is the live task table exactly the fold of the log?
+
+Steps, in this order (the order is what makes the comparison exact):
+
+1. wait, at most ``wait_timeout`` seconds, until the processors are caught up:
+   the committed offsets of their consumer group (``<prefix>processor``) on the
+   events topic equal the topic's high watermarks, and two samples ``settle``
+   seconds apart of (events high watermarks, committed offsets, changelog high
+   watermarks) are identical. The processor flushes its changelog before it
+   commits (processors/live/app.py), so at that point the changelog holds the result
+   of every committed event and nothing past it. Not caught up in time ->
+   :class:`NotCaughtUpError` (exit non-zero), never a guess;
+2. rebuild the events topic up to those committed offsets into a scratch RocksDB;
+3. read the task changelog up to the sampled high watermarks, latest record per key
+   (a tombstone removes the key);
+4. :func:`compare` the two, task by task, field by field.
+
+:func:`compare` is pure so tests (and fault-injection tests) can corrupt a copy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from taskstream.kafka_config import consumer_config
+from taskstream.processors.replay.errors import NotCaughtUpError, ReplayError
+from taskstream.processors.replay.folding import StateDB, open_db
+from taskstream.processors.replay.read import (
+    ProgressFactory,
+    SkippedRecord,
+    make_consumer,
+    no_progress,
+    partition_count,
+    plan,
+    read_batches,
+    watermarks,
+)
+from taskstream.processors.replay.rebuild import rebuild
+from taskstream.schemas.errors import DecodeError
+from taskstream.schemas.serde import decode_state
+from taskstream.schemas.state import TaskState
+from taskstream.settings import Settings
+from taskstream.topics import events_topic, processor_app_id, task_changelog_topic
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDiff:
+    name: str
+    expected: Any  # from the replay
+    live: Any  # from the changelog
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    task_id: str
+    kind: str  # "differs" | "missing-live" | "missing-replay"
+    diffs: tuple[FieldDiff, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "missing-live":
+            return f"{self.task_id}: in the replay but not in the live table"
+        if self.kind == "missing-replay":
+            return f"{self.task_id}: in the live table but not in the replay"
+        parts = "; ".join(f"{d.name}: replay={d.expected!r} live={d.live!r}" for d in self.diffs)
+        return f"{self.task_id}: {parts}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "fields": {d.name: {"replay": repr(d.expected), "live": repr(d.live)}
+                       for d in self.diffs},
+        }
+
+
+def diff_states(expected: TaskState, live: TaskState) -> tuple[FieldDiff, ...]:
+    """Every field whose value differs, in declaration order."""
+    return tuple(
+        FieldDiff(f.name, getattr(expected, f.name), getattr(live, f.name))
+        for f in fields(TaskState)
+        if getattr(expected, f.name) != getattr(live, f.name)
+    )
+
+
+def compare(expected: Mapping[str, TaskState], live: Mapping[str, TaskState]) -> list[Mismatch]:
+    """Every task on which the replay (``expected``) and the live table disagree, by ID."""
+    mismatches: list[Mismatch] = []
+    for task_id in sorted(set(expected) | set(live)):
+        want = expected.get(task_id)
+        have = live.get(task_id)
+        if have is None:
+            mismatches.append(Mismatch(task_id, "missing-live"))
+        elif want is None:
+            mismatches.append(Mismatch(task_id, "missing-replay"))
+        elif want != have:
+            mismatches.append(Mismatch(task_id, "differs", diff_states(want, have)))
+    return mismatches
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    tasks: int
+    events: int
+    ends: Mapping[int, int]
+    mismatches: tuple[Mismatch, ...]
+    skipped: int
+    skipped_details: tuple[SkippedRecord, ...]
+    changelog_skipped: tuple[SkippedRecord, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+# -- the live side ----------------------------------------------------------------
+
+
+def committed_offsets(settings: Settings, partitions: int) -> dict[int, int]:
+    """The processors' committed offsets on the events topic (0 where nothing is committed).
+
+    Reads the group's offsets with OffsetFetch only: this consumer never subscribes,
+    so it never joins the group nor disturbs its members.
+    """
+    consumer = Consumer(consumer_config(settings, processor_app_id(settings)))
+    topic = events_topic(settings)
+    try:
+        found = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=settings.kafka_timeout_s)
+    except KafkaException as exc:
+        raise ReplayError(f"cannot read the committed offsets of group "
+                          f"{processor_app_id(settings)}: {exc}") from exc
+    finally:
+        consumer.close()
+    return {tp.partition: max(tp.offset, 0) for tp in found}
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    events_high: dict[int, int]
+    committed: dict[int, int]
+    changelog_high: dict[int, int]
+
+    @property
+    def caught_up(self) -> bool:
+        return self.committed == self.events_high
+
+
+def sample_positions(settings: Settings, consumer: Consumer) -> Positions:
+    timeout = settings.kafka_timeout_s
+    events = events_topic(settings)
+    count = partition_count(consumer, events, timeout)
+    changelog = task_changelog_topic(settings)
+    events_high = {p: hw for p, (_, hw) in watermarks(consumer, events, range(count),
+                                                       timeout).items()}
+    committed = committed_offsets(settings, count)
+    try:
+        changes = partition_count(consumer, changelog, timeout)
+    except ReplayError as exc:
+        raise ReplayError(f"{exc}. The task changelog appears when a processor first "
+                          "starts: has a processor run with these settings?") from exc
+    changelog_high = {p: hw for p, (_, hw) in watermarks(consumer, changelog, range(changes),
+                                                         timeout).items()}
+    return Positions(events_high, committed, changelog_high)
+
+
+def wait_caught_up(settings: Settings, wait_timeout: float, settle: float = 1.0) -> Positions:
+    """Positions once the processors are caught up and quiet; NotCaughtUpError otherwise."""
+    consumer = make_consumer(settings)
+    deadline = time.monotonic() + wait_timeout
+    try:
+        previous = sample_positions(settings, consumer)
+        while True:
+            time.sleep(min(settle, max(0.0, deadline - time.monotonic())) or 0.05)
+            current = sample_positions(settings, consumer)
+            if current.caught_up and current == previous:
+                return current
+            if time.monotonic() >= deadline:
+                behind = {p: current.events_high[p] - current.committed.get(p, 0)
+                          for p in current.events_high
+                          if current.events_high[p] != current.committed.get(p, 0)}
+                raise NotCaughtUpError(
+                    f"the processors are not caught up after {wait_timeout}s (records behind "
+                    f"per partition: {behind or 'none, but the changelog is still moving'}); "
+                    "make sure a processor runs and the event flow stops, or raise --wait-timeout"
+                )
+            previous = current
+    finally:
+        consumer.close()
+
+
+def read_changelog(
+    settings: Settings, ends: Mapping[int, int] | None = None,
+    progress: ProgressFactory = no_progress,
+) -> tuple[dict[str, TaskState], list[SkippedRecord]]:
+    """The latest state per task in the task changelog, read up to ``ends``."""
+    consumer = make_consumer(settings)
+    states: dict[str, TaskState] = {}
+    raw: dict[bytes, tuple[int, int, bytes | None]] = {}
+    skipped: list[SkippedRecord] = []
+    try:
+        read = plan(consumer, settings, task_changelog_topic(settings), ends)
+        with progress("changelog", read.total) as counter:
+            for batch in read_batches(consumer, read, settings.kafka_timeout_s, counter):
+                for m in batch:
+                    if m.key() is not None:
+                        raw[m.key()] = (m.partition(), m.offset(), m.value())
+    finally:
+        consumer.close()
+    for key, (partition, offset, value) in raw.items():
+        if value is None:
+            continue  # tombstone: the task left the table
+        try:
+            states[key.decode()] = decode_state(value)
+        except DecodeError as exc:
+            skipped.append(SkippedRecord(partition, offset, f"changelog value: {exc}"))
+    return states, skipped
+
+
+# -- the whole check ---------------------------------------------------------------
+
+
+def verify(
+    settings: Settings, wait_timeout: float = 30.0, progress: ProgressFactory = no_progress,
+    workdir: Path | None = None, workers: int | None = None,
+) -> VerifyReport:
+    started = time.perf_counter()
+    positions = wait_caught_up(settings, wait_timeout)
+    live, changelog_skipped = read_changelog(settings, positions.changelog_high, progress)
+    with tempfile.TemporaryDirectory(prefix="taskstream-verify-", dir=workdir) as scratch:
+        result = rebuild(settings, Path(scratch) / "replay", until_offsets=positions.committed,
+                         progress=progress, workers=workers)
+        db = open_db(result.out, create=False)
+        try:
+            mismatches = compare(StateDB(db), live)
+        finally:
+            db.close()
+    return VerifyReport(result.tasks, result.events, dict(result.ends), tuple(mismatches),
+                        result.skipped, result.skipped_details, tuple(changelog_skipped),
+                        time.perf_counter() - started)

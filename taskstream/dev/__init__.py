@@ -1,0 +1,1 @@
+"""taskstream.dev: ``taskstream dev``, its child processes and its demo workload."""

@@ -1,0 +1,1 @@
+"""taskstream.localkafka: a real Apache Kafka on this machine without Docker (D2)."""

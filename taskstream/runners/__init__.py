@@ -1,0 +1,1 @@
+"""taskstream.runners: process entry points that start a part together with what it serves."""
