@@ -20,6 +20,11 @@ their group (every ready partition assigned, the group stable), then:
   task at that rate, which includes the worker's idle polling.
 
     python bench/bench_worker.py [--n 20000] [--rate 1000 --seconds 20] [--workers 1]
+    python bench/bench_worker.py --scaling 1,2,4 --concurrency 8 --seconds 10
+
+``--scaling``: I/O-bound tasks (``examples.io_wait``, a 50 ms wait) on 1, 2, 4
+workers that join one rig in turn (:func:`scaling`): whether adding a worker
+adds its slots, with the processor out of the way.
 
 writes ``bench/results/worker.json``. Nothing is asserted: figures are reported.
 """
@@ -59,13 +64,16 @@ from taskstream.topics import events_topic, ready_topic
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "worker.json"
 NOOP = "examples.noop"
+IO_TASK = "examples.io_wait"
+IO_WAIT_S = 0.05  # the io_wait task's default wait
 
 
-def dispatch_record(task_id: str, now_ms: int) -> bytes:
-    """A ready record for one no-op task, as the processor's dispatch effect writes it
-    (processors/effects.py ``dispatch_envelope``): attempt 1, the default lease."""
+def dispatch_record(task_id: str, now_ms: int, name: str = NOOP) -> bytes:
+    """A ready record for one task without a payload, as the processor's dispatch effect
+    writes it (processors/fold/effects.py ``dispatch_envelope``): attempt 1, the default
+    lease."""
     body = TaskDispatched(
-        dispatch_id=f"{task_id}:1", name=NOOP, queue="default", priority=0, payload=b"null",
+        dispatch_id=f"{task_id}:1", name=name, queue="default", priority=0, payload=b"null",
         content_type="application/json", timeout_ms=None, lease_ms=30_000, max_attempts=3,
         submitted_at_ms=now_ms, idempotency_key=None, headers={})
     return encode_event(Envelope(event_id=new_event_id(), task_id=task_id,
@@ -82,6 +90,7 @@ class EventsReader:
         self.consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions)])
         self.started: dict[str, int] = {}
         self.succeeded: dict[str, int] = {}
+        self.worker_of: dict[str, str] = {}  # task ID -> the worker that started it
 
     def read(self, timeout: float = 0.5) -> None:
         for msg in self.consumer.consume(num_messages=10_000, timeout=timeout):
@@ -93,6 +102,7 @@ class EventsReader:
                 continue
             if isinstance(env.body, TaskStarted):
                 self.started.setdefault(env.task_id, env.occurred_at_ms)
+                self.worker_of.setdefault(env.task_id, env.body.worker_id)
             elif isinstance(env.body, TaskSucceeded):
                 self.succeeded.setdefault(env.task_id, env.occurred_at_ms)
 
@@ -113,13 +123,13 @@ class WorkerRig:
     """Topics, worker processes, a producer of ready records, a reader of events."""
 
     def __init__(self, bootstrap: str, *, concurrency: int, workers: int = 1,
-                 app: str = "examples.tasks", **overrides: Any) -> None:
+                 app: str = "examples.tasks", task: str = NOOP, **overrides: Any) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="taskstream-bench-worker-"))
         self.settings = load_settings(**{
             "bootstrap": bootstrap, "topic_prefix": f"benchw{uuid.uuid4().hex[:8]}.",
             "partitions": 6, "ready_partitions": 3, "kafka_timeout_s": 30.0, **overrides})
         ensure_topics(self.settings)
-        self.concurrency, self.app = concurrency, app
+        self.concurrency, self.app, self.task = concurrency, app, task
         self.children: list[Child] = []
         self.producer = Producer(producer_config(self.settings, {
             "linger.ms": 5, "queue.buffering.max.messages": 1_000_000}))
@@ -154,7 +164,7 @@ class WorkerRig:
     def _produce(self, task_id: str) -> int:
         """Produce one ready record; its ``occurred_at_ms`` stamp."""
         stamp = time.time_ns() // 1_000_000
-        value = dispatch_record(task_id, stamp)
+        value = dispatch_record(task_id, stamp, self.task)
         while True:
             try:
                 self.producer.produce(self.topic, key=task_id.encode(), value=value)
@@ -216,8 +226,14 @@ def drain(rig: WorkerRig, n: int, meter: CpuMeter, timeout: float) -> dict[str, 
     starts = [rig.events.started[t] for t in ids if t in rig.events.started]
     ends = [rig.events.succeeded[t] for t in ids if t in rig.events.succeeded]
     span_s = (max(ends) - min(starts)) / 1000 if starts and ends else 0.0
+    per_worker: dict[str, int] = {}
+    for task_id in ids:
+        worker = rig.events.worker_of.get(task_id)
+        if worker is not None:
+            per_worker[worker] = per_worker.get(worker, 0) + 1
     return {"tasks": n, "done": len(ends), "all_done_in_time": done,
             "tasks_per_s": round(len(ends) / span_s, 1) if span_s > 0 else None,
+            "started_per_worker": sorted(per_worker.values(), reverse=True),
             "cpu_us_per_task": meter.per_task_us(before, after, len(ends))}
 
 
@@ -255,6 +271,29 @@ def run(bootstrap: str, *, n: int, rate: float, seconds: float, concurrency: int
         rig.close()
 
 
+def scaling(bootstrap: str, *, workers: Sequence[int], concurrency: int, seconds: float,
+            broker_pids: Sequence[int] = ()) -> dict[str, Any]:
+    """I/O-bound tasks (``examples.io_wait``, 50 ms) with no processor: workers join one
+    running rig, and once the group is stable with the new one, ``seconds`` worth of
+    ready records at the ideal rate (workers x concurrency / 50 ms) are drained.
+    Ready topics get 12 partitions a level, so 4 workers all hold some of the level
+    the tasks use. Tasks/s and how the starts split over the workers."""
+    rig = WorkerRig(bootstrap, concurrency=concurrency, workers=0, task=IO_TASK,
+                    ready_partitions=12)
+    rows = []
+    try:
+        for count in workers:
+            while len(rig.children) < count:
+                rig.add_worker()
+            ideal = count * concurrency / IO_WAIT_S
+            row = drain(rig, int(ideal * seconds), _meter(rig, broker_pids), 60 + 4 * seconds)
+            rows.append({"workers": count, "ideal_tasks_per_s": ideal, **row})
+    finally:
+        rig.close()
+    return {"task": IO_TASK, "wait_s": IO_WAIT_S, "concurrency_per_worker": concurrency,
+            "ready_partitions": 12, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--bootstrap", default=os.environ.get("TASKSTREAM_BOOTSTRAP"),
@@ -269,21 +308,29 @@ def main() -> None:
                         help="tasks at once per worker (default: as `taskstream dev`)")
     parser.add_argument("--broker-pid", type=int, action="append", default=[],
                         help="PID of the broker's JVM when --bootstrap is given (CPU)")
+    parser.add_argument("--scaling", default=None, metavar="1,2,4",
+                        help="instead: I/O-bound tasks on this many workers in turn (see "
+                             "scaling); --seconds of work at the ideal rate each")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     from run import broker_for_run
 
     with broker_for_run(args.bootstrap, args.broker_pid) as (bootstrap, broker_pids):
-        result = run(bootstrap, n=args.n, rate=args.rate, seconds=args.seconds,
-                     concurrency=args.concurrency, workers=args.workers,
-                     broker_pids=broker_pids, runs=args.runs)
+        if args.scaling:
+            counts = [int(c) for c in args.scaling.split(",") if c.strip()]
+            result = scaling(bootstrap, workers=counts, concurrency=args.concurrency,
+                             seconds=args.seconds, broker_pids=broker_pids)
+        else:
+            result = run(bootstrap, n=args.n, rate=args.rate, seconds=args.seconds,
+                         concurrency=args.concurrency, workers=args.workers,
+                         broker_pids=broker_pids, runs=args.runs)
     result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "command": " ".join(["python", "bench/bench_worker.py", *sys.argv[1:]]),
                       "cpus": os.cpu_count(), "python": platform.python_version(),
                       "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("idle_cores", "drain", "paced")}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=1))
     print(f"wrote {args.out}")
 
 

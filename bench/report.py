@@ -78,13 +78,19 @@ def _compare(r: dict[str, Any]) -> list[str]:
                                                         for s in systems}, ratio=False)
     verdicts = med.get("taskstream", {}).get("verify") or []
     if verdicts:
-        text = ", ".join("clean" if v.get("ok") else
-                         f"NOT clean ({v.get('mismatches', v.get('error', '?'))})"
-                         for v in verdicts)
+        text = ", ".join(_verdict(v) for v in verdicts)
         lines.append(f"| `replay verify` after each taskstream run | {text} |"
                      + " |" * (len(systems) - 1 + (1 if ratio_to else 0)))
     lines += ["", *_cpu_table(med, systems), *_search(c), *_reproduce(c)]
     return lines
+
+
+def _verdict(v: dict[str, Any]) -> str:
+    if v.get("ok"):
+        return "clean"
+    if v.get("mismatches"):
+        return f"NOT clean ({v['mismatches']} mismatches)"
+    return f"no verdict (exit {v.get('exit_code')}: {str(v.get('error', ''))[:80]})"
 
 
 def _burst(summary: dict[str, Any], i: int, key: str) -> Any:
@@ -166,6 +172,23 @@ def _scaling(r: dict[str, Any]) -> list[str]:
                          f"{row['tasks']} | {_n(row.get('steady_tasks_per_s'))} | "
                          f"{_n(cpu.get('processor'))} | {_n(cpu.get('worker'))} | "
                          f"{_n(cpu.get('broker'))} | {_n(cpu.get('total'))} |")
+        lines.append("")
+    alone = sc.get("io_workers_alone") or {}
+    if alone.get("rows"):
+        lines += ["## Scaling: workers alone on I/O-bound tasks (no processor)", "",
+                  f"`{alone['task']}` ({alone['wait_s'] * 1000:g} ms wait), concurrency "
+                  f"{alone['concurrency_per_worker']} per worker, {alone['ready_partitions']} "
+                  "ready partitions per level, ready records written straight to the ready "
+                  "topic; each worker joins and the group settles before its drain; tasks/s "
+                  "from the workers' own TaskStarted/TaskSucceeded times.", "",
+                  "| workers | tasks | tasks/s | ideal | share of ideal | tasks started by "
+                  "each worker |", "|---:|---:|---:|---:|---:|---|"]
+        for row in alone["rows"]:
+            rate, ideal = row.get("tasks_per_s"), row.get("ideal_tasks_per_s")
+            share = f"{rate / ideal:.0%}" if rate and ideal else "n/a"
+            split = " / ".join(str(n) for n in row.get("started_per_worker") or [])
+            lines.append(f"| {row['workers']} | {row['done']}/{row['tasks']} | {_n(rate)} | "
+                         f"{_n(ideal)} | {share} | {split} |")
         lines.append("")
     io = sc.get("io") or {}
     if io.get("rows"):

@@ -14,7 +14,8 @@ Sections (each also runs alone with ``--only``):
   records and at a paced 1,000 records/s: tasks/s and CPU per task;
 * ``scaling``: no-op bursts on 1 processor + 1 worker and 2 processors + 2
   workers (tasks/s and CPU per task); I/O-bound tasks (``examples.io_wait``, 50
-  ms) at a fixed concurrency per worker on 1, 2 and 4 workers;
+  ms) at a fixed concurrency per worker on 1, 2 and 4 workers, through the
+  processor and on the workers alone (bench_worker.scaling);
 * ``delayed`` (tasks with a 2 s delay) and ``failover`` (SIGKILL one of two
   replicas under load), at a quarter of taskstream's sustainable rate.
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_compare
 from bench_e2e import OursRig, measure_max, measure_paced
+from bench_worker import IO_TASK, IO_WAIT_S
 from report import markdown
 
 from taskstream.dev.platform import DevOptions
@@ -50,8 +52,6 @@ from taskstream.localkafka import cluster as localkafka
 from taskstream.settings import load_settings
 
 SECTIONS = ("ingest", "replay", "compare", "worker", "scaling", "delayed", "failover")
-IO_TASK = "examples.io_wait"
-IO_WAIT_S = 0.05  # the io_wait task's default
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,13 @@ class Bench:
                                 broker_pids=self.broker_pids, runs=3)
 
     def scaling(self) -> dict[str, Any]:
-        return {"noop": self._scaling_noop(), "io": self._scaling_io()}
+        import bench_worker
+
+        return {"noop": self._scaling_noop(), "io": self._scaling_io(),
+                "io_workers_alone": bench_worker.scaling(
+                    self.bootstrap, workers=self.sizes.io_workers,
+                    concurrency=self.args.io_concurrency, seconds=self.sizes.io_seconds,
+                    broker_pids=self.broker_pids)}
 
     def _scaling_noop(self) -> list[dict[str, Any]]:
         """No-op bursts on 1 processor + 1 worker, then 2 + 2: tasks/s and CPU per task."""

@@ -153,7 +153,8 @@ def _compare() -> dict[str, Any]:
               "verdict": "p99 submit->start 250 ms",
               "submit_to_start_ms": {"p50": 50.0, "p99": 250.0}}]
     ours = system(900, {"processor": 300.0, "worker": 200.0, "broker": 100.0})
-    ours["verify"] = [{"ok": True}, {"ok": False, "mismatches": 2}]
+    ours["verify"] = [{"ok": True}, {"ok": False, "mismatches": 2},
+                      {"ok": False, "exit_code": 1, "error": "not caught up"}]
     return {"median": {"taskstream": ours,
                        "celery-prefork": system(300, {"celery worker": 2000.0, "redis": 250.0})},
             "runs": {"taskstream": [{"sustainable": {"steps": steps, "rule": "p99 <= 100"}}]},
@@ -178,7 +179,13 @@ def test_markdown_and_plots_of_a_full_result(tmp_path: Path) -> None:
                            "concurrency_per_worker": 8, "processors": 1, "ready_partitions": 12,
                            "rows": [{"workers": 2, "done": 9, "tasks": 9,
                                      "steady_tasks_per_s": 288.0,
-                                     "ideal_tasks_per_s": 320.0}]}},
+                                     "ideal_tasks_per_s": 320.0}]},
+                    "io_workers_alone": {"task": "examples.io_wait", "wait_s": 0.05,
+                                         "concurrency_per_worker": 8, "ready_partitions": 12,
+                                         "rows": [{"workers": 2, "done": 8, "tasks": 8,
+                                                   "tasks_per_s": 300.0,
+                                                   "ideal_tasks_per_s": 320.0,
+                                                   "started_per_worker": [5, 3]}]}},
         "failover": {"rate": 50.0, "serve_again_s": 7.5, "throughput_recovered_s": 8,
                      "done": 10, "tasks": 10, "pre_kill_s": 2.0,
                      "per_second_after_kill": [5, 5, 0, 0, 5]},
@@ -191,11 +198,13 @@ def test_markdown_and_plots_of_a_full_result(tmp_path: Path) -> None:
     assert "| sustainable rate, tasks/s (held with p99 submit->start <= 100 ms) | 450 | 150 |" \
         " 3.00x |" in text
     assert "| taskstream | 10,000 | 300 | 200 | 100 | n/a | n/a | n/a | 600 |" in text
-    assert "| `replay verify` after each taskstream run | clean, NOT clean (2) |" in text
+    assert ("| `replay verify` after each taskstream run | clean, NOT clean (2 mismatches), "
+            "no verdict (exit 1: not caught up) |") in text
     assert "- taskstream, run 1: 100 held, 200 not held (p99 submit->start 250 ms)" in text
     assert "Reproduce: `python bench/run.py --only compare --runs 3`" in text
     assert "| drain 1 | 100/100 | 2,000 | 210 | 40 | |" in text
     assert "| 2 | 9/9 | 288 | 320 | 90% |" in text
+    assert "| 2 | 8/8 | 300 | 320 | 94% | 5 / 3 |" in text
     assert "| 50.0 | 7.5 s | 8 s | 10/10 | <= 5 s |" in text
     assert "`replay`: RuntimeError: boom" in text
     made = write_plots(results, tmp_path)
