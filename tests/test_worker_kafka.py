@@ -209,7 +209,7 @@ def test_two_workers_in_one_group_share_the_work(topics: Settings, events: Event
 
 def test_a_second_worker_shares_the_level_all_tasks_use(topics: Settings,
                                                         events: Events) -> None:
-    """Every level's partitions are spread over the workers (roundrobin, D19): with
+    """Every level's partitions are spread over the workers (roundrobin, D21): with
     cooperative-sticky, a second worker got 4 of the 9 ready partitions, none of them
     p0's, so tasks of one priority all ran on one worker and adding it cut nothing
     but the rebalance."""

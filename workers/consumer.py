@@ -9,7 +9,7 @@ Group id ``<prefix>workers.<queue>``, manual commits, ``auto.offset.reset=earlie
 A newly assigned partition stays paused until its lag is known, so a backlog in
 a high level is never overtaken by a low one at start-up.
 
-Assignment is ``roundrobin`` (docs/decisions.md, D19): a queue's work sits
+Assignment is ``roundrobin`` (docs/decisions.md, D21): a queue's work sits
 mostly in one level's topic, and ``cooperative-sticky`` balances only the
 number of partitions per member across all levels: with two workers it gave
 one of them every partition of ``p0`` and the other none, so adding a worker
