@@ -68,6 +68,8 @@ async def execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
     With object storage (D34) the payload is fetched first and a large result stored
     after (workers/blobs.py); their failures are the attempt's outcome.
     """
+    if offloader is None and dispatched.payload_ref is None:  # the hot path: no extra await
+        return await _execute(task, dispatched, ctx, pool, dispatched.payload)
     raw = await fetch_payload(offloader, dispatched)
     if isinstance(raw, Failure):
         return raw
@@ -85,11 +87,14 @@ async def _execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
                        retryable=False)
     args = (payload, ctx) if task.takes_context else (payload,)
     limit = timeout_seconds(task, dispatched)
+    scope: asyncio.Timeout | None = None
     try:
+        if limit is None:  # no timer to arm and disarm
+            return await _call(task, args, pool)
         async with asyncio.timeout(limit) as scope:
             return await _call(task, args, pool)
     except TimeoutError as exc:
-        if scope.expired():
+        if scope is not None and scope.expired():
             return timeout_failure(limit or 0.0)
         return failure_from_exception(exc)  # the handler's own TimeoutError
     except Exception as exc:
