@@ -36,12 +36,29 @@ _TIMED = {
 }
 
 
-def timer_of(state: TaskState | None) -> keys.DueEntry | None:
-    """The timer a state implies: derived from the state, so it can never disagree."""
-    if state is None or state.due_at_ms is None:
+#: when a finished task is removed (processors/fold/retention.removal_due_at under the
+#: replica's policy, D35); None: never
+RetentionDue = Callable[[TaskState], int | None]
+
+
+def timer_of(state: TaskState | None, retention: RetentionDue | None = None
+             ) -> keys.DueEntry | None:
+    """The timer a state implies: derived from the state, so it can never disagree.
+
+    A waiting status has its own timer (``due_at_ms``); a finished task has the
+    retention timer ``retention`` gives it, if any (fired as ``RETENTION_DUE``,
+    checked by the fold against the task's finish, D35).
+    """
+    if state is None:
         return None
     kind = _TIMED.get(state.status)
     if kind is None:
+        due = retention(state) if retention is not None else None
+        if due is None:
+            return None
+        return keys.DueEntry(due, state.task_id, TimerKind.RETENTION_DUE, state.attempt,
+                             state.dispatch_id or "")
+    if state.due_at_ms is None:
         return None
     return keys.DueEntry(
         state.due_at_ms, state.task_id, kind, state.attempt, state.dispatch_id or ""
@@ -69,8 +86,9 @@ class PartitionIndex:
       read the whole listing index each time.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention: RetentionDue | None = None) -> None:
         self.path = path
+        self.retention = retention
         self.due = _open(path / "due")
         self.listing = _open(path / "listing")
         self._due_floor = b""
@@ -130,7 +148,7 @@ class PartitionIndex:
         """Write the entries of ``states`` in batches (the DBs are empty)."""
         due, listing, n = WriteBatch(raw_mode=True), WriteBatch(raw_mode=True), 0
         for state in states:
-            timer = timer_of(state)
+            timer = timer_of(state, self.retention)
             if timer is not None:
                 due.put(keys.due_key(timer.due_at_ms, timer.task_id),
                         keys.due_value(timer.kind, timer.attempt, timer.dispatch_id))
@@ -187,7 +205,8 @@ class IndexBatch:
         self._due_floor: bytes | None = None
 
     def move(self, before: TaskState | None, after: TaskState) -> None:
-        timer_before, timer_after = timer_of(before), timer_of(after)
+        retention = self._index.retention
+        timer_before, timer_after = timer_of(before, retention), timer_of(after, retention)
         if timer_before != timer_after:
             if timer_before is not None:
                 self.drop_timer(timer_before.due_at_ms, timer_before.task_id)
@@ -209,7 +228,7 @@ class IndexBatch:
 
     def remove(self, before: TaskState) -> None:
         """A task left the table: its timer and listing entries go."""
-        timer = timer_of(before)
+        timer = timer_of(before, self._index.retention)
         if timer is not None:
             self.drop_timer(timer.due_at_ms, timer.task_id)
         self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
@@ -270,8 +289,10 @@ class LocalIndexes:
         states_of: Callable[[int], Iterator[TaskState]],
         can_build: Callable[[], bool],
         generation: Callable[[], int],
+        retention: RetentionDue | None = None,
     ) -> None:
         self.root = root
+        self._retention = retention
         self._states_of = states_of
         self._can_build = can_build
         self._generation = generation
@@ -303,7 +324,7 @@ class LocalIndexes:
     def _rebuild(self, partition: int) -> PartitionIndex:
         path = self.root / f"p{partition}"
         shutil.rmtree(path, ignore_errors=True)
-        index = PartitionIndex(path)
+        index = PartitionIndex(path, self._retention)
         index.fill(self._states_of(partition))
         return index
 

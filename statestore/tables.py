@@ -24,7 +24,7 @@ from rocksdict import WriteBatch
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
 from taskstream.statestore import keys
-from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, timer_of
+from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, RetentionDue, timer_of
 from taskstream.statestore.rocks import TABLE_OPTIONS
 from taskstream.topics import TASK_TABLE
 
@@ -47,6 +47,7 @@ class PartitionWriter:
 
     def __init__(self, db: Any, index: PartitionIndex) -> None:
         self._db = db
+        self._retention = index.retention
         self._index = index.batch()
         self._batch = WriteBatch(raw_mode=True)
 
@@ -56,7 +57,7 @@ class PartitionWriter:
         it, whose entries go unless they are the task's timer now."""
         self._batch.put(key, encoded)
         self._index.move(before, after)
-        timer = timer_of(after)
+        timer = timer_of(after, self._retention)
         for due_at_ms in fired_timers:
             if timer is None or timer.due_at_ms != due_at_ms:
                 self._index.drop_timer(due_at_ms, after.task_id)
@@ -74,7 +75,8 @@ class PartitionWriter:
 
 class TaskTables:
     def __init__(
-        self, app: faust.App, partitions: int, index_dir: Path, can_build: Callable[[], bool]
+        self, app: faust.App, partitions: int, index_dir: Path, can_build: Callable[[], bool],
+        retention: RetentionDue | None = None,
     ) -> None:
         # an index built before the latest rebalance is rebuilt (statestore/indexes.py)
         def generation() -> int:
@@ -84,7 +86,8 @@ class TaskTables:
         self.tasks: Any = app.Table(TASK_TABLE, key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))
-        self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)
+        self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation,
+                                    retention)
 
     # -- writes (the batched fold only) -------------------------------------------
 

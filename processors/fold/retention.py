@@ -75,6 +75,15 @@ class RetentionPolicy:
     def for_queue(self, queue: str) -> int | None:
         return self.per_queue.get(queue, self.default_ms)
 
+    @classmethod
+    def from_seconds(cls, default_s: float | None,
+                     per_queue_s: Mapping[str, float | None]) -> RetentionPolicy:
+        """From the settings' seconds (``retention_s``, ``retention_by_queue``)."""
+        def ms(seconds: float | None) -> int | None:
+            return None if seconds is None else int(seconds * 1000)
+
+        return cls(ms(default_s), MappingProxyType({q: ms(s) for q, s in per_queue_s.items()}))
+
     @property
     def enabled(self) -> bool:
         return self.default_ms is not None or any(

@@ -38,6 +38,7 @@ from taskstream.admin import STOCK_SESSION_MIN_S
 from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.retention import RetentionPolicy, removal_due_at
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
@@ -131,6 +132,11 @@ def _register_queue(settings: Settings, queue: str) -> None:
     register_queues(settings, [queue])
 
 
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """The replica's retention of finished tasks (D35): read when it sets their timers."""
+    return RetentionPolicy.from_seconds(settings.retention_s, settings.retention_by_queue)
+
 class Processor:
     """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
@@ -142,8 +148,11 @@ class Processor:
         self.app = app = build_faust_app(settings)
         #: the API's admin events go out through Faust's producer (not the fold's)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
-        self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
-                                 can_build=self._restored)
+        self.retention = retention_policy(settings)
+        policy = self.retention
+        self.tables = TaskTables(
+            app, settings.partitions, settings.data_dir / "indexes", can_build=self._restored,
+            retention=(lambda state: removal_due_at(state, policy)) if policy.enabled else None)
         self._changelog = task_changelog_topic(settings)
         self.producer = Producer(producer_config(settings, {
             "client.id": self.source,

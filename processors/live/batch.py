@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from taskstream.processors.fold.effects import Dispatch, Effect
+from taskstream.processors.fold.effects import Dispatch, Effect, Removed
 from taskstream.processors.fold.lifecycle import Limits, apply
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
@@ -145,13 +145,11 @@ def fold_partition(
         out.applied[envelope.type_name] += 1
         if after is not None or state is not None:
             current[key] = after
-            change = changes.get(key)
-            if change is None:
-                change = changes[key] = Change(state, after)
-            else:
-                change.after = after
-            if isinstance(body, TimerFired):
-                change.fired_timers.append(body.due_at_ms)
+            _note(changes, key, state, after, body)
+        elif effects and effects[0].__class__ is Removed:
+            # a removal read again after the task is gone: its tombstone goes again (the
+            # first one may never have left before a crash; D35, the rule of D4)
+            changes.setdefault(key, Change(None, None))
         if effects:
             known = after or state
             queue = known.queue if known is not None else ""
@@ -160,3 +158,15 @@ def fold_partition(
                 if effect.__class__ is Dispatch:
                     out.dispatch_queues.add(queue)
     return out
+
+
+def _note(changes: dict[bytes, Change], key: bytes, state: TaskState | None,
+          after: TaskState | None, body: object) -> None:
+    """Record that the batch moved a task from ``state`` to ``after``."""
+    change = changes.get(key)
+    if change is None:
+        change = changes[key] = Change(state, after)
+    else:
+        change.after = after
+    if isinstance(body, TimerFired):
+        change.fired_timers.append(body.due_at_ms)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,8 @@ class StateCache:
         self.hot: dict[str, TaskState] = {}
         self.dirty: set[str] = set()  # hot states the DB does not have
         self.finished: dict[str, bytes] = {}  # encoded states the DB does not have
-        self._pending: list[tuple[bytes, bytes]] = []
+        #: writes for the DB, in order; a None value deletes the key (a removed task, D35)
+        self._pending: list[tuple[bytes, bytes | None]] = []
         self.encode = default_codec().encode_state
 
     def get(self, task_id: str) -> TaskState | None:
@@ -185,6 +187,14 @@ class StateCache:
         if len(self.hot) > self.capacity:
             self.trim()
 
+    def remove(self, task_id: str) -> None:
+        """A task the fold removed (retention or purge, D35) leaves the cache and the DB."""
+        self.hot.pop(task_id, None)
+        self.dirty.discard(task_id)
+        self.finished.pop(task_id, None)
+        if not self.db_empty or self._pending:
+            self._pending.append((task_id.encode(), None))
+
     def trim(self) -> None:
         """Evict the oldest states (an eighth of the capacity) once over capacity."""
         hot, dirty, encode = self.hot, self.dirty, self.encode
@@ -207,10 +217,13 @@ class StateCache:
 
     def _commit(self) -> None:
         if self._pending:
-            self._pending.sort()
+            self._pending.sort(key=itemgetter(0))  # stable: a key's writes keep their order
             batch = WriteBatch(raw_mode=True)
             for key, value in self._pending:
-                batch.put(key, value)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             self.db.write(batch)
             self.db_empty = False
             self._pending = []
@@ -228,7 +241,7 @@ class StateCache:
     def flush(self) -> None:
         """Write every state into the DB."""
         self._commit()
-        self._pending = self._drain()
+        self._pending.extend(self._drain())
         self._commit()
 
     def flush_to_sst(self, path: Path) -> int:
@@ -322,10 +335,12 @@ def fold_messages(
             if before is None:
                 before = load(task_id)
             after, _effects = apply(before, envelope, limits, effects=False)
-            if after is not None and after is not before:
-                if after.status in TERMINAL:  # cache.put, inline
+            if after is not before:
+                if after is None:  # removed: retention or purge (D35)
+                    cache.remove(task_id)
+                elif after.status in TERMINAL:  # cache.put, inline
                     finished[task_id] = encode(after)
-                    if before is not None and hot.pop(task_id, None) is not None:
+                    if hot.pop(task_id, None) is not None:
                         dirty.discard(task_id)
                     if len(finished) > finished_capacity:
                         cache.spill_finished()
