@@ -331,9 +331,7 @@ def fold_messages(
                 stats.skip(_unusable(message, envelope))
                 continue
             task_id = envelope.task_id
-            before = hot.get(task_id)
-            if before is None:
-                before = load(task_id)
+            before = hot.get(task_id) or load(task_id)  # a state is always truthy
             after, _effects = apply(before, envelope, limits, effects=False)
             if after is not before:
                 if after is None:  # removed: retention or purge (D35)
