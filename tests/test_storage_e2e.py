@@ -54,7 +54,7 @@ def with_storage(settings: Settings, env: dict[str, str], **extra: Any) -> Setti
 def platform(settings: Settings, tmp_path: Path) -> Iterator[ProcessorProcess]:
     replica = ProcessorProcess(settings, tmp_path / "replica0").start()
     try:
-        with running_worker(app, settings, concurrency=4):
+        with running_worker(app, settings, concurrency=4, queues=settings.queues):
             yield replica
     finally:
         replica.stop()
@@ -159,3 +159,68 @@ def test_object_store_failures_end_the_attempt_clearly(
                 assert len(store.read(done.result_ref)) > THRESHOLD  # stored after the restart
     finally:
         own.stop()
+
+
+def run_cli(settings: Settings, *args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from taskstream.cli.main import main
+    from tests.harness import settings_env
+
+    env = {**settings_env(settings), "TASKSTREAM_API_URL": settings.api_url}
+    result = CliRunner().invoke(main, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, (args, result.stdout, result.stderr)
+    return result.exit_code, result.stdout
+
+
+def test_retention_and_purge_remove_tasks_and_the_reaper_their_objects(
+        topics: Settings, s3_env: dict[str, str], tmp_path: Path) -> None:
+    """Queue "short" keeps finished tasks 1 s, "default" for ever; a purge removes one of
+    those now. Removed tasks leave the API, their objects go with the reaper, the events
+    keep their history and `replay verify` finds the live table the fold of the log."""
+    settings = with_storage(topics, s3_env, retention_by_queue={"short": 1.0},
+                            queues=["default", "short"])
+    store = ObjectStore.from_settings(settings)
+    assert store is not None
+    with platform(settings, tmp_path) as replica:
+        settings = settings.model_copy(update={"api_url": replica.url})
+        with TaskProducer(settings) as producer:
+            short = producer.submit("storage.grow", {"blob": "s" * 5000, "size": 5000},
+                                    queue="short")
+            kept = producer.submit("storage.grow", {"blob": "k" * 5000, "size": 5000})
+            purged = producer.submit("storage.grow", {"blob": "p" * 5000, "size": 5000})
+            for handle in (kept, purged):
+                assert handle.result(timeout=60)["seen"] == 5000
+        api = httpx.Client(base_url=replica.url, timeout=10)
+        assert len(list(store.list(f"tasks/{short.task_id}/"))) == 2  # payload and result
+
+        from tests.harness import wait_for
+        wait_for("the short queue's task to be removed by retention",
+                 lambda: api.get(f"/tasks/{short.task_id}").status_code == 404, timeout=60)
+
+        code, out = run_cli(settings, "purge", "--state", "SUCCEEDED", "--queue", "default",
+                            "--dry-run", "--json")
+        assert code == 0 and sorted(json.loads(out)["would_purge"]) == sorted(
+            [kept.task_id, purged.task_id])
+        assert api.get(f"/tasks/{purged.task_id}").status_code == 200  # a dry run
+        assert api.post(f"/tasks/{purged.task_id}/purge", json={}).status_code == 202
+        wait_for("the purged task to be removed",
+                 lambda: api.get(f"/tasks/{purged.task_id}").status_code == 404, timeout=30)
+        assert api.get(f"/tasks/{kept.task_id}").status_code == 200
+
+        code, out = run_cli(settings, "storage", "reap", "--grace", "0", "--json")
+        report = json.loads(out)
+        assert code == 0 and report["deleted"] == 4, report
+        left = {o.key.split("/")[1] for o in store.list("tasks/")}
+        assert left == {kept.task_id}
+
+        code, out = run_cli(settings, "replay", "verify", "--quiet", "--json",
+                            "--wait-timeout", "60")
+        verified = json.loads(out)
+        assert code == 0 and verified["ok"] and verified["mismatches"] == [], verified
+        assert verified["tasks"] == 1
+        code, out = run_cli(settings, "replay", "history", purged.task_id, "--json")
+        assert code == 0 and "PurgeRequested" in out
+        api.close()
