@@ -10,7 +10,9 @@ Each one shows one behaviour of the runtime:
 * ``examples.poison`` — always raises (ends DEAD after its attempts);
 * ``examples.hash_file`` — a plain function, run in a thread (or a process
   with ``--pool process``);
-* ``examples.sleepy`` — a 1 s timeout it may overrun (timeouts).
+* ``examples.sleepy`` — a 1 s timeout it may overrun (timeouts);
+* ``examples.blob`` — returns ``payload["size"]`` bytes (large results in object
+  storage, bench/bench_storage.py).
 """
 
 from __future__ import annotations
@@ -79,3 +81,9 @@ def sleepy(payload: dict[str, Any]) -> dict[str, Any]:
     seconds = float(payload.get("seconds", 0.1))
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+@app.task(name="examples.blob")
+async def blob(payload: dict[str, Any]) -> bytes:
+    """A result of payload["size"] bytes (octet-stream): one copy, made here."""
+    return b"\xab" * int(payload["size"])

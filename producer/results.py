@@ -9,7 +9,7 @@ processor failover (404 right after submit and 502/503/504 are retried).
 The decision what a response means is :func:`interpret`, pure and unit-tested.
 
 An offloaded result (the view carries ``result_ref``, D34) is then streamed from
-``GET /tasks/{id}/result`` into one buffer of its size (the one whole copy this
+``GET /tasks/{id}/result`` into one buffer (the one whole copy of its bytes this
 process holds), its sha256 checked as it arrives, and decoded by content type:
 JSON into a value, anything else returned as bytes. :meth:`ResultClient.stream`
 hands the chunks to the caller instead, never holding the whole value.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,11 +54,15 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def decode_streamed(data: bytearray, content_type: str) -> Any:
-    """A streamed result's value: JSON decoded straight from the buffer, else bytes."""
-    if is_json(content_type):
-        return orjson.loads(data)
-    return bytes(data)
+def decode_streamed(buffer: io.BytesIO, content_type: str) -> Any:
+    """A streamed result's value: JSON decoded from the buffer, else its bytes.
+
+    ``BytesIO.getvalue()`` hands over the buffer's own bytes object when nothing else
+    holds it (CPython), so the bytes are not copied once more.
+    """
+    data = buffer.getvalue()
+    buffer.close()
+    return orjson.loads(data) if is_json(content_type) else data
 
 
 def result_path(task_id: str) -> str:
@@ -158,8 +163,8 @@ class ResultClient:
 
     def fetch(self, task_id: str, timeout: float) -> Any:
         """A finished task's result value, streamed into one buffer and decoded."""
-        buffer = bytearray()
-        content_type = self.stream(task_id, buffer.extend, timeout)
+        buffer = io.BytesIO()
+        content_type = self.stream(task_id, buffer.write, timeout)
         return decode_streamed(buffer, content_type)
 
     def close(self) -> None:
@@ -198,12 +203,12 @@ class AsyncResultClient:
     async def fetch(self, task_id: str, timeout: float) -> Any:
         """A finished task's result value, streamed into one buffer and decoded."""
         path = result_path(task_id)
-        buffer = bytearray()
+        buffer = io.BytesIO()
         async with self._client.stream(path, timeout=timeout) as (info, chunks):
             if info.status_code != 200:
                 raise _refused(task_id, self.api_url + path, info)
             async for chunk in chunks:
-                buffer += chunk
+                buffer.write(chunk)
             return decode_streamed(buffer, info.content_type)
 
     async def aclose(self) -> None:
