@@ -42,6 +42,7 @@ from bench_e2e import OursRig, paced
 from bench_soak import dir_bytes, rss_bytes
 
 from taskstream.locals3.server import LocalS3
+from taskstream.producer.sync import TaskProducer
 from taskstream.settings import load_settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "storage.json"
@@ -76,21 +77,22 @@ class PeakRss(threading.Thread):
                 for name in self.pids}
 
 
-def large(rig: OursRig, tasks: int, size: int, parallel: bool) -> dict[str, Any]:
+def large(rig: OursRig, producer: TaskProducer, tasks: int, size: int, parallel: bool
+          ) -> dict[str, Any]:
     pids = {"worker": rig.workers[0].pid, "processor (API)": rig.processors[0][0].pid,
             "client (this process)": os.getpid()}
     meter = PeakRss(pids)
     meter.start()
     began = time.monotonic()
     if parallel:
-        handles = [rig.producer.submit("examples.blob", {"size": size}) for _ in range(tasks)]
+        handles = [producer.submit("examples.blob", {"size": size}) for _ in range(tasks)]
         for handle in handles:
             value = handle.result(timeout=600)
             assert len(value) == size
             del value
     else:
         for _ in range(tasks):
-            value = rig.producer.submit("examples.blob", {"size": size}).result(timeout=600)
+            value = producer.submit("examples.blob", {"size": size}).result(timeout=600)
             assert len(value) == size
             del value
     took = time.monotonic() - began
@@ -113,10 +115,11 @@ def run_large(bootstrap: str, s3: LocalS3, *, tasks: int, size: int, concurrency
             store = ObjectStore.from_settings(rig.settings)
             assert store is not None
             store.ensure_bucket()
-            rig.add_processor()
+            api = rig.add_processor()
             rig.add_worker()
-            rig.producer.submit("examples.blob", {"size": size}).result(timeout=300)  # warm
-            results[name] = large(rig, tasks, size, parallel)
+            with TaskProducer(rig.settings.model_copy(update={"api_url": api})) as producer:
+                producer.submit("examples.blob", {"size": size}).result(timeout=300)  # warm
+                results[name] = large(rig, producer, tasks, size, parallel)
             print(json.dumps({name: results[name]}), flush=True)
         finally:
             rig.close()

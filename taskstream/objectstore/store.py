@@ -108,10 +108,6 @@ class ObjectStore:
             self._call("head bucket", self._s3.head_bucket, Bucket=self.bucket)
         except ObjectMissingError:
             self._call("create bucket", self._s3.create_bucket, Bucket=self.bucket)
-        except ObjectStoreError as exc:
-            if isinstance(exc, ObjectStoreUnavailableError):
-                raise
-            self._call("create bucket", self._s3.create_bucket, Bucket=self.bucket)
 
     def put(self, key: str, data: bytes | bytearray | memoryview,
             *, sha256: str | None = None) -> ObjectRef:
