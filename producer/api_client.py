@@ -81,11 +81,14 @@ class Download:
     content_type: str
     expected_sha256: str | None
     error: ApiResponse | None  # the JSON error of a non-200 answer
+    size: int | None = None  # Content-Length, when the server sent one
 
 
 def _download(resp: httpx.Response) -> Download:
+    length = resp.headers.get("content-length", "")
     return Download(resp.status_code, resp.headers.get("content-type", ""),
-                    resp.headers.get(SHA256_HEADER), None)
+                    resp.headers.get(SHA256_HEADER), None,
+                    int(length) if length.isdigit() else None)
 
 
 def _checked(url: str, expected: str | None, chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -54,6 +54,17 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def sized_buffer(size: int | None) -> io.BytesIO:
+    """A buffer grown to ``size`` at once, so the chunks are written in place (growing
+    it chunk by chunk reallocates, and a reallocation holds two copies for a moment)."""
+    buffer = io.BytesIO()
+    if size:
+        buffer.seek(size - 1)
+        buffer.write(b"\0")
+        buffer.seek(0)
+    return buffer
+
+
 def decode_streamed(buffer: io.BytesIO, content_type: str) -> Any:
     """A streamed result's value: JSON decoded from the buffer, else its bytes.
 
@@ -163,9 +174,14 @@ class ResultClient:
 
     def fetch(self, task_id: str, timeout: float) -> Any:
         """A finished task's result value, streamed into one buffer and decoded."""
-        buffer = io.BytesIO()
-        content_type = self.stream(task_id, buffer.write, timeout)
-        return decode_streamed(buffer, content_type)
+        path = result_path(task_id)
+        with self._client.stream(path, timeout=timeout) as (info, chunks):
+            if info.status_code != 200:
+                raise _refused(task_id, self.api_url + path, info)
+            buffer = sized_buffer(info.size)
+            for chunk in chunks:
+                buffer.write(chunk)
+            return decode_streamed(buffer, info.content_type)
 
     def close(self) -> None:
         self._client.close()
@@ -203,10 +219,10 @@ class AsyncResultClient:
     async def fetch(self, task_id: str, timeout: float) -> Any:
         """A finished task's result value, streamed into one buffer and decoded."""
         path = result_path(task_id)
-        buffer = io.BytesIO()
         async with self._client.stream(path, timeout=timeout) as (info, chunks):
             if info.status_code != 200:
                 raise _refused(task_id, self.api_url + path, info)
+            buffer = sized_buffer(info.size)
             async for chunk in chunks:
                 buffer.write(chunk)
             return decode_streamed(buffer, info.content_type)
