@@ -27,11 +27,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from taskstream.objectstore.store import ObjectStore
+from taskstream.producer.api_client import SHA256_HEADER
 from taskstream.schemas.events import ObjectRef
 
 log = logging.getLogger("taskstream.api")
 
-SHA256_HEADER = "X-Taskstream-Sha256"
+__all__ = ["SHA256_HEADER", "ResultCache", "stream_object"]
 
 
 class ResultCache:

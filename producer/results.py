@@ -35,6 +35,7 @@ from taskstream.producer.errors import (
     TaskFailedError,
 )
 from taskstream.schemas.state import TaskStatus
+from taskstream.schemas.view import is_json
 
 #: Longest single long-poll; the loop makes up the rest of the caller's timeout.
 MAX_POLL_S = 30.0
@@ -47,11 +48,6 @@ _RETRY_STATUS = frozenset({404, 502, 503, 504})
 class Finished:
     value: Any  # the decoded JSON result, or bytes for other content types
     offloaded: bool = False  # the value is in object storage: fetch GET .../result
-
-
-def is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
 
 
 def sized_buffer(size: int | None) -> io.BytesIO:
