@@ -208,3 +208,31 @@ def test_offload_threshold_and_the_sdk_sees_an_offloaded_result() -> None:
             "result_ref": {"bucket": "b", "key": "k", "size": 1, "sha256": "0" * 64}}
     assert interpret(T, "u", 200, view) == Finished(None, offloaded=True)
     assert interpret(T, "u", 200, {"status": "SUCCEEDED", "result": 3}) == Finished(3)
+
+
+def test_the_batched_fold_turns_a_removal_into_a_tombstone_and_sends_it_again() -> None:
+    from taskstream.processors.fold.lifecycle import Limits
+    from taskstream.processors.live.batch import fold_partition
+    from taskstream.schemas.serde import encode_event, encode_state
+    from tests.test_fold_batch import Rec
+
+    state, _ = finished_state()
+    stored = {T.encode(): encode_state(state)}
+    purge = env(PurgeRequested(), AT + 10, "p1")
+    first = fold_partition(0, [Rec(T.encode(), encode_event(purge), 7)], stored.get, Limits())
+    change = first.changes[T.encode()]
+    assert change.before == state and change.after is None  # a tombstone and index removal
+    again = fold_partition(0, [Rec(T.encode(), encode_event(purge), 7)], {}.get, Limits())
+    assert again.changes[T.encode()].after is None  # read again after a crash: sent again
+
+
+def test_a_finished_tasks_timer_is_its_retention_when_a_policy_is_given() -> None:
+    from taskstream.statestore.indexes import timer_of
+
+    state, _ = finished_state()
+    assert timer_of(state) is None
+    policy = RetentionPolicy(default_ms=60_000)
+    timer = timer_of(state, lambda s: removal_due_at(s, policy))
+    assert timer is not None and timer.kind is TimerKind.RETENTION_DUE
+    assert timer.due_at_ms == (state.finished_at_ms or 0) + 60_000
+    assert timer.dispatch_id == state.dispatch_id
