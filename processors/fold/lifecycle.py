@@ -33,6 +33,7 @@ How one event is applied, in order:
    :mod:`~taskstream.processors.fold.retention`) of a finished task returns
    ``None`` and :class:`Removed`: the caller deletes the task. For a task already
    gone it returns ``Removed`` again (the tombstone is re-sent, as redo does).
+   With ``effects=False`` (replay) the state ``None`` alone says it.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def apply(
                 check_transition(None, key, created.status)  # raises: a bug
             return _record(created, event, limits, fresh=True), made
         if key in REMOVAL_KEYS:
-            return None, [Removed(f"{key} for a task already removed")]
+            return None, [Removed(f"{key} for a task already removed")] if effects else []
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
     if state.task_id != event.task_id:
         raise LifecycleError(
@@ -148,7 +149,7 @@ def apply(
         counted, made = submit_again(state, body)
         return _record(counted, event, limits, fresh=counted is not state), made
     if key in REMOVAL_KEYS:
-        return _remove(state, event, limits, key)
+        return _remove(state, event, limits, key, effects)
     allowed = _TABLE.get((state.status, key))
     if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
@@ -183,13 +184,15 @@ def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> S
 
 
 def _remove(
-    state: TaskState, event: Envelope, limits: Limits, key: str
+    state: TaskState, event: Envelope, limits: Limits, key: str, effects: bool
 ) -> tuple[TaskState | None, list[Effect]]:
     body = event.body
     refusal = (check_retention_timer(state, event, body) if isinstance(body, TimerFired)
                else check_purge(state))
     if refusal is not None:
         return _reject(state, event, limits, refusal)
+    if not effects:
+        return None, []
     reason = body.reason if isinstance(body, PurgeRequested) and body.reason else key
     return None, [Removed(reason, objects_of(state))]
 
