@@ -194,9 +194,9 @@ def test_retention_and_purge_remove_tasks_and_the_reaper_their_objects(
             for handle in (kept, purged):
                 assert handle.result(timeout=60)["seen"] == 5000
         api = httpx.Client(base_url=replica.url, timeout=10)
-        assert len(list(store.list(f"tasks/{short.task_id}/"))) == 2  # payload and result
-
         from tests.harness import wait_for
+        wait_for("the short queue's task to store its payload and result",
+                 lambda: len(list(store.list(f"tasks/{short.task_id}/"))) == 2, timeout=60)
         wait_for("the short queue's task to be removed by retention",
                  lambda: api.get(f"/tasks/{short.task_id}").status_code == 404, timeout=60)
 
