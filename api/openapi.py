@@ -102,6 +102,49 @@ def _schemas() -> dict[str, Any]:
                    "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}},
+        "Health": {
+            "type": "object", "required": ["status", "ready"],
+            "description": "with ?verbose also: reason, partitions (total, active, standby, "
+                           "restored, restoring, rebalancing), lag (events per partition this "
+                           "replica folds, queues by priority, sampled_at, error), workers "
+                           "(counts by status), url (this replica) and replicas (every replica "
+                           "holding partitions, by the URL it advertises)",
+            "properties": {
+                "status": {"type": "string"}, "ready": {"type": "boolean"},
+                "reason": {"type": "string"},
+                "partitions": {"type": "object"}, "lag": {"type": "object"},
+                "workers": {"type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 0}},
+                "url": {"type": "string"},
+                "replicas": {"type": "array", "items": {"type": "string"}},
+            }},
+        "Worker": {
+            "type": "object",
+            "required": ["worker_id", "host", "pid", "queues", "tags", "concurrency", "in_flight",
+                         "started_at_ms", "heartbeat_at_ms", "heartbeat_interval_ms", "state",
+                         "status", "heartbeat_age_s"],
+            "properties": {
+                "worker_id": {"type": "string"}, "host": {"type": "string"},
+                "pid": {"type": "integer"},
+                "queues": {"type": "array", "items": {"type": "string"}},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "concurrency": {"type": "integer"}, "pool": {"type": "string"},
+                "in_flight": {"type": "integer", "minimum": 0},
+                "tasks_started": {"type": "integer", "minimum": 0},
+                "tasks_succeeded": {"type": "integer", "minimum": 0},
+                "tasks_failed": {"type": "integer", "minimum": 0},
+                "started_at_ms": {"type": "integer"}, "heartbeat_at_ms": {"type": "integer"},
+                "heartbeat_interval_ms": {"type": "integer"},
+                "state": {"type": "string", "enum": ["running", "stopping", "stopped"],
+                          "description": "what the worker last said"},
+                "status": {"type": "string",
+                           "enum": ["running", "stopping", "stopped", "lost"],
+                           "description": "lost: no heartbeat for 3 of its intervals"},
+                "heartbeat_age_s": {"type": "number", "minimum": 0},
+                "version": {"type": "integer"},
+            }},
+        "Workers": {"type": "object", "required": ["workers"],
+                    "properties": {"workers": {"type": "array", "items": _ref("Worker")}}},
     }
 
 
@@ -207,11 +250,21 @@ def _paths() -> dict[str, Any]:
             "Dead tasks with their last error, in task-ID order",
             {"200": _json(_ref("TaskPage"), "one page"), "400": bad, "503": unavailable},
             params=[*_FILTERS, _LIMIT, _CURSOR])},
-        "/healthz": {"get": _op("Liveness: 200 while the process runs",
-                                {"200": _json(_ref("Status"), "alive")}, security=False)},
-        "/readyz": {"get": _op("Readiness: 200 once state is restored",
-                               {"200": _json(_ref("Status"), "ready"),
-                                "503": _error("still restoring")}, security=False)},
+        "/workers": {"get": _op(
+            "Workers announced on the workers topic: running, stopping or lost (no heartbeat "
+            "for 3 intervals)",
+            {"200": _json(_ref("Workers"), "every worker not stopped (all with ?all)"),
+             "400": bad},
+            params=[_query("all", {"type": "string"}, "also workers that stopped cleanly")])},
+        "/healthz": {"get": _op(
+            "Liveness: 200 while the process runs; ?verbose adds ownership, lag and workers",
+            {"200": _json(_ref("Health"), "alive"), "400": bad}, security=False,
+            params=[_query("verbose", {"type": "string"},
+                           "include partitions, lag and workers")])},
+        "/readyz": {"get": _op(
+            "Readiness: 200 once state is restored, 503 while restoring (lag never counts)",
+            {"200": _json(_ref("Status"), "ready"), "503": _error("still restoring")},
+            security=False)},
         "/metrics": {"get": _op("Prometheus metrics of this replica", {"200": {
             "description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},

@@ -28,6 +28,7 @@ from yarl import URL
 
 from taskstream.api.auth import TokenAuth
 from taskstream.api.errors import ApiError
+from taskstream.api.observe import SAMPLE_S, Observer
 from taskstream.api.query import (
     ListQuery,
     Page,
@@ -48,12 +49,15 @@ from taskstream.kafka_config import consumer_config
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
+from taskstream.producer.tracing import SubmitTracing
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
-from taskstream.topics import api_reader_group, queues_topic
+from taskstream.telemetry.context import TraceContext
+from taskstream.telemetry.tracing import OFF, Telemetry
+from taskstream.topics import api_reader_group, processor_app_id, queues_topic
 from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
@@ -79,12 +83,16 @@ def _ident(url: URL) -> tuple[str, int]:
 class Api:
     """The operations behind the endpoints, bound to one processor replica."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, telemetry: Telemetry = OFF,
+                 events_group: str | None = None) -> None:
         self.processor = processor
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
         self.rates = RateWindow(window_s=60.0)
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
+        self.tracing = SubmitTracing(telemetry, processor.events.get_topic_name())
+        self.observer = Observer(processor, processor.metrics.registry,
+                                 events_group or processor_app_id(processor.settings))
         self._session: aiohttp.ClientSession | None = None
 
     # -- the cluster ---------------------------------------------------------------
@@ -99,6 +107,7 @@ class Api:
         return self._session
 
     async def close(self) -> None:
+        self.observer.close()
         if self._session is not None:
             await self._session.close()
 
@@ -287,8 +296,11 @@ class Api:
 
     # -- commands --------------------------------------------------------------------
 
-    async def submit(self, spec: TaskSpec) -> str:
-        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding)."""
+    async def submit(self, spec: TaskSpec, caller: TraceContext | None = None) -> str:
+        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding).
+
+        ``caller``: the request's ``traceparent``, linked from the task's submit span."""
+        start_ns = time.time_ns()
         try:
             task_id, value = self.builder.submitted(spec, int(time.time() * 1000))
         except InvalidTaskError as exc:
@@ -297,6 +309,9 @@ class Api:
             raise ApiError(status, "payload_too_large" if status == 413 else "invalid_parameter",
                            str(exc), field) from None
         await self._produce(task_id, value)
+        if self.tracing.enabled:
+            self.tracing.submitted(task_id, spec.name, start_ns, queue=spec.queue,
+                                   depends_on=spec.depends_on, caller=caller)
         return task_id
 
     async def cancel(self, task_id: str, reason: str, headers: Mapping[str, str],
@@ -314,8 +329,10 @@ class Api:
     async def _produce(self, task_id: str, value: bytes) -> None:
         """Send one event and wait for the broker's acknowledgement (bounded)."""
         timeout = self.settings.kafka_timeout_s
+        headers = [self.tracing.root(task_id).header()] if self.tracing.enabled else None
         try:
-            pending = await self.processor.events.send(key=task_id.encode(), value=value)
+            pending = await self.processor.events.send(key=task_id.encode(), value=value,
+                                                       headers=headers)
             await asyncio.wait_for(asyncio.ensure_future(pending), timeout)
         except TimeoutError:
             raise ApiError(503, "unavailable", f"Kafka did not acknowledge the event in "
@@ -334,6 +351,7 @@ class Api:
         metrics.tasks.clear()
         for (queue, status), n in by_state.items():
             metrics.tasks.labels(queue, status).set(n)
+        self.observer.refresh()
         return generate_latest(metrics.registry)
 
 
@@ -384,22 +402,33 @@ def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
         consumer.close()
 
 
-def register_api(processor: Processor) -> Api:
-    """Add the API's routes, middleware and rate sampler to the processor's Faust app.
+def register_api(processor: Processor, telemetry: Telemetry = OFF,
+                 events_group: str | None = None) -> Api:
+    """Add the API's routes, middleware and samplers (processing rate; lag and queue depth)
+    to the processor's Faust app. ``events_group``: the group whose committed offsets on the
+    events topic are the fold's progress (default: the processors' Faust group).
 
     Must run before the app starts (aiohttp freezes its routes at start-up).
     """
     from taskstream.api.views import install
 
-    api = Api(processor)
+    api = Api(processor, telemetry, events_group)
     install(api)
     # during a recovery the indexes refuse (IndexNotReady): that sample is skipped
     processor.app.timer(RATE_SAMPLE_S, name="taskstream.api.rates")(
         timer_round(_sampler(api), "taskstream.api.rates", skip=(IndexNotReady,)))
+    processor.app.timer(SAMPLE_S, name="taskstream.api.lag")(
+        timer_round(_lag_sampler(api), "taskstream.api.lag"))
     return api
 
 
 def _sampler(api: Api) -> Callable[[], Awaitable[None]]:
     async def sample() -> None:
         api.sample_rate()
+    return sample
+
+
+def _lag_sampler(api: Api) -> Callable[[], Awaitable[None]]:
+    async def sample() -> None:
+        await asyncio.to_thread(api.observer.sample_kafka)
     return sample

@@ -31,6 +31,7 @@ from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeo
 from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
+from taskstream.telemetry.context import TRACEPARENT, parse_traceparent
 from taskstream.topics import QUEUE_NAME
 
 if TYPE_CHECKING:
@@ -181,6 +182,13 @@ def _queue_name(raw: str) -> str:
     return raw
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: present and not 0/false/no (``?verbose``, ``?verbose=1``)."""
+    if name not in request.query:
+        return False
+    return request.query[name].strip().lower() not in ("0", "false", "no")
+
+
 def _no_params(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
     for key in request.query:
         if key not in allowed:
@@ -210,6 +218,7 @@ class Endpoints:
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
+            "/workers": {"get": self.workers},
             "/healthz": {"get": self.healthz},
             "/readyz": {"get": self.readyz},
             "/metrics": {"get": self.metrics},
@@ -248,7 +257,8 @@ class Endpoints:
         except ValidationError as exc:
             raise validation_error(exc) from None
         try:
-            task_id = await self.api.submit(spec)
+            task_id = await self.api.submit(spec, parse_traceparent(
+                request.headers.get(TRACEPARENT)))
         except OverflowError:
             raise bad_request("body", "a time or duration is out of range") from None
         return json_response({"task_id": task_id}, 202)
@@ -287,13 +297,26 @@ class Endpoints:
         await self.api.set_paused(_queue_name(name), False)
         return json_response({"queue": name, "paused": False}, 202)
 
+    async def workers(self, request: web.Request) -> web.Response:
+        _no_params(request, ("all",))
+        include_stopped = _flag(request, "all")
+        views = self.api.observer.roster().views(include_stopped=include_stopped)
+        return json_response({"workers": views})
+
     async def healthz(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        _no_params(request, ("verbose",))
+        verbose = _flag(request, "verbose")
+        body = self.api.observer.health(verbose)
+        if verbose:  # where the other replicas are: taskstream doctor asks each of them
+            body["url"] = str(self.api.me)
+            body["replicas"] = [str(url) for url in self.api.replicas()]
+        return json_response(body)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.api.processor.is_ready():
+        ready, why = self.api.observer.readiness()
+        if ready:
             return json_response({"status": "ready"})
-        return error_response(503, "not_ready", "state is still being restored; retry")
+        return error_response(503, "not_ready", why)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.api.metrics_text(), headers={

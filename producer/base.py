@@ -10,8 +10,11 @@ from taskstream.producer.config import default_source
 from taskstream.producer.core import ProducerCore
 from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.metrics import ProducerMetrics
+from taskstream.producer.tracing import SubmitTracing
 from taskstream.schemas.models import SpecLimits
 from taskstream.settings import Settings, load_settings
+from taskstream.telemetry.tracing import Telemetry
+from taskstream.topics import events_topic
 
 if TYPE_CHECKING:
     from taskstream.producer.handle import BatchDelivery, _Delivery
@@ -26,7 +29,9 @@ class ProducerBase:
     submit waits for room in a full local queue and ``connect_timeout_s`` how
     long it waits for an unreachable broker (both default to
     ``settings.kafka_timeout_s``). ``kafka_config`` adds librdkafka settings
-    (not acks, idempotence or partitioner).
+    (not acks, idempotence or partitioner). ``telemetry`` is where the submit spans go
+    (default: the settings' ``otlp_endpoint``, a pipeline this producer owns and shuts
+    down on close; none: tracing off).
     """
 
     def __init__(
@@ -38,14 +43,21 @@ class ProducerBase:
         queue_full_timeout_s: float | None = None,
         connect_timeout_s: float | None = None,
         kafka_config: Mapping[str, Any] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self._owns_telemetry = telemetry is None
+        if telemetry is None:
+            telemetry = Telemetry.from_settings(self.settings, "taskstream-producer",
+                                                source or default_source())
+        self._tracing = SubmitTracing(telemetry, events_topic(self.settings))
         self._core = ProducerCore(
             self.settings,
             metrics=metrics,
             queue_full_timeout_s=queue_full_timeout_s,
             connect_timeout_s=connect_timeout_s,
             kafka_overrides=kafka_config,
+            tracing=self._tracing,
         )
         self._build = EventBuilder(
             source or default_source(),
@@ -70,6 +82,18 @@ class ProducerBase:
 
     def _init_flavour(self) -> None:
         """The flavour's own state (poll counters, a poll thread); nothing by default."""
+
+    def _traced(self, task_id: str, name: str, options: Mapping[str, Any], start_ns: int
+                ) -> None:
+        """The submit span of one task (tracing on only)."""
+        queue = options.get("queue")
+        self._tracing.submitted(task_id, name, start_ns,
+                                queue=queue if isinstance(queue, str) else None,
+                                depends_on=options.get("depends_on") or ())
+
+    def _close_telemetry(self) -> None:
+        if self._owns_telemetry:
+            self._tracing.telemetry.shutdown()
 
     @property
     def source(self) -> str:

@@ -29,6 +29,7 @@ from taskstream.producer.errors import (
     UndeliveredOnBrokerDownError,
 )
 from taskstream.producer.metrics import ProducerMetrics, producer_metrics
+from taskstream.producer.tracing import SubmitTracing
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
@@ -57,10 +58,13 @@ class ProducerCore:
         queue_full_timeout_s: float | None = None,
         connect_timeout_s: float | None = None,
         kafka_overrides: Mapping[str, Any] | None = None,
+        tracing: SubmitTracing | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = settings.bootstrap
         self.topic = events_topic(settings)
+        #: spans and traceparent headers (off: one attribute check per send)
+        self.tracing = tracing if tracing is not None else SubmitTracing(topic=self.topic)
         self.metrics = metrics if metrics is not None else producer_metrics()
         self.queue_capacity = settings.producer_queue_max
         self.queue_full_timeout_s = (
@@ -167,7 +171,11 @@ class ProducerCore:
             self._sample = 0
             handle._t0 = time.perf_counter()
         try:
-            self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
+            if self.tracing.enabled:
+                self._produce(self.topic, value, key, on_delivery=handle._on_delivery,
+                              headers=self.tracing.headers(key))
+            else:
+                self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
         except BufferError:
             return False
         return True
@@ -190,6 +198,8 @@ class ProducerCore:
         topic, produce_batch = self.topic, self._producer.produce_batch
         on_delivery = batch.on_delivery
         indices = range(len(keys)) if todo is None else todo
+        if self.tracing.enabled:  # produce_batch takes no headers: one call per event
+            return self._offer_each(keys, values, batch, list(indices))
         for lo in range(0, len(indices), BATCH):
             part = indices[lo : lo + BATCH]
             if todo is None:
@@ -214,6 +224,20 @@ class ProducerCore:
                 return refused + list(indices[lo + BATCH :])
         return []
 
+    def _offer_each(self, keys: list[str], values: list[bytes], batch: BatchDelivery,
+                    indices: list[int]) -> list[int]:
+        """offer_many with a traceparent header on each event (tracing on)."""
+        produce, topic, headers = self._produce, self.topic, self.tracing.headers
+        for n, i in enumerate(indices):
+            try:
+                produce(topic, values[i], keys[i], on_delivery=batch.on_delivery,
+                        headers=headers(keys[i]))
+            except BufferError:
+                return indices[n:]
+            except KafkaException as exc:  # e.g. a record over message.max.bytes
+                batch.fail(i, exc.args[0])
+        return []
+
     def queue_full_error(self) -> ProducerQueueFullError:
         self.metrics.failed.labels(reason="queue_full").inc()
         return ProducerQueueFullError(
@@ -225,7 +249,11 @@ class ProducerCore:
         while True:
             self._producer.poll(0.05)  # serve acks: that is what frees the queue
             try:
-                self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
+                if self.tracing.enabled:
+                    self._produce(self.topic, value, key, on_delivery=handle._on_delivery,
+                                  headers=self.tracing.headers(key))
+                else:
+                    self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
                 return
             except BufferError:
                 if time.monotonic() >= deadline:

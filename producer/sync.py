@@ -53,9 +53,12 @@ class TaskProducer(ProducerBase):
         """
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
         handle = TaskHandle(task_id, "TaskSubmitted", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            self._traced(task_id, name, options, start_ns)
         self._submitted.inc()
         self._after_send()
         return handle
@@ -68,6 +71,7 @@ class TaskProducer(ProducerBase):
         """
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         task_ids, values = self._build.many(list(specs), now_ms())
         handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
@@ -79,6 +83,8 @@ class TaskProducer(ProducerBase):
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     raise self._queue_stayed_full(handles, batch, todo)
+        if start_ns:
+            core.tracing.submitted_many(task_ids, start_ns)
         self._submitted.inc(len(handles))
         self._after_send(len(handles))
         return handles
@@ -87,9 +93,12 @@ class TaskProducer(ProducerBase):
         """Ask for a task to be cancelled (a CancelRequested event)."""
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         data = self._build.cancel(task_id, reason, now_ms())
         handle = TaskHandle(task_id, "CancelRequested", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            core.tracing.requested(task_id, "CancelRequested", start_ns)
         core.metrics.count_submitted("CancelRequested")
         self._after_send()
         return handle
@@ -100,9 +109,12 @@ class TaskProducer(ProducerBase):
         """Give a DEAD task a fresh budget of attempts (a RedriveRequested event)."""
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         data = self._build.redrive(task_id, max_attempts, reason, now_ms())
         handle = TaskHandle(task_id, "RedriveRequested", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            core.tracing.requested(task_id, "RedriveRequested", start_ns)
         core.metrics.count_submitted("RedriveRequested")
         self._after_send()
         return handle
@@ -131,6 +143,7 @@ class TaskProducer(ProducerBase):
             self._core.flush(timeout)
         finally:
             self._core.mark_closed()
+            self._close_telemetry()
 
     def __enter__(self) -> Self:
         return self

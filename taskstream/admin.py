@@ -9,19 +9,26 @@ Partitions: ``events``, ``cancellations``, ``dlq`` and ``quarantine`` are keyed
 by task ID and get ``settings.partitions``; ready topics get
 ``settings.ready_partitions``; ``queues`` holds a handful of commands per queue
 that every worker reads whole, so it has one partition (total order per queue
-for free).
+for free); ``workers`` holds one small record per live worker, read whole by
+every API replica, so one partition too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
@@ -57,6 +64,18 @@ def _compact(replication: int) -> dict[str, str]:
     return {"cleanup.policy": "compact", "min.insync.replicas": _min_insync(replication)}
 
 
+#: the workers topic keeps a worker's last record for a day after it stops heartbeating
+#: (compact: one record per worker; delete: a worker gone for good leaves the list)
+WORKERS_RETENTION_MS = 24 * 3600 * 1000
+#: segments roll hourly so compaction and retention reach records in hours, not weeks
+WORKERS_SEGMENT_MS = 3600 * 1000
+
+
+def _workers(replication: int) -> dict[str, str]:
+    return {"cleanup.policy": "compact,delete", "retention.ms": str(WORKERS_RETENTION_MS),
+            "segment.ms": str(WORKERS_SEGMENT_MS), "min.insync.replicas": _min_insync(replication)}
+
+
 def queue_topic_specs(settings: Settings, queue: str) -> list[TopicSpec]:
     """The ready topics of one queue, highest priority first."""
     if not topics.QUEUE_NAME.match(queue):
@@ -79,6 +98,7 @@ def topic_specs(settings: Settings, queues: Iterable[str] | None = None) -> list
         TopicSpec(topics.cancellations_topic(settings), n, _compact(rf)),
         TopicSpec(topics.dlq_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
         TopicSpec(topics.quarantine_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
+        TopicSpec(topics.workers_topic(settings), 1, _workers(rf)),
     ]
     for queue in settings.queues if queues is None else queues:
         specs.extend(queue_topic_specs(settings, queue))
@@ -233,3 +253,54 @@ def choose_session_timeout(settings: Settings) -> float:
         f"{low / 1000:g} and {high / 1000:g} (or unset it), or change those broker settings "
         "(`taskstream kafka up` allows down to 1 s)"
     )
+
+
+# -- lag: how far a consumer group is behind the end of its partitions -----------------
+
+
+def _spec(which: Any) -> OffsetSpec:
+    """``OffsetSpec.latest()`` or ``.earliest()`` (untyped class methods in the client)."""
+    return cast(Callable[[], OffsetSpec], which)()
+
+
+def _list_offsets(settings: Settings, client: AdminClient, partitions: Iterable[tuple[str, int]],
+                  spec: OffsetSpec) -> dict[tuple[str, int], int]:
+    wanted = {TopicPartition(t, p): spec for t, p in partitions}
+    if not wanted:
+        return {}
+    futures = client.list_offsets(wanted, request_timeout=settings.kafka_timeout_s)
+    return {(tp.topic, tp.partition): int(future.result(timeout=settings.kafka_timeout_s * 2)
+                                          .offset)
+            for tp, future in futures.items()}
+
+
+def end_offsets(settings: Settings, client: AdminClient,
+                partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset the next record will get (the high watermark)."""
+    return _list_offsets(settings, client, partitions, _spec(OffsetSpec.latest))
+
+
+def committed_offsets(settings: Settings, client: AdminClient, group: str,
+                      partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the group's committed offset, -1 where it has none."""
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    if not tps:
+        return {}
+    futures = client.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, tps)], request_timeout=settings.kafka_timeout_s)
+    result = futures[group].result(timeout=settings.kafka_timeout_s * 2)
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1
+            for tp in result.topic_partitions or []}
+
+
+def group_lag(settings: Settings, client: AdminClient, group: str,
+              partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> records past the group's committed offset (past the start of
+    what retention kept where the group has not committed yet). Raises KafkaException."""
+    parts = list(partitions)
+    ends = end_offsets(settings, client, parts)
+    committed = committed_offsets(settings, client, group, parts)
+    fresh = [tp for tp in parts if committed.get(tp, -1) < 0]
+    starts = _list_offsets(settings, client, fresh, _spec(OffsetSpec.earliest))
+    return {tp: max(0, end - (committed[tp] if committed.get(tp, -1) >= 0 else starts.get(tp, 0)))
+            for tp, end in ends.items()}

@@ -15,7 +15,7 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +83,23 @@ class Settings(BaseSettings):
         default_factory=dict, description="sha256 hex of a token -> scopes (read, submit, admin)"
     )
 
+    # Observability (docs/observability.md, D19-D21)
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector base URL (http://host:4318); unset: no tracing, "
+        "and tracing costs one attribute check per task",
+    )
+    trace_sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="fraction of tasks traced (decided from the task ID, "
+        "so every process agrees)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object a line, with task_id, attempt, queue, trace_id",
+    )
+    worker_heartbeat_s: float = Field(
+        5.0, ge=0.1, le=300.0, description="how often a worker announces itself on the workers "
+        "topic; it is lost after 3 missed heartbeats",
+    )
+
     # Local Kafka runner
     kafka_version: str = "4.3.1"
     kafka_home: Path = Field(
@@ -105,6 +122,16 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port")
         return v
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint_is_a_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL of an OTLP/HTTP collector "
+                             "(http://host:4318)")
+        return v.rstrip("/")
 
     @field_validator("advertised_url")
     @classmethod

@@ -20,6 +20,7 @@ QUEUES = "queues"
 CANCELLATIONS = "cancellations"
 DLQ = "dlq"
 QUARANTINE = "quarantine"
+WORKERS = "workers"
 PROCESSOR = "processor"
 #: the processor's task table (a Faust table: its changelog is a topic)
 TASK_TABLE = "tasks"
@@ -48,8 +49,24 @@ def quarantine_topic(settings: Settings) -> str:
     return settings.topic(QUARANTINE)
 
 
+def workers_topic(settings: Settings) -> str:
+    """Live workers: one record per worker (key = worker id), compacted (workers/presence.py)."""
+    return settings.topic(WORKERS)
+
+
 def ready_topic(settings: Settings, queue: str, level: int) -> str:
     return settings.topic(f"ready.{queue}.p{level}")
+
+
+def ready_topic_parts(settings: Settings, name: str) -> tuple[str, int] | None:
+    """``<prefix>ready.<queue>.p<level>`` -> (queue, level); None for any other name."""
+    head = settings.topic("ready.")
+    if not name.startswith(head):
+        return None
+    queue, _, level = name[len(head):].rpartition(".p")
+    if not QUEUE_NAME.match(queue) or not level.isdigit():
+        return None
+    return queue, int(level)
 
 
 def ready_topics(settings: Settings, queue: str) -> list[str]:
@@ -79,6 +96,11 @@ def worker_group(settings: Settings, queue: str) -> str:
 def worker_control_group(settings: Settings, instance: str) -> str:
     """One worker's own group for the cancellations and queues topics (it reads all of them)."""
     return settings.topic(f"workers.control.{instance}")
+
+
+def roster_group(instance: str) -> str:
+    """A group id for a reader of the workers topic (assign-only: never joined)."""
+    return f"taskstream-roster-{instance}"
 
 
 def api_reader_group(instance: str) -> str:

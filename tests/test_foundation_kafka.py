@@ -56,7 +56,7 @@ def test_topics_create_twice_is_a_noop_the_second_time(settings: Settings) -> No
 
 def test_ensure_topics_reports_what_it_created(settings: Settings) -> None:
     created = ensure_topics(settings)
-    assert all(created.values()) and len(created) == 5 + settings.priority_levels
+    assert all(created.values()) and len(created) == 6 + settings.priority_levels
     assert not any(ensure_topics(settings).values())
     new_queue = ensure_queue_topics(settings, "fresh")
     assert list(new_queue) == ready_topics(settings, "fresh")

@@ -37,6 +37,7 @@ from taskstream.workers.outcome import Failure, Outcome
 log = logging.getLogger("taskstream.worker")
 
 Delivered = Callable[[bool], None]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def emitter_config(settings: Settings) -> dict[str, Any]:
@@ -79,7 +80,8 @@ class EventEmitter:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
-    def _emit(self, ready: Envelope, body: EventBody, on_delivered: Delivered | None) -> None:
+    def _emit(self, ready: Envelope, body: EventBody, on_delivered: Delivered | None,
+              headers: Headers | None = None) -> None:
         envelope = Envelope(event_id=new_event_id(), task_id=ready.task_id,
                             occurred_at_ms=time.time_ns() // 1_000_000, source=self.source,
                             attempt=ready.attempt, body=body)
@@ -93,11 +95,12 @@ class EventEmitter:
             if on_delivered is not None:
                 on_delivered(err is None)
 
-        self._produce(self._events, ready.task_id.encode(), encode_event(envelope), report)
+        self._produce(self._events, ready.task_id.encode(), encode_event(envelope), report,
+                      headers)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  report: Callable[[KafkaError | None, Message], None],
-                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+                 headers: Headers | None = None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers,
@@ -113,17 +116,30 @@ class EventEmitter:
         body = ready.body
         return body.dispatch_id if isinstance(body, TaskDispatched) else ""
 
-    def started(self, ready: Envelope, on_delivered: Delivered | None = None) -> None:
-        self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered)
+    def started(self, ready: Envelope, on_delivered: Delivered | None = None,
+                headers: Headers | None = None) -> None:
+        self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered,
+                   headers)
 
-    def lease_renewed(self, ready: Envelope) -> None:
-        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None)
+    def lease_renewed(self, ready: Envelope, headers: Headers | None = None) -> None:
+        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None, headers)
         self._metrics.heartbeats.inc()
 
     def outcome(self, ready: Envelope, outcome: Outcome,
-                on_delivered: Delivered | None = None) -> None:
+                on_delivered: Delivered | None = None, headers: Headers | None = None) -> None:
         self._emit(ready, outcome_body(outcome, self._dispatch_id(ready), self.worker_id),
-                   on_delivered)
+                   on_delivered, headers)
+
+    def announce(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """A record of the worker's own (its presence on the workers topic); a failed
+        delivery is counted and logged, the next heartbeat replaces it."""
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._metrics.delivery_errors.labels("presence").inc()
+                log.warning("event=presence.failed topic=%s error=%s", topic, err)
+
+        self._produce(topic, key, value, report)
 
     def quarantine(self, topic: str, partition: int, offset: int, key: bytes | None,
                    value: bytes, reason: str, on_delivered: Delivered) -> None:

@@ -35,6 +35,8 @@ from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.settings import Settings, load_settings
+from taskstream.telemetry.logs import TaskLogContext, set_task_context
+from taskstream.telemetry.tracing import Telemetry
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
 from taskstream.workers.control import ControlReader
@@ -47,9 +49,11 @@ from taskstream.workers.outcome import (
     cancelled_failure,
     unknown_task_failure,
 )
+from taskstream.workers.presence import Presence
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute
+from taskstream.workers.tracing import AttemptTrace, AttemptTracing
 
 log = logging.getLogger("taskstream.worker")
 
@@ -84,6 +88,7 @@ class Worker:
         grace_s: float = 30.0,
         metrics_port: int | None = None,
         worker_id: str | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if concurrency < 1:
             raise WorkerError(f"concurrency must be >= 1; got {concurrency}")
@@ -96,6 +101,12 @@ class Worker:
         self.metrics_port = metrics_port
         self.worker_id = worker_id or new_worker_id()
         self.metrics = WorkerMetrics()
+        #: tracing (default: the settings' otlp_endpoint; off without one); run() owns it
+        self._owns_telemetry = telemetry is None
+        self.tracing = AttemptTracing(
+            telemetry or Telemetry.from_settings(self.settings, "taskstream-worker",
+                                                 self.worker_id), self.worker_id)
+        self._presence: Presence | None = None
         self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
         self._running: dict[str, _Running] = {}
@@ -162,17 +173,25 @@ class Worker:
             log.warning("event=control.slow (starting before all cancellations were read)")
         if self.metrics_port is not None:
             self._metrics_server, _ = self.metrics.serve(self.metrics_port)
+        self.tracing.telemetry.install_global()
         for queue in self.queues:
             consumer = QueueConsumer(
                 self.settings, queue, prefetch=max(2 * self.concurrency, 8),
                 client_id=self.worker_id, emitter=self._emitter, metrics=self.metrics,
-                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set))
+                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set),
+                trace_headers=self.tracing.enabled)
             consumer.set_paused(self._paused.get(queue, False))
             consumer.start()
             self._consumers.append(consumer)
         log.info("event=worker.started worker_id=%s queues=%s concurrency=%d pool=%s tasks=%d",
                  self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
                  len(self.app))
+        # tags: issue 16 gives workers tags; until then the record carries none
+        self._presence = Presence(self.settings, self._emitter, worker_id=self.worker_id,
+                                  queues=self.queues, concurrency=self.concurrency,
+                                  pool=self.pool.value, snapshot=self._presence_snapshot,
+                                  metrics=self.metrics)
+        self._presence.start()
         self._started.set()
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
         await self._stop.wait()
@@ -181,6 +200,10 @@ class Worker:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    def _presence_snapshot(self) -> dict[str, int]:
+        """What each heartbeat reports besides the fixed facts."""
+        return {"in_flight": self.in_flight, **self.metrics.totals()}
 
     def assignment(self) -> dict[str, set[tuple[str, int]]]:
         return {c.queue: c.assignment() for c in self._consumers}
@@ -250,6 +273,8 @@ class Worker:
         envelope, dispatched = record.envelope, record.dispatched
         emitter = self._emitter
         assert emitter is not None
+        set_task_context(TaskLogContext(envelope.task_id, envelope.attempt, dispatched.queue,
+                                        dispatched.name))  # this record's own asyncio task
         if self._is_cancelled(envelope):
             consumer.settle(record.tp, record.offset)
             self.metrics.skipped.labels(consumer.queue).inc()
@@ -262,7 +287,10 @@ class Worker:
             if ok:
                 consumer.settle(record.tp, record.offset)
 
-        emitter.started(envelope, on_delivered=on_started)
+        trace = (self.tracing.begin(envelope, dispatched, record.tp[0], record.trace)
+                 if self.tracing.enabled else None)
+        headers = trace.headers if trace is not None else None
+        emitter.started(envelope, on_delivered=on_started, headers=headers)
         started = time.monotonic()
         self.metrics.started.labels(dispatched.name).inc()
         self.metrics.queue_wait.labels(dispatched.queue).observe(
@@ -272,23 +300,33 @@ class Worker:
         if task is None:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
         else:
-            outcome = await self._execute(task, envelope, dispatched)
+            try:
+                outcome = await self._execute(task, envelope, dispatched, trace)
+            except asyncio.CancelledError:  # stopped without grace: no outcome
+                if trace is not None:
+                    self.tracing.end(trace, None)
+                raise
         self.metrics.run_seconds.labels(dispatched.name).observe(time.monotonic() - started)
+        if trace is not None:
+            self.tracing.end(trace, outcome)
         if outcome is None:
             return
-        emitter.outcome(envelope, outcome)
+        emitter.outcome(envelope, outcome, headers=headers)
         self._log_outcome(envelope, dispatched, outcome, time.monotonic() - started)
 
-    async def _execute(self, task: TaskDef, envelope: Envelope,
-                       dispatched: TaskDispatched) -> Outcome | None:
+    async def _execute(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
+                       trace: AttemptTrace | None = None) -> Outcome | None:
         emitter = self._emitter
         assert emitter is not None
+        headers = trace.headers if trace is not None else None
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope))
-        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
+                          heartbeat=lambda: emitter.lease_renewed(envelope, headers),
+                          queue=dispatched.queue)
+        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool),
+                                  context=trace.handler_context() if trace is not None else None)
         running = self._running[envelope.task_id] = _Running(envelope, ctx, run)
-        lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))
+        lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms, headers))
         self.metrics.in_flight.inc()
         try:
             await asyncio.wait({run})
@@ -310,13 +348,14 @@ class Worker:
             self.metrics.abandoned_threads.inc()
         return outcome
 
-    async def _renew_lease(self, envelope: Envelope, lease_ms: int) -> None:
+    async def _renew_lease(self, envelope: Envelope, lease_ms: int,
+                           headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
         emitter = self._emitter
         assert emitter is not None
         interval = max(lease_ms / 3000, MIN_RENEW_S)
         while True:
             await asyncio.sleep(interval)
-            emitter.lease_renewed(envelope)
+            emitter.lease_renewed(envelope, headers)
 
     def _log_outcome(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Outcome,
                      took_s: float) -> None:
@@ -339,6 +378,8 @@ class Worker:
         interrupt the rest; flush events (TaskStarted acks settle offsets); commit and
         leave the groups; stop the control reader and the producer."""
         self._stopping = True
+        if self._presence is not None:
+            self._presence.stopping()
         dispatcher.cancel()
         await asyncio.wait({dispatcher}, timeout=5)
         for consumer in self._consumers:
@@ -359,7 +400,11 @@ class Worker:
         await asyncio.to_thread(self._emitter.flush, flush_s)
         await asyncio.gather(*(asyncio.to_thread(c.close) for c in self._consumers))
         await asyncio.to_thread(self._control.close)
+        if self._presence is not None:
+            self._presence.stopped()
         await asyncio.to_thread(self._emitter.close, flush_s)
+        if self._owns_telemetry:
+            await asyncio.to_thread(self.tracing.telemetry.shutdown)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -1,6 +1,6 @@
 """Admin commands: read task state and steer queues through the HTTP API.
 
-``taskstream status|list|cancel|redrive|queues|pause|resume|wait`` and
+``taskstream status|list|cancel|redrive|queues|workers|pause|resume|wait`` and
 ``taskstream dlq list|redrive``. The API address and token come from the
 settings (``TASKSTREAM_API_URL``, ``TASKSTREAM_API_TOKEN``) or ``--api-url``.
 Output is an aligned table for people; ``--json`` prints the API's JSON for
@@ -132,6 +132,19 @@ def queue_rows(queues: Sequence[dict[str, Any]]) -> str:
                      *[q.get("counts", {}).get(s, 0) for s in present],
                      "-" if rate is None else f"{rate:g}/s"])
     return render_table(["QUEUE", "STATUS", "TOTAL", *present, "SUCCEEDED/S (1 MIN)"], rows)
+
+
+def worker_rows(workers: Sequence[dict[str, Any]]) -> str:
+    if not workers:
+        return "no workers have announced themselves (start one: taskstream worker -A MODULE)"
+    return render_table(
+        ["WORKER", "STATUS", "QUEUES", "TAGS", "IN FLIGHT", "DONE", "FAILED", "STARTED",
+         "LAST HEARTBEAT"],
+        [[w.get("worker_id"), w.get("status"), ",".join(w.get("queues", [])),
+          ",".join(w.get("tags", [])) or "-",
+          f"{w.get('in_flight', 0)}/{w.get('concurrency', 0)}", w.get("tasks_succeeded", 0),
+          w.get("tasks_failed", 0), fmt_time(w.get("started_at_ms")),
+          f"{w.get('heartbeat_age_s', 0):.1f}s ago"] for w in workers])
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
@@ -266,6 +279,17 @@ def queues(as_json: bool, api_url: str | None) -> None:
     """Every queue: tasks by state, processing rate, paused or not."""
     data = client_from(api_url).call("GET", "/queues")
     emit(data, as_json, lambda d: queue_rows(d["queues"]))
+
+
+@click.command()
+@click.option("--all", "include_stopped", is_flag=True,
+              help="also workers that stopped cleanly (kept for a day)")
+@api_options
+def workers(include_stopped: bool, as_json: bool, api_url: str | None) -> None:
+    """Workers on the workers topic: running, stopping, or lost (3 heartbeats missed)."""
+    data = client_from(api_url).call("GET", "/workers",
+                                     params={"all": "1"} if include_stopped else None)
+    emit(data, as_json, lambda d: worker_rows(d["workers"]))
 
 
 @click.command()

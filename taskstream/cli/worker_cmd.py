@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -37,11 +36,12 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
     """Run tasks from the queues' ready topics until SIGTERM (twice: stop at once)."""
     from taskstream.cli.common import load_settings_or_exit
     from taskstream.errors import TaskstreamError
+    from taskstream.telemetry.logs import configure_logging
     from taskstream.workers.loader import load_registry
     from taskstream.workers.worker import Worker
 
-    logging.basicConfig(level=loglevel.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings_or_exit()
+    configure_logging(loglevel, settings.log_format)
     if reload_:
         args = ["-A", target, "--concurrency", str(concurrency), "--pool", pool,
                 "--grace", str(grace), "--loglevel", loglevel,
@@ -49,7 +49,6 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
         args += ["--queues", queues] if queues else []
         args += ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
         raise SystemExit(_supervise(target, args, grace, reload_dirs))
-    settings = load_settings_or_exit()
     try:
         registry = load_registry(target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None

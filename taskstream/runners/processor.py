@@ -7,14 +7,16 @@ import faust
 from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, ensure_topics
 from taskstream.api.service import register_api
 from taskstream.processors.live.app import Processor
-from taskstream.settings import Settings
+from taskstream.settings import Settings, advertised_url
 from taskstream.statestore.tables import TABLE_NAMES
+from taskstream.telemetry.logs import dict_config
+from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import changelog_topic
 
 
-def build_processor(settings: Settings) -> Processor:
+def build_processor(settings: Settings, telemetry: Telemetry = OFF) -> Processor:
     processor = Processor(settings)
-    register_api(processor)
+    register_api(processor, telemetry)
     return processor
 
 
@@ -40,6 +42,13 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     ensure_changelog_topics(settings)
     settings = settings.model_copy(
         update={"session_timeout_s": choose_session_timeout(settings)})
-    processor = build_processor(settings)
-    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    telemetry = Telemetry.from_settings(settings, "taskstream-processor",
+                                        advertised_url(settings))
+    processor = build_processor(settings, telemetry)
+    # taskstream's log format (text or JSON lines, telemetry/logs.py) instead of Faust's own
+    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True,
+                          logging_config=dict_config(loglevel, settings.log_format))
+    try:
+        worker.execute_from_commandline()
+    finally:
+        telemetry.shutdown()
