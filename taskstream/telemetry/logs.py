@@ -3,7 +3,8 @@
 ``TASKSTREAM_LOG_FORMAT=json`` turns every log line of a taskstream process into
 one JSON object: ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``,
 ``message``, and always ``task_id``, ``attempt``, ``queue`` and ``trace_id``
-(null on lines that are about no task), plus ``span_id`` when a span is current,
+(null on lines that are about no task), plus ``task_name`` on lines about a task
+and ``span_id`` when a span is current,
 whatever the line passed in ``extra=``, and ``exc`` for an exception.
 
 Where the task context comes from: :func:`task_context` sets it for the code
@@ -104,6 +105,8 @@ class TaskContextFilter(logging.Filter):
         elif values["trace_id"] is None and span.is_valid:
             values["trace_id"] = f"{span.trace_id:032x}"
         values["span_id"] = f"{span.span_id:016x}" if span.is_valid else None
+        if getattr(record, "task_name", None) is None:
+            values["task_name"] = fields.get("task_name") or None
         for key, value in values.items():
             setattr(record, key, value)
         return True
