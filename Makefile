@@ -1,5 +1,5 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> ruff ->
+#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> promtool -> ruff ->
 #   a normal install of the package tree -> import-linter and mypy over it -> Kafka up ->
 #   pytest -> Kafka down (always).
 
@@ -9,9 +9,9 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars kustomize lint site typecheck pytest dev clean
+.PHONY: test install kafka-jars kustomize promtool lint site typecheck pytest dev clean
 
-test: install kafka-jars kustomize lint typecheck pytest
+test: install kafka-jars kustomize promtool lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,21 @@ $(KUSTOMIZE_STAMP):
 		echo "kustomize: no Go toolchain; the tests use kubectl kustomize ($$(kubectl version --client | grep -i kustomize))"; \
 	else \
 		echo "kustomize: install Go (to build kustomize $(KUSTOMIZE_VERSION)) or kubectl" >&2; exit 1; \
+	fi
+
+# promtool and prometheus for the monitoring tests (tests/test_observability_*.py: promtool
+# check config/rules, promtool test rules, a real Prometheus scraping a running platform):
+# Debian's prometheus package, installed when missing (as root, as CI runs; the package's
+# service is not needed and is not started where policy-rc.d forbids it).
+promtool:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+		echo "promtool: $$(promtool --version 2>&1 | head -1)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+		echo "promtool: install Debian's prometheus package (apt-get install prometheus)" >&2; \
+		exit 1; \
 	fi
 
 # ruff over the sources; import-linter (the contracts in pyproject.toml) over the

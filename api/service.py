@@ -419,7 +419,14 @@ def register_api(processor: Processor, telemetry: Telemetry = OFF,
         timer_round(_sampler(api), "taskstream.api.rates", skip=(IndexNotReady,)))
     processor.app.timer(SAMPLE_S, name="taskstream.api.lag")(
         timer_round(_lag_sampler(api), "taskstream.api.lag"))
+    processor.app.task(_start_roster(api))
     return api
+
+
+def _start_roster(api: Api) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:  # the workers topic is read from start, not at first request
+        api.observer.roster()
+    return start
 
 
 def _sampler(api: Api) -> Callable[[], Awaitable[None]]:

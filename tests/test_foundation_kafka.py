@@ -46,7 +46,7 @@ def test_topics_create_twice_is_a_noop_the_second_time(settings: Settings) -> No
                            env=env_of(settings))
     assert second.exit_code == 0, second.output
     assert "created" not in second.output.replace("already", "")
-    assert "All 11 topics already exist; nothing to do." in second.output
+    assert "All 12 topics already exist; nothing to do." in second.output
     found = list_topics(settings)
     assert found[settings.topic("events")] == 4
     assert found[settings.topic("queues")] == 1
