@@ -100,6 +100,11 @@ class ProducerBase:
         return self._build.source
 
     @property
+    def telemetry(self) -> Telemetry:
+        """Where this producer's submit spans go (tracing.OFF when it does not trace)."""
+        return self._tracing.telemetry
+
+    @property
     def metrics(self) -> ProducerMetrics:
         return self._core.metrics
 

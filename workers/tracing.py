@@ -1,6 +1,6 @@
 """The worker's part of a task's trace: queue wait and run spans, ``traceparent`` on its events.
 
-For each attempt it starts (docs/decisions.md, D19):
+For each attempt it starts (docs/decisions.md, D20):
 
 * ``taskstream.queue_wait``: from the dispatch (the ready record's time) to the
   start here, a span that already happened when it is recorded;
@@ -72,18 +72,22 @@ class AttemptTracing:
             task_id, carried, dispatch_context(task_id, dispatched.dispatch_id,
                                                self.telemetry.ratio))
         links = [link_to(foreign, relation="carried")] if foreign is not None else []
-        attributes: dict[str, str | int] = {
-            "taskstream.task_id": task_id, "taskstream.attempt": envelope.attempt,
-            "taskstream.queue": dispatched.queue, "taskstream.task_name": dispatched.name,
-            "taskstream.dispatch_id": dispatched.dispatch_id,
-            "taskstream.worker_id": self.worker_id,
-            "messaging.system": "kafka", "messaging.destination.name": topic}
+        # few attributes: the SDK checks each one and the exporter encodes each one, per
+        # span (the trace already says which task; the run span says the rest)
         now_ns = time.time_ns()
         dispatched_ns = envelope.occurred_at_ms * 1_000_000
         self.telemetry.record("taskstream.queue_wait", start_ns=min(dispatched_ns, now_ns),
-                              end_ns=now_ns, parent=parent, attributes=attributes, links=links)
+                              end_ns=now_ns, parent=parent, links=links,
+                              attributes={"taskstream.queue": dispatched.queue})
         span = self.telemetry.start("taskstream.run", parent=parent, kind=SpanKind.CONSUMER,
-                                    start_ns=now_ns, attributes=attributes, links=links)
+                                    start_ns=now_ns, links=links, attributes={
+                                        "taskstream.task_id": task_id,
+                                        "taskstream.attempt": envelope.attempt,
+                                        "taskstream.queue": dispatched.queue,
+                                        "taskstream.task_name": dispatched.name,
+                                        "taskstream.dispatch_id": dispatched.dispatch_id,
+                                        "taskstream.worker_id": self.worker_id,
+                                        "messaging.destination.name": topic})
         run = context_of(span)
         return AttemptTrace(span, [run.header()] if run is not None else [])
 

@@ -72,6 +72,11 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
     )
     if settings.session_timeout_s is not None:
         env["TASKSTREAM_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    if settings.otlp_endpoint:  # one platform traces (and logs) the same way everywhere
+        env["TASKSTREAM_OTLP_ENDPOINT"] = settings.otlp_endpoint
+        env["TASKSTREAM_TRACE_SAMPLE_RATIO"] = str(settings.trace_sample_ratio)
+    if settings.log_format != "text":
+        env["TASKSTREAM_LOG_FORMAT"] = settings.log_format
     if pythonpath is not None:
         parts = [str(pythonpath), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(parts)

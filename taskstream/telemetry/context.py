@@ -7,7 +7,7 @@ too: the submit span (the root), each dispatch (by its dispatch id) and each
 retry (by the attempt that failed). So a processor that fires a retry timer, a
 worker that reads a ready record without headers, or a log line written with
 tracing off all know the task's trace id and the span to hang under, with no
-state kept anywhere and nothing added to the Avro contract (docs/decisions.md, D19).
+state kept anywhere and nothing added to the Avro contract (docs/decisions.md, D20).
 
 The ``traceparent`` header still travels on every record (submit -> events,
 dispatch -> ready, worker outcome -> events): it carries the spans whose ids are
@@ -30,8 +30,11 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_DIGIT = {c: i for i, c in enumerate(_CROCKFORD)} | {
-    c.lower(): i for i, c in enumerate(_CROCKFORD)}
+#: a Crockford base32 character -> the character int(x, 32) reads as the same digit;
+#: anything else -> a character int() refuses
+_TO_BASE32 = {code: "!" for code in range(128)} | {
+    ord(c): "0123456789abcdefghijklmnopqrstuv"[i] for i, c in enumerate(_CROCKFORD)} | {
+    ord(c.lower()): "0123456789abcdefghijklmnopqrstuv"[i] for i, c in enumerate(_CROCKFORD)}
 _MASK64 = (1 << 64) - 1
 _HEX = frozenset("0123456789abcdef")
 
@@ -112,15 +115,12 @@ def from_headers(headers: Iterable[Header] | Mapping[str, bytes | str | None] | 
 def task_trace_id(task_id: str) -> int:
     """The trace id of a task: its ID's 128 bits (any other key: 128 bits of its sha256)."""
     if len(task_id) == 26:
-        value = 0
-        for char in task_id:
-            digit = _DIGIT.get(char)
-            if digit is None:
-                break
-            value = value << 5 | digit
-        else:
-            if 0 < value < 1 << 128:
-                return value
+        try:  # Crockford digits -> int()'s base-32 digits, then one C call
+            value = int(task_id.translate(_TO_BASE32), 32)
+        except ValueError:
+            value = 0
+        if 0 < value < 1 << 128:
+            return value
     digest = hashlib.sha256(b"taskstream.trace.v1|" + task_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:16], "big") or 1
 
