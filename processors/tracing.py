@@ -32,26 +32,8 @@ from collections.abc import Iterable, Mapping
 
 from opentelemetry.trace import Link, SpanKind
 
-from taskstream.processors.fold.effects import (
-    DeadLetter,
-    Dispatch,
-    Duplicate,
-    Effect,
-    PublishCancel,
-    Rejected,
-    RetryScheduled,
-)
-from taskstream.schemas.events import (
-    Envelope,
-    LeaseRenewed,
-    TaskDeadLettered,
-    TaskDispatched,
-    TaskFailed,
-    TaskStarted,
-    TaskSucceeded,
-    TimerFired,
-    TimerKind,
-)
+from taskstream.processors.fold import effects as fx
+from taskstream.schemas import events as ev
 from taskstream.telemetry.context import (
     Header,
     TraceContext,
@@ -61,40 +43,33 @@ from taskstream.telemetry.context import (
     retry_context,
     submit_context,
 )
-from taskstream.telemetry.tracing import OFF, Telemetry, link_to
+from taskstream.telemetry.tracing import Traced, link_to
 
 #: what confluent-kafka's produce() takes as headers
 OutHeaders = list[tuple[str, bytes]]
 RecordHeaders = Iterable[Header] | Mapping[str, bytes | str | None] | None
 
-_WORKER_EVENTS = (TaskStarted, LeaseRenewed, TaskSucceeded, TaskFailed)
+_WORKER_EVENTS = (ev.TaskStarted, ev.LeaseRenewed, ev.TaskSucceeded, ev.TaskFailed)
 
 
-class FoldTracing:
+class FoldTracing(Traced):
     """Spans for what one processor replica does; headers for what it sends."""
-
-    def __init__(self, telemetry: Telemetry = OFF) -> None:
-        self.telemetry = telemetry
-
-    @property
-    def enabled(self) -> bool:
-        return self.telemetry.enabled
 
     # -- where a span hangs -----------------------------------------------------------
 
-    def implied_parent(self, cause: Envelope) -> TraceContext:
+    def implied_parent(self, cause: ev.Envelope) -> TraceContext:
         """The span a cause stands for when its record carried no usable traceparent."""
         task_id, ratio, body = cause.task_id, self.telemetry.ratio, cause.body
-        if isinstance(body, TimerFired):
-            if body.kind == TimerKind.RETRY_DUE:
+        if isinstance(body, ev.TimerFired):
+            if body.kind == ev.TimerKind.RETRY_DUE:
                 return retry_context(task_id, cause.attempt, ratio)
-            if body.kind == TimerKind.LEASE_EXPIRED and body.dispatch_id:
+            if body.kind == ev.TimerKind.LEASE_EXPIRED and body.dispatch_id:
                 return dispatch_context(task_id, body.dispatch_id, ratio)
         elif isinstance(body, _WORKER_EVENTS) and body.dispatch_id:
             return dispatch_context(task_id, body.dispatch_id, ratio)
         return submit_context(task_id, ratio)
 
-    def parent_of(self, cause: Envelope, headers: RecordHeaders
+    def parent_of(self, cause: ev.Envelope, headers: RecordHeaders
                   ) -> tuple[TraceContext, list[Link]]:
         parent, foreign = parent_in_task(cause.task_id, from_headers(headers),
                                          self.implied_parent(cause))
@@ -102,7 +77,7 @@ class FoldTracing:
 
     # -- the entry points -----------------------------------------------------------------
 
-    def effect(self, effect: Effect, cause: Envelope, headers: RecordHeaders = None
+    def effect(self, effect: fx.Effect, cause: ev.Envelope, headers: RecordHeaders = None
                ) -> OutHeaders | None:
         """Record the span of one effect; the headers of its outbound record, if it has one.
 
@@ -110,35 +85,35 @@ class FoldTracing:
         ``headers``: that record's Kafka headers (None when not at hand: the parent is
         then the span the cause implies, and the trace still joins)."""
         match effect:
-            case Dispatch(envelope=env):
+            case fx.Dispatch(envelope=env):
                 return self._dispatch(env, cause, headers)
-            case RetryScheduled(delay_ms=delay_ms):
+            case fx.RetryScheduled(delay_ms=delay_ms):
                 self._retry(cause, headers, delay_ms)
                 return None
-            case DeadLetter(envelope=env):
+            case fx.DeadLetter(envelope=env):
                 body = env.body
-                error = body.error_type if isinstance(body, TaskDeadLettered) else ""
+                error = body.error_type if isinstance(body, ev.TaskDeadLettered) else ""
                 return self._mark("taskstream.dead_letter", cause, headers,
                                   {"error.type": error}, error=f"dead: {error}")
-            case PublishCancel():
+            case fx.PublishCancel():
                 return self._mark("taskstream.cancel", cause, headers, {})
-            case Rejected(reason=reason):
+            case fx.Rejected(reason=reason):
                 self._mark("taskstream.rejected", cause, headers, {"taskstream.reason": reason})
                 return None
-            case Duplicate(conflict=conflict):
+            case fx.Duplicate(conflict=conflict):
                 self._mark("taskstream.duplicate", cause, headers,
                            {"taskstream.conflict": conflict})
                 return None
             case _:
                 return None
 
-    def timer_headers(self, task_id: str, kind: TimerKind, attempt: int,
+    def timer_headers(self, task_id: str, kind: ev.TimerKind, attempt: int,
                       dispatch_id: str) -> OutHeaders:
         """The traceparent of a TimerFired event the processor writes to the events topic."""
         ratio = self.telemetry.ratio
-        if kind == TimerKind.RETRY_DUE:
+        if kind == ev.TimerKind.RETRY_DUE:
             ctx = retry_context(task_id, attempt, ratio)
-        elif kind == TimerKind.LEASE_EXPIRED and dispatch_id:
+        elif kind == ev.TimerKind.LEASE_EXPIRED and dispatch_id:
             ctx = dispatch_context(task_id, dispatch_id, ratio)
         else:
             ctx = submit_context(task_id, ratio)
@@ -146,14 +121,14 @@ class FoldTracing:
 
     # -- the spans ----------------------------------------------------------------------
 
-    def _attributes(self, cause: Envelope) -> dict[str, str | int | bool]:
+    def _attributes(self, cause: ev.Envelope) -> dict[str, str | int | bool]:
         return {"taskstream.task_id": cause.task_id, "taskstream.attempt": cause.attempt,
                 "taskstream.cause": cause.type_name}
 
-    def _dispatch(self, env: Envelope, cause: Envelope, headers: RecordHeaders
+    def _dispatch(self, env: ev.Envelope, cause: ev.Envelope, headers: RecordHeaders
                   ) -> OutHeaders:
         body = env.body
-        assert isinstance(body, TaskDispatched)
+        assert isinstance(body, ev.TaskDispatched)
         ctx = dispatch_context(env.task_id, body.dispatch_id, self.telemetry.ratio)
         parent, links = self.parent_of(cause, headers)
         now = time.time_ns()
@@ -167,19 +142,19 @@ class FoldTracing:
                 "messaging.system": "kafka", "messaging.operation.type": "send"})
         return [ctx.header()]
 
-    def _retry(self, cause: Envelope, headers: RecordHeaders, delay_ms: int) -> None:
+    def _retry(self, cause: ev.Envelope, headers: RecordHeaders, delay_ms: int) -> None:
         ctx = retry_context(cause.task_id, cause.attempt, self.telemetry.ratio)
         parent, links = self.parent_of(cause, headers)
         start = cause.occurred_at_ms * 1_000_000
         body = cause.body
-        reason = body.error_type if isinstance(body, TaskFailed) else cause.type_name
+        reason = body.error_type if isinstance(body, ev.TaskFailed) else cause.type_name
         self.telemetry.record(
             "taskstream.retry", start_ns=start, end_ns=start + delay_ms * 1_000_000,
             parent=parent, span_id=ctx.span_id, links=links, attributes={
                 **self._attributes(cause), "taskstream.delay_ms": delay_ms,
                 "taskstream.reason": reason})
 
-    def _mark(self, name: str, cause: Envelope, headers: RecordHeaders,
+    def _mark(self, name: str, cause: ev.Envelope, headers: RecordHeaders,
               attributes: Mapping[str, str | int | bool], error: str | None = None
               ) -> OutHeaders | None:
         parent, links = self.parent_of(cause, headers)

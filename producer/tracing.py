@@ -20,21 +20,17 @@ from collections.abc import Iterable
 from opentelemetry.trace import Link, SpanKind
 
 from taskstream.telemetry.context import TraceContext, submit_context
-from taskstream.telemetry.tracing import OFF, Telemetry, current_context, link_to
+from taskstream.telemetry.tracing import OFF, Telemetry, Traced, current_context, link_to
 
 Headers = list[tuple[str, str | bytes | None]]
 
 
-class SubmitTracing:
+class SubmitTracing(Traced):
     """Spans and headers for one producer's events."""
 
     def __init__(self, telemetry: Telemetry = OFF, topic: str = "") -> None:
-        self.telemetry = telemetry
+        super().__init__(telemetry)
         self.topic = topic
-
-    @property
-    def enabled(self) -> bool:
-        return self.telemetry.enabled
 
     def root(self, task_id: str) -> TraceContext:
         return submit_context(task_id, self.telemetry.ratio)

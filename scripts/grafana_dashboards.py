@@ -177,8 +177,8 @@ QUEUE = Dashboard(
             ), kind="stat", width=8, height=5),
             Panel("Processing rate (succeeded per second)", (
                 q(f"sum(rate(taskstream_worker_tasks_succeeded_total[{RATE}]) * on (instance) "
-                  f'group_left () max by (instance) (taskstream_worker_info{{queues=~".*$queue.*"}}))',
-                  "succeeded"),
+                  "group_left () max by (instance) "
+                  '(taskstream_worker_info{queues=~".*$queue.*"}))', "succeeded"),
             ), kind="stat", width=8, height=5, unit="ops"),
         )),
     ),

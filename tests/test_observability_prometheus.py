@@ -97,7 +97,7 @@ def test_dashboards_have_grafanas_structure() -> None:
         for panel in board["panels"]:
             assert panel["type"] in PANEL_TYPES, panel
             pos = panel["gridPos"]
-            assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, panel
+            assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, panel
             area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
                     for y in range(pos["y"], pos["y"] + pos["h"])}
             assert not area & cells, f"{name}: panel {panel['title']!r} overlaps another"

@@ -248,17 +248,23 @@ def test_dead_letters_and_refusals_hang_under_the_run_that_caused_them() -> None
     assert parent_of(spans["taskstream.rejected"]) == run
 
 
-def test_a_foreign_traceparent_is_linked_not_adopted() -> None:
-    telemetry, exporter = memory_telemetry()
+def first_dispatch() -> tuple[Story, Envelope, TaskDispatched]:
+    """A task just submitted: its story and the ready record of its first attempt."""
     story = Story(task_id=new_task_id())
     story.submit()
     first = _dispatched(story)
     assert isinstance(first.body, TaskDispatched)
+    return story, first, first.body
+
+
+def test_a_foreign_traceparent_is_linked_not_adopted() -> None:
+    telemetry, exporter = memory_telemetry()
+    story, first, body = first_dispatch()
     foreign = TraceContext(12345, 678)
     AttemptTracing(telemetry).end(
-        AttemptTracing(telemetry).begin(first, first.body, "t", foreign), None)
+        AttemptTracing(telemetry).begin(first, body, "t", foreign), None)
     run = by_name(exporter)["taskstream.run"]
-    assert parent_of(run) == dispatch_context(story.task_id, first.body.dispatch_id)
+    assert parent_of(run) == dispatch_context(story.task_id, body.dispatch_id)
     assert [(link.context.trace_id, link.context.span_id) for link in run.links] == [
         (12345, 678)]
     assert run.status.status_code is StatusCode.ERROR  # interrupted
@@ -266,11 +272,8 @@ def test_a_foreign_traceparent_is_linked_not_adopted() -> None:
 
 def test_a_handler_span_is_a_child_of_the_run_span() -> None:
     telemetry, exporter = memory_telemetry()
-    story = Story(task_id=new_task_id())
-    story.submit()
-    first = _dispatched(story)
-    assert isinstance(first.body, TaskDispatched)
-    attempt = AttemptTracing(telemetry).begin(first, first.body, "t", None)
+    _, first, body = first_dispatch()
+    attempt = AttemptTracing(telemetry).begin(first, body, "t", None)
 
     async def handler() -> None:
         tracer = telemetry.provider.get_tracer("handler")  # type: ignore[union-attr]

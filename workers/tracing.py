@@ -33,7 +33,7 @@ from taskstream.telemetry.context import (
     dispatch_context,
     parent_in_task,
 )
-from taskstream.telemetry.tracing import OFF, Telemetry, context_of, link_to
+from taskstream.telemetry.tracing import OFF, Telemetry, Traced, context_of, link_to
 from taskstream.workers.outcome import Failure, Outcome
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -53,16 +53,12 @@ class AttemptTrace:
         return ctx
 
 
-class AttemptTracing:
+class AttemptTracing(Traced):
     """Spans for the attempts one worker runs."""
 
     def __init__(self, telemetry: Telemetry = OFF, worker_id: str = "") -> None:
-        self.telemetry = telemetry
+        super().__init__(telemetry)
         self.worker_id = worker_id
-
-    @property
-    def enabled(self) -> bool:
-        return self.telemetry.enabled
 
     def begin(self, envelope: Envelope, dispatched: TaskDispatched, topic: str,
               carried: TraceContext | None) -> AttemptTrace:

@@ -189,6 +189,18 @@ class Telemetry:
 OFF = Telemetry()
 
 
+class Traced:
+    """What each part's tracing (submit, fold, attempts) shares: its pipeline, and the one
+    check a caller makes before anything else (``enabled``)."""
+
+    def __init__(self, telemetry: Telemetry = OFF) -> None:
+        self.telemetry = telemetry
+
+    @property
+    def enabled(self) -> bool:
+        return self.telemetry.enabled
+
+
 def build_provider(settings: Settings, service: str, instance: str | None = None
                    ) -> TracerProvider:
     """An SDK TracerProvider with taskstream's id generator and sampler, no exporter yet."""
