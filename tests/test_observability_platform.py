@@ -36,6 +36,7 @@ from taskstream.admin import ensure_topics
 from taskstream.dev.procs import free_port, settings_env
 from taskstream.settings import Settings, load_settings
 from taskstream.telemetry.context import (
+    TraceContext,
     dispatch_context,
     submit_context,
     task_trace_hex,
@@ -51,6 +52,8 @@ DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 METRIC = re.compile(r"\btaskstream_[A-Za-z0-9_:]+")
 HEARTBEAT_S = 0.5
+#: the traceparent of an HTTP caller's own trace (a POST /tasks links it)
+FOREIGN = TraceContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7)
 
 
 @dataclass
@@ -126,6 +129,10 @@ def platform(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
             for key, args in submits.items():
                 p.tasks[key] = p.cli("submit", *args).stdout.strip()
             p.many = p.cli("submit", "observe.noop", "--count", "3").stdout.split()
+            posted = httpx.post(f"{p.api}/tasks", json={"name": "observe.traced"}, timeout=30,
+                                headers={"traceparent": FOREIGN.traceparent()})
+            assert posted.status_code == 202, posted.text
+            p.tasks["api"] = posted.json()["task_id"]
             for task_id in [*p.tasks.values(), *p.many]:
                 view = p.cli("wait", task_id, "--timeout", "90", "--json", check=False)
                 assert view.returncode in (0, 1), view.stdout + view.stderr
@@ -197,6 +204,16 @@ def test_retries_and_dead_ends_show_in_the_worker_spans(p: Platform) -> None:
     for task_id in p.many:  # submit_many: each task its own trace, rooted at its submit
         many = spans_of(p, task_id, {"taskstream.submit", "taskstream.run"})
         assert one(many, "taskstream.submit").span_id == submit_context(task_id).span_id
+
+
+def test_a_submit_through_the_api_starts_the_trace_and_links_the_caller(p: Platform) -> None:
+    task_id = p.tasks["api"]
+    spans = spans_of(p, task_id, {"taskstream.submit", "taskstream.run"})
+    submit = one(spans, "taskstream.submit")
+    assert submit.service == "taskstream-processor"  # the API is served by the processor
+    assert (submit.span_id, submit.parent_span_id) == (submit_context(task_id).span_id, None)
+    assert (FOREIGN.trace_id, FOREIGN.span_id) in submit.links
+    assert FOREIGN.trace_id not in {s.trace_id for s in spans}
 
 
 @pytest.mark.xfail(strict=True, reason="the processor's spans need the batched fold of "
