@@ -4,7 +4,7 @@ Readiness (``/readyz``) is about restoration and partition ownership only: a
 replica is ready once its tables have been restored after it joined, and not
 while it restores partitions it was just given. Lag never makes a replica
 unready: under load every replica lags, and taking them all out of service
-would turn a slow platform into a stopped one (docs/decisions.md, D22). Lag is
+would turn a slow platform into a stopped one (docs/decisions.md, D24). Lag is
 a metric and part of ``/healthz?verbose``.
 
 Measured here, on every replica (``/metrics``):

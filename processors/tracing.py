@@ -2,7 +2,7 @@
 
 The live fold calls :meth:`FoldTracing.effect` for each effect it performs, with
 the envelope and the Kafka headers of the record that caused it, and puts the
-headers it returns on the outbound record (docs/decisions.md, D20):
+headers it returns on the outbound record (docs/decisions.md, D22):
 
 * ``Dispatch`` -> ``taskstream.dispatch`` (span id derived from the task ID and the
   dispatch id: a worker finds it without headers), from the cause's time to now;

@@ -1,6 +1,6 @@
 """The client's part of a task's trace: the submit span, and ``traceparent`` on its events.
 
-A submitted task's trace starts here (docs/decisions.md, D20): the root span
+A submitted task's trace starts here (docs/decisions.md, D22): the root span
 ``taskstream.submit`` has the task ID as trace id and a span id derived from it,
 and the TaskSubmitted record carries it in a ``traceparent`` header. A span the
 caller has open (its own request, say) is linked, not made the parent: the task's

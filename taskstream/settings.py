@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="sha256 hex of a token -> scopes (read, submit, admin)"
     )
 
-    # Observability (docs/observability.md, D20-D22)
+    # Observability (docs/observability.md, D22-D24)
     otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP collector base URL (http://host:4318); unset: no tracing, "
         "and tracing costs one attribute check per task",

@@ -12,7 +12,7 @@ A reader (:mod:`~taskstream.workers.roster`, the API's ``GET /workers``,
 than :data:`LOST_AFTER_BEATS` of its own intervals: it crashed, hangs, or
 cannot reach Kafka. Its record stays (compaction keeps the last one) until the
 topic's retention drops it (a day, taskstream/admin.py), so a lost worker stays
-visible long enough to be noticed (docs/decisions.md, D21).
+visible long enough to be noticed (docs/decisions.md, D23).
 
 Heartbeats go through the worker's own producer (the emitter); one small record
 every few seconds.

@@ -1,6 +1,6 @@
 """The worker's part of a task's trace: queue wait and run spans, ``traceparent`` on its events.
 
-For each attempt it starts (docs/decisions.md, D20):
+For each attempt it starts (docs/decisions.md, D22):
 
 * ``taskstream.queue_wait``: from the dispatch (the ready record's time) to the
   start here, a span that already happened when it is recorded;

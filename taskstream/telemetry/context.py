@@ -7,7 +7,7 @@ too: the submit span (the root), each dispatch (by its dispatch id) and each
 retry (by the attempt that failed). So a processor that fires a retry timer, a
 worker that reads a ready record without headers, or a log line written with
 tracing off all know the task's trace id and the span to hang under, with no
-state kept anywhere and nothing added to the Avro contract (docs/decisions.md, D20).
+state kept anywhere and nothing added to the Avro contract (docs/decisions.md, D22).
 
 The ``traceparent`` header still travels on every record (submit -> events,
 dispatch -> ready, worker outcome -> events): it carries the spans whose ids are

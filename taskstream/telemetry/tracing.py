@@ -20,7 +20,7 @@ service that embeds the SDK keeps its own OpenTelemetry setup) with:
 
 The worker also installs its provider as the global one (:meth:`install_global`)
 when nothing else has, so a handler's own ``trace.get_tracer(...)`` spans are
-exported with the run span they are children of (docs/decisions.md, D20).
+exported with the run span they are children of (docs/decisions.md, D22).
 """
 
 from __future__ import annotations
