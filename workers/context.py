@@ -33,8 +33,8 @@ class TaskContext:
     interrupted with ``CancelledError``; a thread can only check this flag.
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "attempt", "headers", "idempotency_key",
-                 "logger", "name", "queue", "task_id")
+    __slots__ = ("_cancelled", "_heartbeat", "_logger", "attempt", "headers",
+                 "idempotency_key", "name", "queue", "task_id")
 
     def __init__(
         self,
@@ -53,9 +53,18 @@ class TaskContext:
         self.queue = queue
         self.idempotency_key = idempotency_key
         self.headers: dict[str, str] = dict(headers or {})
-        self.logger = TaskLogger(_TASK_LOG, TaskLogContext(task_id, attempt, queue, name).fields())
+        self._logger: TaskLogger | None = None
         self._heartbeat = heartbeat
         self._cancelled = False
+
+    @property
+    def logger(self) -> TaskLogger:
+        """A logger that adds the task's fields (task_id, attempt, queue, task name; made
+        when first used)."""
+        if self._logger is None:
+            self._logger = TaskLogger(_TASK_LOG, TaskLogContext(
+                self.task_id, self.attempt, self.queue, self.name).fields())
+        return self._logger
 
     @property
     def cancelled(self) -> bool:

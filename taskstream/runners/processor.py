@@ -7,6 +7,7 @@ import faust
 from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, ensure_topics
 from taskstream.api.service import register_api
 from taskstream.processors.live.app import Processor
+from taskstream.queue_registry import register_queues
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore.tables import TABLE_NAMES
 from taskstream.telemetry.logs import dict_config
@@ -39,14 +40,16 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
+    register_queues(settings, settings.queues)  # the fold sends to these without asking
     ensure_changelog_topics(settings)
     settings = settings.model_copy(
         update={"session_timeout_s": choose_session_timeout(settings)})
     telemetry = Telemetry.from_settings(settings, "taskstream-processor",
                                         advertised_url(settings))
     processor = build_processor(settings, telemetry)
+    # the fold's service stops first (services stop in reverse), before Faust leaves its group;
     # taskstream's log format (text or JSON lines, telemetry/logs.py) instead of Faust's own
-    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True,
+    worker = faust.Worker(processor.app, processor.service(), loglevel=loglevel, quiet=True,
                           logging_config=dict_config(loglevel, settings.log_format))
     try:
         worker.execute_from_commandline()
