@@ -7,7 +7,6 @@ remembering failed deliveries until someone has been told, and counting.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -77,8 +76,6 @@ class ProducerCore:
         self.default_wait_s = settings.delivery_timeout_s + 5.0
         config = kafka_config(settings, kafka_overrides)
         config["error_cb"] = self._on_client_error
-        # librdkafka's own log lines go to Python logging, not raw to stderr
-        config.setdefault("logger", logging.getLogger("taskstream.producer.kafka"))
         self._producer = Producer(config)
         self._produce = self._producer.produce  # bound once: the hot path
         self._failures: list[_Delivery] = []

@@ -10,10 +10,15 @@ caller may never override the fixed keys.
 
 Consumers never auto-commit: a part that commits does so itself, after the
 work is done (workers), or never (replay, the API's reads).
+
+Every client logs through Python's ``logging`` (logger ``taskstream.kafka``, unless
+a role passes its own ``logger``), never straight to stderr: its lines then take
+the process's log format, JSON lines included (docs/observability.md, "Logs").
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,13 +33,17 @@ DURABLE_PRODUCER: Mapping[str, Any] = {
 }
 FIXED_KEYS = frozenset(DURABLE_PRODUCER)
 
+#: where librdkafka's own lines go (a role may pass another ``logger``)
+KAFKA_LOGGER = logging.getLogger("taskstream.kafka")
+
 
 def producer_config(settings: Settings, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """A durable producer's librdkafka settings: the fixed keys, then each mapping of overrides.
 
     Raises :class:`ConfigError` when an override names a fixed key.
     """
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap, **DURABLE_PRODUCER}
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap, "logger": KAFKA_LOGGER,
+                              **DURABLE_PRODUCER}
     for layer in overrides:
         for key, value in (layer or {}).items():
             if key in FIXED_KEYS:
@@ -50,4 +59,4 @@ def consumer_config(settings: Settings, group_id: str, overrides: Mapping[str, A
                     ) -> dict[str, Any]:
     """A consumer's librdkafka settings: never auto-commits; the role adds the rest."""
     return {"bootstrap.servers": settings.bootstrap, "group.id": group_id,
-            "enable.auto.commit": False, **(overrides or {})}
+            "enable.auto.commit": False, "logger": KAFKA_LOGGER, **(overrides or {})}
