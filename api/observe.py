@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from taskstream.admin import admin_client, cluster_metadata, group_lag
 from taskstream.errors import KafkaUnavailableError
-from taskstream.topics import ready_topic_parts, task_changelog_topic, worker_group
+from taskstream.topics import ready_topic_parts, worker_group
 from taskstream.workers.presence import now_ms
 from taskstream.workers.roster import Roster, RosterReader
 
@@ -119,9 +119,8 @@ class Observer:
     def ownership(self) -> dict[str, Any]:
         """Active and standby events partitions, restoration and rebalance state."""
         app = self.processor.app
-        changelog = task_changelog_topic(self.settings)
-        standbys = sorted(tp.partition for tp in app.assignor.assigned_standbys()
-                          if tp.topic == changelog)
+        # standby copies are kept by the fold's own follower, not by Faust (D19)
+        standbys = sorted(self.processor.standby.partitions)
         return {"active": self.processor.active_partitions(), "standby": standbys,
                 "restored": self.processor.is_ready(), "restoring": bool(app.in_recovery),
                 "rebalancing": bool(app.rebalancing)}

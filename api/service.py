@@ -57,7 +57,7 @@ from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.telemetry.context import TraceContext
 from taskstream.telemetry.tracing import OFF, Telemetry
-from taskstream.topics import api_reader_group, processor_app_id, queues_topic
+from taskstream.topics import api_reader_group, fold_group, queues_topic
 from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Api:
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
         self.tracing = SubmitTracing(telemetry, processor.events.get_topic_name())
         self.observer = Observer(processor, processor.metrics.registry,
-                                 events_group or processor_app_id(processor.settings))
+                                 events_group or fold_group(processor.settings))
         self._session: aiohttp.ClientSession | None = None
 
     # -- the cluster ---------------------------------------------------------------
@@ -406,7 +406,7 @@ def register_api(processor: Processor, telemetry: Telemetry = OFF,
                  events_group: str | None = None) -> Api:
     """Add the API's routes, middleware and samplers (processing rate; lag and queue depth)
     to the processor's Faust app. ``events_group``: the group whose committed offsets on the
-    events topic are the fold's progress (default: the processors' Faust group).
+    events topic are the fold's progress (default: the fold's own group, ``fold_group``).
 
     Must run before the app starts (aiohttp freezes its routes at start-up).
     """

@@ -42,11 +42,12 @@ from taskstream.telemetry.context import (
     parent_in_task,
     retry_context,
     submit_context,
+    task_trace_id,
 )
 from taskstream.telemetry.tracing import Traced, link_to
 
 #: what confluent-kafka's produce() takes as headers
-OutHeaders = list[tuple[str, bytes]]
+OutHeaders = list[tuple[str, str | bytes | None]]
 RecordHeaders = Iterable[Header] | Mapping[str, bytes | str | None] | None
 
 _WORKER_EVENTS = (ev.TaskStarted, ev.LeaseRenewed, ev.TaskSucceeded, ev.TaskFailed)
@@ -71,8 +72,10 @@ class FoldTracing(Traced):
 
     def parent_of(self, cause: ev.Envelope, headers: RecordHeaders
                   ) -> tuple[TraceContext, list[Link]]:
-        parent, foreign = parent_in_task(cause.task_id, from_headers(headers),
-                                         self.implied_parent(cause))
+        carried = from_headers(headers)
+        if carried is not None and carried.trace_id == task_trace_id(cause.task_id):
+            return carried, []  # the usual case: the implied parent is not needed
+        parent, foreign = parent_in_task(cause.task_id, carried, self.implied_parent(cause))
         return parent, [link_to(foreign, relation="carried")] if foreign is not None else []
 
     # -- the entry points -----------------------------------------------------------------
@@ -132,14 +135,15 @@ class FoldTracing(Traced):
         ctx = dispatch_context(env.task_id, body.dispatch_id, self.telemetry.ratio)
         parent, links = self.parent_of(cause, headers)
         now = time.time_ns()
+        # few attributes, on the fold's path: the SDK checks and the exporter encodes each
+        # one per span (the trace says which task; its submit and run spans say the rest)
         self.telemetry.record(
             "taskstream.dispatch", start_ns=min(cause.occurred_at_ms * 1_000_000, now),
             end_ns=now, parent=parent, span_id=ctx.span_id, kind=SpanKind.PRODUCER,
             links=links, attributes={
-                **self._attributes(cause), "taskstream.attempt": env.attempt,
-                "taskstream.dispatch_id": body.dispatch_id, "taskstream.queue": body.queue,
-                "taskstream.priority": body.priority, "taskstream.task_name": body.name,
-                "messaging.system": "kafka", "messaging.operation.type": "send"})
+                "taskstream.attempt": env.attempt, "taskstream.dispatch_id": body.dispatch_id,
+                "taskstream.queue": body.queue, "taskstream.priority": body.priority,
+                "taskstream.cause": cause.type_name})
         return [ctx.header()]
 
     def _retry(self, cause: ev.Envelope, headers: RecordHeaders, delay_ms: int) -> None:

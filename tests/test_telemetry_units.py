@@ -18,10 +18,14 @@ from opentelemetry.trace import StatusCode
 from ulid import ULID
 
 from taskstream.processors.fold.effects import DeadLetter, Dispatch, Rejected, RetryScheduled
+from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.live.batch import fold_partition
+from taskstream.processors.live.engine import trace_effects
 from taskstream.processors.tracing import FoldTracing
 from taskstream.producer.tracing import SubmitTracing
 from taskstream.schemas.events import Envelope, TaskDispatched, TaskFailed, TimerFired, TimerKind
 from taskstream.schemas.ids import derived_task_id, new_task_id
+from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from taskstream.telemetry.context import (
     TRACEPARENT,
@@ -268,6 +272,58 @@ def test_a_foreign_traceparent_is_linked_not_adopted() -> None:
     assert [(link.context.trace_id, link.context.span_id) for link in run.links] == [
         (12345, 678)]
     assert run.status.status_code is StatusCode.ERROR  # interrupted
+
+
+class HeadedRec:
+    """A consumed events record as the live fold sees it, headers included."""
+
+    def __init__(self, envelope: Envelope, offset: int,
+                 headers: list[tuple[str, bytes]] | None) -> None:
+        self.envelope, self.o, self.h = envelope, offset, headers
+
+    def key(self) -> bytes:
+        return self.envelope.task_id.encode()
+
+    def value(self) -> bytes:
+        return encode_event(self.envelope)
+
+    def offset(self) -> int:
+        return self.o
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self.h
+
+
+def test_the_live_fold_traces_each_effect_under_its_record_and_carries_the_context() -> None:
+    """A batch folded by the live fold's own code: each dispatch gets its span under the
+    context its TaskSubmitted record carried (or the one the submit implies, with a foreign
+    header linked), and keeps the traceparent its ready record carries to the worker."""
+    telemetry, exporter = memory_telemetry()
+    carried, foreign = Story(task_id=new_task_id()), Story(task_id=new_task_id())
+    bare = Story(task_id=new_task_id())
+    records = [
+        HeadedRec(carried.event(submitted()), 10, [submit_context(carried.task_id).header()]),
+        HeadedRec(foreign.event(submitted()), 11, [TraceContext(12345, 678).header()]),
+        HeadedRec(bare.event(submitted()), 12, None)]
+    fold = fold_partition(3, records, lambda key: None, Limits())
+    trace_effects(FoldTracing(telemetry), [fold], {3: records})
+
+    dispatches = {s.context.trace_id: s for s in exporter.get_finished_spans()
+                  if s.name == "taskstream.dispatch" and s.context is not None}
+    assert set(dispatches) == {task_trace_id(t.task_id) for t in (carried, foreign, bare)}
+    for story in (carried, foreign, bare):
+        span = dispatches[task_trace_id(story.task_id)]
+        assert parent_of(span) == submit_context(story.task_id)
+        caused = next(c for c in fold.effects if c.cause.task_id == story.task_id
+                      and isinstance(c.effect, Dispatch))
+        body = caused.effect.envelope.body
+        assert isinstance(body, TaskDispatched)
+        assert caused.headers == [dispatch_context(story.task_id, body.dispatch_id).header()]
+        assert ctx_of(span) == dispatch_context(story.task_id, body.dispatch_id)
+    assert [(link.context.trace_id, link.context.span_id)
+            for link in dispatches[task_trace_id(foreign.task_id)].links] == [(12345, 678)]
+    assert not dispatches[task_trace_id(carried.task_id)].links
+    assert not dispatches[task_trace_id(bare.task_id)].links
 
 
 def test_a_handler_span_is_a_child_of_the_run_span() -> None:

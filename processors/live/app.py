@@ -14,7 +14,9 @@ when the replica stops, the engine stops before Faust leaves the group
 Timers: the due index of the partitions this replica folds is scanned between
 batches (every ``timer_interval_s``) and a ``TimerFired`` event keyed by the task
 is *emitted* to the events topic; the fold applies it like any other event, and
-``apply`` re-checks that it still fits (D5).
+``apply`` re-checks that it still fits (D5). With tracing on, a timer event carries
+the trace context of the span it continues (a retry's, a dispatch's: D22), so the
+dispatch it causes hangs in the task's trace where it belongs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.live.standby import StandbyFollower, standby_partitions
+from taskstream.processors.tracing import FoldTracing
 from taskstream.queue_registry import register_queues
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
@@ -51,6 +54,7 @@ from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.tables import TaskTables
+from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import (
     cancellations_topic,
     dlq_topic,
@@ -134,10 +138,13 @@ def _register_queue(settings: Settings, queue: str) -> None:
 class Processor:
     """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
-    def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
+    def __init__(self, settings: Settings, limits: Limits | None = None,
+                 telemetry: Telemetry = OFF) -> None:
         self.settings = settings
         self.limits = limits or Limits(max_result_bytes=settings.max_result_bytes)
         self.metrics = ProcessorMetrics()
+        #: the processor's spans (dispatch, retry, dead letter, ...; processors/tracing.py)
+        self.tracing = FoldTracing(telemetry)
         self.source = f"processor:{socket.gethostname()}:{os.getpid()}"
         self.app = app = build_faust_app(settings)
         #: the API's admin events go out through Faust's producer (not the fold's)
@@ -174,6 +181,7 @@ class Processor:
             max_batch=settings.fold_batch_max,
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
+            tracing=self.tracing,
         )
         self.standby = StandbyFollower(
             consumer_config(settings, standby_group(settings), {
@@ -290,8 +298,11 @@ class Processor:
             attempt=entry.attempt,
             body=TimerFired(entry.kind, entry.due_at_ms, entry.dispatch_id),
         )
+        headers = (self.tracing.timer_headers(entry.task_id, entry.kind, entry.attempt,
+                                              entry.dispatch_id)
+                   if self.tracing.enabled else None)
         self.engine.send(self.engine.topics.events, entry.task_id.encode(),
-                         encode_event(envelope))
+                         encode_event(envelope), headers)
         self.metrics.timers_fired.labels(entry.kind.value).inc()
         self.metrics.timer_lag.observe(max(0.0, (now_ms - entry.due_at_ms) / 1000))
 

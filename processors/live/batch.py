@@ -84,6 +84,8 @@ class Caused:
     queue: str
     #: the offset of the record that caused it (a parked dispatch holds the commit there)
     offset: int
+    #: the trace context its outbound record carries (set by the engine when tracing is on)
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 @dataclass(slots=True)

@@ -21,6 +21,11 @@ The events offsets are committed under a group of their own (``fold_group``),
 never joined: the engine assigns partitions itself, as Faust's assignor decided.
 Where that group has no offset for a partition yet, the offset the Faust group
 committed before D19 is used, so an upgrade resumes where the old fold stopped.
+
+Tracing (docs/decisions.md, D22; processors/tracing.py): when it is on, each effect of
+a batch gets its span under the trace context its cause's record carried, and the
+dispatch, dlq and cancellation records carry the effect's context on, so the worker's
+spans join the task's trace. Off, the engine checks one attribute per batch.
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -56,6 +61,7 @@ from taskstream.processors.fold.effects import (
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.live.batch import PartitionFold, fold_partition
 from taskstream.processors.live.metrics import ProcessorMetrics
+from taskstream.processors.tracing import FoldTracing, RecordHeaders
 from taskstream.schemas.events import TaskDispatched
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event, encode_state
@@ -109,6 +115,29 @@ class Deliveries:
                 self.changelog_offsets[partition] = offset
 
 
+class HeadedRecord(Protocol):
+    """What tracing needs of a consumed record (confluent_kafka.Message has it)."""
+
+    def offset(self) -> int | None: ...
+    def headers(self) -> RecordHeaders: ...
+
+
+def trace_effects(tracing: FoldTracing, folds: Iterable[PartitionFold],
+                  records: Mapping[int, Sequence[HeadedRecord]]) -> None:
+    """A span per effect of a folded batch, under the trace context its cause's record
+    carried; each effect keeps the context its outbound record carries on (D22).
+    ``records``: the batch's records by partition."""
+    effect = tracing.effect
+    for fold in folds:
+        if not fold.effects:
+            continue
+        by_offset = {record.offset(): record for record in records[fold.partition]}
+        for caused in fold.effects:
+            cause = by_offset.get(caused.offset)
+            caused.headers = effect(caused.effect, caused.cause,
+                                    cause.headers() if cause is not None else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Where the fold reads and writes (names from taskstream.topics)."""
@@ -146,6 +175,7 @@ class FoldEngine:
         max_batch: int,
         poll_wait_s: float,
         flush_timeout_s: float,
+        tracing: FoldTracing | None = None,
     ) -> None:
         self.tables = tables
         self.metrics = metrics
@@ -164,6 +194,8 @@ class FoldEngine:
         self.max_batch = max_batch
         self.poll_wait_s = poll_wait_s
         self.flush_timeout_s = flush_timeout_s
+        #: spans of the effects, trace context on their records (off: one check per batch)
+        self.tracing = tracing or FoldTracing()
         self.partitions: frozenset[int] = frozenset()
         self._consumer: Consumer | None = None
         self._consumer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-consumer")
@@ -311,6 +343,8 @@ class FoldEngine:
         for partition, msgs in by_partition.items():
             db = self.tables.partition_db(partition)
             folds.append(fold_partition(partition, msgs, db.get, self.limits))
+        if self.tracing.enabled:
+            trace_effects(self.tracing, folds, by_partition)
         await self.persist(folds)
 
     async def persist(self, folds: list[PartitionFold]) -> None:
@@ -399,16 +433,18 @@ class FoldEngine:
                     body = env.body
                     assert isinstance(body, TaskDispatched)
                     record = Outbound(self.topics.ready(body.queue, body.priority),
-                                      env.task_id.encode(), encode_event(env))
+                                      env.task_id.encode(), encode_event(env),
+                                      headers=caused.headers)
                     if body.queue in self._queues_ready:
                         yield record
                     else:
                         self._parked.append((fold.partition, caused.offset, record, body.queue))
                 case DeadLetter(envelope=env):
-                    yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env))
+                    yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env),
+                                   headers=caused.headers)
                 case PublishCancel(envelope=env):
                     yield Outbound(self.topics.cancellations, env.task_id.encode(),
-                                   encode_event(env))
+                                   encode_event(env), headers=caused.headers)
                 case _:
                     pass
         for aside in fold.set_aside:
@@ -473,10 +509,11 @@ class FoldEngine:
             self._committing[partition] = self._held(partition)
         self._commit(asynchronous=True)
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, key: bytes, value: bytes,
+             headers: Headers | None = None) -> None:
         """Hand one record to the fold's producer, not waited for (timer events: a lost
         one is emitted again, D5)."""
-        self._send([Outbound(topic, key, value)], None)
+        self._send([Outbound(topic, key, value, headers=headers)], None)
 
     def _send(self, records: Iterable[Outbound], deliveries: Deliveries | None) -> None:
         produce, poll = self.producer.produce, self.producer.poll

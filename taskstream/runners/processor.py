@@ -10,14 +10,15 @@ from taskstream.processors.live.app import Processor
 from taskstream.queue_registry import register_queues
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore.tables import TABLE_NAMES
-from taskstream.telemetry.logs import dict_config
+from taskstream.telemetry.logs import configure_logging, dict_config
 from taskstream.telemetry.tracing import OFF, Telemetry
-from taskstream.topics import changelog_topic
+from taskstream.topics import changelog_topic, fold_group
 
 
 def build_processor(settings: Settings, telemetry: Telemetry = OFF) -> Processor:
-    processor = Processor(settings)
-    register_api(processor, telemetry)
+    processor = Processor(settings, telemetry=telemetry)
+    # lag and health read the fold's own group on the events topic (D19)
+    register_api(processor, telemetry, events_group=fold_group(settings))
     return processor
 
 
@@ -38,6 +39,8 @@ def ensure_changelog_topics(settings: Settings) -> dict[str, bool]:
 
 def run_processor(settings: Settings, loglevel: str = "info") -> None:
     """Create missing topics, then run the Faust worker until a signal stops it."""
+    # the set-up's own lines (Kafka clients included) take the process's log format too
+    configure_logging(loglevel, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
     register_queues(settings, settings.queues)  # the fold sends to these without asking
