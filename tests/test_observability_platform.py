@@ -427,8 +427,8 @@ def test_a_real_prometheus_scrapes_the_platform(p: Platform) -> None:
         def answered() -> bool:
             try:
                 return bool(query("sum(taskstream_dispatched_total) > 0")["data"]["result"])
-            except (httpx.HTTPError, AssertionError):
-                return False
+            except (httpx.HTTPError, AssertionError, ValueError):  # ValueError: a 503 page
+                return False  # while Prometheus starts ("Service Unavailable", not JSON)
 
         wait_for(f"Prometheus to scrape the platform (log {log})", answered, timeout=60)
         assert query("taskstream_worker_info")["data"]["result"]
