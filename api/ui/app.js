@@ -28,6 +28,7 @@ const main = document.getElementById('main');
 let generation = 0;
 let current = null;
 let signingIn = false;
+let navigated = false; // a route was shown before (not the first load)
 
 export function parseHash(hash = window.location.hash) {
   const text = hash.startsWith('#/') ? hash.slice(2) : '';
@@ -94,12 +95,12 @@ function route() {
     root.replaceChildren(errorBox(err));
     return;
   }
-  // focus the new page's heading, so keyboard and screen-reader users start there
+  // after a move inside the dashboard, focus the new page's heading, so keyboard and
+  // screen-reader users start there (on the first load the skip link comes first)
   const heading = root.querySelector('h1');
-  if (heading) {
-    heading.setAttribute('tabindex', '-1');
-    heading.focus({ preventScroll: true });
-  }
+  if (heading) heading.setAttribute('tabindex', '-1');
+  if (heading && navigated) heading.focus({ preventScroll: true });
+  navigated = true;
   loop(mine, current);
 }
 

@@ -32,6 +32,19 @@ function pathOf(values, x, y) {
   return d;
 }
 
+// Values with no neighbour to draw a line to (a lone step between gaps) get a dot.
+function lonePoints(values, x, y, key) {
+  const present = (i) => values[i] !== null && values[i] !== undefined && !Number.isNaN(values[i]);
+  const dots = [];
+  values.forEach((v, i) => {
+    if (present(i) && !present(i - 1) && !present(i + 1)) {
+      dots.push(s('circle', { class: `dot dot-${key}`, cx: x(i).toFixed(1), cy: y(v).toFixed(1),
+        r: 2.5 }));
+    }
+  });
+  return dots;
+}
+
 function latest(values) {
   for (let i = values.length - 1; i >= 0; i -= 1) {
     if (values[i] !== null && values[i] !== undefined) return values[i];
@@ -67,15 +80,15 @@ export function lineChart({ title, series, times, unit, format = fmtRate }) {
     grid.push(s('text', { class: 'axis', x: x(i), y: H - 6,
       'text-anchor': i === 0 ? 'start' : i === n ? 'end' : 'middle' }, label));
   }
-  const lines = series.map((x0) => s('path', { class: `line line-${x0.key}`,
-    d: pathOf(x0.values, x, y) }));
+  const lines = series.map((x0) => [s('path', { class: `line line-${x0.key}`,
+    d: pathOf(x0.values, x, y) }), lonePoints(x0.values, x, y, x0.key)]);
   const summary = series.map((x0) => {
     const v = latest(x0.values);
     return `${x0.name}: ${v === null ? 'no data' : `${format(v)} ${unit}`}`;
   }).join('; ');
 
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', class: 'chart',
-    'aria-labelledby': `${titleId} ${descId}`, preserveAspectRatio: 'none' },
+    'aria-labelledby': `${titleId} ${descId}` },
   s('title', { id: titleId }, title),
   s('desc', { id: descId }, `Last ${Math.round(span)} minutes. Latest: ${summary}.`),
   grid, lines);

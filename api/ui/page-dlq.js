@@ -82,6 +82,8 @@ export default {
           if (event.target.checked) selected.add(task.task_id);
           else selected.delete(task.task_id);
           updateCount();
+          const all = body.querySelector('[data-focus="check-all"]');
+          if (all) all.checked = items.every((t) => selected.has(t.task_id));
         } });
     }
 
