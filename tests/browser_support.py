@@ -94,12 +94,21 @@ class Browser:
     # -- navigation and reading ------------------------------------------------------
 
     def go(self, route: str) -> None:
-        """Open a dashboard route (``""``, ``"tasks?state=DEAD"``, ...) as a user would."""
-        target = f"{self.base_url}/ui#/{route}"
-        if self.driver.current_url.startswith(f"{self.base_url}/ui"):
-            self.driver.execute_script("window.location.hash = arguments[0]", f"#/{route}")
-        else:
-            self.driver.get(target)
+        """Open a dashboard route (``""``, ``"tasks?state=DEAD"``, ...) as a link would,
+        and wait until the new page replaced the old one (never read the old one)."""
+        if not self.driver.current_url.startswith(f"{self.base_url}/ui"):
+            self.driver.get(f"{self.base_url}/ui#/{route}")
+            self.wait_element("#main > .page, #token")
+            return
+        self.js("""
+            const old = document.querySelector('#main > .page');
+            if (old) old.dataset.old = 'yes';
+            if (window.location.hash === arguments[0]) {
+              window.dispatchEvent(new HashChangeEvent('hashchange'));
+            } else {
+              window.location.hash = arguments[0];
+            }""", f"#/{route}")
+        self.wait_element("#main > .page:not([data-old]), #token")
 
     def main_text(self) -> str:
         return str(self.driver.find_element(By.ID, "main").text)

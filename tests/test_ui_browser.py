@@ -227,7 +227,7 @@ def test_everything_is_reachable_from_the_keyboard(browser: Browser) -> None:
 
 
 def test_submitted_tasks_move_on_the_tasks_page(platform: Platform, browser: Browser) -> None:
-    ids = [platform.submit("ui.slow", {"seconds": 3}, queue=WORKED) for _ in range(3)]
+    ids = [platform.submit("ui.slow", {"seconds": 6}, queue=WORKED) for _ in range(3)]
     browser.go(f"tasks?name=ui.slow&queue={WORKED}")
 
     def states() -> set[str] | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,14 @@ def test_scripts_never_parse_text_as_html_and_the_page_has_no_inline_code() -> N
     assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
     assert " style=" not in html and "<style" not in html
     assert not re.search(r"\son[a-z]+=", html)
+
+
+def test_every_script_parses_as_an_es_module() -> None:
+    """A syntax error would only show as a blank page; node finds it without a browser."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the browser tests still load every module")
+    for path in sorted(UI.glob("*.js")):
+        checked = subprocess.run([node, "--input-type=module", "--check"], input=path.read_bytes(),
+                                 capture_output=True, timeout=60, check=False)
+        assert checked.returncode == 0, f"{path.name}: {checked.stderr.decode()[-2000:]}"

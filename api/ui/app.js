@@ -53,7 +53,9 @@ function markNav(name) {
 
 async function loop(mine, page) {
   while (mine === generation) {
+    let took = 0;
     if (!document.hidden) {
+      const started = performance.now();
       try {
         await page.refresh();
         document.getElementById('live').hidden = false;
@@ -62,9 +64,11 @@ async function loop(mine, page) {
         document.getElementById('live').hidden = true;
         page.showError?.(err);
       }
+      took = performance.now() - started;
     }
     if (!page.every) return;
-    await new Promise((resolve) => { window.setTimeout(resolve, page.every); });
+    // a slow answer (a rare name scans the whole table) is asked again less often
+    await new Promise((resolve) => { window.setTimeout(resolve, Math.max(page.every, 4 * took)); });
   }
 }
 

@@ -57,7 +57,9 @@ function charts(activity) {
     title: 'Dispatch latency (event to dispatch, milliseconds)',
     unit: 'ms',
     times,
-    format: (v) => (v >= 100 ? String(Math.round(v)) : v.toFixed(1)),
+    // the histogram's top bound: a quantile there means "at least this"
+    format: (v) => `${activity.latency_max_ms !== null && v >= activity.latency_max_ms ? '≥ ' : ''}`
+      + `${v >= 100 ? String(Math.round(v)) : v.toFixed(1)}`,
     series: [['p50', 'p50'], ['p99', 'p99']].map(([key, name]) => ({ key, name,
       values: points.map((p) => p.latency_ms[key]) })),
   });
