@@ -10,7 +10,7 @@ counts divided by the time they cover; the step's rate is the sum over
 replicas; latency quantiles are read from the summed histogram buckets the way
 Prometheus' ``histogram_quantile`` does (linear inside a bucket). Reading the
 registry costs a few dozen series, nothing that grows with the task table
-(docs/decisions.md, D19).
+(docs/decisions.md, D30).
 
 Everything here but :func:`sample_registry` is arithmetic on plain data, unit-tested.
 """

@@ -7,7 +7,8 @@ configured the API is open; with at least one, every endpoint except
 
 * ``read``: every GET (and the internal scatter-gather endpoints);
 * ``submit``: ``POST /tasks``;
-* ``admin``: cancel, redrive, pause and resume; ``admin`` implies every scope.
+* ``admin``: cancel, redrive (one or many), pause and resume; ``admin`` implies every
+  scope.
 
 A missing or unknown token is 401, a known token without the scope is 403.
 The dashboard's files (``/ui``, api/dashboard.py) hold no data and are open too:
@@ -99,7 +100,6 @@ class TokenAuth:
         if Scope.ADMIN not in scopes and required not in scopes:
             raise AuthFailure(403, "forbidden",
                               f"the token lacks the {required.value!r} scope")
-
 
     def grants(self, authorization: str | None, scope: Scope) -> bool:
         """True when the Authorization header carries ``scope`` (always, without tokens)."""

@@ -1,4 +1,4 @@
-"""What the dashboard needs beside the basic API (issue 19; docs/decisions.md, D19).
+"""What the dashboard needs beside the basic API (issue 19; docs/decisions.md, D30).
 
 * ``GET /tasks/{id}/history``: the task's events from the log, each with the
   fold's verdict, read by the replay code (processors/replay/history.py) on

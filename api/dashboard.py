@@ -1,4 +1,4 @@
-"""The web dashboard's files, served at ``/ui`` by every replica (issue 19, D19).
+"""The web dashboard's files, served at ``/ui`` by every replica (issue 19, D30).
 
 The dashboard is static: one HTML page, plain ES modules and a style sheet in
 ``api/ui/``, shipped as package data (no build step, no CDN: it works offline).
