@@ -43,18 +43,30 @@ $(KUSTOMIZE_STAMP):
 		echo "kustomize: install Go (to build kustomize $(KUSTOMIZE_VERSION)) or kubectl" >&2; exit 1; \
 	fi
 
-# The dashboard's browser tests (tests/test_ui_browser.py) drive Debian's chromium through
-# chromium-driver. Under CI (CI=true) they are installed when missing; elsewhere a machine
-# without them skips those tests, saying how to install them.
+# The dashboard's browser tests (tests/test_ui_browser.py, part of `make test`) drive
+# Debian's chromium through chromium-driver. Under CI (CI=true, set by .ci/run) they are
+# installed with apt when missing (as root, or through passwordless sudo); a CI machine
+# without apt fails here and in those tests. Elsewhere a machine without them skips the
+# browser tests, saying how to install them.
 BROWSER_PACKAGES := chromium chromium-driver
+APT_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES)
 
 browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
-	elif [ "$$CI" = "true" ]; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); \
-	else \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "browser: $$(chromium --version 2>/dev/null), $$(chromedriver --version | cut -d' ' -f1-2)"; \
+	elif [ "$$CI" != "true" ]; then \
 		echo "browser: no chromium/chromedriver: the dashboard's browser tests will skip" \
-			"(apt-get update && apt-get install -y $(BROWSER_PACKAGES))"; \
+			"($(APT_INSTALL))"; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "browser: CI needs chromium and chromedriver, and this machine has no apt-get;" \
+			"install Debian's $(BROWSER_PACKAGES) (or equivalents on PATH)" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		sh -c '$(APT_INSTALL)'; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo sh -c '$(APT_INSTALL)'; \
+	else \
+		echo "browser: CI needs chromium and chromedriver: run as root or with passwordless" \
+			"sudo, or install them first ($(APT_INSTALL))" >&2; exit 1; \
 	fi
 
 # ruff over the sources; import-linter (the contracts in pyproject.toml) over the

@@ -8,6 +8,9 @@ for the whole module, a user:
   free of serious accessibility violations (axe-core) and of console errors, and
   works it from the keyboard;
 * submits tasks and watches them move on the tasks page;
+* narrows the tasks with the filter form (queue, state, name, time) and pages
+  through them by cursor;
+* sees the worker that runs a task on the workers page and the overview;
 * pauses a queue on the queues page and sees the worker stop taking its tasks,
   then resumes it;
 * redrives a dead task from the DLQ page after a dry run;
@@ -36,6 +39,7 @@ import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.select import Select
 
 from taskstream.admin import ensure_topics
 from taskstream.api.auth import token_digest
@@ -242,6 +246,67 @@ def test_submitted_tasks_move_on_the_tasks_page(platform: Platform, browser: Bro
     browser.screenshot("tasks")
     wait_until("every task SUCCEEDED on the page", lambda: states() == {"SUCCEEDED"},
                timeout=60)
+
+
+def test_the_filter_form_narrows_the_tasks_into_cursor_pages(platform: Platform,
+                                                              browser: Browser) -> None:
+    # SCHEDULED for ten minutes: they stay put while the test pages through them
+    for n in range(30):
+        platform.submit("ui.paged", {"n": n}, queue=WORKED, delay=600)
+    platform.submit("ui.quick", {"not": "paged"}, queue=WORKED, delay=600)
+    browser.go("tasks")
+    browser.wait_text("In task-ID order")
+    browser.find("#tasks-queue").send_keys(WORKED)
+    Select(browser.find("#tasks-state")).select_by_value("SCHEDULED")
+    Select(browser.find("#tasks-limit")).select_by_value("25")
+    browser.js(SET_SINCE, "#tasks-since", -300_000)  # five minutes ago, in local time
+    browser.find("#tasks-name").send_keys("ui.paged", Keys.ENTER)
+
+    def names_on_page(count: int) -> list[str] | None:
+        if f"Tasks: {count} on this page" not in browser.main_text():
+            return None
+        return [c.text for c in browser.driver.find_elements(
+            By.CSS_SELECTOR, "main tbody td:nth-child(2)")]
+
+    first = wait_until("the first page of 25", lambda: names_on_page(25))
+    assert set(first) == {"ui.paged"}, first
+    route = browser.js("return window.location.hash")
+    for part in (f"queue={WORKED}", "state=SCHEDULED", "name=ui.paged", "since=", "limit=25"):
+        assert part in route, (part, route)
+    ids_first = browser.js(ROW_IDS)
+    browser.click("button[data-focus='page-next']")
+    wait_until("the second page of 5", lambda: names_on_page(5))
+    ids_second = browser.js(ROW_IDS)
+    assert not set(ids_first) & set(ids_second), "a task showed on both pages"
+    assert browser.find("button[data-focus='page-next']").get_attribute("disabled")
+    browser.click("button[data-focus='page-prev']")
+    wait_until("the first page again", lambda: browser.js(ROW_IDS) == ids_first or None)
+
+    # a time after every task: nothing matches
+    browser.js(SET_SINCE, "#tasks-since", 3_600_000)
+    browser.find("#tasks-name").send_keys(Keys.ENTER)
+    browser.wait_text("No task matches.")
+
+
+SET_SINCE = """
+    const d = new Date(Date.now() + arguments[1]);
+    const pad = (n) => String(n).padStart(2, '0');
+    document.querySelector(arguments[0]).value = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-`
+      + `${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;"""
+ROW_IDS = ("return [...document.querySelectorAll('main tbody td:first-child')]"
+           ".map(c => c.textContent)")
+
+
+def test_the_workers_page_shows_the_worker_running_a_task(platform: Platform,
+                                                          browser: Browser) -> None:
+    running = platform.submit("ui.slow", {"seconds": 8}, queue=WORKED)
+    worker_id = platform.when(running, "RUNNING")["worker_id"]
+    assert worker_id
+    browser.go("workers")
+    text = browser.wait_text(worker_id)
+    assert WORKED in text
+    browser.go("")
+    browser.wait_text("1 worker running tasks now")
 
 
 def test_pausing_a_queue_from_the_ui_stops_the_worker_taking_its_tasks(
