@@ -319,7 +319,7 @@ class Api:
     async def produce_redrive(self, task_id: str, reason: str, max_attempts: int | None
                               ) -> None:
         """The RedriveRequested of a task known to exist (the fold refuses it unless the
-        task is DEAD or CANCELLED when it arrives)."""
+        task is DEAD when it arrives)."""
         await self._produce(task_id, self.builder.redrive(task_id, max_attempts, reason,
                                                           int(time.time() * 1000)))
 

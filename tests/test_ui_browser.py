@@ -13,7 +13,7 @@ for the whole module, a user:
 * sees the worker that runs a task on the workers page and the overview;
 * pauses a queue on the queues page and sees the worker stop taking its tasks,
   then resumes it;
-* redrives a dead task from the DLQ page after a dry run;
+* redrives a dead task from the DLQ page after a dry run, and one from its own page;
 * opens a task and sees its state, result and history from the log; cancels one;
 * meets task names, payloads and errors holding ``<script>`` shown as text, with
   nothing run, and a page whose policy refuses inline scripts.
@@ -377,12 +377,39 @@ def test_a_task_page_shows_state_result_history_and_cancels(platform: Platform,
     browser.go(f"tasks/{later}")
     browser.wait_text("SCHEDULED")
     browser.click("button[data-focus='cancel']")
+    browser.wait_element("#cancel-reason")
+    browser.click("form.confirm button[type='button']")  # Keep it: back to the button
+    wait_until("the cancel button back, with the focus", lambda: browser.js(
+        "return document.activeElement.dataset.focus === 'cancel'"))
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "form.confirm") == []
+    browser.click("button[data-focus='cancel']")
     reason = browser.wait_element("#cancel-reason")
     assert browser.js("return document.activeElement.id") == "cancel-reason"
     reason.send_keys("not needed any more", Keys.ENTER)
     browser.wait_text("Cancellation requested")
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "form.confirm") == []
     assert platform.when(later, "CANCELLED")["cancel_reason"] == "not needed any more"
     browser.wait_text("CancelRequested")
+    # a cancelled task is final: neither cancel nor redrive is offered (the fold refuses both)
+    wait_until("no action offered for a cancelled task", lambda: not browser.driver
+               .find_elements(By.CSS_SELECTOR, "main .actions button"))
+
+
+def test_a_dead_task_is_redriven_from_its_own_page(platform: Platform, browser: Browser,
+                                                   tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
+    dead = platform.submit("ui.fixable", {"flag": str(flag)}, queue=WORKED)
+    platform.when(dead, "DEAD")
+    browser.go(f"tasks/{dead}")
+    browser.wait_text("not fixed yet")
+    flag.write_text("the bug is fixed")
+    browser.click("button[data-focus='redrive']")
+    reason = browser.wait_element("#redrive-reason")
+    assert browser.js("return document.activeElement.id") == "redrive-reason"
+    reason.send_keys("the flag file exists now", Keys.ENTER)
+    browser.wait_text("Redrive requested")
+    assert platform.when(dead, "SUCCEEDED")["redrives"] == 1
+    browser.wait_text("RedriveRequested")
 
 
 def test_markup_in_names_payloads_and_errors_is_shown_as_text(platform: Platform,

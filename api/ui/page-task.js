@@ -5,7 +5,8 @@ import { ApiError, get, post } from './api.js';
 import { announce, badge, errorBox, fmtDuration, h, jsonBlock, replaceKeepingFocus, TERMINAL,
   time } from './dom.js';
 
-const REDRIVABLE = new Set(['DEAD', 'CANCELLED']);
+// the fold takes a RedriveRequested from DEAD only (processors/fold/rules.py)
+const REDRIVABLE = new Set(['DEAD']);
 const MAX_B64_SHOWN = 4096;
 
 function row(label, value) {
@@ -157,15 +158,24 @@ export default {
         h('input', { id, name: 'reason', maxlength: '1000', autocomplete: 'off' }),
         h('button', { type: 'submit', class: 'danger', dataset: { focus: `${verb}-confirm` } },
           `Confirm: ${label.toLowerCase()}`),
-        h('button', { type: 'button', onclick: () => renderActions() }, 'Keep it'));
+        h('button', { type: 'button', onclick: () => closeForm(verb) }, 'Keep it'));
       form.addEventListener('submit', (event) => {
         event.preventDefault();
         const reason = new FormData(form).get('reason') || '';
-        renderActions();
+        closeForm(null);
         command(verb, { reason: String(reason) });
       });
       actions.replaceChildren(form);
       form.querySelector('input').focus();
+    }
+
+    // Back to the buttons; the keyboard's focus goes to the one that opened the form
+    // (Keep it) or, once the command is sent and its button may be gone, the heading.
+    function closeForm(verb) {
+      actions.replaceChildren();
+      renderActions();
+      const back = verb && actions.querySelector(`[data-focus="${verb}"]`);
+      (back || root.querySelector('h1')).focus();
     }
 
     function renderActions() {
