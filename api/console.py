@@ -32,7 +32,6 @@ from taskstream.api.activity import ActivityWindow, merge_activity, sample_regis
 from taskstream.api.errors import ApiError
 from taskstream.processors.replay.history import task_history
 from taskstream.schemas.state import TaskStatus
-from taskstream.topics import task_changelog_topic
 
 if TYPE_CHECKING:
     from taskstream.api.service import Api
@@ -100,9 +99,8 @@ class Console:
         """This replica: the partitions it folds and follows, and whether it is restored."""
         processor = self.api.processor
         app = processor.app
-        changelog = task_changelog_topic(self.settings)
-        standby = sorted(tp.partition for tp in app.assignor.assigned_standbys()
-                         if tp.topic == changelog)
+        # the fold's own follower keeps the standby copies, not Faust (D19)
+        standby = sorted(processor.standby.partitions)
         return {"url": str(self.api.me), "active": processor.active_partitions(),
                 "standby": standby, "ready": processor.is_ready(),
                 "rebalancing": bool(app.rebalancing), "restoring": bool(app.in_recovery)}

@@ -399,6 +399,17 @@ def test_history_processors_and_activity(cluster: Cluster) -> None:
         assert active == list(range(cluster.settings.partitions))
         assert procs.json()["unowned"] == []
 
+        def standbys_kept() -> bool:
+            # one standby copy (the default) of every partition, on the replica that
+            # does not fold it (the fold's own follower keeps them, not Faust)
+            rows = a.get("/processors").json()["processors"]
+            assert all(not set(r["active"]) & set(r["standby"]) for r in rows)
+            return sorted(p for r in rows for p in r["standby"]) == \
+                list(range(cluster.settings.partitions))
+
+        wait_for("a standby copy of every partition in /processors", standbys_kept,
+                 timeout=60, interval=0.5)
+
         def succeeded_in_a_step() -> bool:
             body = b.get("/activity").json()
             cluster.validate("Activity", body)
