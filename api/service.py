@@ -26,7 +26,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from prometheus_client import generate_latest
 from yarl import URL
 
+from taskstream.api.activity import STEP_S as ACTIVITY_STEP_S
 from taskstream.api.auth import TokenAuth
+from taskstream.api.console import Console
 from taskstream.api.errors import ApiError
 from taskstream.api.query import (
     ListQuery,
@@ -85,6 +87,7 @@ class Api:
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
         self.rates = RateWindow(window_s=60.0)
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
+        self.console = Console(self)
         self._session: aiohttp.ClientSession | None = None
 
     # -- the cluster ---------------------------------------------------------------
@@ -111,12 +114,13 @@ class Api:
                            "(a rebalance is in progress); retry in a moment") from None
         return None if _ident(url) == _ident(self.me) else url
 
-    def replicas(self) -> list[URL]:
-        """Every replica that holds active partitions of the task table (this one included)."""
+    def replicas(self, *, with_actives: bool = True) -> list[URL]:
+        """Every replica that holds active partitions of the task table (this one included);
+        with ``with_actives=False`` every member of the assignment, standbys-only too."""
         metadata = self.processor.app.router.table_metadata("tasks")
         urls = {_ident(self.me): self.me}
         for host, topics in metadata.items():
-            if any(topics.values()):
+            if any(topics.values()) or not with_actives:
                 url = URL(str(host))
                 urls.setdefault(_ident(url), url)
         return [urls[k] for k in sorted(urls)]
@@ -220,7 +224,8 @@ class Api:
                      local: Any) -> list[dict[str, Any]]:
         """Every replica's answer to an internal endpoint (this one's computed in place),
         checked to cover every partition exactly as the assignment says."""
-        calls = [self._one(url, path, params, headers, local) for url in self.replicas()]
+        calls = [self.call_replica(url, path, params, headers, local)
+                 for url in self.replicas()]
         answers = await asyncio.gather(*calls)
         covered = [p for answer in answers for p in answer.get("partitions", [])]
         missing = missing_partitions(covered, self.settings.partitions)
@@ -229,8 +234,9 @@ class Api:
                            "(a rebalance or a restore is in progress); retry in a moment")
         return answers
 
-    async def _one(self, url: URL, path: str, params: Mapping[str, str],
-                   headers: Mapping[str, str], local: Any) -> dict[str, Any]:
+    async def call_replica(self, url: URL, path: str, params: Mapping[str, str],
+                           headers: Mapping[str, str], local: Any) -> dict[str, Any]:
+        """One replica's answer to an internal endpoint; this one's is ``local()``."""
         if _ident(url) == _ident(self.me):
             result: dict[str, Any] = local()
             return result
@@ -308,6 +314,12 @@ class Api:
     async def redrive(self, task_id: str, reason: str, max_attempts: int | None,
                       headers: Mapping[str, str], proxied: bool) -> None:
         await self.get_task(task_id, headers, proxied)
+        await self.produce_redrive(task_id, reason, max_attempts)
+
+    async def produce_redrive(self, task_id: str, reason: str, max_attempts: int | None
+                              ) -> None:
+        """The RedriveRequested of a task known to exist (the fold refuses it unless the
+        task is DEAD when it arrives)."""
         await self._produce(task_id, self.builder.redrive(task_id, max_attempts, reason,
                                                           int(time.time() * 1000)))
 
@@ -385,7 +397,8 @@ def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
 
 
 def register_api(processor: Processor) -> Api:
-    """Add the API's routes, middleware and rate sampler to the processor's Faust app.
+    """Add the API's routes, middleware and samplers (processing rate, the dashboard's
+    activity) to the processor's Faust app.
 
     Must run before the app starts (aiohttp freezes its routes at start-up).
     """
@@ -396,10 +409,18 @@ def register_api(processor: Processor) -> Api:
     # during a recovery the indexes refuse (IndexNotReady): that sample is skipped
     processor.app.timer(RATE_SAMPLE_S, name="taskstream.api.rates")(
         timer_round(_sampler(api), "taskstream.api.rates", skip=(IndexNotReady,)))
+    processor.app.timer(ACTIVITY_STEP_S, name="taskstream.api.activity")(
+        timer_round(_activity_sampler(api), "taskstream.api.activity"))
     return api
 
 
 def _sampler(api: Api) -> Callable[[], Awaitable[None]]:
     async def sample() -> None:
         api.sample_rate()
+    return sample
+
+
+def _activity_sampler(api: Api) -> Callable[[], Awaitable[None]]:
+    async def sample() -> None:
+        api.console.sample_activity()
     return sample

@@ -24,7 +24,9 @@ from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from taskstream.api.auth import required_scope
+from taskstream.api.auth import Scope, required_scope
+from taskstream.api.console import RedriveMany
+from taskstream.api.dashboard import STATIC_PATH, UI_PATH, Dashboard
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
@@ -195,6 +197,8 @@ class Endpoints:
 
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.console = api.console
+        self.dashboard = Dashboard()
         self.max_body = api.settings.max_payload_bytes * 4 // 3 + BODY_OVERHEAD
         self.limits = SpecLimits.from_settings(api.settings)
 
@@ -216,6 +220,17 @@ class Endpoints:
             "/openapi.json": {"get": self.openapi},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
+            # what the dashboard needs beside the above (api/console.py)
+            "/tasks/{task_id}/history": {"get": self.history},
+            "/processors": {"get": self.processors},
+            "/activity": {"get": self.activity},
+            "/dlq/redrive": {"post": self.redrive_many},
+            "/internal/processor": {"get": self.internal_processor},
+            "/internal/activity": {"get": self.internal_activity},
+            # the dashboard itself (api/dashboard.py)
+            UI_PATH: {"get": self.dashboard.page},
+            UI_PATH + "/": {"get": self.dashboard.slash},
+            STATIC_PATH + "/{asset}": {"get": self.dashboard.static},
         }
 
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
@@ -307,6 +322,38 @@ class Endpoints:
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())
+
+    # -- for the dashboard -------------------------------------------------------------
+
+    async def history(self, request: web.Request, task_id: str) -> web.Response:
+        _no_params(request)
+        admin = self.api.auth.grants(request.headers.get("Authorization"), Scope.ADMIN)
+        return json_response(await self.console.history(_task_id(task_id), admin))
+
+    async def processors(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response(await self.console.processors(request.headers))
+
+    async def activity(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response(await self.console.activity(request.headers))
+
+    async def redrive_many(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        try:
+            body = RedriveMany.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        for task_id in body.task_ids:
+            _task_id(task_id)
+        return json_response(await self.console.redrive_many(body, request.headers))
+
+    async def internal_processor(self, request: web.Request) -> web.Response:
+        return json_response(self.console.local_processor())
+
+    async def internal_activity(self, request: web.Request) -> web.Response:
+        return json_response(self.console.local_activity())
 
 
 def install(api: Api) -> None:

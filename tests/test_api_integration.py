@@ -340,6 +340,86 @@ def test_cancel_dead_letter_dlq_and_redrive(cluster: Cluster) -> None:
         cluster.when(a, dead, "READY")
 
 
+def test_redrive_many_with_a_dry_run_redrives_only_dead_tasks(cluster: Cluster) -> None:
+    """POST /dlq/redrive (the dashboard's DLQ page): a dry run sends nothing."""
+    with cluster.client(0) as a, cluster.client(1) as b:
+        dead = [cluster.submit(a, max_attempts=1) for _ in range(2)]
+        for task_id in dead:
+            cluster.finish(a, task_id, ok=False)
+            cluster.when(a, task_id, "DEAD")
+        alive = cluster.submit(a, delay=60)
+        cluster.when(a, alive, "SCHEDULED")
+        ids = [*dead, alive, "01ZZZZZZZZZZZZZZZZZZZZZZZZ"]
+        dry = b.post("/dlq/redrive", json={"task_ids": ids, "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        cluster.validate("RedriveResults", dry.json())
+        outcome = {r["task_id"]: r["outcome"] for r in dry.json()["results"]}
+        assert outcome == {dead[0]: "would_redrive", dead[1]: "would_redrive",
+                           alive: "skipped", ids[3]: "not_found"}
+        assert dry.json()["counts"] == {"would_redrive": 2, "skipped": 1, "not_found": 1}
+        assert all(cluster.view(a, t)["status"] == "DEAD" for t in dead)  # nothing was sent
+
+        with cluster.client(1, "read-tok") as reader:
+            assert reader.post("/dlq/redrive", json={"task_ids": dead}).status_code == 403
+        done = b.post("/dlq/redrive", json={"task_ids": ids, "max_attempts": 2,
+                                            "reason": "fixed"})
+        assert done.status_code == 200, done.text
+        assert done.json()["counts"] == {"redriven": 2, "skipped": 1, "not_found": 1}
+        for task_id in dead:
+            assert cluster.when(a, task_id, "READY")["redrives"] == 1
+        assert b.post("/dlq/redrive", json={"task_ids": []}).status_code == 400
+
+
+def test_history_processors_and_activity(cluster: Cluster) -> None:
+    """The endpoints behind the dashboard's task page and overview, on either replica."""
+    with cluster.client(0) as a, cluster.client(1) as b:
+        task_id = cluster.submit(a)
+        cluster.finish(a, task_id)
+        cluster.when(a, task_id, "SUCCEEDED")
+
+        resp = b.get(f"/tasks/{task_id}/history")
+        assert resp.status_code == 200, resp.text
+        cluster.validate("TaskHistory", resp.json())
+        events = resp.json()["events"]
+        assert [e["type"] for e in events] == ["TaskSubmitted", "TaskStarted", "TaskSucceeded"]
+        assert [e["status_after"] for e in events] == ["READY", "RUNNING", "SUCCEEDED"]
+        dispatch_id = events[1]["fields"]["dispatch_id"]
+        assert dispatch_id in events[0]["decisions"][0]
+        with cluster.client(1, "read-tok") as reader:
+            seen = reader.get(f"/tasks/{task_id}/history").text
+        assert dispatch_id not in seen and "admin scope only" in seen
+        assert b.get("/tasks/01ZZZZZZZZZZZZZZZZZZZZZZZZ/history").status_code == 404
+
+        procs = a.get("/processors")
+        assert procs.status_code == 200, procs.text
+        cluster.validate("Processors", procs.json())
+        rows = procs.json()["processors"]
+        assert {r["url"] for r in rows} == {r.url for r in cluster.replicas}
+        active = sorted(p for r in rows for p in r["active"])
+        assert active == list(range(cluster.settings.partitions))
+        assert procs.json()["unowned"] == []
+
+        def standbys_kept() -> bool:
+            # one standby copy (the default) of every partition, on the replica that
+            # does not fold it (the fold's own follower keeps them, not Faust)
+            rows = a.get("/processors").json()["processors"]
+            assert all(not set(r["active"]) & set(r["standby"]) for r in rows)
+            return sorted(p for r in rows for p in r["standby"]) == \
+                list(range(cluster.settings.partitions))
+
+        wait_for("a standby copy of every partition in /processors", standbys_kept,
+                 timeout=60, interval=0.5)
+
+        def succeeded_in_a_step() -> bool:
+            body = b.get("/activity").json()
+            cluster.validate("Activity", body)
+            assert body["replicas"] == 2 and body["unanswered"] == []
+            return any(p["rates"] and p["rates"]["succeeded"] > 0 for p in body["points"])
+
+        wait_for("a step with a success in /activity", succeeded_in_a_step, timeout=30,
+                 interval=0.5)
+
+
 def test_queues_counts_and_pause_resume(cluster: Cluster) -> None:
     with cluster.client(0) as a, cluster.client(1) as b:
         cluster.submit(a)

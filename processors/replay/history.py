@@ -49,6 +49,7 @@ DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 REJECTED = "REJECTED"
 SKIPPED = "SKIPPED"  # undecodable or not an events-topic record: the processor quarantines it
+OUTCOMES = (ACCEPTED, UNCHANGED, DUPLICATE, CONFLICT, REJECTED, SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ Order of steps (each wait is bounded and fails naming the log to read):
    the jars with Maven and shows its progress);
 2. the platform's topics;
 3. one processor replica (``taskstream processor``), ready when ``/readyz`` is 200;
-   it serves the HTTP API;
+   it serves the HTTP API and the dashboard (/ui);
 4. one worker running ``examples/tasks.py``, ready when its consumer group has
    its partitions;
 5. the demo workload (:mod:`taskstream.dev.workload`) through the SDK, a live
@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from taskstream.admin import ensure_topics
+from taskstream.api.dashboard import UI_PATH
 from taskstream.dev.errors import DevError
 from taskstream.dev.procs import (
     HOST,
@@ -268,6 +269,7 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     platform.children.append(start_processor(
         settings, workdir / "processor", web_port, workdir / "logs" / "processor.log",
         app_path, ready_timeout=options.ready_timeout_s, loglevel="info"))
+    console.print(f"Dashboard: {api_url}{UI_PATH} (open it to watch the demo)")
     metrics_port = free_port()
     console.print(f"Worker: starting {options.app} (concurrency {options.concurrency})")
     worker = start_worker(settings, options.app, workdir / "logs" / "worker.log", app_path,
@@ -280,7 +282,8 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     console.print(f"Submitted {len(kinds)} demo tasks: fast (priority 0 and 2), slow, "
                   "flaky (fail twice), one poison, delayed")
     views = _watch(api_url, kinds, since_ms, options.timeout_s, console)
-    urls = {"API": api_url, "API docs": f"{api_url}/openapi.json",
+    urls = {"dashboard": f"{api_url}{UI_PATH}", "API": api_url,
+            "API docs": f"{api_url}/openapi.json",
             "metrics": f"{api_url}/metrics",
             "worker metrics": f"http://{HOST}:{metrics_port}/metrics",
             "logs": str(workdir / "logs")}
