@@ -25,6 +25,11 @@ class KafkaUnavailableError(TaskstreamError):
     retriable = True
 
 
+class KafkaAuthError(TaskstreamError):
+    """The brokers refused this client: wrong credentials, an unverifiable certificate or
+    missing ACLs. Retrying as configured will not help; the message says what to check."""
+
+
 class LocalKafkaError(TaskstreamError):
     """The local Kafka runner could not install, start or stop a broker."""
 

@@ -49,6 +49,7 @@ from taskstream.dev.procs import (
     stop_all,
 )
 from taskstream.dev.workload import STATES, Summary, demo_workload, render, summarize
+from taskstream.kafka_config import client_config
 from taskstream.localkafka import cluster as localkafka
 from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
@@ -102,7 +103,9 @@ class Platform:
             self.console.print(f"Kafka: using the one running from {kafka_dir} "
                                f"at {recorded.bootstrap}")
             return settings.model_copy(update={"bootstrap": recorded.bootstrap})
-        if recorded is None and localkafka.cluster_answers(settings.bootstrap, 3.0) is not None:
+        answers = (localkafka.cluster_answers(client_config(settings), 3.0)
+                   if recorded is None else None)
+        if answers is not None:
             self.console.print(f"Kafka: using the broker at {settings.bootstrap}")
             return settings
         port = localkafka.default_port(settings)
