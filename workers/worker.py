@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
@@ -45,6 +45,7 @@ from taskstream.workers.outcome import (
     Failure,
     Outcome,
     cancelled_failure,
+    open_payload,
     unknown_task_failure,
 )
 from taskstream.workers.queuectl import QueueCommand
@@ -269,15 +270,22 @@ class Worker:
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
+        opened = open_payload(dispatched, envelope.task_id, emitter.sealer)
         if task is None:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
+        elif isinstance(opened, Failure):
+            outcome = opened
         else:
-            outcome = await self._execute(task, envelope, dispatched)
+            outcome = await self._execute(task, envelope, opened)
         self.metrics.run_seconds.labels(dispatched.name).observe(time.monotonic() - started)
         if outcome is None:
             return
-        emitter.outcome(envelope, outcome)
-        self._log_outcome(envelope, dispatched, outcome, time.monotonic() - started)
+        sent = emitter.outcome(envelope, outcome)
+        if emitter.sealer is not None and isinstance(outcome, Failure):
+            outcome = replace(outcome, message="<sealed>")  # error texts stay out of logs
+        shown = sent if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge" else (
+            outcome)
+        self._log_outcome(envelope, dispatched, shown, time.monotonic() - started)
 
     async def _execute(self, task: TaskDef, envelope: Envelope,
                        dispatched: TaskDispatched) -> Outcome | None:
