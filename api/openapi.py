@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
-from taskstream.schemas.models import TaskSpec
+from taskstream.schemas.models import TASK_ID_PATTERN, TaskSpec
 from taskstream.schemas.state import TaskStatus
 from taskstream.schemas.view import TaskView
 
@@ -111,7 +111,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+            "schema": {"type": "string", "pattern": TASK_ID_PATTERN}}
 _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
@@ -173,7 +173,8 @@ def _paths() -> dict[str, Any]:
         },
         "/tasks/{task_id}": {"get": _op(
             "A task's state, attempts, times, last error and result",
-            {"200": _json(_ref("TaskView"), "the task"), "404": not_found, "503": unavailable},
+            {"200": _json(_ref("TaskView"), "the task"), "400": bad, "404": not_found,
+             "503": unavailable},
             params=[_TASK_ID])},
         "/tasks/{task_id}/wait": {"get": _op(
             "Long poll until the task is SUCCEEDED, DEAD or CANCELLED, or the timeout passes",

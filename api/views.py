@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from taskstream.api.auth import required_scope
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
-from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
-from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout, redact
+from taskstream.schemas.models import TASK_ID, SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import QUEUE_NAME
@@ -94,8 +94,12 @@ def make_middleware(api: Api) -> Any:
 
 
 def _task_id(raw: str) -> str:
-    if not raw or len(raw) > _MAX_ID or not raw.isprintable():
-        raise bad_request("task_id", f"a task ID is 1 to {_MAX_ID} printable characters")
+    """A task ID from a path: 26 Crockford base32 characters, nothing else (so no ID can
+    name another path when a replica proxies it, D23)."""
+    if TASK_ID.fullmatch(raw) is None:
+        shown = raw[:_MAX_ID]
+        raise bad_request("task_id", f"{shown!r} is not a task ID (26 characters: digits and "
+                                     "capital letters but I, L, O and U)")
     return raw
 
 
@@ -218,26 +222,31 @@ class Endpoints:
             "/internal/queues": {"get": self.internal_queues},
         }
 
+    def _shown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """``body`` (task views) as this caller may see it: dispatch IDs for admins only."""
+        admin = self.api.auth.is_admin(request.headers.get("Authorization"))
+        return json_response(redact(body, admin=admin))
+
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
         _no_params(request)
-        return json_response(await self.api.get_task(_task_id(task_id), request.headers,
-                                                     _proxied(request)))
+        return self._shown(request, await self.api.get_task(
+            _task_id(task_id), request.headers, _proxied(request)))
 
     async def wait_task(self, request: web.Request, task_id: str) -> web.Response:
         _no_params(request, ("timeout",))
         timeout = parse_wait_timeout(request.query.get("timeout"))
-        return json_response(await self.api.wait_task(_task_id(task_id), timeout,
-                                                      request.headers, _proxied(request)))
+        return self._shown(request, await self.api.wait_task(
+            _task_id(task_id), timeout, request.headers, _proxied(request)))
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query)
-        return json_response((await self.api.list_tasks(query, request.headers)).body())
+        return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
     async def list_dlq(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query,
                                  allowed=("queue", "name", "since", "limit", "cursor"))
         query = dataclasses.replace(query, state=TaskStatus.DEAD)
-        return json_response((await self.api.list_tasks(query, request.headers)).body())
+        return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
     async def submit(self, request: web.Request) -> web.Response:
         data = await read_json(request, self.max_body, required=True)
@@ -303,7 +312,7 @@ class Endpoints:
         return json_response(openapi_document())
 
     async def internal_tasks(self, request: web.Request) -> web.Response:
-        return json_response(self.api.local_page(parse_list_query(request.query)))
+        return self._shown(request, self.api.local_page(parse_list_query(request.query)))
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())

@@ -11,6 +11,7 @@ from taskstream.producer.core import ProducerCore
 from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.metrics import ProducerMetrics
 from taskstream.schemas.models import SpecLimits
+from taskstream.security.sealing import Sealer, payload_sealer
 from taskstream.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -47,10 +48,13 @@ class ProducerBase:
             connect_timeout_s=connect_timeout_s,
             kafka_overrides=kafka_config,
         )
+        self.sealer: Sealer | None = payload_sealer(self.settings)
         self._build = EventBuilder(
             source or default_source(),
             self.settings.max_payload_bytes,
             limits=SpecLimits.from_settings(self.settings),
+            sealer=self.sealer,
+            max_event_bytes=self.settings.max_event_bytes,
         )
         self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
         self._init_flavour()

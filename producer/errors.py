@@ -25,6 +25,11 @@ class InvalidTaskError(ProducerError, ValueError):
         self.fields = tuple(fields)
 
 
+class EventTooLargeError(InvalidTaskError):
+    """An encoded event is over the size budget (``max_event_bytes``, D22): the broker would
+    refuse it. ``fields`` names the biggest part the caller controls."""
+
+
 class ProducerClosedError(ProducerError):
     """The producer was closed; create a new one."""
 
