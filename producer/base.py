@@ -11,7 +11,7 @@ from taskstream.producer.core import ProducerCore
 from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.metrics import ProducerMetrics
 from taskstream.schemas.models import SpecLimits
-from taskstream.security.sealing import Sealer, payload_sealer
+from taskstream.security.sealing import Sealer
 from taskstream.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class ProducerBase:
             connect_timeout_s=connect_timeout_s,
             kafka_overrides=kafka_config,
         )
-        self.sealer: Sealer | None = payload_sealer(self.settings)
+        self.sealer: Sealer | None = self._core.sealer
         self._build = EventBuilder(
             source or default_source(),
             self.settings.max_payload_bytes,

@@ -31,6 +31,8 @@ from taskstream.producer.errors import (
     UndeliveredOnBrokerDownError,
 )
 from taskstream.producer.metrics import ProducerMetrics, producer_metrics
+from taskstream.security.sealing import payload_sealer
+from taskstream.security.tls import client_context
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
@@ -71,6 +73,8 @@ class ProducerCore:
         self.connect_timeout_s = (
             settings.kafka_timeout_s if connect_timeout_s is None else connect_timeout_s
         )
+        #: the payload keyring's sealer (D21): the builder seals with it, results open with it
+        self.sealer = payload_sealer(settings)
         #: how long a wait for an ack may last when the caller gives no timeout
         self.default_wait_s = settings.delivery_timeout_s + 5.0
         config = kafka_config(settings, kafka_overrides)
@@ -307,7 +311,8 @@ class ProducerCore:
 
             token = self.settings.api_token
             self._result_client = ResultClient(
-                self.settings.api_url, token.get_secret_value() if token else None
+                self.settings.api_url, token.get_secret_value() if token else None,
+                self.sealer, client_context(self.settings)
             )
         return self._result_client
 
@@ -317,7 +322,8 @@ class ProducerCore:
 
             token = self.settings.api_token
             self._async_result_client = AsyncResultClient(
-                self.settings.api_url, token.get_secret_value() if token else None
+                self.settings.api_url, token.get_secret_value() if token else None,
+                self.sealer, client_context(self.settings)
             )
         return self._async_result_client
 

@@ -152,6 +152,11 @@ class TaskFailedError(ResultError):
         )
 
 
+class SealedResultError(ResultError):
+    """A result or error is sealed (D21) and this producer cannot open it: no payload
+    keyring, or not the key it was sealed with. The message names what is missing."""
+
+
 class TaskCancelledError(ResultError):
     """The task was cancelled."""
 

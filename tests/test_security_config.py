@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from pathlib import Path
@@ -219,3 +220,20 @@ def test_the_server_and_client_contexts(tmp_path: Path) -> None:
         server_context(load_settings(api_tls_cert=ca.key, api_tls_key=ca.key))
     with pytest.raises(ConfigError, match="api_ca_file"):
         client_context(load_settings(api_ca_file=tmp_path / "missing.pem"))
+
+
+def test_a_token_is_never_forwarded_to_a_plain_http_peer_off_loopback() -> None:
+    from yarl import URL
+
+    from taskstream.api.errors import ApiError
+    from taskstream.api.service import Api, _segment
+
+    api = Api.__new__(Api)  # the refusal comes before any state or socket is used
+    with pytest.raises(ApiError) as info:
+        asyncio.run(api.peer_get(URL("http://10.9.8.7:6066"), "/tasks/X", {},
+                                 {"Authorization": "Bearer secret"}))
+    assert info.value.status == 502 and info.value.code == "insecure_peer"
+    assert "TLS" in info.value.message
+    assert _segment("../internal/tasks") == "..%2Finternal%2Ftasks"
+    with pytest.raises(ApiError):
+        _segment("..")

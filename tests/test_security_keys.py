@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from taskstream.security.errors import KeyringError, SealError
-from taskstream.security.keyring import Keyring, keyring_json, load_keyring, new_secret, parse_keyring
+from taskstream.security.keyring import (
+    Keyring,
+    keyring_json,
+    load_keyring,
+    new_secret,
+    parse_keyring,
+)
 from taskstream.security.sealing import (
     MAX_OVERHEAD,
     Sealer,

@@ -25,7 +25,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from taskstream.errors import ConfigError
 from taskstream.kafka_config import producer_config
 from taskstream.schemas.events import (
     Envelope,
@@ -39,9 +38,8 @@ from taskstream.schemas.events import (
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event
-from taskstream.security.keyring import load_keyring
 from taskstream.security.sealing import Sealer, payload_sealer
-from taskstream.security.signing import Signer
+from taskstream.security.signing import signer_for
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, quarantine_topic
 from taskstream.workers.metrics import WorkerMetrics
@@ -64,16 +62,6 @@ def emitter_config(settings: Settings) -> dict[str, Any]:
 
 #: error texts are cut to these lengths before sealing (the fold refuses texts over 64k)
 MAX_MESSAGE_CHARS = 8_000
-
-
-def worker_signer(settings: Settings) -> Signer | None:
-    """The signer of a worker's events: the signing keyring's current key, a worker key."""
-    signer = Signer.from_keyring(
-        load_keyring(settings.signing_keys, settings.signing_keyring_file, "signing"))
-    if signer is not None and signer.key.role != "worker":
-        raise ConfigError(f"the signing keyring's current key {signer.key.kid!r} is a "
-                          f"{signer.key.role} key; a worker signs with a worker key")
-    return signer
 
 
 def sealed_outcome(outcome: Outcome, task_id: str, sealer: Sealer | None) -> Outcome:
@@ -116,7 +104,7 @@ class EventEmitter:
         self.worker_id = worker_id
         self.source = f"worker:{worker_id}"
         self._metrics = metrics
-        self._signer = worker_signer(settings)
+        self._signer = signer_for(settings, "worker")
         self.sealer = payload_sealer(settings)
         self._max_event_bytes = settings.max_event_bytes
         self._max_result_bytes = settings.max_result_bytes

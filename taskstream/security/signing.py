@@ -26,7 +26,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from taskstream.security.keyring import Key, Keyring
+from taskstream.errors import ConfigError
+from taskstream.security.keyring import Key, Keyring, load_keyring
+from taskstream.settings import Settings
 
 HEADER = "ts-sig"
 TAG_BYTES = 16
@@ -52,6 +54,18 @@ class Signer:
         """The ``(name, value)`` header that signs the record ``key``/``value``."""
         tag = base64.urlsafe_b64encode(_tag(self.key.secret, key, value)).rstrip(b"=")
         return HEADER, self.key.kid.encode() + b"." + tag
+
+
+def signer_for(settings: Settings, role: str) -> Signer | None:
+    """The signer of a process of ``role`` (``worker`` or ``processor``): its signing
+    keyring's current key, which must be a key of that role; None without a keyring or
+    a current key (then it signs nothing)."""
+    signer = Signer.from_keyring(
+        load_keyring(settings.signing_keys, settings.signing_keyring_file, "signing"))
+    if signer is not None and signer.key.role != role:
+        raise ConfigError(f"the signing keyring's current key {signer.key.kid!r} is a "
+                          f"{signer.key.role} key; a {role} signs with a {role} key")
+    return signer
 
 
 def signature_of(headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
