@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
@@ -263,26 +264,14 @@ class TaskSpec(BaseModel):
             raise ValueError("eta must be timezone-aware (for example datetime.now(UTC))")
         return value
 
-    @field_validator("depends_on")
+    @field_validator("headers", "tags", "depends_on")
     @classmethod
-    def _check_depends_on(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        problem = _limits(info).check_depends_on(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _check_headers(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        problem = _limits(info).check_headers(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _check_tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        problem = _limits(info).check_tags(value)
+    def _check_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        limits = _limits(info)
+        checks: dict[str, Callable[[Any], str | None]] = {
+            "headers": limits.check_headers, "tags": limits.check_tags,
+            "depends_on": limits.check_depends_on}
+        problem = checks[info.field_name or ""](value)
         if problem is not None:
             raise ValueError(problem)
         return value

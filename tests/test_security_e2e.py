@@ -5,17 +5,16 @@ rotation in the middle (D19-D23). One run: starting a replica is the slow part."
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from click.testing import CliRunner
 
 from taskstream.acls import Role
 from taskstream.api.auth import token_digest
-from taskstream.kafka_config import consumer_config
+from taskstream.cli.main import main
 from taskstream.producer import TaskProducer
 from taskstream.producer.errors import SealedResultError, TaskFailedError
 from taskstream.producer.results import ResultClient
@@ -29,7 +28,7 @@ from taskstream.settings import Settings
 from taskstream.topics import events_topic
 from taskstream.workers import TaskApp
 from tests.conftest import Roles
-from tests.harness import ProcessorProcess
+from tests.harness import ProcessorProcess, read_to_end
 from tests.test_worker_support import running_worker
 
 pytestmark = [pytest.mark.slow]
@@ -84,6 +83,8 @@ def test_secured_platform_seals_signs_and_rotates(secure_roles: Roles, tmp_path:
             new_view = http.get(f"/tasks/{new.task_id}", headers=admin_h).json()
             dead_view = http.get(f"/tasks/{dead.task_id}", headers=admin_h).json()
             read_view = http.get(f"/tasks/{new.task_id}", headers=read_h).json()
+            queues = http.get("/queues", headers=read_h)  # reads the queues topic over SASL
+            assert queues.status_code == 200, queues.text
 
         # the API holds no payload key: it shows sealed values and names them
         for view in (old_view, new_view, dead_view):
@@ -102,6 +103,13 @@ def test_secured_platform_seals_signs_and_rotates(secure_roles: Roles, tmp_path:
         with pytest.raises(SealError, match="'k1'"):
             open_view(old_view, only_k2)
 
+        # the CLI opens what it holds the key for
+        shown = CliRunner().invoke(main, ["status", old.task_id, "--json"], env={
+            "TASKSTREAM_API_URL": replica.url, "TASKSTREAM_API_TOKEN": "read-tok",
+            "TASKSTREAM_PAYLOAD_KEYS": RING2})
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["payload"] == {"card": "4111"}
+
         # an SDK without the keyring hears why it cannot read the result
         waits = ResultClient(replica.url, "read-tok")
         try:
@@ -111,7 +119,9 @@ def test_secured_platform_seals_signs_and_rotates(secure_roles: Roles, tmp_path:
             waits.close()
 
         # the log itself: no plaintext anywhere, every worker event signed by a worker key
-        records = read_events(secure_roles(Role.ADMIN))
+        admin = secure_roles(Role.ADMIN)
+        records = [(m.key(), m.value(), m.headers() or [])
+                   for m in read_to_end(admin, events_topic(admin))]
         assert records and all(b"4111" not in v and b"5500" not in v for _, v, _ in records)
         admin_ring = load_keyring(None, secure_roles.files.keyring("admin"), "signing")
         assert admin_ring is not None
@@ -133,25 +143,3 @@ def key_of(view: dict[str, Any]) -> str | None:
     import base64
 
     return sealed_key_id(base64.b64decode(view["payload_b64"]))
-
-
-def read_events(settings: Settings) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
-    topic = events_topic(settings)
-    consumer = Consumer(consumer_config(settings, settings.topic("e2e-reader"),
-                                        {"enable.partition.eof": True}))
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        found, ends, deadline = [], set(), time.monotonic() + 30
-        while len(ends) < len(parts) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    ends.add(msg.partition())
-                continue
-            found.append((msg.key(), msg.value(), msg.headers() or []))
-        return found
-    finally:
-        consumer.close()
