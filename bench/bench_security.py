@@ -129,7 +129,7 @@ class Rig:
         topic, so polling it costs both modes the same, and no SASL login per poll)."""
         text = self.http.get(f"{self.api}/metrics").text
         return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-                   if line.startswith("taskstream_tasks{") and 'status="SUCCEEDED"' in line)
+                   if line.startswith("taskstream_tasks{") and 'state="SUCCEEDED"' in line)
 
     def wait_done(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -260,8 +260,10 @@ def main() -> None:
         started.append(scratch / "kafka-secure")
         rigs = {"plaintext": Rig("plaintext", plain.cluster, scratch / "plain"),
                 "secured": Rig("secured", secured.cluster, scratch / "secure")}
-        for rig in rigs.values():  # warm up: groups joined, caches filled
-            rig.burst(200, 180)
+        for mode, rig in rigs.items():  # warm up: groups joined, caches filled
+            if not rig.burst(200, 300)["all_done_in_time"]:
+                raise RuntimeError(f"{mode}: warm-up tasks did not finish; see the logs in "
+                                   f"{rig.workdir}")
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in rigs}
         for rep in range(args.reps):
             for mode, rig in rigs.items():

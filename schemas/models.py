@@ -88,7 +88,7 @@ class SpecLimits:
     max_header_bytes: int = 4096
     max_tags: int = 64
     max_tag_bytes: int = 256
-    max_depends_on: int = 1000
+    max_dependencies: int = 1000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpecLimits:
@@ -99,7 +99,7 @@ class SpecLimits:
             max_header_bytes=settings.max_header_bytes,
             max_tags=settings.max_tags,
             max_tag_bytes=settings.max_tag_bytes,
-            max_depends_on=settings.max_depends_on,
+            max_dependencies=settings.max_dependencies,
         )
 
     def check_headers(self, headers: dict[str, str]) -> str | None:
@@ -123,8 +123,8 @@ class SpecLimits:
         return None
 
     def check_depends_on(self, depends_on: list[str]) -> str | None:
-        if len(depends_on) > self.max_depends_on:
-            return (f"{len(depends_on)} parents; at most {self.max_depends_on} are allowed "
+        if len(depends_on) > self.max_dependencies:
+            return (f"{len(depends_on)} parents; at most {self.max_dependencies} are allowed "
                     "(a larger fan-in goes through a group)")
         for task_id in depends_on:
             if TASK_ID.fullmatch(task_id) is None:

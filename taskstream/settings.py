@@ -83,9 +83,10 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(4096, ge=1, description="bytes of one header name + value")
     max_tags: int = Field(64, ge=0, le=10_000, description="tags per task")
     max_tag_bytes: int = Field(256, ge=1, description="bytes of one tag")
-    max_depends_on: int = Field(
-        1000, ge=0, le=100_000, description="parents per task (depends_on); a larger fan-in "
-        "goes through a group")
+    max_dependencies: int = Field(
+        1000, ge=1, le=100_000, description="the most parents one task may list in "
+        "depends_on (the one bound the dependency feature uses too, issue 15); a larger "
+        "fan-in goes through a group")
 
     # Producer
     linger_ms: int = Field(5, ge=0, le=60_000)

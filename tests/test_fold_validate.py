@@ -102,7 +102,7 @@ def test_a_timer_of_another_entity_kind_is_keyed_by_its_entity() -> None:
 # -- bounds ------------------------------------------------------------------------------------
 
 LIMITS = SpecLimits(priority_max=2, max_headers=2, max_header_bytes=16, max_tags=2,
-                    max_tag_bytes=8, max_depends_on=2, max_payload_bytes=100)
+                    max_tag_bytes=8, max_dependencies=2, max_payload_bytes=100)
 
 
 @pytest.mark.parametrize(("changes", "says"), [
@@ -137,13 +137,13 @@ def test_a_submission_out_of_bounds_is_refused_naming_the_bound(
 
 
 def test_depends_on_is_bounded_by_the_one_setting_shared_with_dependencies() -> None:
-    checks = Checks.from_settings(load_settings(max_depends_on=3))
+    checks = Checks.from_settings(load_settings(max_dependencies=3))
     ok = envelope(submitted(depends_on=[new_task_id() for _ in range(3)]))
     too_many = envelope(submitted(depends_on=[new_task_id() for _ in range(4)]))
     assert check(ok, checks) is None
     reason = check(too_many, checks)
     assert reason is not None and "at most 3" in reason
-    assert load_settings().max_depends_on == 1000
+    assert load_settings().max_dependencies == 1000
 
 
 @pytest.mark.parametrize(("env", "says"), [

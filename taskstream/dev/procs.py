@@ -87,7 +87,8 @@ SHARED_SECURITY = (
     "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "ssl_ca_file",
     "ssl_cert_file", "ssl_key_file", "ssl_key_password", "signing_keys", "signing_keyring_file",
     "payload_keys", "payload_keyring_file", "api_tls_cert", "api_tls_key", "api_ca_file",
-    "api_tokens", "max_event_bytes", "max_payload_bytes",
+    "api_tokens", "max_event_bytes", "max_payload_bytes", "max_headers", "max_header_bytes",
+    "max_tags", "max_tag_bytes", "max_dependencies",
 )
 
 
