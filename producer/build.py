@@ -39,6 +39,10 @@ from taskstream.schemas.serde import encode_event
 from taskstream.security.sealing import Sealer
 
 
+def _no_template(*_args: Any) -> None:
+    return None
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -185,12 +189,12 @@ class EventBuilder:
         collector to track.
         """
         n = len(items)
-        if self._sealer is not None:
-            return self._sealed_many(items, at_ms)
         limit = self.max_event_bytes if self.max_event_bytes is not None else sys.maxsize
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        from_template = self._templates.encode
+        sealer = self._sealer
+        # the templates write payloads straight into bytes: not when payloads are sealed
+        from_template = self._templates.encode if sealer is None else _no_template
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
@@ -206,6 +210,8 @@ class EventBuilder:
                         key = simple[9]
                         if key is not None:
                             task_id = derived_task_id(simple[0], key)
+                        if sealer is not None:
+                            simple = simple._replace(payload=sealer.seal(simple[3], task_id))
                         value = encode(ids[i], task_id, at_ms, source, simple)
             else:
                 task_id, value = self.from_item(item, i, at_ms)
@@ -213,19 +219,6 @@ class EventBuilder:
                 self.budget(value, f"task #{i}")
             add_id(task_id)
             add_value(value)
-        return task_ids, values
-
-    def _sealed_many(
-        self, items: Sequence[TaskSpec | Mapping[str, Any]], at_ms: int
-    ) -> tuple[list[str], list[bytes]]:
-        """:meth:`many` one item at a time, each payload sealed for its task (the templates
-        write payloads straight into bytes)."""
-        task_ids: list[str] = []
-        values: list[bytes] = []
-        for i, item in enumerate(items):
-            task_id, value = self.from_item(item, i, at_ms)
-            task_ids.append(task_id)
-            values.append(value)
         return task_ids, values
 
     def spec_from(self, item: TaskSpec | Mapping[str, Any], index: int) -> TaskSpec:

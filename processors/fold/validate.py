@@ -78,6 +78,7 @@ MAX_TEXT = 64 * 1024
 MAX_ATTEMPTS = 1000
 MAX_ATTEMPT = 1_000_000
 MAX_MS = int(MAX_DURATION_S * 1000)
+MIN_LEASE_MS = int(MIN_LEASE_S * 1000)
 #: event times: after 2000-01-01 and before 2200 (an Avro long takes anything)
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 7_258_118_400_000
@@ -214,12 +215,11 @@ def _submitted_problem(limits: SpecLimits, body: TaskSubmitted) -> str | None:
     if not (0 <= b.initial_ms <= b.max_ms <= MAX_MS and math.isfinite(b.multiplier)
             and 1 <= b.multiplier <= 100 and math.isfinite(b.jitter) and 0 <= b.jitter <= 1):
         return "backoff is out of bounds (0 <= initial <= max, multiplier 1..100, jitter 0..1)"
-    min_lease_ms = int(MIN_LEASE_S * 1000)
-    return (_duration("lease_ms", body.lease_ms, zero_ok=False, low=min_lease_ms)
+    return (_duration("lease_ms", body.lease_ms, zero_ok=False, low=MIN_LEASE_MS)
             or _duration("timeout_ms", body.timeout_ms, zero_ok=False)
             or _text("content_type", body.content_type, MAX_CONTENT_TYPE)
             or (None if body.idempotency_key is None else
                 _text("idempotency_key", body.idempotency_key, MAX_IDEMPOTENCY_KEY))
-            or limits.check_headers(body.headers)
-            or limits.check_tags(body.tags)
-            or limits.check_depends_on(body.depends_on))
+            or (limits.check_headers(body.headers) if body.headers else None)
+            or (limits.check_tags(body.tags) if body.tags else None)
+            or (limits.check_depends_on(body.depends_on) if body.depends_on else None))
