@@ -87,7 +87,7 @@ def list_item(state: TaskState, opener: Opener | None = None) -> dict[str, Any]:
 def redact(body: dict[str, Any], *, admin: bool) -> dict[str, Any]:
     """An answer holding task views (one, or a page of ``items``) with each dispatch ID
     left out unless the caller is an admin: with a task's dispatch ID, whoever may write
-    the events topic could report its outcome (D20)."""
+    the events topic could report its outcome (D26)."""
     if admin:
         return body
     if "items" in body and isinstance(body["items"], list):

@@ -13,7 +13,7 @@ Every replica answers every request:
 
 Peers are reached over the scheme they advertise (``https`` when the API serves
 TLS), their certificates checked against ``api_ca_file``; a bearer token is never
-forwarded over plain HTTP to a peer off the loopback (D23): such a request is
+forwarded over plain HTTP to a peer off the loopback (D29): such a request is
 refused with 502 and the reason. Task IDs in proxied paths are percent-encoded,
 so no ID can turn into another path.
 """
@@ -100,7 +100,7 @@ class Api:
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
         self.rates = RateWindow(window_s=60.0)
-        #: with a payload keyring the API seals submissions and opens what it shows (D21)
+        #: with a payload keyring the API seals submissions and opens what it shows (D27)
         self.sealer = payload_sealer(processor.settings)
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes,
                                     limits=SpecLimits.from_settings(processor.settings),

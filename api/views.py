@@ -95,7 +95,7 @@ def make_middleware(api: Api) -> Any:
 
 def _task_id(raw: str) -> str:
     """A task ID from a path: 26 Crockford base32 characters, nothing else (so no ID can
-    name another path when a replica proxies it, D23)."""
+    name another path when a replica proxies it, D29)."""
     if TASK_ID.fullmatch(raw) is None:
         shown = raw[:_MAX_ID]
         raise bad_request("task_id", f"{shown!r} is not a task ID (26 characters: digits and "

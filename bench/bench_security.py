@@ -6,8 +6,8 @@ processor and a worker (``examples.tasks``), and the SDK in this process:
 
 * ``plaintext``: no security, no keys;
 * ``secured``: every client over SASL_SSL under its role's principal, workers
-  sign their events (D20), payloads, results and error texts sealed with
-  AES-256-GCM (D21).
+  sign their events (D26), payloads, results and error texts sealed with
+  AES-256-GCM (D27).
 
 Measured, alternating the two modes ``--reps`` times (the machine is shared and
 noisy; the two modes see the same noise):

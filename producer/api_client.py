@@ -9,7 +9,7 @@ the producer may use it; everything above the SDK may too.
 
 Over HTTPS the API's certificate is checked against ``api_ca_file`` (or the
 system's CAs: pass ``verify``); a token is never sent over plain HTTP to a host
-other than loopback (D23): such a client is refused when it is made.
+other than loopback (D29): such a client is refused when it is made.
 """
 
 from __future__ import annotations

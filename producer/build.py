@@ -5,10 +5,10 @@ task ID comes from ``(name, idempotency_key)`` when a key is given (so
 duplicates share a partition and meet in one fold) and is a fresh ULID
 otherwise, and the envelope is Avro-encoded by the schemas package.
 
-With a payload sealer (D21) the payload is sealed for its task ID before it is
+With a payload sealer (D27) the payload is sealed for its task ID before it is
 encoded (the template fast path, which writes payloads straight into bytes, is
 skipped then). Every encoded event is held to the size budget
-(``max_event_bytes``, D22): over it, :class:`EventTooLargeError`, before
+(``max_event_bytes``, D28): over it, :class:`EventTooLargeError`, before
 anything is sent.
 """
 

@@ -73,7 +73,7 @@ class ProducerCore:
         self.connect_timeout_s = (
             settings.kafka_timeout_s if connect_timeout_s is None else connect_timeout_s
         )
-        #: the payload keyring's sealer (D21): the builder seals with it, results open with it
+        #: the payload keyring's sealer (D27): the builder seals with it, results open with it
         self.sealer = payload_sealer(settings)
         #: how long a wait for an ack may last when the caller gives no timeout
         self.default_wait_s = settings.delivery_timeout_s + 5.0
@@ -166,7 +166,7 @@ class ProducerCore:
                 "create the topics with `taskstream topics create`"
             )
         if not self._budget_checked:
-            check_event_budget(self.settings)  # once: a budget the topic cannot take (D22)
+            check_event_budget(self.settings)  # once: a budget the topic cannot take (D28)
             self._budget_checked = True
         self._connected = True
         self._down_since = None

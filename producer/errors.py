@@ -26,7 +26,7 @@ class InvalidTaskError(ProducerError, ValueError):
 
 
 class EventTooLargeError(InvalidTaskError):
-    """An encoded event is over the size budget (``max_event_bytes``, D22): the broker would
+    """An encoded event is over the size budget (``max_event_bytes``, D28): the broker would
     refuse it. ``fields`` names the biggest part the caller controls."""
 
 
@@ -153,7 +153,7 @@ class TaskFailedError(ResultError):
 
 
 class SealedResultError(ResultError):
-    """A result or error is sealed (D21) and this producer cannot open it: no payload
+    """A result or error is sealed (D27) and this producer cannot open it: no payload
     keyring, or not the key it was sealed with. The message names what is missing."""
 
 

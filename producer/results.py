@@ -8,7 +8,7 @@ processor failover (404 right after submit and 502/503/504 are retried).
 
 The decision what a response means is :func:`interpret`, pure and unit-tested.
 
-Sealed results and error texts (D21) are opened with the producer's payload
+Sealed results and error texts (D27) are opened with the producer's payload
 keyring; without one, a sealed result is a :class:`SealedResultError` that
 names the key it needs.
 """

@@ -69,7 +69,7 @@ TASK_ID = re.compile(TASK_ID_PATTERN)
 #: it the millisecond values would overflow Avro's long and nobody means it anyway.
 MAX_DURATION_S = 10 * 365 * 24 * 3600.0
 #: the shortest lease: a worker renews it from another process over Kafka; less than a
-#: second would expire attempts that are alive (D22)
+#: second would expire attempts that are alive (D28)
 MIN_LEASE_S = 1.0
 MAX_CONTENT_TYPE = 255
 MAX_IDEMPOTENCY_KEY = 512
@@ -78,7 +78,7 @@ MAX_IDEMPOTENCY_KEY = 512
 @dataclass(frozen=True, slots=True)
 class SpecLimits:
     """The configurable rules a task is validated against: by TaskSpec in the SDK and the
-    API, and again by the fold on the wire (processors/fold/validate.py, D22)."""
+    API, and again by the fold on the wire (processors/fold/validate.py, D28)."""
 
     max_payload_bytes: int = 900 * 1024
     name_pattern: str = DEFAULT_NAME_PATTERN

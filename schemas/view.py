@@ -9,12 +9,12 @@ Every TaskState field appears under its own name, with two renderings:
 * times: ``*_at_ms`` stays integer milliseconds, and a sibling without the
   ``_ms`` suffix (``submitted_at``, ...) carries the ISO 8601 UTC string.
 
-Sealed values (D21): a payload, result or error text sealed for the task is
+Sealed values (D27): a payload, result or error text sealed for the task is
 opened when the renderer holds the payload keyring (:class:`Opener`), and then
 rendered like any other. Otherwise it stays sealed: the bytes base64-encoded
 under ``payload_b64`` / ``result_b64``, the texts as they are, and ``sealed``
 names each such field, so a client holding the key opens them itself
-(:func:`open_view`). ``dispatch_id`` is shown to admins only (D20): a worker's
+(:func:`open_view`). ``dispatch_id`` is shown to admins only (D26): a worker's
 outcome must name it, and nobody else needs it.
 """
 

@@ -1,10 +1,10 @@
-"""Least privilege: what each role's principal may do on the brokers, as data (D19).
+"""Least privilege: what each role's principal may do on the brokers, as data (D25).
 
 Kafka's StandardAuthorizer (KRaft) grants per resource (a topic, a consumer group,
 the cluster) and per operation; it cannot tell one event type from another on the
 same topic, and a consumer cannot see who wrote a record. So the ACLs below fence
 *topics* and *groups*; who may write which *event* on the shared events topic is
-decided by signatures the fold checks (D20, docs/security.md).
+decided by signatures the fold checks (D26, docs/security.md).
 
 One principal per role, every name derived from the topic prefix ``P``:
 

@@ -59,7 +59,7 @@ def _compact(replication: int) -> dict[str, str]:
 
 
 #: room for a record's framing around an event (batch and record headers, key, signature
-#: header): a topic that carries events takes max_event_bytes plus this (D22)
+#: header): a topic that carries events takes max_event_bytes plus this (D28)
 RECORD_OVERHEAD = 4096
 MAX_MESSAGE_BYTES = "max.message.bytes"
 
@@ -233,7 +233,7 @@ def events_max_message_bytes(settings: Settings) -> int | None:
 
 
 def check_event_budget(settings: Settings) -> int | None:
-    """Refuse a size budget the events topic cannot take (D22), where the credential may
+    """Refuse a size budget the events topic cannot take (D28), where the credential may
     read the topic's configs. Returns the topic's limit, or None when it cannot be read."""
     limit = events_max_message_bytes(settings)
     if limit is not None and settings.max_event_bytes + RECORD_OVERHEAD > limit:

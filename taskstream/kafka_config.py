@@ -11,7 +11,7 @@ caller may never override the fixed keys.
 Consumers never auto-commit: a part that commits does so itself, after the
 work is done (workers), or never (replay, the API's reads).
 
-Security (D19) is added here once, for every client: :func:`security_config`
+Security (D25) is added here once, for every client: :func:`security_config`
 (librdkafka's ``security.protocol``, SASL and TLS keys) goes into every
 producer, consumer and admin config this module builds, and
 :func:`ssl_context` / :func:`sasl_credentials` give the same settings to the

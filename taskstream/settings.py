@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     priority_levels: int = Field(3, ge=1, le=10, description="priority levels 0..N-1, higher first")
     kafka_timeout_s: float = Field(10.0, gt=0, description="bound on any wait for the broker")
 
-    # Kafka security (D19): every client of every part takes these
+    # Kafka security (D25): every client of every part takes these
     security_protocol: SecurityProtocol = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     ssl_key_file: Path | None = Field(None, description="PEM key of ssl_cert_file")
     ssl_key_password: SecretStr | None = None
 
-    # Signed worker and processor events (D20) and payload encryption (D21): keyrings are
+    # Signed worker and processor events (D26) and payload encryption (D27): keyrings are
     # JSON ({"current": kid, "keys": {...}}) given inline (a secret) or as a file
     signing_keys: SecretStr | None = Field(
         None, description="keyring of event signing keys (JSON); with one, the fold refuses "
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         "seals payloads, results and error messages, every key opens them")
     payload_keyring_file: Path | None = None
 
-    # Bounds on what a task may carry, checked by the SDK, the API and the fold (D22)
+    # Bounds on what a task may carry, checked by the SDK, the API and the fold (D28)
     max_event_bytes: int = Field(
         1_000_000, ge=4096, description="the one size budget: the largest encoded event any "
         "part writes; must fit the events topic's max.message.bytes")

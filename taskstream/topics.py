@@ -53,7 +53,7 @@ def ready_topic(settings: Settings, queue: str, level: int) -> str:
 
 
 def ready_topic_prefix(settings: Settings, queue: str | None = None) -> str:
-    """What the ready topics of ``queue`` (of every queue when None) start with (ACLs, D19)."""
+    """What the ready topics of ``queue`` (of every queue when None) start with (ACLs, D25)."""
     return settings.topic("ready.") if queue is None else settings.topic(f"ready.{queue}.")
 
 
@@ -69,7 +69,7 @@ def processor_app_id(settings: Settings) -> str:
 
 def processor_topic_prefix(settings: Settings) -> str:
     """What the processors' own topics start with: their tables' changelogs and Faust's
-    internal topics (``<app id>-...``; ACLs, D19)."""
+    internal topics (``<app id>-...``; ACLs, D25)."""
     return f"{processor_app_id(settings)}-"
 
 
@@ -83,7 +83,7 @@ def task_changelog_topic(settings: Settings) -> str:
 
 
 def worker_group_prefix(settings: Settings) -> str:
-    """What every worker group id starts with (ACLs, D19)."""
+    """What every worker group id starts with (ACLs, D25)."""
     return settings.topic("workers.")
 
 
@@ -98,7 +98,7 @@ def worker_control_group(settings: Settings, instance: str) -> str:
 
 
 def api_reader_group_prefix(settings: Settings) -> str:
-    """What every group id of the API's reads starts with (the processor's ACLs, D19)."""
+    """What every group id of the API's reads starts with (the processor's ACLs, D25)."""
     return settings.topic("api.")
 
 
@@ -108,7 +108,7 @@ def api_reader_group(settings: Settings, instance: str) -> str:
 
 
 def registry_reader_group_prefix(settings: Settings) -> str:
-    """What the group id of a client's read of the queue registry starts with (D19)."""
+    """What the group id of a client's read of the queue registry starts with (D25)."""
     return settings.topic("registry.")
 
 

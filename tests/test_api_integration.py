@@ -68,7 +68,7 @@ class EventWriter:
 
 
 class Replica:
-    """A replica serving HTTPS (D23): the certificate is for 127.0.0.1, signed by the test's
+    """A replica serving HTTPS (D29): the certificate is for 127.0.0.1, signed by the test's
     CA, which every client and the peer replica check it against."""
 
     def __init__(self, settings: Settings, base: Path, index: int, tls: Tls) -> None:

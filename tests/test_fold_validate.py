@@ -1,4 +1,4 @@
-"""The fold's record checks (processors/fold/validate.py, D20, D22): each hostile input is
+"""The fold's record checks (processors/fold/validate.py, D26, D28): each hostile input is
 refused with a clear reason, good ones pass, and nothing makes the check or the fold raise."""
 
 from __future__ import annotations

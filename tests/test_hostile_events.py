@@ -1,6 +1,6 @@
 """Hostile events on the events topic against a live replica: each one set aside in the
 quarantine topic with its reason, the fold going on, and the live state still exactly the
-fold of the log (D22, D11)."""
+fold of the log (D28, D11)."""
 
 from __future__ import annotations
 

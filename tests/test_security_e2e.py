@@ -1,6 +1,6 @@
 """The whole platform on the secured broker: a processor, a worker and the SDK each under
 its own principal, workers signing their events, payloads sealed end to end, and a key
-rotation in the middle (D19-D23). One run: starting a replica is the slow part."""
+rotation in the middle (D25-D29). One run: starting a replica is the slow part."""
 
 from __future__ import annotations
 

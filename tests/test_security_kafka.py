@@ -1,6 +1,6 @@
 """The secured broker (``kafka up --secure``): each role can do what it must and nothing
 else, a wrong password or an unknown CA is refused clearly, and what a submitter
-credential writes cannot pass for a worker's or a processor's event (D19, D20)."""
+credential writes cannot pass for a worker's or a processor's event (D25, D26)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Keyrings, record signatures and sealed values (D20, D21): pure, no broker."""
+"""Keyrings, record signatures and sealed values (D26, D27): pure, no broker."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Sealed payloads, results and errors through the SDK's builder, the worker and the API's
-views; dispatch IDs for admins only; the size budget (D21, D20, D22). No broker."""
+views; dispatch IDs for admins only; the size budget (D27, D26, D28). No broker."""
 
 from __future__ import annotations
 

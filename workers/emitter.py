@@ -5,9 +5,9 @@ One confluent-kafka Producer per worker (acks=all, idempotent,
 with a thread serving delivery callbacks. ``on_delivered(ok)`` callbacks run in
 that thread.
 
-With a signing keyring every event carries the worker's signature (D20); with a
-payload keyring results and error texts are sealed for their task (D21). An
-outcome whose event would be over the size budget (``max_event_bytes``, D22),
+With a signing keyring every event carries the worker's signature (D26); with a
+payload keyring results and error texts are sealed for their task (D27). An
+outcome whose event would be over the size budget (``max_event_bytes``, D28),
 or a sealed result over ``max_result_bytes`` (the fold would cut it and it
 would never open), is replaced by a non-retryable ``ResultTooLarge`` failure
 that says so: the broker would refuse the event, the lease would lapse and the

@@ -52,7 +52,7 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
 
 def open_payload(dispatched: TaskDispatched, task_id: str, sealer: Sealer | None
                  ) -> TaskDispatched | Failure:
-    """The ready record with its payload opened when it is sealed (D21), or the failure
+    """The ready record with its payload opened when it is sealed (D27), or the failure
     that says why it cannot be (not retryable: another attempt would not open it either;
     fix the keyring and redrive)."""
     payload = dispatched.payload

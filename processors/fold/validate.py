@@ -1,4 +1,4 @@
-"""What an events-topic record must be before the fold applies it (D20, D22).
+"""What an events-topic record must be before the fold applies it (D26, D28).
 
 ``apply`` trusts its input's shape: it fences stale and late events, but a
 record whose envelope names another entity than its key, a submission with a
@@ -17,12 +17,12 @@ What is checked, in order:
    ENTITIES.md) equals the Kafka key, so an event can only reach the partition
    and the state of the entity it names. Task events name a task ID (26
    Crockford characters); other kinds name ``<kind>:<id>``.
-2. **Who wrote it** (only with a signing keyring, D20): worker events
+2. **Who wrote it** (only with a signing keyring, D26): worker events
    (``TaskStarted``, ``LeaseRenewed``, ``TaskSucceeded``, ``TaskFailed``) must be
    signed by a worker key, processor events (:data:`PROCESSOR_EVENTS`:
    ``TimerFired`` and what other entities emit) by a processor key.
    Submissions, cancels and redrives need no signature.
-3. **Bounds** (D22): the queue-name pattern, the priority range, a lease of at
+3. **Bounds** (D28): the queue-name pattern, the priority range, a lease of at
    least 1 s, attempts, durations, payload and text sizes, and the count and
    size of headers, tags and ``depends_on`` (the same :class:`SpecLimits` the
    SDK and the API check a TaskSpec against).
@@ -89,7 +89,7 @@ class Checks:
     """The fold's configuration of :func:`check_record`."""
 
     limits: SpecLimits = field(default_factory=SpecLimits)
-    #: with a keyring, worker and processor events must be signed (D20)
+    #: with a keyring, worker and processor events must be signed (D26)
     keyring: Keyring | None = None
 
     @classmethod

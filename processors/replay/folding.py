@@ -3,7 +3,7 @@
 The fold is the processor's, step for step (``processors/live/app.py``): decode the
 envelope, skip what the processor quarantines (undecodable records, derived
 bodies and records :func:`~taskstream.processors.fold.validate.check_record`
-refuses: hostile or unsigned ones, D20, D22), ``apply`` with the same
+refuses: hostile or unsigned ones, D26, D28), ``apply`` with the same
 :class:`Limits`, store the new state under the
 envelope's task ID when ``apply`` returns one. The result maps task ID ->
 ``encode_state`` bytes, exactly what the processor's task table holds.

@@ -4,7 +4,7 @@
 ``taskstream dlq list|redrive``. The API address and token come from the
 settings (``TASKSTREAM_API_URL``, ``TASKSTREAM_API_TOKEN``) or ``--api-url``.
 Output is an aligned table for people; ``--json`` prints the API's JSON for
-scripts. Sealed payloads, results and error texts (D21) are opened here when the
+scripts. Sealed payloads, results and error texts (D27) are opened here when the
 CLI has the payload keyring (the API may not), and shown sealed otherwise.
 Exit codes: 0 success; 1 an error (the message says which and what to
 do); ``wait``: 1 when the task ended DEAD or CANCELLED, 124 when it had not

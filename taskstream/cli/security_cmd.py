@@ -5,7 +5,7 @@ role for the principal named with ``--principal role=User:name`` (default:
 ``User:<role>``, the users of ``kafka up --secure``); it must run as a principal
 allowed to alter ACLs. ``acls show`` prints what a role is granted. ``keys new``
 makes a key and adds it to a keyring file (created 0600 when missing), optionally
-as the current one: the rotation step (docs/security.md, D19-D21).
+as the current one: the rotation step (docs/security.md, D25-D27).
 """
 
 from __future__ import annotations

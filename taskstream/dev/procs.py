@@ -82,7 +82,7 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
 
 
 #: settings a child of the same platform must share to reach its brokers and read its data
-#: (D19-D23): Kafka security, keyrings, the API's TLS and the bounds every part checks
+#: (D25-D29): Kafka security, keyrings, the API's TLS and the bounds every part checks
 SHARED_SECURITY = (
     "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "ssl_ca_file",
     "ssl_cert_file", "ssl_key_file", "ssl_key_password", "signing_keys", "signing_keyring_file",

@@ -1,4 +1,4 @@
-"""A private CA and the certificates a local secured cluster needs (D19).
+"""A private CA and the certificates a local secured cluster needs (D25).
 
 ``taskstream kafka up --secure`` makes, once per data directory:
 
@@ -6,7 +6,7 @@
   client is told to trust (``TASKSTREAM_SSL_CA_FILE``);
 * ``broker.pem`` / ``broker.key``: the brokers' certificate, signed by the CA,
   for ``localhost``, ``127.0.0.1`` and ``::1``, usable as a server and a client
-  certificate (the brokers authenticate to the controller quorum with it, D19);
+  certificate (the brokers authenticate to the controller quorum with it, D25);
   its subject CN is ``broker``, which the brokers map to the principal
   ``User:broker``.
 

@@ -9,7 +9,7 @@ while the process there is still the broker started with that node's
 properties file (a PID reused by something else is left alone).
 
 ``up(secure=True)`` starts a secured cluster instead (SASL_SSL, SCRAM users per
-role, ACLs; :mod:`taskstream.localkafka.secure`, D19).
+role, ACLs; :mod:`taskstream.localkafka.secure`, D25).
 
 Used by ``taskstream kafka``, the test suite's session fixtures and CI.
 """

@@ -5,7 +5,7 @@ Ports: node ``i`` (0-based) of an ``n``-node cluster listens for clients on
 127.0.0.1. One node on 9092 therefore uses 9092 and 9093, as Kafka's own
 quickstart does.
 
-A secured cluster (``--secure``, D19) has the same ports: clients and the
+A secured cluster (``--secure``, D25) has the same ports: clients and the
 brokers among themselves speak SASL_SSL (SCRAM-SHA-512, the brokers as
 ``User:broker``) on the client port; the controller quorum speaks mutual TLS
 (KRaft controllers cannot authenticate with SCRAM: its credentials live in the

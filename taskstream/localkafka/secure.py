@@ -1,4 +1,4 @@
-"""What ``taskstream kafka up --secure`` makes and hands out (D19).
+"""What ``taskstream kafka up --secure`` makes and hands out (D25).
 
 Under ``<data-dir>/security/`` (mode 0700, every secret file 0600):
 
@@ -10,7 +10,7 @@ Under ``<data-dir>/security/`` (mode 0700, every secret file 0600):
   --add-scram`` (KRaft keeps SCRAM credentials in the cluster metadata; the
   storage tool writes them into the bootstrap checkpoint, so they exist before
   the first broker starts: checked on Kafka 4.3.1);
-* ``keys/``: the event signing keyrings (D20): ``processor.json`` (signs with the
+* ``keys/``: the event signing keyrings (D26): ``processor.json`` (signs with the
   processor key, verifies worker and processor keys), ``worker.json`` (signs
   with the worker key), ``admin.json`` (verifies both, for replay);
 * ``<role>.toml``: the settings of each role, to use with

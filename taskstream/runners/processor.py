@@ -1,6 +1,6 @@
 """Start a processor replica in this process (used by the CLI, tests and ``taskstream dev``).
 
-Security (D19, D23) reaches Faust here: its Kafka clients (aiokafka) get the
+Security (D25, D29) reaches Faust here: its Kafka clients (aiokafka) get the
 settings' SASL credentials and TLS context, its web server the API's
 certificate (:func:`secure_faust_app`). The confluent-kafka clients of the
 replica take the same settings from ``taskstream.kafka_config``.

@@ -1,4 +1,4 @@
-"""Keys and what is done with them: keyrings, event signatures, payload sealing (D20, D21).
+"""Keys and what is done with them: keyrings, event signatures, payload sealing (D26, D27).
 
 Pure (no Kafka, no I/O beyond reading a keyring file): the fold verifies
 signatures with :mod:`~taskstream.security.signing` (stdlib ``hmac`` only), the

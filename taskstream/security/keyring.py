@@ -7,7 +7,7 @@ A keyring is JSON, given inline in a setting (``TASKSTREAM_SIGNING_KEYS``,
 
 A signing keyring names each key's role (``processor`` or ``worker``): the fold
 accepts a worker event only under a worker key and a processor event only under
-a processor key (D20)::
+a processor key (D26)::
 
     {"current": "w1", "keys": {"w1": {"role": "worker", "key": "<base64>"}}}
 

@@ -1,4 +1,4 @@
-"""Sealed payloads, results and error messages: AES-256-GCM under a keyring (D21).
+"""Sealed payloads, results and error messages: AES-256-GCM under a keyring (D27).
 
 A sealed value carries everything needed to open it but the key::
 

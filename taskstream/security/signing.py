@@ -1,4 +1,4 @@
-"""Who wrote an event: an HMAC over the record, in a header (D20).
+"""Who wrote an event: an HMAC over the record, in a header (D26).
 
 Every principal that may write to the events topic can write any event type
 there: Kafka's ACLs stop at the topic, and a consumer cannot see who produced a

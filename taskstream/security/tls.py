@@ -1,4 +1,4 @@
-"""TLS contexts of the HTTP API: the server's, and the clients' that reach it (D23).
+"""TLS contexts of the HTTP API: the server's, and the clients' that reach it (D29).
 
 A replica serves HTTPS with ``api_tls_cert`` / ``api_tls_key``; clients (the
 SDK's result waits, the CLI, peer replicas proxying a request) check its
