@@ -61,10 +61,6 @@ def corpus() -> list[tuple[bytes, Envelope, str]]:
     return [(key or e.task_id.encode(), e, says) for key, e, says in items]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the live fold refuses hostile records once the engine calls "
-    "processors/fold/validate.check_record per record (issue 12, processors/live/*); "
-    "replay already does"))
 def test_hostile_events_are_quarantined_and_the_fold_goes_on(topics: Settings,
                                                               tmp_path: Path) -> None:
     replica = ProcessorProcess(topics, tmp_path / "replica0").start()

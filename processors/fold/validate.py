@@ -59,7 +59,7 @@ from taskstream.schemas.models import (
 )
 from taskstream.security.keyring import Keyring, load_keyring
 from taskstream.security.sealing import MAX_OVERHEAD
-from taskstream.security.signing import signature_of, verify
+from taskstream.security.signing import RecordHeaders, signature_of, verify
 from taskstream.settings import Settings
 from taskstream.topics import QUEUE_NAME
 
@@ -100,7 +100,7 @@ class Checks:
 
 
 def check_record(checks: Checks, key: bytes | None, value: bytes,
-                 headers: list[tuple[str, bytes | None]] | None, envelope: Envelope
+                 headers: RecordHeaders | None, envelope: Envelope
                  ) -> str | None:
     """None when the decoded record may be folded, else why it must be set aside."""
     entity = envelope.task_id
@@ -137,7 +137,7 @@ def _envelope_problem(envelope: Envelope) -> str | None:
 
 
 def _signature_problem(keyring: Keyring, body_type: type, key: bytes, value: bytes,
-                       headers: list[tuple[str, bytes | None]] | None) -> str | None:
+                       headers: RecordHeaders | None) -> str | None:
     if body_type in WORKER_EVENTS:
         wanted = "worker"
     elif body_type in PROCESSOR_EVENTS:

@@ -35,9 +35,11 @@ from faust.types import TP, TopicT
 from mode import Service
 
 from taskstream.admin import STOCK_SESSION_MIN_S
+from taskstream.errors import ConfigError
 from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
@@ -47,6 +49,7 @@ from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
 from taskstream.schemas.state import TaskState
+from taskstream.security.signing import signer_for
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
@@ -153,12 +156,22 @@ class Processor:
             "queue.buffering.max.messages": settings.producer_queue_max,
             "allow.auto.create.topics": False,
         }))
+        checks = Checks.from_settings(settings)
+        #: signs the timer events this replica emits: its own fold verifies them (D26)
+        self.signer = signer_for(settings, "processor")
+        if checks.keyring is not None and self.signer is None:
+            raise ConfigError(
+                "this processor's signing keyring verifies events but has no current "
+                "processor key to sign its own timer events with (its fold would refuse "
+                "them); add one: taskstream keys new processor --kid <id> --keyring <file> "
+                "--current (docs/security.md)")
         self.engine = FoldEngine(
             self.tables, self.metrics, self.limits,
             Topics(events=events_topic(settings), changelog=self._changelog,
                    dlq=dlq_topic(settings), cancellations=cancellations_topic(settings),
                    quarantine=quarantine_topic(settings),
                    ready=partial(ready_topic, settings)),
+            checks=checks,
             consumer_config=consumer_config(settings, fold_group(settings), {
                 "client.id": self.source,
                 "auto.offset.reset": "earliest",
@@ -290,8 +303,10 @@ class Processor:
             attempt=entry.attempt,
             body=TimerFired(entry.kind, entry.due_at_ms, entry.dispatch_id),
         )
-        self.engine.send(self.engine.topics.events, entry.task_id.encode(),
-                         encode_event(envelope))
+        key, value = entry.task_id.encode(), encode_event(envelope)
+        signer = self.signer
+        self.engine.send(self.engine.topics.events, key, value,
+                         [signer.header(key, value)] if signer is not None else None)
         self.metrics.timers_fired.labels(entry.kind.value).inc()
         self.metrics.timer_lag.observe(max(0.0, (now_ms - entry.due_at_ms) / 1000))
 

@@ -54,6 +54,7 @@ from taskstream.processors.fold.effects import (
     RetryScheduled,
 )
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.batch import PartitionFold, fold_partition
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.schemas.events import TaskDispatched
@@ -137,6 +138,7 @@ class FoldEngine:
         limits: Limits,
         topics: Topics,
         *,
+        checks: Checks,
         consumer_config: dict[str, Any],
         producer: Producer,
         set_persisted_offset: Callable[[int, int], None],
@@ -150,6 +152,8 @@ class FoldEngine:
         self.tables = tables
         self.metrics = metrics
         self.limits = limits
+        #: what every record must be before it is applied (D26, D28)
+        self.checks = checks
         self.topics = topics
         self._consumer_config = consumer_config
         self.producer = producer
@@ -310,7 +314,7 @@ class FoldEngine:
         folds = []
         for partition, msgs in by_partition.items():
             db = self.tables.partition_db(partition)
-            folds.append(fold_partition(partition, msgs, db.get, self.limits))
+            folds.append(fold_partition(partition, msgs, db.get, self.limits, self.checks))
         await self.persist(folds)
 
     async def persist(self, folds: list[PartitionFold]) -> None:
@@ -473,10 +477,11 @@ class FoldEngine:
             self._committing[partition] = self._held(partition)
         self._commit(asynchronous=True)
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, key: bytes, value: bytes,
+             headers: Headers | None = None) -> None:
         """Hand one record to the fold's producer, not waited for (timer events: a lost
         one is emitted again, D5)."""
-        self._send([Outbound(topic, key, value)], None)
+        self._send([Outbound(topic, key, value, headers=headers)], None)
 
     def _send(self, records: Iterable[Outbound], deliveries: Deliveries | None) -> None:
         produce, poll = self.producer.produce, self.producer.poll

@@ -47,6 +47,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskCancelled, TaskDeadLettered, TaskDispatched
 from taskstream.schemas.serde import decode_event, decode_state, default_codec
 from taskstream.schemas.state import TERMINAL, TaskState
+from taskstream.security.signing import RecordHeaders
 from taskstream.settings import Settings
 
 #: bodies the processor refuses on the events topic (they are its own outputs)
@@ -67,7 +68,7 @@ def checks_of(settings: Settings) -> Checks:
 
 
 def decode_usable(value: Any, key: bytes | None = None,
-                  headers: list[tuple[str, bytes | None]] | None = None,
+                  headers: RecordHeaders | None = None,
                   checks: Checks | None = None) -> Envelope | str:
     """The envelope the processor would fold, or why it would quarantine the record
     (with ``checks``: also the record checks, which need its key and headers)."""

@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from taskstream.errors import ConfigError
@@ -31,6 +32,9 @@ from taskstream.security.keyring import Key, Keyring, load_keyring
 from taskstream.settings import Settings
 
 HEADER = "ts-sig"
+#: a record's headers as the Kafka clients give them
+RecordHeaders = (Mapping[str, str | bytes | None]
+                 | Sequence[tuple[str, str | bytes | None]])
 TAG_BYTES = 16
 
 
@@ -68,12 +72,14 @@ def signer_for(settings: Settings, role: str) -> Signer | None:
     return signer
 
 
-def signature_of(headers: list[tuple[str, bytes | None]] | None) -> bytes | None:
+def signature_of(headers: RecordHeaders | None) -> bytes | None:
     """The value of the signature header among a record's headers (the last one wins)."""
+    if not headers:
+        return None
     found = None
-    for name, value in headers or ():
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
         if name == HEADER:
-            found = value
+            found = value.encode() if isinstance(value, str) else value
     return found
 
 
