@@ -26,6 +26,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
+#: queues one POST /queues may register (each gets its ready topics made)
+MAX_REGISTERED_AT_ONCE = 100
 _MAX_CURSOR = 200
 
 

@@ -9,7 +9,10 @@ Every replica answers every request:
   request merges. A page is only answered when the replicas' partitions cover
   every partition (else 503: a rebalance is in progress; retry);
 * writes (submit, cancel, redrive, pause, resume) are events produced to Kafka
-  and answered 202 once the broker has acknowledged them. Nothing else is written.
+  and answered 202 once the broker has acknowledged them. A submission must name a
+  registered queue (400 ``unknown_queue`` otherwise, D30); ``POST /queues`` (admin)
+  registers queues: their topics are made, then their registry records written
+  (taskstream/queue_registry.py). Nothing else is written.
 
 Peers are reached over the scheme they advertise (``https`` when the API serves
 TLS), their certificates checked against ``api_ca_file``; a bearer token is never
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from prometheus_client import generate_latest
 from yarl import URL
 
@@ -50,11 +53,11 @@ from taskstream.api.query import (
     sum_rates,
     task_view,
 )
-from taskstream.errors import KafkaUnavailableError
-from taskstream.kafka_config import consumer_config
+from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
+from taskstream.queue_registry import KnownQueues, read_queues_topic, register_queues
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
@@ -62,7 +65,7 @@ from taskstream.security.sealing import payload_sealer
 from taskstream.security.tls import client_context, may_send_token
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
-from taskstream.topics import api_reader_group, queues_topic
+from taskstream.topics import api_reader_group
 from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
@@ -106,6 +109,8 @@ class Api:
                                     limits=SpecLimits.from_settings(processor.settings),
                                     sealer=self.sealer,
                                     max_event_bytes=processor.settings.max_event_bytes)
+        #: the queue registry as this replica last read it (a miss reads it again)
+        self.known_queues = KnownQueues(processor.settings, api_reader_group)
         self._peer_tls = client_context(processor.settings)
         self._session: aiohttp.ClientSession | None = None
 
@@ -319,7 +324,9 @@ class Api:
     # -- commands --------------------------------------------------------------------
 
     async def submit(self, spec: TaskSpec) -> str:
-        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding)."""
+        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding), for
+        a registered queue only (D30)."""
+        await self.require_queue(spec.queue)
         try:
             task_id, value = self.builder.submitted(spec, int(time.time() * 1000))
         except InvalidTaskError as exc:
@@ -329,6 +336,34 @@ class Api:
                            str(exc), field) from None
         await self._produce(task_id, value)
         return task_id
+
+    async def require_queue(self, queue: str) -> None:
+        """400 ``unknown_queue`` unless ``queue`` is registered (the cache, then a read)."""
+        if queue in self.known_queues:
+            return
+        timeout = self.settings.kafka_timeout_s
+        try:
+            unknown = await asyncio.wait_for(
+                asyncio.to_thread(self.known_queues.missing, [queue]), timeout + 1)
+        except (TimeoutError, KafkaUnavailableError):
+            raise ApiError(503, "unavailable", "the queue registry could not be read in "
+                           f"{timeout:g} s; retry") from None
+        if unknown:
+            raise ApiError(400, "unknown_queue", str(UnknownQueueError(unknown)), "queue")
+
+    async def register_queues(self, queues: list[str]) -> list[str]:
+        """Register queues (admin): their topics made, then their registry records
+        written and acknowledged (taskstream/queue_registry.py)."""
+        timeout = self.settings.kafka_timeout_s
+        try:
+            names = await asyncio.wait_for(
+                asyncio.to_thread(register_queues, self.settings, queues), 2 * timeout + 1)
+        except (TimeoutError, KafkaUnavailableError, TopicError) as exc:
+            raise ApiError(503, "unavailable", f"the queues were not registered in time "
+                           f"({exc or 'timed out'}); retry (registering is idempotent)"
+                           ) from None
+        self.known_queues.add(names)
+        return names
 
     async def cancel(self, task_id: str, reason: str, headers: Mapping[str, str],
                      proxied: bool) -> None:
@@ -374,45 +409,17 @@ class Api:
 def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
     """Queue name -> paused, from the compacted queues topic read to its end (blocking).
 
-    Records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms": n}``;
-    the last record of a key wins (workers/queuectl.py parses them).
+    Pause records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms":
+    n}``; the last record of a key wins (workers/queuectl.py parses them, and skips the
+    registry's records).
     """
-    consumer = Consumer(consumer_config(settings, api_reader_group(settings, uuid.uuid4().hex), {
-        "enable.partition.eof": True,
-        "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
-    }))
-    deadline = time.monotonic() + timeout_s
-    try:
-        topic = queues_topic(settings)
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return {}
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        ends = {}
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-            if high > low:
-                ends[tp.partition] = high
-        if not ends:
-            return {}
-        consumer.assign(parts)
-        paused: dict[str, bool] = {}
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            key, partition, offset = msg.key(), msg.partition(), msg.offset()
-            command = parse_command(key, msg.value())
-            if command is not None:
-                paused[command.queue] = command.paused
-            if partition is not None and offset is not None and offset + 1 >= ends.get(
-                    partition, 0):
-                ends.pop(partition, None)
-        if ends:
-            raise TimeoutError(f"queues topic not read to its end in {timeout_s:g} s")
-        return paused
-    finally:
-        consumer.close()
+    paused: dict[str, bool] = {}
+    for key, value in read_queues_topic(settings, timeout_s,
+                                        api_reader_group(settings, uuid.uuid4().hex)):
+        command = parse_command(key, value)
+        if command is not None:
+            paused[command.queue] = command.paused
+    return paused
 
 
 def register_api(processor: Processor) -> Api:

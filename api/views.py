@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
 from faust.web import View
@@ -27,8 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from taskstream.api.auth import required_scope
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
-from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout, redact
-from taskstream.schemas.models import TASK_ID, SpecLimits, TaskSpec, encode_json
+from taskstream.api.query import (
+    MAX_REGISTERED_AT_ONCE,
+    bad_request,
+    parse_list_query,
+    parse_wait_timeout,
+    redact,
+)
+from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID, SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import QUEUE_NAME
@@ -168,6 +174,14 @@ class CommandBody(BaseModel):
     max_attempts: int | None = Field(None, ge=1, le=1000)
 
 
+class QueueRegistration(BaseModel):
+    """The body of ``POST /queues``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    queues: list[Annotated[str, Field(pattern=QUEUE_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_REGISTERED_AT_ONCE)
+
+
 async def _command(request: web.Request, allow_attempts: bool) -> CommandBody:
     data = await read_json(request, BODY_OVERHEAD, required=False)
     try:
@@ -210,7 +224,7 @@ class Endpoints:
             "/tasks/{task_id}/wait": {"get": self.wait_task},
             "/tasks/{task_id}/cancel": {"post": self.cancel},
             "/tasks/{task_id}/redrive": {"post": self.redrive},
-            "/queues": {"get": self.queues},
+            "/queues": {"get": self.queues, "post": self.register_queues},
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
@@ -287,6 +301,16 @@ class Endpoints:
         _no_params(request)
         stats = await self.api.queues(request.headers)
         return json_response({"queues": [s.body() for s in stats]})
+
+    async def register_queues(self, request: web.Request) -> web.Response:
+        """Register queues (admin): submissions to them are accepted from now on (D30)."""
+        _no_params(request)
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        try:
+            body = QueueRegistration.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        return json_response({"registered": await self.api.register_queues(body.queues)})
 
     async def pause(self, request: web.Request, name: str) -> web.Response:
         await self.api.set_paused(_queue_name(name), True)

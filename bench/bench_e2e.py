@@ -33,10 +33,10 @@ from typing import Any, Protocol
 import httpx
 from confluent_kafka.admin import AdminClient
 
-from taskstream.admin import ensure_topics
 from taskstream.dev.procs import Child, free_port, start_processor, start_worker, stop_all
 from taskstream.dev.workload import percentile
 from taskstream.producer import TaskProducer
+from taskstream.queue_registry import set_up_platform
 from taskstream.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ class OursRig:
         self.processors: list[tuple[Child, str]] = []
         self.workers: list[Child] = []
         self.expected = 0
-        ensure_topics(self.settings)
+        set_up_platform(self.settings)  # topics, and the queues registered
         self.producer = TaskProducer(self.settings, source="bench")
         self.http = httpx.Client(timeout=30.0)
 

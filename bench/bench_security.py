@@ -43,11 +43,11 @@ import httpx
 from bench_e2e import ROOT, _rates
 
 from taskstream.acls import Role, apply_acls
-from taskstream.admin import ensure_topics
 from taskstream.dev.procs import Child, free_port, start_processor, start_worker, stop_all
 from taskstream.localkafka import cluster as localkafka
 from taskstream.localkafka import secure as security
 from taskstream.producer import TaskProducer
+from taskstream.queue_registry import set_up_platform
 from taskstream.security.keyring import keyring_json, new_secret
 from taskstream.settings import Settings, load_settings
 
@@ -98,7 +98,7 @@ class Rig:
         else:
             plain = load_settings(bootstrap=cluster.bootstrap, **base)
             self.admin = self.processor = self.worker = self.submitter = plain
-        ensure_topics(self.admin)
+        set_up_platform(self.admin)  # topics, and the queues registered
         port = free_port()
         self.api = f"http://127.0.0.1:{port}"
         self.children: list[Child] = [

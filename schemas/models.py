@@ -61,6 +61,8 @@ JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+#: the queue of a task that names none
+DEFAULT_QUEUE = "default"
 TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 TASK_ID = re.compile(TASK_ID_PATTERN)
 
@@ -219,7 +221,7 @@ class TaskSpec(BaseModel):
     name: str
     payload: Any = None
     content_type: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_TYPE)
-    queue: str = Field(default="default", pattern=QUEUE_PATTERN)
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=QUEUE_PATTERN)
     priority: int = 0
     delay: float | None = Field(default=None, ge=0, le=MAX_DURATION_S, allow_inf_nan=False,
                                 description="seconds")

@@ -36,3 +36,18 @@ class LocalKafkaError(TaskstreamError):
 
 class TopicError(TaskstreamError):
     """A topic could not be created or described."""
+
+
+class UnknownQueueError(TaskstreamError, ValueError):
+    """A submission names a queue nobody registered (taskstream/queue_registry.py, D30).
+    Register the queue first; submitting again as is will not help."""
+
+    def __init__(self, queues: list[str]) -> None:
+        self.queues = queues
+        names = ", ".join(repr(q) for q in queues)
+        listed = ",".join(queues)
+        super().__init__(
+            f"queue{'s' if len(queues) > 1 else ''} {names} "
+            f"{'are' if len(queues) > 1 else 'is'} not registered: tasks are accepted only "
+            f"for known queues. Register with `taskstream topics create --queues {listed}` "
+            "or POST /queues (admin scope), then submit again")

@@ -23,9 +23,9 @@ import hypothesis
 import pytest
 
 from taskstream.acls import Role, apply_acls
-from taskstream.admin import ensure_topics
 from taskstream.localkafka import cluster as localkafka
 from taskstream.localkafka import secure as security
+from taskstream.queue_registry import set_up_platform
 from taskstream.settings import Settings, load_settings
 
 # Property tests check behaviour, never speed: a slow example on a shared, noisy machine is not
@@ -79,8 +79,9 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def topics(settings: Settings) -> Settings:
-    """Like ``settings``, with every platform topic created."""
-    ensure_topics(settings)
+    """Like ``settings``, with every platform topic created and the settings' queues
+    registered (what ``taskstream topics create`` does)."""
+    set_up_platform(settings)
     return settings
 
 
@@ -125,5 +126,5 @@ def secure_roles(secure_cluster: tuple[localkafka.Cluster, security.SecureFiles]
     roles = Roles(cluster, files, f"s{uuid.uuid4().hex[:8]}.", tmp_path / "data")
     admin = roles(Role.ADMIN)
     apply_acls(admin, {role: f"User:{role.value}" for role in Role})
-    ensure_topics(admin)
+    set_up_platform(admin)
     return roles

@@ -27,6 +27,7 @@ from taskstream.faults import ENV as FAULTS_ENV
 from taskstream.processors.fold.lifecycle import apply
 from taskstream.processors.replay.verify import VerifyReport, explain, verify
 from taskstream.producer import TaskProducer
+from taskstream.queue_registry import register_queues
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import TaskSucceeded
 from taskstream.schemas.ids import new_event_id
@@ -95,6 +96,10 @@ class Rig:
         self.producer.close(10)
         if self._states is not None:
             self._states.reader.close()
+
+    def register(self, *queues: str) -> None:
+        """Register queues (as ``topics create --queues`` or ``POST /queues`` would)."""
+        register_queues(self.settings, queues)
 
     # -- load -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ get their status codes; every JSON body validates against /openapi.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -28,15 +29,17 @@ import jsonschema_rs
 import pytest
 import schemathesis
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from taskstream.admin import ensure_topics
 from taskstream.api.auth import token_digest
 from taskstream.localkafka.certs import make_ca, make_leaf
 from taskstream.schemas.events import Envelope, EventBody, TaskFailed, TaskStarted, TaskSucceeded
-from taskstream.schemas.ids import new_event_id
+from taskstream.schemas.ids import new_event_id, new_task_id
 from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from tests.harness import free_port, wait_for
+from tests.lifecycle_support import submitted
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -398,6 +401,48 @@ def test_queues_counts_and_pause_resume(cluster: Cluster) -> None:
         assert resumed["paused"] is False
 
 
+def test_submissions_only_to_registered_queues_and_post_queues_registers(
+        cluster: Cluster) -> None:
+    """An unregistered queue is a 400 naming it; POST /queues (admin only) registers it
+    and a submission to it, on another replica, is accepted (its cache reads the registry
+    again on the miss, D30)."""
+    queue = f"reg{uuid.uuid4().hex[:6]}"
+    with cluster.client(0, "submit-tok") as submitter, cluster.client(1) as admin:
+        refused = submitter.post("/tasks", json={"name": "x", "queue": queue})
+        assert refused.status_code == 400, refused.text
+        cluster.validate("Error", refused.json())
+        error = refused.json()["error"]
+        assert (error["code"], error["field"]) == ("unknown_queue", "queue")
+        assert "POST /queues" in error["message"]
+        assert submitter.post("/queues", json={"queues": [queue]}).status_code == 403
+        bad = admin.post("/queues", json={"queues": ["../ready"]})
+        assert bad.status_code == 400, bad.text
+        assert admin.post("/queues", json={"queues": []}).status_code == 400
+        done = admin.post("/queues", json={"queues": [queue, queue]})
+        assert done.status_code == 200, done.text
+        cluster.validate("Registered", done.json())
+        assert done.json() == {"registered": [queue]}
+        accepted = submitter.post("/tasks", json={"name": "x", "queue": queue})
+        assert accepted.status_code == 202, accepted.text
+        cluster.when(admin, accepted.json()["task_id"], "READY")
+
+
+def test_a_forged_submission_to_an_unregistered_queue_is_cancelled_without_topics(
+        cluster: Cluster) -> None:
+    """A submission that reaches the log for a queue nobody registered (written straight
+    to the events topic, past the SDK and the API) makes no topic: the replica reads the
+    registry off the fold and cancels the task with the reason (D30)."""
+    ghost = f"ghost{uuid.uuid4().hex[:6]}"
+    task_id = new_task_id()
+    cluster.writer.send(task_id, dataclasses.replace(submitted(), queue=ghost), 0)
+    with cluster.client(0) as a:
+        view = cluster.when(a, task_id, "CANCELLED", timeout=60)
+    assert f"queue {ghost!r} is not registered" in view["cancel_reason"]
+    admin = AdminClient({"bootstrap.servers": cluster.settings.bootstrap})
+    made = [t for t in admin.list_topics(timeout=10).topics if ghost in t]
+    assert made == []
+
+
 def test_metrics_are_prometheus_text_with_task_counts(cluster: Cluster) -> None:
     with cluster.client(0) as a:
         cluster.submit(a)
@@ -434,6 +479,8 @@ def test_generated_requests_find_no_server_error(cluster: Cluster, mode: str) ->
         operation = result.ok()
         if operation.path == "/tasks/{task_id}/wait":
             continue  # waits out its timeout for unknown tasks; covered above
+        if (operation.method.upper(), operation.path, mode) == ("POST", "/queues", "positive"):
+            continue  # would make topics for every generated queue name; covered above
 
         @hypothesis.given(case=operation.as_strategy(generation))
         @hypothesis.settings(max_examples=8, deadline=None, database=None,

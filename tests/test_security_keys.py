@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from pydantic import SecretStr
 
 from taskstream.security.errors import KeyringError, SealError
 from taskstream.security.keyring import (
+    Key,
     Keyring,
     keyring_json,
     load_keyring,
@@ -27,7 +30,7 @@ from taskstream.security.sealing import (
     sealed_key_id,
     text_key_id,
 )
-from taskstream.security.signing import HEADER, Signer, signature_of, verify
+from taskstream.security.signing import HEADER, TAG_BYTES, Signer, _tag, signature_of, verify
 
 K1, K2 = new_secret(), new_secret()
 TASK = "01J00000000000000000000001"
@@ -206,3 +209,12 @@ def test_any_value_round_trips_within_the_overhead(plain: bytes, owner: str) -> 
     sealed = sealer.seal(plain, owner)
     assert len(sealed) - len(plain) <= MAX_OVERHEAD
     assert sealer.open(sealed, owner) == plain
+
+
+@given(st.binary(min_size=1, max_size=200), st.binary(max_size=64), st.binary(max_size=600))
+def test_the_fast_record_tag_is_hmac_sha256(secret: bytes, key: bytes, value: bytes) -> None:
+    """The precomputed HMAC states (Key.hmac_sha256) give exactly ``hmac.digest``'s bytes,
+    for keys shorter and longer than SHA-256's block."""
+    message = len(key).to_bytes(4, "big") + key + value
+    expected = hmac.digest(secret, message, hashlib.sha256)[:TAG_BYTES]
+    assert _tag(Key("k", secret, "worker"), key, value) == expected

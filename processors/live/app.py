@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from functools import partial
 from typing import Any
 
@@ -44,7 +45,7 @@ from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.live.standby import StandbyFollower, standby_partitions
-from taskstream.queue_registry import register_queues
+from taskstream.queue_registry import read_registered
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
@@ -55,6 +56,7 @@ from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.tables import TaskTables
 from taskstream.topics import (
+    api_reader_group,
     cancellations_topic,
     dlq_topic,
     events_topic,
@@ -128,10 +130,11 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
-def _register_queue(settings: Settings, queue: str) -> None:
-    """Make a queue's ready topics and register it (blocking: run off the fold)."""
-    fault_point("queue.create_topics")
-    register_queues(settings, [queue])
+def _registered_queues(settings: Settings) -> set[str]:
+    """Read the queue registry (blocking: run off the fold)."""
+    fault_point("queue.look_up")
+    return read_registered(settings, settings.kafka_timeout_s,
+                           api_reader_group(settings, uuid.uuid4().hex))
 
 
 class Processor:
@@ -180,9 +183,10 @@ class Processor:
             }),
             producer=self.producer,
             set_persisted_offset=self._set_persisted_offset,
-            ensure_queue=self._ensure_queue,
-            # the runner made the configured queues' topics before the app started
+            read_registry=self._read_registry,
+            # the runner registered the configured queues before the app started
             queues_ready=settings.queues,
+            source=self.source,
             legacy_group=processor_app_id(settings),
             max_batch=settings.fold_batch_max,
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
@@ -254,10 +258,10 @@ class Processor:
         offset = self.tables.tasks.data.persisted_offset(TP(self._changelog, partition))
         return offset if isinstance(offset, int) else None
 
-    async def _ensure_queue(self, queue: str) -> None:
-        """A queue met for the first time is registered, its ready topics made first
-        (taskstream/queue_registry.py), off the fold (issue 14, hole 3)."""
-        await asyncio.to_thread(_register_queue, self.settings, queue)
+    async def _read_registry(self) -> set[str]:
+        """The registered queues (taskstream/queue_registry.py), read off the fold for a
+        queue it has not seen registered (D30)."""
+        return await asyncio.to_thread(_registered_queues, self.settings)
 
     # -- timers --------------------------------------------------------------
 

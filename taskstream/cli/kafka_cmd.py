@@ -136,8 +136,7 @@ def topics() -> None:
 def create(prefix: str | None, partitions: int | None, replication: int | None,
            retention_ms: int | None, queues: str | None) -> None:
     """Create the platform's topics; existing ones are left as they are."""
-    from taskstream.admin import ensure_topics
-    from taskstream.queue_registry import register_queues
+    from taskstream.queue_registry import set_up_platform
 
     overrides: dict[str, object] = {
         "topic_prefix": prefix, "partitions": partitions, "replication": replication,
@@ -145,10 +144,10 @@ def create(prefix: str | None, partitions: int | None, replication: int | None,
         "queues": [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
     }
     settings = load_settings_or_exit(**{k: v for k, v in overrides.items() if v is not None})
-    result = ensure_topics(settings)
+    result, registered = set_up_platform(settings)
     for name, created in result.items():
         click.echo(f"{name}: {'created' if created else 'already exists'}")
-    click.echo(f"registered queues: {', '.join(register_queues(settings, settings.queues))}")
+    click.echo(f"registered queues: {', '.join(registered)}")
     if not any(result.values()):
         click.echo(f"All {len(result)} topics already exist; nothing to do.")
 

@@ -36,7 +36,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskstream.admin import ensure_topics
 from taskstream.dev.errors import DevError
 from taskstream.dev.procs import (
     HOST,
@@ -53,6 +52,7 @@ from taskstream.kafka_config import client_config
 from taskstream.localkafka import cluster as localkafka
 from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
+from taskstream.queue_registry import set_up_platform
 from taskstream.schemas.state import TERMINAL
 from taskstream.settings import Settings
 
@@ -263,7 +263,7 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     api_url = f"http://{HOST}:{web_port}"
     settings = settings.model_copy(update={
         "web_port": web_port, "api_url": api_url, "data_dir": workdir / "processor"})
-    created = ensure_topics(settings)
+    created, _ = set_up_platform(settings)  # the settings' queues registered too
     console.print(f"Topics: {sum(created.values())} created, "
                   f"{len(created) - sum(created.values())} already there "
                   f"(prefix {settings.topic_prefix!r})")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import faust
 
-from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, ensure_topics
+from taskstream.admin import TopicSpec, choose_session_timeout, create_topics
 from taskstream.api.service import register_api
 from taskstream.kafka_config import sasl_credentials, ssl_context
 from taskstream.processors.live.app import Processor
-from taskstream.queue_registry import register_queues
+from taskstream.queue_registry import set_up_platform
 from taskstream.security.tls import server_context
 from taskstream.settings import Settings
 from taskstream.statestore.tables import TABLE_NAMES
@@ -71,8 +71,7 @@ def ensure_changelog_topics(settings: Settings) -> dict[str, bool]:
 def run_processor(settings: Settings, loglevel: str = "info") -> None:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    ensure_topics(settings)
-    register_queues(settings, settings.queues)  # the fold sends to these without asking
+    set_up_platform(settings)  # the settings' queues registered: the fold sends to them
     ensure_changelog_topics(settings)
     settings = settings.model_copy(
         update={"session_timeout_s": choose_session_timeout(settings)})
