@@ -159,7 +159,7 @@ def test_verify_history_until_and_export_after_a_full_workload(
         for task_id in (waiting, running):
             w.writer.send(task_id, CancelRequested("test"))
         # a lease that lapses; the slow worker's late success is fenced
-        w.writer.send(stale, submitted(lease_ms=400))
+        w.writer.send(stale, submitted(lease_ms=1_000))  # the least lease the fold takes (D28)
         slow = w.dispatch_of(stale, 1)
         w.writer.send(stale, TaskStarted(slow.dispatch_id, "slow"), 1)
         w.run(stale, 2)
