@@ -10,7 +10,7 @@ Every replica answers every request:
   every partition (else 503: a rebalance is in progress; retry);
 * writes (submit, cancel, redrive, pause, resume) are events produced to Kafka
   and answered 202 once the broker has acknowledged them. A submission must name a
-  registered queue (400 ``unknown_queue`` otherwise, D30); ``POST /queues`` (admin)
+  registered queue (400 ``unknown_queue`` otherwise, D31); ``POST /queues`` (admin)
   registers queues: their topics are made, then their registry records written
   (taskstream/queue_registry.py). Nothing else is written.
 
@@ -325,7 +325,7 @@ class Api:
 
     async def submit(self, spec: TaskSpec) -> str:
         """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding), for
-        a registered queue only (D30)."""
+        a registered queue only (D31)."""
         await self.require_queue(spec.queue)
         try:
             task_id, value = self.builder.submitted(spec, int(time.time() * 1000))

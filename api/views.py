@@ -303,7 +303,7 @@ class Endpoints:
         return json_response({"queues": [s.body() for s in stats]})
 
     async def register_queues(self, request: web.Request) -> web.Response:
-        """Register queues (admin): submissions to them are accepted from now on (D30)."""
+        """Register queues (admin): submissions to them are accepted from now on (D31)."""
         _no_params(request)
         data = await read_json(request, BODY_OVERHEAD, required=True)
         try:

@@ -59,7 +59,7 @@ class ProducerBase:
             max_event_bytes=self.settings.max_event_bytes,
         )
         #: the queue registry as this producer last read it: a submission to a queue it
-        #: does not hold reads it again, then is refused (UnknownQueueError, D30)
+        #: does not hold reads it again, then is refused (UnknownQueueError, D31)
         self.known_queues = KnownQueues(self.settings, registry_reader_group)
         self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
         self._init_flavour()

@@ -39,7 +39,7 @@ class TopicError(TaskstreamError):
 
 
 class UnknownQueueError(TaskstreamError, ValueError):
-    """A submission names a queue nobody registered (taskstream/queue_registry.py, D30).
+    """A submission names a queue nobody registered (taskstream/queue_registry.py, D31).
     Register the queue first; submitting again as is will not help."""
 
     def __init__(self, queues: list[str]) -> None:

@@ -11,7 +11,7 @@ compaction keeps the latest of each.
 Who registers: ``taskstream topics create`` (the settings' queues, or ``--queues``),
 ``POST /queues`` (admin scope), and each processor replica at start-up (the settings'
 queues). Nobody else makes a queue's topics: a submission is accepted only for a
-registered queue (D30). The SDK and the API refuse any other (:class:`KnownQueues`:
+registered queue (D31). The SDK and the API refuse any other (:class:`KnownQueues`:
 the registry cached, read again on a miss); a submission that reaches the log anyway
 (a forged record, an old client) is folded, and when its dispatch is due the replica
 reads the registry off the fold and, the queue still unknown, cancels the task with

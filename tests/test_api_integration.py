@@ -405,7 +405,7 @@ def test_submissions_only_to_registered_queues_and_post_queues_registers(
         cluster: Cluster) -> None:
     """An unregistered queue is a 400 naming it; POST /queues (admin only) registers it
     and a submission to it, on another replica, is accepted (its cache reads the registry
-    again on the miss, D30)."""
+    again on the miss, D31)."""
     queue = f"reg{uuid.uuid4().hex[:6]}"
     with cluster.client(0, "submit-tok") as submitter, cluster.client(1) as admin:
         refused = submitter.post("/tasks", json={"name": "x", "queue": queue})
@@ -431,7 +431,7 @@ def test_a_forged_submission_to_an_unregistered_queue_is_cancelled_without_topic
         cluster: Cluster) -> None:
     """A submission that reaches the log for a queue nobody registered (written straight
     to the events topic, past the SDK and the API) makes no topic: the replica reads the
-    registry off the fold and cancels the task with the reason (D30)."""
+    registry off the fold and cancels the task with the reason (D31)."""
     ghost = f"ghost{uuid.uuid4().hex[:6]}"
     task_id = new_task_id()
     cluster.writer.send(task_id, dataclasses.replace(submitted(), queue=ghost), 0)

@@ -167,7 +167,7 @@ def test_async_producer_delivers_and_resolves_handles(settings: Settings) -> Non
 def test_only_registered_queues_take_submissions(settings: Settings) -> None:
     """An unregistered queue is a clear error before anything is sent (submit and
     submit_many, sync and asyncio); once registered, the next submission reads the
-    registry again and is accepted (D30)."""
+    registry again and is accepted (D31)."""
     with TaskProducer(settings) as producer:
         with pytest.raises(UnknownQueueError, match="'emails' is not registered"):
             producer.submit("send", {"to": "a"}, queue="emails")

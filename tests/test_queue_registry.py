@@ -1,4 +1,4 @@
-"""The queue registry's cache (taskstream/queue_registry.py, D30) without a broker: a known
+"""The queue registry's cache (taskstream/queue_registry.py, D31) without a broker: a known
 queue costs no read, a miss reads the registry again before refusing, misses at the same
 time share one read, and the refusal says how to register. The reads themselves run
 against the real broker in test_producer_kafka.py and test_api_integration.py."""

@@ -260,7 +260,7 @@ class Processor:
 
     async def _read_registry(self) -> set[str]:
         """The registered queues (taskstream/queue_registry.py), read off the fold for a
-        queue it has not seen registered (D30)."""
+        queue it has not seen registered (D31)."""
         return await asyncio.to_thread(_registered_queues, self.settings)
 
     # -- timers --------------------------------------------------------------

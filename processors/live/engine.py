@@ -435,7 +435,7 @@ class FoldEngine:
     # -- queues met for the first time ---------------------------------------------------
 
     def _look_up(self, queue: str) -> None:
-        """Have the registry read for a queue not known registered, off the fold (D30).
+        """Have the registry read for a queue not known registered, off the fold (D31).
 
         One read at a time answers every queue asked for meanwhile. The fold never makes
         topics: a queue the registry holds becomes ready (its topics exist, D20); one it
@@ -484,7 +484,7 @@ class FoldEngine:
         that caused it. A crash meanwhile reads that record again and its task's last
         applied event redoes the dispatch (D4), so nothing waits only in memory.
 
-        A queue nobody registered gets no topics (D30): its task is cancelled by a
+        A queue nobody registered gets no topics (D31): its task is cancelled by a
         ``CancelRequested`` this replica writes to the events topic, with the reason, so
         the cancellation is a fact on the log that replay folds like the live fold. A
         crash before the commit redoes the dispatch and writes the cancellation again;

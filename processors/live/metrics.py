@@ -46,7 +46,7 @@ class ProcessorMetrics:
             "Batches that could not be made durable and were read again", registry=r)
         self.unregistered = Counter(
             "taskstream_unregistered_queue_cancels_total",
-            "Tasks cancelled because their queue is not registered (no topic is made, D30)",
+            "Tasks cancelled because their queue is not registered (no topic is made, D31)",
             registry=r)
         self.batch_size = Histogram(
             "taskstream_fold_batch_records", "Events-topic records folded per batch",
