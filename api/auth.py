@@ -83,6 +83,15 @@ class TokenAuth:
                 found = scopes
         return found
 
+    def is_admin(self, authorization: str | None) -> bool:
+        """True when the request may see admin-only fields: a token with the ``admin``
+        scope, or any request while auth is off (the API is then open to all anyway)."""
+        if not self.enabled:
+            return True
+        token = bearer_token(authorization)
+        scopes = self.scopes_of(token) if token is not None else None
+        return scopes is not None and Scope.ADMIN in scopes
+
     def check(self, authorization: str | None, required: Scope | None) -> None:
         """Raise :class:`AuthFailure` unless the Authorization header grants ``required``.
 

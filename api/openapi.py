@@ -14,9 +14,15 @@ from typing import Any
 
 from taskstream.api.activity import QUANTILES
 from taskstream.api.console import MAX_REDRIVE_IDS, OUTCOMES
-from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
+from taskstream.api.query import (
+    DEFAULT_LIMIT,
+    LIST_OMITTED,
+    MAX_LIMIT,
+    MAX_REGISTERED_AT_ONCE,
+    MAX_WAIT_S,
+)
 from taskstream.processors.replay.history import OUTCOMES as HISTORY_OUTCOMES
-from taskstream.schemas.models import TaskSpec
+from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID_PATTERN, TaskSpec
 from taskstream.schemas.state import TaskStatus
 from taskstream.schemas.view import TaskView
 
@@ -101,6 +107,15 @@ def _schemas() -> dict[str, Any]:
                     "description": "tasks that reached SUCCEEDED per second over the last "
                                    "minute (null until measured)"},
             }},
+        "QueueRegistration": {
+            "type": "object", "required": ["queues"], "additionalProperties": False,
+            "properties": {"queues": {
+                "type": "array", "minItems": 1, "maxItems": MAX_REGISTERED_AT_ONCE,
+                "items": {"type": "string", "pattern": QUEUE_PATTERN}}}},
+        "Registered": {
+            "type": "object", "required": ["registered"],
+            "properties": {"registered": {"type": "array", "items": {"type": "string"},
+                                          "description": "the queues now registered"}}},
         "Queues": {"type": "object", "required": ["queues"],
                    "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
         "Status": {"type": "object", "required": ["status"],
@@ -210,7 +225,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+            "schema": {"type": "string", "pattern": TASK_ID_PATTERN}}
 _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
@@ -261,7 +276,7 @@ def _paths() -> dict[str, Any]:
                        {"200": _json(_ref("TaskPage"), "one page"), "400": bad,
                         "503": unavailable},
                        params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
-            "post": _op("Submit a task",
+            "post": _op("Submit a task (to a registered queue: else 400 unknown_queue)",
                         {"202": accepted, "400": bad,
                          "413": _error("the body or payload is over the limit"),
                          "415": _error("the body is not application/json"),
@@ -272,7 +287,8 @@ def _paths() -> dict[str, Any]:
         },
         "/tasks/{task_id}": {"get": _op(
             "A task's state, attempts, times, last error and result",
-            {"200": _json(_ref("TaskView"), "the task"), "404": not_found, "503": unavailable},
+            {"200": _json(_ref("TaskView"), "the task"), "400": bad, "404": not_found,
+             "503": unavailable},
             params=[_TASK_ID])},
         "/tasks/{task_id}/wait": {"get": _op(
             "Long poll until the task is SUCCEEDED, DEAD or CANCELLED, or the timeout passes",
@@ -291,9 +307,19 @@ def _paths() -> dict[str, Any]:
             {"202": accepted, "400": bad, "404": not_found,
              "415": _error("the body is not application/json"), "503": unavailable},
             params=[_TASK_ID], body=_command_body(), scope="admin")},
-        "/queues": {"get": _op(
-            "Per queue: tasks by state and priority, processing rate, paused",
-            {"200": _json(_ref("Queues"), "every known queue"), "503": unavailable})},
+        "/queues": {
+            "get": _op(
+                "Per queue: tasks by state and priority, processing rate, paused",
+                {"200": _json(_ref("Queues"), "every known queue"), "503": unavailable}),
+            "post": _op(
+                "Register queues: their topics are made, then submissions to them are "
+                "accepted (idempotent)",
+                {"200": _json(_ref("Registered"), "the queues are registered"), "400": bad,
+                 "415": _error("the body is not application/json"), "503": unavailable},
+                body={"required": True, "content": {
+                    "application/json": {"schema": _ref("QueueRegistration")}}},
+                scope="admin"),
+        },
         "/queues/{name}/pause": {"post": _op(
             "Pause a queue: workers stop taking its tasks",
             {"202": _json(_ref("QueueCommand"), "the command was written"), "400": bad,

@@ -29,7 +29,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
@@ -44,6 +44,7 @@ from taskstream.workers.outcome import (
     Failure,
     Outcome,
     cancelled_failure,
+    open_payload,
     unknown_task_failure,
 )
 from taskstream.workers.queuectl import QueueCommand
@@ -295,15 +296,22 @@ class Worker:
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
+        opened = open_payload(dispatched, envelope.task_id, emitter.sealer)
         if task is None:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
+        elif isinstance(opened, Failure):
+            outcome = opened
         else:
-            outcome = await self._execute(task, envelope, dispatched)
+            outcome = await self._execute(task, envelope, opened)
         took = time.monotonic() - started
         series.run_seconds.observe(took)
         if outcome is None:
             return
-        emitter.outcome(envelope, outcome)
+        sent = emitter.outcome(envelope, outcome)
+        if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge":
+            outcome = sent  # what the task got instead of its result
+        elif emitter.sealer is not None and isinstance(outcome, Failure):
+            outcome = replace(outcome, message="<sealed>")  # error texts stay out of logs
         if isinstance(outcome, Failure):
             self._log_failure(envelope, dispatched, outcome, took)
         else:

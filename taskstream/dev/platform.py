@@ -36,7 +36,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskstream.admin import ensure_topics
 from taskstream.api.dashboard import UI_PATH
 from taskstream.dev.errors import DevError
 from taskstream.dev.procs import (
@@ -50,9 +49,11 @@ from taskstream.dev.procs import (
     stop_all,
 )
 from taskstream.dev.workload import STATES, Summary, demo_workload, render, summarize
+from taskstream.kafka_config import client_config
 from taskstream.localkafka import cluster as localkafka
 from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
+from taskstream.queue_registry import set_up_platform
 from taskstream.schemas.state import TERMINAL
 from taskstream.settings import Settings
 
@@ -103,7 +104,9 @@ class Platform:
             self.console.print(f"Kafka: using the one running from {kafka_dir} "
                                f"at {recorded.bootstrap}")
             return settings.model_copy(update={"bootstrap": recorded.bootstrap})
-        if recorded is None and localkafka.cluster_answers(settings.bootstrap, 3.0) is not None:
+        answers = (localkafka.cluster_answers(client_config(settings), 3.0)
+                   if recorded is None else None)
+        if answers is not None:
             self.console.print(f"Kafka: using the broker at {settings.bootstrap}")
             return settings
         port = localkafka.default_port(settings)
@@ -261,7 +264,7 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     api_url = f"http://{HOST}:{web_port}"
     settings = settings.model_copy(update={
         "web_port": web_port, "api_url": api_url, "data_dir": workdir / "processor"})
-    created = ensure_topics(settings)
+    created, _ = set_up_platform(settings)  # the settings' queues registered too
     console.print(f"Topics: {sum(created.values())} created, "
                   f"{len(created) - sum(created.values())} already there "
                   f"(prefix {settings.topic_prefix!r})")
