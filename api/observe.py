@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from taskstream.admin import admin_client, cluster_metadata, group_lag
+from taskstream.admin import Admin, admin_client, cluster_metadata, group_lag
 from taskstream.errors import KafkaUnavailableError
 from taskstream.topics import ready_topic_parts, worker_group
 from taskstream.workers.presence import now_ms
@@ -111,7 +110,7 @@ class Observer:
         self.metrics = ApiMetrics(registry)
         self.sample = KafkaSample()
         self._reader: RosterReader | None = None
-        self._admin: AdminClient | None = None
+        self._admin: Admin | None = None
         self._active: set[int] = set()
 
     # -- the replica itself ----------------------------------------------------
@@ -173,14 +172,15 @@ class Observer:
         settings = self.settings
         if self._admin is None:
             self._admin = admin_client(settings)
-        client = self._admin
+        admin = self._admin
+        client = admin.client
         events = self.processor.events.get_topic_name()
         try:
             lag = group_lag(settings, client, self.events_group,
                             [(events, p) for p in self.processor.active_partitions()])
             depth: dict[tuple[str, int], int] = {}
             by_queue: dict[str, list[tuple[str, int]]] = {}
-            for name, meta in cluster_metadata(settings, client).topics.items():
+            for name, meta in cluster_metadata(settings, admin).topics.items():
                 parts = ready_topic_parts(settings, name)
                 if parts is not None:
                     by_queue.setdefault(parts[0], []).extend((name, p) for p in meta.partitions)

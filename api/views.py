@@ -17,18 +17,26 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
 from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from taskstream.api.auth import required_scope
+from taskstream.api.auth import Scope, required_scope
+from taskstream.api.console import RedriveMany
+from taskstream.api.dashboard import STATIC_PATH, UI_PATH, Dashboard
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
-from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
-from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.api.query import (
+    MAX_REGISTERED_AT_ONCE,
+    bad_request,
+    parse_list_query,
+    parse_wait_timeout,
+    redact,
+)
+from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID, SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.telemetry.context import TRACEPARENT, parse_traceparent
@@ -95,8 +103,12 @@ def make_middleware(api: Api) -> Any:
 
 
 def _task_id(raw: str) -> str:
-    if not raw or len(raw) > _MAX_ID or not raw.isprintable():
-        raise bad_request("task_id", f"a task ID is 1 to {_MAX_ID} printable characters")
+    """A task ID from a path: 26 Crockford base32 characters, nothing else (so no ID can
+    name another path when a replica proxies it, D29)."""
+    if TASK_ID.fullmatch(raw) is None:
+        shown = raw[:_MAX_ID]
+        raise bad_request("task_id", f"{shown!r} is not a task ID (26 characters: digits and "
+                                     "capital letters but I, L, O and U)")
     return raw
 
 
@@ -165,6 +177,14 @@ class CommandBody(BaseModel):
     max_attempts: int | None = Field(None, ge=1, le=1000)
 
 
+class QueueRegistration(BaseModel):
+    """The body of ``POST /queues``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    queues: list[Annotated[str, Field(pattern=QUEUE_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_REGISTERED_AT_ONCE)
+
+
 async def _command(request: web.Request, allow_attempts: bool) -> CommandBody:
     data = await read_json(request, BODY_OVERHEAD, required=False)
     try:
@@ -203,6 +223,8 @@ class Endpoints:
 
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.console = api.console
+        self.dashboard = Dashboard()
         self.max_body = api.settings.max_payload_bytes * 4 // 3 + BODY_OVERHEAD
         self.limits = SpecLimits.from_settings(api.settings)
 
@@ -214,7 +236,7 @@ class Endpoints:
             "/tasks/{task_id}/wait": {"get": self.wait_task},
             "/tasks/{task_id}/cancel": {"post": self.cancel},
             "/tasks/{task_id}/redrive": {"post": self.redrive},
-            "/queues": {"get": self.queues},
+            "/queues": {"get": self.queues, "post": self.register_queues},
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
@@ -225,28 +247,44 @@ class Endpoints:
             "/openapi.json": {"get": self.openapi},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
+            # what the dashboard needs beside the above (api/console.py)
+            "/tasks/{task_id}/history": {"get": self.history},
+            "/processors": {"get": self.processors},
+            "/activity": {"get": self.activity},
+            "/dlq/redrive": {"post": self.redrive_many},
+            "/internal/processor": {"get": self.internal_processor},
+            "/internal/activity": {"get": self.internal_activity},
+            # the dashboard itself (api/dashboard.py)
+            UI_PATH: {"get": self.dashboard.page},
+            UI_PATH + "/": {"get": self.dashboard.slash},
+            STATIC_PATH + "/{asset}": {"get": self.dashboard.static},
         }
+
+    def _shown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """``body`` (task views) as this caller may see it: dispatch IDs for admins only."""
+        admin = self.api.auth.is_admin(request.headers.get("Authorization"))
+        return json_response(redact(body, admin=admin))
 
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
         _no_params(request)
-        return json_response(await self.api.get_task(_task_id(task_id), request.headers,
-                                                     _proxied(request)))
+        return self._shown(request, await self.api.get_task(
+            _task_id(task_id), request.headers, _proxied(request)))
 
     async def wait_task(self, request: web.Request, task_id: str) -> web.Response:
         _no_params(request, ("timeout",))
         timeout = parse_wait_timeout(request.query.get("timeout"))
-        return json_response(await self.api.wait_task(_task_id(task_id), timeout,
-                                                      request.headers, _proxied(request)))
+        return self._shown(request, await self.api.wait_task(
+            _task_id(task_id), timeout, request.headers, _proxied(request)))
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query)
-        return json_response((await self.api.list_tasks(query, request.headers)).body())
+        return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
     async def list_dlq(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query,
                                  allowed=("queue", "name", "since", "limit", "cursor"))
         query = dataclasses.replace(query, state=TaskStatus.DEAD)
-        return json_response((await self.api.list_tasks(query, request.headers)).body())
+        return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
     async def submit(self, request: web.Request) -> web.Response:
         data = await read_json(request, self.max_body, required=True)
@@ -289,6 +327,16 @@ class Endpoints:
         stats = await self.api.queues(request.headers)
         return json_response({"queues": [s.body() for s in stats]})
 
+    async def register_queues(self, request: web.Request) -> web.Response:
+        """Register queues (admin): submissions to them are accepted from now on (D31)."""
+        _no_params(request)
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        try:
+            body = QueueRegistration.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        return json_response({"registered": await self.api.register_queues(body.queues)})
+
     async def pause(self, request: web.Request, name: str) -> web.Response:
         await self.api.set_paused(_queue_name(name), True)
         return json_response({"queue": name, "paused": True}, 202)
@@ -326,10 +374,42 @@ class Endpoints:
         return json_response(openapi_document())
 
     async def internal_tasks(self, request: web.Request) -> web.Response:
-        return json_response(self.api.local_page(parse_list_query(request.query)))
+        return self._shown(request, self.api.local_page(parse_list_query(request.query)))
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())
+
+    # -- for the dashboard -------------------------------------------------------------
+
+    async def history(self, request: web.Request, task_id: str) -> web.Response:
+        _no_params(request)
+        admin = self.api.auth.grants(request.headers.get("Authorization"), Scope.ADMIN)
+        return json_response(await self.console.history(_task_id(task_id), admin))
+
+    async def processors(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response(await self.console.processors(request.headers))
+
+    async def activity(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response(await self.console.activity(request.headers))
+
+    async def redrive_many(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        try:
+            body = RedriveMany.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        for task_id in body.task_ids:
+            _task_id(task_id)
+        return json_response(await self.console.redrive_many(body, request.headers))
+
+    async def internal_processor(self, request: web.Request) -> web.Response:
+        return json_response(self.console.local_processor())
+
+    async def internal_activity(self, request: web.Request) -> web.Response:
+        return json_response(self.console.local_activity())
 
 
 def install(api: Api) -> None:

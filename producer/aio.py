@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
 from taskstream.producer.handle import AsyncTaskHandle, BatchDelivery
 from taskstream.schemas.models import TaskSpec
@@ -78,6 +78,9 @@ class AsyncTaskProducer(ProducerBase):
         loop = await self._ready()
         start_ns = time.time_ns() if self._core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
+        queue = queue_of(options)
+        if queue not in self.known_queues:
+            await asyncio.to_thread(self.known_queues.require, (queue,))
         handle = AsyncTaskHandle(task_id, "TaskSubmitted", self._core, loop)
         await self._send(task_id, data, handle)
         if start_ns:
@@ -92,7 +95,11 @@ class AsyncTaskProducer(ProducerBase):
         loop = await self._ready()
         core = self._core
         start_ns = time.time_ns() if core.tracing.enabled else 0
-        task_ids, values = self._build.many(list(specs), now_ms())
+        items = list(specs)
+        task_ids, values = self._build.many(items, now_ms())
+        queues = queues_of(items)
+        if self._unknown_queues(queues):
+            await asyncio.to_thread(self.known_queues.require, queues)
         handles = [AsyncTaskHandle(task_id, "TaskSubmitted", core, loop) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
         todo = core.offer_many(task_ids, values, batch, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskstream.producer.build import EventBuilder
@@ -11,10 +11,12 @@ from taskstream.producer.core import ProducerCore
 from taskstream.producer.errors import ProducerQueueFullError
 from taskstream.producer.metrics import ProducerMetrics
 from taskstream.producer.tracing import SubmitTracing
-from taskstream.schemas.models import SpecLimits
+from taskstream.queue_registry import KnownQueues
+from taskstream.schemas.models import DEFAULT_QUEUE, SpecLimits, TaskSpec
+from taskstream.security.sealing import Sealer
 from taskstream.settings import Settings, load_settings
 from taskstream.telemetry.tracing import Telemetry
-from taskstream.topics import events_topic
+from taskstream.topics import events_topic, registry_reader_group
 
 if TYPE_CHECKING:
     from taskstream.producer.handle import BatchDelivery, _Delivery
@@ -59,11 +61,17 @@ class ProducerBase:
             kafka_overrides=kafka_config,
             tracing=self._tracing,
         )
+        self.sealer: Sealer | None = self._core.sealer
         self._build = EventBuilder(
             source or default_source(),
             self.settings.max_payload_bytes,
             limits=SpecLimits.from_settings(self.settings),
+            sealer=self.sealer,
+            max_event_bytes=self.settings.max_event_bytes,
         )
+        #: the queue registry as this producer last read it: a submission to a queue it
+        #: does not hold reads it again, then is refused (UnknownQueueError, D31)
+        self.known_queues = KnownQueues(self.settings, registry_reader_group)
         self._submitted = self._core.metrics.submitted.labels(event="TaskSubmitted")
         self._init_flavour()
 
@@ -79,6 +87,12 @@ class ProducerBase:
         batch.drop(unsent)
         self._submitted.inc(len(exc.handles))
         return exc
+
+    def _unknown_queues(self, queues: Iterable[str]) -> bool:
+        """True when a queue is not in the cached registry (the caller then requires them:
+        a read of the registry, blocking)."""
+        known = self.known_queues
+        return any(queue not in known for queue in queues)
 
     def _init_flavour(self) -> None:
         """The flavour's own state (poll counters, a poll thread); nothing by default."""
@@ -112,3 +126,14 @@ class ProducerBase:
     def topic(self) -> str:
         return self._core.topic
 
+
+
+def queue_of(options: Mapping[str, Any]) -> str:
+    """The queue of a submit() call's options (validated by then)."""
+    return str(options.get("queue", DEFAULT_QUEUE))
+
+
+def queues_of(items: Sequence[TaskSpec | Mapping[str, Any]]) -> set[str]:
+    """The queues of submit_many()'s items (validated by then)."""
+    return {item.queue if isinstance(item, TaskSpec) else str(item.get("queue", DEFAULT_QUEUE))
+            for item in items}

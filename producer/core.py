@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from taskstream.errors import TopicError
+from taskstream.admin import check_event_budget
+from taskstream.errors import KafkaAuthError, TopicError
+from taskstream.kafka_config import ClientErrors
 from taskstream.producer.config import kafka_config
 from taskstream.producer.errors import (
     BrokerUnreachableError,
@@ -29,6 +31,8 @@ from taskstream.producer.errors import (
 )
 from taskstream.producer.metrics import ProducerMetrics, producer_metrics
 from taskstream.producer.tracing import SubmitTracing
+from taskstream.security.sealing import payload_sealer
+from taskstream.security.tls import client_context
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
@@ -72,9 +76,12 @@ class ProducerCore:
         self.connect_timeout_s = (
             settings.kafka_timeout_s if connect_timeout_s is None else connect_timeout_s
         )
+        #: the payload keyring's sealer (D27): the builder seals with it, results open with it
+        self.sealer = payload_sealer(settings)
         #: how long a wait for an ack may last when the caller gives no timeout
         self.default_wait_s = settings.delivery_timeout_s + 5.0
         config = kafka_config(settings, kafka_overrides)
+        self._errors = ClientErrors()
         config["error_cb"] = self._on_client_error
         self._producer = Producer(config)
         self._produce = self._producer.produce  # bound once: the hot path
@@ -83,6 +90,7 @@ class ProducerCore:
         self._down_since: float | None = None
         self._fatal: KafkaError | None = None
         self._connected = False
+        self._budget_checked = False
         self._closed = False
         self._acked = 0  # since the last metrics sync
         self._sample = 0
@@ -92,6 +100,7 @@ class ProducerCore:
     # --- callbacks (run in the polling thread) --------------------------------
 
     def _on_client_error(self, err: KafkaError) -> None:
+        self._errors(err)
         if err.fatal():
             self._fatal = err
         elif err.code() in _DOWN_CODES and self._down_since is None:
@@ -142,6 +151,11 @@ class ProducerCore:
         try:
             md = self._producer.list_topics(self.topic, timeout=self.connect_timeout_s)
         except KafkaException as exc:
+            self._producer.poll(0)  # serve error_cb: a refused login says why
+            hint = self._errors.hint()
+            if hint:
+                raise KafkaAuthError(f"Kafka at {self.bootstrap} refused this producer: {hint}"
+                                     ) from None
             raise BrokerUnreachableError(
                 self.bootstrap, self.connect_timeout_s, str(exc.args[0])
             ) from None
@@ -152,6 +166,9 @@ class ProducerCore:
                 f"the events topic {self.topic!r} is not usable on {self.bootstrap} ({why}); "
                 "create the topics with `taskstream topics create`"
             )
+        if not self._budget_checked:
+            check_event_budget(self.settings)  # once: a budget the topic cannot take (D28)
+            self._budget_checked = True
         self._connected = True
         self._down_since = None
 
@@ -319,7 +336,8 @@ class ProducerCore:
 
             token = self.settings.api_token
             self._result_client = ResultClient(
-                self.settings.api_url, token.get_secret_value() if token else None
+                self.settings.api_url, token.get_secret_value() if token else None,
+                self.sealer, client_context(self.settings)
             )
         return self._result_client
 
@@ -329,7 +347,8 @@ class ProducerCore:
 
             token = self.settings.api_token
             self._async_result_client = AsyncResultClient(
-                self.settings.api_url, token.get_secret_value() if token else None
+                self.settings.api_url, token.get_secret_value() if token else None,
+                self.sealer, client_context(self.settings)
             )
         return self._async_result_client
 

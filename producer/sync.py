@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
 from taskstream.producer.handle import BatchDelivery, TaskHandle
 from taskstream.schemas.models import TaskSpec
@@ -46,7 +46,8 @@ class TaskProducer(ProducerBase):
             self._core.poll(0)
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> TaskHandle:
-        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...).
+        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...). The
+        queue must be registered (else UnknownQueueError, before anything is sent).
 
         Returns at once with a handle; the event is durable when
         ``handle.delivered()`` returns or ``flush()`` does.
@@ -55,6 +56,9 @@ class TaskProducer(ProducerBase):
         core.check_usable()
         start_ns = time.time_ns() if core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
+        queue = queue_of(options)
+        if queue not in self.known_queues:
+            self.known_queues.require((queue,))
         handle = TaskHandle(task_id, "TaskSubmitted", core)
         core.send(task_id, data, handle)
         if start_ns:
@@ -72,7 +76,11 @@ class TaskProducer(ProducerBase):
         core = self._core
         core.check_usable()
         start_ns = time.time_ns() if core.tracing.enabled else 0
-        task_ids, values = self._build.many(list(specs), now_ms())
+        items = list(specs)
+        task_ids, values = self._build.many(items, now_ms())
+        queues = queues_of(items)
+        if self._unknown_queues(queues):
+            self.known_queues.require(queues)
         handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
         todo = core.offer_many(task_ids, values, batch, None)

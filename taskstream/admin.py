@@ -33,7 +33,8 @@ from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from taskstream import topics
-from taskstream.errors import ConfigError, KafkaUnavailableError, TopicError
+from taskstream.errors import ConfigError, KafkaAuthError, KafkaUnavailableError, TopicError
+from taskstream.kafka_config import ClientErrors, admin_config
 from taskstream.settings import Settings
 
 
@@ -74,6 +75,15 @@ WORKERS_SEGMENT_MS = 3600 * 1000
 def _workers(replication: int) -> dict[str, str]:
     return {"cleanup.policy": "compact,delete", "retention.ms": str(WORKERS_RETENTION_MS),
             "segment.ms": str(WORKERS_SEGMENT_MS), "min.insync.replicas": _min_insync(replication)}
+#: room for a record's framing around an event (batch and record headers, key, signature
+#: header): a topic that carries events takes max_event_bytes plus this (D28)
+RECORD_OVERHEAD = 4096
+MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+def _sized(settings: Settings, config: dict[str, str]) -> dict[str, str]:
+    """``config`` with room for the largest event the size budget allows."""
+    return {**config, MAX_MESSAGE_BYTES: str(settings.max_event_bytes + RECORD_OVERHEAD)}
 
 
 def queue_topic_specs(settings: Settings, queue: str) -> list[TopicSpec]:
@@ -82,7 +92,7 @@ def queue_topic_specs(settings: Settings, queue: str) -> list[TopicSpec]:
         raise TopicError(
             f"queue name {queue!r} is not valid: use 1-64 letters, digits, '_' or '-'"
         )
-    config = _delete(settings.ready_retention_ms, settings.replication)
+    config = _sized(settings, _delete(settings.ready_retention_ms, settings.replication))
     return [
         TopicSpec(name, settings.ready_partitions, config)
         for name in topics.ready_topics(settings, queue)
@@ -93,11 +103,14 @@ def topic_specs(settings: Settings, queues: Iterable[str] | None = None) -> list
     """Every topic the platform needs, ready topics for ``queues`` (default: settings.queues)."""
     rf, n = settings.replication, settings.partitions
     specs = [
-        TopicSpec(topics.events_topic(settings), n, _delete(settings.events_retention_ms, rf)),
+        TopicSpec(topics.events_topic(settings), n,
+                  _sized(settings, _delete(settings.events_retention_ms, rf))),
         TopicSpec(topics.queues_topic(settings), 1, _compact(rf)),
         TopicSpec(topics.cancellations_topic(settings), n, _compact(rf)),
-        TopicSpec(topics.dlq_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
-        TopicSpec(topics.quarantine_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
+        TopicSpec(topics.dlq_topic(settings), n,
+                  _sized(settings, _delete(settings.dlq_retention_ms, rf))),
+        TopicSpec(topics.quarantine_topic(settings), n,
+                  _sized(settings, _delete(settings.dlq_retention_ms, rf))),
         TopicSpec(topics.workers_topic(settings), 1, _workers(rf)),
     ]
     for queue in settings.queues if queues is None else queues:
@@ -105,24 +118,39 @@ def topic_specs(settings: Settings, queues: Iterable[str] | None = None) -> list
     return specs
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0})
+@dataclass(frozen=True)
+class Admin:
+    """An admin client with what it reported (to explain a refused connection)."""
+
+    client: AdminClient
+    errors: ClientErrors
 
 
-def cluster_metadata(settings: Settings, client: AdminClient) -> Any:
-    """The cluster's metadata (brokers, topics), or a clear error within the Kafka timeout."""
+def admin_client(settings: Settings) -> Admin:
+    errors = ClientErrors()
+    return Admin(AdminClient(admin_config(settings, {"error_cb": errors})), errors)
+
+
+def cluster_metadata(settings: Settings, admin: Admin) -> Any:
+    """The cluster's metadata (brokers, topics), or a clear error within the Kafka timeout:
+    :class:`KafkaAuthError` when the brokers refused the credentials or the certificate."""
     try:
-        return client.list_topics(timeout=settings.kafka_timeout_s)
+        return admin.client.list_topics(timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
+        admin.client.poll(0)  # serve error_cb: it says why
+        hint = admin.errors.hint()
+        if hint:
+            raise KafkaAuthError(
+                f"Kafka at {settings.bootstrap} refused this client: {hint}") from None
         raise KafkaUnavailableError(
             f"Kafka at {settings.bootstrap} did not answer within {settings.kafka_timeout_s}s "
             f"({exc}); start it with `taskstream kafka up` or fix TASKSTREAM_BOOTSTRAP"
         ) from None
 
 
-def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[str, int]:
+def list_topics(settings: Settings, admin: Admin | None = None) -> dict[str, int]:
     """Topic name -> partition count, internal topics left out."""
-    metadata = cluster_metadata(settings, client or admin_client(settings))
+    metadata = cluster_metadata(settings, admin or admin_client(settings))
     return {
         name: len(meta.partitions)
         for name, meta in metadata.topics.items()
@@ -132,13 +160,13 @@ def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[s
 
 def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]:
     """Create the topics in ``specs`` that do not exist. Name -> True when created now."""
-    client = admin_client(settings)
-    existing = list_topics(settings, client)
+    admin = admin_client(settings)
+    existing = list_topics(settings, admin)
     missing = [s for s in specs if s.name not in existing]
     result = {s.name: False for s in specs}
     if not missing:
         return result
-    futures = client.create_topics(
+    futures = admin.client.create_topics(
         [
             NewTopic(s.name, s.partitions, settings.replication, config=dict(s.config))
             for s in missing
@@ -154,6 +182,11 @@ def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]
             error = exc.args[0]
             if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # somebody else created it meanwhile: fine
+            if isinstance(error, KafkaError) and error.code() in _DENIED:
+                raise KafkaAuthError(
+                    f"could not create topic {name}: {error.str()}; this principal "
+                    f"({settings.sasl_username or 'anonymous'}) may not create topics: run it "
+                    "with the admin credential (docs/security.md)") from None
             raise TopicError(
                 f"could not create topic {name} with {settings.replication} replica(s): {error}; "
                 "check that the cluster has that many brokers (TASKSTREAM_REPLICATION)"
@@ -163,8 +196,12 @@ def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]
                 f"creating topic {name} on {settings.bootstrap} timed out; is the broker healthy? "
                 "see `taskstream kafka status`"
             ) from None
-    _wait_for_leaders(settings, client, [n for n, created in result.items() if created])
+    _wait_for_leaders(settings, admin.client, [n for n, created in result.items() if created])
     return result
+
+
+_DENIED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                     KafkaError.CLUSTER_AUTHORIZATION_FAILED})
 
 
 def _wait_for_leaders(settings: Settings, client: AdminClient, names: list[str]) -> None:
@@ -199,6 +236,33 @@ def ensure_queue_topics(settings: Settings, queue: str) -> dict[str, bool]:
     return create_topics(settings, queue_topic_specs(settings, queue))
 
 
+def events_max_message_bytes(settings: Settings) -> int | None:
+    """The events topic's ``max.message.bytes``; None when this principal may not read
+    topic configs (no DescribeConfigs right) or the topic is not there."""
+    admin = admin_client(settings)
+    resource = ConfigResource(ResourceType.TOPIC, topics.events_topic(settings))
+    try:
+        futures = admin.client.describe_configs([resource],
+                                                request_timeout=settings.kafka_timeout_s)
+        entries = next(iter(futures.values())).result(timeout=settings.kafka_timeout_s * 2)
+        return int(entries[MAX_MESSAGE_BYTES].value)
+    except (KafkaException, KeyError, TypeError, ValueError, TimeoutError):
+        return None
+
+
+def check_event_budget(settings: Settings) -> int | None:
+    """Refuse a size budget the events topic cannot take (D28), where the credential may
+    read the topic's configs. Returns the topic's limit, or None when it cannot be read."""
+    limit = events_max_message_bytes(settings)
+    if limit is not None and settings.max_event_bytes + RECORD_OVERHEAD > limit:
+        raise ConfigError(
+            f"max_event_bytes={settings.max_event_bytes} does not fit the events topic "
+            f"{topics.events_topic(settings)} (max.message.bytes={limit}, and a record needs "
+            f"{RECORD_OVERHEAD} bytes of framing): lower TASKSTREAM_MAX_EVENT_BYTES to at most "
+            f"{limit - RECORD_OVERHEAD} or raise the topic's max.message.bytes")
+    return limit
+
+
 SESSION_BOUNDS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
 
 
@@ -206,12 +270,12 @@ def session_timeout_bounds(settings: Settings) -> tuple[int, int] | None:
     """The session timeouts (ms) every broker accepts from a consumer group member:
     the highest ``group.min.session.timeout.ms`` and the lowest ``...max...``.
     None when the brokers' configs cannot be read (no DescribeConfigs right, say)."""
-    client = admin_client(settings)
-    brokers = cluster_metadata(settings, client).brokers
+    admin = admin_client(settings)
+    brokers = cluster_metadata(settings, admin).brokers
     resources = [ConfigResource(ResourceType.BROKER, str(b)) for b in sorted(brokers)]
     lows, highs = [], []
     try:
-        futures = client.describe_configs(resources, request_timeout=settings.kafka_timeout_s)
+        futures = admin.client.describe_configs(resources, request_timeout=settings.kafka_timeout_s)
         for future in futures.values():
             entries = future.result(timeout=settings.kafka_timeout_s * 2)
             lows.append(int(entries[SESSION_BOUNDS[0]].value))

@@ -58,6 +58,9 @@ def ready_topic(settings: Settings, queue: str, level: int) -> str:
     return settings.topic(f"ready.{queue}.p{level}")
 
 
+def ready_topic_prefix(settings: Settings, queue: str | None = None) -> str:
+    """What the ready topics of ``queue`` (of every queue when None) start with (ACLs, D25)."""
+    return settings.topic("ready.") if queue is None else settings.topic(f"ready.{queue}.")
 def ready_topic_parts(settings: Settings, name: str) -> tuple[str, int] | None:
     """``<prefix>ready.<queue>.p<level>`` -> (queue, level); None for any other name."""
     head = settings.topic("ready.")
@@ -79,6 +82,12 @@ def processor_app_id(settings: Settings) -> str:
     return settings.topic(PROCESSOR)
 
 
+def processor_topic_prefix(settings: Settings) -> str:
+    """What the processors' own topics start with: their tables' changelogs and Faust's
+    internal topics (``<app id>-...``; ACLs, D25)."""
+    return f"{processor_app_id(settings)}-"
+
+
 def fold_group(settings: Settings) -> str:
     """The group the live fold commits its events offsets under; never joined, the
     fold assigns itself the partitions Faust's assignor gave the replica (D19)."""
@@ -93,11 +102,16 @@ def standby_group(settings: Settings) -> str:
 
 def changelog_topic(settings: Settings, table: str) -> str:
     """A processor table's changelog (Faust: ``<app id>-<table>-changelog``)."""
-    return f"{processor_app_id(settings)}-{table}-changelog"
+    return f"{processor_topic_prefix(settings)}{table}-changelog"
 
 
 def task_changelog_topic(settings: Settings) -> str:
     return changelog_topic(settings, TASK_TABLE)
+
+
+def worker_group_prefix(settings: Settings) -> str:
+    """What every worker group id starts with (ACLs, D25)."""
+    return settings.topic("workers.")
 
 
 def worker_group(settings: Settings, queue: str) -> str:
@@ -110,11 +124,30 @@ def worker_control_group(settings: Settings, instance: str) -> str:
     return settings.topic(f"workers.control.{instance}")
 
 
+def api_reader_group_prefix(settings: Settings) -> str:
+    """What every group id of the API's reads starts with (the processor's ACLs, D25)."""
+    return settings.topic("api.")
+
+
+#: what every group id of a workers-topic reader starts with (the processor's ACLs, D25)
+ROSTER_GROUP_PREFIX = "taskstream-roster-"
+
+
 def roster_group(instance: str) -> str:
     """A group id for a reader of the workers topic (assign-only: never joined)."""
-    return f"taskstream-roster-{instance}"
+    return f"{ROSTER_GROUP_PREFIX}{instance}"
 
 
-def api_reader_group(instance: str) -> str:
+def api_reader_group(settings: Settings, instance: str) -> str:
     """A group id for one read of the queues topic by the API (never joined)."""
-    return f"taskstream-api-{instance}"
+    return f"{api_reader_group_prefix(settings)}{instance}"
+
+
+def registry_reader_group_prefix(settings: Settings) -> str:
+    """What the group id of a client's read of the queue registry starts with (D25)."""
+    return settings.topic("registry.")
+
+
+def registry_reader_group(settings: Settings, instance: str) -> str:
+    """A group id for one read of the queue registry by a client (never joined)."""
+    return f"{registry_reader_group_prefix(settings)}{instance}"

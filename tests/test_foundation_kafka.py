@@ -125,7 +125,7 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Pat
     nodes = layout(tmp_path, 3, localkafka.free_port_block(6))
     for node in nodes:
         write_node_files(node, nodes)
-    localkafka._format(install, "-AbCdEfGhIjKlMnOpQrStU", nodes)
+    localkafka._format(install, "-AbCdEfGhIjKlMnOpQrStU", nodes, [])
     for node in nodes:
         meta = (node.log_dirs / "meta.properties").read_text()
         assert "cluster.id=-AbCdEfGhIjKlMnOpQrStU" in meta

@@ -29,7 +29,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
@@ -39,13 +39,14 @@ from taskstream.telemetry.tracing import Telemetry
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
 from taskstream.workers.control import ControlReader
-from taskstream.workers.emitter import EventEmitter
+from taskstream.workers.emitter import EventEmitter, Headers
 from taskstream.workers.errors import WorkerError
 from taskstream.workers.metrics import WorkerMetrics
 from taskstream.workers.outcome import (
     Failure,
     Outcome,
     cancelled_failure,
+    open_payload,
     unknown_task_failure,
 )
 from taskstream.workers.presence import Presence
@@ -325,11 +326,14 @@ class Worker:
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
+        opened = open_payload(dispatched, envelope.task_id, emitter.sealer)
         if task is None:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
+        elif isinstance(opened, Failure):
+            outcome = opened
         else:
             try:
-                outcome = await self._execute(task, envelope, dispatched, trace)
+                outcome = await self._execute(task, envelope, opened, trace)
             except asyncio.CancelledError:  # stopped without grace: no outcome
                 if trace is not None:
                     self.tracing.end(trace, None)
@@ -340,13 +344,25 @@ class Worker:
             self.tracing.end(trace, outcome)
         if outcome is None:
             return
-        emitter.outcome(envelope, outcome, headers=headers)
+        outcome = self._send_outcome(emitter, envelope, outcome, headers)
         if isinstance(outcome, Failure):
             self._log_failure(envelope, dispatched, outcome, took)
         else:
             series.succeeded.inc()
             log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
                      envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
+
+    @staticmethod
+    def _send_outcome(emitter: EventEmitter, envelope: Envelope, outcome: Outcome,
+                      headers: Headers | None) -> Outcome:
+        """Send the attempt's outcome; returns what to log (the result-too-large failure
+        sent instead of a result; a sealed error text kept out of the logs)."""
+        sent = emitter.outcome(envelope, outcome, headers=headers)
+        if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge":
+            return sent  # what the task got instead of its result
+        if emitter.sealer is not None and isinstance(outcome, Failure):
+            return replace(outcome, message="<sealed>")  # error texts stay out of logs
+        return outcome
 
     async def _execute(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
                        trace: AttemptTrace | None = None) -> Outcome | None:

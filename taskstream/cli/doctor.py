@@ -257,7 +257,7 @@ def examine(settings: Settings) -> list[Finding]:
     findings = [judge_brokers(settings, len(metadata.brokers))]
     specs, seen = planned_topics(settings, metadata)
     try:
-        facts = topic_facts(settings, client, metadata, [s.name for s in specs])
+        facts = topic_facts(settings, client.client, metadata, [s.name for s in specs])
     except (KafkaException, TimeoutError) as exc:
         findings.append(Finding("topics", WARN, f"topic settings not read: {exc}",
                                 "check the client's DescribeConfigs rights on the topics"))

@@ -32,6 +32,8 @@ _COMMANDS: dict[str, str] = {
     "replay": "taskstream.cli.replay_cmd:replay",
     "quarantine": "taskstream.cli.quarantine_cmd:quarantine",
     "dev": "taskstream.cli.dev_cmd:dev",
+    "acls": "taskstream.cli.security_cmd:acls",
+    "keys": "taskstream.cli.security_cmd:keys",
 }
 
 

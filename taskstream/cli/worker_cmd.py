@@ -21,8 +21,9 @@ import click
               help="seconds running attempts get to finish after SIGTERM")
 @click.option("--metrics-port", default=None, type=click.IntRange(1, 65535),
               help="serve Prometheus /metrics on this port")
-@click.option("--create-topics/--no-create-topics", default=True, show_default=True,
-              help="create the queues' topics if missing")
+@click.option("--create-topics/--no-create-topics", default=None,
+              help="create the queues' topics if missing [default: yes on a PLAINTEXT cluster; "
+                   "no on a secured one, where the worker's principal may not create topics]")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--reload", "reload_", is_flag=True,
@@ -31,7 +32,7 @@ import click
               type=click.Path(exists=True, path_type=Path),
               help="with --reload: also watch this file or directory (repeatable)")
 def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: float,
-           metrics_port: int | None, create_topics: bool, loglevel: str, reload_: bool,
+           metrics_port: int | None, create_topics: bool | None, loglevel: str, reload_: bool,
            reload_dirs: tuple[Path, ...]) -> None:
     """Run tasks from the queues' ready topics until SIGTERM (twice: stop at once)."""
     from taskstream.cli.common import load_settings_or_exit
@@ -42,6 +43,8 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
 
     settings = load_settings_or_exit()
     configure_logging(loglevel, settings.log_format)
+    if create_topics is None:
+        create_topics = settings.security_protocol == "PLAINTEXT"
     if reload_:
         args = ["-A", target, "--concurrency", str(concurrency), "--pool", pool,
                 "--grace", str(grace), "--loglevel", loglevel,
