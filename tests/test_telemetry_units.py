@@ -19,6 +19,7 @@ from ulid import ULID
 
 from taskstream.processors.fold.effects import DeadLetter, Dispatch, Rejected, RetryScheduled
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.batch import fold_partition
 from taskstream.processors.live.engine import trace_effects
 from taskstream.processors.tracing import FoldTracing
@@ -305,7 +306,7 @@ def test_the_live_fold_traces_each_effect_under_its_record_and_carries_the_conte
         HeadedRec(carried.event(submitted()), 10, [submit_context(carried.task_id).header()]),
         HeadedRec(foreign.event(submitted()), 11, [TraceContext(12345, 678).header()]),
         HeadedRec(bare.event(submitted()), 12, None)]
-    fold = fold_partition(3, records, lambda key: None, Limits())
+    fold = fold_partition(3, records, lambda key: None, Limits(), Checks())
     trace_effects(FoldTracing(telemetry), [fold], {3: records})
 
     dispatches = {s.context.trace_id: s for s in exporter.get_finished_spans()

@@ -44,6 +44,7 @@ from selenium.webdriver.support.select import Select
 from taskstream.admin import ensure_topics
 from taskstream.api.auth import token_digest
 from taskstream.dev.procs import free_port, settings_env
+from taskstream.queue_registry import register_queues
 from taskstream.schemas.events import Backoff, TaskSubmitted
 from taskstream.schemas.ids import new_task_id
 from taskstream.settings import Settings
@@ -306,7 +307,8 @@ def test_the_workers_page_shows_the_worker_running_a_task(platform: Platform,
     text = browser.wait_text(worker_id)
     assert WORKED in text
     browser.go("")
-    browser.wait_text("1 worker running tasks now")
+    # the API has a workers roster (issue 18): the overview counts the workers announced
+    browser.wait_text("1 worker announced (1 running)")
 
 
 def test_pausing_a_queue_from_the_ui_stops_the_worker_taking_its_tasks(
@@ -414,7 +416,9 @@ def test_a_dead_task_is_redriven_from_its_own_page(platform: Platform, browser: 
 
 def test_markup_in_names_payloads_and_errors_is_shown_as_text(platform: Platform,
                                                               browser: Browser) -> None:
-    # a producer that skips the API's checks writes a name no submit would take
+    # a producer that skips the API's checks writes a name no submit would take (within
+    # the fold's bounds, D28, and to a registered queue, D31: else the fold refuses it)
+    register_queues(platform.settings, [UNWORKED])
     forged = new_task_id()
     EventWriter(platform.settings).send(forged, TaskSubmitted(
         name=HOSTILE, queue=UNWORKED, priority=0, payload=HOSTILE.encode(),

@@ -119,7 +119,8 @@ function workersSummary(result) {
     const counts = {};
     for (const w of result.workers) counts[w.status] = (counts[w.status] || 0) + 1;
     const parts = Object.entries(counts).map(([k, n]) => `${n} ${k}`);
-    return h('p', null, `${result.workers.length} workers announced`
+    const n = result.workers.length;
+    return h('p', null, `${n} worker${n === 1 ? '' : 's'} announced`
       + `${parts.length ? ` (${parts.join(', ')})` : ''}. `, h('a', { href: '#/workers' },
       'See the workers.'));
   }
