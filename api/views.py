@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from aiohttp import web
 from faust.web import View
@@ -146,6 +146,18 @@ async def read_json(request: web.Request, limit: int, *, required: bool) -> Any:
     return data
 
 
+#: a request body's pydantic model
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: Any, context: dict[str, Any] | None = None) -> Model:
+    """``data`` as ``model``, or a 400 naming the first field that is wrong."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 def validation_error(exc: ValidationError) -> ApiError:
     """The first problem as a 400 naming its field (a whole-object rule names the body)."""
     first = exc.errors()[0]
@@ -187,10 +199,7 @@ class QueueRegistration(BaseModel):
 
 async def _command(request: web.Request, allow_attempts: bool) -> CommandBody:
     data = await read_json(request, BODY_OVERHEAD, required=False)
-    try:
-        body = CommandBody.model_validate(data or {})
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    body = validated(CommandBody, data or {})
     if body.max_attempts is not None and not allow_attempts:
         raise bad_request("max_attempts", "max_attempts applies to redrive only")
     return body
@@ -290,10 +299,7 @@ class Endpoints:
         data = await read_json(request, self.max_body, required=True)
         self._check_payload_size(data.get("payload"))
         _check_durations(data)
-        try:
-            spec = TaskSpec.model_validate(data, context={"limits": self.limits})
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        spec = validated(TaskSpec, data, {"limits": self.limits})
         try:
             task_id = await self.api.submit(spec, parse_traceparent(
                 request.headers.get(TRACEPARENT)))
@@ -331,10 +337,7 @@ class Endpoints:
         """Register queues (admin): submissions to them are accepted from now on (D31)."""
         _no_params(request)
         data = await read_json(request, BODY_OVERHEAD, required=True)
-        try:
-            body = QueueRegistration.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        body = validated(QueueRegistration, data)
         return json_response({"registered": await self.api.register_queues(body.queues)})
 
     async def pause(self, request: web.Request, name: str) -> web.Response:
@@ -397,10 +400,7 @@ class Endpoints:
     async def redrive_many(self, request: web.Request) -> web.Response:
         _no_params(request)
         data = await read_json(request, BODY_OVERHEAD, required=True)
-        try:
-            body = RedriveMany.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        body = validated(RedriveMany, data)
         for task_id in body.task_ids:
             _task_id(task_id)
         return json_response(await self.console.redrive_many(body, request.headers))
