@@ -191,6 +191,9 @@ def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
             cluster.doc = c.get("/openapi.json").json()
 
             def both_serving() -> bool:
+                # ready again after replica 1's rebalance (D24), and answering
+                if not all(r.ready() for r in replicas):
+                    return False
                 for r in (0, 1):
                     with cluster.client(r) as rc:
                         if rc.get("/tasks", params={"limit": 1}).status_code != 200:
