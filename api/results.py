@@ -27,12 +27,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from taskstream.objectstore.store import ObjectStore
-from taskstream.producer.api_client import SHA256_HEADER
+from taskstream.producer.api_client import SEALED_HEADER, SHA256_HEADER
 from taskstream.schemas.events import ObjectRef
 
 log = logging.getLogger("taskstream.api")
 
-__all__ = ["SHA256_HEADER", "ResultCache", "stream_object"]
+__all__ = ["SEALED_HEADER", "SHA256_HEADER", "ResultCache", "stream_object"]
 
 
 class ResultCache:

@@ -8,19 +8,27 @@ otherwise, and the envelope is Avro-encoded by the schemas package.
 No Kafka here; the one I/O is the offload of a payload over the threshold to
 object storage (D34), before its event is built, so the event never refers to
 an object that was not stored.
+
+With a payload sealer (D27) the payload is sealed for its task ID before it is
+encoded (the template fast path, which writes payloads straight into bytes, is
+skipped then); a payload that is offloaded is sealed first, so the bucket holds
+sealed bytes only. Every encoded event is held to the size budget
+(``max_event_bytes``, D28): over it, :class:`EventTooLargeError`, before
+anything is sent.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from taskstream.objectstore.offload import Offloader
-from taskstream.producer.errors import InvalidTaskError
+from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
@@ -34,6 +42,11 @@ from taskstream.schemas.ids import (
 )
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import encode_event
+from taskstream.security.sealing import Sealer
+
+
+def _no_template(*_args: Any) -> None:
+    return None
 
 
 def now_ms() -> int:
@@ -75,9 +88,11 @@ class EventBuilder:
         "_encode",
         "_encode_simple",
         "_offloader",
+        "_sealer",
         "_simple",
         "_templates",
         "limits",
+        "max_event_bytes",
         "max_payload_bytes",
         "source",
     )
@@ -90,9 +105,13 @@ class EventBuilder:
         limits: SpecLimits | None = None,
         encoder: SubmittedEncoder | None = None,
         offloader: Offloader | None = None,
+        sealer: Sealer | None = None,
+        max_event_bytes: int | None = None,
     ) -> None:
         self.source = source
         self.max_payload_bytes = max_payload_bytes
+        self.max_event_bytes = max_event_bytes
+        self._sealer = sealer if sealer is not None and sealer.can_seal else None
         self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
         self._offloader = offloader
         # With object storage (D34) a spec may carry up to max_offload_bytes; the fast
@@ -100,10 +119,10 @@ class EventBuilder:
         # which stores it (submitted()).
         fast = self.limits
         if offloader is not None:
-            fast = dataclasses.replace(
+            fast = replace(
                 self.limits, max_payload_bytes=min(self.limits.max_payload_bytes,
                                                    offloader.threshold))
-            self.limits = dataclasses.replace(self.limits, max_payload_bytes=offloader.max_bytes)
+            self.limits = replace(self.limits, max_payload_bytes=offloader.max_bytes)
         self._context = {"limits": self.limits}
         self._encode = encoder if encoder is not None else encode_submitted
         self._simple = SimpleSpecs(fast)
@@ -135,17 +154,30 @@ class EventBuilder:
         key = simple[9]
         if key is not None:
             task_id = derived_task_id(simple[0], key)
-        return task_id, self._encode_simple(event_id, task_id, at_ms, self.source, simple)
+        if self._sealer is not None:
+            simple = simple._replace(payload=self._sealer.seal(simple.payload, task_id))
+        return task_id, self.budget(
+            self._encode_simple(event_id, task_id, at_ms, self.source, simple), what)
+
+    def budget(self, value: bytes, what: str) -> bytes:
+        """``value`` if it fits the size budget, else :class:`EventTooLargeError`."""
+        limit = self.max_event_bytes
+        if limit is not None and len(value) > limit:
+            raise EventTooLargeError(
+                f"{what}: the event is {len(value)} bytes encoded, over the size budget "
+                f"max_event_bytes={limit}; make the payload, headers or tags smaller (store "
+                "large data elsewhere and pass a reference)", ["payload"])
+        return value
 
     def from_call(
         self, name: str, payload: Any, options: Mapping[str, Any], at_ms: int
     ) -> tuple[str, bytes]:
         """submit(name, payload, **options) as (task ID, encoded TaskSubmitted)."""
-        if not options:
+        if not options and self._sealer is None:
             event_id, task_id = new_ulids(2, at_ms)
             value = self._templates.encode_call(name, payload, event_id, task_id, at_ms)
             if value is not None:
-                return task_id, value
+                return task_id, self.budget(value, f"task {name!r}")
         return self.from_fields(
             {**options, "name": name, "payload": payload}, at_ms, f"task {name!r}"
         )
@@ -175,9 +207,12 @@ class EventBuilder:
         collector to track.
         """
         n = len(items)
+        limit = self.max_event_bytes if self.max_event_bytes is not None else sys.maxsize
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        from_template = self._templates.encode
+        sealer = self._sealer
+        # the templates write payloads straight into bytes: not when payloads are sealed
+        from_template = self._templates.encode if sealer is None else _no_template
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
@@ -193,9 +228,13 @@ class EventBuilder:
                         key = simple[9]
                         if key is not None:
                             task_id = derived_task_id(simple[0], key)
+                        if sealer is not None:
+                            simple = simple._replace(payload=sealer.seal(simple[3], task_id))
                         value = encode(ids[i], task_id, at_ms, source, simple)
             else:
                 task_id, value = self.from_item(item, i, at_ms)
+            if len(value) > limit:
+                self.budget(value, f"task #{i}")
             add_id(task_id)
             add_value(value)
         return task_ids, values
@@ -217,17 +256,22 @@ class EventBuilder:
         """(task ID, encoded TaskSubmitted envelope) of one spec."""
         body = spec.to_submitted(at_ms)
         task_id = task_id_for(body.name, body.idempotency_key)
+        if self._sealer is not None:
+            # sealed first, so the object store holds the sealed bytes only (D27, D34)
+            body = replace(body, payload=self._sealer.seal(body.payload, task_id))
         if self._offloader is not None:
             ref = self._offloader.payload(task_id, body.payload)
             if ref is not None:
-                body = dataclasses.replace(body, payload=b"", payload_ref=ref)
+                body = replace(body, payload=b"", payload_ref=ref)
         if len(body.payload) > self.max_payload_bytes:
             raise InvalidTaskError(
                 f"payload: {len(body.payload)} bytes is over max_payload_bytes "
                 f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
                 ["payload"],
             )
-        return task_id, self._encode(new_event_id(), task_id, at_ms, self.source, body)
+        return task_id, self.budget(
+            self._encode(new_event_id(), task_id, at_ms, self.source, body),
+            f"task {body.name!r}")
 
     def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
         check_task_id(task_id)

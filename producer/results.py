@@ -12,7 +12,14 @@ An offloaded result (the view carries ``result_ref``, D34) is then streamed from
 ``GET /tasks/{id}/result`` into one buffer (the one whole copy of its bytes this
 process holds), its sha256 checked as it arrives, and decoded by content type:
 JSON into a value, anything else returned as bytes. :meth:`ResultClient.stream`
-hands the chunks to the caller instead, never holding the whole value.
+hands the chunks to the caller instead, never holding the whole value (but for a
+sealed one, which opens only whole).
+
+Sealed results and error texts (D27) are opened with the producer's payload
+keyring; without one, a sealed result is a :class:`SealedResultError` that
+names the key it needs. An offloaded result comes sealed from the store (the API
+sends ``X-Taskstream-Sealed``) and is opened here once all of it has arrived and
+its sha256 matched.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,11 +39,13 @@ from taskstream.producer.api_client import ApiClient, AsyncApiClient, Download
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,
+    SealedResultError,
     TaskCancelledError,
     TaskFailedError,
 )
 from taskstream.schemas.state import TaskStatus
-from taskstream.schemas.view import is_json
+from taskstream.schemas.view import Opener, is_json, open_view
+from taskstream.security.errors import SealError
 
 #: Longest single long-poll; the loop makes up the rest of the caller's timeout.
 MAX_POLL_S = 30.0
@@ -72,6 +82,24 @@ def decode_streamed(buffer: io.BytesIO, content_type: str) -> Any:
     return orjson.loads(data) if is_json(content_type) else data
 
 
+def open_streamed(task_id: str, info: Download, buffer: io.BytesIO, opener: Opener | None
+                  ) -> io.BytesIO:
+    """``buffer`` with a sealed result (``X-Taskstream-Sealed``, D27) opened in place of
+    its bytes; a :class:`SealedResultError` when it cannot be."""
+    if not info.sealed:
+        return buffer
+    if opener is None:
+        raise SealedResultError(
+            f"task {task_id}'s result is sealed; configure the payload keyring "
+            "(TASKSTREAM_PAYLOAD_KEYS or TASKSTREAM_PAYLOAD_KEYRING_FILE) to read it")
+    sealed = buffer.getvalue()
+    buffer.close()
+    try:
+        return io.BytesIO(opener.open(sealed, task_id))
+    except SealError as exc:
+        raise SealedResultError(f"task {task_id}: {exc}") from None
+
+
 def result_path(task_id: str) -> str:
     return f"/tasks/{task_id}/result"
 
@@ -99,7 +127,24 @@ def decode_result(body: dict[str, Any]) -> Any:
     return body.get("result")
 
 
-def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished | Pending:
+def opened(task_id: str, body: dict[str, Any], opener: Opener | None) -> dict[str, Any]:
+    """A finished view with its sealed fields opened (a SealedResultError when they cannot
+    be: no payload keyring here, or not the key they were sealed with)."""
+    sealed = body.get("sealed") or []
+    if not sealed:
+        return body
+    if opener is None:
+        raise SealedResultError(
+            f"task {task_id}'s {', '.join(sealed)} is sealed; configure the payload keyring "
+            "(TASKSTREAM_PAYLOAD_KEYS or TASKSTREAM_PAYLOAD_KEYRING_FILE) to read it")
+    try:
+        return open_view(body, opener)
+    except SealError as exc:
+        raise SealedResultError(f"task {task_id}: {exc}") from None
+
+
+def interpret(task_id: str, url: str, status_code: int, body: Any,
+              opener: Opener | None = None) -> Finished | Pending:
     """What one API response means: finished, pending, or an exception raised."""
     if status_code in _RETRY_STATUS:
         status = "UNKNOWN" if status_code == 404 else f"API {status_code}"
@@ -117,9 +162,9 @@ def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished |
     if status == TaskStatus.SUCCEEDED:
         if body.get("result_ref"):
             return Finished(None, offloaded=True)
-        return Finished(decode_result(body))
+        return Finished(decode_result(opened(task_id, body, opener)))
     if status == TaskStatus.DEAD:
-        err = body.get("last_error")
+        err = opened(task_id, body, opener).get("last_error")
         raise TaskFailedError(task_id, err if isinstance(err, dict) else None)
     if status == TaskStatus.CANCELLED:
         raise TaskCancelledError(task_id, str(body.get("cancel_reason") or ""))
@@ -129,9 +174,11 @@ def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished |
 class ResultClient:
     """Blocking waits on the API; one connection pool per producer."""
 
-    def __init__(self, api_url: str, token: str | None) -> None:
-        self._client = ApiClient(api_url, token)
+    def __init__(self, api_url: str, token: str | None, opener: Opener | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self._client = ApiClient(api_url, token, verify)
         self.api_url = self._client.url
+        self._opener = opener
 
     def wait(self, task_id: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -145,7 +192,7 @@ class ResultClient:
             poll = min(left, MAX_POLL_S)
             resp = self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
                                         timeout=poll + 10)
-            outcome = interpret(task_id, url, resp.status_code, resp.body)
+            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
             if isinstance(outcome, Finished):
                 if outcome.offloaded:
                     return self.fetch(task_id, max(deadline - time.monotonic(), 1.0))
@@ -164,6 +211,12 @@ class ResultClient:
         with self._client.stream(path, timeout=timeout) as (info, chunks):
             if info.status_code != 200:
                 raise _refused(task_id, self.api_url + path, info)
+            if info.sealed:  # opened whole, once its sha256 matched (AES-GCM checks it all)
+                buffer = sized_buffer(info.size)
+                for chunk in chunks:
+                    buffer.write(chunk)
+                sink(open_streamed(task_id, info, buffer, self._opener).getvalue())
+                return info.content_type
             for chunk in chunks:
                 sink(chunk)
             return info.content_type
@@ -177,7 +230,8 @@ class ResultClient:
             buffer = sized_buffer(info.size)
             for chunk in chunks:
                 buffer.write(chunk)
-            return decode_streamed(buffer, info.content_type)
+            return decode_streamed(open_streamed(task_id, info, buffer, self._opener),
+                                   info.content_type)
 
     def close(self) -> None:
         self._client.close()
@@ -186,9 +240,11 @@ class ResultClient:
 class AsyncResultClient:
     """The asyncio twin of :class:`ResultClient`."""
 
-    def __init__(self, api_url: str, token: str | None) -> None:
-        self._client = AsyncApiClient(api_url, token)
+    def __init__(self, api_url: str, token: str | None, opener: Opener | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self._client = AsyncApiClient(api_url, token, verify)
         self.api_url = self._client.url
+        self._opener = opener
 
     async def wait(self, task_id: str, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
@@ -203,7 +259,7 @@ class AsyncResultClient:
             poll = min(left, MAX_POLL_S)
             resp = await self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
                                               timeout=poll + 10)
-            outcome = interpret(task_id, url, resp.status_code, resp.body)
+            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
             if isinstance(outcome, Finished):
                 if outcome.offloaded:
                     return await self.fetch(task_id, max(deadline - loop.time(), 1.0))
@@ -221,7 +277,8 @@ class AsyncResultClient:
             buffer = sized_buffer(info.size)
             async for chunk in chunks:
                 buffer.write(chunk)
-            return decode_streamed(buffer, info.content_type)
+            return decode_streamed(open_streamed(task_id, info, buffer, self._opener),
+                                   info.content_type)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -212,6 +212,7 @@ def test_offload_threshold_and_the_sdk_sees_an_offloaded_result() -> None:
 
 def test_the_batched_fold_turns_a_removal_into_a_tombstone_and_sends_it_again() -> None:
     from taskstream.processors.fold.lifecycle import Limits
+    from taskstream.processors.fold.validate import Checks
     from taskstream.processors.live.batch import fold_partition
     from taskstream.schemas.serde import encode_event, encode_state
     from tests.test_fold_batch import Rec
@@ -219,10 +220,11 @@ def test_the_batched_fold_turns_a_removal_into_a_tombstone_and_sends_it_again() 
     state, _ = finished_state()
     stored = {T.encode(): encode_state(state)}
     purge = env(PurgeRequested(), AT + 10, "p1")
-    first = fold_partition(0, [Rec(T.encode(), encode_event(purge), 7)], stored.get, Limits())
+    first = fold_partition(0, [Rec(T.encode(), encode_event(purge), 7)], stored.get, Limits(),
+                           Checks())
     change = first.changes[T.encode()]
     assert change.before == state and change.after is None  # a tombstone and index removal
-    again = fold_partition(0, [Rec(T.encode(), encode_event(purge), 7)], {}.get, Limits())
+    again = fold_partition(0, [Rec(T.encode(), encode_event(purge), 7)], {}.get, Limits(), Checks())
     assert again.changes[T.encode()].after is None  # read again after a crash: sent again
 
 
@@ -236,3 +238,4 @@ def test_a_finished_tasks_timer_is_its_retention_when_a_policy_is_given() -> Non
     assert timer is not None and timer.kind is TimerKind.RETENTION_DUE
     assert timer.due_at_ms == (state.finished_at_ms or 0) + 60_000
     assert timer.dispatch_id == state.dispatch_id
+

@@ -23,6 +23,7 @@ from typing import Any
 
 from taskstream.objectstore.offload import Offloader
 from taskstream.schemas.events import TaskDispatched
+from taskstream.security.sealing import Sealer
 from taskstream.workers.blobs import fetch_payload, store_result
 from taskstream.workers.context import TaskContext
 from taskstream.workers.outcome import (
@@ -62,19 +63,21 @@ async def _call(task: TaskDef, args: tuple[Any, ...], pool: Pool) -> Outcome:
 
 
 async def execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
-                  pool: Pool = Pool.THREAD, *, offloader: Offloader | None = None) -> Outcome:
+                  pool: Pool = Pool.THREAD, *, offloader: Offloader | None = None,
+                  sealer: Sealer | None = None) -> Outcome:
     """Run the handler once. Never raises, except CancelledError when cancelled.
 
-    With object storage (D34) the payload is fetched first and a large result stored
-    after (workers/blobs.py); their failures are the attempt's outcome.
+    With object storage (D34) the payload is fetched first (and opened, when sealed)
+    and a large result stored after (sealed first, when sealing; workers/blobs.py);
+    their failures are the attempt's outcome. An inline payload comes here opened.
     """
     if offloader is None and dispatched.payload_ref is None:  # the hot path: no extra await
         return await _execute(task, dispatched, ctx, pool, dispatched.payload)
-    raw = await fetch_payload(offloader, dispatched)
+    raw = await fetch_payload(offloader, dispatched, ctx.task_id, sealer)
     if isinstance(raw, Failure):
         return raw
     outcome = await _execute(task, dispatched, ctx, pool, raw)
-    return await store_result(offloader, ctx.task_id, ctx.attempt, dispatched, outcome)
+    return await store_result(offloader, ctx.task_id, ctx.attempt, dispatched, outcome, sealer)
 
 
 async def _execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,

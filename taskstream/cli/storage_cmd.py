@@ -30,9 +30,12 @@ from taskstream.cli.admin_cmds import (
     fmt_time,
     render_table,
 )
+from taskstream.errors import TaskstreamError
 from taskstream.producer.errors import ApiUnavailableError, ResultError
 from taskstream.producer.results import ResultClient
 from taskstream.schemas.state import TERMINAL
+from taskstream.security.sealing import payload_sealer
+from taskstream.security.tls import client_context
 
 
 def _settings() -> Any:
@@ -51,7 +54,11 @@ def result(task_id: str, out: Path | None, timeout: float, api_url: str | None) 
     """Stream a SUCCEEDED task's result (stdout, or --out FILE)."""
     settings = _settings()
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    client = ResultClient(api_url or settings.api_url, token)
+    try:  # sealed results (D27) are opened with the payload keyring when the CLI has it
+        client = ResultClient(api_url or settings.api_url, token, payload_sealer(settings),
+                              client_context(settings))
+    except TaskstreamError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         if out is None:
             sink = sys.stdout.buffer
