@@ -239,3 +239,49 @@ def test_a_finished_tasks_timer_is_its_retention_when_a_policy_is_given() -> Non
     assert timer.due_at_ms == (state.finished_at_ms or 0) + 60_000
     assert timer.dispatch_id == state.dispatch_id
 
+
+
+# -- the fold's record check of references and purges (D34, D35 on D28) ----------------------
+
+
+def test_the_record_check_takes_only_references_to_the_entitys_own_objects() -> None:
+    import hashlib
+
+    from taskstream.objectstore.keys import payload_key, result_key
+    from taskstream.schemas.events import ObjectRef, TaskSucceeded
+    from taskstream.schemas.ids import new_task_id
+    from tests.test_fold_validate import TASK, check, envelope, submitted
+
+    digest = hashlib.sha256(b"large").hexdigest()
+
+    def ref(key: str) -> ObjectRef:
+        return ObjectRef("bucket-1", key, 5, digest)
+
+    own = ref(payload_key(TASK, digest))
+    assert check(envelope(submitted(payload=b"", payload_ref=own))) is None
+    other = check(envelope(submitted(payload=b"", payload_ref=ref(
+        payload_key(new_task_id(), digest)))))
+    assert other is not None and "may only refer to its own object" in other
+    renamed = check(envelope(submitted(payload=b"", payload_ref=ref(
+        payload_key(TASK, "0" * 64)))))  # the key must carry the reference's own sha256
+    assert renamed is not None and "payload_ref" in renamed
+    both = check(envelope(submitted(payload=b"{}", payload_ref=own)))
+    assert both is not None and "inline too" in both
+
+    def succeeded(key: str, dispatch_id: str = "d1") -> TaskSucceeded:
+        return TaskSucceeded(dispatch_id=dispatch_id, worker_id="w", result=b"",
+                             result_content_type="application/json", result_ref=ref(key))
+
+    assert check(envelope(succeeded(result_key(TASK, 3, "d1")))) is None
+    for key in (result_key(TASK, 3, "d2"), result_key(new_task_id(), 3, "d1"),
+                f"tasks/{TASK}/result-x/../3-d1", "elsewhere/secret"):
+        refused = check(envelope(succeeded(key)))
+        assert refused is not None and "result_ref" in refused, key
+
+
+def test_the_record_check_bounds_a_purges_reason() -> None:
+    from tests.test_fold_validate import check, envelope
+
+    assert check(envelope(PurgeRequested(reason="gdpr request 12"))) is None
+    refused = check(envelope(PurgeRequested(reason="x" * 1001)))
+    assert refused is not None and "reason" in refused

@@ -25,6 +25,13 @@ def result_key(task_id: str, attempt: int, dispatch_id: str) -> str:
     return f"{PREFIX}{task_id}/result-{attempt}-{dispatch_id}"
 
 
+def is_result_key(key: str, task_id: str, dispatch_id: str) -> bool:
+    """Whether ``key`` is :func:`result_key` of this task and run (any attempt)."""
+    head, tail = f"{PREFIX}{task_id}/result-", f"-{dispatch_id}"
+    return (key.startswith(head) and key.endswith(tail)
+            and key[len(head):len(key) - len(tail)].isdigit())
+
+
 def task_of(key: str) -> str | None:
     """The task ID an object key belongs to, or None for a key that is not ours."""
     match = _KEY.match(key)
