@@ -130,3 +130,24 @@ def test_the_reaper_deletes_what_no_task_needs_and_keeps_the_rest(
     assert sorted(done.deleted_keys) == sorted(r.key for r in removed)
     left = sorted(o.key for o in store.list("tasks/"))
     assert left == sorted([accepted.key, in_flight.key])
+
+
+def test_doctor_checks_the_bucket_and_never_names_the_keys(s3_env: dict[str, str]) -> None:
+    """taskstream doctor's storage check (with storage_bucket set) against the real server:
+    the bucket answers; a missing bucket and a wrong secret each fail, saying what to fix."""
+    from taskstream.cli.doctor import FAIL, OK, ask_storage, judge_storage
+
+    def findings(env: dict[str, str]) -> list[tuple[str, str, str]]:
+        settings = load_settings(**storage_fields(env))
+        return [(f.level, f.message, f.fix) for f in judge_storage(settings,
+                                                                  ask_storage(settings))]
+
+    assert [level for level, _, _ in findings(s3_env)] == [OK]
+    missing = findings({**s3_env, "TASKSTREAM_STORAGE_BUCKET": "no-such-bucket-here"})
+    assert missing[0][0] == FAIL and "does not exist" in missing[0][1]
+    secret = "wrong-secret-" + "x" * 20
+    denied = findings({**s3_env, "TASKSTREAM_STORAGE_SECRET_KEY": secret})
+    assert denied[0][0] == FAIL and "TASKSTREAM_STORAGE_ACCESS_KEY" in denied[0][2]
+    shown = " ".join(" ".join(f) for f in [*missing, *denied])
+    assert secret not in shown and s3_env["TASKSTREAM_STORAGE_ACCESS_KEY"] not in shown
+    assert judge_storage(load_settings(), None) == []  # no bucket: nothing to check

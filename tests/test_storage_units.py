@@ -240,6 +240,18 @@ def test_a_finished_tasks_timer_is_its_retention_when_a_policy_is_given() -> Non
     assert timer.dispatch_id == state.dispatch_id
 
 
+def test_the_s3_clients_request_headers_never_reach_the_logs() -> None:
+    """botocore's DEBUG lines carry the Authorization header (it names the access key): its
+    loggers stay at INFO even at --loglevel debug, and never below the root's level."""
+    from taskstream.telemetry.logs import HEADER_LOGGERS, dict_config
+
+    assert "botocore" in HEADER_LOGGERS and "urllib3" in HEADER_LOGGERS
+    for level, quiet in (("debug", "INFO"), ("info", "INFO"), ("warning", "WARNING"),
+                         ("error", "ERROR")):
+        config = dict_config(level, "json")
+        assert config["root"]["level"] == level.upper()
+        assert {config["loggers"][name]["level"] for name in HEADER_LOGGERS} == {quiet}
+
 
 # -- the fold's record check of references and purges (D34, D35 on D28) ----------------------
 

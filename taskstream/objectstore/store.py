@@ -102,6 +102,10 @@ class ObjectStore:
                 "check storage_endpoint and that the server is up; the call may be retried"
             ) from None
 
+    def check_bucket(self) -> None:
+        """Raise unless the bucket exists and these credentials may use it (doctor)."""
+        self._call("head bucket", self._s3.head_bucket, Bucket=self.bucket)
+
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists (tests, dev, first start)."""
         try:
