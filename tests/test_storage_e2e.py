@@ -224,3 +224,51 @@ def test_retention_and_purge_remove_tasks_and_the_reaper_their_objects(
         code, out = run_cli(settings, "replay", "history", purged.task_id, "--json")
         assert code == 0 and "PurgeRequested" in out
         api.close()
+
+
+def test_sealed_values_are_stored_sealed_and_opened_where_the_keyring_is(
+        topics: Settings, s3_env: dict[str, str], tmp_path: Path) -> None:
+    """The SDK and the worker hold a payload keyring (D27), the processor does not: the
+    large payload and result are stored sealed, the worker opens the payload, the API
+    streams the result as stored (X-Taskstream-Sealed), and the SDK and the CLI open it;
+    an SDK without the keyring is told which key is missing."""
+    from taskstream.producer.errors import SealedResultError
+    from taskstream.producer.results import ResultClient
+    from taskstream.security.keyring import keyring_json, new_secret
+    from taskstream.security.sealing import is_sealed
+
+    keys = keyring_json({"k1": new_secret()}, "k1")
+    settings = with_storage(topics, s3_env)
+    keyed = with_storage(topics, s3_env, payload_keys=keys)
+    store = ObjectStore.from_settings(settings)
+    assert store is not None
+    replica = ProcessorProcess(settings, tmp_path / "replica0").start()
+    try:
+        with running_worker(app, keyed, concurrency=2, queues=keyed.queues):
+            keyed = keyed.model_copy(update={"api_url": replica.url})
+            with TaskProducer(keyed) as producer:
+                handle = producer.submit("storage.grow",
+                                         {"blob": "p" * 300_000, "size": 2_000_000})
+                value = handle.result(timeout=90)
+            assert value == {"seen": 300_000, "blob": "r" * 2_000_000}
+        state = StateReader(settings).wait(handle.task_id,
+                                           lambda s: s.status is TaskStatus.SUCCEEDED, "done")
+        assert state.payload_ref is not None and state.result_ref is not None
+        assert is_sealed(bytes(store.read(state.payload_ref)[:4]))
+        assert is_sealed(bytes(store.read(state.result_ref)[:4]))
+
+        raw = httpx.get(f"{replica.url}/tasks/{handle.task_id}/result", timeout=30)
+        assert raw.status_code == 200 and raw.headers.get("x-taskstream-sealed") == "1"
+        assert is_sealed(raw.content[:4])
+        plain = ResultClient(replica.url, None)
+        try:
+            with pytest.raises(SealedResultError, match="payload keyring"):
+                plain.fetch(handle.task_id, 30)
+        finally:
+            plain.close()
+
+        out = tmp_path / "result.json"
+        code, _ = run_cli(keyed, "result", handle.task_id, "--out", str(out))
+        assert code == 0 and json.loads(out.read_bytes()) == value
+    finally:
+        replica.stop()
