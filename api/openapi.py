@@ -347,7 +347,8 @@ def _paths() -> dict[str, Any]:
             params=[_TASK_ID], body=_command_body(), scope="admin")},
         "/tasks/{task_id}/result": {"get": _op(
             "A SUCCEEDED task's result as its own bytes and content type, streamed when it "
-            "lives in object storage (X-Taskstream-Sha256 carries its sha256)",
+            "lives in object storage (X-Taskstream-Sha256 carries its sha256; "
+            "X-Taskstream-Sealed: 1 when the bytes are a sealed value, D27)",
             {"200": {"description": "the result", "content": {
                 "application/octet-stream": {"schema": {"type": "string",
                                                         "format": "binary"}},
