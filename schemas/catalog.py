@@ -7,7 +7,10 @@ in every version, because Avro schema resolution (and a schema registry's
 compatibility check) matches records by name.
 
 Two top-level schemas per version: ``io.taskstream.Envelope`` (every event, on
-every topic) and ``io.taskstream.TaskState`` (the processor's task table). Each
+every topic) and ``io.taskstream.TaskState`` (the processor's task table); from
+v2 on also the state records of the other entity kinds (``GroupState``,
+``ScheduleState``: :data:`ENTITY_STATES`), stored in the same table under their
+own keys and told apart by their fingerprints (D19). Each
 is *expanded*: every named type it references is inlined where it is first
 used, which gives the self-contained JSON that fastavro parses, that a schema
 registry stores and whose Parsing Canonical Form is fingerprinted (CRC-64-AVRO,
@@ -17,7 +20,9 @@ The newest version is the one this build writes and reads into; every older
 version stays readable, because a reader finds the writer's schema by its
 fingerprint and resolves it against the newest. :func:`check_full_compatible`
 is the rule a new version must pass against the previous one (tests run it on
-every consecutive pair).
+every consecutive pair), except where :data:`BACKWARD_ONLY` says why a version
+only adds what old readers cannot know (new event bodies):
+:func:`check_version_compatible` applies the rule that holds.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ NAMESPACE = "io.taskstream"
 ENVELOPE = f"{NAMESPACE}.Envelope"
 TASK_STATE = f"{NAMESPACE}.TaskState"
 TOP_LEVEL = (ENVELOPE, TASK_STATE)
+#: the state records of the other entity kinds (D19), from the version that added them
+GROUP_STATE = f"{NAMESPACE}.GroupState"
+SCHEDULE_STATE = f"{NAMESPACE}.ScheduleState"
+ENTITY_STATES = (GROUP_STATE, SCHEDULE_STATE)
 AVRO_DIR = Path(__file__).resolve().parent / "avro"
 
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
@@ -72,6 +81,8 @@ class Catalog:
     versions: tuple[int, ...]
     envelopes: tuple[SchemaVersion, ...]
     states: tuple[SchemaVersion, ...]
+    #: every version of the other kinds' state records (ENTITY_STATES), oldest first
+    entities: tuple[SchemaVersion, ...] = ()
 
     @property
     def envelope(self) -> SchemaVersion:
@@ -84,7 +95,11 @@ class Catalog:
         return self.states[-1]
 
     def by_fingerprint(self) -> dict[bytes, SchemaVersion]:
-        return {s.fingerprint: s for s in (*self.envelopes, *self.states)}
+        return {s.fingerprint: s for s in (*self.envelopes, *self.states, *self.entities)}
+
+    def entity_versions(self, name: str) -> tuple[SchemaVersion, ...]:
+        """Every version of one kind's state record (``name``: a full Avro name)."""
+        return tuple(v for v in self.entities if v.name == name)
 
 
 def load_named_types(directory: Path) -> dict[str, JsonSchema]:
@@ -162,12 +177,14 @@ def load_catalog(root: Path = AVRO_DIR) -> Catalog:
     dirs = version_dirs(root)
     if not dirs:
         raise SchemaLoadError(f"no Avro schema versions (v1, v2, ...) under {root}")
-    envelopes, states = [], []
+    envelopes, states, entities = [], [], []
     for number, directory in dirs:
         types = load_named_types(directory)
         envelopes.append(build_version(number, ENVELOPE, types))
         states.append(build_version(number, TASK_STATE, types))
-    return Catalog(tuple(n for n, _ in dirs), tuple(envelopes), tuple(states))
+        entities.extend(build_version(number, name, types)
+                        for name in ENTITY_STATES if name in types)
+    return Catalog(tuple(n for n, _ in dirs), tuple(envelopes), tuple(states), tuple(entities))
 
 
 @functools.cache
@@ -303,3 +320,40 @@ def check_full_compatible(old: JsonSchema, new: JsonSchema) -> None:
         check_readable(new, old)
     except IncompatibleSchemaError as exc:
         raise IncompatibleSchemaError(f"forward: old schema cannot read new data; {exc}") from exc
+
+
+#: (version, top-level name) -> why that version is only BACKWARD compatible with the one
+#: before (every other pair must be FULL compatible)
+BACKWARD_ONLY: Mapping[tuple[int, str], str] = {
+    (2, ENVELOPE): (
+        "v2 adds event bodies (DependencyRegistered, ParentUpdate, GroupCreated, ScheduleSet, "
+        "ScheduleCommand) and timer kinds (DEPENDENCY_CHECK, SCHEDULE_DUE) for issue 15 "
+        "(D19): a v1 reader cannot read an event that uses one. Events shaped like v1's "
+        "still read with v1 (checked), but a v1 reader does not know v2's fingerprint "
+        "anyway: upgrade every processor and worker before any producer writes v2"),
+}
+
+
+def check_version_compatible(old: SchemaVersion, new: SchemaVersion) -> str:
+    """The rule between consecutive versions of one top-level schema: FULL, unless
+    :data:`BACKWARD_ONLY` says why not; then new reads old, and old reads the records of
+    new that only use what old has. Returns the rule checked ("FULL" or "BACKWARD")."""
+    if (new.version, new.name) not in BACKWARD_ONLY:
+        check_full_compatible(old.schema, new.schema)
+        return "FULL"
+    try:
+        check_readable(old.schema, new.schema)
+    except IncompatibleSchemaError as exc:
+        raise IncompatibleSchemaError(f"backward: new schema cannot read old data; {exc}") from exc
+    parsed_old, parsed_new = (parse_schema(copy.deepcopy(s)) for s in (old.schema, new.schema))
+    for record in sample_records(old.schema):
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, parsed_new, record)
+        buffer.seek(0)
+        try:
+            fastavro.schemaless_reader(buffer, parsed_new, parsed_old)
+        except Exception as exc:  # fastavro raises several types; all mean "cannot resolve"
+            raise IncompatibleSchemaError(
+                f"forward: the old schema cannot read v{old.version}-shaped data written "
+                f"with v{new.version}: {type(exc).__name__}: {exc}") from exc
+    return "BACKWARD"

@@ -22,14 +22,32 @@ from taskstream.schemas.catalog import NAMESPACE
 from taskstream.schemas.events import (
     BODY_TYPES,
     Backoff,
+    Dependent,
     Envelope,
     EventBody,
+    MisfirePolicy,
+    ParentFailurePolicy,
+    ParentOutcome,
+    ParentUpdate,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+    ScheduleSpec,
     TaskDispatched,
     TaskSubmitted,
     TimerFired,
     TimerKind,
 )
-from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
+from taskstream.schemas.state import (
+    ErrorInfo,
+    Firing,
+    GroupState,
+    GroupStatus,
+    ScheduleState,
+    ScheduleStatus,
+    TaskState,
+    TaskStatus,
+)
 
 Record = dict[str, Any]
 
@@ -54,16 +72,52 @@ _dispatched_flat = _flat_to(TaskDispatched)
 _state_flat = _flat_to(TaskState)
 
 
+_dependent_to = _flat_to(Dependent)
+
+
+def _dependents_from(records: list[Record]) -> list[Dependent]:
+    return [Dependent(**r) for r in records]
+
+
 def _submitted_to(body: TaskSubmitted) -> Record:
     record = _submitted_flat(body)
     record["backoff"] = _backoff_to(body.backoff)
     record["headers"] = _sorted_map(body.headers)
+    if body.dependents:
+        record["dependents"] = [_dependent_to(d) for d in body.dependents]
     return record
 
 
 def _submitted_from(record: Record) -> TaskSubmitted:
     record["backoff"] = Backoff(**record["backoff"])
+    record["on_parent_failure"] = ParentFailurePolicy(record["on_parent_failure"])
+    record["dependents"] = _dependents_from(record["dependents"])
     return TaskSubmitted(**record)
+
+
+_spec_flat = _flat_to(ScheduleSpec)
+
+
+def _spec_to(spec: ScheduleSpec) -> Record:
+    record = _spec_flat(spec)
+    record["task"] = _submitted_to(spec.task)
+    return record
+
+
+def _spec_from(record: Record) -> ScheduleSpec:
+    record["task"] = _submitted_from(record["task"])
+    record["misfire"] = MisfirePolicy(record["misfire"])
+    return ScheduleSpec(**record)
+
+
+def _parent_update_from(record: Record) -> ParentUpdate:
+    record["outcome"] = ParentOutcome(record["outcome"])
+    return ParentUpdate(**record)
+
+
+def _command_from(record: Record) -> ScheduleCommand:
+    record["op"] = ScheduleOp(record["op"])
+    return ScheduleCommand(**record)
 
 
 def _dispatched_to(body: TaskDispatched) -> Record:
@@ -83,10 +137,14 @@ def _body_codecs() -> tuple[
     special_to: dict[type, Callable[[Any], Record]] = {
         TaskSubmitted: _submitted_to,
         TaskDispatched: _dispatched_to,
+        ScheduleSet: lambda body: {"spec": _spec_to(body.spec)},
     }
     special_from: dict[type, Callable[[Record], EventBody]] = {
         TaskSubmitted: _submitted_from,
         TimerFired: _timer_from,
+        ParentUpdate: _parent_update_from,
+        ScheduleSet: lambda record: ScheduleSet(_spec_from(record["spec"])),
+        ScheduleCommand: _command_from,
     }
     to: dict[type, tuple[str, Callable[[Any], Record]]] = {}
     back: dict[str, Callable[[Record], EventBody]] = {}
@@ -141,6 +199,8 @@ def state_to_record(state: TaskState) -> Record:
     record["headers"] = _sorted_map(state.headers)
     if state.last_error is not None:
         record["last_error"] = _error_to(state.last_error)
+    if state.dependents:
+        record["dependents"] = [_dependent_to(d) for d in state.dependents]
     return record
 
 
@@ -151,4 +211,39 @@ def state_from_record(record: Record) -> TaskState:
     error = record["last_error"]
     if error is not None:
         record["last_error"] = ErrorInfo(**error)
+    record["on_parent_failure"] = ParentFailurePolicy(record["on_parent_failure"])
+    record["dependents"] = _dependents_from(record["dependents"])
     return TaskState(**record)
+
+
+# --- the other entity kinds' states (D19): rarer, so plain code --------------------------
+
+_group_flat = _flat_to(GroupState)
+_schedule_flat = _flat_to(ScheduleState)
+_firing_to = _flat_to(Firing)
+
+
+def group_to_record(state: GroupState) -> Record:
+    record = _group_flat(state)
+    record["dependents"] = [_dependent_to(d) for d in state.dependents]
+    return record
+
+
+def group_from_record(record: Record) -> GroupState:
+    record["status"] = GroupStatus(record["status"])
+    record["dependents"] = _dependents_from(record["dependents"])
+    return GroupState(**record)
+
+
+def schedule_to_record(state: ScheduleState) -> Record:
+    record = _schedule_flat(state)
+    record["spec"] = _spec_to(state.spec)
+    record["last_firings"] = [_firing_to(f) for f in state.last_firings]
+    return record
+
+
+def schedule_from_record(record: Record) -> ScheduleState:
+    record["status"] = ScheduleStatus(record["status"])
+    record["spec"] = _spec_from(record["spec"])
+    record["last_firings"] = [Firing(**f) for f in record["last_firings"]]
+    return ScheduleState(**record)

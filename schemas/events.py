@@ -10,8 +10,14 @@ Who writes what:
 * clients (producer SDK, HTTP API, CLI): ``TaskSubmitted``, ``CancelRequested``,
   ``RedriveRequested``;
 * workers: ``TaskStarted``, ``LeaseRenewed``, ``TaskSucceeded``, ``TaskFailed``;
-* processors: ``TimerFired`` (the only processor event written to the events
-  topic: it carries the wall clock into the log so the fold stays pure).
+* processors: ``TimerFired`` (it carries the wall clock into the log so the fold
+  stays pure), and the events one entity sends another (a dependency's
+  registration and its answers, a schedule's firings): ENTITIES in
+  docs/decisions.md (D19).
+
+``Envelope.task_id`` is the record key of the entity an event is about: a task
+ID, or ``<kind>:<id>`` (``schedule:nightly``, ``group:01H...``) for the other
+entity kinds; the name stays for wire compatibility.
 
 ``TaskDispatched``, ``TaskDeadLettered`` and ``TaskCancelled`` are *derived*: the
 processor computes them from the fold and writes them to the ready, dlq and
@@ -31,6 +37,39 @@ class TimerKind(enum.StrEnum):
     DELAY_DUE = "DELAY_DUE"  # a SCHEDULED task's eta has come
     RETRY_DUE = "RETRY_DUE"  # a RETRYING task's backoff has passed
     LEASE_EXPIRED = "LEASE_EXPIRED"  # a RUNNING attempt stopped renewing its lease
+    # --- dependencies and schedules (issue 15) ---
+    DEPENDENCY_CHECK = "DEPENDENCY_CHECK"  # a WAITING task asks unanswered parents again
+    SCHEDULE_DUE = "SCHEDULE_DUE"  # a schedule's next fire time (plus jitter) has come
+
+
+class ParentFailurePolicy(enum.StrEnum):
+    """What a waiting task does when a parent ends DEAD or CANCELLED."""
+
+    CANCEL = "CANCEL"  # the task is CANCELLED, with the parent's reason
+    RUN = "RUN"  # the task runs anyway once every parent has settled
+
+
+class ParentOutcome(enum.StrEnum):
+    """A parent's answer: PENDING (it exists and will tell), or how it settled."""
+
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # DEAD (or a group with a member that did not succeed)
+    CANCELLED = "CANCELLED"
+
+
+class MisfirePolicy(enum.StrEnum):
+    """What a schedule does with fire times that passed while nobody could fire them."""
+
+    SKIP = "SKIP"  # fire only the latest, and only if it is within misfire_grace_ms
+    RUN_ONCE = "RUN_ONCE"  # fire the latest once, skip the others
+    CATCH_UP = "CATCH_UP"  # fire each, the latest catch_up_max at most
+
+
+class ScheduleOp(enum.StrEnum):
+    PAUSE = "PAUSE"
+    RESUME = "RESUME"
+    DELETE = "DELETE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +80,14 @@ class Backoff:
     multiplier: float = 2.0
     max_ms: int = 300_000
     jitter: float = 0.1  # fraction of the delay, 0..1; derived from (task_id, attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Dependent:
+    """An entity to notify when a task or a group settles (``slot``: a group member's place)."""
+
+    key: str
+    slot: int | None = None
 
 
 # --- client events ---------------------------------------------------------
@@ -61,7 +108,13 @@ class TaskSubmitted:
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
-    depends_on: list[str] = field(default_factory=list)  # stored, not yet acted on
+    depends_on: list[str] = field(default_factory=list)  # parents: task IDs or group keys
+    on_parent_failure: ParentFailurePolicy = ParentFailurePolicy.CANCEL
+    #: how long to wait for a parent nobody has heard of; None (an SDK before v2, which
+    #: ignored depends_on): depends_on is recorded and not waited on, as it was then
+    dependency_timeout_ms: int | None = None
+    #: entities to notify when the task settles, known at submit (a group's members)
+    dependents: list[Dependent] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +192,7 @@ class TaskDispatched:
     submitted_at_ms: int
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)  # whose results the worker may fetch
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +216,64 @@ class TaskCancelled:
     reason: str = ""
 
 
+# --- dependencies, groups and schedules (issue 15; D19) --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyRegistered:
+    """Keyed by the parent: ``dependent`` (an entity key) waits for it to settle."""
+
+    dependent: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParentUpdate:
+    """Keyed by the dependent: a parent's answer to a registration, or its outcome."""
+
+    parent: str
+    outcome: ParentOutcome
+    reason: str = ""
+    slot: int | None = None  # a group member's place, for the group's count
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCreated:
+    """Keyed by ``group:<id>``: a group of ``size`` members (IDs derived from id and slot)."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSpec:
+    """When a schedule fires (``cron`` or ``every_ms``) and the task each firing submits."""
+
+    task: TaskSubmitted
+    cron: str | None = None
+    every_ms: int | None = None
+    timezone: str = "UTC"
+    start_at_ms: int | None = None
+    end_at_ms: int | None = None
+    jitter_ms: int = 0
+    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    catch_up_max: int = 10
+    misfire_grace_ms: int = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSet:
+    """Keyed by ``schedule:<id>``: create the schedule or replace its spec."""
+
+    spec: ScheduleSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCommand:
+    """Keyed by ``schedule:<id>``: pause, resume or delete it."""
+
+    op: ScheduleOp
+    reason: str = ""
+
+
 EventBody = (
     TaskSubmitted
     | CancelRequested
@@ -174,6 +286,11 @@ EventBody = (
     | TaskDispatched
     | TaskDeadLettered
     | TaskCancelled
+    | DependencyRegistered
+    | ParentUpdate
+    | GroupCreated
+    | ScheduleSet
+    | ScheduleCommand
 )
 
 #: Every body type, in the order of the Avro union (append only: never reorder).
@@ -189,12 +306,19 @@ BODY_TYPES: tuple[type, ...] = (
     TaskDispatched,
     TaskDeadLettered,
     TaskCancelled,
+    # --- issue 15 (D19) ---
+    DependencyRegistered,
+    ParentUpdate,
+    GroupCreated,
+    ScheduleSet,
+    ScheduleCommand,
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One fact about one task. The Kafka key is ``task_id``."""
+    """One fact about one entity. The Kafka key is ``task_id``: the entity's key (a task
+    ID, or ``<kind>:<id>`` for the other kinds)."""
 
     event_id: str  # ULID; unique per fact, the unit of idempotency
     task_id: str

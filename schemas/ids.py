@@ -94,3 +94,31 @@ def derived_task_id(name: str, key: str) -> str:
         b"%s%d:%s%s" % (_DERIVE_DOMAIN, len(name_bytes), name_bytes, key.encode("utf-8"))
     ).digest()
     return encode_128(int.from_bytes(digest[:16], "big"))
+
+
+# --- the keys of the other entity kinds (D19) -----------------------------------------
+
+#: key prefixes: lowercase, so they sort after every task ID in a partition's RocksDB
+SCHEDULE_PREFIX = "schedule:"
+GROUP_PREFIX = "group:"
+
+
+def schedule_key(schedule_id: str) -> str:
+    """The record key of a schedule entity."""
+    return f"{SCHEDULE_PREFIX}{schedule_id}"
+
+
+def group_key(group_id: str) -> str:
+    """The record key of a group entity."""
+    return f"{GROUP_PREFIX}{group_id}"
+
+
+def firing_task_id(schedule_id: str, fire_at_ms: int) -> str:
+    """The task ID of a schedule's firing at ``fire_at_ms``: the same wherever and however
+    often it is computed, so a repeated firing meets the first as a duplicate."""
+    return derived_task_id(schedule_key(schedule_id), str(fire_at_ms))
+
+
+def member_task_id(group_id: str, slot: int) -> str:
+    """The task ID of a group's member ``slot``: derived, so the group never stores them."""
+    return derived_task_id(group_key(group_id), str(slot))

@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import orjson
 from pydantic import (
@@ -42,7 +42,8 @@ from pydantic import (
 )
 
 from taskstream.schemas.errors import InvalidSpecError
-from taskstream.schemas.events import Backoff, TaskSubmitted
+from taskstream.schemas.events import Backoff, Dependent, ParentFailurePolicy, TaskSubmitted
+from taskstream.schemas.ids import GROUP_PREFIX, group_key
 from taskstream.schemas.view import TaskView
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackoffSpec",
+    "GroupSlot",
     "SpecLimits",
     "TaskSpec",
     "TaskView",
@@ -61,6 +63,13 @@ BYTES_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+#: a group's own ID (its key is ``group:<id>``)
+GROUP_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+#: the most parents one task may have, and the most dependents: one setting
+#: (``max_dependencies``), the security bounds use it too; a larger fan-in is a group
+MAX_DEPENDENCIES = 1000
+#: how long a task waits for a parent nobody has heard of (``dependency_timeout_s``)
+DEPENDENCY_TIMEOUT_S = 300.0
 
 
 #: the longest delay, lease, timeout or backoff a spec may ask for: ten years. Beyond
@@ -75,12 +84,16 @@ class SpecLimits:
     name_pattern: str = DEFAULT_NAME_PATTERN
     priority_min: int = 0
     priority_max: int = 2
+    max_dependencies: int = MAX_DEPENDENCIES
+    dependency_timeout_s: float = DEPENDENCY_TIMEOUT_S
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpecLimits:
         return cls(
             max_payload_bytes=settings.max_payload_bytes,
             priority_max=settings.priority_levels - 1,
+            max_dependencies=settings.max_dependencies,
+            dependency_timeout_s=settings.dependency_timeout_s,
         )
 
 
@@ -163,6 +176,15 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+class GroupSlot(BaseModel):
+    """A task's place in a group (set by ``producer.group``): its ID derives from both."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_id: str = Field(pattern=GROUP_ID_PATTERN)
+    slot: int = Field(ge=0)
+
+
 class TaskSpec(BaseModel):
     """One task to submit. See the module docstring for limits and payloads."""
 
@@ -185,7 +207,19 @@ class TaskSpec(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
     headers: dict[str, str] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="parents: task IDs, or group:<id> keys; the task waits in WAITING until "
+                    "every parent has SUCCEEDED")
+    on_parent_failure: Literal["cancel", "run"] = Field(
+        default="cancel", description="when a parent ends DEAD or CANCELLED: cancel this task "
+        "(with the reason) or run it anyway once every parent has settled")
+    dependency_timeout: float | None = Field(
+        default=None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
+        description="seconds to wait for a parent nobody has heard of before failing "
+                    "(default: the dependency_timeout_s setting)")
+    member_of: GroupSlot | None = Field(
+        default=None, description="set by the group helper: the task's group and place in it")
 
     _payload_bytes: bytes = PrivateAttr(default=b"")
 
@@ -217,16 +251,30 @@ class TaskSpec(BaseModel):
 
     @field_validator("depends_on")
     @classmethod
-    def _check_depends_on(cls, value: list[str]) -> list[str]:
-        for task_id in value:
-            if re.fullmatch(TASK_ID_PATTERN, task_id) is None:
-                raise ValueError(f"depends_on entry {task_id!r} is not a 26-character task ID")
+    def _check_depends_on(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        bound = _limits(info).max_dependencies
+        if len(value) > bound:
+            raise ValueError(f"{len(value)} parents; at most {bound} (max_dependencies): "
+                             "for a larger fan-in, depend on a group (producer.group)")
+        for parent in value:
+            if parent.startswith(GROUP_PREFIX):
+                if re.fullmatch(GROUP_ID_PATTERN, parent[len(GROUP_PREFIX):]) is None:
+                    raise ValueError(f"depends_on entry {parent!r} is not group:<id>")
+            elif re.fullmatch(TASK_ID_PATTERN, parent) is None:
+                raise ValueError(f"depends_on entry {parent!r} is not a 26-character task ID "
+                                 "or a group:<id> key")
         return value
 
     @model_validator(mode="after")
     def _check_whole(self, info: ValidationInfo) -> Self:
         if self.delay is not None and self.eta is not None:
             raise ValueError("give delay or eta, not both")
+        if self.depends_on and (self.delay is not None or self.eta is not None):
+            raise ValueError("give depends_on or a delay/eta, not both: a task with parents "
+                             "runs when they have succeeded")
+        if self.member_of is not None and self.idempotency_key is not None:
+            raise ValueError("a group member's ID derives from the group's ID and its slot; "
+                             "give the group an ID instead of an idempotency_key")
         self._payload_bytes = self._encode_payload(_limits(info).max_payload_bytes)
         return self
 
@@ -278,8 +326,14 @@ class TaskSpec(BaseModel):
             return now_ms + _ms(self.delay)
         return None
 
-    def to_submitted(self, now_ms: int) -> TaskSubmitted:
-        """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta)."""
+    def to_submitted(self, now_ms: int, limits: SpecLimits | None = None) -> TaskSubmitted:
+        """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta).
+
+        A task with parents carries its dependency timeout (this spec's, else the
+        limits' default) so the fold never reads a setting (D19).
+        """
+        timeout_s = self.dependency_timeout or (limits or _DEFAULT_LIMITS).dependency_timeout_s
+        member = self.member_of
         return TaskSubmitted(
             name=self.name,
             queue=self.queue,
@@ -295,4 +349,8 @@ class TaskSpec(BaseModel):
             headers=dict(self.headers),
             tags=list(self.tags),
             depends_on=list(self.depends_on),
+            on_parent_failure=ParentFailurePolicy(self.on_parent_failure.upper()),
+            dependency_timeout_ms=_ms(timeout_s) if self.depends_on else None,
+            dependents=[] if member is None else [
+                Dependent(group_key(member.group_id), member.slot)],
         )

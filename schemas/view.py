@@ -17,7 +17,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskstream.schemas.state import ErrorInfo, TaskState
 
@@ -89,6 +89,15 @@ RENDERED = {
 }
 
 
+class DependentView(BaseModel):
+    """An entity told when this task settles (``slot``: its place in a group)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    slot: int | None = None
+
+
 class TaskView(BaseModel):
     """One task as ``GET /tasks/{id}`` returns it."""
 
@@ -138,6 +147,16 @@ class TaskView(BaseModel):
     duplicates: int
     conflicts: int
     rejected: int
+    on_parent_failure: str
+    waiting_on: list[str] = Field(
+        default_factory=list, description="WAITING: the parents that have not settled yet")
+    unconfirmed: list[str] = Field(
+        default_factory=list, description="parents that have not answered yet (unknown IDs "
+        "fail the task at dependency_deadline)")
+    dependency_deadline_ms: int | None = None
+    dependency_checks: int = 0
+    parent_failure: str | None = None
+    dependents: list[DependentView] = Field(default_factory=list)
     recent_event_ids: list[str]
 
     @classmethod
@@ -192,5 +211,12 @@ class TaskView(BaseModel):
             duplicates=s.duplicates,
             conflicts=s.conflicts,
             rejected=s.rejected,
+            on_parent_failure=s.on_parent_failure.value.lower(),
+            waiting_on=list(s.waiting_on),
+            unconfirmed=list(s.unconfirmed),
+            dependency_deadline_ms=s.dependency_deadline_ms,
+            dependency_checks=s.dependency_checks,
+            parent_failure=s.parent_failure,
+            dependents=[DependentView(key=d.key, slot=d.slot) for d in s.dependents],
             recent_event_ids=list(s.recent_event_ids),
         )

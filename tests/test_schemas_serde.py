@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from taskstream.schemas import events
 from taskstream.schemas.catalog import catalog
 from taskstream.schemas.errors import DecodeError, EncodeError
 from taskstream.schemas.events import (
@@ -26,6 +27,17 @@ from taskstream.schemas.events import (
     Envelope,
     LeaseRenewed,
     RedriveRequested,
+    Dependent,
+    DependencyRegistered,
+    GroupCreated,
+    MisfirePolicy,
+    ParentFailurePolicy,
+    ParentOutcome,
+    ParentUpdate,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+    ScheduleSpec,
     TaskCancelled,
     TaskDeadLettered,
     TaskDispatched,
@@ -65,7 +77,10 @@ BODIES: list[Any] = [
         idempotency_key="order-1",
         headers=HEADERS,
         tags=["a", "b"],
-        depends_on=["01HZX0000000000000000000AA"],
+        depends_on=["01HZX0000000000000000000AA", "group:g1"],
+        on_parent_failure=ParentFailurePolicy.RUN,
+        dependency_timeout_ms=60_000,
+        dependents=[Dependent("group:g2", 7), Dependent("01HZX0000000000000000000BB")],
     ),
     TaskSubmitted("n", "q", 0, b"", "application/octet-stream", None, 1, Backoff(), None, 1),
     CancelRequested(),
@@ -96,6 +111,18 @@ BODIES: list[Any] = [
     TaskDeadLettered("app.send", "default", b"p", "text/plain", "E", "m", "tb", 3),
     TaskCancelled("stop"),
     TaskCancelled(),
+    DependencyRegistered("01HZX0000000000000000000BB"),
+    ParentUpdate("01HZX0000000000000000000AA", ParentOutcome.FAILED, "DEAD: boom", 3),
+    ParentUpdate("group:g1", ParentOutcome.PENDING),
+    GroupCreated(10_000),
+    ScheduleSet(ScheduleSpec(
+        TaskSubmitted("n", "q", 0, b"{}", "application/json", None, 1, Backoff(), None, 1),
+        cron="*/5 * * * * 30", timezone="Europe/Berlin", start_at_ms=NOW, end_at_ms=NOW + 1,
+        jitter_ms=500, misfire=MisfirePolicy.CATCH_UP, catch_up_max=3)),
+    ScheduleSet(ScheduleSpec(
+        TaskSubmitted("n", "q", 0, b"", "c", None, 1, Backoff(), None, 1), every_ms=2000)),
+    ScheduleCommand(ScheduleOp.PAUSE, "maintenance"),
+    ScheduleCommand(ScheduleOp.DELETE),
 ]
 
 
@@ -188,6 +215,8 @@ def _as_dict(value: Any) -> Any:
         return {name: _as_dict(getattr(value, name)) for name in value.__dataclass_fields__}
     if isinstance(value, dict):
         return dict(sorted(value.items()))
+    if isinstance(value, list):
+        return [_as_dict(v) for v in value]
     return value
 
 
@@ -339,7 +368,8 @@ def _strategy(name: str, tp: Any) -> st.SearchStrategy[Any]:
     if origin is dict:
         return st.dictionaries(TEXT, TEXT, max_size=4)
     if origin is list:
-        return st.lists(TEXT, max_size=4)
+        (item,) = typing.get_args(tp)
+        return st.lists(_builds(item) if dataclasses.is_dataclass(item) else TEXT, max_size=4)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from(list(tp))
     if dataclasses.is_dataclass(tp):
@@ -355,7 +385,7 @@ def _strategy(name: str, tp: Any) -> st.SearchStrategy[Any]:
 
 
 def _builds(cls: Any) -> st.SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]) | vars(events))
     return st.builds(
         cls, **{f.name: _strategy(f.name, hints[f.name]) for f in dataclasses.fields(cls)}
     )

@@ -8,6 +8,15 @@ effects carry a whole derived record (docs/decisions.md, D3):
 * :class:`DeadLetter` — a ``TaskDeadLettered`` copy for the ``dlq`` topic;
 * :class:`PublishCancel` — a ``TaskCancelled`` record for the ``cancellations`` topic.
 
+One more carries an event for the **events topic** (docs/decisions.md, D19):
+
+* :class:`Emit` — an event about another entity, keyed by ``envelope.task_id``
+  (that entity's key): a dependent's registration with its parent, a parent's
+  answer or outcome, a schedule's firing (a ``TaskSubmitted``). Its event id is
+  derived from the cause (``<cause>.<what>``), so a redo emits the same id and the
+  receiver's idempotency drops the repeat; replay folds emitted events from the
+  log like any other and never emits (``effects=False``).
+
 The others are notes: timers to set or clear (the due index is derived from the
 state itself, D5, so these are informative), and outcomes to count
 (:class:`Rejected`, :class:`Duplicate`, :class:`RetryScheduled`).
@@ -30,6 +39,7 @@ from taskstream.processors.fold.copy import (
 )
 from taskstream.schemas.events import (
     Envelope,
+    EventBody,
     TaskCancelled,
     TaskDeadLettered,
     TaskDispatched,
@@ -58,6 +68,13 @@ class DeadLetter:
 @dataclass(frozen=True, slots=True)
 class PublishCancel:
     """Send ``envelope`` (body ``TaskCancelled``) to the cancellations topic."""
+
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Send ``envelope`` to the events topic, keyed by ``envelope.task_id`` (D19)."""
 
     envelope: Envelope
 
@@ -102,6 +119,7 @@ Effect = (
     Dispatch
     | DeadLetter
     | PublishCancel
+    | Emit
     | SetTimer
     | ClearTimer
     | Rejected
@@ -110,7 +128,7 @@ Effect = (
 )
 
 #: the effects that leave the processor as records (the ones "redo" re-emits)
-OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel)
+OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel, Emit)
 
 
 def _envelope(state: TaskState, event_id: str, occurred_at_ms: int,
@@ -171,6 +189,13 @@ def cancel_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     """The cancellations record of a CANCELLED task."""
     body = new_cancelled(reason=state.cancel_reason or "")
     return _envelope(state, f"{cause_event_id}.cancel", _finished(state), body)
+
+
+def emit_envelope(key: str, event_id: str, occurred_at_ms: int,
+                  body: EventBody) -> Emit:
+    """An :class:`Emit` of ``body`` to the entity ``key`` (``event_id`` derived from the cause)."""
+    return Emit(new_envelope(event_id=event_id, task_id=key, occurred_at_ms=occurred_at_ms,
+                             source=PROCESSOR_SOURCE, attempt=0, body=body))
 
 
 def _finished(state: TaskState) -> int:
