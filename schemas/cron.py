@@ -67,7 +67,7 @@ class _FieldError(Exception):
 
 
 def _value(text: str, index: int) -> int:
-    name, low, high = FIELDS[index]
+    _, low, high = FIELDS[index]
     upper = text.upper()
     if index == 3 and upper in _MONTHS:
         return _MONTHS[upper]

@@ -22,9 +22,8 @@ and stated in docs/schemas.md.
 from __future__ import annotations
 
 import functools
-from typing import Any
-
 from collections.abc import Callable
+from typing import Any
 
 from taskstream.schemas.catalog import GROUP_STATE, SCHEDULE_STATE, Catalog, SchemaVersion, catalog
 from taskstream.schemas.codec.compiled import FastCodec, build_fast_codec

@@ -165,6 +165,7 @@ def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:
         submitted_at_ms=state.submitted_at_ms,
         idempotency_key=state.idempotency_key,
         headers=dict(state.headers),
+        parents=list(state.depends_on) if state.dependency_deadline_ms is not None else [],
     )
     return _envelope(state, f"{cause_event_id}.dispatch", state.dispatched_at_ms, body)
 

@@ -16,6 +16,8 @@ How one event is applied, in order:
    events from the last commit are read again while the store may already hold
    their results; the last of them for each task is the last applied id, and
    re-emitting what its state implies recovers any record that never left.
+   With dependencies (D19) it also re-sends a WAITING task's registrations and a
+   settled task's notifications; their receivers act on each only once.
    Downstream all three are idempotent: a second ``TaskStarted`` for the same
    dispatch is fenced, dlq and cancellation consumers key by task id.
 1. ``TaskSubmitted`` for an unknown task creates it; for a known task it is a
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from taskstream.processors.fold import dependencies
 from taskstream.processors.fold.copy import copy_recorded
 from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
@@ -67,20 +70,24 @@ from taskstream.processors.fold.steps import (
     submit_new,
     succeeded,
     timer,
+    timer_fence,
 )
 from taskstream.schemas.events import (
     BODY_TYPES,
     CancelRequested,
+    DependencyRegistered,
     Envelope,
     LeaseRenewed,
+    ParentUpdate,
     RedriveRequested,
     TaskFailed,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
     TimerFired,
+    TimerKind,
 )
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.state import TERMINAL, TaskState, TaskStatus
 
 __all__ = [
     "TRANSITIONS",
@@ -118,10 +125,7 @@ def apply(
     key = _PLAIN_KEYS.get(body.__class__) or event_key(event)
     if state is None:
         if isinstance(body, TaskSubmitted):
-            created, made = submit_new(event, body, effects)
-            if created.status not in _SUBMIT_TO:
-                check_transition(None, key, created.status)  # raises: a bug
-            return _record(created, event, limits, fresh=True), made
+            return _create(event, body, limits, effects)
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
     if state.task_id != event.task_id:
         raise LifecycleError(
@@ -137,21 +141,41 @@ def apply(
     if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
     step = _step(state, event, limits, effects)
+    if step.__class__ is str:
+        step = Refusal(step)  # type: ignore[arg-type]
     if step.__class__ is Refusal:
         return _reject(state, event, limits, step.reason)
     after, made = step  # type: ignore[misc]
     if after.status not in allowed:
         check_transition(state.status, key, after.status)  # raises: a bug
+    if after.dependents and effects and after.status in TERMINAL and (
+            state.status not in TERMINAL):  # settled now: tell the dependents (D19)
+        made = [*made, *dependencies.notifications(after, event.event_id, event.occurred_at_ms)]
     return _record(after, event, limits, fresh=after is not state), made
 
 
-def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step:
+def _create(event: Envelope, body: TaskSubmitted, limits: Limits,
+            effects: bool) -> tuple[TaskState, list[Effect]]:
+    """A task's first submission: its state, WAITING if it has parents (D19)."""
+    created, made = submit_new(event, body, effects)
+    if created.status is TaskStatus.WAITING:
+        created, made = dependencies.waiting(
+            created, event, body.dependency_timeout_ms or 0, limits, effects)
+    if created.status not in _SUBMIT_TO:
+        check_transition(None, "TaskSubmitted", created.status)  # raises: a bug
+    return _record(created, event, limits, fresh=True), made
+
+
+def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step | str:
     body = event.body
     match body:  # the bench's (and most logs') commonest bodies first
         case TaskStarted():
             return started(state, event, body, effects)
         case TaskSucceeded():
             return succeeded(state, event, body, limits, effects)
+        case TimerFired() if body.kind is TimerKind.DEPENDENCY_CHECK:
+            return timer_fence(state, event, body) or dependencies.check(
+                state, event, body, effects)
         case TimerFired():
             return timer(state, event, body, effects)
         case LeaseRenewed():
@@ -162,6 +186,10 @@ def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> S
             return cancel(state, event, body, effects)
         case RedriveRequested():
             return redrive(state, event, body, effects)
+        case ParentUpdate():
+            return dependencies.parent_update(state, event, body, effects)
+        case DependencyRegistered():
+            return dependencies.registered(state, event, body, limits, effects)
         case _:  # derived records never reach here: TRANSITIONS has no key for them
             return Refusal(f"{event.type_name} is not an events-topic record")
 
@@ -197,15 +225,17 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
     time, attempt and body); re-applying a later event gives the same records
     under that event's derived id (same dispatch id, so workers fence a repeat).
     """
+    linked = dependencies.redo(state, cause_event_id) if (
+        state.dependents or state.status is TaskStatus.WAITING) else []
     match state.status:
         case TaskStatus.READY:
             return [Dispatch(dispatch_envelope(state, cause_event_id))]
         case TaskStatus.DEAD:
-            return [DeadLetter(dead_letter_envelope(state, cause_event_id))]
+            return [DeadLetter(dead_letter_envelope(state, cause_event_id)), *linked]
         case TaskStatus.CANCELLED:
-            return [PublishCancel(cancel_envelope(state, cause_event_id))]
+            return [PublishCancel(cancel_envelope(state, cause_event_id)), *linked]
         case _:
-            return []
+            return linked
 
 
 def fold(events: Iterable[Envelope], limits: Limits = _DEFAULT_LIMITS) -> dict[str, TaskState]:

@@ -31,6 +31,9 @@ class Limits:
     """Bounds on what one task's state may hold.
 
     ``max_result_bytes``: longer results are truncated (``result_truncated``).
+    ``max_dependencies``: the most dependents one task keeps; a registration
+    beyond it is answered FAILED (the SDK bounds a task's parents by the same
+    setting).
     ``recent_events``: how many applied event ids the state remembers for
     idempotency; a repeat older than that is treated as a new event (fenced
     events are still rejected, but a stale ``TaskSubmitted`` counts as a
@@ -39,12 +42,16 @@ class Limits:
 
     max_result_bytes: int = 262_144
     recent_events: int = 16
+    #: the most dependents a task or group keeps (the max_dependencies setting, D19)
+    max_dependencies: int = 1000
 
     def __post_init__(self) -> None:
         if self.max_result_bytes < 0:
             raise LifecycleError(
                 f"max_result_bytes must be >= 0, got {self.max_result_bytes}; "
                 "use 0 to store no result bytes at all")
+        if self.max_dependencies < 1:
+            raise LifecycleError(f"max_dependencies must be >= 1, got {self.max_dependencies}")
         if self.recent_events < 1:
             raise LifecycleError(
                 f"recent_events must be >= 1, got {self.recent_events}; idempotency and "
@@ -57,7 +64,8 @@ NON_TERMINAL: tuple[TaskStatus, ...] = (S.SCHEDULED, S.WAITING, S.READY, S.RUNNI
 _FAILURE = frozenset({S.RETRYING, S.DEAD})
 
 _TABLE: dict[tuple[TaskStatus | None, str], frozenset[TaskStatus]] = {
-    (None, "TaskSubmitted"): frozenset({S.SCHEDULED, S.READY}),
+    # WAITING: it has parents; DEAD: parents no task may have (itself, too many)
+    (None, "TaskSubmitted"): frozenset({S.SCHEDULED, S.READY, S.WAITING, S.DEAD}),
     (S.SCHEDULED, "TimerFired.DELAY_DUE"): frozenset({S.READY}),
     (S.RETRYING, "TimerFired.RETRY_DUE"): frozenset({S.READY}),
     (S.RUNNING, "TimerFired.LEASE_EXPIRED"): _FAILURE,
@@ -72,6 +80,11 @@ _TABLE: dict[tuple[TaskStatus | None, str], frozenset[TaskStatus]] = {
     (S.RUNNING, "TaskFailed"): _FAILURE,
     (S.DEAD, "RedriveRequested"): frozenset({S.READY}),
     **{(status, "CancelRequested"): frozenset({S.CANCELLED}) for status in NON_TERMINAL},
+    # dependencies (processors/fold/dependencies.py, D19)
+    (S.WAITING, "ParentUpdate"): frozenset({S.WAITING, S.READY, S.CANCELLED}),
+    (S.WAITING, "TimerFired.DEPENDENCY_CHECK"): frozenset({S.WAITING, S.DEAD}),
+    # a dependent registers with a task in any status; the status never changes
+    **{(status, "DependencyRegistered"): frozenset({status}) for status in S},
 }
 
 #: (from-status, event key) -> the statuses that event may lead to
@@ -84,6 +97,7 @@ TIMER_KIND_BY_STATUS: Mapping[TaskStatus, TimerKind] = MappingProxyType({
     S.SCHEDULED: TimerKind.DELAY_DUE,
     S.RETRYING: TimerKind.RETRY_DUE,
     S.RUNNING: TimerKind.LEASE_EXPIRED,
+    S.WAITING: TimerKind.DEPENDENCY_CHECK,  # only while a parent has not answered
 })
 
 

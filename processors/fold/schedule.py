@@ -71,7 +71,8 @@ TRANSITIONS: dict[tuple[ScheduleStatus | None, str], frozenset[ScheduleStatus]] 
     (S.DELETED, "ScheduleSet"): frozenset({S.ACTIVE, S.ENDED}),
     (S.ACTIVE, "ScheduleCommand.PAUSE"): frozenset({S.PAUSED}),
     (S.PAUSED, "ScheduleCommand.RESUME"): frozenset({S.ACTIVE, S.ENDED}),
-    **{(s, "ScheduleCommand.DELETE"): frozenset({S.DELETED}) for s in (S.ACTIVE, S.PAUSED, S.ENDED)},
+    **{(s, "ScheduleCommand.DELETE"): frozenset({S.DELETED})
+       for s in (S.ACTIVE, S.PAUSED, S.ENDED)},
     (S.ACTIVE, "TimerFired.SCHEDULE_DUE"): frozenset({S.ACTIVE, S.ENDED}),
 }
 assert all(to <= _ANY for to in TRANSITIONS.values())

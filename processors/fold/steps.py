@@ -136,19 +136,27 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
 def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Accepted:
     """A first ``TaskSubmitted``: SCHEDULED until its eta, or dispatched at once.
 
+    A task that waits for parents (``depends_on`` with a ``dependency_timeout_ms``) is
+    built WAITING, undispatched and without effects:
+    :func:`~taskstream.processors.fold.dependencies.waiting` completes it.
+
     Dispatched at once, the state is built READY in one go: the same state as
     building it SCHEDULED and then taking :func:`dispatch_next` (a test checks
     that), one 40-field build instead of two.
     """
     at = event.occurred_at_ms
     eta = body.eta_ms
-    delayed = eta is not None and eta > at
+    waits = bool(body.depends_on) and body.dependency_timeout_ms is not None
+    if waits:
+        eta = None
+    delayed = waits or (eta is not None and eta > at)
     state = new_state(
         task_id=event.task_id,
         name=body.name,
         queue=body.queue,
         priority=body.priority,
-        status=TaskStatus.SCHEDULED if delayed else TaskStatus.READY,
+        status=(TaskStatus.WAITING if waits
+                else TaskStatus.SCHEDULED if delayed else TaskStatus.READY),
         payload=body.payload,
         content_type=body.content_type,
         payload_digest=payload_digest(body.payload),
@@ -166,8 +174,10 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         dispatch_id=None if delayed else make_dispatch_id(event.task_id, 1, event.event_id),
         dispatched_at_ms=None if delayed else at,
         due_at_ms=eta if delayed else None,
+        on_parent_failure=body.on_parent_failure,
+        dependents=list(body.dependents),
     )
-    if not effects:
+    if not effects or waits:
         return state, []
     if eta is not None and delayed:
         return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
@@ -205,14 +215,22 @@ def redrive(
 # --- timers ----------------------------------------------------------------------
 
 
-def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = True) -> Step:
-    """A timer only proposes; it acts only if it is still the task's current timer."""
+def timer_fence(state: TaskState, event: Envelope, body: TimerFired) -> Refusal | None:
+    """Refuse a timer that is not the task's current one, or that came early."""
     if body.due_at_ms != state.due_at_ms:
         return Refusal(f"stale timer {body.kind}: due {body.due_at_ms}, "
                        f"the task's timer is due {state.due_at_ms}")
     if event.occurred_at_ms < body.due_at_ms:
         return Refusal(f"early timer {body.kind}: fired at {event.occurred_at_ms}, "
                        f"due {body.due_at_ms}")
+    return None
+
+
+def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = True) -> Step:
+    """A timer only proposes; it acts only if it is still the task's current timer."""
+    refusal = timer_fence(state, event, body)
+    if refusal is not None:
+        return refusal
     kind = TimerKind(body.kind)
     if kind is TimerKind.RETRY_DUE and event.attempt != state.attempt:
         return Refusal(f"stale timer {kind}: attempt {event.attempt}, task at {state.attempt}")
