@@ -23,8 +23,8 @@ from taskstream.schemas import events, state
 from taskstream.schemas.catalog import (
     AVRO_DIR,
     BACKWARD_ONLY,
-    ENVELOPE,
     ENTITY_STATES,
+    ENVELOPE,
     NAMESPACE,
     TASK_STATE,
     Catalog,
