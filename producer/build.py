@@ -8,26 +8,48 @@ otherwise, and the envelope is Avro-encoded by the schemas package.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
-from taskstream.producer.errors import InvalidTaskError
+from taskstream.producer.errors import InvalidTaskError, NotLiveError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
-from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
+from taskstream.schemas.errors import InvalidSpecError
+from taskstream.schemas.events import (
+    CancelRequested,
+    Envelope,
+    GroupCreated,
+    RedriveRequested,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+)
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
+    group_key,
+    member_task_id,
     new_event_id,
     new_task_id,
     new_ulids,
+    schedule_key,
 )
 from taskstream.schemas.models import SpecLimits, TaskSpec
+from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.serde import encode_event
+
+#: Whether the processors act on dependencies (WAITING, groups) and on schedules. Until
+#: the live fold runs those kinds (issue 12's engine, then issue 15's wiring), the SDK and
+#: the API refuse them with NotLiveError: never accepted and silently ignored (D19).
+DEPENDENCIES_LIVE = False
+SCHEDULES_LIVE = False
+_NOT_LIVE = ("the processors in this release do not run {what} yet (issue 15: the fold is "
+             "written, its wiring into the live engine is not); refused rather than ignored")
 
 
 def now_ms() -> int:
@@ -195,17 +217,70 @@ class EventBuilder:
         except ValidationError as exc:
             raise invalid(exc, f"task #{index} ({item.get('name')!r})") from None
 
-    def submitted(self, spec: TaskSpec, at_ms: int) -> tuple[str, bytes]:
-        """(task ID, encoded TaskSubmitted envelope) of one spec."""
-        body = spec.to_submitted(at_ms)
+    def submitted(self, spec: TaskSpec, at_ms: int, *,
+                  task_id: str | None = None) -> tuple[str, bytes]:
+        """(task ID, encoded TaskSubmitted envelope) of one spec (``task_id``: a graph
+        helper's chosen ID, else derived or new)."""
+        if (spec.depends_on or spec.member_of is not None) and not DEPENDENCIES_LIVE:
+            field = "depends_on" if spec.depends_on else "member_of"
+            raise NotLiveError(f"{field}: " + _NOT_LIVE.format(what="dependencies"), [field])
+        body = spec.to_submitted(at_ms, self.limits)
         if len(body.payload) > self.max_payload_bytes:
             raise InvalidTaskError(
                 f"payload: {len(body.payload)} bytes is over max_payload_bytes "
                 f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
                 ["payload"],
             )
-        task_id = task_id_for(body.name, body.idempotency_key)
+        member = spec.member_of
+        if member is not None:
+            task_id = member_task_id(member.group_id, member.slot)
+        elif task_id is None:
+            task_id = task_id_for(body.name, body.idempotency_key)
+        if task_id in body.depends_on:
+            raise InvalidTaskError(f"depends_on: task {task_id} would depend on itself",
+                                   ["depends_on"])
         return task_id, self._encode(new_event_id(), task_id, at_ms, self.source, body)
+
+    # -- groups and schedules (D19) ----------------------------------------------------
+
+    def group_created(self, group_id: str, size: int, at_ms: int) -> tuple[str, bytes]:
+        """(group key, encoded GroupCreated) of a group of ``size`` members."""
+        if not DEPENDENCIES_LIVE:
+            raise NotLiveError("group: " + _NOT_LIVE.format(what="dependencies"), ["group"])
+        key = group_key(group_id)
+        env = Envelope(new_event_id(), key, at_ms, self.source, 0, GroupCreated(size))
+        return key, encode_event(env)
+
+    def schedule_request(self, fields: Mapping[str, Any]) -> ScheduleRequest:
+        try:
+            return ScheduleRequest.build(**fields)
+        except InvalidSpecError as exc:
+            raise InvalidTaskError(str(exc), ["schedule"]) from None
+
+    def schedule_set(self, request: ScheduleRequest, at_ms: int) -> tuple[str, bytes]:
+        """(schedule key, encoded ScheduleSet) of a validated request."""
+        if not SCHEDULES_LIVE:
+            raise NotLiveError("schedule: " + _NOT_LIVE.format(what="schedules"), ["schedule"])
+        try:
+            task = request.task_spec(self.limits).to_submitted(at_ms, self.limits)
+        except InvalidSpecError as exc:
+            raise InvalidTaskError(str(exc), ["task"]) from None
+        key = schedule_key(request.schedule_id)
+        body = ScheduleSet(request.to_spec(task))
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0, body))
+
+    def schedule_command(self, schedule_id: str, op: ScheduleOp, reason: str,
+                         at_ms: int) -> tuple[str, bytes]:
+        """(schedule key, encoded ScheduleCommand): pause, resume or delete."""
+        if not SCHEDULES_LIVE:
+            raise NotLiveError("schedule: " + _NOT_LIVE.format(what="schedules"), ["schedule"])
+        if not isinstance(schedule_id, str) or re.fullmatch(SCHEDULE_ID_PATTERN,
+                                                             schedule_id) is None:
+            raise InvalidTaskError(f"schedule_id: {schedule_id!r} does not match "
+                                   f"{SCHEDULE_ID_PATTERN}", ["schedule_id"])
+        key = schedule_key(schedule_id)
+        body = ScheduleCommand(op, str(reason))
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0, body))
 
     def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
         check_task_id(task_id)

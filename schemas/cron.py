@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taskstream.schemas.errors import CronError
+from taskstream.schemas.events import ScheduleSpec
 
 UTC = dt.UTC
 
@@ -271,3 +272,20 @@ def next_cron_ms(cron: Cron, tz: ZoneInfo, after_ms: int) -> int | None:
             return at
         wall = candidate
     return None
+
+
+def check_spec(spec: ScheduleSpec) -> None:
+    """Raise CronError/ValueError unless ``spec`` can fire (the SDK, the API and the fold
+    all ask: the fold must not trust that every writer did)."""
+    if (spec.cron is None) == (spec.every_ms is None):
+        raise ValueError("give cron or every, exactly one")
+    if spec.every_ms is not None and spec.every_ms < 1:
+        raise ValueError(f"every must be positive, got {spec.every_ms} ms")
+    if spec.cron is not None:
+        Cron.parse(spec.cron)
+    zone(spec.timezone)
+    if spec.start_at_ms is not None and spec.end_at_ms is not None and (
+            spec.end_at_ms < spec.start_at_ms):
+        raise ValueError("end_at is before start_at")
+    if spec.jitter_ms < 0 or spec.catch_up_max < 1 or spec.misfire_grace_ms < 0:
+        raise ValueError("jitter and misfire_grace must be >= 0, catch_up_max >= 1")

@@ -35,7 +35,7 @@ from taskstream.processors.fold.backoff import stable_fraction
 from taskstream.processors.fold.effects import Effect, Emit, Rejected, emit_envelope
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.rules import Limits
-from taskstream.schemas.cron import Cron, next_cron_ms, zone
+from taskstream.schemas.cron import Cron, check_spec, next_cron_ms, zone
 from taskstream.schemas.errors import CronError
 from taskstream.schemas.events import (
     Envelope,
@@ -85,22 +85,6 @@ def jitter_of(schedule_id: str, fire_at_ms: int, jitter_ms: int) -> int:
     if jitter_ms <= 0:
         return 0
     return math.floor(stable_fraction(schedule_key(schedule_id), fire_at_ms) * jitter_ms)
-
-
-def check_spec(spec: ScheduleSpec) -> None:
-    """Raise CronError/ValueError unless ``spec`` can fire (the SDK and the fold both ask)."""
-    if (spec.cron is None) == (spec.every_ms is None):
-        raise ValueError("give cron or every, exactly one")
-    if spec.every_ms is not None and spec.every_ms < 1:
-        raise ValueError(f"every must be positive, got {spec.every_ms} ms")
-    if spec.cron is not None:
-        Cron.parse(spec.cron)
-    zone(spec.timezone)
-    if spec.start_at_ms is not None and spec.end_at_ms is not None and (
-            spec.end_at_ms < spec.start_at_ms):
-        raise ValueError("end_at is before start_at")
-    if spec.jitter_ms < 0 or spec.catch_up_max < 1 or spec.misfire_grace_ms < 0:
-        raise ValueError("jitter and misfire_grace must be >= 0, catch_up_max >= 1")
 
 
 def next_fire_ms(spec: ScheduleSpec, after_ms: int) -> int | None:
