@@ -177,7 +177,9 @@ def load_catalog(root: Path = AVRO_DIR) -> Catalog:
     dirs = version_dirs(root)
     if not dirs:
         raise SchemaLoadError(f"no Avro schema versions (v1, v2, ...) under {root}")
-    envelopes, states, entities = [], [], []
+    envelopes: list[SchemaVersion] = []
+    states: list[SchemaVersion] = []
+    entities: list[SchemaVersion] = []
     for number, directory in dirs:
         types = load_named_types(directory)
         envelopes.append(build_version(number, ENVELOPE, types))

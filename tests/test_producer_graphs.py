@@ -49,7 +49,7 @@ def body(value: bytes) -> Any:
 
 
 def test_depends_on_is_refused_not_ignored(builder: EventBuilder) -> None:
-    with pytest.raises(NotLiveError, match="depends_on: .* do not run dependencies yet") as e:
+    with pytest.raises(NotLiveError, match=r"depends_on: .* do not run dependencies yet") as e:
         builder.from_call("a.b", None, {"depends_on": [new_task_id()]}, AT)
     assert e.value.fields == ("depends_on",)
     with pytest.raises(NotLiveError):
@@ -149,7 +149,7 @@ def test_bad_schedules_name_the_field(builder: EventBuilder) -> None:
     with pytest.raises(InvalidTaskError, match="exactly one"):
         builder.schedule_request({"schedule_id": "n", "task_name": "a.b", "cron": "* * * * *",
                                   "every": 3})
-    with pytest.raises(InvalidTaskError, match="tz: .*unknown time zone"):
+    with pytest.raises(InvalidTaskError, match=r"tz: .*unknown time zone"):
         builder.schedule_request({"schedule_id": "n", "task_name": "a.b", "every": 3,
                                   "tz": "Nowhere/Land"})
     with pytest.raises(InvalidTaskError, match="schedule_id"):

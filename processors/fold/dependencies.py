@@ -49,7 +49,7 @@ from taskstream.processors.fold.effects import (
     emit_envelope,
 )
 from taskstream.processors.fold.rules import Limits
-from taskstream.processors.fold.steps import dispatch_next
+from taskstream.processors.fold.steps import Refusal, Step, dispatch_next
 from taskstream.schemas.events import (
     DependencyRegistered,
     Dependent,
@@ -175,11 +175,11 @@ def registered(state: TaskState, event: Envelope, body: DependencyRegistered, li
 
 
 def parent_update(state: TaskState, event: Envelope, body: ParentUpdate,
-                  effects: bool) -> Accepted | str:
+                  effects: bool) -> Step:
     """A parent's answer or outcome reaches a WAITING task."""
     parent = body.parent
     if parent not in state.depends_on:
-        return f"{parent} is not a parent of task {state.task_id}"
+        return Refusal(f"{parent} is not a parent of task {state.task_id}")
     outcome = ParentOutcome(body.outcome)
     unconfirmed = [p for p in state.unconfirmed if p != parent]
     if outcome is ParentOutcome.PENDING or parent not in state.waiting_on:
@@ -218,10 +218,10 @@ def _cancel(state: TaskState, event: Envelope, reason: str, effects: bool) -> Ac
     return cancelled, [*cleared, PublishCancel(cancel_envelope(cancelled, event.event_id))]
 
 
-def check(state: TaskState, event: Envelope, body: TimerFired, effects: bool) -> Accepted | str:
+def check(state: TaskState, event: Envelope, body: TimerFired, effects: bool) -> Step:
     """The DEPENDENCY_CHECK timer: ask silent parents again, or fail at the deadline."""
     if not state.unconfirmed:
-        return f"stale timer {body.kind}: every parent has answered"
+        return Refusal(f"stale timer {body.kind}: every parent has answered")
     at = event.occurred_at_ms
     deadline = state.dependency_deadline_ms if state.dependency_deadline_ms is not None else at
     if at >= deadline:

@@ -141,8 +141,6 @@ def apply(
     if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
     step = _step(state, event, limits, effects)
-    if step.__class__ is str:
-        step = Refusal(step)  # type: ignore[arg-type]
     if step.__class__ is Refusal:
         return _reject(state, event, limits, step.reason)
     after, made = step  # type: ignore[misc]
@@ -166,7 +164,7 @@ def _create(event: Envelope, body: TaskSubmitted, limits: Limits,
     return _record(created, event, limits, fresh=True), made
 
 
-def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step | str:
+def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step:
     body = event.body
     match body:  # the bench's (and most logs') commonest bodies first
         case TaskStarted():
