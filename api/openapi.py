@@ -14,6 +14,7 @@ from typing import Any
 
 from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
 from taskstream.schemas.models import TaskSpec
+from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.state import TaskStatus
 from taskstream.schemas.view import TaskView
 
@@ -35,9 +36,9 @@ def _error(description: str) -> dict[str, Any]:
 def _model_schemas() -> dict[str, Any]:
     """TaskSpec, TaskView and the models they refer to, as components."""
     out: dict[str, Any] = {}
-    for model in (TaskSpec, TaskView):
+    for model in (TaskSpec, TaskView, ScheduleRequest, ScheduleView):
         schema = model.model_json_schema(ref_template=_REF, mode="serialization"
-                                         if model is TaskView else "validation")
+                                         if model in (TaskView, ScheduleView) else "validation")
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
     item = dict(out["TaskView"])
@@ -102,6 +103,11 @@ def _schemas() -> dict[str, Any]:
                    "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}},
+        "Schedules": {"type": "object", "required": ["items"],
+                      "properties": {"items": {"type": "array", "items": _ref("ScheduleView")}}},
+        "ScheduleAccepted": {"type": "object", "required": ["schedule_id"],
+                             "properties": {"schedule_id": {"type": "string"},
+                                            "op": {"type": "string"}}},
     }
 
 
@@ -112,6 +118,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+_SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}
 _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
@@ -164,6 +172,9 @@ def _paths() -> dict[str, Any]:
                        params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
             "post": _op("Submit a task",
                         {"202": accepted, "400": bad,
+                         "501": _error("depends_on (or member_of): the processors of this "
+                                       "release do not run dependencies yet; refused, never "
+                                       "accepted and ignored"),
                          "413": _error("the body or payload is over the limit"),
                          "415": _error("the body is not application/json"),
                          "503": unavailable},
@@ -207,6 +218,7 @@ def _paths() -> dict[str, Any]:
             "Dead tasks with their last error, in task-ID order",
             {"200": _json(_ref("TaskPage"), "one page"), "400": bad, "503": unavailable},
             params=[*_FILTERS, _LIMIT, _CURSOR])},
+        **_schedule_paths(bad, unavailable),
         "/healthz": {"get": _op("Liveness: 200 while the process runs",
                                 {"200": _json(_ref("Status"), "alive")}, security=False)},
         "/readyz": {"get": _op("Readiness: 200 once state is restored",
@@ -218,6 +230,42 @@ def _paths() -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {
                 "schema": {"type": "object"}}}}})},
+    }
+
+
+def _schedule_paths(bad: dict[str, Any], unavailable: dict[str, Any]) -> dict[str, Any]:
+    """Schedules (D19): writes are events (202); 501 until the processors run schedules."""
+    accepted = _json(_ref("ScheduleAccepted"), "the event was written; the schedule changes "
+                     "shortly")
+    not_live = _error("the processors of this release do not run schedules yet: refused, "
+                      "never accepted and ignored")
+    not_found = _error("no such schedule")
+    command = {"202": accepted, "400": bad, "501": not_live, "503": unavailable}
+    return {
+        "/schedules": {
+            "get": _op("Every schedule, in ID order (scatter-gather over replicas)",
+                       {"200": _json(_ref("Schedules"), "the schedules"), "503": unavailable}),
+            "post": _op("Create or replace a schedule (a ScheduleSet event)",
+                        {**command, "413": _error("the payload is over the limit"),
+                         "415": _error("the body is not application/json")},
+                        body={"required": True, "content": {
+                            "application/json": {"schema": _ref("ScheduleRequest")}}},
+                        scope="submit"),
+        },
+        "/schedules/{schedule_id}": {
+            "get": _op("A schedule: its spec, next fire times and the task IDs of its last "
+                       "firings", {"200": _json(_ref("ScheduleView"), "the schedule"),
+                                   "404": not_found, "503": unavailable},
+                       params=[_SCHEDULE_ID]),
+            "delete": _op("Delete a schedule: it fires no more", dict(command),
+                          params=[_SCHEDULE_ID], body=_command_body(), scope="admin"),
+        },
+        "/schedules/{schedule_id}/pause": {"post": _op(
+            "Pause a schedule: no firings until it is resumed", dict(command),
+            params=[_SCHEDULE_ID], body=_command_body(), scope="admin")},
+        "/schedules/{schedule_id}/resume": {"post": _op(
+            "Resume a paused schedule; fire times missed meanwhile meet its misfire policy",
+            dict(command), params=[_SCHEDULE_ID], body=_command_body(), scope="admin")},
     }
 
 

@@ -45,12 +45,16 @@ from taskstream.api.query import (
 )
 from taskstream.errors import KafkaUnavailableError
 from taskstream.kafka_config import consumer_config
+from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
-from taskstream.producer.errors import InvalidTaskError
-from taskstream.schemas.models import TaskSpec
-from taskstream.schemas.serde import decode_state
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.producer.errors import InvalidTaskError, NotLiveError
+from taskstream.schemas.events import ScheduleOp
+from taskstream.schemas.ids import SCHEDULE_PREFIX, schedule_key
+from taskstream.schemas.models import SpecLimits, TaskSpec
+from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
+from taskstream.schemas.serde import decode_entity, decode_state
+from taskstream.schemas.state import ScheduleState, TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import api_reader_group, queues_topic
@@ -84,7 +88,8 @@ class Api:
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
         self.rates = RateWindow(window_s=60.0)
-        self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
+        self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes,
+                                    limits=SpecLimits.from_settings(processor.settings))
         self._session: aiohttp.ClientSession | None = None
 
     # -- the cluster ---------------------------------------------------------------
@@ -291,6 +296,8 @@ class Api:
         """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding)."""
         try:
             task_id, value = self.builder.submitted(spec, int(time.time() * 1000))
+        except NotLiveError as exc:
+            raise not_live(exc) from None
         except InvalidTaskError as exc:
             field = exc.fields[0] if exc.fields else None
             status = 413 if field == "payload" else 400
@@ -322,6 +329,63 @@ class Api:
                            f"{timeout:g} s; it may or may not have been written: check "
                            "GET /tasks/{id} before retrying") from None
 
+    # -- schedules (D19) ----------------------------------------------------------------
+
+    def local_schedule(self, schedule_id: str) -> ScheduleState | None:
+        raw = self.processor.tables.get_any(schedule_key(schedule_id).encode())
+        state = decode_entity(raw) if raw is not None else None
+        return state if isinstance(state, ScheduleState) else None
+
+    async def get_schedule(self, schedule_id: str, headers: Mapping[str, str], proxied: bool
+                           ) -> dict[str, Any]:
+        """A schedule with its next fire times and its last firings' task IDs."""
+        owner = None if proxied else self.owner(schedule_key(schedule_id))
+        if owner is not None:
+            status, body = await self.peer_get(owner, f"/schedules/{schedule_id}", {}, headers)
+            return self._peer_answer(status, body)
+        state = self.local_schedule(schedule_id)
+        if state is None:
+            raise ApiError(404, "not_found", f"no schedule {schedule_id!r} is known")
+        return schedule_view(state)
+
+    def local_schedules(self) -> dict[str, Any]:
+        """This replica's schedules: their keys sort after every task ID (D19)."""
+        partitions = self.processor.active_partitions()
+        items = []
+        for partition in partitions:
+            for value in self.processor.tables.scan_tasks(partition, SCHEDULE_PREFIX):
+                state = decode_entity(value)
+                if not isinstance(state, ScheduleState):
+                    break
+                items.append(schedule_view(state))
+        return {"items": items, "partitions": partitions}
+
+    async def list_schedules(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+        answers = await self.gather("/internal/schedules", {}, headers, self.local_schedules)
+        items = [item for a in answers for item in a["items"]]
+        return sorted(items, key=lambda item: str(item["schedule_id"]))
+
+    async def set_schedule(self, request: ScheduleRequest) -> str:
+        try:
+            key, value = self.builder.schedule_set(request, int(time.time() * 1000))
+        except NotLiveError as exc:
+            raise not_live(exc) from None
+        except InvalidTaskError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc),
+                           exc.fields[0] if exc.fields else None) from None
+        await self._produce(key, value)
+        return request.schedule_id
+
+    async def schedule_command(self, schedule_id: str, op: ScheduleOp, reason: str) -> None:
+        try:
+            key, value = self.builder.schedule_command(schedule_id, op, reason,
+                                                       int(time.time() * 1000))
+        except NotLiveError as exc:
+            raise not_live(exc) from None
+        except InvalidTaskError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc), "schedule_id") from None
+        await self._produce(key, value)
+
     # -- metrics ---------------------------------------------------------------------
 
     def metrics_text(self) -> bytes:
@@ -335,6 +399,16 @@ class Api:
         for (queue, status), n in by_state.items():
             metrics.tasks.labels(queue, status).set(n)
         return generate_latest(metrics.registry)
+
+
+def not_live(exc: NotLiveError) -> ApiError:
+    """What the platform does not run yet is a 501, never an accepted-and-ignored 202."""
+    return ApiError(501, "not_implemented", str(exc), exc.fields[0] if exc.fields else None)
+
+
+def schedule_view(state: ScheduleState) -> dict[str, Any]:
+    view: dict[str, Any] = ScheduleView.from_state(state, upcoming(state, 5)).model_dump()
+    return view
 
 
 # -- the queues topic ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,9 @@ from taskstream.api.auth import required_scope
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
+from taskstream.schemas.events import ScheduleOp
 from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import QUEUE_NAME
@@ -96,6 +99,13 @@ def make_middleware(api: Api) -> Any:
 def _task_id(raw: str) -> str:
     if not raw or len(raw) > _MAX_ID or not raw.isprintable():
         raise bad_request("task_id", f"a task ID is 1 to {_MAX_ID} printable characters")
+    return raw
+
+
+def _schedule_id(raw: str) -> str:
+    if re.fullmatch(SCHEDULE_ID_PATTERN, raw) is None:
+        raise bad_request("schedule_id", "a schedule ID is 1 to 128 letters, digits, '_', '.', "
+                          "':' or '-'")
     return raw
 
 
@@ -214,8 +224,14 @@ class Endpoints:
             "/readyz": {"get": self.readyz},
             "/metrics": {"get": self.metrics},
             "/openapi.json": {"get": self.openapi},
+            "/schedules": {"get": self.list_schedules, "post": self.add_schedule},
+            "/schedules/{schedule_id}": {"get": self.get_schedule,
+                                         "delete": self.delete_schedule},
+            "/schedules/{schedule_id}/pause": {"post": self.pause_schedule},
+            "/schedules/{schedule_id}/resume": {"post": self.resume_schedule},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
+            "/internal/schedules": {"get": self.internal_schedules},
         }
 
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
@@ -301,6 +317,45 @@ class Endpoints:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return json_response(openapi_document())
+
+    # -- schedules (D19) -------------------------------------------------------------------
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response({"items": await self.api.list_schedules(request.headers)})
+
+    async def get_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        _no_params(request)
+        return json_response(await self.api.get_schedule(
+            _schedule_id(schedule_id), request.headers, _proxied(request)))
+
+    async def add_schedule(self, request: web.Request) -> web.Response:
+        data = await read_json(request, self.max_body, required=True)
+        self._check_payload_size(data.get("payload"))
+        try:
+            schedule = ScheduleRequest.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        schedule_id = await self.api.set_schedule(schedule)
+        return json_response({"schedule_id": schedule_id}, 202)
+
+    async def _schedule_command(self, request: web.Request, schedule_id: str,
+                                op: ScheduleOp) -> web.Response:
+        body = await _command(request, allow_attempts=False)
+        await self.api.schedule_command(_schedule_id(schedule_id), op, body.reason)
+        return json_response({"schedule_id": schedule_id, "op": op.value.lower()}, 202)
+
+    async def pause_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        return await self._schedule_command(request, schedule_id, ScheduleOp.PAUSE)
+
+    async def resume_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        return await self._schedule_command(request, schedule_id, ScheduleOp.RESUME)
+
+    async def delete_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        return await self._schedule_command(request, schedule_id, ScheduleOp.DELETE)
+
+    async def internal_schedules(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_schedules())
 
     async def internal_tasks(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_page(parse_list_query(request.query)))

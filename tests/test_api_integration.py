@@ -304,6 +304,17 @@ def test_wait_returns_as_soon_as_the_task_ends(cluster: Cluster) -> None:
      "max_attempts"),
     ("POST", "/queues/bad.name/pause", {}, 400, "name"),
     ("GET", "/no/such/thing", {}, 404, None),
+    # dependencies and schedules: refused (501) until the processors run them, never ignored
+    ("POST", "/tasks", {"json": {"name": "x", "depends_on": ["01J0000000000000000000000Z"]}},
+     501, "depends_on"),
+    ("POST", "/schedules", {"json": {"schedule_id": "s1", "task_name": "x", "every": 2}}, 501,
+     "schedule"),
+    ("POST", "/schedules", {"json": {"schedule_id": "s1", "task_name": "x",
+                                     "cron": "0 25 * * *"}}, 400, "cron"),
+    ("POST", "/schedules/s1/pause", {}, 501, "schedule"),
+    ("DELETE", "/schedules/s1", {}, 501, "schedule"),
+    ("GET", "/schedules/s1", {}, 404, None),
+    ("GET", "/schedules/bad%20id", {}, 400, "schedule_id"),
 ])
 def test_bad_inputs_get_their_status_code(cluster: Cluster, method: str, path: str,
                                           kwargs: dict[str, Any], status: int,
@@ -362,6 +373,14 @@ def test_metrics_are_prometheus_text_with_task_counts(cluster: Cluster) -> None:
         text = a.get("/metrics").text
     assert "# TYPE taskstream_tasks gauge" in text
     assert "taskstream_tasks{" in text
+
+
+def test_schedules_list_is_empty_and_valid(cluster: Cluster) -> None:
+    with cluster.client(0) as a:
+        resp = a.get("/schedules")
+        assert resp.status_code == 200, resp.text
+        cluster.validate("Schedules", resp.json())
+        assert resp.json() == {"items": []}
 
 
 def test_openapi_paths_answer_with_documented_statuses(cluster: Cluster) -> None:
@@ -469,3 +488,29 @@ def test_cli_against_the_live_api(cluster: Cluster, monkeypatch: pytest.MonkeyPa
     assert waited.exit_code == 1 and "CANCELLED" in waited.output  # ended, not succeeded
     queues = runner.invoke(main, ["queues"])
     assert queues.exit_code == 0 and QUEUE in queues.output
+
+
+def test_schedule_cli_against_the_live_api(cluster: Cluster,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``taskstream schedule ...``: the reads answer; the writes are refused with the API's
+    reason until the processors run schedules (never accepted and ignored)."""
+    from click.testing import CliRunner
+
+    from taskstream.cli.main import main
+
+    monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[0].url)
+    monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["schedule", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == {"items": []}
+    missing = runner.invoke(main, ["schedule", "show", "nightly"])
+    assert missing.exit_code == 1 and "404" in missing.output
+    added = runner.invoke(main, ["schedule", "add", "nightly", "reports.run", "--every", "2"])
+    assert added.exit_code == 1 and "501" in added.output
+    assert "do not run schedules yet" in added.output
+    bad = runner.invoke(main, ["schedule", "add", "nightly", "reports.run", "--cron", "0 24 * * *"])
+    assert bad.exit_code == 1 and "field 2 (hour)" in bad.output
+    for verb in ("pause", "resume", "delete"):
+        refused = runner.invoke(main, ["schedule", verb, "nightly"])
+        assert refused.exit_code == 1 and "501" in refused.output, refused.output
