@@ -105,6 +105,18 @@ def _schemas() -> dict[str, Any]:
                    "properties": {"status": {"type": "string"}}},
         "Schedules": {"type": "object", "required": ["items"],
                       "properties": {"items": {"type": "array", "items": _ref("ScheduleView")}}},
+        "GroupView": {
+            "type": "object",
+            "required": ["group_id", "status", "size", "succeeded", "failed", "first_failure",
+                         "finished_at_ms", "dependents"],
+            "properties": {
+                "group_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["OPEN", "SUCCEEDED", "FAILED"]},
+                "size": {"type": ["integer", "null"]},
+                "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+                "first_failure": {"type": ["string", "null"]},
+                "finished_at_ms": {"type": ["integer", "null"]},
+                "dependents": {"type": "array", "items": {"type": "string"}}}},
         "ScheduleAccepted": {"type": "object", "required": ["schedule_id"],
                              "properties": {"schedule_id": {"type": "string"},
                                             "op": {"type": "string"}}},
@@ -260,6 +272,13 @@ def _schedule_paths(bad: dict[str, Any], unavailable: dict[str, Any]) -> dict[st
             "delete": _op("Delete a schedule: it fires no more", dict(command),
                           params=[_SCHEDULE_ID], body=_command_body(), scope="admin"),
         },
+        "/groups/{group_id}": {"get": _op(
+            "A group's counts: size, members succeeded and failed, status (its members' task "
+            "IDs derive from the group ID and the slot)",
+            {"200": _json(_ref("GroupView"), "the group"), "400": bad,
+             "404": _error("no such group"), "503": unavailable},
+            params=[{"name": "group_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}])},
         "/schedules/{schedule_id}/pause": {"post": _op(
             "Pause a schedule: no firings until it is resumed", dict(command),
             params=[_SCHEDULE_ID], body=_command_body(), scope="admin")},

@@ -50,11 +50,11 @@ from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError, NotLiveError
 from taskstream.schemas.events import ScheduleOp
-from taskstream.schemas.ids import SCHEDULE_PREFIX, schedule_key
+from taskstream.schemas.ids import SCHEDULE_PREFIX, group_key, schedule_key
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.serde import decode_entity, decode_state
-from taskstream.schemas.state import ScheduleState, TaskState, TaskStatus
+from taskstream.schemas.state import GroupState, ScheduleState, TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.topics import api_reader_group, queues_topic
@@ -386,6 +386,20 @@ class Api:
             raise ApiError(400, "invalid_parameter", str(exc), "schedule_id") from None
         await self._produce(key, value)
 
+    async def get_group(self, group_id: str, headers: Mapping[str, str], proxied: bool
+                        ) -> dict[str, Any]:
+        """A group's counts (its members' IDs derive from the group ID and the slot)."""
+        key = group_key(group_id)
+        owner = None if proxied else self.owner(key)
+        if owner is not None:
+            status, body = await self.peer_get(owner, f"/groups/{group_id}", {}, headers)
+            return self._peer_answer(status, body)
+        raw = self.processor.tables.get_any(key.encode())
+        state = decode_entity(raw) if raw is not None else None
+        if not isinstance(state, GroupState):
+            raise ApiError(404, "not_found", f"no group {group_id!r} is known")
+        return group_view(state)
+
     # -- metrics ---------------------------------------------------------------------
 
     def metrics_text(self) -> bytes:
@@ -404,6 +418,13 @@ class Api:
 def not_live(exc: NotLiveError) -> ApiError:
     """What the platform does not run yet is a 501, never an accepted-and-ignored 202."""
     return ApiError(501, "not_implemented", str(exc), exc.fields[0] if exc.fields else None)
+
+
+def group_view(state: GroupState) -> dict[str, Any]:
+    return {"group_id": state.group_id, "status": state.status.value, "size": state.size,
+            "succeeded": state.succeeded, "failed": state.failed,
+            "first_failure": state.first_failure, "finished_at_ms": state.finished_at_ms,
+            "dependents": [d.key for d in state.dependents]}
 
 
 def schedule_view(state: ScheduleState) -> dict[str, Any]:

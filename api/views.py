@@ -30,7 +30,7 @@ from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
 from taskstream.schemas.events import ScheduleOp
-from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.schemas.models import GROUP_ID_PATTERN, SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
@@ -229,6 +229,7 @@ class Endpoints:
                                          "delete": self.delete_schedule},
             "/schedules/{schedule_id}/pause": {"post": self.pause_schedule},
             "/schedules/{schedule_id}/resume": {"post": self.resume_schedule},
+            "/groups/{group_id}": {"get": self.get_group},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
             "/internal/schedules": {"get": self.internal_schedules},
@@ -353,6 +354,14 @@ class Endpoints:
 
     async def delete_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
         return await self._schedule_command(request, schedule_id, ScheduleOp.DELETE)
+
+    async def get_group(self, request: web.Request, group_id: str) -> web.Response:
+        _no_params(request)
+        if re.fullmatch(GROUP_ID_PATTERN, group_id) is None:
+            raise bad_request("group_id", "a group ID is 1 to 128 letters, digits, '_', '.', "
+                              "':' or '-'")
+        return json_response(await self.api.get_group(group_id, request.headers,
+                                                      _proxied(request)))
 
     async def internal_schedules(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_schedules())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
+
+from taskstream.workers.errors import WorkerError
 
 _TASK_LOG = logging.getLogger("taskstream.task")
 
@@ -19,6 +21,40 @@ class TaskLogger(logging.LoggerAdapter[logging.Logger]):
         return f"{msg} task_id={extra.get('task_id')} attempt={extra.get('attempt')}", kwargs
 
 
+class ParentResults(Mapping[str, Any]):
+    """``ctx.parent_results``: each parent's result, fetched from the API on first read.
+
+    Results are not carried in the dispatch record nor in any state (docs/decisions.md,
+    D19): the dispatch lists the parents, and a parent's result is read from the API
+    when the handler first asks for it (then kept for the attempt). A parent that is a
+    group (``group:<id>``) maps to the list of its members' results, in slot order.
+    A parent that did not succeed (``on_parent_failure="run"``) maps to None.
+    """
+
+    def __init__(self, parents: tuple[str, ...], fetch: Callable[[str], Any] | None) -> None:
+        self._parents = parents
+        self._fetch = fetch
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, parent: str) -> Any:
+        if parent not in self._parents:
+            raise KeyError(parent)
+        if parent not in self._cache:
+            if self._fetch is None:
+                raise WorkerError(
+                    "this worker cannot fetch parent results: it has no API to ask (set "
+                    "TASKSTREAM_API_URL; a process-pool child cannot fetch, read them in the "
+                    "parent process or use pool='thread')")
+            self._cache[parent] = self._fetch(parent)
+        return self._cache[parent]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parents)
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+
 class TaskContext:
     """The second argument of ``(payload, ctx)`` handlers.
 
@@ -29,8 +65,8 @@ class TaskContext:
     interrupted with ``CancelledError``; a thread can only check this flag.
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "attempt", "headers", "idempotency_key",
-                 "logger", "name", "task_id")
+    __slots__ = ("_cancelled", "_heartbeat", "_parent_results", "attempt", "headers",
+                 "idempotency_key", "logger", "name", "parents", "task_id")
 
     def __init__(
         self,
@@ -41,6 +77,8 @@ class TaskContext:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        parents: tuple[str, ...] | list[str] = (),
+        fetch_result: Callable[[str], Any] | None = None,
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
@@ -50,6 +88,13 @@ class TaskContext:
         self.logger = TaskLogger(_TASK_LOG, {"task_id": task_id, "attempt": attempt})
         self._heartbeat = heartbeat
         self._cancelled = False
+        self.parents = tuple(parents)
+        self._parent_results = ParentResults(self.parents, fetch_result)
+
+    @property
+    def parent_results(self) -> ParentResults:
+        """Each parent's result (``depends_on``), fetched when first read (D19)."""
+        return self._parent_results
 
     @property
     def cancelled(self) -> bool:
@@ -68,7 +113,8 @@ class TaskContext:
     def __getstate__(self) -> dict[str, Any]:
         # a process-pool child gets the plain facts; it cannot reach the producer
         return {"task_id": self.task_id, "attempt": self.attempt, "name": self.name,
-                "idempotency_key": self.idempotency_key, "headers": self.headers}
+                "idempotency_key": self.idempotency_key, "headers": self.headers,
+                "parents": self.parents}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

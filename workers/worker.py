@@ -29,8 +29,9 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
@@ -84,6 +85,7 @@ class Worker:
         grace_s: float = 30.0,
         metrics_port: int | None = None,
         worker_id: str | None = None,
+        fetch_result: Callable[[str], Any] | None = None,
     ) -> None:
         if concurrency < 1:
             raise WorkerError(f"concurrency must be >= 1; got {concurrency}")
@@ -95,6 +97,8 @@ class Worker:
         self.grace_s = grace_s
         self.metrics_port = metrics_port
         self.worker_id = worker_id or new_worker_id()
+        #: reads a parent's result for ctx.parent_results (the CLI passes the SDK's API client)
+        self.fetch_result = fetch_result
         self.metrics = WorkerMetrics()
         self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
@@ -285,7 +289,8 @@ class Worker:
         assert emitter is not None
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope))
+                          heartbeat=lambda: emitter.lease_renewed(envelope),
+                          parents=dispatched.parents, fetch_result=self.fetch_result)
         run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
         running = self._running[envelope.task_id] = _Running(envelope, ctx, run)
         lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))
