@@ -71,6 +71,7 @@ class Log:
         self.shuffle = seed != 0
         self.limits = limits or Limits()
         self.outbound: list[Effect] = []
+        self.history: list[Envelope] = []  # every event folded, in order (the "log")
 
     def send(self, key: str, body: EventBody, attempt: int = 0) -> None:
         self.n += 1
@@ -87,6 +88,7 @@ class Log:
             self.now += 1
             event = Envelope(event.event_id, event.task_id, max(event.occurred_at_ms, self.now),
                              event.source, event.attempt, event.body)
+            self.history.append(event)
             after, effects = apply_any(self.states.get(event.task_id), event, self.limits)
             quiet, _ = apply_any(self.shadow.get(event.task_id), event, self.limits,
                                  effects=False)
@@ -371,3 +373,25 @@ def test_a_repeated_member_report_counts_once() -> None:
     state, effects = group.apply(state, Envelope("e4", group_key("r"), T0, "t", 0, bad))
     assert isinstance(effects[0], Rejected) and state is not None and state.rejected == 1
     assert kind_of(group_key("r")) is GROUP
+
+
+def test_replay_history_shows_the_dependency_events_and_what_they_caused() -> None:
+    from taskstream.processors.replay.history import explain, format_entry
+
+    log = Log()
+    log.send(A, submitted())
+    log.send(B, submitted((A,)))
+    log.deliver()
+    log.run(A)
+    # the child's own key holds its submission and its parent's answers
+    child_events = [e for e in log.history if e.task_id == B]
+    lines = [format_entry(entry) for entry in explain(
+        [(0, i, e.occurred_at_ms, e) for i, e in enumerate(child_events)], Limits())]
+    text = "\n".join(lines)
+    assert f"registered with {A}" in text and "-> WAITING" in text
+    assert "ParentUpdate" in text and "WAITING -> READY; dispatched attempt 1" in text
+    parent_events = [e for e in log.history if e.task_id == A]
+    text = "\n".join(format_entry(entry) for entry in explain(
+        [(0, i, e.occurred_at_ms, e) for i, e in enumerate(parent_events)], Limits()))
+    assert "DependencyRegistered" in text and f"told {B}: PENDING" in text
+    assert f"told {B}: SUCCEEDED" in text

@@ -55,7 +55,8 @@ MAX_SKIPPED_DETAILS = 1_000
 
 def limits_of(settings: Settings) -> Limits:
     """The limits the processor folds with (processors/live/app.py): replay must use the same."""
-    return Limits(max_result_bytes=settings.max_result_bytes)
+    return Limits(max_result_bytes=settings.max_result_bytes,
+                  max_dependencies=settings.max_dependencies)
 
 
 def decode_usable(value: Any) -> Envelope | str:
