@@ -396,12 +396,23 @@ def test_openapi_paths_answer_with_documented_statuses(cluster: Cluster) -> None
 # -- property-based: schemathesis generates requests from /openapi.json ------------------
 
 
+@schemathesis.check
+def not_a_server_error_unless_not_live(ctx: Any, response: Any, case: Any) -> bool | None:
+    """No 5xx, except the documented 501 for what the processors do not run yet (D19)."""
+    if response.status_code == 501:
+        body = json.loads(response.content or b"{}")
+        if body.get("error", {}).get("code") == "not_implemented":
+            return None
+    result: bool | None = schemathesis.checks.not_a_server_error(ctx, response, case)
+    return result
+
+
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_generated_requests_find_no_server_error(cluster: Cluster, mode: str) -> None:
     """Schemathesis makes requests (valid ones, then invalid ones) for every documented
     operation; none may answer 5xx, an undocumented status, or a body off its schema."""
     schema = schemathesis.openapi.from_dict(cluster.doc)
-    checks = [schemathesis.checks.not_a_server_error,
+    checks = [not_a_server_error_unless_not_live,
               schemathesis.checks.status_code_conformance,
               schemathesis.checks.content_type_conformance,
               schemathesis.checks.response_schema_conformance]
