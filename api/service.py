@@ -336,17 +336,28 @@ class Api:
         state = decode_entity(raw) if raw is not None else None
         return state if isinstance(state, ScheduleState) else None
 
+    async def owned(self, key: str, path: str, headers: Mapping[str, str], proxied: bool,
+                    local: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any]:
+        """An entity's view from the replica owning ``key``: proxied there, or ``local()``
+        here (None: 404 naming ``what``)."""
+        owner = None if proxied else self.owner(key)
+        if owner is not None:
+            status, body = await self.peer_get(owner, path, {}, headers)
+            return self._peer_answer(status, body)
+        view = local()
+        if view is None:
+            raise ApiError(404, "not_found", f"no {what} is known")
+        return view
+
     async def get_schedule(self, schedule_id: str, headers: Mapping[str, str], proxied: bool
                            ) -> dict[str, Any]:
         """A schedule with its next fire times and its last firings' task IDs."""
-        owner = None if proxied else self.owner(schedule_key(schedule_id))
-        if owner is not None:
-            status, body = await self.peer_get(owner, f"/schedules/{schedule_id}", {}, headers)
-            return self._peer_answer(status, body)
-        state = self.local_schedule(schedule_id)
-        if state is None:
-            raise ApiError(404, "not_found", f"no schedule {schedule_id!r} is known")
-        return schedule_view(state)
+        def local() -> dict[str, Any] | None:
+            state = self.local_schedule(schedule_id)
+            return None if state is None else schedule_view(state)
+
+        return await self.owned(schedule_key(schedule_id), f"/schedules/{schedule_id}",
+                                headers, proxied, local, f"schedule {schedule_id!r}")
 
     def local_schedules(self) -> dict[str, Any]:
         """This replica's schedules: their keys sort after every task ID (D19)."""
@@ -390,15 +401,14 @@ class Api:
                         ) -> dict[str, Any]:
         """A group's counts (its members' IDs derive from the group ID and the slot)."""
         key = group_key(group_id)
-        owner = None if proxied else self.owner(key)
-        if owner is not None:
-            status, body = await self.peer_get(owner, f"/groups/{group_id}", {}, headers)
-            return self._peer_answer(status, body)
-        raw = self.processor.tables.get_any(key.encode())
-        state = decode_entity(raw) if raw is not None else None
-        if not isinstance(state, GroupState):
-            raise ApiError(404, "not_found", f"no group {group_id!r} is known")
-        return group_view(state)
+
+        def local() -> dict[str, Any] | None:
+            raw = self.processor.tables.get_any(key.encode())
+            state = decode_entity(raw) if raw is not None else None
+            return group_view(state) if isinstance(state, GroupState) else None
+
+        return await self.owned(key, f"/groups/{group_id}", headers, proxied, local,
+                                f"group {group_id!r}")
 
     # -- metrics ---------------------------------------------------------------------
 

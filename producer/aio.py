@@ -143,19 +143,20 @@ class AsyncTaskProducer(ProducerBase):
             "cron": cron, "every": every, "tz": tz, "queue": queue, "misfire": misfire,
             **options})
         key, data = self._build.schedule_set(request, now_ms())
-        handle = AsyncTaskHandle(key, "ScheduleSet", self._core, loop)
-        await self._send(key, data, handle)
-        self._core.metrics.count_submitted("ScheduleSet")
-        return handle
+        return await self._send_one(key, data, "ScheduleSet", loop)
 
     async def unschedule(self, schedule_id: str, reason: str = "") -> AsyncTaskHandle:
         """Delete a schedule (see TaskProducer.unschedule)."""
         loop = await self._ready()
         key, data = self._build.schedule_command(schedule_id, ScheduleOp.DELETE, reason,
                                                  now_ms())
-        handle = AsyncTaskHandle(key, "ScheduleCommand", self._core, loop)
+        return await self._send_one(key, data, "ScheduleCommand", loop)
+
+    async def _send_one(self, key: str, data: bytes, event_type: str,
+                        loop: asyncio.AbstractEventLoop) -> AsyncTaskHandle:
+        handle = AsyncTaskHandle(key, event_type, self._core, loop)
         await self._send(key, data, handle)
-        self._core.metrics.count_submitted("ScheduleCommand")
+        self._core.metrics.count_submitted(event_type)
         return handle
 
     async def cancel(self, task_id: str, reason: str = "") -> AsyncTaskHandle:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from taskstream.processors.fold.effects import Effect, Rejected, emit_envelope
+from taskstream.processors.fold.effects import Effect, emit_envelope
+from taskstream.processors.fold.entity import Step, apply_entity
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.rules import Limits
 from taskstream.schemas.events import (
@@ -57,7 +58,6 @@ TRANSITIONS: dict[tuple[GroupStatus | None, str], frozenset[GroupStatus]] = {
 }
 
 _DEFAULT_LIMITS = Limits()
-Step = tuple[GroupState, list[Effect]] | str
 
 
 def group_id_of(key: str) -> str:
@@ -83,37 +83,13 @@ def apply(
     *, effects: bool = True,
 ) -> tuple[GroupState | None, list[Effect]]:
     """Fold one event into one group's state (the module docstring has the rules)."""
-    key = type(event.body).__name__
-    if state is not None and event.event_id in state.recent_event_ids:
-        last = state.recent_event_ids[-1] == event.event_id
-        return state, redo_effects(state, event.event_id) if last and effects else []
-    status = None if state is None else state.status
-    allowed = TRANSITIONS.get((status, key))
-    if allowed is None:
-        return _reject(state, event, limits, f"{key} does not apply to "
-                       f"{'an unknown' if state is None else f'a {status}'} group")
-    if state is None:
-        state = GroupState(group_id=group_id_of(event.task_id), status=G.OPEN)
-    outcome = _step(state, event, limits, effects)
-    if isinstance(outcome, str):
-        return _reject(state if status is not None else None, event, limits, outcome)
-    after, made = outcome
-    if after.status not in allowed:
-        raise LifecycleError(f"group bug: {status} --{key}--> {after.status} is not in "
-                             f"TRANSITIONS (allowed: {sorted(allowed)})")
-    if after.status in _SETTLED and state.status is G.OPEN and effects:
-        made = [*made, *notifications(after, event.event_id, event.occurred_at_ms)]
-    recent = [*after.recent_event_ids, event.event_id][-limits.recent_events:]
-    return replace(after, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms), made
-
-
-def _reject(state: GroupState | None, event: Envelope, limits: Limits,
-            reason: str) -> tuple[GroupState | None, list[Effect]]:
-    if state is None:
-        return None, [Rejected(reason)]
-    recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
-    return replace(state, rejected=state.rejected + 1, recent_event_ids=recent,
-                   updated_at_ms=event.occurred_at_ms), [Rejected(reason)]
+    return apply_entity(
+        state, event, limits, kind="group", key=type(event.body).__name__, table=TRANSITIONS,
+        fresh=lambda: GroupState(group_id=group_id_of(event.task_id), status=G.OPEN),
+        step=lambda s, on: _step(s, event, limits, on), redo=redo_effects,
+        settled=lambda before, after: notifications(after, event.event_id, event.occurred_at_ms)
+        if after.status in _SETTLED and before.status is G.OPEN else [],
+        effects=effects)
 
 
 def _step(state: GroupState, event: Envelope, limits: Limits, effects: bool) -> Step:

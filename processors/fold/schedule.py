@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from taskstream.processors.fold.backoff import stable_fraction
-from taskstream.processors.fold.effects import Effect, Emit, Rejected, emit_envelope
+from taskstream.processors.fold.effects import Effect, Emit, emit_envelope
+from taskstream.processors.fold.entity import Step, apply_entity
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.rules import Limits
 from taskstream.schemas.cron import Cron, check_spec, next_cron_ms, zone
@@ -152,46 +153,29 @@ def apply(
     *, effects: bool = True,
 ) -> tuple[ScheduleState | None, list[Effect]]:
     """Fold one event into one schedule's state (the module docstring has the rules)."""
-    key = event_key(event)
-    if state is not None and event.event_id in state.recent_event_ids:
-        last = state.recent_event_ids[-1] == event.event_id
-        return state, redo_effects(state, event.event_id) if last and effects else []
-    status = None if state is None else state.status
-    allowed = TRANSITIONS.get((status, key))
-    if allowed is None:
-        return _reject(state, event, limits, f"{key} does not apply to "
-                       f"{'an unknown' if state is None else f'a {status}'} schedule")
-    outcome = _step(state, event, effects)
-    if isinstance(outcome, str):
-        return _reject(state, event, limits, outcome)
-    after, made = outcome
-    if after.status not in allowed:
-        raise LifecycleError(f"schedule bug: {status} --{key}--> {after.status} is not in "
-                             f"TRANSITIONS (allowed: {sorted(allowed)})")
-    recent = [*after.recent_event_ids, event.event_id][-limits.recent_events:]
-    return replace(after, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms), made
+    return apply_entity(
+        state, event, limits, kind="schedule", key=event_key(event), table=TRANSITIONS,
+        fresh=lambda: _new(event), step=lambda s, on: _step(s, event, on),
+        redo=redo_effects, settled=lambda before, after: [], effects=effects)
 
 
-def _reject(state: ScheduleState | None, event: Envelope, limits: Limits,
-            reason: str) -> tuple[ScheduleState | None, list[Effect]]:
-    if state is None:
-        return None, [Rejected(reason)]
-    recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
-    return replace(state, rejected=state.rejected + 1, recent_event_ids=recent,
-                   updated_at_ms=event.occurred_at_ms), [Rejected(reason)]
+def _new(event: Envelope) -> ScheduleState:
+    """An unknown schedule, before its first ScheduleSet is applied."""
+    body = event.body
+    assert isinstance(body, ScheduleSet)  # the table creates schedules by ScheduleSet only
+    return ScheduleState(schedule_id=schedule_id_of(event.task_id), status=S.ACTIVE,
+                         spec=body.spec, revision=0, created_at_ms=event.occurred_at_ms,
+                         updated_at_ms=event.occurred_at_ms)
 
 
-Step = tuple[ScheduleState, list[Effect]] | str
-
-
-def _step(state: ScheduleState | None, event: Envelope, effects: bool) -> Step:
+def _step(state: ScheduleState, event: Envelope, effects: bool) -> Step:
     body = event.body
     match body:
         case ScheduleSet():
             return _set(state, event, body)
-        case ScheduleCommand() if state is not None:
+        case ScheduleCommand():
             return _command(state, event, body)
-        case TimerFired() if state is not None:
+        case TimerFired():
             return _fire(state, event, body, effects)
         case _:  # the table has no other keys
             return f"{event.type_name} is not a schedule event"
@@ -206,17 +190,14 @@ def _armed(state: ScheduleState, next_fire: int | None, reason: str = "") -> Sch
     return replace(state, status=S.ACTIVE, next_fire_ms=next_fire, due_at_ms=due, reason="")
 
 
-def _set(state: ScheduleState | None, event: Envelope, body: ScheduleSet) -> Step:
+def _set(state: ScheduleState, event: Envelope, body: ScheduleSet) -> Step:
     try:
         check_spec(body.spec)
         first = next_fire_ms(body.spec, event.occurred_at_ms)
     except (CronError, ValueError) as exc:
         return f"invalid schedule spec: {exc}"
-    if state is None:
-        created = ScheduleState(
-            schedule_id=schedule_id_of(event.task_id), status=S.ACTIVE, spec=body.spec,
-            revision=1, created_at_ms=event.occurred_at_ms, updated_at_ms=event.occurred_at_ms)
-        return _armed(created, first), []
+    if state.revision == 0:  # a new schedule (_new)
+        return _armed(replace(state, revision=1), first), []
     updated = replace(state, spec=body.spec, revision=state.revision + 1)
     if state.status is S.PAUSED:  # stays paused; resuming arms the new plan
         return replace(updated, next_fire_ms=first, due_at_ms=None), []

@@ -96,37 +96,24 @@ def show(schedule_id: str, as_json: bool, api_url: str | None) -> None:
          schedule_detail)
 
 
-def _command(schedule_id: str, method: str, path: str, reason: str, as_json: bool,
-             api_url: str | None, done: str) -> None:
-    answer = client_from(api_url).call(method, path, body={"reason": reason})
-    emit(answer, as_json, lambda _: f"schedule {schedule_id}: {done}")
+def _verb(name: str, method: str, suffix: str, done: str, doc: str) -> click.Command:
+    """``taskstream schedule <name> ID [--reason]``: one command event through the API."""
+
+    @click.argument("schedule_id")
+    @click.option("--reason", default="", help="recorded with the command")
+    @api_options
+    def command(schedule_id: str, reason: str, as_json: bool, api_url: str | None) -> None:
+        answer = client_from(api_url).call(method, f"/schedules/{schedule_id}{suffix}",
+                                           body={"reason": reason})
+        emit(answer, as_json, lambda _: f"schedule {schedule_id}: {done}")
+
+    command.__doc__ = doc
+    return schedule.command(name)(command)
 
 
-@schedule.command("pause")
-@click.argument("schedule_id")
-@click.option("--reason", default="", help="recorded with the command")
-@api_options
-def pause(schedule_id: str, reason: str, as_json: bool, api_url: str | None) -> None:
-    """Pause a schedule: no firings until it is resumed."""
-    _command(schedule_id, "POST", f"/schedules/{schedule_id}/pause", reason, as_json, api_url,
-             "pause requested")
-
-
-@schedule.command("resume")
-@click.argument("schedule_id")
-@click.option("--reason", default="", help="recorded with the command")
-@api_options
-def resume(schedule_id: str, reason: str, as_json: bool, api_url: str | None) -> None:
-    """Resume a schedule; fire times missed while paused meet its misfire policy."""
-    _command(schedule_id, "POST", f"/schedules/{schedule_id}/resume", reason, as_json, api_url,
-             "resume requested")
-
-
-@schedule.command("delete")
-@click.argument("schedule_id")
-@click.option("--reason", default="", help="recorded with the command")
-@api_options
-def delete(schedule_id: str, reason: str, as_json: bool, api_url: str | None) -> None:
-    """Delete a schedule: it fires no more (tasks it submitted are not touched)."""
-    _command(schedule_id, "DELETE", f"/schedules/{schedule_id}", reason, as_json, api_url,
-             "delete requested")
+pause = _verb("pause", "POST", "/pause", "pause requested",
+              "Pause a schedule: no firings until it is resumed.")
+resume = _verb("resume", "POST", "/resume", "resume requested",
+               "Resume a schedule; fire times missed while paused meet its misfire policy.")
+delete = _verb("delete", "DELETE", "", "delete requested",
+               "Delete a schedule: it fires no more (tasks it submitted are not touched).")
