@@ -121,6 +121,8 @@ def test_list_query_parses_every_parameter() -> None:
     ({"limit": "1001"}, "limit"),
     ({"limit": "x"}, "limit"),
     ({"since": "yesterday"}, "since"),
+    ({"since": "\u00b9"}, "since"),  # a digit to str.isdigit, not to int(): found by fuzz
+    ({"limit": "\u00b2"}, "limit"),
     ({"cursor": "a b"}, "cursor"),
     ({"colour": "red"}, "colour"),
 ])
