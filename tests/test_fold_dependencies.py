@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import deque
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -395,3 +396,35 @@ def test_replay_history_shows_the_dependency_events_and_what_they_caused() -> No
         [(0, i, e.occurred_at_ms, e) for i, e in enumerate(parent_events)], Limits()))
     assert "DependencyRegistered" in text and f"told {B}: PENDING" in text
     assert f"told {B}: SUCCEEDED" in text
+
+
+def test_replay_rebuild_folds_every_kind_as_the_processor_would(tmp_path: Any) -> None:
+    """replay's fold (processors/replay/folding.py) over a log with groups, waiting tasks
+    and their messages rebuilds the same states as the kinds' own folds."""
+    from taskstream.processors.replay.folding import (
+        FoldStats,
+        StateCache,
+        StateDB,
+        fold_messages,
+        open_db,
+    )
+    from taskstream.schemas.serde import encode_event
+    from tests.test_replay_units import Msg
+
+    log = Log()
+    chord(log, "rg", 5)
+    for i in range(5):
+        log.run(member_task_id("rg", i))
+    diamond(log)
+    log.run(A, ok=False)
+    messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(log.history)]
+    db = open_db(tmp_path / "db", create=True)
+    try:
+        cache = StateCache(db, capacity=3)
+        fold_messages([messages[:40], messages[40:]], cache, Limits(), FoldStats())
+        cache.flush()
+        rebuilt = dict(StateDB(db))
+    finally:
+        db.close()
+    assert rebuilt == log.states
+    assert isinstance(rebuilt[group_key("rg")], GroupState)
