@@ -67,7 +67,8 @@ def make_simple_encoder(header: bytes) -> SimpleEncoder:
     id_len = avro_long(26)
     after_source = NULL + NULL  # attempt 0, union branch 0 (TaskSubmitted)
     default_backoff = _backoff(Backoff())
-    empty_tail = NULL + NULL + NULL  # headers {}, tags [], depends_on []
+    # headers {}, tags [], depends_on [], then (v2) expires_at_ms null, flow null
+    empty_tail = NULL + NULL + NULL + NULL + NULL
     one_byte = SMALL_LONG
     # (at_ms, source) -> bytes; (name, queue, priority) -> bytes; options -> bytes
     memo_at: dict[tuple[int, str], bytes] = {}

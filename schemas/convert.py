@@ -24,10 +24,20 @@ from taskstream.schemas.events import (
     Backoff,
     Envelope,
     EventBody,
+    FlowControl,
     TaskDispatched,
     TaskSubmitted,
     TimerFired,
     TimerKind,
+)
+from taskstream.schemas.flowstate import (
+    ConcurrencyState,
+    EntityState,
+    GateOut,
+    LimitState,
+    LimitWaiter,
+    SlotHolder,
+    SlotWaiter,
 )
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 
@@ -49,6 +59,7 @@ def _flat_to(cls: type) -> Callable[[Any], Record]:
 
 _backoff_to = _flat_to(Backoff)
 _error_to = _flat_to(ErrorInfo)
+_flow_to = _flat_to(FlowControl)
 _submitted_flat = _flat_to(TaskSubmitted)
 _dispatched_flat = _flat_to(TaskDispatched)
 _state_flat = _flat_to(TaskState)
@@ -58,11 +69,18 @@ def _submitted_to(body: TaskSubmitted) -> Record:
     record = _submitted_flat(body)
     record["backoff"] = _backoff_to(body.backoff)
     record["headers"] = _sorted_map(body.headers)
+    if body.flow is not None:
+        record["flow"] = _flow_to(body.flow)
     return record
+
+
+def _flow_from(record: Record | None) -> FlowControl | None:
+    return None if record is None else FlowControl(**record)
 
 
 def _submitted_from(record: Record) -> TaskSubmitted:
     record["backoff"] = Backoff(**record["backoff"])
+    record["flow"] = _flow_from(record["flow"])
     return TaskSubmitted(**record)
 
 
@@ -141,6 +159,8 @@ def state_to_record(state: TaskState) -> Record:
     record["headers"] = _sorted_map(state.headers)
     if state.last_error is not None:
         record["last_error"] = _error_to(state.last_error)
+    if state.flow is not None:
+        record["flow"] = _flow_to(state.flow)
     return record
 
 
@@ -151,4 +171,52 @@ def state_from_record(record: Record) -> TaskState:
     error = record["last_error"]
     if error is not None:
         record["last_error"] = ErrorInfo(**error)
+    record["flow"] = _flow_from(record["flow"])
     return TaskState(**record)
+
+
+# --- the other entity kinds' states (schema v2, issue 16) ---------------------------
+
+_waiter_to = _flat_to(LimitWaiter)
+_out_to = _flat_to(GateOut)
+_holder_to = _flat_to(SlotHolder)
+_slot_waiter_to = _flat_to(SlotWaiter)
+_limit_flat = _flat_to(LimitState)
+_concurrency_flat = _flat_to(ConcurrencyState)
+
+
+def entity_to_record(state: EntityState) -> Record:
+    """The fastavro datum of a rate-limit or concurrency-key state."""
+    if isinstance(state, LimitState):
+        record = _limit_flat(state)
+        record["waiting"] = [_waiter_to(w) for w in state.waiting]
+    else:
+        record = _concurrency_flat(state)
+        record["holders"] = [_holder_to(h) for h in state.holders]
+        record["waiting"] = [_slot_waiter_to(w) for w in state.waiting]
+    record["last_out"] = [_out_to(o) for o in state.last_out]
+    return record
+
+
+def limit_from_record(record: Record) -> LimitState:
+    """Inverse of :func:`entity_to_record` for a LimitState; ``record`` is consumed."""
+    record["waiting"] = [LimitWaiter(**w) for w in record["waiting"]]
+    record["last_out"] = [GateOut(**o) for o in record["last_out"]]
+    return LimitState(**record)
+
+
+def concurrency_from_record(record: Record) -> ConcurrencyState:
+    """Inverse of :func:`entity_to_record` for a ConcurrencyState; ``record`` is consumed."""
+    record["holders"] = [SlotHolder(**h) for h in record["holders"]]
+    record["waiting"] = [SlotWaiter(**w) for w in record["waiting"]]
+    record["last_out"] = [GateOut(**o) for o in record["last_out"]]
+    return ConcurrencyState(**record)
+
+
+#: Avro full name -> (dataclass, from_record) of every entity state but the task's
+ENTITY_FROM_RECORD: Mapping[str, tuple[type, Callable[[Record], EntityState]]] = (
+    MappingProxyType({
+        f"{NAMESPACE}.LimitState": (LimitState, limit_from_record),
+        f"{NAMESPACE}.ConcurrencyState": (ConcurrencyState, concurrency_from_record),
+    })
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from taskstream.schemas.events import Backoff
+from taskstream.schemas.events import Backoff, FlowControl
 
 
 class TaskStatus(enum.StrEnum):
@@ -23,6 +23,7 @@ class TaskStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     DEAD = "DEAD"  # out of attempts, or a non-retryable failure
     CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"  # not started by its expires_at_ms; never run (schema v2)
 
     @property
     def terminal(self) -> bool:
@@ -31,7 +32,9 @@ class TaskStatus(enum.StrEnum):
 
 #: The statuses a task never leaves (but by a redrive). A StrEnum, so the names as
 #: plain strings (a JSON view's ``status``) are members too: ``"DEAD" in TERMINAL``.
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
+TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,4 +88,13 @@ class TaskState:
     conflicts: int = 0
     rejected: int = 0
     recent_event_ids: list[str] = field(default_factory=list)  # newest last, bounded
+
+    # --- flow control (issue 16; schema v2) ---
+    expires_at_ms: int | None = None  # no attempt starts at or after it
+    flow: FlowControl | None = None  # the gates every attempt passes before dispatch
+    slot_sequence: int | None = None  # the concurrency key's grant held by this attempt
+    status_reason: str | None = None  # why it is WAITING, or why it EXPIRED
+    progress: float | None = None  # 0..1, the running attempt's last report
+    progress_note: str | None = None
+    progress_at_ms: int | None = None
 

@@ -118,6 +118,11 @@ SPEC_TO_SUBMITTED = {
     "headers": "headers",
     "tags": "tags",
     "depends_on": "depends_on",
+    "expires": "expires_at_ms",
+    "rate_limit": "flow",
+    "rate_key": "flow",
+    "concurrency_key": "flow",
+    "max_concurrency": "flow",
 }
 
 

@@ -48,6 +48,12 @@ from taskstream.processors.fold.effects import (
     dispatch_envelope,
 )
 from taskstream.processors.fold.errors import LifecycleError
+from taskstream.processors.fold.gates import (
+    ask,
+    holds_grant,
+    release_stale_slot,
+    slot_released_again,
+)
 from taskstream.processors.fold.rules import (
     TRANSITIONS,
     Limits,
@@ -60,7 +66,10 @@ from taskstream.processors.fold.steps import (
     Step,
     cancel,
     failed,
+    gate_step,
+    progress,
     redrive,
+    refused,
     renewed,
     started,
     submit_again,
@@ -73,12 +82,17 @@ from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
     LeaseRenewed,
+    RateGranted,
+    RateRefused,
     RedriveRequested,
+    SlotGranted,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
     TimerFired,
+    WaitDeferred,
 )
 from taskstream.schemas.state import TaskState, TaskStatus
 
@@ -129,7 +143,11 @@ def apply(
             f"state of task {state.task_id}; look states up by the event's task_id")
     if event.event_id in state.recent_event_ids:
         last = state.recent_event_ids[-1] == event.event_id
-        return state, redo_effects(state, event.event_id) if last and effects else []
+        if not (last and effects):
+            return state, []
+        if body.__class__ is SlotGranted and not holds_grant(state, event):
+            return state, release_stale_slot(state, event)  # it was refused: hand back again
+        return state, redo_effects(state, event.event_id)
     if isinstance(body, TaskSubmitted):
         counted, made = submit_again(state, body)
         return _record(counted, event, limits, fresh=counted is not state), made
@@ -162,6 +180,12 @@ def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> S
             return cancel(state, event, body, effects)
         case RedriveRequested():
             return redrive(state, event, body, effects)
+        case SlotGranted() | RateGranted() | WaitDeferred():
+            return gate_step(state, event, effects)
+        case TaskProgress():
+            return progress(state, event, body, effects)
+        case RateRefused():
+            return refused(state, event, body, effects)
         case _:  # derived records never reach here: TRANSITIONS has no key for them
             return Refusal(f"{event.type_name} is not an events-topic record")
 
@@ -187,7 +211,10 @@ def _reject(
     state: TaskState, event: Envelope, limits: Limits, reason: str
 ) -> tuple[TaskState, list[Effect]]:
     counted = replace(state, rejected=state.rejected + 1)
-    return _record(counted, event, limits, fresh=True), [Rejected(reason)]
+    made: list[Effect] = [Rejected(reason)]
+    if event.body.__class__ is SlotGranted:  # a slot the task will not use: hand it back
+        made += release_stale_slot(state, event)
+    return _record(counted, event, limits, fresh=True), made
 
 
 def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
@@ -197,15 +224,20 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
     time, attempt and body); re-applying a later event gives the same records
     under that event's derived id (same dispatch id, so workers fence a repeat).
     """
+    # a key's slot: released again by every state that ended an attempt (a release of a
+    # slot no longer held is a no-op at the key; the first one had the same event id)
+    released = slot_released_again(state, cause_event_id)
     match state.status:
         case TaskStatus.READY:
             return [Dispatch(dispatch_envelope(state, cause_event_id))]
         case TaskStatus.DEAD:
-            return [DeadLetter(dead_letter_envelope(state, cause_event_id))]
-        case TaskStatus.CANCELLED:
-            return [PublishCancel(cancel_envelope(state, cause_event_id))]
+            return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id))]
+        case TaskStatus.CANCELLED | TaskStatus.EXPIRED:
+            return [*released, PublishCancel(cancel_envelope(state, cause_event_id))]
+        case TaskStatus.WAITING if state.due_at_ms is None:  # its request, unless deferred
+            return ask(state, cause_event_id, state.updated_at_ms)
         case _:
-            return []
+            return released
 
 
 def fold(events: Iterable[Envelope], limits: Limits = _DEFAULT_LIMITS) -> dict[str, TaskState]:

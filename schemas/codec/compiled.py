@@ -42,7 +42,7 @@ from taskstream.schemas.convert import (
     state_to_record,
 )
 from taskstream.schemas.errors import DecodeError
-from taskstream.schemas.events import BODY_TYPES, Backoff, Envelope, TimerKind
+from taskstream.schemas.events import BODY_TYPES, Backoff, Envelope, FlowControl, TimerKind
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.schemas.wire import (
     SINGLE_OBJECT_HEADER,
@@ -60,7 +60,7 @@ Reader = Callable[[bytes, int, int], tuple[Any, int]]
 BINDINGS = Bindings(
     records={
         f"io.taskstream.{cls.__name__}": cls
-        for cls in (Envelope, *BODY_TYPES, Backoff, TaskState, ErrorInfo)
+        for cls in (Envelope, *BODY_TYPES, Backoff, FlowControl, TaskState, ErrorInfo)
     },
     enums={"io.taskstream.TimerKind": TimerKind, "io.taskstream.TaskStatus": TaskStatus},
 )
