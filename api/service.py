@@ -28,6 +28,7 @@ from yarl import URL
 
 from taskstream.api.auth import TokenAuth
 from taskstream.api.errors import ApiError
+from taskstream.api.limits import SCAN_FROM, limit_states, limit_view, merge_limits
 from taskstream.api.query import (
     ListQuery,
     Page,
@@ -48,6 +49,7 @@ from taskstream.kafka_config import consumer_config
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
+from taskstream.schemas.flowspec import FlowControlNotEnforcedError, LimitSpec
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
@@ -284,6 +286,29 @@ class Api:
         except (TimeoutError, KafkaUnavailableError):
             raise ApiError(503, "unavailable", f"the queue command was not acknowledged in "
                            f"{timeout:g} s; retry") from None
+
+    # -- rate limits (issue 16) --------------------------------------------------------
+
+    def local_limits(self) -> dict[str, Any]:
+        """This replica's limits and buckets, from its active partitions."""
+        partitions = self.processor.active_partitions()
+        now_ms = int(time.time() * 1000)
+        items = [limit_view(state, now_ms) for p in partitions
+                 for state in limit_states(self.processor.tables.scan_tasks(p, SCAN_FROM))]
+        return {"items": items, "partitions": partitions}
+
+    async def limits(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+        answers = await self.gather("/internal/limits", {}, headers, self.local_limits)
+        return merge_limits(a["items"] for a in answers)
+
+    async def set_limit(self, spec: LimitSpec) -> None:
+        """Produce the limit's LimitSet (refused while limits are not enforced)."""
+        try:
+            key, value = self.builder.limit_set(spec.name, spec.rate, spec.burst,
+                                                int(time.time() * 1000))
+        except FlowControlNotEnforcedError as exc:
+            raise ApiError(501, "not_implemented", str(exc)) from None
+        await self._produce(key, value)
 
     # -- commands --------------------------------------------------------------------
 

@@ -26,8 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskstream.api.auth import required_scope
 from taskstream.api.errors import ApiError, AuthFailure, error_body
+from taskstream.api.limits import LimitBody
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
+from taskstream.schemas.entity_keys import LIMIT_NAME
+from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
@@ -181,6 +184,12 @@ def _queue_name(raw: str) -> str:
     return raw
 
 
+def _limit_name(raw: str) -> str:
+    if not LIMIT_NAME.match(raw):
+        raise bad_request("name", "a limit name is 1 to 64 letters, digits, '_', '.' or '-'")
+    return raw
+
+
 def _no_params(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
     for key in request.query:
         if key not in allowed:
@@ -210,12 +219,15 @@ class Endpoints:
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
+            "/limits": {"get": self.list_limits},
+            "/limits/{name}": {"put": self.put_limit},
             "/healthz": {"get": self.healthz},
             "/readyz": {"get": self.readyz},
             "/metrics": {"get": self.metrics},
             "/openapi.json": {"get": self.openapi},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
+            "/internal/limits": {"get": self.internal_limits},
         }
 
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
@@ -287,6 +299,20 @@ class Endpoints:
         await self.api.set_paused(_queue_name(name), False)
         return json_response({"queue": name, "paused": False}, 202)
 
+    async def list_limits(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response({"limits": await self.api.limits(request.headers)})
+
+    async def put_limit(self, request: web.Request, name: str) -> web.Response:
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        try:
+            body = LimitBody.model_validate(data)
+            spec = LimitSpec(name=_limit_name(name), rate=body.rate, burst=body.burst)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        await self.api.set_limit(spec)
+        return json_response({"name": spec.name, "rate": spec.rate, "burst": spec.burst}, 202)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
@@ -307,6 +333,9 @@ class Endpoints:
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())
+
+    async def internal_limits(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_limits())
 
 
 def install(api: Api) -> None:

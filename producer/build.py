@@ -18,7 +18,9 @@ from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
+from taskstream.schemas.entity_keys import limit_key
 from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
+from taskstream.schemas.flowspec import LimitSpec, refuse_unenforced
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
@@ -223,3 +225,15 @@ class EventBuilder:
             )
         body = RedriveRequested(reason=str(reason), max_attempts=max_attempts)
         return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
+
+    def limit_set(self, name: str, rate: str, burst: int, at_ms: int) -> tuple[str, bytes]:
+        """(record key, encoded LimitSet) of a rate limit (issue 16); InvalidTaskError names
+        the bad field. Refused while the processors do not enforce limits."""
+        refuse_unenforced("set_limit")  # FlowControlNotEnforcedError, a ValueError
+        try:
+            spec = LimitSpec(name=name, rate=rate, burst=burst)
+        except ValidationError as exc:
+            raise invalid(exc, f"limit {name!r}") from None
+        key = limit_key(spec.name)
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0,
+                                          spec.to_body()))

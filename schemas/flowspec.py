@@ -36,7 +36,7 @@ MAX_PERIOD_MS = 7 * 24 * 3600 * 1000  # a week
 _UNITS_MS = {"ms": 1, "s": 1000, "sec": 1000, "second": 1000, "m": 60_000, "min": 60_000,
              "minute": 60_000, "h": 3_600_000, "hour": 3_600_000, "d": 86_400_000,
              "day": 86_400_000}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+?)s?\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
 
 
 class FlowControlNotEnforcedError(InvalidSpecError):
@@ -56,7 +56,7 @@ def parse_rate(text: str) -> tuple[int, int]:
     """``"100/s"`` -> (100, 1000): tokens per period in ms. Units: ms, s, m(in), h, d;
     an optional multiple (``"10/5s"``). ValueError with the accepted forms otherwise."""
     match = _RATE.match(text.lower()) if isinstance(text, str) else None
-    unit = _UNITS_MS.get(match.group(3)) if match else None
+    unit = _unit_ms(match.group(3)) if match else None
     if match is None or unit is None:
         raise ValueError(f"rate {text!r} is not COUNT/PERIOD, for example 100/s, 5/min, 10/2s "
                          "or 1000/h (units: ms, s, min, h, d)")
@@ -67,6 +67,14 @@ def parse_rate(text: str) -> tuple[int, int]:
     if not 1 <= period_ms <= MAX_PERIOD_MS:
         raise ValueError(f"rate {text!r}: the period must be 1 ms to 7 days")
     return count, period_ms
+
+
+def _unit_ms(word: str) -> int | None:
+    """Milliseconds of a unit word, singular or plural (``s``, ``sec``, ``seconds``, ...)."""
+    found = _UNITS_MS.get(word)
+    if found is None and word.endswith("s"):
+        found = _UNITS_MS.get(word[:-1])
+    return found
 
 
 def format_rate(count: int, period_ms: int) -> str:

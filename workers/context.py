@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 _TASK_LOG = logging.getLogger("taskstream.task")
 
@@ -19,6 +20,38 @@ class TaskLogger(logging.LoggerAdapter[logging.Logger]):
         return f"{msg} task_id={extra.get('task_id')} attempt={extra.get('attempt')}", kwargs
 
 
+#: the longest progress note sent (the fold keeps 200 characters)
+MAX_NOTE = 200
+
+
+def check_progress(fraction: float, note: str) -> tuple[float, str]:
+    """(fraction, note) as sent; ValueError for a fraction outside 0..1 or not a number."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(f"progress fraction must be a number in 0..1, got {fraction!r}")
+    value = float(fraction)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"progress fraction must be within 0..1, got {fraction!r}")
+    return value, str(note)[:MAX_NOTE]
+
+
+class FencingToken(NamedTuple):
+    """What a handler passes to the systems it writes to, so they can refuse a stale writer.
+
+    A handler whose lease lapsed may still be running while the next attempt (or, with a
+    concurrency key, the next holder of the key) already runs: a concurrency key guards
+    the *dispatch*, it cannot stop a process it no longer hears from. ``sequence`` is the
+    key's grant number and grows with every holder of the key; a store that remembers the
+    highest sequence it saw and refuses lower ones keeps a late writer out. Without a key
+    ``sequence`` is 0 and (``attempt``, ``dispatch_id``) identify the attempt.
+    docs/flow-control.md says more.
+    """
+
+    sequence: int
+    attempt: int
+    dispatch_id: str
+    key: str | None = None
+
+
 class TaskContext:
     """The second argument of ``(payload, ctx)`` handlers.
 
@@ -27,10 +60,13 @@ class TaskContext:
     lease now (the runtime also renews it every ``lease_ms / 3``). ``cancelled``
     turns true when the task is cancelled while running: coroutines are also
     interrupted with ``CancelledError``; a thread can only check this flag.
+    ``fencing_token`` guards side effects against a stale attempt (issue 16), and
+    ``progress(fraction, note)`` reports how far it has come (throttled; shown by
+    ``taskstream status`` and the API).
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "attempt", "headers", "idempotency_key",
-                 "logger", "name", "task_id")
+    __slots__ = ("_cancelled", "_heartbeat", "_progress", "attempt", "dispatch_id",
+                 "fencing_token", "headers", "idempotency_key", "logger", "name", "task_id")
 
     def __init__(
         self,
@@ -41,6 +77,9 @@ class TaskContext:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        dispatch_id: str = "",
+        fencing_token: FencingToken | None = None,
+        progress: Callable[[float, str], object] | None = None,
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
@@ -50,6 +89,9 @@ class TaskContext:
         self.logger = TaskLogger(_TASK_LOG, {"task_id": task_id, "attempt": attempt})
         self._heartbeat = heartbeat
         self._cancelled = False
+        self.dispatch_id = dispatch_id
+        self.fencing_token = fencing_token or FencingToken(0, attempt, dispatch_id)
+        self._progress = progress
 
     @property
     def cancelled(self) -> bool:
@@ -65,10 +107,22 @@ class TaskContext:
         if self._heartbeat is not None:
             self._heartbeat()
 
+    def progress(self, fraction: float, note: str = "") -> None:
+        """Report how far this attempt has come: ``fraction`` in 0..1 and a short note.
+
+        At most one report a second leaves the worker (and always 1.0); the task's
+        state keeps the newest. A no-op inside a process-pool child. ValueError for a
+        fraction outside 0..1.
+        """
+        check_progress(fraction, note)
+        if self._progress is not None:
+            self._progress(fraction, note)
+
     def __getstate__(self) -> dict[str, Any]:
         # a process-pool child gets the plain facts; it cannot reach the producer
         return {"task_id": self.task_id, "attempt": self.attempt, "name": self.name,
-                "idempotency_key": self.idempotency_key, "headers": self.headers}
+                "idempotency_key": self.idempotency_key, "headers": self.headers,
+                "dispatch_id": self.dispatch_id, "fencing_token": self.fencing_token}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
