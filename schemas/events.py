@@ -258,11 +258,15 @@ class SlotRequested:
 
 @dataclass(frozen=True, slots=True)
 class SlotReleased:
-    """task -> ``ckey:<key>``: the attempt holds (or waits for) the slot no longer."""
+    """task -> ``ckey:<key>``: the attempt holds (or waits for) the slot no longer.
+
+    ``sequence`` names the hold released (its fencing token); None releases whatever the
+    attempt holds or waits for (it ended before its grant arrived)."""
 
     task_id: str
     key: str
     reason: str = ""
+    sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,3 +195,13 @@ def test_never_more_holders_than_allowed_and_strictly_in_order(
     for env in k.log:
         replayed, _ = concurrency.apply(replayed, env, k.limits, effects=False)
     assert replayed == k.state
+
+
+def test_a_release_naming_a_sequence_frees_only_that_hold() -> None:
+    k = Key()
+    k.request(0)  # sequence 1
+    k.send(SlotReleased(task_id(0), KEY, "stale", sequence=9))
+    assert k.holders() == [task_id(0)]
+    k.request(1)
+    (granted,) = k.send(SlotReleased(task_id(0), KEY, "done", sequence=1))
+    assert granted.task_id == task_id(1) and granted.event_id.endswith(f"{task_id(1)}.1.2")

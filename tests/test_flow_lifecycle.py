@@ -141,7 +141,7 @@ def test_cancel_while_waiting_withdraws_the_request_and_releases_the_slot() -> N
     slot(s)
     effects = s.cancel()
     assert [b for _, b in emitted(effects)] == [
-        SlotReleased("T1", "acct-7", "cancelled"), RateWithdrawn("T1", "emails", "c-42")]
+        SlotReleased("T1", "acct-7", "cancelled", 7), RateWithdrawn("T1", "emails", "c-42")]
     assert any(isinstance(e, PublishCancel) for e in effects)
 
 
@@ -151,7 +151,7 @@ def test_a_grant_the_task_no_longer_waits_for_is_handed_back() -> None:
     effects = slot(s, 9)
     assert isinstance(effects[0], Rejected)
     assert emitted(effects) == [("ckey:acct-7", SlotReleased(
-        "T1", "acct-7", "granted to an attempt that no longer waits"))]
+        "T1", "acct-7", "granted to an attempt that no longer waits", 9))]
     last = s.log[-1]
     _, redo = apply(s.s, last, s.limits)
     assert emitted(redo) == emitted(effects), "a repeat hands it back again"
@@ -184,7 +184,7 @@ def test_an_unknown_limit_kills_the_task_and_frees_its_slot() -> None:
     assert s.s.status is S.DEAD and s.s.last_error is not None
     assert s.s.last_error.error_type == "UnknownRateLimit"
     assert emitted(effects)[0] == ("ckey:acct-7", SlotReleased("T1", "acct-7",
-                                                                "UnknownRateLimit"))
+                                                                "UnknownRateLimit", 7))
 
 
 # --- expiry ------------------------------------------------------------------------------
@@ -308,3 +308,27 @@ def test_every_flow_row_of_the_table_is_exercised_here() -> None:
         *((st, "TimerFired.EXPIRY_DUE") for st in NOT_STARTED),
     }
     assert flow_rows == exercised
+
+
+def test_an_old_repeat_of_the_grant_it_holds_releases_nothing() -> None:
+    """A repeat of the SlotGranted the running attempt holds, read again after it left the
+    task's memory of event ids, must not hand the slot back: another task would get it."""
+    s = story(KEYED)
+    slot(s, 4)
+    grant = s.log[-1]
+    s.start()
+    for _ in range(s.limits.recent_events):
+        s.renew()
+    effects = s.apply(grant)
+    assert s.s.status is S.RUNNING and emitted(effects) == []
+
+
+def test_a_regrant_under_a_new_sequence_is_handed_back_by_its_sequence() -> None:
+    """Only that hold is released (the key drops holds by sequence): the one the running
+    attempt has stays."""
+    s = story(KEYED)
+    slot(s, 4)
+    s.start()
+    effects = s.send(SlotGranted("acct-7", 5), attempt=1)
+    assert emitted(effects) == [("ckey:acct-7", SlotReleased(
+        "T1", "acct-7", "granted to an attempt that no longer waits", 5))]

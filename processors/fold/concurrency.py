@@ -9,7 +9,8 @@ head of the list, the head is granted (``SlotGranted`` to the task, with the nex
 everyone behind it, so a mutex request is never overtaken by tasks that would allow
 more company. ``SlotReleased`` (the attempt ended: success, failure, lease expiry,
 cancellation, expiry; or it no longer waits) frees the slot or removes the request,
-and the next ones are granted.
+and the next ones are granted. A release names the hold by its sequence, so a late
+release never frees a newer hold of the same attempt.
 
 So at most N attempts hold the key at once, and no holder ever shares the key with
 more than its own N - 1 others. An attempt runs only while it holds the key (it is
@@ -33,9 +34,10 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from taskstream.processors.fold.copy import fast_replace
-from taskstream.processors.fold.effects import Effect, Rejected, emit_envelope
+from taskstream.processors.fold.effects import Effect, Rejected
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import GATE_CONCURRENCY
+from taskstream.processors.fold.outbox import in_line, recorded, rejected, sent
 from taskstream.processors.fold.rules import Limits, event_key
 from taskstream.schemas.entity_keys import parse_ckey_key
 from taskstream.schemas.events import (
@@ -43,7 +45,6 @@ from taskstream.schemas.events import (
     SlotGranted,
     SlotReleased,
     SlotRequested,
-    WaitDeferred,
 )
 from taskstream.schemas.flowstate import ConcurrencyState, GateOut, SlotHolder, SlotWaiter
 
@@ -93,13 +94,7 @@ def _request(state: ConcurrencyState, event: Envelope,
                       retry_at_ms=at + limits.defer_ms, reason=reason)
         return _copy(state, deferred=state.deferred + 1), [out]
     waiter = SlotWaiter(body.task_id, event.attempt, body.submitted_at_ms, body.max_concurrency)
-    order = (waiter.submitted_at_ms, waiter.task_id, waiter.attempt)
-    waiting = list(state.waiting)
-    at_index = len(waiting)
-    while at_index > 0 and (waiting[at_index - 1].submitted_at_ms, waiting[at_index - 1].task_id,
-                            waiting[at_index - 1].attempt) > order:
-        at_index -= 1
-    waiting.insert(at_index, waiter)
+    waiting = in_line(state.waiting, waiter)
     return _grant(_copy(state, waiting=waiting, max_concurrency=body.max_concurrency), at)
 
 
@@ -108,7 +103,8 @@ def _release(state: ConcurrencyState, event: Envelope,
     body = event.body
     assert isinstance(body, SlotReleased)
     who = (body.task_id, event.attempt)
-    holders = [h for h in state.holders if (h.task_id, h.attempt) != who]
+    holders = [h for h in state.holders if (h.task_id, h.attempt) != who
+               or (body.sequence is not None and h.sequence != body.sequence)]
     waiting = [w for w in state.waiting if (w.task_id, w.attempt) != who]
     if len(holders) == len(state.holders) and len(waiting) == len(state.waiting):
         return state, []  # neither holds nor waits: released already
@@ -140,11 +136,8 @@ def apply(state: ConcurrencyState | None, event: Envelope, limits: Limits = _DEF
     body = event.body
     handler = CONCURRENCY_EVENTS.get(event_key(event))
     if handler is None or not isinstance(body, SlotRequested | SlotReleased) or body.key != name:
-        reason = f"{event_key(event)} does not apply to concurrency key {event.task_id}"
-        if state is None:
-            return None, [Rejected(reason)]
-        counted = _copy(state, rejected=state.rejected + 1)
-        return _record(counted, event, limits, []), [Rejected(reason)]
+        return rejected(state, _copy, event, limits,
+                        f"{event_key(event)} does not apply to concurrency key {event.task_id}")
     if isinstance(body, SlotRequested) and body.max_concurrency < 1:
         return state, [Rejected(f"SlotRequested with max_concurrency {body.max_concurrency}")]
     if state is None:
@@ -152,31 +145,13 @@ def apply(state: ConcurrencyState | None, event: Envelope, limits: Limits = _DEF
             return None, []
         state = ConcurrencyState(key=event.task_id, name=name)
     after, out = handler(state, event, limits)
-    after = _record(after, event, limits, out)
+    after = recorded(after, _copy, event, limits, out)
     return after, _emits(after, out) if effects else []
 
 
-def _record(state: ConcurrencyState, event: Envelope, limits: Limits,
-            out: list[GateOut]) -> ConcurrencyState:
-    recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
-    return _copy(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms,
-                 last_out=out)
-
-
 def _emits(state: ConcurrencyState, out: list[GateOut]) -> list[Effect]:
-    cause = state.recent_event_ids[-1]
-    made: list[Effect] = []
-    for o in out:
-        event_id = f"{cause}.{o.what}.{o.task_id}.{o.attempt}"
-        if o.what == "grant":
-            made.append(emit_envelope(o.task_id, event_id, o.at_ms, o.attempt,
-                                      SlotGranted(key=state.name, sequence=o.sequence or 0)))
-        else:
-            made.append(emit_envelope(o.task_id, event_id, o.at_ms, o.attempt,
-                                      WaitDeferred(gate=GATE_CONCURRENCY,
-                                                   retry_at_ms=o.retry_at_ms or 0,
-                                                   reason=o.reason)))
-    return made
+    return sent(state, out, GATE_CONCURRENCY,
+                lambda o: SlotGranted(key=state.name, sequence=o.sequence or 0))
 
 
 def redo_effects(state: ConcurrencyState) -> list[Effect]:

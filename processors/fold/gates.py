@@ -236,7 +236,8 @@ def release(before: TaskState, cause_event_id: str, at_ms: int, reason: str,
     if flow.concurrency_key is not None:
         key = flow.concurrency_key
         out.append(emit_envelope(ckey_key(key), f"{cause_event_id}.release", at_ms, n,
-                                 SlotReleased(task_id=before.task_id, key=key, reason=reason)))
+                                 SlotReleased(task_id=before.task_id, key=key, reason=reason,
+                                              sequence=before.slot_sequence)))
     if pending_gate(before) == GATE_RATE and flow.rate_limit is not None:
         out.append(emit_envelope(
             limit_key(flow.rate_limit), f"{cause_event_id}.withdraw", at_ms, n,
@@ -245,15 +246,17 @@ def release(before: TaskState, cause_event_id: str, at_ms: int, reason: str,
 
 
 def release_stale_slot(state: TaskState, event: Envelope) -> list[Effect]:
-    """A ``SlotGranted`` the task does not take: hand the slot straight back (the key
-    holds it for (task, attempt) until it hears so)."""
+    """A ``SlotGranted`` the task does not take: hand that hold straight back (the key
+    keeps it until it hears so). Not the grant the task holds, read again: that one is
+    released when its attempt ends."""
     body = event.body
-    if not isinstance(body, SlotGranted):
+    if not isinstance(body, SlotGranted) or holds_grant(state, event):
         return []
     return [emit_envelope(ckey_key(body.key), f"{event.event_id}.release",
                           event.occurred_at_ms, event.attempt,
                           SlotReleased(task_id=state.task_id, key=body.key,
-                                       reason="granted to an attempt that no longer waits"))]
+                                       reason="granted to an attempt that no longer waits",
+                                       sequence=body.sequence))]
 
 
 def holds_grant(state: TaskState, event: Envelope) -> bool:
@@ -271,7 +274,8 @@ def slot_released_again(state: TaskState, cause_event_id: str) -> list[Effect]:
     key = flow.concurrency_key
     return [emit_envelope(ckey_key(key), f"{cause_event_id}.release", state.updated_at_ms,
                           state.attempt, SlotReleased(task_id=state.task_id, key=key,
-                                                      reason=end_reason(state)))]
+                                                      reason=end_reason(state),
+                                                      sequence=state.slot_sequence))]
 
 
 def end_reason(state: TaskState) -> str:

@@ -42,6 +42,7 @@ from taskstream.processors.fold.copy import fast_replace
 from taskstream.processors.fold.effects import Effect, Rejected, emit_envelope
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import GATE_RATE
+from taskstream.processors.fold.outbox import in_line, recorded, rejected, sent
 from taskstream.processors.fold.rules import Limits, event_key
 from taskstream.schemas.entity_keys import limit_key, parse_limit_key
 from taskstream.schemas.events import (
@@ -53,7 +54,6 @@ from taskstream.schemas.events import (
     RateWithdrawn,
     TimerFired,
     TimerKind,
-    WaitDeferred,
 )
 from taskstream.schemas.flowstate import GateOut, LimitState, LimitWaiter
 
@@ -155,14 +155,7 @@ def _request(state: LimitState, event: Envelope,
         out = GateOut("defer", body.task_id, event.attempt, at, retry_at_ms=at + max(1, drain_ms),
                       reason=reason)
         return _copy(now, deferred=now.deferred + 1), [out]
-    waiter = LimitWaiter(body.task_id, event.attempt, body.submitted_at_ms)
-    order = (waiter.submitted_at_ms, waiter.task_id, waiter.attempt)
-    waiting = list(now.waiting)
-    at_index = len(waiting)
-    while at_index > 0 and (waiting[at_index - 1].submitted_at_ms, waiting[at_index - 1].task_id,
-                            waiting[at_index - 1].attempt) > order:
-        at_index -= 1
-    waiting.insert(at_index, waiter)
+    waiting = in_line(now.waiting, LimitWaiter(body.task_id, event.attempt, body.submitted_at_ms))
     return _drain(_copy(now, waiting=waiting), at)
 
 
@@ -244,37 +237,17 @@ def apply(state: LimitState | None, event: Envelope, limits: Limits = _DEFAULT_L
     if isinstance(outcome, str):
         return _reject(state, event, limits, outcome)
     after, out = outcome
-    after = _record(after, event, limits, out)
+    after = recorded(after, _copy, event, limits, out)
     return after, _emits(after, out) if effects else []
 
 
-def _record(state: LimitState, event: Envelope, limits: Limits,
-            out: list[GateOut]) -> LimitState:
-    recent = [*state.recent_event_ids, event.event_id][-limits.recent_events:]
-    return _copy(state, recent_event_ids=recent, updated_at_ms=event.occurred_at_ms,
-                 last_out=out)
-
-
 def _reject(state: LimitState | None, event: Envelope, limits: Limits, reason: str) -> Result:
-    if state is None:
-        return None, [Rejected(reason)]
-    counted = _copy(state, rejected=state.rejected + 1)
-    return _record(counted, event, limits, []), [Rejected(reason)]
+    return rejected(state, _copy, event, limits, reason)
 
 
 def _emits(state: LimitState, out: list[GateOut]) -> list[Effect]:
-    cause = state.recent_event_ids[-1]
-    made: list[Effect] = []
-    for o in out:
-        event_id = f"{cause}.{o.what}.{o.task_id}.{o.attempt}"
-        if o.what == "grant":
-            made.append(emit_envelope(o.task_id, event_id, o.at_ms, o.attempt,
-                                      RateGranted(limit=state.name, key=state.bucket_key)))
-        else:
-            made.append(emit_envelope(o.task_id, event_id, o.at_ms, o.attempt,
-                                      WaitDeferred(gate=GATE_RATE, retry_at_ms=o.retry_at_ms or 0,
-                                                   reason=o.reason)))
-    return made
+    return sent(state, out, GATE_RATE,
+                lambda _: RateGranted(limit=state.name, key=state.bucket_key))
 
 
 def redo_effects(state: LimitState) -> list[Effect]:

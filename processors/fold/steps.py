@@ -162,19 +162,21 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
 
     Dispatched at once, the state is built READY in one go: the same state as
     building it SCHEDULED and then taking :func:`dispatch_next` (a test checks
-    that), one 40-field build instead of two.
+    that), one 40-field build instead of two. A task with gates (issue 16) is built
+    SCHEDULED and then takes :func:`dispatch_next`, which makes it WAITING.
     """
     at = event.occurred_at_ms
     eta = body.eta_ms
     delayed = eta is not None and eta > at
-    if body.flow is not None or body.expires_at_ms is not None:
-        return _submit_flow(event, body, delayed, effects)
+    gated = body.flow is not None and (body.flow.rate_limit is not None
+                                       or body.flow.concurrency_key is not None)
+    ready_now = not (delayed or gated)
     state = new_state(
         task_id=event.task_id,
         name=body.name,
         queue=body.queue,
         priority=body.priority,
-        status=TaskStatus.SCHEDULED if delayed else TaskStatus.READY,
+        status=TaskStatus.READY if ready_now else TaskStatus.SCHEDULED,
         payload=body.payload,
         content_type=body.content_type,
         payload_digest=payload_digest(body.payload),
@@ -188,35 +190,20 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         headers=dict(body.headers),
         tags=list(body.tags),
         depends_on=list(body.depends_on),
-        attempt=0 if delayed else 1,
-        dispatch_id=None if delayed else make_dispatch_id(event.task_id, 1, event.event_id),
-        dispatched_at_ms=None if delayed else at,
+        attempt=1 if ready_now else 0,
+        dispatch_id=make_dispatch_id(event.task_id, 1, event.event_id) if ready_now else None,
+        dispatched_at_ms=at if ready_now else None,
         due_at_ms=eta if delayed else None,
+        expires_at_ms=body.expires_at_ms,
+        flow=body.flow,
     )
+    if gated and not delayed:
+        return dispatch_next(state, event, effects)
     if not effects:
         return state, []
     if eta is not None and delayed:
         return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
     return state, [Dispatch(dispatch_envelope(state, event.event_id))]
-
-
-def _submit_flow(event: Envelope, body: TaskSubmitted, delayed: bool, effects: bool) -> Accepted:
-    """A first submission with an expiry or gates (issue 16): built SCHEDULED (attempt 0),
-    then dispatched like any due task unless it waits for its eta."""
-    at = event.occurred_at_ms
-    state = new_state(
-        task_id=event.task_id, name=body.name, queue=body.queue, priority=body.priority,
-        status=TaskStatus.SCHEDULED, payload=body.payload, content_type=body.content_type,
-        payload_digest=payload_digest(body.payload), max_attempts=body.max_attempts,
-        backoff=body.backoff, timeout_ms=body.timeout_ms, lease_ms=body.lease_ms,
-        submitted_at_ms=at, updated_at_ms=at, idempotency_key=body.idempotency_key,
-        headers=dict(body.headers), tags=list(body.tags), depends_on=list(body.depends_on),
-        due_at_ms=body.eta_ms if delayed else None, expires_at_ms=body.expires_at_ms,
-        flow=body.flow,
-    )
-    if delayed:
-        return state, [new_set_timer(state.due_at_ms or at, TimerKind.DELAY_DUE)] if effects else []
-    return dispatch_next(state, event, effects)
 
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
