@@ -119,7 +119,7 @@ def _check_settled(world: World, count: int, burst: int) -> None:
     assert world.replayed() == world.states
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), count=st.integers(1, 20), burst=st.integers(1, 5),
        n_max=st.integers(1, 3), n_tasks=st.integers(1, 14), max_waiting=st.integers(1, 6))
