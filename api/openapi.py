@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskstream.api.limits import LimitBody
 from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
+from taskstream.schemas.flowspec import FLOW_CONTROL_ENFORCED, UNENFORCED_OPTIONS, LimitView
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.state import TaskStatus
@@ -36,9 +38,9 @@ def _error(description: str) -> dict[str, Any]:
 def _model_schemas() -> dict[str, Any]:
     """TaskSpec, TaskView and the models they refer to, as components."""
     out: dict[str, Any] = {}
-    for model in (TaskSpec, TaskView, ScheduleRequest, ScheduleView):
-        schema = model.model_json_schema(ref_template=_REF, mode="serialization"
-                                         if model in (TaskView, ScheduleView) else "validation")
+    for model in (TaskSpec, TaskView, ScheduleRequest, ScheduleView, LimitView, LimitBody):
+        schema = model.model_json_schema(ref_template=_REF, mode="serialization" if model in (
+            TaskView, ScheduleView, LimitView) else "validation")
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
     item = dict(out["TaskView"])
@@ -101,6 +103,11 @@ def _schemas() -> dict[str, Any]:
             }},
         "Queues": {"type": "object", "required": ["queues"],
                    "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
+        "Limits": {"type": "object", "required": ["limits"],
+                   "properties": {"limits": {"type": "array", "items": _ref("LimitView")}}},
+        "LimitCommand": {"type": "object", "required": ["name", "rate", "burst"],
+                         "properties": {"name": {"type": "string"}, "rate": {"type": "string"},
+                                        "burst": {"type": "integer"}}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}},
         "Schedules": {"type": "object", "required": ["items"],
@@ -134,6 +141,13 @@ _SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True,
                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}
 _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+_LIMIT_NAME = {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}}
+#: what POST /tasks and PUT /limits say about flow control in this version
+_FLOW_NOTE = ("" if FLOW_CONTROL_ENFORCED else
+              f" Flow control is not enforced by this version's processors: the options "
+              f"{', '.join(UNENFORCED_OPTIONS)} are refused with 400, PUT /limits/{{name}} "
+              "with 501.")
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                           "default": DEFAULT_LIMIT}, "page size")
 _CURSOR = _query("cursor", {"type": "string", "maxLength": 200},
@@ -182,7 +196,7 @@ def _paths() -> dict[str, Any]:
                        {"200": _json(_ref("TaskPage"), "one page"), "400": bad,
                         "503": unavailable},
                        params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
-            "post": _op("Submit a task",
+            "post": _op("Submit a task" + _FLOW_NOTE,
                         {"202": accepted, "400": bad,
                          "501": _error("depends_on (or member_of): the processors of this "
                                        "release do not run dependencies yet; refused, never "
@@ -231,6 +245,16 @@ def _paths() -> dict[str, Any]:
             {"200": _json(_ref("TaskPage"), "one page"), "400": bad, "503": unavailable},
             params=[*_FILTERS, _LIMIT, _CURSOR])},
         **_schedule_paths(bad, unavailable),
+        "/limits": {"get": _op(
+            "Rate limits and their keys' buckets, with the tokens each holds now",
+            {"200": _json(_ref("Limits"), "every limit and bucket"), "503": unavailable})},
+        "/limits/{name}": {"put": _op(
+            "Set a rate limit (a LimitSet event): rate and burst" + _FLOW_NOTE,
+            {"202": _json(_ref("LimitCommand"), "the event was written"), "400": bad,
+             "415": _error("the body is not application/json"),
+             "501": _error("limits are not enforced by this version"), "503": unavailable},
+            params=[_LIMIT_NAME], body={"required": True, "content": {
+                "application/json": {"schema": _ref("LimitBody")}}}, scope="admin")},
         "/healthz": {"get": _op("Liveness: 200 while the process runs",
                                 {"200": _json(_ref("Status"), "alive")}, security=False)},
         "/readyz": {"get": _op("Readiness: 200 once state is restored",
@@ -246,7 +270,7 @@ def _paths() -> dict[str, Any]:
 
 
 def _schedule_paths(bad: dict[str, Any], unavailable: dict[str, Any]) -> dict[str, Any]:
-    """Schedules (D19): writes are events (202); 501 until the processors run schedules."""
+    """Schedules (D31): writes are events (202); 501 until the processors run schedules."""
     accepted = _json(_ref("ScheduleAccepted"), "the event was written; the schedule changes "
                      "shortly")
     not_live = _error("the processors of this release do not run schedules yet: refused, "

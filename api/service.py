@@ -28,6 +28,7 @@ from yarl import URL
 
 from taskstream.api.auth import TokenAuth
 from taskstream.api.errors import ApiError
+from taskstream.api.limits import SCAN_FROM, limit_states, limit_view, merge_limits
 from taskstream.api.query import (
     ListQuery,
     Page,
@@ -49,8 +50,9 @@ from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError, NotLiveError
+from taskstream.schemas.entity_keys import SCHEDULE_PREFIX, group_key, schedule_key
 from taskstream.schemas.events import ScheduleOp
-from taskstream.schemas.ids import SCHEDULE_PREFIX, group_key, schedule_key
+from taskstream.schemas.flowspec import FlowControlNotEnforcedError, LimitSpec
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.serde import decode_entity, decode_state
@@ -290,6 +292,29 @@ class Api:
             raise ApiError(503, "unavailable", f"the queue command was not acknowledged in "
                            f"{timeout:g} s; retry") from None
 
+    # -- rate limits (issue 16) --------------------------------------------------------
+
+    def local_limits(self) -> dict[str, Any]:
+        """This replica's limits and buckets, from its active partitions."""
+        partitions = self.processor.active_partitions()
+        now_ms = int(time.time() * 1000)
+        items = [limit_view(state, now_ms) for p in partitions
+                 for state in limit_states(self.processor.tables.scan_tasks(p, SCAN_FROM))]
+        return {"items": items, "partitions": partitions}
+
+    async def limits(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+        answers = await self.gather("/internal/limits", {}, headers, self.local_limits)
+        return merge_limits(a["items"] for a in answers)
+
+    async def set_limit(self, spec: LimitSpec) -> None:
+        """Produce the limit's LimitSet (refused while limits are not enforced)."""
+        try:
+            key, value = self.builder.limit_set(spec.name, spec.rate, spec.burst,
+                                                int(time.time() * 1000))
+        except FlowControlNotEnforcedError as exc:
+            raise ApiError(501, "not_implemented", str(exc)) from None
+        await self._produce(key, value)
+
     # -- commands --------------------------------------------------------------------
 
     async def submit(self, spec: TaskSpec) -> str:
@@ -329,7 +354,7 @@ class Api:
                            f"{timeout:g} s; it may or may not have been written: check "
                            "GET /tasks/{id} before retrying") from None
 
-    # -- schedules (D19) ----------------------------------------------------------------
+    # -- schedules (D31) ----------------------------------------------------------------
 
     def local_schedule(self, schedule_id: str) -> ScheduleState | None:
         raw = self.processor.tables.get_any(schedule_key(schedule_id).encode())
@@ -360,7 +385,7 @@ class Api:
                                 headers, proxied, local, f"schedule {schedule_id!r}")
 
     def local_schedules(self) -> dict[str, Any]:
-        """This replica's schedules: their keys sort after every task ID (D19)."""
+        """This replica's schedules: their keys sort after every task ID (D31)."""
         partitions = self.processor.active_partitions()
         items = []
         for partition in partitions:

@@ -27,9 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskstream.api.auth import required_scope
 from taskstream.api.errors import ApiError, AuthFailure, error_body
+from taskstream.api.limits import LimitBody
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
+from taskstream.schemas.entity_keys import LIMIT_NAME
 from taskstream.schemas.events import ScheduleOp
+from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import GROUP_ID_PATTERN, SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.state import TaskStatus
@@ -191,6 +194,12 @@ def _queue_name(raw: str) -> str:
     return raw
 
 
+def _limit_name(raw: str) -> str:
+    if not LIMIT_NAME.match(raw):
+        raise bad_request("name", "a limit name is 1 to 64 letters, digits, '_', '.' or '-'")
+    return raw
+
+
 def _no_params(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
     for key in request.query:
         if key not in allowed:
@@ -220,6 +229,8 @@ class Endpoints:
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
+            "/limits": {"get": self.list_limits},
+            "/limits/{name}": {"put": self.put_limit},
             "/healthz": {"get": self.healthz},
             "/readyz": {"get": self.readyz},
             "/metrics": {"get": self.metrics},
@@ -233,6 +244,7 @@ class Endpoints:
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
             "/internal/schedules": {"get": self.internal_schedules},
+            "/internal/limits": {"get": self.internal_limits},
         }
 
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
@@ -304,6 +316,20 @@ class Endpoints:
         await self.api.set_paused(_queue_name(name), False)
         return json_response({"queue": name, "paused": False}, 202)
 
+    async def list_limits(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response({"limits": await self.api.limits(request.headers)})
+
+    async def put_limit(self, request: web.Request, name: str) -> web.Response:
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        try:
+            body = LimitBody.model_validate(data)
+            spec = LimitSpec(name=_limit_name(name), rate=body.rate, burst=body.burst)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        await self.api.set_limit(spec)
+        return json_response({"name": spec.name, "rate": spec.rate, "burst": spec.burst}, 202)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
@@ -319,7 +345,7 @@ class Endpoints:
     async def openapi(self, request: web.Request) -> web.Response:
         return json_response(openapi_document())
 
-    # -- schedules (D19) -------------------------------------------------------------------
+    # -- schedules (D31) -------------------------------------------------------------------
 
     async def list_schedules(self, request: web.Request) -> web.Response:
         _no_params(request)
@@ -371,6 +397,9 @@ class Endpoints:
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())
+
+    async def internal_limits(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_limits())
 
 
 def install(api: Api) -> None:

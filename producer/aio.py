@@ -112,7 +112,7 @@ class AsyncTaskProducer(ProducerBase):
         self._submitted.inc(len(handles))
         return handles
 
-    # -- graphs and schedules (D19; TaskProducer has the same, documented there) ---------
+    # -- graphs and schedules (D31; TaskProducer has the same, documented there) ---------
 
     async def chain(self, steps: Sequence[TaskSpec | Mapping[str, Any]]
                     ) -> list[AsyncTaskHandle]:
@@ -178,6 +178,17 @@ class AsyncTaskProducer(ProducerBase):
         await self._send(task_id, data, handle)
         self._core.metrics.count_submitted("RedriveRequested")
         return handle
+
+    async def set_limit(self, name: str, rate: str, burst: int = 1,
+                        timeout: float | None = None) -> None:
+        """Set the rate limit ``name`` (see ``TaskProducer.set_limit``); returns once Kafka
+        has the event."""
+        loop = await self._ready()
+        key, data = self._build.limit_set(name, rate, burst, now_ms())
+        handle = AsyncTaskHandle(key, "LimitSet", self._core, loop)
+        await self._send(key, data, handle)
+        self._core.metrics.count_submitted("LimitSet")
+        await handle.delivered(timeout)
 
     def pending(self) -> int:
         return self._core.pending()

@@ -19,6 +19,7 @@ from taskstream.producer.errors import InvalidTaskError, NotLiveError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
+from taskstream.schemas.entity_keys import group_key, limit_key, schedule_key
 from taskstream.schemas.errors import InvalidSpecError
 from taskstream.schemas.events import (
     CancelRequested,
@@ -29,15 +30,14 @@ from taskstream.schemas.events import (
     ScheduleOp,
     ScheduleSet,
 )
+from taskstream.schemas.flowspec import LimitSpec, refuse_unenforced
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
-    group_key,
     member_task_id,
     new_event_id,
     new_task_id,
     new_ulids,
-    schedule_key,
 )
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
@@ -45,7 +45,7 @@ from taskstream.schemas.serde import encode_event
 
 #: Whether the processors act on dependencies (WAITING, groups) and on schedules. Until
 #: the live fold runs those kinds (issue 12's engine, then issue 15's wiring), the SDK and
-#: the API refuse them with NotLiveError: never accepted and silently ignored (D19).
+#: the API refuse them with NotLiveError: never accepted and silently ignored (D31).
 DEPENDENCIES_LIVE = False
 SCHEDULES_LIVE = False
 _NOT_LIVE = ("the processors in this release do not run {what} yet (issue 15: the fold is "
@@ -241,7 +241,7 @@ class EventBuilder:
                                    ["depends_on"])
         return task_id, self._encode(new_event_id(), task_id, at_ms, self.source, body)
 
-    # -- groups and schedules (D19) ----------------------------------------------------
+    # -- groups and schedules (D31) ----------------------------------------------------
 
     def group_created(self, group_id: str, size: int, at_ms: int) -> tuple[str, bytes]:
         """(group key, encoded GroupCreated) of a group of ``size`` members."""
@@ -298,3 +298,15 @@ class EventBuilder:
             )
         body = RedriveRequested(reason=str(reason), max_attempts=max_attempts)
         return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
+
+    def limit_set(self, name: str, rate: str, burst: int, at_ms: int) -> tuple[str, bytes]:
+        """(record key, encoded LimitSet) of a rate limit (issue 16); InvalidTaskError names
+        the bad field. Refused while the processors do not enforce limits."""
+        refuse_unenforced("set_limit")  # FlowControlNotEnforcedError, a ValueError
+        try:
+            spec = LimitSpec(name=name, rate=rate, burst=burst)
+        except ValidationError as exc:
+            raise invalid(exc, f"limit {name!r}") from None
+        key = limit_key(spec.name)
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0,
+                                          spec.to_body()))

@@ -27,7 +27,7 @@ class InvalidTaskError(ProducerError, ValueError):
 
 class NotLiveError(InvalidTaskError):
     """The platform does not act on this yet (dependencies or schedules before their fold
-    runs in the processor): refused, never accepted and ignored (D19)."""
+    runs in the processor): refused, never accepted and ignored (D31)."""
 
 
 class ProducerClosedError(ProducerError):

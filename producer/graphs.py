@@ -1,4 +1,4 @@
-"""Task graphs in one batch: chains and groups with a callback (D19). Pure: no Kafka.
+"""Task graphs in one batch: chains and groups with a callback (D31). Pure: no Kafka.
 
 Each helper turns its steps into the records of the whole graph, which the producer
 sends in one ``submit_many`` batch:
@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from taskstream.producer.build import EventBuilder, invalid
 from taskstream.producer.errors import InvalidTaskError
-from taskstream.schemas.ids import derived_task_id, group_key, new_ulids
+from taskstream.schemas.entity_keys import group_key
+from taskstream.schemas.ids import derived_task_id, new_ulids
 from taskstream.schemas.models import GroupSlot, TaskSpec
 
 Step = TaskSpec | Mapping[str, Any]

@@ -1,4 +1,4 @@
-"""Reading parents' results for ``ctx.parent_results`` through the HTTP API (D19).
+"""Reading parents' results for ``ctx.parent_results`` through the HTTP API (D31).
 
 A waiting task's parents' results are not copied into its state, its notification or
 its dispatch record: large results would be copied into every child. The dispatch
@@ -20,7 +20,8 @@ from typing import Any
 from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
 from taskstream.producer.results import decode_result
-from taskstream.schemas.ids import GROUP_PREFIX, member_task_id
+from taskstream.schemas.entity_keys import GROUP_PREFIX
+from taskstream.schemas.ids import member_task_id
 from taskstream.settings import Settings
 
 

@@ -93,7 +93,7 @@ class TaskProducer(ProducerBase):
         self._after_send(len(handles))
         return handles
 
-    # -- graphs and schedules (D19; refused until the processors run them) -------------
+    # -- graphs and schedules (D31; refused until the processors run them) -------------
 
     def chain(self, steps: Sequence[TaskSpec | Mapping[str, Any]]) -> list[TaskHandle]:
         """Submit A, then B, then C...: each step waits for the one before and reads its
@@ -168,6 +168,19 @@ class TaskProducer(ProducerBase):
         core.metrics.count_submitted("RedriveRequested")
         self._after_send()
         return handle
+
+    def set_limit(self, name: str, rate: str, burst: int = 1,
+                  timeout: float | None = None) -> None:
+        """Set the rate limit ``name``: ``rate`` tokens per period (``"100/s"``, ``"5/min"``),
+        a bucket holding ``burst`` at most (docs/flow-control.md). Returns once Kafka has
+        the ``LimitSet`` event; tasks name it with ``rate_limit=name``."""
+        core = self._core
+        core.check_usable()
+        key, data = self._build.limit_set(name, rate, burst, now_ms())
+        handle = TaskHandle(key, "LimitSet", core)
+        core.send(key, data, handle)
+        core.metrics.count_submitted("LimitSet")
+        handle.delivered(timeout)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many ran."""

@@ -25,6 +25,7 @@ from taskstream.schemas.events import (
     Dependent,
     Envelope,
     EventBody,
+    FlowControl,
     MisfirePolicy,
     ParentFailurePolicy,
     ParentOutcome,
@@ -38,7 +39,16 @@ from taskstream.schemas.events import (
     TimerFired,
     TimerKind,
 )
+from taskstream.schemas.flowstate import (
+    ConcurrencyState,
+    GateOut,
+    LimitState,
+    LimitWaiter,
+    SlotHolder,
+    SlotWaiter,
+)
 from taskstream.schemas.state import (
+    EntityState,
     ErrorInfo,
     Firing,
     GroupState,
@@ -67,6 +77,7 @@ def _flat_to(cls: type) -> Callable[[Any], Record]:
 
 _backoff_to = _flat_to(Backoff)
 _error_to = _flat_to(ErrorInfo)
+_flow_to = _flat_to(FlowControl)
 _submitted_flat = _flat_to(TaskSubmitted)
 _dispatched_flat = _flat_to(TaskDispatched)
 _state_flat = _flat_to(TaskState)
@@ -85,13 +96,20 @@ def _submitted_to(body: TaskSubmitted) -> Record:
     record["headers"] = _sorted_map(body.headers)
     if body.dependents:
         record["dependents"] = [_dependent_to(d) for d in body.dependents]
+    if body.flow is not None:
+        record["flow"] = _flow_to(body.flow)
     return record
+
+
+def _flow_from(record: Record | None) -> FlowControl | None:
+    return None if record is None else FlowControl(**record)
 
 
 def _submitted_from(record: Record) -> TaskSubmitted:
     record["backoff"] = Backoff(**record["backoff"])
     record["on_parent_failure"] = ParentFailurePolicy(record["on_parent_failure"])
     record["dependents"] = _dependents_from(record["dependents"])
+    record["flow"] = _flow_from(record["flow"])
     return TaskSubmitted(**record)
 
 
@@ -201,6 +219,8 @@ def state_to_record(state: TaskState) -> Record:
         record["last_error"] = _error_to(state.last_error)
     if state.dependents:
         record["dependents"] = [_dependent_to(d) for d in state.dependents]
+    if state.flow is not None:
+        record["flow"] = _flow_to(state.flow)
     return record
 
 
@@ -213,10 +233,11 @@ def state_from_record(record: Record) -> TaskState:
         record["last_error"] = ErrorInfo(**error)
     record["on_parent_failure"] = ParentFailurePolicy(record["on_parent_failure"])
     record["dependents"] = _dependents_from(record["dependents"])
+    record["flow"] = _flow_from(record["flow"])
     return TaskState(**record)
 
 
-# --- the other entity kinds' states (D19): rarer, so plain code --------------------------
+# --- schedules' and groups' states (D31): rarer, so plain code --------------------------
 
 _group_flat = _flat_to(GroupState)
 _schedule_flat = _flat_to(ScheduleState)
@@ -247,3 +268,59 @@ def schedule_from_record(record: Record) -> ScheduleState:
     record["spec"] = _spec_from(record["spec"])
     record["last_firings"] = [Firing(**f) for f in record["last_firings"]]
     return ScheduleState(**record)
+
+
+# --- flow control's entity states (D32) -------------------------------------------------
+
+_waiter_to = _flat_to(LimitWaiter)
+_out_to = _flat_to(GateOut)
+_holder_to = _flat_to(SlotHolder)
+_slot_waiter_to = _flat_to(SlotWaiter)
+_limit_flat = _flat_to(LimitState)
+_concurrency_flat = _flat_to(ConcurrencyState)
+
+
+def limit_to_record(state: LimitState) -> Record:
+    """The fastavro datum of a rate-limit state."""
+    record = _limit_flat(state)
+    record["waiting"] = [_waiter_to(w) for w in state.waiting]
+    record["last_out"] = [_out_to(o) for o in state.last_out]
+    return record
+
+
+def concurrency_to_record(state: ConcurrencyState) -> Record:
+    """The fastavro datum of a concurrency-key state."""
+    record = _concurrency_flat(state)
+    record["holders"] = [_holder_to(h) for h in state.holders]
+    record["waiting"] = [_slot_waiter_to(w) for w in state.waiting]
+    record["last_out"] = [_out_to(o) for o in state.last_out]
+    return record
+
+
+def limit_from_record(record: Record) -> LimitState:
+    """Inverse of :func:`limit_to_record`; ``record`` is consumed."""
+    record["waiting"] = [LimitWaiter(**w) for w in record["waiting"]]
+    record["last_out"] = [GateOut(**o) for o in record["last_out"]]
+    return LimitState(**record)
+
+
+def concurrency_from_record(record: Record) -> ConcurrencyState:
+    """Inverse of :func:`concurrency_to_record`; ``record`` is consumed."""
+    record["holders"] = [SlotHolder(**h) for h in record["holders"]]
+    record["waiting"] = [SlotWaiter(**w) for w in record["waiting"]]
+    record["last_out"] = [GateOut(**o) for o in record["last_out"]]
+    return ConcurrencyState(**record)
+
+
+#: Avro full name -> (dataclass, to_record, from_record) of every entity state but the
+#: task's (whose codec is compiled, D12); ``from_record`` consumes its record
+EntityCodec = tuple[type, Callable[[Any], Record], Callable[[Record], EntityState]]
+ENTITY_CODECS: Mapping[str, EntityCodec] = (
+    MappingProxyType({
+        f"{NAMESPACE}.GroupState": (GroupState, group_to_record, group_from_record),
+        f"{NAMESPACE}.ScheduleState": (ScheduleState, schedule_to_record, schedule_from_record),
+        f"{NAMESPACE}.LimitState": (LimitState, limit_to_record, limit_from_record),
+        f"{NAMESPACE}.ConcurrencyState": (ConcurrencyState, concurrency_to_record,
+                                          concurrency_from_record),
+    })
+)

@@ -31,6 +31,8 @@ import hashlib
 import os
 import time
 
+from taskstream.schemas.entity_keys import group_key, schedule_key
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)  # 10 bits -> 2 characters
 _SHIFTS = tuple(range(120, -1, -10))
@@ -96,21 +98,7 @@ def derived_task_id(name: str, key: str) -> str:
     return encode_128(int.from_bytes(digest[:16], "big"))
 
 
-# --- the keys of the other entity kinds (D19) -----------------------------------------
-
-#: key prefixes: lowercase, so they sort after every task ID in a partition's RocksDB
-SCHEDULE_PREFIX = "schedule:"
-GROUP_PREFIX = "group:"
-
-
-def schedule_key(schedule_id: str) -> str:
-    """The record key of a schedule entity."""
-    return f"{SCHEDULE_PREFIX}{schedule_id}"
-
-
-def group_key(group_id: str) -> str:
-    """The record key of a group entity."""
-    return f"{GROUP_PREFIX}{group_id}"
+# --- ids derived for the other entity kinds (D31; their keys: schemas/entity_keys.py) ---
 
 
 def firing_task_id(schedule_id: str, fire_at_ms: int) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -41,9 +42,21 @@ from pydantic import (
     model_validator,
 )
 
+from taskstream.schemas.entity_keys import (
+    GROUP_PREFIX,
+    LIMIT_NAME_PATTERN,
+    MAX_KEY_LENGTH,
+    group_key,
+)
 from taskstream.schemas.errors import InvalidSpecError
-from taskstream.schemas.events import Backoff, Dependent, ParentFailurePolicy, TaskSubmitted
-from taskstream.schemas.ids import GROUP_PREFIX, group_key
+from taskstream.schemas.events import (
+    Backoff,
+    Dependent,
+    FlowControl,
+    ParentFailurePolicy,
+    TaskSubmitted,
+)
+from taskstream.schemas.flowspec import UNENFORCED_OPTIONS, refuse_unenforced
 from taskstream.schemas.view import TaskView
 
 if TYPE_CHECKING:
@@ -220,6 +233,19 @@ class TaskSpec(BaseModel):
                     "(default: the dependency_timeout_s setting)")
     member_of: GroupSlot | None = Field(
         default=None, description="set by the group helper: the task's group and place in it")
+    # --- flow control (issue 16; docs/flow-control.md) ---
+    expires: float | datetime | None = Field(
+        default=None, description="seconds from now, or a timezone-aware time: an attempt "
+        "not started by then is never run (the task ends EXPIRED)")
+    rate_limit: str | None = Field(default=None, pattern=LIMIT_NAME_PATTERN,
+                                   description="a limit set with `taskstream limits set`")
+    rate_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH,
+                                 description="its own bucket under rate_limit")
+    concurrency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH,
+                                        description="at most max_concurrency attempts with "
+                                        "this key run at once")
+    max_concurrency: int | None = Field(default=None, ge=1, le=1000,
+                                        description="default 1 (a mutex)")
 
     _payload_bytes: bytes = PrivateAttr(default=b"")
 
@@ -265,6 +291,30 @@ class TaskSpec(BaseModel):
                                  "or a group:<id> key")
         return value
 
+    @field_validator(*UNENFORCED_OPTIONS)
+    @classmethod
+    def _refuse_until_enforced(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            refuse_unenforced(str(info.field_name))
+        return value
+
+    @field_validator("rate_key", "concurrency_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("a key is printable text (no control characters)")
+        return value
+
+    @field_validator("expires")
+    @classmethod
+    def _check_expires(cls, value: float | datetime | None) -> float | datetime | None:
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError("expires must be timezone-aware (for example datetime.now(UTC)) "
+                             "or a number of seconds from now")
+        if isinstance(value, float | int) and not 0 < value <= MAX_DURATION_S:
+            raise ValueError(f"expires in seconds must be > 0 and <= {MAX_DURATION_S:.0f}")
+        return value
+
     @model_validator(mode="after")
     def _check_whole(self, info: ValidationInfo) -> Self:
         if self.delay is not None and self.eta is not None:
@@ -275,8 +325,22 @@ class TaskSpec(BaseModel):
         if self.member_of is not None and self.idempotency_key is not None:
             raise ValueError("a group member's ID derives from the group's ID and its slot; "
                              "give the group an ID instead of an idempotency_key")
+        self._check_flow()
         self._payload_bytes = self._encode_payload(_limits(info).max_payload_bytes)
         return self
+
+    def _check_flow(self) -> None:
+        if self.rate_key is not None and self.rate_limit is None:
+            raise ValueError("rate_key needs rate_limit (the key gets its own bucket of it)")
+        if self.max_concurrency is not None and self.concurrency_key is None:
+            raise ValueError("max_concurrency needs concurrency_key")
+        if self.expires is not None:
+            now_ms = math.floor(time.time() * 1000)
+            expires_at = self.expires_at_ms(now_ms)
+            starts_at = self.eta_ms(now_ms) or now_ms
+            if expires_at is not None and expires_at <= starts_at:
+                raise ValueError("expires must be after the task's eta (and in the future): "
+                                 "it would expire before it may start")
 
     def _encode_payload(self, max_bytes: int) -> bytes:
         payload = self.payload
@@ -326,11 +390,27 @@ class TaskSpec(BaseModel):
             return now_ms + _ms(self.delay)
         return None
 
+    def expires_at_ms(self, now_ms: int) -> int | None:
+        """The absolute expiry in ms, or None."""
+        if isinstance(self.expires, datetime):
+            return math.floor(self.expires.timestamp() * 1000)
+        if self.expires is not None:
+            return now_ms + _ms(self.expires)
+        return None
+
+    def flow(self) -> FlowControl | None:
+        """The task's gates, or None when it names no limit or key."""
+        if self.rate_limit is None and self.concurrency_key is None:
+            return None
+        return FlowControl(rate_limit=self.rate_limit, rate_key=self.rate_key,
+                           concurrency_key=self.concurrency_key,
+                           max_concurrency=self.max_concurrency or 1)
+
     def to_submitted(self, now_ms: int, limits: SpecLimits | None = None) -> TaskSubmitted:
         """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta).
 
         A task with parents carries its dependency timeout (this spec's, else the
-        limits' default) so the fold never reads a setting (D19).
+        limits' default) so the fold never reads a setting (D31).
         """
         timeout_s = self.dependency_timeout or (limits or _DEFAULT_LIMITS).dependency_timeout_s
         member = self.member_of
@@ -353,4 +433,6 @@ class TaskSpec(BaseModel):
             dependency_timeout_ms=_ms(timeout_s) if self.depends_on else None,
             dependents=[] if member is None else [
                 Dependent(group_key(member.group_id), member.slot)],
+            expires_at_ms=self.expires_at_ms(now_ms),
+            flow=self.flow(),
         )

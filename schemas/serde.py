@@ -22,25 +22,21 @@ and stated in docs/schemas.md.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
-from taskstream.schemas.catalog import GROUP_STATE, SCHEDULE_STATE, Catalog, SchemaVersion, catalog
+from taskstream.schemas.catalog import Catalog, SchemaVersion, catalog
 from taskstream.schemas.codec.compiled import FastCodec, build_fast_codec
 from taskstream.schemas.convert import (
+    ENTITY_CODECS,
     envelope_from_record,
     envelope_to_record,
-    group_from_record,
-    group_to_record,
-    schedule_from_record,
-    schedule_to_record,
     state_from_record,
     state_to_record,
 )
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope
 from taskstream.schemas.registry import RegistryCodec
-from taskstream.schemas.state import EntityState, GroupState, ScheduleState, TaskState
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.schemas.wire import (
     SINGLE_OBJECT_HEADER,
     SINGLE_OBJECT_MAGIC,
@@ -61,14 +57,6 @@ __all__ = [
     "encode_event",
     "encode_state",
 ]
-
-#: the other kinds' state records (D19): Avro name -> (class, to record, from record)
-_ENTITY_CODECS: dict[str, tuple[type, Callable[..., dict[str, Any]],
-                                Callable[[dict[str, Any]], EntityState]]] = {
-    GROUP_STATE: (GroupState, group_to_record, group_from_record),
-    SCHEDULE_STATE: (ScheduleState, schedule_to_record, schedule_from_record),
-}
-
 
 class AvroCodec:
     """Single-object encoding over a :class:`Catalog` (parsed once, reused).
@@ -91,14 +79,15 @@ class AvroCodec:
         self._states = self._readers(schemas.states)
         self._expected_events = self._describe(schemas.envelopes)
         self._expected_states = self._describe(schemas.states)
-        # the other kinds' states: fastavro only (rarer than tasks; D19)
+        # the other kinds' states (convert.ENTITY_CODECS): fastavro only (rarer than tasks,
+        # written once per batch; D31, D32)
         self._entity_writers = {
             cls: (SINGLE_OBJECT_MAGIC + versions[-1].fingerprint, versions[-1].parsed, to)
-            for name, (cls, to, _) in _ENTITY_CODECS.items()
+            for name, (cls, to, _) in ENTITY_CODECS.items()
             if (versions := schemas.entity_versions(name))}
         self._entity_readers = {
             v.fingerprint: (v.parsed, None if v is vs[-1] else vs[-1].parsed, back)
-            for name, (_, _, back) in _ENTITY_CODECS.items()
+            for name, (_, _, back) in ENTITY_CODECS.items()
             for vs in [schemas.entity_versions(name)] for v in vs}
         self._fast: FastCodec | None = (
             build_fast_codec(schemas, self._expected_events, self._expected_states)
@@ -228,6 +217,8 @@ class AvroCodec:
             return " (that is a TaskState, not an Envelope)"
         if fp in self._events:
             return " (that is an Envelope, not a TaskState)"
+        if fp in self._entity_readers:
+            return " (that is the state of a rate limit or concurrency key: decode_entity)"
         return ""
 
 
@@ -261,7 +252,8 @@ def decode_state(data: bytes) -> TaskState:
 
 
 def encode_entity(state: EntityState) -> bytes:
-    """The state of any entity kind (task, group, schedule) as bytes (deterministic)."""
+    """The state of any entity kind (task, schedule, group, limit, key) as bytes
+    (deterministic)."""
     return default_codec().encode_entity(state)
 
 

@@ -11,18 +11,26 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from taskstream.schemas.events import Backoff, Dependent, ParentFailurePolicy, ScheduleSpec
+from taskstream.schemas.events import (
+    Backoff,
+    Dependent,
+    FlowControl,
+    ParentFailurePolicy,
+    ScheduleSpec,
+)
+from taskstream.schemas.flowstate import ConcurrencyState, LimitState
 
 
 class TaskStatus(enum.StrEnum):
     SCHEDULED = "SCHEDULED"  # waiting for its eta or its retry time (see RETRYING)
-    WAITING = "WAITING"  # waiting for its parents (depends_on) to succeed
+    WAITING = "WAITING"  # for its parents (depends_on), then at its gates (flow control)
     READY = "READY"  # dispatched to a ready topic, not started
     RUNNING = "RUNNING"  # leased by a worker
     RETRYING = "RETRYING"  # an attempt failed; waiting for the backoff to pass
     SUCCEEDED = "SUCCEEDED"
     DEAD = "DEAD"  # out of attempts, or a non-retryable failure
     CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"  # not started by its expires_at_ms; never run (schema v2)
 
     @property
     def terminal(self) -> bool:
@@ -31,7 +39,9 @@ class TaskStatus(enum.StrEnum):
 
 #: The statuses a task never leaves (but by a redrive). A StrEnum, so the names as
 #: plain strings (a JSON view's ``status``) are members too: ``"DEAD" in TERMINAL``.
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED})
+TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +94,7 @@ class TaskState:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
-    # --- dependencies (issue 15, D19) ---
+    # --- dependencies (issue 15, D31) ---
     on_parent_failure: ParentFailurePolicy = ParentFailurePolicy.CANCEL
     waiting_on: list[str] = field(default_factory=list)  # parents not settled yet
     unconfirmed: list[str] = field(default_factory=list)  # parents that never answered
@@ -93,9 +103,17 @@ class TaskState:
     parent_failure: str | None = None  # the first parent that did not succeed, and why
     dependents: list[Dependent] = field(default_factory=list)  # told when this task settles
     recent_event_ids: list[str] = field(default_factory=list)  # newest last, bounded
+    # --- flow control (issue 16, D32, D33) ---
+    expires_at_ms: int | None = None  # no attempt starts at or after it
+    flow: FlowControl | None = None  # the gates every attempt passes before dispatch
+    slot_sequence: int | None = None  # the concurrency key's grant held by this attempt
+    status_reason: str | None = None  # why it is WAITING, or why it EXPIRED
+    progress: float | None = None  # 0..1, the running attempt's last report
+    progress_note: str | None = None
+    progress_at_ms: int | None = None
 
 
-# --- other entity kinds (issue 15, D19): stored under ``<kind>:<id>`` keys -------------
+# --- other entity kinds (issue 15, D31): stored under ``<kind>:<id>`` keys -------------
 
 
 class GroupStatus(enum.StrEnum):
@@ -163,6 +181,6 @@ class ScheduleState:
     recent_event_ids: list[str] = field(default_factory=list)
 
 
-#: every state record type an entity key may hold, by Avro name
-EntityState = TaskState | GroupState | ScheduleState
+#: every state record type an entity key may hold (D31, D32)
+EntityState = TaskState | GroupState | ScheduleState | LimitState | ConcurrencyState
 

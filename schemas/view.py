@@ -56,6 +56,17 @@ class BackoffView(BaseModel):
     jitter: float
 
 
+class FlowView(BaseModel):
+    """A task's gates: its rate limit (and key) and its concurrency key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rate_limit: str | None
+    rate_key: str | None
+    concurrency_key: str | None
+    max_concurrency: int
+
+
 class ErrorView(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -86,6 +97,8 @@ RENDERED = {
     "started_at": "started_at_ms",
     "due_at": "due_at_ms",
     "finished_at": "finished_at_ms",
+    "expires_at": "expires_at_ms",
+    "progress_at": "progress_at_ms",
 }
 
 
@@ -158,6 +171,15 @@ class TaskView(BaseModel):
     parent_failure: str | None = None
     dependents: list[DependentView] = Field(default_factory=list)
     recent_event_ids: list[str]
+    expires_at_ms: int | None = None
+    expires_at: str | None = None
+    flow: FlowView | None = None
+    slot_sequence: int | None = None  # the fencing token of the attempt's concurrency slot
+    status_reason: str | None = None  # why WAITING, or why EXPIRED
+    progress: float | None = None
+    progress_note: str | None = None
+    progress_at_ms: int | None = None
+    progress_at: str | None = None
 
     @classmethod
     def from_state(cls, s: TaskState) -> TaskView:
@@ -219,4 +241,15 @@ class TaskView(BaseModel):
             parent_failure=s.parent_failure,
             dependents=[DependentView(key=d.key, slot=d.slot) for d in s.dependents],
             recent_event_ids=list(s.recent_event_ids),
+            expires_at_ms=s.expires_at_ms,
+            expires_at=iso(s.expires_at_ms),
+            flow=None if s.flow is None else FlowView(
+                rate_limit=s.flow.rate_limit, rate_key=s.flow.rate_key,
+                concurrency_key=s.flow.concurrency_key, max_concurrency=s.flow.max_concurrency),
+            slot_sequence=s.slot_sequence,
+            status_reason=s.status_reason,
+            progress=s.progress,
+            progress_note=s.progress_note,
+            progress_at_ms=s.progress_at_ms,
+            progress_at=iso(s.progress_at_ms),
         )

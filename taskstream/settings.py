@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     timer_interval_s: float = Field(0.1, gt=0, le=60)
     max_result_bytes: int = Field(256 * 1024, ge=0)
     default_lease_s: float = Field(30.0, gt=0)
-    # Dependencies (issue 15, D19)
+    # Dependencies (issue 15, D31)
     max_dependencies: int = Field(
         1000, ge=1, le=100_000,
         description="the most parents one task may list in depends_on, and the most "

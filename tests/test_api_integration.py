@@ -303,6 +303,14 @@ def test_wait_returns_as_soon_as_the_task_ends(cluster: Cluster) -> None:
     ("POST", "/tasks/01J0000000000000000000000Z/redrive", {"json": {"max_attempts": 0}}, 400,
      "max_attempts"),
     ("POST", "/queues/bad.name/pause", {}, 400, "name"),
+    # flow control (issue 16): refused until the processors enforce it
+    ("POST", "/tasks", {"json": {"name": "x", "rate_limit": "emails"}}, 400, "rate_limit"),
+    ("POST", "/tasks", {"json": {"name": "x", "concurrency_key": "a"}}, 400, "concurrency_key"),
+    ("POST", "/tasks", {"json": {"name": "x", "expires": 60}}, 400, "expires"),
+    ("PUT", "/limits/emails", {"json": {"rate": "10/s", "burst": 5}}, 501, None),
+    ("PUT", "/limits/emails", {"json": {"rate": "fast"}}, 400, "rate"),
+    ("PUT", "/limits/emails", {"json": {"rate": "1/s", "burst": 0}}, 400, "burst"),
+    ("PUT", "/limits/bad%20name", {"json": {"rate": "1/s"}}, 400, "name"),
     ("GET", "/no/such/thing", {}, 404, None),
     # dependencies and schedules: refused (501) until the processors run them, never ignored
     ("POST", "/tasks", {"json": {"name": "x", "depends_on": ["01J0000000000000000000000Z"]}},
@@ -398,7 +406,7 @@ def test_openapi_paths_answer_with_documented_statuses(cluster: Cluster) -> None
 
 @schemathesis.check
 def not_a_server_error_unless_not_live(ctx: Any, response: Any, case: Any) -> bool | None:
-    """No 5xx, except the documented 501 for what the processors do not run yet (D19)."""
+    """No 5xx, except the documented 501 for what the processors do not run yet (D31)."""
     if response.status_code == 501:
         body = json.loads(response.content or b"{}")
         if body.get("error", {}).get("code") == "not_implemented":
@@ -525,3 +533,24 @@ def test_schedule_cli_against_the_live_api(cluster: Cluster,
     for verb in ("pause", "resume", "delete"):
         refused = runner.invoke(main, ["schedule", verb, "nightly"])
         assert refused.exit_code == 1 and "501" in refused.output, refused.output
+
+
+def test_limits_list_and_the_cli_refuses_to_set_one_until_enforced(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from taskstream.cli.main import main
+
+    with cluster.client(1, token="read-tok") as b:
+        resp = b.get("/limits")
+        assert resp.status_code == 200, resp.text
+        cluster.validate("Limits", resp.json())
+        assert resp.json() == {"limits": []}
+        assert b.put("/limits/emails", json={"rate": "1/s"}).status_code == 403  # admin only
+    monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[0].url)
+    monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["limits", "set", "emails", "--rate", "100/s", "--burst", "20"])
+    assert refused.exit_code == 1 and "not enforced" in refused.output
+    listed = runner.invoke(main, ["limits", "list"])
+    assert listed.exit_code == 0 and "no limits set" in listed.output

@@ -23,6 +23,7 @@ from taskstream.processors.fold.effects import (
 )
 from taskstream.processors.fold.kinds import GROUP, apply_any, kind_of, task_timer
 from taskstream.processors.fold.rules import Limits
+from taskstream.schemas.entity_keys import group_key
 from taskstream.schemas.events import (
     Backoff,
     Dependent,
@@ -38,7 +39,7 @@ from taskstream.schemas.events import (
     TaskSucceeded,
     TimerFired,
 )
-from taskstream.schemas.ids import group_key, member_task_id
+from taskstream.schemas.ids import member_task_id
 from taskstream.schemas.serde import decode_entity, encode_entity
 from taskstream.schemas.state import EntityState, GroupState, GroupStatus, TaskState, TaskStatus
 

@@ -14,6 +14,7 @@ from taskstream.processors.fold import schedule
 from taskstream.processors.fold.effects import Effect, Emit, Rejected
 from taskstream.processors.fold.kinds import SCHEDULE, kind_of, schedule_timer
 from taskstream.processors.fold.lifecycle import apply as apply_task
+from taskstream.schemas.entity_keys import schedule_key
 from taskstream.schemas.events import (
     Backoff,
     Envelope,
@@ -27,7 +28,7 @@ from taskstream.schemas.events import (
     TimerFired,
     TimerKind,
 )
-from taskstream.schemas.ids import firing_task_id, schedule_key
+from taskstream.schemas.ids import firing_task_id
 from taskstream.schemas.serde import decode_entity, encode_entity
 from taskstream.schemas.state import ScheduleState, ScheduleStatus
 

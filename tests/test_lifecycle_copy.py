@@ -140,7 +140,8 @@ def _submit_in_two_builds(event: Envelope, body: TaskSubmitted) -> tuple[TaskSta
         backoff=body.backoff, timeout_ms=body.timeout_ms, lease_ms=body.lease_ms,
         submitted_at_ms=at, updated_at_ms=at, idempotency_key=body.idempotency_key,
         headers=dict(body.headers), tags=list(body.tags), depends_on=list(body.depends_on),
-        on_parent_failure=body.on_parent_failure, dependents=list(body.dependents))
+        on_parent_failure=body.on_parent_failure, dependents=list(body.dependents),
+        expires_at_ms=body.expires_at_ms, flow=body.flow)
     if body.eta_ms is not None and body.eta_ms > at:
         return (dataclasses.replace(state, due_at_ms=body.eta_ms),
                 [SetTimer(body.eta_ms, TimerKind.DELAY_DUE)])

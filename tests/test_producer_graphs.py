@@ -12,6 +12,7 @@ from taskstream.producer import build
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError, NotLiveError
 from taskstream.producer.graphs import chain_records, group_records
+from taskstream.schemas.entity_keys import group_key, schedule_key
 from taskstream.schemas.events import (
     GroupCreated,
     MisfirePolicy,
@@ -21,7 +22,7 @@ from taskstream.schemas.events import (
     ScheduleSet,
     TaskSubmitted,
 )
-from taskstream.schemas.ids import group_key, member_task_id, new_task_id, schedule_key
+from taskstream.schemas.ids import member_task_id, new_task_id
 from taskstream.schemas.models import SpecLimits
 from taskstream.schemas.serde import decode_event
 

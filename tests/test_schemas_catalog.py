@@ -19,18 +19,17 @@ import fastavro
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
 
-from taskstream.schemas import events, state
+from taskstream.schemas import events, flowstate, state
 from taskstream.schemas.catalog import (
     AVRO_DIR,
-    BACKWARD_ONLY,
     ENTITY_STATES,
     ENVELOPE,
     NAMESPACE,
     TASK_STATE,
     Catalog,
     catalog,
+    check_evolution,
     check_full_compatible,
-    check_version_compatible,
     crc64_avro,
     load_catalog,
 )
@@ -110,37 +109,17 @@ def assert_consecutive_full_compatible(schemas: Catalog) -> int:
     return pairs
 
 
-def test_released_versions_are_compatible() -> None:
-    """FULL between consecutive versions, BACKWARD where BACKWARD_ONLY says why."""
+def test_released_versions_follow_the_evolution_rule() -> None:
+    """FULL compatible but for appended union branches and enum symbols (v2: issue 16)."""
     schemas = catalog()
     assert schemas.versions[0] == 1
     assert schemas.versions == tuple(range(1, len(schemas.versions) + 1)), "no gaps"
-    rules = []
-    for kind in (schemas.envelopes, schemas.states):
+    pairs = 0
+    for kind in (schemas.envelopes, schemas.states, *schemas.entities.values()):
         for old, new in itertools.pairwise(kind):
-            rules.append((new.version, new.name, check_version_compatible(old, new)))
-    for name in ENTITY_STATES:
-        for old, new in itertools.pairwise(schemas.entity_versions(name)):
-            rules.append((new.version, new.name, check_version_compatible(old, new)))
-    backward = {(v, n) for v, n, rule in rules if rule == "BACKWARD"}
-    assert backward == set(BACKWARD_ONLY)
-    assert len(rules) >= 2 * (len(schemas.versions) - 1)
-
-
-def test_v2_is_not_full_compatible_with_v1_and_says_why() -> None:
-    """The Envelope's new bodies break FULL compatibility (a v1 reader cannot read them):
-    the catalog must say so, not pass them as FULL."""
-    schemas = catalog()
-    with pytest.raises(IncompatibleSchemaError, match="forward"):
-        check_full_compatible(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
-    assert "ScheduleSet" in BACKWARD_ONLY[(2, ENVELOPE)]
-
-
-def test_the_other_kinds_states_are_told_apart_by_fingerprint() -> None:
-    schemas = catalog()
-    prints = [v.fingerprint for v in (*schemas.states, *schemas.entities)]
-    assert len(set(prints)) == len(prints)
-    assert {v.name for v in schemas.entities} == set(ENTITY_STATES)
+            check_evolution(old.schema, new.schema)
+            pairs += 1
+    assert pairs >= 2 * (len(schemas.versions) - 1)
 
 
 def _with_v2(tmp_path: Path, edit: typing.Callable[[dict[str, Any]], None], file: str) -> Path:
@@ -213,6 +192,68 @@ def test_a_removed_enum_symbol_is_caught(tmp_path: Path) -> None:
         assert_consecutive_full_compatible(schemas)
 
 
+def test_v2_is_not_full_compatible_because_it_appends_branches_and_symbols() -> None:
+    """What the evolution rule allows and FULL compatibility does not: old readers cannot
+    read the new bodies and symbols (docs/schemas.md: upgrade readers first)."""
+    schemas = catalog()
+    with pytest.raises(IncompatibleSchemaError, match="forward"):
+        check_full_compatible(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+    check_full_compatible(schemas.envelopes[0].schema, schemas.envelopes[0].schema)
+
+
+def test_entity_states_are_top_level_schemas_of_v2() -> None:
+    schemas = catalog()
+    assert set(schemas.entities) == set(ENTITY_STATES)
+    fingerprints = schemas.by_fingerprint()
+    for versions in schemas.entities.values():
+        assert versions[0].version == 2
+        assert fingerprints[versions[-1].fingerprint] is versions[-1]
+
+
+def _reorder_union(schema: dict[str, Any]) -> None:
+    for field in schema["fields"]:
+        if field["name"] == "body":
+            branches = field["type"]
+            branches[0], branches[1] = branches[1], branches[0]
+
+
+def _append_branch(schema: dict[str, Any]) -> None:
+    for field in schema["fields"]:
+        if field["name"] == "body":
+            field["type"].append(f"{NAMESPACE}.Backoff")
+
+
+def _append_symbol(schema: dict[str, Any]) -> None:
+    schema["symbols"].append("SOMETHING_NEW")
+
+
+@pytest.mark.parametrize(("file", "edit"), [("Envelope", _append_branch),
+                                            ("TimerKind", _append_symbol),
+                                            ("TaskSubmitted", _add_optional)])
+def test_evolution_allows_appended_members_and_optional_fields(
+    tmp_path: Path, file: str, edit: typing.Callable[[dict[str, Any]], None]
+) -> None:
+    schemas = load_catalog(_with_v2(tmp_path, edit, file))
+    check_evolution(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+    check_evolution(schemas.states[0].schema, schemas.states[1].schema)
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "rule"),
+    [
+        ("Envelope", _reorder_union, "appended only"),
+        ("TaskSubmitted", _drop_field("name"), "forward"),
+        ("TimerFired", _add_required, "backward"),
+    ],
+)
+def test_evolution_catches_reordering_and_incompatible_fields(
+    tmp_path: Path, file: str, edit: typing.Callable[[dict[str, Any]], None], rule: str
+) -> None:
+    schemas = load_catalog(_with_v2(tmp_path, edit, file))
+    with pytest.raises(IncompatibleSchemaError, match=rule):
+        check_evolution(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+
+
 def test_codec_reads_data_of_an_older_version(tmp_path: Path) -> None:
     """v1 (synthetic) lacks TaskSubmitted.depends_on; v2 is today's schema. The codec
     finds v1 by fingerprint and resolves it: the missing fields take their defaults."""
@@ -223,7 +264,7 @@ def test_codec_reads_data_of_an_older_version(tmp_path: Path) -> None:
     _drop_field("depends_on")(old)
     path.write_text(json.dumps(old))
     schemas = load_catalog(tmp_path)
-    assert check_version_compatible(schemas.states[0], schemas.states[1]) == "FULL"
+    check_evolution(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
     codec = AvroCodec(schemas)
 
     body = events.TaskSubmitted("n", "q", 1, b"p", "c", None, 3, events.Backoff(), None, 10)
@@ -261,8 +302,8 @@ def _expected_avro(name: str, tp: Any) -> set[str]:
         return {json.dumps({"type": "map", "values": "string"})}
     if origin is list:
         (item,) = typing.get_args(tp)
-        items = f"{NAMESPACE}.{item.__name__}" if dataclasses.is_dataclass(item) else "string"
-        return {json.dumps({"type": "array", "items": items})}
+        return {json.dumps({"type": "array", "items": json.loads(t)})
+                for t in _expected_avro(name, item)}
     if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or issubclass(tp, enum.Enum)):
         return {json.dumps(f"{NAMESPACE}.{tp.__name__}")}
     simple = {str: {"string"}, bytes: {"bytes"}, bool: {"boolean"}, float: {"double"}}
@@ -280,9 +321,12 @@ def _avro_default(field: dataclasses.Field[Any]) -> Any:
     return dataclasses.MISSING
 
 
-RECORDS = [*events.BODY_TYPES, events.Backoff, events.Envelope, state.ErrorInfo, state.TaskState,
-           events.Dependent, events.ScheduleSpec, state.GroupState, state.ScheduleState,
-           state.Firing]
+RECORDS = [*events.BODY_TYPES, events.Backoff, events.FlowControl, events.Envelope,
+           state.ErrorInfo, state.TaskState, events.Dependent, events.ScheduleSpec,
+           state.GroupState, state.ScheduleState, state.Firing,
+           flowstate.LimitWaiter, flowstate.GateOut,
+           flowstate.LimitState, flowstate.SlotHolder, flowstate.SlotWaiter,
+           flowstate.ConcurrencyState]
 
 
 @pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)

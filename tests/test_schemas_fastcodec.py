@@ -152,7 +152,8 @@ def test_bad_index_in_a_state_is_a_decode_error() -> None:
     body = SLOW.encode_state(canary_states()[1])[10:]
     status_at = 2 + 2 + 2 + 1  # task_id "t", name "n", queue "q", priority 0
     assert body[status_at] == 0
-    for bad, message in ((b"\x10", "enum index 8"), (b"\x03", "enum index -2")):
+    past = len(TaskStatus)
+    for bad, message in ((bytes([2 * past]), f"enum index {past}"), (b"\x03", "enum index -2")):
         data = VALID_STATE[:10] + body[:status_at] + bad + body[status_at + 1 :]
         with pytest.raises(DecodeError, match=message):
             FAST.decode_state(data)

@@ -121,6 +121,11 @@ SPEC_TO_SUBMITTED = {
     "on_parent_failure": "on_parent_failure",
     "dependency_timeout": "dependency_timeout_ms",
     "member_of": "dependents",
+    "expires": "expires_at_ms",
+    "rate_limit": "flow",
+    "rate_key": "flow",
+    "concurrency_key": "flow",
+    "max_concurrency": "flow",
 }
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskstream.workers.errors import WorkerError
 
@@ -25,7 +26,7 @@ class ParentResults(Mapping[str, Any]):
     """``ctx.parent_results``: each parent's result, fetched from the API on first read.
 
     Results are not carried in the dispatch record nor in any state (docs/decisions.md,
-    D19): the dispatch lists the parents, and a parent's result is read from the API
+    D31): the dispatch lists the parents, and a parent's result is read from the API
     when the handler first asks for it (then kept for the attempt). A parent that is a
     group (``group:<id>``) maps to the list of its members' results, in slot order.
     A parent that did not succeed (``on_parent_failure="run"``) maps to None.
@@ -53,6 +54,36 @@ class ParentResults(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._parents)
+#: the longest progress note sent (the fold keeps 200 characters)
+MAX_NOTE = 200
+
+
+def check_progress(fraction: float, note: str) -> tuple[float, str]:
+    """(fraction, note) as sent; ValueError for a fraction outside 0..1 or not a number."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(f"progress fraction must be a number in 0..1, got {fraction!r}")
+    value = float(fraction)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"progress fraction must be within 0..1, got {fraction!r}")
+    return value, str(note)[:MAX_NOTE]
+
+
+class FencingToken(NamedTuple):
+    """What a handler passes to the systems it writes to, so they can refuse a stale writer.
+
+    A handler whose lease lapsed may still be running while the next attempt (or, with a
+    concurrency key, the next holder of the key) already runs: a concurrency key guards
+    the *dispatch*, it cannot stop a process it no longer hears from. ``sequence`` is the
+    key's grant number and grows with every holder of the key; a store that remembers the
+    highest sequence it saw and refuses lower ones keeps a late writer out. Without a key
+    ``sequence`` is 0 and (``attempt``, ``dispatch_id``) identify the attempt.
+    docs/flow-control.md says more.
+    """
+
+    sequence: int
+    attempt: int
+    dispatch_id: str
+    key: str | None = None
 
 
 class TaskContext:
@@ -63,10 +94,14 @@ class TaskContext:
     lease now (the runtime also renews it every ``lease_ms / 3``). ``cancelled``
     turns true when the task is cancelled while running: coroutines are also
     interrupted with ``CancelledError``; a thread can only check this flag.
+    ``fencing_token`` guards side effects against a stale attempt (issue 16), and
+    ``progress(fraction, note)`` reports how far it has come (throttled; shown by
+    ``taskstream status`` and the API).
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "_parent_results", "attempt", "headers",
-                 "idempotency_key", "logger", "name", "parents", "task_id")
+    __slots__ = ("_cancelled", "_heartbeat", "_parent_results", "_progress", "attempt",
+                 "dispatch_id", "fencing_token", "headers", "idempotency_key", "logger", "name",
+                 "parents", "task_id")
 
     def __init__(
         self,
@@ -79,6 +114,9 @@ class TaskContext:
         heartbeat: Callable[[], None] | None = None,
         parents: tuple[str, ...] | list[str] = (),
         fetch_result: Callable[[str], Any] | None = None,
+        dispatch_id: str = "",
+        fencing_token: FencingToken | None = None,
+        progress: Callable[[float, str], object] | None = None,
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
@@ -90,10 +128,13 @@ class TaskContext:
         self._cancelled = False
         self.parents = tuple(parents)
         self._parent_results = ParentResults(self.parents, fetch_result)
+        self.dispatch_id = dispatch_id
+        self.fencing_token = fencing_token or FencingToken(0, attempt, dispatch_id)
+        self._progress = progress
 
     @property
     def parent_results(self) -> ParentResults:
-        """Each parent's result (``depends_on``), fetched when first read (D19)."""
+        """Each parent's result (``depends_on``), fetched when first read (D31)."""
         return self._parent_results
 
     @property
@@ -110,11 +151,23 @@ class TaskContext:
         if self._heartbeat is not None:
             self._heartbeat()
 
+    def progress(self, fraction: float, note: str = "") -> None:
+        """Report how far this attempt has come: ``fraction`` in 0..1 and a short note.
+
+        At most one report a second leaves the worker (and always 1.0); the task's
+        state keeps the newest. A no-op inside a process-pool child. ValueError for a
+        fraction outside 0..1.
+        """
+        check_progress(fraction, note)
+        if self._progress is not None:
+            self._progress(fraction, note)
+
     def __getstate__(self) -> dict[str, Any]:
         # a process-pool child gets the plain facts; it cannot reach the producer
         return {"task_id": self.task_id, "attempt": self.attempt, "name": self.name,
                 "idempotency_key": self.idempotency_key, "headers": self.headers,
-                "parents": self.parents}
+                "parents": self.parents, "dispatch_id": self.dispatch_id,
+                "fencing_token": self.fencing_token}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

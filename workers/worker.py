@@ -48,6 +48,7 @@ from taskstream.workers.outcome import (
     cancelled_failure,
     unknown_task_failure,
 )
+from taskstream.workers.progress import ProgressThrottle, expired, fencing_token
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute
@@ -260,6 +261,12 @@ class Worker:
             log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
                      envelope.task_id, envelope.attempt)
             return
+        if expired(dispatched):  # never started; the processor's expiry timer ends the task
+            consumer.settle(record.tp, record.offset)
+            self.metrics.skipped.labels(consumer.queue).inc()
+            log.info("event=task.skipped reason=expired task_id=%s attempt=%d",
+                     envelope.task_id, envelope.attempt)
+            return
         task = self.app.get(dispatched.name)
 
         def on_started(ok: bool) -> None:
@@ -287,10 +294,14 @@ class Worker:
                        dispatched: TaskDispatched) -> Outcome | None:
         emitter = self._emitter
         assert emitter is not None
+        progress = ProgressThrottle(lambda f, n: emitter.progress(envelope, f, n))
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
                           heartbeat=lambda: emitter.lease_renewed(envelope),
-                          parents=dispatched.parents, fetch_result=self.fetch_result)
+                          parents=dispatched.parents, fetch_result=self.fetch_result,
+                          dispatch_id=dispatched.dispatch_id,
+                          fencing_token=fencing_token(envelope.attempt, dispatched),
+                          progress=progress.report)
         run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
         running = self._running[envelope.task_id] = _Running(envelope, ctx, run)
         lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))

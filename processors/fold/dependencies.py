@@ -1,4 +1,4 @@
-"""A task's dependencies, both ways: waiting for parents, and telling dependents (D19).
+"""A task's dependencies, both ways: waiting for parents, and telling dependents (D31).
 
 No processor reads another partition's state, so parents and children talk in
 events, each keyed by the entity that must act on it next:
@@ -9,7 +9,7 @@ events, each keyed by the entity that must act on it next:
    ``limits.max_dependencies``) and answers ``ParentUpdate(PENDING)``, keyed by the
    child. A parent that has already settled answers with its outcome at once
    (and keeps no record of the child).
-3. When a task settles (SUCCEEDED, DEAD or CANCELLED) it emits
+3. When a task settles (SUCCEEDED, DEAD, CANCELLED or EXPIRED, which tells CANCELLED) it emits
    ``ParentUpdate(outcome)`` to each dependent; a group member's carries its slot.
 4. The child takes each answer: PENDING confirms the parent exists; SUCCEEDED
    removes it from ``waiting_on``; DEAD or CANCELLED cancels the child with the
@@ -72,6 +72,7 @@ _OUTCOME_OF = {
     TaskStatus.SUCCEEDED: ParentOutcome.SUCCEEDED,
     TaskStatus.DEAD: ParentOutcome.FAILED,
     TaskStatus.CANCELLED: ParentOutcome.CANCELLED,
+    TaskStatus.EXPIRED: ParentOutcome.CANCELLED,  # never ran (D33): like a cancellation
 }
 
 Accepted = tuple[TaskState, list[Effect]]
@@ -101,7 +102,7 @@ def registrations(state: TaskState, parents: list[str], cause_event_id: str,
                   at_ms: int) -> list[Effect]:
     """``DependencyRegistered`` to each of ``parents``, keyed by the parent."""
     body = DependencyRegistered(dependent=state.task_id)
-    return [emit_envelope(parent, f"{cause_event_id}.register.{parent}", at_ms, body)
+    return [emit_envelope(parent, f"{cause_event_id}.register.{parent}", at_ms, 0, body)
             for parent in parents]
 
 
@@ -141,13 +142,15 @@ def outcome_of(state: TaskState) -> tuple[ParentOutcome, str]:
         return outcome, f"parent {state.task_id} ended DEAD ({why})"
     if state.status is TaskStatus.CANCELLED:
         return outcome, f"parent {state.task_id} was cancelled ({state.cancel_reason or ''})"
+    if state.status is TaskStatus.EXPIRED:
+        return outcome, f"parent {state.task_id} expired ({state.status_reason or ''})"
     return outcome, ""
 
 
 def notifications(state: TaskState, cause_event_id: str, at_ms: int) -> list[Effect]:
     """A settled task's outcome to each of its dependents, keyed by the dependent."""
     outcome, reason = outcome_of(state)
-    return [emit_envelope(d.key, f"{cause_event_id}.notify.{d.key}", at_ms,
+    return [emit_envelope(d.key, f"{cause_event_id}.notify.{d.key}", at_ms, 0,
                           ParentUpdate(state.task_id, outcome, reason, d.slot))
             for d in state.dependents]
 
@@ -167,7 +170,7 @@ def registered(state: TaskState, event: Envelope, body: DependencyRegistered, li
     if not effects:
         return state, []
     answer = ParentUpdate(state.task_id, outcome, reason)
-    return state, [emit_envelope(dependent, f"{event.event_id}.answer", event.occurred_at_ms,
+    return state, [emit_envelope(dependent, f"{event.event_id}.answer", event.occurred_at_ms, 0,
                                  answer)]
 
 

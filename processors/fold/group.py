@@ -1,4 +1,4 @@
-"""The group entity: fan-in of many tasks counted on one key (docs/decisions.md, D19).
+"""The group entity: fan-in of many tasks counted on one key (docs/decisions.md, D31).
 
 ``depends_on`` takes at most ``max_dependencies`` parents, because a waiting
 task's state lists them and is rewritten on every answer. A larger fan-in (a
@@ -30,6 +30,7 @@ from taskstream.processors.fold.effects import Effect, emit_envelope
 from taskstream.processors.fold.entity import Step, apply_entity
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.rules import Limits
+from taskstream.schemas.entity_keys import GROUP_PREFIX, group_key
 from taskstream.schemas.events import (
     DependencyRegistered,
     Dependent,
@@ -38,7 +39,6 @@ from taskstream.schemas.events import (
     ParentOutcome,
     ParentUpdate,
 )
-from taskstream.schemas.ids import GROUP_PREFIX, group_key
 from taskstream.schemas.state import GroupState, GroupStatus
 
 G = GroupStatus
@@ -166,14 +166,14 @@ def _registered(state: GroupState, event: Envelope, body: DependencyRegistered, 
     if not effects:
         return state, []
     answer = ParentUpdate(group_key(state.group_id), outcome, reason)
-    return state, [emit_envelope(dependent, f"{event.event_id}.answer", event.occurred_at_ms,
+    return state, [emit_envelope(dependent, f"{event.event_id}.answer", event.occurred_at_ms, 0,
                                  answer)]
 
 
 def notifications(state: GroupState, cause_event_id: str, at_ms: int) -> list[Effect]:
     outcome, reason = outcome_of(state)
     parent = group_key(state.group_id)
-    return [emit_envelope(d.key, f"{cause_event_id}.notify.{d.key}", at_ms,
+    return [emit_envelope(d.key, f"{cause_event_id}.notify.{d.key}", at_ms, 0,
                           ParentUpdate(parent, outcome, reason, d.slot))
             for d in state.dependents]
 

@@ -1,4 +1,4 @@
-"""The schedule entity: a pure fold of ``schedule:<id>`` events (docs/decisions.md, D19).
+"""The schedule entity: a pure fold of ``schedule:<id>`` events (docs/decisions.md, D31).
 
 A schedule lives on the events topic under the key ``schedule:<id>``, so one
 partition (one processor) owns it, and replay rebuilds it like a task. Its events:
@@ -37,6 +37,8 @@ from taskstream.processors.fold.entity import Step, apply_entity
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.rules import Limits
 from taskstream.schemas.cron import Cron, check_spec, next_cron_ms, zone
+from taskstream.schemas.entity_keys import SCHEDULE_PREFIX as PREFIX
+from taskstream.schemas.entity_keys import schedule_key
 from taskstream.schemas.errors import CronError
 from taskstream.schemas.events import (
     Envelope,
@@ -48,8 +50,7 @@ from taskstream.schemas.events import (
     TimerFired,
     TimerKind,
 )
-from taskstream.schemas.ids import SCHEDULE_PREFIX as PREFIX
-from taskstream.schemas.ids import firing_task_id, schedule_key
+from taskstream.schemas.ids import firing_task_id
 from taskstream.schemas.state import Firing, ScheduleState, ScheduleStatus
 
 S = ScheduleStatus
@@ -270,7 +271,8 @@ def _submit(state: ScheduleState, firing: Firing, now: int) -> Emit:
     template = state.spec.task
     headers = {**template.headers, SCHEDULE_HEADER: state.schedule_id,
                FIRE_TIME_HEADER: str(firing.fire_at_ms)}
-    return emit_envelope(firing.task_id, firing.event_id, now, replace(template, headers=headers))
+    return emit_envelope(firing.task_id, firing.event_id, now, 0,
+                        replace(template, headers=headers))
 
 
 def redo_effects(state: ScheduleState, cause_event_id: str) -> list[Effect]:

@@ -32,7 +32,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from taskstream.processors.fold.kinds import apply_any
+from taskstream.processors.fold.kinds import apply_any, status_of
 from taskstream.processors.fold.lifecycle import Limits, apply
 from taskstream.processors.replay.read import (
     Advances,
@@ -151,7 +151,7 @@ class StateCache:
         self.dirty: set[str] = set()  # hot states the DB does not have
         self.finished: dict[str, bytes] = {}  # encoded states the DB does not have
         self._pending: list[tuple[bytes, bytes]] = []
-        # every kind's state (D19); a task's still takes the compiled codec first
+        # every kind's state (D31); a task's still takes the compiled codec first
         self.encode = default_codec().encode_entity
 
     def get(self, task_id: str) -> EntityState | None:
@@ -175,7 +175,7 @@ class StateCache:
         return state
 
     def put(self, task_id: str, state: EntityState) -> None:
-        if state.status in TERMINAL:
+        if status_of(state) in TERMINAL:
             self.finished[task_id] = self.encode(state)
             if self.hot.pop(task_id, None) is not None:
                 self.dirty.discard(task_id)
@@ -327,7 +327,7 @@ def fold_messages(
             before = hot.get(task_id)
             if before is None:
                 before = load(task_id)
-            # a task ID is 0-9A-Z; other kinds' keys are lowercase (D19)
+            # a task ID is 0-9A-Z; other kinds' keys are lowercase (D31)
             after, _effects = appliers[task_id > "Z"](before, envelope, limits, effects=False)
             if after is not None and after is not before:
                 if after.status in TERMINAL:  # cache.put, inline

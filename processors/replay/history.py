@@ -1,6 +1,6 @@
 """``replay history KEY``: every event of one entity, and what the fold made of it.
 
-``KEY`` is a task ID or another entity's key (``schedule:<id>``, ``group:<id>``: D19);
+``KEY`` is a task ID or another entity's key (``schedule:<id>``, ``group:<id>``: D31);
 the fold of its kind explains each event. A task's dependency events (a child's
 ``DependencyRegistered`` on its parent, a parent's ``ParentUpdate`` on its child)
 are on its own key, so they show in its history with what they caused.
@@ -33,7 +33,7 @@ from taskstream.processors.fold.effects import (
     RetryScheduled,
     SetTimer,
 )
-from taskstream.processors.fold.kinds import apply_any
+from taskstream.processors.fold.kinds import apply_any, status_of
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.replay.folding import decode_usable, limits_of
 from taskstream.processors.replay.read import (
@@ -142,7 +142,7 @@ def decisions_of(effects: Iterable[Effect]) -> tuple[str, ...]:
 
 
 def _emitted(env: Envelope) -> str:
-    """An event this one made the fold send to another entity (D19), in words."""
+    """An event this one made the fold send to another entity (D31), in words."""
     body = env.body
     if isinstance(body, DependencyRegistered):
         return f"registered with {env.task_id}"
@@ -174,7 +174,7 @@ def explain(envelopes: Iterable[tuple[int, int, int, Envelope | str]],
     entries: list[HistoryEntry] = []
     state: EntityState | None = None
     for partition, offset, ts, item in envelopes:
-        status = state.status.value if state is not None else None
+        status = status_of(state)
         if isinstance(item, str):
             entries.append(HistoryEntry(partition, offset, ts, None, SKIPPED, item, status,
                                         status, ()))
@@ -185,7 +185,7 @@ def explain(envelopes: Iterable[tuple[int, int, int, Envelope | str]],
             state = after
         entries.append(HistoryEntry(
             partition, offset, ts, item, outcome, reason, status,
-            state.status.value if state is not None else None, decisions_of(effects)))
+            status_of(state), decisions_of(effects)))
     return entries
 
 

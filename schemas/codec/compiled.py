@@ -47,6 +47,7 @@ from taskstream.schemas.events import (
     Backoff,
     Dependent,
     Envelope,
+    FlowControl,
     MisfirePolicy,
     ParentFailurePolicy,
     ParentOutcome,
@@ -71,7 +72,8 @@ Reader = Callable[[bytes, int, int], tuple[Any, int]]
 BINDINGS = Bindings(
     records={
         f"io.taskstream.{cls.__name__}": cls
-        for cls in (Envelope, *BODY_TYPES, Backoff, TaskState, ErrorInfo, Dependent, ScheduleSpec)
+        for cls in (Envelope, *BODY_TYPES, Backoff, TaskState, ErrorInfo, Dependent, ScheduleSpec,
+                    FlowControl)
     },
     enums={
         f"io.taskstream.{cls.__name__}": cls

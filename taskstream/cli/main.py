@@ -28,6 +28,7 @@ _COMMANDS: dict[str, str] = {
     "wait": "taskstream.cli.admin_cmds:wait",
     "dlq": "taskstream.cli.admin_cmds:dlq",
     "schedule": "taskstream.cli.schedule_cmd:schedule",
+    "limits": "taskstream.cli.limits_cmd:limits",
     "replay": "taskstream.cli.replay_cmd:replay",
     "quarantine": "taskstream.cli.quarantine_cmd:quarantine",
     "dev": "taskstream.cli.dev_cmd:dev",

@@ -3,7 +3,7 @@
 Each command takes ``--json`` (the API's JSON) and ``--api-url``; ``add`` needs the
 ``submit`` scope, ``pause``, ``resume`` and ``delete`` the ``admin`` scope. Until the
 processors run schedules the API refuses the writes (501) and so do these commands,
-with the API's message (D19).
+with the API's message (D31).
 """
 
 from __future__ import annotations
