@@ -14,7 +14,7 @@ from typing import Any
 
 from taskstream.api.limits import LimitBody
 from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
-from taskstream.schemas.flowspec import FLOW_CONTROL_ENFORCED, UNENFORCED_OPTIONS, LimitView
+from taskstream.schemas.flowspec import LimitView
 from taskstream.schemas.models import TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.state import TaskStatus
@@ -143,11 +143,6 @@ _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 _LIMIT_NAME = {"name": "name", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}}
-#: what POST /tasks and PUT /limits say about flow control in this version
-_FLOW_NOTE = ("" if FLOW_CONTROL_ENFORCED else
-              f" Flow control is not enforced by this version's processors: the options "
-              f"{', '.join(UNENFORCED_OPTIONS)} are refused with 400, PUT /limits/{{name}} "
-              "with 501.")
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                           "default": DEFAULT_LIMIT}, "page size")
 _CURSOR = _query("cursor", {"type": "string", "maxLength": 200},
@@ -196,11 +191,8 @@ def _paths() -> dict[str, Any]:
                        {"200": _json(_ref("TaskPage"), "one page"), "400": bad,
                         "503": unavailable},
                        params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
-            "post": _op("Submit a task" + _FLOW_NOTE,
+            "post": _op("Submit a task",
                         {"202": accepted, "400": bad,
-                         "501": _error("depends_on (or member_of): the processors of this "
-                                       "release do not run dependencies yet; refused, never "
-                                       "accepted and ignored"),
                          "413": _error("the body or payload is over the limit"),
                          "415": _error("the body is not application/json"),
                          "503": unavailable},
@@ -249,10 +241,10 @@ def _paths() -> dict[str, Any]:
             "Rate limits and their keys' buckets, with the tokens each holds now",
             {"200": _json(_ref("Limits"), "every limit and bucket"), "503": unavailable})},
         "/limits/{name}": {"put": _op(
-            "Set a rate limit (a LimitSet event): rate and burst" + _FLOW_NOTE,
+            "Set a rate limit (a LimitSet event): rate and burst",
             {"202": _json(_ref("LimitCommand"), "the event was written"), "400": bad,
              "415": _error("the body is not application/json"),
-             "501": _error("limits are not enforced by this version"), "503": unavailable},
+             "503": unavailable},
             params=[_LIMIT_NAME], body={"required": True, "content": {
                 "application/json": {"schema": _ref("LimitBody")}}}, scope="admin")},
         "/healthz": {"get": _op("Liveness: 200 while the process runs",
@@ -270,13 +262,11 @@ def _paths() -> dict[str, Any]:
 
 
 def _schedule_paths(bad: dict[str, Any], unavailable: dict[str, Any]) -> dict[str, Any]:
-    """Schedules (D31): writes are events (202); 501 until the processors run schedules."""
+    """Schedules (D31): writes are events (202)."""
     accepted = _json(_ref("ScheduleAccepted"), "the event was written; the schedule changes "
                      "shortly")
-    not_live = _error("the processors of this release do not run schedules yet: refused, "
-                      "never accepted and ignored")
     not_found = _error("no such schedule")
-    command = {"202": accepted, "400": bad, "501": not_live, "503": unavailable}
+    command = {"202": accepted, "400": bad, "503": unavailable}
     return {
         "/schedules": {
             "get": _op("Every schedule, in ID order (scatter-gather over replicas)",

@@ -49,10 +49,10 @@ from taskstream.kafka_config import consumer_config
 from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
-from taskstream.producer.errors import InvalidTaskError, NotLiveError
+from taskstream.producer.errors import InvalidTaskError
 from taskstream.schemas.entity_keys import SCHEDULE_PREFIX, group_key, schedule_key
 from taskstream.schemas.events import ScheduleOp
-from taskstream.schemas.flowspec import FlowControlNotEnforcedError, LimitSpec
+from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.serde import decode_entity, decode_state
@@ -307,12 +307,13 @@ class Api:
         return merge_limits(a["items"] for a in answers)
 
     async def set_limit(self, spec: LimitSpec) -> None:
-        """Produce the limit's LimitSet (refused while limits are not enforced)."""
+        """Produce the limit's LimitSet."""
         try:
             key, value = self.builder.limit_set(spec.name, spec.rate, spec.burst,
                                                 int(time.time() * 1000))
-        except FlowControlNotEnforcedError as exc:
-            raise ApiError(501, "not_implemented", str(exc)) from None
+        except InvalidTaskError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc),
+                           exc.fields[0] if exc.fields else None) from None
         await self._produce(key, value)
 
     # -- commands --------------------------------------------------------------------
@@ -321,8 +322,6 @@ class Api:
         """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding)."""
         try:
             task_id, value = self.builder.submitted(spec, int(time.time() * 1000))
-        except NotLiveError as exc:
-            raise not_live(exc) from None
         except InvalidTaskError as exc:
             field = exc.fields[0] if exc.fields else None
             status = 413 if field == "payload" else 400
@@ -404,8 +403,6 @@ class Api:
     async def set_schedule(self, request: ScheduleRequest) -> str:
         try:
             key, value = self.builder.schedule_set(request, int(time.time() * 1000))
-        except NotLiveError as exc:
-            raise not_live(exc) from None
         except InvalidTaskError as exc:
             raise ApiError(400, "invalid_parameter", str(exc),
                            exc.fields[0] if exc.fields else None) from None
@@ -416,8 +413,6 @@ class Api:
         try:
             key, value = self.builder.schedule_command(schedule_id, op, reason,
                                                        int(time.time() * 1000))
-        except NotLiveError as exc:
-            raise not_live(exc) from None
         except InvalidTaskError as exc:
             raise ApiError(400, "invalid_parameter", str(exc), "schedule_id") from None
         await self._produce(key, value)
@@ -448,11 +443,6 @@ class Api:
         for (queue, status), n in by_state.items():
             metrics.tasks.labels(queue, status).set(n)
         return generate_latest(metrics.registry)
-
-
-def not_live(exc: NotLiveError) -> ApiError:
-    """What the platform does not run yet is a 501, never an accepted-and-ignored 202."""
-    return ApiError(501, "not_implemented", str(exc), exc.fields[0] if exc.fields else None)
 
 
 def group_view(state: GroupState) -> dict[str, Any]:

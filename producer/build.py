@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from taskstream.producer.errors import InvalidTaskError, NotLiveError
+from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
@@ -30,7 +30,7 @@ from taskstream.schemas.events import (
     ScheduleOp,
     ScheduleSet,
 )
-from taskstream.schemas.flowspec import LimitSpec, refuse_unenforced
+from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
@@ -42,14 +42,6 @@ from taskstream.schemas.ids import (
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.serde import encode_event
-
-#: Whether the processors act on dependencies (WAITING, groups) and on schedules. Until
-#: the live fold runs those kinds (issue 12's engine, then issue 15's wiring), the SDK and
-#: the API refuse them with NotLiveError: never accepted and silently ignored (D31).
-DEPENDENCIES_LIVE = False
-SCHEDULES_LIVE = False
-_NOT_LIVE = ("the processors in this release do not run {what} yet (issue 15: the fold is "
-             "written, its wiring into the live engine is not); refused rather than ignored")
 
 
 def now_ms() -> int:
@@ -221,9 +213,6 @@ class EventBuilder:
                   task_id: str | None = None) -> tuple[str, bytes]:
         """(task ID, encoded TaskSubmitted envelope) of one spec (``task_id``: a graph
         helper's chosen ID, else derived or new)."""
-        if (spec.depends_on or spec.member_of is not None) and not DEPENDENCIES_LIVE:
-            field = "depends_on" if spec.depends_on else "member_of"
-            raise NotLiveError(f"{field}: " + _NOT_LIVE.format(what="dependencies"), [field])
         body = spec.to_submitted(at_ms, self.limits)
         if len(body.payload) > self.max_payload_bytes:
             raise InvalidTaskError(
@@ -245,8 +234,6 @@ class EventBuilder:
 
     def group_created(self, group_id: str, size: int, at_ms: int) -> tuple[str, bytes]:
         """(group key, encoded GroupCreated) of a group of ``size`` members."""
-        if not DEPENDENCIES_LIVE:
-            raise NotLiveError("group: " + _NOT_LIVE.format(what="dependencies"), ["group"])
         key = group_key(group_id)
         env = Envelope(new_event_id(), key, at_ms, self.source, 0, GroupCreated(size))
         return key, encode_event(env)
@@ -259,8 +246,6 @@ class EventBuilder:
 
     def schedule_set(self, request: ScheduleRequest, at_ms: int) -> tuple[str, bytes]:
         """(schedule key, encoded ScheduleSet) of a validated request."""
-        if not SCHEDULES_LIVE:
-            raise NotLiveError("schedule: " + _NOT_LIVE.format(what="schedules"), ["schedule"])
         try:
             task = request.task_spec(self.limits).to_submitted(at_ms, self.limits)
         except InvalidSpecError as exc:
@@ -272,8 +257,6 @@ class EventBuilder:
     def schedule_command(self, schedule_id: str, op: ScheduleOp, reason: str,
                          at_ms: int) -> tuple[str, bytes]:
         """(schedule key, encoded ScheduleCommand): pause, resume or delete."""
-        if not SCHEDULES_LIVE:
-            raise NotLiveError("schedule: " + _NOT_LIVE.format(what="schedules"), ["schedule"])
         if not isinstance(schedule_id, str) or re.fullmatch(SCHEDULE_ID_PATTERN,
                                                              schedule_id) is None:
             raise InvalidTaskError(f"schedule_id: {schedule_id!r} does not match "
@@ -301,8 +284,7 @@ class EventBuilder:
 
     def limit_set(self, name: str, rate: str, burst: int, at_ms: int) -> tuple[str, bytes]:
         """(record key, encoded LimitSet) of a rate limit (issue 16); InvalidTaskError names
-        the bad field. Refused while the processors do not enforce limits."""
-        refuse_unenforced("set_limit")  # FlowControlNotEnforcedError, a ValueError
+        the bad field."""
         try:
             spec = LimitSpec(name=name, rate=rate, burst=burst)
         except ValidationError as exc:

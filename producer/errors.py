@@ -25,11 +25,6 @@ class InvalidTaskError(ProducerError, ValueError):
         self.fields = tuple(fields)
 
 
-class NotLiveError(InvalidTaskError):
-    """The platform does not act on this yet (dependencies or schedules before their fold
-    runs in the processor): refused, never accepted and ignored (D31)."""
-
-
 class ProducerClosedError(ProducerError):
     """The producer was closed; create a new one."""
 

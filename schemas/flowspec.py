@@ -6,11 +6,9 @@
   event keyed by ``limit:<name>``.
 * :class:`LimitView` is what ``GET /limits`` and ``taskstream limits list`` show: the
   definition or one key's bucket, with its fill at the time of the read.
-* :data:`FLOW_CONTROL_ENFORCED` says whether the processors of this version act on
-  rate limits, concurrency keys and expiry. Until they do (the fold is written,
-  processors/fold/limits.py and concurrency.py, but the live engine does not run it
-  yet), every entry point refuses those options with :func:`refuse_unenforced`:
-  a task that names a limit must never run as if it had none.
+
+The processors fold limits and keys like tasks (processors/fold/limits.py and
+concurrency.py, in the live engine: D32).
 """
 
 from __future__ import annotations
@@ -21,14 +19,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskstream.schemas.entity_keys import LIMIT_NAME_PATTERN
-from taskstream.schemas.errors import InvalidSpecError
 from taskstream.schemas.events import LimitSet
-
-#: True once the live processor folds limits, keys and expiry (issue 16, phase 2)
-FLOW_CONTROL_ENFORCED = False
-
-#: the options refused while :data:`FLOW_CONTROL_ENFORCED` is False
-UNENFORCED_OPTIONS = ("rate_limit", "rate_key", "concurrency_key", "max_concurrency", "expires")
 
 MAX_RATE_COUNT = 1_000_000
 MAX_BURST = 1_000_000
@@ -37,19 +28,6 @@ _UNITS_MS = {"ms": 1, "s": 1000, "sec": 1000, "second": 1000, "m": 60_000, "min"
              "minute": 60_000, "h": 3_600_000, "hour": 3_600_000, "d": 86_400_000,
              "day": 86_400_000}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+)\s*$")
-
-
-class FlowControlNotEnforcedError(InvalidSpecError):
-    """A flow-control option was given to a version whose processors do not enforce it."""
-
-
-def refuse_unenforced(what: str) -> None:
-    """Raise unless this version's processors enforce flow control (see the module doc)."""
-    if not FLOW_CONTROL_ENFORCED:
-        raise FlowControlNotEnforcedError(
-            f"{what}: rate limits, concurrency keys and expiry are not enforced by the "
-            "processors of this taskstream version yet (issue 16); they would ignore it, so "
-            "it is refused. Submit without it, or upgrade")
 
 
 def parse_rate(text: str) -> tuple[int, int]:

@@ -56,7 +56,6 @@ from taskstream.schemas.events import (
     ParentFailurePolicy,
     TaskSubmitted,
 )
-from taskstream.schemas.flowspec import UNENFORCED_OPTIONS, refuse_unenforced
 from taskstream.schemas.view import TaskView
 
 if TYPE_CHECKING:
@@ -289,13 +288,6 @@ class TaskSpec(BaseModel):
             elif re.fullmatch(TASK_ID_PATTERN, parent) is None:
                 raise ValueError(f"depends_on entry {parent!r} is not a 26-character task ID "
                                  "or a group:<id> key")
-        return value
-
-    @field_validator(*UNENFORCED_OPTIONS)
-    @classmethod
-    def _refuse_until_enforced(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None:
-            refuse_unenforced(str(info.field_name))
         return value
 
     @field_validator("rate_key", "concurrency_key")

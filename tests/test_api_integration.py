@@ -303,24 +303,19 @@ def test_wait_returns_as_soon_as_the_task_ends(cluster: Cluster) -> None:
     ("POST", "/tasks/01J0000000000000000000000Z/redrive", {"json": {"max_attempts": 0}}, 400,
      "max_attempts"),
     ("POST", "/queues/bad.name/pause", {}, 400, "name"),
-    # flow control (issue 16): refused until the processors enforce it
-    ("POST", "/tasks", {"json": {"name": "x", "rate_limit": "emails"}}, 400, "rate_limit"),
-    ("POST", "/tasks", {"json": {"name": "x", "concurrency_key": "a"}}, 400, "concurrency_key"),
-    ("POST", "/tasks", {"json": {"name": "x", "expires": 60}}, 400, "expires"),
-    ("PUT", "/limits/emails", {"json": {"rate": "10/s", "burst": 5}}, 501, None),
+    # flow control (issue 16)
+    ("POST", "/tasks", {"json": {"name": "x", "rate_limit": "no:colon"}}, 400, "rate_limit"),
+    ("POST", "/tasks", {"json": {"name": "x", "concurrency_key": "a",
+                                 "max_concurrency": 0}}, 400, "max_concurrency"),
+    ("POST", "/tasks", {"json": {"name": "x", "expires": -1}}, 400, "expires"),
     ("PUT", "/limits/emails", {"json": {"rate": "fast"}}, 400, "rate"),
     ("PUT", "/limits/emails", {"json": {"rate": "1/s", "burst": 0}}, 400, "burst"),
     ("PUT", "/limits/bad%20name", {"json": {"rate": "1/s"}}, 400, "name"),
     ("GET", "/no/such/thing", {}, 404, None),
-    # dependencies and schedules: refused (501) until the processors run them, never ignored
-    ("POST", "/tasks", {"json": {"name": "x", "depends_on": ["01J0000000000000000000000Z"]}},
-     501, "depends_on"),
-    ("POST", "/schedules", {"json": {"schedule_id": "s1", "task_name": "x", "every": 2}}, 501,
-     "schedule"),
+    # dependencies and schedules
+    ("POST", "/tasks", {"json": {"name": "x", "depends_on": ["not-an-id"]}}, 400, "depends_on"),
     ("POST", "/schedules", {"json": {"schedule_id": "s1", "task_name": "x",
                                      "cron": "0 25 * * *"}}, 400, "cron"),
-    ("POST", "/schedules/s1/pause", {}, 501, "schedule"),
-    ("DELETE", "/schedules/s1", {}, 501, "schedule"),
     ("GET", "/schedules/s1", {}, 404, None),
     ("GET", "/schedules/bad%20id", {}, 400, "schedule_id"),
 ])
@@ -405,12 +400,8 @@ def test_openapi_paths_answer_with_documented_statuses(cluster: Cluster) -> None
 
 
 @schemathesis.check
-def not_a_server_error_unless_not_live(ctx: Any, response: Any, case: Any) -> bool | None:
-    """No 5xx, except the documented 501 for what the processors do not run yet (D31)."""
-    if response.status_code == 501:
-        body = json.loads(response.content or b"{}")
-        if body.get("error", {}).get("code") == "not_implemented":
-            return None
+def not_a_server_error_at_all(ctx: Any, response: Any, case: Any) -> bool | None:
+    """No 5xx."""
     result: bool | None = schemathesis.checks.not_a_server_error(ctx, response, case)
     return result
 
@@ -420,7 +411,7 @@ def test_generated_requests_find_no_server_error(cluster: Cluster, mode: str) ->
     """Schemathesis makes requests (valid ones, then invalid ones) for every documented
     operation; none may answer 5xx, an undocumented status, or a body off its schema."""
     schema = schemathesis.openapi.from_dict(cluster.doc)
-    checks = [not_a_server_error_unless_not_live,
+    checks = [not_a_server_error_at_all,
               schemathesis.checks.status_code_conformance,
               schemathesis.checks.content_type_conformance,
               schemathesis.checks.response_schema_conformance]
@@ -511,8 +502,8 @@ def test_cli_against_the_live_api(cluster: Cluster, monkeypatch: pytest.MonkeyPa
 
 def test_schedule_cli_against_the_live_api(cluster: Cluster,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """``taskstream schedule ...``: the reads answer; the writes are refused with the API's
-    reason until the processors run schedules (never accepted and ignored)."""
+    """``taskstream schedule ...`` through the API: add, show (the next fire times),
+    pause, resume, delete; a bad cron expression names its field."""
     from click.testing import CliRunner
 
     from taskstream.cli.main import main
@@ -525,17 +516,26 @@ def test_schedule_cli_against_the_live_api(cluster: Cluster,
     assert json.loads(listed.output) == {"items": []}
     missing = runner.invoke(main, ["schedule", "show", "nightly"])
     assert missing.exit_code == 1 and "404" in missing.output
-    added = runner.invoke(main, ["schedule", "add", "nightly", "reports.run", "--every", "2"])
-    assert added.exit_code == 1 and "501" in added.output
-    assert "do not run schedules yet" in added.output
     bad = runner.invoke(main, ["schedule", "add", "nightly", "reports.run", "--cron", "0 24 * * *"])
     assert bad.exit_code == 1 and "field 2 (hour)" in bad.output
-    for verb in ("pause", "resume", "delete"):
-        refused = runner.invoke(main, ["schedule", verb, "nightly"])
-        assert refused.exit_code == 1 and "501" in refused.output, refused.output
+    added = runner.invoke(main, ["schedule", "add", "nightly", "reports.run", "--cron",
+                                 "30 2 * * *", "--json"])
+    assert added.exit_code == 0, added.output
+
+    def status() -> str | None:
+        shown = runner.invoke(main, ["schedule", "show", "nightly", "--json"])
+        return json.loads(shown.output)["status"] if shown.exit_code == 0 else None
+
+    wait_for("the schedule is there", lambda: status() == "ACTIVE", timeout=30)
+    shown = json.loads(runner.invoke(main, ["schedule", "show", "nightly", "--json"]).output)
+    assert shown["next_fire_times"], shown
+    for verb, after in (("pause", "PAUSED"), ("resume", "ACTIVE"), ("delete", "DELETED")):
+        done = runner.invoke(main, ["schedule", verb, "nightly"])
+        assert done.exit_code == 0, done.output
+        wait_for(f"the schedule is {after}", lambda after=after: status() == after, timeout=30)
 
 
-def test_limits_list_and_the_cli_refuses_to_set_one_until_enforced(
+def test_limits_set_and_list_through_the_api_and_the_cli(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
@@ -550,7 +550,12 @@ def test_limits_list_and_the_cli_refuses_to_set_one_until_enforced(
     monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[0].url)
     monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
     runner = CliRunner()
-    refused = runner.invoke(main, ["limits", "set", "emails", "--rate", "100/s", "--burst", "20"])
-    assert refused.exit_code == 1 and "not enforced" in refused.output
     listed = runner.invoke(main, ["limits", "list"])
     assert listed.exit_code == 0 and "no limits set" in listed.output
+    done = runner.invoke(main, ["limits", "set", "emails", "--rate", "100/s", "--burst", "20"])
+    assert done.exit_code == 0, done.output
+    wait_for("the limit is listed", lambda: "emails" in runner.invoke(
+        main, ["limits", "list"]).output, timeout=30)
+    with cluster.client(1, token="read-tok") as b:
+        (limit,) = b.get("/limits").json()["limits"]
+        assert (limit["name"], limit["rate"], limit["burst"]) == ("emails", "100/s", 20)

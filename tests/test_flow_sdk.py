@@ -13,7 +13,6 @@ from taskstream.api.limits import limit_states, limit_view, merge_limits
 from taskstream.cli.limits_cmd import limit_rows
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
-from taskstream.schemas import flowspec
 from taskstream.schemas.entity_keys import (
     ckey_key,
     limit_key,
@@ -22,7 +21,6 @@ from taskstream.schemas.entity_keys import (
 )
 from taskstream.schemas.events import FlowControl, LimitSet, TaskDispatched
 from taskstream.schemas.flowspec import (
-    FlowControlNotEnforcedError,
     LimitSpec,
     format_rate,
     parse_rate,
@@ -34,13 +32,6 @@ from taskstream.schemas.view import TaskView
 from taskstream.workers.context import FencingToken, TaskContext
 from taskstream.workers.progress import ProgressThrottle, expired, fencing_token
 from tests.lifecycle_support import T0, Story
-
-
-@pytest.fixture
-def enforced(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As the processors will be once the engine folds limits (issue 16, phase 2)."""
-    monkeypatch.setattr(flowspec, "FLOW_CONTROL_ENFORCED", True)
-
 
 # --- keys and rates ------------------------------------------------------------------------
 
@@ -82,32 +73,16 @@ def test_a_limit_spec_becomes_a_limit_set() -> None:
         LimitSpec(name="emails", rate="1/s", burst=0)
 
 
-# --- the refusal switch ---------------------------------------------------------------------
+# --- what a task with flow control sends -----------------------------------------------
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("rate_limit", "emails"), ("rate_key", "c-1"), ("concurrency_key", "acct"),
-    ("max_concurrency", 2), ("expires", 60.0)])
-def test_flow_options_are_refused_while_not_enforced(option: str, value: object) -> None:
-    with pytest.raises(ValidationError) as caught:
-        TaskSpec.model_validate({"name": "t", option: value})
-    (error,) = [e for e in caught.value.errors() if e["loc"] == (option,)]
-    assert "not enforced by the processors of this taskstream version" in error["msg"]
-    builder = EventBuilder("test", 1024)
-    with pytest.raises(InvalidTaskError) as invalid:
-        builder.from_call("t", None, {option: value}, T0)
-    assert option in invalid.value.fields
-    with pytest.raises(FlowControlNotEnforcedError, match="set_limit"):
-        builder.limit_set("emails", "1/s", 1, T0)
-
-
-def test_plain_tasks_are_untouched_by_the_switch() -> None:
+def test_plain_tasks_carry_no_flow_control() -> None:
     spec = TaskSpec(name="t")
     body = spec.to_submitted(T0)
     assert body.flow is None and body.expires_at_ms is None
 
 
-def test_flow_options_once_enforced(enforced: None) -> None:
+def test_flow_options_once_enforced() -> None:
     spec = TaskSpec(name="t", rate_limit="emails", rate_key="c-1", concurrency_key="acct",
                     expires=30)
     body = spec.to_submitted(T0)
@@ -127,7 +102,7 @@ def test_flow_options_once_enforced(enforced: None) -> None:
             TaskSpec.model_validate({"name": "t", **bad})
 
 
-def test_the_builder_writes_a_limit_set_keyed_by_the_limit(enforced: None) -> None:
+def test_the_builder_writes_a_limit_set_keyed_by_the_limit() -> None:
     key, data = EventBuilder("test", 1024).limit_set("emails", "5/min", 3, T0)
     env = decode_event(data)
     assert key == env.task_id == "limit:emails"

@@ -1,16 +1,13 @@
-"""The SDK's dependencies, groups and schedules without a broker: what it refuses while
-the processors do not run them (never accept-and-ignore), and the records it would send."""
+"""The SDK's dependencies, groups and schedules without a broker: the records it sends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from taskstream.producer import build
 from taskstream.producer.build import EventBuilder
-from taskstream.producer.errors import InvalidTaskError, NotLiveError
+from taskstream.producer.errors import InvalidTaskError
 from taskstream.producer.graphs import chain_records, group_records
 from taskstream.schemas.entity_keys import group_key, schedule_key
 from taskstream.schemas.events import (
@@ -34,45 +31,13 @@ def builder() -> EventBuilder:
     return EventBuilder("test", 1 << 20, limits=SpecLimits(dependency_timeout_s=42))
 
 
-@pytest.fixture
-def live(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """As the SDK will be once the processors run these kinds (Phase 2 flips the flags)."""
-    monkeypatch.setattr(build, "DEPENDENCIES_LIVE", True)
-    monkeypatch.setattr(build, "SCHEDULES_LIVE", True)
-    yield
-
-
 def body(value: bytes) -> Any:
     return decode_event(value).body
 
 
-# --- refused until live ------------------------------------------------------------
+# --- what is sent ----------------------------------------------------------
 
 
-def test_depends_on_is_refused_not_ignored(builder: EventBuilder) -> None:
-    with pytest.raises(NotLiveError, match=r"depends_on: .* do not run dependencies yet") as e:
-        builder.from_call("a.b", None, {"depends_on": [new_task_id()]}, AT)
-    assert e.value.fields == ("depends_on",)
-    with pytest.raises(NotLiveError):
-        builder.many([{"name": "a.b"}, {"name": "a.c", "depends_on": [new_task_id()]}], AT)
-    with pytest.raises(NotLiveError, match="group"):
-        group_records(builder, [{"name": "a.b"}], None, "g", AT)
-    with pytest.raises(NotLiveError):
-        chain_records(builder, [{"name": "a.b"}, {"name": "a.c"}], AT)
-
-
-def test_schedules_are_refused_not_ignored(builder: EventBuilder) -> None:
-    request = builder.schedule_request({"schedule_id": "n", "task_name": "a.b", "every": 2})
-    with pytest.raises(NotLiveError, match="do not run schedules yet"):
-        builder.schedule_set(request, AT)
-    with pytest.raises(NotLiveError):
-        builder.schedule_command("n", ScheduleOp.DELETE, "", AT)
-
-
-# --- what is sent once live ----------------------------------------------------------
-
-
-@pytest.mark.usefixtures("live")
 def test_a_submission_with_parents_carries_the_timeout_and_the_policy(
         builder: EventBuilder) -> None:
     parent = new_task_id()
@@ -85,7 +50,6 @@ def test_a_submission_with_parents_carries_the_timeout_and_the_policy(
     assert task_id not in sub.depends_on
 
 
-@pytest.mark.usefixtures("live")
 def test_self_dependency_too_many_parents_and_delay_are_refused(builder: EventBuilder) -> None:
     from taskstream.schemas.ids import derived_task_id
 
@@ -101,7 +65,6 @@ def test_self_dependency_too_many_parents_and_delay_are_refused(builder: EventBu
         builder.from_call("a.b", None, {"depends_on": ["nope"]}, AT)
 
 
-@pytest.mark.usefixtures("live")
 def test_a_chain_links_each_step_to_the_one_before(builder: EventBuilder) -> None:
     records = chain_records(builder, [{"name": "s.one"}, {"name": "s.two"},
                                       {"name": "s.three", "idempotency_key": "k3"}], AT)
@@ -111,7 +74,6 @@ def test_a_chain_links_each_step_to_the_one_before(builder: EventBuilder) -> Non
     assert records.keys[2] == derived_task_id("s.three", "k3")
 
 
-@pytest.mark.usefixtures("live")
 def test_a_group_is_created_its_members_know_their_slot_and_the_callback_waits(
         builder: EventBuilder) -> None:
     records = group_records(builder, [{"name": "m.x", "payload": i} for i in range(3)],
@@ -125,7 +87,6 @@ def test_a_group_is_created_its_members_know_their_slot_and_the_callback_waits(
     assert body(records.values[-1]).depends_on == [group_key("g7")]
 
 
-@pytest.mark.usefixtures("live")
 def test_a_schedule_request_becomes_a_schedule_set(builder: EventBuilder) -> None:
     request = builder.schedule_request({
         "schedule_id": "nightly", "task_name": "reports.run", "payload": {"a": 1},
