@@ -62,6 +62,18 @@ def processor_app_id(settings: Settings) -> str:
     return settings.topic(PROCESSOR)
 
 
+def fold_group(settings: Settings) -> str:
+    """The group the live fold commits its events offsets under; never joined, the
+    fold assigns itself the partitions Faust's assignor gave the replica (D19)."""
+    return f"{processor_app_id(settings)}.fold"
+
+
+def standby_group(settings: Settings) -> str:
+    """The group id of a replica's standby follower: assign-only, it never commits (its
+    offsets are persisted beside the copies it writes)."""
+    return f"{processor_app_id(settings)}.standby"
+
+
 def changelog_topic(settings: Settings, table: str) -> str:
     """A processor table's changelog (Faust: ``<app id>-<table>-changelog``)."""
     return f"{processor_app_id(settings)}-{table}-changelog"

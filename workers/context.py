@@ -99,9 +99,9 @@ class TaskContext:
     ``taskstream status`` and the API).
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "_parent_results", "_progress", "attempt",
-                 "dispatch_id", "fencing_token", "headers", "idempotency_key", "logger", "name",
-                 "parents", "task_id")
+    __slots__ = ("_cancelled", "_fencing_token", "_fetch_result", "_heartbeat", "_logger",
+                 "_parent_results", "_progress", "attempt", "dispatch_id", "headers",
+                 "idempotency_key", "name", "parents", "task_id")
 
     def __init__(
         self,
@@ -123,19 +123,37 @@ class TaskContext:
         self.name = name
         self.idempotency_key = idempotency_key
         self.headers: dict[str, str] = dict(headers or {})
-        self.logger = TaskLogger(_TASK_LOG, {"task_id": task_id, "attempt": attempt})
+        self._logger: TaskLogger | None = None
         self._heartbeat = heartbeat
         self._cancelled = False
         self.parents = tuple(parents)
-        self._parent_results = ParentResults(self.parents, fetch_result)
+        self._fetch_result = fetch_result
+        self._parent_results: ParentResults | None = None
         self.dispatch_id = dispatch_id
-        self.fencing_token = fencing_token or FencingToken(0, attempt, dispatch_id)
+        self._fencing_token = fencing_token
         self._progress = progress
 
     @property
     def parent_results(self) -> ParentResults:
         """Each parent's result (``depends_on``), fetched when first read (D31)."""
+        if self._parent_results is None:  # made when first used (the worker's hot path)
+            self._parent_results = ParentResults(self.parents, self._fetch_result)
         return self._parent_results
+
+    @property
+    def fencing_token(self) -> FencingToken:
+        """What a handler passes to the systems it writes to (D32; :class:`FencingToken`)."""
+        if self._fencing_token is None:
+            self._fencing_token = FencingToken(0, self.attempt, self.dispatch_id)
+        return self._fencing_token
+
+    @property
+    def logger(self) -> TaskLogger:
+        """A logger that adds ``task_id=... attempt=...`` (made when first used)."""
+        if self._logger is None:
+            self._logger = TaskLogger(_TASK_LOG, {"task_id": self.task_id,
+                                                  "attempt": self.attempt})
+        return self._logger
 
     @property
     def cancelled(self) -> bool:

@@ -22,7 +22,6 @@ signal (``immediate=True``) ends the grace period at once. Every wait is bounded
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -30,7 +29,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -63,13 +62,31 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-@dataclass
+@dataclass(slots=True)
+
+def lazy_progress(emitter: EventEmitter, envelope: Envelope) -> Callable[[float, str], object]:
+    """``ctx.progress``'s sink: a throttle made on the first report (most handlers never
+    report, and the worker's hot path makes one context per attempt)."""
+    throttle: ProgressThrottle | None = None
+
+    def report(fraction: float, note: str) -> object:
+        nonlocal throttle
+        if throttle is None:
+            throttle = ProgressThrottle(lambda f, n: emitter.progress(envelope, f, n))
+        return throttle.report(fraction, note)
+
+    return report
+
 class _Running:
+    """An attempt whose handler runs: ``task`` is the asyncio task running it (the
+    record's own task); its next LeaseRenewed is due at ``renew_at`` (loop time)."""
+
     envelope: Envelope
     ctx: TaskContext
-    task: asyncio.Task[Outcome]
+    task: asyncio.Task[None]
+    renew_every_s: float
+    renew_at: float
     cancel_requested: bool = False
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -101,9 +118,11 @@ class Worker:
         #: reads a parent's result for ctx.parent_results (the CLI passes the SDK's API client)
         self.fetch_result = fetch_result
         self.metrics = WorkerMetrics()
+        self.metrics.count_in_flight(lambda: len(self._running))
         self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
         self._running: dict[str, _Running] = {}
+        self._lease_sweep: asyncio.TimerHandle | None = None
         self._record_tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[QueueConsumer] = []
         self._rr = 0
@@ -179,6 +198,7 @@ class Worker:
                  self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
                  len(self.app))
         self._started.set()
+        loop.call_later(WAKEUP_S, self._nudge)
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
         await self._stop.wait()
         await self._shutdown(dispatcher)
@@ -226,30 +246,49 @@ class Worker:
 
     async def _dispatch(self) -> None:
         slots = asyncio.Semaphore(self.concurrency)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._record_tasks.discard(task)
+            slots.release()
+
         while not self._stopping:
             await slots.acquire()
-            picked = await self._next_record()
+            picked = self._take() or await self._wait_for_record()
             if picked is None:
                 slots.release()
                 return
             task = asyncio.create_task(self._run_record(*picked))
-            task.add_done_callback(lambda _t: slots.release())
             self._record_tasks.add(task)
-            task.add_done_callback(self._record_tasks.discard)
+            task.add_done_callback(done)
 
-    async def _next_record(self) -> tuple[QueueConsumer, ReadyRecord] | None:
+    def _take(self) -> tuple[QueueConsumer, ReadyRecord] | None:
+        """The next buffered record, the queues taken in turn; None when none."""
+        n = len(self._consumers)
+        for i in range(n):
+            consumer = self._consumers[(self._rr + i) % n]
+            record = consumer.take()
+            if record is not None:
+                self._rr = (self._rr + i + 1) % n
+                return consumer, record
+        return None
+
+    async def _wait_for_record(self) -> tuple[QueueConsumer, ReadyRecord] | None:
+        """Wait for the consumers' wake-up (records buffered, a queue resumed); a timer
+        also sets it every WAKEUP_S (``_nudge``), a safety net that costs no
+        ``wait_for`` per wait."""
         while not self._stopping:
             self._wakeup.clear()
-            n = len(self._consumers)
-            for i in range(n):
-                consumer = self._consumers[(self._rr + i) % n]
-                record = consumer.take()
-                if record is not None:
-                    self._rr = (self._rr + i + 1) % n
-                    return consumer, record
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), WAKEUP_S)
+            picked = self._take()
+            if picked is not None:
+                return picked
+            await self._wakeup.wait()
         return None
+
+    def _nudge(self) -> None:
+        assert self._loop is not None
+        self._wakeup.set()
+        if not self._stopping:
+            self._loop.call_later(WAKEUP_S, self._nudge)
 
     async def _run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
         envelope, dispatched = record.envelope, record.dispatched
@@ -275,8 +314,9 @@ class Worker:
 
         emitter.started(envelope, on_delivered=on_started)
         started = time.monotonic()
-        self.metrics.started.labels(dispatched.name).inc()
-        self.metrics.queue_wait.labels(dispatched.queue).observe(
+        series = self.metrics.of_task(dispatched.name)
+        series.started.inc()
+        self.metrics.of_queue(dispatched.queue).observe(
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
@@ -284,69 +324,99 @@ class Worker:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
         else:
             outcome = await self._execute(task, envelope, dispatched)
-        self.metrics.run_seconds.labels(dispatched.name).observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        series.run_seconds.observe(took)
         if outcome is None:
             return
         emitter.outcome(envelope, outcome)
-        self._log_outcome(envelope, dispatched, outcome, time.monotonic() - started)
+        if isinstance(outcome, Failure):
+            self._log_failure(envelope, dispatched, outcome, took)
+        else:
+            series.succeeded.inc()
+            log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
+                     envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
 
     async def _execute(self, task: TaskDef, envelope: Envelope,
                        dispatched: TaskDispatched) -> Outcome | None:
+        """Run the handler in this record's own task; None when the worker stops it
+        without grace (no outcome: the lease recovers the attempt).
+
+        A cancellation of the task (``_on_cancel``) reaches the handler as
+        ``CancelledError`` and is reported as ``Cancelled``; a handler that raises
+        ``CancelledError`` of its own ends the same way.
+        """
         emitter = self._emitter
-        assert emitter is not None
-        progress = ProgressThrottle(lambda f, n: emitter.progress(envelope, f, n))
+        loop = self._loop
+        assert emitter is not None and loop is not None
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
                           heartbeat=lambda: emitter.lease_renewed(envelope),
                           parents=dispatched.parents, fetch_result=self.fetch_result,
                           dispatch_id=dispatched.dispatch_id,
-                          fencing_token=fencing_token(envelope.attempt, dispatched),
-                          progress=progress.report)
-        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
-        running = self._running[envelope.task_id] = _Running(envelope, ctx, run)
-        lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))
-        self.metrics.in_flight.inc()
-        try:
-            await asyncio.wait({run})
-        except asyncio.CancelledError:  # stop without grace: no outcome, the lease recovers it
-            run.cancel()
-            raise
-        finally:
-            lease.cancel()
-            self.metrics.in_flight.dec()
-            if self._running.get(envelope.task_id) is running:
-                del self._running[envelope.task_id]
+                          fencing_token=None if dispatched.concurrency_key is None
+                          else fencing_token(envelope.attempt, dispatched),
+                          progress=lazy_progress(emitter, envelope))
+        me = asyncio.current_task()
+        assert me is not None
+        every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
+        running = _Running(envelope, ctx, me, every, loop.time() + every)
+        self._running[envelope.task_id] = running
+        self._sweep_leases_by(running.renew_at)
         threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
-        if run.cancelled() or running.cancel_requested:
-            if threaded and run.cancelled():
+        try:
+            outcome = await execute(task, dispatched, ctx, self.pool)
+        except asyncio.CancelledError:
+            if me.cancelling() and not running.cancel_requested:
+                raise  # stop without grace
+            if running.cancel_requested:
+                me.uncancel()
+            if threaded:
                 self.metrics.abandoned_threads.inc()
             return cancelled_failure()
-        outcome = run.result()
+        finally:
+            if self._running.get(envelope.task_id) is running:
+                del self._running[envelope.task_id]
+        if running.cancel_requested:  # the handler swallowed the cancellation
+            me.uncancel()
+            return cancelled_failure()
         if threaded and isinstance(outcome, Failure) and outcome.timed_out:
             self.metrics.abandoned_threads.inc()
         return outcome
 
-    async def _renew_lease(self, envelope: Envelope, lease_ms: int) -> None:
-        emitter = self._emitter
-        assert emitter is not None
-        interval = max(lease_ms / 3000, MIN_RENEW_S)
-        while True:
-            await asyncio.sleep(interval)
-            emitter.lease_renewed(envelope)
+    def _sweep_leases_by(self, when: float) -> None:
+        """Make sure the lease sweep runs by ``when`` (loop time). One timer serves every
+        running attempt: a timer per attempt cost more than a no-op task's handler."""
+        loop = self._loop
+        assert loop is not None
+        sweep = self._lease_sweep
+        if sweep is None or when < sweep.when():
+            if sweep is not None:
+                sweep.cancel()
+            self._lease_sweep = loop.call_at(when, self._renew_leases)
 
-    def _log_outcome(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Outcome,
+    def _renew_leases(self) -> None:
+        """Emit LeaseRenewed for every attempt that is due; schedule the next sweep."""
+        emitter, loop = self._emitter, self._loop
+        assert emitter is not None and loop is not None
+        self._lease_sweep = None
+        now = loop.time()
+        due: float | None = None
+        for running in list(self._running.values()):
+            if running.renew_at <= now:
+                running.renew_at = now + running.renew_every_s
+                emitter.lease_renewed(running.envelope)
+            due = running.renew_at if due is None else min(due, running.renew_at)
+        if due is not None:
+            self._sweep_leases_by(due)
+
+    def _log_failure(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Failure,
                      took_s: float) -> None:
-        if isinstance(outcome, Failure):
-            self.metrics.failed.labels(dispatched.name, outcome.error_type).inc()
-            event = "task.retry" if outcome.retryable else "task.failed"
-            log.warning("event=%s task_id=%s attempt=%d name=%s error_type=%s timed_out=%s "
-                        "took_ms=%d message=%r", event, envelope.task_id, envelope.attempt,
-                        dispatched.name, outcome.error_type, outcome.timed_out,
-                        took_s * 1000, outcome.message)
-        else:
-            self.metrics.succeeded.labels(dispatched.name).inc()
-            log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
-                     envelope.task_id, envelope.attempt, dispatched.name, took_s * 1000)
+        self.metrics.failed.labels(dispatched.name, outcome.error_type).inc()
+        event = "task.retry" if outcome.retryable else "task.failed"
+        log.warning("event=%s task_id=%s attempt=%d name=%s error_type=%s timed_out=%s "
+                    "took_ms=%d message=%r", event, envelope.task_id, envelope.attempt,
+                    dispatched.name, outcome.error_type, outcome.timed_out,
+                    took_s * 1000, outcome.message)
 
     # -- shutdown ------------------------------------------------------------
 
