@@ -9,17 +9,19 @@ processors of this version do not enforce limits (schemas/flowspec.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskstream.processors.fold.limits import fill_at
-from taskstream.schemas.entity_keys import LIMIT_PREFIX
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.flowspec import LimitView, format_rate
 from taskstream.schemas.flowstate import LimitState
 from taskstream.schemas.serde import decode_entity
+
+log = logging.getLogger("taskstream.api")
 
 
 class LimitBody(BaseModel):
@@ -30,21 +32,17 @@ class LimitBody(BaseModel):
     burst: int = Field(default=1, description="tokens a full bucket holds (at least 1)")
 
 
-#: where the ``limit:`` entities start in a partition's key order (schemas/entity_keys.py)
-SCAN_FROM = LIMIT_PREFIX
-
-
 def limit_states(values: Iterable[bytes]) -> Iterator[LimitState]:
-    """The limit states at the start of ``values`` (a partition's states from
-    ``limit:`` on, in key order): stops at the first value that is not one."""
+    """The limit states among ``values`` (a partition's ``limit:`` entities, in key
+    order); a value that is not one is skipped (logged: a bug or a newer version)."""
     for value in values:
         try:
             state = decode_entity(value)
-        except DecodeError:
-            return
-        if not isinstance(state, LimitState) or not state.key.startswith(LIMIT_PREFIX):
-            return
-        yield state
+        except DecodeError as exc:
+            log.warning("a limit: entity that does not decode: %s", exc)
+            continue
+        if isinstance(state, LimitState):
+            yield state
 
 
 def limit_view(state: LimitState, now_ms: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from yarl import URL
 
 from taskstream.api.auth import TokenAuth
 from taskstream.api.errors import ApiError
-from taskstream.api.limits import SCAN_FROM, limit_states, limit_view, merge_limits
+from taskstream.api.limits import limit_states, limit_view, merge_limits
 from taskstream.api.query import (
     ListQuery,
     Page,
@@ -50,7 +50,12 @@ from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import InvalidTaskError
-from taskstream.schemas.entity_keys import SCHEDULE_PREFIX, group_key, schedule_key
+from taskstream.schemas.entity_keys import (
+    LIMIT_PREFIX,
+    SCHEDULE_PREFIX,
+    group_key,
+    schedule_key,
+)
 from taskstream.schemas.events import ScheduleOp
 from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import SpecLimits, TaskSpec
@@ -299,7 +304,8 @@ class Api:
         partitions = self.processor.active_partitions()
         now_ms = int(time.time() * 1000)
         items = [limit_view(state, now_ms) for p in partitions
-                 for state in limit_states(self.processor.tables.scan_tasks(p, SCAN_FROM))]
+                 for state in limit_states(
+                     v for _, v in self.processor.tables.scan_entities(p, LIMIT_PREFIX))]
         return {"items": items, "partitions": partitions}
 
     async def limits(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -388,11 +394,10 @@ class Api:
         partitions = self.processor.active_partitions()
         items = []
         for partition in partitions:
-            for value in self.processor.tables.scan_tasks(partition, SCHEDULE_PREFIX):
+            for _, value in self.processor.tables.scan_entities(partition, SCHEDULE_PREFIX):
                 state = decode_entity(value)
-                if not isinstance(state, ScheduleState):
-                    break
-                items.append(schedule_view(state))
+                if isinstance(state, ScheduleState):
+                    items.append(schedule_view(state))
         return {"items": items, "partitions": partitions}
 
     async def list_schedules(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:

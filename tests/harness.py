@@ -18,8 +18,8 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from taskstream.dev.procs import free_port, settings_env
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
-from taskstream.schemas.serde import decode_event, decode_state, encode_event
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.serde import decode_entity, decode_event, encode_event
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.settings import Settings
 
 T = TypeVar("T")
@@ -162,17 +162,28 @@ class TopicReader:
 
 
 class StateReader:
-    """The latest state of every task, read from the processor's task changelog."""
+    """The latest state of every task (``states``) and of every other entity
+    (``entities``: schedules, groups, limits, keys), read from the processor's task
+    changelog."""
 
     def __init__(self, settings: Settings) -> None:
         self.reader = TopicReader(settings, f"{settings.topic_prefix}processor-tasks-changelog")
         self.states: dict[str, TaskState] = {}
+        self.entities: dict[str, EntityState] = {}
 
     def refresh(self) -> dict[str, TaskState]:
         for key, value, _, _ in self.reader.poll_raw(0.2):
             if key is not None and value is not None:
-                self.states[key.decode()] = decode_state(value)
+                state = decode_entity(value)
+                if isinstance(state, TaskState):
+                    self.states[key.decode()] = state
+                else:
+                    self.entities[key.decode()] = state
         return self.states
+
+    def refresh_entities(self) -> dict[str, EntityState]:
+        self.refresh()
+        return self.entities
 
     def wait(self, task_id: str, predicate: Callable[[TaskState], bool], what: str,
              timeout: float = 30.0) -> TaskState:

@@ -102,7 +102,7 @@ class MiniWorkers:
             self.pool.submit(self._run, env.task_id, env.attempt, env.body.dispatch_id)
 
     def _run(self, task_id: str, attempt: int, dispatch_id: str) -> None:
-        writer = EventWriter(self.writer.settings)
+        writer = self.writer  # one producer, shared by the threads (it is thread-safe)
         writer.send(task_id, TaskStarted(dispatch_id, "w"), attempt)
         if task_id in self.crash:
             return
@@ -317,6 +317,8 @@ def _rate_run(topics: Settings, workers: MiniWorkers, states: StateReader, limit
     settle(workers, states, ids, f"{n} rate-limited tasks", timeout=180)
     took = time.monotonic() - begun
     mine = [(at, t) for at, t in workers.dispatches if t in set(ids)]
+    span = (max(at for at, _ in mine) - min(at for at, _ in mine)) / 1000
+    print(f"rate {limit}: dispatch times span {span:.1f}s")
     return took, _granted_windows(mine)
 
 

@@ -62,8 +62,6 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-@dataclass(slots=True)
-
 def lazy_progress(emitter: EventEmitter, envelope: Envelope) -> Callable[[float, str], object]:
     """``ctx.progress``'s sink: a throttle made on the first report (most handlers never
     report, and the worker's hot path makes one context per attempt)."""
@@ -77,6 +75,8 @@ def lazy_progress(emitter: EventEmitter, envelope: Envelope) -> Callable[[float,
 
     return report
 
+
+@dataclass(slots=True)
 class _Running:
     """An attempt whose handler runs: ``task`` is the asyncio task running it (the
     record's own task); its next LeaseRenewed is due at ``renew_at`` (loop time)."""

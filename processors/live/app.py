@@ -37,6 +37,7 @@ from mode import Service
 from taskstream.admin import STOCK_SESSION_MIN_S
 from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
+from taskstream.processors.fold.kinds import timer_of
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
@@ -46,7 +47,7 @@ from taskstream.queue_registry import register_queues
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
@@ -131,6 +132,13 @@ def _register_queue(settings: Settings, queue: str) -> None:
     register_queues(settings, [queue])
 
 
+
+def due_entry_of(state: EntityState | None) -> keys.DueEntry | None:
+    """The due index entry of any entity's state: its kind's ``timer_of`` (D5; D31, D32)."""
+    timer = timer_of(state)
+    return None if timer is None else keys.DueEntry(*timer)
+
+
 class Processor:
     """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
@@ -143,7 +151,7 @@ class Processor:
         #: the API's admin events go out through Faust's producer (not the fold's)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
         self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
-                                 can_build=self._restored)
+                                 can_build=self._restored, timer_of=due_entry_of)
         self._changelog = task_changelog_topic(settings)
         self.producer = Producer(producer_config(settings, {
             "client.id": self.source,

@@ -330,7 +330,8 @@ def fold_messages(
             # a task ID is 0-9A-Z; other kinds' keys are lowercase (D31)
             after, _effects = appliers[task_id > "Z"](before, envelope, limits, effects=False)
             if after is not None and after is not before:
-                if after.status in TERMINAL:  # cache.put, inline
+                # cache.put, inline (limits and keys have no status: never finished)
+                if getattr(after, "status", None) in TERMINAL:
                     finished[task_id] = encode(after)
                     if before is not None and hot.pop(task_id, None) is not None:
                         dirty.discard(task_id)
