@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from taskstream.processors.fold.schedule import FIRE_TIME_HEADER, SCHEDULE_HEADER
@@ -265,7 +266,13 @@ def test_a_schedule_fires_once_per_tick_across_a_replica_kill(
                 if s.headers.get(SCHEDULE_HEADER) == "tick"}
 
     wait_for("three firings", lambda: len(firings()) >= 3, timeout=60)
-    procs[1].stop(signal.SIGKILL)
+
+    def owns_it(proc: ProcessorProcess) -> bool:
+        items = httpx.get(f"{proc.url}/internal/schedules", timeout=10).json()["items"]
+        return any(item["schedule_id"] == "tick" for item in items)
+
+    (owner,) = [p for p in procs if owns_it(p)]
+    owner.stop(signal.SIGKILL)  # the replica that fires it
     before = len(firings())
     wait_for("three firings after the kill", lambda: len(firings()) >= before + 3, timeout=90)
     writer.send(key, ScheduleCommand(ScheduleOp.PAUSE, "test over"))
