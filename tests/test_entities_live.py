@@ -251,9 +251,10 @@ def test_a_graph_completes_across_a_replica_kill(
 def test_a_schedule_fires_once_per_tick_across_a_replica_kill(
         topics: Settings, tmp_path: Path, replicas: Callable[[int], list[ProcessorProcess]],
 ) -> None:
-    """Every 2 s, misfire RUN_ONCE, two replicas, one SIGKILLed: each fire time submits at
-    most one task (its ID derives from the fire time), the ticks missed during the
-    failover are skipped but for the latest, and pausing stops the firings."""
+    """Every 2 s, misfire RUN_ONCE, two replicas, the one firing it SIGKILLed: each fire
+    time submits at most one task (its ID derives from the fire time), the ticks missed
+    during the failover are skipped but for the latest; pausing stops the firings and
+    resuming fires the latest missed tick once and skips the others (RUN_ONCE)."""
     procs = replicas(2)
     writer, states = EventWriter(topics), StateReader(topics)
     key = schedule_key("tick")
@@ -276,11 +277,25 @@ def test_a_schedule_fires_once_per_tick_across_a_replica_kill(
     before = len(firings())
     wait_for("three firings after the kill", lambda: len(firings()) >= before + 3, timeout=90)
     writer.send(key, ScheduleCommand(ScheduleOp.PAUSE, "test over"))
-    wait_for("paused", lambda: isinstance(states.refresh_entities().get(key), ScheduleState)
-             and states.entities[key].status.value == "PAUSED", timeout=30)
+
+    def status() -> str | None:
+        state = states.refresh_entities().get(key)
+        return state.status.value if isinstance(state, ScheduleState) else None
+
+    wait_for("paused", lambda: status() == "PAUSED", timeout=30)
     fired = firings()
     time.sleep(4.5)  # two ticks: a paused schedule fires nothing
     assert len(firings()) == len(fired)
+    skipped_before = states.refresh_entities()[key]
+    assert isinstance(skipped_before, ScheduleState)
+    writer.send(key, ScheduleCommand(ScheduleOp.RESUME))
+    # RUN_ONCE: the ticks missed while paused fire once (the latest), the others are skipped
+    wait_for("a firing after the resume", lambda: len(firings()) > len(fired), timeout=30)
+    writer.send(key, ScheduleCommand(ScheduleOp.PAUSE, "test over"))
+    resumed = states.refresh_entities()[key]
+    assert isinstance(resumed, ScheduleState) and resumed.skipped > skipped_before.skipped
+    wait_for("paused again", lambda: status() == "PAUSED", timeout=30)
+    fired = firings()
     times = sorted(fired)
     assert all((t - times[0]) % 2_000 == 0 for t in times)  # schedule times, not clocks
     assert all(s.duplicates == 0 for s in fired.values())

@@ -132,11 +132,13 @@ def _bucket(name: str, key: str | None, tokens: int) -> LimitState:
                       updated_at_ms=T0)
 
 
-def test_limit_states_are_read_until_the_first_other_kind() -> None:
+def test_limit_states_keep_the_limits_of_a_prefix_scan() -> None:
+    """The scan reads the ``limit:`` prefix (tables.scan_entities); anything else in it
+    (a bug, a newer version) is skipped, not taken for a limit."""
     values = [encode_entity(_bucket("a", None, 1000)), encode_entity(_bucket("a", "k", 0)),
-              encode_entity(ConcurrencyState(key="ckey:x", name="x")),
+              encode_entity(ConcurrencyState(key="ckey:x", name="x")), b"garbage",
               encode_entity(_bucket("b", None, 0))]
-    assert [s.key for s in limit_states(values)] == ["limit:a", "limit:a:k"]
+    assert [s.key for s in limit_states(values)] == ["limit:a", "limit:a:k", "limit:b"]
 
 
 def test_a_limit_view_shows_the_fill_now_and_listings_merge_by_name() -> None:
