@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
 from taskstream.producer.graphs import chain_records, group_records
 from taskstream.producer.handle import AsyncTaskHandle, BatchDelivery, GroupHandles
@@ -79,9 +79,15 @@ class AsyncTaskProducer(ProducerBase):
     async def submit(self, name: str, payload: Any = None, **options: Any) -> AsyncTaskHandle:
         """Submit one task; ``options`` are TaskSpec fields."""
         loop = await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
+        queue = queue_of(options)
+        if queue not in self.known_queues:
+            await asyncio.to_thread(self.known_queues.require, (queue,))
         handle = AsyncTaskHandle(task_id, "TaskSubmitted", self._core, loop)
         await self._send(task_id, data, handle)
+        if start_ns:
+            self._traced(task_id, name, options, start_ns)
         self._submitted.inc()
         return handle
 
@@ -90,11 +96,20 @@ class AsyncTaskProducer(ProducerBase):
     ) -> list[AsyncTaskHandle]:
         """Submit many tasks; every spec is validated before any is sent."""
         await self._ready()
-        task_ids, values = self._build.many(list(specs), now_ms())
-        return await self._send_many(task_ids, values, None)
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
+        items = list(specs)
+        task_ids, values = self._build.many(items, now_ms())
+        await self._require_queues(queues_of(items))
+        return await self._send_many(task_ids, values, None, start_ns)
+
+    async def _require_queues(self, queues: set[str]) -> None:
+        """Registered queues only (D31): a queue not in the cached registry is looked up."""
+        if self._unknown_queues(queues):
+            await asyncio.to_thread(self.known_queues.require, queues)
 
     async def _send_many(self, task_ids: list[str], values: list[bytes],
-                         event_types: list[str] | None) -> list[AsyncTaskHandle]:
+                         event_types: list[str] | None, start_ns: int = 0
+                         ) -> list[AsyncTaskHandle]:
         """One batch of encoded events (submit_many's, or a graph's), one handle each."""
         loop = asyncio.get_running_loop()
         core = self._core
@@ -109,16 +124,20 @@ class AsyncTaskProducer(ProducerBase):
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     raise self._queue_stayed_full(handles, batch, todo)
+        if start_ns:
+            core.tracing.submitted_many(task_ids, start_ns)
         self._submitted.inc(len(handles))
         return handles
 
-    # -- graphs and schedules (D31; TaskProducer has the same, documented there) ---------
+    # -- graphs and schedules (D37; TaskProducer has the same, documented there) ---------
 
     async def chain(self, steps: Sequence[TaskSpec | Mapping[str, Any]]
                     ) -> list[AsyncTaskHandle]:
         """Submit A, then B, then C... in one batch (see TaskProducer.chain)."""
         await self._ready()
-        records = chain_records(self._build, list(steps), now_ms())
+        steps = list(steps)
+        records = chain_records(self._build, steps, now_ms())
+        await self._require_queues(queues_of(steps))
         return await self._send_many(records.keys, records.values, records.event_types)
 
     async def group(self, members: Sequence[TaskSpec | Mapping[str, Any]],
@@ -128,6 +147,7 @@ class AsyncTaskProducer(ProducerBase):
         await self._ready()
         gid = group_id or new_task_id()
         records = group_records(self._build, list(members), callback, gid, now_ms())
+        await self._require_queues(queues_of([*members, *([callback] if callback else [])]))
         handles = await self._send_many(records.keys, records.values, records.event_types)
         n = len(members)
         return GroupHandles(gid, handles[1 : n + 1], handles[n + 1] if callback else None)
@@ -143,6 +163,7 @@ class AsyncTaskProducer(ProducerBase):
             "cron": cron, "every": every, "tz": tz, "queue": queue, "misfire": misfire,
             **options})
         key, data = self._build.schedule_set(request, now_ms())
+        await self._require_queues({request.queue})
         return await self._send_one(key, data, "ScheduleSet", loop)
 
     async def unschedule(self, schedule_id: str, reason: str = "") -> AsyncTaskHandle:
@@ -162,9 +183,12 @@ class AsyncTaskProducer(ProducerBase):
     async def cancel(self, task_id: str, reason: str = "") -> AsyncTaskHandle:
         """Ask for a task to be cancelled."""
         loop = await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         data = self._build.cancel(task_id, reason, now_ms())
         handle = AsyncTaskHandle(task_id, "CancelRequested", self._core, loop)
         await self._send(task_id, data, handle)
+        if start_ns:
+            self._core.tracing.requested(task_id, "CancelRequested", start_ns)
         self._core.metrics.count_submitted("CancelRequested")
         return handle
 
@@ -173,9 +197,12 @@ class AsyncTaskProducer(ProducerBase):
     ) -> AsyncTaskHandle:
         """Give a DEAD task a fresh budget of attempts."""
         loop = await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         data = self._build.redrive(task_id, max_attempts, reason, now_ms())
         handle = AsyncTaskHandle(task_id, "RedriveRequested", self._core, loop)
         await self._send(task_id, data, handle)
+        if start_ns:
+            self._core.tracing.requested(task_id, "RedriveRequested", start_ns)
         self._core.metrics.count_submitted("RedriveRequested")
         return handle
 
@@ -210,6 +237,7 @@ class AsyncTaskProducer(ProducerBase):
                 await asyncio.to_thread(self._poller.join, 5.0)
             await self._core.aclose_result_client()
             self._core.mark_closed()
+            self._close_telemetry()
 
     async def __aenter__(self) -> Self:
         return self

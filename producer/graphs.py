@@ -1,4 +1,4 @@
-"""Task graphs in one batch: chains and groups with a callback (D31). Pure: no Kafka.
+"""Task graphs in one batch: chains and groups with a callback (D37). Pure: no Kafka.
 
 Each helper turns its steps into the records of the whole graph, which the producer
 sends in one ``submit_many`` batch:

@@ -1,4 +1,4 @@
-"""Reading parents' results for ``ctx.parent_results`` through the HTTP API (D31).
+"""Reading parents' results for ``ctx.parent_results`` through the HTTP API (D37).
 
 A waiting task's parents' results are not copied into its state, its notification or
 its dispatch record: large results would be copied into every child. The dispatch

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
 from taskstream.producer.graphs import chain_records, group_records
 from taskstream.producer.handle import BatchDelivery, GroupHandles, TaskHandle
@@ -49,16 +49,23 @@ class TaskProducer(ProducerBase):
             self._core.poll(0)
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> TaskHandle:
-        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...).
+        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...). The
+        queue must be registered (else UnknownQueueError, before anything is sent).
 
         Returns at once with a handle; the event is durable when
         ``handle.delivered()`` returns or ``flush()`` does.
         """
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
+        queue = queue_of(options)
+        if queue not in self.known_queues:
+            self.known_queues.require((queue,))
         handle = TaskHandle(task_id, "TaskSubmitted", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            self._traced(task_id, name, options, start_ns)
         self._submitted.inc()
         self._after_send()
         return handle
@@ -71,11 +78,19 @@ class TaskProducer(ProducerBase):
         """
         core = self._core
         core.check_usable()
-        task_ids, values = self._build.many(list(specs), now_ms())
-        return self._send_many(task_ids, values, None)
+        start_ns = time.time_ns() if core.tracing.enabled else 0
+        items = list(specs)
+        task_ids, values = self._build.many(items, now_ms())
+        self._require_queues(queues_of(items))
+        return self._send_many(task_ids, values, None, start_ns)
+
+    def _require_queues(self, queues: set[str]) -> None:
+        """Registered queues only (D31): a queue not in the cached registry is looked up."""
+        if self._unknown_queues(queues):
+            self.known_queues.require(queues)
 
     def _send_many(self, task_ids: list[str], values: list[bytes],
-                   event_types: list[str] | None) -> list[TaskHandle]:
+                   event_types: list[str] | None, start_ns: int = 0) -> list[TaskHandle]:
         """One batch of encoded events (submit_many's, or a graph's), one handle each."""
         core = self._core
         handles = [TaskHandle(task_id, event_types[i] if event_types else "TaskSubmitted", core)
@@ -89,17 +104,21 @@ class TaskProducer(ProducerBase):
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     raise self._queue_stayed_full(handles, batch, todo)
+        if start_ns:
+            core.tracing.submitted_many(task_ids, start_ns)
         self._submitted.inc(len(handles))
         self._after_send(len(handles))
         return handles
 
-    # -- graphs and schedules (D31; refused until the processors run them) -------------
+    # -- graphs and schedules (D37) -----------------------------------------------------
 
     def chain(self, steps: Sequence[TaskSpec | Mapping[str, Any]]) -> list[TaskHandle]:
         """Submit A, then B, then C...: each step waits for the one before and reads its
         result as ``ctx.parent_results[previous_id]``. The whole chain is one batch."""
         self._core.check_usable()
-        records = chain_records(self._build, list(steps), now_ms())
+        steps = list(steps)
+        records = chain_records(self._build, steps, now_ms())
+        self._require_queues(queues_of(steps))
         return self._send_many(records.keys, records.values, records.event_types)
 
     def group(self, members: Sequence[TaskSpec | Mapping[str, Any]],
@@ -110,6 +129,7 @@ class TaskProducer(ProducerBase):
         self._core.check_usable()
         gid = group_id or new_task_id()
         records = group_records(self._build, list(members), callback, gid, now_ms())
+        self._require_queues(queues_of([*members, *([callback] if callback else [])]))
         handles = self._send_many(records.keys, records.values, records.event_types)
         n = len(members)
         return GroupHandles(gid, handles[1 : n + 1], handles[n + 1] if callback else None)
@@ -129,6 +149,7 @@ class TaskProducer(ProducerBase):
             "cron": cron, "every": every, "tz": tz, "queue": queue, "misfire": misfire,
             **options})
         key, data = self._build.schedule_set(request, now_ms())
+        self._require_queues({request.queue})
         return self._send_one(key, data, "ScheduleSet")
 
     def unschedule(self, schedule_id: str, reason: str = "") -> TaskHandle:
@@ -149,9 +170,12 @@ class TaskProducer(ProducerBase):
         """Ask for a task to be cancelled (a CancelRequested event)."""
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         data = self._build.cancel(task_id, reason, now_ms())
         handle = TaskHandle(task_id, "CancelRequested", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            core.tracing.requested(task_id, "CancelRequested", start_ns)
         core.metrics.count_submitted("CancelRequested")
         self._after_send()
         return handle
@@ -162,9 +186,12 @@ class TaskProducer(ProducerBase):
         """Give a DEAD task a fresh budget of attempts (a RedriveRequested event)."""
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         data = self._build.redrive(task_id, max_attempts, reason, now_ms())
         handle = TaskHandle(task_id, "RedriveRequested", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            core.tracing.requested(task_id, "RedriveRequested", start_ns)
         core.metrics.count_submitted("RedriveRequested")
         self._after_send()
         return handle
@@ -206,6 +233,7 @@ class TaskProducer(ProducerBase):
             self._core.flush(timeout)
         finally:
             self._core.mark_closed()
+            self._close_telemetry()
 
     def __enter__(self) -> Self:
         return self

@@ -10,7 +10,7 @@ Two top-level schemas per version: ``io.taskstream.Envelope`` (every event, on
 every topic) and ``io.taskstream.TaskState`` (the processor's task table); from v2
 on, the states of the other entity kinds stored in the same table under their own
 keys and told apart by their fingerprints (:data:`ENTITY_STATES`: groups and
-schedules, D31; rate-limit buckets and concurrency keys, D32). Each
+schedules, D37; rate-limit buckets and concurrency keys, D32). Each
 is *expanded*: every named type it references is inlined where it is first
 used, which gives the self-contained JSON that fastavro parses, that a schema
 registry stores and whose Parsing Canonical Form is fingerprinted (CRC-64-AVRO,
@@ -22,7 +22,7 @@ fingerprint and resolves it against the newest. :func:`check_evolution` is the
 rule a new version must pass against the previous one (tests run it on every
 consecutive pair): FULL compatibility (:func:`check_full_compatible`) for
 everything but new union branches and enum symbols, which may only be appended
-(v2 appends the event bodies of dependencies, groups and schedules (D31) and of
+(v2 appends the event bodies of dependencies, groups and schedules (D37) and of
 flow control (D32, D33), ``TaskStatus.EXPIRED`` and five ``TimerKind`` symbols).
 New data that uses none of them is readable by the old version; data that does
 needs the new one (docs/schemas.md: upgrade readers first).
@@ -339,7 +339,7 @@ BACKWARD_ONLY: Mapping[tuple[int, str], str] = {
     (2, ENVELOPE): (
         "v2 adds event bodies (DependencyRegistered, ParentUpdate, GroupCreated, ScheduleSet, "
         "ScheduleCommand) and timer kinds (DEPENDENCY_CHECK, SCHEDULE_DUE) for issue 15 "
-        "(D31): a v1 reader cannot read an event that uses one. Events shaped like v1's "
+        "(D37): a v1 reader cannot read an event that uses one. Events shaped like v1's "
         "still read with v1 (checked), but a v1 reader does not know v2's fingerprint "
         "anyway: upgrade every processor and worker before any producer writes v2"),
 }

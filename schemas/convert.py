@@ -237,7 +237,7 @@ def state_from_record(record: Record) -> TaskState:
     return TaskState(**record)
 
 
-# --- schedules' and groups' states (D31): rarer, so plain code --------------------------
+# --- schedules' and groups' states (D37): rarer, so plain code --------------------------
 
 _group_flat = _flat_to(GroupState)
 _schedule_flat = _flat_to(ScheduleState)

@@ -1,4 +1,4 @@
-"""Cron expressions and the instants they name in a time zone, pure (D31).
+"""Cron expressions and the instants they name in a time zone, pure (D37).
 
 An expression has five fields, ``minute hour day-of-month month day-of-week``,
 and an optional sixth, ``second``, at the end (default 0). Each field takes

@@ -1,4 +1,4 @@
-"""Record keys of the entities that are not tasks (ENTITIES.md; docs/decisions.md, D31, D32).
+"""Record keys of the entities that are not tasks (ENTITIES.md; docs/decisions.md, D37, D32).
 
 A task's key is its 26-character ID (Crockford base32: digits and capitals). Every
 other entity's key is ``<kind>:<id>`` with a lowercase kind name, so it can never

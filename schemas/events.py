@@ -12,7 +12,7 @@ Who writes what:
 * workers: ``TaskStarted``, ``LeaseRenewed``, ``TaskSucceeded``, ``TaskFailed``;
 * processors: ``TimerFired`` (it carries the wall clock into the log so the fold
   stays pure), and the events one entity sends another: a dependency's
-  registration and its answers, a schedule's firings (D31), the flow-control
+  registration and its answers, a schedule's firings (D37), the flow-control
   requests, grants and releases of rate limits and concurrency keys (D32): a
   cross-partition step is always an event keyed by the entity that acts on it next;
 * workers also write ``TaskProgress``; clients ``LimitSet``, ``ScheduleSet``,
@@ -241,7 +241,7 @@ class TaskCancelled:
     reason: str = ""
 
 
-# --- dependencies, groups and schedules (issue 15; D31) --------------------------
+# --- dependencies, groups and schedules (issue 15; D37) --------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +451,7 @@ BODY_TYPES: tuple[type, ...] = (
     TaskDispatched,
     TaskDeadLettered,
     TaskCancelled,
-    # --- issue 15 (D31) ---
+    # --- issue 15 (D37) ---
     DependencyRegistered,
     ParentUpdate,
     GroupCreated,

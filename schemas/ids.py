@@ -98,7 +98,7 @@ def derived_task_id(name: str, key: str) -> str:
     return encode_128(int.from_bytes(digest[:16], "big"))
 
 
-# --- ids derived for the other entity kinds (D31; their keys: schemas/entity_keys.py) ---
+# --- ids derived for the other entity kinds (D37; their keys: schemas/entity_keys.py) ---
 
 
 def firing_task_id(schedule_id: str, fire_at_ms: int) -> str:

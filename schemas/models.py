@@ -26,6 +26,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -74,9 +75,13 @@ JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+#: the queue of a task that names none
+DEFAULT_QUEUE = "default"
 TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+TASK_ID = re.compile(TASK_ID_PATTERN)
 #: a group's own ID (its key is ``group:<id>``)
 GROUP_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+GROUP_ID = re.compile(GROUP_ID_PATTERN)
 #: the most parents one task may have, and the most dependents: one setting
 #: (``max_dependencies``), the security bounds use it too; a larger fan-in is a group
 MAX_DEPENDENCIES = 1000
@@ -87,15 +92,26 @@ DEPENDENCY_TIMEOUT_S = 300.0
 #: the longest delay, lease, timeout or backoff a spec may ask for: ten years. Beyond
 #: it the millisecond values would overflow Avro's long and nobody means it anyway.
 MAX_DURATION_S = 10 * 365 * 24 * 3600.0
+#: the shortest lease: a worker renews it from another process over Kafka; less than a
+#: second would expire attempts that are alive (D28)
+MIN_LEASE_S = 1.0
+MAX_CONTENT_TYPE = 255
+MAX_IDEMPOTENCY_KEY = 512
+
 
 @dataclass(frozen=True, slots=True)
 class SpecLimits:
-    """The configurable rules a TaskSpec is validated against."""
+    """The configurable rules a task is validated against: by TaskSpec in the SDK and the
+    API, and again by the fold on the wire (processors/fold/validate.py, D28)."""
 
-    max_payload_bytes: int = 1024 * 1024
+    max_payload_bytes: int = 900 * 1024
     name_pattern: str = DEFAULT_NAME_PATTERN
     priority_min: int = 0
     priority_max: int = 2
+    max_headers: int = 64
+    max_header_bytes: int = 4096
+    max_tags: int = 64
+    max_tag_bytes: int = 256
     max_dependencies: int = MAX_DEPENDENCIES
     dependency_timeout_s: float = DEPENDENCY_TIMEOUT_S
 
@@ -104,9 +120,47 @@ class SpecLimits:
         return cls(
             max_payload_bytes=settings.max_payload_bytes,
             priority_max=settings.priority_levels - 1,
+            max_headers=settings.max_headers,
+            max_header_bytes=settings.max_header_bytes,
+            max_tags=settings.max_tags,
+            max_tag_bytes=settings.max_tag_bytes,
             max_dependencies=settings.max_dependencies,
             dependency_timeout_s=settings.dependency_timeout_s,
         )
+
+    def check_headers(self, headers: dict[str, str]) -> str | None:
+        """Why ``headers`` break the limits, or None."""
+        if len(headers) > self.max_headers:
+            return f"{len(headers)} headers; at most {self.max_headers} are allowed"
+        for name, value in headers.items():
+            size = len(name.encode()) + len(value.encode())
+            if not name or size > self.max_header_bytes:
+                return (f"header {name[:40]!r} is {size} bytes (name + value); each must be "
+                        f"1 to {self.max_header_bytes}")
+        return None
+
+    def check_tags(self, tags: list[str]) -> str | None:
+        if len(tags) > self.max_tags:
+            return f"{len(tags)} tags; at most {self.max_tags} are allowed"
+        for tag in tags:
+            size = len(tag.encode())
+            if not 1 <= size <= self.max_tag_bytes:
+                return f"tag {tag[:40]!r} is {size} bytes; each must be 1 to {self.max_tag_bytes}"
+        return None
+
+    def check_depends_on(self, depends_on: list[str]) -> str | None:
+        if len(depends_on) > self.max_dependencies:
+            return (f"{len(depends_on)} parents; at most {self.max_dependencies} "
+                    "(max_dependencies): for a larger fan-in, depend on a group "
+                    "(producer.group)")
+        for parent in depends_on:
+            if parent.startswith(GROUP_PREFIX):
+                if GROUP_ID.fullmatch(parent[len(GROUP_PREFIX):]) is None:
+                    return f"depends_on entry {parent[:40]!r} is not group:<id>"
+            elif TASK_ID.fullmatch(parent) is None:
+                return (f"depends_on entry {parent[:40]!r} is not a 26-character task ID "
+                        "or a group:<id> key")
+        return None
 
 
 _DEFAULT_LIMITS = SpecLimits()
@@ -204,8 +258,8 @@ class TaskSpec(BaseModel):
 
     name: str
     payload: Any = None
-    content_type: str | None = Field(default=None, min_length=1, max_length=255)
-    queue: str = Field(default="default", pattern=QUEUE_PATTERN)
+    content_type: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_TYPE)
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=QUEUE_PATTERN)
     priority: int = 0
     delay: float | None = Field(default=None, ge=0, le=MAX_DURATION_S, allow_inf_nan=False,
                                 description="seconds")
@@ -214,9 +268,10 @@ class TaskSpec(BaseModel):
     backoff: BackoffSpec = BackoffSpec()  # frozen, so sharing the default is safe
     timeout: float | None = Field(default=None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
                                   description="seconds")
-    lease: float = Field(default=30.0, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
-                         description="seconds")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
+    lease: float = Field(default=30.0, ge=MIN_LEASE_S, le=MAX_DURATION_S, allow_inf_nan=False,
+                         description="seconds, at least 1")
+    idempotency_key: str | None = Field(default=None, min_length=1,
+                                        max_length=MAX_IDEMPOTENCY_KEY)
     headers: dict[str, str] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(
@@ -274,20 +329,16 @@ class TaskSpec(BaseModel):
             raise ValueError("eta must be timezone-aware (for example datetime.now(UTC))")
         return value
 
-    @field_validator("depends_on")
+    @field_validator("headers", "tags", "depends_on")
     @classmethod
-    def _check_depends_on(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        bound = _limits(info).max_dependencies
-        if len(value) > bound:
-            raise ValueError(f"{len(value)} parents; at most {bound} (max_dependencies): "
-                             "for a larger fan-in, depend on a group (producer.group)")
-        for parent in value:
-            if parent.startswith(GROUP_PREFIX):
-                if re.fullmatch(GROUP_ID_PATTERN, parent[len(GROUP_PREFIX):]) is None:
-                    raise ValueError(f"depends_on entry {parent!r} is not group:<id>")
-            elif re.fullmatch(TASK_ID_PATTERN, parent) is None:
-                raise ValueError(f"depends_on entry {parent!r} is not a 26-character task ID "
-                                 "or a group:<id> key")
+    def _check_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        limits = _limits(info)
+        checks: dict[str, Callable[[Any], str | None]] = {
+            "headers": limits.check_headers, "tags": limits.check_tags,
+            "depends_on": limits.check_depends_on}
+        problem = checks[info.field_name or ""](value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("rate_key", "concurrency_key")
@@ -402,7 +453,7 @@ class TaskSpec(BaseModel):
         """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta).
 
         A task with parents carries its dependency timeout (this spec's, else the
-        limits' default) so the fold never reads a setting (D31).
+        limits' default) so the fold never reads a setting (D37).
         """
         timeout_s = self.dependency_timeout or (limits or _DEFAULT_LIMITS).dependency_timeout_s
         member = self.member_of

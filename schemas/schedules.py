@@ -1,6 +1,6 @@
 """Public models of schedules: what a caller asks for (:class:`ScheduleRequest`, the SDK's
 ``producer.schedule`` and ``POST /schedules``) and what the API shows
-(:class:`ScheduleView`). See docs/schedules-and-dependencies.md (D31).
+(:class:`ScheduleView`). See docs/schedules-and-dependencies.md (D37).
 
 Times people write are seconds and timezone-aware datetimes; on the wire
 (:class:`~taskstream.schemas.events.ScheduleSpec`) they are integer milliseconds.

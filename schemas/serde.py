@@ -80,7 +80,7 @@ class AvroCodec:
         self._expected_events = self._describe(schemas.envelopes)
         self._expected_states = self._describe(schemas.states)
         # the other kinds' states (convert.ENTITY_CODECS): fastavro only (rarer than tasks,
-        # written once per batch; D31, D32)
+        # written once per batch; D37, D32)
         self._entity_writers = {
             cls: (SINGLE_OBJECT_MAGIC + versions[-1].fingerprint, versions[-1].parsed, to)
             for name, (cls, to, _) in ENTITY_CODECS.items()

@@ -94,7 +94,7 @@ class TaskState:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
-    # --- dependencies (issue 15, D31) ---
+    # --- dependencies (issue 15, D37) ---
     on_parent_failure: ParentFailurePolicy = ParentFailurePolicy.CANCEL
     waiting_on: list[str] = field(default_factory=list)  # parents not settled yet
     unconfirmed: list[str] = field(default_factory=list)  # parents that never answered
@@ -113,7 +113,7 @@ class TaskState:
     progress_at_ms: int | None = None
 
 
-# --- other entity kinds (issue 15, D31): stored under ``<kind>:<id>`` keys -------------
+# --- other entity kinds (issue 15, D37): stored under ``<kind>:<id>`` keys -------------
 
 
 class GroupStatus(enum.StrEnum):
@@ -181,6 +181,6 @@ class ScheduleState:
     recent_event_ids: list[str] = field(default_factory=list)
 
 
-#: every state record type an entity key may hold (D31, D32)
+#: every state record type an entity key may hold (D37, D32)
 EntityState = TaskState | GroupState | ScheduleState | LimitState | ConcurrencyState
 

@@ -11,7 +11,7 @@ Rebuilding reads every state of the partition once; it happens on the first use
 after a rebalance, never during a recovery (the task table is not complete
 then: :class:`IndexNotReady`).
 
-The table holds every entity kind (ENTITIES.md; D31, D32): the due index holds
+The table holds every entity kind (ENTITIES.md; D37, D32): the due index holds
 each entity's one timer, keyed by its entity key, as the kind's ``timer_of``
 derives it (the processor passes that function in: the rule is the fold's, and
 the store sits below the fold); the listing index holds tasks only.

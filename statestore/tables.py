@@ -3,7 +3,7 @@
 * ``tasks``: task ID -> encoded :class:`~taskstream.schemas.state.TaskState`, a
   Faust table in RocksDB (one DB per partition), restored from its changelog; the
   other entity kinds' states live in the same table under their ``<kind>:<id>``
-  keys, which sort after every task ID (ENTITIES.md; D31, D32): task scans stop
+  keys, which sort after every task ID (ENTITIES.md; D37, D32): task scans stop
   at the first key ``>= b"a"``;
 * the due index and the listing index (statestore/indexes.py): local RocksDBs
   derived from the task table, kept for this replica's active partitions only and

@@ -1,6 +1,6 @@
 """Schedules, dependencies, rate limits, concurrency keys and expiry in the live fold.
 
-Real broker, real processor replicas (issues 15 and 16; D31, D32, D33). The workers
+Real broker, real processor replicas (issues 15 and 16; D37, D32, D33). The workers
 are miniatures in the test (start, run, succeed or fail each dispatch as told), so the
 processors are what is under test: what they grant and dispatch, read from the log.
 

@@ -1,4 +1,4 @@
-"""Dependencies (D31) and flow control (D32, D33) on one task: the merged WAITING.
+"""Dependencies (D37) and flow control (D32, D33) on one task: the merged WAITING.
 
 A task with parents and gates waits for its parents first, then at its gates; an
 expired parent tells its dependents it was cancelled; the one kind registry folds

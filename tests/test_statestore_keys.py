@@ -98,7 +98,7 @@ def test_indexes_are_rebuilt_from_the_task_states_and_only_when_allowed(tmp_path
 
 
 def test_other_kinds_have_timers_in_the_due_index_and_no_listing(tmp_path: Path) -> None:
-    """The processor passes the fold's timer_of for every kind (D31, D32): a schedule's next
+    """The processor passes the fold's timer_of for every kind (D37, D32): a schedule's next
     fire time and a WAITING task's expiry are due entries; only tasks are listed."""
     from dataclasses import replace
 

@@ -1,4 +1,4 @@
-"""``ctx.parent_results``: read lazily, once per parent, only for the task's parents (D31)."""
+"""``ctx.parent_results``: read lazily, once per parent, only for the task's parents (D37)."""
 
 from __future__ import annotations
 

@@ -7,26 +7,29 @@ import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, NamedTuple
 
+from taskstream.telemetry.logs import TaskLogContext
 from taskstream.workers.errors import WorkerError
 
 _TASK_LOG = logging.getLogger("taskstream.task")
 
 
 class TaskLogger(logging.LoggerAdapter[logging.Logger]):
-    """Adds ``task_id=... attempt=...`` to every line a handler logs."""
+    """A handler's logger: every line carries its task's ``task_id``, ``attempt``, ``queue``
+    and ``trace_id`` as record fields (JSON logs show them as keys, text logs append them:
+    taskstream/telemetry/logs.py), wherever the handler runs, a process-pool child too."""
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"{msg} task_id={extra.get('task_id')} attempt={extra.get('attempt')}", kwargs
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 class ParentResults(Mapping[str, Any]):
     """``ctx.parent_results``: each parent's result, fetched from the API on first read.
 
     Results are not carried in the dispatch record nor in any state (docs/decisions.md,
-    D31): the dispatch lists the parents, and a parent's result is read from the API
+    D37): the dispatch lists the parents, and a parent's result is read from the API
     when the handler first asks for it (then kept for the attempt). A parent that is a
     group (``group:<id>``) maps to the list of its members' results, in slot order.
     A parent that did not succeed (``on_parent_failure="run"``) maps to None.
@@ -54,6 +57,8 @@ class ParentResults(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._parents)
+
+
 #: the longest progress note sent (the fold keeps 200 characters)
 MAX_NOTE = 200
 
@@ -101,7 +106,7 @@ class TaskContext:
 
     __slots__ = ("_cancelled", "_fencing_token", "_fetch_result", "_heartbeat", "_logger",
                  "_parent_results", "_progress", "attempt", "dispatch_id", "headers",
-                 "idempotency_key", "name", "parents", "task_id")
+                 "idempotency_key", "name", "parents", "queue", "task_id")
 
     def __init__(
         self,
@@ -117,10 +122,12 @@ class TaskContext:
         dispatch_id: str = "",
         fencing_token: FencingToken | None = None,
         progress: Callable[[float, str], object] | None = None,
+        queue: str = "",
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
         self.name = name
+        self.queue = queue
         self.idempotency_key = idempotency_key
         self.headers: dict[str, str] = dict(headers or {})
         self._logger: TaskLogger | None = None
@@ -135,7 +142,7 @@ class TaskContext:
 
     @property
     def parent_results(self) -> ParentResults:
-        """Each parent's result (``depends_on``), fetched when first read (D31)."""
+        """Each parent's result (``depends_on``), fetched when first read (D37)."""
         if self._parent_results is None:  # made when first used (the worker's hot path)
             self._parent_results = ParentResults(self.parents, self._fetch_result)
         return self._parent_results
@@ -149,10 +156,11 @@ class TaskContext:
 
     @property
     def logger(self) -> TaskLogger:
-        """A logger that adds ``task_id=... attempt=...`` (made when first used)."""
+        """A logger that adds the task's fields (task_id, attempt, queue, task name; made
+        when first used)."""
         if self._logger is None:
-            self._logger = TaskLogger(_TASK_LOG, {"task_id": self.task_id,
-                                                  "attempt": self.attempt})
+            self._logger = TaskLogger(_TASK_LOG, TaskLogContext(
+                self.task_id, self.attempt, self.queue, self.name).fields())
         return self._logger
 
     @property
@@ -185,7 +193,7 @@ class TaskContext:
         return {"task_id": self.task_id, "attempt": self.attempt, "name": self.name,
                 "idempotency_key": self.idempotency_key, "headers": self.headers,
                 "parents": self.parents, "dispatch_id": self.dispatch_id,
-                "fencing_token": self.fencing_token}
+                "fencing_token": self.fencing_token, "queue": self.queue}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

@@ -29,28 +29,33 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.settings import Settings, load_settings
+from taskstream.telemetry.logs import TaskLogContext, set_task_context
+from taskstream.telemetry.tracing import Telemetry
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
 from taskstream.workers.control import ControlReader
-from taskstream.workers.emitter import EventEmitter
+from taskstream.workers.emitter import EventEmitter, Headers
 from taskstream.workers.errors import WorkerError
 from taskstream.workers.metrics import WorkerMetrics
 from taskstream.workers.outcome import (
     Failure,
     Outcome,
     cancelled_failure,
+    open_payload,
     unknown_task_failure,
 )
+from taskstream.workers.presence import Presence
 from taskstream.workers.progress import ProgressThrottle, expired, fencing_token
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute
+from taskstream.workers.tracing import AttemptTrace, AttemptTracing
 
 log = logging.getLogger("taskstream.worker")
 
@@ -87,6 +92,8 @@ class _Running:
     renew_every_s: float
     renew_at: float
     cancel_requested: bool = False
+    #: what its LeaseRenewed events carry (the run span's traceparent; None: tracing off)
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 class Worker:
@@ -104,6 +111,7 @@ class Worker:
         metrics_port: int | None = None,
         worker_id: str | None = None,
         fetch_result: Callable[[str], Any] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if concurrency < 1:
             raise WorkerError(f"concurrency must be >= 1; got {concurrency}")
@@ -119,6 +127,12 @@ class Worker:
         self.fetch_result = fetch_result
         self.metrics = WorkerMetrics()
         self.metrics.count_in_flight(lambda: len(self._running))
+        #: tracing (default: the settings' otlp_endpoint; off without one); run() owns it
+        self._owns_telemetry = telemetry is None
+        self.tracing = AttemptTracing(
+            telemetry or Telemetry.from_settings(self.settings, "taskstream-worker",
+                                                 self.worker_id), self.worker_id)
+        self._presence: Presence | None = None
         self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
         self._running: dict[str, _Running] = {}
@@ -186,17 +200,25 @@ class Worker:
             log.warning("event=control.slow (starting before all cancellations were read)")
         if self.metrics_port is not None:
             self._metrics_server, _ = self.metrics.serve(self.metrics_port)
+        self.tracing.telemetry.install_global()
         for queue in self.queues:
             consumer = QueueConsumer(
                 self.settings, queue, prefetch=max(2 * self.concurrency, 8),
                 client_id=self.worker_id, emitter=self._emitter, metrics=self.metrics,
-                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set))
+                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set),
+                trace_headers=self.tracing.enabled)
             consumer.set_paused(self._paused.get(queue, False))
             consumer.start()
             self._consumers.append(consumer)
         log.info("event=worker.started worker_id=%s queues=%s concurrency=%d pool=%s tasks=%d",
                  self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
                  len(self.app))
+        # tags: issue 16 gives workers tags; until then the record carries none
+        self._presence = Presence(self.settings, self._emitter, worker_id=self.worker_id,
+                                  queues=self.queues, concurrency=self.concurrency,
+                                  pool=self.pool.value, snapshot=self._presence_snapshot,
+                                  metrics=self.metrics)
+        self._presence.start()
         self._started.set()
         loop.call_later(WAKEUP_S, self._nudge)
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
@@ -206,6 +228,10 @@ class Worker:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    def _presence_snapshot(self) -> dict[str, int]:
+        """What each heartbeat reports besides the fixed facts."""
+        return {"in_flight": self.in_flight, **self.metrics.totals()}
 
     def assignment(self) -> dict[str, set[tuple[str, int]]]:
         return {c.queue: c.assignment() for c in self._consumers}
@@ -294,6 +320,8 @@ class Worker:
         envelope, dispatched = record.envelope, record.dispatched
         emitter = self._emitter
         assert emitter is not None
+        set_task_context(TaskLogContext(envelope.task_id, envelope.attempt, dispatched.queue,
+                                        dispatched.name))  # this record's own asyncio task
         if self._is_cancelled(envelope):
             consumer.settle(record.tp, record.offset)
             self.metrics.skipped.labels(consumer.queue).inc()
@@ -312,7 +340,10 @@ class Worker:
             if ok:
                 consumer.settle(record.tp, record.offset)
 
-        emitter.started(envelope, on_delivered=on_started)
+        trace = (self.tracing.begin(envelope, dispatched, record.tp[0], record.trace)
+                 if self.tracing.enabled else None)
+        headers = trace.headers if trace is not None else None
+        emitter.started(envelope, on_delivered=on_started, headers=headers)
         started = time.monotonic()
         series = self.metrics.of_task(dispatched.name)
         series.started.inc()
@@ -320,15 +351,25 @@ class Worker:
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
+        opened = open_payload(dispatched, envelope.task_id, emitter.sealer)
         if task is None:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
+        elif isinstance(opened, Failure):
+            outcome = opened
         else:
-            outcome = await self._execute(task, envelope, dispatched)
+            try:
+                outcome = await self._execute(task, envelope, opened, trace)
+            except asyncio.CancelledError:  # stopped without grace: no outcome
+                if trace is not None:
+                    self.tracing.end(trace, None)
+                raise
         took = time.monotonic() - started
         series.run_seconds.observe(took)
+        if trace is not None:
+            self.tracing.end(trace, outcome)
         if outcome is None:
             return
-        emitter.outcome(envelope, outcome)
+        outcome = self._send_outcome(emitter, envelope, outcome, headers)
         if isinstance(outcome, Failure):
             self._log_failure(envelope, dispatched, outcome, took)
         else:
@@ -336,35 +377,55 @@ class Worker:
             log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
                      envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
 
-    async def _execute(self, task: TaskDef, envelope: Envelope,
-                       dispatched: TaskDispatched) -> Outcome | None:
+    @staticmethod
+    def _send_outcome(emitter: EventEmitter, envelope: Envelope, outcome: Outcome,
+                      headers: Headers | None) -> Outcome:
+        """Send the attempt's outcome; returns what to log (the result-too-large failure
+        sent instead of a result; a sealed error text kept out of the logs)."""
+        sent = emitter.outcome(envelope, outcome, headers=headers)
+        if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge":
+            return sent  # what the task got instead of its result
+        if emitter.sealer is not None and isinstance(outcome, Failure):
+            return replace(outcome, message="<sealed>")  # error texts stay out of logs
+        return outcome
+
+    async def _execute(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
+                       trace: AttemptTrace | None = None) -> Outcome | None:
         """Run the handler in this record's own task; None when the worker stops it
         without grace (no outcome: the lease recovers the attempt).
 
         A cancellation of the task (``_on_cancel``) reaches the handler as
         ``CancelledError`` and is reported as ``Cancelled``; a handler that raises
-        ``CancelledError`` of its own ends the same way.
+        ``CancelledError`` of its own ends the same way. With tracing on, the run span
+        is current while the handler runs (its own spans are the run's children) and
+        the attempt's events carry its ``traceparent``.
         """
         emitter = self._emitter
         loop = self._loop
         assert emitter is not None and loop is not None
+        headers = trace.headers if trace is not None else None
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope),
+                          heartbeat=lambda: emitter.lease_renewed(envelope, headers),
                           parents=dispatched.parents, fetch_result=self.fetch_result,
                           dispatch_id=dispatched.dispatch_id,
                           fencing_token=None if dispatched.concurrency_key is None
                           else fencing_token(envelope.attempt, dispatched),
-                          progress=lazy_progress(emitter, envelope))
+                          progress=lazy_progress(emitter, envelope),
+                          queue=dispatched.queue)
         me = asyncio.current_task()
         assert me is not None
         every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
-        running = _Running(envelope, ctx, me, every, loop.time() + every)
+        running = _Running(envelope, ctx, me, every, loop.time() + every, headers=headers)
         self._running[envelope.task_id] = running
         self._sweep_leases_by(running.renew_at)
         threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
         try:
-            outcome = await execute(task, dispatched, ctx, self.pool)
+            if trace is None:
+                outcome = await execute(task, dispatched, ctx, self.pool)
+            else:
+                with self.tracing.telemetry.current(trace.span):
+                    outcome = await execute(task, dispatched, ctx, self.pool)
         except asyncio.CancelledError:
             if me.cancelling() and not running.cancel_requested:
                 raise  # stop without grace
@@ -404,7 +465,7 @@ class Worker:
         for running in list(self._running.values()):
             if running.renew_at <= now:
                 running.renew_at = now + running.renew_every_s
-                emitter.lease_renewed(running.envelope)
+                emitter.lease_renewed(running.envelope, running.headers)
             due = running.renew_at if due is None else min(due, running.renew_at)
         if due is not None:
             self._sweep_leases_by(due)
@@ -425,6 +486,8 @@ class Worker:
         interrupt the rest; flush events (TaskStarted acks settle offsets); commit and
         leave the groups; stop the control reader and the producer."""
         self._stopping = True
+        if self._presence is not None:
+            self._presence.stopping()
         dispatcher.cancel()
         await asyncio.wait({dispatcher}, timeout=5)
         for consumer in self._consumers:
@@ -445,7 +508,11 @@ class Worker:
         await asyncio.to_thread(self._emitter.flush, flush_s)
         await asyncio.gather(*(asyncio.to_thread(c.close) for c in self._consumers))
         await asyncio.to_thread(self._control.close)
+        if self._presence is not None:
+            self._presence.stopped()
         await asyncio.to_thread(self._emitter.close, flush_s)
+        if self._owns_telemetry:
+            await asyncio.to_thread(self.tracing.telemetry.shutdown)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

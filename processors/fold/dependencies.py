@@ -1,4 +1,4 @@
-"""A task's dependencies, both ways: waiting for parents, and telling dependents (D31).
+"""A task's dependencies, both ways: waiting for parents, and telling dependents (D37).
 
 No processor reads another partition's state, so parents and children talk in
 events, each keyed by the entity that must act on it next:

@@ -8,7 +8,7 @@ effects carry a whole derived record (docs/decisions.md, D3):
 * :class:`DeadLetter` — a ``TaskDeadLettered`` copy for the ``dlq`` topic;
 * :class:`PublishCancel` — a ``TaskCancelled`` record for the ``cancellations`` topic.
 
-One more carries an event for the **events topic** (docs/decisions.md, D31, D32):
+One more carries an event for the **events topic** (docs/decisions.md, D37, D32):
 
 * :class:`Emit` — an event about another entity, keyed by ``envelope.task_id``
   (that entity's key): a dependent's registration with its parent, a parent's
@@ -76,7 +76,7 @@ class PublishCancel:
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """Send ``envelope`` to the events topic, keyed by ``envelope.task_id`` (D31)."""
+    """Send ``envelope`` to the events topic, keyed by ``envelope.task_id`` (D37)."""
     """Send ``envelope`` to the **events topic**, keyed by ``envelope.task_id`` (the key of
     the entity that acts on it next: a task, a group, a schedule, a limit or a key).
 

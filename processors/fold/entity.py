@@ -1,4 +1,4 @@
-"""Bookkeeping every non-task kind shares (D31): idempotency, rejections, the table check.
+"""Bookkeeping every non-task kind shares (D37): idempotency, rejections, the table check.
 
 A schedule's and a group's ``apply`` follow the lifecycle's order (docs/lifecycle.md):
 a repeat of an applied event id changes nothing (the last one returns its redo

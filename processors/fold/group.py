@@ -1,4 +1,4 @@
-"""The group entity: fan-in of many tasks counted on one key (docs/decisions.md, D31).
+"""The group entity: fan-in of many tasks counted on one key (docs/decisions.md, D37).
 
 ``depends_on`` takes at most ``max_dependencies`` parents, because a waiting
 task's state lists them and is rewritten on every answer. A larger fan-in (a

@@ -1,4 +1,4 @@
-"""The entity kinds of the fold, told apart by their record keys (ENTITIES.md; D31, D32).
+"""The entity kinds of the fold, told apart by their record keys (ENTITIES.md; D37, D32).
 
 Every event is about one entity, whose key is ``Envelope.task_id``: a task ID (26
 Crockford base32 characters, uppercase and digits) or ``<kind>:<id>`` with a

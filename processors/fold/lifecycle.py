@@ -16,7 +16,7 @@ How one event is applied, in order:
    events from the last commit are read again while the store may already hold
    their results; the last of them for each task is the last applied id, and
    re-emitting what its state implies recovers any record that never left.
-   With dependencies (D31) it also re-sends a WAITING task's registrations and a
+   With dependencies (D37) it also re-sends a WAITING task's registrations and a
    settled task's notifications; their receivers act on each only once.
    Downstream all three are idempotent: a second ``TaskStarted`` for the same
    dispatch is fenced, dlq and cancellation consumers key by task id.
@@ -166,14 +166,14 @@ def apply(
     if after.status not in allowed:
         check_transition(state.status, key, after.status)  # raises: a bug
     if after.dependents and effects and after.status in TERMINAL and (
-            state.status not in TERMINAL):  # settled now: tell the dependents (D31)
+            state.status not in TERMINAL):  # settled now: tell the dependents (D37)
         made = [*made, *dependencies.notifications(after, event.event_id, event.occurred_at_ms)]
     return _record(after, event, limits, fresh=after is not state), made
 
 
 def _create(event: Envelope, body: TaskSubmitted, limits: Limits,
             effects: bool) -> tuple[TaskState, list[Effect]]:
-    """A task's first submission: its state, WAITING if it has parents (D31)."""
+    """A task's first submission: its state, WAITING if it has parents (D37)."""
     created, made = submit_new(event, body, effects)
     if waits_for_parents(body):
         created, made = dependencies.waiting(

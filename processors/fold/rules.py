@@ -18,10 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.schemas.events import Envelope, TimerFired, TimerKind
 from taskstream.schemas.state import TaskStatus
+
+if TYPE_CHECKING:
+    from taskstream.settings import Settings
 
 S = TaskStatus
 
@@ -42,13 +46,19 @@ class Limits:
 
     max_result_bytes: int = 262_144
     recent_events: int = 16
-    #: the most dependents a task or group keeps (the max_dependencies setting, D31)
+    #: the most dependents a task or group keeps (the max_dependencies setting, D37)
     max_dependencies: int = 1000
     #: flow control (issue 16): the most requests a limit's bucket or a concurrency key
     #: keeps waiting in its state (a request beyond it is deferred: the task asks again)
     max_waiting: int = 1000
     #: how long a task deferred by a full concurrency key waits before asking again
     defer_ms: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits a processor folds with; replay folds with the same."""
+        return cls(max_result_bytes=settings.max_result_bytes,
+                   max_dependencies=settings.max_dependencies)
 
     def __post_init__(self) -> None:
         if self.max_result_bytes < 0:
@@ -95,7 +105,7 @@ _TABLE: dict[tuple[TaskStatus | None, str], frozenset[TaskStatus]] = {
     (S.RUNNING, "TaskFailed"): _FAILURE,
     (S.DEAD, "RedriveRequested"): _DISPATCH,
     **{(status, "CancelRequested"): frozenset({S.CANCELLED}) for status in NON_TERMINAL},
-    # --- dependencies (processors/fold/dependencies.py, D31): the last parent's success
+    # --- dependencies (processors/fold/dependencies.py, D37): the last parent's success
     # dispatches the task (READY, or WAITING at its gates when it has some) ---
     (S.WAITING, "ParentUpdate"): frozenset({S.WAITING, S.READY, S.CANCELLED}),
     (S.WAITING, "TimerFired.DEPENDENCY_CHECK"): frozenset({S.WAITING, S.DEAD}),
@@ -135,7 +145,7 @@ TIMER_KIND_BY_STATUS: Mapping[TaskStatus, TimerKind] = MappingProxyType({
 def timer_kind_for(status: TaskStatus, *, waits_for_parents: bool = False) -> TimerKind | None:
     """The kind of timer a task in ``status`` waits for, or None. A WAITING task waits for
     its parents first (``waiting_on`` not empty: DEPENDENCY_CHECK, only while a parent has
-    not answered, D31), then at its gates (WAIT_RETRY_DUE, after a deferral, D32)."""
+    not answered, D37), then at its gates (WAIT_RETRY_DUE, after a deferral, D32)."""
     if waits_for_parents and status is S.WAITING:
         return TimerKind.DEPENDENCY_CHECK
     return TIMER_KIND_BY_STATUS.get(status)

@@ -1,4 +1,4 @@
-"""The schedule entity: a pure fold of ``schedule:<id>`` events (docs/decisions.md, D31).
+"""The schedule entity: a pure fold of ``schedule:<id>`` events (docs/decisions.md, D37).
 
 A schedule lives on the events topic under the key ``schedule:<id>``, so one
 partition (one processor) owns it, and replay rebuilds it like a task. Its events:

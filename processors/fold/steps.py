@@ -158,7 +158,7 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
 
 
 def waits_for_parents(body: TaskSubmitted) -> bool:
-    """Whether a submission waits for parents (D31): ``depends_on`` with a timeout (an SDK
+    """Whether a submission waits for parents (D37): ``depends_on`` with a timeout (an SDK
     before v2 sent no timeout and its ``depends_on`` was only recorded)."""
     return bool(body.depends_on) and body.dependency_timeout_ms is not None
 

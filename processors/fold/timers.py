@@ -3,9 +3,9 @@
 The due index holds at most one entry per entity: ``(due_at_ms, entity key, kind,
 attempt, dispatch_id)``. For a task it is the earlier of its status timer
 (SCHEDULED: its eta, RETRYING: its backoff, RUNNING: its lease, WAITING: asking
-silent parents again (D31) or asking a full limit or key again (D32)) and, while no
+silent parents again (D37) or asking a full limit or key again (D32)) and, while no
 attempt has started (SCHEDULED, WAITING, READY, RETRYING), its expiry (D33). For a
-schedule it is its next fire time plus jitter (D31); for a rate-limit bucket, when
+schedule it is its next fire time plus jitter (D37); for a rate-limit bucket, when
 the head of its waiting list gets a token (D32). Groups and concurrency keys have
 none (notifications and releases drive them).
 

@@ -1,6 +1,6 @@
 """``replay history KEY``: every event of one entity, and what the fold made of it.
 
-``KEY`` is a task ID or another entity's key (``schedule:<id>``, ``group:<id>``: D31);
+``KEY`` is a task ID or another entity's key (``schedule:<id>``, ``group:<id>``: D37);
 the fold of its kind explains each event. A task's dependency events (a child's
 ``DependencyRegistered`` on its parent, a parent's ``ParentUpdate`` on its child)
 are on its own key, so they show in its history with what they caused.
@@ -35,7 +35,7 @@ from taskstream.processors.fold.effects import (
 )
 from taskstream.processors.fold.kinds import apply_any, status_of
 from taskstream.processors.fold.lifecycle import Limits
-from taskstream.processors.replay.folding import decode_usable, limits_of
+from taskstream.processors.replay.folding import checks_of, decode_usable, limits_of
 from taskstream.processors.replay.read import (
     ProgressFactory,
     make_consumer,
@@ -62,6 +62,7 @@ DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 REJECTED = "REJECTED"
 SKIPPED = "SKIPPED"  # undecodable or not an events-topic record: the processor quarantines it
+OUTCOMES = (ACCEPTED, UNCHANGED, DUPLICATE, CONFLICT, REJECTED, SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,7 @@ def decisions_of(effects: Iterable[Effect]) -> tuple[str, ...]:
 
 
 def _emitted(env: Envelope) -> str:
-    """An event this one made the fold send to another entity (D31), in words."""
+    """An event this one made the fold send to another entity (D37), in words."""
     body = env.body
     if isinstance(body, DependencyRegistered):
         return f"registered with {env.task_id}"
@@ -196,6 +197,7 @@ def task_history(settings: Settings, task_id: str, progress: ProgressFactory = n
     topic = events_topic(settings)
     consumer = make_consumer(settings)
     records: list[tuple[int, int, int, Envelope | str]] = []
+    checks = checks_of(settings)
     try:
         partition = partition_for(key, partition_count(consumer, topic, settings.kafka_timeout_s))
         read = plan(consumer, settings, topic, {partition: 2**62})
@@ -204,7 +206,8 @@ def task_history(settings: Settings, task_id: str, progress: ProgressFactory = n
                 for m in batch:
                     if m.key() == key:
                         records.append((m.partition(), m.offset(), m.timestamp()[1],
-                                        decode_usable(m.value())))
+                                        decode_usable(m.value(), m.key(), m.headers(),
+                                                      checks)))
     finally:
         consumer.close()
     return explain(records, limits_of(settings))

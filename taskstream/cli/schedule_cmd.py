@@ -1,7 +1,7 @@
 """``taskstream schedule add|list|show|pause|resume|delete``: schedules through the HTTP API.
 
 Each command takes ``--json`` (the API's JSON) and ``--api-url``; ``add`` needs the
-``submit`` scope, ``pause``, ``resume`` and ``delete`` the ``admin`` scope (D31).
+``submit`` scope, ``pause``, ``resume`` and ``delete`` the ``admin`` scope (D37).
 """
 
 from __future__ import annotations
