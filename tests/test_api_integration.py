@@ -683,6 +683,7 @@ def test_schedule_cli_against_the_live_api(cluster: Cluster,
     from taskstream.cli.main import main
 
     monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[0].url)
+    monkeypatch.setenv("TASKSTREAM_API_CA_FILE", str(cluster.replicas[0].ca))
     monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
     runner = CliRunner()
     listed = runner.invoke(main, ["schedule", "list", "--json"])
@@ -722,6 +723,7 @@ def test_limits_set_and_list_through_the_api_and_the_cli(
         assert resp.json() == {"limits": []}
         assert b.put("/limits/emails", json={"rate": "1/s"}).status_code == 403  # admin only
     monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[0].url)
+    monkeypatch.setenv("TASKSTREAM_API_CA_FILE", str(cluster.replicas[0].ca))
     monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
     runner = CliRunner()
     listed = runner.invoke(main, ["limits", "list"])
