@@ -13,6 +13,7 @@ Each one shows one behaviour of the runtime:
 * ``examples.sleepy`` — a 1 s timeout it may overrun (timeouts);
 * ``examples.blob`` — returns ``payload["size"]`` bytes (large results in object
   storage, bench/bench_storage.py).
+* ``examples.progress`` — reports its progress step by step (``ctx.progress``).
 """
 
 from __future__ import annotations
@@ -87,3 +88,11 @@ def sleepy(payload: dict[str, Any]) -> dict[str, Any]:
 async def blob(payload: dict[str, Any]) -> bytes:
     """A result of payload["size"] bytes (octet-stream): one copy, made here."""
     return b"\xab" * int(payload["size"])
+@app.task(name="examples.progress")
+async def progress(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``payload["steps"]`` steps of ``payload["pause"]`` seconds, each one reported."""
+    steps, pause = int(payload.get("steps", 4)), float(payload.get("pause", 0.5))
+    for step in range(1, steps + 1):
+        await asyncio.sleep(pause)
+        ctx.progress(step / steps, f"step {step} of {steps}")
+    return {"steps": steps}

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from taskstream.producer.api_client import ApiClient, AsyncApiClient, Download
+from taskstream.producer.api_client import ApiClient, ApiResponse, AsyncApiClient, Download
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,
@@ -200,6 +200,17 @@ class ResultClient:
             status = outcome.status
             if outcome.pause_s:
                 time.sleep(min(outcome.pause_s, max(deadline - time.monotonic(), 0)))
+
+    def request(self, method: str, path: str) -> ApiResponse:
+        """One plain request over this client's connection pool."""
+        return self._client.request(method, path)
+
+    def value_of(self, task_id: str, view: dict[str, Any], timeout: float) -> Any:
+        """The result of a SUCCEEDED view: inline (opened when sealed), or fetched from
+        ``GET .../result`` when it lives in object storage."""
+        outcome = interpret(task_id, self.api_url, 200, view, self._opener)
+        assert isinstance(outcome, Finished)  # a SUCCEEDED view
+        return self.fetch(task_id, timeout) if outcome.offloaded else outcome.value
 
     def stream(self, task_id: str, sink: Callable[[bytes], object], timeout: float) -> str:
         """Stream a finished task's result into ``sink`` chunk by chunk; its content type.

@@ -27,7 +27,7 @@ from taskstream.objectstore.store import ObjectStore
 from taskstream.producer.sync import TaskProducer
 from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings, load_settings
-from taskstream.workers import TaskApp
+from taskstream.workers import TaskApp, TaskContext
 from tests.conftest import storage_fields
 from tests.harness import ProcessorProcess, StateReader
 from tests.test_worker_support import running_worker
@@ -42,6 +42,13 @@ THRESHOLD = 1024
 async def grow(payload: dict[str, Any]) -> dict[str, Any]:
     """A result of about payload["size"] bytes, and the size of the payload it read."""
     return {"seen": len(payload["blob"]), "blob": "r" * payload["size"]}
+
+
+@app.task(name="storage.child")
+async def child(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Reads its parent's result (ctx.parent_results, D37), which lives in object storage."""
+    result = ctx.parent_results[payload["parent"]]
+    return {"parent_blob": len(result["blob"])}
 
 
 def with_storage(settings: Settings, env: dict[str, str], **extra: Any) -> Settings:
@@ -270,5 +277,29 @@ def test_sealed_values_are_stored_sealed_and_opened_where_the_keyring_is(
         out = tmp_path / "result.json"
         code, _ = run_cli(keyed, "result", handle.task_id, "--out", str(out))
         assert code == 0 and json.loads(out.read_bytes()) == value
+    finally:
+        replica.stop()
+
+
+def test_a_child_reads_its_parents_offloaded_result(
+        topics: Settings, s3_env: dict[str, str], tmp_path: Path) -> None:
+    """ctx.parent_results (D37) of a parent whose result went to object storage (D34): the
+    worker's reader streams it from GET .../result, checked, like handle.result()."""
+    from taskstream.producer.parents import parent_result_reader
+
+    settings = with_storage(topics, s3_env)
+    replica = ProcessorProcess(settings, tmp_path / "replica0").start()
+    try:
+        settings = settings.model_copy(update={"api_url": replica.url})
+        with running_worker(app, settings, concurrency=2, queues=settings.queues,
+                            fetch_result=parent_result_reader(settings)), \
+                TaskProducer(settings) as producer:
+            parent = producer.submit("storage.grow", {"blob": "p", "size": 500_000})
+            kid = producer.submit("storage.child", {"parent": parent.task_id},
+                                  depends_on=[parent.task_id])
+            assert kid.result(timeout=90) == {"parent_blob": 500_000}
+        state = StateReader(settings).wait(parent.task_id,
+                                           lambda s: s.status is TaskStatus.SUCCEEDED, "done")
+        assert state.result_ref is not None and state.result == b""
     finally:
         replica.stop()

@@ -229,12 +229,12 @@ def test_the_batched_fold_turns_a_removal_into_a_tombstone_and_sends_it_again() 
 
 
 def test_a_finished_tasks_timer_is_its_retention_when_a_policy_is_given() -> None:
-    from taskstream.statestore.indexes import timer_of
+    from taskstream.processors.live.app import due_entries
 
     state, _ = finished_state()
-    assert timer_of(state) is None
+    assert due_entries(RetentionPolicy())(state) is None  # kept for ever: no timer
     policy = RetentionPolicy(default_ms=60_000)
-    timer = timer_of(state, lambda s: removal_due_at(s, policy))
+    timer = due_entries(policy)(state)
     assert timer is not None and timer.kind is TimerKind.RETENTION_DUE
     assert timer.due_at_ms == (state.finished_at_ms or 0) + 60_000
     assert timer.dispatch_id == state.dispatch_id

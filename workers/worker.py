@@ -28,8 +28,9 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.objectstore.offload import Offloader
@@ -51,6 +52,7 @@ from taskstream.workers.outcome import (
     unknown_task_failure,
 )
 from taskstream.workers.presence import Presence
+from taskstream.workers.progress import ProgressThrottle, expired, fencing_token
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute
@@ -64,6 +66,20 @@ MIN_RENEW_S = 0.05
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lazy_progress(emitter: EventEmitter, envelope: Envelope) -> Callable[[float, str], object]:
+    """``ctx.progress``'s sink: a throttle made on the first report (most handlers never
+    report, and the worker's hot path makes one context per attempt)."""
+    throttle: ProgressThrottle | None = None
+
+    def report(fraction: float, note: str) -> object:
+        nonlocal throttle
+        if throttle is None:
+            throttle = ProgressThrottle(lambda f, n: emitter.progress(envelope, f, n))
+        return throttle.report(fraction, note)
+
+    return report
 
 
 @dataclass(slots=True)
@@ -95,6 +111,7 @@ class Worker:
         grace_s: float = 30.0,
         metrics_port: int | None = None,
         worker_id: str | None = None,
+        fetch_result: Callable[[str], Any] | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         if concurrency < 1:
@@ -107,6 +124,8 @@ class Worker:
         self.grace_s = grace_s
         self.metrics_port = metrics_port
         self.worker_id = worker_id or new_worker_id()
+        #: reads a parent's result for ctx.parent_results (the CLI passes the SDK's API client)
+        self.fetch_result = fetch_result
         self.metrics = WorkerMetrics()
         self._offloader = Offloader.from_settings(self.settings)
         self.metrics.count_in_flight(lambda: len(self._running))
@@ -311,6 +330,12 @@ class Worker:
             log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
                      envelope.task_id, envelope.attempt)
             return
+        if expired(dispatched):  # never started; the processor's expiry timer ends the task
+            consumer.settle(record.tp, record.offset)
+            self.metrics.skipped.labels(consumer.queue).inc()
+            log.info("event=task.skipped reason=expired task_id=%s attempt=%d",
+                     envelope.task_id, envelope.attempt)
+            return
         task = self.app.get(dispatched.name)
 
         def on_started(ok: bool) -> None:
@@ -384,6 +409,11 @@ class Worker:
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
                           heartbeat=lambda: emitter.lease_renewed(envelope, headers),
+                          parents=dispatched.parents, fetch_result=self.fetch_result,
+                          dispatch_id=dispatched.dispatch_id,
+                          fencing_token=None if dispatched.concurrency_key is None
+                          else fencing_token(envelope.attempt, dispatched),
+                          progress=lazy_progress(emitter, envelope),
                           queue=dispatched.queue)
         me = asyncio.current_task()
         assert me is not None

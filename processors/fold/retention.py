@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from taskstream.processors.fold.errors import LifecycleError
+from taskstream.processors.fold.timers import Timer
 from taskstream.schemas.events import Envelope, ObjectRef, TimerFired, TimerKind
 from taskstream.schemas.state import TERMINAL, TaskState
 
@@ -97,6 +98,16 @@ def removal_due_at(state: TaskState, policy: RetentionPolicy) -> int | None:
         return None
     keep = policy.for_queue(state.queue)
     return None if keep is None else state.finished_at_ms + keep
+
+
+def removal_timer(state: TaskState, policy: RetentionPolicy) -> Timer | None:
+    """The due index entry of a finished task's removal under ``policy`` (D5, D35), or
+    None; the replica's timer scan fires it as ``TimerFired(RETENTION_DUE)``."""
+    due = removal_due_at(state, policy)
+    if due is None:
+        return None
+    return Timer(due, state.task_id, TimerKind.RETENTION_DUE, state.attempt,
+                 state.dispatch_id or "")
 
 
 def retention_timer(state: TaskState, due_at_ms: int) -> TimerFired:

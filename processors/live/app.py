@@ -41,8 +41,9 @@ from taskstream.admin import STOCK_SESSION_MIN_S
 from taskstream.errors import ConfigError
 from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
+from taskstream.processors.fold.kinds import timer_of
 from taskstream.processors.fold.lifecycle import Limits
-from taskstream.processors.fold.retention import RetentionPolicy, removal_due_at
+from taskstream.processors.fold.retention import RetentionPolicy, removal_timer
 from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
@@ -53,11 +54,12 @@ from taskstream.queue_registry import read_registered
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.security.signing import signer_for
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
+from taskstream.statestore.indexes import TimerOf
 from taskstream.statestore.tables import TaskTables
 from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import (
@@ -142,9 +144,31 @@ def _registered_queues(settings: Settings) -> set[str]:
                            api_reader_group(settings, uuid.uuid4().hex))
 
 
+
 def retention_policy(settings: Settings) -> RetentionPolicy:
     """The replica's retention of finished tasks (D35): read when it sets their timers."""
     return RetentionPolicy.from_seconds(settings.retention_s, settings.retention_by_queue)
+
+
+def due_entry_of(state: EntityState | None) -> keys.DueEntry | None:
+    """The due index entry of any entity's state: its kind's ``timer_of`` (D5; D37, D32)."""
+    timer = timer_of(state)
+    return None if timer is None else keys.DueEntry(*timer)
+
+
+def due_entries(policy: RetentionPolicy) -> TimerOf:
+    """:func:`due_entry_of`, and for a finished task the removal time of the replica's
+    retention ``policy`` (D35)."""
+    if not policy.enabled:
+        return due_entry_of
+
+    def with_retention(state: EntityState | None) -> keys.DueEntry | None:
+        timer = timer_of(state)
+        if timer is None and isinstance(state, TaskState):
+            timer = removal_timer(state, policy)
+        return None if timer is None else keys.DueEntry(*timer)
+
+    return with_retention
 
 
 class Processor:
@@ -153,7 +177,7 @@ class Processor:
     def __init__(self, settings: Settings, limits: Limits | None = None,
                  telemetry: Telemetry = OFF) -> None:
         self.settings = settings
-        self.limits = limits or Limits(max_result_bytes=settings.max_result_bytes)
+        self.limits = limits or Limits.from_settings(settings)
         self.metrics = ProcessorMetrics()
         #: the processor's spans (dispatch, retry, dead letter, ...; processors/tracing.py)
         self.tracing = FoldTracing(telemetry)
@@ -162,10 +186,9 @@ class Processor:
         #: the API's admin events go out through Faust's producer (not the fold's)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
         self.retention = retention_policy(settings)
-        policy = self.retention
-        self.tables = TaskTables(
-            app, settings.partitions, settings.data_dir / "indexes", can_build=self._restored,
-            retention=(lambda state: removal_due_at(state, policy)) if policy.enabled else None)
+        self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
+                                 can_build=self._restored,
+                                 timer_of=due_entries(self.retention))
         self._changelog = task_changelog_topic(settings)
         self.producer = Producer(producer_config(settings, {
             "client.id": self.source,
@@ -176,7 +199,7 @@ class Processor:
             "allow.auto.create.topics": False,
         }))
         checks = Checks.from_settings(settings)
-        #: signs the timer events this replica emits: its own fold verifies them (D26)
+        #: signs the timer and entity events this replica emits: folds verify them (D26)
         self.signer = signer_for(settings, "processor")
         if checks.keyring is not None and self.signer is None:
             raise ConfigError(
@@ -208,6 +231,7 @@ class Processor:
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
             tracing=self.tracing,
+            signer=self.signer,
         )
         self.standby = StandbyFollower(
             consumer_config(settings, standby_group(settings), {

@@ -35,6 +35,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from taskstream.processors.fold.kinds import apply_any, status_of
 from taskstream.processors.fold.lifecycle import Limits, apply
 from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.processors.replay.read import (
@@ -46,8 +47,8 @@ from taskstream.processors.replay.read import (
 from taskstream.schemas.codec.compiled import event_reader
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskCancelled, TaskDeadLettered, TaskDispatched
-from taskstream.schemas.serde import decode_event, decode_state, default_codec
-from taskstream.schemas.state import TERMINAL, TaskState
+from taskstream.schemas.serde import decode_entity, decode_event, default_codec
+from taskstream.schemas.state import TERMINAL, EntityState
 from taskstream.security.signing import RecordHeaders
 from taskstream.settings import Settings
 
@@ -60,7 +61,7 @@ MAX_SKIPPED_DETAILS = 1_000
 
 def limits_of(settings: Settings) -> Limits:
     """The limits the processor folds with (processors/live/app.py): replay must use the same."""
-    return Limits(max_result_bytes=settings.max_result_bytes)
+    return Limits.from_settings(settings)
 
 
 def checks_of(settings: Settings) -> Checks:
@@ -155,7 +156,7 @@ class StateCache:
     """
 
     def __init__(
-        self, db: Rdict, capacity: int = 200_000, batch: int = 20_000, *, db_empty: bool = False
+        self, db: Rdict, capacity: int = 200_000, *, db_empty: bool = False
     ) -> None:
         self.db = db
         #: the DB holds nothing yet (a fresh scratch DB until the first write): a state
@@ -163,19 +164,19 @@ class StateCache:
         self.db_empty = db_empty
         self.capacity = max(1, capacity)
         self.finished_capacity = 4 * self.capacity
-        self.batch_size = batch
-        self.hot: dict[str, TaskState] = {}
+        self.hot: dict[str, EntityState] = {}
         self.dirty: set[str] = set()  # hot states the DB does not have
         self.finished: dict[str, bytes] = {}  # encoded states the DB does not have
         #: writes for the DB, in order; a None value deletes the key (a removed task, D35)
         self._pending: list[tuple[bytes, bytes | None]] = []
-        self.encode = default_codec().encode_state
+        # every kind's state (D37); a task's still takes the compiled codec first
+        self.encode = default_codec().encode_entity
 
-    def get(self, task_id: str) -> TaskState | None:
+    def get(self, task_id: str) -> EntityState | None:
         state = self.hot.get(task_id)
         return state if state is not None else self.load(task_id)
 
-    def load(self, task_id: str) -> TaskState | None:
+    def load(self, task_id: str) -> EntityState | None:
         """A state not in ``hot``: from ``finished`` or the DB (and then hot), or None."""
         raw = self.finished.pop(task_id, None)
         if raw is not None:
@@ -186,13 +187,13 @@ class StateCache:
             raw = self.db.get(task_id.encode())
             if raw is None:
                 return None
-        state = decode_state(raw)
+        state = decode_entity(raw)
         self.hot[task_id] = state
         self.trim()
         return state
 
-    def put(self, task_id: str, state: TaskState) -> None:
-        if state.status in TERMINAL:
+    def put(self, task_id: str, state: EntityState) -> None:
+        if status_of(state) in TERMINAL:
             self.finished[task_id] = self.encode(state)
             if self.hot.pop(task_id, None) is not None:
                 self.dirty.discard(task_id)
@@ -210,7 +211,10 @@ class StateCache:
         self.dirty.discard(task_id)
         self.finished.pop(task_id, None)
         if not self.db_empty or self._pending:
+            # deleted now: a later submission of the same ID (it is free again) must not
+            # find the old state in the DB while the delete waits for a commit
             self._pending.append((task_id.encode(), None))
+            self._commit()
 
     def trim(self) -> None:
         """Evict the oldest states (an eighth of the capacity) once over capacity."""
@@ -223,8 +227,11 @@ class StateCache:
             if task_id in dirty:
                 dirty.discard(task_id)
                 self._pending.append((task_id.encode(), encode(state)))
-        if len(self._pending) >= self.batch_size:
-            self._commit()
+        # written now, whatever their number: a state evicted to ``_pending`` and read
+        # again before a commit would be looked up in the DB, missed, and its next
+        # events folded as if it were unknown (found by a fold of a group's members
+        # with a tiny cache)
+        self._commit()
 
     def spill_finished(self) -> None:
         """Write every finished state into the DB."""
@@ -335,28 +342,28 @@ def fold_messages(
     start = len(header)
     hot, dirty, finished, load = cache.hot, cache.dirty, cache.finished, cache.load
     encode, capacity, finished_capacity = cache.encode, cache.capacity, cache.finished_capacity
+    appliers: tuple[Callable[..., tuple[Any, Any]], ...] = (apply, apply_any)
     events = 0
     for batch in messages:
         for message in batch:
             value = message.value()
-            try:
-                envelope, end = read(value, start, len(value))
-                if end != len(value) or not value.startswith(header):
-                    raise ValueError  # not cleanly ours: decode_event decides
-            except Exception:
-                envelope = _decode_slowly(message, decode)
+            envelope = _read_envelope(message, value, read, header, start, decode)
             if envelope.__class__ is SkippedRecord or envelope.body.__class__ in _DERIVED or (
                     checks is not None and check_record(
                         checks, message.key(), value, message.headers(), envelope) is not None):
                 stats.skip(_unusable(message, envelope, checks))
                 continue
             task_id = envelope.task_id
-            before = hot.get(task_id) or load(task_id)  # a state is always truthy
-            after, _effects = apply(before, envelope, limits, effects=False)
+            before = hot.get(task_id)
+            if before is None:
+                before = load(task_id)
+            # a task ID is 0-9A-Z; other kinds' keys are lowercase (D37)
+            after, _effects = appliers[task_id > "Z"](before, envelope, limits, effects=False)
             if after is not before:
                 if after is None:  # removed: retention or purge (D35)
                     cache.remove(task_id)
-                elif after.status in TERMINAL:  # cache.put, inline
+                # cache.put, inline (limits and keys have no status: never finished)
+                elif getattr(after, "status", None) in TERMINAL:
                     finished[task_id] = encode(after)
                     if hot.pop(task_id, None) is not None:
                         dirty.discard(task_id)
@@ -369,6 +376,19 @@ def fold_messages(
                         cache.trim()
             events += 1
     stats.events += events
+
+
+def _read_envelope(message: Any, value: Any, read: Callable[..., tuple[Any, int]],
+                   header: bytes, start: int, decode: Callable[[bytes], Envelope]) -> Any:
+    """The record's envelope by the compiled reader when it is cleanly ours (the newest
+    header, every byte read), else as :func:`_decode_slowly` finds it."""
+    try:
+        envelope, end = read(value, start, len(value))
+        if end != len(value) or not value.startswith(header):
+            raise ValueError  # not cleanly ours: decode_event decides
+    except Exception:
+        return _decode_slowly(message, decode)
+    return envelope
 
 
 def _decode_slowly(message: Any, decode: Callable[[bytes], Envelope]) -> Any:
@@ -441,26 +461,26 @@ def count_keys(db: Rdict) -> int:
     return count
 
 
-def iter_states(db: Rdict) -> Iterator[tuple[str, TaskState]]:
-    """Every (task ID, state) of a rebuilt RocksDB, in task ID order."""
+def iter_states(db: Rdict) -> Iterator[tuple[str, EntityState]]:
+    """Every (entity key, state) of a rebuilt RocksDB, in key order (tasks first)."""
     it = db.iter()
     it.seek_to_first()
     while it.valid():
-        yield bytes(it.key()).decode(), decode_state(bytes(it.value()))
+        yield bytes(it.key()).decode(), decode_entity(bytes(it.value()))
         it.next()
 
 
-class StateDB(Mapping[str, TaskState]):
-    """A rebuilt RocksDB seen as ``task ID -> TaskState`` (decoded on access)."""
+class StateDB(Mapping[str, EntityState]):
+    """A rebuilt RocksDB seen as ``entity key -> state`` (decoded on access)."""
 
     def __init__(self, db: Rdict) -> None:
         self._db = db
 
-    def __getitem__(self, task_id: str) -> TaskState:
+    def __getitem__(self, task_id: str) -> EntityState:
         raw = self._db.get(task_id.encode())
         if raw is None:
             raise KeyError(task_id)
-        return decode_state(raw)
+        return decode_entity(raw)
 
     def __iter__(self) -> Iterator[str]:
         it = self._db.iter()

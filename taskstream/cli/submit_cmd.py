@@ -26,6 +26,11 @@ _OPTION_OF_FIELD = {
     "max_attempts": "--max-attempts",
     "timeout": "--timeout",
     "name": "NAME",
+    "rate_limit": "--rate-limit",
+    "rate_key": "--rate-key",
+    "concurrency_key": "--concurrency-key",
+    "max_concurrency": "--max-concurrency",
+    "expires": "--expires",
 }
 
 
@@ -62,6 +67,12 @@ def parse_payload(text: str | None) -> Any:
 @click.option("--key", default=None, help="idempotency key: the same NAME and KEY run once")
 @click.option("--max-attempts", type=int, default=None, help="attempts before DEAD")
 @click.option("--timeout", type=float, default=None, metavar="S", help="execution timeout")
+@click.option("--rate-limit", default=None, help="wait for a token of this rate limit")
+@click.option("--rate-key", default=None, help="its own bucket under --rate-limit")
+@click.option("--concurrency-key", default=None, help="at most --max-concurrency run at once")
+@click.option("--max-concurrency", type=int, default=None, help="default 1 (a mutex)")
+@click.option("--expires", type=float, default=None, metavar="S",
+              help="not started within S seconds: EXPIRED, never run")
 @click.option(
     "--count", type=click.IntRange(min=1, max=10_000_000), default=1, help="submit N copies"
 )
@@ -75,6 +86,11 @@ def submit(
     key: str | None,
     max_attempts: int | None,
     timeout: float | None,
+    rate_limit: str | None,
+    rate_key: str | None,
+    concurrency_key: str | None,
+    max_concurrency: int | None,
+    expires: float | None,
     count: int,
 ) -> None:
     """Submit task NAME and print its task ID (one line per task)."""
@@ -94,6 +110,11 @@ def submit(
             "idempotency_key": key,
             "max_attempts": max_attempts,
             "timeout": timeout,
+            "rate_limit": rate_limit,
+            "rate_key": rate_key,
+            "concurrency_key": concurrency_key,
+            "max_concurrency": max_concurrency,
+            "expires": expires,
         }.items()
         if v is not None
     }

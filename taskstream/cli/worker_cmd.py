@@ -55,8 +55,11 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
     try:
         registry = load_registry(target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        from taskstream.producer.parents import parent_result_reader
+
         w = Worker(registry, settings, queues=queue_list, concurrency=concurrency, pool=pool,
-                   grace_s=grace, metrics_port=metrics_port)
+                   grace_s=grace, metrics_port=metrics_port,
+                   fetch_result=parent_result_reader(settings))
         if create_topics:
             from taskstream.admin import ensure_topics
 
