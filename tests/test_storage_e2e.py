@@ -289,11 +289,12 @@ def test_a_child_reads_its_parents_offloaded_result(
 
     settings = with_storage(topics, s3_env)
     replica = ProcessorProcess(settings, tmp_path / "replica0").start()
+    reader = None
     try:
         settings = settings.model_copy(update={"api_url": replica.url})
+        reader = parent_result_reader(settings)
         with running_worker(app, settings, concurrency=2, queues=settings.queues,
-                            fetch_result=parent_result_reader(settings)), \
-                TaskProducer(settings) as producer:
+                            fetch_result=reader), TaskProducer(settings) as producer:
             parent = producer.submit("storage.grow", {"blob": "p", "size": 500_000})
             kid = producer.submit("storage.child", {"parent": parent.task_id},
                                   depends_on=[parent.task_id])
@@ -302,4 +303,6 @@ def test_a_child_reads_its_parents_offloaded_result(
                                            lambda s: s.status is TaskStatus.SUCCEEDED, "done")
         assert state.result_ref is not None and state.result == b""
     finally:
+        if reader is not None:
+            reader.close()
         replica.stop()
