@@ -44,6 +44,7 @@ from pydantic import (
 from taskstream.schemas.errors import InvalidSpecError
 from taskstream.schemas.events import Backoff, TaskSubmitted
 from taskstream.schemas.view import TaskView
+from taskstream.topics import canonical_tags
 
 if TYPE_CHECKING:
     from taskstream.settings import Settings
@@ -214,6 +215,12 @@ class TaskSpec(BaseModel):
         if value is not None and value.utcoffset() is None:
             raise ValueError("eta must be timezone-aware (for example datetime.now(UTC))")
         return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str]) -> list[str]:
+        """Routing tags (D38): legal names, sorted, without repeats."""
+        return list(canonical_tags(value))
 
     @field_validator("depends_on")
     @classmethod

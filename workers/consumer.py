@@ -6,7 +6,11 @@ from a lock-protected buffer and reports them settled. See
 :mod:`taskstream.workers.flow` for the commit and pause rules.
 
 Group id ``<prefix>workers.<queue>``, cooperative-sticky assignment, manual
-commits, ``auto.offset.reset=earliest``. A newly assigned partition stays paused
+commits, ``auto.offset.reset=earliest``. A worker with tags subscribes to the
+ready topics of every subset of its tags by pattern (D38,
+:func:`taskstream.topics.ready_subscription`); workers of one queue with
+different tags share the group, and Kafka assigns each topic's partitions only
+among the members subscribed to it. A newly assigned partition stays paused
 until its lag is known, so a backlog in a high level is never overtaken by a low
 one at start-up.
 """
@@ -28,7 +32,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
-from taskstream.topics import ready_topics, worker_group
+from taskstream.topics import ready_subscription, worker_group
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.flow import (
     TP,
@@ -76,10 +80,11 @@ class QueueConsumer:
 
     def __init__(self, settings: Settings, queue: str, *, prefetch: int, client_id: str,
                  emitter: EventEmitter, metrics: WorkerMetrics,
-                 on_records: Callable[[], object]) -> None:
+                 on_records: Callable[[], object], tags: tuple[str, ...] = ()) -> None:
         self.queue = queue
+        self.tags = tags
         self.group_id = worker_group(settings, queue)
-        self._topics = ready_topics(settings, queue)
+        self._topics = ready_subscription(settings, queue, tags)
         self._timeout = settings.kafka_timeout_s
         self._prefetch = max(1, prefetch)
         self._emitter = emitter
@@ -94,6 +99,7 @@ class QueueConsumer:
         self._next: dict[TP, int] = {}
         self._high: dict[TP, int] = {}
         self._full = False
+        self._lag_total = 0
         self._queue_paused = False
         self._draining = False
         self._stop = threading.Event()
@@ -125,6 +131,21 @@ class QueueConsumer:
         """The record was started (TaskStarted acknowledged) or needs no start."""
         with self._lock:
             self._tracker.settled(tp, offset)
+
+    def owns(self, tp: TP) -> bool:
+        """Is the partition still assigned here (a record of a revoked one must not start)?"""
+        with self._lock:
+            return tp in self._levels
+
+    def backlog(self) -> int:
+        """Records waiting for this worker: buffered here plus lag on its partitions (as of
+        the poll thread's last look)."""
+        with self._lock:
+            return sum(len(b) for b in self._buffers.values()) + self._lag_total
+
+    def set_prefetch(self, prefetch: int) -> None:
+        with self._lock:
+            self._prefetch = max(1, prefetch)
 
     def set_paused(self, paused: bool) -> None:
         with self._lock:
@@ -284,6 +305,7 @@ class QueueConsumer:
     def _apply_flow(self) -> None:
         lag = self._lag()
         with self._lock:
+            self._lag_total = sum(max(0, n) for n in lag.values())
             buffered: dict[int, int] = {lvl: len(b) for lvl, b in self._buffers.items()}
             total = sum(buffered.values())
             # hysteresis: a full buffer pauses fetching until it is half empty

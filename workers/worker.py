@@ -12,6 +12,14 @@ Life of one ready record (the order of durable steps matters):
 4. ``LeaseRenewed`` every ``lease_ms / 3`` while the handler runs;
 5. ``TaskSucceeded`` or ``TaskFailed`` is produced; the slot is freed.
 
+A batch task's records (workers/batch.py, D39) wait in a :class:`Batcher`
+between steps 2 and 3, unstarted and unsettled, until their batch is full or
+its wait has passed; the batch then takes one slot and goes through steps 3-5
+record by record around a single handler call.
+
+Concurrency is a fixed number of slots, or ``auto`` (workers/autoscale.py, D40):
+a controller moves the number every second within bounds.
+
 Shutdown (first SIGTERM/SIGINT, or :meth:`Worker.request_stop`): stop fetching
 and starting, let running attempts finish for up to ``grace_s`` and emit their
 outcomes, interrupt the rest without an outcome (their leases expire and the
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -31,15 +40,20 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.settings import Settings, load_settings
+from taskstream.topics import MAX_WORKER_TAGS, canonical_tags
+from taskstream.workers.autoscale import TICK_S, AutoConcurrency, Bounds, Sample
+from taskstream.workers.batch import Batcher
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
 from taskstream.workers.control import ControlReader
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.errors import WorkerError
+from taskstream.workers.machine import MachineLoad
 from taskstream.workers.metrics import WorkerMetrics
 from taskstream.workers.outcome import (
     Failure,
@@ -49,7 +63,8 @@ from taskstream.workers.outcome import (
 )
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskDef, TaskRegistry
-from taskstream.workers.runtime import Pool, execute
+from taskstream.workers.runtime import Pool, execute, execute_batch
+from taskstream.workers.slots import Slots
 
 log = logging.getLogger("taskstream.worker")
 
@@ -65,9 +80,25 @@ def new_worker_id() -> str:
 class _Running:
     envelope: Envelope
     ctx: TaskContext
-    task: asyncio.Task[Outcome]
+    task: asyncio.Task[Any]
     cancel_requested: bool = False
     started_at: float = field(default_factory=time.monotonic)
+    in_batch: bool = False  # a cancellation marks it; the batch's call goes on for the rest
+
+
+Picked = tuple[QueueConsumer, ReadyRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Records of one batch task, started together in one slot."""
+
+    task: TaskDef
+    items: list[Picked]
+
+
+#: what the dispatcher hands a slot: one record, or a batch
+Job = Picked | _Batch
 
 
 class Worker:
@@ -79,18 +110,32 @@ class Worker:
         settings: Settings | None = None,
         *,
         queues: Sequence[str] | None = None,
-        concurrency: int = 16,
+        concurrency: int | None = 16,
         pool: Pool | str = Pool.THREAD,
         grace_s: float = 30.0,
         metrics_port: int | None = None,
         worker_id: str | None = None,
+        tags: Sequence[str] = (),
+        auto_bounds: Bounds | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise WorkerError(f"concurrency must be >= 1; got {concurrency}")
+        """``concurrency=None`` is ``--concurrency auto`` within ``auto_bounds``."""
+        if concurrency is not None and concurrency < 1:
+            raise WorkerError(f"concurrency must be >= 1 (or None for auto); got {concurrency}")
+        try:
+            self.tags = canonical_tags(tags, most=MAX_WORKER_TAGS)
+        except ValueError as exc:
+            raise WorkerError(f"--tags: {exc}") from None
         self.app = app
         self.settings = settings or load_settings()
         self.queues = list(queues or app.queues() or ["default"])
-        self.concurrency = concurrency
+        self.auto: AutoConcurrency | None = None
+        if concurrency is None:
+            self.auto = AutoConcurrency(auto_bounds or Bounds())
+            concurrency = self.auto.bounds.high
+        self.concurrency: int = concurrency
+        self._slots: Slots | None = None
+        self._batcher: Batcher[Picked] = Batcher()
+        self._batch_max = max((t.batch_size or 1 for t in app), default=1)
         self.pool = Pool(pool)
         self.grace_s = grace_s
         self.metrics_port = metrics_port
@@ -162,25 +207,42 @@ class Worker:
             log.warning("event=control.slow (starting before all cancellations were read)")
         if self.metrics_port is not None:
             self._metrics_server, _ = self.metrics.serve(self.metrics_port)
+        self._slots = Slots(self.concurrency if self.auto is None else self.auto.limit)
         for queue in self.queues:
             consumer = QueueConsumer(
-                self.settings, queue, prefetch=max(2 * self.concurrency, 8),
+                self.settings, queue, prefetch=self._prefetch(self._slots.limit),
                 client_id=self.worker_id, emitter=self._emitter, metrics=self.metrics,
-                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set))
+                on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set),
+                tags=self.tags)
             consumer.set_paused(self._paused.get(queue, False))
             consumer.start()
             self._consumers.append(consumer)
-        log.info("event=worker.started worker_id=%s queues=%s concurrency=%d pool=%s tasks=%d",
-                 self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
-                 len(self.app))
+        log.info("event=worker.started worker_id=%s queues=%s concurrency=%s pool=%s tasks=%d "
+                 "tags=%s", self.worker_id, ",".join(self.queues),
+                 self.concurrency if self.auto is None else
+                 f"auto({self.auto.bounds.low}-{self.auto.bounds.high})",
+                 self.pool.value, len(self.app), ",".join(self.tags) or "-")
+        self.metrics.concurrency.set(self._slots.limit)
         self._started.set()
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
+        sizer = asyncio.create_task(self._autoscale(), name="taskstream-autoscale") \
+            if self.auto is not None else None
         await self._stop.wait()
+        if sizer is not None:
+            sizer.cancel()
         await self._shutdown(dispatcher)
 
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Slots now (moves with ``--concurrency auto``)."""
+        return self._slots.limit if self._slots is not None else self.concurrency
+
+    def _prefetch(self, limit: int) -> int:
+        return max(2 * limit, 8, self._batch_max)
 
     def assignment(self) -> dict[str, set[tuple[str, int]]]:
         return {c.queue: c.assignment() for c in self._consumers}
@@ -200,7 +262,8 @@ class Worker:
         if running is not None and running.envelope.attempt <= self._cancelled[task_id]:
             running.cancel_requested = True
             running.ctx.mark_cancelled()
-            running.task.cancel()
+            if not running.in_batch:
+                running.task.cancel()
             log.info("event=task.cancelling task_id=%s attempt=%d", task_id,
                      running.envelope.attempt)
 
@@ -220,31 +283,75 @@ class Worker:
     # -- dispatch ------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots = self._slots
+        assert slots is not None
         while not self._stopping:
             await slots.acquire()
-            picked = await self._next_record()
-            if picked is None:
+            job = await self._next_job()
+            if job is None:
                 slots.release()
                 return
-            task = asyncio.create_task(self._run_record(*picked))
-            task.add_done_callback(lambda _t: slots.release())
-            self._record_tasks.add(task)
-            task.add_done_callback(self._record_tasks.discard)
+            run = asyncio.create_task(self._run_batch(job) if isinstance(job, _Batch)
+                                      else self._run_record(*job))
+            run.add_done_callback(lambda _t: slots.release())
+            self._record_tasks.add(run)
+            run.add_done_callback(self._record_tasks.discard)
 
-    async def _next_record(self) -> tuple[QueueConsumer, ReadyRecord] | None:
+    async def _next_job(self) -> Job | None:
+        """The next record to start, or a batch that is full or due; records of batch tasks
+        go to the batcher on the way."""
         while not self._stopping:
             self._wakeup.clear()
-            n = len(self._consumers)
-            for i in range(n):
-                consumer = self._consumers[(self._rr + i) % n]
-                record = consumer.take()
-                if record is not None:
-                    self._rr = (self._rr + i + 1) % n
-                    return consumer, record
+            now = time.monotonic()
+            due = self._batcher.pop_due(now)
+            if due is not None:
+                task = self.app.get(due[0])
+                assert task is not None
+                return _Batch(task, due[1])
+            picked = self._take()
+            if picked is not None:
+                task = self.app.get(picked[1].dispatched.name)
+                if task is None or task.batch_size is None:
+                    return picked
+                self._batcher.add(task.name, picked, now, size=task.batch_size,
+                                  wait_s=task.batch_wait_s)
+                continue
+            wait = self._batcher.seconds_to_due(now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), WAKEUP_S)
+                await asyncio.wait_for(self._wakeup.wait(),
+                                       WAKEUP_S if wait is None else min(WAKEUP_S, wait))
         return None
+
+    def _take(self) -> Picked | None:
+        n = len(self._consumers)
+        for i in range(n):
+            consumer = self._consumers[(self._rr + i) % n]
+            record = consumer.take()
+            if record is not None:
+                self._rr = (self._rr + i + 1) % n
+                return consumer, record
+        return None
+
+    async def _autoscale(self) -> None:
+        """Every TICK_S: sample, let the controller decide, resize slots and prefetch."""
+        auto, slots = self.auto, self._slots
+        assert auto is not None and slots is not None
+        machine = MachineLoad()
+        while True:
+            await asyncio.sleep(TICK_S)
+            waiting = sum(c.backlog() for c in self._consumers) + len(self._batcher)
+            before = slots.limit
+            limit = auto.step(Sample(waiting=waiting, in_use=slots.in_use,
+                                     cpu_busy=machine.cpu_busy(),
+                                     mem_available=machine.mem_available()))
+            if limit != before:
+                slots.set_limit(limit)
+                for consumer in self._consumers:
+                    consumer.set_prefetch(self._prefetch(limit))
+                self.metrics.concurrency.set(limit)
+                log.info("event=concurrency.%s from=%d to=%d waiting=%d in_use=%d",
+                         "grow" if limit > before else "shrink", before, limit, waiting,
+                         slots.in_use)
 
     async def _run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
         envelope, dispatched = record.envelope, record.dispatched
@@ -279,6 +386,88 @@ class Worker:
         emitter.outcome(envelope, outcome)
         self._log_outcome(envelope, dispatched, outcome, time.monotonic() - started)
 
+    async def _run_batch(self, batch: _Batch) -> None:
+        """Start a batch's records, call the handler once, emit one outcome per record.
+
+        Records of partitions revoked while they waited are dropped (their new owner reads
+        them again); cancelled ones are settled and skipped, as single records are.
+        """
+        task, items = batch.task, self._startable(batch.items)
+        if not items:
+            return
+        emitter = self._emitter
+        assert emitter is not None
+        ctxs = self._start_batch(task, items)
+        self.metrics.batch_size.labels(task.name).observe(len(items))
+        log.info("event=batch.started name=%s size=%d", task.name, len(items))
+        started = time.monotonic()
+        records = [r.dispatched for _, r in items]
+        run = asyncio.create_task(execute_batch(task, records, ctxs, self.pool))
+        running = [_Running(r.envelope, ctx, run, in_batch=True)
+                   for (_, r), ctx in zip(items, ctxs, strict=True)]
+        for entry in running:
+            self._running[entry.envelope.task_id] = entry
+        renew = self._renew_leases([r.envelope for _, r in items],
+                                   min(d.lease_ms for d in records))
+        lease = asyncio.create_task(renew)
+        self.metrics.in_flight.inc(len(items))
+        try:
+            await asyncio.wait({run})
+        except asyncio.CancelledError:  # stop without grace: no outcome, the leases recover
+            run.cancel()
+            raise
+        finally:
+            lease.cancel()
+            self.metrics.in_flight.dec(len(items))
+            for entry in running:
+                if self._running.get(entry.envelope.task_id) is entry:
+                    del self._running[entry.envelope.task_id]
+        took = time.monotonic() - started
+        outcomes = [cancelled_failure()] * len(items) if run.cancelled() else run.result()
+        for entry, (_, record), outcome in zip(running, items, outcomes, strict=True):
+            self.metrics.run_seconds.labels(task.name).observe(took)
+            final = cancelled_failure() if entry.cancel_requested else outcome
+            emitter.outcome(record.envelope, final)
+            self._log_outcome(record.envelope, record.dispatched, final, took)
+
+    def _startable(self, picked: list[Picked]) -> list[Picked]:
+        """A batch's records that may start: not revoked while they waited (the new owner
+        reads them again), not cancelled (settled and skipped, as single records are)."""
+        items = []
+        for consumer, record in picked:
+            if not consumer.owns(record.tp):
+                continue
+            if self._is_cancelled(record.envelope):
+                consumer.settle(record.tp, record.offset)
+                self.metrics.skipped.labels(consumer.queue).inc()
+                continue
+            items.append((consumer, record))
+        return items
+
+    def _start_batch(self, task: TaskDef, items: list[Picked]) -> list[TaskContext]:
+        """TaskStarted for each record (its offset settles on the ack); their contexts."""
+        emitter = self._emitter
+        assert emitter is not None
+        ctxs = []
+        for consumer, record in items:
+            envelope = record.envelope
+
+            def on_started(ok: bool, c: QueueConsumer = consumer, r: ReadyRecord = record
+                           ) -> None:
+                if ok:
+                    c.settle(r.tp, r.offset)
+
+            emitter.started(envelope, on_delivered=on_started)
+            self.metrics.started.labels(task.name).inc()
+            self.metrics.queue_wait.labels(record.dispatched.queue).observe(
+                max(0.0, time.time() - envelope.occurred_at_ms / 1000))
+            ctxs.append(TaskContext(
+                task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
+                idempotency_key=record.dispatched.idempotency_key,
+                headers=record.dispatched.headers,
+                heartbeat=functools.partial(emitter.lease_renewed, envelope)))
+        return ctxs
+
     async def _execute(self, task: TaskDef, envelope: Envelope,
                        dispatched: TaskDispatched) -> Outcome | None:
         emitter = self._emitter
@@ -311,12 +500,16 @@ class Worker:
         return outcome
 
     async def _renew_lease(self, envelope: Envelope, lease_ms: int) -> None:
+        await self._renew_leases([envelope], lease_ms)
+
+    async def _renew_leases(self, envelopes: Sequence[Envelope], lease_ms: int) -> None:
         emitter = self._emitter
         assert emitter is not None
         interval = max(lease_ms / 3000, MIN_RENEW_S)
         while True:
             await asyncio.sleep(interval)
-            emitter.lease_renewed(envelope)
+            for envelope in envelopes:
+                emitter.lease_renewed(envelope)
 
     def _log_outcome(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Outcome,
                      took_s: float) -> None:
@@ -343,6 +536,10 @@ class Worker:
         await asyncio.wait({dispatcher}, timeout=5)
         for consumer in self._consumers:
             consumer.drain()
+        held = self._batcher.drain()  # never started: their offsets stay uncommitted
+        if held:
+            log.info("event=batch.dropped records=%d (read again by the next worker)",
+                     len(held))
         pending = set(self._record_tasks)
         log.info("event=worker.stopping in_flight=%d grace_s=%g", len(pending), self.grace_s)
         deadline = time.monotonic() + self.grace_s

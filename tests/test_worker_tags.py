@@ -1,0 +1,71 @@
+"""Routing by tags against the real broker (D38): tagged ready records only ever start on a
+worker whose tags include theirs; untagged ones go to any worker of the queue.
+
+Given a worker started with tags ``gpu`` and a worker without tags, in one consumer group,
+when records are written to the ``gpu`` ready topic, the ``gpu,ssd`` ready topic and the
+untagged one, then every ``gpu`` record starts on the gpu worker, the ``gpu,ssd`` ones on
+no worker at all (neither has ``ssd``), and the untagged ones start (on either).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from taskstream.admin import TopicSpec, create_topics
+from taskstream.settings import Settings
+from taskstream.topics import ready_topic
+from taskstream.workers import TaskApp
+from tests.test_worker_support import Events, ReadyWriter, ready_envelope, running_worker
+
+pytestmark = [pytest.mark.kafka]
+
+
+def _app() -> TaskApp:
+    app = TaskApp("tags")
+
+    @app.task(name="tags.work")
+    def work(payload: object) -> object:
+        time.sleep(0.01)  # long enough that one worker cannot take everything at once
+        return payload
+
+    return app
+
+
+def test_gpu_tagged_tasks_start_only_on_the_gpu_worker(topics: Settings) -> None:
+    gpu_topic = ready_topic(topics, "default", 0, ["gpu"])
+    both_topic = ready_topic(topics, "default", 0, ["ssd", "gpu"])
+    assert gpu_topic.endswith("ready.default.t.gpu.p0")
+    assert both_topic.endswith("ready.default.t.gpu.ssd.p0")
+    create_topics(topics, [TopicSpec(t, topics.ready_partitions) for t in (gpu_topic,
+                                                                           both_topic)])
+    writer, events = ReadyWriter(topics), Events(topics)
+    app = _app()
+    with running_worker(app, topics, tags=["gpu"], concurrency=4) as gpu, \
+            running_worker(app, topics, concurrency=4) as plain:
+        gpu_envs = [ready_envelope("tags.work", i) for i in range(30)]
+        both_envs = [ready_envelope("tags.work", i) for i in range(5)]
+        plain_envs = [ready_envelope("tags.work", i) for i in range(30)]
+        for env in gpu_envs:
+            writer.send_to(gpu_topic, env)
+        for env in both_envs:
+            writer.send_to(both_topic, env)
+        writer.send(*plain_envs)
+        wanted = {e.task_id for e in gpu_envs + plain_envs}
+
+        def all_started(seen: list[object]) -> bool:
+            return wanted <= {e.task_id for e in events.seen if e.type_name == "TaskStarted"}
+
+        events.wait("every gpu and untagged record to start", all_started, timeout=90)
+        time.sleep(1.0)  # give a wrong start of a gpu,ssd record the chance to show
+        events.refresh()
+        starts = {e.task_id: e.body.worker_id for e in events.seen  # type: ignore[union-attr]
+                  if e.type_name == "TaskStarted"}
+        assert {starts[e.task_id] for e in gpu_envs} == {gpu.worker_id}
+        assert not {e.task_id for e in both_envs} & set(starts), "no worker has gpu+ssd"
+        assert {starts[e.task_id] for e in plain_envs} <= {gpu.worker_id, plain.worker_id}
+        assert gpu.assignment()["default"] >= {(gpu_topic, p)
+                                              for p in range(topics.ready_partitions)}
+        assert not any(t == gpu_topic for t, _ in plain.assignment()["default"])
+    events.close()
