@@ -43,6 +43,7 @@ from taskstream.api.query import (
     sum_rates,
     task_view,
 )
+from taskstream.api.ratelimit import RateLimiter
 from taskstream.errors import KafkaUnavailableError
 from taskstream.kafka_config import consumer_config
 from taskstream.processors.live.guard import timer_round
@@ -83,6 +84,9 @@ class Api:
         self.processor = processor
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
+        limit = processor.settings.api_rate_limit
+        self.rate_limiter = None if limit is None else RateLimiter(
+            limit, processor.settings.api_rate_burst)
         self.rates = RateWindow(window_s=60.0)
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
         self._session: aiohttp.ClientSession | None = None

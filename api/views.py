@@ -3,7 +3,8 @@
 The middleware runs around every route of the replica's web server (Faust's own
 included) and is where the cross-cutting rules live:
 
-* auth (api/auth.py) before anything else;
+* auth (api/auth.py) before anything else, then the caller's request rate
+  (api/ratelimit.py: 429 with Retry-After over it);
 * every error is JSON ``{"error": {"code", "message", "field"}}``: ApiError as
   raised, aiohttp's own 404/405/413 translated, anything unexpected logged here
   and answered 500 with a generic message (no stack trace leaves the process).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from taskstream.api import ratelimit
 from taskstream.api.auth import required_scope
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
@@ -66,6 +69,9 @@ def make_middleware(api: Api) -> Any:
         try:
             api.auth.check(request.headers.get("Authorization"),
                            required_scope(request.method, request.path))
+            limited = _over_rate(api, request)
+            if limited is not None:
+                return limited
             return await handler(request)
         except AuthFailure as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -88,6 +94,21 @@ def make_middleware(api: Api) -> Any:
             return error_response(500, "internal", "internal error; the server logged it")
 
     return taskstream_api
+
+
+def _over_rate(api: Api, request: web.Request) -> web.Response | None:
+    """The 429 answer when the caller is over its rate (api/ratelimit.py), else None."""
+    limiter = api.rate_limiter
+    if limiter is None or not ratelimit.counted(request.path, _proxied(request)):
+        return None
+    caller = ratelimit.caller_of(request.headers.get("Authorization"), request.remote)
+    wait_s = limiter.check(caller, time.monotonic())
+    if wait_s <= 0:
+        return None
+    retry_after = ratelimit.retry_after_header(wait_s)
+    return error_response(429, "rate_limited", f"over {limiter.rate:g} requests/s (burst "
+                          f"{limiter.burst}); retry in {retry_after} s", None,
+                          {"Retry-After": retry_after})
 
 
 # -- request parsing -------------------------------------------------------------------

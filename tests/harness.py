@@ -41,8 +41,10 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0,
 class ProcessorProcess:
     """One ``taskstream processor`` replica in a child process."""
 
-    def __init__(self, settings: Settings, data_dir: Path, web_port: int | None = None) -> None:
+    def __init__(self, settings: Settings, data_dir: Path, web_port: int | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.settings = settings
+        self.extra_env = dict(extra_env or {})
         self.data_dir = data_dir
         self.web_port = web_port or free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
@@ -55,7 +57,8 @@ class ProcessorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskstream", "processor",
                  "--web-port", str(self.web_port), "--data-dir", str(self.data_dir)],
-                env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
+                env={**settings_env(self.settings), **self.extra_env}, stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_for(f"processor on :{self.web_port} to be ready (log {self.log_path})",
                  self._ready, timeout=ready_timeout, interval=0.2)
