@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskstream.api import ratelimit
 from taskstream.api.auth import required_scope
+from taskstream.api.bulk import bulk_query
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
@@ -223,6 +224,7 @@ class Endpoints:
         """path -> method -> handler: the whole public and internal surface."""
         return {
             "/tasks": {"get": self.list_tasks, "post": self.submit},
+            "/tasks/cancel": {"post": self.cancel_matching},
             "/tasks/{task_id}": {"get": self.get_task},
             "/tasks/{task_id}/wait": {"get": self.wait_task},
             "/tasks/{task_id}/cancel": {"post": self.cancel},
@@ -256,7 +258,8 @@ class Endpoints:
 
     async def list_dlq(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query,
-                                 allowed=("queue", "name", "since", "limit", "cursor"))
+                                 allowed=("queue", "name", "since", "before", "limit",
+                                          "cursor"))
         query = dataclasses.replace(query, state=TaskStatus.DEAD)
         return json_response((await self.api.list_tasks(query, request.headers)).body())
 
@@ -289,6 +292,12 @@ class Endpoints:
                               _proxied(request))
         return json_response({"task_id": task_id}, 202)
 
+    async def cancel_matching(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        query, body = bulk_query(await read_json(request, BODY_OVERHEAD, required=True))
+        result = await self.api.cancel_matching(query, body, request.headers)
+        return json_response(result, 200 if body.dry_run else 202)
+
     async def redrive(self, request: web.Request, task_id: str) -> web.Response:
         body = await _command(request, allow_attempts=True)
         await self.api.redrive(_task_id(task_id), body.reason, body.max_attempts,
@@ -317,6 +326,7 @@ class Endpoints:
         return error_response(503, "not_ready", "state is still being restored; retry")
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await self.api.refresh_lag_metrics()
         return web.Response(body=self.api.metrics_text(), headers={
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -11,7 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskstream.api.bulk import bulk_query
+from taskstream.api.errors import ApiError
+from taskstream.cli.admin_cmds import unserved_notes
 from taskstream.schemas.events import TaskDispatched
+from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import (
     MAX_TOPIC_NAME,
@@ -27,6 +31,7 @@ from taskstream.workers.autoscale import AutoConcurrency, Bounds, Sample, parse_
 from taskstream.workers.batch import Batcher, batch_outcomes
 from taskstream.workers.errors import RegistrationError, WorkerError
 from taskstream.workers.flow import level_of_topic
+from taskstream.workers.lag import partition_lag, queue_lag
 from taskstream.workers.outcome import Failure, Success
 from taskstream.workers.runtime import Pool, execute_batch
 from taskstream.workers.slots import Slots
@@ -293,3 +298,43 @@ def test_slots_follow_a_new_limit() -> None:
                                        "in_use=1"]
 
 
+
+
+# -- lag and bulk filters --------------------------------------------------------------------
+
+
+def test_partition_lag_counts_from_the_commit_or_the_start() -> None:
+    assert partition_lag(end=10, start=0, committed=None) == 10
+    assert partition_lag(end=10, start=4, committed=None) == 6
+    assert partition_lag(end=10, start=4, committed=7) == 3
+    assert partition_lag(end=10, start=8, committed=2) == 2  # records before start are gone
+
+
+def test_queue_lag_names_the_tag_sets_no_worker_holds() -> None:
+    plain, gpu = ready_topic(SETTINGS, "q", 0), ready_topic(SETTINGS, "q", 0, ["gpu"])
+    topics = {plain: ReadyTopic("q", (), 0), gpu: ReadyTopic("q", ("gpu",), 0)}
+    lag = queue_lag("q", "g", topics, {plain: 2, gpu: 2},
+                    ends={(plain, 0): 5, (plain, 1): 1, (gpu, 0): 4, (gpu, 1): 3},
+                    starts={}, committed={(plain, 0): 5, (gpu, 0): 1},
+                    assigned=[(plain, 0), (plain, 1)], members=1)
+    assert lag.lag == 1 + 3 + 3 and lag.unserved == {("gpu",): 6}
+    assert lag.body()["unserved"] == [{"tags": ["gpu"], "lag": 6}]
+
+
+def test_bulk_cancel_needs_a_filter_and_a_cancellable_state() -> None:
+    query, body = bulk_query({"queue": "q", "state": "ready",
+                              "submitted_before": "2026-01-01T00:00:00Z", "dry_run": True})
+    assert query.queue == "q" and query.state is TaskStatus.READY and body.dry_run
+    assert query.before_ms == 1767225600000
+    for bad in ({}, {"dry_run": True}, {"state": "SUCCEEDED"}, {"queue": "q", "x": 1},
+                {"submitted_before": "yesterday"}):
+        with pytest.raises(ApiError) as info:
+            bulk_query(bad)
+        assert info.value.status == 400
+
+
+def test_the_queues_table_says_which_tags_wait() -> None:
+    queues = [{"name": "q", "lag": {"unserved": [{"tags": ["gpu"], "lag": 4}]}},
+              {"name": "r", "lag": None}]
+    assert unserved_notes(queues) == [
+        "queue q: 4 task(s) tagged gpu waiting: no live worker has tags gpu"]
