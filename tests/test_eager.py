@@ -55,7 +55,7 @@ def test_a_handler_runs_with_a_real_context_and_returns_json() -> None:
 
 
 def test_retries_run_at_once_up_to_max_attempts() -> None:
-    app, seen = make_app()
+    app, _ = make_app()
     runner = EagerRunner(app)
     ok = runner.submit("flaky", {"succeed_on": 3}, max_attempts=3)
     assert ok.result() == {"attempt": 3} and len(ok.failures) == 2
