@@ -170,8 +170,7 @@ class EagerRunner:
     def _parents(self, handle: EagerHandle) -> str:
         for parent_id in handle.spec.depends_on:
             parent = self.tasks.get(parent_id)
-            if parent is None or parent.status not in (TaskStatus.SUCCEEDED, TaskStatus.DEAD,
-                                                       TaskStatus.CANCELLED):
+            if parent is None or not parent.status.terminal:
                 return "wait"
             if parent.status is not TaskStatus.SUCCEEDED:
                 handle.status = TaskStatus.CANCELLED
