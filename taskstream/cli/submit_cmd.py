@@ -25,6 +25,7 @@ _OPTION_OF_FIELD = {
     "idempotency_key": "--key",
     "max_attempts": "--max-attempts",
     "timeout": "--timeout",
+    "tags": "--tags",
     "name": "NAME",
 }
 
@@ -62,6 +63,8 @@ def parse_payload(text: str | None) -> Any:
 @click.option("--key", default=None, help="idempotency key: the same NAME and KEY run once")
 @click.option("--max-attempts", type=int, default=None, help="attempts before DEAD")
 @click.option("--timeout", type=float, default=None, metavar="S", help="execution timeout")
+@click.option("--tags", default=None, metavar="T1,T2",
+              help="run only on workers started with these tags (--tags on the worker)")
 @click.option(
     "--count", type=click.IntRange(min=1, max=10_000_000), default=1, help="submit N copies"
 )
@@ -75,6 +78,7 @@ def submit(
     key: str | None,
     max_attempts: int | None,
     timeout: float | None,
+    tags: str | None,
     count: int,
 ) -> None:
     """Submit task NAME and print its task ID (one line per task)."""
@@ -94,6 +98,7 @@ def submit(
             "idempotency_key": key,
             "max_attempts": max_attempts,
             "timeout": timeout,
+            "tags": [t.strip() for t in tags.split(",") if t.strip()] if tags else None,
         }.items()
         if v is not None
     }
