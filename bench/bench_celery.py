@@ -1,10 +1,13 @@
 """Celery with a Redis broker on this machine, behind the calls ``bench_e2e`` measures.
 
 ``CeleryRig`` starts its own ``redis-server`` on a free 127.0.0.1 port with
-persistence stated (AOF on, ``appendfsync everysec``, no RDB snapshots) and a
-Celery worker (``--pool threads`` with the same concurrency as our worker, one
-process like ours), submits ``bench.noop`` (celery_app.py) and reads each task's
-submitted/started/finished times back from the result backend.
+persistence stated (AOF on, ``appendfsync everysec``, no RDB snapshots) and one
+``celery worker`` with Celery's defaults: the prefork pool at concurrency = CPU
+count, unless told otherwise (``pool="threads"`` for the second row), gossip,
+mingle and heartbeats on. It submits ``bench.noop`` (celery_app.py: acks late,
+Redis result backend) and reads each task's submitted/started/finished times
+back from the result backend. ``meter()`` reads the CPU of the worker with its
+pool processes and of Redis.
 
 Durability, compared: our events are acknowledged by Kafka (acks=all) once in the
 broker's page cache; Kafka does not fsync each write (replication is its
@@ -27,6 +30,7 @@ from typing import Any
 
 import redis
 from bench_e2e import Times
+from cpu import CpuMeter
 
 from taskstream.dev.procs import Child, ChildSpec, free_port
 
@@ -45,16 +49,17 @@ def redis_server() -> str:
 class CeleryRig:
     name = "celery"
 
-    def __init__(self, *, concurrency: int = 16, pool: str = "threads",
+    def __init__(self, *, concurrency: int | None = None, pool: str = "prefork",
                  workdir: Path | None = None) -> None:
+        """``concurrency``: Celery's default (the CPU count) when None."""
         from celery_app import app, noop
 
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="taskstream-bench-celery-"))
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
-        self.concurrency, self.pool = concurrency, pool
+        self.concurrency, self.pool = concurrency or os.cpu_count() or 1, pool
         self.children: list[Child] = []
-        self.pending: set[str] = set()
+        self.pending: dict[str, None] = {}  # submitted, not seen done; in submit order
         self.redis_version = ""
         os.environ["BENCH_REDIS_URL"] = self.url
         app.conf.broker_url, app.conf.result_backend = f"{self.url}/0", f"{self.url}/1"
@@ -76,8 +81,7 @@ class CeleryRig:
         worker = Child(ChildSpec(
             "celery worker",
             (sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", self.pool,
-             "--concurrency", str(self.concurrency), "--loglevel", "WARNING",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"),
+             "--concurrency", str(self.concurrency), "--loglevel", "WARNING"),
             self.workdir / "celery.log", env, HERE))
         self.children.append(worker)
 
@@ -100,12 +104,12 @@ class CeleryRig:
         with self.app.producer_or_acquire() as producer:
             for _ in range(n):
                 ids.append(self.noop.apply_async((time.time() * 1000,), producer=producer).id)
-        self.pending.update(ids)
+        self.pending.update(dict.fromkeys(ids))
         return ids
 
     def submit_one(self, delay_s: float | None = None) -> str:
         task_id = str(self.noop.apply_async((time.time() * 1000,), countdown=delay_s).id)
-        self.pending.add(task_id)
+        self.pending[task_id] = None
         return task_id
 
     def flush(self) -> None:
@@ -122,16 +126,27 @@ class CeleryRig:
         return out
 
     def wait_all_done(self, timeout: float) -> bool:
+        """Poll the result backend until every pending task succeeded. While the last
+        100 submitted are not all done, only they are read (Redis serves the poll too:
+        reading 50,000 keys twice a second would show in its CPU per task)."""
         deadline = time.monotonic() + timeout
         while self.pending:
-            metas = self._metas(sorted(self.pending))
-            self.pending -= {t for t, m in metas.items() if m.get("status") == "SUCCESS"}
+            tail = list(self.pending)[-100:]
+            if self._done(tail) == len(tail):  # the newest are done: read the rest
+                self._done(list(self.pending))
             if not self.pending:
                 break
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.5)
         return True
+
+    def _done(self, ids: list[str]) -> int:
+        """How many of ``ids`` succeeded; those are no longer pending."""
+        finished = [t for t, m in self._metas(ids).items() if m.get("status") == "SUCCESS"]
+        for task_id in finished:
+            self.pending.pop(task_id, None)
+        return len(finished)
 
     def times(self, ids: Sequence[str], since_ms: int) -> list[Times]:
         out = []
@@ -141,6 +156,15 @@ class CeleryRig:
                 out.append(Times(result["submitted_ms"], result["started_ms"],
                                  result["finished_ms"]))
         return out
+
+    def meter(self) -> CpuMeter:
+        """The Celery worker with its pool processes, Redis, and this process (client)."""
+        meter = CpuMeter()
+        names = {c.name: c.pid for c in self.children}
+        meter.add("celery worker", names["celery worker"])
+        meter.add("redis", names["redis-server"])
+        meter.add_alone("client", os.getpid())
+        return meter
 
     def close(self) -> None:
         for child in reversed(self.children):
@@ -154,4 +178,4 @@ class CeleryRig:
                 "redis_persistence": {"appendonly": "yes", "appendfsync": "everysec",
                                       "rdb_snapshots": "off"},
                 "pool": self.pool, "concurrency": self.concurrency, "worker_processes": 1,
-                "acks_late": True, "track_started": True, "result_backend": "redis"}
+                "acks_late": True, "result_backend": "redis", "loglevel": "warning"}

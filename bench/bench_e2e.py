@@ -20,7 +20,10 @@ own clock around a call. Nothing here asserts a timing.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -32,12 +35,23 @@ from typing import Any, Protocol
 
 import httpx
 from confluent_kafka.admin import AdminClient
+from cpu import CpuMeter
 
 from taskstream.admin import ensure_topics
-from taskstream.dev.procs import Child, free_port, start_processor, start_worker, stop_all
+from taskstream.dev.platform import DevOptions
+from taskstream.dev.procs import (
+    Child,
+    free_port,
+    settings_env,
+    start_processor,
+    start_worker,
+    stop_all,
+    taskstream_argv,
+)
 from taskstream.dev.workload import percentile
 from taskstream.producer import TaskProducer
 from taskstream.settings import Settings, load_settings
+from taskstream.topics import worker_group
 
 ROOT = Path(__file__).resolve().parent.parent
 NOOP = "examples.noop"
@@ -137,6 +151,10 @@ def measure_paced(system: System, rate: float, seconds: float, timeout: float,
     if delay_s is None:
         result["submit_to_start_ms"] = stats([t.started_ms - t.submitted_ms for t in times])
         result["submit_to_done_ms"] = stats([t.finished_ms - t.submitted_ms for t in times])
+        # a backlog that grows shows first in the last tasks submitted
+        last = sorted(times, key=lambda t: t.submitted_ms)[len(times) * 3 // 4:]
+        result["last_quarter_submit_to_start_ms"] = stats(
+            [t.started_ms - t.submitted_ms for t in last])
     else:
         result["delay_s"] = delay_s
         result["start_after_due_ms"] = stats(
@@ -144,24 +162,21 @@ def measure_paced(system: System, rate: float, seconds: float, timeout: float,
     return result
 
 
-def load_profile(system: System, max_rate: float, fractions: Sequence[float], seconds: float,
-                 timeout: float) -> list[dict[str, Any]]:
-    """Latency at each fraction of the measured maximum rate."""
-    out = []
-    for fraction in fractions:
-        row = measure_paced(system, max(1.0, max_rate * fraction), seconds, timeout)
-        row["fraction_of_max"] = fraction
-        out.append(row)
-    return out
-
-
 class OursRig:
-    """A processor (or more) and worker(s) on fresh topics; a TaskProducer to submit."""
+    """A processor (or more) and worker(s) on fresh topics; a TaskProducer to submit.
+
+    As ``taskstream dev`` runs the platform: 6 event partitions, 3 ready partitions
+    per level, a standby replica, workers at dev's concurrency with the async pool
+    (``app``: ``examples.tasks``); ``overrides`` change settings for every process.
+    Logs at ``warning`` (dev logs at ``info``: a line per task start and success).
+    """
 
     name = "taskstream"
 
-    def __init__(self, bootstrap: str, *, concurrency: int = 16, workdir: Path | None = None,
-                 ready_timeout: float = 90.0, **overrides: Any) -> None:
+    def __init__(self, bootstrap: str, *, concurrency: int = DevOptions().concurrency,
+                 workdir: Path | None = None, ready_timeout: float = 90.0,
+                 broker_pids: Sequence[int] = (), app: str = "examples.tasks",
+                 task: str = NOOP, **overrides: Any) -> None:
         """``overrides``: more settings for every process of the rig (``session_timeout_s``)."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="taskstream-bench-"))
         self.settings: Settings = load_settings(**{
@@ -170,6 +185,8 @@ class OursRig:
             "kafka_timeout_s": 30.0, "data_dir": self.workdir / "data", **overrides})
         self.concurrency = concurrency
         self.ready_timeout = ready_timeout
+        self.broker_pids = list(broker_pids)
+        self.app, self.task = app, task
         self.processors: list[tuple[Child, str]] = []
         self.workers: list[Child] = []
         self.expected = 0
@@ -191,14 +208,57 @@ class OursRig:
         self.processors.append((child, url))
         return url
 
-    def add_worker(self) -> None:
+    def add_worker(self, timeout: float = 90.0) -> None:
+        """Start a worker and wait until the group is stable with it (see
+        ``wait_group_stable``: measuring before that measures the rebalance)."""
         i = len(self.workers)
-        self.workers.append(start_worker(self.settings, "examples.tasks",
+        self.workers.append(start_worker(self.settings, self.app,
                                          self.workdir / f"worker{i}.log", ROOT,
                                          concurrency=self.concurrency, pool="async"))
+        wait_group_stable(self.settings, len(self.workers), timeout)
 
     def remove_worker(self) -> None:
         self.workers.pop().stop(20.0)
+        if self.workers:
+            wait_group_stable(self.settings, len(self.workers), 90.0)
+
+    def meter(self) -> CpuMeter:
+        """This rig's processes for CPU readings: processor(s), worker(s), the broker
+        (when its PIDs are known) and this process (the client)."""
+        meter = CpuMeter()
+        meter.add("processor", *(c.pid for c, _ in self.processors))
+        meter.add("worker", *(c.pid for c in self.workers))
+        if self.broker_pids:
+            meter.add("broker", *self.broker_pids)
+        meter.add_alone("client", os.getpid())
+        return meter
+
+    def config(self) -> dict[str, Any]:
+        s = self.settings
+        return {"processors": len(self.processors), "workers": len(self.workers),
+                "concurrency": self.concurrency, "pool": "async", "partitions": s.partitions,
+                "ready_partitions": s.ready_partitions, "standby_replicas": s.standby_replicas,
+                "loglevel": "warning"}
+
+    def verify(self, timeout: float = 300.0) -> dict[str, Any]:
+        """``taskstream replay verify`` on this rig's topics: is the live task table
+        exactly the fold of the log? Its verdict (``ok``) and counts."""
+        started = time.monotonic()
+        proc = subprocess.run(
+            taskstream_argv("replay", "verify", "--json", "--quiet", "--wait-timeout", "120"),
+            env=settings_env(self.settings), cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout, check=False)
+        out: dict[str, Any] = {"exit_code": proc.returncode,
+                               "seconds": round(time.monotonic() - started, 1)}
+        try:
+            body = json.loads(proc.stdout)
+        except ValueError:
+            out.update(ok=False, error=(proc.stderr or proc.stdout).strip()[-500:])
+            return out
+        out.update(ok=bool(body.get("ok")), tasks=body.get("tasks"), events=body.get("events"),
+                   mismatches=len(body.get("mismatches") or []),
+                   skipped=body.get("skipped"))
+        return out
 
     def warm_up(self, n: int = 20, timeout: float = 120.0) -> float:
         """Run ``n`` tasks through (groups joined, caches warm); seconds it took."""
@@ -215,7 +275,7 @@ class OursRig:
         ids: list[str] = []
         for lo in range(0, n, CHUNK):
             size = min(CHUNK, n - lo)
-            ids += [h.task_id for h in self.producer.submit_many([{"name": NOOP}] * size)]
+            ids += [h.task_id for h in self.producer.submit_many([{"name": self.task}] * size)]
         self.producer.flush(60)
         self.expected += n
         return ids
@@ -223,8 +283,8 @@ class OursRig:
     def submit_one(self, delay_s: float | None = None) -> str:
         self.expected += 1
         if delay_s is None:
-            return self.producer.submit(NOOP).task_id
-        return self.producer.submit(NOOP, None, delay=delay_s).task_id
+            return self.producer.submit(self.task).task_id
+        return self.producer.submit(self.task, None, delay=delay_s).task_id
 
     def flush(self) -> None:
         self.producer.flush(60)
@@ -283,6 +343,39 @@ class OursRig:
         self.processors.clear()
         delete_topics(self.settings)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def group_assignment(settings: Settings, queue: str = "default") -> tuple[str, list[int]]:
+    """The broker's view of a queue's worker group: (state, ready partitions per member)."""
+    group = worker_group(settings, queue)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0})
+    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    counts = [len(m.assignment.topic_partitions if m.assignment else [])
+              for m in description.members]
+    return str(description.state.name), counts
+
+
+def wait_group_stable(settings: Settings, members: int, timeout: float,
+                      queue: str = "default") -> float:
+    """Wait until the queue's worker group is stable with ``members`` members and every
+    ready partition assigned; seconds waited. A warm-up that only runs tasks through
+    can finish before a new worker has joined, and the rebalance then lands in the
+    middle of the measurement."""
+    partitions = settings.ready_partitions * settings.priority_levels
+    started = time.monotonic()
+    seen: tuple[str, list[int]] = ("", [])
+    while time.monotonic() - started < timeout:
+        try:
+            seen = group_assignment(settings, queue)
+        except Exception:  # the group does not exist yet, or the coordinator moves
+            seen = ("UNKNOWN", [])
+        state, counts = seen
+        if state == "STABLE" and len(counts) == members and sum(counts) == partitions:
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise RuntimeError(f"the worker group of queue {queue!r} was not stable with {members} "
+                       f"member(s) holding {partitions} partitions within {timeout:g} s; "
+                       f"last seen: {seen}")
 
 
 def delete_topics(settings: Settings) -> None:

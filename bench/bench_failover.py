@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -153,13 +152,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     timeouts = [float(t) for t in args.session_timeouts.split(",") if t.strip()]
-    from run import _broker
+    from run import broker_for_run
 
-    from taskstream.localkafka import cluster as localkafka
-
-    bootstrap, own_kafka = _broker(args.bootstrap, Path(tempfile.mkdtemp(prefix="ts-fo-")))
     runs: list[dict[str, Any]] = []
-    try:
+    with broker_for_run(args.bootstrap) as (bootstrap, _):
         for i in range(args.runs):
             for timeout in timeouts:  # alternating: drift in the machine's load hits both
                 row = one_run(bootstrap, timeout, args.rate, args.pre, args.post)
@@ -167,9 +163,6 @@ def main() -> None:
                       f"{row['serve_again_s']} s, throughput back after "
                       f"{row['throughput_recovered_s']} s", flush=True)
                 runs.append(row)
-    finally:
-        if own_kafka is not None:
-            localkafka.down(own_kafka)
     summary = []
     for t in timeouts:
         mine = [r for r in runs if r["session_timeout_s"] == t]

@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, Times, paced, stats
-
-from taskstream.localkafka import cluster as localkafka
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MIB = 1024 * 1024
@@ -213,20 +210,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    from run import _broker
+    from run import broker_for_run
 
-    scratch = Path(tempfile.mkdtemp(prefix="taskstream-soak-"))
-    bootstrap, own_kafka = _broker(args.bootstrap, scratch)
-    broker_pids: list[int] = []
-    if own_kafka is not None:
-        state = localkafka.read_state(own_kafka)
-        broker_pids = [n.pid for n in state.nodes] if state is not None else []
-    try:
+    with broker_for_run(args.bootstrap) as (bootstrap, broker_pids):
         result = run(bootstrap, minutes=args.minutes, rate=args.rate, interval=args.interval,
                      broker_pids=broker_pids, concurrency=args.concurrency)
-    finally:
-        if own_kafka is not None:
-            localkafka.down(own_kafka)
     load = os.getloadavg()
     result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "command": " ".join(["python", "bench/bench_soak.py", *sys.argv[1:]]),

@@ -12,24 +12,29 @@ import matplotlib.pyplot as plt
 
 
 def _latency_vs_load(results: dict[str, Any], out: Path) -> Path | None:
-    series = {"taskstream": results.get("e2e", {}).get("profile"),
-              "celery": results.get("celery", {}).get("profile")}
+    """submit->start p50 and p99 at each paced rate the sustainable-rate search tried."""
+    runs = results.get("compare", {}).get("runs") or {}
+    series = {system: sorted((s for run in rows for s in
+                              (run.get("sustainable") or {}).get("steps") or []),
+                             key=lambda s: s["achieved_rate"])
+              for system, rows in runs.items()}
     if not any(series.values()):
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, rows in series.items():
-        if not rows:
+    for name, steps in series.items():
+        steps = [s for s in steps if (s.get("submit_to_start_ms") or {}).get("p99") is not None]
+        if not steps:
             continue
-        xs = [r["achieved_rate"] for r in rows]
+        xs = [s["achieved_rate"] for s in steps]
         for q, style in (("p50", "-o"), ("p99", "--s")):
-            ys = [r["submit_to_start_ms"][q] for r in rows]
-            ax.plot(xs, ys, style, label=f"{name} {q}")
-    ax.set_xlabel("submitted tasks/s (25 %, 50 %, 90 % of each system's max)")
+            ax.plot(xs, [s["submit_to_start_ms"][q] for s in steps], style, label=f"{name} {q}")
+    ax.axhline(100, color="grey", linewidth=0.8, label="p99 limit of 'held'")
+    ax.set_xlabel("paced submits, tasks/s (the sustainable-rate search's steps)")
     ax.set_ylabel("submit -> start, ms")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_title("Submit-to-start latency under load (no-op tasks)")
+    ax.legend(fontsize=7)
+    ax.set_title("Submit-to-start latency under paced load (no-op tasks)")
     path = out / "latency_vs_load.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -38,22 +43,27 @@ def _latency_vs_load(results: dict[str, Any], out: Path) -> Path | None:
 
 
 def _throughput(results: dict[str, Any], out: Path) -> Path | None:
-    bars: list[tuple[str, float]] = []
-    for row in results.get("scaling", {}).get("rows", []):
+    """Per system: burst tasks/s and the sustainable rate (medians of the runs)."""
+    bars: list[tuple[str, float, str]] = []
+    for system, med in (results.get("compare", {}).get("median") or {}).items():
+        for burst in med.get("bursts") or []:
+            if burst.get("steady_tasks_per_s"):
+                bars.append((f"{system}\nburst {burst['tasks']:,}",
+                             burst["steady_tasks_per_s"], "tab:blue"))
+        if med.get("sustainable_rate"):
+            bars.append((f"{system}\nsustainable", med["sustainable_rate"], "tab:orange"))
+    for row in (results.get("scaling", {}).get("io") or {}).get("rows") or []:
         if row.get("steady_tasks_per_s"):
-            bars.append((row["label"], row["steady_tasks_per_s"]))
-    celery = results.get("celery", {}).get("max", {})
-    if celery.get("steady_tasks_per_s"):
-        bars.append(("celery+redis\n1 worker", celery["steady_tasks_per_s"]))
+            bars.append((f"I/O tasks\n{row['workers']} worker(s)", row["steady_tasks_per_s"],
+                         "tab:green"))
     if not bars:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar([b[0] for b in bars], [b[1] for b in bars],
-           color=["tab:blue"] * (len(bars) - 1) + ["tab:orange"])
-    ax.set_ylabel("no-op tasks/s (steady)")
-    ax.set_title("End-to-end throughput on this machine")
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(bars)), 4))
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    ax.set_ylabel("tasks/s")
+    ax.set_title("Throughput on this machine (bursts, sustainable rate, I/O-bound scaling)")
     ax.grid(True, axis="y", alpha=0.3)
-    plt.setp(ax.get_xticklabels(), fontsize=8)
+    plt.setp(ax.get_xticklabels(), fontsize=7)
     path = out / "throughput.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -3,6 +3,8 @@
 Each one shows one behaviour of the runtime:
 
 * ``examples.noop`` — the fastest possible task (benchmarks);
+* ``examples.io_wait`` — waits ``payload["seconds"]`` (default 0.05) without
+  using the CPU, like a call to another service (the workers-scaling bench);
 * ``examples.slow`` — sleeps ``payload["seconds"]`` (shutdown, leases);
 * ``examples.flaky`` — fails on attempts 1 and 2, succeeds on 3 (retries);
 * ``examples.poison`` — always raises (ends DEAD after its attempts);
@@ -26,6 +28,11 @@ app = TaskApp("examples")
 @app.task(name="examples.noop")
 async def noop(payload: Any) -> None:
     return None
+
+
+@app.task(name="examples.io_wait")
+async def io_wait(payload: dict[str, Any] | None) -> None:
+    await asyncio.sleep(float((payload or {}).get("seconds", 0.05)))
 
 
 @app.task(name="examples.slow")

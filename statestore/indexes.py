@@ -113,6 +113,19 @@ class PartitionIndex:
         if self._counts[group] <= 0:
             del self._counts[group]
 
+    def batch(self) -> IndexBatch:
+        """Moves to write together (the batched fold: one write per index per batch)."""
+        return IndexBatch(self)
+
+    def _moved(self, counts: Counter[tuple[str, str, int]], due_floor: bytes | None) -> None:
+        """A batch was written: its count changes and lowest new timer apply now."""
+        if self._counts is not None:
+            self._counts.update(counts)
+            for group in [g for g, n in self._counts.items() if n <= 0]:
+                del self._counts[group]
+        if due_floor is not None and due_floor < self._due_floor:
+            self._due_floor = due_floor
+
     def fill(self, states: Iterable[TaskState]) -> int:
         """Write the entries of ``states`` in batches (the DBs are empty)."""
         due, listing, n = WriteBatch(raw_mode=True), WriteBatch(raw_mode=True), 0
@@ -155,6 +168,60 @@ class PartitionIndex:
         if self._counts is None:
             self._counts = count_listing(self.listing)
         return Counter(self._counts)
+
+
+class IndexBatch:
+    """One batch's index moves: one RocksDB write per index at :meth:`commit`.
+
+    A task's entries move from its state before the batch to its state after it. The
+    counts move by those two states, not by reading the old entry: the index holds
+    exactly the entries of the states (it is rebuilt from them whenever in doubt, D10),
+    so the state before the batch says which entry is there.
+    """
+
+    def __init__(self, index: PartitionIndex) -> None:
+        self._index = index
+        self._due = WriteBatch(raw_mode=True)
+        self._listing = WriteBatch(raw_mode=True)
+        self._counts: Counter[tuple[str, str, int]] = Counter()
+        self._due_floor: bytes | None = None
+
+    def move(self, before: TaskState | None, after: TaskState) -> None:
+        timer_before, timer_after = timer_of(before), timer_of(after)
+        if timer_before != timer_after:
+            if timer_before is not None:
+                self.drop_timer(timer_before.due_at_ms, timer_before.task_id)
+            if timer_after is not None:
+                key = keys.due_key(timer_after.due_at_ms, timer_after.task_id)
+                self._due.put(key, keys.due_value(timer_after.kind, timer_after.attempt,
+                                                  timer_after.dispatch_id))
+                if self._due_floor is None or key < self._due_floor:
+                    self._due_floor = key
+        if before is not None and (before.queue, before.status, before.priority) == (
+                after.queue, after.status, after.priority):
+            return
+        if before is not None:
+            self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
+            self._counts[(before.queue, before.status.value, before.priority)] -= 1
+        self._listing.put(keys.listing_key(after.queue, after.status, after.task_id),
+                          str(after.priority).encode())
+        self._counts[(after.queue, after.status.value, after.priority)] += 1
+
+    def remove(self, before: TaskState) -> None:
+        """A task left the table: its timer and listing entries go."""
+        timer = timer_of(before)
+        if timer is not None:
+            self.drop_timer(timer.due_at_ms, timer.task_id)
+        self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
+        self._counts[(before.queue, before.status.value, before.priority)] -= 1
+
+    def drop_timer(self, due_at_ms: int, task_id: str) -> None:
+        self._due.delete(keys.due_key(due_at_ms, task_id))
+
+    def commit(self) -> None:
+        self._index.due.write(self._due)
+        self._index.listing.write(self._listing)
+        self._index._moved(self._counts, self._due_floor)
 
 
 def count_listing(db: Any) -> Counter[tuple[str, str, int]]:

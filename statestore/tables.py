@@ -6,29 +6,70 @@
   derived from the task table, kept for this replica's active partitions only and
   rebuilt from the task table when a partition becomes active here.
 
-The task table is written only inside the fold (Faust's rule); the indexes are
-written beside it, on the same partition.
+Only the fold writes: the batched fold writes a partition's RocksDB directly, one
+write batch per batch, and sends the changelog records itself (D19); the index
+entries move beside the states, on the same partition.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import faust
+from rocksdict import WriteBatch
 
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
 from taskstream.statestore import keys
-from taskstream.statestore.indexes import LocalIndexes, timer_of
+from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, timer_of
 from taskstream.statestore.rocks import TABLE_OPTIONS
 from taskstream.topics import TASK_TABLE
 
 TABLE_NAMES = (TASK_TABLE,)
 #: Faust keeps its own keys (``__faust\0offset__``) in every partition's RocksDB
 FAUST_KEY_PREFIX = b"__faust"
+
+
+class PartitionWriter:
+    """One batch's writes to one partition: the task states in one RocksDB write
+    batch, their index entries moved in one write per index.
+
+    The batched fold (processors/live/engine.py) writes the partition's RocksDB
+    directly instead of through the Faust table's ``__setitem__``, which needs a
+    current stream event and queues a changelog record per write (D19); the engine
+    sends the changelog records itself. The index entries are written first, the
+    states last; the indexes are rebuilt from the states after any restart or
+    rebalance (D10), so a crash in between leaves nothing behind.
+    """
+
+    def __init__(self, db: Any, index: PartitionIndex) -> None:
+        self._db = db
+        self._index = index.batch()
+        self._batch = WriteBatch(raw_mode=True)
+
+    def put(self, key: bytes, encoded: bytes, before: TaskState | None, after: TaskState,
+            fired_timers: Iterable[int] = ()) -> None:
+        """Stage a task's new state; ``fired_timers``: due times of timers that fired for
+        it, whose entries go unless they are the task's timer now."""
+        self._batch.put(key, encoded)
+        self._index.move(before, after)
+        timer = timer_of(after)
+        for due_at_ms in fired_timers:
+            if timer is None or timer.due_at_ms != due_at_ms:
+                self._index.drop_timer(due_at_ms, after.task_id)
+
+    def delete(self, key: bytes, before: TaskState | None) -> None:
+        """Stage a task's removal: its state and every index entry of it go."""
+        self._batch.delete(key)
+        if before is not None:
+            self._index.remove(before)
+
+    def commit(self) -> None:
+        self._index.commit()
+        self._db.write(self._batch)
 
 
 class TaskTables:
@@ -45,30 +86,12 @@ class TaskTables:
                                     options=dict(TABLE_OPTIONS))
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)
 
-    # -- writes (inside the fold only) ---------------------------------------------
+    # -- writes (the batched fold only) -------------------------------------------
 
-    def put(self, partition: int, before: TaskState | None, after: TaskState,
-            encoded: bytes) -> None:
-        """Store a new state and move its index entries (the fold's one write)."""
-        self.tasks[after.task_id.encode()] = encoded
-        index = self.indexes.for_partition(partition, restored=True)
-        timer_before, timer_after = timer_of(before), timer_of(after)
-        if timer_before != timer_after:
-            if timer_before is not None:
-                index.drop_timer(timer_before.due_at_ms, timer_before.task_id)
-            if timer_after is not None:
-                index.put_timer(timer_after)
-        if before is None or (before.queue, before.status) != (after.queue, after.status):
-            if before is not None:
-                index.drop_listing(before)
-            index.put_listing(after)
-
-    def drop_stale_timer(self, partition: int, task_id: str, due_at_ms: int,
-                         current: TaskState | None) -> None:
-        """Remove the due entry a fired timer came from unless it is the task's timer now."""
-        timer = timer_of(current)
-        if timer is None or (timer.due_at_ms, timer.task_id) != (due_at_ms, task_id):
-            self.indexes.for_partition(partition, restored=True).drop_timer(due_at_ms, task_id)
+    def writer(self, partition: int) -> PartitionWriter:
+        """The batched fold's writes to one partition (see :class:`PartitionWriter`)."""
+        return PartitionWriter(self.partition_db(partition),
+                               self.indexes.for_partition(partition, restored=True))
 
     # -- reads ---------------------------------------------------------------------
 
@@ -77,7 +100,7 @@ class TaskTables:
         value = self.tasks.get(key)
         return value if isinstance(value, bytes) else None
 
-    def _db(self, partition: int) -> Any:
+    def partition_db(self, partition: int) -> Any:
         return self.tasks.data._db_for_partition(partition)
 
     def states_in(self, partition: int) -> Iterator[TaskState]:
@@ -97,13 +120,13 @@ class TaskTables:
     def scan_tasks(self, partition: int, after_task_id: str = "") -> Iterator[bytes]:
         """Encoded states of one partition in task ID order, after a cursor."""
         start = after_task_id.encode() + b"\x00" if after_task_id else b""
-        for key, value in self._db(partition).items(from_key=start):
+        for key, value in self.partition_db(partition).items(from_key=start):
             if key.startswith(FAUST_KEY_PREFIX):
                 continue  # Faust's own bookkeeping (the persisted changelog offset)
             yield value
 
     def get_in(self, partition: int, task_id: str) -> bytes | None:
-        value = self._db(partition).get(task_id.encode())
+        value = self.partition_db(partition).get(task_id.encode())
         return value if isinstance(value, bytes) else None
 
     def counts(self, partitions: list[int]) -> Counter[tuple[str, str, int]]:

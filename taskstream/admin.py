@@ -57,16 +57,19 @@ def _compact(replication: int) -> dict[str, str]:
     return {"cleanup.policy": "compact", "min.insync.replicas": _min_insync(replication)}
 
 
-def queue_topic_specs(settings: Settings, queue: str) -> list[TopicSpec]:
-    """The ready topics of one queue, highest priority first."""
+def queue_topic_specs(settings: Settings, queue: str, tags: Iterable[str] = ()
+                      ) -> list[TopicSpec]:
+    """The ready topics of one queue (and tag set, routed as the processor routes it:
+    ``topics.dispatch_topic``, D38), highest priority first."""
     if not topics.QUEUE_NAME.match(queue):
         raise TopicError(
             f"queue name {queue!r} is not valid: use 1-64 letters, digits, '_' or '-'"
         )
     config = _delete(settings.ready_retention_ms, settings.replication)
     return [
-        TopicSpec(name, settings.ready_partitions, config)
-        for name in topics.ready_topics(settings, queue)
+        TopicSpec(topics.dispatch_topic(settings, queue, level, tags), settings.ready_partitions,
+                  config)
+        for level in reversed(range(settings.priority_levels))
     ]
 
 

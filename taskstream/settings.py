@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         "broker, 1 s on `taskstream kafka up`'s), but at least 3 s",
     )
     timer_interval_s: float = Field(0.1, gt=0, le=60)
+    fold_batch_max: int = Field(
+        1_000, ge=1, le=100_000,
+        description="most events-topic records the processor folds in one batch")
+    processor_linger_ms: float = Field(
+        1.0, ge=0, le=1_000,
+        description="how long the processor's producer waits to fill a request")
     max_result_bytes: int = Field(256 * 1024, ge=0)
     default_lease_s: float = Field(30.0, gt=0)
 

@@ -14,6 +14,8 @@ consumer group and the prefix of their tables' changelogs
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,6 +32,12 @@ MAX_WORKER_TAGS = 16
 #: Kafka refuses longer topic names
 MAX_TOPIC_NAME = 249
 _TAGGED = "t"
+#: the one tag of a dispatch whose tags no worker could hold (route_tags); 43 characters,
+#: longer than any legal tag, so no worker can be started with it
+UNROUTABLE = "unroutable-"
+_UNROUTABLE_LEN = 43
+#: a tag segment as a ready topic's name may hold it (legal tags and the placeholder)
+_TOPIC_TAG = re.compile(r"^[A-Za-z0-9_-]{1,43}$")
 
 EVENTS = "events"
 QUEUES = "queues"
@@ -75,10 +83,7 @@ def canonical_tags(tags: Iterable[str], *, most: int = MAX_TASK_TAGS) -> tuple[s
     return tuple(unique)
 
 
-def ready_topic(settings: Settings, queue: str, level: int, tags: Iterable[str] = ()) -> str:
-    """The ready topic of (queue, tag set, level). Raises ValueError when the name would be
-    longer than Kafka allows (a long prefix, queue name and tags together)."""
-    tagset = canonical_tags(tags, most=MAX_WORKER_TAGS)
+def _ready_name(settings: Settings, queue: str, level: int, tagset: tuple[str, ...]) -> str:
     middle = "".join(f".{tag}" for tag in tagset)
     name = settings.topic(f"ready.{queue}{'.' + _TAGGED if tagset else ''}{middle}.p{level}")
     if len(name) > MAX_TOPIC_NAME:
@@ -86,6 +91,50 @@ def ready_topic(settings: Settings, queue: str, level: int, tags: Iterable[str] 
                          f"{len(name)} characters, over Kafka's {MAX_TOPIC_NAME}; use shorter "
                          "tags, a shorter queue name or a shorter topic prefix")
     return name
+
+
+def ready_topic(settings: Settings, queue: str, level: int, tags: Iterable[str] = ()) -> str:
+    """The ready topic of (queue, tag set, level). Raises ValueError for a bad tag or when
+    the name would be longer than Kafka allows (a long prefix, queue name and tags)."""
+    return _ready_name(settings, queue, level, canonical_tags(tags, most=MAX_WORKER_TAGS))
+
+
+def route_tags(settings: Settings, queue: str, tags: Iterable[str]) -> tuple[str, ...]:
+    """The tag set a dispatch is routed by: its tags made canonical, or, for tags no worker
+    could ever hold (not legal, too many, a topic name too long: only events written by
+    hand get past the SDK's checks), one placeholder longer than any legal tag, so the
+    task waits in a topic of its own, reported unserved, and never runs on a worker that
+    lacks one of its tags. Never raises; ``route_tags`` of its own result is that result."""
+    raw = list(tags)
+    if len(raw) == 1 and raw[0].startswith(UNROUTABLE) and len(raw[0]) == _UNROUTABLE_LEN:
+        return (raw[0],)
+    try:
+        tagset = canonical_tags(raw, most=MAX_WORKER_TAGS)
+        _ready_name(settings, queue, 9, tagset)
+        return tagset
+    except (ValueError, TypeError):
+        digest = hashlib.sha256(json.dumps(sorted(map(str, raw))).encode()).hexdigest()
+        return (f"{UNROUTABLE}{digest[:_UNROUTABLE_LEN - len(UNROUTABLE)]}",)
+
+
+def dispatch_topic(settings: Settings, queue: str, level: int, tags: Iterable[str] = ()
+                   ) -> str:
+    """Where the processor sends a dispatch of (queue, level, tags): :func:`route_tags`."""
+    return _ready_name(settings, queue, level, route_tags(settings, queue, tags))
+
+
+def route_key(settings: Settings, queue: str, tags: Iterable[str] = ()) -> str:
+    """One string per (queue, routed tag set): the queue's name when untagged (so the queue
+    registry's keys stay queue names), else ``<queue>.t.<tag>...`` (no queue name holds a
+    dot)."""
+    tagset = route_tags(settings, queue, tags)
+    return queue if not tagset else ".".join([queue, _TAGGED, *tagset])
+
+
+def parse_route(key: str) -> tuple[str, tuple[str, ...]]:
+    """(queue, routed tag set) of a :func:`route_key`."""
+    queue, _, rest = key.partition(f".{_TAGGED}.")
+    return queue, tuple(rest.split(".")) if rest else ()
 
 
 def ready_topics(settings: Settings, queue: str, tags: Iterable[str] = ()) -> list[str]:
@@ -120,7 +169,7 @@ def parse_ready_topic(settings: Settings, name: str) -> ReadyTopic | None:
     if middle[0] != _TAGGED or len(middle) < 2:
         return None
     tags = tuple(middle[1:])
-    if list(tags) != sorted(set(tags)) or not all(TAG_NAME.match(t) for t in tags):
+    if list(tags) != sorted(set(tags)) or not all(_TOPIC_TAG.match(t) for t in tags):
         return None
     return ReadyTopic(parts[0], tags, int(level[1:]))
 
@@ -144,6 +193,18 @@ def ready_subscription(settings: Settings, queue: str, worker_tags: Iterable[str
 def processor_app_id(settings: Settings) -> str:
     """The Faust app id: the processors' consumer group and changelog prefix."""
     return settings.topic(PROCESSOR)
+
+
+def fold_group(settings: Settings) -> str:
+    """The group the live fold commits its events offsets under; never joined, the
+    fold assigns itself the partitions Faust's assignor gave the replica (D19)."""
+    return f"{processor_app_id(settings)}.fold"
+
+
+def standby_group(settings: Settings) -> str:
+    """The group id of a replica's standby follower: assign-only, it never commits (its
+    offsets are persisted beside the copies it writes)."""
+    return f"{processor_app_id(settings)}.standby"
 
 
 def changelog_topic(settings: Settings, table: str) -> str:

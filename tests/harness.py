@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -42,10 +42,10 @@ class ProcessorProcess:
     """One ``taskstream processor`` replica in a child process."""
 
     def __init__(self, settings: Settings, data_dir: Path, web_port: int | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.extra_env = dict(extra_env or {})
         self.data_dir = data_dir
+        self.env = dict(env or {})  # added to the settings' environment (fault points, ...)
         self.web_port = web_port or free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
         self.log_path = data_dir.parent / f"processor-{self.web_port}.log"
@@ -57,8 +57,8 @@ class ProcessorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskstream", "processor",
                  "--web-port", str(self.web_port), "--data-dir", str(self.data_dir)],
-                env={**settings_env(self.settings), **self.extra_env}, stdout=log,
-                stderr=subprocess.STDOUT,
+                env={**settings_env(self.settings), **self.env},
+                stdout=log, stderr=subprocess.STDOUT,
             )
         wait_for(f"processor on :{self.web_port} to be ready (log {self.log_path})",
                  self._ready, timeout=ready_timeout, interval=0.2)

@@ -83,7 +83,7 @@ def test_over_the_rate_is_429_with_a_correct_retry_after(topics: Settings,
     env = {"TASKSTREAM_API_RATE_LIMIT": "0.5", "TASKSTREAM_API_RATE_BURST": "3",
            "TASKSTREAM_API_TOKENS": "{" + ",".join(
                f'"{token_digest(t)}": ["{s[0]}"]' for t, s in tokens.items()) + "}"}
-    replica = ProcessorProcess(topics, tmp_path / "replica0", extra_env=env).start()
+    replica = ProcessorProcess(topics, tmp_path / "replica0", env=env).start()
     try:
         with httpx.Client(base_url=replica.url, timeout=30) as http:
             alice = {"Authorization": "Bearer alice"}

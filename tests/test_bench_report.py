@@ -1,4 +1,5 @@
-"""The bench's pure parts: rates, failover recovery, the markdown report, plots."""
+"""The bench's pure parts: rates, the rate search, CPU readings, failover recovery, the
+markdown report, plots."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+from bench_compare import QUICK, Plan, held, next_rate, summarize
 from bench_e2e import Times, _rates, paced, stats
 from bench_failover import _recovery
+from cpu import CpuMeter, cpu_seconds, tree
 from plots import write_plots
 from report import markdown
 
@@ -55,19 +58,134 @@ def test_recovery_waits_for_the_dip_after_the_kill() -> None:
     assert _recovery(steady, kill, pre_s=2)["throughput_recovered_s"] == 0
 
 
-def _profile(rate: float) -> list[dict[str, Any]]:
-    lat = {"n": 10, "p50": 5.0, "p95": 9.0, "p99": 12.0, "max": 13.0}
-    return [{"fraction_of_max": f, "achieved_rate": rate * f, "submit_to_start_ms": lat,
-             "submit_to_done_ms": lat, "done": 10, "tasks": 10} for f in (0.25, 0.5, 0.9)]
+def _step(rate: float, p99: float, *, done: int = 100, last_p99: float | None = None,
+          achieved: float | None = None) -> dict[str, Any]:
+    return {"target_rate": rate, "achieved_rate": achieved or rate, "tasks": 100, "done": done,
+            "all_done_in_time": done == 100,
+            "submit_to_start_ms": {"p50": 5.0, "p99": p99},
+            "last_quarter_submit_to_start_ms": {"p99": p99 if last_p99 is None else last_p99}}
+
+
+def test_a_step_holds_only_when_every_rule_does() -> None:
+    assert held(_step(100, 40)) == (True, "held")
+    assert not held(_step(100, 140))[0]
+    assert not held(_step(100, 40, last_p99=150))[0]  # the backlog grows at the end
+    assert not held(_step(100, 40, done=99))[0]
+    assert not held(_step(100, 40, achieved=80))[0]  # the client could not keep up
+
+
+def test_the_search_doubles_then_bisects_to_the_precision() -> None:
+    plan = Plan(search_start=100, precision=0.1)
+    capacity = 700.0
+    rate: float | None = plan.search_start
+    best = worst = None
+    tried = []
+    while rate is not None:
+        tried.append(rate)
+        rate, best, worst = next_rate(rate, rate <= capacity, best, worst, plan)
+    assert tried[:4] == [100, 200, 400, 800]
+    assert best is not None and worst is not None
+    assert best <= capacity < worst <= best * 1.1
+    assert len(tried) <= 8
+
+
+def test_the_search_halves_when_the_start_fails_and_stops_at_its_cap() -> None:
+    plan = Plan(search_start=100, search_max=300)
+    assert next_rate(100, False, None, None, plan) == (50, None, 100)
+    assert next_rate(200, True, 100, None, plan) == (None, 200, None)  # 400 is over the cap
+
+
+def test_summary_takes_medians_over_runs() -> None:
+    def run(rate: float, cpu: float, sustained: float) -> dict[str, Any]:
+        burst = {"tasks": 10, "steady_tasks_per_s": rate, "tasks_per_s": rate,
+                 "all_done_in_time": True, "cpu_us_per_task": {"worker": cpu, "total": cpu}}
+        return {"bursts": [burst], "sustainable": {"rate": sustained},
+                "paced": {"target_rate": 1000.0, "achieved_rate": 990.0, "done": 5, "tasks": 5,
+                          "submit_to_start_ms": {"p50": 4.0, "p99": 9.0},
+                          "cpu_us_per_task": {"worker": cpu}},
+                "verify": {"ok": True}}
+
+    summary = summarize([run(100, 300, 50), run(300, 100, 70), run(200, 200, 60)])
+    assert summary["bursts"][0]["steady_tasks_per_s"] == 200
+    assert summary["bursts"][0]["cpu_us_per_task"] == {"total": 200, "worker": 200}
+    assert summary["sustainable_rate"] == 60 and summary["paced"]["p99_ms"] == 9
+    assert summary["verify"] == [{"ok": True}] * 3
+
+
+def test_cpu_readings_count_a_child_for_its_parent_but_not_for_the_harness() -> None:
+    import os
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nend = time.time() + 0.6\nwhile time.time() < end: "
+                              "pass\ntime.sleep(30)"])
+    try:
+        meter = CpuMeter()
+        meter.add("child", child.pid)
+        meter.add_alone("harness", os.getpid())
+        before = meter.read()
+        assert child.pid in tree(os.getpid())
+        import time
+
+        time.sleep(1.0)  # the child spins for 0.6 s of it
+        after = meter.read()
+        per = meter.per_task_us(before, after, tasks=1)
+        assert per["child"] is not None and per["child"] > 0
+        # the harness's own threads only: the child's spin is not in it, nor in the total twice
+        assert per["total"] == per["child"]
+        assert cpu_seconds([os.getpid()]) >= after["harness"]
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def _compare() -> dict[str, Any]:
+    def system(rate: float, cpu: dict[str, float]) -> dict[str, Any]:
+        return {"runs": 3, "sustainable_rate": rate / 2,
+                "bursts": [{"tasks": 10_000, "steady_tasks_per_s": rate,
+                            "cpu_us_per_task": {**cpu, "total": sum(cpu.values())}}],
+                "paced": {"target_rate": 1000.0, "achieved_rate": 1000.0, "p50_ms": 8.0,
+                          "p99_ms": 40.0}}
+
+    steps = [{"target_rate": 100.0, "achieved_rate": 100.0, "held": True, "verdict": "held",
+              "submit_to_start_ms": {"p50": 5.0, "p99": 20.0}},
+             {"target_rate": 200.0, "achieved_rate": 199.0, "held": False,
+              "verdict": "p99 submit->start 250 ms",
+              "submit_to_start_ms": {"p50": 50.0, "p99": 250.0}}]
+    ours = system(900, {"processor": 300.0, "worker": 200.0, "broker": 100.0})
+    ours["verify"] = [{"ok": True}, {"ok": False, "mismatches": 2},
+                      {"ok": False, "exit_code": 1, "error": "not caught up"}]
+    return {"median": {"taskstream": ours,
+                       "celery-prefork": system(300, {"celery worker": 2000.0, "redis": 250.0})},
+            "runs": {"taskstream": [{"sustainable": {"steps": steps, "rule": "p99 <= 100"}}]},
+            "reproduce": "python bench/run.py --only compare --runs 3"}
 
 
 def test_markdown_and_plots_of_a_full_result(tmp_path: Path) -> None:
     results = {
         "meta": {"command": "python bench/run.py", "cpus": 2},
-        "e2e": {"max": {"steady_tasks_per_s": 900.0}, "profile": _profile(900)},
-        "celery": {"max": {"steady_tasks_per_s": 300.0}, "profile": _profile(300)},
-        "scaling": {"rows": [{"label": "1 proc", "processors": 1, "workers": 1, "done": 5,
-                              "tasks": 5, "steady_tasks_per_s": 900.0, "tasks_per_s": 800.0}]},
+        "compare": _compare(),
+        "worker": {"config": {"workers": 1, "concurrency": 16},
+                   "drain": [{"tasks": 100, "done": 100, "tasks_per_s": 2000.0,
+                              "cpu_us_per_task": {"worker": 210.0, "broker": 40.0}}],
+                   "paced": {"target_rate": 1000.0, "achieved_rate": 999.0, "tasks": 50,
+                             "started": 50, "cpu_us_per_task": {"worker": 300.0},
+                             "dispatch_to_start_ms": {"p50": 2.0, "p99": 20.0}},
+                   "reproduce": "python bench/run.py --only worker"},
+        "scaling": {"noop": [{"processors": 2, "workers": 2, "done": 5, "tasks": 5,
+                              "steady_tasks_per_s": 900.0,
+                              "cpu_us_per_task": {"processor": 1.0, "total": 3.0}}],
+                    "io": {"task": "examples.io_wait", "wait_s": 0.05,
+                           "concurrency_per_worker": 8, "processors": 1, "ready_partitions": 12,
+                           "rows": [{"workers": 2, "done": 9, "tasks": 9,
+                                     "steady_tasks_per_s": 288.0,
+                                     "ideal_tasks_per_s": 320.0}]},
+                    "io_workers_alone": {"task": "examples.io_wait", "wait_s": 0.05,
+                                         "concurrency_per_worker": 8, "ready_partitions": 12,
+                                         "rows": [{"workers": 2, "done": 8, "tasks": 8,
+                                                   "tasks_per_s": 300.0,
+                                                   "ideal_tasks_per_s": 320.0,
+                                                   "started_per_worker": [5, 3]}]}},
         "failover": {"rate": 50.0, "serve_again_s": 7.5, "throughput_recovered_s": 8,
                      "done": 10, "tasks": 10, "pre_kill_s": 2.0,
                      "per_second_after_kill": [5, 5, 0, 0, 5]},
@@ -76,7 +194,17 @@ def test_markdown_and_plots_of_a_full_result(tmp_path: Path) -> None:
         "replay": {"error": "RuntimeError: boom"},
     }
     text = markdown(results)
-    assert "| max tasks/s (steady) | 900 | 300 | 3.00x |" in text
+    assert "| burst of 10,000: tasks/s | 900 | 300 | 3.00x |" in text
+    assert "| sustainable rate, tasks/s (held with p99 submit->start <= 100 ms) | 450 | 150 |" \
+        " 3.00x |" in text
+    assert "| taskstream | 10,000 | 300 | 200 | 100 | n/a | n/a | n/a | 600 |" in text
+    assert ("| `replay verify` after each taskstream run | clean, NOT clean (2 mismatches), "
+            "no verdict (exit 1: not caught up) |") in text
+    assert "- taskstream, run 1: 100 held, 200 not held (p99 submit->start 250 ms)" in text
+    assert "Reproduce: `python bench/run.py --only compare --runs 3`" in text
+    assert "| drain 1 | 100/100 | 2,000 | 210 | 40 | |" in text
+    assert "| 2 | 9/9 | 288 | 320 | 90% |" in text
+    assert "| 2 | 8/8 | 300 | 320 | 94% | 5 / 3 |" in text
     assert "| 50.0 | 7.5 s | 8 s | 10/10 | <= 5 s |" in text
     assert "`replay`: RuntimeError: boom" in text
     made = write_plots(results, tmp_path)
@@ -85,19 +213,11 @@ def test_markdown_and_plots_of_a_full_result(tmp_path: Path) -> None:
 
 def test_markdown_of_an_empty_run() -> None:
     text = markdown({"meta": {}})
-    assert text.startswith("# Benchmark results") and "n/a" in text
+    assert text.startswith("# Benchmark results") and "## " not in text
 
 
-def test_markdown_puts_equal_offered_rates_side_by_side() -> None:
-    lat = {"p50": 20.0, "p95": 40.0, "p99": 60.0}
-    results = {
-        "e2e": {"fixed": [{"rate": 200.0, "achieved_rate": 199.0, "submit_to_start_ms": lat}]},
-        "celery": {"fixed": [{"rate": 200.0, "achieved_rate": 198.0,
-                              "submit_to_start_ms": {"p50": 3.0, "p95": 5.0, "p99": 9.0}}]},
-    }
-    text = markdown(results)
-    assert ("| submit->start p50/p95/p99 ms at 200 tasks/s offered (achieved 199 vs 198/s) "
-            "| 20 / 40 / 60 | 3 / 5 / 9 | |") in text
+def test_quick_plan_is_smaller_than_the_full_one() -> None:
+    assert QUICK.paced_s < Plan().paced_s and max(QUICK.bursts) < max(Plan().bursts)
 
 
 def test_soak_summary_skips_the_warm_up_and_finds_the_trend() -> None:

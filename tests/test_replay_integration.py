@@ -218,6 +218,10 @@ def test_verify_history_until_and_export_after_a_full_workload(
     assert [line for line in out.splitlines() if line.startswith("MISMATCH")] == [
         f"MISMATCH {dead}: status: replay=<TaskStatus.DEAD: 'DEAD'> "
         "live=<TaskStatus.SUCCEEDED: 'SUCCEEDED'>"]
+    explained = out.split(f"MISMATCH {dead}", 1)[1]  # read without another command:
+    assert "TaskSubmitted" in explained and "=> " in explained  # its events, judged
+    [status] = [line for line in explained.splitlines() if line.startswith("  * status ")]
+    assert status.index("DEAD") < status.index("SUCCEEDED")  # replay left, live right
 
     # the export holds every event and reads back with fastavro
     code, _, err = cli(topics, "export", "--format", "avro", "--out",

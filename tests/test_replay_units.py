@@ -39,7 +39,7 @@ from taskstream.processors.replay.history import (
 )
 from taskstream.processors.replay.parallel import split
 from taskstream.processors.replay.read import ReadPlan, partition_for, read_batches
-from taskstream.processors.replay.verify import compare
+from taskstream.processors.replay.verify import compare, side_by_side
 from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
@@ -134,6 +134,20 @@ def test_compare_reports_tasks_missing_on_either_side() -> None:
     live["Z"] = dataclasses.replace(expected["C"], task_id="Z")
     assert [(m.task_id, m.kind) for m in compare(expected, live)] == [
         ("A", "missing-live"), ("Z", "missing-replay")]
+
+
+def test_a_mismatch_shows_both_states_side_by_side() -> None:
+    expected = _states()
+    live = dict(expected)
+    live["B"] = dataclasses.replace(live["B"], status=TaskStatus.SUCCEEDED, retries=7)
+    del live["C"]
+    differs, missing = compare(expected, live)
+    rows = {line[2:].split()[0]: line for line in side_by_side(differs.expected, differs.live)[1:]}
+    assert rows["status"].startswith("*") and "READY" in rows["status"]
+    assert "SUCCEEDED" in rows["status"].split("READY", 1)[1]  # replay left, live right
+    assert rows["retries"].startswith("*") and rows["task_id"].startswith(" ")
+    assert {line[0] for line in side_by_side(missing.expected, missing.live)[1:]} == {"*"}
+    assert all("(absent)" in line for line in side_by_side(missing.expected, None)[1:])
 
 
 # -- the rebuild fold -------------------------------------------------------------------------

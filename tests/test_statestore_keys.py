@@ -164,3 +164,49 @@ def test_a_timer_put_while_a_scan_is_paused_is_found_next_time(tmp_path: Path) -
     assert list(scan) == []
     assert [e.task_id for _, e in index.due_entries(100)] == ["A", "C"]
     index.close()
+
+
+# the batched fold's index moves: by states, one write per index per batch -------------------
+
+_STATUSES = [TaskStatus.SCHEDULED, TaskStatus.READY, TaskStatus.RUNNING, TaskStatus.RETRYING,
+             TaskStatus.SUCCEEDED]
+_MOVES = st.lists(st.lists(st.tuples(
+    st.integers(0, 5),                                  # task
+    st.one_of(st.none(), st.tuples(st.sampled_from(["q", "r"]), st.sampled_from(_STATUSES),
+                                   st.integers(0, 2), st.integers(0, 100))),  # new state or gone
+), max_size=6), max_size=12)
+
+
+@given(_MOVES)
+def test_batched_moves_keep_entries_and_counts_equal_to_the_states(
+        tmp_path_factory: pytest.TempPathFactory, batches: list[list[tuple]]) -> None:
+    """Whatever the states move to, or when they go, the indexes hold exactly the entries
+    of the current states and the running counts equal a fresh count."""
+    index = PartitionIndex(tmp_path_factory.mktemp("idx"))
+    current: dict[str, TaskState] = {}
+    try:
+        index.counts()
+        for moves in batches:
+            batch = index.batch()
+            for task_number, new in {t: n for t, n in moves}.items():  # one change per task
+                task = f"T{task_number:02d}"
+                before = current.get(task)
+                if new is None:
+                    if before is not None:
+                        batch.remove(before)
+                        del current[task]
+                    continue
+                queue, status, priority, due = new
+                after = dataclasses.replace(_state(task, queue, status, due), priority=priority)
+                batch.move(before, after)
+                current[task] = after
+            batch.commit()
+            assert index.counts() == count_listing(index.listing)
+            assert dict(index.listing.items()) == {
+                keys.listing_key(s.queue, s.status, s.task_id): str(s.priority).encode()
+                for s in current.values()}
+            timers = sorted((t for s in current.values() if (t := timer_of(s)) is not None),
+                            key=lambda t: (t.due_at_ms, t.task_id))
+            assert [e for _, e in index.due_entries(1_000)] == timers
+    finally:
+        index.close()

@@ -20,9 +20,11 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import TOPIC as Q_TOPIC
+from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from taskstream.topics import cancellations_topic, quarantine_topic, ready_topic
 from taskstream.workers import TaskContext, TaskRegistry
+from taskstream.workers.flow import level_of_topic
 from taskstream.workers.queuectl import set_paused
 from tests.harness import TopicReader, wait_for
 from tests.test_worker_support import (
@@ -196,7 +198,6 @@ def test_two_workers_in_one_group_share_the_work(topics: Settings, events: Event
     with running_worker(app, topics) as one, running_worker(app, topics) as two:
         wait_for("both workers to hold partitions", lambda: all(
             any(w.assignment().values()) for w in (one, two)), timeout=30)
-        # the assignor balances partition counts, not levels: spread over every level
         envs = [ready_envelope("work", priority=i % 3) for i in range(30)]
         ReadyWriter(topics).send(*envs)
         events.wait("30 successes", lambda seen: sum(
@@ -204,6 +205,38 @@ def test_two_workers_in_one_group_share_the_work(topics: Settings, events: Event
         owners = {e.body.worker_id for e in events.seen  # type: ignore[union-attr]
                   if e.type_name == "TaskStarted"}
         assert owners == {one.worker_id, two.worker_id}
+
+
+def test_a_second_worker_shares_the_level_all_tasks_use(topics: Settings,
+                                                        events: Events) -> None:
+    """Every level's partitions are spread over the workers (roundrobin, D21): with
+    cooperative-sticky, a second worker got 4 of the 9 ready partitions, none of them
+    p0's, so tasks of one priority all ran on one worker and adding it cut nothing
+    but the rebalance."""
+    app = TaskRegistry()
+
+    @app.task(name="work")
+    async def work(payload: Any) -> None:
+        await asyncio.sleep(0.05)
+
+    p0 = ready_topic(topics, "default", 0)
+    with running_worker(app, topics, concurrency=4) as one:
+        wait_assigned(one)
+        with running_worker(app, topics, concurrency=4) as two:
+            wait_for("both workers to hold partitions of every level", lambda: all(
+                {level_of_topic(t) for t, _ in w.assignment()["default"]} == {0, 1, 2}
+                for w in (one, two)), timeout=30)
+            writer = ReadyWriter(topics)
+            envs = [ready_envelope("work") for _ in range(4 * topics.ready_partitions)]
+            for i, env in enumerate(envs):  # as many on every partition of p0
+                writer.producer.produce(p0, key=env.task_id.encode(), value=encode_event(env),
+                                        partition=i % topics.ready_partitions)
+            assert writer.producer.flush(10) == 0
+            events.wait(f"{len(envs)} successes", lambda seen: sum(
+                e.type_name == "TaskSucceeded" for e in seen) == len(envs))
+    owners = {e.body.worker_id for e in events.seen  # type: ignore[union-attr]
+              if e.type_name == "TaskStarted"}
+    assert owners == {one.worker_id, two.worker_id}
 
 
 def test_paused_queue_starts_nothing_until_resumed(topics: Settings, events: Events) -> None:

@@ -10,13 +10,18 @@ no worker at all (neither has ``ssd``), and the untagged ones start (on either).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from taskstream.admin import TopicSpec, create_topics
+from taskstream.schemas.events import Backoff, TaskSubmitted
+from taskstream.schemas.ids import new_task_id
+from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
 from taskstream.workers import TaskApp
+from tests.harness import EventWriter, ProcessorProcess, StateReader, wait_for
 from tests.test_worker_support import Events, ReadyWriter, ready_envelope, running_worker
 
 pytestmark = [pytest.mark.kafka]
@@ -69,3 +74,37 @@ def test_gpu_tagged_tasks_start_only_on_the_gpu_worker(topics: Settings) -> None
                                               for p in range(topics.ready_partitions)}
         assert not any(t == gpu_topic for t, _ in plain.assignment()["default"])
     events.close()
+
+
+def test_the_processor_routes_tagged_tasks_to_their_topic(topics: Settings,
+                                                           tmp_path: Path) -> None:
+    """End to end: tasks submitted with tags ``gpu`` go through the fold to the ``gpu`` ready
+    topic (made when first met) and run only on the gpu worker; untagged ones run too."""
+    replica = ProcessorProcess(topics, tmp_path / "replica0").start()
+    app = _app()
+    try:
+        writer, states = EventWriter(topics), StateReader(topics)
+        gpu_ids = [new_task_id() for _ in range(20)]
+        plain_ids = [new_task_id() for _ in range(20)]
+        with running_worker(app, topics, tags=["gpu"], concurrency=4) as gpu, \
+                running_worker(app, topics, concurrency=4) as plain:
+            for task_id in gpu_ids:
+                writer.send(task_id, _submitted(["gpu"]))
+            for task_id in plain_ids:
+                writer.send(task_id, _submitted([]))
+            wait_for("every task to succeed", lambda: all(
+                (s := states.refresh().get(t)) is not None and s.status is TaskStatus.SUCCEEDED
+                for t in gpu_ids + plain_ids), timeout=120, interval=0.5)
+        final = states.refresh()
+        assert {final[t].worker_id for t in gpu_ids} == {gpu.worker_id}
+        assert {final[t].worker_id for t in plain_ids} <= {gpu.worker_id, plain.worker_id}
+        assert {tuple(final[t].tags) for t in gpu_ids} == {("gpu",)}
+    finally:
+        replica.stop()
+
+
+def _submitted(tags: list[str]) -> TaskSubmitted:
+    return TaskSubmitted(
+        name="tags.work", queue="default", priority=0, payload=b"1",
+        content_type="application/json", eta_ms=None, max_attempts=3, backoff=Backoff(),
+        timeout_ms=None, lease_ms=30_000, tags=tags)

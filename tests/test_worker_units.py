@@ -16,7 +16,13 @@ import examples.tasks as example_tasks
 from taskstream.schemas.events import TaskDispatched
 from taskstream.workers import NonRetryableError, Retry, TaskContext, TaskRegistry, fail
 from taskstream.workers.errors import RegistrationError, TaskLoadError
-from taskstream.workers.flow import OffsetTracker, desired_paused, level_of_topic, waiting_levels
+from taskstream.workers.flow import (
+    Backpressure,
+    OffsetTracker,
+    desired_paused,
+    level_of_topic,
+    waiting_levels,
+)
 from taskstream.workers.loader import load_registry
 from taskstream.workers.outcome import Failure, Success, decode_payload, encode_result
 from taskstream.workers.queuectl import encode_command, parse_command
@@ -96,6 +102,26 @@ def test_payload_and_result_encoding() -> None:
     bad = encode_result(object())
     assert isinstance(bad, Failure) and bad.error_type == "ResultEncodeError"
     assert not bad.retryable
+    assert encode_result(None) == Success(b"null", "application/json")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12)
+
+
+@given(_JSON, st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]))
+def test_payloads_decode_as_json_loads_decides(value: Any, encoding: str) -> None:
+    """The UTF-8 fast path gives what ``json.loads(bytes)`` gives, in every encoding
+    json.loads detects."""
+    raw = json.dumps(value, ensure_ascii=False).encode(encoding)
+    assert decode_payload(raw, "application/json") == json.loads(raw)
+
+
+@given(_JSON)
+def test_results_encode_as_json_dumps_did(value: Any) -> None:
+    assert encode_result(value) == Success(json.dumps(value, separators=(",", ":")).encode())
 
 
 # -- runtime -------------------------------------------------------------------
@@ -299,6 +325,34 @@ def test_higher_levels_pause_lower_ones() -> None:
     assert desired_paused(levels, set(), full=True, queue_paused=False) == set(levels)
     assert desired_paused(levels, set(), full=False, queue_paused=True) == set(levels)
     assert level_of_topic("x.ready.q-1.p7") == 7
+
+
+def test_a_full_buffer_pauses_only_when_it_stays_full() -> None:
+    """Pausing drops what librdkafka fetched ahead: a buffer that is full for a moment
+    (the dispatcher is taking records) must not pause, one that stays full must."""
+    gate = Backpressure(prefetch=10, stall_s=1.0)
+    assert not gate.update(10, now=0.0)
+    assert not gate.update(9, now=0.5)  # a slot freed: the clock starts again
+    assert not gate.update(10, now=0.6)
+    assert not gate.update(12, now=1.5)
+    assert gate.update(10, now=1.6)  # full for a whole stall_s
+    assert gate.update(6, now=1.7)  # paused until half of the buffer has started
+    assert not gate.update(5, now=1.8)
+    assert not gate.update(10, now=1.9)
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.floats(0, 0.5)), max_size=60))
+def test_backpressure_never_pauses_a_buffer_with_room(steps: list[tuple[int, float]]) -> None:
+    gate, now, full_since = Backpressure(prefetch=10, stall_s=1.0), 0.0, None
+    for buffered, dt in steps:
+        now += dt
+        was_paused = gate.paused
+        paused = gate.update(buffered, now)
+        full_since = (full_since if full_since is not None else now) if buffered >= 10 else None
+        if paused and not was_paused:  # pauses only after stall_s of a full buffer
+            assert full_since is not None and now - full_since >= 1.0
+        if buffered <= 5:
+            assert not paused
 
 
 def test_queue_commands_round_trip() -> None:

@@ -21,10 +21,14 @@ from taskstream.topics import (
     MAX_TOPIC_NAME,
     ReadyTopic,
     canonical_tags,
+    dispatch_topic,
     parse_ready_topic,
+    parse_route,
     ready_subscription,
     ready_topic,
     ready_topics,
+    route_key,
+    route_tags,
 )
 from taskstream.workers import NonRetryableError, Retry, TaskApp, TaskContext
 from taskstream.workers.autoscale import AutoConcurrency, Bounds, Sample, parse_concurrency
@@ -59,6 +63,22 @@ def test_a_tag_set_is_sorted_without_repeats() -> None:
 def test_bad_tags_are_refused(tags: list[str]) -> None:
     with pytest.raises(ValueError, match="tag"):
         canonical_tags(tags)
+
+
+def test_dispatches_are_routed_by_their_tags_and_never_crash_the_fold() -> None:
+    assert dispatch_topic(SETTINGS, "q", 1, ["b", "a"]) == "ts.x-1.ready.q.t.a.b.p1"
+    assert dispatch_topic(SETTINGS, "q", 1) == ready_topic(SETTINGS, "q", 1)
+    assert route_key(SETTINGS, "q") == "q"
+    assert route_key(SETTINGS, "q", ["b", "a"]) == "q.t.a.b"
+    assert parse_route("q.t.a.b") == ("q", ("a", "b")) and parse_route("q") == ("q", ())
+    for bad in (["g.pu"], [""], ["x" * 40] * 2, [f"t{i}" for i in range(20)]):
+        (placeholder,) = route_tags(SETTINGS, "q", bad)
+        assert placeholder.startswith("unroutable-") and len(placeholder) == 43
+        assert route_tags(SETTINGS, "q", [placeholder]) == (placeholder,)
+        name = dispatch_topic(SETTINGS, "q", 0, bad)
+        assert parse_ready_topic(SETTINGS, name) == ReadyTopic("q", (placeholder,), 0)
+        with pytest.raises(ValueError):
+            canonical_tags([placeholder], most=16)  # no worker can be started with it
 
 
 def test_a_topic_name_over_kafkas_limit_is_refused() -> None:

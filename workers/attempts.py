@@ -3,10 +3,11 @@
 The order of durable steps for one record is the worker's (workers/worker.py,
 steps 3-5): ``TaskStarted`` produced and the handler started at once, the record
 settled when the broker acknowledges ``TaskStarted``, ``LeaseRenewed`` every
-``lease_ms / 3``, then ``TaskSucceeded`` or ``TaskFailed``. A batch (D39) does the
-same per record around one handler call. Cancellations are remembered here: a
-cancelled record is skipped, a running attempt interrupted (a batch's call goes
-on for the other records).
+``lease_ms / 3`` (one timer sweeps every running attempt), then ``TaskSucceeded``
+or ``TaskFailed``. A batch (D39) does the same per record around one handler
+call, in the batch's own task. Cancellations are remembered here: a cancelled
+record is skipped, a running attempt interrupted (a batch's call goes on for the
+other records; the cancelled one is reported cancelled).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
@@ -38,13 +37,18 @@ log = logging.getLogger("taskstream.worker")
 MIN_RENEW_S = 0.05
 
 
-@dataclass
+@dataclass(slots=True)
 class _Running:
+    """An attempt whose handler runs: ``task`` is the asyncio task running it (the
+    record's own task, or its batch's); its next LeaseRenewed is due at ``renew_at``
+    (loop time)."""
+
     envelope: Envelope
     ctx: TaskContext
-    task: asyncio.Task[Any]
+    task: asyncio.Task[None]
+    renew_every_s: float
+    renew_at: float
     cancel_requested: bool = False
-    started_at: float = field(default_factory=time.monotonic)
     in_batch: bool = False  # a cancellation marks it; the batch's call goes on for the rest
 
 
@@ -67,13 +71,15 @@ class AttemptRunner:
     """Starts records and reports their outcomes, for one worker."""
 
     def __init__(self, app: TaskRegistry, pool: Pool, emitter: EventEmitter,
-                 metrics: WorkerMetrics) -> None:
+                 metrics: WorkerMetrics, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
         self.pool = pool
         self.emitter = emitter
         self.metrics = metrics
+        self.loop = loop
         self.cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self.running: dict[str, _Running] = {}
+        self._lease_sweep: asyncio.TimerHandle | None = None
 
     def on_cancel(self, task_id: str, attempt: int) -> None:
         """A cancellation arrived: remember it; interrupt the attempt if it runs here."""
@@ -108,8 +114,9 @@ class AttemptRunner:
 
         emitter.started(envelope, on_delivered=on_started)
         started = time.monotonic()
-        self.metrics.started.labels(dispatched.name).inc()
-        self.metrics.queue_wait.labels(dispatched.queue).observe(
+        series = self.metrics.of_task(dispatched.name)
+        series.started.inc()
+        self.metrics.of_queue(dispatched.queue).observe(
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
@@ -117,54 +124,128 @@ class AttemptRunner:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
         else:
             outcome = await self._execute(task, envelope, dispatched)
-        self.metrics.run_seconds.labels(dispatched.name).observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        series.run_seconds.observe(took)
         if outcome is None:
             return
         emitter.outcome(envelope, outcome)
-        self._log_outcome(envelope, dispatched, outcome, time.monotonic() - started)
+        if isinstance(outcome, Failure):
+            self._log_failure(envelope, dispatched, outcome, took)
+        else:
+            series.succeeded.inc()
+            log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
+                     envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
+
+    async def _execute(self, task: TaskDef, envelope: Envelope,
+                       dispatched: TaskDispatched) -> Outcome | None:
+        """Run the handler in this record's own task; None when the worker stops it
+        without grace (no outcome: the lease recovers the attempt).
+
+        A cancellation of the task (``on_cancel``) reaches the handler as
+        ``CancelledError`` and is reported as ``Cancelled``; a handler that raises
+        ``CancelledError`` of its own ends the same way.
+        """
+        emitter, loop = self.emitter, self.loop
+        ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
+                          idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
+                          heartbeat=lambda: emitter.lease_renewed(envelope))
+        me = asyncio.current_task()
+        assert me is not None
+        every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
+        running = _Running(envelope, ctx, me, every, loop.time() + every)
+        self.running[envelope.task_id] = running
+        self._sweep_leases_by(running.renew_at)
+        threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
+        try:
+            outcome = await execute(task, dispatched, ctx, self.pool)
+        except asyncio.CancelledError:
+            if me.cancelling() and not running.cancel_requested:
+                raise  # stop without grace
+            if running.cancel_requested:
+                me.uncancel()
+            if threaded:
+                self.metrics.abandoned_threads.inc()
+            return cancelled_failure()
+        finally:
+            if self.running.get(envelope.task_id) is running:
+                del self.running[envelope.task_id]
+        if running.cancel_requested:  # the handler swallowed the cancellation
+            me.uncancel()
+            return cancelled_failure()
+        if threaded and isinstance(outcome, Failure) and outcome.timed_out:
+            self.metrics.abandoned_threads.inc()
+        return outcome
+
+    def _sweep_leases_by(self, when: float) -> None:
+        """Make sure the lease sweep runs by ``when`` (loop time). One timer serves every
+        running attempt: a timer per attempt cost more than a no-op task's handler."""
+        loop = self.loop
+        sweep = self._lease_sweep
+        if sweep is None or when < sweep.when():
+            if sweep is not None:
+                sweep.cancel()
+            self._lease_sweep = loop.call_at(when, self._renew_leases)
+
+    def _renew_leases(self) -> None:
+        """Emit LeaseRenewed for every attempt that is due; schedule the next sweep."""
+        emitter, loop = self.emitter, self.loop
+        self._lease_sweep = None
+        now = loop.time()
+        due: float | None = None
+        for running in list(self.running.values()):
+            if running.renew_at <= now:
+                running.renew_at = now + running.renew_every_s
+                emitter.lease_renewed(running.envelope)
+            due = running.renew_at if due is None else min(due, running.renew_at)
+        if due is not None:
+            self._sweep_leases_by(due)
+
+    def _log_failure(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Failure,
+                     took_s: float) -> None:
+        self.metrics.failed.labels(dispatched.name, outcome.error_type).inc()
+        event = "task.retry" if outcome.retryable else "task.failed"
+        log.warning("event=%s task_id=%s attempt=%d name=%s error_type=%s timed_out=%s "
+                    "took_ms=%d message=%r", event, envelope.task_id, envelope.attempt,
+                    dispatched.name, outcome.error_type, outcome.timed_out,
+                    took_s * 1000, outcome.message)
 
     async def run_batch(self, batch: Batch) -> None:
-        """Start a batch's records, call the handler once, emit one outcome per record.
-
-        Records of partitions revoked while they waited are dropped (their new owner reads
-        them again); cancelled ones are settled and skipped, as single records are.
-        """
+        """Start a batch's records, call the handler once in this task, emit one outcome
+        per record. Stopped without grace: no outcome (the leases recover them)."""
         task, items = batch.task, self._startable(batch.items)
         if not items:
             return
-        emitter = self.emitter
+        emitter, loop = self.emitter, self.loop
+        me = asyncio.current_task()
+        assert me is not None
         ctxs = self._start_batch(task, items)
         self.metrics.batch_size.labels(task.name).observe(len(items))
         log.info("event=batch.started name=%s size=%d", task.name, len(items))
         started = time.monotonic()
         records = [r.dispatched for _, r in items]
-        run = asyncio.create_task(execute_batch(task, records, ctxs, self.pool))
-        running = [_Running(r.envelope, ctx, run, in_batch=True)
-                   for (_, r), ctx in zip(items, ctxs, strict=True)]
-        for entry in running:
-            self.running[entry.envelope.task_id] = entry
-        renew = self._renew_leases([r.envelope for _, r in items],
-                                   min(d.lease_ms for d in records))
-        lease = asyncio.create_task(renew)
-        self.metrics.in_flight.inc(len(items))
+        running = []
+        for (_, record), ctx in zip(items, ctxs, strict=True):
+            every = max(record.dispatched.lease_ms / 3000, MIN_RENEW_S)
+            entry = _Running(record.envelope, ctx, me, every, loop.time() + every, in_batch=True)
+            self.running[record.envelope.task_id] = entry
+            self._sweep_leases_by(entry.renew_at)
+            running.append(entry)
         try:
-            await asyncio.wait({run})
-        except asyncio.CancelledError:  # stop without grace: no outcome, the leases recover
-            run.cancel()
-            raise
+            outcomes = await execute_batch(task, records, ctxs, self.pool)
         finally:
-            lease.cancel()
-            self.metrics.in_flight.dec(len(items))
             for entry in running:
                 if self.running.get(entry.envelope.task_id) is entry:
                     del self.running[entry.envelope.task_id]
         took = time.monotonic() - started
-        outcomes = [cancelled_failure()] * len(items) if run.cancelled() else run.result()
+        series = self.metrics.of_task(task.name)
         for entry, (_, record), outcome in zip(running, items, outcomes, strict=True):
-            self.metrics.run_seconds.labels(task.name).observe(took)
+            series.run_seconds.observe(took)
             final = cancelled_failure() if entry.cancel_requested else outcome
             emitter.outcome(record.envelope, final)
-            self._log_outcome(record.envelope, record.dispatched, final, took)
+            if isinstance(final, Failure):
+                self._log_failure(record.envelope, record.dispatched, final, took)
+            else:
+                series.succeeded.inc()
 
     def _startable(self, picked: list[Picked]) -> list[Picked]:
         """A batch's records that may start: not revoked while they waited (the new owner
@@ -183,6 +264,7 @@ class AttemptRunner:
     def _start_batch(self, task: TaskDef, items: list[Picked]) -> list[TaskContext]:
         """TaskStarted for each record (its offset settles on the ack); their contexts."""
         emitter = self.emitter
+        series = self.metrics.of_task(task.name)
         ctxs = []
         for consumer, record in items:
             envelope = record.envelope
@@ -193,8 +275,8 @@ class AttemptRunner:
                     c.settle(r.tp, r.offset)
 
             emitter.started(envelope, on_delivered=on_started)
-            self.metrics.started.labels(task.name).inc()
-            self.metrics.queue_wait.labels(record.dispatched.queue).observe(
+            series.started.inc()
+            self.metrics.of_queue(record.dispatched.queue).observe(
                 max(0.0, time.time() - envelope.occurred_at_ms / 1000))
             ctxs.append(TaskContext(
                 task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
@@ -202,58 +284,3 @@ class AttemptRunner:
                 headers=record.dispatched.headers,
                 heartbeat=functools.partial(emitter.lease_renewed, envelope)))
         return ctxs
-
-    async def _execute(self, task: TaskDef, envelope: Envelope,
-                       dispatched: TaskDispatched) -> Outcome | None:
-        emitter = self.emitter
-        ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
-                          idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope))
-        run = asyncio.create_task(execute(task, dispatched, ctx, self.pool))
-        running = self.running[envelope.task_id] = _Running(envelope, ctx, run)
-        lease = asyncio.create_task(self._renew_lease(envelope, dispatched.lease_ms))
-        self.metrics.in_flight.inc()
-        try:
-            await asyncio.wait({run})
-        except asyncio.CancelledError:  # stop without grace: no outcome, the lease recovers it
-            run.cancel()
-            raise
-        finally:
-            lease.cancel()
-            self.metrics.in_flight.dec()
-            if self.running.get(envelope.task_id) is running:
-                del self.running[envelope.task_id]
-        threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
-        if run.cancelled() or running.cancel_requested:
-            if threaded and run.cancelled():
-                self.metrics.abandoned_threads.inc()
-            return cancelled_failure()
-        outcome = run.result()
-        if threaded and isinstance(outcome, Failure) and outcome.timed_out:
-            self.metrics.abandoned_threads.inc()
-        return outcome
-
-    async def _renew_lease(self, envelope: Envelope, lease_ms: int) -> None:
-        await self._renew_leases([envelope], lease_ms)
-
-    async def _renew_leases(self, envelopes: Sequence[Envelope], lease_ms: int) -> None:
-        emitter = self.emitter
-        interval = max(lease_ms / 3000, MIN_RENEW_S)
-        while True:
-            await asyncio.sleep(interval)
-            for envelope in envelopes:
-                emitter.lease_renewed(envelope)
-
-    def _log_outcome(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Outcome,
-                     took_s: float) -> None:
-        if isinstance(outcome, Failure):
-            self.metrics.failed.labels(dispatched.name, outcome.error_type).inc()
-            event = "task.retry" if outcome.retryable else "task.failed"
-            log.warning("event=%s task_id=%s attempt=%d name=%s error_type=%s timed_out=%s "
-                        "took_ms=%d message=%r", event, envelope.task_id, envelope.attempt,
-                        dispatched.name, outcome.error_type, outcome.timed_out,
-                        took_s * 1000, outcome.message)
-        else:
-            self.metrics.succeeded.labels(dispatched.name).inc()
-            log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
-                     envelope.task_id, envelope.attempt, dispatched.name, took_s * 1000)

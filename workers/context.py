@@ -29,8 +29,8 @@ class TaskContext:
     interrupted with ``CancelledError``; a thread can only check this flag.
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "attempt", "headers", "idempotency_key",
-                 "logger", "name", "task_id")
+    __slots__ = ("_cancelled", "_heartbeat", "_logger", "attempt", "headers",
+                 "idempotency_key", "name", "task_id")
 
     def __init__(
         self,
@@ -47,9 +47,17 @@ class TaskContext:
         self.name = name
         self.idempotency_key = idempotency_key
         self.headers: dict[str, str] = dict(headers or {})
-        self.logger = TaskLogger(_TASK_LOG, {"task_id": task_id, "attempt": attempt})
+        self._logger: TaskLogger | None = None
         self._heartbeat = heartbeat
         self._cancelled = False
+
+    @property
+    def logger(self) -> TaskLogger:
+        """A logger that adds ``task_id=... attempt=...`` (made when first used)."""
+        if self._logger is None:
+            self._logger = TaskLogger(_TASK_LOG, {"task_id": self.task_id,
+                                                  "attempt": self.attempt})
+        return self._logger
 
     @property
     def cancelled(self) -> bool:

@@ -8,7 +8,19 @@ read again, started ones are recovered by the processor's lease timer.
 
 Pause rule: higher priority levels first. While any level above L has records
 waiting (buffered here, or lag on the broker), L's partitions are paused; when
-the worker is full or the queue is paused, everything is paused.
+the queue is paused, everything is paused.
+
+Backpressure rule (:class:`Backpressure`): a full buffer does *not* pause at
+once. Pausing a partition makes librdkafka drop what it has fetched ahead for
+it, and the resume refetches it, one round trip later: with pause-when-full a
+worker that drains a backlog of short tasks spent most of its time waiting for
+refetches (a drain of no-op tasks ran at about four times the concurrency per
+second). So a full buffer only stops taking records from the client, whose own
+queue (``queued.min.messages``) bounds what is fetched ahead; the partitions
+are paused only when the buffer stays full for ``stall_s`` (the slots are busy
+with long tasks), so that the poll loop can go on serving the group's
+callbacks without taking more records. They resume once half the buffer has
+started.
 """
 
 from __future__ import annotations
@@ -73,6 +85,29 @@ class OffsetTracker:
     def pending(self, tp: TP) -> int:
         part = self._parts.get(tp)
         return len(part.pending) if part else 0
+
+
+@dataclass
+class Backpressure:
+    """Whether a full buffer must pause fetching (see the backpressure rule above)."""
+
+    prefetch: int
+    stall_s: float
+    full_since: float | None = None
+    paused: bool = False
+
+    def update(self, buffered: int, now: float) -> bool:
+        """The buffer holds ``buffered`` records at ``now``: True while fetching is paused."""
+        if buffered >= self.prefetch:
+            if self.full_since is None:
+                self.full_since = now
+            if now - self.full_since >= self.stall_s:
+                self.paused = True
+        else:
+            self.full_since = None
+            if self.paused and buffered <= self.prefetch // 2:
+                self.paused = False
+        return self.paused
 
 
 def waiting_levels(

@@ -1,8 +1,17 @@
-"""Prometheus metrics of one worker, in its own registry (no global state)."""
+"""Prometheus metrics of one worker, in its own registry (no global state).
+
+Every task passes through several labelled series; ``labels()`` looks its child
+up by building and hashing a tuple under a lock, a few microseconds each, so
+the children a task needs are looked up once per task name and queue and kept
+(:meth:`WorkerMetrics.of_task`, :meth:`WorkerMetrics.of_queue`). The in-flight
+gauge is read from the worker when scraped, not moved twice per task.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -10,6 +19,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 _RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSeries:
+    """The series of one task name."""
+
+    started: Counter
+    succeeded: Counter
+    run_seconds: Histogram
 
 
 class WorkerMetrics:
@@ -45,6 +63,27 @@ class WorkerMetrics:
         self.delivery_errors = Counter("taskstream_worker_delivery_errors",
                                        "events the broker did not acknowledge", ["type"],
                                        registry=r)
+        self._tasks: dict[str, TaskSeries] = {}
+        self._queues: dict[str, Histogram] = {}
+
+    def of_task(self, name: str) -> TaskSeries:
+        series = self._tasks.get(name)
+        if series is None:
+            series = self._tasks[name] = TaskSeries(
+                self.started.labels(name), self.succeeded.labels(name),
+                self.run_seconds.labels(name))
+        return series
+
+    def of_queue(self, queue: str) -> Histogram:
+        """The queue-wait histogram of ``queue``."""
+        wait = self._queues.get(queue)
+        if wait is None:
+            wait = self._queues[queue] = self.queue_wait.labels(queue)
+        return wait
+
+    def count_in_flight(self, count: Callable[[], float]) -> None:
+        """Read the in-flight gauge from ``count`` when scraped."""
+        self.in_flight.set_function(count)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
         """Serve ``/metrics`` on ``port`` in a daemon thread; shut the server down to stop."""

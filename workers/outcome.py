@@ -43,16 +43,28 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
     Raises ValueError when a JSON payload is not JSON.
     """
     if content_type.split(";", 1)[0].strip().lower() == JSON:
-        return json.loads(payload) if payload else None
+        if not payload:
+            return None
+        try:  # UTF-8 (what the SDK writes) without json.loads' encoding detection
+            return json.loads(payload.decode("utf-8"))
+        except ValueError:  # UTF-16/32, a BOM, or not JSON: the general path decides
+            return json.loads(payload)
     return payload
+
+
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call
+_RESULT_JSON = json.JSONEncoder(separators=(",", ":"))
+_NONE = Success(b"null", JSON)
 
 
 def encode_result(value: Any) -> Outcome:
     """Bytes go out as-is (octet-stream); anything else as JSON."""
+    if value is None:  # most handlers return nothing
+        return _NONE
     if isinstance(value, bytes | bytearray | memoryview):
         return Success(bytes(value), OCTETS)
     try:
-        return Success(json.dumps(value, separators=(",", ":")).encode(), JSON)
+        return Success(_RESULT_JSON.encode(value).encode(), JSON)
     except (TypeError, ValueError) as exc:
         return Failure(
             "ResultEncodeError",

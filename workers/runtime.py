@@ -72,11 +72,14 @@ async def execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
         return _payload_failure(dispatched, exc)
     args = (payload, ctx) if task.takes_context else (payload,)
     limit = timeout_seconds(task, dispatched)
+    scope: asyncio.Timeout | None = None
     try:
+        if limit is None:  # no timer to arm and disarm
+            return await _call(task, args, pool)
         async with asyncio.timeout(limit) as scope:
             return await _call(task, args, pool)
     except TimeoutError as exc:
-        if scope.expired():
+        if scope is not None and scope.expired():
             return timeout_failure(limit or 0.0)
         return failure_from_exception(exc)  # the handler's own TimeoutError
     except Exception as exc:

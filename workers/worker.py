@@ -21,7 +21,8 @@ its wait has passed; the batch then takes one slot and goes through steps 3-5
 record by record around a single handler call.
 
 Concurrency is a fixed number of slots, or ``auto`` (workers/autoscale.py, D40):
-a controller moves the number every second within bounds.
+a controller moves the number every second within bounds. A worker with tags
+reads the ready topics of every subset of them (D38).
 
 Shutdown (first SIGTERM/SIGINT, or :meth:`Worker.request_stop`): stop fetching
 and starting, let running attempts finish for up to ``grace_s`` and emit their
@@ -103,11 +104,13 @@ class Worker:
         self._slots: Slots | None = None
         self._batcher: Batcher[Picked] = Batcher()
         self._batch_max = max((t.batch_size or 1 for t in app), default=1)
+        self._has_batches = any(t.is_batch for t in app)
         self.pool = Pool(pool)
         self.grace_s = grace_s
         self.metrics_port = metrics_port
         self.worker_id = worker_id or new_worker_id()
         self.metrics = WorkerMetrics()
+        self.metrics.count_in_flight(lambda: self.in_flight)
         self._paused: dict[str, bool] = {}
         self._attempts: AttemptRunner | None = None
         self._record_tasks: set[asyncio.Task[None]] = set()
@@ -163,7 +166,7 @@ class Worker:
         if self._stopping:
             return
         self._emitter = EventEmitter(self.settings, self.worker_id, self.metrics)
-        self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics)
+        self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics, loop)
         self._control = ControlReader(
             self.settings,
             on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),
@@ -191,6 +194,7 @@ class Worker:
                  self.pool.value, len(self.app), ",".join(self.tags) or "-")
         self.metrics.concurrency.set(self._slots.limit)
         self._started.set()
+        loop.call_later(WAKEUP_S, self._nudge)
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
         sizer = asyncio.create_task(self._autoscale(), name="taskstream-autoscale") \
             if self.auto is not None else None
@@ -239,46 +243,44 @@ class Worker:
     # -- dispatch ------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        slots = self._slots
-        assert slots is not None
+        slots, attempts = self._slots, self._attempts
+        assert slots is not None and attempts is not None
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._record_tasks.discard(task)
+            slots.release()
+
         while not self._stopping:
             await slots.acquire()
-            job = await self._next_job()
+            job = self._take_job() or await self._wait_for_job()
             if job is None:
                 slots.release()
                 return
-            attempts = self._attempts
-            assert attempts is not None
-            run = asyncio.create_task(attempts.run_batch(job) if isinstance(job, Batch)
-                                      else attempts.run_record(*job))
-            run.add_done_callback(lambda _t: slots.release())
-            self._record_tasks.add(run)
-            run.add_done_callback(self._record_tasks.discard)
+            task = asyncio.create_task(attempts.run_batch(job) if isinstance(job, Batch)
+                                       else attempts.run_record(*job))
+            self._record_tasks.add(task)
+            task.add_done_callback(done)
 
-    async def _next_job(self) -> Job | None:
-        """The next record to start, or a batch that is full or due; records of batch tasks
-        go to the batcher on the way."""
-        while not self._stopping:
-            self._wakeup.clear()
+    def _take_job(self) -> Job | None:
+        """A batch that is full or due, else the next buffered record (the queues taken in
+        turn); records of batch tasks go to the batcher on the way. None when none."""
+        if not self._has_batches:
+            return self._take()
+        while True:
             now = time.monotonic()
-            due = self._batcher.pop_due(now)
+            due = self._batcher.pop_due(now) if self._batcher else None
             if due is not None:
                 task = self.app.get(due[0])
                 assert task is not None
                 return Batch(task, due[1])
             picked = self._take()
-            if picked is not None:
-                task = self.app.get(picked[1].dispatched.name)
-                if task is None or task.batch_size is None:
-                    return picked
-                self._batcher.add(task.name, picked, now, size=task.batch_size,
-                                  wait_s=task.batch_wait_s)
-                continue
-            wait = self._batcher.seconds_to_due(now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(),
-                                       WAKEUP_S if wait is None else min(WAKEUP_S, wait))
-        return None
+            if picked is None:
+                return None
+            task = self.app.get(picked[1].dispatched.name)
+            if task is None or task.batch_size is None:
+                return picked
+            self._batcher.add(task.name, picked, now, size=task.batch_size,
+                              wait_s=task.batch_wait_s)
 
     def _take(self) -> Picked | None:
         n = len(self._consumers)
@@ -289,6 +291,29 @@ class Worker:
                 self._rr = (self._rr + i + 1) % n
                 return consumer, record
         return None
+
+    async def _wait_for_job(self) -> Job | None:
+        """Wait for the consumers' wake-up (records buffered, a queue resumed) or the next
+        batch to fall due; a timer also sets the wake-up every WAKEUP_S (``_nudge``), a
+        safety net that costs no ``wait_for`` per wait."""
+        while not self._stopping:
+            self._wakeup.clear()
+            job = self._take_job()
+            if job is not None:
+                return job
+            wait = self._batcher.seconds_to_due(time.monotonic())
+            if wait is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), min(WAKEUP_S, wait))
+        return None
+
+    def _nudge(self) -> None:
+        assert self._loop is not None
+        self._wakeup.set()
+        if not self._stopping:
+            self._loop.call_later(WAKEUP_S, self._nudge)
 
     async def _autoscale(self) -> None:
         """Every TICK_S: sample, let the controller decide, resize slots and prefetch."""

@@ -4,7 +4,8 @@
 and a list of effects; the processor (``processors/live/app.py``) performs them. Three
 effects carry a whole derived record (docs/decisions.md, D3):
 
-* :class:`Dispatch` — a ``TaskDispatched`` record for ``ready.<queue>.p<priority>``;
+* :class:`Dispatch` — a ``TaskDispatched`` record for ``ready.<queue>.p<priority>``
+  (``ready.<queue>.t.<tags>.p<priority>`` for a task with tags, D38);
 * :class:`DeadLetter` — a ``TaskDeadLettered`` copy for the ``dlq`` topic;
 * :class:`PublishCancel` — a ``TaskCancelled`` record for the ``cancellations`` topic.
 
@@ -43,9 +44,12 @@ PROCESSOR_SOURCE = "processor"
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Send ``envelope`` (body ``TaskDispatched``) to the task's ready topic."""
+    """Send ``envelope`` (body ``TaskDispatched``) to the task's ready topic: the one of
+    its queue, priority and ``tags`` (the task's routing tags, D38; the engine routes
+    them with ``taskstream.topics.dispatch_topic``)."""
 
     envelope: Envelope
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,7 +199,7 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
     """
     match state.status:
         case TaskStatus.READY:
-            return [Dispatch(dispatch_envelope(state, cause_event_id))]
+            return [Dispatch(dispatch_envelope(state, cause_event_id), tuple(state.tags))]
         case TaskStatus.DEAD:
             return [DeadLetter(dead_letter_envelope(state, cause_event_id))]
         case TaskStatus.CANCELLED:

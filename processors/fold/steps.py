@@ -98,7 +98,8 @@ def dispatch_next(state: TaskState, event: Envelope, effects: bool = True) -> Ac
     )
     if not effects:
         return ready, []
-    return ready, [*_clear_timer(state), Dispatch(dispatch_envelope(ready, event.event_id))]
+    return ready, [*_clear_timer(state),
+                   Dispatch(dispatch_envelope(ready, event.event_id), tuple(ready.tags))]
 
 
 def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryable: bool,
@@ -171,7 +172,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         return state, []
     if eta is not None and delayed:
         return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
-    return state, [Dispatch(dispatch_envelope(state, event.event_id))]
+    return state, [Dispatch(dispatch_envelope(state, event.event_id), tuple(state.tags))]
 
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:

@@ -1,33 +1,26 @@
-"""The processor: a Faust app that folds the events topic into task state.
+"""The processor replica: Faust for membership, tables and the web; the fold beside it.
 
-One agent reads the events topic. For each record it decodes the envelope,
-reads the task's state from the ``tasks`` table, calls the pure
-:func:`~taskstream.processors.fold.lifecycle.apply`, writes the new state and its
-index entries, and performs the effects (dispatch, DLQ copy, cancellation).
+Faust runs the app: consumer-group membership and partition assignment, the task
+table in RocksDB with its changelog, standby replicas, recovery and the web
+server. Its group subscribes to the table's changelog topic only (no agent reads
+the events topic), so the assignor still gives each replica the same partition
+numbers of the events topic and the table. Once a generation's recovery is
+complete, :class:`~taskstream.processors.live.engine.FoldEngine` folds the events
+topic's partitions of the same numbers in batches (docs/decisions.md, D19); when a
+rebalance revokes them, the engine makes its batch in hand durable first, and
+when the replica stops, the engine stops before Faust leaves the group
+(:class:`FoldService`).
 
-The order of durable steps for one record, and why it is safe:
-
-1. the task state goes to the partition's local RocksDB and is queued for the
-   changelog; the due and listing index entries go to local RocksDBs derived
-   from the task table (no changelog: rebuilt from it, statestore/indexes.py);
-2. effects are queued on the same producer (ready, dlq, cancellations topics);
-3. at commit time Faust flushes the producer (changelog and effects both
-   acknowledged by the broker) and only then commits the events offset.
-
-A crash before 3 re-reads the record. If the local RocksDB already holds the new
-state, ``apply`` sees the event id as its last applied event and returns the
-"redo" effects, so nothing that had not left is lost (docs/decisions.md, D4).
-
-Timers: Faust tables can only be written inside stream iteration, so a timer
-scans the due index of the partitions this replica owns (every
-``timer_interval_s``) and *emits* ``TimerFired`` events keyed by task; the
-agent applies them like any other event, and ``apply`` re-checks that they
-still fit.
+Timers: the due index of the partitions this replica folds is scanned between
+batches (every ``timer_interval_s``) and a ``TimerFired`` event keyed by the task
+is *emitted* to the events topic; the fold applies it like any other event, and
+``apply`` re-checks that it still fits (D5).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -36,33 +29,23 @@ from functools import partial
 from typing import Any
 
 import faust
+from confluent_kafka import Producer
 from faust.tables.manager import TableManager
-from faust.types import EventT, StreamT, TopicT
+from faust.types import TP, TopicT
+from mode import Service
 
-from taskstream.admin import STOCK_SESSION_MIN_S, ensure_queue_topics
-from taskstream.processors.fold.effects import (
-    DeadLetter,
-    Dispatch,
-    Duplicate,
-    Effect,
-    PublishCancel,
-    Rejected,
-    RetryScheduled,
-)
-from taskstream.processors.fold.lifecycle import Limits, apply
-from taskstream.processors.live.guard import guarded, timer_round
+from taskstream.admin import STOCK_SESSION_MIN_S, create_topics, queue_topic_specs
+from taskstream.faults import fault_point
+from taskstream.kafka_config import consumer_config, producer_config
+from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.live.engine import FoldEngine, Topics
+from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
-from taskstream.schemas.errors import DecodeError
-from taskstream.schemas.events import (
-    Envelope,
-    TaskCancelled,
-    TaskDeadLettered,
-    TaskDispatched,
-    TimerFired,
-)
+from taskstream.processors.live.standby import StandbyFollower, standby_partitions
+from taskstream.queue_registry import register_queues
+from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
-from taskstream.schemas.quarantine import quarantine_headers
-from taskstream.schemas.serde import decode_event, decode_state, encode_event, encode_state
+from taskstream.schemas.serde import decode_state, encode_event
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
@@ -70,18 +53,26 @@ from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.tables import TaskTables
 from taskstream.topics import (
     cancellations_topic,
+    dispatch_topic,
     dlq_topic,
     events_topic,
+    fold_group,
+    parse_route,
     processor_app_id,
     quarantine_topic,
-    ready_topic,
+    route_key,
+    standby_group,
+    task_changelog_topic,
 )
 
 log = logging.getLogger("taskstream.processor")
 
-_DERIVED = (TaskDispatched, TaskDeadLettered, TaskCancelled)
 #: how long an emitted timer is not emitted again while its event is in flight
 TIMER_REEMIT_S = 5.0
+#: the longest the fold waits for records before it looks at its timers again
+POLL_WAIT_S = 0.05
+#: how often a generation waiting for its recovery checks it is still current
+RESTORE_CHECK_S = 1.0
 
 def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> TopicT:
     return app.topic(
@@ -117,7 +108,8 @@ def build_faust_app(settings: Settings) -> faust.App:
         canonical_url=advertised_url(settings),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
-        table_standby_replicas=settings.standby_replicas,
+        # standby copies are kept by the fold's own follower (live/standby.py, D19)
+        table_standby_replicas=0,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
@@ -135,8 +127,18 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
+def _register_queue(settings: Settings, route: str) -> None:
+    """Make a queue's ready topics and register it (blocking: run off the fold); for a
+    route with tags (D38) the ready topics of that tag set are made too."""
+    fault_point("queue.create_topics")
+    queue, tags = parse_route(route)
+    if tags:
+        create_topics(settings, queue_topic_specs(settings, queue, tags))
+    register_queues(settings, [queue])
+
+
 class Processor:
-    """A processor replica: the Faust app, its tables, its topics and its metrics."""
+    """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
     def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
         self.settings = settings
@@ -144,138 +146,149 @@ class Processor:
         self.metrics = ProcessorMetrics()
         self.source = f"processor:{socket.gethostname()}:{os.getpid()}"
         self.app = app = build_faust_app(settings)
+        #: the API's admin events go out through Faust's producer (not the fold's)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
         self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
                                  can_build=self._restored)
-        self._ready: dict[tuple[str, int], TopicT] = {}
-        self._known_queues: set[str] = set()
-        self._dlq = _raw_topic(app, dlq_topic(settings))
-        self._cancellations = _raw_topic(app, cancellations_topic(settings))
-        self._quarantine = _raw_topic(app, quarantine_topic(settings))
-        self._emitted: dict[bytes, float] = {}
-        app.agent(self.events, name="taskstream.fold")(self._fold)
-        # a rebalance may begin while a scan awaits a send: the indexes then refuse
-        # (IndexNotReady) and the scan resumes once the partitions are restored
-        app.timer(settings.timer_interval_s, name="taskstream.timers")(
-            timer_round(self._scan_timers, "taskstream.timers", skip=(IndexNotReady,)))
-
-    # -- the fold ------------------------------------------------------------
-
-    async def _fold(self, stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            m = event.message
-            await guarded(partial(self.handle, event), partial(self._quarantine_event, event),
-                          where=f"{m.topic}[{m.partition}]@{m.offset}")
-
-    async def _quarantine_event(self, event: EventT[bytes], reason: str) -> None:
-        m = event.message
-        value = event.value if isinstance(event.value, bytes) else b""
-        await self.quarantine(m.topic, m.partition, m.offset, event.key, value, reason)
-
-    async def handle(self, event: EventT[bytes]) -> None:
-        value = event.value if isinstance(event.value, bytes) else b""
-        try:
-            envelope = decode_event(value)
-        except DecodeError as exc:
-            await self._quarantine_event(event, str(exc))
-            return
-        if isinstance(envelope.body, _DERIVED):
-            await self._quarantine_event(
-                event, f"{envelope.type_name} is not an events-topic record")
-            return
-        await self.fold_one(envelope, event.message.partition)
-
-    async def fold_one(self, envelope: Envelope, partition: int) -> None:
-        raw = self.tables.tasks.get(envelope.task_id.encode())
-        before = decode_state(raw) if raw is not None else None
-        after, effects = apply(before, envelope, self.limits)
-        if after is not None and after != before:
-            self.tables.put(partition, before, after, encode_state(after))
-        if isinstance(envelope.body, TimerFired):
-            # a timer that no longer fits leaves its index entry behind: drop it
-            self.tables.drop_stale_timer(partition, envelope.task_id,
-                                         envelope.body.due_at_ms, after)
-        self.metrics.applied.labels(envelope.type_name).inc()
-        state = after or before
-        queue = state.queue if state is not None else ""
-        for effect in effects:
-            await self._perform(effect, envelope, queue)
-
-    async def _perform(self, effect: Effect, cause: Envelope, queue: str) -> None:
-        match effect:
-            case Dispatch(envelope=env):
-                body = env.body
-                assert isinstance(body, TaskDispatched)
-                topic = await self._ready_topic(body.queue, body.priority)
-                await topic.send(key=env.task_id.encode(), value=encode_event(env))
-                self.metrics.dispatched.labels(body.queue).inc()
-                self.metrics.dispatch_latency.observe(
-                    max(0.0, time.time() - cause.occurred_at_ms / 1000))
-            case DeadLetter(envelope=env):
-                await self._dlq.send(key=env.task_id.encode(), value=encode_event(env))
-                assert isinstance(env.body, TaskDeadLettered)
-                self.metrics.dead_letters.labels(env.body.queue).inc()
-            case PublishCancel(envelope=env):
-                await self._cancellations.send(key=env.task_id.encode(), value=encode_event(env))
-            case Rejected():
-                self.metrics.rejected.labels(cause.type_name).inc()
-            case Duplicate(conflict=conflict):
-                self.metrics.duplicates.labels(str(conflict).lower()).inc()
-            case RetryScheduled():
-                self.metrics.retries.labels(queue).inc()
-            case _:
-                pass  # SetTimer/ClearTimer: the due index follows the state itself
-
-    async def _ready_topic(self, queue: str, level: int) -> TopicT:
-        topic = self._ready.get((queue, level))
-        if topic is None:
-            if queue not in self._known_queues:
-                # a queue seen for the first time gets its ready topics made
-                await asyncio.to_thread(ensure_queue_topics, self.settings, queue)
-                self._known_queues.add(queue)
-            topic = self._ready[(queue, level)] = _raw_topic(
-                self.app, ready_topic(self.settings, queue, level))
-        return topic
-
-    async def quarantine(
-        self, topic: str, partition: int, offset: int, key: Any, value: bytes, reason: str
-    ) -> None:
-        log.warning("quarantined %s[%d]@%d: %s", topic, partition, offset, reason)
-        self.metrics.quarantined.labels(topic).inc()
-        await self._quarantine.send(
-            key=key if isinstance(key, bytes) else None,
-            value=value,
-            headers=quarantine_headers(topic, partition, offset, reason),
+        self._changelog = task_changelog_topic(settings)
+        self.producer = Producer(producer_config(settings, {
+            "client.id": self.source,
+            "linger.ms": settings.processor_linger_ms,
+            "compression.type": settings.compression,
+            "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+            "queue.buffering.max.messages": settings.producer_queue_max,
+            "allow.auto.create.topics": False,
+        }))
+        self.engine = FoldEngine(
+            self.tables, self.metrics, self.limits,
+            Topics(events=events_topic(settings), changelog=self._changelog,
+                   dlq=dlq_topic(settings), cancellations=cancellations_topic(settings),
+                   quarantine=quarantine_topic(settings),
+                   ready=partial(dispatch_topic, settings),
+                   route=partial(route_key, settings)),
+            consumer_config=consumer_config(settings, fold_group(settings), {
+                "client.id": self.source,
+                "auto.offset.reset": "earliest",
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            }),
+            producer=self.producer,
+            set_persisted_offset=self._set_persisted_offset,
+            ensure_queue=self._ensure_queue,
+            # the runner made the configured queues' topics before the app started
+            queues_ready=settings.queues,
+            legacy_group=processor_app_id(settings),
+            max_batch=settings.fold_batch_max,
+            poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
+            flush_timeout_s=settings.kafka_timeout_s,
         )
+        self.standby = StandbyFollower(
+            consumer_config(settings, standby_group(settings), {
+                "client.id": f"{self.source}:standby",
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            }),
+            self._changelog, self.tables.tasks.data.offset_key, self._persisted_offset)
+        # a rebalance may begin between two batches: the indexes then refuse
+        # (IndexNotReady) and the scan resumes once the partitions are restored
+        self.engine.between_batches = timer_round(
+            self._timers_if_due, "taskstream.timers", skip=(IndexNotReady,))
+        self._emitted: dict[bytes, float] = {}
+        self._last_scan = 0.0
+        self._folding_generation: int | None = None
+        self._starting: asyncio.Future[None] | None = None
+        app.on_partitions_revoked.connect(self._on_partitions_revoked)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+
+    # -- the fold follows the assignment -------------------------------------------
+
+    async def _on_partitions_revoked(self, sender: Any, /, *args: Any, signal: Any,
+                                     **kwargs: Any) -> None:
+        """Faust awaits this before it rejoins: the batch in hand is made durable now."""
+        self._folding_generation = None
+        await asyncio.to_thread(self.standby.stop)
+        await self.engine.stop()
+
+    async def _on_rebalance_complete(self, sender: Any, /, *args: Any, signal: Any,
+                                     **kwargs: Any) -> None:
+        generation = self.app.consumer_generation_id
+        if self._starting is not None:
+            self._starting.cancel()  # an older generation's wait: it can only give up
+        self._starting = asyncio.ensure_future(self._fold_when_restored(generation))
+
+    async def _fold_when_restored(self, generation: int) -> None:
+        """Start folding this generation's active partitions once their tables are whole."""
+        completed = self._recovery().completed
+        while not completed.is_set():
+            if self.app.consumer_generation_id != generation:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(completed.wait(), RESTORE_CHECK_S)
+        if (self.app.consumer_generation_id != generation
+                or self._folding_generation == generation):
+            return
+        self._folding_generation = generation
+        await self.engine.start(self.active_partitions(),
+                                lambda: self.app.consumer_generation_id == generation)
+        self._keep_standbys()
+
+    def _keep_standbys(self) -> None:
+        """Start following the partitions whose standby copy this replica keeps."""
+        owners = {p: str(url)
+                  for url, topics in self.app.assignor.tables_metadata().items()
+                  for p in topics.get(self._changelog, ())}
+        me = str(self.app.conf.canonical_url)
+        mine = standby_partitions(owners, me, self.settings.standby_replicas)
+        self.standby.start({p: self.tables.partition_db(p) for p in sorted(mine)})
+
+    def _set_persisted_offset(self, partition: int, offset: int) -> None:
+        self.tables.tasks.data.set_persisted_offset(TP(self._changelog, partition), offset)
+
+    def _persisted_offset(self, partition: int) -> int | None:
+        offset = self.tables.tasks.data.persisted_offset(TP(self._changelog, partition))
+        return offset if isinstance(offset, int) else None
+
+    async def _ensure_queue(self, queue: str) -> None:
+        """A queue met for the first time is registered, its ready topics made first
+        (taskstream/queue_registry.py), off the fold (issue 14, hole 3)."""
+        await asyncio.to_thread(_register_queue, self.settings, queue)
 
     # -- timers --------------------------------------------------------------
 
     def active_partitions(self) -> list[int]:
-        name = self.events.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives()
-                      if tp.topic == name)
+                      if tp.topic == self._changelog)
 
     def _restored(self) -> bool:
         """True when no recovery or rebalance is under way (the task table is whole)."""
         return not (self.app.in_recovery or self.app.rebalancing)
 
-    async def _scan_timers(self) -> None:
+    async def _timers_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_scan >= self.settings.timer_interval_s:
+            self._last_scan = now
+            self.scan_timers()
+
+    def scan_timers(self) -> None:
+        """Emit a ``TimerFired`` for every due entry of the partitions being folded."""
         if not self._restored():
             return  # timers wait for the task table to be whole again
         now_ms = int(time.time() * 1000)
         now = time.monotonic()
         seen: dict[bytes, float] = {}
-        for partition in self.active_partitions():
+        for partition in sorted(self.engine.partitions):
             for entry_key, entry in self.tables.due_entries(partition, now_ms):
                 emitted = self._emitted.get(entry_key)
                 if emitted is not None and now - emitted < TIMER_REEMIT_S:
                     seen[entry_key] = emitted
                     continue
-                await self._emit_timer(entry, now_ms)
+                self._emit_timer(entry, now_ms)
                 seen[entry_key] = now
         self._emitted = seen
 
-    async def _emit_timer(self, entry: keys.DueEntry, now_ms: int) -> None:
+    def _emit_timer(self, entry: keys.DueEntry, now_ms: int) -> None:
+        """Hand a timer event to the fold's producer; a lost one is emitted again
+        after ``TIMER_REEMIT_S`` (its entry stays due until the fold drops it)."""
         envelope = Envelope(
             event_id=new_event_id(),
             task_id=entry.task_id,
@@ -284,18 +297,38 @@ class Processor:
             attempt=entry.attempt,
             body=TimerFired(entry.kind, entry.due_at_ms, entry.dispatch_id),
         )
-        await self.events.send(key=entry.task_id.encode(), value=encode_event(envelope))
+        self.engine.send(self.engine.topics.events, entry.task_id.encode(),
+                         encode_event(envelope))
         self.metrics.timers_fired.labels(entry.kind.value).inc()
         self.metrics.timer_lag.observe(max(0.0, (now_ms - entry.due_at_ms) / 1000))
 
     # -- state for the API -----------------------------------------------------
 
-    def is_ready(self) -> bool:
-        """True once the tables have been restored and the fold is running."""
+    def _recovery(self) -> Any:
         manager = self.app.tables
         assert isinstance(manager, TableManager)  # the interface type does not declare recovery
-        return bool(manager.recovery.completed.is_set())
+        return manager.recovery
+
+    def is_ready(self) -> bool:
+        """True once the tables have been restored and the fold is running."""
+        return bool(self._recovery().completed.is_set())
 
     def get_local(self, task_id: str) -> TaskState | None:
         raw = self.tables.get_any(task_id.encode())
         return decode_state(raw) if raw is not None else None
+
+    def service(self) -> FoldService:
+        """The fold as a service for ``faust.Worker``: stopped before the app leaves its group."""
+        return FoldService(self)
+
+
+class FoldService(Service):
+    """Stops the fold engine first when the worker stops (services stop in reverse order)."""
+
+    def __init__(self, processor: Processor) -> None:
+        super().__init__()
+        self.processor = processor
+
+    async def on_stop(self) -> None:
+        await asyncio.to_thread(self.processor.standby.stop)
+        await self.processor.engine.close()

@@ -37,6 +37,16 @@ class ProcessorMetrics:
             "taskstream_dispatch_latency_seconds",
             "From the triggering event's time to the dispatch being handed to the producer",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.resent = Counter(
+            "taskstream_records_resent_total",
+            "Records the brokers did not acknowledge, sent again before the commit",
+            registry=r)
+        self.batch_retries = Counter(
+            "taskstream_fold_batch_retries_total",
+            "Batches that could not be made durable and were read again", registry=r)
+        self.batch_size = Histogram(
+            "taskstream_fold_batch_records", "Events-topic records folded per batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)
         self.tasks = Gauge(
             "taskstream_tasks", "Tasks in this replica's active partitions, by queue and state",
             ["queue", "state"], registry=r)

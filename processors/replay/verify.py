@@ -3,12 +3,12 @@
 Steps, in this order (the order is what makes the comparison exact):
 
 1. wait, at most ``wait_timeout`` seconds, until the processors are caught up:
-   the committed offsets of their consumer group (``<prefix>processor``) on the
-   events topic equal the topic's high watermarks, and two samples ``settle``
+   the offsets their fold committed on the events topic (group
+   ``<prefix>processor.fold``, D19) equal the topic's high watermarks, and two samples ``settle``
    seconds apart of (events high watermarks, committed offsets, changelog high
-   watermarks) are identical. The processor flushes its changelog before it
-   commits (processors/live/app.py), so at that point the changelog holds the result
-   of every committed event and nothing past it. Not caught up in time ->
+   watermarks) are identical. The processor commits an event's offset only once its
+   changelog record is acknowledged (processors/live/engine.py), so at that point the
+   changelog holds the result of every committed event. Not caught up in time ->
    :class:`NotCaughtUpError` (exit non-zero), never a guess;
 2. rebuild the events topic up to those committed offsets into a scratch RocksDB;
 3. read the task changelog up to the sampled high watermarks, latest record per key
@@ -16,6 +16,9 @@ Steps, in this order (the order is what makes the comparison exact):
 4. :func:`compare` the two, task by task, field by field.
 
 :func:`compare` is pure so tests (and fault-injection tests) can corrupt a copy.
+A mismatch is explained where it is found (:func:`explain`): the task's last events,
+with what the fold made of each, and both states side by side, so a failed check can
+be read without another command.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from taskstream.kafka_config import consumer_config
 from taskstream.processors.replay.errors import NotCaughtUpError, ReplayError
 from taskstream.processors.replay.folding import StateDB, open_db
+from taskstream.processors.replay.history import format_entry, task_history
 from taskstream.processors.replay.read import (
     ProgressFactory,
     SkippedRecord,
@@ -47,7 +51,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState
 from taskstream.settings import Settings
-from taskstream.topics import events_topic, processor_app_id, task_changelog_topic
+from taskstream.topics import events_topic, fold_group, task_changelog_topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ class Mismatch:
     task_id: str
     kind: str  # "differs" | "missing-live" | "missing-replay"
     diffs: tuple[FieldDiff, ...] = ()
+    expected: TaskState | None = field(default=None, compare=False, repr=False)
+    live: TaskState | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         if self.kind == "missing-live":
@@ -96,12 +102,48 @@ def compare(expected: Mapping[str, TaskState], live: Mapping[str, TaskState]) ->
         want = expected.get(task_id)
         have = live.get(task_id)
         if have is None:
-            mismatches.append(Mismatch(task_id, "missing-live"))
+            mismatches.append(Mismatch(task_id, "missing-live", expected=want))
         elif want is None:
-            mismatches.append(Mismatch(task_id, "missing-replay"))
+            mismatches.append(Mismatch(task_id, "missing-replay", live=have))
         elif want != have:
-            mismatches.append(Mismatch(task_id, "differs", diff_states(want, have)))
+            mismatches.append(Mismatch(task_id, "differs", diff_states(want, have), want, have))
     return mismatches
+
+
+#: characters of a value shown in one column of :func:`side_by_side`
+COLUMN = 44
+
+
+def side_by_side(expected: TaskState | None, live: TaskState | None) -> list[str]:
+    """Both states field by field, the replay's on the left; ``*`` marks a difference."""
+
+    def cell(state: TaskState | None, name: str) -> str:
+        text = "(absent)" if state is None else repr(getattr(state, name))
+        return text if len(text) <= COLUMN else text[:COLUMN - 3] + "..."
+
+    names = [f.name for f in fields(TaskState)]
+    width = max(map(len, names))
+    lines = [f"  {'field':<{width}}   {'replay':<{COLUMN}}  live"]
+    for name in names:
+        left, right = cell(expected, name), cell(live, name)
+        differs = (expected is None) != (live is None) or (
+            expected is not None and live is not None
+            and getattr(expected, name) != getattr(live, name))
+        lines.append(f"{'*' if differs else ' '} {name:<{width}}   {left:<{COLUMN}}  {right}")
+    return lines
+
+
+def explain(settings: Settings, mismatch: Mismatch, last_events: int = 8) -> str:
+    """A mismatch with the task's last events (and the fold's verdict on each) and both
+    states side by side (reads the task's partition, as ``replay history`` does)."""
+    entries = task_history(settings, mismatch.task_id)
+    lines = [f"MISMATCH {mismatch.describe()}",
+             f"  last {min(last_events, len(entries))} of its {len(entries)} event(s):"]
+    lines += ["    " + line for entry in entries[-last_events:]
+              for line in format_entry(entry).splitlines()]
+    lines.append("  states:")
+    lines += ["  " + line for line in side_by_side(mismatch.expected, mismatch.live)]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +171,15 @@ def committed_offsets(settings: Settings, partitions: int) -> dict[int, int]:
     Reads the group's offsets with OffsetFetch only: this consumer never subscribes,
     so it never joins the group nor disturbs its members.
     """
-    consumer = Consumer(consumer_config(settings, processor_app_id(settings)))
+    group = fold_group(settings)
+    consumer = Consumer(consumer_config(settings, group))
     topic = events_topic(settings)
     try:
         found = consumer.committed(
             [TopicPartition(topic, p) for p in range(partitions)], timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
         raise ReplayError(f"cannot read the committed offsets of group "
-                          f"{processor_app_id(settings)}: {exc}") from exc
+                          f"{group}: {exc}") from exc
     finally:
         consumer.close()
     return {tp.partition: max(tp.offset, 0) for tp in found}

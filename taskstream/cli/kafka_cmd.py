@@ -125,6 +125,7 @@ def create(prefix: str | None, partitions: int | None, replication: int | None,
            retention_ms: int | None, queues: str | None) -> None:
     """Create the platform's topics; existing ones are left as they are."""
     from taskstream.admin import ensure_topics
+    from taskstream.queue_registry import register_queues
 
     overrides: dict[str, object] = {
         "topic_prefix": prefix, "partitions": partitions, "replication": replication,
@@ -135,6 +136,7 @@ def create(prefix: str | None, partitions: int | None, replication: int | None,
     result = ensure_topics(settings)
     for name, created in result.items():
         click.echo(f"{name}: {'created' if created else 'already exists'}")
+    click.echo(f"registered queues: {', '.join(register_queues(settings, settings.queues))}")
     if not any(result.values()):
         click.echo(f"All {len(result)} topics already exist; nothing to do.")
 

@@ -17,6 +17,9 @@ from taskstream.cli.common import echo_json, exits_on_error, json_option, load_s
 from taskstream.cli.progress import progress_for
 from taskstream.cli.replay_args import parse_offsets_spec, parse_time
 
+#: mismatches ``verify`` explains in full; the rest it lists one line each
+EXPLAINED = 5
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 workers_option = click.option(
     "--workers", type=click.IntRange(1, 64), default=None,
@@ -102,9 +105,11 @@ def rebuild(until: str | None, until_offsets: str | None, out: Path, cache_size:
 @exits_on_error
 def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool) -> None:
     """Check that the live task table is exactly the fold of the log (exit 1 if not)."""
+    from taskstream.processors.replay.verify import explain
     from taskstream.processors.replay.verify import verify as run_verify
 
-    report = run_verify(load_settings_or_exit(), wait_timeout=wait_timeout,
+    settings = load_settings_or_exit()
+    report = run_verify(settings, wait_timeout=wait_timeout,
                         progress=progress_for(quiet), workers=workers)
     _report_skipped(report.skipped, report.skipped_details)
     for record in report.changelog_skipped:
@@ -115,8 +120,10 @@ def verify(wait_timeout: float, workers: int | None, as_json: bool, quiet: bool)
                    "skipped": report.skipped,
                    "mismatches": [m.to_json() for m in report.mismatches]})
     else:
-        for mismatch in report.mismatches:
-            click.echo(f"MISMATCH {mismatch.describe()}")
+        for n, mismatch in enumerate(report.mismatches):
+            # the first few explained in full (their events, both states), the rest listed
+            click.echo(explain(settings, mismatch) if n < EXPLAINED
+                       else f"MISMATCH {mismatch.describe()}")
         click.echo(f"{report.tasks} task(s) from {report.events} event(s): "
                    f"{len(report.mismatches)} mismatch(es)")
     if not report.ok:

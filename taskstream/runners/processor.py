@@ -7,6 +7,7 @@ import faust
 from taskstream.admin import TopicSpec, choose_session_timeout, create_topics, ensure_topics
 from taskstream.api.service import register_api
 from taskstream.processors.live.app import Processor
+from taskstream.queue_registry import register_queues
 from taskstream.settings import Settings
 from taskstream.statestore.tables import TABLE_NAMES
 from taskstream.topics import changelog_topic
@@ -37,9 +38,11 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
+    register_queues(settings, settings.queues)  # the fold sends to these without asking
     ensure_changelog_topics(settings)
     settings = settings.model_copy(
         update={"session_timeout_s": choose_session_timeout(settings)})
     processor = build_processor(settings)
-    worker = faust.Worker(processor.app, loglevel=loglevel, quiet=True)
+    # the fold's service stops first (services stop in reverse), before Faust leaves its group
+    worker = faust.Worker(processor.app, processor.service(), loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -1,0 +1,163 @@
+"""One batch of events-topic records folded into per-task changes, without I/O.
+
+The live processor folds what the consumer has in batches (docs/decisions.md,
+D19): the records of one partition are applied in order, each task's state is
+read once, carried from event to event in memory, and its *final* state is
+written once per batch (one RocksDB write batch per partition, one changelog
+record per touched task). This module is that fold; ``engine.py`` does the I/O
+around it.
+
+Every task an event reached is written, even when the event changed nothing:
+a re-read event whose result is already in the local RocksDB (a crash after the
+local write, before its changelog record left) must still reach the changelog,
+or the changelog and the standbys keep the older state and the next failover
+loses it (issue 14, hole 1). Such repeats only happen after a crash, so the
+extra records cost nothing in the steady state.
+
+A record that cannot be decoded, that is a derived record, or whose ``apply``
+raised (a bug) is set aside for the quarantine topic with its reason; the fold
+goes on with the next record (D11). The task's state stays as it was before
+that record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from taskstream.processors.fold.effects import Dispatch, Effect
+from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.schemas.errors import DecodeError
+from taskstream.schemas.events import (
+    Envelope,
+    TaskCancelled,
+    TaskDeadLettered,
+    TaskDispatched,
+    TimerFired,
+)
+from taskstream.schemas.serde import decode_event, decode_state
+from taskstream.schemas.state import TaskState
+
+log = logging.getLogger("taskstream.processor")
+
+_DERIVED = (TaskDispatched, TaskDeadLettered, TaskCancelled)
+
+
+class Record(Protocol):
+    """What the fold needs of a consumed record (confluent_kafka.Message has it)."""
+
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def offset(self) -> int | None: ...
+
+
+@dataclass(slots=True)
+class Change:
+    """One task touched by the batch: its state before the batch and after it
+    (``None`` after it: the fold removed the task, a tombstone goes to the changelog)."""
+
+    before: TaskState | None
+    after: TaskState | None
+    #: index entries of fired timers to drop unless they are the task's timer now
+    fired_timers: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SetAside:
+    """A record the fold could not apply: it goes to the quarantine topic."""
+
+    offset: int
+    key: bytes | None
+    value: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class Caused:
+    """An effect with the event that caused it and the task's queue."""
+
+    effect: Effect
+    cause: Envelope
+    queue: str
+    #: the offset of the record that caused it (a parked dispatch holds the commit there)
+    offset: int
+
+
+@dataclass(slots=True)
+class PartitionFold:
+    """What a batch of one partition's records comes to."""
+
+    partition: int
+    #: task key -> its change, in the order the tasks were first touched
+    changes: dict[bytes, Change] = field(default_factory=dict)
+    effects: list[Caused] = field(default_factory=list)
+    set_aside: list[SetAside] = field(default_factory=list)
+    #: events applied, by type name (metrics)
+    applied: Counter[str] = field(default_factory=Counter)
+    #: the queues the batch dispatches to (their topics must exist first)
+    #: (queue, tags) of the batch's dispatches: the ready topics they need (D38)
+    dispatch_queues: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    #: the offset to commit once everything above is durable (last record + 1)
+    next_offset: int = -1
+
+
+def fold_partition(
+    partition: int,
+    records: Sequence[Record],
+    read_state: Callable[[bytes], bytes | None],
+    limits: Limits,
+) -> PartitionFold:
+    """Apply one partition's records in order; ``read_state`` reads a task's stored state."""
+    out = PartitionFold(partition)
+    changes = out.changes
+    current: dict[bytes, TaskState | None] = {}
+    for record in records:
+        offset = record.offset()
+        assert offset is not None  # consumed records always have one
+        out.next_offset = offset + 1
+        value = record.value() or b""
+        try:
+            envelope = decode_event(value)
+        except DecodeError as exc:
+            out.set_aside.append(SetAside(offset, record.key(), value, str(exc)))
+            continue
+        body = envelope.body
+        if isinstance(body, _DERIVED):
+            out.set_aside.append(SetAside(
+                offset, record.key(), value,
+                f"{envelope.type_name} is not an events-topic record"))
+            continue
+        key = envelope.task_id.encode()
+        if key in current:
+            state = current[key]
+        else:
+            raw = read_state(key)
+            state = current[key] = decode_state(raw) if raw is not None else None
+        try:
+            after, effects = apply(state, envelope, limits)
+        except Exception as exc:  # a bug must not skip the record silently (D11)
+            log.exception("fold of partition %d offset %d raised", partition, offset)
+            out.set_aside.append(SetAside(
+                offset, record.key(), value, f"fold failed: {type(exc).__name__}: {exc}"))
+            continue
+        out.applied[envelope.type_name] += 1
+        if after is not None or state is not None:
+            current[key] = after
+            change = changes.get(key)
+            if change is None:
+                change = changes[key] = Change(state, after)
+            else:
+                change.after = after
+            if isinstance(body, TimerFired):
+                change.fired_timers.append(body.due_at_ms)
+        if effects:
+            known = after or state
+            queue = known.queue if known is not None else ""
+            for effect in effects:
+                out.effects.append(Caused(effect, envelope, queue, offset))
+                if effect.__class__ is Dispatch:
+                    out.dispatch_queues.add((queue, effect.tags))
+    return out

@@ -1,0 +1,577 @@
+"""The live fold: records in batches, each batch made durable in one fixed order.
+
+Faust stays the engine for what it does well: the app, consumer-group membership
+and partition assignment, the task table in RocksDB with its changelog, standby
+replicas, recovery and the web server. Its per-event path (stream iteration,
+sensors, acks, a table write whose changelog record queues behind a 100-record
+buffer) cost about 1.3 ms of CPU per task (issue 12). So the events topic is not
+one of Faust's streams: Faust's group subscribes to the changelog topic only,
+which gives each replica the same partition numbers as before, and this engine
+reads the events topic with a confluent-kafka consumer assigned by hand to the
+replica's active partitions, writes those partitions' RocksDBs directly and
+sends changelog records and effects through one confluent-kafka producer
+(docs/decisions.md, D19).
+
+A batch is what the consumer holds when the loop asks (at most
+``fold_batch_max`` records); :func:`~taskstream.processors.live.batch.fold_partition`
+folds it per partition and :meth:`FoldEngine.persist` makes it durable (the order
+of the durable steps, and why a crash between any two is safe, is written there).
+
+The events offsets are committed under a group of their own (``fold_group``),
+never joined: the engine assigns partitions itself, as Faust's assignor decided.
+Where that group has no offset for a partition yet, the offset the Faust group
+committed before D19 is used, so an upgrade resumes where the old fold stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from taskstream.faults import fault_point
+from taskstream.processors.fold.effects import (
+    DeadLetter,
+    Dispatch,
+    Duplicate,
+    PublishCancel,
+    Rejected,
+    RetryScheduled,
+)
+from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.live.batch import PartitionFold, fold_partition
+from taskstream.processors.live.metrics import ProcessorMetrics
+from taskstream.schemas.events import TaskDispatched
+from taskstream.schemas.quarantine import quarantine_headers
+from taskstream.schemas.serde import encode_event, encode_state
+from taskstream.statestore.tables import TaskTables
+
+log = logging.getLogger("taskstream.processor")
+
+#: first pause before undelivered records are sent again (doubles up to the cap)
+RESEND_BACKOFF_S = 0.2
+RESEND_BACKOFF_MAX_S = 5.0
+#: one wait of the producer's flush; the loop around it decides how long to go on
+FLUSH_SLICE_S = 1.0
+
+
+#: record headers as the client takes and gives them back
+Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]]
+
+
+class Outbound(NamedTuple):
+    """One record a batch sends."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int = -1  # -1: by key (murmur2_random, like every producer of ours)
+    headers: Headers | None = None
+
+
+class Deliveries:
+    """The delivery reports of one batch (:meth:`report` runs on the producer's thread)."""
+
+    __slots__ = ("changelog_offsets", "changelog_topic", "failed")
+
+    def __init__(self, changelog_topic: str) -> None:
+        self.changelog_topic = changelog_topic
+        #: records to send again, as the failed report gave them back, and why
+        self.failed: list[tuple[Outbound, KafkaError]] = []
+        #: changelog partition -> highest acknowledged offset
+        self.changelog_offsets: dict[int, int] = {}
+
+    def report(self, err: KafkaError | None, msg: Message) -> None:
+        topic, partition = msg.topic(), msg.partition()
+        if topic is None or partition is None:
+            return  # a report always names both
+        if err is not None:
+            self.failed.append((Outbound(topic, msg.key(), msg.value(), partition,
+                                         msg.headers()), err))
+        elif topic == self.changelog_topic:
+            offset = msg.offset()
+            if offset is not None and offset > self.changelog_offsets.get(partition, -1):
+                self.changelog_offsets[partition] = offset
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Where the fold reads and writes (names from taskstream.topics)."""
+
+    events: str
+    changelog: str
+    dlq: str
+    cancellations: str
+    quarantine: str
+    #: (queue, level, tags) -> the ready topic of a dispatch (topics.dispatch_topic, D38)
+    ready: Callable[[str, int, tuple[str, ...]], str]
+    #: (queue, tags) -> the key its ready topics are set up under (topics.route_key):
+    #: the queue's name when untagged
+    route: Callable[[str, tuple[str, ...]], str]
+
+
+class FoldEngine:
+    """Folds this replica's active partitions of the events topic, batch by batch.
+
+    ``start(partitions, is_current)`` begins a generation: the consumer is assigned
+    the partitions at their committed offsets and the loop runs until ``stop()``
+    (a rebalance revoked them, or the replica stops) or until ``is_current()`` turns
+    false. ``stop()`` lets the batch in hand become durable first.
+    """
+
+    def __init__(
+        self,
+        tables: TaskTables,
+        metrics: ProcessorMetrics,
+        limits: Limits,
+        topics: Topics,
+        *,
+        consumer_config: dict[str, Any],
+        producer: Producer,
+        set_persisted_offset: Callable[[int, int], None],
+        ensure_queue: Callable[[str], Awaitable[None]],
+        queues_ready: Iterable[str],
+        legacy_group: str | None,
+        max_batch: int,
+        poll_wait_s: float,
+        flush_timeout_s: float,
+    ) -> None:
+        self.tables = tables
+        self.metrics = metrics
+        self.limits = limits
+        self.topics = topics
+        self._consumer_config = consumer_config
+        self.producer = producer
+        self._set_persisted_offset = set_persisted_offset
+        self._ensure_queue = ensure_queue
+        #: queues whose ready topics are known to exist; queues being set up
+        self._queues_ready: set[str] = set(queues_ready)
+        self._queues_setting_up: dict[str, asyncio.Task[None]] = {}
+        #: dispatches to queues still being set up, in fold order (see persist)
+        self._parked: list[tuple[int, int, Outbound, str]] = []
+        self._legacy_group = legacy_group
+        self.max_batch = max_batch
+        self.poll_wait_s = poll_wait_s
+        self.flush_timeout_s = flush_timeout_s
+        self.partitions: frozenset[int] = frozenset()
+        self._consumer: Consumer | None = None
+        self._consumer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-consumer")
+        self._producer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-producer")
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        #: partition -> the offset past its last durable batch
+        self._folded: dict[int, int] = {}
+        #: partition -> the offset to commit (the folded one, held back by parked dispatches)
+        self._committing: dict[int, int] = {}
+        #: called between batches (the timer scan); never raises (guard.timer_round)
+        self.between_batches: Callable[[], Awaitable[None]] | None = None
+
+    # -- the two threads ---------------------------------------------------------------
+
+    async def _consumer_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Every consumer call runs on one thread: the client is not shared across threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._consumer_io, fn, *args)
+
+    async def _producer_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._producer_io, fn, *args)
+
+    # -- a generation ------------------------------------------------------------------
+
+    async def start(self, partitions: Iterable[int], is_current: Callable[[], bool]) -> None:
+        await self.stop()
+        self.partitions = frozenset(partitions)
+        self._stopping = asyncio.Event()
+        if self._consumer is None:
+            self._consumer = await self._consumer_call(Consumer, self._consumer_config)
+        await self._consumer_call(self._assign, sorted(self.partitions))
+        log.info("folding partitions %s of %s", sorted(self.partitions), self.topics.events)
+        self._task = asyncio.ensure_future(self._run(is_current))
+
+    async def stop(self) -> None:
+        """Stop folding: the batch in hand is made durable first (bounded by its flush)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.partitions = frozenset()
+            if self._consumer is not None:
+                await self._consumer_call(self._consumer.unassign)
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._consumer is not None:
+            await self._consumer_call(self._consumer.close)
+            self._consumer = None
+        self._consumer_io.shutdown(wait=False)
+        self._producer_io.shutdown(wait=False)
+
+    def _assign(self, partitions: list[int]) -> None:
+        assert self._consumer is not None
+        tps = [TopicPartition(self.topics.events, p) for p in partitions]
+        timeout = self.flush_timeout_s
+        committed = {tp.partition: tp.offset for tp in self._consumer.committed(tps, timeout)}
+        missing = [p for p, offset in committed.items() if offset < 0]
+        if missing and self._legacy_group:
+            legacy = Consumer({**self._consumer_config, "group.id": self._legacy_group})
+            try:
+                for tp in legacy.committed([TopicPartition(self.topics.events, p)
+                                            for p in missing], timeout):
+                    if tp.offset >= 0:
+                        committed[tp.partition] = tp.offset
+            finally:
+                legacy.close()
+        self._consumer.assign([
+            TopicPartition(self.topics.events, p, offset if offset >= 0 else OFFSET_BEGINNING)
+            for p, offset in committed.items()])
+
+    async def _run(self, is_current: Callable[[], bool]) -> None:
+        backoff = RESEND_BACKOFF_S
+        try:
+            while not self._stopping.is_set() and is_current():
+                # what the client already holds is taken on this thread, without a wait;
+                # only an empty client is waited on, on the consumer's thread
+                records = self._take(0)
+                if not records:
+                    records = await self._consumer_call(self._take, self.poll_wait_s)
+                if records:
+                    try:
+                        await self.fold(records)
+                        backoff = RESEND_BACKOFF_S
+                    except Exception:  # never skip a record: read the batch again (D11)
+                        log.exception("a batch of %d record(s) could not be made durable; "
+                                      "it is read again in %.1fs", len(records), backoff)
+                        self.metrics.batch_retries.inc()
+                        await self._consumer_call(self._rewind, records)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                await self.release_parked()
+                if self.between_batches is not None:
+                    await self.between_batches()
+        finally:
+            await self._consumer_call(self._commit_last)
+
+    def _rewind(self, records: list[Message]) -> None:
+        """Seek each partition of a batch back to its first record: the next take reads
+        the batch again. Folding it again is safe: what was applied is recognised (D4)."""
+        assert self._consumer is not None
+        first: dict[int, int] = {}
+        for msg in records:
+            partition, offset = msg.partition(), msg.offset()
+            if partition is not None and offset is not None and partition not in first:
+                first[partition] = offset
+        for partition, offset in first.items():
+            self._consumer.seek(TopicPartition(self.topics.events, partition, offset))
+
+    def _take(self, wait_s: float) -> list[Message]:
+        """Up to ``max_batch`` records: what is there, or the first within ``wait_s``
+        and what came with it."""
+        assert self._consumer is not None
+        batch = self._consumer.consume(self.max_batch, 0)
+        if not batch and wait_s > 0:
+            first = self._consumer.poll(wait_s)
+            if first is None:
+                return []
+            batch = [first, *self._consumer.consume(self.max_batch - 1, 0)]
+        good = []
+        for msg in batch:
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("events consumer: %s", err)
+        return good
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def fold(self, records: list[Message]) -> None:
+        """Fold one batch of records and make it durable."""
+        self.metrics.batch_size.observe(len(records))
+        by_partition: dict[int, list[Message]] = {}
+        for msg in records:
+            partition = msg.partition()
+            assert partition is not None  # a consumed record always has one
+            by_partition.setdefault(partition, []).append(msg)
+        folds = []
+        for partition, msgs in by_partition.items():
+            db = self.tables.partition_db(partition)
+            folds.append(fold_partition(partition, msgs, db.get, self.limits))
+        await self.persist(folds)
+
+    async def persist(self, folds: list[PartitionFold]) -> None:
+        """Make a folded batch durable. The order of the steps, and why each crash is safe:
+
+        1. **Local state.** Each partition's final states go to its RocksDB in one
+           write batch, and the due and listing index entries move beside them
+           (local, derived, rebuilt from the task table after any rebalance: D10).
+        2. **Changelog records**, one per task the batch touched, to the table's
+           changelog partition of the same number.
+        3. **Effects** (dispatches, dlq copies, cancellations) and records set
+           aside for the quarantine topic. A dispatch to a queue not registered yet
+           is parked instead (:meth:`release_parked`): its queue is set up off the
+           fold, and its partition commits no further than the record that caused it.
+        4. **Flush**: every record of 2 and 3 is acknowledged by the brokers
+           (acks=all, idempotent). A record that failed is sent again, with
+           backoff, until it is acknowledged; nothing moves on before.
+        5. **Persisted changelog offset** of each partition (Faust's key in the
+           partition's RocksDB): a restart on this data directory restores from the
+           changelog only past it.
+        6. **Commit** the events offsets past the batch.
+
+        A crash before 6 reads the batch again. Its events are then already in the
+        local state (after 1) or not (before 1): ``apply`` recognises a repeat by
+        its event id and changes nothing, and the last applied event of a task
+        returns the effects its state implies (D4), so records of 3 that never left
+        are sent now. Every touched task is written to the changelog again (2) even
+        when the repeat changed nothing, so a state that reached only the local
+        RocksDB reaches the changelog too (issue 14, hole 1). Restoring this data
+        directory after a crash between 1 and 5 applies the changelog past the
+        persisted offset over the local state: records older than the local state
+        may be applied, and the re-read batch brings the state forward again
+        before the commit. A fresh replica restores from the changelog alone,
+        which after 4 holds every state the commit covers.
+
+        The fault points after 1, 2, 3 and before 6 (``fold.after_state_write``,
+        ``fold.after_changelog_send``, ``fold.after_effect_send``, ``commit.before``)
+        are where tests/test_durability.py kills the replica to prove this.
+        """
+        if not folds:
+            return
+        deliveries = Deliveries(self.topics.changelog)
+        outbound: list[Outbound] = []
+        routes = {self.topics.route(q, tags) for fold in folds for q, tags in fold.dispatch_queues}
+        for route in routes - self._queues_ready:
+            self._set_up(route)
+        for fold in folds:
+            outbound.extend(self._write_local(fold))
+        fault_point("fold.after_state_write")
+        self._send(outbound, deliveries)
+        fault_point("fold.after_changelog_send")
+        effects = [record for fold in folds for record in self._effect_records(fold)]
+        self._send(effects, deliveries)
+        fault_point("fold.after_effect_send")
+        await self._deliver(deliveries)
+        for partition, offset in deliveries.changelog_offsets.items():
+            self._set_persisted_offset(partition, offset)
+        for fold in folds:
+            if fold.next_offset >= 0:
+                self._folded[fold.partition] = fold.next_offset
+                self._committing[fold.partition] = self._held(fold.partition)
+        fault_point("commit.before")
+        self._commit(asynchronous=True)
+        self._count(folds)
+
+    def _write_local(self, fold: PartitionFold) -> list[Outbound]:
+        """Step 1 for one partition; returns its changelog records (step 2)."""
+        topic, partition = self.topics.changelog, fold.partition
+        writer = self.tables.writer(partition)
+        records = []
+        for key, change in fold.changes.items():
+            if change.after is None:
+                writer.delete(key, change.before)
+                records.append(Outbound(topic, key, None, partition))  # a tombstone
+                continue
+            encoded = encode_state(change.after)
+            writer.put(key, encoded, change.before, change.after, change.fired_timers)
+            records.append(Outbound(topic, key, encoded, partition))
+        writer.commit()
+        return records
+
+    def _effect_records(self, fold: PartitionFold) -> Iterable[Outbound]:
+        for caused in fold.effects:
+            effect = caused.effect
+            match effect:
+                case Dispatch(envelope=env, tags=tags):
+                    body = env.body
+                    assert isinstance(body, TaskDispatched)
+                    record = Outbound(self.topics.ready(body.queue, body.priority, tags),
+                                      env.task_id.encode(), encode_event(env))
+                    route = self.topics.route(body.queue, tags)
+                    if route in self._queues_ready:
+                        yield record
+                    else:
+                        self._parked.append((fold.partition, caused.offset, record, route))
+                case DeadLetter(envelope=env):
+                    yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env))
+                case PublishCancel(envelope=env):
+                    yield Outbound(self.topics.cancellations, env.task_id.encode(),
+                                   encode_event(env))
+                case _:
+                    pass
+        for aside in fold.set_aside:
+            log.warning("quarantined %s[%d]@%d: %s", self.topics.events, fold.partition,
+                        aside.offset, aside.reason)
+            headers = quarantine_headers(self.topics.events, fold.partition, aside.offset,
+                                         aside.reason)
+            yield Outbound(self.topics.quarantine, aside.key, aside.value,
+                           headers=[(name, value) for name, value in headers])
+
+    # -- queues met for the first time ---------------------------------------------------
+
+    def _set_up(self, queue: str) -> None:
+        """Have a queue's ready topics made, off the fold (issue 14, hole 3); ``queue`` is
+        a route key (a queue name, or a queue and tag set: D38)."""
+        if queue in self._queues_setting_up:
+            return
+
+        async def set_up() -> None:
+            backoff = RESEND_BACKOFF_S
+            while True:
+                try:
+                    await self._ensure_queue(queue)
+                    self._queues_ready.add(queue)
+                    return
+                except Exception as exc:  # retried: the dispatches wait, nothing is lost
+                    log.warning("the ready topics of queue %r are not there yet (%s); "
+                                "trying again in %.1fs", queue, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                finally:
+                    if queue in self._queues_ready:
+                        del self._queues_setting_up[queue]
+
+        self._queues_setting_up[queue] = asyncio.ensure_future(set_up())
+
+    def _held(self, partition: int) -> int:
+        """The offset a partition may commit: past its last durable batch, but not past
+        its first parked dispatch."""
+        parked = [o for p, o, _, _ in self._parked if p == partition]
+        return min([self._folded[partition], *parked])
+
+    async def release_parked(self) -> None:
+        """Send the parked dispatches whose queues are ready now, in fold order, and let
+        their partitions commit past them once they are acknowledged.
+
+        A dispatch to a queue whose topics are not made yet does not stall the fold:
+        everything else of its batch is made durable, the dispatch waits here, and its
+        partition commits no further than the record that caused it. A crash meanwhile
+        reads that record again and its task's last applied event redoes the dispatch
+        (D4), so nothing waits only in memory."""
+        if not self._parked:
+            return
+        ready = [entry for entry in self._parked if entry[3] in self._queues_ready]
+        if not ready:
+            return
+        deliveries = Deliveries(self.topics.changelog)
+        self._send((record for _, _, record, _ in ready), deliveries)
+        await self._deliver(deliveries)
+        sent = {id(entry) for entry in ready}
+        self._parked = [entry for entry in self._parked if id(entry) not in sent]
+        for partition in {p for p, _, _, _ in ready}:
+            self._committing[partition] = self._held(partition)
+        self._commit(asynchronous=True)
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Hand one record to the fold's producer, not waited for (timer events: a lost
+        one is emitted again, D5)."""
+        self._send([Outbound(topic, key, value)], None)
+
+    def _send(self, records: Iterable[Outbound], deliveries: Deliveries | None) -> None:
+        produce, poll = self.producer.produce, self.producer.poll
+        report = deliveries.report if deliveries is not None else None
+        for record in records:
+            while True:
+                try:
+                    produce(record.topic, record.value, record.key,
+                            partition=record.partition, on_delivery=report,
+                            headers=record.headers)
+                    break
+                except BufferError:  # the client's queue is full: let it drain a little
+                    poll(0.05)
+
+    async def _deliver(self, deliveries: Deliveries) -> None:
+        """Wait until every record sent is acknowledged; send the failed ones again."""
+        backoff = RESEND_BACKOFF_S
+        started = time.monotonic()
+        while True:
+            left = await self._producer_call(self.producer.flush, FLUSH_SLICE_S)
+            if left == 0 and not deliveries.failed:
+                return
+            if deliveries.failed:
+                failed, deliveries.failed = deliveries.failed, []
+                log.warning("%d record(s) not acknowledged (first: %s to %s); sending them "
+                            "again in %.1fs", len(failed), failed[0][1], failed[0][0].topic,
+                            backoff)
+                self.metrics.resent.inc(len(failed))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                self._send((record for record, _ in failed), deliveries)
+            elif time.monotonic() - started > self.flush_timeout_s:
+                log.warning("the brokers have not acknowledged %d record(s) for %.0fs; "
+                            "still waiting (the batch is not committed)", left,
+                            time.monotonic() - started)
+                started = time.monotonic()
+
+    def _commit(self, *, asynchronous: bool) -> None:
+        """Commit the offsets past every batch made durable so far. The fold does not
+        wait for an asynchronous commit: one that is lost only reads records again,
+        which are found applied (D4); the last one of a generation is waited for."""
+        assert self._consumer is not None
+        if not self._committing:
+            return
+        offsets = [TopicPartition(self.topics.events, p, o) for p, o in self._committing.items()]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("events offsets not committed (%s); those records will be read "
+                        "again and found applied", exc)
+
+    def _commit_last(self) -> None:
+        """A generation ends: its last commit is waited for; what it held in memory goes
+        (a parked dispatch is redone by whoever reads its record next, D4)."""
+        self._commit(asynchronous=False)
+        self._committing.clear()
+        self._folded.clear()
+        self._parked.clear()
+
+    def _count(self, folds: list[PartitionFold]) -> None:
+        """The batch's metrics, added once per label (a labelled inc per record costs
+        more than the record's own fold)."""
+        m, now = self.metrics, time.time()
+        applied: Counter[str] = Counter()
+        outcomes: Counter[tuple[Any, str]] = Counter()
+        quarantined = 0
+        for fold in folds:
+            applied.update(fold.applied)
+            quarantined += len(fold.set_aside)
+            for caused in fold.effects:
+                kind = caused.effect.__class__
+                if kind is Dispatch:
+                    outcomes[(m.dispatched, caused.queue)] += 1
+                    m.dispatch_latency.observe(max(0.0, now - caused.cause.occurred_at_ms / 1000))
+                elif kind is DeadLetter:
+                    outcomes[(m.dead_letters, caused.queue)] += 1
+                elif kind is Rejected:
+                    outcomes[(m.rejected, caused.cause.type_name)] += 1
+                elif kind is RetryScheduled:
+                    outcomes[(m.retries, caused.queue)] += 1
+                elif isinstance(caused.effect, Duplicate):
+                    outcomes[(m.duplicates, str(caused.effect.conflict).lower())] += 1
+        for type_name, n in applied.items():
+            m.applied.labels(type_name).inc(n)
+        for (metric, label), n in outcomes.items():
+            metric.labels(label).inc(n)
+        if quarantined:
+            m.quarantined.labels(self.topics.events).inc(quarantined)

@@ -1,0 +1,148 @@
+"""The batched fold (processors/live/batch.py) against event-by-event ``apply``.
+
+Folding a partition's records in one batch must give, for every task, the state
+that applying its events one by one gives, the same effects in the same order,
+and a change for every task an event reached (even a repeat that changed
+nothing: it must reach the changelog). Records that cannot be applied are set
+aside with their reason and the rest go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.live.batch import fold_partition
+from taskstream.schemas.events import (
+    Envelope,
+    TaskDispatched,
+    TaskStarted,
+    TaskSucceeded,
+)
+from taskstream.schemas.serde import decode_state, encode_event, encode_state
+from taskstream.schemas.state import TaskState, TaskStatus
+from tests.lifecycle_support import T0, submitted
+
+LIMITS = Limits()
+
+
+@dataclass
+class Rec:
+    """A consumed record as the fold sees it (confluent_kafka.Message's three calls)."""
+
+    k: bytes | None
+    v: bytes | None
+    o: int
+
+    def key(self) -> bytes | None:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+    def offset(self) -> int | None:
+        return self.o
+
+
+def env(task: str, n: int, body: object, attempt: int = 0) -> Envelope:
+    return Envelope(event_id=f"{task}-E{n}", task_id=task, occurred_at_ms=T0 + n,
+                    source="test", attempt=attempt, body=body)  # type: ignore[arg-type]
+
+
+def life(task: str) -> list[Envelope]:
+    """Submitted, started, succeeded: the events of one task's happy life."""
+    first = env(task, 1, submitted())
+    state, _ = apply(None, first, LIMITS)
+    assert state is not None and state.dispatch_id is not None
+    dispatch = state.dispatch_id
+    return [first, env(task, 2, TaskStarted(dispatch, "w1"), 1),
+            env(task, 3, TaskSucceeded(dispatch, "w1", b"3"), 1)]
+
+
+def records(events: list[Envelope], start: int = 0) -> list[Rec]:
+    return [Rec(e.task_id.encode(), encode_event(e), start + i) for i, e in enumerate(events)]
+
+
+def one_by_one(events: list[Envelope], stored: dict[bytes, bytes]) -> dict[str, TaskState]:
+    states = {k.decode(): decode_state(v) for k, v in stored.items()}
+    for event in events:
+        after, _ = apply(states.get(event.task_id), event, LIMITS)
+        if after is not None:
+            states[event.task_id] = after
+    return states
+
+
+@given(st.lists(st.sampled_from(["A", "B", "C", "D"]), min_size=1, max_size=12),
+       st.integers(min_value=0, max_value=11))
+def test_a_batch_equals_event_by_event(order: list[str], cut: int) -> None:
+    """Tasks' events interleaved in any order, split into two batches anywhere."""
+    lives = {t: life(t) for t in set(order)}
+    events: list[Envelope] = []
+    taken = dict.fromkeys(lives, 0)
+    for task in order:
+        if taken[task] < 3:
+            events.append(lives[task][taken[task]])
+            taken[task] += 1
+    stored: dict[bytes, bytes] = {}
+    cut = min(cut, len(events))
+    for part, offset in ((events[:cut], 0), (events[cut:], cut)):
+        fold = fold_partition(0, records(part, offset), stored.get, LIMITS)
+        for key, change in fold.changes.items():
+            stored[key] = encode_state(change.after)
+        if part:
+            assert fold.next_offset == offset + len(part)
+    expected = one_by_one(events, {})
+    assert {k.decode(): decode_state(v) for k, v in stored.items()} == expected
+
+
+def test_a_repeat_that_changes_nothing_is_still_written() -> None:
+    """A re-read event whose result is already stored must reach the changelog again."""
+    events = life("A")[:2]
+    stored: dict[bytes, bytes] = {}
+    first = fold_partition(0, records(events), stored.get, LIMITS)
+    stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
+    again = fold_partition(0, records(events), stored.get, LIMITS)
+    assert list(again.changes) == [b"A"]
+    assert again.changes[b"A"].after == decode_state(stored[b"A"])
+    assert again.changes[b"A"].after.status is TaskStatus.RUNNING
+
+
+def test_redo_effects_come_from_the_last_applied_event_only() -> None:
+    submit = life("A")[:1]
+    stored: dict[bytes, bytes] = {}
+    first = fold_partition(0, records(submit), stored.get, LIMITS)
+    stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
+    again = fold_partition(0, records(submit), stored.get, LIMITS)
+    dispatched = [c.effect for c in again.effects
+                  if isinstance(getattr(c.effect, "envelope", None), Envelope)]
+    assert len(dispatched) == 1
+    body = dispatched[0].envelope.body  # type: ignore[union-attr]
+    assert isinstance(body, TaskDispatched)
+    assert body.dispatch_id == first.changes[b"A"].after.dispatch_id
+
+
+def test_bad_records_are_set_aside_and_the_rest_goes_on() -> None:
+    events = life("A")
+    dispatched = apply(None, events[0], LIMITS)[1][0].envelope  # type: ignore[union-attr]
+    batch = [Rec(b"A", encode_event(events[0]), 0), Rec(b"X", b"not avro", 1),
+             Rec(b"A", encode_event(dispatched), 2), Rec(b"A", encode_event(events[1]), 3)]
+    fold = fold_partition(0, batch, {}.get, LIMITS)
+    assert [(a.offset, a.key) for a in fold.set_aside] == [(1, b"X"), (2, b"A")]
+    assert "not an events-topic record" in fold.set_aside[1].reason
+    assert fold.changes[b"A"].after.status is TaskStatus.RUNNING
+    assert fold.next_offset == 4
+
+
+def test_first_state_of_the_batch_is_the_before_of_its_change() -> None:
+    events = life("A")
+    stored: dict[bytes, bytes] = {}
+    first = fold_partition(0, records(events[:1]), stored.get, LIMITS)
+    stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
+    second = fold_partition(0, records(events[1:], 1), stored.get, LIMITS)
+    change = second.changes[b"A"]
+    assert change.before is not None and change.before.status is TaskStatus.READY
+    assert change.after.status is TaskStatus.SUCCEEDED
+    assert second.applied == {"TaskStarted": 1, "TaskSucceeded": 1}
