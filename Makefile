@@ -1,5 +1,6 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> ruff ->
+#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> promtool ->
+#   chromium (installed under CI when missing, for the dashboard's browser tests) -> ruff ->
 #   a normal install of the package tree -> import-linter and mypy over it -> Kafka up ->
 #   pytest -> Kafka down (always).
 
@@ -9,9 +10,9 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars kustomize lint site typecheck pytest dev clean
+.PHONY: test install kafka-jars kustomize promtool browser lint site typecheck pytest dev clean ui-screenshots
 
-test: install kafka-jars kustomize lint typecheck pytest
+test: install kafka-jars kustomize promtool browser lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -42,6 +43,47 @@ $(KUSTOMIZE_STAMP):
 		echo "kustomize: install Go (to build kustomize $(KUSTOMIZE_VERSION)) or kubectl" >&2; exit 1; \
 	fi
 
+# promtool and prometheus for the monitoring tests (tests/test_observability_*.py: promtool
+# check config/rules, promtool test rules, a real Prometheus scraping a running platform):
+# Debian's prometheus package, installed when missing (as root, as CI runs; the package's
+# service is not needed and is not started where policy-rc.d forbids it).
+promtool:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+		echo "promtool: $$(promtool --version 2>&1 | head -1)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+		echo "promtool: install Debian's prometheus package (apt-get install prometheus)" >&2; \
+		exit 1; \
+	fi
+
+# The dashboard's browser tests (tests/test_ui_browser.py, part of `make test`) drive
+# Debian's chromium through chromium-driver. Under CI (CI=true, set by .ci/run) they are
+# installed with apt when missing (as root, or through passwordless sudo); a CI machine
+# without apt fails here and in those tests. Elsewhere a machine without them skips the
+# browser tests, saying how to install them.
+BROWSER_PACKAGES := chromium chromium-driver
+APT_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES)
+
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "browser: $$(chromium --version 2>/dev/null), $$(chromedriver --version | cut -d' ' -f1-2)"; \
+	elif [ "$$CI" != "true" ]; then \
+		echo "browser: no chromium/chromedriver: the dashboard's browser tests will skip" \
+			"($(APT_INSTALL))"; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "browser: CI needs chromium and chromedriver, and this machine has no apt-get;" \
+			"install Debian's $(BROWSER_PACKAGES) (or equivalents on PATH)" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		sh -c '$(APT_INSTALL)'; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo sh -c '$(APT_INSTALL)'; \
+	else \
+		echo "browser: CI needs chromium and chromedriver: run as root or with passwordless" \
+			"sudo, or install them first ($(APT_INSTALL))" >&2; exit 1; \
+	fi
+
 # ruff over the sources; import-linter (the contracts in pyproject.toml) over the
 # installed tree, the module graph mypy sees.
 lint: install site
@@ -62,7 +104,11 @@ typecheck: install site
 pytest: install
 	VENV=$(VENV) KAFKA_DATA_DIR=$(CURDIR)/$(BUILD)/kafka scripts/test-with-kafka.sh $(PYTEST_ARGS)
 
-# The whole platform on this machine with a demo workload (see `taskstream dev --help`).
+# The README's screenshots of the dashboard (docs/ui/*.png), taken by its browser tests.
+ui-screenshots: install kafka-jars browser
+	TASKSTREAM_UI_SCREENSHOTS=$(CURDIR)/docs/ui VENV=$(VENV) \
+		KAFKA_DATA_DIR=$(CURDIR)/$(BUILD)/kafka scripts/test-with-kafka.sh tests/test_ui_browser.py -q
+
 clean:
 	rm -rf $(BUILD) $(VENV)
 

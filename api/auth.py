@@ -7,9 +7,12 @@ configured the API is open; with at least one, every endpoint except
 
 * ``read``: every GET (and the internal scatter-gather endpoints);
 * ``submit``: ``POST /tasks``;
-* ``admin``: cancel, redrive, pause and resume; ``admin`` implies every scope.
+* ``admin``: cancel, redrive (one or many), pause and resume; ``admin`` implies every
+  scope.
 
 A missing or unknown token is 401, a known token without the scope is 403.
+The dashboard's files (``/ui``, api/dashboard.py) hold no data and are open too:
+the browser loads them before anyone has given it a token.
 Digests are compared with :func:`hmac.compare_digest` against every configured
 digest, so the time taken does not tell which digest came close.
 """
@@ -22,6 +25,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from taskstream.api.dashboard import is_dashboard_path
 from taskstream.api.errors import AuthFailure
 from taskstream.errors import ConfigError
 
@@ -79,6 +83,15 @@ class TokenAuth:
                 found = scopes
         return found
 
+    def is_admin(self, authorization: str | None) -> bool:
+        """True when the request may see admin-only fields: a token with the ``admin``
+        scope, or any request while auth is off (the API is then open to all anyway)."""
+        if not self.enabled:
+            return True
+        token = bearer_token(authorization)
+        scopes = self.scopes_of(token) if token is not None else None
+        return scopes is not None and Scope.ADMIN in scopes
+
     def check(self, authorization: str | None, required: Scope | None) -> None:
         """Raise :class:`AuthFailure` unless the Authorization header grants ``required``.
 
@@ -97,6 +110,14 @@ class TokenAuth:
             raise AuthFailure(403, "forbidden",
                               f"the token lacks the {required.value!r} scope")
 
+    def grants(self, authorization: str | None, scope: Scope) -> bool:
+        """True when the Authorization header carries ``scope`` (always, without tokens)."""
+        try:
+            self.check(authorization, scope)
+        except AuthFailure:
+            return False
+        return True
+
 
 def bearer_token(authorization: str | None) -> str | None:
     if not authorization:
@@ -111,7 +132,7 @@ def bearer_token(authorization: str | None) -> str | None:
 def required_scope(method: str, path: str) -> Scope | None:
     """The scope a request needs (None: open). Unknown paths need ``read`` so that
     404s do not reveal anything to strangers either."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or is_dashboard_path(path):
         return None
     method = method.upper()
     if method in ("GET", "HEAD", "OPTIONS"):

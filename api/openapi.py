@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskstream.api.activity import QUANTILES
 from taskstream.api.bulk import MAX_TASKS
-from taskstream.api.query import DEFAULT_LIMIT, LIST_OMITTED, MAX_LIMIT, MAX_WAIT_S
-from taskstream.schemas.models import TaskSpec
+from taskstream.api.console import MAX_REDRIVE_IDS, OUTCOMES
+from taskstream.api.query import (
+    DEFAULT_LIMIT,
+    LIST_OMITTED,
+    MAX_LIMIT,
+    MAX_REGISTERED_AT_ONCE,
+    MAX_WAIT_S,
+)
+from taskstream.processors.replay.history import OUTCOMES as HISTORY_OUTCOMES
+from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID_PATTERN, TaskSpec
 from taskstream.schemas.state import TERMINAL, TaskStatus
 from taskstream.schemas.view import TaskView
 
@@ -146,10 +155,158 @@ def _schemas() -> dict[str, Any]:
                 "truncated": {"type": "boolean",
                               "description": "max_tasks was reached; call again for the rest"},
             }},
+        "QueueRegistration": {
+            "type": "object", "required": ["queues"], "additionalProperties": False,
+            "properties": {"queues": {
+                "type": "array", "minItems": 1, "maxItems": MAX_REGISTERED_AT_ONCE,
+                "items": {"type": "string", "pattern": QUEUE_PATTERN}}}},
+        "Registered": {
+            "type": "object", "required": ["registered"],
+            "properties": {"registered": {"type": "array", "items": {"type": "string"},
+                                          "description": "the queues now registered"}}},
         "Queues": {"type": "object", "required": ["queues"],
                    "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}},
+        "Health": {
+            "type": "object", "required": ["status", "ready"],
+            "description": "with ?verbose also: reason, partitions (total, active, standby, "
+                           "restored, restoring, rebalancing), lag (events per partition this "
+                           "replica folds, queues by priority, sampled_at, error), workers "
+                           "(counts by status), url (this replica) and replicas (every replica "
+                           "holding partitions, by the URL it advertises)",
+            "properties": {
+                "status": {"type": "string"}, "ready": {"type": "boolean"},
+                "reason": {"type": "string"},
+                "partitions": {"type": "object"}, "lag": {"type": "object"},
+                "workers": {"type": "object",
+                            "additionalProperties": {"type": "integer", "minimum": 0}},
+                "url": {"type": "string"},
+                "replicas": {"type": "array", "items": {"type": "string"}},
+            }},
+        "Worker": {
+            "type": "object",
+            "required": ["worker_id", "host", "pid", "queues", "tags", "concurrency", "in_flight",
+                         "started_at_ms", "heartbeat_at_ms", "heartbeat_interval_ms", "state",
+                         "status", "heartbeat_age_s"],
+            "properties": {
+                "worker_id": {"type": "string"}, "host": {"type": "string"},
+                "pid": {"type": "integer"},
+                "queues": {"type": "array", "items": {"type": "string"}},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "concurrency": {"type": "integer"}, "pool": {"type": "string"},
+                "in_flight": {"type": "integer", "minimum": 0},
+                "tasks_started": {"type": "integer", "minimum": 0},
+                "tasks_succeeded": {"type": "integer", "minimum": 0},
+                "tasks_failed": {"type": "integer", "minimum": 0},
+                "started_at_ms": {"type": "integer"}, "heartbeat_at_ms": {"type": "integer"},
+                "heartbeat_interval_ms": {"type": "integer"},
+                "state": {"type": "string", "enum": ["running", "stopping", "stopped"],
+                          "description": "what the worker last said"},
+                "status": {"type": "string",
+                           "enum": ["running", "stopping", "stopped", "lost"],
+                           "description": "lost: no heartbeat for 3 of its intervals"},
+                "heartbeat_age_s": {"type": "number", "minimum": 0},
+                "version": {"type": "integer"},
+            }},
+        "Workers": {"type": "object", "required": ["workers"],
+                    "properties": {"workers": {"type": "array", "items": _ref("Worker")}}},
+        **_console_schemas(),
+    }
+
+
+def _console_schemas() -> dict[str, Any]:
+    """The answers of the endpoints the dashboard added (api/console.py)."""
+    nullable_int = {"type": ["integer", "null"]}
+    nullable_str = {"type": ["string", "null"]}
+    partitions = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+    return {
+        "HistoryEvent": {
+            "type": "object",
+            "required": ["partition", "offset", "timestamp_ms", "occurred_at_ms", "event_id",
+                         "source", "attempt", "type", "fields", "outcome", "reason",
+                         "status_before", "status_after", "decisions"],
+            "properties": {
+                "partition": {"type": "integer"}, "offset": {"type": "integer"},
+                "timestamp_ms": {"type": "integer", "description": "the Kafka record's time"},
+                "occurred_at_ms": nullable_int, "event_id": nullable_str,
+                "source": nullable_str, "attempt": nullable_int,
+                "type": {**nullable_str, "description": "the event body's type; null for a "
+                         "record that could not be read (outcome SKIPPED)"},
+                "fields": {"type": "object", "description": "the body's fields (bytes as their "
+                           "size; dispatch IDs for the admin scope only)"},
+                "outcome": {"type": "string", "enum": list(HISTORY_OUTCOMES)},
+                "reason": {"type": "string"},
+                "status_before": nullable_str, "status_after": nullable_str,
+                "decisions": {"type": "array", "items": {"type": "string"},
+                              "description": "what the fold decided (dispatch, retry, ...)"},
+            }},
+        "TaskHistory": {
+            "type": "object", "required": ["task_id", "events"],
+            "properties": {"task_id": {"type": "string"},
+                           "events": {"type": "array", "items": _ref("HistoryEvent")}}},
+        "Processor": {
+            "type": "object", "required": ["url"],
+            "description": "a replica; one that did not answer has only url and error",
+            "properties": {
+                "url": {"type": "string"}, "active": partitions, "standby": partitions,
+                "ready": {"type": "boolean"}, "rebalancing": {"type": "boolean"},
+                "restoring": {"type": "boolean"}, "error": {"type": "string"}}},
+        "Processors": {
+            "type": "object", "required": ["partitions", "processors", "unowned"],
+            "properties": {
+                "partitions": {"type": "integer", "minimum": 1},
+                "processors": {"type": "array", "items": _ref("Processor")},
+                "unowned": {**partitions, "description": "partitions no replica folds now"}}},
+        "ActivityPoint": {
+            "type": "object", "required": ["t_ms", "rates", "latency_ms"],
+            "properties": {
+                "t_ms": {"type": "integer", "description": "start of the step"},
+                "rates": {"type": ["object", "null"],
+                          "additionalProperties": {"type": "number", "minimum": 0},
+                          "description": "per second over the step, summed over replicas: "
+                                         "submitted, started, succeeded, failed (events "
+                                         "folded), dispatched, dead_lettered; null when no "
+                                         "replica sampled in the step"},
+                "latency_ms": {
+                    "type": "object",
+                    "properties": {f"p{round(q * 100)}": {"type": ["number", "null"]}
+                                   for q in QUANTILES},
+                    "description": "dispatch latency quantiles (event to dispatch); null "
+                                   "when nothing was dispatched in the step"}}},
+        "Activity": {
+            "type": "object",
+            "required": ["step_s", "window_s", "latency_max_ms", "points", "replicas",
+                         "unanswered"],
+            "properties": {
+                "step_s": {"type": "number"}, "window_s": {"type": "number"},
+                "latency_max_ms": {"type": ["number", "null"],
+                                   "description": "the histogram's top bound: a quantile "
+                                                  "at this value means at least this"},
+                "points": {"type": "array", "items": _ref("ActivityPoint")},
+                "replicas": {"type": "integer"},
+                "unanswered": {"type": "array", "items": {"type": "string"}}}},
+        "RedriveMany": {
+            "type": "object", "required": ["task_ids"], "additionalProperties": False,
+            "properties": {
+                "task_ids": {"type": "array", "minItems": 1, "maxItems": MAX_REDRIVE_IDS,
+                             "items": {"type": "string", "minLength": 1, "maxLength": 128}},
+                "dry_run": {"type": "boolean", "default": False,
+                            "description": "only say what would be redriven"},
+                "reason": {"type": "string", "maxLength": 1000},
+                "max_attempts": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000}}},
+        "RedriveResults": {
+            "type": "object", "required": ["dry_run", "counts", "results"],
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "results": {"type": "array", "items": {
+                    "type": "object", "required": ["task_id", "outcome", "status", "message"],
+                    "properties": {
+                        "task_id": {"type": "string"},
+                        "outcome": {"type": "string", "enum": list(OUTCOMES)},
+                        "status": {**nullable_str, "description": "the task's state when read"},
+                        "message": {"type": "string"}}}}}},
     }
 
 
@@ -159,7 +316,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+            "schema": {"type": "string", "pattern": TASK_ID_PATTERN}}
 _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
@@ -217,7 +374,7 @@ def _paths() -> dict[str, Any]:
                        {"200": _json(_ref("TaskPage"), "one page"), "400": bad,
                         "503": unavailable},
                        params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
-            "post": _op("Submit a task",
+            "post": _op("Submit a task (to a registered queue: else 400 unknown_queue)",
                         {"202": accepted, "400": bad,
                          "413": _error("the body or payload is over the limit"),
                          "415": _error("the body is not application/json"),
@@ -237,7 +394,8 @@ def _paths() -> dict[str, Any]:
             scope="admin")},
         "/tasks/{task_id}": {"get": _op(
             "A task's state, attempts, times, last error and result",
-            {"200": _json(_ref("TaskView"), "the task"), "404": not_found, "503": unavailable},
+            {"200": _json(_ref("TaskView"), "the task"), "400": bad, "404": not_found,
+             "503": unavailable},
             params=[_TASK_ID])},
         "/tasks/{task_id}/wait": {"get": _op(
             "Long poll until the task is SUCCEEDED, DEAD or CANCELLED, or the timeout passes",
@@ -256,9 +414,19 @@ def _paths() -> dict[str, Any]:
             {"202": accepted, "400": bad, "404": not_found,
              "415": _error("the body is not application/json"), "503": unavailable},
             params=[_TASK_ID], body=_command_body(), scope="admin")},
-        "/queues": {"get": _op(
-            "Per queue: tasks by state and priority, processing rate, paused",
-            {"200": _json(_ref("Queues"), "every known queue"), "503": unavailable})},
+        "/queues": {
+            "get": _op(
+                "Per queue: tasks by state and priority, processing rate, paused",
+                {"200": _json(_ref("Queues"), "every known queue"), "503": unavailable}),
+            "post": _op(
+                "Register queues: their topics are made, then submissions to them are "
+                "accepted (idempotent)",
+                {"200": _json(_ref("Registered"), "the queues are registered"), "400": bad,
+                 "415": _error("the body is not application/json"), "503": unavailable},
+                body={"required": True, "content": {
+                    "application/json": {"schema": _ref("QueueRegistration")}}},
+                scope="admin"),
+        },
         "/queues/{name}/pause": {"post": _op(
             "Pause a queue: workers stop taking its tasks",
             {"202": _json(_ref("QueueCommand"), "the command was written"), "400": bad,
@@ -271,17 +439,56 @@ def _paths() -> dict[str, Any]:
             "Dead tasks with their last error, in task-ID order",
             {"200": _json(_ref("TaskPage"), "one page"), "400": bad, "503": unavailable},
             params=[*_FILTERS, _LIMIT, _CURSOR])},
-        "/healthz": {"get": _op("Liveness: 200 while the process runs",
-                                {"200": _json(_ref("Status"), "alive")}, security=False)},
-        "/readyz": {"get": _op("Readiness: 200 once state is restored",
-                               {"200": _json(_ref("Status"), "ready"),
-                                "503": _error("still restoring")}, security=False)},
+        **_console_paths(bad, unavailable),
+        "/workers": {"get": _op(
+            "Workers announced on the workers topic: running, stopping or lost (no heartbeat "
+            "for 3 intervals)",
+            {"200": _json(_ref("Workers"), "every worker not stopped (all with ?all)"),
+             "400": bad},
+            params=[_query("all", {"type": "string"}, "also workers that stopped cleanly")])},
+        "/healthz": {"get": _op(
+            "Liveness: 200 while the process runs; ?verbose adds ownership, lag and workers",
+            {"200": _json(_ref("Health"), "alive"), "400": bad}, security=False,
+            params=[_query("verbose", {"type": "string"},
+                           "include partitions, lag and workers")])},
+        "/readyz": {"get": _op(
+            "Readiness: 200 once state is restored, 503 while restoring (lag never counts)",
+            {"200": _json(_ref("Status"), "ready"), "503": _error("still restoring")},
+            security=False)},
         "/metrics": {"get": _op(_METRICS, {"200": {
             "description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _op("This document", {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {
                 "schema": {"type": "object"}}}}})},
+    }
+
+
+def _console_paths(bad: dict[str, Any], unavailable: dict[str, Any]) -> dict[str, Any]:
+    """The endpoints the dashboard added (api/console.py)."""
+    return {
+        "/tasks/{task_id}/history": {"get": _op(
+            "The task's events from the log, each with what the fold made of it (reads the "
+            "task's partition from its start)",
+            {"200": _json(_ref("TaskHistory"), "every event of the task, oldest first"),
+             "400": bad, "404": _error("the log holds no event of this task"),
+             "503": _error("too many history reads at once, or the partition was not read "
+                           "in time; retry")},
+            params=[_TASK_ID])},
+        "/processors": {"get": _op(
+            "Every processor replica with the partitions it folds and follows",
+            {"200": _json(_ref("Processors"), "the replicas (one that did not answer says so)")})},
+        "/activity": {"get": _op(
+            "Rates and dispatch latency over the last ten minutes, in steps, all replicas",
+            {"200": _json(_ref("Activity"), "the series, oldest first")})},
+        "/dlq/redrive": {"post": _op(
+            "Redrive the given dead tasks, or with dry_run say which would be redriven",
+            {"200": _json(_ref("RedriveResults"), "what happened to each task"), "400": bad,
+             "413": _error("the body is over the limit"),
+             "415": _error("the body is not application/json"), "503": unavailable},
+            body={"required": True, "content": {
+                "application/json": {"schema": _ref("RedriveMany")}}},
+            scope="admin")},
     }
 
 

@@ -20,12 +20,14 @@ from typing import Any
 
 from taskstream.api.errors import ApiError
 from taskstream.schemas.state import TaskState, TaskStatus
-from taskstream.schemas.view import TaskView
+from taskstream.schemas.view import Opener, TaskView
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 DEFAULT_WAIT_S = 30.0
 MAX_WAIT_S = 300.0
+#: queues one POST /queues may register (each gets its ready topics made)
+MAX_REGISTERED_AT_ONCE = 100
 _MAX_CURSOR = 200
 
 
@@ -78,14 +80,29 @@ class ListQuery:
 LIST_OMITTED = frozenset({"payload", "payload_b64", "result", "result_b64"})
 
 
-def task_view(state: TaskState) -> dict[str, Any]:
-    """The public JSON of a task: the schemas package's TaskView."""
-    return TaskView.from_state(state).model_dump(mode="json")
+def task_view(state: TaskState, opener: Opener | None = None) -> dict[str, Any]:
+    """The public JSON of a task: the schemas package's TaskView (sealed values opened
+    with ``opener`` when the API holds the payload keyring)."""
+    return TaskView.from_state(state, opener).model_dump(mode="json")
 
 
-def list_item(state: TaskState) -> dict[str, Any]:
+def list_item(state: TaskState, opener: Opener | None = None) -> dict[str, Any]:
     """A task's JSON in a listing: the TaskView without payload and result."""
-    return {k: v for k, v in task_view(state).items() if k not in LIST_OMITTED}
+    return {k: v for k, v in task_view(state, opener).items() if k not in LIST_OMITTED}
+
+
+def redact(body: dict[str, Any], *, admin: bool) -> dict[str, Any]:
+    """An answer holding task views (one, or a page of ``items``) with each dispatch ID
+    left out unless the caller is an admin: with a task's dispatch ID, whoever may write
+    the events topic could report its outcome (D26)."""
+    if admin:
+        return body
+    if "items" in body and isinstance(body["items"], list):
+        return {**body, "items": [redact(item, admin=False) if isinstance(item, dict) else item
+                                  for item in body["items"]]}
+    if body.get("dispatch_id") is not None:
+        return {**body, "dispatch_id": None}
+    return body
 
 
 def parse_since(raw: str, field: str = "since") -> int:

@@ -9,7 +9,16 @@ Every replica answers every request:
   request merges. A page is only answered when the replicas' partitions cover
   every partition (else 503: a rebalance is in progress; retry);
 * writes (submit, cancel, redrive, pause, resume) are events produced to Kafka
-  and answered 202 once the broker has acknowledged them. Nothing else is written.
+  and answered 202 once the broker has acknowledged them. A submission must name a
+  registered queue (400 ``unknown_queue`` otherwise, D31); ``POST /queues`` (admin)
+  registers queues: their topics are made, then their registry records written
+  (taskstream/queue_registry.py). Nothing else is written.
+
+Peers are reached over the scheme they advertise (``https`` when the API serves
+TLS), their certificates checked against ``api_ca_file``; a bearer token is never
+forwarded over plain HTTP to a peer off the loopback (D29): such a request is
+refused with 502 and the reason. Task IDs in proxied paths are percent-encoded,
+so no ID can turn into another path.
 """
 
 from __future__ import annotations
@@ -21,15 +30,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from prometheus_client import Gauge, generate_latest
 from yarl import URL
 
+from taskstream.api.activity import STEP_S as ACTIVITY_STEP_S
 from taskstream.api.auth import TokenAuth
 from taskstream.api.bulk import BulkCancelBody, cancellable
+from taskstream.api.console import Console
 from taskstream.api.errors import ApiError
+from taskstream.api.observe import SAMPLE_S, Observer
 from taskstream.api.query import (
     ListQuery,
     Page,
@@ -46,17 +59,22 @@ from taskstream.api.query import (
     task_view,
 )
 from taskstream.api.ratelimit import RateLimiter
-from taskstream.errors import KafkaUnavailableError
-from taskstream.kafka_config import consumer_config
+from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
-from taskstream.producer.errors import InvalidTaskError
-from taskstream.schemas.models import TaskSpec
+from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
+from taskstream.producer.tracing import SubmitTracing
+from taskstream.queue_registry import KnownQueues, read_queues_topic, register_queues
+from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import decode_state
 from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.security.sealing import payload_sealer
+from taskstream.security.tls import client_context, may_send_token
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
-from taskstream.topics import api_reader_group, queues_topic
+from taskstream.telemetry.context import TraceContext
+from taskstream.telemetry.tracing import OFF, Telemetry
+from taskstream.topics import api_reader_group, fold_group
 from taskstream.workers.lag import QueueLag, read_lag
 from taskstream.workers.queuectl import parse_command, set_paused
 
@@ -80,10 +98,18 @@ def _ident(url: URL) -> tuple[str, int]:
     return (url.host or "", url.port or 80)
 
 
+def _segment(task_id: str) -> str:
+    """``task_id`` as one percent-encoded path segment (never a ``/`` or a ``..``)."""
+    if task_id in (".", ".."):
+        raise ApiError(400, "invalid_parameter", "a task ID is not a path", "task_id")
+    return quote(task_id, safe="")
+
+
 class Api:
     """The operations behind the endpoints, bound to one processor replica."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, telemetry: Telemetry = OFF,
+                 events_group: str | None = None) -> None:
         self.processor = processor
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
@@ -91,7 +117,19 @@ class Api:
         self.rate_limiter = None if limit is None else RateLimiter(
             limit, processor.settings.api_rate_burst)
         self.rates = RateWindow(window_s=60.0)
-        self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes)
+        #: with a payload keyring the API seals submissions and opens what it shows (D27)
+        self.sealer = payload_sealer(processor.settings)
+        self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes,
+                                    limits=SpecLimits.from_settings(processor.settings),
+                                    sealer=self.sealer,
+                                    max_event_bytes=processor.settings.max_event_bytes)
+        #: the queue registry as this replica last read it (a miss reads it again)
+        self.known_queues = KnownQueues(processor.settings, api_reader_group)
+        self._peer_tls = client_context(processor.settings)
+        self.console = Console(self)
+        self.tracing = SubmitTracing(telemetry, processor.events.get_topic_name())
+        self.observer = Observer(processor, processor.metrics.registry,
+                                 events_group or fold_group(processor.settings))
         registry = processor.metrics.registry
         self.lag_gauge = Gauge("taskstream_consumer_lag",
                                "ready records not yet started, per queue and worker group",
@@ -110,10 +148,12 @@ class Api:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._peer_tls))
         return self._session
 
     async def close(self) -> None:
+        self.observer.close()
         if self._session is not None:
             await self._session.close()
 
@@ -126,12 +166,13 @@ class Api:
                            "(a rebalance is in progress); retry in a moment") from None
         return None if _ident(url) == _ident(self.me) else url
 
-    def replicas(self) -> list[URL]:
-        """Every replica that holds active partitions of the task table (this one included)."""
+    def replicas(self, *, with_actives: bool = True) -> list[URL]:
+        """Every replica that holds active partitions of the task table (this one included);
+        with ``with_actives=False`` every member of the assignment, standbys-only too."""
         metadata = self.processor.app.router.table_metadata("tasks")
         urls = {_ident(self.me): self.me}
         for host, topics in metadata.items():
-            if any(topics.values()):
+            if any(topics.values()) or not with_actives:
                 url = URL(str(host))
                 urls.setdefault(_ident(url), url)
         return [urls[k] for k in sorted(urls)]
@@ -140,8 +181,14 @@ class Api:
                        headers: Mapping[str, str], timeout_s: float = PEER_TIMEOUT_S
                        ) -> tuple[int, Any]:
         """GET another replica; (status, JSON body). Unreachable -> 502 ApiError."""
-        target = url.with_path(path).with_query(dict(params))
+        target = url.with_path(path, encoded=True).with_query(dict(params))
         forward = {k: v for k, v in headers.items() if k.lower() == "authorization"}
+        if forward and not may_send_token(str(target)):
+            log.error("refused to forward a token to %s over plain HTTP", url)
+            raise ApiError(502, "insecure_peer",
+                           f"the replica at {url} is reached over plain HTTP, and a bearer "
+                           "token is never forwarded over plain HTTP off the loopback; serve "
+                           "the API over TLS (--tls-cert/--tls-key) on every replica")
         forward[PROXIED] = "1"
         try:
             async with self.session().get(
@@ -163,12 +210,13 @@ class Api:
                        ) -> dict[str, Any]:
         owner = None if proxied else self.owner(task_id)
         if owner is not None:
-            status, body = await self.peer_get(owner, f"/tasks/{task_id}", {}, headers)
+            status, body = await self.peer_get(owner, f"/tasks/{_segment(task_id)}", {},
+                                               headers)
             return self._peer_answer(status, body)
         state = self.local_state(task_id)
         if state is None:
             raise ApiError(404, "not_found", f"no task {task_id!r} is known")
-        return task_view(state)
+        return task_view(state, self.sealer)
 
     async def wait_task(self, task_id: str, timeout_s: float, headers: Mapping[str, str],
                         proxied: bool) -> dict[str, Any]:
@@ -180,18 +228,19 @@ class Api:
         owner = None if proxied else self.owner(task_id)
         if owner is not None:
             status, body = await self.peer_get(
-                owner, f"/tasks/{task_id}/wait", {"timeout": f"{timeout_s:g}"}, headers,
+                owner, f"/tasks/{_segment(task_id)}/wait", {"timeout": f"{timeout_s:g}"},
+                headers,
                 timeout_s=timeout_s + PEER_TIMEOUT_S)
             return self._peer_answer(status, body)
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.local_state(task_id)
             if state is not None and state.status.terminal:
-                return task_view(state)
+                return task_view(state, self.sealer)
             if time.monotonic() >= deadline:
                 if state is None:
                     raise ApiError(404, "not_found", f"no task {task_id!r} is known")
-                return task_view(state)
+                return task_view(state, self.sealer)
             await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
 
     @staticmethod
@@ -229,13 +278,14 @@ class Api:
         partitions = self.processor.active_partitions()
         runs = [self._candidates(p, query) for p in partitions]
         states = first_matches(merge_by_id(runs), query)
-        return {"items": [list_item(s) for s in states], "partitions": partitions}
+        return {"items": [list_item(s, self.sealer) for s in states], "partitions": partitions}
 
     async def gather(self, path: str, params: Mapping[str, str], headers: Mapping[str, str],
                      local: Any) -> list[dict[str, Any]]:
         """Every replica's answer to an internal endpoint (this one's computed in place),
         checked to cover every partition exactly as the assignment says."""
-        calls = [self._one(url, path, params, headers, local) for url in self.replicas()]
+        calls = [self.call_replica(url, path, params, headers, local)
+                 for url in self.replicas()]
         answers = await asyncio.gather(*calls)
         covered = [p for answer in answers for p in answer.get("partitions", [])]
         missing = missing_partitions(covered, self.settings.partitions)
@@ -244,8 +294,9 @@ class Api:
                            "(a rebalance or a restore is in progress); retry in a moment")
         return answers
 
-    async def _one(self, url: URL, path: str, params: Mapping[str, str],
-                   headers: Mapping[str, str], local: Any) -> dict[str, Any]:
+    async def call_replica(self, url: URL, path: str, params: Mapping[str, str],
+                           headers: Mapping[str, str], local: Any) -> dict[str, Any]:
+        """One replica's answer to an internal endpoint; this one's is ``local()``."""
         if _ident(url) == _ident(self.me):
             result: dict[str, Any] = local()
             return result
@@ -330,17 +381,53 @@ class Api:
 
     # -- commands --------------------------------------------------------------------
 
-    async def submit(self, spec: TaskSpec) -> str:
-        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding)."""
+    async def submit(self, spec: TaskSpec, caller: TraceContext | None = None) -> str:
+        """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding), for
+        a registered queue only (D31).
+
+        ``caller``: the request's ``traceparent``, linked from the task's submit span."""
+        start_ns = time.time_ns()
+        await self.require_queue(spec.queue)
         try:
             task_id, value = self.builder.submitted(spec, int(time.time() * 1000))
         except InvalidTaskError as exc:
             field = exc.fields[0] if exc.fields else None
-            status = 413 if field == "payload" else 400
+            status = 413 if field == "payload" or isinstance(exc, EventTooLargeError) else 400
             raise ApiError(status, "payload_too_large" if status == 413 else "invalid_parameter",
                            str(exc), field) from None
         await self._produce(task_id, value)
+        if self.tracing.enabled:
+            self.tracing.submitted(task_id, spec.name, start_ns, queue=spec.queue,
+                                   depends_on=spec.depends_on, caller=caller)
         return task_id
+
+    async def require_queue(self, queue: str) -> None:
+        """400 ``unknown_queue`` unless ``queue`` is registered (the cache, then a read)."""
+        if queue in self.known_queues:
+            return
+        timeout = self.settings.kafka_timeout_s
+        try:
+            unknown = await asyncio.wait_for(
+                asyncio.to_thread(self.known_queues.missing, [queue]), timeout + 1)
+        except (TimeoutError, KafkaUnavailableError):
+            raise ApiError(503, "unavailable", "the queue registry could not be read in "
+                           f"{timeout:g} s; retry") from None
+        if unknown:
+            raise ApiError(400, "unknown_queue", str(UnknownQueueError(unknown)), "queue")
+
+    async def register_queues(self, queues: list[str]) -> list[str]:
+        """Register queues (admin): their topics made, then their registry records
+        written and acknowledged (taskstream/queue_registry.py)."""
+        timeout = self.settings.kafka_timeout_s
+        try:
+            names = await asyncio.wait_for(
+                asyncio.to_thread(register_queues, self.settings, queues), 2 * timeout + 1)
+        except (TimeoutError, KafkaUnavailableError, TopicError) as exc:
+            raise ApiError(503, "unavailable", f"the queues were not registered in time "
+                           f"({exc or 'timed out'}); retry (registering is idempotent)"
+                           ) from None
+        self.known_queues.add(names)
+        return names
 
     async def cancel(self, task_id: str, reason: str, headers: Mapping[str, str],
                      proxied: bool) -> None:
@@ -375,15 +462,24 @@ class Api:
     async def redrive(self, task_id: str, reason: str, max_attempts: int | None,
                       headers: Mapping[str, str], proxied: bool) -> None:
         await self.get_task(task_id, headers, proxied)
+        await self.produce_redrive(task_id, reason, max_attempts)
+
+    async def produce_redrive(self, task_id: str, reason: str, max_attempts: int | None
+                              ) -> None:
+        """The RedriveRequested of a task known to exist (the fold refuses it unless the
+        task is DEAD when it arrives)."""
         await self._produce(task_id, self.builder.redrive(task_id, max_attempts, reason,
                                                           int(time.time() * 1000)))
 
     async def _produce_many(self, records: list[tuple[str, bytes]]) -> None:
         """Send events and wait for every acknowledgement (bounded)."""
         timeout = self.settings.kafka_timeout_s
+        tracing = self.tracing.enabled
         try:
-            pending = [await self.processor.events.send(key=k.encode(), value=v)
-                       for k, v in records]
+            pending = [await self.processor.events.send(
+                key=k.encode(), value=v,
+                headers=[self.tracing.root(k).header()] if tracing else None)
+                for k, v in records]
             await asyncio.wait_for(asyncio.gather(*pending), timeout)
         except TimeoutError:
             raise ApiError(503, "unavailable", f"Kafka did not acknowledge the events in "
@@ -393,8 +489,10 @@ class Api:
     async def _produce(self, task_id: str, value: bytes) -> None:
         """Send one event and wait for the broker's acknowledgement (bounded)."""
         timeout = self.settings.kafka_timeout_s
+        headers = [self.tracing.root(task_id).header()] if self.tracing.enabled else None
         try:
-            pending = await self.processor.events.send(key=task_id.encode(), value=value)
+            pending = await self.processor.events.send(key=task_id.encode(), value=value,
+                                                       headers=headers)
             await asyncio.wait_for(asyncio.ensure_future(pending), timeout)
         except TimeoutError:
             raise ApiError(503, "unavailable", f"Kafka did not acknowledge the event in "
@@ -413,6 +511,7 @@ class Api:
         metrics.tasks.clear()
         for (queue, status), n in by_state.items():
             metrics.tasks.labels(queue, status).set(n)
+        self.observer.refresh()
         return generate_latest(metrics.registry)
 
 
@@ -422,63 +521,62 @@ class Api:
 def read_paused(settings: Settings, timeout_s: float) -> dict[str, bool]:
     """Queue name -> paused, from the compacted queues topic read to its end (blocking).
 
-    Records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms": n}``;
-    the last record of a key wins (workers/queuectl.py parses them).
+    Pause records are ``key = queue name``, ``value = {"paused": bool, "updated_at_ms":
+    n}``; the last record of a key wins (workers/queuectl.py parses them, and skips the
+    registry's records).
     """
-    consumer = Consumer(consumer_config(settings, api_reader_group(uuid.uuid4().hex), {
-        "enable.partition.eof": True,
-        "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
-    }))
-    deadline = time.monotonic() + timeout_s
-    try:
-        topic = queues_topic(settings)
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            return {}
-        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
-        ends = {}
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-            if high > low:
-                ends[tp.partition] = high
-        if not ends:
-            return {}
-        consumer.assign(parts)
-        paused: dict[str, bool] = {}
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            key, partition, offset = msg.key(), msg.partition(), msg.offset()
-            command = parse_command(key, msg.value())
-            if command is not None:
-                paused[command.queue] = command.paused
-            if partition is not None and offset is not None and offset + 1 >= ends.get(
-                    partition, 0):
-                ends.pop(partition, None)
-        if ends:
-            raise TimeoutError(f"queues topic not read to its end in {timeout_s:g} s")
-        return paused
-    finally:
-        consumer.close()
+    paused: dict[str, bool] = {}
+    for key, value in read_queues_topic(settings, timeout_s,
+                                        api_reader_group(settings, uuid.uuid4().hex)):
+        command = parse_command(key, value)
+        if command is not None:
+            paused[command.queue] = command.paused
+    return paused
 
 
-def register_api(processor: Processor) -> Api:
-    """Add the API's routes, middleware and rate sampler to the processor's Faust app.
+def register_api(processor: Processor, telemetry: Telemetry = OFF,
+                 events_group: str | None = None) -> Api:
+    """Add the API's routes, middleware and samplers (processing rate, the dashboard's
+    activity; lag and queue depth) to the processor's Faust app. ``events_group``: the
+    group whose committed offsets on the events topic are the fold's progress (default:
+    the fold's own group, ``fold_group``).
 
     Must run before the app starts (aiohttp freezes its routes at start-up).
     """
     from taskstream.api.views import install
 
-    api = Api(processor)
+    api = Api(processor, telemetry, events_group)
     install(api)
     # during a recovery the indexes refuse (IndexNotReady): that sample is skipped
     processor.app.timer(RATE_SAMPLE_S, name="taskstream.api.rates")(
         timer_round(_sampler(api), "taskstream.api.rates", skip=(IndexNotReady,)))
+    processor.app.timer(SAMPLE_S, name="taskstream.api.lag")(
+        timer_round(_lag_sampler(api), "taskstream.api.lag"))
+    processor.app.task(_start_roster(api))
+    processor.app.timer(ACTIVITY_STEP_S, name="taskstream.api.activity")(
+        timer_round(_activity_sampler(api), "taskstream.api.activity"))
     return api
+
+
+def _start_roster(api: Api) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:  # the workers topic is read from start, not at first request
+        api.observer.roster()
+    return start
 
 
 def _sampler(api: Api) -> Callable[[], Awaitable[None]]:
     async def sample() -> None:
         api.sample_rate()
+    return sample
+
+
+def _lag_sampler(api: Api) -> Callable[[], Awaitable[None]]:
+    async def sample() -> None:
+        await asyncio.to_thread(api.observer.sample_kafka)
+    return sample
+
+
+def _activity_sampler(api: Api) -> Callable[[], Awaitable[None]]:
+    async def sample() -> None:
+        api.console.sample_activity()
     return sample

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from aiohttp import web
 from faust.web import View
@@ -27,14 +27,23 @@ from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskstream.api import ratelimit
-from taskstream.api.auth import required_scope
-from taskstream.api.bulk import bulk_query
+from taskstream.api.auth import Scope, required_scope
+from taskstream.api.bulk import BulkCancelBody, bulk_query
+from taskstream.api.console import RedriveMany
+from taskstream.api.dashboard import STATIC_PATH, UI_PATH, Dashboard
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.openapi import openapi_document
-from taskstream.api.query import bad_request, parse_list_query, parse_wait_timeout
-from taskstream.schemas.models import SpecLimits, TaskSpec, encode_json
+from taskstream.api.query import (
+    MAX_REGISTERED_AT_ONCE,
+    bad_request,
+    parse_list_query,
+    parse_wait_timeout,
+    redact,
+)
+from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID, SpecLimits, TaskSpec, encode_json
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
+from taskstream.telemetry.context import TRACEPARENT, parse_traceparent
 from taskstream.topics import QUEUE_NAME
 
 if TYPE_CHECKING:
@@ -116,8 +125,12 @@ def _over_rate(api: Api, request: web.Request) -> web.Response | None:
 
 
 def _task_id(raw: str) -> str:
-    if not raw or len(raw) > _MAX_ID or not raw.isprintable():
-        raise bad_request("task_id", f"a task ID is 1 to {_MAX_ID} printable characters")
+    """A task ID from a path: 26 Crockford base32 characters, nothing else (so no ID can
+    name another path when a replica proxies it, D29)."""
+    if TASK_ID.fullmatch(raw) is None:
+        shown = raw[:_MAX_ID]
+        raise bad_request("task_id", f"{shown!r} is not a task ID (26 characters: digits and "
+                                     "capital letters but I, L, O and U)")
     return raw
 
 
@@ -155,6 +168,18 @@ async def read_json(request: web.Request, limit: int, *, required: bool) -> Any:
     return data
 
 
+#: a request body's pydantic model
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], data: Any, context: dict[str, Any] | None = None) -> Model:
+    """``data`` as ``model``, or a 400 naming the first field that is wrong."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 def validation_error(exc: ValidationError) -> ApiError:
     """The first problem as a 400 naming its field (a whole-object rule names the body)."""
     first = exc.errors()[0]
@@ -186,12 +211,17 @@ class CommandBody(BaseModel):
     max_attempts: int | None = Field(None, ge=1, le=1000)
 
 
+class QueueRegistration(BaseModel):
+    """The body of ``POST /queues``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    queues: list[Annotated[str, Field(pattern=QUEUE_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_REGISTERED_AT_ONCE)
+
+
 async def _command(request: web.Request, allow_attempts: bool) -> CommandBody:
     data = await read_json(request, BODY_OVERHEAD, required=False)
-    try:
-        body = CommandBody.model_validate(data or {})
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    body = validated(CommandBody, data or {})
     if body.max_attempts is not None and not allow_attempts:
         raise bad_request("max_attempts", "max_attempts applies to redrive only")
     return body
@@ -201,6 +231,13 @@ def _queue_name(raw: str) -> str:
     if not QUEUE_NAME.match(raw):
         raise bad_request("name", "a queue name is 1 to 64 letters, digits, '_' or '-'")
     return raw
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: present and not 0/false/no (``?verbose``, ``?verbose=1``)."""
+    if name not in request.query:
+        return False
+    return request.query[name].strip().lower() not in ("0", "false", "no")
 
 
 def _no_params(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
@@ -217,6 +254,8 @@ class Endpoints:
 
     def __init__(self, api: Api) -> None:
         self.api = api
+        self.console = api.console
+        self.dashboard = Dashboard()
         self.max_body = api.settings.max_payload_bytes * 4 // 3 + BODY_OVERHEAD
         self.limits = SpecLimits.from_settings(api.settings)
 
@@ -229,50 +268,65 @@ class Endpoints:
             "/tasks/{task_id}/wait": {"get": self.wait_task},
             "/tasks/{task_id}/cancel": {"post": self.cancel},
             "/tasks/{task_id}/redrive": {"post": self.redrive},
-            "/queues": {"get": self.queues},
+            "/queues": {"get": self.queues, "post": self.register_queues},
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
+            "/workers": {"get": self.workers},
             "/healthz": {"get": self.healthz},
             "/readyz": {"get": self.readyz},
             "/metrics": {"get": self.metrics},
             "/openapi.json": {"get": self.openapi},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
+            # what the dashboard needs beside the above (api/console.py)
+            "/tasks/{task_id}/history": {"get": self.history},
+            "/processors": {"get": self.processors},
+            "/activity": {"get": self.activity},
+            "/dlq/redrive": {"post": self.redrive_many},
+            "/internal/processor": {"get": self.internal_processor},
+            "/internal/activity": {"get": self.internal_activity},
+            # the dashboard itself (api/dashboard.py)
+            UI_PATH: {"get": self.dashboard.page},
+            UI_PATH + "/": {"get": self.dashboard.slash},
+            STATIC_PATH + "/{asset}": {"get": self.dashboard.static},
         }
+
+    def _shown(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """``body`` (task views) as this caller may see it: dispatch IDs for admins only."""
+        admin = self.api.auth.is_admin(request.headers.get("Authorization"))
+        return json_response(redact(body, admin=admin))
 
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
         _no_params(request)
-        return json_response(await self.api.get_task(_task_id(task_id), request.headers,
-                                                     _proxied(request)))
+        return self._shown(request, await self.api.get_task(
+            _task_id(task_id), request.headers, _proxied(request)))
 
     async def wait_task(self, request: web.Request, task_id: str) -> web.Response:
         _no_params(request, ("timeout",))
         timeout = parse_wait_timeout(request.query.get("timeout"))
-        return json_response(await self.api.wait_task(_task_id(task_id), timeout,
-                                                      request.headers, _proxied(request)))
+        return self._shown(request, await self.api.wait_task(
+            _task_id(task_id), timeout, request.headers, _proxied(request)))
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query)
-        return json_response((await self.api.list_tasks(query, request.headers)).body())
+        return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
     async def list_dlq(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query,
                                  allowed=("queue", "name", "since", "before", "limit",
                                           "cursor"))
         query = dataclasses.replace(query, state=TaskStatus.DEAD)
-        return json_response((await self.api.list_tasks(query, request.headers)).body())
+        return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
     async def submit(self, request: web.Request) -> web.Response:
         data = await read_json(request, self.max_body, required=True)
         self._check_payload_size(data.get("payload"))
         _check_durations(data)
+        spec = validated(TaskSpec, data, {"limits": self.limits})
         try:
-            spec = TaskSpec.model_validate(data, context={"limits": self.limits})
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        try:
-            task_id = await self.api.submit(spec)
+            task_id = await self.api.submit(spec, parse_traceparent(
+                request.headers.get(TRACEPARENT)))
         except OverflowError:
             raise bad_request("body", "a time or duration is out of range") from None
         return json_response({"task_id": task_id}, 202)
@@ -294,7 +348,9 @@ class Endpoints:
 
     async def cancel_matching(self, request: web.Request) -> web.Response:
         _no_params(request)
-        query, body = bulk_query(await read_json(request, BODY_OVERHEAD, required=True))
+        body = validated(BulkCancelBody,
+                         await read_json(request, BODY_OVERHEAD, required=True) or {})
+        query = bulk_query(body)
         result = await self.api.cancel_matching(query, body, request.headers)
         return json_response(result, 200 if body.dry_run else 202)
 
@@ -309,6 +365,13 @@ class Endpoints:
         stats = await self.api.queues(request.headers)
         return json_response({"queues": [s.body() for s in stats]})
 
+    async def register_queues(self, request: web.Request) -> web.Response:
+        """Register queues (admin): submissions to them are accepted from now on (D31)."""
+        _no_params(request)
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        body = validated(QueueRegistration, data)
+        return json_response({"registered": await self.api.register_queues(body.queues)})
+
     async def pause(self, request: web.Request, name: str) -> web.Response:
         await self.api.set_paused(_queue_name(name), True)
         return json_response({"queue": name, "paused": True}, 202)
@@ -317,13 +380,26 @@ class Endpoints:
         await self.api.set_paused(_queue_name(name), False)
         return json_response({"queue": name, "paused": False}, 202)
 
+    async def workers(self, request: web.Request) -> web.Response:
+        _no_params(request, ("all",))
+        include_stopped = _flag(request, "all")
+        views = self.api.observer.roster().views(include_stopped=include_stopped)
+        return json_response({"workers": views})
+
     async def healthz(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        _no_params(request, ("verbose",))
+        verbose = _flag(request, "verbose")
+        body = self.api.observer.health(verbose)
+        if verbose:  # where the other replicas are: taskstream doctor asks each of them
+            body["url"] = str(self.api.me)
+            body["replicas"] = [str(url) for url in self.api.replicas()]
+        return json_response(body)
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.api.processor.is_ready():
+        ready, why = self.api.observer.readiness()
+        if ready:
             return json_response({"status": "ready"})
-        return error_response(503, "not_ready", "state is still being restored; retry")
+        return error_response(503, "not_ready", why)
 
     async def metrics(self, request: web.Request) -> web.Response:
         await self.api.refresh_lag_metrics()
@@ -334,10 +410,39 @@ class Endpoints:
         return json_response(openapi_document())
 
     async def internal_tasks(self, request: web.Request) -> web.Response:
-        return json_response(self.api.local_page(parse_list_query(request.query)))
+        return self._shown(request, self.api.local_page(parse_list_query(request.query)))
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())
+
+    # -- for the dashboard -------------------------------------------------------------
+
+    async def history(self, request: web.Request, task_id: str) -> web.Response:
+        _no_params(request)
+        admin = self.api.auth.grants(request.headers.get("Authorization"), Scope.ADMIN)
+        return json_response(await self.console.history(_task_id(task_id), admin))
+
+    async def processors(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response(await self.console.processors(request.headers))
+
+    async def activity(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response(await self.console.activity(request.headers))
+
+    async def redrive_many(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        body = validated(RedriveMany, data)
+        for task_id in body.task_ids:
+            _task_id(task_id)
+        return json_response(await self.console.redrive_many(body, request.headers))
+
+    async def internal_processor(self, request: web.Request) -> web.Response:
+        return json_response(self.console.local_processor())
+
+    async def internal_activity(self, request: web.Request) -> web.Response:
+        return json_response(self.console.local_activity())
 
 
 def install(api: Api) -> None:

@@ -37,7 +37,6 @@ import httpx
 from confluent_kafka.admin import AdminClient
 from cpu import CpuMeter
 
-from taskstream.admin import ensure_topics
 from taskstream.dev.platform import DevOptions
 from taskstream.dev.procs import (
     Child,
@@ -50,6 +49,7 @@ from taskstream.dev.procs import (
 )
 from taskstream.dev.workload import percentile
 from taskstream.producer import TaskProducer
+from taskstream.queue_registry import set_up_platform
 from taskstream.settings import Settings, load_settings
 from taskstream.topics import worker_group
 
@@ -190,7 +190,7 @@ class OursRig:
         self.processors: list[tuple[Child, str]] = []
         self.workers: list[Child] = []
         self.expected = 0
-        ensure_topics(self.settings)
+        set_up_platform(self.settings)  # topics, and the queues registered
         self.producer = TaskProducer(self.settings, source="bench")
         self.http = httpx.Client(timeout=30.0)
 

@@ -37,6 +37,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from taskstream.producer import TaskProducer
 from taskstream.producer.build import EventBuilder, now_ms
 from taskstream.producer.config import kafka_config
+from taskstream.queue_registry import set_up_platform
 from taskstream.settings import Settings, load_settings
 from taskstream.topics import events_topic
 
@@ -108,6 +109,7 @@ def _create_topic(settings: Settings, partitions: int) -> str:
     deadline = time.monotonic() + 15
     while topic not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
         time.sleep(0.1)
+    set_up_platform(settings)  # the queue registry: submissions go to registered queues only
     return topic
 
 

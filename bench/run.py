@@ -232,7 +232,7 @@ class Bench:
 
 def _broker(given: str | None, scratch: Path) -> tuple[str, Path | None]:
     """A broker that answers: the given one, else a local one started for this run."""
-    if given and localkafka.cluster_answers(given, 5.0) is not None:
+    if given and localkafka.cluster_answers({"bootstrap.servers": given}, 5.0) is not None:
         return given, None
     if given:
         print(f"[bench] no Kafka answers at {given}; starting a local one", flush=True)

@@ -6,6 +6,7 @@ task ID, idempotent and acks=all; handles report delivery and, through the
 HTTP API, the task's result. See docs/producer.md.
 """
 
+from taskstream.errors import UnknownQueueError
 from taskstream.producer.aio import AsyncTaskProducer
 from taskstream.producer.errors import (
     ApiUnavailableError,
@@ -45,5 +46,6 @@ __all__ = [
     "TaskFailedError",
     "TaskHandle",
     "TaskProducer",
+    "UnknownQueueError",
     "producer_metrics",
 ]

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
 from taskstream.producer.handle import AsyncTaskHandle, BatchDelivery
 from taskstream.schemas.models import TaskSpec
@@ -76,9 +76,15 @@ class AsyncTaskProducer(ProducerBase):
     async def submit(self, name: str, payload: Any = None, **options: Any) -> AsyncTaskHandle:
         """Submit one task; ``options`` are TaskSpec fields."""
         loop = await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
+        queue = queue_of(options)
+        if queue not in self.known_queues:
+            await asyncio.to_thread(self.known_queues.require, (queue,))
         handle = AsyncTaskHandle(task_id, "TaskSubmitted", self._core, loop)
         await self._send(task_id, data, handle)
+        if start_ns:
+            self._traced(task_id, name, options, start_ns)
         self._submitted.inc()
         return handle
 
@@ -88,7 +94,12 @@ class AsyncTaskProducer(ProducerBase):
         """Submit many tasks; every spec is validated before any is sent."""
         loop = await self._ready()
         core = self._core
-        task_ids, values = self._build.many(list(specs), now_ms())
+        start_ns = time.time_ns() if core.tracing.enabled else 0
+        items = list(specs)
+        task_ids, values = self._build.many(items, now_ms())
+        queues = queues_of(items)
+        if self._unknown_queues(queues):
+            await asyncio.to_thread(self.known_queues.require, queues)
         handles = [AsyncTaskHandle(task_id, "TaskSubmitted", core, loop) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
         todo = core.offer_many(task_ids, values, batch, None)
@@ -99,15 +110,20 @@ class AsyncTaskProducer(ProducerBase):
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     raise self._queue_stayed_full(handles, batch, todo)
+        if start_ns:
+            core.tracing.submitted_many(task_ids, start_ns)
         self._submitted.inc(len(handles))
         return handles
 
     async def cancel(self, task_id: str, reason: str = "") -> AsyncTaskHandle:
         """Ask for a task to be cancelled."""
         loop = await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         data = self._build.cancel(task_id, reason, now_ms())
         handle = AsyncTaskHandle(task_id, "CancelRequested", self._core, loop)
         await self._send(task_id, data, handle)
+        if start_ns:
+            self._core.tracing.requested(task_id, "CancelRequested", start_ns)
         self._core.metrics.count_submitted("CancelRequested")
         return handle
 
@@ -116,9 +132,12 @@ class AsyncTaskProducer(ProducerBase):
     ) -> AsyncTaskHandle:
         """Give a DEAD task a fresh budget of attempts."""
         loop = await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         data = self._build.redrive(task_id, max_attempts, reason, now_ms())
         handle = AsyncTaskHandle(task_id, "RedriveRequested", self._core, loop)
         await self._send(task_id, data, handle)
+        if start_ns:
+            self._core.tracing.requested(task_id, "RedriveRequested", start_ns)
         self._core.metrics.count_submitted("RedriveRequested")
         return handle
 
@@ -142,6 +161,7 @@ class AsyncTaskProducer(ProducerBase):
                 await asyncio.to_thread(self._poller.join, 5.0)
             await self._core.aclose_result_client()
             self._core.mark_closed()
+            self._close_telemetry()
 
     async def __aenter__(self) -> Self:
         return self

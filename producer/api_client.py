@@ -6,16 +6,23 @@ progress bar. It sends the bearer token, decodes JSON and turns a transport
 failure into :class:`ApiUnavailableError`; what an answer means is the
 caller's business (the SDK waits, the CLI prints). It lives in the SDK so that
 the producer may use it; everything above the SDK may too.
+
+Over HTTPS the API's certificate is checked against ``api_ca_file`` (or the
+system's CAs: pass ``verify``); a token is never sent over plain HTTP to a host
+other than loopback (D29): such a client is refused when it is made.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from taskstream.errors import ConfigError
 from taskstream.producer.errors import ApiUnavailableError
+from taskstream.security.tls import may_send_token
 
 #: every request's timeout unless the call gives its own (a long poll does)
 REQUEST_TIMEOUT_S = 15.0
@@ -37,8 +44,15 @@ class ApiResponse:
         return self.text if self.data is None else self.data
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def _headers(url: str, token: str | None) -> dict[str, str]:
+    if not token:
+        return {}
+    if not may_send_token(url):
+        raise ConfigError(f"refusing to send the API token to {url} over plain HTTP: anyone "
+                          "on the way could read it. Serve the API over TLS (taskstream "
+                          "processor --tls-cert/--tls-key) and use https://, or reach it on "
+                          "loopback")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _answer(resp: httpx.Response) -> ApiResponse:
@@ -63,10 +77,11 @@ def _params(params: dict[str, Any] | None) -> dict[str, Any]:
 class ApiClient:
     """Blocking requests to the API at ``url``; one connection pool, closed by :meth:`close`."""
 
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, verify: ssl.SSLContext | bool = True
+                 ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, headers=_headers(token),
-                                  timeout=REQUEST_TIMEOUT_S)
+        self._http = httpx.Client(base_url=self.url, headers=_headers(self.url, token),
+                                  timeout=REQUEST_TIMEOUT_S, verify=verify)
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 body: Any = None, timeout: float | None = None) -> ApiResponse:
@@ -85,10 +100,11 @@ class ApiClient:
 class AsyncApiClient:
     """The asyncio twin of :class:`ApiClient`."""
 
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, verify: ssl.SSLContext | bool = True
+                 ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token),
-                                       timeout=REQUEST_TIMEOUT_S)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(self.url, token),
+                                       timeout=REQUEST_TIMEOUT_S, verify=verify)
 
     async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                       body: Any = None, timeout: float | None = None) -> ApiResponse:

@@ -4,17 +4,25 @@ Pure (no Kafka): the options are checked by :class:`TaskSpec` (pydantic), the
 task ID comes from ``(name, idempotency_key)`` when a key is given (so
 duplicates share a partition and meet in one fold) and is a fresh ULID
 otherwise, and the envelope is Avro-encoded by the schemas package.
+
+With a payload sealer (D27) the payload is sealed for its task ID before it is
+encoded (the template fast path, which writes payloads straight into bytes, is
+skipped then). Every encoded event is held to the size budget
+(``max_event_bytes``, D28): over it, :class:`EventTooLargeError`, before
+anything is sent.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from taskstream.producer.errors import InvalidTaskError
+from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
@@ -28,6 +36,11 @@ from taskstream.schemas.ids import (
 )
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.serde import encode_event
+from taskstream.security.sealing import Sealer
+
+
+def _no_template(*_args: Any) -> None:
+    return None
 
 
 def now_ms() -> int:
@@ -68,9 +81,11 @@ class EventBuilder:
         "_context",
         "_encode",
         "_encode_simple",
+        "_sealer",
         "_simple",
         "_templates",
         "limits",
+        "max_event_bytes",
         "max_payload_bytes",
         "source",
     )
@@ -82,9 +97,13 @@ class EventBuilder:
         *,
         limits: SpecLimits | None = None,
         encoder: SubmittedEncoder | None = None,
+        sealer: Sealer | None = None,
+        max_event_bytes: int | None = None,
     ) -> None:
         self.source = source
         self.max_payload_bytes = max_payload_bytes
+        self.max_event_bytes = max_event_bytes
+        self._sealer = sealer if sealer is not None and sealer.can_seal else None
         self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
         self._context = {"limits": self.limits}
         self._encode = encoder if encoder is not None else encode_submitted
@@ -117,17 +136,30 @@ class EventBuilder:
         key = simple[9]
         if key is not None:
             task_id = derived_task_id(simple[0], key)
-        return task_id, self._encode_simple(event_id, task_id, at_ms, self.source, simple)
+        if self._sealer is not None:
+            simple = simple._replace(payload=self._sealer.seal(simple.payload, task_id))
+        return task_id, self.budget(
+            self._encode_simple(event_id, task_id, at_ms, self.source, simple), what)
+
+    def budget(self, value: bytes, what: str) -> bytes:
+        """``value`` if it fits the size budget, else :class:`EventTooLargeError`."""
+        limit = self.max_event_bytes
+        if limit is not None and len(value) > limit:
+            raise EventTooLargeError(
+                f"{what}: the event is {len(value)} bytes encoded, over the size budget "
+                f"max_event_bytes={limit}; make the payload, headers or tags smaller (store "
+                "large data elsewhere and pass a reference)", ["payload"])
+        return value
 
     def from_call(
         self, name: str, payload: Any, options: Mapping[str, Any], at_ms: int
     ) -> tuple[str, bytes]:
         """submit(name, payload, **options) as (task ID, encoded TaskSubmitted)."""
-        if not options:
+        if not options and self._sealer is None:
             event_id, task_id = new_ulids(2, at_ms)
             value = self._templates.encode_call(name, payload, event_id, task_id, at_ms)
             if value is not None:
-                return task_id, value
+                return task_id, self.budget(value, f"task {name!r}")
         return self.from_fields(
             {**options, "name": name, "payload": payload}, at_ms, f"task {name!r}"
         )
@@ -157,9 +189,12 @@ class EventBuilder:
         collector to track.
         """
         n = len(items)
+        limit = self.max_event_bytes if self.max_event_bytes is not None else sys.maxsize
         ids = new_ulids(2 * n, at_ms)
         fields, encode, source = self._simple.fields, self._encode_simple, self.source
-        from_template = self._templates.encode
+        sealer = self._sealer
+        # the templates write payloads straight into bytes: not when payloads are sealed
+        from_template = self._templates.encode if sealer is None else _no_template
         task_ids: list[str] = []
         values: list[bytes] = []
         add_id, add_value = task_ids.append, values.append
@@ -175,9 +210,13 @@ class EventBuilder:
                         key = simple[9]
                         if key is not None:
                             task_id = derived_task_id(simple[0], key)
+                        if sealer is not None:
+                            simple = simple._replace(payload=sealer.seal(simple[3], task_id))
                         value = encode(ids[i], task_id, at_ms, source, simple)
             else:
                 task_id, value = self.from_item(item, i, at_ms)
+            if len(value) > limit:
+                self.budget(value, f"task #{i}")
             add_id(task_id)
             add_value(value)
         return task_ids, values
@@ -205,7 +244,11 @@ class EventBuilder:
                 ["payload"],
             )
         task_id = task_id_for(body.name, body.idempotency_key)
-        return task_id, self._encode(new_event_id(), task_id, at_ms, self.source, body)
+        if self._sealer is not None:
+            body = replace(body, payload=self._sealer.seal(body.payload, task_id))
+        return task_id, self.budget(
+            self._encode(new_event_id(), task_id, at_ms, self.source, body),
+            f"task {body.name!r}")
 
     def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
         check_task_id(task_id)

@@ -7,6 +7,7 @@ producer's own tuning (batching, compression, timeouts) and the caller's overrid
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -38,4 +39,6 @@ def kafka_config(settings: Settings, overrides: Mapping[str, Any] | None = None)
         "allow.auto.create.topics": False,
         "socket.connection.setup.timeout.ms": max(1_000, int(settings.kafka_timeout_s * 1000)),
         "reconnect.backoff.max.ms": 1_000,
+        # librdkafka's own log lines go to Python logging, not raw to stderr
+        "logger": logging.getLogger("taskstream.producer.kafka"),
     }, overrides)

@@ -7,7 +7,6 @@ remembering failed deliveries until someone has been told, and counting.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from taskstream.errors import TopicError
+from taskstream.admin import check_event_budget
+from taskstream.errors import KafkaAuthError, TopicError
+from taskstream.kafka_config import ClientErrors
 from taskstream.producer.config import kafka_config
 from taskstream.producer.errors import (
     BrokerUnreachableError,
@@ -29,6 +30,9 @@ from taskstream.producer.errors import (
     UndeliveredOnBrokerDownError,
 )
 from taskstream.producer.metrics import ProducerMetrics, producer_metrics
+from taskstream.producer.tracing import SubmitTracing
+from taskstream.security.sealing import payload_sealer
+from taskstream.security.tls import client_context
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
@@ -57,10 +61,13 @@ class ProducerCore:
         queue_full_timeout_s: float | None = None,
         connect_timeout_s: float | None = None,
         kafka_overrides: Mapping[str, Any] | None = None,
+        tracing: SubmitTracing | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = settings.bootstrap
         self.topic = events_topic(settings)
+        #: spans and traceparent headers (off: one attribute check per send)
+        self.tracing = tracing if tracing is not None else SubmitTracing(topic=self.topic)
         self.metrics = metrics if metrics is not None else producer_metrics()
         self.queue_capacity = settings.producer_queue_max
         self.queue_full_timeout_s = (
@@ -69,12 +76,13 @@ class ProducerCore:
         self.connect_timeout_s = (
             settings.kafka_timeout_s if connect_timeout_s is None else connect_timeout_s
         )
+        #: the payload keyring's sealer (D27): the builder seals with it, results open with it
+        self.sealer = payload_sealer(settings)
         #: how long a wait for an ack may last when the caller gives no timeout
         self.default_wait_s = settings.delivery_timeout_s + 5.0
         config = kafka_config(settings, kafka_overrides)
+        self._errors = ClientErrors()
         config["error_cb"] = self._on_client_error
-        # librdkafka's own log lines go to Python logging, not raw to stderr
-        config.setdefault("logger", logging.getLogger("taskstream.producer.kafka"))
         self._producer = Producer(config)
         self._produce = self._producer.produce  # bound once: the hot path
         self._failures: list[_Delivery] = []
@@ -82,6 +90,7 @@ class ProducerCore:
         self._down_since: float | None = None
         self._fatal: KafkaError | None = None
         self._connected = False
+        self._budget_checked = False
         self._closed = False
         self._acked = 0  # since the last metrics sync
         self._sample = 0
@@ -91,6 +100,7 @@ class ProducerCore:
     # --- callbacks (run in the polling thread) --------------------------------
 
     def _on_client_error(self, err: KafkaError) -> None:
+        self._errors(err)
         if err.fatal():
             self._fatal = err
         elif err.code() in _DOWN_CODES and self._down_since is None:
@@ -141,6 +151,11 @@ class ProducerCore:
         try:
             md = self._producer.list_topics(self.topic, timeout=self.connect_timeout_s)
         except KafkaException as exc:
+            self._producer.poll(0)  # serve error_cb: a refused login says why
+            hint = self._errors.hint()
+            if hint:
+                raise KafkaAuthError(f"Kafka at {self.bootstrap} refused this producer: {hint}"
+                                     ) from None
             raise BrokerUnreachableError(
                 self.bootstrap, self.connect_timeout_s, str(exc.args[0])
             ) from None
@@ -151,6 +166,9 @@ class ProducerCore:
                 f"the events topic {self.topic!r} is not usable on {self.bootstrap} ({why}); "
                 "create the topics with `taskstream topics create`"
             )
+        if not self._budget_checked:
+            check_event_budget(self.settings)  # once: a budget the topic cannot take (D28)
+            self._budget_checked = True
         self._connected = True
         self._down_since = None
 
@@ -167,7 +185,11 @@ class ProducerCore:
             self._sample = 0
             handle._t0 = time.perf_counter()
         try:
-            self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
+            if self.tracing.enabled:
+                self._produce(self.topic, value, key, on_delivery=handle._on_delivery,
+                              headers=self.tracing.headers(key))
+            else:
+                self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
         except BufferError:
             return False
         return True
@@ -190,6 +212,8 @@ class ProducerCore:
         topic, produce_batch = self.topic, self._producer.produce_batch
         on_delivery = batch.on_delivery
         indices = range(len(keys)) if todo is None else todo
+        if self.tracing.enabled:  # produce_batch takes no headers: one call per event
+            return self._offer_each(keys, values, batch, list(indices))
         for lo in range(0, len(indices), BATCH):
             part = indices[lo : lo + BATCH]
             if todo is None:
@@ -214,6 +238,20 @@ class ProducerCore:
                 return refused + list(indices[lo + BATCH :])
         return []
 
+    def _offer_each(self, keys: list[str], values: list[bytes], batch: BatchDelivery,
+                    indices: list[int]) -> list[int]:
+        """offer_many with a traceparent header on each event (tracing on)."""
+        produce, topic, headers = self._produce, self.topic, self.tracing.headers
+        for n, i in enumerate(indices):
+            try:
+                produce(topic, values[i], keys[i], on_delivery=batch.on_delivery,
+                        headers=headers(keys[i]))
+            except BufferError:
+                return indices[n:]
+            except KafkaException as exc:  # e.g. a record over message.max.bytes
+                batch.fail(i, exc.args[0])
+        return []
+
     def queue_full_error(self) -> ProducerQueueFullError:
         self.metrics.failed.labels(reason="queue_full").inc()
         return ProducerQueueFullError(
@@ -225,7 +263,11 @@ class ProducerCore:
         while True:
             self._producer.poll(0.05)  # serve acks: that is what frees the queue
             try:
-                self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
+                if self.tracing.enabled:
+                    self._produce(self.topic, value, key, on_delivery=handle._on_delivery,
+                                  headers=self.tracing.headers(key))
+                else:
+                    self._produce(self.topic, value, key, on_delivery=handle._on_delivery)
                 return
             except BufferError:
                 if time.monotonic() >= deadline:
@@ -294,7 +336,8 @@ class ProducerCore:
 
             token = self.settings.api_token
             self._result_client = ResultClient(
-                self.settings.api_url, token.get_secret_value() if token else None
+                self.settings.api_url, token.get_secret_value() if token else None,
+                self.sealer, client_context(self.settings)
             )
         return self._result_client
 
@@ -304,7 +347,8 @@ class ProducerCore:
 
             token = self.settings.api_token
             self._async_result_client = AsyncResultClient(
-                self.settings.api_url, token.get_secret_value() if token else None
+                self.settings.api_url, token.get_secret_value() if token else None,
+                self.sealer, client_context(self.settings)
             )
         return self._async_result_client
 

@@ -25,6 +25,11 @@ class InvalidTaskError(ProducerError, ValueError):
         self.fields = tuple(fields)
 
 
+class EventTooLargeError(InvalidTaskError):
+    """An encoded event is over the size budget (``max_event_bytes``, D28): the broker would
+    refuse it. ``fields`` names the biggest part the caller controls."""
+
+
 class ProducerClosedError(ProducerError):
     """The producer was closed; create a new one."""
 
@@ -145,6 +150,11 @@ class TaskFailedError(ResultError):
             f"task {task_id} failed for good (attempt {self.attempt}): {what}. "
             "Inspect it with GET /tasks/{id}; redrive it with TaskProducer.redrive()."
         )
+
+
+class SealedResultError(ResultError):
+    """A result or error is sealed (D27) and this producer cannot open it: no payload
+    keyring, or not the key it was sealed with. The message names what is missing."""
 
 
 class TaskCancelledError(ResultError):

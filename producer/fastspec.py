@@ -25,6 +25,7 @@ from taskstream.schemas.models import (
     BYTES_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     MAX_DURATION_S,
+    MIN_LEASE_S,
     QUEUE_PATTERN,
     SpecLimits,
     encode_json,
@@ -191,6 +192,6 @@ def _times(
             return None
         timeout_ms = _ms(seconds)
     lease_s = _seconds(lease, zero_ok=False)
-    if lease_s is None:
+    if lease_s is None or lease_s < MIN_LEASE_S:
         return None
     return eta_ms, timeout_ms, _ms(lease_s)

@@ -7,12 +7,17 @@ so one ``result(timeout=600)`` survives server-side long-poll caps and a
 processor failover (404 right after submit and 502/503/504 are retried).
 
 The decision what a response means is :func:`interpret`, pure and unit-tested.
+
+Sealed results and error texts (D27) are opened with the producer's payload
+keyring; without one, a sealed result is a :class:`SealedResultError` that
+names the key it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,10 +26,13 @@ from taskstream.producer.api_client import ApiClient, AsyncApiClient
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,
+    SealedResultError,
     TaskCancelledError,
     TaskFailedError,
 )
 from taskstream.schemas.state import TaskStatus
+from taskstream.schemas.view import Opener, open_view
+from taskstream.security.errors import SealError
 
 #: Longest single long-poll; the loop makes up the rest of the caller's timeout.
 MAX_POLL_S = 30.0
@@ -52,7 +60,24 @@ def decode_result(body: dict[str, Any]) -> Any:
     return body.get("result")
 
 
-def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished | Pending:
+def opened(task_id: str, body: dict[str, Any], opener: Opener | None) -> dict[str, Any]:
+    """A finished view with its sealed fields opened (a SealedResultError when they cannot
+    be: no payload keyring here, or not the key they were sealed with)."""
+    sealed = body.get("sealed") or []
+    if not sealed:
+        return body
+    if opener is None:
+        raise SealedResultError(
+            f"task {task_id}'s {', '.join(sealed)} is sealed; configure the payload keyring "
+            "(TASKSTREAM_PAYLOAD_KEYS or TASKSTREAM_PAYLOAD_KEYRING_FILE) to read it")
+    try:
+        return open_view(body, opener)
+    except SealError as exc:
+        raise SealedResultError(f"task {task_id}: {exc}") from None
+
+
+def interpret(task_id: str, url: str, status_code: int, body: Any,
+              opener: Opener | None = None) -> Finished | Pending:
     """What one API response means: finished, pending, or an exception raised."""
     if status_code in _RETRY_STATUS:
         status = "UNKNOWN" if status_code == 404 else f"API {status_code}"
@@ -68,9 +93,9 @@ def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished |
         )
     status = str(body["status"])
     if status == TaskStatus.SUCCEEDED:
-        return Finished(decode_result(body))
+        return Finished(decode_result(opened(task_id, body, opener)))
     if status == TaskStatus.DEAD:
-        err = body.get("last_error")
+        err = opened(task_id, body, opener).get("last_error")
         raise TaskFailedError(task_id, err if isinstance(err, dict) else None)
     if status == TaskStatus.CANCELLED:
         raise TaskCancelledError(task_id, str(body.get("cancel_reason") or ""))
@@ -80,9 +105,11 @@ def interpret(task_id: str, url: str, status_code: int, body: Any) -> Finished |
 class ResultClient:
     """Blocking waits on the API; one connection pool per producer."""
 
-    def __init__(self, api_url: str, token: str | None) -> None:
-        self._client = ApiClient(api_url, token)
+    def __init__(self, api_url: str, token: str | None, opener: Opener | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self._client = ApiClient(api_url, token, verify)
         self.api_url = self._client.url
+        self._opener = opener
 
     def wait(self, task_id: str, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -96,7 +123,7 @@ class ResultClient:
             poll = min(left, MAX_POLL_S)
             resp = self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
                                         timeout=poll + 10)
-            outcome = interpret(task_id, url, resp.status_code, resp.body)
+            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
             if isinstance(outcome, Finished):
                 return outcome.value
             status = outcome.status
@@ -110,9 +137,11 @@ class ResultClient:
 class AsyncResultClient:
     """The asyncio twin of :class:`ResultClient`."""
 
-    def __init__(self, api_url: str, token: str | None) -> None:
-        self._client = AsyncApiClient(api_url, token)
+    def __init__(self, api_url: str, token: str | None, opener: Opener | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self._client = AsyncApiClient(api_url, token, verify)
         self.api_url = self._client.url
+        self._opener = opener
 
     async def wait(self, task_id: str, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
@@ -127,7 +156,7 @@ class AsyncResultClient:
             poll = min(left, MAX_POLL_S)
             resp = await self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
                                               timeout=poll + 10)
-            outcome = interpret(task_id, url, resp.status_code, resp.body)
+            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
             if isinstance(outcome, Finished):
                 return outcome.value
             status = outcome.status

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from taskstream.producer.base import ProducerBase
+from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
 from taskstream.producer.handle import BatchDelivery, TaskHandle
 from taskstream.schemas.models import TaskSpec
@@ -46,16 +46,23 @@ class TaskProducer(ProducerBase):
             self._core.poll(0)
 
     def submit(self, name: str, payload: Any = None, **options: Any) -> TaskHandle:
-        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...).
+        """Submit one task. ``options`` are TaskSpec fields (queue, priority, ...). The
+        queue must be registered (else UnknownQueueError, before anything is sent).
 
         Returns at once with a handle; the event is durable when
         ``handle.delivered()`` returns or ``flush()`` does.
         """
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         task_id, data = self._build.from_call(name, payload, options, now_ms())
+        queue = queue_of(options)
+        if queue not in self.known_queues:
+            self.known_queues.require((queue,))
         handle = TaskHandle(task_id, "TaskSubmitted", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            self._traced(task_id, name, options, start_ns)
         self._submitted.inc()
         self._after_send()
         return handle
@@ -68,7 +75,12 @@ class TaskProducer(ProducerBase):
         """
         core = self._core
         core.check_usable()
-        task_ids, values = self._build.many(list(specs), now_ms())
+        start_ns = time.time_ns() if core.tracing.enabled else 0
+        items = list(specs)
+        task_ids, values = self._build.many(items, now_ms())
+        queues = queues_of(items)
+        if self._unknown_queues(queues):
+            self.known_queues.require(queues)
         handles = [TaskHandle(task_id, "TaskSubmitted", core) for task_id in task_ids]
         batch = BatchDelivery(core, handles)
         todo = core.offer_many(task_ids, values, batch, None)
@@ -79,6 +91,8 @@ class TaskProducer(ProducerBase):
                 todo = core.offer_many(task_ids, values, batch, todo)
                 if todo and time.monotonic() >= deadline:
                     raise self._queue_stayed_full(handles, batch, todo)
+        if start_ns:
+            core.tracing.submitted_many(task_ids, start_ns)
         self._submitted.inc(len(handles))
         self._after_send(len(handles))
         return handles
@@ -87,9 +101,12 @@ class TaskProducer(ProducerBase):
         """Ask for a task to be cancelled (a CancelRequested event)."""
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         data = self._build.cancel(task_id, reason, now_ms())
         handle = TaskHandle(task_id, "CancelRequested", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            core.tracing.requested(task_id, "CancelRequested", start_ns)
         core.metrics.count_submitted("CancelRequested")
         self._after_send()
         return handle
@@ -100,9 +117,12 @@ class TaskProducer(ProducerBase):
         """Give a DEAD task a fresh budget of attempts (a RedriveRequested event)."""
         core = self._core
         core.check_usable()
+        start_ns = time.time_ns() if core.tracing.enabled else 0
         data = self._build.redrive(task_id, max_attempts, reason, now_ms())
         handle = TaskHandle(task_id, "RedriveRequested", core)
         core.send(task_id, data, handle)
+        if start_ns:
+            core.tracing.requested(task_id, "RedriveRequested", start_ns)
         core.metrics.count_submitted("RedriveRequested")
         self._after_send()
         return handle
@@ -131,6 +151,7 @@ class TaskProducer(ProducerBase):
             self._core.flush(timeout)
         finally:
             self._core.mark_closed()
+            self._close_telemetry()
 
     def __enter__(self) -> Self:
         return self

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
@@ -61,28 +62,77 @@ JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+#: the queue of a task that names none
+DEFAULT_QUEUE = "default"
 TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+TASK_ID = re.compile(TASK_ID_PATTERN)
 
 
 #: the longest delay, lease, timeout or backoff a spec may ask for: ten years. Beyond
 #: it the millisecond values would overflow Avro's long and nobody means it anyway.
 MAX_DURATION_S = 10 * 365 * 24 * 3600.0
+#: the shortest lease: a worker renews it from another process over Kafka; less than a
+#: second would expire attempts that are alive (D28)
+MIN_LEASE_S = 1.0
+MAX_CONTENT_TYPE = 255
+MAX_IDEMPOTENCY_KEY = 512
+
 
 @dataclass(frozen=True, slots=True)
 class SpecLimits:
-    """The configurable rules a TaskSpec is validated against."""
+    """The configurable rules a task is validated against: by TaskSpec in the SDK and the
+    API, and again by the fold on the wire (processors/fold/validate.py, D28)."""
 
-    max_payload_bytes: int = 1024 * 1024
+    max_payload_bytes: int = 900 * 1024
     name_pattern: str = DEFAULT_NAME_PATTERN
     priority_min: int = 0
     priority_max: int = 2
+    max_headers: int = 64
+    max_header_bytes: int = 4096
+    max_tags: int = 64
+    max_tag_bytes: int = 256
+    max_dependencies: int = 1000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpecLimits:
         return cls(
             max_payload_bytes=settings.max_payload_bytes,
             priority_max=settings.priority_levels - 1,
+            max_headers=settings.max_headers,
+            max_header_bytes=settings.max_header_bytes,
+            max_tags=settings.max_tags,
+            max_tag_bytes=settings.max_tag_bytes,
+            max_dependencies=settings.max_dependencies,
         )
+
+    def check_headers(self, headers: dict[str, str]) -> str | None:
+        """Why ``headers`` break the limits, or None."""
+        if len(headers) > self.max_headers:
+            return f"{len(headers)} headers; at most {self.max_headers} are allowed"
+        for name, value in headers.items():
+            size = len(name.encode()) + len(value.encode())
+            if not name or size > self.max_header_bytes:
+                return (f"header {name[:40]!r} is {size} bytes (name + value); each must be "
+                        f"1 to {self.max_header_bytes}")
+        return None
+
+    def check_tags(self, tags: list[str]) -> str | None:
+        if len(tags) > self.max_tags:
+            return f"{len(tags)} tags; at most {self.max_tags} are allowed"
+        for tag in tags:
+            size = len(tag.encode())
+            if not 1 <= size <= self.max_tag_bytes:
+                return f"tag {tag[:40]!r} is {size} bytes; each must be 1 to {self.max_tag_bytes}"
+        return None
+
+    def check_depends_on(self, depends_on: list[str]) -> str | None:
+        if len(depends_on) > self.max_dependencies:
+            return (f"{len(depends_on)} parents; at most {self.max_dependencies} are allowed "
+                    "(a larger fan-in goes through a group)")
+        for task_id in depends_on:
+            if TASK_ID.fullmatch(task_id) is None:
+                return f"depends_on entry {task_id[:40]!r} is not a 26-character task ID"
+        return None
 
 
 _DEFAULT_LIMITS = SpecLimits()
@@ -171,8 +221,8 @@ class TaskSpec(BaseModel):
 
     name: str
     payload: Any = None
-    content_type: str | None = Field(default=None, min_length=1, max_length=255)
-    queue: str = Field(default="default", pattern=QUEUE_PATTERN)
+    content_type: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_TYPE)
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=QUEUE_PATTERN)
     priority: int = 0
     delay: float | None = Field(default=None, ge=0, le=MAX_DURATION_S, allow_inf_nan=False,
                                 description="seconds")
@@ -181,9 +231,10 @@ class TaskSpec(BaseModel):
     backoff: BackoffSpec = BackoffSpec()  # frozen, so sharing the default is safe
     timeout: float | None = Field(default=None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
                                   description="seconds")
-    lease: float = Field(default=30.0, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
-                         description="seconds")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
+    lease: float = Field(default=30.0, ge=MIN_LEASE_S, le=MAX_DURATION_S, allow_inf_nan=False,
+                         description="seconds, at least 1")
+    idempotency_key: str | None = Field(default=None, min_length=1,
+                                        max_length=MAX_IDEMPOTENCY_KEY)
     headers: dict[str, str] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
@@ -216,19 +267,23 @@ class TaskSpec(BaseModel):
             raise ValueError("eta must be timezone-aware (for example datetime.now(UTC))")
         return value
 
+    @field_validator("headers", "tags", "depends_on")
+    @classmethod
+    def _check_bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        limits = _limits(info)
+        checks: dict[str, Callable[[Any], str | None]] = {
+            "headers": limits.check_headers, "tags": limits.check_tags,
+            "depends_on": limits.check_depends_on}
+        problem = checks[info.field_name or ""](value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, value: list[str]) -> list[str]:
-        """Routing tags (D38): legal names, sorted, without repeats."""
+        """Routing tags (D38): legal names, sorted, without repeats (after the bounds)."""
         return list(canonical_tags(value))
-
-    @field_validator("depends_on")
-    @classmethod
-    def _check_depends_on(cls, value: list[str]) -> list[str]:
-        for task_id in value:
-            if re.fullmatch(TASK_ID_PATTERN, task_id) is None:
-                raise ValueError(f"depends_on entry {task_id!r} is not a 26-character task ID")
-        return value
 
     @model_validator(mode="after")
     def _check_whole(self, info: ValidationInfo) -> Self:

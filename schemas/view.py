@@ -8,18 +8,39 @@ Every TaskState field appears under its own name, with two renderings:
   under ``payload_b64`` / ``result_b64`` and the plain field is null;
 * times: ``*_at_ms`` stays integer milliseconds, and a sibling without the
   ``_ms`` suffix (``submitted_at``, ...) carries the ISO 8601 UTC string.
+
+Sealed values (D27): a payload, result or error text sealed for the task is
+opened when the renderer holds the payload keyring (:class:`Opener`), and then
+rendered like any other. Otherwise it stays sealed: the bytes base64-encoded
+under ``payload_b64`` / ``result_b64``, the texts as they are, and ``sealed``
+names each such field, so a client holding the key opens them itself
+(:func:`open_view`). ``dispatch_id`` is shown to admins only (D26): a worker's
+outcome must name it, and nobody else needs it.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from taskstream.schemas.state import ErrorInfo, TaskState
+from taskstream.security.errors import SealError
+from taskstream.security.sealing import is_sealed, is_sealed_text
+
+#: the TaskView fields that may be sealed (dotted: inside ``last_error``)
+SEALABLE = ("payload", "result", "last_error.message", "last_error.traceback")
+
+
+class Opener(Protocol):
+    """What opens sealed values (a :class:`~taskstream.security.sealing.Sealer`)."""
+
+    def open(self, sealed: bytes, owner: str) -> bytes: ...
+    def open_text(self, text: str, owner: str) -> str: ...
 
 
 def is_json(content_type: str | None) -> bool:
@@ -29,11 +50,13 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def render_bytes(data: bytes | None, content_type: str | None) -> tuple[Any, str | None]:
-    """(JSON value, None) for JSON content that parses, else (None, base64 or None)."""
+def render_bytes(data: bytes | None, content_type: str | None, sealed: bool = False
+                 ) -> tuple[Any, str | None]:
+    """(JSON value, None) for JSON content that parses, else (None, base64 or None);
+    sealed bytes are always base64."""
     if data is None:
         return None, None
-    if is_json(content_type):
+    if is_json(content_type) and not sealed:
         try:
             return json.loads(data), None
         except ValueError:  # truncated result, or a mislabelled payload
@@ -66,14 +89,46 @@ class ErrorView(BaseModel):
     timed_out: bool
 
     @classmethod
-    def from_error(cls, error: ErrorInfo) -> ErrorView:
+    def from_error(cls, error: ErrorInfo, opener: Opener | None = None, owner: str = ""
+                   ) -> ErrorView:
         return cls(
             error_type=error.error_type,
-            message=error.message,
-            traceback=error.traceback,
+            message=_open_text(error.message, opener, owner),
+            traceback=_open_text(error.traceback, opener, owner),
             attempt=error.attempt,
             timed_out=error.timed_out,
         )
+
+
+def _open_bytes(data: bytes | None, opener: Opener | None, owner: str) -> bytes | None:
+    if opener is None or not is_sealed(data):
+        return data
+    assert data is not None
+    try:
+        return opener.open(data, owner)
+    except SealError:
+        return data  # shown sealed; ``sealed`` says so
+
+
+def _open_text(text: str, opener: Opener | None, owner: str) -> str:
+    if opener is None or not is_sealed_text(text):
+        return text
+    try:
+        return opener.open_text(text, owner)
+    except SealError:
+        return text
+
+
+def _sealed_fields(payload: bytes, result: bytes | None, error: ErrorView | None) -> list[str]:
+    found = []
+    if is_sealed(payload):
+        found.append("payload")
+    if is_sealed(result):
+        found.append("result")
+    if error is not None:
+        found += [f"last_error.{name}" for name in ("message", "traceback")
+                  if is_sealed_text(getattr(error, name))]
+    return found
 
 
 #: TaskView fields that are renderings of a TaskState field, not fields of their own.
@@ -87,6 +142,10 @@ RENDERED = {
     "due_at": "due_at_ms",
     "finished_at": "finished_at_ms",
 }
+
+
+#: TaskView fields about how the view was rendered, not renderings of a state field
+VIEW_ONLY = frozenset({"sealed"})
 
 
 class TaskView(BaseModel):
@@ -139,11 +198,19 @@ class TaskView(BaseModel):
     conflicts: int
     rejected: int
     recent_event_ids: list[str]
+    sealed: list[str] = []
 
     @classmethod
-    def from_state(cls, s: TaskState) -> TaskView:
-        payload, payload_b64 = render_bytes(s.payload, s.content_type)
-        result, result_b64 = render_bytes(s.result, s.result_content_type)
+    def from_state(cls, s: TaskState, opener: Opener | None = None) -> TaskView:
+        """The view of ``s``; sealed values opened with ``opener`` when given."""
+        payload_bytes = _open_bytes(s.payload, opener, s.task_id)
+        result_bytes = _open_bytes(s.result, opener, s.task_id)
+        error = (None if s.last_error is None
+                 else ErrorView.from_error(s.last_error, opener, s.task_id))
+        sealed = _sealed_fields(payload_bytes or b"", result_bytes, error)
+        payload, payload_b64 = render_bytes(payload_bytes, s.content_type, "payload" in sealed)
+        result, result_b64 = render_bytes(result_bytes, s.result_content_type,
+                                          "result" in sealed)
         b = s.backoff
         return cls(
             task_id=s.task_id,
@@ -185,7 +252,7 @@ class TaskView(BaseModel):
             result_b64=result_b64,
             result_content_type=s.result_content_type,
             result_truncated=s.result_truncated,
-            last_error=None if s.last_error is None else ErrorView.from_error(s.last_error),
+            last_error=error,
             cancel_reason=s.cancel_reason,
             retries=s.retries,
             redrives=s.redrives,
@@ -193,4 +260,30 @@ class TaskView(BaseModel):
             conflicts=s.conflicts,
             rejected=s.rejected,
             recent_event_ids=list(s.recent_event_ids),
+            sealed=sealed,
         )
+
+
+def open_view(view: dict[str, Any], opener: Opener) -> dict[str, Any]:
+    """A TaskView's JSON with the fields ``sealed`` names opened (a client holding the
+    payload keyring); a value that does not open raises :class:`SealError`."""
+    sealed = view.get("sealed") or []
+    if not sealed:
+        return view
+    out = dict(view)
+    owner = str(view.get("task_id"))
+    for name, ctype in (("payload", view.get("content_type")),
+                        ("result", view.get("result_content_type"))):
+        if name in sealed and isinstance(view.get(f"{name}_b64"), str):
+            try:
+                blob = base64.b64decode(view[f"{name}_b64"])
+            except (binascii.Error, ValueError):
+                raise SealError(f"{name}_b64 is not base64") from None
+            out[name], out[f"{name}_b64"] = render_bytes(opener.open(blob, owner), ctype)
+    error = view.get("last_error")
+    if isinstance(error, dict):
+        out["last_error"] = {
+            **error, **{k: opener.open_text(str(error[k]), owner)
+                        for k in ("message", "traceback") if f"last_error.{k}" in sealed}}
+    out["sealed"] = []
+    return out

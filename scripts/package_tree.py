@@ -17,7 +17,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_SUFFIXES = {".avsc", ".json", ".typed"}
+#: package data: the Avro contract, py.typed, and the web dashboard's files (api/ui/)
+DATA_SUFFIXES = {".avsc", ".json", ".typed", ".html", ".js", ".css", ".svg"}
 
 
 def source_tree() -> set[str]:

@@ -9,24 +9,32 @@ Partitions: ``events``, ``cancellations``, ``dlq`` and ``quarantine`` are keyed
 by task ID and get ``settings.partitions``; ready topics get
 ``settings.ready_partitions``; ``queues`` holds a handful of commands per queue
 that every worker reads whole, so it has one partition (total order per queue
-for free).
+for free); ``workers`` holds one small record per live worker, read whole by
+every API replica, so one partition too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from taskstream import topics
-from taskstream.errors import ConfigError, KafkaUnavailableError, TopicError
+from taskstream.errors import ConfigError, KafkaAuthError, KafkaUnavailableError, TopicError
+from taskstream.kafka_config import ClientErrors, admin_config
 from taskstream.settings import Settings
 
 
@@ -57,6 +65,29 @@ def _compact(replication: int) -> dict[str, str]:
     return {"cleanup.policy": "compact", "min.insync.replicas": _min_insync(replication)}
 
 
+#: the workers topic keeps a worker's last record for a day after it stops heartbeating
+#: (compact: one record per worker; delete: a worker gone for good leaves the list)
+WORKERS_RETENTION_MS = 24 * 3600 * 1000
+#: segments roll hourly so compaction and retention reach records in hours, not weeks
+WORKERS_SEGMENT_MS = 3600 * 1000
+
+
+def _workers(replication: int) -> dict[str, str]:
+    return {"cleanup.policy": "compact,delete", "retention.ms": str(WORKERS_RETENTION_MS),
+            "segment.ms": str(WORKERS_SEGMENT_MS), "min.insync.replicas": _min_insync(replication)}
+
+
+#: room for a record's framing around an event (batch and record headers, key, signature
+#: header): a topic that carries events takes max_event_bytes plus this (D28)
+RECORD_OVERHEAD = 4096
+MAX_MESSAGE_BYTES = "max.message.bytes"
+
+
+def _sized(settings: Settings, config: dict[str, str]) -> dict[str, str]:
+    """``config`` with room for the largest event the size budget allows."""
+    return {**config, MAX_MESSAGE_BYTES: str(settings.max_event_bytes + RECORD_OVERHEAD)}
+
+
 def queue_topic_specs(settings: Settings, queue: str, tags: Iterable[str] = ()
                       ) -> list[TopicSpec]:
     """The ready topics of one queue (and tag set, routed as the processor routes it:
@@ -65,7 +96,7 @@ def queue_topic_specs(settings: Settings, queue: str, tags: Iterable[str] = ()
         raise TopicError(
             f"queue name {queue!r} is not valid: use 1-64 letters, digits, '_' or '-'"
         )
-    config = _delete(settings.ready_retention_ms, settings.replication)
+    config = _sized(settings, _delete(settings.ready_retention_ms, settings.replication))
     return [
         TopicSpec(topics.dispatch_topic(settings, queue, level, tags), settings.ready_partitions,
                   config)
@@ -77,35 +108,54 @@ def topic_specs(settings: Settings, queues: Iterable[str] | None = None) -> list
     """Every topic the platform needs, ready topics for ``queues`` (default: settings.queues)."""
     rf, n = settings.replication, settings.partitions
     specs = [
-        TopicSpec(topics.events_topic(settings), n, _delete(settings.events_retention_ms, rf)),
+        TopicSpec(topics.events_topic(settings), n,
+                  _sized(settings, _delete(settings.events_retention_ms, rf))),
         TopicSpec(topics.queues_topic(settings), 1, _compact(rf)),
         TopicSpec(topics.cancellations_topic(settings), n, _compact(rf)),
-        TopicSpec(topics.dlq_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
-        TopicSpec(topics.quarantine_topic(settings), n, _delete(settings.dlq_retention_ms, rf)),
+        TopicSpec(topics.dlq_topic(settings), n,
+                  _sized(settings, _delete(settings.dlq_retention_ms, rf))),
+        TopicSpec(topics.quarantine_topic(settings), n,
+                  _sized(settings, _delete(settings.dlq_retention_ms, rf))),
+        TopicSpec(topics.workers_topic(settings), 1, _workers(rf)),
     ]
     for queue in settings.queues if queues is None else queues:
         specs.extend(queue_topic_specs(settings, queue))
     return specs
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap, "log_level": 0})
+@dataclass(frozen=True)
+class Admin:
+    """An admin client with what it reported (to explain a refused connection)."""
+
+    client: AdminClient
+    errors: ClientErrors
 
 
-def cluster_metadata(settings: Settings, client: AdminClient) -> Any:
-    """The cluster's metadata (brokers, topics), or a clear error within the Kafka timeout."""
+def admin_client(settings: Settings) -> Admin:
+    errors = ClientErrors()
+    return Admin(AdminClient(admin_config(settings, {"error_cb": errors})), errors)
+
+
+def cluster_metadata(settings: Settings, admin: Admin) -> Any:
+    """The cluster's metadata (brokers, topics), or a clear error within the Kafka timeout:
+    :class:`KafkaAuthError` when the brokers refused the credentials or the certificate."""
     try:
-        return client.list_topics(timeout=settings.kafka_timeout_s)
+        return admin.client.list_topics(timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
+        admin.client.poll(0)  # serve error_cb: it says why
+        hint = admin.errors.hint()
+        if hint:
+            raise KafkaAuthError(
+                f"Kafka at {settings.bootstrap} refused this client: {hint}") from None
         raise KafkaUnavailableError(
             f"Kafka at {settings.bootstrap} did not answer within {settings.kafka_timeout_s}s "
             f"({exc}); start it with `taskstream kafka up` or fix TASKSTREAM_BOOTSTRAP"
         ) from None
 
 
-def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[str, int]:
+def list_topics(settings: Settings, admin: Admin | None = None) -> dict[str, int]:
     """Topic name -> partition count, internal topics left out."""
-    metadata = cluster_metadata(settings, client or admin_client(settings))
+    metadata = cluster_metadata(settings, admin or admin_client(settings))
     return {
         name: len(meta.partitions)
         for name, meta in metadata.topics.items()
@@ -115,13 +165,13 @@ def list_topics(settings: Settings, client: AdminClient | None = None) -> dict[s
 
 def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]:
     """Create the topics in ``specs`` that do not exist. Name -> True when created now."""
-    client = admin_client(settings)
-    existing = list_topics(settings, client)
+    admin = admin_client(settings)
+    existing = list_topics(settings, admin)
     missing = [s for s in specs if s.name not in existing]
     result = {s.name: False for s in specs}
     if not missing:
         return result
-    futures = client.create_topics(
+    futures = admin.client.create_topics(
         [
             NewTopic(s.name, s.partitions, settings.replication, config=dict(s.config))
             for s in missing
@@ -137,6 +187,11 @@ def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]
             error = exc.args[0]
             if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue  # somebody else created it meanwhile: fine
+            if isinstance(error, KafkaError) and error.code() in _DENIED:
+                raise KafkaAuthError(
+                    f"could not create topic {name}: {error.str()}; this principal "
+                    f"({settings.sasl_username or 'anonymous'}) may not create topics: run it "
+                    "with the admin credential (docs/security.md)") from None
             raise TopicError(
                 f"could not create topic {name} with {settings.replication} replica(s): {error}; "
                 "check that the cluster has that many brokers (TASKSTREAM_REPLICATION)"
@@ -146,8 +201,12 @@ def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, bool]
                 f"creating topic {name} on {settings.bootstrap} timed out; is the broker healthy? "
                 "see `taskstream kafka status`"
             ) from None
-    _wait_for_leaders(settings, client, [n for n, created in result.items() if created])
+    _wait_for_leaders(settings, admin.client, [n for n, created in result.items() if created])
     return result
+
+
+_DENIED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                     KafkaError.CLUSTER_AUTHORIZATION_FAILED})
 
 
 def _wait_for_leaders(settings: Settings, client: AdminClient, names: list[str]) -> None:
@@ -182,6 +241,33 @@ def ensure_queue_topics(settings: Settings, queue: str) -> dict[str, bool]:
     return create_topics(settings, queue_topic_specs(settings, queue))
 
 
+def events_max_message_bytes(settings: Settings) -> int | None:
+    """The events topic's ``max.message.bytes``; None when this principal may not read
+    topic configs (no DescribeConfigs right) or the topic is not there."""
+    admin = admin_client(settings)
+    resource = ConfigResource(ResourceType.TOPIC, topics.events_topic(settings))
+    try:
+        futures = admin.client.describe_configs([resource],
+                                                request_timeout=settings.kafka_timeout_s)
+        entries = next(iter(futures.values())).result(timeout=settings.kafka_timeout_s * 2)
+        return int(entries[MAX_MESSAGE_BYTES].value)
+    except (KafkaException, KeyError, TypeError, ValueError, TimeoutError):
+        return None
+
+
+def check_event_budget(settings: Settings) -> int | None:
+    """Refuse a size budget the events topic cannot take (D28), where the credential may
+    read the topic's configs. Returns the topic's limit, or None when it cannot be read."""
+    limit = events_max_message_bytes(settings)
+    if limit is not None and settings.max_event_bytes + RECORD_OVERHEAD > limit:
+        raise ConfigError(
+            f"max_event_bytes={settings.max_event_bytes} does not fit the events topic "
+            f"{topics.events_topic(settings)} (max.message.bytes={limit}, and a record needs "
+            f"{RECORD_OVERHEAD} bytes of framing): lower TASKSTREAM_MAX_EVENT_BYTES to at most "
+            f"{limit - RECORD_OVERHEAD} or raise the topic's max.message.bytes")
+    return limit
+
+
 SESSION_BOUNDS = ("group.min.session.timeout.ms", "group.max.session.timeout.ms")
 
 
@@ -189,12 +275,12 @@ def session_timeout_bounds(settings: Settings) -> tuple[int, int] | None:
     """The session timeouts (ms) every broker accepts from a consumer group member:
     the highest ``group.min.session.timeout.ms`` and the lowest ``...max...``.
     None when the brokers' configs cannot be read (no DescribeConfigs right, say)."""
-    client = admin_client(settings)
-    brokers = cluster_metadata(settings, client).brokers
+    admin = admin_client(settings)
+    brokers = cluster_metadata(settings, admin).brokers
     resources = [ConfigResource(ResourceType.BROKER, str(b)) for b in sorted(brokers)]
     lows, highs = [], []
     try:
-        futures = client.describe_configs(resources, request_timeout=settings.kafka_timeout_s)
+        futures = admin.client.describe_configs(resources, request_timeout=settings.kafka_timeout_s)
         for future in futures.values():
             entries = future.result(timeout=settings.kafka_timeout_s * 2)
             lows.append(int(entries[SESSION_BOUNDS[0]].value))
@@ -236,3 +322,59 @@ def choose_session_timeout(settings: Settings) -> float:
         f"{low / 1000:g} and {high / 1000:g} (or unset it), or change those broker settings "
         "(`taskstream kafka up` allows down to 1 s)"
     )
+
+
+# -- lag: how far a consumer group is behind the end of its partitions -----------------
+
+
+def _spec(which: Any) -> OffsetSpec:
+    """``OffsetSpec.latest()`` or ``.earliest()`` (untyped class methods in the client)."""
+    return cast(Callable[[], OffsetSpec], which)()
+
+
+def _list_offsets(settings: Settings, client: AdminClient, partitions: Iterable[tuple[str, int]],
+                  spec: OffsetSpec) -> dict[tuple[str, int], int]:
+    wanted = {TopicPartition(t, p): spec for t, p in partitions}
+    if not wanted:
+        return {}
+    futures = client.list_offsets(wanted, request_timeout=settings.kafka_timeout_s)
+    return {(tp.topic, tp.partition): int(future.result(timeout=settings.kafka_timeout_s * 2)
+                                          .offset)
+            for tp, future in futures.items()}
+
+
+def end_offsets(settings: Settings, client: AdminClient,
+                partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset the next record will get (the high watermark)."""
+    return _list_offsets(settings, client, partitions, _spec(OffsetSpec.latest))
+
+
+def start_offsets(settings: Settings, client: AdminClient,
+                  partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the earliest offset retention kept."""
+    return _list_offsets(settings, client, partitions, _spec(OffsetSpec.earliest))
+
+
+def committed_offsets(settings: Settings, client: AdminClient, group: str,
+                      partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the group's committed offset, -1 where it has none."""
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    if not tps:
+        return {}
+    futures = client.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, tps)], request_timeout=settings.kafka_timeout_s)
+    result = futures[group].result(timeout=settings.kafka_timeout_s * 2)
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else -1
+            for tp in result.topic_partitions or []}
+
+
+def group_lag(settings: Settings, client: AdminClient, group: str,
+              partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> records past the group's committed offset (past the start of
+    what retention kept where the group has not committed yet). Raises KafkaException."""
+    parts = list(partitions)
+    ends = end_offsets(settings, client, parts)
+    committed = committed_offsets(settings, client, group, parts)
+    starts = start_offsets(settings, client, [tp for tp in parts if committed.get(tp, -1) < 0])
+    return {tp: max(0, end - (committed[tp] if committed.get(tp, -1) >= 0 else starts.get(tp, 0)))
+            for tp, end in ends.items()}

@@ -25,9 +25,29 @@ class KafkaUnavailableError(TaskstreamError):
     retriable = True
 
 
+class KafkaAuthError(TaskstreamError):
+    """The brokers refused this client: wrong credentials, an unverifiable certificate or
+    missing ACLs. Retrying as configured will not help; the message says what to check."""
+
+
 class LocalKafkaError(TaskstreamError):
     """The local Kafka runner could not install, start or stop a broker."""
 
 
 class TopicError(TaskstreamError):
     """A topic could not be created or described."""
+
+
+class UnknownQueueError(TaskstreamError, ValueError):
+    """A submission names a queue nobody registered (taskstream/queue_registry.py, D31).
+    Register the queue first; submitting again as is will not help."""
+
+    def __init__(self, queues: list[str]) -> None:
+        self.queues = queues
+        names = ", ".join(repr(q) for q in queues)
+        listed = ",".join(queues)
+        super().__init__(
+            f"queue{'s' if len(queues) > 1 else ''} {names} "
+            f"{'are' if len(queues) > 1 else 'is'} not registered: tasks are accepted only "
+            f"for known queues. Register with `taskstream topics create --queues {listed}` "
+            "or POST /queues (admin scope), then submit again")

@@ -52,7 +52,11 @@ POINTS: Mapping[str, str] = {
     "commit.before":
         "the processor is about to commit its events offsets",
     "queue.create_topics":
-        "a queue met by the fold is about to get its topics made (its registration)",
+        "a queue is about to get its topics made (its registration: topics create, "
+        "POST /queues, a replica's start-up)",
+    "queue.look_up":
+        "the fold is about to read the queue registry for a queue it has not seen "
+        "registered (off the fold; its dispatches wait)",
 }
 
 

@@ -9,27 +9,31 @@ The same topic holds the queues' pause commands, keyed by the bare queue name
 compaction keeps the latest of each.
 
 Who registers: ``taskstream topics create`` (the settings' queues, or ``--queues``),
-each processor replica at start-up (the settings' queues), and a replica whose fold
-meets a queue nobody registered, in the background, never inside the fold (its
-dispatches wait meanwhile: processors/live/queues.py). The security issue (17) makes
-registration explicit (submissions only for registered queues, ``POST /queues``) on
-this same record.
+``POST /queues`` (admin scope), and each processor replica at start-up (the settings'
+queues). Nobody else makes a queue's topics: a submission is accepted only for a
+registered queue (D31). The SDK and the API refuse any other (:class:`KnownQueues`:
+the registry cached, read again on a miss); a submission that reaches the log anyway
+(a forged record, an old client) is folded, and when its dispatch is due the replica
+reads the registry off the fold and, the queue still unknown, cancels the task with
+the reason instead of making topics (processors/live/engine.py).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
-from taskstream.admin import create_topics, queue_topic_specs
-from taskstream.errors import KafkaUnavailableError
+from taskstream.admin import create_topics, ensure_topics, queue_topic_specs
+from taskstream.errors import KafkaUnavailableError, UnknownQueueError
+from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.settings import Settings
-from taskstream.topics import api_reader_group, queues_topic
+from taskstream.topics import queues_topic
 
 REGISTERED = "registered/"
 
@@ -50,6 +54,7 @@ def register_queues(settings: Settings, queues: Iterable[str]) -> list[str]:
     broker's acknowledgement. Idempotent. Raises TopicError for a name that is not a
     queue name, KafkaUnavailableError when the broker does not answer in time."""
     names = sorted(set(queues))
+    fault_point("queue.create_topics")
     create_topics(settings, [spec for q in names for spec in queue_topic_specs(settings, q)])
     producer = Producer(producer_config(settings))
     errors: list[str] = []
@@ -65,11 +70,31 @@ def register_queues(settings: Settings, queues: Iterable[str]) -> list[str]:
     return names
 
 
-def read_queues_topic(settings: Settings, timeout_s: float
+def make_route_topics(settings: Settings, queue: str, tags: Iterable[str]) -> dict[str, bool]:
+    """Make the ready topics of a tag set of ``queue`` (D38), if missing; blocking.
+
+    Only for a registered queue (the caller has read the registry: D31): a tag set is
+    no new queue, so it is not registered itself; its topics follow from its queue's
+    registration, and whichever processor replica first dispatches the tag set makes
+    them, off the fold (processors/live/engine.py). Idempotent; the processor's ACLs
+    allow it (it may create topics under the ready prefix, D25)."""
+    fault_point("queue.create_topics")
+    return create_topics(settings, queue_topic_specs(settings, queue, tags))
+
+
+def set_up_platform(settings: Settings) -> tuple[dict[str, bool], list[str]]:
+    """What ``taskstream topics create`` does: every platform topic that is missing, then
+    the settings' queues registered. Returns (topic -> created now, registered queues)."""
+    created = ensure_topics(settings)
+    return created, register_queues(settings, settings.queues)
+
+
+def read_queues_topic(settings: Settings, timeout_s: float, group: str
                       ) -> list[tuple[bytes | None, bytes | None]]:
     """Every record of the compacted queues topic, in order, read to its end (blocking;
-    TimeoutError when the end is not reached in ``timeout_s``; [] when there is no topic)."""
-    consumer = Consumer(consumer_config(settings, api_reader_group(uuid.uuid4().hex), {
+    TimeoutError when the end is not reached in ``timeout_s``; [] when there is no topic).
+    ``group`` is the (never joined) group id the reader's ACLs allow (D25)."""
+    consumer = Consumer(consumer_config(settings, group, {
         "enable.partition.eof": True,
         "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
     }))
@@ -103,11 +128,71 @@ def read_queues_topic(settings: Settings, timeout_s: float
         consumer.close()
 
 
-def read_registered(settings: Settings, timeout_s: float) -> set[str]:
+def read_registered(settings: Settings, timeout_s: float, group: str) -> set[str]:
     """The registered queues: the latest registry record per queue, tombstones removing."""
     latest: dict[str, bool] = {}
-    for key, value in read_queues_topic(settings, timeout_s):
+    for key, value in read_queues_topic(settings, timeout_s, group):
         queue = registered_queue(key)
         if queue is not None:
             latest[queue] = value is not None
     return {queue for queue, registered in latest.items() if registered}
+
+
+class KnownQueues:
+    """The registered queues as this process last read them (safe across threads).
+
+    A known queue costs a set lookup. A queue not known yet makes the caller read the
+    registry again before it is refused, so a queue registered a moment ago is found;
+    callers that miss at the same time share one read (one that started after their
+    miss). Registrations are never withdrawn by the platform, so a known queue stays
+    known. ``group`` makes the (never joined) group id of a read that the reader's ACLs
+    allow (``registry_reader_group`` for clients, ``api_reader_group`` for replicas).
+    """
+
+    def __init__(self, settings: Settings, group: Callable[[Settings, str], str]) -> None:
+        self._settings = settings
+        self._group = group
+        self._known: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+        self._reads_started = 0
+
+    def __contains__(self, queue: object) -> bool:
+        """Known without reading (the cache only)."""
+        return queue in self._known
+
+    def add(self, queues: Iterable[str]) -> None:
+        """Queues this process has just registered itself."""
+        self._known = self._known | frozenset(queues)
+
+    def missing(self, queues: Iterable[str]) -> list[str]:
+        """Those of ``queues`` not registered (sorted), the registry read again first when
+        the cache does not know one. Raises KafkaUnavailableError when it cannot be read."""
+        unknown = set(queues) - self._known
+        if not unknown:
+            return []
+        self.refresh()
+        return sorted(unknown - self._known)
+
+    def require(self, queues: Iterable[str]) -> None:
+        """Raise UnknownQueueError unless every queue is registered."""
+        unknown = self.missing(queues)
+        if unknown:
+            raise UnknownQueueError(unknown)
+
+    def refresh(self) -> None:
+        """Read the registry, unless a read that started after this call began ends first."""
+        wanted = self._reads_started
+        with self._lock:
+            if self._reads_started != wanted:
+                return  # a read that started after the caller asked has just ended
+            self._reads_started += 1
+            settings = self._settings
+            try:
+                found = read_registered(settings, settings.kafka_timeout_s,
+                                        self._group(settings, uuid.uuid4().hex))
+            except (TimeoutError, KafkaException) as exc:
+                raise KafkaUnavailableError(
+                    f"the queue registry ({queues_topic(settings)}) could not be read in "
+                    f"{settings.kafka_timeout_s:g}s ({exc}); check that Kafka is up and "
+                    "retry") from None
+            self._known = self._known | found

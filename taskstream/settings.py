@@ -15,9 +15,10 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskstream.errors import ConfigError
@@ -25,6 +26,9 @@ from taskstream.errors import ConfigError
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]*$")
 _ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/?$")
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
 class Settings(BaseSettings):
@@ -47,10 +51,49 @@ class Settings(BaseSettings):
     priority_levels: int = Field(3, ge=1, le=10, description="priority levels 0..N-1, higher first")
     kafka_timeout_s: float = Field(10.0, gt=0, description="bound on any wait for the broker")
 
+    # Kafka security (D25): every client of every part takes these
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: Path | None = Field(
+        None, description="PEM CA the brokers' certificates are checked against "
+        "(unset: the system's CAs)")
+    ssl_cert_file: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_key_file: Path | None = Field(None, description="PEM key of ssl_cert_file")
+    ssl_key_password: SecretStr | None = None
+
+    # Signed worker and processor events (D26) and payload encryption (D27): keyrings are
+    # JSON ({"current": kid, "keys": {...}}) given inline (a secret) or as a file
+    signing_keys: SecretStr | None = Field(
+        None, description="keyring of event signing keys (JSON); with one, the fold refuses "
+        "unsigned worker and processor events")
+    signing_keyring_file: Path | None = None
+    payload_keys: SecretStr | None = Field(
+        None, description="keyring of payload encryption keys (JSON); its current key "
+        "seals payloads, results and error messages, every key opens them")
+    payload_keyring_file: Path | None = None
+
+    # Bounds on what a task may carry, checked by the SDK, the API and the fold (D28)
+    max_event_bytes: int = Field(
+        1_000_000, ge=4096, description="the one size budget: the largest encoded event any "
+        "part writes; must fit the events topic's max.message.bytes")
+    max_headers: int = Field(64, ge=0, le=10_000, description="headers per task")
+    max_header_bytes: int = Field(4096, ge=1, description="bytes of one header name + value")
+    max_tags: int = Field(64, ge=0, le=10_000, description="tags per task")
+    max_tag_bytes: int = Field(256, ge=1, description="bytes of one tag")
+    max_dependencies: int = Field(
+        1000, ge=1, le=100_000, description="the most parents one task may list in "
+        "depends_on (the one bound the dependency feature uses too, issue 15); a larger "
+        "fan-in goes through a group")
+
     # Producer
     linger_ms: int = Field(5, ge=0, le=60_000)
     compression: str = Field("lz4")
-    max_payload_bytes: int = Field(1024 * 1024, ge=1)
+    max_payload_bytes: int = Field(
+        900 * 1024, ge=1, description="encoded payload; below max_event_bytes (the rest of an "
+        "event: fields, headers, tags, depends_on)")
     producer_queue_max: int = Field(200_000, ge=1)
     delivery_timeout_s: float = Field(30.0, gt=0)
     schema_registry_url: str | None = None
@@ -84,6 +127,12 @@ class Settings(BaseSettings):
 
     # API
     api_url: str = "http://127.0.0.1:6066"
+    api_tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) the API serves HTTPS with")
+    api_tls_key: Path | None = Field(None, description="PEM key of api_tls_cert")
+    api_ca_file: Path | None = Field(
+        None, description="PEM CA that clients and peer replicas check the API's certificate "
+        "against (unset: the system's CAs)")
     api_token: SecretStr | None = None
     api_tokens: dict[str, list[str]] = Field(
         default_factory=dict, description="sha256 hex of a token -> scopes (read, submit, admin)"
@@ -95,6 +144,23 @@ class Settings(BaseSettings):
     )
     api_rate_burst: int = Field(20, ge=1, le=1_000_000,
                                 description="requests a caller may send at once above the rate")
+
+    # Observability (docs/observability.md, D22-D24)
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector base URL (http://host:4318); unset: no tracing, "
+        "and tracing costs one attribute check per task",
+    )
+    trace_sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="fraction of tasks traced (decided from the task ID, "
+        "so every process agrees)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object a line, with task_id, attempt, queue, trace_id",
+    )
+    worker_heartbeat_s: float = Field(
+        5.0, ge=0.1, le=300.0, description="how often a worker announces itself on the workers "
+        "topic; it is lost after 3 missed heartbeats",
+    )
 
     # Local Kafka runner
     kafka_version: str = "4.3.1"
@@ -118,6 +184,41 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port")
         return v
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Self:
+        if self.security_protocol.startswith("SASL") and not (
+                self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username "
+                             "and sasl_password (TASKSTREAM_SASL_USERNAME, "
+                             "TASKSTREAM_SASL_PASSWORD)")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together (mutual TLS)")
+        if (self.api_tls_cert is None) != (self.api_tls_key is None):
+            raise ValueError("api_tls_cert and api_tls_key go together (the API over HTTPS)")
+        if self.signing_keys is not None and self.signing_keyring_file is not None:
+            raise ValueError("give signing_keys or signing_keyring_file, not both")
+        if self.payload_keys is not None and self.payload_keyring_file is not None:
+            raise ValueError("give payload_keys or payload_keyring_file, not both")
+        if self.max_payload_bytes >= self.max_event_bytes:
+            raise ValueError(f"max_payload_bytes ({self.max_payload_bytes}) must be below "
+                             f"max_event_bytes ({self.max_event_bytes}), the size budget of "
+                             "a whole event")
+        return self
+
+    @property
+    def api_scheme(self) -> str:
+        """``https`` when the API serves TLS, else ``http``."""
+        return "https" if self.api_tls_cert is not None else "http"
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint_is_a_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL of an OTLP/HTTP collector "
+                             "(http://host:4318)")
+        return v.rstrip("/")
 
     @field_validator("advertised_url")
     @classmethod
@@ -148,7 +249,7 @@ def advertised_url(settings: Settings) -> str:
         host = socket.gethostname()
     elif ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
-    return f"http://{host}:{settings.web_port}"
+    return f"{settings.api_scheme}://{host}:{settings.web_port}"
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -185,12 +286,39 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         raise ConfigError(f"invalid settings: {problems}") from None
 
 
+def mask_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it masked."""
+    if "@" not in text or "://" not in text:
+        return text
+    parts = []
+    for item in text.split(","):  # bootstrap lists and the like
+        try:
+            url = urlsplit(item.strip())
+        except ValueError:
+            parts.append(item)
+            continue
+        if url.password is None and url.username is None:
+            parts.append(item)
+            continue
+        host = url.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{url.port}" if url.port is not None else ""
+        user = url.username or ""
+        userinfo = f"{user}:***" if url.password is not None else "***"
+        parts.append(urlunsplit((url.scheme, f"{userinfo}@{host}{port}", url.path, url.query,
+                                 url.fragment)))
+    return ",".join(parts)
+
+
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data with secrets replaced by ``***``."""
+    """The effective settings as plain data: secrets replaced by ``***``, and passwords in
+    URLs (``https://user:pw@host``) masked too."""
     data = settings.model_dump(mode="json")
     for key, value in data.items():
         if isinstance(getattr(settings, key), SecretStr) and value is not None:
             data[key] = "***"
+        elif isinstance(value, str):
+            data[key] = mask_url(value)
     if data.get("api_tokens"):
         # token hashes are shown by a short prefix only: enough to tell them apart
         data["api_tokens"] = {

@@ -44,6 +44,7 @@ QUEUES = "queues"
 CANCELLATIONS = "cancellations"
 DLQ = "dlq"
 QUARANTINE = "quarantine"
+WORKERS = "workers"
 PROCESSOR = "processor"
 #: the processor's task table (a Faust table: its changelog is a topic)
 TASK_TABLE = "tasks"
@@ -70,6 +71,17 @@ def dlq_topic(settings: Settings) -> str:
 def quarantine_topic(settings: Settings) -> str:
     """Records that could not be decoded, kept byte for byte with the reason in headers."""
     return settings.topic(QUARANTINE)
+
+
+def workers_topic(settings: Settings) -> str:
+    """Live workers: one record per worker (key = worker id), compacted (workers/presence.py)."""
+    return settings.topic(WORKERS)
+
+
+def ready_topic_prefix(settings: Settings, queue: str | None = None) -> str:
+    """What the ready topics of ``queue`` (of every queue when None) start with (ACLs, D25).
+    A queue's tagged topics (D38) start with it too: no queue name holds a dot."""
+    return settings.topic("ready.") if queue is None else settings.topic(f"ready.{queue}.")
 
 
 def canonical_tags(tags: Iterable[str], *, most: int = MAX_TASK_TAGS) -> tuple[str, ...]:
@@ -195,6 +207,12 @@ def processor_app_id(settings: Settings) -> str:
     return settings.topic(PROCESSOR)
 
 
+def processor_topic_prefix(settings: Settings) -> str:
+    """What the processors' own topics start with: their tables' changelogs and Faust's
+    internal topics (``<app id>-...``; ACLs, D25)."""
+    return f"{processor_app_id(settings)}-"
+
+
 def fold_group(settings: Settings) -> str:
     """The group the live fold commits its events offsets under; never joined, the
     fold assigns itself the partitions Faust's assignor gave the replica (D19)."""
@@ -209,11 +227,16 @@ def standby_group(settings: Settings) -> str:
 
 def changelog_topic(settings: Settings, table: str) -> str:
     """A processor table's changelog (Faust: ``<app id>-<table>-changelog``)."""
-    return f"{processor_app_id(settings)}-{table}-changelog"
+    return f"{processor_topic_prefix(settings)}{table}-changelog"
 
 
 def task_changelog_topic(settings: Settings) -> str:
     return changelog_topic(settings, TASK_TABLE)
+
+
+def worker_group_prefix(settings: Settings) -> str:
+    """What every worker group id starts with (ACLs, D25)."""
+    return settings.topic("workers.")
 
 
 def worker_group(settings: Settings, queue: str) -> str:
@@ -226,6 +249,30 @@ def worker_control_group(settings: Settings, instance: str) -> str:
     return settings.topic(f"workers.control.{instance}")
 
 
-def api_reader_group(instance: str) -> str:
+def api_reader_group_prefix(settings: Settings) -> str:
+    """What every group id of the API's reads starts with (the processor's ACLs, D25)."""
+    return settings.topic("api.")
+
+
+#: what every group id of a workers-topic reader starts with (the processor's ACLs, D25)
+ROSTER_GROUP_PREFIX = "taskstream-roster-"
+
+
+def roster_group(instance: str) -> str:
+    """A group id for a reader of the workers topic (assign-only: never joined)."""
+    return f"{ROSTER_GROUP_PREFIX}{instance}"
+
+
+def api_reader_group(settings: Settings, instance: str) -> str:
     """A group id for one read of the queues topic by the API (never joined)."""
-    return f"taskstream-api-{instance}"
+    return f"{api_reader_group_prefix(settings)}{instance}"
+
+
+def registry_reader_group_prefix(settings: Settings) -> str:
+    """What the group id of a client's read of the queue registry starts with (D25)."""
+    return settings.topic("registry.")
+
+
+def registry_reader_group(settings: Settings, instance: str) -> str:
+    """A group id for one read of the queue registry by a client (never joined)."""
+    return f"{registry_reader_group_prefix(settings)}{instance}"

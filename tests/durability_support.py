@@ -27,6 +27,7 @@ from taskstream.faults import ENV as FAULTS_ENV
 from taskstream.processors.fold.lifecycle import apply
 from taskstream.processors.replay.verify import VerifyReport, explain, verify
 from taskstream.producer import TaskProducer
+from taskstream.queue_registry import register_queues
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import TaskSucceeded
 from taskstream.schemas.ids import new_event_id
@@ -95,6 +96,10 @@ class Rig:
         self.producer.close(10)
         if self._states is not None:
             self._states.reader.close()
+
+    def register(self, *queues: str) -> None:
+        """Register queues (as ``topics create --queues`` or ``POST /queues`` would)."""
+        register_queues(self.settings, queues)
 
     # -- load -----------------------------------------------------------------------
 
@@ -305,7 +310,7 @@ def refusing(settings: Settings, topic: str) -> Iterator[None]:
     record over the topic's limit gets), then set back. The block starts, and ends, once
     the broker reports the new value (nothing is written to find out: a probe record
     would be one more record in the topic under test)."""
-    client = admin_client(settings)
+    client = admin_client(settings).client
     resource = ConfigResource(ResourceType.TOPIC, topic)
 
     def current() -> str:
@@ -332,7 +337,7 @@ def refusing(settings: Settings, topic: str) -> Iterator[None]:
 def missing(settings: Settings, spec: TopicSpec) -> Iterator[None]:
     """The topic of ``spec`` is deleted until the block ends, then made again empty: a
     producer's send waits for its metadata and fails (UNKNOWN_TOPIC_OR_PARTITION)."""
-    client = admin_client(settings)
+    client = admin_client(settings).client
     client.delete_topics([spec.name], operation_timeout=30)[spec.name].result(60)
     wait_for(f"{spec.name} to be gone", lambda: spec.name not in list_topics(settings, client),
              timeout=30, interval=0.2)

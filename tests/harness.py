@@ -13,9 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from taskstream.dev.procs import free_port, settings_env
+from taskstream.kafka_config import consumer_config
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_event, decode_state, encode_event
@@ -159,6 +167,32 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def read_to_end(settings: Settings, topic: str) -> list[Message]:
+    """Every record of ``topic`` up to its end now (with the settings' credentials; the group
+    is under the topic prefix, which the admin role may use)."""
+    consumer = Consumer(consumer_config(settings, settings.topic(f"reader.{new_event_id()}"),
+                                        {"enable.partition.eof": True}))
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        found: list[Message] = []
+        ends: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(ends) < len(parts) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is None:
+                found.append(msg)
+            elif error.code() == KafkaError._PARTITION_EOF:
+                ends.add(msg.partition())
+        assert len(ends) == len(parts), f"{topic} not read to its end in 30 s"
+        return found
+    finally:
+        consumer.close()
 
 
 class StateReader:

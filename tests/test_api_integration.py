@@ -9,14 +9,17 @@ get their status codes; every JSON body validates against /openapi.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +29,17 @@ import jsonschema_rs
 import pytest
 import schemathesis
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from taskstream.admin import ensure_topics
 from taskstream.api.auth import token_digest
+from taskstream.localkafka.certs import make_ca, make_leaf
 from taskstream.schemas.events import Envelope, EventBody, TaskFailed, TaskStarted, TaskSucceeded
-from taskstream.schemas.ids import new_event_id
+from taskstream.schemas.ids import new_event_id, new_task_id
 from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from tests.harness import free_port, wait_for
+from tests.lifecycle_support import submitted
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -41,6 +47,13 @@ TOKENS = {"read-tok": ["read"], "submit-tok": ["submit"], "admin-tok": ["admin"]
 QUEUE = "apiq"
 
 
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class EventWriter:
@@ -58,9 +71,12 @@ class EventWriter:
 
 
 class Replica:
-    def __init__(self, settings: Settings, base: Path, index: int) -> None:
+    """A replica serving HTTPS (D29): the certificate is for 127.0.0.1, signed by the test's
+    CA, which every client and the peer replica check it against."""
+
+    def __init__(self, settings: Settings, base: Path, index: int, tls: Tls) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
         self.data_dir = base / f"replica{index}"
         self.log_path = base / f"replica{index}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKSTREAM_")}
@@ -71,19 +87,26 @@ class Replica:
             TASKSTREAM_QUEUES=json.dumps(settings.queues),
             TASKSTREAM_API_TOKENS=json.dumps({token_digest(t): s for t, s in TOKENS.items()}),
             TASKSTREAM_TIMER_INTERVAL_S="0.05",
+            TASKSTREAM_API_CA_FILE=str(tls.ca),
         )
+        self.ca = tls.ca
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "taskstream", "processor", "--web-port", str(self.port),
-                 "--data-dir", str(self.data_dir), "--loglevel", "warning"],
+                 "--data-dir", str(self.data_dir), "--loglevel", "warning",
+                 "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"replica exited {self.proc.returncode}:\n"
                                  f"{self.log_path.read_text(errors='replace')[-3000:]}")
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/readyz", timeout=2,
+                             verify=self.tls_context()).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -106,7 +129,8 @@ class Cluster:
 
     def client(self, index: int = 0, token: str | None = "admin-tok") -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.replicas[index].url, headers=headers, timeout=40)
+        return httpx.Client(base_url=self.replicas[index].url, headers=headers, timeout=40,
+                            verify=self.replicas[index].tls_context())
 
     def validate(self, schema: str, body: Any) -> None:
         validator = jsonschema_rs.Draft202012Validator(
@@ -154,16 +178,22 @@ def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
                         partitions=4, queues=["default", QUEUE])
     ensure_topics(settings)
     base = tmp_path_factory.mktemp("api")
-    replicas = [Replica(settings, base, 0)]
+    ca = make_ca(base / "tls")
+    leaf = make_leaf(ca, base / "tls", "api", "api")
+    tls = Tls(ca.cert, leaf.cert, leaf.key)
+    replicas = [Replica(settings, base, 0, tls)]
     try:
         wait_for("replica 0 ready", replicas[0].ready, timeout=90, interval=0.3)
-        replicas.append(Replica(settings, base, 1))
+        replicas.append(Replica(settings, base, 1, tls))
         wait_for("replica 1 ready", replicas[1].ready, timeout=90, interval=0.3)
         cluster = Cluster(settings, replicas)
         with cluster.client() as c:
             cluster.doc = c.get("/openapi.json").json()
 
             def both_serving() -> bool:
+                # ready again after replica 1's rebalance (D24), and answering
+                if not all(r.ready() for r in replicas):
+                    return False
                 for r in (0, 1):
                     with cluster.client(r) as rc:
                         if rc.get("/tasks", params={"limit": 1}).status_code != 200:
@@ -304,6 +334,24 @@ def test_wait_returns_as_soon_as_the_task_ends(cluster: Cluster) -> None:
      "max_attempts"),
     ("POST", "/queues/bad.name/pause", {}, 400, "name"),
     ("GET", "/no/such/thing", {}, 404, None),
+    # hostile input (issue 17): no path through a proxied task ID, every bound enforced
+    ("GET", "/tasks/..%2Finternal%2Ftasks", {}, 400, "task_id"),
+    ("GET", "/tasks/..%2F..%2Fqueues/wait", {}, 400, "task_id"),
+    ("POST", "/tasks/..%2Finternal%2Fqueues/cancel", {}, 400, "task_id"),
+    ("GET", "/tasks/not-a-task-id", {}, 400, "task_id"),
+    ("POST", "/tasks", {"json": {"name": "x", "lease": 0.5}}, 400, "lease"),
+    ("POST", "/tasks", {"json": {"name": "x", "queue": "../ready"}}, 400, "queue"),
+    ("POST", "/tasks", {"json": {"name": "x", "tags": ["t"] * 65}}, 400, "tags"),
+    ("POST", "/tasks", {"json": {"name": "x", "tags": ["t" * 257]}}, 400, "tags"),
+    ("POST", "/tasks", {"json": {"name": "x", "headers": {f"h{i}": "v" for i in range(65)}}},
+     400, "headers"),
+    ("POST", "/tasks", {"json": {"name": "x", "headers": {"h": "v" * 5000}}}, 400, "headers"),
+    ("POST", "/tasks", {"json": {"name": "x", "depends_on": ["01J0000000000000000000000Z"]
+                                 * 1001}}, 400, "depends_on"),
+    # the one size budget: fields that fit one by one, an event that does not -> 413
+    ("POST", "/tasks", {"json": {"name": "x", "payload": "p" * 850_000,
+                                 "headers": {f"h{i}": "v" * 4000 for i in range(60)}}},
+     413, "payload"),
 ])
 def test_bad_inputs_get_their_status_code(cluster: Cluster, method: str, path: str,
                                           kwargs: dict[str, Any], status: int,
@@ -340,6 +388,86 @@ def test_cancel_dead_letter_dlq_and_redrive(cluster: Cluster) -> None:
         cluster.when(a, dead, "READY")
 
 
+def test_redrive_many_with_a_dry_run_redrives_only_dead_tasks(cluster: Cluster) -> None:
+    """POST /dlq/redrive (the dashboard's DLQ page): a dry run sends nothing."""
+    with cluster.client(0) as a, cluster.client(1) as b:
+        dead = [cluster.submit(a, max_attempts=1) for _ in range(2)]
+        for task_id in dead:
+            cluster.finish(a, task_id, ok=False)
+            cluster.when(a, task_id, "DEAD")
+        alive = cluster.submit(a, delay=60)
+        cluster.when(a, alive, "SCHEDULED")
+        ids = [*dead, alive, "01ZZZZZZZZZZZZZZZZZZZZZZZZ"]
+        dry = b.post("/dlq/redrive", json={"task_ids": ids, "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        cluster.validate("RedriveResults", dry.json())
+        outcome = {r["task_id"]: r["outcome"] for r in dry.json()["results"]}
+        assert outcome == {dead[0]: "would_redrive", dead[1]: "would_redrive",
+                           alive: "skipped", ids[3]: "not_found"}
+        assert dry.json()["counts"] == {"would_redrive": 2, "skipped": 1, "not_found": 1}
+        assert all(cluster.view(a, t)["status"] == "DEAD" for t in dead)  # nothing was sent
+
+        with cluster.client(1, "read-tok") as reader:
+            assert reader.post("/dlq/redrive", json={"task_ids": dead}).status_code == 403
+        done = b.post("/dlq/redrive", json={"task_ids": ids, "max_attempts": 2,
+                                            "reason": "fixed"})
+        assert done.status_code == 200, done.text
+        assert done.json()["counts"] == {"redriven": 2, "skipped": 1, "not_found": 1}
+        for task_id in dead:
+            assert cluster.when(a, task_id, "READY")["redrives"] == 1
+        assert b.post("/dlq/redrive", json={"task_ids": []}).status_code == 400
+
+
+def test_history_processors_and_activity(cluster: Cluster) -> None:
+    """The endpoints behind the dashboard's task page and overview, on either replica."""
+    with cluster.client(0) as a, cluster.client(1) as b:
+        task_id = cluster.submit(a)
+        cluster.finish(a, task_id)
+        cluster.when(a, task_id, "SUCCEEDED")
+
+        resp = b.get(f"/tasks/{task_id}/history")
+        assert resp.status_code == 200, resp.text
+        cluster.validate("TaskHistory", resp.json())
+        events = resp.json()["events"]
+        assert [e["type"] for e in events] == ["TaskSubmitted", "TaskStarted", "TaskSucceeded"]
+        assert [e["status_after"] for e in events] == ["READY", "RUNNING", "SUCCEEDED"]
+        dispatch_id = events[1]["fields"]["dispatch_id"]
+        assert dispatch_id in events[0]["decisions"][0]
+        with cluster.client(1, "read-tok") as reader:
+            seen = reader.get(f"/tasks/{task_id}/history").text
+        assert dispatch_id not in seen and "admin scope only" in seen
+        assert b.get("/tasks/01ZZZZZZZZZZZZZZZZZZZZZZZZ/history").status_code == 404
+
+        procs = a.get("/processors")
+        assert procs.status_code == 200, procs.text
+        cluster.validate("Processors", procs.json())
+        rows = procs.json()["processors"]
+        assert {r["url"] for r in rows} == {r.url for r in cluster.replicas}
+        active = sorted(p for r in rows for p in r["active"])
+        assert active == list(range(cluster.settings.partitions))
+        assert procs.json()["unowned"] == []
+
+        def standbys_kept() -> bool:
+            # one standby copy (the default) of every partition, on the replica that
+            # does not fold it (the fold's own follower keeps them, not Faust)
+            rows = a.get("/processors").json()["processors"]
+            assert all(not set(r["active"]) & set(r["standby"]) for r in rows)
+            return sorted(p for r in rows for p in r["standby"]) == \
+                list(range(cluster.settings.partitions))
+
+        wait_for("a standby copy of every partition in /processors", standbys_kept,
+                 timeout=60, interval=0.5)
+
+        def succeeded_in_a_step() -> bool:
+            body = b.get("/activity").json()
+            cluster.validate("Activity", body)
+            assert body["replicas"] == 2 and body["unanswered"] == []
+            return any(p["rates"] and p["rates"]["succeeded"] > 0 for p in body["points"])
+
+        wait_for("a step with a success in /activity", succeeded_in_a_step, timeout=30,
+                 interval=0.5)
+
+
 def test_queues_counts_and_pause_resume(cluster: Cluster) -> None:
     with cluster.client(0) as a, cluster.client(1) as b:
         cluster.submit(a)
@@ -354,6 +482,48 @@ def test_queues_counts_and_pause_resume(cluster: Cluster) -> None:
         assert b.post(f"/queues/{QUEUE}/resume").status_code == 202
         resumed = next(q for q in a.get("/queues").json()["queues"] if q["name"] == QUEUE)
         assert resumed["paused"] is False
+
+
+def test_submissions_only_to_registered_queues_and_post_queues_registers(
+        cluster: Cluster) -> None:
+    """An unregistered queue is a 400 naming it; POST /queues (admin only) registers it
+    and a submission to it, on another replica, is accepted (its cache reads the registry
+    again on the miss, D31)."""
+    queue = f"reg{uuid.uuid4().hex[:6]}"
+    with cluster.client(0, "submit-tok") as submitter, cluster.client(1) as admin:
+        refused = submitter.post("/tasks", json={"name": "x", "queue": queue})
+        assert refused.status_code == 400, refused.text
+        cluster.validate("Error", refused.json())
+        error = refused.json()["error"]
+        assert (error["code"], error["field"]) == ("unknown_queue", "queue")
+        assert "POST /queues" in error["message"]
+        assert submitter.post("/queues", json={"queues": [queue]}).status_code == 403
+        bad = admin.post("/queues", json={"queues": ["../ready"]})
+        assert bad.status_code == 400, bad.text
+        assert admin.post("/queues", json={"queues": []}).status_code == 400
+        done = admin.post("/queues", json={"queues": [queue, queue]})
+        assert done.status_code == 200, done.text
+        cluster.validate("Registered", done.json())
+        assert done.json() == {"registered": [queue]}
+        accepted = submitter.post("/tasks", json={"name": "x", "queue": queue})
+        assert accepted.status_code == 202, accepted.text
+        cluster.when(admin, accepted.json()["task_id"], "READY")
+
+
+def test_a_forged_submission_to_an_unregistered_queue_is_cancelled_without_topics(
+        cluster: Cluster) -> None:
+    """A submission that reaches the log for a queue nobody registered (written straight
+    to the events topic, past the SDK and the API) makes no topic: the replica reads the
+    registry off the fold and cancels the task with the reason (D31)."""
+    ghost = f"ghost{uuid.uuid4().hex[:6]}"
+    task_id = new_task_id()
+    cluster.writer.send(task_id, dataclasses.replace(submitted(), queue=ghost), 0)
+    with cluster.client(0) as a:
+        view = cluster.when(a, task_id, "CANCELLED", timeout=60)
+    assert f"queue {ghost!r} is not registered" in view["cancel_reason"]
+    admin = AdminClient({"bootstrap.servers": cluster.settings.bootstrap})
+    made = [t for t in admin.list_topics(timeout=10).topics if ghost in t]
+    assert made == []
 
 
 def test_metrics_are_prometheus_text_with_task_counts(cluster: Cluster) -> None:
@@ -392,13 +562,16 @@ def test_generated_requests_find_no_server_error(cluster: Cluster, mode: str) ->
         operation = result.ok()
         if operation.path == "/tasks/{task_id}/wait":
             continue  # waits out its timeout for unknown tasks; covered above
+        if (operation.method.upper(), operation.path, mode) == ("POST", "/queues", "positive"):
+            continue  # would make topics for every generated queue name; covered above
 
         @hypothesis.given(case=operation.as_strategy(generation))
         @hypothesis.settings(max_examples=8, deadline=None, database=None,
                              suppress_health_check=list(hypothesis.HealthCheck))
         def call(case: Any) -> None:
             case.call_and_validate(base_url=cluster.replicas[1].url,
-                                   headers={"Authorization": "Bearer admin-tok"}, checks=checks)
+                                   headers={"Authorization": "Bearer admin-tok"}, checks=checks,
+                                   verify=str(cluster.replicas[1].ca))
 
         try:
             call()
@@ -455,6 +628,7 @@ def test_cli_against_the_live_api(cluster: Cluster, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("TASKSTREAM_API_URL", cluster.replicas[1].url)
     monkeypatch.setenv("TASKSTREAM_API_TOKEN", "admin-tok")
+    monkeypatch.setenv("TASKSTREAM_API_CA_FILE", str(cluster.replicas[1].ca))
     with cluster.client(0) as a:
         task_id = cluster.submit(a, delay=120)
         cluster.when(a, task_id, "SCHEDULED")

@@ -122,6 +122,15 @@ def _compose_command(service: str) -> list[str]:
     return list(command) if isinstance(command, list) else shlex.split(command)
 
 
+def _on_a_free_port(command: list[str]) -> list[str]:
+    """``command`` with its fixed ``--metrics-port`` (a container has the port to itself)
+    moved to a free one: other test runs on this machine may hold the fixed port."""
+    if "--metrics-port" not in command:
+        return command
+    at = command.index("--metrics-port") + 1
+    return [*command[:at], str(free_port()), *command[at + 1:]]
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
@@ -171,9 +180,9 @@ def test_image_install_and_entrypoint_run_the_platform(settings: Settings,
     try:
         for service in ("processor-0", "worker"):
             with open(logs / f"{service}.log", "wb") as log:
-                procs.append(subprocess.Popen([*entrypoint, *_compose_command(service)],
-                                              cwd=app, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT))
+                command = _on_a_free_port(_compose_command(service))
+                procs.append(subprocess.Popen([*entrypoint, *command], cwd=app, env=env,
+                                              stdout=log, stderr=subprocess.STDOUT))
         api = f"http://127.0.0.1:{web_port}"
 
         def ready() -> bool:

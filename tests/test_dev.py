@@ -79,6 +79,8 @@ def test_dev_runs_the_demo_and_leaves_nothing_behind(kafka_bootstrap: str,
     assert summary["states"] == {"SUCCEEDED": 19, "DEAD": 1}
     assert summary["retries"] >= 2 * 2 + 2  # two flaky tasks x 2, poison x 2
     assert summary["urls"]["API"].startswith("http://127.0.0.1:")
+    assert summary["urls"]["dashboard"] == summary["urls"]["API"] + "/ui"
+    assert f"dashboard         {summary['urls']['dashboard']}" in out, out
     stopped = [int(p) for p in re.findall(r"\(PID (\d+)\) stopped", out)]
     assert len(stopped) == 2, out  # the worker and the processor
     assert _wait_gone(prefix) == []

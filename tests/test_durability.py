@@ -119,7 +119,8 @@ def test_dispatches_refused_at_delivery_or_at_send_are_sent_again(
         with refusing(topics, ready_topic(topics, "default", 0)):
             ids = rig.submit(100)
             time.sleep(2 * DELIVERY_TIMEOUT_S)  # the dispatches fail meanwhile
-        first = rig.submit(1, queue="sendq")  # the replica learns the queue and its topics
+        rig.register("sendq")  # after the replica started: it reads the registry for it
+        first = rig.submit(1, queue="sendq")
         rig.wait_succeeded(ids + first)
         spec = next(s for s in queue_topic_specs(topics, "sendq")
                     if s.name == ready_topic(topics, "sendq", 0))
@@ -161,15 +162,17 @@ def test_a_failing_quarantine_send_is_retried(topics: Settings, tmp_path: Path) 
 
 
 @pytest.mark.timeout(600)
-def test_a_new_queue_is_set_up_off_the_fold(topics: Settings, tmp_path: Path) -> None:
-    """Given a replica whose topic creation for a new queue takes 30 s (a fault point
-    sleeps there, as a slow broker would), when a task for that queue arrives before tasks
-    for a known queue, then the known queue's tasks finish meanwhile, the new queue's task
-    finishes once its topics are made, and the changelog is the fold of the log."""
+def test_a_new_queue_is_looked_up_off_the_fold(topics: Settings, tmp_path: Path) -> None:
+    """Given a replica whose read of the queue registry takes 30 s (a fault point sleeps
+    there, as a slow broker would), when a task for a queue registered after the replica
+    started arrives before tasks for a known queue, then the known queue's tasks finish
+    meanwhile, the new queue's task finishes once the registry is read, and the changelog
+    is the fold of the log."""
     rig = Rig(topics, tmp_path)
     try:
-        rig.replica("r0", faults="queue.create_topics=sleep:30")
+        rig.replica("r0", faults="queue.look_up=sleep:30")
         rig.worker(queues=["default", "newq"])
+        rig.register("newq")
         new = rig.submit(1, queue="newq")
         known = rig.submit(20)
         rig.wait_succeeded(known, timeout=20)  # well inside the 30 s the new queue takes

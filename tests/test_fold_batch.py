@@ -3,18 +3,21 @@
 Folding a partition's records in one batch must give, for every task, the state
 that applying its events one by one gives, the same effects in the same order,
 and a change for every task an event reached (even a repeat that changed
-nothing: it must reach the changelog). Records that cannot be applied are set
-aside with their reason and the rest go on.
+nothing: it must reach the changelog). Records that cannot be applied (not
+decodable, derived, or refused by the record checks: D26, D28) are set aside with
+their reason and the rest go on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.batch import fold_partition
 from taskstream.schemas.events import (
     Envelope,
@@ -24,9 +27,14 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.serde import decode_state, encode_event, encode_state
 from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.security.keyring import keyring_json, new_secret, parse_keyring
+from taskstream.security.signing import Signer
 from tests.lifecycle_support import T0, submitted
 
 LIMITS = Limits()
+CHECKS = Checks()
+#: task IDs as the fold wants them (26 Crockford characters), by a short name
+A, B, C, D = (c * 26 for c in "ABCD")
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Rec:
     k: bytes | None
     v: bytes | None
     o: int
+    h: list[tuple[str, bytes]] | None = None
 
     def key(self) -> bytes | None:
         return self.k
@@ -45,6 +54,9 @@ class Rec:
 
     def offset(self) -> int | None:
         return self.o
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self.h
 
 
 def env(task: str, n: int, body: object, attempt: int = 0) -> Envelope:
@@ -75,7 +87,7 @@ def one_by_one(events: list[Envelope], stored: dict[bytes, bytes]) -> dict[str, 
     return states
 
 
-@given(st.lists(st.sampled_from(["A", "B", "C", "D"]), min_size=1, max_size=12),
+@given(st.lists(st.sampled_from([A, B, C, D]), min_size=1, max_size=12),
        st.integers(min_value=0, max_value=11))
 def test_a_batch_equals_event_by_event(order: list[str], cut: int) -> None:
     """Tasks' events interleaved in any order, split into two batches anywhere."""
@@ -89,7 +101,7 @@ def test_a_batch_equals_event_by_event(order: list[str], cut: int) -> None:
     stored: dict[bytes, bytes] = {}
     cut = min(cut, len(events))
     for part, offset in ((events[:cut], 0), (events[cut:], cut)):
-        fold = fold_partition(0, records(part, offset), stored.get, LIMITS)
+        fold = fold_partition(0, records(part, offset), stored.get, LIMITS, CHECKS)
         for key, change in fold.changes.items():
             stored[key] = encode_state(change.after)
         if part:
@@ -100,49 +112,83 @@ def test_a_batch_equals_event_by_event(order: list[str], cut: int) -> None:
 
 def test_a_repeat_that_changes_nothing_is_still_written() -> None:
     """A re-read event whose result is already stored must reach the changelog again."""
-    events = life("A")[:2]
+    events = life(A)[:2]
     stored: dict[bytes, bytes] = {}
-    first = fold_partition(0, records(events), stored.get, LIMITS)
+    first = fold_partition(0, records(events), stored.get, LIMITS, CHECKS)
     stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
-    again = fold_partition(0, records(events), stored.get, LIMITS)
-    assert list(again.changes) == [b"A"]
-    assert again.changes[b"A"].after == decode_state(stored[b"A"])
-    assert again.changes[b"A"].after.status is TaskStatus.RUNNING
+    again = fold_partition(0, records(events), stored.get, LIMITS, CHECKS)
+    assert list(again.changes) == [A.encode()]
+    assert again.changes[A.encode()].after == decode_state(stored[A.encode()])
+    assert again.changes[A.encode()].after.status is TaskStatus.RUNNING
 
 
 def test_redo_effects_come_from_the_last_applied_event_only() -> None:
-    submit = life("A")[:1]
+    submit = life(A)[:1]
     stored: dict[bytes, bytes] = {}
-    first = fold_partition(0, records(submit), stored.get, LIMITS)
+    first = fold_partition(0, records(submit), stored.get, LIMITS, CHECKS)
     stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
-    again = fold_partition(0, records(submit), stored.get, LIMITS)
+    again = fold_partition(0, records(submit), stored.get, LIMITS, CHECKS)
     dispatched = [c.effect for c in again.effects
                   if isinstance(getattr(c.effect, "envelope", None), Envelope)]
     assert len(dispatched) == 1
     body = dispatched[0].envelope.body  # type: ignore[union-attr]
     assert isinstance(body, TaskDispatched)
-    assert body.dispatch_id == first.changes[b"A"].after.dispatch_id
+    assert body.dispatch_id == first.changes[A.encode()].after.dispatch_id
 
 
 def test_bad_records_are_set_aside_and_the_rest_goes_on() -> None:
-    events = life("A")
+    events = life(A)
     dispatched = apply(None, events[0], LIMITS)[1][0].envelope  # type: ignore[union-attr]
-    batch = [Rec(b"A", encode_event(events[0]), 0), Rec(b"X", b"not avro", 1),
-             Rec(b"A", encode_event(dispatched), 2), Rec(b"A", encode_event(events[1]), 3)]
-    fold = fold_partition(0, batch, {}.get, LIMITS)
-    assert [(a.offset, a.key) for a in fold.set_aside] == [(1, b"X"), (2, b"A")]
+    a = A.encode()
+    batch = [Rec(a, encode_event(events[0]), 0), Rec(b"X", b"not avro", 1),
+             Rec(a, encode_event(dispatched), 2), Rec(a, encode_event(events[1]), 3)]
+    fold = fold_partition(0, batch, {}.get, LIMITS, CHECKS)
+    assert [(a.offset, a.key) for a in fold.set_aside] == [(1, b"X"), (2, A.encode())]
     assert "not an events-topic record" in fold.set_aside[1].reason
-    assert fold.changes[b"A"].after.status is TaskStatus.RUNNING
+    assert fold.changes[A.encode()].after.status is TaskStatus.RUNNING
     assert fold.next_offset == 4
 
 
 def test_first_state_of_the_batch_is_the_before_of_its_change() -> None:
-    events = life("A")
+    events = life(A)
     stored: dict[bytes, bytes] = {}
-    first = fold_partition(0, records(events[:1]), stored.get, LIMITS)
+    first = fold_partition(0, records(events[:1]), stored.get, LIMITS, CHECKS)
     stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
-    second = fold_partition(0, records(events[1:], 1), stored.get, LIMITS)
-    change = second.changes[b"A"]
+    second = fold_partition(0, records(events[1:], 1), stored.get, LIMITS, CHECKS)
+    change = second.changes[A.encode()]
     assert change.before is not None and change.before.status is TaskStatus.READY
     assert change.after.status is TaskStatus.SUCCEEDED
     assert second.applied == {"TaskStarted": 1, "TaskSucceeded": 1}
+
+
+def test_records_the_checks_refuse_are_set_aside_with_their_reason() -> None:
+    """check_record runs per record before apply: a record keyed by another task, or out
+    of bounds, is set aside; the other records of the batch are applied."""
+    events = life(A)
+    bad_priority = env(B, 1, dataclasses.replace(submitted(), priority=99))
+    batch = [Rec(C.encode(), encode_event(events[0]), 0),  # names A, keyed by C
+             Rec(B.encode(), encode_event(bad_priority), 1),
+             Rec(A.encode(), encode_event(events[0]), 2)]
+    fold = fold_partition(0, batch, {}.get, LIMITS, CHECKS)
+    assert [a.offset for a in fold.set_aside] == [0, 1]
+    assert "record key" in fold.set_aside[0].reason
+    assert "priority 99" in fold.set_aside[1].reason
+    assert list(fold.changes) == [A.encode()]
+    assert fold.changes[A.encode()].after.status is TaskStatus.READY
+
+
+def test_with_a_keyring_worker_events_count_only_when_a_worker_signed_them() -> None:
+    keys = {"w1": {"role": "worker", "key": new_secret()},
+            "p1": {"role": "processor", "key": new_secret()}}
+    checks = Checks(keyring=parse_keyring(keyring_json(keys, None), "signing", "test"))
+    worker = Signer.from_keyring(parse_keyring(keyring_json(keys, "w1"), "signing", "test"))
+    assert worker is not None
+    submit, started, _ = life(A)
+    value = encode_event(started)
+    signed = [worker.header(A.encode(), value)]
+    batch = [Rec(A.encode(), encode_event(submit), 0),
+             Rec(A.encode(), value, 1),  # unsigned: anyone who may write the topic
+             Rec(A.encode(), value, 2, signed)]
+    fold = fold_partition(0, batch, {}.get, LIMITS, checks)
+    assert [(a.offset, "not signed" in a.reason) for a in fold.set_aside] == [(1, True)]
+    assert fold.changes[A.encode()].after.status is TaskStatus.RUNNING

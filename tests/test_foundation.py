@@ -194,10 +194,13 @@ def test_topic_plan_follows_the_design() -> None:
                              events_retention_ms=1234)
     specs = {s.name: s for s in topic_specs(settings)}
     assert set(specs) == {"x.events", "x.queues", "x.cancellations", "x.dlq", "x.quarantine",
-                          "x.ready.q1.p0", "x.ready.q1.p1", "x.ready.q2.p0", "x.ready.q2.p1"}
+                          "x.workers", "x.ready.q1.p0", "x.ready.q1.p1", "x.ready.q2.p0",
+                          "x.ready.q2.p1"}
     assert specs["x.events"].config["retention.ms"] == "1234"
     assert specs["x.queues"].config["cleanup.policy"] == "compact"
     assert specs["x.cancellations"].config["cleanup.policy"] == "compact"
+    assert specs["x.workers"].config["cleanup.policy"] == "compact,delete"
+    assert specs["x.workers"].partitions == 1
     for name in ("x.events", "x.dlq", "x.quarantine", "x.ready.q1.p0"):
         assert specs[name].config["cleanup.policy"] == "delete"
     assert specs["x.ready.q2.p1"].partitions == settings.ready_partitions

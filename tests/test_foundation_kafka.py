@@ -46,7 +46,7 @@ def test_topics_create_twice_is_a_noop_the_second_time(settings: Settings) -> No
                            env=env_of(settings))
     assert second.exit_code == 0, second.output
     assert "created" not in second.output.replace("already", "")
-    assert "All 11 topics already exist; nothing to do." in second.output
+    assert "All 12 topics already exist; nothing to do." in second.output
     found = list_topics(settings)
     assert found[settings.topic("events")] == 4
     assert found[settings.topic("queues")] == 1
@@ -56,7 +56,7 @@ def test_topics_create_twice_is_a_noop_the_second_time(settings: Settings) -> No
 
 def test_ensure_topics_reports_what_it_created(settings: Settings) -> None:
     created = ensure_topics(settings)
-    assert all(created.values()) and len(created) == 5 + settings.priority_levels
+    assert all(created.values()) and len(created) == 6 + settings.priority_levels
     assert not any(ensure_topics(settings).values())
     new_queue = ensure_queue_topics(settings, "fresh")
     assert list(new_queue) == ready_topics(settings, "fresh")
@@ -125,7 +125,7 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path: Pat
     nodes = layout(tmp_path, 3, localkafka.free_port_block(6))
     for node in nodes:
         write_node_files(node, nodes)
-    localkafka._format(install, "-AbCdEfGhIjKlMnOpQrStU", nodes)
+    localkafka._format(install, "-AbCdEfGhIjKlMnOpQrStU", nodes, [])
     for node in nodes:
         meta = (node.log_dirs / "meta.properties").read_text()
         assert "cluster.id=-AbCdEfGhIjKlMnOpQrStU" in meta

@@ -156,7 +156,7 @@ def test_delay_is_honoured(rig: Rig) -> None:
 
 def test_lease_expiry_redispatches(rig: Rig) -> None:
     task_id = new_task_id()
-    rig.writer.send(task_id, submitted(lease_ms=500))
+    rig.writer.send(task_id, submitted(lease_ms=1_000))  # the least lease the fold takes (D28)
     first = rig.dispatch_of(task_id, 1)
     assert isinstance(first.body, TaskDispatched)
     rig.writer.send(task_id, TaskStarted(first.body.dispatch_id, "dead-worker"), 1)
@@ -181,7 +181,7 @@ def test_duplicate_and_conflicting_submit(rig: Rig) -> None:
 
 def test_stale_completion_is_rejected(rig: Rig) -> None:
     task_id = new_task_id()
-    rig.writer.send(task_id, submitted(lease_ms=400))
+    rig.writer.send(task_id, submitted(lease_ms=1_000))  # the least lease the fold takes (D28)
     first = rig.dispatch_of(task_id, 1)
     assert isinstance(first.body, TaskDispatched)
     rig.writer.send(task_id, TaskStarted(first.body.dispatch_id, "slow"), 1)

@@ -32,6 +32,7 @@ from taskstream.producer import (
     TaskHandle,
     TaskProducer,
 )
+from taskstream.queue_registry import set_up_platform
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
@@ -205,6 +206,7 @@ def test_broker_killed_mid_run_every_loss_is_reported(own_broker: OwnBroker) -> 
     admin = AdminClient({"bootstrap.servers": own_broker.bootstrap})
     for fut in admin.create_topics([NewTopic(topic, 3, 1)]).values():
         fut.result(timeout=30)
+    set_up_platform(settings)  # the queue registry: submissions go to registered queues only
     time.sleep(1)
 
     producer = TaskProducer(settings, queue_full_timeout_s=2)

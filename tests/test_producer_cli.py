@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from taskstream.cli.main import main
+from taskstream.queue_registry import set_up_platform
 from taskstream.schemas.ids import derived_task_id
+from taskstream.settings import Settings
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -46,6 +48,8 @@ def env(kafka_bootstrap: str) -> Iterator[dict[str, str]]:
     deadline = time.monotonic() + 15
     while topic not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
         time.sleep(0.1)
+    # the queue registry: submissions go to registered queues only
+    set_up_platform(Settings(bootstrap=kafka_bootstrap, topic_prefix=prefix, partitions=3))
     yield {"TASKSTREAM_BOOTSTRAP": kafka_bootstrap, "TASKSTREAM_TOPIC_PREFIX": prefix}
     for fut in admin.delete_topics([topic]).values():
         fut.result(timeout=30)

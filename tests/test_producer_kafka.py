@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from taskstream.errors import TopicError
+from taskstream.errors import TopicError, UnknownQueueError
 from taskstream.producer import (
     AsyncTaskProducer,
     BrokerUnreachableError,
@@ -27,6 +27,7 @@ from taskstream.producer import (
     ProducerQueueFullError,
     TaskProducer,
 )
+from taskstream.queue_registry import register_queues, set_up_platform
 from taskstream.schemas.events import CancelRequested, RedriveRequested, TaskSubmitted
 from taskstream.schemas.ids import derived_task_id
 from taskstream.schemas.serde import decode_event
@@ -54,6 +55,7 @@ def settings(kafka_bootstrap: str) -> Iterator[Settings]:
     deadline = time.monotonic() + 15
     while topic not in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
         time.sleep(0.1)
+    set_up_platform(s)  # the queue registry: submissions go to registered queues only
     yield s
     for fut in admin.delete_topics([topic]).values():
         fut.result(timeout=30)
@@ -160,6 +162,35 @@ def test_async_producer_delivers_and_resolves_handles(settings: Settings) -> Non
     ids = asyncio.run(go())
     records = read_all(settings, len(ids))
     assert Counter(k.decode() for _, k, _ in records) == Counter(ids)
+
+
+def test_only_registered_queues_take_submissions(settings: Settings) -> None:
+    """An unregistered queue is a clear error before anything is sent (submit and
+    submit_many, sync and asyncio); once registered, the next submission reads the
+    registry again and is accepted (D31)."""
+    with TaskProducer(settings) as producer:
+        with pytest.raises(UnknownQueueError, match="'emails' is not registered"):
+            producer.submit("send", {"to": "a"}, queue="emails")
+        with pytest.raises(UnknownQueueError, match="topics create --queues emails"):
+            producer.submit_many([{"name": "ok", "payload": 1},
+                                  {"name": "send", "payload": 2, "queue": "emails"}])
+        register_queues(settings, ["emails"])  # as `topics create --queues` or POST /queues
+        sent = producer.submit("send", {"to": "a"}, queue="emails")
+        producer.flush(20)
+
+    async def go() -> str:
+        async with AsyncTaskProducer(settings) as producer:
+            with pytest.raises(UnknownQueueError, match="'reports' is not registered"):
+                await producer.submit("report", queue="reports")
+            with pytest.raises(UnknownQueueError):
+                await producer.submit_many([{"name": "report", "queue": "reports"}])
+            handle = await producer.submit("send", queue="emails")
+            await handle.delivered(20)
+            return handle.task_id
+
+    later = asyncio.run(go())
+    records = read_all(settings, 2)
+    assert sorted(k.decode() for _, k, _ in records) == sorted([sent.task_id, later])
 
 
 def free_port() -> int:

@@ -159,7 +159,7 @@ def test_verify_history_until_and_export_after_a_full_workload(
         for task_id in (waiting, running):
             w.writer.send(task_id, CancelRequested("test"))
         # a lease that lapses; the slow worker's late success is fenced
-        w.writer.send(stale, submitted(lease_ms=400))
+        w.writer.send(stale, submitted(lease_ms=1_000))  # the least lease the fold takes (D28)
         slow = w.dispatch_of(stale, 1)
         w.writer.send(stale, TaskStarted(slow.dispatch_id, "slow"), 1)
         w.run(stale, 2)
@@ -293,14 +293,15 @@ def test_undecodable_record_is_reported_and_skipped(
 def test_parallel_rebuild_equals_the_single_process_one(topics: Settings, tmp_path: Path) -> None:
     writer = EventWriter(topics)
     writer.producer.produce(topics.topic("events"), key=b"x", value=b"not avro")
+    now = int(time.time() * 1000)  # event times this century: the record check refuses others
     for _ in range(40):
         task_id = new_task_id()
         writer.producer.produce(topics.topic("events"), key=task_id.encode(),
-                                value=encode_event(Envelope(new_event_id(), task_id, 1, "test", 0,
-                                                            submitted())))
+                                value=encode_event(Envelope(new_event_id(), task_id, now, "test",
+                                                            0, submitted())))
         writer.producer.produce(topics.topic("events"), key=task_id.encode(),
-                                value=encode_event(Envelope(new_event_id(), task_id, 2, "test", 0,
-                                                            CancelRequested("x"))))
+                                value=encode_event(Envelope(new_event_id(), task_id, now + 1,
+                                                            "test", 0, CancelRequested("x"))))
     assert writer.producer.flush(10) == 0
     single = rebuild(topics, tmp_path / "one", workers=1)
     double = rebuild(topics, tmp_path / "two", workers=2)

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskstream.api.bulk import bulk_query
+from taskstream.api.bulk import BulkCancelBody, bulk_query
 from taskstream.api.errors import ApiError
+from taskstream.api.query import ListQuery
+from taskstream.api.views import validated
 from taskstream.cli.admin_cmds import unserved_notes
 from taskstream.schemas.events import TaskDispatched
 from taskstream.schemas.state import TaskStatus
@@ -341,15 +343,20 @@ def test_queue_lag_names_the_tag_sets_no_worker_holds() -> None:
     assert lag.body()["unserved"] == [{"tags": ["gpu"], "lag": 6}]
 
 
+def _bulk(data: dict[str, object]) -> tuple[ListQuery, BulkCancelBody]:
+    body = validated(BulkCancelBody, data)  # as the view reads a body
+    return bulk_query(body), body
+
+
 def test_bulk_cancel_needs_a_filter_and_a_cancellable_state() -> None:
-    query, body = bulk_query({"queue": "q", "state": "ready",
-                              "submitted_before": "2026-01-01T00:00:00Z", "dry_run": True})
+    query, body = _bulk({"queue": "q", "state": "ready",
+                         "submitted_before": "2026-01-01T00:00:00Z", "dry_run": True})
     assert query.queue == "q" and query.state is TaskStatus.READY and body.dry_run
     assert query.before_ms == 1767225600000
     for bad in ({}, {"dry_run": True}, {"state": "SUCCEEDED"}, {"queue": "q", "x": 1},
                 {"submitted_before": "yesterday"}):
         with pytest.raises(ApiError) as info:
-            bulk_query(bad)
+            _bulk(bad)
         assert info.value.status == 400
 
 

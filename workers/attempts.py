@@ -8,6 +8,13 @@ or ``TaskFailed``. A batch (D39) does the same per record around one handler
 call, in the batch's own task. Cancellations are remembered here: a cancelled
 record is skipped, a running attempt interrupted (a batch's call goes on for the
 other records; the cancelled one is reported cancelled).
+
+Each attempt carries its trace (D22, workers/tracing.py): a run span, current while
+the handler runs, whose ``traceparent`` its events carry; in a batch each record
+has its own run span and events, and the one handler call runs under none of
+them. A sealed payload (D27) is opened before the handler sees it; one that does
+not open fails its attempt alone. Log lines of an attempt carry its task's fields
+(telemetry/logs.py); a batch's carry none (they are many tasks).
 """
 
 from __future__ import annotations
@@ -16,21 +23,24 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from taskstream.schemas.events import Envelope, TaskDispatched
+from taskstream.telemetry.logs import TaskLogContext, set_task_context
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
-from taskstream.workers.emitter import EventEmitter
+from taskstream.workers.emitter import EventEmitter, Headers
 from taskstream.workers.metrics import WorkerMetrics
 from taskstream.workers.outcome import (
     Failure,
     Outcome,
     cancelled_failure,
+    open_payload,
     unknown_task_failure,
 )
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute, execute_batch
+from taskstream.workers.tracing import AttemptTrace, AttemptTracing
 
 log = logging.getLogger("taskstream.worker")
 
@@ -50,6 +60,8 @@ class _Running:
     renew_at: float
     cancel_requested: bool = False
     in_batch: bool = False  # a cancellation marks it; the batch's call goes on for the rest
+    #: what its LeaseRenewed events carry (the run span's traceparent; None: tracing off)
+    headers: Headers | None = None
 
 
 Picked = tuple[QueueConsumer, ReadyRecord]
@@ -71,8 +83,10 @@ class AttemptRunner:
     """Starts records and reports their outcomes, for one worker."""
 
     def __init__(self, app: TaskRegistry, pool: Pool, emitter: EventEmitter,
-                 metrics: WorkerMetrics, loop: asyncio.AbstractEventLoop) -> None:
+                 metrics: WorkerMetrics, loop: asyncio.AbstractEventLoop,
+                 tracing: AttemptTracing | None = None) -> None:
         self.app = app
+        self.tracing = tracing or AttemptTracing()
         self.pool = pool
         self.emitter = emitter
         self.metrics = metrics
@@ -100,6 +114,8 @@ class AttemptRunner:
     async def run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
         envelope, dispatched = record.envelope, record.dispatched
         emitter = self.emitter
+        set_task_context(TaskLogContext(envelope.task_id, envelope.attempt, dispatched.queue,
+                                        dispatched.name))  # this record's own asyncio task
         if self.is_cancelled(envelope):
             consumer.settle(record.tp, record.offset)
             self.metrics.skipped.labels(consumer.queue).inc()
@@ -112,7 +128,9 @@ class AttemptRunner:
             if ok:
                 consumer.settle(record.tp, record.offset)
 
-        emitter.started(envelope, on_delivered=on_started)
+        trace = self._begin(record)
+        headers = trace.headers if trace is not None else None
+        emitter.started(envelope, on_delivered=on_started, headers=headers)
         started = time.monotonic()
         series = self.metrics.of_task(dispatched.name)
         series.started.inc()
@@ -120,15 +138,25 @@ class AttemptRunner:
             max(0.0, time.time() - envelope.occurred_at_ms / 1000))
         log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
                  envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
+        opened = open_payload(dispatched, envelope.task_id, emitter.sealer)
         if task is None:
             outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
+        elif isinstance(opened, Failure):
+            outcome = opened
         else:
-            outcome = await self._execute(task, envelope, dispatched)
+            try:
+                outcome = await self._execute(task, envelope, opened, trace)
+            except asyncio.CancelledError:  # stopped without grace: no outcome
+                if trace is not None:
+                    self.tracing.end(trace, None)
+                raise
         took = time.monotonic() - started
         series.run_seconds.observe(took)
+        if trace is not None:
+            self.tracing.end(trace, outcome)
         if outcome is None:
             return
-        emitter.outcome(envelope, outcome)
+        outcome = self._send_outcome(envelope, outcome, headers)
         if isinstance(outcome, Failure):
             self._log_failure(envelope, dispatched, outcome, took)
         else:
@@ -136,28 +164,55 @@ class AttemptRunner:
             log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
                      envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
 
-    async def _execute(self, task: TaskDef, envelope: Envelope,
-                       dispatched: TaskDispatched) -> Outcome | None:
+    def _begin(self, record: ReadyRecord) -> AttemptTrace | None:
+        """The attempt's run span (its queue wait recorded); None with tracing off."""
+        if not self.tracing.enabled:
+            return None
+        return self.tracing.begin(record.envelope, record.dispatched, record.tp[0],
+                                  record.trace)
+
+    def _send_outcome(self, envelope: Envelope, outcome: Outcome,
+                      headers: Headers | None) -> Outcome:
+        """Send the attempt's outcome; returns what to log (the result-too-large failure
+        sent instead of a result; a sealed error text kept out of the logs)."""
+        emitter = self.emitter
+        sent = emitter.outcome(envelope, outcome, headers=headers)
+        if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge":
+            return sent  # what the task got instead of its result
+        if emitter.sealer is not None and isinstance(outcome, Failure):
+            return replace(outcome, message="<sealed>")  # error texts stay out of logs
+        return outcome
+
+    async def _execute(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
+                       trace: AttemptTrace | None = None) -> Outcome | None:
         """Run the handler in this record's own task; None when the worker stops it
         without grace (no outcome: the lease recovers the attempt).
 
         A cancellation of the task (``on_cancel``) reaches the handler as
         ``CancelledError`` and is reported as ``Cancelled``; a handler that raises
-        ``CancelledError`` of its own ends the same way.
+        ``CancelledError`` of its own ends the same way. With tracing on, the run span
+        is current while the handler runs (its own spans are the run's children) and
+        the attempt's events carry its ``traceparent``.
         """
         emitter, loop = self.emitter, self.loop
+        headers = trace.headers if trace is not None else None
         ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                           idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope))
+                          heartbeat=lambda: emitter.lease_renewed(envelope, headers),
+                          queue=dispatched.queue)
         me = asyncio.current_task()
         assert me is not None
         every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
-        running = _Running(envelope, ctx, me, every, loop.time() + every)
+        running = _Running(envelope, ctx, me, every, loop.time() + every, headers=headers)
         self.running[envelope.task_id] = running
         self._sweep_leases_by(running.renew_at)
         threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
         try:
-            outcome = await execute(task, dispatched, ctx, self.pool)
+            if trace is None:
+                outcome = await execute(task, dispatched, ctx, self.pool)
+            else:
+                with self.tracing.telemetry.current(trace.span):
+                    outcome = await execute(task, dispatched, ctx, self.pool)
         except asyncio.CancelledError:
             if me.cancelling() and not running.cancel_requested:
                 raise  # stop without grace
@@ -195,7 +250,7 @@ class AttemptRunner:
         for running in list(self.running.values()):
             if running.renew_at <= now:
                 running.renew_at = now + running.renew_every_s
-                emitter.lease_renewed(running.envelope)
+                emitter.lease_renewed(running.envelope, running.headers)
             due = running.renew_at if due is None else min(due, running.renew_at)
         if due is not None:
             self._sweep_leases_by(due)
@@ -210,40 +265,79 @@ class AttemptRunner:
                     took_s * 1000, outcome.message)
 
     async def run_batch(self, batch: Batch) -> None:
-        """Start a batch's records, call the handler once in this task, emit one outcome
-        per record. Stopped without grace: no outcome (the leases recover them)."""
+        """Start a batch's records, call the handler once in this task over those whose
+        payload opens, emit one outcome per record. Stopped without grace: no outcome (the
+        leases recover them)."""
         task, items = batch.task, self._startable(batch.items)
         if not items:
             return
-        emitter, loop = self.emitter, self.loop
+        loop = self.loop
         me = asyncio.current_task()
         assert me is not None
-        ctxs = self._start_batch(task, items)
+        begun = self._start_batch(task, items)
         self.metrics.batch_size.labels(task.name).observe(len(items))
         log.info("event=batch.started name=%s size=%d", task.name, len(items))
         started = time.monotonic()
-        records = [r.dispatched for _, r in items]
-        running = []
-        for (_, record), ctx in zip(items, ctxs, strict=True):
+        outcomes, records = self._open_batch(items)
+        chosen = sorted(records)
+        running: dict[int, _Running] = {}
+        for i in chosen:
+            record, (ctx, trace) = items[i][1], begun[i]
             every = max(record.dispatched.lease_ms / 3000, MIN_RENEW_S)
-            entry = _Running(record.envelope, ctx, me, every, loop.time() + every, in_batch=True)
+            entry = _Running(record.envelope, ctx, me, every, loop.time() + every, in_batch=True,
+                             headers=trace.headers if trace is not None else None)
             self.running[record.envelope.task_id] = entry
             self._sweep_leases_by(entry.renew_at)
-            running.append(entry)
+            running[i] = entry
         try:
-            outcomes = await execute_batch(task, records, ctxs, self.pool)
+            if chosen:
+                results = await execute_batch(task, [records[i] for i in chosen],
+                                              [begun[i][0] for i in chosen], self.pool)
+                outcomes.update(zip(chosen, results, strict=True))
+        except asyncio.CancelledError:  # stopped without grace: no outcomes
+            for _, trace in begun:
+                if trace is not None:
+                    self.tracing.end(trace, None)
+            raise
         finally:
-            for entry in running:
+            for entry in running.values():
                 if self.running.get(entry.envelope.task_id) is entry:
                     del self.running[entry.envelope.task_id]
         took = time.monotonic() - started
+        for i, entry in running.items():
+            if entry.cancel_requested:
+                outcomes[i] = cancelled_failure()
+        self._report_batch(task, items, [trace for _, trace in begun], outcomes, took)
+
+    def _open_batch(self, items: list[Picked]
+                    ) -> tuple[dict[int, Outcome], dict[int, TaskDispatched]]:
+        """Each record's payload opened (D27): (index -> the failure of a record whose
+        payload does not open: it fails alone, like one that does not decode; index -> the
+        record to call the handler with)."""
+        failed: dict[int, Outcome] = {}
+        opened: dict[int, TaskDispatched] = {}
+        for i, (_, record) in enumerate(items):
+            one = open_payload(record.dispatched, record.envelope.task_id, self.emitter.sealer)
+            if isinstance(one, Failure):
+                failed[i] = one
+            else:
+                opened[i] = one
+        return failed, opened
+
+    def _report_batch(self, task: TaskDef, items: list[Picked],
+                      traces: list[AttemptTrace | None], outcomes: dict[int, Outcome],
+                      took: float) -> None:
+        """One outcome per record of a batch, each under its own run span."""
         series = self.metrics.of_task(task.name)
-        for entry, (_, record), outcome in zip(running, items, outcomes, strict=True):
+        for i, (_, record) in enumerate(items):
             series.run_seconds.observe(took)
-            final = cancelled_failure() if entry.cancel_requested else outcome
-            emitter.outcome(record.envelope, final)
-            if isinstance(final, Failure):
-                self._log_failure(record.envelope, record.dispatched, final, took)
+            final, trace = outcomes[i], traces[i]
+            if trace is not None:
+                self.tracing.end(trace, final)
+            sent = self._send_outcome(record.envelope, final,
+                                      trace.headers if trace is not None else None)
+            if isinstance(sent, Failure):
+                self._log_failure(record.envelope, record.dispatched, sent, took)
             else:
                 series.succeeded.inc()
 
@@ -261,11 +355,13 @@ class AttemptRunner:
             items.append((consumer, record))
         return items
 
-    def _start_batch(self, task: TaskDef, items: list[Picked]) -> list[TaskContext]:
-        """TaskStarted for each record (its offset settles on the ack); their contexts."""
+    def _start_batch(self, task: TaskDef, items: list[Picked]
+                     ) -> list[tuple[TaskContext, AttemptTrace | None]]:
+        """TaskStarted for each record (its offset settles on the ack); their contexts and
+        run spans (None with tracing off)."""
         emitter = self.emitter
         series = self.metrics.of_task(task.name)
-        ctxs = []
+        begun = []
         for consumer, record in items:
             envelope = record.envelope
 
@@ -274,13 +370,16 @@ class AttemptRunner:
                 if ok:
                     c.settle(r.tp, r.offset)
 
-            emitter.started(envelope, on_delivered=on_started)
+            trace = self._begin(record)
+            headers = trace.headers if trace is not None else None
+            emitter.started(envelope, on_delivered=on_started, headers=headers)
             series.started.inc()
             self.metrics.of_queue(record.dispatched.queue).observe(
                 max(0.0, time.time() - envelope.occurred_at_ms / 1000))
-            ctxs.append(TaskContext(
+            begun.append((TaskContext(
                 task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
                 idempotency_key=record.dispatched.idempotency_key,
                 headers=record.dispatched.headers,
-                heartbeat=functools.partial(emitter.lease_renewed, envelope)))
-        return ctxs
+                heartbeat=functools.partial(emitter.lease_renewed, envelope, headers),
+                queue=record.dispatched.queue), trace))
+        return begun

@@ -49,6 +49,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
+from taskstream.telemetry.context import TraceContext, from_headers
 from taskstream.topics import ready_subscription, worker_group
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.flow import (
@@ -83,6 +84,8 @@ class ReadyRecord:
     level: int
     envelope: Envelope
     dispatched: TaskDispatched
+    #: the ready record's traceparent (read only when the worker traces)
+    trace: TraceContext | None = None
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str,
@@ -114,9 +117,11 @@ class QueueConsumer:
 
     def __init__(self, settings: Settings, queue: str, *, prefetch: int, client_id: str,
                  emitter: EventEmitter, metrics: WorkerMetrics,
-                 on_records: Callable[[], object], tags: tuple[str, ...] = ()) -> None:
+                 on_records: Callable[[], object], tags: tuple[str, ...] = (),
+                 trace_headers: bool = False) -> None:
         self.queue = queue
         self.tags = tags
+        self._trace_headers = trace_headers
         self.group_id = worker_group(settings, queue)
         self._topics = ready_subscription(settings, queue, tags)
         self._timeout = settings.kafka_timeout_s
@@ -476,7 +481,8 @@ class QueueConsumer:
                 tp[0], tp[1], offset, msg.key(), value, str(exc),
                 on_delivered=lambda ok: self.settle(tp, offset) if ok else None)
             return None
-        return ReadyRecord(tp, offset, level, envelope, envelope.body)
+        carried = from_headers(msg.headers()) if self._trace_headers else None
+        return ReadyRecord(tp, offset, level, envelope, envelope.body, carried)
 
     def _commit(self, only: set[TP] | None = None, *, asynchronous: bool) -> None:
         self._last_commit = time.monotonic()

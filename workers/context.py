@@ -6,17 +6,21 @@ import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
+from taskstream.telemetry.logs import TaskLogContext
+
 _TASK_LOG = logging.getLogger("taskstream.task")
 
 
 class TaskLogger(logging.LoggerAdapter[logging.Logger]):
-    """Adds ``task_id=... attempt=...`` to every line a handler logs."""
+    """A handler's logger: every line carries its task's ``task_id``, ``attempt``, ``queue``
+    and ``trace_id`` as record fields (JSON logs show them as keys, text logs append them:
+    taskstream/telemetry/logs.py), wherever the handler runs, a process-pool child too."""
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra or {}
-        return f"{msg} task_id={extra.get('task_id')} attempt={extra.get('attempt')}", kwargs
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 class TaskContext:
@@ -30,7 +34,7 @@ class TaskContext:
     """
 
     __slots__ = ("_cancelled", "_heartbeat", "_logger", "attempt", "headers",
-                 "idempotency_key", "name", "task_id")
+                 "idempotency_key", "name", "queue", "task_id")
 
     def __init__(
         self,
@@ -41,10 +45,12 @@ class TaskContext:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        queue: str = "",
     ) -> None:
         self.task_id = task_id
         self.attempt = attempt
         self.name = name
+        self.queue = queue
         self.idempotency_key = idempotency_key
         self.headers: dict[str, str] = dict(headers or {})
         self._logger: TaskLogger | None = None
@@ -53,10 +59,11 @@ class TaskContext:
 
     @property
     def logger(self) -> TaskLogger:
-        """A logger that adds ``task_id=... attempt=...`` (made when first used)."""
+        """A logger that adds the task's fields (task_id, attempt, queue, task name; made
+        when first used)."""
         if self._logger is None:
-            self._logger = TaskLogger(_TASK_LOG, {"task_id": self.task_id,
-                                                  "attempt": self.attempt})
+            self._logger = TaskLogger(_TASK_LOG, TaskLogContext(
+                self.task_id, self.attempt, self.queue, self.name).fields())
         return self._logger
 
     @property
@@ -76,7 +83,8 @@ class TaskContext:
     def __getstate__(self) -> dict[str, Any]:
         # a process-pool child gets the plain facts; it cannot reach the producer
         return {"task_id": self.task_id, "attempt": self.attempt, "name": self.name,
-                "idempotency_key": self.idempotency_key, "headers": self.headers}
+                "idempotency_key": self.idempotency_key, "headers": self.headers,
+                "queue": self.queue}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

@@ -4,6 +4,14 @@ One confluent-kafka Producer per worker (acks=all, idempotent,
 ``murmur2_random`` so a task's events land where the processor expects them),
 with a thread serving delivery callbacks. ``on_delivered(ok)`` callbacks run in
 that thread.
+
+With a signing keyring every event carries the worker's signature (D26); with a
+payload keyring results and error texts are sealed for their task (D27). An
+outcome whose event would be over the size budget (``max_event_bytes``, D28),
+or a sealed result over ``max_result_bytes`` (the fold would cut it and it
+would never open), is replaced by a non-retryable ``ResultTooLarge`` failure
+that says so: the broker would refuse the event, the lease would lapse and the
+task would be retried until DEAD without a word.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -29,14 +38,17 @@ from taskstream.schemas.events import (
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event
+from taskstream.security.sealing import Sealer, payload_sealer
+from taskstream.security.signing import signer_for
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, quarantine_topic
 from taskstream.workers.metrics import WorkerMetrics
-from taskstream.workers.outcome import Failure, Outcome
+from taskstream.workers.outcome import Failure, Outcome, Success
 
 log = logging.getLogger("taskstream.worker")
 
 Delivered = Callable[[bool], None]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def emitter_config(settings: Settings) -> dict[str, Any]:
@@ -47,6 +59,32 @@ def emitter_config(settings: Settings) -> dict[str, Any]:
         "compression.type": "none",
         "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
     })
+
+
+#: error texts are cut to these lengths before sealing (the fold refuses texts over 64k)
+MAX_MESSAGE_CHARS = 8_000
+
+
+def sealed_outcome(outcome: Outcome, task_id: str, sealer: Sealer | None) -> Outcome:
+    """The outcome with its result or error texts sealed for ``task_id`` (when sealing)."""
+    if isinstance(outcome, Failure):
+        message = outcome.message[:MAX_MESSAGE_CHARS]
+        if sealer is None or not sealer.can_seal:
+            return replace(outcome, message=message)
+        return replace(outcome, message=sealer.seal_text(message, task_id),
+                       traceback=sealer.seal_text(outcome.traceback, task_id)
+                       if outcome.traceback else "")
+    if sealer is None or not sealer.can_seal:
+        return outcome
+    return replace(outcome, result=sealer.seal(outcome.result, task_id))
+
+
+def result_too_large(size: int, limit: int, what: str) -> Failure:
+    return Failure(
+        "ResultTooLarge",
+        f"the handler's result made {what} of {size} bytes, over the limit of {limit} "
+        "bytes; return a reference to large data (an object store key) instead",
+        retryable=False)
 
 
 def outcome_body(outcome: Outcome, dispatch_id: str, worker_id: str) -> EventBody:
@@ -67,6 +105,10 @@ class EventEmitter:
         self.worker_id = worker_id
         self.source = f"worker:{worker_id}"
         self._metrics = metrics
+        self._signer = signer_for(settings, "worker")
+        self.sealer = payload_sealer(settings)
+        self._max_event_bytes = settings.max_event_bytes
+        self._max_result_bytes = settings.max_result_bytes
         self._events = events_topic(settings)
         self._quarantine = quarantine_topic(settings)
         self._producer = Producer(emitter_config(settings))
@@ -79,10 +121,17 @@ class EventEmitter:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
-    def _emit(self, ready: Envelope, body: EventBody, on_delivered: Delivered | None) -> None:
-        envelope = Envelope(event_id=new_event_id(), task_id=ready.task_id,
-                            occurred_at_ms=time.time_ns() // 1_000_000, source=self.source,
-                            attempt=ready.attempt, body=body)
+    def _envelope(self, ready: Envelope, body: EventBody) -> Envelope:
+        return Envelope(event_id=new_event_id(), task_id=ready.task_id,
+                        occurred_at_ms=time.time_ns() // 1_000_000, source=self.source,
+                        attempt=ready.attempt, body=body)
+
+    def _emit(self, ready: Envelope, body: EventBody, on_delivered: Delivered | None,
+              value: bytes | None = None, headers: Headers | None = None) -> None:
+        """Produce ``body`` about ``ready``'s attempt (``value``: already encoded;
+        ``headers``: the trace context), signed when the worker holds a key."""
+        if value is None:
+            value = encode_event(self._envelope(ready, body))
         kind = type(body).__name__
 
         def report(err: KafkaError | None, _msg: Message) -> None:
@@ -93,11 +142,15 @@ class EventEmitter:
             if on_delivered is not None:
                 on_delivered(err is None)
 
-        self._produce(self._events, ready.task_id.encode(), encode_event(envelope), report)
+        key = ready.task_id.encode()
+        out: list[tuple[str, str | bytes | None]] = list(headers or [])
+        if self._signer is not None:
+            out.append(self._signer.header(key, value))
+        self._produce(self._events, key, value, report, headers=out or None)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes,
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  report: Callable[[KafkaError | None, Message], None],
-                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+                 headers: Headers | None = None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers,
@@ -113,17 +166,46 @@ class EventEmitter:
         body = ready.body
         return body.dispatch_id if isinstance(body, TaskDispatched) else ""
 
-    def started(self, ready: Envelope, on_delivered: Delivered | None = None) -> None:
-        self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered)
+    def started(self, ready: Envelope, on_delivered: Delivered | None = None,
+                headers: Headers | None = None) -> None:
+        self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered,
+                   headers=headers)
 
-    def lease_renewed(self, ready: Envelope) -> None:
-        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None)
+    def lease_renewed(self, ready: Envelope, headers: Headers | None = None) -> None:
+        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None,
+                   headers=headers)
         self._metrics.heartbeats.inc()
 
     def outcome(self, ready: Envelope, outcome: Outcome,
-                on_delivered: Delivered | None = None) -> None:
-        self._emit(ready, outcome_body(outcome, self._dispatch_id(ready), self.worker_id),
-                   on_delivered)
+                on_delivered: Delivered | None = None, headers: Headers | None = None
+                ) -> Outcome:
+        """Send the attempt's outcome (sealed, held to the budget); returns what was sent."""
+        sent = sealed_outcome(outcome, ready.task_id, self.sealer)
+        if isinstance(sent, Success) and self.sealer is not None and self.sealer.can_seal and (
+                len(sent.result) > self._max_result_bytes):
+            sent = result_too_large(len(sent.result), self._max_result_bytes,
+                                    "a sealed result (max_result_bytes)")
+        body = outcome_body(sent, self._dispatch_id(ready), self.worker_id)
+        value = encode_event(self._envelope(ready, body))
+        if len(value) > self._max_event_bytes:
+            sent = result_too_large(len(value), self._max_event_bytes,
+                                    "an event (max_event_bytes)")
+            body = outcome_body(sealed_outcome(sent, ready.task_id, self.sealer),
+                                self._dispatch_id(ready), self.worker_id)
+            value = encode_event(self._envelope(ready, body))
+        self._emit(ready, body, on_delivered, value, headers)
+        return sent
+
+    def announce(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """A record of the worker's own (its presence on the workers topic); a failed
+        delivery is counted and logged, the next heartbeat replaces it."""
+
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._metrics.delivery_errors.labels("presence").inc()
+                log.warning("event=presence.failed topic=%s error=%s", topic, err)
+
+        self._produce(topic, key, value, report)
 
     def quarantine(self, topic: str, partition: int, offset: int, key: bytes | None,
                    value: bytes, reason: str, on_delivered: Delivered) -> None:

@@ -13,7 +13,8 @@ wait (they are never lost and never taken by a worker without the tags), and
 ``taskstream queues`` says so: ``unserved`` lists those tag sets with their lag.
 
 :func:`queue_lag` is pure; :func:`read_lag` gathers its inputs with the admin
-client (bounded by the Kafka timeout) and is called from a thread.
+client's offset calls (taskstream/admin.py, the ones the API's queue-depth gauge
+uses too; bounded by the Kafka timeout) and is called from a thread.
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from taskstream.admin import admin_client, cluster_metadata
+from taskstream.admin import (
+    admin_client,
+    cluster_metadata,
+    committed_offsets,
+    end_offsets,
+    start_offsets,
+)
 from taskstream.errors import KafkaUnavailableError
-from taskstream.kafka_config import consumer_config
 from taskstream.settings import Settings
 from taskstream.topics import ReadyTopic, parse_ready_topic, worker_group
 
@@ -129,43 +135,24 @@ def read_lag(settings: Settings, queues: Iterable[str] | None = None, *, tries: 
 
 
 def _read_lag(settings: Settings, queues: Iterable[str] | None) -> list[QueueLag]:
-    client = admin_client(settings)
-    metadata = cluster_metadata(settings, client)
+    admin = admin_client(settings)
+    client = admin.client
+    metadata = cluster_metadata(settings, admin)
     partitions = {name: len(meta.partitions) for name, meta in metadata.topics.items()}
     by_queue = ready_topics_by_queue(settings, partitions)
     wanted = sorted(by_queue) if queues is None else sorted(set(queues))
     result = []
     for queue in wanted:
         group = worker_group(settings, queue)
-        tps = [TopicPartition(name, p) for name in sorted(by_queue.get(queue, {}))
+        tps = [(name, p) for name in sorted(by_queue.get(queue, {}))
                for p in range(partitions[name])]
-        ends, starts, committed = _offsets(settings, group, tps)
+        ends = end_offsets(settings, client, tps)
+        starts = start_offsets(settings, client, tps)
+        committed = committed_offsets(settings, client, group, tps)
         assigned, members = _assignment(settings, client, group)
         result.append(queue_lag(queue, group, by_queue.get(queue, {}), partitions, ends,
                                 starts, committed, assigned, members))
     return result
-
-
-def _offsets(settings: Settings, group: str, tps: list[TopicPartition]
-             ) -> tuple[dict[TP, int], dict[TP, int], dict[TP, int]]:
-    """(end, start, committed) offsets of ``tps`` for ``group``: a consumer that names the
-    group to read its commits and never joins it."""
-    if not tps:
-        return {}, {}, {}
-    consumer = Consumer(consumer_config(settings, group, {"enable.auto.commit": False}))
-    timeout = settings.kafka_timeout_s
-    try:
-        ends: dict[TP, int] = {}
-        starts: dict[TP, int] = {}
-        for tp in tps:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            starts[(tp.topic, tp.partition)], ends[(tp.topic, tp.partition)] = low, high
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in consumer.committed(tps, timeout=timeout)
-                     if tp.error is None and tp.offset >= 0}
-        return ends, starts, committed
-    finally:
-        consumer.close()
 
 
 def _assignment(settings: Settings, client: AdminClient, group: str

@@ -63,6 +63,12 @@ class WorkerMetrics:
         self.delivery_errors = Counter("taskstream_worker_delivery_errors",
                                        "events the broker did not acknowledge", ["type"],
                                        registry=r)
+        # per worker (docs/observability.md): who it is, and that it is alive
+        self.info = Gauge("taskstream_worker_info", "1 per worker process, its facts as labels",
+                          ["worker_id", "host", "queues", "pool"], registry=r)
+        self.last_heartbeat = Gauge("taskstream_worker_last_heartbeat_timestamp_seconds",
+                                    "when it last announced itself on the workers topic",
+                                    registry=r)
         self._tasks: dict[str, TaskSeries] = {}
         self._queues: dict[str, Histogram] = {}
 
@@ -85,6 +91,16 @@ class WorkerMetrics:
         """Read the in-flight gauge from ``count`` when scraped."""
         self.in_flight.set_function(count)
 
+    def totals(self) -> dict[str, int]:
+        """Attempts started, succeeded and failed since start (all tasks), for heartbeats."""
+        return {"tasks_started": _total(self.started), "tasks_succeeded": _total(self.succeeded),
+                "tasks_failed": _total(self.failed)}
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> tuple[WSGIServer, threading.Thread]:
         """Serve ``/metrics`` on ``port`` in a daemon thread; shut the server down to stop."""
         return start_http_server(port, addr=addr, registry=self.registry)
+
+
+def _total(counter: Counter) -> int:
+    return int(sum(sample.value for metric in counter.collect() for sample in metric.samples
+                   if sample.name.endswith("_total")))

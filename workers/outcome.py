@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import traceback as tb
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from taskstream.schemas.events import TaskDispatched
+from taskstream.security.errors import SealError
+from taskstream.security.sealing import Sealer, is_sealed, sealed_key_id
 from taskstream.workers.errors import NonRetryableError, Retry
 
 JSON = "application/json"
@@ -55,6 +58,26 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
 #: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call
 _RESULT_JSON = json.JSONEncoder(separators=(",", ":"))
 _NONE = Success(b"null", JSON)
+
+
+def open_payload(dispatched: TaskDispatched, task_id: str, sealer: Sealer | None
+                 ) -> TaskDispatched | Failure:
+    """The ready record with its payload opened when it is sealed (D27), or the failure
+    that says why it cannot be (not retryable: another attempt would not open it either;
+    fix the keyring and redrive)."""
+    payload = dispatched.payload
+    if not is_sealed(payload):
+        return dispatched
+    if sealer is None:
+        return Failure("PayloadSealed",
+                       f"the payload is sealed with key {sealed_key_id(payload)!r} and this "
+                       "worker has no payload keyring (TASKSTREAM_PAYLOAD_KEYS or "
+                       "TASKSTREAM_PAYLOAD_KEYRING_FILE); configure it and redrive the task",
+                       retryable=False)
+    try:
+        return replace(dispatched, payload=sealer.open(payload, task_id))
+    except SealError as exc:
+        return Failure("PayloadSealError", str(exc), retryable=False)
 
 
 def encode_result(value: Any) -> Outcome:

@@ -4,6 +4,8 @@ Threads. Each call runs in a fresh daemon thread, not a ``ThreadPoolExecutor``:
 a thread cannot be killed, so a handler that overruns its timeout is
 *abandoned* (its result is discarded) and must not hold a pool slot or block
 interpreter exit the way executor threads do. The abandoned count is a metric.
+The thread runs in a copy of the caller's context (``contextvars``), as asyncio
+tasks do: the task's log fields and its run span are there for the handler.
 
 Processes. Each call runs in a fresh process (``forkserver`` start method, so
 the child does not inherit librdkafka's threads). A process can be killed, so a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import multiprocessing
 import threading
 from collections.abc import Callable
@@ -52,7 +55,9 @@ async def run_in_thread(fn: Callable[..., Any], args: tuple[Any, ...], name: str
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
-    threading.Thread(target=target, name=f"task:{name}", daemon=True).start()
+    # the caller's context goes along: the task's log fields and its run span (tracing)
+    threading.Thread(target=contextvars.copy_context().run, args=(target,), name=f"task:{name}",
+                     daemon=True).start()
     return await fut
 
 

@@ -31,8 +31,9 @@ def encode_command(paused: bool, updated_at_ms: int) -> bytes:
 
 
 def parse_command(key: bytes | None, value: bytes | None) -> QueueCommand | None:
-    """A queues-topic record as a command; None when it is not one we understand."""
-    if not key:
+    """A queues-topic record as a command; None when it is not one we understand (a
+    registry record, ``registered/<queue>``, is not: no queue name holds a ``/``)."""
+    if not key or b"/" in key:
         return None
     queue = key.decode("utf-8", "replace")
     if value is None:

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.settings import Settings, load_settings
+from taskstream.telemetry.tracing import Telemetry
 from taskstream.topics import MAX_WORKER_TAGS, canonical_tags
 from taskstream.workers.attempts import AttemptRunner, Batch, Job, Picked
 from taskstream.workers.autoscale import TICK_S, AutoConcurrency, Bounds, Sample
@@ -55,10 +56,12 @@ from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.errors import WorkerError
 from taskstream.workers.machine import MachineLoad
 from taskstream.workers.metrics import WorkerMetrics
+from taskstream.workers.presence import Presence
 from taskstream.workers.queuectl import QueueCommand
 from taskstream.workers.registry import TaskRegistry
 from taskstream.workers.runtime import Pool
 from taskstream.workers.slots import Slots
+from taskstream.workers.tracing import AttemptTracing
 
 log = logging.getLogger("taskstream.worker")
 
@@ -85,6 +88,7 @@ class Worker:
         worker_id: str | None = None,
         tags: Sequence[str] = (),
         auto_bounds: Bounds | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """``concurrency=None`` is ``--concurrency auto`` within ``auto_bounds``."""
         if concurrency is not None and concurrency < 1:
@@ -111,6 +115,12 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.metrics = WorkerMetrics()
         self.metrics.count_in_flight(lambda: self.in_flight)
+        #: tracing (default: the settings' otlp_endpoint; off without one); run() owns it
+        self._owns_telemetry = telemetry is None
+        self.tracing = AttemptTracing(
+            telemetry or Telemetry.from_settings(self.settings, "taskstream-worker",
+                                                 self.worker_id), self.worker_id)
+        self._presence: Presence | None = None
         self._paused: dict[str, bool] = {}
         self._attempts: AttemptRunner | None = None
         self._record_tasks: set[asyncio.Task[None]] = set()
@@ -166,7 +176,8 @@ class Worker:
         if self._stopping:
             return
         self._emitter = EventEmitter(self.settings, self.worker_id, self.metrics)
-        self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics, loop)
+        self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics, loop,
+                                       self.tracing)
         self._control = ControlReader(
             self.settings,
             on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),
@@ -177,13 +188,14 @@ class Worker:
             log.warning("event=control.slow (starting before all cancellations were read)")
         if self.metrics_port is not None:
             self._metrics_server, _ = self.metrics.serve(self.metrics_port)
+        self.tracing.telemetry.install_global()
         self._slots = Slots(self.concurrency if self.auto is None else self.auto.limit)
         for queue in self.queues:
             consumer = QueueConsumer(
                 self.settings, queue, prefetch=self._prefetch(self._slots.limit),
                 client_id=self.worker_id, emitter=self._emitter, metrics=self.metrics,
                 on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set),
-                tags=self.tags)
+                tags=self.tags, trace_headers=self.tracing.enabled)
             consumer.set_paused(self._paused.get(queue, False))
             consumer.start()
             self._consumers.append(consumer)
@@ -193,6 +205,11 @@ class Worker:
                  f"auto({self.auto.bounds.low}-{self.auto.bounds.high})",
                  self.pool.value, len(self.app), ",".join(self.tags) or "-")
         self.metrics.concurrency.set(self._slots.limit)
+        self._presence = Presence(self.settings, self._emitter, worker_id=self.worker_id,
+                                  queues=self.queues, tags=self.tags,
+                                  concurrency=self._slots.limit, pool=self.pool.value,
+                                  snapshot=self._presence_snapshot, metrics=self.metrics)
+        self._presence.start()
         self._started.set()
         loop.call_later(WAKEUP_S, self._nudge)
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
@@ -214,6 +231,11 @@ class Worker:
 
     def _prefetch(self, limit: int) -> int:
         return max(2 * limit, 8, self._batch_max)
+
+    def _presence_snapshot(self) -> dict[str, int]:
+        """What each heartbeat reports besides the fixed facts (slots move with auto)."""
+        return {"in_flight": self.in_flight, "concurrency": self.concurrency_limit,
+                **self.metrics.totals()}
 
     def assignment(self) -> dict[str, set[tuple[str, int]]]:
         return {c.queue: c.assignment() for c in self._consumers}
@@ -343,6 +365,8 @@ class Worker:
         interrupt the rest; flush events (TaskStarted acks settle offsets); commit and
         leave the groups; stop the control reader and the producer."""
         self._stopping = True
+        if self._presence is not None:
+            self._presence.stopping()
         dispatcher.cancel()
         await asyncio.wait({dispatcher}, timeout=5)
         for consumer in self._consumers:
@@ -367,7 +391,11 @@ class Worker:
         await asyncio.to_thread(self._emitter.flush, flush_s)
         await asyncio.gather(*(asyncio.to_thread(c.close) for c in self._consumers))
         await asyncio.to_thread(self._control.close)
+        if self._presence is not None:
+            self._presence.stopped()
         await asyncio.to_thread(self._emitter.close, flush_s)
+        if self._owns_telemetry:
+            await asyncio.to_thread(self.tracing.telemetry.shutdown)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

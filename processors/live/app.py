@@ -14,7 +14,9 @@ when the replica stops, the engine stops before Faust leaves the group
 Timers: the due index of the partitions this replica folds is scanned between
 batches (every ``timer_interval_s``) and a ``TimerFired`` event keyed by the task
 is *emitted* to the events topic; the fold applies it like any other event, and
-``apply`` re-checks that it still fits (D5).
+``apply`` re-checks that it still fits (D5). With tracing on, a timer event carries
+the trace context of the span it continues (a retry's, a dispatch's: D22), so the
+dispatch it causes hangs in the task's trace where it belongs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from functools import partial
 from typing import Any
 
@@ -34,24 +37,30 @@ from faust.tables.manager import TableManager
 from faust.types import TP, TopicT
 from mode import Service
 
-from taskstream.admin import STOCK_SESSION_MIN_S, create_topics, queue_topic_specs
+from taskstream.admin import STOCK_SESSION_MIN_S
+from taskstream.errors import ConfigError
 from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.live.standby import StandbyFollower, standby_partitions
-from taskstream.queue_registry import register_queues
+from taskstream.processors.tracing import FoldTracing
+from taskstream.queue_registry import make_route_topics, read_registered
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
 from taskstream.schemas.state import TaskState
+from taskstream.security.signing import signer_for
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.tables import TaskTables
+from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import (
+    api_reader_group,
     cancellations_topic,
     dispatch_topic,
     dlq_topic,
@@ -127,23 +136,30 @@ def build_faust_app(settings: Settings) -> faust.App:
     )
 
 
-def _register_queue(settings: Settings, route: str) -> None:
-    """Make a queue's ready topics and register it (blocking: run off the fold); for a
-    route with tags (D38) the ready topics of that tag set are made too."""
-    fault_point("queue.create_topics")
+def _registered_queues(settings: Settings) -> set[str]:
+    """Read the queue registry (blocking: run off the fold)."""
+    fault_point("queue.look_up")
+    return read_registered(settings, settings.kafka_timeout_s,
+                           api_reader_group(settings, uuid.uuid4().hex))
+
+
+def _make_route_topics(settings: Settings, route: str) -> None:
+    """Make the ready topics of a registered queue's tag set (blocking: run off the fold,
+    D38)."""
     queue, tags = parse_route(route)
-    if tags:
-        create_topics(settings, queue_topic_specs(settings, queue, tags))
-    register_queues(settings, [queue])
+    make_route_topics(settings, queue, tags)
 
 
 class Processor:
     """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
-    def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
+    def __init__(self, settings: Settings, limits: Limits | None = None,
+                 telemetry: Telemetry = OFF) -> None:
         self.settings = settings
         self.limits = limits or Limits(max_result_bytes=settings.max_result_bytes)
         self.metrics = ProcessorMetrics()
+        #: the processor's spans (dispatch, retry, dead letter, ...; processors/tracing.py)
+        self.tracing = FoldTracing(telemetry)
         self.source = f"processor:{socket.gethostname()}:{os.getpid()}"
         self.app = app = build_faust_app(settings)
         #: the API's admin events go out through Faust's producer (not the fold's)
@@ -159,6 +175,15 @@ class Processor:
             "queue.buffering.max.messages": settings.producer_queue_max,
             "allow.auto.create.topics": False,
         }))
+        checks = Checks.from_settings(settings)
+        #: signs the timer events this replica emits: its own fold verifies them (D26)
+        self.signer = signer_for(settings, "processor")
+        if checks.keyring is not None and self.signer is None:
+            raise ConfigError(
+                "this processor's signing keyring verifies events but has no current "
+                "processor key to sign its own timer events with (its fold would refuse "
+                "them); add one: taskstream keys new processor --kid <id> --keyring <file> "
+                "--current (docs/security.md)")
         self.engine = FoldEngine(
             self.tables, self.metrics, self.limits,
             Topics(events=events_topic(settings), changelog=self._changelog,
@@ -166,6 +191,7 @@ class Processor:
                    quarantine=quarantine_topic(settings),
                    ready=partial(dispatch_topic, settings),
                    route=partial(route_key, settings)),
+            checks=checks,
             consumer_config=consumer_config(settings, fold_group(settings), {
                 "client.id": self.source,
                 "auto.offset.reset": "earliest",
@@ -174,13 +200,16 @@ class Processor:
             }),
             producer=self.producer,
             set_persisted_offset=self._set_persisted_offset,
-            ensure_queue=self._ensure_queue,
-            # the runner made the configured queues' topics before the app started
+            read_registry=self._read_registry,
+            make_route=self._make_route,
+            # the runner registered the configured queues before the app started
             queues_ready=settings.queues,
+            source=self.source,
             legacy_group=processor_app_id(settings),
             max_batch=settings.fold_batch_max,
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
+            tracing=self.tracing,
         )
         self.standby = StandbyFollower(
             consumer_config(settings, standby_group(settings), {
@@ -248,10 +277,14 @@ class Processor:
         offset = self.tables.tasks.data.persisted_offset(TP(self._changelog, partition))
         return offset if isinstance(offset, int) else None
 
-    async def _ensure_queue(self, queue: str) -> None:
-        """A queue met for the first time is registered, its ready topics made first
-        (taskstream/queue_registry.py), off the fold (issue 14, hole 3)."""
-        await asyncio.to_thread(_register_queue, self.settings, queue)
+    async def _read_registry(self) -> set[str]:
+        """The registered queues (taskstream/queue_registry.py), read off the fold for a
+        queue it has not seen registered (D31)."""
+        return await asyncio.to_thread(_registered_queues, self.settings)
+
+    async def _make_route(self, route: str) -> None:
+        """Make a registered queue's tag-set topics (D38), off the fold."""
+        await asyncio.to_thread(_make_route_topics, self.settings, route)
 
     # -- timers --------------------------------------------------------------
 
@@ -297,8 +330,14 @@ class Processor:
             attempt=entry.attempt,
             body=TimerFired(entry.kind, entry.due_at_ms, entry.dispatch_id),
         )
-        self.engine.send(self.engine.topics.events, entry.task_id.encode(),
-                         encode_event(envelope))
+        key, value = entry.task_id.encode(), encode_event(envelope)
+        headers: list[tuple[str, str | bytes | None]] = (
+            self.tracing.timer_headers(entry.task_id, entry.kind, entry.attempt,
+                                       entry.dispatch_id)
+            if self.tracing.enabled else [])
+        if self.signer is not None:
+            headers.append(self.signer.header(key, value))
+        self.engine.send(self.engine.topics.events, key, value, headers or None)
         self.metrics.timers_fired.labels(entry.kind.value).inc()
         self.metrics.timer_lag.observe(max(0.0, (now_ms - entry.due_at_ms) / 1000))
 

@@ -14,10 +14,14 @@ or the changelog and the standbys keep the older state and the next failover
 loses it (issue 14, hole 1). Such repeats only happen after a crash, so the
 extra records cost nothing in the steady state.
 
-A record that cannot be decoded, that is a derived record, or whose ``apply``
-raised (a bug) is set aside for the quarantine topic with its reason; the fold
-goes on with the next record (D11). The task's state stays as it was before
-that record.
+A record that cannot be decoded, that is a derived record, that
+:func:`~taskstream.processors.fold.validate.check_record` refuses (an envelope
+naming another entity than its key, out of bounds, an unsigned or wrongly
+signed worker or processor event: D26, D28), or whose ``apply`` raised (a bug)
+is set aside for the quarantine topic with its reason; the fold goes on with
+the next record (D11). The task's state stays as it was before that record.
+Replay runs the same check (processors/replay/folding.py), so the live tables
+stay the fold of the log.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Protocol
 
 from taskstream.processors.fold.effects import Dispatch, Effect
 from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
     Envelope,
@@ -40,6 +45,7 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.serde import decode_event, decode_state
 from taskstream.schemas.state import TaskState
+from taskstream.security.signing import RecordHeaders
 
 log = logging.getLogger("taskstream.processor")
 
@@ -52,6 +58,7 @@ class Record(Protocol):
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
     def offset(self) -> int | None: ...
+    def headers(self) -> RecordHeaders | None: ...
 
 
 @dataclass(slots=True)
@@ -84,6 +91,8 @@ class Caused:
     queue: str
     #: the offset of the record that caused it (a parked dispatch holds the commit there)
     offset: int
+    #: the trace context its outbound record carries (set by the engine when tracing is on)
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 @dataclass(slots=True)
@@ -104,13 +113,32 @@ class PartitionFold:
     next_offset: int = -1
 
 
+def _usable(record: Record, offset: int, checks: Checks) -> Envelope | SetAside:
+    """The record's envelope when the fold may apply it, else the record set aside with
+    why: not decodable, a derived record, or refused by :func:`check_record`."""
+    value = record.value() or b""
+    try:
+        envelope = decode_event(value)
+    except DecodeError as exc:
+        return SetAside(offset, record.key(), value, str(exc))
+    if isinstance(envelope.body, _DERIVED):
+        return SetAside(offset, record.key(), value,
+                        f"{envelope.type_name} is not an events-topic record")
+    problem = check_record(checks, record.key(), value, record.headers(), envelope)
+    if problem is not None:
+        return SetAside(offset, record.key(), value, problem)
+    return envelope
+
+
 def fold_partition(
     partition: int,
     records: Sequence[Record],
     read_state: Callable[[bytes], bytes | None],
     limits: Limits,
+    checks: Checks,
 ) -> PartitionFold:
-    """Apply one partition's records in order; ``read_state`` reads a task's stored state."""
+    """Check and apply one partition's records in order; ``read_state`` reads a task's
+    stored state."""
     out = PartitionFold(partition)
     changes = out.changes
     current: dict[bytes, TaskState | None] = {}
@@ -118,17 +146,9 @@ def fold_partition(
         offset = record.offset()
         assert offset is not None  # consumed records always have one
         out.next_offset = offset + 1
-        value = record.value() or b""
-        try:
-            envelope = decode_event(value)
-        except DecodeError as exc:
-            out.set_aside.append(SetAside(offset, record.key(), value, str(exc)))
-            continue
-        body = envelope.body
-        if isinstance(body, _DERIVED):
-            out.set_aside.append(SetAside(
-                offset, record.key(), value,
-                f"{envelope.type_name} is not an events-topic record"))
+        envelope = _usable(record, offset, checks)
+        if isinstance(envelope, SetAside):
+            out.set_aside.append(envelope)
             continue
         key = envelope.task_id.encode()
         if key in current:
@@ -140,8 +160,8 @@ def fold_partition(
             after, effects = apply(state, envelope, limits)
         except Exception as exc:  # a bug must not skip the record silently (D11)
             log.exception("fold of partition %d offset %d raised", partition, offset)
-            out.set_aside.append(SetAside(
-                offset, record.key(), value, f"fold failed: {type(exc).__name__}: {exc}"))
+            out.set_aside.append(SetAside(offset, record.key(), record.value() or b"",
+                                          f"fold failed: {type(exc).__name__}: {exc}"))
             continue
         out.applied[envelope.type_name] += 1
         if after is not None or state is not None:
@@ -151,6 +171,7 @@ def fold_partition(
                 change = changes[key] = Change(state, after)
             else:
                 change.after = after
+            body = envelope.body
             if isinstance(body, TimerFired):
                 change.fired_timers.append(body.due_at_ms)
         if effects:

@@ -21,6 +21,11 @@ The events offsets are committed under a group of their own (``fold_group``),
 never joined: the engine assigns partitions itself, as Faust's assignor decided.
 Where that group has no offset for a partition yet, the offset the Faust group
 committed before D19 is used, so an upgrade resumes where the old fold stopped.
+
+Tracing (docs/decisions.md, D22; processors/tracing.py): when it is on, each effect of
+a batch gets its span under the trace context its cause's record carried, and the
+dispatch, dlq and cancellation records carry the effect's context on, so the worker's
+spans join the task's trace. Off, the engine checks one attribute per batch.
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -54,12 +59,16 @@ from taskstream.processors.fold.effects import (
     RetryScheduled,
 )
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.batch import PartitionFold, fold_partition
 from taskstream.processors.live.metrics import ProcessorMetrics
-from taskstream.schemas.events import TaskDispatched
+from taskstream.processors.tracing import FoldTracing, RecordHeaders
+from taskstream.schemas.events import CancelRequested, Envelope, TaskDispatched
+from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_event, encode_state
 from taskstream.statestore.tables import TaskTables
+from taskstream.topics import parse_route
 
 log = logging.getLogger("taskstream.processor")
 
@@ -109,6 +118,29 @@ class Deliveries:
                 self.changelog_offsets[partition] = offset
 
 
+class HeadedRecord(Protocol):
+    """What tracing needs of a consumed record (confluent_kafka.Message has it)."""
+
+    def offset(self) -> int | None: ...
+    def headers(self) -> RecordHeaders: ...
+
+
+def trace_effects(tracing: FoldTracing, folds: Iterable[PartitionFold],
+                  records: Mapping[int, Sequence[HeadedRecord]]) -> None:
+    """A span per effect of a folded batch, under the trace context its cause's record
+    carried; each effect keeps the context its outbound record carries on (D22).
+    ``records``: the batch's records by partition."""
+    effect = tracing.effect
+    for fold in folds:
+        if not fold.effects:
+            continue
+        by_offset = {record.offset(): record for record in records[fold.partition]}
+        for caused in fold.effects:
+            cause = by_offset.get(caused.offset)
+            caused.headers = effect(caused.effect, caused.cause,
+                                    cause.headers() if cause is not None else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Where the fold reads and writes (names from taskstream.topics)."""
@@ -141,33 +173,50 @@ class FoldEngine:
         limits: Limits,
         topics: Topics,
         *,
+        checks: Checks,
         consumer_config: dict[str, Any],
         producer: Producer,
         set_persisted_offset: Callable[[int, int], None],
-        ensure_queue: Callable[[str], Awaitable[None]],
+        read_registry: Callable[[], Awaitable[set[str]]],
+        make_route: Callable[[str], Awaitable[None]],
         queues_ready: Iterable[str],
+        source: str,
         legacy_group: str | None,
         max_batch: int,
         poll_wait_s: float,
         flush_timeout_s: float,
+        tracing: FoldTracing | None = None,
     ) -> None:
         self.tables = tables
         self.metrics = metrics
         self.limits = limits
+        #: what every record must be before it is applied (D26, D28)
+        self.checks = checks
         self.topics = topics
         self._consumer_config = consumer_config
         self.producer = producer
         self._set_persisted_offset = set_persisted_offset
-        self._ensure_queue = ensure_queue
-        #: queues whose ready topics are known to exist; queues being set up
+        self._read_registry = read_registry
+        #: makes the ready topics of a registered queue's tag set (a route key, D38)
+        self._make_route = make_route
+        #: routes (topics.route_key: a queue's name, or a queue and tag set, D38) whose
+        #: ready topics exist: registered queues, and the tag sets made of them; routes
+        #: whose queue the registry was just read for and does not hold; routes waiting
+        #: for a read of the registry
         self._queues_ready: set[str] = set(queues_ready)
-        self._queues_setting_up: dict[str, asyncio.Task[None]] = {}
-        #: dispatches to queues still being set up, in fold order (see persist)
+        self._queues_refused: set[str] = set()
+        self._lookup_pending: set[str] = set()
+        self._lookup: asyncio.Task[None] | None = None
+        #: names this replica in the events it writes (cancellations of refused tasks)
+        self.source = source
+        #: dispatches to routes still being looked up or set up, in fold order (persist)
         self._parked: list[tuple[int, int, Outbound, str]] = []
         self._legacy_group = legacy_group
         self.max_batch = max_batch
         self.poll_wait_s = poll_wait_s
         self.flush_timeout_s = flush_timeout_s
+        #: spans of the effects, trace context on their records (off: one check per batch)
+        self.tracing = tracing or FoldTracing()
         self.partitions: frozenset[int] = frozenset()
         self._consumer: Consumer | None = None
         self._consumer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-consumer")
@@ -219,6 +268,8 @@ class FoldEngine:
 
     async def close(self) -> None:
         await self.stop()
+        if self._lookup is not None:
+            self._lookup.cancel()  # a read of the registry in flight: nobody waits for it
         if self._consumer is not None:
             await self._consumer_call(self._consumer.close)
             self._consumer = None
@@ -314,7 +365,9 @@ class FoldEngine:
         folds = []
         for partition, msgs in by_partition.items():
             db = self.tables.partition_db(partition)
-            folds.append(fold_partition(partition, msgs, db.get, self.limits))
+            folds.append(fold_partition(partition, msgs, db.get, self.limits, self.checks))
+        if self.tracing.enabled:
+            trace_effects(self.tracing, folds, by_partition)
         await self.persist(folds)
 
     async def persist(self, folds: list[PartitionFold]) -> None:
@@ -360,7 +413,7 @@ class FoldEngine:
         outbound: list[Outbound] = []
         routes = {self.topics.route(q, tags) for fold in folds for q, tags in fold.dispatch_queues}
         for route in routes - self._queues_ready:
-            self._set_up(route)
+            self._look_up(route)
         for fold in folds:
             outbound.extend(self._write_local(fold))
         fault_point("fold.after_state_write")
@@ -404,17 +457,19 @@ class FoldEngine:
                     body = env.body
                     assert isinstance(body, TaskDispatched)
                     record = Outbound(self.topics.ready(body.queue, body.priority, tags),
-                                      env.task_id.encode(), encode_event(env))
+                                      env.task_id.encode(), encode_event(env),
+                                      headers=caused.headers)
                     route = self.topics.route(body.queue, tags)
                     if route in self._queues_ready:
                         yield record
                     else:
                         self._parked.append((fold.partition, caused.offset, record, route))
                 case DeadLetter(envelope=env):
-                    yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env))
+                    yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env),
+                                   headers=caused.headers)
                 case PublishCancel(envelope=env):
                     yield Outbound(self.topics.cancellations, env.task_id.encode(),
-                                   encode_event(env))
+                                   encode_event(env), headers=caused.headers)
                 case _:
                     pass
         for aside in fold.set_aside:
@@ -427,29 +482,47 @@ class FoldEngine:
 
     # -- queues met for the first time ---------------------------------------------------
 
-    def _set_up(self, queue: str) -> None:
-        """Have a queue's ready topics made, off the fold (issue 14, hole 3); ``queue`` is
-        a route key (a queue name, or a queue and tag set: D38)."""
-        if queue in self._queues_setting_up:
+    def _look_up(self, route: str) -> None:
+        """Have the registry read for a route whose queue is not known registered, off
+        the fold (D31); ``route`` is a queue's name, or a queue and tag set (D38).
+
+        One read at a time answers every route asked for meanwhile. The fold never makes
+        a queue's topics: a queue the registry holds becomes ready (its topics exist,
+        D20); one it does not hold is refused, and :meth:`release_parked` cancels its
+        parked tasks. A tag set of a registered queue is no new queue: its ready topics
+        are made then, still off the fold (the same rule, the same ACL prefix), and
+        one of an unregistered queue is refused like its queue."""
+        if route in self._lookup_pending or route in self._queues_refused:
             return
+        self._lookup_pending.add(route)
+        if self._lookup is None or self._lookup.done():
+            self._lookup = asyncio.ensure_future(self._read_pending())
 
-        async def set_up() -> None:
-            backoff = RESEND_BACKOFF_S
-            while True:
-                try:
-                    await self._ensure_queue(queue)
-                    self._queues_ready.add(queue)
-                    return
-                except Exception as exc:  # retried: the dispatches wait, nothing is lost
-                    log.warning("the ready topics of queue %r are not there yet (%s); "
-                                "trying again in %.1fs", queue, exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
-                finally:
-                    if queue in self._queues_ready:
-                        del self._queues_setting_up[queue]
-
-        self._queues_setting_up[queue] = asyncio.ensure_future(set_up())
+    async def _read_pending(self) -> None:
+        backoff = RESEND_BACKOFF_S
+        while self._lookup_pending:
+            asked = set(self._lookup_pending)
+            try:
+                registered = await self._read_registry()
+                self._queues_ready |= registered
+                for route in sorted(asked - self._queues_ready):
+                    if parse_route(route)[0] in self._queues_ready:
+                        await self._make_route(route)  # a tag set's topics (D38)
+                        self._queues_ready.add(route)
+            except Exception as exc:  # retried: the dispatches wait, nothing is lost
+                log.warning("the ready topics of %s could not be looked up or made (%s); "
+                            "trying again in %.1fs", sorted(asked), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                continue
+            refused = asked - self._queues_ready
+            if refused:
+                log.warning("queue(s) %s are not registered: their tasks are cancelled, no "
+                            "topic is made (register a queue with `taskstream topics "
+                            "create --queues` or POST /queues)",
+                            sorted({parse_route(route)[0] for route in refused}))
+            self._queues_refused |= refused
+            self._lookup_pending -= asked
 
     def _held(self, partition: int) -> int:
         """The offset a partition may commit: past its last durable batch, but not past
@@ -458,32 +531,56 @@ class FoldEngine:
         return min([self._folded[partition], *parked])
 
     async def release_parked(self) -> None:
-        """Send the parked dispatches whose queues are ready now, in fold order, and let
-        their partitions commit past them once they are acknowledged.
+        """Send the parked dispatches whose queues are ready now, in fold order, cancel
+        the tasks of those whose queues the registry does not hold, and let their
+        partitions commit past them once all that is acknowledged.
 
-        A dispatch to a queue whose topics are not made yet does not stall the fold:
-        everything else of its batch is made durable, the dispatch waits here, and its
-        partition commits no further than the record that caused it. A crash meanwhile
-        reads that record again and its task's last applied event redoes the dispatch
-        (D4), so nothing waits only in memory."""
+        A dispatch to a queue not known registered does not stall the fold: everything
+        else of its batch is made durable, the dispatch waits here while the registry is
+        read (:meth:`_look_up`), and its partition commits no further than the record
+        that caused it. A crash meanwhile reads that record again and its task's last
+        applied event redoes the dispatch (D4), so nothing waits only in memory.
+
+        A queue nobody registered gets no topics (D31): its task is cancelled by a
+        ``CancelRequested`` this replica writes to the events topic, with the reason, so
+        the cancellation is a fact on the log that replay folds like the live fold. A
+        crash before the commit redoes the dispatch and writes the cancellation again;
+        the second one finds the task cancelled and changes nothing."""
+        refused_queues, self._queues_refused = self._queues_refused, set()
         if not self._parked:
             return
         ready = [entry for entry in self._parked if entry[3] in self._queues_ready]
-        if not ready:
+        refused = [entry for entry in self._parked if entry[3] in refused_queues]
+        if not ready and not refused:
             return
         deliveries = Deliveries(self.topics.changelog)
         self._send((record for _, _, record, _ in ready), deliveries)
+        self._send((self._cancellation(record, parse_route(route)[0])
+                    for _, _, record, route in refused), deliveries)
         await self._deliver(deliveries)
-        sent = {id(entry) for entry in ready}
-        self._parked = [entry for entry in self._parked if id(entry) not in sent]
-        for partition in {p for p, _, _, _ in ready}:
+        done = {id(entry) for entry in ready} | {id(entry) for entry in refused}
+        self._parked = [entry for entry in self._parked if id(entry) not in done]
+        for partition in {p for p, _, _, _ in ready} | {p for p, _, _, _ in refused}:
             self._committing[partition] = self._held(partition)
         self._commit(asynchronous=True)
+        if refused:
+            self.metrics.unregistered.inc(len(refused))
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def _cancellation(self, dispatch: Outbound, queue: str) -> Outbound:
+        """The CancelRequested that ends a task whose queue is not registered."""
+        assert dispatch.key is not None  # a dispatch is keyed by its task
+        envelope = Envelope(
+            new_event_id(), dispatch.key.decode(), time.time_ns() // 1_000_000, self.source,
+            0, CancelRequested(reason=(
+                f"queue {queue!r} is not registered: no topic is made for it; register it "
+                "(taskstream topics create --queues, POST /queues) and submit again")))
+        return Outbound(self.topics.events, dispatch.key, encode_event(envelope))
+
+    def send(self, topic: str, key: bytes, value: bytes,
+             headers: Headers | None = None) -> None:
         """Hand one record to the fold's producer, not waited for (timer events: a lost
         one is emitted again, D5)."""
-        self._send([Outbound(topic, key, value)], None)
+        self._send([Outbound(topic, key, value, headers=headers)], None)
 
     def _send(self, records: Iterable[Outbound], deliveries: Deliveries | None) -> None:
         produce, poll = self.producer.produce, self.producer.poll

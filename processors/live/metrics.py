@@ -44,6 +44,10 @@ class ProcessorMetrics:
         self.batch_retries = Counter(
             "taskstream_fold_batch_retries_total",
             "Batches that could not be made durable and were read again", registry=r)
+        self.unregistered = Counter(
+            "taskstream_unregistered_queue_cancels_total",
+            "Tasks cancelled because their queue is not registered (no topic is made, D31)",
+            registry=r)
         self.batch_size = Histogram(
             "taskstream_fold_batch_records", "Events-topic records folded per batch",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)

@@ -1,8 +1,10 @@
 """Folding records of the events topic into RocksDB: what a rebuild does in each process.
 
 The fold is the processor's, step for step (``processors/live/app.py``): decode the
-envelope, skip what the processor quarantines (undecodable records and derived
-bodies), ``apply`` with the same :class:`Limits`, store the new state under the
+envelope, skip what the processor quarantines (undecodable records, derived
+bodies and records :func:`~taskstream.processors.fold.validate.check_record`
+refuses: hostile or unsigned ones, D26, D28), ``apply`` with the same
+:class:`Limits`, store the new state under the
 envelope's task ID when ``apply`` returns one. The result maps task ID ->
 ``encode_state`` bytes, exactly what the processor's task table holds.
 :mod:`taskstream.processors.replay.rebuild` runs it in one process or several
@@ -33,6 +35,7 @@ from rocksdict import (
 )
 
 from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.processors.replay.read import (
     Advances,
     ReadPlan,
@@ -44,6 +47,7 @@ from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskCancelled, TaskDeadLettered, TaskDispatched
 from taskstream.schemas.serde import decode_event, decode_state, default_codec
 from taskstream.schemas.state import TERMINAL, TaskState
+from taskstream.security.signing import RecordHeaders
 from taskstream.settings import Settings
 
 #: bodies the processor refuses on the events topic (they are its own outputs)
@@ -58,14 +62,27 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(max_result_bytes=settings.max_result_bytes)
 
 
-def decode_usable(value: Any) -> Envelope | str:
-    """The envelope the processor would fold, or why it would quarantine the record."""
+def checks_of(settings: Settings) -> Checks:
+    """The record checks the processor folds with: replay must use the same (keyring too)."""
+    return Checks.from_settings(settings)
+
+
+def decode_usable(value: Any, key: bytes | None = None,
+                  headers: RecordHeaders | None = None,
+                  checks: Checks | None = None) -> Envelope | str:
+    """The envelope the processor would fold, or why it would quarantine the record
+    (with ``checks``: also the record checks, which need its key and headers)."""
+    data = value if isinstance(value, bytes) else b""
     try:
-        envelope = decode_event(value if isinstance(value, bytes) else b"")
+        envelope = decode_event(data)
     except DecodeError as exc:
         return str(exc)
     if isinstance(envelope.body, DERIVED):
         return f"{envelope.type_name} is not an events-topic record"
+    if checks is not None:
+        problem = check_record(checks, key, data, headers, envelope)
+        if problem is not None:
+            return problem
     return envelope
 
 
@@ -287,7 +304,8 @@ def collector_paused() -> Iterator[None]:
 
 
 def fold_messages(
-    messages: Iterable[list[Any]], cache: StateCache, limits: Limits, stats: FoldStats
+    messages: Iterable[list[Any]], cache: StateCache, limits: Limits, stats: FoldStats,
+    checks: Checks | None = None,
 ) -> None:
     """The processor's fold over batches of Kafka messages (see module docstring).
 
@@ -314,8 +332,10 @@ def fold_messages(
                     raise ValueError  # not cleanly ours: decode_event decides
             except Exception:
                 envelope = _decode_slowly(message, decode)
-            if envelope.__class__ is SkippedRecord or envelope.body.__class__ in _DERIVED:
-                stats.skip(_unusable(message, envelope))
+            if envelope.__class__ is SkippedRecord or envelope.body.__class__ in _DERIVED or (
+                    checks is not None and check_record(
+                        checks, message.key(), value, message.headers(), envelope) is not None):
+                stats.skip(_unusable(message, envelope, checks))
                 continue
             task_id = envelope.task_id
             before = hot.get(task_id)
@@ -347,11 +367,15 @@ def _decode_slowly(message: Any, decode: Callable[[bytes], Envelope]) -> Any:
         return SkippedRecord(message.partition(), message.offset(), str(exc))
 
 
-def _unusable(message: Any, found: Any) -> SkippedRecord:
+def _unusable(message: Any, found: Any, checks: Checks | None) -> SkippedRecord:
+    """Why a record is skipped (the rare path: the check runs again for its reason)."""
     if found.__class__ is SkippedRecord:
         return found
-    return SkippedRecord(message.partition(), message.offset(),
-                         f"{found.type_name} is not an events-topic record")
+    reason = f"{found.type_name} is not an events-topic record"
+    if found.body.__class__ not in _DERIVED and checks is not None:
+        reason = check_record(checks, message.key(), message.value(), message.headers(),
+                              found) or reason
+    return SkippedRecord(message.partition(), message.offset(), reason)
 
 
 def _no_reader(data: bytes, start: int, end: int) -> tuple[Any, int]:
@@ -385,7 +409,7 @@ def fold_to_sst(
         cache = StateCache(db, capacity=cache_size, db_empty=True)  # a fresh scratch DB
         with collector_paused():
             batches = read_batches(consumer, read, settings.kafka_timeout_s, progress)
-            fold_messages(batches, cache, limits_of(settings), stats)
+            fold_messages(batches, cache, limits_of(settings), stats, checks_of(settings))
             sst = work / "states.sst"
             tasks = cache.flush_to_sst(sst)
     finally:

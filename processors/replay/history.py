@@ -28,7 +28,7 @@ from taskstream.processors.fold.effects import (
     SetTimer,
 )
 from taskstream.processors.fold.lifecycle import Limits, apply
-from taskstream.processors.replay.folding import decode_usable, limits_of
+from taskstream.processors.replay.folding import checks_of, decode_usable, limits_of
 from taskstream.processors.replay.read import (
     ProgressFactory,
     make_consumer,
@@ -49,6 +49,7 @@ DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 REJECTED = "REJECTED"
 SKIPPED = "SKIPPED"  # undecodable or not an events-topic record: the processor quarantines it
+OUTCOMES = (ACCEPTED, UNCHANGED, DUPLICATE, CONFLICT, REJECTED, SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ def task_history(settings: Settings, task_id: str, progress: ProgressFactory = n
     topic = events_topic(settings)
     consumer = make_consumer(settings)
     records: list[tuple[int, int, int, Envelope | str]] = []
+    checks = checks_of(settings)
     try:
         partition = partition_for(key, partition_count(consumer, topic, settings.kafka_timeout_s))
         read = plan(consumer, settings, topic, {partition: 2**62})
@@ -176,7 +178,8 @@ def task_history(settings: Settings, task_id: str, progress: ProgressFactory = n
                 for m in batch:
                     if m.key() == key:
                         records.append((m.partition(), m.offset(), m.timestamp()[1],
-                                        decode_usable(m.value())))
+                                        decode_usable(m.value(), m.key(), m.headers(),
+                                                      checks)))
     finally:
         consumer.close()
     return explain(records, limits_of(settings))

@@ -1,10 +1,12 @@
 """Admin commands: read task state and steer queues through the HTTP API.
 
-``taskstream status|list|cancel|redrive|queues|pause|resume|wait`` and
+``taskstream status|list|cancel|redrive|queues|workers|pause|resume|wait`` and
 ``taskstream dlq list|redrive``. The API address and token come from the
 settings (``TASKSTREAM_API_URL``, ``TASKSTREAM_API_TOKEN``) or ``--api-url``.
 Output is an aligned table for people; ``--json`` prints the API's JSON for
-scripts. Exit codes: 0 success; 1 an error (the message says which and what to
+scripts. Sealed payloads, results and error texts (D27) are opened here when the
+CLI has the payload keyring (the API may not), and shown sealed otherwise.
+Exit codes: 0 success; 1 an error (the message says which and what to
 do); ``wait``: 1 when the task ended DEAD or CANCELLED, 124 when it had not
 finished when the timeout passed.
 """
@@ -12,6 +14,7 @@ finished when the timeout passed.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -19,9 +22,14 @@ from typing import Any
 
 import click
 
+from taskstream.errors import TaskstreamError
 from taskstream.producer.api_client import REQUEST_TIMEOUT_S, ApiClient
 from taskstream.producer.errors import ApiUnavailableError
 from taskstream.schemas.state import TERMINAL, TaskStatus
+from taskstream.schemas.view import Opener, open_view
+from taskstream.security.errors import SealError
+from taskstream.security.sealing import payload_sealer
+from taskstream.security.tls import client_context
 
 EXIT_TIMEOUT = 124
 #: one long poll at most; longer waits are several polls
@@ -31,9 +39,11 @@ POLL_S = 30.0
 class CommandClient:
     """The API client (:class:`~taskstream.producer.api_client.ApiClient`) as commands use it."""
 
-    def __init__(self, url: str, token: str | None) -> None:
-        self._api = ApiClient(url, token)
+    def __init__(self, url: str, token: str | None, opener: Opener | None = None,
+                 verify: ssl.SSLContext | bool = True) -> None:
+        self._api = ApiClient(url, token, verify)
         self.url = self._api.url
+        self._opener = opener
 
     def close(self) -> None:
         self._api.close()
@@ -47,7 +57,7 @@ class CommandClient:
             raise click.ClickException(str(exc)) from None
         data = resp.data
         if resp.ok:
-            return data
+            return self._opened(data)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
             field = f" (field: {error['field']})" if error.get("field") else ""
@@ -56,6 +66,19 @@ class CommandClient:
                 f"{error.get('message')}{field}")
         raise click.ClickException(f"{method} {path}: HTTP {resp.status_code} "
                                    f"{resp.text[:200]!r} from {self.url}")
+
+    def _opened(self, data: Any) -> Any:
+        """Task views (one, or a page's items) with their sealed fields opened."""
+        if self._opener is None or not isinstance(data, dict):
+            return data
+        try:
+            if isinstance(data.get("items"), list):
+                return {**data, "items": [open_view(item, self._opener)
+                                          if isinstance(item, dict) else item
+                                          for item in data["items"]]}
+            return open_view(data, self._opener) if "sealed" in data else data
+        except SealError as exc:
+            raise click.ClickException(f"a sealed value does not open: {exc}") from None
 
 
 # -- output ------------------------------------------------------------------------
@@ -164,6 +187,19 @@ def lag_rows(queues: Sequence[dict[str, Any]]) -> str:
     return "\n".join([table, *unserved_notes(queues)])
 
 
+def worker_rows(workers: Sequence[dict[str, Any]]) -> str:
+    if not workers:
+        return "no workers have announced themselves (start one: taskstream worker -A MODULE)"
+    return render_table(
+        ["WORKER", "STATUS", "QUEUES", "TAGS", "IN FLIGHT", "DONE", "FAILED", "STARTED",
+         "LAST HEARTBEAT"],
+        [[w.get("worker_id"), w.get("status"), ",".join(w.get("queues", [])),
+          ",".join(w.get("tags", [])) or "-",
+          f"{w.get('in_flight', 0)}/{w.get('concurrency', 0)}", w.get("tasks_succeeded", 0),
+          w.get("tasks_failed", 0), fmt_time(w.get("started_at_ms")),
+          f"{w.get('heartbeat_age_s', 0):.1f}s ago"] for w in workers])
+
+
 def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else human(data))
 
@@ -176,7 +212,11 @@ def client_from(api_url: str | None) -> CommandClient:
 
     settings = load_settings_or_exit()
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    client = CommandClient(api_url or settings.api_url, token)
+    try:
+        client = CommandClient(api_url or settings.api_url, token, payload_sealer(settings),
+                               client_context(settings))
+    except TaskstreamError as exc:
+        raise click.ClickException(str(exc)) from None
     click.get_current_context().call_on_close(client.close)  # no socket outlives the command
     return client
 
@@ -328,6 +368,17 @@ def queues(lag: bool, as_json: bool, api_url: str | None) -> None:
     worker with their tags."""
     data = client_from(api_url).call("GET", "/queues")
     emit(data, as_json, lambda d: lag_rows(d["queues"]) if lag else queue_rows(d["queues"]))
+
+
+@click.command()
+@click.option("--all", "include_stopped", is_flag=True,
+              help="also workers that stopped cleanly (kept for a day)")
+@api_options
+def workers(include_stopped: bool, as_json: bool, api_url: str | None) -> None:
+    """Workers on the workers topic: running, stopping, or lost (3 heartbeats missed)."""
+    data = client_from(api_url).call("GET", "/workers",
+                                     params={"all": "1"} if include_stopped else None)
+    emit(data, as_json, lambda d: worker_rows(d["workers"]))
 
 
 @click.command()

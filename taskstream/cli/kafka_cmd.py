@@ -37,22 +37,34 @@ def install() -> None:
 @_data_dir_option
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="seconds to wait for the cluster to answer")
+@click.option("--secure", is_flag=True,
+              help="SASL_SSL (SCRAM-SHA-512) with a generated CA, one user per role and "
+                   "least-privilege ACLs; writes <data-dir>/security/<role>.toml")
 @exits_on_error
-def up(nodes: str, port: int | None, data_dir: Path | None, timeout: float) -> None:
+def up(nodes: str, port: int | None, data_dir: Path | None, timeout: float,
+       secure: bool) -> None:
     """Start a local Kafka cluster and wait until it answers."""
     from taskstream.localkafka import cluster as localkafka
 
     settings = load_settings_or_exit()
     result = localkafka.up(settings, nodes=int(nodes), port=port, data_dir=data_dir,
-                           timeout=timeout, show_progress=True)
+                           timeout=timeout, show_progress=True, secure=secure)
     cluster = result.cluster
     if result.already_running:
         click.echo(f"Kafka is already running at {cluster.bootstrap} (data in {cluster.data_dir})")
+    else:
+        pids = ", ".join(str(n.pid) for n in cluster.nodes)
+        click.echo(f"Kafka {cluster.version} is up at {cluster.bootstrap} (PIDs {pids}); "
+                   f"data and logs in {cluster.data_dir}")
+    where = cluster.security_dir
+    if where is None:
+        if not result.already_running:
+            click.echo(f"Use it with: export TASKSTREAM_BOOTSTRAP={cluster.bootstrap}")
         return
-    pids = ", ".join(str(n.pid) for n in cluster.nodes)
-    click.echo(f"Kafka {cluster.version} is up at {cluster.bootstrap} (PIDs {pids}); "
-               f"data and logs in {cluster.data_dir}")
-    click.echo(f"Use it with: export TASKSTREAM_BOOTSTRAP={cluster.bootstrap}")
+    click.echo("Secured: SASL_SSL with SCRAM-SHA-512, one user per role, ACLs under the topic "
+               f"prefix {settings.topic_prefix!r} (docs/security.md). Settings of each role:")
+    for role in ("admin", "processor", "worker", "submitter"):
+        click.echo(f"  {role:<10} export TASKSTREAM_CONFIG={where / (role + '.toml')}")
 
 
 @kafka.command()
@@ -124,8 +136,7 @@ def topics() -> None:
 def create(prefix: str | None, partitions: int | None, replication: int | None,
            retention_ms: int | None, queues: str | None) -> None:
     """Create the platform's topics; existing ones are left as they are."""
-    from taskstream.admin import ensure_topics
-    from taskstream.queue_registry import register_queues
+    from taskstream.queue_registry import set_up_platform
 
     overrides: dict[str, object] = {
         "topic_prefix": prefix, "partitions": partitions, "replication": replication,
@@ -133,10 +144,10 @@ def create(prefix: str | None, partitions: int | None, replication: int | None,
         "queues": [q.strip() for q in queues.split(",") if q.strip()] if queues else None,
     }
     settings = load_settings_or_exit(**{k: v for k, v in overrides.items() if v is not None})
-    result = ensure_topics(settings)
+    result, registered = set_up_platform(settings)
     for name, created in result.items():
         click.echo(f"{name}: {'created' if created else 'already exists'}")
-    click.echo(f"registered queues: {', '.join(register_queues(settings, settings.queues))}")
+    click.echo(f"registered queues: {', '.join(registered)}")
     if not any(result.values()):
         click.echo(f"All {len(result)} topics already exist; nothing to do.")
 

@@ -23,6 +23,8 @@ _COMMANDS: dict[str, str] = {
     "cancel": "taskstream.cli.admin_cmds:cancel",
     "redrive": "taskstream.cli.admin_cmds:redrive",
     "queues": "taskstream.cli.admin_cmds:queues",
+    "workers": "taskstream.cli.admin_cmds:workers",
+    "doctor": "taskstream.cli.doctor_cmd:doctor",
     "pause": "taskstream.cli.admin_cmds:pause",
     "resume": "taskstream.cli.admin_cmds:resume",
     "wait": "taskstream.cli.admin_cmds:wait",
@@ -30,6 +32,8 @@ _COMMANDS: dict[str, str] = {
     "replay": "taskstream.cli.replay_cmd:replay",
     "quarantine": "taskstream.cli.quarantine_cmd:quarantine",
     "dev": "taskstream.cli.dev_cmd:dev",
+    "acls": "taskstream.cli.security_cmd:acls",
+    "keys": "taskstream.cli.security_cmd:keys",
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -30,8 +29,9 @@ import click
               help="seconds running attempts get to finish after SIGTERM")
 @click.option("--metrics-port", default=None, type=click.IntRange(1, 65535),
               help="serve Prometheus /metrics on this port")
-@click.option("--create-topics/--no-create-topics", default=True, show_default=True,
-              help="create the queues' topics if missing")
+@click.option("--create-topics/--no-create-topics", default=None,
+              help="create the queues' topics if missing [default: yes on a PLAINTEXT cluster; "
+                   "no on a secured one, where the worker's principal may not create topics]")
 @click.option("--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--reload", "reload_", is_flag=True,
@@ -41,17 +41,20 @@ import click
               help="with --reload: also watch this file or directory (repeatable)")
 def worker(target: str, queues: str | None, concurrency: str, concurrency_min: int,
            concurrency_max: int, tags: str, pool: str, grace: float,
-           metrics_port: int | None, create_topics: bool, loglevel: str, reload_: bool,
+           metrics_port: int | None, create_topics: bool | None, loglevel: str, reload_: bool,
            reload_dirs: tuple[Path, ...]) -> None:
     """Run tasks from the queues' ready topics until SIGTERM (twice: stop at once)."""
     from taskstream.cli.common import load_settings_or_exit
     from taskstream.errors import TaskstreamError
+    from taskstream.telemetry.logs import configure_logging
     from taskstream.workers.autoscale import Bounds, parse_concurrency
     from taskstream.workers.loader import load_registry
     from taskstream.workers.worker import Worker
 
-    logging.basicConfig(level=loglevel.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings_or_exit()
+    configure_logging(loglevel, settings.log_format)
+    if create_topics is None:
+        create_topics = settings.security_protocol == "PLAINTEXT"
     if reload_:
         args = ["-A", target, "--concurrency", concurrency, "--pool", pool,
                 "--concurrency-min", str(concurrency_min),
@@ -61,7 +64,6 @@ def worker(target: str, queues: str | None, concurrency: str, concurrency_min: i
         args += ["--queues", queues] if queues else []
         args += ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
         raise SystemExit(_supervise(target, args, grace, reload_dirs))
-    settings = load_settings_or_exit()
     try:
         slots = parse_concurrency(concurrency)
         bounds = Bounds(concurrency_min, concurrency_max)

@@ -8,7 +8,7 @@ Order of steps (each wait is bounded and fails naming the log to read):
    the jars with Maven and shows its progress);
 2. the platform's topics;
 3. one processor replica (``taskstream processor``), ready when ``/readyz`` is 200;
-   it serves the HTTP API;
+   it serves the HTTP API and the dashboard (/ui);
 4. one worker running ``examples/tasks.py``, ready when its consumer group has
    its partitions;
 5. the demo workload (:mod:`taskstream.dev.workload`) through the SDK, a live
@@ -36,7 +36,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from taskstream.admin import ensure_topics
+from taskstream.api.dashboard import UI_PATH
 from taskstream.dev.errors import DevError
 from taskstream.dev.procs import (
     HOST,
@@ -49,9 +49,11 @@ from taskstream.dev.procs import (
     stop_all,
 )
 from taskstream.dev.workload import STATES, Summary, demo_workload, render, summarize
+from taskstream.kafka_config import client_config
 from taskstream.localkafka import cluster as localkafka
 from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
+from taskstream.queue_registry import set_up_platform
 from taskstream.schemas.state import TERMINAL
 from taskstream.settings import Settings
 
@@ -102,7 +104,9 @@ class Platform:
             self.console.print(f"Kafka: using the one running from {kafka_dir} "
                                f"at {recorded.bootstrap}")
             return settings.model_copy(update={"bootstrap": recorded.bootstrap})
-        if recorded is None and localkafka.cluster_answers(settings.bootstrap, 3.0) is not None:
+        answers = (localkafka.cluster_answers(client_config(settings), 3.0)
+                   if recorded is None else None)
+        if answers is not None:
             self.console.print(f"Kafka: using the broker at {settings.bootstrap}")
             return settings
         port = localkafka.default_port(settings)
@@ -260,7 +264,7 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     api_url = f"http://{HOST}:{web_port}"
     settings = settings.model_copy(update={
         "web_port": web_port, "api_url": api_url, "data_dir": workdir / "processor"})
-    created = ensure_topics(settings)
+    created, _ = set_up_platform(settings)  # the settings' queues registered too
     console.print(f"Topics: {sum(created.values())} created, "
                   f"{len(created) - sum(created.values())} already there "
                   f"(prefix {settings.topic_prefix!r})")
@@ -268,6 +272,7 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     platform.children.append(start_processor(
         settings, workdir / "processor", web_port, workdir / "logs" / "processor.log",
         app_path, ready_timeout=options.ready_timeout_s, loglevel="info"))
+    console.print(f"Dashboard: {api_url}{UI_PATH} (open it to watch the demo)")
     metrics_port = free_port()
     console.print(f"Worker: starting {options.app} (concurrency {options.concurrency})")
     worker = start_worker(settings, options.app, workdir / "logs" / "worker.log", app_path,
@@ -280,7 +285,8 @@ def _run(settings: Settings, options: DevOptions, platform: Platform, app_path: 
     console.print(f"Submitted {len(kinds)} demo tasks: fast (priority 0 and 2), slow, "
                   "flaky (fail twice), one poison, delayed")
     views = _watch(api_url, kinds, since_ms, options.timeout_s, console)
-    urls = {"API": api_url, "API docs": f"{api_url}/openapi.json",
+    urls = {"dashboard": f"{api_url}{UI_PATH}", "API": api_url,
+            "API docs": f"{api_url}/openapi.json",
             "metrics": f"{api_url}/metrics",
             "worker metrics": f"http://{HOST}:{metrics_port}/metrics",
             "logs": str(workdir / "logs")}

@@ -9,6 +9,7 @@ it fails, shows the tail of the child's log.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from taskstream.dev.errors import DevError
 from taskstream.settings import Settings
@@ -72,9 +74,43 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
     )
     if settings.session_timeout_s is not None:
         env["TASKSTREAM_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    env.update(security_env(settings))
+    if settings.otlp_endpoint:  # one platform traces (and logs) the same way everywhere
+        env["TASKSTREAM_OTLP_ENDPOINT"] = settings.otlp_endpoint
+        env["TASKSTREAM_TRACE_SAMPLE_RATIO"] = str(settings.trace_sample_ratio)
+    if settings.log_format != "text":
+        env["TASKSTREAM_LOG_FORMAT"] = settings.log_format
     if pythonpath is not None:
         parts = [str(pythonpath), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+#: settings a child of the same platform must share to reach its brokers and read its data
+#: (D25-D29): Kafka security, keyrings, the API's TLS and the bounds every part checks
+SHARED_SECURITY = (
+    "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "ssl_ca_file",
+    "ssl_cert_file", "ssl_key_file", "ssl_key_password", "signing_keys", "signing_keyring_file",
+    "payload_keys", "payload_keyring_file", "api_tls_cert", "api_tls_key", "api_ca_file",
+    "api_tokens", "max_event_bytes", "max_payload_bytes", "max_headers", "max_header_bytes",
+    "max_tags", "max_tag_bytes", "max_dependencies",
+)
+
+
+def security_env(settings: Settings) -> dict[str, str]:
+    """``TASKSTREAM_*`` variables for the :data:`SHARED_SECURITY` settings that are set."""
+    env = {}
+    for name in SHARED_SECURITY:
+        value = getattr(settings, name)
+        if value is None or name not in settings.model_fields_set:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, dict):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        env[f"TASKSTREAM_{name.upper()}"] = text
     return env
 
 

@@ -8,7 +8,10 @@ metadata request. It records what it started in ``<data_dir>/cluster.json``;
 while the process there is still the broker started with that node's
 properties file (a PID reused by something else is left alone).
 
-Used by ``taskstream kafka``, the test suite's session fixture and CI.
+``up(secure=True)`` starts a secured cluster instead (SASL_SSL, SCRAM users per
+role, ACLs; :mod:`taskstream.localkafka.secure`, D25).
+
+Used by ``taskstream kafka``, the test suite's session fixtures and CI.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,10 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from taskstream.errors import LocalKafkaError
+from taskstream.kafka_config import client_config
+from taskstream.localkafka import secure as security
 from taskstream.localkafka.config import (
+    BROKER_USER,
     HOST,
     NodeLayout,
     bootstrap_of,
@@ -38,7 +45,7 @@ from taskstream.localkafka.config import (
     write_node_files,
 )
 from taskstream.localkafka.install import KafkaInstall, ensure_kafka
-from taskstream.settings import Settings
+from taskstream.settings import Settings, load_settings
 
 STATE_FILE = "cluster.json"
 HEAP = "-Xmx512m"
@@ -70,6 +77,20 @@ class Cluster:
     cluster_id: str
     version: str
     nodes: tuple[NodeProcess, ...]
+    secure: bool = False
+
+    @property
+    def security_dir(self) -> Path | None:
+        return self.data_dir / security.SECURITY_DIR if self.secure else None
+
+    def client(self) -> dict[str, Any]:
+        """A librdkafka config that reaches this cluster (as its super user when secured)."""
+        if not self.secure:
+            return {"bootstrap.servers": self.bootstrap}
+        files = security.prepare(self.data_dir)
+        owner = load_settings(**security.role_overrides(files, BROKER_USER, self.bootstrap,
+                                                         "taskstream."))
+        return client_config(owner)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +98,7 @@ class Cluster:
             "bootstrap": self.bootstrap,
             "cluster_id": self.cluster_id,
             "version": self.version,
+            "secure": self.secure,
             "nodes": [
                 {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port,
                  "pid": n.pid, "dir": str(n.dir), "log": str(n.log)}
@@ -92,7 +114,7 @@ class Cluster:
             for n in data["nodes"]
         )
         return cls(Path(data["data_dir"]), str(data["bootstrap"]), str(data["cluster_id"]),
-                   str(data["version"]), nodes)
+                   str(data["version"]), nodes, bool(data.get("secure", False)))
 
 
 @dataclass(frozen=True)
@@ -162,9 +184,11 @@ def is_running(node: NodeProcess) -> bool:
     return True
 
 
-def cluster_answers(bootstrap: str, timeout: float, brokers: int = 1) -> tuple[str, ...] | None:
-    """The topic names if ``brokers`` brokers answer a metadata request in time, else None."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+def cluster_answers(client_conf: Mapping[str, Any], timeout: float, brokers: int = 1
+                    ) -> tuple[str, ...] | None:
+    """The topic names if ``brokers`` brokers answer a metadata request in time, else None.
+    ``client_conf`` is a librdkafka config (``kafka_config.client_config(settings)``)."""
+    client = AdminClient({**client_conf, "log_level": 0})
     try:
         metadata = client.list_topics(timeout=timeout)
     except KafkaException:
@@ -179,36 +203,50 @@ def status(data_dir: Path, timeout: float = 5.0) -> Status:
     if cluster is None:
         return Status(None, {}, False, ())
     alive = {n.node_id: is_running(n) for n in cluster.nodes}
-    topics = cluster_answers(cluster.bootstrap, timeout) if any(alive.values()) else None
+    topics = cluster_answers(cluster.client(), timeout) if any(alive.values()) else None
     return Status(cluster, alive, topics is not None, topics or ())
 
 
 def up(settings: Settings, *, nodes: int = 1, port: int | None = None,
        data_dir: Path | None = None, timeout: float = 120.0,
-       show_progress: bool = False) -> UpResult:
-    """Start a local cluster (or find the one already running in ``data_dir``)."""
+       show_progress: bool = False, secure: bool = False) -> UpResult:
+    """Start a local cluster (or find the one already running in ``data_dir``).
+
+    ``secure``: SASL_SSL listeners, a CA and certificates, a SCRAM user per role and
+    their ACLs under ``settings.topic_prefix`` (:mod:`taskstream.localkafka.secure`).
+    """
     if nodes not in (1, 3):
         raise LocalKafkaError(f"--nodes must be 1 or 3, not {nodes}")
     data_dir = (data_dir or default_data_dir(settings)).resolve()
     previous = read_state(data_dir)
+    if previous is not None and previous.secure != secure:
+        flag = "with" if previous.secure else "without"
+        raise LocalKafkaError(f"{data_dir} holds a cluster started {flag} --secure; start it "
+                              f"the same way, or remove it with `taskstream kafka down`")
     if previous is not None and any(is_running(n) for n in previous.nodes):
         return UpResult(previous, already_running=True)
     install = ensure_kafka(settings.kafka_home, settings.kafka_version,
                            show_progress=show_progress)
     cluster_id, nodes_layout = _plan(previous, data_dir, nodes, port or default_port(settings))
+    files = security.prepare(data_dir) if secure else None
     for node in nodes_layout:
         _check_port_free(node.port)
         _check_port_free(node.controller_port)
-        write_node_files(node, nodes_layout)
-    _format(install, cluster_id, nodes_layout)
+        write_node_files(node, nodes_layout, files.broker if files else None)
+    _format(install, cluster_id, nodes_layout,
+            security.scram_arguments(files) if files else [])
     started = tuple(
         NodeProcess(n.node_id, n.port, n.controller_port, _spawn(install, n), n.dir)
         for n in nodes_layout
     )
-    cluster = Cluster(data_dir, bootstrap_of(nodes_layout), cluster_id, install.version, started)
+    cluster = Cluster(data_dir, bootstrap_of(nodes_layout), cluster_id, install.version, started,
+                      secure)
     _write_state(cluster)
     try:
         _wait_until_ready(cluster, timeout)
+        if files is not None:
+            security.set_up_acls(settings, files, cluster.bootstrap)
+            security.write_role_configs(files, cluster.bootstrap, settings.topic_prefix)
     except BaseException:  # a timeout, a dead node or Ctrl-C: leave nothing running
         _stop(cluster.nodes, timeout=30.0)
         raise
@@ -256,8 +294,10 @@ def _java(install: KafkaInstall, node: NodeLayout, main: str) -> list[str]:
             "-cp", install.classpath, main]
 
 
-def _format(install: KafkaInstall, cluster_id: str, nodes: list[NodeLayout]) -> None:
-    """Format every node's storage at once (one JVM each), skipping formatted ones."""
+def _format(install: KafkaInstall, cluster_id: str, nodes: list[NodeLayout],
+            extra: list[str]) -> None:
+    """Format every node's storage at once (one JVM each), skipping formatted ones.
+    ``extra``: more arguments of ``format`` (the SCRAM users of a secured cluster)."""
     jobs: list[tuple[NodeLayout, subprocess.Popen[bytes]]] = []
     for node in nodes:
         if (node.log_dirs / "meta.properties").exists():
@@ -265,7 +305,7 @@ def _format(install: KafkaInstall, cluster_id: str, nodes: list[NodeLayout]) -> 
         # one node bootstraps its own quorum; three use the static controller.quorum.voters
         verb = ["format", "--standalone"] if len(nodes) == 1 else ["format"]
         cmd = [*_java(install, node, "kafka.tools.StorageTool"), *verb,
-               f"--cluster-id={cluster_id}", "-c", str(node.properties)]
+               f"--cluster-id={cluster_id}", "-c", str(node.properties), *extra]
         jobs.append((node, subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)))
@@ -277,7 +317,10 @@ def _format(install: KafkaInstall, cluster_id: str, nodes: list[NodeLayout]) -> 
             proc.kill()
             out, _ = proc.communicate(timeout=10)
         if proc.returncode != 0:
-            failures.append(f"node {node.node_id}: {out.decode(errors='replace').strip()}")
+            text = out.decode(errors="replace").strip()
+            # the tool echoes the SCRAM records it writes: keep credentials out of the error
+            text = "\n".join(line for line in text.splitlines() if "Scram" not in line)
+            failures.append(f"node {node.node_id}: {text}")
     if failures:
         raise LocalKafkaError("formatting Kafka storage failed; " + " | ".join(failures))
 
@@ -303,7 +346,7 @@ def _wait_until_ready(cluster: Cluster, timeout: float) -> None:
             if not is_running(node):
                 raise LocalKafkaError(f"Kafka node {node.node_id} exited during start-up; "
                                       f"see {node.log} (and {node.dir / 'stdout.log'})")
-        if cluster_answers(cluster.bootstrap, 2.0, brokers=len(cluster.nodes)) is not None:
+        if cluster_answers(cluster.client(), 2.0, brokers=len(cluster.nodes)) is not None:
             return
         if time.monotonic() > deadline:
             raise LocalKafkaError(f"Kafka at {cluster.bootstrap} did not answer within "

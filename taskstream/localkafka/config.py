@@ -4,12 +4,24 @@ Ports: node ``i`` (0-based) of an ``n``-node cluster listens for clients on
 ``port + i`` and for the controller quorum on ``port + n + i``, all on
 127.0.0.1. One node on 9092 therefore uses 9092 and 9093, as Kafka's own
 quickstart does.
+
+A secured cluster (``--secure``, D25) has the same ports: clients and the
+brokers among themselves speak SASL_SSL (SCRAM-SHA-512, the brokers as
+``User:broker``) on the client port; the controller quorum speaks mutual TLS
+(KRaft controllers cannot authenticate with SCRAM: its credentials live in the
+metadata the quorum serves), the brokers' certificate mapping to
+``User:broker`` too. The StandardAuthorizer denies whatever no ACL allows;
+``User:broker`` is the only super user.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+#: the principal the brokers run as (inter-broker SCRAM user and certificate CN)
+BROKER_USER = "broker"
 
 HOST = "127.0.0.1"
 
@@ -55,16 +67,56 @@ def bootstrap_of(nodes: list[NodeLayout]) -> str:
     return ",".join(f"{HOST}:{n.port}" for n in nodes)
 
 
-def server_properties(node: NodeLayout, cluster: list[NodeLayout]) -> str:
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What a secured node needs: its key store (key + chain, PEM), the CA, and the
+    password of the inter-broker SCRAM user."""
+
+    keystore: Path
+    truststore: Path
+    broker_password: str
+
+
+def _listener_lines(node: NodeLayout, security: BrokerSecurity | None) -> dict[str, str]:
+    if security is None:
+        return {
+            "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        }
+    jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{security.broker_password}";')
+    return {
+        "listeners": f"SASL_SSL://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
+        "advertised.listeners": f"SASL_SSL://{HOST}:{node.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(security.keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(security.truststore),
+        "listener.name.controller.ssl.client.auth": "required",
+        # the controller listener's principal is the certificate's CN: CN=broker -> broker
+        "ssl.principal.mapping.rules": "RULE:^.*CN=([^,]+).*$/$1/,DEFAULT",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{BROKER_USER}",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
+def server_properties(node: NodeLayout, cluster: list[NodeLayout],
+                      security: BrokerSecurity | None = None) -> str:
     rf = 3 if len(cluster) >= 3 else 1
     lines = {
         "process.roles": "broker,controller",
         "node.id": str(node.node_id),
-        "listeners": f"PLAINTEXT://{HOST}:{node.port},CONTROLLER://{HOST}:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.port}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        **_listener_lines(node, security),
         "log.dirs": str(node.log_dirs),
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
@@ -106,7 +158,11 @@ def log4j2_properties(node: NodeLayout) -> str:
     )
 
 
-def write_node_files(node: NodeLayout, cluster: list[NodeLayout]) -> None:
+def write_node_files(node: NodeLayout, cluster: list[NodeLayout],
+                     security: BrokerSecurity | None = None) -> None:
     node.dir.mkdir(parents=True, exist_ok=True)
-    node.properties.write_text(server_properties(node, cluster))
+    # 0600 from the start: a secured node's properties hold the broker's password
+    fd = os.open(node.properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(server_properties(node, cluster, security))
     node.log4j.write_text(log4j2_properties(node))
