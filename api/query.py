@@ -108,7 +108,7 @@ def redact(body: dict[str, Any], *, admin: bool) -> dict[str, Any]:
 def parse_since(raw: str, field: str = "since") -> int:
     """Milliseconds since the epoch, or an ISO-8601 time (naive = UTC)."""
     text = raw.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # str.isdigit() is also true of '²', int() is not
         return int(text)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -123,7 +123,8 @@ def parse_since(raw: str, field: str = "since") -> int:
 def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
         raise bad_request("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -116,6 +116,9 @@ def test_list_query_parses_every_parameter() -> None:
     ({"limit": "1001"}, "limit"),
     ({"limit": "x"}, "limit"),
     ({"since": "yesterday"}, "since"),
+    ({"since": "\u00b2"}, "since"),  # a digit to str.isdigit(), not to int() (schemathesis)
+    ({"limit": "\u00b2"}, "limit"),
+    ({"before": "\u00b9\u00b2"}, "before"),
     ({"cursor": "a b"}, "cursor"),
     ({"colour": "red"}, "colour"),
 ])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,8 @@ def test_thousand_tasks_in_at_most_twelve_calls_and_a_bad_item_retries_alone(
         bad = ids[TASKS // 2]
         for n, task_id in enumerate(ids):
             body = submitted({"a": n, "b": 1, **({"bad": 1} if task_id == bad else {})})
-            env = Envelope(event_id=new_event_id(), task_id=task_id, occurred_at_ms=0,
+            env = Envelope(event_id=new_event_id(), task_id=task_id,
+                           occurred_at_ms=time.time_ns() // 1_000_000,  # D28: this century
                            source="test", attempt=0, body=body)
             writer.producer.produce(events_topic(topics), key=task_id.encode(),
                                     value=encode_event(env))

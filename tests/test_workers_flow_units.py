@@ -288,8 +288,9 @@ def test_the_limit_always_stays_within_bounds(ticks: list[tuple[int, int, float,
 
 def test_concurrency_option_and_bounds_are_checked() -> None:
     assert parse_concurrency("auto") is None and parse_concurrency("8") == 8
-    with pytest.raises(WorkerError):
-        parse_concurrency("0")
+    for bad in ("0", "\u00b2", "x"):
+        with pytest.raises(WorkerError):
+            parse_concurrency(bad)
     with pytest.raises(WorkerError):
         Bounds(5, 2)
 

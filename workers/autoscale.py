@@ -94,6 +94,6 @@ def parse_concurrency(raw: str) -> int | None:
     text = raw.strip().lower()
     if text == "auto":
         return None
-    if text.isdigit() and int(text) >= 1:
+    if text.isascii() and text.isdigit() and int(text) >= 1:
         return int(text)
     raise WorkerError(f"--concurrency takes a number >= 1 or 'auto'; got {raw!r}")
