@@ -6,9 +6,9 @@ configured the API is open; with at least one, every endpoint except
 ``/healthz`` and ``/readyz`` needs a bearer token:
 
 * ``read``: every GET (and the internal scatter-gather endpoints);
-* ``submit``: ``POST /tasks``;
-* ``admin``: cancel, redrive (one or many), pause and resume; ``admin`` implies every
-  scope.
+* ``submit``: ``POST /tasks`` and ``POST /schedules``;
+* ``admin``: cancel, redrive (one or many), pause and resume (of queues and
+  schedules), delete a schedule; ``admin`` implies every scope.
 
 A missing or unknown token is 401, a known token without the scope is 403.
 The dashboard's files (``/ui``, api/dashboard.py) hold no data and are open too:
@@ -137,6 +137,6 @@ def required_scope(method: str, path: str) -> Scope | None:
     method = method.upper()
     if method in ("GET", "HEAD", "OPTIONS"):
         return Scope.READ
-    if method == "POST" and path.rstrip("/") == "/tasks":
+    if method == "POST" and path.rstrip("/") in ("/tasks", "/schedules"):
         return Scope.SUBMIT
     return Scope.ADMIN

@@ -15,6 +15,7 @@ from typing import Any
 from taskstream.api.activity import QUANTILES
 from taskstream.api.bulk import MAX_TASKS
 from taskstream.api.console import MAX_REDRIVE_IDS, OUTCOMES
+from taskstream.api.limits import LimitBody
 from taskstream.api.query import (
     DEFAULT_LIMIT,
     LIST_OMITTED,
@@ -23,7 +24,9 @@ from taskstream.api.query import (
     MAX_WAIT_S,
 )
 from taskstream.processors.replay.history import OUTCOMES as HISTORY_OUTCOMES
+from taskstream.schemas.flowspec import LimitView
 from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID_PATTERN, TaskSpec
+from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.state import TERMINAL, TaskStatus
 from taskstream.schemas.view import TaskView
 
@@ -46,9 +49,9 @@ def _error(description: str) -> dict[str, Any]:
 def _model_schemas() -> dict[str, Any]:
     """TaskSpec, TaskView and the models they refer to, as components."""
     out: dict[str, Any] = {}
-    for model in (TaskSpec, TaskView):
-        schema = model.model_json_schema(ref_template=_REF, mode="serialization"
-                                         if model is TaskView else "validation")
+    for model in (TaskSpec, TaskView, ScheduleRequest, ScheduleView, LimitView, LimitBody):
+        schema = model.model_json_schema(ref_template=_REF, mode="serialization" if model in (
+            TaskView, ScheduleView, LimitView) else "validation")
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
     item = dict(out["TaskView"])
@@ -166,8 +169,30 @@ def _schemas() -> dict[str, Any]:
                                           "description": "the queues now registered"}}},
         "Queues": {"type": "object", "required": ["queues"],
                    "properties": {"queues": {"type": "array", "items": _ref("Queue")}}},
+        "Limits": {"type": "object", "required": ["limits"],
+                   "properties": {"limits": {"type": "array", "items": _ref("LimitView")}}},
+        "LimitCommand": {"type": "object", "required": ["name", "rate", "burst"],
+                         "properties": {"name": {"type": "string"}, "rate": {"type": "string"},
+                                        "burst": {"type": "integer"}}},
         "Status": {"type": "object", "required": ["status"],
                    "properties": {"status": {"type": "string"}}},
+        "Schedules": {"type": "object", "required": ["items"],
+                      "properties": {"items": {"type": "array", "items": _ref("ScheduleView")}}},
+        "GroupView": {
+            "type": "object",
+            "required": ["group_id", "status", "size", "succeeded", "failed", "first_failure",
+                         "finished_at_ms", "dependents"],
+            "properties": {
+                "group_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["OPEN", "SUCCEEDED", "FAILED"]},
+                "size": {"type": ["integer", "null"]},
+                "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
+                "first_failure": {"type": ["string", "null"]},
+                "finished_at_ms": {"type": ["integer", "null"]},
+                "dependents": {"type": "array", "items": {"type": "string"}}}},
+        "ScheduleAccepted": {"type": "object", "required": ["schedule_id"],
+                             "properties": {"schedule_id": {"type": "string"},
+                                            "op": {"type": "string"}}},
         "Health": {
             "type": "object", "required": ["status", "ready"],
             "description": "with ?verbose also: reason, partitions (total, active, standby, "
@@ -317,8 +342,12 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 _TASK_ID = {"name": "task_id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": TASK_ID_PATTERN}}
+_SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}
 _QUEUE = {"name": "name", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+_LIMIT_NAME = {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}}
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
                           "default": DEFAULT_LIMIT}, "page size")
 _CURSOR = _query("cursor", {"type": "string", "maxLength": 200},
@@ -439,6 +468,17 @@ def _paths() -> dict[str, Any]:
             "Dead tasks with their last error, in task-ID order",
             {"200": _json(_ref("TaskPage"), "one page"), "400": bad, "503": unavailable},
             params=[*_FILTERS, _LIMIT, _CURSOR])},
+        **_schedule_paths(bad, unavailable),
+        "/limits": {"get": _op(
+            "Rate limits and their keys' buckets, with the tokens each holds now",
+            {"200": _json(_ref("Limits"), "every limit and bucket"), "503": unavailable})},
+        "/limits/{name}": {"put": _op(
+            "Set a rate limit (a LimitSet event): rate and burst",
+            {"202": _json(_ref("LimitCommand"), "the event was written"), "400": bad,
+             "415": _error("the body is not application/json"),
+             "503": unavailable},
+            params=[_LIMIT_NAME], body={"required": True, "content": {
+                "application/json": {"schema": _ref("LimitBody")}}}, scope="admin")},
         **_console_paths(bad, unavailable),
         "/workers": {"get": _op(
             "Workers announced on the workers topic: running, stopping or lost (no heartbeat "
@@ -461,6 +501,47 @@ def _paths() -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {
                 "schema": {"type": "object"}}}}})},
+    }
+
+
+def _schedule_paths(bad: dict[str, Any], unavailable: dict[str, Any]) -> dict[str, Any]:
+    """Schedules (D37): writes are events (202)."""
+    accepted = _json(_ref("ScheduleAccepted"), "the event was written; the schedule changes "
+                     "shortly")
+    not_found = _error("no such schedule")
+    command = {"202": accepted, "400": bad, "503": unavailable}
+    return {
+        "/schedules": {
+            "get": _op("Every schedule, in ID order (scatter-gather over replicas)",
+                       {"200": _json(_ref("Schedules"), "the schedules"), "503": unavailable}),
+            "post": _op("Create or replace a schedule (a ScheduleSet event)",
+                        {**command, "413": _error("the payload is over the limit"),
+                         "415": _error("the body is not application/json")},
+                        body={"required": True, "content": {
+                            "application/json": {"schema": _ref("ScheduleRequest")}}},
+                        scope="submit"),
+        },
+        "/schedules/{schedule_id}": {
+            "get": _op("A schedule: its spec, next fire times and the task IDs of its last "
+                       "firings", {"200": _json(_ref("ScheduleView"), "the schedule"),
+                                   "404": not_found, "503": unavailable},
+                       params=[_SCHEDULE_ID]),
+            "delete": _op("Delete a schedule: it fires no more", dict(command),
+                          params=[_SCHEDULE_ID], body=_command_body(), scope="admin"),
+        },
+        "/groups/{group_id}": {"get": _op(
+            "A group's counts: size, members succeeded and failed, status (its members' task "
+            "IDs derive from the group ID and the slot)",
+            {"200": _json(_ref("GroupView"), "the group"), "400": bad,
+             "404": _error("no such group"), "503": unavailable},
+            params=[{"name": "group_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}])},
+        "/schedules/{schedule_id}/pause": {"post": _op(
+            "Pause a schedule: no firings until it is resumed", dict(command),
+            params=[_SCHEDULE_ID], body=_command_body(), scope="admin")},
+        "/schedules/{schedule_id}/resume": {"post": _op(
+            "Resume a paused schedule; fire times missed meanwhile meet its misfire policy",
+            dict(command), params=[_SCHEDULE_ID], body=_command_body(), scope="admin")},
     }
 
 

@@ -108,7 +108,7 @@ def redact(body: dict[str, Any], *, admin: bool) -> dict[str, Any]:
 def parse_since(raw: str, field: str = "since") -> int:
     """Milliseconds since the epoch, or an ISO-8601 time (naive = UTC)."""
     text = raw.strip()
-    if text.isascii() and text.isdigit():  # str.isdigit() is also true of '²', int() is not
+    if text.isascii() and text.isdigit():  # "¹".isdigit() is True and int("¹") raises
         return int(text)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -123,8 +123,7 @@ def parse_since(raw: str, field: str = "since") -> int:
 def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT) -> int:
     if raw is None or raw == "":
         return default
-    text = raw.strip()
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
+    if not (raw.strip().isascii() and raw.strip().isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise bad_request("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

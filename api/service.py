@@ -42,6 +42,7 @@ from taskstream.api.auth import TokenAuth
 from taskstream.api.bulk import BulkCancelBody, cancellable
 from taskstream.api.console import Console
 from taskstream.api.errors import ApiError
+from taskstream.api.limits import limit_states, limit_view, merge_limits
 from taskstream.api.observe import SAMPLE_S, Observer
 from taskstream.api.query import (
     ListQuery,
@@ -60,14 +61,24 @@ from taskstream.api.query import (
 )
 from taskstream.api.ratelimit import RateLimiter
 from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
+from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
 from taskstream.producer.tracing import SubmitTracing
 from taskstream.queue_registry import KnownQueues, read_queues_topic, register_queues
+from taskstream.schemas.entity_keys import (
+    LIMIT_PREFIX,
+    SCHEDULE_PREFIX,
+    group_key,
+    schedule_key,
+)
+from taskstream.schemas.events import ScheduleOp
+from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import SpecLimits, TaskSpec
-from taskstream.schemas.serde import decode_state
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
+from taskstream.schemas.serde import decode_entity, decode_state
+from taskstream.schemas.state import GroupState, ScheduleState, TaskState, TaskStatus
 from taskstream.security.sealing import payload_sealer
 from taskstream.security.tls import client_context, may_send_token
 from taskstream.settings import Settings
@@ -379,6 +390,31 @@ class Api:
             raise ApiError(503, "unavailable", f"the queue command was not acknowledged in "
                            f"{timeout:g} s; retry") from None
 
+    # -- rate limits (issue 16) --------------------------------------------------------
+
+    def local_limits(self) -> dict[str, Any]:
+        """This replica's limits and buckets, from its active partitions."""
+        partitions = self.processor.active_partitions()
+        now_ms = int(time.time() * 1000)
+        items = [limit_view(state, now_ms) for p in partitions
+                 for state in limit_states(
+                     v for _, v in self.processor.tables.scan_entities(p, LIMIT_PREFIX))]
+        return {"items": items, "partitions": partitions}
+
+    async def limits(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+        answers = await self.gather("/internal/limits", {}, headers, self.local_limits)
+        return merge_limits(a["items"] for a in answers)
+
+    async def set_limit(self, spec: LimitSpec) -> None:
+        """Produce the limit's LimitSet."""
+        try:
+            key, value = self.builder.limit_set(spec.name, spec.rate, spec.burst,
+                                                int(time.time() * 1000))
+        except InvalidTaskError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc),
+                           exc.fields[0] if exc.fields else None) from None
+        await self._produce(key, value)
+
     # -- commands --------------------------------------------------------------------
 
     async def submit(self, spec: TaskSpec, caller: TraceContext | None = None) -> str:
@@ -499,6 +535,83 @@ class Api:
                            f"{timeout:g} s; it may or may not have been written: check "
                            "GET /tasks/{id} before retrying") from None
 
+    # -- schedules (D37) ----------------------------------------------------------------
+
+    def local_schedule(self, schedule_id: str) -> ScheduleState | None:
+        raw = self.processor.tables.get_any(schedule_key(schedule_id).encode())
+        state = decode_entity(raw) if raw is not None else None
+        return state if isinstance(state, ScheduleState) else None
+
+    async def owned(self, key: str, path: str, headers: Mapping[str, str], proxied: bool,
+                    local: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any]:
+        """An entity's view from the replica owning ``key``: proxied there, or ``local()``
+        here (None: 404 naming ``what``)."""
+        owner = None if proxied else self.owner(key)
+        if owner is not None:
+            status, body = await self.peer_get(owner, path, {}, headers)
+            return self._peer_answer(status, body)
+        view = local()
+        if view is None:
+            raise ApiError(404, "not_found", f"no {what} is known")
+        return view
+
+    async def get_schedule(self, schedule_id: str, headers: Mapping[str, str], proxied: bool
+                           ) -> dict[str, Any]:
+        """A schedule with its next fire times and its last firings' task IDs."""
+        def local() -> dict[str, Any] | None:
+            state = self.local_schedule(schedule_id)
+            return None if state is None else schedule_view(state)
+
+        return await self.owned(schedule_key(schedule_id), f"/schedules/{schedule_id}",
+                                headers, proxied, local, f"schedule {schedule_id!r}")
+
+    def local_schedules(self) -> dict[str, Any]:
+        """This replica's schedules: their keys sort after every task ID (D37)."""
+        partitions = self.processor.active_partitions()
+        items = []
+        for partition in partitions:
+            for _, value in self.processor.tables.scan_entities(partition, SCHEDULE_PREFIX):
+                state = decode_entity(value)
+                if isinstance(state, ScheduleState):
+                    items.append(schedule_view(state))
+        return {"items": items, "partitions": partitions}
+
+    async def list_schedules(self, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+        answers = await self.gather("/internal/schedules", {}, headers, self.local_schedules)
+        items = [item for a in answers for item in a["items"]]
+        return sorted(items, key=lambda item: str(item["schedule_id"]))
+
+    async def set_schedule(self, request: ScheduleRequest) -> str:
+        await self.require_queue(request.queue)  # its firings' queue: registered only (D31)
+        try:
+            key, value = self.builder.schedule_set(request, int(time.time() * 1000))
+        except InvalidTaskError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc),
+                           exc.fields[0] if exc.fields else None) from None
+        await self._produce(key, value)
+        return request.schedule_id
+
+    async def schedule_command(self, schedule_id: str, op: ScheduleOp, reason: str) -> None:
+        try:
+            key, value = self.builder.schedule_command(schedule_id, op, reason,
+                                                       int(time.time() * 1000))
+        except InvalidTaskError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc), "schedule_id") from None
+        await self._produce(key, value)
+
+    async def get_group(self, group_id: str, headers: Mapping[str, str], proxied: bool
+                        ) -> dict[str, Any]:
+        """A group's counts (its members' IDs derive from the group ID and the slot)."""
+        key = group_key(group_id)
+
+        def local() -> dict[str, Any] | None:
+            raw = self.processor.tables.get_any(key.encode())
+            state = decode_entity(raw) if raw is not None else None
+            return group_view(state) if isinstance(state, GroupState) else None
+
+        return await self.owned(key, f"/groups/{group_id}", headers, proxied, local,
+                                f"group {group_id!r}")
+
     # -- metrics ---------------------------------------------------------------------
 
     def metrics_text(self) -> bytes:
@@ -513,6 +626,18 @@ class Api:
             metrics.tasks.labels(queue, status).set(n)
         self.observer.refresh()
         return generate_latest(metrics.registry)
+
+
+def group_view(state: GroupState) -> dict[str, Any]:
+    return {"group_id": state.group_id, "status": state.status.value, "size": state.size,
+            "succeeded": state.succeeded, "failed": state.failed,
+            "first_failure": state.first_failure, "finished_at_ms": state.finished_at_ms,
+            "dependents": [d.key for d in state.dependents]}
+
+
+def schedule_view(state: ScheduleState) -> dict[str, Any]:
+    view: dict[str, Any] = ScheduleView.from_state(state, upcoming(state, 5)).model_dump()
+    return view
 
 
 # -- the queues topic ---------------------------------------------------------------

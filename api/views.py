@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -32,6 +33,7 @@ from taskstream.api.bulk import BulkCancelBody, bulk_query
 from taskstream.api.console import RedriveMany
 from taskstream.api.dashboard import STATIC_PATH, UI_PATH, Dashboard
 from taskstream.api.errors import ApiError, AuthFailure, error_body
+from taskstream.api.limits import LimitBody
 from taskstream.api.openapi import openapi_document
 from taskstream.api.query import (
     MAX_REGISTERED_AT_ONCE,
@@ -40,7 +42,18 @@ from taskstream.api.query import (
     parse_wait_timeout,
     redact,
 )
-from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID, SpecLimits, TaskSpec, encode_json
+from taskstream.schemas.entity_keys import LIMIT_NAME
+from taskstream.schemas.events import ScheduleOp
+from taskstream.schemas.flowspec import LimitSpec
+from taskstream.schemas.models import (
+    GROUP_ID_PATTERN,
+    QUEUE_PATTERN,
+    TASK_ID,
+    SpecLimits,
+    TaskSpec,
+    encode_json,
+)
+from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.state import TaskStatus
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.telemetry.context import TRACEPARENT, parse_traceparent
@@ -131,6 +144,13 @@ def _task_id(raw: str) -> str:
         shown = raw[:_MAX_ID]
         raise bad_request("task_id", f"{shown!r} is not a task ID (26 characters: digits and "
                                      "capital letters but I, L, O and U)")
+    return raw
+
+
+def _schedule_id(raw: str) -> str:
+    if re.fullmatch(SCHEDULE_ID_PATTERN, raw) is None:
+        raise bad_request("schedule_id", "a schedule ID is 1 to 128 letters, digits, '_', '.', "
+                          "':' or '-'")
     return raw
 
 
@@ -233,6 +253,12 @@ def _queue_name(raw: str) -> str:
     return raw
 
 
+def _limit_name(raw: str) -> str:
+    if not LIMIT_NAME.match(raw):
+        raise bad_request("name", "a limit name is 1 to 64 letters, digits, '_', '.' or '-'")
+    return raw
+
+
 def _flag(request: web.Request, name: str) -> bool:
     """A boolean query parameter: present and not 0/false/no (``?verbose``, ``?verbose=1``)."""
     if name not in request.query:
@@ -272,13 +298,23 @@ class Endpoints:
             "/queues/{name}/pause": {"post": self.pause},
             "/queues/{name}/resume": {"post": self.resume},
             "/dlq": {"get": self.list_dlq},
+            "/limits": {"get": self.list_limits},
+            "/limits/{name}": {"put": self.put_limit},
             "/workers": {"get": self.workers},
             "/healthz": {"get": self.healthz},
             "/readyz": {"get": self.readyz},
             "/metrics": {"get": self.metrics},
             "/openapi.json": {"get": self.openapi},
+            "/schedules": {"get": self.list_schedules, "post": self.add_schedule},
+            "/schedules/{schedule_id}": {"get": self.get_schedule,
+                                         "delete": self.delete_schedule},
+            "/schedules/{schedule_id}/pause": {"post": self.pause_schedule},
+            "/schedules/{schedule_id}/resume": {"post": self.resume_schedule},
+            "/groups/{group_id}": {"get": self.get_group},
             "/internal/tasks": {"get": self.internal_tasks},
             "/internal/queues": {"get": self.internal_queues},
+            "/internal/schedules": {"get": self.internal_schedules},
+            "/internal/limits": {"get": self.internal_limits},
             # what the dashboard needs beside the above (api/console.py)
             "/tasks/{task_id}/history": {"get": self.history},
             "/processors": {"get": self.processors},
@@ -380,6 +416,20 @@ class Endpoints:
         await self.api.set_paused(_queue_name(name), False)
         return json_response({"queue": name, "paused": False}, 202)
 
+    async def list_limits(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response({"limits": await self.api.limits(request.headers)})
+
+    async def put_limit(self, request: web.Request, name: str) -> web.Response:
+        data = await read_json(request, BODY_OVERHEAD, required=True)
+        body = validated(LimitBody, data)
+        try:
+            spec = LimitSpec(name=_limit_name(name), rate=body.rate, burst=body.burst)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        await self.api.set_limit(spec)
+        return json_response({"name": spec.name, "rate": spec.rate, "burst": spec.burst}, 202)
+
     async def workers(self, request: web.Request) -> web.Response:
         _no_params(request, ("all",))
         include_stopped = _flag(request, "all")
@@ -409,11 +459,58 @@ class Endpoints:
     async def openapi(self, request: web.Request) -> web.Response:
         return json_response(openapi_document())
 
+    # -- schedules (D37) -------------------------------------------------------------------
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        return json_response({"items": await self.api.list_schedules(request.headers)})
+
+    async def get_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        _no_params(request)
+        return json_response(await self.api.get_schedule(
+            _schedule_id(schedule_id), request.headers, _proxied(request)))
+
+    async def add_schedule(self, request: web.Request) -> web.Response:
+        data = await read_json(request, self.max_body, required=True)
+        self._check_payload_size(data.get("payload"))
+        schedule = validated(ScheduleRequest, data)
+        schedule_id = await self.api.set_schedule(schedule)
+        return json_response({"schedule_id": schedule_id}, 202)
+
+    async def _schedule_command(self, request: web.Request, schedule_id: str,
+                                op: ScheduleOp) -> web.Response:
+        body = await _command(request, allow_attempts=False)
+        await self.api.schedule_command(_schedule_id(schedule_id), op, body.reason)
+        return json_response({"schedule_id": schedule_id, "op": op.value.lower()}, 202)
+
+    async def pause_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        return await self._schedule_command(request, schedule_id, ScheduleOp.PAUSE)
+
+    async def resume_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        return await self._schedule_command(request, schedule_id, ScheduleOp.RESUME)
+
+    async def delete_schedule(self, request: web.Request, schedule_id: str) -> web.Response:
+        return await self._schedule_command(request, schedule_id, ScheduleOp.DELETE)
+
+    async def get_group(self, request: web.Request, group_id: str) -> web.Response:
+        _no_params(request)
+        if re.fullmatch(GROUP_ID_PATTERN, group_id) is None:
+            raise bad_request("group_id", "a group ID is 1 to 128 letters, digits, '_', '.', "
+                              "':' or '-'")
+        return json_response(await self.api.get_group(group_id, request.headers,
+                                                      _proxied(request)))
+
+    async def internal_schedules(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_schedules())
+
     async def internal_tasks(self, request: web.Request) -> web.Response:
         return self._shown(request, self.api.local_page(parse_list_query(request.query)))
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())
+
+    async def internal_limits(self, request: web.Request) -> web.Response:
+        return json_response(self.api.local_limits())
 
     # -- for the dashboard -------------------------------------------------------------
 

@@ -10,7 +10,8 @@ Each one shows one behaviour of the runtime:
 * ``examples.poison`` — always raises (ends DEAD after its attempts);
 * ``examples.hash_file`` — a plain function, run in a thread (or a process
   with ``--pool process``);
-* ``examples.sleepy`` — a 1 s timeout it may overrun (timeouts).
+* ``examples.sleepy`` — a 1 s timeout it may overrun (timeouts);
+* ``examples.progress`` — reports its progress step by step (``ctx.progress``).
 """
 
 from __future__ import annotations
@@ -79,3 +80,13 @@ def sleepy(payload: dict[str, Any]) -> dict[str, Any]:
     seconds = float(payload.get("seconds", 0.1))
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+@app.task(name="examples.progress")
+async def progress(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``payload["steps"]`` steps of ``payload["pause"]`` seconds, each one reported."""
+    steps, pause = int(payload.get("steps", 4)), float(payload.get("pause", 0.5))
+    for step in range(1, steps + 1):
+        await asyncio.sleep(pause)
+        ctx.progress(step / steps, f"step {step} of {steps}")
+    return {"steps": steps}

@@ -14,13 +14,16 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from taskstream.producer.base import ProducerBase, queue_of, queues_of
 from taskstream.producer.build import now_ms
-from taskstream.producer.handle import AsyncTaskHandle, BatchDelivery
+from taskstream.producer.graphs import chain_records, group_records
+from taskstream.producer.handle import AsyncTaskHandle, BatchDelivery, GroupHandles
+from taskstream.schemas.events import ScheduleOp
+from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.models import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -92,15 +95,26 @@ class AsyncTaskProducer(ProducerBase):
         self, specs: Iterable[TaskSpec | Mapping[str, Any]]
     ) -> list[AsyncTaskHandle]:
         """Submit many tasks; every spec is validated before any is sent."""
-        loop = await self._ready()
-        core = self._core
-        start_ns = time.time_ns() if core.tracing.enabled else 0
+        await self._ready()
+        start_ns = time.time_ns() if self._core.tracing.enabled else 0
         items = list(specs)
         task_ids, values = self._build.many(items, now_ms())
-        queues = queues_of(items)
+        await self._require_queues(queues_of(items))
+        return await self._send_many(task_ids, values, None, start_ns)
+
+    async def _require_queues(self, queues: set[str]) -> None:
+        """Registered queues only (D31): a queue not in the cached registry is looked up."""
         if self._unknown_queues(queues):
             await asyncio.to_thread(self.known_queues.require, queues)
-        handles = [AsyncTaskHandle(task_id, "TaskSubmitted", core, loop) for task_id in task_ids]
+
+    async def _send_many(self, task_ids: list[str], values: list[bytes],
+                         event_types: list[str] | None, start_ns: int = 0
+                         ) -> list[AsyncTaskHandle]:
+        """One batch of encoded events (submit_many's, or a graph's), one handle each."""
+        loop = asyncio.get_running_loop()
+        core = self._core
+        handles = [AsyncTaskHandle(task_id, event_types[i] if event_types else "TaskSubmitted",
+                                   core, loop) for i, task_id in enumerate(task_ids)]
         batch = BatchDelivery(core, handles)
         todo = core.offer_many(task_ids, values, batch, None)
         if todo:
@@ -114,6 +128,57 @@ class AsyncTaskProducer(ProducerBase):
             core.tracing.submitted_many(task_ids, start_ns)
         self._submitted.inc(len(handles))
         return handles
+
+    # -- graphs and schedules (D37; TaskProducer has the same, documented there) ---------
+
+    async def chain(self, steps: Sequence[TaskSpec | Mapping[str, Any]]
+                    ) -> list[AsyncTaskHandle]:
+        """Submit A, then B, then C... in one batch (see TaskProducer.chain)."""
+        await self._ready()
+        steps = list(steps)
+        records = chain_records(self._build, steps, now_ms())
+        await self._require_queues(queues_of(steps))
+        return await self._send_many(records.keys, records.values, records.event_types)
+
+    async def group(self, members: Sequence[TaskSpec | Mapping[str, Any]],
+                    callback: TaskSpec | Mapping[str, Any] | None = None, *,
+                    group_id: str | None = None) -> GroupHandles:
+        """Fan out, then fan in to ``callback``, in one batch (see TaskProducer.group)."""
+        await self._ready()
+        gid = group_id or new_task_id()
+        records = group_records(self._build, list(members), callback, gid, now_ms())
+        await self._require_queues(queues_of([*members, *([callback] if callback else [])]))
+        handles = await self._send_many(records.keys, records.values, records.event_types)
+        n = len(members)
+        return GroupHandles(gid, handles[1 : n + 1], handles[n + 1] if callback else None)
+
+    async def schedule(self, schedule_id: str, task_name: str, payload: Any = None, *,
+                       cron: str | None = None, every: float | None = None, tz: str = "UTC",
+                       queue: str = "default", misfire: str = "run_once",
+                       **options: Any) -> AsyncTaskHandle:
+        """Create or replace a schedule (see TaskProducer.schedule)."""
+        loop = await self._ready()
+        request = self._build.schedule_request({
+            "schedule_id": schedule_id, "task_name": task_name, "payload": payload,
+            "cron": cron, "every": every, "tz": tz, "queue": queue, "misfire": misfire,
+            **options})
+        key, data = self._build.schedule_set(request, now_ms())
+        await self._require_queues({request.queue})
+        return await self._send_one(key, data, "ScheduleSet", loop)
+
+    async def unschedule(self, schedule_id: str, reason: str = "") -> AsyncTaskHandle:
+        """Delete a schedule (see TaskProducer.unschedule)."""
+        loop = await self._ready()
+        key, data = self._build.schedule_command(schedule_id, ScheduleOp.DELETE, reason,
+                                                 now_ms())
+        return await self._send_one(key, data, "ScheduleCommand", loop)
+
+    async def _send_one(self, key: str, data: bytes, event_type: str,
+                        loop: asyncio.AbstractEventLoop) -> AsyncTaskHandle:
+        handle = AsyncTaskHandle(key, event_type, self._core, loop)
+        await self._send(key, data, handle)
+        self._core.metrics.count_submitted(event_type)
+        return handle
 
     async def cancel(self, task_id: str, reason: str = "") -> AsyncTaskHandle:
         """Ask for a task to be cancelled."""
@@ -140,6 +205,17 @@ class AsyncTaskProducer(ProducerBase):
             self._core.tracing.requested(task_id, "RedriveRequested", start_ns)
         self._core.metrics.count_submitted("RedriveRequested")
         return handle
+
+    async def set_limit(self, name: str, rate: str, burst: int = 1,
+                        timeout: float | None = None) -> None:
+        """Set the rate limit ``name`` (see ``TaskProducer.set_limit``); returns once Kafka
+        has the event."""
+        loop = await self._ready()
+        key, data = self._build.limit_set(name, rate, burst, now_ms())
+        handle = AsyncTaskHandle(key, "LimitSet", self._core, loop)
+        await self._send(key, data, handle)
+        self._core.metrics.count_submitted("LimitSet")
+        await handle.delivered(timeout)
 
     def pending(self) -> int:
         return self._core.pending()

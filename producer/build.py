@@ -14,6 +14,7 @@ anything is sent.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -26,15 +27,28 @@ from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
 from taskstream.producer.templates import TemplateItems
-from taskstream.schemas.events import CancelRequested, Envelope, RedriveRequested
+from taskstream.schemas.entity_keys import group_key, limit_key, schedule_key
+from taskstream.schemas.errors import InvalidSpecError
+from taskstream.schemas.events import (
+    CancelRequested,
+    Envelope,
+    GroupCreated,
+    RedriveRequested,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+)
+from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.ids import (
     ID_LENGTH,
     derived_task_id,
+    member_task_id,
     new_event_id,
     new_task_id,
     new_ulids,
 )
 from taskstream.schemas.models import SpecLimits, TaskSpec
+from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.serde import encode_event
 from taskstream.security.sealing import Sealer
 
@@ -234,21 +248,71 @@ class EventBuilder:
         except ValidationError as exc:
             raise invalid(exc, f"task #{index} ({item.get('name')!r})") from None
 
-    def submitted(self, spec: TaskSpec, at_ms: int) -> tuple[str, bytes]:
-        """(task ID, encoded TaskSubmitted envelope) of one spec."""
-        body = spec.to_submitted(at_ms)
+    def submitted(self, spec: TaskSpec, at_ms: int, *,
+                  task_id: str | None = None) -> tuple[str, bytes]:
+        """(task ID, encoded TaskSubmitted envelope) of one spec (``task_id``: a graph
+        helper's chosen ID, else derived or new)."""
+        body = spec.to_submitted(at_ms, self.limits)
         if len(body.payload) > self.max_payload_bytes:
             raise InvalidTaskError(
                 f"payload: {len(body.payload)} bytes is over max_payload_bytes "
                 f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
                 ["payload"],
             )
-        task_id = task_id_for(body.name, body.idempotency_key)
+        member = spec.member_of
+        if member is not None:
+            task_id = member_task_id(member.group_id, member.slot)
+        elif task_id is None:
+            task_id = task_id_for(body.name, body.idempotency_key)
+        if task_id in body.depends_on:
+            raise InvalidTaskError(f"depends_on: task {task_id} would depend on itself",
+                                   ["depends_on"])
         if self._sealer is not None:
             body = replace(body, payload=self._sealer.seal(body.payload, task_id))
         return task_id, self.budget(
             self._encode(new_event_id(), task_id, at_ms, self.source, body),
             f"task {body.name!r}")
+
+    # -- groups and schedules (D37) ----------------------------------------------------
+
+    def group_created(self, group_id: str, size: int, at_ms: int) -> tuple[str, bytes]:
+        """(group key, encoded GroupCreated) of a group of ``size`` members."""
+        key = group_key(group_id)
+        env = Envelope(new_event_id(), key, at_ms, self.source, 0, GroupCreated(size))
+        return key, encode_event(env)
+
+    def schedule_request(self, fields: Mapping[str, Any]) -> ScheduleRequest:
+        try:
+            return ScheduleRequest.build(**fields)
+        except InvalidSpecError as exc:
+            raise InvalidTaskError(str(exc), ["schedule"]) from None
+
+    def schedule_set(self, request: ScheduleRequest, at_ms: int) -> tuple[str, bytes]:
+        """(schedule key, encoded ScheduleSet) of a validated request."""
+        if self._sealer is not None:
+            raise InvalidTaskError(
+                "schedules cannot carry sealed payloads yet: a payload is sealed for one task "
+                "ID and a schedule's firings are new tasks; submit from a timer of your own "
+                "or run this schedule without the payload keyring (docs/security.md)",
+                ["schedule"])
+        try:
+            task = request.task_spec(self.limits).to_submitted(at_ms, self.limits)
+        except InvalidSpecError as exc:
+            raise InvalidTaskError(str(exc), ["task"]) from None
+        key = schedule_key(request.schedule_id)
+        body = ScheduleSet(request.to_spec(task))
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0, body))
+
+    def schedule_command(self, schedule_id: str, op: ScheduleOp, reason: str,
+                         at_ms: int) -> tuple[str, bytes]:
+        """(schedule key, encoded ScheduleCommand): pause, resume or delete."""
+        if not isinstance(schedule_id, str) or re.fullmatch(SCHEDULE_ID_PATTERN,
+                                                             schedule_id) is None:
+            raise InvalidTaskError(f"schedule_id: {schedule_id!r} does not match "
+                                   f"{SCHEDULE_ID_PATTERN}", ["schedule_id"])
+        key = schedule_key(schedule_id)
+        body = ScheduleCommand(op, str(reason))
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0, body))
 
     def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
         check_task_id(task_id)
@@ -266,3 +330,14 @@ class EventBuilder:
             )
         body = RedriveRequested(reason=str(reason), max_attempts=max_attempts)
         return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
+
+    def limit_set(self, name: str, rate: str, burst: int, at_ms: int) -> tuple[str, bytes]:
+        """(record key, encoded LimitSet) of a rate limit (issue 16); InvalidTaskError names
+        the bad field."""
+        try:
+            spec = LimitSpec(name=name, rate=rate, burst=burst)
+        except ValidationError as exc:
+            raise invalid(exc, f"limit {name!r}") from None
+        key = limit_key(spec.name)
+        return key, encode_event(Envelope(new_event_id(), key, at_ms, self.source, 0,
+                                          spec.to_body()))

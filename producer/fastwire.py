@@ -67,7 +67,10 @@ def make_simple_encoder(header: bytes) -> SimpleEncoder:
     id_len = avro_long(26)
     after_source = NULL + NULL  # attempt 0, union branch 0 (TaskSubmitted)
     default_backoff = _backoff(Backoff())
-    empty_tail = NULL + NULL + NULL  # headers {}, tags [], depends_on []
+    # headers {}, tags [], depends_on [], on_parent_failure CANCEL (symbol 0),
+    # dependency_timeout_ms null, dependents [], expires_at_ms null, flow null (v2; the
+    # self-check below proves the layout)
+    empty_tail = NULL * 8
     one_byte = SMALL_LONG
     # (at_ms, source) -> bytes; (name, queue, priority) -> bytes; options -> bytes
     memo_at: dict[tuple[int, str], bytes] = {}

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskstream.producer.errors import DeliveryError, DeliveryTimeoutError, FailedDelivery
@@ -240,3 +241,13 @@ class AsyncTaskHandle(_Delivery):
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHandles:
+    """What ``producer.group`` returns: the group's ID, its members' handles and the
+    callback's (None without a callback)."""
+
+    group_id: str
+    members: list[Any]
+    callback: Any | None

@@ -7,7 +7,10 @@ in every version, because Avro schema resolution (and a schema registry's
 compatibility check) matches records by name.
 
 Two top-level schemas per version: ``io.taskstream.Envelope`` (every event, on
-every topic) and ``io.taskstream.TaskState`` (the processor's task table). Each
+every topic) and ``io.taskstream.TaskState`` (the processor's task table); from v2
+on, the states of the other entity kinds stored in the same table under their own
+keys and told apart by their fingerprints (:data:`ENTITY_STATES`: groups and
+schedules, D37; rate-limit buckets and concurrency keys, D32). Each
 is *expanded*: every named type it references is inlined where it is first
 used, which gives the self-contained JSON that fastavro parses, that a schema
 registry stores and whose Parsing Canonical Form is fingerprinted (CRC-64-AVRO,
@@ -15,14 +18,20 @@ the Rabin fingerprint of the Avro spec, as used by single-object encoding).
 
 The newest version is the one this build writes and reads into; every older
 version stays readable, because a reader finds the writer's schema by its
-fingerprint and resolves it against the newest. :func:`check_full_compatible`
-is the rule a new version must pass against the previous one (tests run it on
-every consecutive pair).
+fingerprint and resolves it against the newest. :func:`check_evolution` is the
+rule a new version must pass against the previous one (tests run it on every
+consecutive pair): FULL compatibility (:func:`check_full_compatible`) for
+everything but new union branches and enum symbols, which may only be appended
+(v2 appends the event bodies of dependencies, groups and schedules (D37) and of
+flow control (D32, D33), ``TaskStatus.EXPIRED`` and five ``TimerKind`` symbols).
+New data that uses none of them is readable by the old version; data that does
+needs the new one (docs/schemas.md: upgrade readers first).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import io
 import json
@@ -30,6 +39,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import fastavro
@@ -41,6 +51,9 @@ NAMESPACE = "io.taskstream"
 ENVELOPE = f"{NAMESPACE}.Envelope"
 TASK_STATE = f"{NAMESPACE}.TaskState"
 TOP_LEVEL = (ENVELOPE, TASK_STATE)
+#: the state records of the other entity kinds (each from the version that added it)
+ENTITY_STATES = (f"{NAMESPACE}.GroupState", f"{NAMESPACE}.ScheduleState",
+                 f"{NAMESPACE}.LimitState", f"{NAMESPACE}.ConcurrencyState")
 AVRO_DIR = Path(__file__).resolve().parent / "avro"
 
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
@@ -72,6 +85,9 @@ class Catalog:
     versions: tuple[int, ...]
     envelopes: tuple[SchemaVersion, ...]
     states: tuple[SchemaVersion, ...]
+    #: full name -> its versions, oldest first (only the versions that define it)
+    entities: Mapping[str, tuple[SchemaVersion, ...]] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
 
     @property
     def envelope(self) -> SchemaVersion:
@@ -84,7 +100,12 @@ class Catalog:
         return self.states[-1]
 
     def by_fingerprint(self) -> dict[bytes, SchemaVersion]:
-        return {s.fingerprint: s for s in (*self.envelopes, *self.states)}
+        entities = [s for versions in self.entities.values() for s in versions]
+        return {s.fingerprint: s for s in (*self.envelopes, *self.states, *entities)}
+
+    def entity_versions(self, name: str) -> tuple[SchemaVersion, ...]:
+        """Every version of one kind's state record (``name``: a full Avro name)."""
+        return self.entities.get(name, ())
 
 
 def load_named_types(directory: Path) -> dict[str, JsonSchema]:
@@ -163,11 +184,16 @@ def load_catalog(root: Path = AVRO_DIR) -> Catalog:
     if not dirs:
         raise SchemaLoadError(f"no Avro schema versions (v1, v2, ...) under {root}")
     envelopes, states = [], []
+    entities: dict[str, list[SchemaVersion]] = {}
     for number, directory in dirs:
         types = load_named_types(directory)
         envelopes.append(build_version(number, ENVELOPE, types))
         states.append(build_version(number, TASK_STATE, types))
-    return Catalog(tuple(n for n, _ in dirs), tuple(envelopes), tuple(states))
+        for name in ENTITY_STATES:
+            if name in types:
+                entities.setdefault(name, []).append(build_version(number, name, types))
+    return Catalog(tuple(n for n, _ in dirs), tuple(envelopes), tuple(states),
+                   MappingProxyType({k: tuple(v) for k, v in entities.items()}))
 
 
 @functools.cache
@@ -269,11 +295,13 @@ def _named_full(node: JsonSchema, ns: str) -> str | None:
     return None
 
 
-def check_readable(writer: JsonSchema, reader: JsonSchema) -> None:
-    """Write sample records with ``writer`` and read them with ``reader``."""
+def check_readable(writer: JsonSchema, reader: JsonSchema,
+                   records: list[Any] | None = None) -> None:
+    """Write ``records`` (default: samples of ``writer``) with ``writer`` and read them
+    with ``reader``."""
     parsed_writer = parse_schema(copy.deepcopy(writer))
     parsed_reader = parse_schema(copy.deepcopy(reader))
-    for record in sample_records(writer):
+    for record in sample_records(writer) if records is None else records:
         buffer = io.BytesIO()
         fastavro.schemaless_writer(buffer, parsed_writer, record)
         buffer.seek(0)
@@ -303,3 +331,106 @@ def check_full_compatible(old: JsonSchema, new: JsonSchema) -> None:
         check_readable(new, old)
     except IncompatibleSchemaError as exc:
         raise IncompatibleSchemaError(f"forward: old schema cannot read new data; {exc}") from exc
+
+
+#: (version, top-level name) -> why that version is only BACKWARD compatible with the one
+#: before (every other pair must be FULL compatible)
+BACKWARD_ONLY: Mapping[tuple[int, str], str] = {
+    (2, ENVELOPE): (
+        "v2 adds event bodies (DependencyRegistered, ParentUpdate, GroupCreated, ScheduleSet, "
+        "ScheduleCommand) and timer kinds (DEPENDENCY_CHECK, SCHEDULE_DUE) for issue 15 "
+        "(D37): a v1 reader cannot read an event that uses one. Events shaped like v1's "
+        "still read with v1 (checked), but a v1 reader does not know v2's fingerprint "
+        "anyway: upgrade every processor and worker before any producer writes v2"),
+}
+
+
+def check_version_compatible(old: SchemaVersion, new: SchemaVersion) -> str:
+    """The rule between consecutive versions of one top-level schema: FULL, unless
+    :data:`BACKWARD_ONLY` says why not; then new reads old, and old reads the records of
+    new that only use what old has. Returns the rule checked ("FULL" or "BACKWARD")."""
+    if (new.version, new.name) not in BACKWARD_ONLY:
+        check_full_compatible(old.schema, new.schema)
+        return "FULL"
+    try:
+        check_readable(old.schema, new.schema)
+    except IncompatibleSchemaError as exc:
+        raise IncompatibleSchemaError(f"backward: new schema cannot read old data; {exc}") from exc
+    try:
+        check_readable(new.schema, old.schema, sample_records(old.schema))
+    except IncompatibleSchemaError as exc:
+        raise IncompatibleSchemaError(
+            f"forward: the old schema cannot read v{old.version}-shaped data written with "
+            f"v{new.version}; {exc}") from exc
+    return "BACKWARD"
+def check_evolution(old: JsonSchema, new: JsonSchema) -> None:
+    """The rule between consecutive versions: FULL compatibility, except that union
+    branches and enum symbols may be appended.
+
+    * backward: every old record reads with the new schema;
+    * appended only: each union and enum keeps the old members first, in their order
+      (a branch index or symbol of old data means the same in new data);
+    * forward, for what old readers know: records shaped like old data (the new fields
+      take their defaults) written with the new schema read with the old one.
+
+    Data that uses an appended branch or symbol needs a reader of the new version.
+    Raises :class:`IncompatibleSchemaError` naming the rule broken.
+    """
+    try:
+        check_readable(old, new)
+    except IncompatibleSchemaError as exc:
+        raise IncompatibleSchemaError(f"backward: new schema cannot read old data; {exc}") from exc
+    _check_appended_only(_choices(old), _choices(new))
+    parsed_new = parse_schema(copy.deepcopy(new))
+    parsed_old = parse_schema(copy.deepcopy(old))
+    for record in sample_records(old):
+        buffer = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buffer, parsed_new, record)
+            buffer.seek(0)
+            fastavro.schemaless_reader(buffer, parsed_new, parsed_old)
+        except Exception as exc:  # fastavro raises several types; all mean "cannot resolve"
+            raise IncompatibleSchemaError(
+                f"forward: old schema cannot read new data shaped like old data: "
+                f"{type(exc).__name__}: {exc}") from exc
+
+
+def _choices(schema: JsonSchema) -> dict[str, list[str]]:
+    """Every union (by its path of field names) and enum (by name) -> its members."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node: JsonSchema, path: str, ns: str) -> None:
+        if isinstance(node, list):
+            found[f"union {path}"] = [_member(b, ns) for b in node]
+            for branch in node:
+                walk(branch, f"{path}|{_member(branch, ns)}", ns)
+        elif isinstance(node, dict):
+            kind = node["type"]
+            ns = node.get("namespace", ns)
+            if kind == "enum":
+                found[f"enum {ns}.{node['name']}"] = list(node["symbols"])
+            elif kind == "record":
+                for field in node["fields"]:
+                    walk(field["type"], f"{path}.{field['name']}", ns)
+            elif kind in ("array", "map"):
+                walk(node["items" if kind == "array" else "values"], f"{path}[]", ns)
+
+    walk(schema, "", NAMESPACE)
+    return found
+
+
+def _member(node: JsonSchema, ns: str) -> str:
+    if isinstance(node, dict):
+        if "name" in node:
+            return f"{node.get('namespace', ns)}.{node['name']}"
+        return json.dumps(node, sort_keys=True)
+    return str(node)
+
+
+def _check_appended_only(old: dict[str, list[str]], new: dict[str, list[str]]) -> None:
+    for where, members in old.items():
+        now = new.get(where)
+        if now is not None and now[: len(members)] != members:
+            raise IncompatibleSchemaError(
+                f"appended only: {where} was {members}, is {now}; keep the old members "
+                "first and in order, and add new ones at the end")

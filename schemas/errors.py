@@ -43,3 +43,7 @@ class QuarantineHeaderError(SchemaError):
 
 class InvalidSpecError(TaskstreamError, ValueError):
     """A task specification broke a rule; the message names each bad field."""
+
+
+class CronError(SchemaError, ValueError):
+    """A cron expression or time zone is invalid; the message points at the field."""

@@ -10,8 +10,18 @@ Who writes what:
 * clients (producer SDK, HTTP API, CLI): ``TaskSubmitted``, ``CancelRequested``,
   ``RedriveRequested``;
 * workers: ``TaskStarted``, ``LeaseRenewed``, ``TaskSucceeded``, ``TaskFailed``;
-* processors: ``TimerFired`` (the only processor event written to the events
-  topic: it carries the wall clock into the log so the fold stays pure).
+* processors: ``TimerFired`` (it carries the wall clock into the log so the fold
+  stays pure), and the events one entity sends another: a dependency's
+  registration and its answers, a schedule's firings (D37), the flow-control
+  requests, grants and releases of rate limits and concurrency keys (D32): a
+  cross-partition step is always an event keyed by the entity that acts on it next;
+* workers also write ``TaskProgress``; clients ``LimitSet``, ``ScheduleSet``,
+  ``ScheduleCommand`` and ``GroupCreated``.
+
+``Envelope.task_id`` is the record key of the entity an event is about: a task
+ID, or ``<kind>:<id>`` (``schedule:nightly``, ``group:01H...``, ``limit:emails``,
+``ckey:account-7``: schemas/entity_keys.py) for the other entity kinds; the name
+stays for wire compatibility.
 
 ``TaskDispatched``, ``TaskDeadLettered`` and ``TaskCancelled`` are *derived*: the
 processor computes them from the fold and writes them to the ready, dlq and
@@ -31,6 +41,43 @@ class TimerKind(enum.StrEnum):
     DELAY_DUE = "DELAY_DUE"  # a SCHEDULED task's eta has come
     RETRY_DUE = "RETRY_DUE"  # a RETRYING task's backoff has passed
     LEASE_EXPIRED = "LEASE_EXPIRED"  # a RUNNING attempt stopped renewing its lease
+    # --- dependencies and schedules (issue 15) ---
+    DEPENDENCY_CHECK = "DEPENDENCY_CHECK"  # a WAITING task asks unanswered parents again
+    SCHEDULE_DUE = "SCHEDULE_DUE"  # a schedule's next fire time (plus jitter) has come
+    # --- flow control (issue 16, D32, D33) ---
+    EXPIRY_DUE = "EXPIRY_DUE"  # a task not started yet reached its ``expires_at_ms``
+    WAIT_RETRY_DUE = "WAIT_RETRY_DUE"  # a WAITING task asks a full limit or key again
+    TOKEN_DUE = "TOKEN_DUE"  # a rate-limit bucket with waiting requests has a token again
+
+
+class ParentFailurePolicy(enum.StrEnum):
+    """What a waiting task does when a parent ends DEAD or CANCELLED."""
+
+    CANCEL = "CANCEL"  # the task is CANCELLED, with the parent's reason
+    RUN = "RUN"  # the task runs anyway once every parent has settled
+
+
+class ParentOutcome(enum.StrEnum):
+    """A parent's answer: PENDING (it exists and will tell), or how it settled."""
+
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # DEAD (or a group with a member that did not succeed)
+    CANCELLED = "CANCELLED"
+
+
+class MisfirePolicy(enum.StrEnum):
+    """What a schedule does with fire times that passed while nobody could fire them."""
+
+    SKIP = "SKIP"  # fire only the latest, and only if it is within misfire_grace_ms
+    RUN_ONCE = "RUN_ONCE"  # fire the latest once, skip the others
+    CATCH_UP = "CATCH_UP"  # fire each, the latest catch_up_max at most
+
+
+class ScheduleOp(enum.StrEnum):
+    PAUSE = "PAUSE"
+    RESUME = "RESUME"
+    DELETE = "DELETE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +88,26 @@ class Backoff:
     multiplier: float = 2.0
     max_ms: int = 300_000
     jitter: float = 0.1  # fraction of the delay, 0..1; derived from (task_id, attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Dependent:
+    """An entity to notify when a task or a group settles (``slot``: a group member's place)."""
+
+    key: str
+    slot: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowControl:
+    """A task's gates (issue 16, docs/flow-control.md): what each attempt waits for before it
+    is dispatched. A concurrency key first (a slot of at most ``max_concurrency``
+    holders), then a token of the named rate limit (of the bucket of ``rate_key``)."""
+
+    rate_limit: str | None = None
+    rate_key: str | None = None
+    concurrency_key: str | None = None
+    max_concurrency: int = 1
 
 
 # --- client events ---------------------------------------------------------
@@ -61,7 +128,15 @@ class TaskSubmitted:
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
-    depends_on: list[str] = field(default_factory=list)  # stored, not yet acted on
+    depends_on: list[str] = field(default_factory=list)  # parents: task IDs or group keys
+    on_parent_failure: ParentFailurePolicy = ParentFailurePolicy.CANCEL
+    #: how long to wait for a parent nobody has heard of; None (an SDK before v2, which
+    #: ignored depends_on): depends_on is recorded and not waited on, as it was then
+    dependency_timeout_ms: int | None = None
+    #: entities to notify when the task settles, known at submit (a group's members)
+    dependents: list[Dependent] = field(default_factory=list)
+    expires_at_ms: int | None = None  # no attempt starts at or after this time (EXPIRED)
+    flow: FlowControl | None = None  # rate limit and concurrency key, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +214,10 @@ class TaskDispatched:
     submitted_at_ms: int
     idempotency_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)  # whose results the worker may fetch
+    expires_at_ms: int | None = None  # a worker does not start the attempt at or after it
+    concurrency_key: str | None = None
+    fencing_token: int | None = None  # the key's grant sequence: grows with every holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +241,174 @@ class TaskCancelled:
     reason: str = ""
 
 
+# --- dependencies, groups and schedules (issue 15; D37) --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyRegistered:
+    """Keyed by the parent: ``dependent`` (an entity key) waits for it to settle."""
+
+    dependent: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParentUpdate:
+    """Keyed by the dependent: a parent's answer to a registration, or its outcome."""
+
+    parent: str
+    outcome: ParentOutcome
+    reason: str = ""
+    slot: int | None = None  # a group member's place, for the group's count
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCreated:
+    """Keyed by ``group:<id>``: a group of ``size`` members (IDs derived from id and slot)."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSpec:
+    """When a schedule fires (``cron`` or ``every_ms``) and the task each firing submits."""
+
+    task: TaskSubmitted
+    cron: str | None = None
+    every_ms: int | None = None
+    timezone: str = "UTC"
+    start_at_ms: int | None = None
+    end_at_ms: int | None = None
+    jitter_ms: int = 0
+    misfire: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    catch_up_max: int = 10
+    misfire_grace_ms: int = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSet:
+    """Keyed by ``schedule:<id>``: create the schedule or replace its spec."""
+
+    spec: ScheduleSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCommand:
+    """Keyed by ``schedule:<id>``: pause, resume or delete it."""
+
+    op: ScheduleOp
+    reason: str = ""
+
+
+# --- flow control: rate limits, concurrency keys, progress (issue 16; schema v2) ------
+#
+# ``Envelope.task_id`` is the key of the entity an event is about (a task ID, or
+# ``limit:<name>[:<key>]`` / ``ckey:<key>``, schemas/entity_keys.py); ``Envelope.attempt``
+# is the attempt of the task a request or a grant is for. Requests and releases are
+# emitted by a task's fold, grants and deferrals by the limit's or key's fold; every
+# emitted event's id is derived from its cause (docs/flow-control.md).
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSet:
+    """client -> ``limit:<name>``: the limit allows ``count`` tokens per ``period_ms``, and a
+    bucket holds at most ``burst`` of them (tokens saved while idle)."""
+
+    name: str
+    count: int
+    period_ms: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateRequested:
+    """task -> ``limit:<name>``: attempt ``Envelope.attempt`` of ``task_id`` asks for a token.
+    For a keyed limit the definition forwards it to ``limit:<name>:<key>`` with its rate
+    filled in (``count`` > 0); a request from a task carries zeros there."""
+
+    task_id: str
+    limit: str
+    key: str | None
+    submitted_at_ms: int  # the waiting order: submit time, then task ID
+    count: int = 0
+    period_ms: int = 0
+    burst: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateWithdrawn:
+    """task -> ``limit:<name>`` (forwarded like a request): the attempt no longer waits."""
+
+    task_id: str
+    limit: str
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateGranted:
+    """bucket -> task: attempt ``Envelope.attempt`` has its token (at the event's time)."""
+
+    limit: str
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateRefused:
+    """``limit:<name>`` -> task: no such limit is set; the attempt fails for good."""
+
+    limit: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequested:
+    """task -> ``ckey:<key>``: attempt ``Envelope.attempt`` of ``task_id`` asks for a slot."""
+
+    task_id: str
+    key: str
+    max_concurrency: int
+    submitted_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReleased:
+    """task -> ``ckey:<key>``: the attempt holds (or waits for) the slot no longer.
+
+    ``sequence`` names the hold released (its fencing token); None releases whatever the
+    attempt holds or waits for (it ended before its grant arrived)."""
+
+    task_id: str
+    key: str
+    reason: str = ""
+    sequence: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotGranted:
+    """``ckey:<key>`` -> task: the attempt holds a slot; ``sequence`` is its fencing token."""
+
+    key: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitDeferred:
+    """limit or key -> task: its waiting list is full; ask again at ``retry_at_ms``."""
+
+    gate: str  # "rate" or "concurrency"
+    retry_at_ms: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProgress:
+    """worker -> task: how far the running attempt has come (throttled by the worker)."""
+
+    dispatch_id: str
+    worker_id: str
+    fraction: float  # 0..1
+    note: str = ""
+
+
 EventBody = (
     TaskSubmitted
     | CancelRequested
@@ -174,6 +421,21 @@ EventBody = (
     | TaskDispatched
     | TaskDeadLettered
     | TaskCancelled
+    | DependencyRegistered
+    | ParentUpdate
+    | GroupCreated
+    | ScheduleSet
+    | ScheduleCommand
+    | LimitSet
+    | RateRequested
+    | RateWithdrawn
+    | RateGranted
+    | RateRefused
+    | SlotRequested
+    | SlotReleased
+    | SlotGranted
+    | WaitDeferred
+    | TaskProgress
 )
 
 #: Every body type, in the order of the Avro union (append only: never reorder).
@@ -189,15 +451,40 @@ BODY_TYPES: tuple[type, ...] = (
     TaskDispatched,
     TaskDeadLettered,
     TaskCancelled,
+    # --- issue 15 (D37) ---
+    DependencyRegistered,
+    ParentUpdate,
+    GroupCreated,
+    ScheduleSet,
+    ScheduleCommand,
+    # --- flow control (issue 16; schema v2) ---
+    LimitSet,
+    RateRequested,
+    RateWithdrawn,
+    RateGranted,
+    RateRefused,
+    SlotRequested,
+    SlotReleased,
+    SlotGranted,
+    WaitDeferred,
+    TaskProgress,
 )
+
+#: the flow-control bodies (issue 16): the events of limits and keys, and progress
+FLOW_BODY_TYPES: tuple[type, ...] = BODY_TYPES[BODY_TYPES.index(LimitSet):]
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One fact about one task. The Kafka key is ``task_id``."""
+    """One fact about one entity. The Kafka key is ``task_id``.
 
-    event_id: str  # ULID; unique per fact, the unit of idempotency
-    task_id: str
+    ``task_id`` is the key of the entity the event is about: a task ID, or another
+    kind's ``<kind>:<id>`` key (schemas/entity_keys.py). The name stays for wire
+    compatibility.
+    """
+
+    event_id: str  # ULID, or derived from its cause's id; the unit of idempotency
+    task_id: str  # the entity key
     occurred_at_ms: int  # the writer's clock; the fold uses only this time
     source: str  # "producer:<host>", "worker:<id>", "processor:<id>", "api", ...
     attempt: int  # the attempt this event is about; 0 where none applies

@@ -31,6 +31,8 @@ import hashlib
 import os
 import time
 
+from taskstream.schemas.entity_keys import group_key, schedule_key
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)  # 10 bits -> 2 characters
 _SHIFTS = tuple(range(120, -1, -10))
@@ -94,3 +96,17 @@ def derived_task_id(name: str, key: str) -> str:
         b"%s%d:%s%s" % (_DERIVE_DOMAIN, len(name_bytes), name_bytes, key.encode("utf-8"))
     ).digest()
     return encode_128(int.from_bytes(digest[:16], "big"))
+
+
+# --- ids derived for the other entity kinds (D37; their keys: schemas/entity_keys.py) ---
+
+
+def firing_task_id(schedule_id: str, fire_at_ms: int) -> str:
+    """The task ID of a schedule's firing at ``fire_at_ms``: the same wherever and however
+    often it is computed, so a repeated firing meets the first as a duplicate."""
+    return derived_task_id(schedule_key(schedule_id), str(fire_at_ms))
+
+
+def member_task_id(group_id: str, slot: int) -> str:
+    """The task ID of a group's member ``slot``: derived, so the group never stores them."""
+    return derived_task_id(group_key(group_id), str(slot))

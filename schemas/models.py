@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import orjson
 from pydantic import (
@@ -42,8 +43,20 @@ from pydantic import (
     model_validator,
 )
 
+from taskstream.schemas.entity_keys import (
+    GROUP_PREFIX,
+    LIMIT_NAME_PATTERN,
+    MAX_KEY_LENGTH,
+    group_key,
+)
 from taskstream.schemas.errors import InvalidSpecError
-from taskstream.schemas.events import Backoff, TaskSubmitted
+from taskstream.schemas.events import (
+    Backoff,
+    Dependent,
+    FlowControl,
+    ParentFailurePolicy,
+    TaskSubmitted,
+)
 from taskstream.schemas.view import TaskView
 from taskstream.topics import canonical_tags
 
@@ -52,6 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackoffSpec",
+    "GroupSlot",
     "SpecLimits",
     "TaskSpec",
     "TaskView",
@@ -66,6 +80,14 @@ QUEUE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_QUEUE = "default"
 TASK_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 TASK_ID = re.compile(TASK_ID_PATTERN)
+#: a group's own ID (its key is ``group:<id>``)
+GROUP_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+GROUP_ID = re.compile(GROUP_ID_PATTERN)
+#: the most parents one task may have, and the most dependents: one setting
+#: (``max_dependencies``), the security bounds use it too; a larger fan-in is a group
+MAX_DEPENDENCIES = 1000
+#: how long a task waits for a parent nobody has heard of (``dependency_timeout_s``)
+DEPENDENCY_TIMEOUT_S = 300.0
 
 
 #: the longest delay, lease, timeout or backoff a spec may ask for: ten years. Beyond
@@ -91,7 +113,8 @@ class SpecLimits:
     max_header_bytes: int = 4096
     max_tags: int = 64
     max_tag_bytes: int = 256
-    max_dependencies: int = 1000
+    max_dependencies: int = MAX_DEPENDENCIES
+    dependency_timeout_s: float = DEPENDENCY_TIMEOUT_S
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpecLimits:
@@ -103,6 +126,7 @@ class SpecLimits:
             max_tags=settings.max_tags,
             max_tag_bytes=settings.max_tag_bytes,
             max_dependencies=settings.max_dependencies,
+            dependency_timeout_s=settings.dependency_timeout_s,
         )
 
     def check_headers(self, headers: dict[str, str]) -> str | None:
@@ -127,11 +151,16 @@ class SpecLimits:
 
     def check_depends_on(self, depends_on: list[str]) -> str | None:
         if len(depends_on) > self.max_dependencies:
-            return (f"{len(depends_on)} parents; at most {self.max_dependencies} are allowed "
-                    "(a larger fan-in goes through a group)")
-        for task_id in depends_on:
-            if TASK_ID.fullmatch(task_id) is None:
-                return f"depends_on entry {task_id[:40]!r} is not a 26-character task ID"
+            return (f"{len(depends_on)} parents; at most {self.max_dependencies} "
+                    "(max_dependencies): for a larger fan-in, depend on a group "
+                    "(producer.group)")
+        for parent in depends_on:
+            if parent.startswith(GROUP_PREFIX):
+                if GROUP_ID.fullmatch(parent[len(GROUP_PREFIX):]) is None:
+                    return f"depends_on entry {parent[:40]!r} is not group:<id>"
+            elif TASK_ID.fullmatch(parent) is None:
+                return (f"depends_on entry {parent[:40]!r} is not a 26-character task ID "
+                        "or a group:<id> key")
         return None
 
 
@@ -214,6 +243,15 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+class GroupSlot(BaseModel):
+    """A task's place in a group (set by ``producer.group``): its ID derives from both."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_id: str = Field(pattern=GROUP_ID_PATTERN)
+    slot: int = Field(ge=0)
+
+
 class TaskSpec(BaseModel):
     """One task to submit. See the module docstring for limits and payloads."""
 
@@ -237,7 +275,32 @@ class TaskSpec(BaseModel):
                                         max_length=MAX_IDEMPOTENCY_KEY)
     headers: dict[str, str] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description="parents: task IDs, or group:<id> keys; the task waits in WAITING until "
+                    "every parent has SUCCEEDED")
+    on_parent_failure: Literal["cancel", "run"] = Field(
+        default="cancel", description="when a parent ends DEAD or CANCELLED: cancel this task "
+        "(with the reason) or run it anyway once every parent has settled")
+    dependency_timeout: float | None = Field(
+        default=None, gt=0, le=MAX_DURATION_S, allow_inf_nan=False,
+        description="seconds to wait for a parent nobody has heard of before failing "
+                    "(default: the dependency_timeout_s setting)")
+    member_of: GroupSlot | None = Field(
+        default=None, description="set by the group helper: the task's group and place in it")
+    # --- flow control (issue 16; docs/flow-control.md) ---
+    expires: float | datetime | None = Field(
+        default=None, description="seconds from now, or a timezone-aware time: an attempt "
+        "not started by then is never run (the task ends EXPIRED)")
+    rate_limit: str | None = Field(default=None, pattern=LIMIT_NAME_PATTERN,
+                                   description="a limit set with `taskstream limits set`")
+    rate_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH,
+                                 description="its own bucket under rate_limit")
+    concurrency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_LENGTH,
+                                        description="at most max_concurrency attempts with "
+                                        "this key run at once")
+    max_concurrency: int | None = Field(default=None, ge=1, le=1000,
+                                        description="default 1 (a mutex)")
 
     _payload_bytes: bytes = PrivateAttr(default=b"")
 
@@ -285,12 +348,49 @@ class TaskSpec(BaseModel):
         """Routing tags (D38): legal names, sorted, without repeats (after the bounds)."""
         return list(canonical_tags(value))
 
+    @field_validator("rate_key", "concurrency_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("a key is printable text (no control characters)")
+        return value
+
+    @field_validator("expires")
+    @classmethod
+    def _check_expires(cls, value: float | datetime | None) -> float | datetime | None:
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError("expires must be timezone-aware (for example datetime.now(UTC)) "
+                             "or a number of seconds from now")
+        if isinstance(value, float | int) and not 0 < value <= MAX_DURATION_S:
+            raise ValueError(f"expires in seconds must be > 0 and <= {MAX_DURATION_S:.0f}")
+        return value
+
     @model_validator(mode="after")
     def _check_whole(self, info: ValidationInfo) -> Self:
         if self.delay is not None and self.eta is not None:
             raise ValueError("give delay or eta, not both")
+        if self.depends_on and (self.delay is not None or self.eta is not None):
+            raise ValueError("give depends_on or a delay/eta, not both: a task with parents "
+                             "runs when they have succeeded")
+        if self.member_of is not None and self.idempotency_key is not None:
+            raise ValueError("a group member's ID derives from the group's ID and its slot; "
+                             "give the group an ID instead of an idempotency_key")
+        self._check_flow()
         self._payload_bytes = self._encode_payload(_limits(info).max_payload_bytes)
         return self
+
+    def _check_flow(self) -> None:
+        if self.rate_key is not None and self.rate_limit is None:
+            raise ValueError("rate_key needs rate_limit (the key gets its own bucket of it)")
+        if self.max_concurrency is not None and self.concurrency_key is None:
+            raise ValueError("max_concurrency needs concurrency_key")
+        if self.expires is not None:
+            now_ms = math.floor(time.time() * 1000)
+            expires_at = self.expires_at_ms(now_ms)
+            starts_at = self.eta_ms(now_ms) or now_ms
+            if expires_at is not None and expires_at <= starts_at:
+                raise ValueError("expires must be after the task's eta (and in the future): "
+                                 "it would expire before it may start")
 
     def _encode_payload(self, max_bytes: int) -> bytes:
         payload = self.payload
@@ -340,8 +440,30 @@ class TaskSpec(BaseModel):
             return now_ms + _ms(self.delay)
         return None
 
-    def to_submitted(self, now_ms: int) -> TaskSubmitted:
-        """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta)."""
+    def expires_at_ms(self, now_ms: int) -> int | None:
+        """The absolute expiry in ms, or None."""
+        if isinstance(self.expires, datetime):
+            return math.floor(self.expires.timestamp() * 1000)
+        if self.expires is not None:
+            return now_ms + _ms(self.expires)
+        return None
+
+    def flow(self) -> FlowControl | None:
+        """The task's gates, or None when it names no limit or key."""
+        if self.rate_limit is None and self.concurrency_key is None:
+            return None
+        return FlowControl(rate_limit=self.rate_limit, rate_key=self.rate_key,
+                           concurrency_key=self.concurrency_key,
+                           max_concurrency=self.max_concurrency or 1)
+
+    def to_submitted(self, now_ms: int, limits: SpecLimits | None = None) -> TaskSubmitted:
+        """The TaskSubmitted body (times in integer ms; a delay becomes an absolute eta).
+
+        A task with parents carries its dependency timeout (this spec's, else the
+        limits' default) so the fold never reads a setting (D37).
+        """
+        timeout_s = self.dependency_timeout or (limits or _DEFAULT_LIMITS).dependency_timeout_s
+        member = self.member_of
         return TaskSubmitted(
             name=self.name,
             queue=self.queue,
@@ -357,4 +479,10 @@ class TaskSpec(BaseModel):
             headers=dict(self.headers),
             tags=list(self.tags),
             depends_on=list(self.depends_on),
+            on_parent_failure=ParentFailurePolicy(self.on_parent_failure.upper()),
+            dependency_timeout_ms=_ms(timeout_s) if self.depends_on else None,
+            dependents=[] if member is None else [
+                Dependent(group_key(member.group_id), member.slot)],
+            expires_at_ms=self.expires_at_ms(now_ms),
+            flow=self.flow(),
         )

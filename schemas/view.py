@@ -26,7 +26,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from taskstream.schemas.state import ErrorInfo, TaskState
 from taskstream.security.errors import SealError
@@ -77,6 +77,17 @@ class BackoffView(BaseModel):
     multiplier: float
     max_ms: int
     jitter: float
+
+
+class FlowView(BaseModel):
+    """A task's gates: its rate limit (and key) and its concurrency key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rate_limit: str | None
+    rate_key: str | None
+    concurrency_key: str | None
+    max_concurrency: int
 
 
 class ErrorView(BaseModel):
@@ -141,11 +152,22 @@ RENDERED = {
     "started_at": "started_at_ms",
     "due_at": "due_at_ms",
     "finished_at": "finished_at_ms",
+    "expires_at": "expires_at_ms",
+    "progress_at": "progress_at_ms",
 }
 
 
 #: TaskView fields about how the view was rendered, not renderings of a state field
 VIEW_ONLY = frozenset({"sealed"})
+
+
+class DependentView(BaseModel):
+    """An entity told when this task settles (``slot``: its place in a group)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    slot: int | None = None
 
 
 class TaskView(BaseModel):
@@ -197,7 +219,26 @@ class TaskView(BaseModel):
     duplicates: int
     conflicts: int
     rejected: int
+    on_parent_failure: str
+    waiting_on: list[str] = Field(
+        default_factory=list, description="WAITING: the parents that have not settled yet")
+    unconfirmed: list[str] = Field(
+        default_factory=list, description="parents that have not answered yet (unknown IDs "
+        "fail the task at dependency_deadline)")
+    dependency_deadline_ms: int | None = None
+    dependency_checks: int = 0
+    parent_failure: str | None = None
+    dependents: list[DependentView] = Field(default_factory=list)
     recent_event_ids: list[str]
+    expires_at_ms: int | None = None
+    expires_at: str | None = None
+    flow: FlowView | None = None
+    slot_sequence: int | None = None  # the fencing token of the attempt's concurrency slot
+    status_reason: str | None = None  # why WAITING, or why EXPIRED
+    progress: float | None = None
+    progress_note: str | None = None
+    progress_at_ms: int | None = None
+    progress_at: str | None = None
     sealed: list[str] = []
 
     @classmethod
@@ -259,7 +300,25 @@ class TaskView(BaseModel):
             duplicates=s.duplicates,
             conflicts=s.conflicts,
             rejected=s.rejected,
+            on_parent_failure=s.on_parent_failure.value.lower(),
+            waiting_on=list(s.waiting_on),
+            unconfirmed=list(s.unconfirmed),
+            dependency_deadline_ms=s.dependency_deadline_ms,
+            dependency_checks=s.dependency_checks,
+            parent_failure=s.parent_failure,
+            dependents=[DependentView(key=d.key, slot=d.slot) for d in s.dependents],
             recent_event_ids=list(s.recent_event_ids),
+            expires_at_ms=s.expires_at_ms,
+            expires_at=iso(s.expires_at_ms),
+            flow=None if s.flow is None else FlowView(
+                rate_limit=s.flow.rate_limit, rate_key=s.flow.rate_key,
+                concurrency_key=s.flow.concurrency_key, max_concurrency=s.flow.max_concurrency),
+            slot_sequence=s.slot_sequence,
+            status_reason=s.status_reason,
+            progress=s.progress,
+            progress_note=s.progress_note,
+            progress_at_ms=s.progress_at_ms,
+            progress_at=iso(s.progress_at_ms),
             sealed=sealed,
         )
 

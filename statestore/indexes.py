@@ -10,6 +10,11 @@ a changelog record per index change was the processor's largest cost.
 Rebuilding reads every state of the partition once; it happens on the first use
 after a rebalance, never during a recovery (the task table is not complete
 then: :class:`IndexNotReady`).
+
+The table holds every entity kind (ENTITIES.md; D37, D32): the due index holds
+each entity's one timer, keyed by its entity key, as the kind's ``timer_of``
+derives it (the processor passes that function in: the rule is the fold's, and
+the store sits below the fold); the listing index holds tasks only.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from rocksdict import Rdict, WriteBatch
 
 from taskstream.schemas.events import TimerKind
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.state import EntityState, TaskState, TaskStatus
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.statestore.rocks import index_options
@@ -36,9 +41,15 @@ _TIMED = {
 }
 
 
-def timer_of(state: TaskState | None) -> keys.DueEntry | None:
-    """The timer a state implies: derived from the state, so it can never disagree."""
-    if state is None or state.due_at_ms is None:
+#: an entity state -> the due entry it implies (the fold's rule, passed in)
+TimerOf = Callable[[EntityState | None], keys.DueEntry | None]
+
+
+def timer_of(state: EntityState | None) -> keys.DueEntry | None:
+    """The timer a task's state implies for the three v1 timer kinds, derived from the
+    state (D5). The processor passes the fold's rule for every kind instead
+    (processors/fold/kinds.py); this one serves tools and tests of the store alone."""
+    if not isinstance(state, TaskState) or state.due_at_ms is None:
         return None
     kind = _TIMED.get(state.status)
     if kind is None:
@@ -69,8 +80,9 @@ class PartitionIndex:
       read the whole listing index each time.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timer_of: TimerOf = timer_of) -> None:
         self.path = path
+        self.timer_of = timer_of
         self.due = _open(path / "due")
         self.listing = _open(path / "listing")
         self._due_floor = b""
@@ -126,14 +138,16 @@ class PartitionIndex:
         if due_floor is not None and due_floor < self._due_floor:
             self._due_floor = due_floor
 
-    def fill(self, states: Iterable[TaskState]) -> int:
+    def fill(self, states: Iterable[EntityState]) -> int:
         """Write the entries of ``states`` in batches (the DBs are empty)."""
         due, listing, n = WriteBatch(raw_mode=True), WriteBatch(raw_mode=True), 0
         for state in states:
-            timer = timer_of(state)
+            timer = self.timer_of(state)
             if timer is not None:
                 due.put(keys.due_key(timer.due_at_ms, timer.task_id),
                         keys.due_value(timer.kind, timer.attempt, timer.dispatch_id))
+            if not isinstance(state, TaskState):
+                continue  # the other kinds are not listed
             listing.put(keys.listing_key(state.queue, state.status, state.task_id),
                         str(state.priority).encode())
             n += 1
@@ -181,13 +195,14 @@ class IndexBatch:
 
     def __init__(self, index: PartitionIndex) -> None:
         self._index = index
+        self._timer_of = index.timer_of
         self._due = WriteBatch(raw_mode=True)
         self._listing = WriteBatch(raw_mode=True)
         self._counts: Counter[tuple[str, str, int]] = Counter()
         self._due_floor: bytes | None = None
 
-    def move(self, before: TaskState | None, after: TaskState) -> None:
-        timer_before, timer_after = timer_of(before), timer_of(after)
+    def move(self, before: EntityState | None, after: EntityState) -> None:
+        timer_before, timer_after = self._timer_of(before), self._timer_of(after)
         if timer_before != timer_after:
             if timer_before is not None:
                 self.drop_timer(timer_before.due_at_ms, timer_before.task_id)
@@ -197,6 +212,8 @@ class IndexBatch:
                                                   timer_after.dispatch_id))
                 if self._due_floor is None or key < self._due_floor:
                     self._due_floor = key
+        if not isinstance(after, TaskState) or not isinstance(before, TaskState | None):
+            return  # only tasks are listed
         if before is not None and (before.queue, before.status, before.priority) == (
                 after.queue, after.status, after.priority):
             return
@@ -207,11 +224,13 @@ class IndexBatch:
                           str(after.priority).encode())
         self._counts[(after.queue, after.status.value, after.priority)] += 1
 
-    def remove(self, before: TaskState) -> None:
-        """A task left the table: its timer and listing entries go."""
-        timer = timer_of(before)
+    def remove(self, before: EntityState) -> None:
+        """An entity left the table: its timer and listing entries go."""
+        timer = self._timer_of(before)
         if timer is not None:
             self.drop_timer(timer.due_at_ms, timer.task_id)
+        if not isinstance(before, TaskState):
+            return
         self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
         self._counts[(before.queue, before.status.value, before.priority)] -= 1
 
@@ -257,7 +276,8 @@ def scan_run(db: Any, prefix: bytes, after_task_id: str) -> Iterator[str]:
 class LocalIndexes:
     """The indexes of the partitions this replica serves, built on first use.
 
-    ``states_of(partition)`` yields a partition's task states (the task table);
+    ``states_of(partition)`` yields a partition's states, of every kind (the task
+    table); ``timer_of`` derives an entity's due entry from its state;
     ``can_build()`` says whether the task table is complete (not recovering);
     ``generation()`` is the consumer group generation: an index built in an earlier
     generation is rebuilt, because in between the partition may have been another
@@ -267,11 +287,13 @@ class LocalIndexes:
     def __init__(
         self,
         root: Path,
-        states_of: Callable[[int], Iterator[TaskState]],
+        states_of: Callable[[int], Iterator[EntityState]],
         can_build: Callable[[], bool],
         generation: Callable[[], int],
+        timer_of: TimerOf = timer_of,
     ) -> None:
         self.root = root
+        self._timer_of = timer_of
         self._states_of = states_of
         self._can_build = can_build
         self._generation = generation
@@ -303,7 +325,7 @@ class LocalIndexes:
     def _rebuild(self, partition: int) -> PartitionIndex:
         path = self.root / f"p{partition}"
         shutil.rmtree(path, ignore_errors=True)
-        index = PartitionIndex(path)
+        index = PartitionIndex(path, self._timer_of)
         index.fill(self._states_of(partition))
         return index
 

@@ -1,7 +1,10 @@
 """The processor's state: the task table (a Faust table) and its local indexes.
 
 * ``tasks``: task ID -> encoded :class:`~taskstream.schemas.state.TaskState`, a
-  Faust table in RocksDB (one DB per partition), restored from its changelog;
+  Faust table in RocksDB (one DB per partition), restored from its changelog; the
+  other entity kinds' states live in the same table under their ``<kind>:<id>``
+  keys, which sort after every task ID (ENTITIES.md; D37, D32): task scans stop
+  at the first key ``>= b"a"``;
 * the due index and the listing index (statestore/indexes.py): local RocksDBs
   derived from the task table, kept for this replica's active partitions only and
   rebuilt from the task table when a partition becomes active here.
@@ -21,10 +24,11 @@ from typing import Any
 import faust
 from rocksdict import WriteBatch
 
-from taskstream.schemas.serde import decode_state
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.entity_keys import FIRST_ENTITY_KEY
+from taskstream.schemas.serde import decode_entity
+from taskstream.schemas.state import EntityState
 from taskstream.statestore import keys
-from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, timer_of
+from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, TimerOf, timer_of
 from taskstream.statestore.rocks import TABLE_OPTIONS
 from taskstream.topics import TASK_TABLE
 
@@ -47,22 +51,23 @@ class PartitionWriter:
 
     def __init__(self, db: Any, index: PartitionIndex) -> None:
         self._db = db
+        self._timer_of = index.timer_of
         self._index = index.batch()
         self._batch = WriteBatch(raw_mode=True)
 
-    def put(self, key: bytes, encoded: bytes, before: TaskState | None, after: TaskState,
+    def put(self, key: bytes, encoded: bytes, before: EntityState | None, after: EntityState,
             fired_timers: Iterable[int] = ()) -> None:
-        """Stage a task's new state; ``fired_timers``: due times of timers that fired for
-        it, whose entries go unless they are the task's timer now."""
+        """Stage an entity's new state; ``fired_timers``: due times of timers that fired
+        for it, whose entries go unless they are its timer now."""
         self._batch.put(key, encoded)
         self._index.move(before, after)
-        timer = timer_of(after)
+        timer = self._timer_of(after)
         for due_at_ms in fired_timers:
             if timer is None or timer.due_at_ms != due_at_ms:
-                self._index.drop_timer(due_at_ms, after.task_id)
+                self._index.drop_timer(due_at_ms, key.decode())
 
-    def delete(self, key: bytes, before: TaskState | None) -> None:
-        """Stage a task's removal: its state and every index entry of it go."""
+    def delete(self, key: bytes, before: EntityState | None) -> None:
+        """Stage an entity's removal: its state and every index entry of it go."""
         self._batch.delete(key)
         if before is not None:
             self._index.remove(before)
@@ -74,7 +79,8 @@ class PartitionWriter:
 
 class TaskTables:
     def __init__(
-        self, app: faust.App, partitions: int, index_dir: Path, can_build: Callable[[], bool]
+        self, app: faust.App, partitions: int, index_dir: Path, can_build: Callable[[], bool],
+        timer_of: TimerOf = timer_of,
     ) -> None:
         # an index built before the latest rebalance is rebuilt (statestore/indexes.py)
         def generation() -> int:
@@ -84,7 +90,7 @@ class TaskTables:
         self.tasks: Any = app.Table(TASK_TABLE, key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))
-        self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation)
+        self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation, timer_of)
 
     # -- writes (the batched fold only) -------------------------------------------
 
@@ -103,9 +109,10 @@ class TaskTables:
     def partition_db(self, partition: int) -> Any:
         return self.tasks.data._db_for_partition(partition)
 
-    def states_in(self, partition: int) -> Iterator[TaskState]:
-        for value in self.scan_tasks(partition):
-            yield decode_state(value)
+    def states_in(self, partition: int) -> Iterator[EntityState]:
+        """Every state of one partition, of every kind (the indexes are built from them)."""
+        for _, value in self._scan(partition, b""):
+            yield decode_entity(value)
 
     def due_entries(self, partition: int, now_ms: int) -> Iterator[tuple[bytes, keys.DueEntry]]:
         return self.indexes.for_partition(partition).due_entries(now_ms)
@@ -118,12 +125,28 @@ class TaskTables:
         return self.indexes.for_partition(partition).scan_listing(queue, status, after_task_id)
 
     def scan_tasks(self, partition: int, after_task_id: str = "") -> Iterator[bytes]:
-        """Encoded states of one partition in task ID order, after a cursor."""
+        """Encoded task states of one partition in task ID order, after a cursor (the
+        other kinds' keys sort after every task ID: the scan stops at the first)."""
         start = after_task_id.encode() + b"\x00" if after_task_id else b""
+        for key, value in self._scan(partition, start):
+            if key >= FIRST_ENTITY_KEY:
+                return
+            yield value
+
+    def scan_entities(self, partition: int, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """(key, encoded state) of one partition's entities whose key starts with
+        ``prefix`` (``schedule:``, ``limit:``, ...), in key order."""
+        start = prefix.encode()
+        for key, value in self._scan(partition, start):
+            if not key.startswith(start):
+                return
+            yield key.decode(), value
+
+    def _scan(self, partition: int, start: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.partition_db(partition).items(from_key=start):
             if key.startswith(FAUST_KEY_PREFIX):
                 continue  # Faust's own bookkeeping (the persisted changelog offset)
-            yield value
+            yield key, value
 
     def get_in(self, partition: int, task_id: str) -> bytes | None:
         value = self.partition_db(partition).get(task_id.encode())

@@ -83,10 +83,6 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(4096, ge=1, description="bytes of one header name + value")
     max_tags: int = Field(64, ge=0, le=10_000, description="tags per task")
     max_tag_bytes: int = Field(256, ge=1, description="bytes of one tag")
-    max_dependencies: int = Field(
-        1000, ge=1, le=100_000, description="the most parents one task may list in "
-        "depends_on (the one bound the dependency feature uses too, issue 15); a larger "
-        "fan-in goes through a group")
 
     # Producer
     linger_ms: int = Field(5, ge=0, le=60_000)
@@ -124,6 +120,16 @@ class Settings(BaseSettings):
         description="how long the processor's producer waits to fill a request")
     max_result_bytes: int = Field(256 * 1024, ge=0)
     default_lease_s: float = Field(30.0, gt=0)
+    # Dependencies (issue 15, D37)
+    max_dependencies: int = Field(
+        1000, ge=1, le=100_000,
+        description="the most parents one task may list in depends_on, and the most "
+        "dependents one task or group keeps (the input bounds use it too); a larger fan-in "
+        "goes through a group")
+    dependency_timeout_s: float = Field(
+        300.0, gt=0, le=10 * 365 * 24 * 3600,
+        description="how long a task waits for a parent nobody has heard of before it fails "
+        "(stamped into each submission, so replay needs no setting)")
 
     # API
     api_url: str = "http://127.0.0.1:6066"

@@ -26,8 +26,8 @@ from taskstream.dev.procs import free_port, settings_env
 from taskstream.kafka_config import consumer_config
 from taskstream.schemas.events import Envelope, EventBody
 from taskstream.schemas.ids import new_event_id
-from taskstream.schemas.serde import decode_event, decode_state, encode_event
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.serde import decode_entity, decode_event, encode_event
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.settings import Settings
 
 T = TypeVar("T")
@@ -196,17 +196,44 @@ def read_to_end(settings: Settings, topic: str) -> list[Message]:
 
 
 class StateReader:
-    """The latest state of every task, read from the processor's task changelog."""
+    """The latest state of every task (``states``) and of every other entity
+    (``entities``: schedules, groups, limits, keys), read from the processor's task
+    changelog.
+
+    Every task state read is kept too (``history``): one poll can bring a task's
+    SCHEDULED and READY records together, and a test looking for a passing
+    state must not miss it because the next one arrived in the same poll.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.reader = TopicReader(settings, f"{settings.topic_prefix}processor-tasks-changelog")
         self.states: dict[str, TaskState] = {}
+        self.history: dict[str, list[TaskState]] = {}
+        self.entities: dict[str, EntityState] = {}
 
     def refresh(self) -> dict[str, TaskState]:
         for key, value, _, _ in self.reader.poll_raw(0.2):
             if key is not None and value is not None:
-                self.states[key.decode()] = decode_state(value)
+                state = decode_entity(value)
+                if isinstance(state, TaskState):
+                    self.states[key.decode()] = state
+                    self.history.setdefault(key.decode(), []).append(state)
+                else:
+                    self.entities[key.decode()] = state
         return self.states
+
+    def refresh_entities(self) -> dict[str, EntityState]:
+        self.refresh()
+        return self.entities
+
+    def wait_passed(self, task_id: str, predicate: Callable[[TaskState], bool], what: str,
+                    timeout: float = 30.0) -> TaskState:
+        """The first state of ``task_id`` that met ``predicate``, even if a later one followed."""
+        def check() -> TaskState | None:
+            self.refresh()
+            return next((s for s in self.history.get(task_id, ()) if predicate(s)), None)
+
+        return wait_for(f"task {task_id}: {what}", check, timeout=timeout, interval=0.05)
 
     def wait(self, task_id: str, predicate: Callable[[TaskState], bool], what: str,
              timeout: float = 30.0) -> TaskState:

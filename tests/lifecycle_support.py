@@ -13,9 +13,13 @@ from taskstream.processors.fold.lifecycle import TRANSITIONS, Limits, apply, eve
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
+    DependencyRegistered,
     Envelope,
     EventBody,
     LeaseRenewed,
+    ParentFailurePolicy,
+    ParentOutcome,
+    ParentUpdate,
     RedriveRequested,
     TaskFailed,
     TaskStarted,
@@ -29,15 +33,23 @@ from taskstream.schemas.state import TaskState
 T0 = 1_700_000_000_000
 
 
+#: a parent ID for stories of waiting tasks
+PARENT = "01HZX000000000000000PARENT"
+
+
 def submitted(*, payload: bytes = b'{"n": 1}', name: str = "demo.add", eta_ms: int | None = None,
               max_attempts: int = 3, lease_ms: int = 30_000,
-              backoff: Backoff | None = None) -> TaskSubmitted:
+              backoff: Backoff | None = None, depends_on: list[str] | None = None,
+              on_parent_failure: ParentFailurePolicy = ParentFailurePolicy.CANCEL,
+              dependency_timeout_ms: int | None = 60_000) -> TaskSubmitted:
     return TaskSubmitted(
         name=name, queue="default", priority=1, payload=payload,
         content_type="application/json", eta_ms=eta_ms, max_attempts=max_attempts,
         backoff=backoff or Backoff(initial_ms=1_000, multiplier=2.0, max_ms=60_000, jitter=0.0),
         timeout_ms=5_000, lease_ms=lease_ms, idempotency_key="k1",
-        headers={"h": "v"}, tags=["t"],
+        headers={"h": "v"}, tags=["t"], depends_on=depends_on or [],
+        on_parent_failure=on_parent_failure,
+        dependency_timeout_ms=dependency_timeout_ms if depends_on else None,
     )
 
 
@@ -127,3 +139,13 @@ class Story:
 
     def redrive(self, max_attempts: int | None = None) -> list[Effect]:
         return self.send(RedriveRequested("again", max_attempts))
+
+    def wait_for(self, *parents: str, **kw: object) -> list[Effect]:
+        return self.submit(depends_on=list(parents or (PARENT,)), **kw)
+
+    def parent(self, outcome: ParentOutcome, parent: str = PARENT,
+               reason: str = "") -> list[Effect]:
+        return self.send(ParentUpdate(parent, outcome, reason))
+
+    def registered(self, dependent: str = "01HZX00000000000000000CHLD") -> list[Effect]:
+        return self.send(DependencyRegistered(dependent))

@@ -82,6 +82,11 @@ def test_open_paths_need_nothing_even_with_tokens() -> None:
     ("POST", "/tasks/x/redrive", Scope.ADMIN),
     ("POST", "/queues/q/pause", Scope.ADMIN),
     ("DELETE", "/tasks", Scope.ADMIN),
+    ("POST", "/schedules", Scope.SUBMIT),
+    ("GET", "/schedules/s", Scope.READ),
+    ("POST", "/schedules/s/pause", Scope.ADMIN),
+    ("POST", "/schedules/s/resume", Scope.ADMIN),
+    ("DELETE", "/schedules/s", Scope.ADMIN),
 ])
 def test_required_scope(method: str, path: str, scope: Scope) -> None:
     assert required_scope(method, path) is scope
@@ -116,7 +121,7 @@ def test_list_query_parses_every_parameter() -> None:
     ({"limit": "1001"}, "limit"),
     ({"limit": "x"}, "limit"),
     ({"since": "yesterday"}, "since"),
-    ({"since": "\u00b2"}, "since"),  # a digit to str.isdigit(), not to int() (schemathesis)
+    ({"since": "\u00b9"}, "since"),  # a digit to str.isdigit, not to int(): found by fuzz
     ({"limit": "\u00b2"}, "limit"),
     ({"before": "\u00b9\u00b2"}, "before"),
     ({"cursor": "a b"}, "cursor"),

@@ -48,6 +48,9 @@ def _handler(rec: Recorder) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._answer("POST")
 
+        def do_DELETE(self) -> None:
+            self._answer("DELETE")
+
         def log_message(self, *args: Any) -> None:
             pass
 
@@ -167,3 +170,49 @@ def test_dlq_list_shows_errors(api: Recorder) -> None:
 def test_render_table_aligns_columns() -> None:
     text = render_table(["A", "LONG"], [["xxx", 1], [None, 22]])
     assert text.splitlines() == ["A    LONG", "xxx  1", "-    22"]
+
+
+def test_status_says_what_a_waiting_task_waits_for(api: Recorder) -> None:
+    waiting = {**VIEW, "status": "WAITING", "last_error": None, "waiting_on": ["01A", "01B"],
+               "unconfirmed": ["01B"], "dependency_deadline_ms": 1_700_000_300_000}
+    api.answers[("GET", "/tasks/01TASK")] = (200, waiting)
+    result = run("status", "01TASK")
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("waiting for"))
+    assert "2 parent(s): 01A, 01B" in line and "not heard from yet: 01B" in line
+    assert "2023-11-14 22:18:20" in line  # the deadline, UTC
+
+
+SCHEDULE = {"schedule_id": "nightly", "status": "ACTIVE", "task_name": "reports.run",
+            "queue": "default", "cron": "30 2 * * *", "every_ms": None,
+            "timezone": "Europe/Berlin", "next_fire_times": ["2026-12-01T01:30:00.000Z"],
+            "last_firings": [{"fire_at_ms": 1_764_552_600_000, "fire_at": "x",
+                              "task_id": "01FIRED"}], "fired": 3, "skipped": 1, "reason": ""}
+
+
+def test_schedule_commands_use_the_api(api: Recorder) -> None:
+    api.answers[("GET", "/schedules")] = (200, {"items": [SCHEDULE]})
+    api.answers[("GET", "/schedules/nightly")] = (200, SCHEDULE)
+    api.answers[("POST", "/schedules")] = (202, {"schedule_id": "nightly"})
+    for verb in ("pause", "resume"):
+        api.answers[("POST", f"/schedules/nightly/{verb}")] = (202, {"schedule_id": "nightly"})
+    api.answers[("DELETE", "/schedules/nightly")] = (202, {"schedule_id": "nightly"})
+    listed = run("schedule", "list")
+    assert "nightly" in listed.output and "30 2 * * *" in listed.output
+    assert "2026-12-01 01:30:00" in listed.output
+    shown = run("schedule", "show", "nightly")
+    assert "01FIRED" in shown.output and "next fire" in shown.output
+    assert json.loads(run("schedule", "show", "nightly", "--json").output) == SCHEDULE
+    added = run("schedule", "add", "nightly", "reports.run", "--cron", "30 2 * * *",
+                "--tz", "Europe/Berlin", "--payload", '{"a": 1}')
+    assert added.exit_code == 0 and "written" in added.output
+    for verb in ("pause", "resume", "delete"):
+        assert run("schedule", verb, "nightly", "--reason", "r").exit_code == 0
+    sent = [(m, p.split("?")[0], b) for m, p, b, _ in api.requests]
+    assert ("POST", "/schedules", {"schedule_id": "nightly", "task_name": "reports.run",
+                                   "payload": {"a": 1}, "cron": "30 2 * * *",
+                                   "tz": "Europe/Berlin", "queue": "default",
+                                   "misfire": "run_once", "catch_up_max": 10,
+                                   "jitter": 0.0}) in sent
+    assert ("DELETE", "/schedules/nightly", {"reason": "r"}) in sent
+    assert ("POST", "/schedules/nightly/pause", {"reason": "r"}) in sent

@@ -192,3 +192,43 @@ def test_with_a_keyring_worker_events_count_only_when_a_worker_signed_them() -> 
     fold = fold_partition(0, batch, {}.get, LIMITS, checks)
     assert [(a.offset, "not signed" in a.reason) for a in fold.set_aside] == [(1, True)]
     assert fold.changes[A.encode()].after.status is TaskStatus.RUNNING
+
+
+# --- every entity kind (D37, D32) -----------------------------------------------------------
+
+
+def test_every_kind_folds_in_a_batch_and_emits_to_its_target() -> None:
+    """A limit, a schedule and a task with a rate limit in one partition's batch: each
+    record reaches its kind's ``apply`` (by its key), each state is stored under its key
+    and decodes back by fingerprint, and the task's request is an ``Emit`` keyed by the
+    limit, with a derived event id."""
+    from dataclasses import replace
+
+    from taskstream.processors.fold.effects import Emit
+    from taskstream.processors.fold.kinds import timer_of
+    from taskstream.schemas.entity_keys import limit_key, schedule_key
+    from taskstream.schemas.events import FlowControl, LimitSet, ScheduleSet, ScheduleSpec
+    from taskstream.schemas.flowstate import LimitState
+    from taskstream.schemas.serde import decode_entity, encode_entity
+    from taskstream.schemas.state import ScheduleState
+
+    task = "01HZX0000000000000000000AA"
+    events = [
+        env(limit_key("emails"), 1, LimitSet("emails", 5, 1000, 1)),
+        env(schedule_key("nightly"), 2, ScheduleSet(ScheduleSpec(submitted(), every_ms=60_000))),
+        env(task, 3, replace(submitted(), flow=FlowControl(rate_limit="emails"))),
+    ]
+    fold = fold_partition(0, records(events), {}.get, LIMITS, CHECKS)
+    assert fold.set_aside == []
+    kinds = {k.decode(): type(c.after) for k, c in fold.changes.items()}
+    assert kinds == {limit_key("emails"): LimitState, schedule_key("nightly"): ScheduleState,
+                     task: TaskState}
+    for change in fold.changes.values():
+        assert change.after is not None
+        assert decode_entity(encode_entity(change.after)) == change.after
+    schedule = fold.changes[schedule_key("nightly").encode()].after
+    assert timer_of(schedule) is not None  # its next fire time goes in the due index
+    emitted = [c.effect.envelope for c in fold.effects if isinstance(c.effect, Emit)]
+    assert [(e.task_id, e.event_id) for e in emitted] == [(limit_key("emails"), f"{task}-E3.rate")]
+    waiting = fold.changes[task.encode()].after
+    assert isinstance(waiting, TaskState) and waiting.status is TaskStatus.WAITING

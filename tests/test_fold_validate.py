@@ -90,7 +90,7 @@ def test_a_record_without_a_key_is_refused() -> None:
 @pytest.mark.parametrize("entity", ["T1", "../../etc", "01j00000000000000000000001", "x" * 300])
 def test_task_events_name_a_task_id(entity: str) -> None:
     reason = check(envelope(submitted(), entity))
-    assert reason is not None and "not a task ID" in reason
+    assert reason is not None and "neither a task ID" in reason
 
 
 def test_a_timer_of_another_entity_kind_is_keyed_by_its_entity() -> None:
@@ -269,3 +269,42 @@ def test_hostile_events_never_make_the_check_or_the_fold_raise(
             state, _ = apply(None, decoded)
             if state is not None:
                 apply(state, decoded)
+
+
+# -- other entity kinds (D37, D32) ------------------------------------------------------------
+
+def test_each_entity_kind_takes_only_its_own_events() -> None:
+    from taskstream.schemas.events import LimitSet, ScheduleSet, ScheduleSpec
+
+    good = [envelope(LimitSet("emails", 5, 1000, 1), "limit:emails"),
+            envelope(ScheduleSet(ScheduleSpec(submitted(), every_ms=60_000)), "schedule:n")]
+    assert [check(env) for env in good] == [None, None]
+    assert "a limit does not take TaskSubmitted" in (
+        check(envelope(submitted(), "limit:emails")) or "")
+    assert "a schedule does not take LimitSet" in (
+        check(envelope(LimitSet("emails", 5, 1000, 1), "schedule:n")) or "")
+    assert "no entity kind has the prefix 'nosuch:'" in (
+        check(envelope(CancelRequested("x"), "nosuch:thing")) or "")
+
+
+def test_a_forged_limit_or_schedule_out_of_bounds_is_refused() -> None:
+    from taskstream.schemas.events import LimitSet, ScheduleSet, ScheduleSpec
+
+    assert "a limit is 1.." in (check(envelope(LimitSet("emails", 0, 1000, 1),
+                                               "limit:emails")) or "")
+    spec = ScheduleSpec(submitted(priority=99), every_ms=60_000)
+    assert "priority 99" in (check(envelope(ScheduleSet(spec), "schedule:n")) or "")
+
+
+def test_with_a_keyring_grants_and_notifications_need_a_processor_signature() -> None:
+    """A client that may write the events topic cannot hand itself a token, a slot or a
+    parent's success: those are the processor's events (D26)."""
+    from taskstream.schemas.events import ParentOutcome, ParentUpdate, RateGranted, SlotGranted
+
+    checks = Checks(keyring=ring())
+    for body in (RateGranted("emails", None), SlotGranted("acct-7", 3),
+                 ParentUpdate(new_task_id(), ParentOutcome.SUCCEEDED)):
+        env = envelope(body)
+        assert "not signed" in (check(env, checks) or ""), body
+        assert "only a processor" in (check(env, checks, signer="w1") or ""), body
+        assert check(env, checks, signer="p1") is None, body

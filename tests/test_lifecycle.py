@@ -25,7 +25,8 @@ from taskstream.processors.fold.effects import (
     SetTimer,
 )
 from taskstream.processors.fold.lifecycle import TRANSITIONS, LifecycleError, Limits
-from taskstream.schemas.events import TimerKind
+from taskstream.processors.fold.rules import FLOW_EVENT_KEYS
+from taskstream.schemas.events import ParentOutcome, TimerKind
 from taskstream.schemas.state import TaskStatus
 from tests.lifecycle_support import T0, Story
 
@@ -74,9 +75,15 @@ def _cancelled() -> Story:
     return story
 
 
+def _waiting() -> Story:
+    story = Story()
+    story.wait_for()
+    return story
+
+
 REACH: dict[TaskStatus, Callable[[], Story]] = {
     S.SCHEDULED: _scheduled, S.READY: _ready, S.RUNNING: _running, S.RETRYING: _retrying,
-    S.SUCCEEDED: _succeeded, S.DEAD: _dead, S.CANCELLED: _cancelled,
+    S.SUCCEEDED: _succeeded, S.DEAD: _dead, S.CANCELLED: _cancelled, S.WAITING: _waiting,
 }
 
 EVENTS: dict[str, Callable[[Story], list[Effect]]] = {
@@ -91,11 +98,18 @@ EVENTS: dict[str, Callable[[Story], list[Effect]]] = {
     "failed_fatal": lambda s: s.fail(retryable=False),
     "cancel": lambda s: s.cancel(),
     "redrive": lambda s: s.redrive(),
+    "registered": lambda s: s.registered(),
+    "parent_succeeded": lambda s: s.parent(ParentOutcome.SUCCEEDED),
+    "parent_failed": lambda s: s.parent(ParentOutcome.FAILED, reason="boom"),
+    "dependency_check": lambda s: s.fire(TimerKind.DEPENDENCY_CHECK),
 }
 
 R, D = "rejected", "duplicate"
 # status -> event -> outcome; anything not listed is rejected
+_SAME = {"registered"}  # a dependent registers with a task in any status: no transition
 EXPECTED: dict[TaskStatus, dict[str, TaskStatus | str]] = {
+    S.WAITING: {"parent_succeeded": S.READY, "parent_failed": S.CANCELLED,
+                "dependency_check": S.WAITING, "cancel": S.CANCELLED},
     S.SCHEDULED: {"delay_due": S.READY, "cancel": S.CANCELLED},
     S.READY: {"started": S.RUNNING, "renewed": S.RUNNING, "succeeded": S.SUCCEEDED,
               "failed": S.RETRYING, "failed_fatal": S.DEAD, "cancel": S.CANCELLED},
@@ -117,7 +131,8 @@ def test_matrix(status: TaskStatus, event: str) -> None:
     assert before.status is status
     effects = EVENTS[event](story)
     after = story.s
-    expected = D if event == "submit" else EXPECTED[status].get(event, R)
+    expected = (D if event == "submit" else status if event in _SAME
+                else EXPECTED[status].get(event, R))
     assert after.recent_event_ids[-1] == story.log[-1].event_id
     assert after.updated_at_ms == story.log[-1].occurred_at_ms
     if expected == D:
@@ -139,21 +154,26 @@ def story_key(event: str) -> str:
         "lease_expired": "TimerFired.LEASE_EXPIRED", "started": "TaskStarted",
         "renewed": "LeaseRenewed", "succeeded": "TaskSucceeded", "failed": "TaskFailed",
         "failed_fatal": "TaskFailed", "cancel": "CancelRequested", "redrive": "RedriveRequested",
+        "registered": "DependencyRegistered", "parent_succeeded": "ParentUpdate",
+        "parent_failed": "ParentUpdate", "dependency_check": "TimerFired.DEPENDENCY_CHECK",
     }[event]
 
 
 def test_the_table_is_what_the_matrix_exercises() -> None:
-    """Every pair in TRANSITIONS is reached by an accepted case above (WAITING is reserved)."""
+    """Every pair in TRANSITIONS is reached by an accepted case above, but for the
+    flow-control events (tests/test_flow_lifecycle.py has their matrix)."""
     exercised = {(status, story_key(event)) for status, row in EXPECTED.items() for event in row}
-    listed = {(s, k) for (s, k) in TRANSITIONS if s not in (None, S.WAITING)}
+    exercised |= {(status, story_key(event)) for status in S for event in _SAME}
+    listed = {(s, k) for (s, k) in TRANSITIONS if s is not None and k not in FLOW_EVENT_KEYS}
     assert listed == exercised
-    assert TRANSITIONS[(None, "TaskSubmitted")] == {S.SCHEDULED, S.READY}
+    assert TRANSITIONS[(None, "TaskSubmitted")] == {S.SCHEDULED, S.READY, S.WAITING, S.DEAD}
 
 
 def test_terminal_states_lead_nowhere_but_dead_by_redrive() -> None:
     for (status, key), targets in TRANSITIONS.items():
-        if status is not None and status.terminal:
-            assert (status, key, targets) == (S.DEAD, "RedriveRequested", frozenset({S.READY}))
+        if status is not None and status.terminal and key != "DependencyRegistered":
+            assert (status, key, targets) == (S.DEAD, "RedriveRequested",
+                                               frozenset({S.READY, S.WAITING}))
         assert targets, (status, key)
 
 
@@ -372,7 +392,8 @@ def test_docs_show_the_table_as_it_is() -> None:
     for line in doc.read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 3 and (cells[1].startswith(("Task", "Timer", "Lease", "Cancel",
-                                                     "Redrive"))):
+                                                     "Redrive", "Parent", "Dependency",
+                                                     "Slot", "Rate", "Wait"))):
             rows.add((cells[0], cells[1], cells[2]))
     listed = {(s.value if s else "(none)", k, ", ".join(sorted(t)))
               for (s, k), t in TRANSITIONS.items()}

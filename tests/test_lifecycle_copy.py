@@ -139,7 +139,9 @@ def _submit_in_two_builds(event: Envelope, body: TaskSubmitted) -> tuple[TaskSta
         payload_digest=payload_digest(body.payload), max_attempts=body.max_attempts,
         backoff=body.backoff, timeout_ms=body.timeout_ms, lease_ms=body.lease_ms,
         submitted_at_ms=at, updated_at_ms=at, idempotency_key=body.idempotency_key,
-        headers=dict(body.headers), tags=list(body.tags), depends_on=list(body.depends_on))
+        headers=dict(body.headers), tags=list(body.tags), depends_on=list(body.depends_on),
+        on_parent_failure=body.on_parent_failure, dependents=list(body.dependents),
+        expires_at_ms=body.expires_at_ms, flow=body.flow)
     if body.eta_ms is not None and body.eta_ms > at:
         return (dataclasses.replace(state, due_at_ms=body.eta_ms),
                 [SetTimer(body.eta_ms, TimerKind.DELAY_DUE)])
@@ -151,7 +153,9 @@ def _submit_in_two_builds(event: Envelope, body: TaskSubmitted) -> tuple[TaskSta
 def test_submit_new_equals_building_scheduled_then_dispatching(
     body: TaskSubmitted, at: int, eta: int | None, event_id: str
 ) -> None:
-    body = dataclasses.replace(body, eta_ms=None if eta is None else at + eta)
+    # without parents (a task with parents is WAITING: dependencies.waiting completes it)
+    body = dataclasses.replace(body, eta_ms=None if eta is None else at + eta,
+                               dependency_timeout_ms=None)
     event = Envelope(event_id, "01HZX00000000000000000TASK", at, "test", 0, body)
     state, effects = submit_new(event, body)
     expected_state, expected_effects = _submit_in_two_builds(event, body)

@@ -424,13 +424,17 @@ def test_a_real_prometheus_scrapes_the_platform(p: Platform) -> None:
             assert body.get("status") == "success", (expr, body)
             return body
 
-        def answered() -> bool:
+        def answered() -> bool:  # every target scraped up once, and a dispatch counted
             try:
-                return bool(query("sum(taskstream_dispatched_total) > 0")["data"]["result"])
+                up = query("count(up == 1)")["data"]["result"]
+                return (bool(up) and int(up[0]["value"][1]) == len(targets)
+                        and bool(query("sum(taskstream_dispatched_total) > 0")["data"]["result"]))
             except (httpx.HTTPError, AssertionError, ValueError):  # ValueError: a 503 page
                 return False  # while Prometheus starts ("Service Unavailable", not JSON)
 
-        wait_for(f"Prometheus to scrape the platform (log {log})", answered, timeout=60)
+        wait_for(f"Prometheus to scrape all {len(targets)} targets (log {log})", answered,
+                 timeout=60)
+        assert len(targets) > 1, targets  # the processor and at least one live worker
         assert query("taskstream_worker_info")["data"]["result"]
         for expr in dashboard_queries():  # every dashboard query is valid PromQL here
             query(expr.replace("$__rate_interval", "1m").replace("$queue", "default"))

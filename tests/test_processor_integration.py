@@ -149,7 +149,9 @@ def test_delay_is_honoured(rig: Rig) -> None:
     task_id = new_task_id()
     eta = int(time.time() * 1000) + 1_500
     rig.writer.send(task_id, submitted(eta_ms=eta))
-    rig.states.wait(task_id, lambda s: s.status is TaskStatus.SCHEDULED, "scheduled")
+    scheduled = rig.states.wait_passed(task_id, lambda s: s.status is TaskStatus.SCHEDULED,
+                                       "scheduled")
+    assert scheduled.due_at_ms == eta
     dispatch = rig.dispatch_of(task_id, 1, timeout=20)
     assert dispatch.occurred_at_ms >= eta  # dispatched by a timer event at or after its due time
 

@@ -1,8 +1,8 @@
 """A broker that dies mid-run: the caller hears about every event, none is lost silently.
 
 This test starts its OWN single-node Kafka (the shared development broker must
-never be stopped), from the jars the development broker runs on
-(``TASKSTREAM_KAFKA_LIBS``, default /tmp/kjars/libs), kills it with SIGKILL
+never be stopped), from the jars the suite's cluster runs on (resolved once
+into ``kafka_home`` by :func:`ensure_kafka`), kills it with SIGKILL
 while a producer is submitting, and checks: every handle ends delivered or
 failed, failed ones are reported by flush() as a DeliveryError naming them,
 and after a restart every event reported delivered is in the log.
@@ -10,8 +10,6 @@ and after a restart every event reported delivered is in the log.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +23,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from taskstream.localkafka.install import KafkaInstall, ensure_kafka
 from taskstream.producer import (
     BrokerUnreachableError,
     DeliveryError,
@@ -33,13 +32,17 @@ from taskstream.producer import (
     TaskProducer,
 )
 from taskstream.queue_registry import set_up_platform
-from taskstream.settings import Settings
+from taskstream.settings import Settings, load_settings
 from taskstream.topics import events_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-LIBS = Path(os.environ.get("TASKSTREAM_KAFKA_LIBS", "/tmp/kjars/libs"))
-JAVA = shutil.which("java")
+
+
+def _kafka() -> KafkaInstall:
+    """The jars the suite's own cluster runs on (resolved once by ``make kafka-jars``)."""
+    settings = load_settings()
+    return ensure_kafka(settings.kafka_home, settings.kafka_version, show_progress=False)
 
 
 def _free_port() -> int:
@@ -98,13 +101,13 @@ class OwnBroker:
         return props
 
     def _java(self, *args: str) -> list[str]:
-        assert JAVA is not None
+        kafka = _kafka()
         return [
-            JAVA,
+            kafka.java,
             "-Xmx512m",
             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
             "-cp",
-            f"{LIBS}/*",
+            kafka.classpath,
             *args,
         ]
 
@@ -166,8 +169,6 @@ class OwnBroker:
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    if JAVA is None or not LIBS.is_dir():
-        pytest.skip(f"needs java and the Kafka jars in {LIBS} (TASKSTREAM_KAFKA_LIBS)")
     broker = OwnBroker(tmp_path, _free_port(), _free_port())
     broker.format()
     broker.start()

@@ -206,7 +206,7 @@ def test_fold_with_a_tiny_cache_equals_the_lifecycle_fold(tmp_path: Path) -> Non
     events = _workload(40)
     messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
     stats, states = _fold_into_db(tmp_path / "db", [messages[:50], messages[50:]],
-                                  capacity=3, batch=7)
+                                  capacity=3)
     assert stats.events == len(events) and stats.skipped == 0
     assert states == fold(events)
 
@@ -252,7 +252,7 @@ def test_fold_to_an_sst_with_evictions_equals_the_lifecycle_fold(
     messages = [Msg(encode_event(e), 0, i) for i, e in enumerate(events)]
     spill = open_db(tmp_path / "spill", create=True)
     try:
-        cache = StateCache(spill, capacity=capacity, batch=7, db_empty=db_empty)
+        cache = StateCache(spill, capacity=capacity, db_empty=db_empty)
         stats = FoldStats()
         with collector_paused():
             fold_messages([messages[:50], messages[50:]], cache, Limits(), stats)

@@ -19,14 +19,16 @@ import fastavro
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
 
-from taskstream.schemas import events, state
+from taskstream.schemas import events, flowstate, state
 from taskstream.schemas.catalog import (
     AVRO_DIR,
+    ENTITY_STATES,
     ENVELOPE,
     NAMESPACE,
     TASK_STATE,
     Catalog,
     catalog,
+    check_evolution,
     check_full_compatible,
     crc64_avro,
     load_catalog,
@@ -107,11 +109,17 @@ def assert_consecutive_full_compatible(schemas: Catalog) -> int:
     return pairs
 
 
-def test_released_versions_are_full_compatible() -> None:
+def test_released_versions_follow_the_evolution_rule() -> None:
+    """FULL compatible but for appended union branches and enum symbols (v2: issue 16)."""
     schemas = catalog()
     assert schemas.versions[0] == 1
     assert schemas.versions == tuple(range(1, len(schemas.versions) + 1)), "no gaps"
-    assert assert_consecutive_full_compatible(schemas) == 2 * (len(schemas.versions) - 1)
+    pairs = 0
+    for kind in (schemas.envelopes, schemas.states, *schemas.entities.values()):
+        for old, new in itertools.pairwise(kind):
+            check_evolution(old.schema, new.schema)
+            pairs += 1
+    assert pairs >= 2 * (len(schemas.versions) - 1)
 
 
 def _with_v2(tmp_path: Path, edit: typing.Callable[[dict[str, Any]], None], file: str) -> Path:
@@ -184,17 +192,79 @@ def test_a_removed_enum_symbol_is_caught(tmp_path: Path) -> None:
         assert_consecutive_full_compatible(schemas)
 
 
+def test_v2_is_not_full_compatible_because_it_appends_branches_and_symbols() -> None:
+    """What the evolution rule allows and FULL compatibility does not: old readers cannot
+    read the new bodies and symbols (docs/schemas.md: upgrade readers first)."""
+    schemas = catalog()
+    with pytest.raises(IncompatibleSchemaError, match="forward"):
+        check_full_compatible(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+    check_full_compatible(schemas.envelopes[0].schema, schemas.envelopes[0].schema)
+
+
+def test_entity_states_are_top_level_schemas_of_v2() -> None:
+    schemas = catalog()
+    assert set(schemas.entities) == set(ENTITY_STATES)
+    fingerprints = schemas.by_fingerprint()
+    for versions in schemas.entities.values():
+        assert versions[0].version == 2
+        assert fingerprints[versions[-1].fingerprint] is versions[-1]
+
+
+def _reorder_union(schema: dict[str, Any]) -> None:
+    for field in schema["fields"]:
+        if field["name"] == "body":
+            branches = field["type"]
+            branches[0], branches[1] = branches[1], branches[0]
+
+
+def _append_branch(schema: dict[str, Any]) -> None:
+    for field in schema["fields"]:
+        if field["name"] == "body":
+            field["type"].append(f"{NAMESPACE}.Backoff")
+
+
+def _append_symbol(schema: dict[str, Any]) -> None:
+    schema["symbols"].append("SOMETHING_NEW")
+
+
+@pytest.mark.parametrize(("file", "edit"), [("Envelope", _append_branch),
+                                            ("TimerKind", _append_symbol),
+                                            ("TaskSubmitted", _add_optional)])
+def test_evolution_allows_appended_members_and_optional_fields(
+    tmp_path: Path, file: str, edit: typing.Callable[[dict[str, Any]], None]
+) -> None:
+    schemas = load_catalog(_with_v2(tmp_path, edit, file))
+    check_evolution(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+    check_evolution(schemas.states[0].schema, schemas.states[1].schema)
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "rule"),
+    [
+        ("Envelope", _reorder_union, "appended only"),
+        ("TaskSubmitted", _drop_field("name"), "forward"),
+        ("TimerFired", _add_required, "backward"),
+    ],
+)
+def test_evolution_catches_reordering_and_incompatible_fields(
+    tmp_path: Path, file: str, edit: typing.Callable[[dict[str, Any]], None], rule: str
+) -> None:
+    schemas = load_catalog(_with_v2(tmp_path, edit, file))
+    with pytest.raises(IncompatibleSchemaError, match=rule):
+        check_evolution(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
+
+
 def test_codec_reads_data_of_an_older_version(tmp_path: Path) -> None:
     """v1 (synthetic) lacks TaskSubmitted.depends_on; v2 is today's schema. The codec
-    finds v1 by fingerprint and resolves it: the missing field takes its default."""
-    shutil.copytree(AVRO_DIR / "v1", tmp_path / "v2")
+    finds v1 by fingerprint and resolves it: the missing fields take their defaults."""
+    shutil.copytree(AVRO_DIR / f"v{catalog().versions[-1]}", tmp_path / "v2")
     shutil.copytree(AVRO_DIR / "v1", tmp_path / "v1")
     path = tmp_path / "v1" / f"{NAMESPACE}.TaskSubmitted.avsc"
     old = json.loads(path.read_text())
     _drop_field("depends_on")(old)
     path.write_text(json.dumps(old))
     schemas = load_catalog(tmp_path)
-    assert assert_consecutive_full_compatible(schemas) == 2
+    check_evolution(schemas.envelopes[0].schema, schemas.envelopes[1].schema)
     codec = AvroCodec(schemas)
 
     body = events.TaskSubmitted("n", "q", 1, b"p", "c", None, 3, events.Backoff(), None, 10)
@@ -231,7 +301,9 @@ def _expected_avro(name: str, tp: Any) -> set[str]:
     if origin is dict:
         return {json.dumps({"type": "map", "values": "string"})}
     if origin is list:
-        return {json.dumps({"type": "array", "items": "string"})}
+        (item,) = typing.get_args(tp)
+        return {json.dumps({"type": "array", "items": json.loads(t)})
+                for t in _expected_avro(name, item)}
     if isinstance(tp, type) and (dataclasses.is_dataclass(tp) or issubclass(tp, enum.Enum)):
         return {json.dumps(f"{NAMESPACE}.{tp.__name__}")}
     simple = {str: {"string"}, bytes: {"bytes"}, bool: {"boolean"}, float: {"double"}}
@@ -249,7 +321,12 @@ def _avro_default(field: dataclasses.Field[Any]) -> Any:
     return dataclasses.MISSING
 
 
-RECORDS = [*events.BODY_TYPES, events.Backoff, events.Envelope, state.ErrorInfo, state.TaskState]
+RECORDS = [*events.BODY_TYPES, events.Backoff, events.FlowControl, events.Envelope,
+           state.ErrorInfo, state.TaskState, events.Dependent, events.ScheduleSpec,
+           state.GroupState, state.ScheduleState, state.Firing,
+           flowstate.LimitWaiter, flowstate.GateOut,
+           flowstate.LimitState, flowstate.SlotHolder, flowstate.SlotWaiter,
+           flowstate.ConcurrencyState]
 
 
 @pytest.mark.parametrize("cls", RECORDS, ids=lambda c: c.__name__)
@@ -267,12 +344,17 @@ def test_every_dataclass_field_is_in_the_avsc_and_vice_versa(cls: Any) -> None:
         assert avro.get("default", dataclasses.MISSING) == _avro_default(field), field.name
 
 
-@pytest.mark.parametrize("cls", [events.TimerKind, state.TaskStatus], ids=lambda c: c.__name__)
+ENUMS = [events.TimerKind, state.TaskStatus, events.ParentFailurePolicy, events.ParentOutcome,
+         events.MisfirePolicy, events.ScheduleOp, state.GroupStatus, state.ScheduleStatus]
+
+
+@pytest.mark.parametrize("cls", ENUMS, ids=lambda c: c.__name__)
 def test_enums_match(cls: Any) -> None:
     for number in catalog().versions:
-        avsc = json.loads(
-            (AVRO_DIR / f"v{number}" / f"{NAMESPACE}.{cls.__name__}.avsc").read_text()
-        )
+        path = AVRO_DIR / f"v{number}" / f"{NAMESPACE}.{cls.__name__}.avsc"
+        if not path.exists():
+            continue  # added in a later version
+        avsc = json.loads(path.read_text())
         symbols = avsc["symbols"]
         assert set(symbols) <= {m.value for m in cls}, "an old symbol left the Python enum"
     assert symbols == [m.value for m in cls]

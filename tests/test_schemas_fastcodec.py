@@ -17,7 +17,7 @@ from taskstream.schemas.codec.canaries import canary_envelopes, canary_states
 from taskstream.schemas.codec.compiled import same
 from taskstream.schemas.codec.prims import read_long, write_long
 from taskstream.schemas.errors import DecodeError, EncodeError
-from taskstream.schemas.events import Envelope, TaskStarted, TimerFired, TimerKind
+from taskstream.schemas.events import BODY_TYPES, Envelope, TaskStarted, TimerFired, TimerKind
 from taskstream.schemas.serde import AvroCodec, default_codec
 from taskstream.schemas.state import TaskState, TaskStatus
 from tests.test_schemas_serde import BODIES, ENVELOPES, _builds, envelope, full_state
@@ -130,9 +130,11 @@ def test_truncation_at_every_byte_is_a_decode_error() -> None:
         (b"\x80\x01" + b"a" * 20, "string of 64 bytes at byte 12 runs past the end"),
         (b"\x01", "negative string length"),  # event_id length -1
         (b"\x04\xff\xfeab", "not valid UTF-8"),
-        (b"\x00\x00\x00\x00\x00\x16", "union index 11 of field 'body'"),
+        (b"\x00\x00\x00\x00\x00" + bytes([2 * len(BODY_TYPES)]),
+         f"union index {len(BODY_TYPES)} of field 'body'"),
         (b"\x00\x00\x00\x00\x00\x01", "union index -1 of field 'body'"),
-        (b"\x00\x00\x00\x00\x00\x0e\x06", "enum index 3 of field 'kind'"),
+        (b"\x00\x00\x00\x00\x00\x0e" + bytes([2 * len(TimerKind)]),
+         f"enum index {len(TimerKind)} of field 'kind'"),
         (b"\x00\x00\x00\x00\x00\x0e\x01", "enum index -1 of field 'kind'"),
         (b"\x00\x00" + b"\xff" * 11 + b"\x01", "longer than 10 bytes"),
         (b"\x00\x00\x00\x00\x00\x02\x00\x00", "1 unexpected bytes"),  # CancelRequested + 1
@@ -150,7 +152,8 @@ def test_bad_index_in_a_state_is_a_decode_error() -> None:
     body = SLOW.encode_state(canary_states()[1])[10:]
     status_at = 2 + 2 + 2 + 1  # task_id "t", name "n", queue "q", priority 0
     assert body[status_at] == 0
-    for bad, message in ((b"\x10", "enum index 8"), (b"\x03", "enum index -2")):
+    past = len(TaskStatus)
+    for bad, message in ((bytes([2 * past]), f"enum index {past}"), (b"\x03", "enum index -2")):
         data = VALID_STATE[:10] + body[:status_at] + bad + body[status_at + 1 :]
         with pytest.raises(DecodeError, match=message):
             FAST.decode_state(data)
@@ -270,7 +273,7 @@ def test_a_wrong_compiled_value_is_caught_by_the_canaries(
 def test_samples_cover_every_enum_symbol_and_body_type() -> None:
     ref, state_ref = fastcodec.references(catalog())
     bodies = {FAST.decode_event(ref.write_record(r)).type_name for r in _samples(ref)}
-    assert len(bodies) == 11
+    assert len(bodies) == len(BODY_TYPES)
     statuses = {FAST.decode_state(state_ref.write_record(r)).status for r in _samples(state_ref)}
     assert statuses == set(TaskStatus)
 

@@ -118,6 +118,14 @@ SPEC_TO_SUBMITTED = {
     "headers": "headers",
     "tags": "tags",
     "depends_on": "depends_on",
+    "on_parent_failure": "on_parent_failure",
+    "dependency_timeout": "dependency_timeout_ms",
+    "member_of": "dependents",
+    "expires": "expires_at_ms",
+    "rate_limit": "flow",
+    "rate_key": "flow",
+    "concurrency_key": "flow",
+    "max_concurrency": "flow",
 }
 
 
@@ -161,8 +169,10 @@ SPECS = st.fixed_dictionaries(
         "timeout": st.floats(0.001, 3600),
         "idempotency_key": TEXT.filter(bool),
         "depends_on": st.lists(st.builds(lambda: new_task_id()), max_size=2),
+        "on_parent_failure": st.sampled_from(["cancel", "run"]),
+        "dependency_timeout": st.floats(0.001, 3600),
     },
-)
+).filter(lambda f: not (f.get("depends_on") and "delay" in f))  # refused together
 
 
 @settings(max_examples=200, deadline=None)

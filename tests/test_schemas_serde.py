@@ -17,24 +17,47 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from taskstream.schemas import events
 from taskstream.schemas.catalog import catalog
 from taskstream.schemas.errors import DecodeError, EncodeError
 from taskstream.schemas.events import (
     BODY_TYPES,
     Backoff,
     CancelRequested,
+    DependencyRegistered,
+    Dependent,
     Envelope,
+    FlowControl,
+    GroupCreated,
     LeaseRenewed,
+    LimitSet,
+    MisfirePolicy,
+    ParentFailurePolicy,
+    ParentOutcome,
+    ParentUpdate,
+    RateGranted,
+    RateRefused,
+    RateRequested,
+    RateWithdrawn,
     RedriveRequested,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+    ScheduleSpec,
+    SlotGranted,
+    SlotReleased,
+    SlotRequested,
     TaskCancelled,
     TaskDeadLettered,
     TaskDispatched,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
     TimerFired,
     TimerKind,
+    WaitDeferred,
 )
 from taskstream.schemas.serde import (
     decode_event,
@@ -65,7 +88,10 @@ BODIES: list[Any] = [
         idempotency_key="order-1",
         headers=HEADERS,
         tags=["a", "b"],
-        depends_on=["01HZX0000000000000000000AA"],
+        depends_on=["01HZX0000000000000000000AA", "group:g1"],
+        on_parent_failure=ParentFailurePolicy.RUN,
+        dependency_timeout_ms=60_000,
+        dependents=[Dependent("group:g2", 7), Dependent("01HZX0000000000000000000BB")],
     ),
     TaskSubmitted("n", "q", 0, b"", "application/octet-stream", None, 1, Backoff(), None, 1),
     CancelRequested(),
@@ -96,6 +122,33 @@ BODIES: list[Any] = [
     TaskDeadLettered("app.send", "default", b"p", "text/plain", "E", "m", "tb", 3),
     TaskCancelled("stop"),
     TaskCancelled(),
+    DependencyRegistered("01HZX0000000000000000000BB"),
+    ParentUpdate("01HZX0000000000000000000AA", ParentOutcome.FAILED, "DEAD: boom", 3),
+    ParentUpdate("group:g1", ParentOutcome.PENDING),
+    GroupCreated(10_000),
+    ScheduleSet(ScheduleSpec(
+        TaskSubmitted("n", "q", 0, b"{}", "application/json", None, 1, Backoff(), None, 1),
+        cron="*/5 * * * * 30", timezone="Europe/Berlin", start_at_ms=NOW, end_at_ms=NOW + 1,
+        jitter_ms=500, misfire=MisfirePolicy.CATCH_UP, catch_up_max=3)),
+    ScheduleSet(ScheduleSpec(
+        TaskSubmitted("n", "q", 0, b"", "c", None, 1, Backoff(), None, 1), every_ms=2000)),
+    ScheduleCommand(ScheduleOp.PAUSE, "maintenance"),
+    ScheduleCommand(ScheduleOp.DELETE),
+    # --- flow control (issue 16; schema v2) ---
+    TaskSubmitted("n", "q", 0, b"", "c", None, 1, Backoff(), None, 1, expires_at_ms=NOW,
+                  flow=FlowControl("emails", "customer-42", "account-7", 3)),
+    TaskDispatched("d1", "n", "q", 0, b"", "c", None, 1, 1, NOW, None, {}, [], NOW + 1, "k", 7),
+    LimitSet("emails", 100, 1000, 20),
+    RateRequested("01HZX00000000000000000TASK", "emails", "customer-42", NOW, 5, 1000, 2),
+    RateRequested("01HZX00000000000000000TASK", "emails", None, NOW),
+    RateWithdrawn("01HZX00000000000000000TASK", "emails", None),
+    RateGranted("emails", "c"),
+    RateRefused("emails", "no such limit"),
+    SlotRequested("01HZX00000000000000000TASK", "account-7", 1, NOW),
+    SlotReleased("01HZX00000000000000000TASK", "account-7", "succeeded"),
+    SlotGranted("account-7", 2**40),
+    WaitDeferred("rate", NOW + 1000, "full"),
+    TaskProgress("d1", "w1", 0.5, "half"),
 ]
 
 
@@ -144,6 +197,13 @@ def full_state() -> TaskState:
         conflicts=1,
         rejected=4,
         recent_event_ids=["e1", "e2"],
+        expires_at_ms=NOW + 60_000,
+        flow=FlowControl("emails", None, "account-7", 2),
+        slot_sequence=12,
+        status_reason="waiting",
+        progress=0.25,
+        progress_note="a quarter",
+        progress_at_ms=NOW + 4,
     )
 
 
@@ -188,6 +248,8 @@ def _as_dict(value: Any) -> Any:
         return {name: _as_dict(getattr(value, name)) for name in value.__dataclass_fields__}
     if isinstance(value, dict):
         return dict(sorted(value.items()))
+    if isinstance(value, list):
+        return [_as_dict(v) for v in value]
     return value
 
 
@@ -339,7 +401,8 @@ def _strategy(name: str, tp: Any) -> st.SearchStrategy[Any]:
     if origin is dict:
         return st.dictionaries(TEXT, TEXT, max_size=4)
     if origin is list:
-        return st.lists(TEXT, max_size=4)
+        (item,) = typing.get_args(tp)
+        return st.lists(_builds(item) if dataclasses.is_dataclass(item) else TEXT, max_size=4)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from(list(tp))
     if dataclasses.is_dataclass(tp):
@@ -355,7 +418,7 @@ def _strategy(name: str, tp: Any) -> st.SearchStrategy[Any]:
 
 
 def _builds(cls: Any) -> st.SearchStrategy[Any]:
-    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]) | vars(events))
     return st.builds(
         cls, **{f.name: _strategy(f.name, hints[f.name]) for f in dataclasses.fields(cls)}
     )

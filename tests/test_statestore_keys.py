@@ -97,6 +97,32 @@ def test_indexes_are_rebuilt_from_the_task_states_and_only_when_allowed(tmp_path
     indexes.close()
 
 
+def test_other_kinds_have_timers_in_the_due_index_and_no_listing(tmp_path: Path) -> None:
+    """The processor passes the fold's timer_of for every kind (D37, D32): a schedule's next
+    fire time and a WAITING task's expiry are due entries; only tasks are listed."""
+    from dataclasses import replace
+
+    from taskstream.processors.live.app import due_entry_of
+    from taskstream.schemas.events import ScheduleSpec
+    from taskstream.schemas.state import ScheduleState, ScheduleStatus
+    from tests.lifecycle_support import submitted
+
+    schedule = ScheduleState("nightly", ScheduleStatus.ACTIVE, ScheduleSpec(submitted(),
+                             every_ms=1000), 1, 0, 0, next_fire_ms=30, due_at_ms=30)
+    waiting = replace(_state("W", "q", TaskStatus.WAITING, None), expires_at_ms=20)
+    indexes = LocalIndexes(tmp_path, lambda p: iter([waiting, schedule]), lambda: True,
+                           lambda: 1, due_entry_of)
+    index = indexes.for_partition(0)
+    due = [(e.task_id, e.kind) for _, e in index.due_entries(now_ms=100)]
+    assert due == [("W", TimerKind.EXPIRY_DUE), ("schedule:nightly", TimerKind.SCHEDULE_DUE)]
+    assert index.counts() == {("q", "WAITING", 1): 1}
+    batch = index.batch()
+    batch.move(schedule, replace(schedule, status=ScheduleStatus.PAUSED, due_at_ms=None))
+    batch.commit()
+    assert [e.task_id for _, e in index.due_entries(now_ms=100)] == ["W"]
+    indexes.close()
+
+
 # the due scan's floor and the running counts, against a plain model ----------------------
 
 _OPS = st.lists(st.one_of(

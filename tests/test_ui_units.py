@@ -202,3 +202,16 @@ def test_every_script_parses_as_an_es_module() -> None:
         checked = subprocess.run([node, "--input-type=module", "--check"], input=path.read_bytes(),
                                  capture_output=True, timeout=60, check=False)
         assert checked.returncode == 0, f"{path.name}: {checked.stderr.decode()[-2000:]}"
+
+
+def test_the_dashboard_knows_every_task_status_and_which_are_terminal() -> None:
+    """dom.js lists the statuses for its filters and colours: a status the fold gains
+    (WAITING, EXPIRED) must reach it, else those tasks cannot be filtered."""
+    from taskstream.schemas.state import TERMINAL, TaskStatus
+
+    dom = (UI / "dom.js").read_text()
+    states = re.search(r"export const STATES = \[([^\]]*)\]", dom)
+    terminal = re.search(r"export const TERMINAL = new Set\(\[([^\]]*)\]\)", dom)
+    assert states is not None and terminal is not None
+    assert re.findall(r"'([A-Z]+)'", states.group(1)) == [s.value for s in TaskStatus]
+    assert set(re.findall(r"'([A-Z]+)'", terminal.group(1))) == {s.value for s in TERMINAL}

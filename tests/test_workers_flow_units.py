@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import re
 
@@ -16,7 +17,15 @@ from taskstream.api.errors import ApiError
 from taskstream.api.query import ListQuery
 from taskstream.api.views import validated
 from taskstream.cli.admin_cmds import unserved_notes
-from taskstream.schemas.events import TaskDispatched
+from taskstream.processors.fold.effects import Dispatch, Effect
+from taskstream.processors.fold.lifecycle import redo_effects
+from taskstream.schemas.events import (
+    FlowControl,
+    RateGranted,
+    SlotGranted,
+    TaskDispatched,
+    TimerKind,
+)
 from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import (
@@ -41,6 +50,7 @@ from taskstream.workers.lag import partition_lag, queue_lag
 from taskstream.workers.outcome import Failure, Success
 from taskstream.workers.runtime import Pool, execute_batch
 from taskstream.workers.slots import Slots
+from tests.lifecycle_support import T0, Story, submitted
 
 SETTINGS = Settings(topic_prefix="ts.x-1.")
 TAGS = st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True), max_size=4)
@@ -366,3 +376,30 @@ def test_the_queues_table_says_which_tags_wait() -> None:
               {"name": "r", "lag": None}]
     assert unserved_notes(queues) == [
         "queue q: 4 task(s) tagged gpu waiting: no live worker has tags gpu"]
+
+
+def _routed(effects: list[Effect]) -> list[tuple[str, ...]]:
+    return [e.tags for e in effects if isinstance(e, Dispatch)]
+
+
+def test_every_way_to_ready_routes_by_the_tasks_tags() -> None:
+    """A tagged task's dispatch carries its tags however it becomes READY: at once, after
+    its delay, after a retry, after its slot and token (D32), so the engine never sends it
+    to the untagged topic (D38); the redo of a READY task's dispatch too (D4)."""
+    s = Story()
+    assert _routed(s.submit()) == [("t",)]  # lifecycle_support's submission is tagged "t"
+    s.start()
+    s.fail()
+    assert _routed(s.fire(TimerKind.RETRY_DUE)) == [("t",)]
+    assert _routed(redo_effects(s.s, "again")) == [("t",)]
+
+    s = Story()
+    s.submit(eta_ms=T0 + 60_000)
+    assert _routed(s.fire(TimerKind.DELAY_DUE)) == [("t",)]
+
+    s = Story()
+    gated = dataclasses.replace(submitted(), flow=FlowControl(
+        rate_limit="emails", concurrency_key="acct-7", max_concurrency=2))
+    assert _routed(s.send(gated)) == []
+    assert _routed(s.send(SlotGranted("acct-7", 1), attempt=s.s.attempt)) == []
+    assert _routed(s.send(RateGranted("emails", None), attempt=s.s.attempt)) == [("t",)]

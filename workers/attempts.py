@@ -23,7 +23,9 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.telemetry.logs import TaskLogContext, set_task_context
@@ -38,6 +40,7 @@ from taskstream.workers.outcome import (
     open_payload,
     unknown_task_failure,
 )
+from taskstream.workers.progress import ProgressThrottle, expired, fencing_token
 from taskstream.workers.registry import TaskDef, TaskRegistry
 from taskstream.workers.runtime import Pool, execute, execute_batch
 from taskstream.workers.tracing import AttemptTrace, AttemptTracing
@@ -45,6 +48,20 @@ from taskstream.workers.tracing import AttemptTrace, AttemptTracing
 log = logging.getLogger("taskstream.worker")
 
 MIN_RENEW_S = 0.05
+
+
+def lazy_progress(emitter: EventEmitter, envelope: Envelope) -> Callable[[float, str], object]:
+    """``ctx.progress``'s sink: a throttle made on the first report (most handlers never
+    report, and the worker's hot path makes one context per attempt)."""
+    throttle: ProgressThrottle | None = None
+
+    def report(fraction: float, note: str) -> object:
+        nonlocal throttle
+        if throttle is None:
+            throttle = ProgressThrottle(lambda f, n: emitter.progress(envelope, f, n))
+        return throttle.report(fraction, note)
+
+    return report
 
 
 @dataclass(slots=True)
@@ -84,9 +101,12 @@ class AttemptRunner:
 
     def __init__(self, app: TaskRegistry, pool: Pool, emitter: EventEmitter,
                  metrics: WorkerMetrics, loop: asyncio.AbstractEventLoop,
-                 tracing: AttemptTracing | None = None) -> None:
+                 tracing: AttemptTracing | None = None,
+                 fetch_result: Callable[[str], Any] | None = None) -> None:
         self.app = app
         self.tracing = tracing or AttemptTracing()
+        #: reads a parent's result for ctx.parent_results (None: the context refuses)
+        self.fetch_result = fetch_result
         self.pool = pool
         self.emitter = emitter
         self.metrics = metrics
@@ -120,6 +140,12 @@ class AttemptRunner:
             consumer.settle(record.tp, record.offset)
             self.metrics.skipped.labels(consumer.queue).inc()
             log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
+                     envelope.task_id, envelope.attempt)
+            return
+        if expired(dispatched):  # never started; the processor's expiry timer ends the task
+            consumer.settle(record.tp, record.offset)
+            self.metrics.skipped.labels(consumer.queue).inc()
+            log.info("event=task.skipped reason=expired task_id=%s attempt=%d",
                      envelope.task_id, envelope.attempt)
             return
         task = self.app.get(dispatched.name)
@@ -164,6 +190,20 @@ class AttemptRunner:
             log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
                      envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
 
+    def _context(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
+                 headers: Headers | None) -> TaskContext:
+        """The handler's context of one attempt (its heartbeats carry ``headers``)."""
+        emitter = self.emitter
+        return TaskContext(
+            task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
+            idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
+            heartbeat=functools.partial(emitter.lease_renewed, envelope, headers),
+            parents=dispatched.parents, fetch_result=self.fetch_result,
+            dispatch_id=dispatched.dispatch_id,
+            fencing_token=None if dispatched.concurrency_key is None
+            else fencing_token(envelope.attempt, dispatched),
+            progress=lazy_progress(emitter, envelope), queue=dispatched.queue)
+
     def _begin(self, record: ReadyRecord) -> AttemptTrace | None:
         """The attempt's run span (its queue wait recorded); None with tracing off."""
         if not self.tracing.enabled:
@@ -194,12 +234,9 @@ class AttemptRunner:
         is current while the handler runs (its own spans are the run's children) and
         the attempt's events carry its ``traceparent``.
         """
-        emitter, loop = self.emitter, self.loop
+        loop = self.loop
         headers = trace.headers if trace is not None else None
-        ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
-                          idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope, headers),
-                          queue=dispatched.queue)
+        ctx = self._context(task, envelope, dispatched, headers)
         me = asyncio.current_task()
         assert me is not None
         every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
@@ -343,12 +380,13 @@ class AttemptRunner:
 
     def _startable(self, picked: list[Picked]) -> list[Picked]:
         """A batch's records that may start: not revoked while they waited (the new owner
-        reads them again), not cancelled (settled and skipped, as single records are)."""
+        reads them again), not cancelled or expired (settled and skipped, as single records
+        are)."""
         items = []
         for consumer, record in picked:
             if not consumer.owns(record.tp):
                 continue
-            if self.is_cancelled(record.envelope):
+            if self.is_cancelled(record.envelope) or expired(record.dispatched):
                 consumer.settle(record.tp, record.offset)
                 self.metrics.skipped.labels(consumer.queue).inc()
                 continue
@@ -376,10 +414,5 @@ class AttemptRunner:
             series.started.inc()
             self.metrics.of_queue(record.dispatched.queue).observe(
                 max(0.0, time.time() - envelope.occurred_at_ms / 1000))
-            begun.append((TaskContext(
-                task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
-                idempotency_key=record.dispatched.idempotency_key,
-                headers=record.dispatched.headers,
-                heartbeat=functools.partial(emitter.lease_renewed, envelope, headers),
-                queue=record.dispatched.queue), trace))
+            begun.append((self._context(task, envelope, record.dispatched, headers), trace))
         return begun

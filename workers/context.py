@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+import math
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, NamedTuple
 
 from taskstream.telemetry.logs import TaskLogContext
+from taskstream.workers.errors import WorkerError
 
 _TASK_LOG = logging.getLogger("taskstream.task")
 
@@ -23,6 +25,72 @@ class TaskLogger(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
+class ParentResults(Mapping[str, Any]):
+    """``ctx.parent_results``: each parent's result, fetched from the API on first read.
+
+    Results are not carried in the dispatch record nor in any state (docs/decisions.md,
+    D37): the dispatch lists the parents, and a parent's result is read from the API
+    when the handler first asks for it (then kept for the attempt). A parent that is a
+    group (``group:<id>``) maps to the list of its members' results, in slot order.
+    A parent that did not succeed (``on_parent_failure="run"``) maps to None.
+    """
+
+    def __init__(self, parents: tuple[str, ...], fetch: Callable[[str], Any] | None) -> None:
+        self._parents = parents
+        self._fetch = fetch
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, parent: str) -> Any:
+        if parent not in self._parents:
+            raise KeyError(parent)
+        if parent not in self._cache:
+            if self._fetch is None:
+                raise WorkerError(
+                    "this worker cannot fetch parent results: it has no API to ask (set "
+                    "TASKSTREAM_API_URL; a process-pool child cannot fetch, read them in the "
+                    "parent process or use pool='thread')")
+            self._cache[parent] = self._fetch(parent)
+        return self._cache[parent]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parents)
+
+    def __len__(self) -> int:
+        return len(self._parents)
+
+
+#: the longest progress note sent (the fold keeps 200 characters)
+MAX_NOTE = 200
+
+
+def check_progress(fraction: float, note: str) -> tuple[float, str]:
+    """(fraction, note) as sent; ValueError for a fraction outside 0..1 or not a number."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+        raise TypeError(f"progress fraction must be a number in 0..1, got {fraction!r}")
+    value = float(fraction)
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"progress fraction must be within 0..1, got {fraction!r}")
+    return value, str(note)[:MAX_NOTE]
+
+
+class FencingToken(NamedTuple):
+    """What a handler passes to the systems it writes to, so they can refuse a stale writer.
+
+    A handler whose lease lapsed may still be running while the next attempt (or, with a
+    concurrency key, the next holder of the key) already runs: a concurrency key guards
+    the *dispatch*, it cannot stop a process it no longer hears from. ``sequence`` is the
+    key's grant number and grows with every holder of the key; a store that remembers the
+    highest sequence it saw and refuses lower ones keeps a late writer out. Without a key
+    ``sequence`` is 0 and (``attempt``, ``dispatch_id``) identify the attempt.
+    docs/flow-control.md says more.
+    """
+
+    sequence: int
+    attempt: int
+    dispatch_id: str
+    key: str | None = None
+
+
 class TaskContext:
     """The second argument of ``(payload, ctx)`` handlers.
 
@@ -31,10 +99,14 @@ class TaskContext:
     lease now (the runtime also renews it every ``lease_ms / 3``). ``cancelled``
     turns true when the task is cancelled while running: coroutines are also
     interrupted with ``CancelledError``; a thread can only check this flag.
+    ``fencing_token`` guards side effects against a stale attempt (issue 16), and
+    ``progress(fraction, note)`` reports how far it has come (throttled; shown by
+    ``taskstream status`` and the API).
     """
 
-    __slots__ = ("_cancelled", "_heartbeat", "_logger", "attempt", "headers",
-                 "idempotency_key", "name", "queue", "task_id")
+    __slots__ = ("_cancelled", "_fencing_token", "_fetch_result", "_heartbeat", "_logger",
+                 "_parent_results", "_progress", "attempt", "dispatch_id", "headers",
+                 "idempotency_key", "name", "parents", "queue", "task_id")
 
     def __init__(
         self,
@@ -45,6 +117,11 @@ class TaskContext:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        parents: tuple[str, ...] | list[str] = (),
+        fetch_result: Callable[[str], Any] | None = None,
+        dispatch_id: str = "",
+        fencing_token: FencingToken | None = None,
+        progress: Callable[[float, str], object] | None = None,
         queue: str = "",
     ) -> None:
         self.task_id = task_id
@@ -56,6 +133,26 @@ class TaskContext:
         self._logger: TaskLogger | None = None
         self._heartbeat = heartbeat
         self._cancelled = False
+        self.parents = tuple(parents)
+        self._fetch_result = fetch_result
+        self._parent_results: ParentResults | None = None
+        self.dispatch_id = dispatch_id
+        self._fencing_token = fencing_token
+        self._progress = progress
+
+    @property
+    def parent_results(self) -> ParentResults:
+        """Each parent's result (``depends_on``), fetched when first read (D37)."""
+        if self._parent_results is None:  # made when first used (the worker's hot path)
+            self._parent_results = ParentResults(self.parents, self._fetch_result)
+        return self._parent_results
+
+    @property
+    def fencing_token(self) -> FencingToken:
+        """What a handler passes to the systems it writes to (D32; :class:`FencingToken`)."""
+        if self._fencing_token is None:
+            self._fencing_token = FencingToken(0, self.attempt, self.dispatch_id)
+        return self._fencing_token
 
     @property
     def logger(self) -> TaskLogger:
@@ -80,11 +177,23 @@ class TaskContext:
         if self._heartbeat is not None:
             self._heartbeat()
 
+    def progress(self, fraction: float, note: str = "") -> None:
+        """Report how far this attempt has come: ``fraction`` in 0..1 and a short note.
+
+        At most one report a second leaves the worker (and always 1.0); the task's
+        state keeps the newest. A no-op inside a process-pool child. ValueError for a
+        fraction outside 0..1.
+        """
+        check_progress(fraction, note)
+        if self._progress is not None:
+            self._progress(fraction, note)
+
     def __getstate__(self) -> dict[str, Any]:
         # a process-pool child gets the plain facts; it cannot reach the producer
         return {"task_id": self.task_id, "attempt": self.attempt, "name": self.name,
                 "idempotency_key": self.idempotency_key, "headers": self.headers,
-                "queue": self.queue}
+                "parents": self.parents, "dispatch_id": self.dispatch_id,
+                "fencing_token": self.fencing_token, "queue": self.queue}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]

@@ -32,6 +32,7 @@ from taskstream.schemas.events import (
     LeaseRenewed,
     TaskDispatched,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSucceeded,
 )
@@ -175,6 +176,11 @@ class EventEmitter:
         self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None,
                    headers=headers)
         self._metrics.heartbeats.inc()
+
+    def progress(self, ready: Envelope, fraction: float, note: str) -> None:
+        """A TaskProgress for this attempt (the caller throttles: workers/progress.py)."""
+        self._emit(ready, TaskProgress(self._dispatch_id(ready), self.worker_id, fraction,
+                                       note), None)
 
     def outcome(self, ready: Envelope, outcome: Outcome,
                 on_delivered: Delivered | None = None, headers: Headers | None = None

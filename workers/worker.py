@@ -41,7 +41,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.settings import Settings, load_settings
@@ -88,6 +89,7 @@ class Worker:
         worker_id: str | None = None,
         tags: Sequence[str] = (),
         auto_bounds: Bounds | None = None,
+        fetch_result: Callable[[str], Any] | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         """``concurrency=None`` is ``--concurrency auto`` within ``auto_bounds``."""
@@ -113,6 +115,8 @@ class Worker:
         self.grace_s = grace_s
         self.metrics_port = metrics_port
         self.worker_id = worker_id or new_worker_id()
+        #: reads a parent's result for ctx.parent_results (the CLI passes the SDK's API client)
+        self.fetch_result = fetch_result
         self.metrics = WorkerMetrics()
         self.metrics.count_in_flight(lambda: self.in_flight)
         #: tracing (default: the settings' otlp_endpoint; off without one); run() owns it
@@ -177,7 +181,7 @@ class Worker:
             return
         self._emitter = EventEmitter(self.settings, self.worker_id, self.metrics)
         self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics, loop,
-                                       self.tracing)
+                                       self.tracing, self.fetch_result)
         self._control = ControlReader(
             self.settings,
             on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),

@@ -106,8 +106,8 @@ export function fmtDuration(ms) {
 }
 
 export const STATES = ['SCHEDULED', 'WAITING', 'READY', 'RUNNING', 'RETRYING', 'SUCCEEDED',
-  'DEAD', 'CANCELLED'];
-export const TERMINAL = new Set(['SUCCEEDED', 'DEAD', 'CANCELLED']);
+  'DEAD', 'CANCELLED', 'EXPIRED'];
+export const TERMINAL = new Set(['SUCCEEDED', 'DEAD', 'CANCELLED', 'EXPIRED']);
 
 export function badge(status) {
   const known = STATES.includes(status) ? status.toLowerCase() : 'unknown';

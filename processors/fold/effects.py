@@ -9,6 +9,16 @@ effects carry a whole derived record (docs/decisions.md, D3):
 * :class:`DeadLetter` — a ``TaskDeadLettered`` copy for the ``dlq`` topic;
 * :class:`PublishCancel` — a ``TaskCancelled`` record for the ``cancellations`` topic.
 
+One more carries an event for the **events topic** (docs/decisions.md, D37, D32):
+
+* :class:`Emit` — an event about another entity, keyed by ``envelope.task_id``
+  (that entity's key): a dependent's registration with its parent, a parent's
+  answer or outcome, a schedule's firing (a ``TaskSubmitted``), a flow-control
+  request, grant or release (rate limits, concurrency keys). Its event id is
+  derived from the cause (``<cause>.<what>``), so a redo emits the same id and the
+  receiver's idempotency drops the repeat; replay folds emitted events from the
+  log like any other and never emits (``effects=False``).
+
 The others are notes: timers to set or clear (the due index is derived from the
 state itself, D5, so these are informative), and outcomes to count
 (:class:`Rejected`, :class:`Duplicate`, :class:`RetryScheduled`).
@@ -21,6 +31,7 @@ records.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from taskstream.processors.fold.copy import (
@@ -31,6 +42,7 @@ from taskstream.processors.fold.copy import (
 )
 from taskstream.schemas.events import (
     Envelope,
+    EventBody,
     TaskCancelled,
     TaskDeadLettered,
     TaskDispatched,
@@ -62,6 +74,23 @@ class DeadLetter:
 @dataclass(frozen=True, slots=True)
 class PublishCancel:
     """Send ``envelope`` (body ``TaskCancelled``) to the cancellations topic."""
+
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Send ``envelope`` to the events topic, keyed by ``envelope.task_id`` (D37)."""
+    """Send ``envelope`` to the **events topic**, keyed by ``envelope.task_id`` (the key of
+    the entity that acts on it next: a task, a group, a schedule, a limit or a key).
+
+    How one entity reaches another on another partition (a dependency's registration
+    and answers, a schedule's firing, a flow-control request, grant or release). The
+    envelope's ``event_id`` is derived from the cause (``<cause>.<what>``), so a redo
+    after a crash emits the same id and the receiver drops the repeat. The emitted
+    event is in the log, so replay folds it like any other and never emits it again
+    (``effects=False``).
+    """
 
     envelope: Envelope
 
@@ -106,6 +135,7 @@ Effect = (
     Dispatch
     | DeadLetter
     | PublishCancel
+    | Emit
     | SetTimer
     | ClearTimer
     | Rejected
@@ -114,7 +144,7 @@ Effect = (
 )
 
 #: the effects that leave the processor as records (the ones "redo" re-emits)
-OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel)
+OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel, Emit)
 
 
 def _envelope(state: TaskState, event_id: str, occurred_at_ms: int,
@@ -127,6 +157,19 @@ def _envelope(state: TaskState, event_id: str, occurred_at_ms: int,
         attempt=state.attempt,
         body=body,
     )
+
+
+def make_dispatch_id(task_id: str, attempt: int, event_id: str) -> str:
+    """A short id for one dispatch, a hash of what caused it (same on replay)."""
+    text = f"{task_id}\x1f{attempt}\x1f{event_id}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def dispatch_of(state: TaskState, cause_event_id: str) -> Dispatch:
+    """The Dispatch of a READY state: its record, routed by the task's tags (D38). Every
+    dispatch is made here, so no path to READY can send a tagged task to the untagged
+    topic."""
+    return Dispatch(dispatch_envelope(state, cause_event_id), tuple(state.tags))
 
 
 def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:
@@ -151,6 +194,10 @@ def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:
         submitted_at_ms=state.submitted_at_ms,
         idempotency_key=state.idempotency_key,
         headers=dict(state.headers),
+        parents=list(state.depends_on) if state.dependency_deadline_ms is not None else [],
+        expires_at_ms=state.expires_at_ms,
+        concurrency_key=None if state.flow is None else state.flow.concurrency_key,
+        fencing_token=state.slot_sequence,
     )
     return _envelope(state, f"{cause_event_id}.dispatch", state.dispatched_at_ms, body)
 
@@ -173,9 +220,16 @@ def dead_letter_envelope(state: TaskState, cause_event_id: str) -> Envelope:
 
 def cancel_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     """The cancellations record of a CANCELLED task."""
-    body = new_cancelled(reason=state.cancel_reason or "")
+    body = new_cancelled(reason=state.cancel_reason or state.status_reason or "")
     return _envelope(state, f"{cause_event_id}.cancel", _finished(state), body)
 
 
 def _finished(state: TaskState) -> int:
     return state.finished_at_ms if state.finished_at_ms is not None else state.updated_at_ms
+
+
+def emit_envelope(target_key: str, event_id: str, occurred_at_ms: int, attempt: int,
+                  body: EventBody) -> Emit:
+    """An :class:`Emit` of ``body`` to the entity ``target_key`` (ids and times from the cause)."""
+    return Emit(new_envelope(event_id=event_id, task_id=target_key, occurred_at_ms=occurred_at_ms,
+                             source=PROCESSOR_SOURCE, attempt=attempt, body=body))

@@ -16,6 +16,8 @@ How one event is applied, in order:
    events from the last commit are read again while the store may already hold
    their results; the last of them for each task is the last applied id, and
    re-emitting what its state implies recovers any record that never left.
+   With dependencies (D37) it also re-sends a WAITING task's registrations and a
+   settled task's notifications; their receivers act on each only once.
    Downstream all three are idempotent: a second ``TaskStarted`` for the same
    dispatch is fenced, dlq and cancellation consumers key by task id.
 1. ``TaskSubmitted`` for an unknown task creates it; for a known task it is a
@@ -35,19 +37,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from taskstream.processors.fold import dependencies
 from taskstream.processors.fold.copy import copy_recorded
 from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     DeadLetter,
-    Dispatch,
     Effect,
     PublishCancel,
     Rejected,
     cancel_envelope,
     dead_letter_envelope,
-    dispatch_envelope,
+    dispatch_of,
 )
 from taskstream.processors.fold.errors import LifecycleError
+from taskstream.processors.fold.gates import (
+    ask,
+    holds_grant,
+    release_stale_slot,
+    slot_released_again,
+)
 from taskstream.processors.fold.rules import (
     TRANSITIONS,
     Limits,
@@ -60,27 +68,40 @@ from taskstream.processors.fold.steps import (
     Step,
     cancel,
     failed,
+    gate_step,
+    progress,
     redrive,
+    refused,
     renewed,
     started,
     submit_again,
     submit_new,
     succeeded,
     timer,
+    timer_fence,
+    waits_for_parents,
 )
 from taskstream.schemas.events import (
     BODY_TYPES,
     CancelRequested,
+    DependencyRegistered,
     Envelope,
     LeaseRenewed,
+    ParentUpdate,
+    RateGranted,
+    RateRefused,
     RedriveRequested,
+    SlotGranted,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
     TimerFired,
+    TimerKind,
+    WaitDeferred,
 )
-from taskstream.schemas.state import TaskState, TaskStatus
+from taskstream.schemas.state import TERMINAL, TaskState, TaskStatus
 
 __all__ = [
     "TRANSITIONS",
@@ -118,10 +139,7 @@ def apply(
     key = _PLAIN_KEYS.get(body.__class__) or event_key(event)
     if state is None:
         if isinstance(body, TaskSubmitted):
-            created, made = submit_new(event, body, effects)
-            if created.status not in _SUBMIT_TO:
-                check_transition(None, key, created.status)  # raises: a bug
-            return _record(created, event, limits, fresh=True), made
+            return _create(event, body, limits, effects)
         return None, [Rejected(f"{key} for unknown task {event.task_id}")]
     if state.task_id != event.task_id:
         raise LifecycleError(
@@ -129,7 +147,11 @@ def apply(
             f"state of task {state.task_id}; look states up by the event's task_id")
     if event.event_id in state.recent_event_ids:
         last = state.recent_event_ids[-1] == event.event_id
-        return state, redo_effects(state, event.event_id) if last and effects else []
+        if not (last and effects):
+            return state, []
+        if body.__class__ is SlotGranted and not holds_grant(state, event):
+            return state, release_stale_slot(state, event)  # it was refused: hand back again
+        return state, redo_effects(state, event.event_id)
     if isinstance(body, TaskSubmitted):
         counted, made = submit_again(state, body)
         return _record(counted, event, limits, fresh=counted is not state), made
@@ -142,7 +164,22 @@ def apply(
     after, made = step  # type: ignore[misc]
     if after.status not in allowed:
         check_transition(state.status, key, after.status)  # raises: a bug
+    if after.dependents and effects and after.status in TERMINAL and (
+            state.status not in TERMINAL):  # settled now: tell the dependents (D37)
+        made = [*made, *dependencies.notifications(after, event.event_id, event.occurred_at_ms)]
     return _record(after, event, limits, fresh=after is not state), made
+
+
+def _create(event: Envelope, body: TaskSubmitted, limits: Limits,
+            effects: bool) -> tuple[TaskState, list[Effect]]:
+    """A task's first submission: its state, WAITING if it has parents (D37)."""
+    created, made = submit_new(event, body, effects)
+    if waits_for_parents(body):
+        created, made = dependencies.waiting(
+            created, event, body.dependency_timeout_ms or 0, limits, effects)
+    if created.status not in _SUBMIT_TO:
+        check_transition(None, "TaskSubmitted", created.status)  # raises: a bug
+    return _record(created, event, limits, fresh=True), made
 
 
 def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step:
@@ -152,6 +189,9 @@ def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> S
             return started(state, event, body, effects)
         case TaskSucceeded():
             return succeeded(state, event, body, limits, effects)
+        case TimerFired() if body.kind is TimerKind.DEPENDENCY_CHECK:
+            return timer_fence(state, event, body) or dependencies.check(
+                state, event, body, effects)
         case TimerFired():
             return timer(state, event, body, effects)
         case LeaseRenewed():
@@ -162,6 +202,24 @@ def _step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> S
             return cancel(state, event, body, effects)
         case RedriveRequested():
             return redrive(state, event, body, effects)
+        case _:
+            return _message_step(state, event, limits, effects)
+
+
+def _message_step(state: TaskState, event: Envelope, limits: Limits, effects: bool) -> Step:
+    """The messages of other entities (parents, dependents, limits, keys) and progress."""
+    body = event.body
+    match body:
+        case ParentUpdate():
+            return dependencies.parent_update(state, event, body, effects)
+        case DependencyRegistered():
+            return dependencies.registered(state, event, body, limits, effects)
+        case SlotGranted() | RateGranted() | WaitDeferred():
+            return gate_step(state, event, effects)
+        case TaskProgress():
+            return progress(state, event, body, effects)
+        case RateRefused():
+            return refused(state, event, body, effects)
         case _:  # derived records never reach here: TRANSITIONS has no key for them
             return Refusal(f"{event.type_name} is not an events-topic record")
 
@@ -187,7 +245,10 @@ def _reject(
     state: TaskState, event: Envelope, limits: Limits, reason: str
 ) -> tuple[TaskState, list[Effect]]:
     counted = replace(state, rejected=state.rejected + 1)
-    return _record(counted, event, limits, fresh=True), [Rejected(reason)]
+    made: list[Effect] = [Rejected(reason)]
+    if event.body.__class__ is SlotGranted:  # a slot the task will not use: hand it back
+        made += release_stale_slot(state, event)
+    return _record(counted, event, limits, fresh=True), made
 
 
 def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
@@ -197,15 +258,22 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
     time, attempt and body); re-applying a later event gives the same records
     under that event's derived id (same dispatch id, so workers fence a repeat).
     """
+    linked = dependencies.redo(state, cause_event_id) if (
+        state.dependents or state.status is TaskStatus.WAITING) else []
+    # a key's slot: released again by every state that ended an attempt (a release of a
+    # slot no longer held is a no-op at the key; the first one had the same event id)
+    released = slot_released_again(state, cause_event_id)
     match state.status:
         case TaskStatus.READY:
-            return [Dispatch(dispatch_envelope(state, cause_event_id), tuple(state.tags))]
+            return [dispatch_of(state, cause_event_id)]
         case TaskStatus.DEAD:
-            return [DeadLetter(dead_letter_envelope(state, cause_event_id))]
-        case TaskStatus.CANCELLED:
-            return [PublishCancel(cancel_envelope(state, cause_event_id))]
+            return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)), *linked]
+        case TaskStatus.CANCELLED | TaskStatus.EXPIRED:
+            return [*released, PublishCancel(cancel_envelope(state, cause_event_id)), *linked]
+        case TaskStatus.WAITING if state.due_at_ms is None:  # its request, unless deferred
+            return [*linked, *ask(state, cause_event_id, state.updated_at_ms)]
         case _:
-            return []
+            return [*released, *linked]
 
 
 def fold(events: Iterable[Envelope], limits: Limits = _DEFAULT_LIMITS) -> dict[str, TaskState]:

@@ -21,7 +21,6 @@ from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
-    Dispatch,
     Duplicate,
     Effect,
     PublishCancel,
@@ -29,28 +28,50 @@ from taskstream.processors.fold.effects import (
     SetTimer,
     cancel_envelope,
     dead_letter_envelope,
-    dispatch_envelope,
+    dispatch_of,
+    make_dispatch_id,
+)
+from taskstream.processors.fold.gates import (
+    GATE_RATE,
+    ask_again,
+    deferred,
+    enter_gates,
+    grant_fits,
+    has_gates,
+    pending_gate,
+    rate_granted,
+    release,
+    slot_granted,
 )
 from taskstream.processors.fold.rules import Limits
 from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
     LeaseRenewed,
+    RateRefused,
     RedriveRequested,
+    SlotGranted,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
     TimerFired,
     TimerKind,
+    WaitDeferred,
 )
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
+from taskstream.schemas.view import iso
 
 new_set_timer = fast_init(SetTimer)
 new_clear_timer = fast_init(ClearTimer)
 
 #: error_type recorded when a RUNNING attempt's lease runs out
 LEASE_EXPIRED_ERROR = "LeaseExpired"
+#: error_type recorded when a task names a rate limit nobody set (issue 16)
+UNKNOWN_LIMIT_ERROR = "UnknownRateLimit"
+#: the longest progress note kept (longer ones are cut)
+MAX_PROGRESS_NOTE = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +89,6 @@ def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def make_dispatch_id(task_id: str, attempt: int, event_id: str) -> str:
-    """A short id for one dispatch, a hash of what caused it (same on replay)."""
-    text = f"{task_id}\x1f{attempt}\x1f{event_id}"
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
 def _clear_timer(state: TaskState) -> list[Effect]:
     return [] if state.due_at_ms is None else [new_clear_timer(state.due_at_ms)]
 
@@ -84,6 +99,8 @@ def dispatch_next(state: TaskState, event: Envelope, effects: bool = True) -> Ac
     ``effects=False`` (replay, which throws the outbound records away): the same
     state, no effects built (every step below takes the flag).
     """
+    if state.flow is not None and has_gates(state):
+        return enter_gates(state, event, effects)  # WAITING for its key and limit first
     attempt = state.attempt + 1
     ready = replace(
         state,
@@ -95,11 +112,14 @@ def dispatch_next(state: TaskState, event: Envelope, effects: bool = True) -> Ac
         worker_id=None,
         due_at_ms=None,
         finished_at_ms=None,
+        progress=None,
+        progress_note=None,
+        progress_at_ms=None,
     )
     if not effects:
         return ready, []
     return ready, [*_clear_timer(state),
-                   Dispatch(dispatch_envelope(ready, event.event_id), tuple(ready.tags))]
+                   dispatch_of(ready, event.event_id)]
 
 
 def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryable: bool,
@@ -111,13 +131,16 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
     ``occurred_at + delay``, where the delay is the handler's ``retry_after_ms``
     if it gave one, else the task's backoff for this attempt of the budget.
     """
-    cleared = replace(state, last_error=error, due_at_ms=None)
+    cleared = replace(state, last_error=error, due_at_ms=None, status_reason=None)
     used = state.attempt - state.attempt_base
+    released = (release(state, event.event_id, event.occurred_at_ms, error.error_type)
+                if effects and state.flow is not None else [])
     if not retryable or used >= state.max_attempts:
         dead = replace(cleared, status=TaskStatus.DEAD, finished_at_ms=event.occurred_at_ms)
         if not effects:
             return dead, []
-        return dead, [*_clear_timer(state), DeadLetter(dead_letter_envelope(dead, event.event_id))]
+        return dead, [*_clear_timer(state), *released,
+                      DeadLetter(dead_letter_envelope(dead, event.event_id))]
     if retry_after_ms is not None:
         delay = max(0, retry_after_ms)
     else:
@@ -127,29 +150,47 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
                        due_at_ms=due)
     if not effects:
         return retrying, []
-    return retrying, [*_clear_timer(state), new_set_timer(due, TimerKind.RETRY_DUE),
+    return retrying, [*_clear_timer(state), *released, new_set_timer(due, TimerKind.RETRY_DUE),
                       RetryScheduled(delay)]
 
 
 # --- client events -------------------------------------------------------------
 
 
+def waits_for_parents(body: TaskSubmitted) -> bool:
+    """Whether a submission waits for parents (D37): ``depends_on`` with a timeout (an SDK
+    before v2 sent no timeout and its ``depends_on`` was only recorded)."""
+    return bool(body.depends_on) and body.dependency_timeout_ms is not None
+
+
 def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Accepted:
     """A first ``TaskSubmitted``: SCHEDULED until its eta, or dispatched at once.
 
+    A task that waits for parents (``depends_on`` with a ``dependency_timeout_ms``) is
+    built WAITING, undispatched and without effects:
+    :func:`~taskstream.processors.fold.dependencies.waiting` completes it.
+
     Dispatched at once, the state is built READY in one go: the same state as
     building it SCHEDULED and then taking :func:`dispatch_next` (a test checks
-    that), one 40-field build instead of two.
+    that), one 40-field build instead of two. A task with gates (issue 16) is built
+    SCHEDULED and then takes :func:`dispatch_next`, which makes it WAITING.
     """
     at = event.occurred_at_ms
     eta = body.eta_ms
-    delayed = eta is not None and eta > at
+    waits = waits_for_parents(body)
+    if waits:
+        eta = None
+    delayed = waits or (eta is not None and eta > at)
+    gated = not waits and body.flow is not None and (
+        body.flow.rate_limit is not None or body.flow.concurrency_key is not None)
+    ready_now = not (delayed or gated)
     state = new_state(
         task_id=event.task_id,
         name=body.name,
         queue=body.queue,
         priority=body.priority,
-        status=TaskStatus.SCHEDULED if delayed else TaskStatus.READY,
+        status=(TaskStatus.WAITING if waits
+                else TaskStatus.READY if ready_now else TaskStatus.SCHEDULED),
         payload=body.payload,
         content_type=body.content_type,
         payload_digest=payload_digest(body.payload),
@@ -163,16 +204,22 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         headers=dict(body.headers),
         tags=list(body.tags),
         depends_on=list(body.depends_on),
-        attempt=0 if delayed else 1,
-        dispatch_id=None if delayed else make_dispatch_id(event.task_id, 1, event.event_id),
-        dispatched_at_ms=None if delayed else at,
+        attempt=1 if ready_now else 0,
+        dispatch_id=make_dispatch_id(event.task_id, 1, event.event_id) if ready_now else None,
+        dispatched_at_ms=at if ready_now else None,
         due_at_ms=eta if delayed else None,
+        on_parent_failure=body.on_parent_failure,
+        dependents=list(body.dependents),
+        expires_at_ms=body.expires_at_ms,
+        flow=body.flow,
     )
-    if not effects:
+    if gated and not delayed:
+        return dispatch_next(state, event, effects)
+    if not effects or waits:
         return state, []
     if eta is not None and delayed:
         return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
-    return state, [Dispatch(dispatch_envelope(state, event.event_id), tuple(state.tags))]
+    return state, [dispatch_of(state, event.event_id)]
 
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
@@ -185,10 +232,11 @@ def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
 
 def cancel(state: TaskState, event: Envelope, body: CancelRequested, effects: bool = True) -> Step:
     cancelled = replace(state, status=TaskStatus.CANCELLED, cancel_reason=body.reason,
-                        finished_at_ms=event.occurred_at_ms, due_at_ms=None)
+                        finished_at_ms=event.occurred_at_ms, due_at_ms=None, status_reason=None)
     if not effects:
         return cancelled, []
     return cancelled, [*_clear_timer(state),
+                       *release(state, event.event_id, event.occurred_at_ms, "cancelled"),
                        PublishCancel(cancel_envelope(cancelled, event.event_id))]
 
 
@@ -206,14 +254,24 @@ def redrive(
 # --- timers ----------------------------------------------------------------------
 
 
-def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = True) -> Step:
-    """A timer only proposes; it acts only if it is still the task's current timer."""
+def timer_fence(state: TaskState, event: Envelope, body: TimerFired) -> Refusal | None:
+    """Refuse a timer that is not the task's current one, or that came early."""
     if body.due_at_ms != state.due_at_ms:
         return Refusal(f"stale timer {body.kind}: due {body.due_at_ms}, "
                        f"the task's timer is due {state.due_at_ms}")
     if event.occurred_at_ms < body.due_at_ms:
         return Refusal(f"early timer {body.kind}: fired at {event.occurred_at_ms}, "
                        f"due {body.due_at_ms}")
+    return None
+
+
+def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = True) -> Step:
+    """A timer only proposes; it acts only if it is still the task's current timer."""
+    if body.kind is TimerKind.EXPIRY_DUE:
+        return expiry_timer(state, event, body, effects)
+    refusal = timer_fence(state, event, body)
+    if refusal is not None:
+        return refusal
     kind = TimerKind(body.kind)
     if kind is TimerKind.RETRY_DUE and event.attempt != state.attempt:
         return Refusal(f"stale timer {kind}: attempt {event.attempt}, task at {state.attempt}")
@@ -231,6 +289,10 @@ def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = T
         )
         return fail_attempt(state, event, error, retryable=True, retry_after_ms=None,
                             effects=effects)
+    if kind is TimerKind.WAIT_RETRY_DUE:
+        if event.attempt != state.attempt:
+            return Refusal(f"stale timer {kind}: attempt {event.attempt}, task at {state.attempt}")
+        return ask_again(state, event, effects)
     return dispatch_next(state, event, effects)
 
 
@@ -260,6 +322,8 @@ def _lease(state: TaskState, event: Envelope, worker_id: str, effects: bool) -> 
 
 def started(state: TaskState, event: Envelope, body: TaskStarted, effects: bool = True) -> Step:
     if body.dispatch_id == state.dispatch_id and event.attempt == state.attempt:  # fence passes
+        if state.expires_at_ms is not None and event.occurred_at_ms >= state.expires_at_ms:
+            return expire(state, event, effects)
         return _lease(state, event, body.worker_id, effects)
     return fence(state, event, body.dispatch_id) or _lease(state, event, body.worker_id, effects)
 
@@ -269,6 +333,8 @@ def renewed(state: TaskState, event: Envelope, body: LeaseRenewed, effects: bool
     if refusal is not None:
         return refusal
     if state.status is TaskStatus.READY:  # its TaskStarted was lost: this renewal starts it
+        if state.expires_at_ms is not None and event.occurred_at_ms >= state.expires_at_ms:
+            return expire(state, event, effects)
         return _lease(state, event, body.worker_id, effects)
     due = max(state.due_at_ms or 0, event.occurred_at_ms + state.lease_ms)
     if due == state.due_at_ms:
@@ -297,7 +363,12 @@ def succeeded(
         finished_at_ms=event.occurred_at_ms,
         due_at_ms=None,
     )
-    return done, _clear_timer(state) if effects else []
+    if not effects:
+        return done, []
+    if state.flow is not None:
+        return done, [*_clear_timer(state),
+                      *release(state, event.event_id, event.occurred_at_ms, "succeeded")]
+    return done, _clear_timer(state)
 
 
 def failed(state: TaskState, event: Envelope, body: TaskFailed, effects: bool = True) -> Step:
@@ -310,3 +381,74 @@ def failed(state: TaskState, event: Envelope, body: TaskFailed, effects: bool = 
         state = replace(state, worker_id=body.worker_id)
     return fail_attempt(state, event, error, retryable=body.retryable,
                         retry_after_ms=body.retry_after_ms, effects=effects)
+
+
+# --- flow control (issue 16): expiry, refusal, progress --------------------------------
+
+
+def expire(state: TaskState, event: Envelope, effects: bool = True) -> Accepted:
+    """No attempt starts at or after ``expires_at_ms``: the task ends EXPIRED, never run.
+
+    From READY the dispatch may already sit in a worker's buffer: the cancellation
+    record tells the worker to drop it (or to stop it, if a late start got through);
+    a key's slot or a waiting request is released.
+    """
+    was = state.status_reason or state.status.value
+    expired = replace(
+        state, status=TaskStatus.EXPIRED, finished_at_ms=event.occurred_at_ms, due_at_ms=None,
+        status_reason=(f"not started by its expiry at {iso(state.expires_at_ms)} "
+                       f"(it was {was})"))
+    if not effects:
+        return expired, []
+    out = [*_clear_timer(state), *release(state, event.event_id, event.occurred_at_ms, "expired")]
+    if state.status is TaskStatus.READY:
+        out.append(PublishCancel(cancel_envelope(expired, event.event_id)))
+    return expired, out
+
+
+def expiry_timer(state: TaskState, event: Envelope, body: TimerFired,
+                 effects: bool = True) -> Step:
+    if state.expires_at_ms is None or body.due_at_ms != state.expires_at_ms:
+        return Refusal(f"stale timer {body.kind}: due {body.due_at_ms}, "
+                       f"the task expires at {state.expires_at_ms}")
+    if event.occurred_at_ms < body.due_at_ms:
+        return Refusal(f"early timer {body.kind}: fired at {event.occurred_at_ms}, "
+                       f"due {body.due_at_ms}")
+    return expire(state, event, effects)
+
+
+def refused(state: TaskState, event: Envelope, body: RateRefused, effects: bool = True) -> Step:
+    """No such rate limit: the attempt fails for good (DEAD; set the limit and redrive)."""
+    if pending_gate(state) != GATE_RATE or event.attempt != state.attempt:
+        return Refusal(f"RateRefused for attempt {event.attempt} while the task waits at "
+                       f"{pending_gate(state) or 'no gate'} of attempt {state.attempt}")
+    error = ErrorInfo(error_type=UNKNOWN_LIMIT_ERROR, message=body.reason, traceback="",
+                      attempt=state.attempt)
+    return fail_attempt(state, event, error, retryable=False, retry_after_ms=None,
+                        effects=effects)
+
+
+def gate_step(state: TaskState, event: Envelope, effects: bool = True) -> Step:
+    """A grant or deferral from a limit or key (the table allowed it for WAITING)."""
+    problem = grant_fits(state, event)
+    if problem is not None:
+        return Refusal(problem)
+    body = event.body
+    if isinstance(body, SlotGranted):
+        return slot_granted(state, event, body, effects)
+    if isinstance(body, WaitDeferred):
+        return deferred(state, event, body, effects)
+    return rate_granted(state, event, effects)
+
+
+def progress(state: TaskState, event: Envelope, body: TaskProgress, effects: bool = True) -> Step:
+    """The running attempt's progress: recorded, never a transition (throttled by the worker)."""
+    refusal = fence(state, event, body.dispatch_id)
+    if refusal is not None:
+        return refusal
+    if not 0.0 <= body.fraction <= 1.0:  # NaN fails both
+        return Refusal(f"progress {body.fraction!r} is not a fraction in 0..1")
+    if state.progress_at_ms is not None and event.occurred_at_ms < state.progress_at_ms:
+        return Refusal("progress older than the one recorded")
+    return replace(state, progress=body.fraction, progress_note=body.note[:MAX_PROGRESS_NOTE],
+                   progress_at_ms=event.occurred_at_ms), []

@@ -38,17 +38,39 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from taskstream.schemas.entity_keys import (
+    CKEY_PREFIX,
+    GROUP_PREFIX,
+    LIMIT_PREFIX,
+    SCHEDULE_PREFIX,
+)
 from taskstream.schemas.events import (
     CancelRequested,
+    DependencyRegistered,
     Envelope,
+    GroupCreated,
     LeaseRenewed,
+    LimitSet,
+    ParentUpdate,
+    RateGranted,
+    RateRefused,
+    RateRequested,
+    RateWithdrawn,
     RedriveRequested,
+    ScheduleCommand,
+    ScheduleSet,
+    SlotGranted,
+    SlotReleased,
+    SlotRequested,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
     TimerFired,
+    WaitDeferred,
 )
+from taskstream.schemas.flowspec import MAX_BURST, MAX_PERIOD_MS, MAX_RATE_COUNT
 from taskstream.schemas.models import (
     MAX_CONTENT_TYPE,
     MAX_DURATION_S,
@@ -66,9 +88,19 @@ from taskstream.topics import QUEUE_NAME
 #: the key of an entity other than a task: ``<kind>:<id>`` (ENTITIES.md)
 ENTITY_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}:[^\x00-\x1f]{1,200}$")
 WORKER_EVENTS: frozenset[type] = frozenset({TaskStarted, LeaseRenewed, TaskSucceeded,
-                                            TaskFailed})
-#: processor-only body types; entity kinds that emit events add theirs here
-PROCESSOR_EVENTS: frozenset[type] = frozenset({TimerFired})
+                                            TaskFailed, TaskProgress})
+#: processor-only body types: timers, and what one entity's fold tells another (D37, D32)
+PROCESSOR_EVENTS: frozenset[type] = frozenset({
+    TimerFired, DependencyRegistered, ParentUpdate, RateRequested, RateWithdrawn,
+    RateGranted, RateRefused, SlotRequested, SlotReleased, SlotGranted, WaitDeferred})
+#: the body types each kind other than tasks folds, by key prefix: a record of another
+#: type under such a key is refused (a task ID key takes the task events)
+ENTITY_EVENTS: dict[str, frozenset[type]] = {
+    SCHEDULE_PREFIX: frozenset({ScheduleSet, ScheduleCommand, TimerFired}),
+    GROUP_PREFIX: frozenset({GroupCreated, ParentUpdate, DependencyRegistered, TimerFired}),
+    LIMIT_PREFIX: frozenset({LimitSet, RateRequested, RateWithdrawn, TimerFired}),
+    CKEY_PREFIX: frozenset({SlotRequested, SlotReleased, TimerFired}),
+}
 #: the fields nobody needs longer: ids, names of workers and sources
 MAX_ID = 128
 MAX_SOURCE = 256
@@ -110,9 +142,10 @@ def check_record(checks: Checks, key: bytes | None, value: bytes,
                 "event must be keyed by the entity it names")
     body = envelope.body
     body_type = type(body)
-    is_task = TASK_ID.fullmatch(entity) is not None
-    if not is_task and (body_type is not TimerFired or ENTITY_KEY.match(entity) is None):
-        return f"{entity[:64]!r} is not a task ID (26 Crockford base32 characters)"
+    if TASK_ID.fullmatch(entity) is None:
+        problem = _entity_key_problem(entity, body_type)
+        if problem is not None:
+            return problem
     problem = _envelope_problem(envelope)
     if problem is not None:
         return problem
@@ -122,6 +155,20 @@ def check_record(checks: Checks, key: bytes | None, value: bytes,
             return f"{envelope.type_name} refused: {problem}"
     problem = _body_problem(checks, body)
     return None if problem is None else f"{envelope.type_name} refused: {problem}"
+
+
+def _entity_key_problem(entity: str, body_type: type) -> str | None:
+    """Why a record under a key that is not a task ID may not be folded, or None."""
+    if ENTITY_KEY.match(entity) is None:
+        return (f"{entity[:64]!r} is neither a task ID (26 Crockford base32 characters) nor "
+                "an entity key <kind>:<id>")
+    prefix = entity[:entity.index(":") + 1]
+    bodies = ENTITY_EVENTS.get(prefix)
+    if bodies is None:
+        return f"{entity[:64]!r}: no entity kind has the prefix {prefix!r}"
+    if body_type not in bodies:
+        return f"a {prefix[:-1]} does not take {body_type.__name__} events"
+    return None
 
 
 def _envelope_problem(envelope: Envelope) -> str | None:
@@ -176,6 +223,25 @@ def _body_problem(checks: Checks, body: object) -> str | None:
             return _text("reason", body.reason, 1000)
         case TimerFired():
             return _text("dispatch_id", body.dispatch_id, MAX_ID)
+    return _entity_body_problem(checks, body)
+
+
+def _entity_body_problem(checks: Checks, body: object) -> str | None:
+    """The bounds of what clients and workers write about other entities (D37, D32)."""
+    match body:
+        case ScheduleSet():
+            return (_text("cron", body.spec.cron or "", MAX_NAME)
+                    or _text("timezone", body.spec.timezone, MAX_NAME)
+                    or _submitted_problem(checks.limits, body.spec.task))
+        case LimitSet():
+            if not (1 <= body.count <= MAX_RATE_COUNT and 1 <= body.period_ms <= MAX_PERIOD_MS
+                    and 1 <= body.burst <= MAX_BURST):
+                return (f"a limit is 1..{MAX_RATE_COUNT} tokens per 1..{MAX_PERIOD_MS} ms "
+                        f"with a burst of 1..{MAX_BURST}")
+            return _text("name", body.name, MAX_NAME)
+        case TaskProgress():
+            return (_worker_ids_problem(body.dispatch_id, body.worker_id)
+                    or _text("note", body.note, 1000))
     return None
 
 

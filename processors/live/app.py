@@ -41,6 +41,7 @@ from taskstream.admin import STOCK_SESSION_MIN_S
 from taskstream.errors import ConfigError
 from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
+from taskstream.processors.fold.kinds import timer_of
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.engine import FoldEngine, Topics
@@ -52,7 +53,7 @@ from taskstream.queue_registry import make_route_topics, read_registered
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.security.signing import signer_for
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
@@ -150,13 +151,19 @@ def _make_route_topics(settings: Settings, route: str) -> None:
     make_route_topics(settings, queue, tags)
 
 
+def due_entry_of(state: EntityState | None) -> keys.DueEntry | None:
+    """The due index entry of any entity's state: its kind's ``timer_of`` (D5; D37, D32)."""
+    timer = timer_of(state)
+    return None if timer is None else keys.DueEntry(*timer)
+
+
 class Processor:
     """A processor replica: the Faust app, its tables, the fold engine and its metrics."""
 
     def __init__(self, settings: Settings, limits: Limits | None = None,
                  telemetry: Telemetry = OFF) -> None:
         self.settings = settings
-        self.limits = limits or Limits(max_result_bytes=settings.max_result_bytes)
+        self.limits = limits or Limits.from_settings(settings)
         self.metrics = ProcessorMetrics()
         #: the processor's spans (dispatch, retry, dead letter, ...; processors/tracing.py)
         self.tracing = FoldTracing(telemetry)
@@ -165,7 +172,7 @@ class Processor:
         #: the API's admin events go out through Faust's producer (not the fold's)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
         self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
-                                 can_build=self._restored)
+                                 can_build=self._restored, timer_of=due_entry_of)
         self._changelog = task_changelog_topic(settings)
         self.producer = Producer(producer_config(settings, {
             "client.id": self.source,
@@ -176,7 +183,7 @@ class Processor:
             "allow.auto.create.topics": False,
         }))
         checks = Checks.from_settings(settings)
-        #: signs the timer events this replica emits: its own fold verifies them (D26)
+        #: signs the timer and entity events this replica emits: folds verify them (D26)
         self.signer = signer_for(settings, "processor")
         if checks.keyring is not None and self.signer is None:
             raise ConfigError(
@@ -210,6 +217,7 @@ class Processor:
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
             tracing=self.tracing,
+            signer=self.signer,
         )
         self.standby = StandbyFollower(
             consumer_config(settings, standby_group(settings), {

@@ -1,4 +1,4 @@
-"""One batch of events-topic records folded into per-task changes, without I/O.
+"""One batch of events-topic records folded into per-entity changes, without I/O.
 
 The live processor folds what the consumer has in batches (docs/decisions.md,
 D19): the records of one partition are applied in order, each task's state is
@@ -19,9 +19,16 @@ A record that cannot be decoded, that is a derived record, that
 naming another entity than its key, out of bounds, an unsigned or wrongly
 signed worker or processor event: D26, D28), or whose ``apply`` raised (a bug)
 is set aside for the quarantine topic with its reason; the fold goes on with
-the next record (D11). The task's state stays as it was before that record.
+the next record (D11). The entity's state stays as it was before that record.
 Replay runs the same check (processors/replay/folding.py), so the live tables
 stay the fold of the log.
+
+Every entity kind folds here (ENTITIES.md; D37, D32): a record's key picks its
+kind (:func:`~taskstream.processors.fold.kinds.kind_of`), whose pure ``apply``
+folds it; states of every kind are stored in the same partition table under
+their keys and decoded by fingerprint (``decode_entity``). A kind's ``Emit``
+effects are events for the events topic, sent by the engine with the batch's
+other effects.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from taskstream.processors.fold.effects import Dispatch, Effect
-from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.fold.kinds import kind_of
+from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
@@ -43,8 +51,8 @@ from taskstream.schemas.events import (
     TaskDispatched,
     TimerFired,
 )
-from taskstream.schemas.serde import decode_event, decode_state
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.serde import decode_entity, decode_event
+from taskstream.schemas.state import EntityState, TaskState
 from taskstream.security.signing import RecordHeaders
 
 log = logging.getLogger("taskstream.processor")
@@ -63,11 +71,11 @@ class Record(Protocol):
 
 @dataclass(slots=True)
 class Change:
-    """One task touched by the batch: its state before the batch and after it
-    (``None`` after it: the fold removed the task, a tombstone goes to the changelog)."""
+    """One entity touched by the batch: its state before the batch and after it
+    (``None`` after it: the fold removed it, a tombstone goes to the changelog)."""
 
-    before: TaskState | None
-    after: TaskState | None
+    before: EntityState | None
+    after: EntityState | None
     #: index entries of fired timers to drop unless they are the task's timer now
     fired_timers: list[int] = field(default_factory=list)
 
@@ -84,7 +92,8 @@ class SetAside:
 
 @dataclass(slots=True)
 class Caused:
-    """An effect with the event that caused it and the task's queue."""
+    """An effect with the event that caused it and the task's queue ("" for the other
+    kinds)."""
 
     effect: Effect
     cause: Envelope
@@ -100,7 +109,7 @@ class PartitionFold:
     """What a batch of one partition's records comes to."""
 
     partition: int
-    #: task key -> its change, in the order the tasks were first touched
+    #: entity key -> its change, in the order the entities were first touched
     changes: dict[bytes, Change] = field(default_factory=dict)
     effects: list[Caused] = field(default_factory=list)
     set_aside: list[SetAside] = field(default_factory=list)
@@ -137,11 +146,11 @@ def fold_partition(
     limits: Limits,
     checks: Checks,
 ) -> PartitionFold:
-    """Check and apply one partition's records in order; ``read_state`` reads a task's
-    stored state."""
+    """Check and apply one partition's records in order; ``read_state`` reads an
+    entity's stored state."""
     out = PartitionFold(partition)
     changes = out.changes
-    current: dict[bytes, TaskState | None] = {}
+    current: dict[bytes, EntityState | None] = {}
     for record in records:
         offset = record.offset()
         assert offset is not None  # consumed records always have one
@@ -155,9 +164,9 @@ def fold_partition(
             state = current[key]
         else:
             raw = read_state(key)
-            state = current[key] = decode_state(raw) if raw is not None else None
+            state = current[key] = decode_entity(raw) if raw is not None else None
         try:
-            after, effects = apply(state, envelope, limits)
+            after, effects = kind_of(envelope.task_id).apply(state, envelope, limits)
         except Exception as exc:  # a bug must not skip the record silently (D11)
             log.exception("fold of partition %d offset %d raised", partition, offset)
             out.set_aside.append(SetAside(offset, record.key(), record.value() or b"",
@@ -176,7 +185,7 @@ def fold_partition(
                 change.fired_timers.append(body.due_at_ms)
         if effects:
             known = after or state
-            queue = known.queue if known is not None else ""
+            queue = known.queue if isinstance(known, TaskState) else ""
             for effect in effects:
                 out.effects.append(Caused(effect, envelope, queue, offset))
                 if effect.__class__ is Dispatch:

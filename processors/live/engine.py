@@ -54,6 +54,7 @@ from taskstream.processors.fold.effects import (
     DeadLetter,
     Dispatch,
     Duplicate,
+    Emit,
     PublishCancel,
     Rejected,
     RetryScheduled,
@@ -66,7 +67,8 @@ from taskstream.processors.tracing import FoldTracing, RecordHeaders
 from taskstream.schemas.events import CancelRequested, Envelope, TaskDispatched
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.quarantine import quarantine_headers
-from taskstream.schemas.serde import encode_event, encode_state
+from taskstream.schemas.serde import encode_entity, encode_event
+from taskstream.security.signing import Signer
 from taskstream.statestore.tables import TaskTables
 from taskstream.topics import parse_route
 
@@ -186,8 +188,11 @@ class FoldEngine:
         poll_wait_s: float,
         flush_timeout_s: float,
         tracing: FoldTracing | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.tables = tables
+        #: signs the events the fold emits to other entities: their folds verify (D26)
+        self.signer = signer
         self.metrics = metrics
         self.limits = limits
         #: what every record must be before it is applied (D26, D28)
@@ -376,12 +381,15 @@ class FoldEngine:
         1. **Local state.** Each partition's final states go to its RocksDB in one
            write batch, and the due and listing index entries move beside them
            (local, derived, rebuilt from the task table after any rebalance: D10).
-        2. **Changelog records**, one per task the batch touched, to the table's
-           changelog partition of the same number.
-        3. **Effects** (dispatches, dlq copies, cancellations) and records set
-           aside for the quarantine topic. A dispatch to a queue not registered yet
-           is parked instead (:meth:`release_parked`): its queue is set up off the
-           fold, and its partition commits no further than the record that caused it.
+        2. **Changelog records**, one per entity the batch touched (tasks and the
+           other kinds alike: ENTITIES.md), to the table's changelog partition of
+           the same number.
+        3. **Effects** (dispatches, dlq copies, cancellations, and the events one
+           entity emits to another: ``Emit``, to the events topic keyed by the
+           target entity, D37, D32) and records set aside for the quarantine
+           topic. A dispatch to a queue not registered yet is parked instead
+           (:meth:`release_parked`): its queue is set up off the fold, and its
+           partition commits no further than the record that caused it.
         4. **Flush**: every record of 2 and 3 is acknowledged by the brokers
            (acks=all, idempotent). A record that failed is sent again, with
            backoff, until it is acknowledged; nothing moves on before.
@@ -394,7 +402,8 @@ class FoldEngine:
         local state (after 1) or not (before 1): ``apply`` recognises a repeat by
         its event id and changes nothing, and the last applied event of a task
         returns the effects its state implies (D4), so records of 3 that never left
-        are sent now. Every touched task is written to the changelog again (2) even
+        are sent now (an ``Emit`` redone carries the same derived event id, so its
+        receiver drops the repeat). Every touched entity is written to the changelog again (2) even
         when the repeat changed nothing, so a state that reached only the local
         RocksDB reaches the changelog too (issue 14, hole 1). Restoring this data
         directory after a crash between 1 and 5 applies the changelog past the
@@ -443,7 +452,7 @@ class FoldEngine:
                 writer.delete(key, change.before)
                 records.append(Outbound(topic, key, None, partition))  # a tombstone
                 continue
-            encoded = encode_state(change.after)
+            encoded = encode_entity(change.after)
             writer.put(key, encoded, change.before, change.after, change.fired_timers)
             records.append(Outbound(topic, key, encoded, partition))
         writer.commit()
@@ -470,6 +479,10 @@ class FoldEngine:
                 case PublishCancel(envelope=env):
                     yield Outbound(self.topics.cancellations, env.task_id.encode(),
                                    encode_event(env), headers=caused.headers)
+                case Emit(envelope=env):  # to the entity that acts next (D37, D32)
+                    key, value = env.task_id.encode(), encode_event(env)
+                    yield Outbound(self.topics.events, key, value,
+                                   headers=self._signed(caused.headers, key, value))
                 case _:
                     pass
         for aside in fold.set_aside:
@@ -575,6 +588,14 @@ class FoldEngine:
                 f"queue {queue!r} is not registered: no topic is made for it; register it "
                 "(taskstream topics create --queues, POST /queues) and submit again")))
         return Outbound(self.topics.events, dispatch.key, encode_event(envelope))
+
+    def _signed(self, headers: Headers | None, key: bytes, value: bytes) -> Headers | None:
+        """``headers`` plus this replica's signature of the record (with a signer)."""
+        if self.signer is None:
+            return headers
+        signed = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+        signed.append(self.signer.header(key, value))
+        return signed
 
     def send(self, topic: str, key: bytes, value: bytes,
              headers: Headers | None = None) -> None:

@@ -34,6 +34,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from taskstream.processors.fold.kinds import apply_any, status_of
 from taskstream.processors.fold.lifecycle import Limits, apply
 from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.processors.replay.read import (
@@ -45,8 +46,8 @@ from taskstream.processors.replay.read import (
 from taskstream.schemas.codec.compiled import event_reader
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskCancelled, TaskDeadLettered, TaskDispatched
-from taskstream.schemas.serde import decode_event, decode_state, default_codec
-from taskstream.schemas.state import TERMINAL, TaskState
+from taskstream.schemas.serde import decode_entity, decode_event, default_codec
+from taskstream.schemas.state import TERMINAL, EntityState
 from taskstream.security.signing import RecordHeaders
 from taskstream.settings import Settings
 
@@ -59,7 +60,7 @@ MAX_SKIPPED_DETAILS = 1_000
 
 def limits_of(settings: Settings) -> Limits:
     """The limits the processor folds with (processors/live/app.py): replay must use the same."""
-    return Limits(max_result_bytes=settings.max_result_bytes)
+    return Limits.from_settings(settings)
 
 
 def checks_of(settings: Settings) -> Checks:
@@ -154,7 +155,7 @@ class StateCache:
     """
 
     def __init__(
-        self, db: Rdict, capacity: int = 200_000, batch: int = 20_000, *, db_empty: bool = False
+        self, db: Rdict, capacity: int = 200_000, *, db_empty: bool = False
     ) -> None:
         self.db = db
         #: the DB holds nothing yet (a fresh scratch DB until the first write): a state
@@ -162,18 +163,18 @@ class StateCache:
         self.db_empty = db_empty
         self.capacity = max(1, capacity)
         self.finished_capacity = 4 * self.capacity
-        self.batch_size = batch
-        self.hot: dict[str, TaskState] = {}
+        self.hot: dict[str, EntityState] = {}
         self.dirty: set[str] = set()  # hot states the DB does not have
         self.finished: dict[str, bytes] = {}  # encoded states the DB does not have
         self._pending: list[tuple[bytes, bytes]] = []
-        self.encode = default_codec().encode_state
+        # every kind's state (D37); a task's still takes the compiled codec first
+        self.encode = default_codec().encode_entity
 
-    def get(self, task_id: str) -> TaskState | None:
+    def get(self, task_id: str) -> EntityState | None:
         state = self.hot.get(task_id)
         return state if state is not None else self.load(task_id)
 
-    def load(self, task_id: str) -> TaskState | None:
+    def load(self, task_id: str) -> EntityState | None:
         """A state not in ``hot``: from ``finished`` or the DB (and then hot), or None."""
         raw = self.finished.pop(task_id, None)
         if raw is not None:
@@ -184,13 +185,13 @@ class StateCache:
             raw = self.db.get(task_id.encode())
             if raw is None:
                 return None
-        state = decode_state(raw)
+        state = decode_entity(raw)
         self.hot[task_id] = state
         self.trim()
         return state
 
-    def put(self, task_id: str, state: TaskState) -> None:
-        if state.status in TERMINAL:
+    def put(self, task_id: str, state: EntityState) -> None:
+        if status_of(state) in TERMINAL:
             self.finished[task_id] = self.encode(state)
             if self.hot.pop(task_id, None) is not None:
                 self.dirty.discard(task_id)
@@ -213,8 +214,11 @@ class StateCache:
             if task_id in dirty:
                 dirty.discard(task_id)
                 self._pending.append((task_id.encode(), encode(state)))
-        if len(self._pending) >= self.batch_size:
-            self._commit()
+        # written now, whatever their number: a state evicted to ``_pending`` and read
+        # again before a commit would be looked up in the DB, missed, and its next
+        # events folded as if it were unknown (found by a fold of a group's members
+        # with a tiny cache)
+        self._commit()
 
     def spill_finished(self) -> None:
         """Write every finished state into the DB."""
@@ -322,6 +326,7 @@ def fold_messages(
     start = len(header)
     hot, dirty, finished, load = cache.hot, cache.dirty, cache.finished, cache.load
     encode, capacity, finished_capacity = cache.encode, cache.capacity, cache.finished_capacity
+    appliers: tuple[Callable[..., tuple[Any, Any]], ...] = (apply, apply_any)
     events = 0
     for batch in messages:
         for message in batch:
@@ -341,9 +346,11 @@ def fold_messages(
             before = hot.get(task_id)
             if before is None:
                 before = load(task_id)
-            after, _effects = apply(before, envelope, limits, effects=False)
+            # a task ID is 0-9A-Z; other kinds' keys are lowercase (D37)
+            after, _effects = appliers[task_id > "Z"](before, envelope, limits, effects=False)
             if after is not None and after is not before:
-                if after.status in TERMINAL:  # cache.put, inline
+                # cache.put, inline (limits and keys have no status: never finished)
+                if getattr(after, "status", None) in TERMINAL:
                     finished[task_id] = encode(after)
                     if before is not None and hot.pop(task_id, None) is not None:
                         dirty.discard(task_id)
@@ -428,26 +435,26 @@ def count_keys(db: Rdict) -> int:
     return count
 
 
-def iter_states(db: Rdict) -> Iterator[tuple[str, TaskState]]:
-    """Every (task ID, state) of a rebuilt RocksDB, in task ID order."""
+def iter_states(db: Rdict) -> Iterator[tuple[str, EntityState]]:
+    """Every (entity key, state) of a rebuilt RocksDB, in key order (tasks first)."""
     it = db.iter()
     it.seek_to_first()
     while it.valid():
-        yield bytes(it.key()).decode(), decode_state(bytes(it.value()))
+        yield bytes(it.key()).decode(), decode_entity(bytes(it.value()))
         it.next()
 
 
-class StateDB(Mapping[str, TaskState]):
-    """A rebuilt RocksDB seen as ``task ID -> TaskState`` (decoded on access)."""
+class StateDB(Mapping[str, EntityState]):
+    """A rebuilt RocksDB seen as ``entity key -> state`` (decoded on access)."""
 
     def __init__(self, db: Rdict) -> None:
         self._db = db
 
-    def __getitem__(self, task_id: str) -> TaskState:
+    def __getitem__(self, task_id: str) -> EntityState:
         raw = self._db.get(task_id.encode())
         if raw is None:
             raise KeyError(task_id)
-        return decode_state(raw)
+        return decode_entity(raw)
 
     def __iter__(self) -> Iterator[str]:
         it = self._db.iter()

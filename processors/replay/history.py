@@ -1,4 +1,9 @@
-"""``replay history TASK_ID``: every event of one task, and what the fold made of it.
+"""``replay history KEY``: every event of one entity, and what the fold made of it.
+
+``KEY`` is a task ID or another entity's key (``schedule:<id>``, ``group:<id>``: D37);
+the fold of its kind explains each event. A task's dependency events (a child's
+``DependencyRegistered`` on its parent, a parent's ``ParentUpdate`` on its child)
+are on its own key, so they show in its history with what they caused.
 
 Only the task's own partition is read (murmur2 of the key, as every client places
 it), from its start to the high watermark fixed when the read begins. The events
@@ -22,12 +27,14 @@ from taskstream.processors.fold.effects import (
     Dispatch,
     Duplicate,
     Effect,
+    Emit,
     PublishCancel,
     Rejected,
     RetryScheduled,
     SetTimer,
 )
-from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.fold.kinds import apply_any, status_of
+from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.replay.folding import checks_of, decode_usable, limits_of
 from taskstream.processors.replay.read import (
     ProgressFactory,
@@ -38,8 +45,14 @@ from taskstream.processors.replay.read import (
     plan,
     read_batches,
 )
-from taskstream.schemas.events import Envelope, TaskDispatched
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.events import (
+    DependencyRegistered,
+    Envelope,
+    ParentUpdate,
+    TaskDispatched,
+    TaskSubmitted,
+)
+from taskstream.schemas.state import EntityState
 from taskstream.settings import Settings
 from taskstream.topics import events_topic
 
@@ -122,13 +135,28 @@ def decisions_of(effects: Iterable[Effect]) -> tuple[str, ...]:
                 out.append(f"timer {kind.value} at {iso(due)}")
             case ClearTimer():
                 out.append("timer cleared")
+            case Emit(envelope=env):
+                out.append(_emitted(env))
             case _:
                 pass
     return tuple(out)
 
 
+def _emitted(env: Envelope) -> str:
+    """An event this one made the fold send to another entity (D37), in words."""
+    body = env.body
+    if isinstance(body, DependencyRegistered):
+        return f"registered with {env.task_id}"
+    if isinstance(body, ParentUpdate):
+        slot = f" (slot {body.slot})" if body.slot is not None else ""
+        return f"told {env.task_id}{slot}: {body.outcome.value}"
+    if isinstance(body, TaskSubmitted):
+        return f"fired task {env.task_id}"
+    return f"{env.type_name} to {env.task_id}"
+
+
 def judge(
-    before: TaskState | None, after: TaskState | None, effects: list[Effect]
+    before: EntityState | None, after: EntityState | None, effects: list[Effect]
 ) -> tuple[str, str]:
     """(outcome, reason) of one applied event."""
     for effect in effects:
@@ -145,20 +173,20 @@ def explain(envelopes: Iterable[tuple[int, int, int, Envelope | str]],
             limits: Limits) -> list[HistoryEntry]:
     """Fold one task's records in order: (partition, offset, timestamp, envelope or reason)."""
     entries: list[HistoryEntry] = []
-    state: TaskState | None = None
+    state: EntityState | None = None
     for partition, offset, ts, item in envelopes:
-        status = state.status.value if state is not None else None
+        status = status_of(state)
         if isinstance(item, str):
             entries.append(HistoryEntry(partition, offset, ts, None, SKIPPED, item, status,
                                         status, ()))
             continue
-        after, effects = apply(state, item, limits)
+        after, effects = apply_any(state, item, limits)
         outcome, reason = judge(state, after, effects)
         if after is not None:
             state = after
         entries.append(HistoryEntry(
             partition, offset, ts, item, outcome, reason, status,
-            state.status.value if state is not None else None, decisions_of(effects)))
+            status_of(state), decisions_of(effects)))
     return entries
 
 

@@ -48,8 +48,8 @@ from taskstream.processors.replay.read import (
 )
 from taskstream.processors.replay.rebuild import rebuild
 from taskstream.schemas.errors import DecodeError
-from taskstream.schemas.serde import decode_state
-from taskstream.schemas.state import TaskState
+from taskstream.schemas.serde import decode_entity
+from taskstream.schemas.state import EntityState
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, fold_group, task_changelog_topic
 
@@ -66,8 +66,8 @@ class Mismatch:
     task_id: str
     kind: str  # "differs" | "missing-live" | "missing-replay"
     diffs: tuple[FieldDiff, ...] = ()
-    expected: TaskState | None = field(default=None, compare=False, repr=False)
-    live: TaskState | None = field(default=None, compare=False, repr=False)
+    expected: EntityState | None = field(default=None, compare=False, repr=False)
+    live: EntityState | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         if self.kind == "missing-live":
@@ -86,17 +86,21 @@ class Mismatch:
         }
 
 
-def diff_states(expected: TaskState, live: TaskState) -> tuple[FieldDiff, ...]:
-    """Every field whose value differs, in declaration order."""
+def diff_states(expected: EntityState, live: EntityState) -> tuple[FieldDiff, ...]:
+    """Every field whose value differs, in declaration order (states of one kind)."""
+    if type(expected) is not type(live):
+        return (FieldDiff("kind", type(expected).__name__, type(live).__name__),)
     return tuple(
         FieldDiff(f.name, getattr(expected, f.name), getattr(live, f.name))
-        for f in fields(TaskState)
+        for f in fields(expected)
         if getattr(expected, f.name) != getattr(live, f.name)
     )
 
 
-def compare(expected: Mapping[str, TaskState], live: Mapping[str, TaskState]) -> list[Mismatch]:
-    """Every task on which the replay (``expected``) and the live table disagree, by ID."""
+def compare(expected: Mapping[str, EntityState], live: Mapping[str, EntityState]
+            ) -> list[Mismatch]:
+    """Every entity (task, schedule, group) on which the replay (``expected``) and the live
+    table disagree, by key."""
     mismatches: list[Mismatch] = []
     for task_id in sorted(set(expected) | set(live)):
         want = expected.get(task_id)
@@ -114,14 +118,16 @@ def compare(expected: Mapping[str, TaskState], live: Mapping[str, TaskState]) ->
 COLUMN = 44
 
 
-def side_by_side(expected: TaskState | None, live: TaskState | None) -> list[str]:
-    """Both states field by field, the replay's on the left; ``*`` marks a difference."""
+def side_by_side(expected: EntityState | None, live: EntityState | None) -> list[str]:
+    """Both states field by field, the replay's on the left; ``*`` marks a difference
+    (states of any kind: the fields of whichever side exists)."""
 
-    def cell(state: TaskState | None, name: str) -> str:
+    def cell(state: EntityState | None, name: str) -> str:
         text = "(absent)" if state is None else repr(getattr(state, name))
         return text if len(text) <= COLUMN else text[:COLUMN - 3] + "..."
 
-    names = [f.name for f in fields(TaskState)]
+    either = expected if expected is not None else live
+    names = [f.name for f in fields(either)] if either is not None else []
     width = max(map(len, names))
     lines = [f"  {'field':<{width}}   {'replay':<{COLUMN}}  live"]
     for name in names:
@@ -242,10 +248,10 @@ def wait_caught_up(settings: Settings, wait_timeout: float, settle: float = 1.0)
 def read_changelog(
     settings: Settings, ends: Mapping[int, int] | None = None,
     progress: ProgressFactory = no_progress,
-) -> tuple[dict[str, TaskState], list[SkippedRecord]]:
-    """The latest state per task in the task changelog, read up to ``ends``."""
+) -> tuple[dict[str, EntityState], list[SkippedRecord]]:
+    """The latest state per entity in the task changelog, read up to ``ends``."""
     consumer = make_consumer(settings)
-    states: dict[str, TaskState] = {}
+    states: dict[str, EntityState] = {}
     raw: dict[bytes, tuple[int, int, bytes | None]] = {}
     skipped: list[SkippedRecord] = []
     try:
@@ -261,7 +267,7 @@ def read_changelog(
         if value is None:
             continue  # tombstone: the task left the table
         try:
-            states[key.decode()] = decode_state(value)
+            states[key.decode()] = decode_entity(value)
         except DecodeError as exc:
             skipped.append(SkippedRecord(partition, offset, f"changelog value: {exc}"))
     return states, skipped

@@ -11,8 +11,10 @@ from __future__ import annotations
 from taskstream.schemas.events import (
     Backoff,
     Envelope,
+    FlowControl,
     TaskDispatched,
     TaskFailed,
+    TaskProgress,
     TaskSubmitted,
     TimerFired,
     TimerKind,
@@ -41,16 +43,21 @@ def canary_envelopes() -> list[Envelope]:
         headers=_HEADERS,
         tags=["x", "", _TEXT],
         depends_on=["01ARZ3NDEKTSV4RRFFQ69G5FAV"] * 70,
+        expires_at_ms=_LONG_MIN,
+        flow=FlowControl(_TEXT, "", "k" * 70, -(2**31)),
     )
     dispatched = TaskDispatched(
-        "d" * 64, "n", "q", 9, b"", "c", None, 128, 1, _LONG_MIN, None, dict(_HEADERS)
+        "d" * 64, "n", "q", 9, b"", "c", None, 128, 1, _LONG_MIN, None, dict(_HEADERS),
+        ["group:" + _TEXT, ""], _LONG_MAX, _TEXT, -(2**40),
     )
+    progress = TaskProgress("d", "w" * 64, -0.0, _TEXT)
     failed = TaskFailed("d", "w", "E", "m" * 200, "tb\n" * 50, False, True, -(2**40))
     return [
         Envelope("e" * 26, "t" * 26, _LONG_MAX, "s" * 200, 2**31 - 1, submitted),
         Envelope("", "", _LONG_MIN, "", -(2**31), dispatched),
         Envelope("01ARZ3NDEKTSV4RRFFQ69G5FAV", "t", -1, "w", -1, failed),
         Envelope("e", "t", 8191, "p", 8192, TimerFired(TimerKind.LEASE_EXPIRED, 2**35, "d")),
+        Envelope("e", "limit:x:" + _TEXT, 1, "p", 3, progress),
     ]
 
 
@@ -93,6 +100,13 @@ def canary_states() -> list[TaskState]:
         conflicts=3,
         rejected=4,
         recent_event_ids=[str(i) for i in range(70)],
+        expires_at_ms=-(2**33),
+        flow=FlowControl(None, _TEXT, None, 2**31 - 1),
+        slot_sequence=_LONG_MAX,
+        status_reason=_TEXT,
+        progress=1e-300,
+        progress_note="",
+        progress_at_ms=8192,
     )
     minimal = TaskState(
         "t", "n", "q", 0, TaskStatus.SCHEDULED, b"", "c", "d", 1, Backoff(), None, 1, 0, 0

@@ -42,7 +42,19 @@ from taskstream.schemas.convert import (
     state_to_record,
 )
 from taskstream.schemas.errors import DecodeError
-from taskstream.schemas.events import BODY_TYPES, Backoff, Envelope, TimerKind
+from taskstream.schemas.events import (
+    BODY_TYPES,
+    Backoff,
+    Dependent,
+    Envelope,
+    FlowControl,
+    MisfirePolicy,
+    ParentFailurePolicy,
+    ParentOutcome,
+    ScheduleOp,
+    ScheduleSpec,
+    TimerKind,
+)
 from taskstream.schemas.state import ErrorInfo, TaskState, TaskStatus
 from taskstream.schemas.wire import (
     SINGLE_OBJECT_HEADER,
@@ -60,9 +72,14 @@ Reader = Callable[[bytes, int, int], tuple[Any, int]]
 BINDINGS = Bindings(
     records={
         f"io.taskstream.{cls.__name__}": cls
-        for cls in (Envelope, *BODY_TYPES, Backoff, TaskState, ErrorInfo)
+        for cls in (Envelope, *BODY_TYPES, Backoff, TaskState, ErrorInfo, Dependent, ScheduleSpec,
+                    FlowControl)
     },
-    enums={"io.taskstream.TimerKind": TimerKind, "io.taskstream.TaskStatus": TaskStatus},
+    enums={
+        f"io.taskstream.{cls.__name__}": cls
+        for cls in (TimerKind, TaskStatus, ParentFailurePolicy, ParentOutcome, MisfirePolicy,
+                    ScheduleOp)
+    },
 )
 
 

@@ -130,9 +130,27 @@ def dlq_rows(items: Sequence[dict[str, Any]]) -> str:
           fmt_time(_time_field(i, "finished_at")), _error_text(i)] for i in items])
 
 
+def waiting_text(view: dict[str, Any]) -> str | None:
+    """What a WAITING task waits for, in words (None for any other task)."""
+    if view.get("status") != "WAITING":
+        return None
+    parents = list(view.get("waiting_on") or [])
+    silent = list(view.get("unconfirmed") or [])
+    text = f"{len(parents)} parent(s): {', '.join(parents[:10])}"
+    if len(parents) > 10:
+        text += f" and {len(parents) - 10} more"
+    if silent:
+        text += f"; not heard from yet: {', '.join(silent[:10])}"
+        deadline = view.get("dependency_deadline_ms")
+        if deadline is not None:
+            text += f" (unknown IDs fail the task at {fmt_time(deadline)})"
+    return text
+
+
 def task_detail(view: dict[str, Any]) -> str:
     skip = {"payload", "payload_b64", "result_b64", "last_error", "recent_event_ids"}
-    rows = []
+    waiting = waiting_text(view)
+    rows: list[list[Any]] = [["waiting for", waiting]] if waiting else []
     for key, value in view.items():
         if key in skip or value is None or value == [] or value == {}:
             continue

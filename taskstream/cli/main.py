@@ -29,6 +29,8 @@ _COMMANDS: dict[str, str] = {
     "resume": "taskstream.cli.admin_cmds:resume",
     "wait": "taskstream.cli.admin_cmds:wait",
     "dlq": "taskstream.cli.admin_cmds:dlq",
+    "schedule": "taskstream.cli.schedule_cmd:schedule",
+    "limits": "taskstream.cli.limits_cmd:limits",
     "replay": "taskstream.cli.replay_cmd:replay",
     "quarantine": "taskstream.cli.quarantine_cmd:quarantine",
     "dev": "taskstream.cli.dev_cmd:dev",

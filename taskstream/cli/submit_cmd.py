@@ -27,6 +27,11 @@ _OPTION_OF_FIELD = {
     "timeout": "--timeout",
     "tags": "--tags",
     "name": "NAME",
+    "rate_limit": "--rate-limit",
+    "rate_key": "--rate-key",
+    "concurrency_key": "--concurrency-key",
+    "max_concurrency": "--max-concurrency",
+    "expires": "--expires",
 }
 
 
@@ -65,6 +70,12 @@ def parse_payload(text: str | None) -> Any:
 @click.option("--timeout", type=float, default=None, metavar="S", help="execution timeout")
 @click.option("--tags", default=None, metavar="T1,T2",
               help="run only on workers started with these tags (--tags on the worker)")
+@click.option("--rate-limit", default=None, help="wait for a token of this rate limit")
+@click.option("--rate-key", default=None, help="its own bucket under --rate-limit")
+@click.option("--concurrency-key", default=None, help="at most --max-concurrency run at once")
+@click.option("--max-concurrency", type=int, default=None, help="default 1 (a mutex)")
+@click.option("--expires", type=float, default=None, metavar="S",
+              help="not started within S seconds: EXPIRED, never run")
 @click.option(
     "--count", type=click.IntRange(min=1, max=10_000_000), default=1, help="submit N copies"
 )
@@ -79,6 +90,11 @@ def submit(
     max_attempts: int | None,
     timeout: float | None,
     tags: str | None,
+    rate_limit: str | None,
+    rate_key: str | None,
+    concurrency_key: str | None,
+    max_concurrency: int | None,
+    expires: float | None,
     count: int,
 ) -> None:
     """Submit task NAME and print its task ID (one line per task)."""
@@ -99,6 +115,11 @@ def submit(
             "max_attempts": max_attempts,
             "timeout": timeout,
             "tags": [t.strip() for t in tags.split(",") if t.strip()] if tags else None,
+            "rate_limit": rate_limit,
+            "rate_key": rate_key,
+            "concurrency_key": concurrency_key,
+            "max_concurrency": max_concurrency,
+            "expires": expires,
         }.items()
         if v is not None
     }

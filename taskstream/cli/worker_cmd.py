@@ -70,9 +70,11 @@ def worker(target: str, queues: str | None, concurrency: str, concurrency_min: i
         registry = load_registry(target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
         tag_list = [t.strip() for t in tags.split(",") if t.strip()]
+        from taskstream.producer.parents import parent_result_reader
+
         w = Worker(registry, settings, queues=queue_list, concurrency=slots, pool=pool,
                    grace_s=grace, metrics_port=metrics_port, tags=tag_list,
-                   auto_bounds=bounds)
+                   auto_bounds=bounds, fetch_result=parent_result_reader(settings))
         if create_topics:
             from taskstream.admin import ensure_topics
 
