@@ -9,19 +9,20 @@ no worker at all (neither has ``ssd``), and the untagged ones start (on either).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import pytest
 
 from taskstream.admin import TopicSpec, create_topics
-from taskstream.schemas.events import Backoff, TaskSubmitted
+from taskstream.schemas.events import Backoff, FlowControl, TaskSubmitted
 from taskstream.schemas.ids import new_task_id
 from taskstream.schemas.state import TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
 from taskstream.workers import TaskApp
-from tests.harness import EventWriter, ProcessorProcess, StateReader, wait_for
+from tests.harness import EventWriter, ProcessorProcess, StateReader, read_to_end, wait_for
 from tests.test_worker_support import Events, ReadyWriter, ready_envelope, running_worker
 
 pytestmark = [pytest.mark.kafka]
@@ -79,26 +80,35 @@ def test_gpu_tagged_tasks_start_only_on_the_gpu_worker(topics: Settings) -> None
 def test_the_processor_routes_tagged_tasks_to_their_topic(topics: Settings,
                                                            tmp_path: Path) -> None:
     """End to end: tasks submitted with tags ``gpu`` go through the fold to the ``gpu`` ready
-    topic (made when first met) and run only on the gpu worker; untagged ones run too."""
+    topic (made when first met) and run only on the gpu worker; untagged ones run too. So
+    do tagged tasks that first wait for a slot of a concurrency key (D32): the dispatch
+    the key's grant causes is routed by their tags as well."""
     replica = ProcessorProcess(topics, tmp_path / "replica0").start()
     app = _app()
     try:
         writer, states = EventWriter(topics), StateReader(topics)
         gpu_ids = [new_task_id() for _ in range(20)]
         plain_ids = [new_task_id() for _ in range(20)]
+        keyed_ids = [new_task_id() for _ in range(5)]
         with running_worker(app, topics, tags=["gpu"], concurrency=4) as gpu, \
                 running_worker(app, topics, concurrency=4) as plain:
             for task_id in gpu_ids:
                 writer.send(task_id, _submitted(["gpu"]))
             for task_id in plain_ids:
                 writer.send(task_id, _submitted([]))
+            for task_id in keyed_ids:
+                writer.send(task_id, dataclasses.replace(_submitted(["gpu"]), flow=FlowControl(
+                    concurrency_key="render-farm", max_concurrency=2)))
             wait_for("every task to succeed", lambda: all(
                 (s := states.refresh().get(t)) is not None and s.status is TaskStatus.SUCCEEDED
-                for t in gpu_ids + plain_ids), timeout=120, interval=0.5)
+                for t in gpu_ids + plain_ids + keyed_ids), timeout=120, interval=0.5)
         final = states.refresh()
-        assert {final[t].worker_id for t in gpu_ids} == {gpu.worker_id}
+        assert {final[t].worker_id for t in gpu_ids + keyed_ids} == {gpu.worker_id}
         assert {final[t].worker_id for t in plain_ids} <= {gpu.worker_id, plain.worker_id}
         assert {tuple(final[t].tags) for t in gpu_ids} == {("gpu",)}
+        routed = {m.key() for level in range(topics.priority_levels)
+                  for m in read_to_end(topics, ready_topic(topics, "default", level, ["gpu"]))}
+        assert {t.encode() for t in gpu_ids + keyed_ids} <= routed
     finally:
         replica.stop()
 
