@@ -109,12 +109,18 @@ def services(variables: dict[str, str] | None = None) -> dict[str, dict[str, Any
     return found
 
 
-def settings_of(service: dict[str, Any], **overrides: Any) -> Settings:
+def stack_raw_services() -> dict[str, dict[str, Any]]:
+    """The merged stack before interpolation (the ``${...}`` references as written)."""
+    found: dict[str, dict[str, Any]] = merge(load("docker-compose.yml"),
+                                             load(OVERRIDE))["services"]
+    return found
+
+
+def settings_of(service: dict[str, Any]) -> Settings:
     values: dict[str, Any] = {k[len("TASKSTREAM_"):].lower(): v
                               for k, v in env(service).items() if k.startswith("TASKSTREAM_")}
     if "queues" in values:
         values["queues"] = json.loads(values["queues"])
-    values.update(overrides)
     return Settings.model_validate(values)
 
 
@@ -266,13 +272,6 @@ def test_every_client_is_a_user_the_init_step_creates() -> None:
     for name in CLIENTS:
         assert "kafka-tls" not in mounts(svc[name]).values()
     assert "processor-secrets" not in mounts(svc["worker"]).values()
-
-
-def stack_raw_services() -> dict[str, dict[str, Any]]:
-    """The merged stack before interpolation (the ``${...}`` references as written)."""
-    found: dict[str, dict[str, Any]] = merge(load("docker-compose.yml"),
-                                             load(OVERRIDE))["services"]
-    return found
 
 
 def test_the_acls_applied_are_those_of_acls_py() -> None:
