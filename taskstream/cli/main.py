@@ -36,6 +36,7 @@ _COMMANDS: dict[str, str] = {
     "dev": "taskstream.cli.dev_cmd:dev",
     "acls": "taskstream.cli.security_cmd:acls",
     "keys": "taskstream.cli.security_cmd:keys",
+    "users": "taskstream.cli.security_cmd:users",
 }
 
 
