@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from taskstream.admin import Admin, admin_client, cluster_metadata, group_lag
 from taskstream.errors import KafkaUnavailableError
-from taskstream.topics import ready_topic_parts, worker_group
+from taskstream.topics import parse_ready_topic, worker_group
 from taskstream.workers.presence import now_ms
 from taskstream.workers.roster import Roster, RosterReader
 
@@ -181,15 +181,15 @@ class Observer:
             depth: dict[tuple[str, int], int] = {}
             by_queue: dict[str, list[tuple[str, int]]] = {}
             for name, meta in cluster_metadata(settings, admin).topics.items():
-                parts = ready_topic_parts(settings, name)
-                if parts is not None:
-                    by_queue.setdefault(parts[0], []).extend((name, p) for p in meta.partitions)
+                ready = parse_ready_topic(settings, name)
+                if ready is not None:
+                    by_queue.setdefault(ready.queue, []).extend((name, p) for p in meta.partitions)
             for queue, tps in by_queue.items():
                 for (topic, _), n in group_lag(settings, client, worker_group(settings, queue),
                                                tps).items():
-                    level = ready_topic_parts(settings, topic)
-                    assert level is not None
-                    depth[(queue, level[1])] = depth.get((queue, level[1]), 0) + n
+                    ready = parse_ready_topic(settings, topic)
+                    assert ready is not None
+                    depth[(queue, ready.level)] = depth.get((queue, ready.level), 0) + n
         except (KafkaException, KafkaUnavailableError, TimeoutError) as exc:
             log.warning("lag not sampled: %s", exc)
             self.sample.error = str(exc)

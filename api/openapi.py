@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskstream.api.activity import QUANTILES
+from taskstream.api.bulk import MAX_TASKS
 from taskstream.api.console import MAX_REDRIVE_IDS, OUTCOMES
 from taskstream.api.limits import LimitBody
 from taskstream.api.query import (
@@ -26,10 +27,11 @@ from taskstream.processors.replay.history import OUTCOMES as HISTORY_OUTCOMES
 from taskstream.schemas.flowspec import LimitView
 from taskstream.schemas.models import QUEUE_PATTERN, TASK_ID_PATTERN, TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
-from taskstream.schemas.state import TaskStatus
+from taskstream.schemas.state import TERMINAL, TaskStatus
 from taskstream.schemas.view import TaskView
 
 _REF = "#/components/schemas/{model}"
+_METRICS = "Prometheus metrics of this replica (consumer lag per queue and group included)"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -97,9 +99,11 @@ def _schemas() -> dict[str, Any]:
             }},
         "Queue": {
             "type": "object",
-            "required": ["name", "paused", "total", "counts", "by_priority", "succeeded_per_s"],
+            "required": ["name", "paused", "total", "counts", "by_priority", "succeeded_per_s",
+                         "lag"],
             "properties": {
                 "name": {"type": "string"},
+                "lag": _ref("QueueLag"),
                 "paused": {"type": "boolean"},
                 "total": {"type": "integer", "minimum": 0},
                 "counts": {**count_map, "description": "tasks by state"},
@@ -109,6 +113,50 @@ def _schemas() -> dict[str, Any]:
                     "type": ["number", "null"],
                     "description": "tasks that reached SUCCEEDED per second over the last "
                                    "minute (null until measured)"},
+            }},
+        "QueueLag": {
+            "type": ["object", "null"],
+            "description": "the queue's worker group: ready records not yet started (lag), "
+                           "per ready topic, and the tag sets no live worker has (unserved); "
+                           "null when Kafka did not answer in time",
+            "properties": {
+                "queue": {"type": "string"}, "group": {"type": "string"},
+                "lag": {"type": "integer", "minimum": 0},
+                "members": {"type": "integer", "minimum": 0},
+                "topics": {"type": "array", "items": {"type": "object", "properties": {
+                    "topic": {"type": "string"},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "priority": {"type": "integer"}, "lag": {"type": "integer"},
+                    "served": {"type": "boolean"}}}},
+                "unserved": {"type": "array", "items": {"type": "object", "properties": {
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "lag": {"type": "integer"}}}},
+            }},
+        "BulkCancel": {
+            "type": "object", "additionalProperties": False,
+            "description": "a filter (ANDed; at least one of queue, name, state, "
+                           "submitted_before) and what to do",
+            "properties": {
+                "queue": {"type": "string"}, "name": {"type": "string"},
+                "state": {"type": "string", "enum": [
+                    s.value for s in TaskStatus if s not in TERMINAL]},
+                "submitted_before": {"type": ["string", "integer"],
+                                     "description": "ISO-8601 or epoch milliseconds"},
+                "submitted_since": {"type": ["string", "integer"],
+                                    "description": "ISO-8601 or epoch milliseconds"},
+                "dry_run": {"type": "boolean", "default": False,
+                            "description": "only count what would be cancelled"},
+                "reason": {"type": "string", "maxLength": 1000},
+                "max_tasks": {"type": "integer", "minimum": 1, "maximum": MAX_TASKS},
+            }},
+        "BulkCancelResult": {
+            "type": "object", "required": ["matched", "cancelled", "dry_run", "truncated"],
+            "properties": {
+                "matched": {"type": "integer", "minimum": 0},
+                "cancelled": {"type": "integer", "minimum": 0},
+                "dry_run": {"type": "boolean"},
+                "truncated": {"type": "boolean",
+                              "description": "max_tasks was reached; call again for the rest"},
             }},
         "QueueRegistration": {
             "type": "object", "required": ["queues"], "additionalProperties": False,
@@ -309,6 +357,8 @@ _FILTERS = [
     _query("name", {"type": "string"}, "only tasks of this name"),
     _query("since", {"type": "string"},
            "only tasks submitted at or after this time (ISO-8601 or epoch milliseconds)"),
+    _query("before", {"type": "string"},
+           "only tasks submitted before this time (ISO-8601 or epoch milliseconds)"),
 ]
 _STATE = _query("state", {"type": "string", "enum": [s.value for s in TaskStatus]},
                 "only tasks in this state")
@@ -330,6 +380,11 @@ def _op(summary: str, responses: dict[str, Any], *, params: list[Any] | None = N
     else:
         responses.setdefault("401", _error("missing or unknown bearer token"))
         responses.setdefault("403", _error("the token lacks the scope"))
+        if summary != _METRICS:
+            responses.setdefault("429", {**_error(
+                "over the caller's request rate (api_rate_limit)"), "headers": {
+                    "Retry-After": {"schema": {"type": "integer", "minimum": 1},
+                                    "description": "seconds to wait before the next request"}}})
     return op
 
 
@@ -357,6 +412,15 @@ def _paths() -> dict[str, Any]:
                             "application/json": {"schema": _ref("TaskSpec")}}},
                         scope="submit"),
         },
+        "/tasks/cancel": {"post": _op(
+            "Cancel every live task matching a filter, or count them (dry_run)",
+            {"202": _json(_ref("BulkCancelResult"), "the cancellations were written"),
+             "200": _json(_ref("BulkCancelResult"), "dry run: what would be cancelled"),
+             "400": bad, "415": _error("the body is not application/json"),
+             "503": unavailable},
+            body={"required": True, "content": {
+                "application/json": {"schema": _ref("BulkCancel")}}},
+            scope="admin")},
         "/tasks/{task_id}": {"get": _op(
             "A task's state, attempts, times, last error and result",
             {"200": _json(_ref("TaskView"), "the task"), "400": bad, "404": not_found,
@@ -451,7 +515,7 @@ def _paths() -> dict[str, Any]:
             "Readiness: 200 once state is restored, 503 while restoring (lag never counts)",
             {"200": _json(_ref("Status"), "ready"), "503": _error("still restoring")},
             security=False)},
-        "/metrics": {"get": _op("Prometheus metrics of this replica", {"200": {
+        "/metrics": {"get": _op(_METRICS, {"200": {
             "description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}})},
         "/openapi.json": {"get": _op("This document", {"200": {

@@ -45,6 +45,7 @@ class ListQuery:
     since_ms: int | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str = ""
+    before_ms: int | None = None  # submitted strictly before
 
     def matches(self, state: TaskState) -> bool:
         if self.queue is not None and state.queue != self.queue:
@@ -52,6 +53,8 @@ class ListQuery:
         if self.state is not None and state.status != self.state:
             return False
         if self.name is not None and state.name != self.name:
+            return False
+        if self.before_ms is not None and state.submitted_at_ms >= self.before_ms:
             return False
         return self.since_ms is None or state.submitted_at_ms >= self.since_ms
 
@@ -68,6 +71,8 @@ class ListQuery:
             params["since"] = str(self.since_ms)
         if self.cursor:
             params["cursor"] = self.cursor
+        if self.before_ms is not None:
+            params["before"] = str(self.before_ms)
         return params
 
 
@@ -100,7 +105,7 @@ def redact(body: dict[str, Any], *, admin: bool) -> dict[str, Any]:
     return body
 
 
-def parse_since(raw: str) -> int:
+def parse_since(raw: str, field: str = "since") -> int:
     """Milliseconds since the epoch, or an ISO-8601 time (naive = UTC)."""
     text = raw.strip()
     if text.isascii() and text.isdigit():  # "¹".isdigit() is True and int("¹") raises
@@ -108,8 +113,8 @@ def parse_since(raw: str) -> int:
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise bad_request("since", "since must be milliseconds since the epoch or an "
-                                   "ISO-8601 time such as 2026-01-31T12:00:00Z") from None
+        raise bad_request(field, f"{field} must be milliseconds since the epoch or an "
+                                 "ISO-8601 time such as 2026-01-31T12:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
@@ -134,7 +139,7 @@ def parse_state(raw: str) -> TaskStatus:
 def parse_list_query(params: Mapping[str, str], *, allowed: Sequence[str] | None = None
                      ) -> ListQuery:
     """A :class:`ListQuery` from query parameters; unknown parameters are a 400."""
-    allowed = allowed or ("queue", "state", "name", "since", "limit", "cursor")
+    allowed = allowed or ("queue", "state", "name", "since", "before", "limit", "cursor")
     for key in params:
         if key not in allowed:
             raise bad_request(key, f"unknown query parameter {key!r}; "
@@ -145,6 +150,7 @@ def parse_list_query(params: Mapping[str, str], *, allowed: Sequence[str] | None
     queue = params.get("queue") or None
     name = params.get("name") or None
     since = params.get("since")
+    before = params.get("before")
     state = params.get("state")
     return ListQuery(
         queue=queue,
@@ -153,6 +159,7 @@ def parse_list_query(params: Mapping[str, str], *, allowed: Sequence[str] | None
         since_ms=parse_since(since) if since else None,
         limit=parse_limit(params.get("limit")),
         cursor=cursor,
+        before_ms=parse_since(before, "before") if before else None,
     )
 
 
@@ -231,9 +238,11 @@ class QueueStats:
     by_priority: dict[str, dict[str, int]] = field(default_factory=dict)
     succeeded_per_s: float | None = None
     paused: bool = False
+    lag: dict[str, Any] | None = None  # workers/lag.py QueueLag.body(); None: not read
 
     def body(self) -> dict[str, Any]:
         return {
+            "lag": self.lag,
             "name": self.name,
             "paused": self.paused,
             "total": sum(self.counts.values()),

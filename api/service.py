@@ -28,16 +28,18 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 from confluent_kafka import KafkaException
-from prometheus_client import generate_latest
+from prometheus_client import Gauge, generate_latest
 from yarl import URL
 
 from taskstream.api.activity import STEP_S as ACTIVITY_STEP_S
 from taskstream.api.auth import TokenAuth
+from taskstream.api.bulk import BulkCancelBody, cancellable
 from taskstream.api.console import Console
 from taskstream.api.errors import ApiError
 from taskstream.api.limits import limit_states, limit_view, merge_limits
@@ -57,6 +59,7 @@ from taskstream.api.query import (
     sum_rates,
     task_view,
 )
+from taskstream.api.ratelimit import RateLimiter
 from taskstream.api.results import ResultCache
 from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
 from taskstream.objectstore.offload import Offloader
@@ -85,6 +88,7 @@ from taskstream.statestore.errors import IndexNotReady
 from taskstream.telemetry.context import TraceContext
 from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import api_reader_group, fold_group
+from taskstream.workers.lag import QueueLag, read_lag
 from taskstream.workers.queuectl import parse_command, set_paused
 
 if TYPE_CHECKING:
@@ -122,6 +126,9 @@ class Api:
         self.processor = processor
         self.settings = processor.settings
         self.auth = TokenAuth.from_settings(processor.settings.api_tokens)
+        limit = processor.settings.api_rate_limit
+        self.rate_limiter = None if limit is None else RateLimiter(
+            limit, processor.settings.api_rate_burst)
         self.rates = RateWindow(window_s=60.0)
         #: with a payload keyring the API seals submissions and opens what it shows (D27)
         self.sealer = payload_sealer(processor.settings)
@@ -141,6 +148,14 @@ class Api:
         self.result_cache = ResultCache(processor.settings.result_cache_bytes,
                                         processor.settings.result_cache_item_bytes,
                                         processor.metrics.registry)
+        registry = processor.metrics.registry
+        self.lag_gauge = Gauge("taskstream_consumer_lag",
+                               "ready records not yet started, per queue and worker group",
+                               ["queue", "group"], registry=registry)
+        self.unserved_gauge = Gauge(
+            "taskstream_consumer_lag_unserved",
+            "ready records whose tags no live worker of the queue has (D38)",
+            ["queue", "tags"], registry=registry)
         self._session: aiohttp.ClientSession | None = None
 
     # -- the cluster ---------------------------------------------------------------
@@ -334,7 +349,35 @@ class Api:
         paused = await self.paused()
         rows = [row for a in answers for row in a["rows"]]
         rates = sum_rates(a["rates"] for a in answers)
-        return aggregate_queues(rows, rates, paused, self.settings.queues)
+        stats = aggregate_queues(rows, rates, paused, self.settings.queues)
+        lags = {q.queue: q for q in await self.lag() or []}
+        for qs in stats:
+            if qs.name in lags:
+                qs.lag = lags[qs.name].body()
+        return stats
+
+    async def lag(self) -> list[QueueLag] | None:
+        """The worker groups' lag (workers/lag.py); None when Kafka did not answer in time
+        (the caller answers without it rather than fail)."""
+        timeout = self.settings.kafka_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(read_lag, self.settings),
+                                          timeout * 2)
+        except (TimeoutError, KafkaUnavailableError) as exc:
+            log.warning("consumer lag not read: %s", exc or "timed out")
+            return None
+
+    async def refresh_lag_metrics(self) -> None:
+        """Set the lag gauges from a fresh read (left as they were when it fails)."""
+        lags = await self.lag()
+        if lags is None:
+            return
+        self.lag_gauge.clear()
+        self.unserved_gauge.clear()
+        for q in lags:
+            self.lag_gauge.labels(q.queue, q.group).set(q.lag)
+            for tags, n in q.unserved.items():
+                self.unserved_gauge.labels(q.queue, ",".join(tags)).set(n)
 
     async def paused(self) -> dict[str, bool]:
         timeout = self.settings.kafka_timeout_s
@@ -435,6 +478,30 @@ class Api:
         await self._produce(task_id, self.builder.cancel(task_id, reason,
                                                          int(time.time() * 1000)))
 
+    async def cancel_matching(self, query: ListQuery, body: BulkCancelBody,
+                              headers: Mapping[str, str]) -> dict[str, Any]:
+        """Bulk cancel (api/bulk.py): walk the listing, one CancelRequested per live match,
+        each page's events acknowledged before the next page is read."""
+        matched = 0
+        truncated = False
+        cursor = ""
+        while True:
+            page = await self.list_tasks(replace(query, cursor=cursor), headers)
+            ids = [str(item["task_id"]) for item in page.items
+                   if cancellable(item.get("status"))]
+            if matched + len(ids) > body.max_tasks:
+                ids, truncated = ids[:body.max_tasks - matched], True
+            matched += len(ids)
+            if not body.dry_run and ids:
+                now = int(time.time() * 1000)
+                await self._produce_many(
+                    [(i, self.builder.cancel(i, body.reason, now)) for i in ids])
+            if truncated or page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return {"matched": matched, "cancelled": 0 if body.dry_run else matched,
+                "dry_run": body.dry_run, "truncated": truncated}
+
     async def redrive(self, task_id: str, reason: str, max_attempts: int | None,
                       headers: Mapping[str, str], proxied: bool) -> None:
         await self.get_task(task_id, headers, proxied)
@@ -456,6 +523,21 @@ class Api:
                            "finished tasks are purged (cancel it first)")
         await self._produce(task_id, self.builder.purge(task_id, reason,
                                                         int(time.time() * 1000)))
+
+    async def _produce_many(self, records: list[tuple[str, bytes]]) -> None:
+        """Send events and wait for every acknowledgement (bounded)."""
+        timeout = self.settings.kafka_timeout_s
+        tracing = self.tracing.enabled
+        try:
+            pending = [await self.processor.events.send(
+                key=k.encode(), value=v,
+                headers=[self.tracing.root(k).header()] if tracing else None)
+                for k, v in records]
+            await asyncio.wait_for(asyncio.gather(*pending), timeout)
+        except TimeoutError:
+            raise ApiError(503, "unavailable", f"Kafka did not acknowledge the events in "
+                           f"{timeout:g} s; some may have been written: run the same request "
+                           "again (cancelling twice changes nothing)") from None
 
     async def _produce(self, task_id: str, value: bytes) -> None:
         """Send one event and wait for the broker's acknowledgement (bounded)."""

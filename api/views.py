@@ -3,7 +3,8 @@
 The middleware runs around every route of the replica's web server (Faust's own
 included) and is where the cross-cutting rules live:
 
-* auth (api/auth.py) before anything else;
+* auth (api/auth.py) before anything else, then the caller's request rate
+  (api/ratelimit.py: 429 with Retry-After over it);
 * every error is JSON ``{"error": {"code", "message", "field"}}``: ApiError as
   raised, aiohttp's own 404/405/413 translated, anything unexpected logged here
   and answered 500 with a generic message (no stack trace leaves the process).
@@ -19,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -27,7 +29,9 @@ from faust.web import View
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from taskstream.api import ratelimit
 from taskstream.api.auth import Scope, required_scope
+from taskstream.api.bulk import BulkCancelBody, bulk_query
 from taskstream.api.console import RedriveMany
 from taskstream.api.dashboard import STATIC_PATH, UI_PATH, Dashboard
 from taskstream.api.errors import ApiError, AuthFailure, error_body
@@ -93,6 +97,9 @@ def make_middleware(api: Api) -> Any:
         try:
             api.auth.check(request.headers.get("Authorization"),
                            required_scope(request.method, request.path))
+            limited = _over_rate(api, request)
+            if limited is not None:
+                return limited
             return await handler(request)
         except AuthFailure as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -115,6 +122,21 @@ def make_middleware(api: Api) -> Any:
             return error_response(500, "internal", "internal error; the server logged it")
 
     return taskstream_api
+
+
+def _over_rate(api: Api, request: web.Request) -> web.Response | None:
+    """The 429 answer when the caller is over its rate (api/ratelimit.py), else None."""
+    limiter = api.rate_limiter
+    if limiter is None or not ratelimit.counted(request.path, _proxied(request)):
+        return None
+    caller = ratelimit.caller_of(request.headers.get("Authorization"), request.remote)
+    wait_s = limiter.check(caller, time.monotonic())
+    if wait_s <= 0:
+        return None
+    retry_after = ratelimit.retry_after_header(wait_s)
+    return error_response(429, "rate_limited", f"over {limiter.rate:g} requests/s (burst "
+                          f"{limiter.burst}); retry in {retry_after} s", None,
+                          {"Retry-After": retry_after})
 
 
 # -- request parsing -------------------------------------------------------------------
@@ -334,6 +356,7 @@ class Endpoints:
         """path -> method -> handler: the whole public and internal surface."""
         return {
             "/tasks": {"get": self.list_tasks, "post": self.submit},
+            "/tasks/cancel": {"post": self.cancel_matching},
             "/tasks/{task_id}": {"get": self.get_task},
             "/tasks/{task_id}/wait": {"get": self.wait_task},
             "/tasks/{task_id}/result": {"get": self.result},
@@ -406,7 +429,8 @@ class Endpoints:
 
     async def list_dlq(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query,
-                                 allowed=("queue", "name", "since", "limit", "cursor"))
+                                 allowed=("queue", "name", "since", "before", "limit",
+                                          "cursor"))
         query = dataclasses.replace(query, state=TaskStatus.DEAD)
         return self._shown(request, (await self.api.list_tasks(query, request.headers)).body())
 
@@ -436,6 +460,14 @@ class Endpoints:
         await self.api.cancel(_task_id(task_id), body.reason, request.headers,
                               _proxied(request))
         return json_response({"task_id": task_id}, 202)
+
+    async def cancel_matching(self, request: web.Request) -> web.Response:
+        _no_params(request)
+        body = validated(BulkCancelBody,
+                         await read_json(request, BODY_OVERHEAD, required=True) or {})
+        query = bulk_query(body)
+        result = await self.api.cancel_matching(query, body, request.headers)
+        return json_response(result, 200 if body.dry_run else 202)
 
     async def redrive(self, request: web.Request, task_id: str) -> web.Response:
         body = await _command(request, allow_attempts=True)
@@ -499,6 +531,7 @@ class Endpoints:
         return error_response(503, "not_ready", why)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await self.api.refresh_lag_metrics()
         return web.Response(body=self.api.metrics_text(), headers={
             "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -58,6 +58,7 @@ from taskstream.schemas.events import (
     TaskSubmitted,
 )
 from taskstream.schemas.view import TaskView
+from taskstream.topics import canonical_tags
 
 if TYPE_CHECKING:
     from taskstream.settings import Settings
@@ -340,6 +341,12 @@ class TaskSpec(BaseModel):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str]) -> list[str]:
+        """Routing tags (D38): legal names, sorted, without repeats (after the bounds)."""
+        return list(canonical_tags(value))
 
     @field_validator("rate_key", "concurrency_key")
     @classmethod

@@ -16,7 +16,8 @@ processor     reads and writes ``P events`` (timer events), writes the ready top
               ``P cancellations``, ``P quarantine`` and ``P queues`` (the API's queue
               commands), owns its changelogs and Faust's internal topics
               (``P processor-*``: create, read, write) and its groups (``P processor*``,
-              ``P api.*``); reads broker configs (the session bounds, D14)
+              ``P api.*``); describes the workers' groups ``P workers.*`` (lag, queue
+              depth); reads broker configs (the session bounds, D14)
 worker        reads its queues' ready topics (``P ready.<queue>.*``, or every queue),
               ``P cancellations`` and ``P queues``; writes ``P events`` (outcomes) and
               ``P quarantine``; its groups are ``P workers.*``
@@ -115,6 +116,9 @@ def role_grants(settings: Settings, role: Role, queues: Sequence[str] | None = N
                        prefixed=True),
                 _group(app, _R, _D),
                 _group(topics.api_reader_group_prefix(settings), _R, _D),
+                # the workers' groups described, never joined: their lag and each
+                # queue's depth (D24, workers/lag.py)
+                _group(topics.worker_group_prefix(settings), _D),
                 # the API's workers roster (D23)
                 _topic(topics.workers_topic(settings), _R, _D),
                 _group(topics.ROSTER_GROUP_PREFIX, _R, _D),

@@ -75,6 +75,8 @@ WORKERS_SEGMENT_MS = 3600 * 1000
 def _workers(replication: int) -> dict[str, str]:
     return {"cleanup.policy": "compact,delete", "retention.ms": str(WORKERS_RETENTION_MS),
             "segment.ms": str(WORKERS_SEGMENT_MS), "min.insync.replicas": _min_insync(replication)}
+
+
 #: room for a record's framing around an event (batch and record headers, key, signature
 #: header): a topic that carries events takes max_event_bytes plus this (D28)
 RECORD_OVERHEAD = 4096
@@ -86,16 +88,19 @@ def _sized(settings: Settings, config: dict[str, str]) -> dict[str, str]:
     return {**config, MAX_MESSAGE_BYTES: str(settings.max_event_bytes + RECORD_OVERHEAD)}
 
 
-def queue_topic_specs(settings: Settings, queue: str) -> list[TopicSpec]:
-    """The ready topics of one queue, highest priority first."""
+def queue_topic_specs(settings: Settings, queue: str, tags: Iterable[str] = ()
+                      ) -> list[TopicSpec]:
+    """The ready topics of one queue (and tag set, routed as the processor routes it:
+    ``topics.dispatch_topic``, D38), highest priority first."""
     if not topics.QUEUE_NAME.match(queue):
         raise TopicError(
             f"queue name {queue!r} is not valid: use 1-64 letters, digits, '_' or '-'"
         )
     config = _sized(settings, _delete(settings.ready_retention_ms, settings.replication))
     return [
-        TopicSpec(name, settings.ready_partitions, config)
-        for name in topics.ready_topics(settings, queue)
+        TopicSpec(topics.dispatch_topic(settings, queue, level, tags), settings.ready_partitions,
+                  config)
+        for level in reversed(range(settings.priority_levels))
     ]
 
 
@@ -344,6 +349,12 @@ def end_offsets(settings: Settings, client: AdminClient,
     return _list_offsets(settings, client, partitions, _spec(OffsetSpec.latest))
 
 
+def start_offsets(settings: Settings, client: AdminClient,
+                  partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the earliest offset retention kept."""
+    return _list_offsets(settings, client, partitions, _spec(OffsetSpec.earliest))
+
+
 def committed_offsets(settings: Settings, client: AdminClient, group: str,
                       partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the group's committed offset, -1 where it has none."""
@@ -364,7 +375,6 @@ def group_lag(settings: Settings, client: AdminClient, group: str,
     parts = list(partitions)
     ends = end_offsets(settings, client, parts)
     committed = committed_offsets(settings, client, group, parts)
-    fresh = [tp for tp in parts if committed.get(tp, -1) < 0]
-    starts = _list_offsets(settings, client, fresh, _spec(OffsetSpec.earliest))
+    starts = start_offsets(settings, client, [tp for tp in parts if committed.get(tp, -1) < 0])
     return {tp: max(0, end - (committed[tp] if committed.get(tp, -1) >= 0 else starts.get(tp, 0)))
             for tp, end in ends.items()}

@@ -70,6 +70,18 @@ def register_queues(settings: Settings, queues: Iterable[str]) -> list[str]:
     return names
 
 
+def make_route_topics(settings: Settings, queue: str, tags: Iterable[str]) -> dict[str, bool]:
+    """Make the ready topics of a tag set of ``queue`` (D38), if missing; blocking.
+
+    Only for a registered queue (the caller has read the registry: D31): a tag set is
+    no new queue, so it is not registered itself; its topics follow from its queue's
+    registration, and whichever processor replica first dispatches the tag set makes
+    them, off the fold (processors/live/engine.py). Idempotent; the processor's ACLs
+    allow it (it may create topics under the ready prefix, D25)."""
+    fault_point("queue.create_topics")
+    return create_topics(settings, queue_topic_specs(settings, queue, tags))
+
+
 def set_up_platform(settings: Settings) -> tuple[dict[str, bool], list[str]]:
     """What ``taskstream topics create`` does: every platform topic that is missing, then
     the settings' queues registered. Returns (topic -> created now, registered queues)."""

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     api_tokens: dict[str, list[str]] = Field(
         default_factory=dict, description="sha256 hex of a token -> scopes (read, submit, admin)"
     )
+    api_rate_limit: float | None = Field(
+        None, gt=0, le=1_000_000,
+        description="requests per second each caller (bearer token, else address) may send "
+        "to one API replica; over it: 429 with Retry-After. Unset: no limit",
+    )
+    api_rate_burst: int = Field(20, ge=1, le=1_000_000,
+                                description="requests a caller may send at once above the rate")
 
     # Object storage for large payloads and results, retention (issue 22; D34, D35)
     storage_bucket: str | None = Field(

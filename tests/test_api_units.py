@@ -123,6 +123,7 @@ def test_list_query_parses_every_parameter() -> None:
     ({"since": "yesterday"}, "since"),
     ({"since": "\u00b9"}, "since"),  # a digit to str.isdigit, not to int(): found by fuzz
     ({"limit": "\u00b2"}, "limit"),
+    ({"before": "\u00b9\u00b2"}, "before"),
     ({"cursor": "a b"}, "cursor"),
     ({"colour": "red"}, "colour"),
 ])

@@ -1,12 +1,12 @@
 """docker-compose.yml (the whole stack) and docker-compose.kafka.yml (the broker), checked
 without a Docker engine: against the compose-spec JSON schema (a pinned copy in
-tests/schemas/, see its README) and for the facts the stack depends on.
+tests/schemas/, see its README) and for the facts the stack depends on. The SASL_SSL
+override, docker-compose.secure.yml, has tests of its own (test_deploy_compose_secure.py).
 """
 
 from __future__ import annotations
 
 import base64
-import shlex
 from typing import Any
 
 import jsonschema
@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from taskstream.settings import Settings, advertised_url, load_settings
+from tests.compose_support import command, env, load
 from tests.deploy_support import ROOT, load_schema
 
-COMPOSE_FILES = ["docker-compose.yml", "docker-compose.kafka.yml"]
+COMPOSE_FILES = ["docker-compose.yml", "docker-compose.kafka.yml", "docker-compose.secure.yml"]
 
 
 def compose(name: str = "docker-compose.yml") -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((ROOT / name).read_text())
-    return loaded
+    return load(name)
 
 
 def services() -> dict[str, dict[str, Any]]:
@@ -29,20 +29,8 @@ def services() -> dict[str, dict[str, Any]]:
     return found
 
 
-def command(service: dict[str, Any]) -> list[str]:
-    cmd = service.get("command", [])
-    return list(cmd) if isinstance(cmd, list) else shlex.split(cmd)
-
-
-def env(service: dict[str, Any]) -> dict[str, str]:
-    raw = service.get("environment", {})
-    if isinstance(raw, list):
-        raw = dict(item.split("=", 1) for item in raw)
-    return {k: str(v) for k, v in raw.items()}
-
-
 def taskstream_services() -> dict[str, dict[str, Any]]:
-    """The services that run the taskstream entrypoint (the sasl refusal runs only sh)."""
+    """The services that run the taskstream entrypoint."""
     return {name: s for name, s in services().items()
             if s.get("image") == "taskstream:latest" and "entrypoint" not in s}
 
@@ -147,12 +135,6 @@ def test_dev_profile_mounts_the_task_source_and_reloads() -> None:
     assert "--reload" in command(dev)
     assert "./examples:/app/examples:ro" in dev["volumes"]
     assert env(dev)["WATCHFILES_FORCE_POLLING"] == "true"
-
-
-def test_sasl_profile_refuses_until_the_clients_can_use_it() -> None:
-    sasl = services()["sasl"]
-    assert sasl["profiles"] == ["sasl"]
-    assert "exit 1" in command(sasl)[0] and "issue 17" in command(sasl)[0]
 
 
 def test_bind_mounts_exist_and_grafana_is_provisioned() -> None:

@@ -73,7 +73,7 @@ def corpus() -> list[tuple[bytes, Envelope, str]]:
         (None, env(submitted(queue="../evil")), "not a queue name"),
         (None, env(submitted(tags=["t"] * 100)), "100 tags"),
         (None, env(submitted(depends_on=[new_task_id() for _ in range(1001)])), "1001 parents"),
-        (None, env(TimerFired(TimerKind.DELAY_DUE, now), "not-a-task"), "not a task ID"),
+        (None, env(TimerFired(TimerKind.DELAY_DUE, now), "not-a-task"), "neither a task ID"),
         (None, env(submitted(), event_id=""), "event_id"),
         (None, env(TaskFailed("d", "w", "E", "m" * 70_000)), "message"),  # worker-signed
         (None, env(TaskSucceeded("d", "w", b'"forged"')), "not signed"),

@@ -30,7 +30,7 @@ from taskstream.telemetry.logs import (
     TextFormatter,
     task_context,
 )
-from taskstream.topics import ready_topic_parts
+from taskstream.topics import ReadyTopic, parse_ready_topic
 from taskstream.workers.context import TaskContext
 from taskstream.workers.pools import run_in_thread
 from taskstream.workers.presence import WorkerRecord
@@ -145,9 +145,9 @@ def test_the_roster_keeps_the_last_record_and_forgets_tombstones() -> None:
 
 def test_ready_topic_names_parse_back() -> None:
     settings = Settings(topic_prefix="x.")
-    assert ready_topic_parts(settings, "x.ready.images.p2") == ("images", 2)
+    assert parse_ready_topic(settings, "x.ready.images.p2") == ReadyTopic("images", (), 2)
     for name in ("x.events", "y.ready.a.p1", "x.ready.a.px", "x.ready..p1"):
-        assert ready_topic_parts(settings, name) is None
+        assert parse_ready_topic(settings, name) is None
 
 
 # -- doctor's judgements ------------------------------------------------------------------

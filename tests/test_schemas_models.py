@@ -163,7 +163,7 @@ SPECS = st.fixed_dictionaries(
         ).map(lambda b: {**b, "max": b["initial"] + 100}),
         "lease": st.floats(1, 3600),
         "headers": st.dictionaries(TEXT.filter(bool), TEXT, max_size=3),
-        "tags": st.lists(TEXT.filter(bool), max_size=3),
+        "tags": st.lists(st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z"), max_size=3),  # D38
     },
     optional={
         "delay": st.floats(0, 10**6),

@@ -162,6 +162,7 @@ def _can(role: Role, kind: Kind, name: str, op: str) -> bool:
     (Role.SUBMITTER, Kind.TOPIC, "ts.dlq", "WRITE", False),
     (Role.WORKER, Kind.TOPIC, "ts.ready.default.p0", "READ", True),
     (Role.WORKER, Kind.TOPIC, "ts.ready.default.p0", "WRITE", False),
+    (Role.WORKER, Kind.TOPIC, "ts.ready.default.t.gpu.p0", "READ", True),  # tags (D38)
     (Role.WORKER, Kind.TOPIC, "ts.events", "WRITE", True),
     (Role.WORKER, Kind.TOPIC, "ts.events", "READ", False),
     (Role.WORKER, Kind.TOPIC, "ts.processor-tasks-changelog", "READ", False),
@@ -169,6 +170,9 @@ def _can(role: Role, kind: Kind, name: str, op: str) -> bool:
     (Role.WORKER, Kind.GROUP, "ts.processor", "READ", False),
     (Role.PROCESSOR, Kind.TOPIC, "ts.events", "READ", True),
     (Role.PROCESSOR, Kind.TOPIC, "ts.ready.new.p2", "CREATE", True),
+    (Role.PROCESSOR, Kind.TOPIC, "ts.ready.new.t.gpu.ssd.p2", "CREATE", True),
+    (Role.PROCESSOR, Kind.GROUP, "ts.workers.default", "DESCRIBE", True),  # lag
+    (Role.PROCESSOR, Kind.GROUP, "ts.workers.default", "READ", False),
     (Role.PROCESSOR, Kind.TOPIC, "ts.processor-tasks-changelog", "CREATE", True),
     (Role.PROCESSOR, Kind.TOPIC, "ts.events", "CREATE", False),
     (Role.PROCESSOR, Kind.TOPIC, "ts.events", "DELETE", False),
@@ -186,6 +190,10 @@ def test_a_worker_can_be_narrowed_to_its_queues() -> None:
     settings = load_settings(topic_prefix="ts.")
     names = {g.name for g in role_grants(settings, Role.WORKER, ["images"])}
     assert "ts.ready.images." in names and "ts.ready." not in names
+    # a queue's tagged topics (D38) share its prefix; no other queue's do
+    for name, readable in (("ts.ready.images.t.gpu.p0", True), ("ts.ready.images2.p0", False)):
+        assert any(name.startswith(g.name) for g in role_grants(
+            settings, Role.WORKER, ["images"]) if g.kind is Kind.TOPIC) is readable
 
 
 def test_bindings_are_allow_rules_for_the_principal() -> None:

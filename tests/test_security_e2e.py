@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from taskstream.acls import Role
+from taskstream.admin import list_topics
 from taskstream.api.auth import token_digest
 from taskstream.cli.main import main
 from taskstream.producer import TaskProducer
@@ -25,7 +26,7 @@ from taskstream.security.keyring import keyring_json, load_keyring, new_secret, 
 from taskstream.security.sealing import Sealer, sealed_key_id
 from taskstream.security.signing import signature_of, verify
 from taskstream.settings import Settings
-from taskstream.topics import events_topic
+from taskstream.topics import events_topic, ready_topic
 from taskstream.workers import TaskApp
 from tests.conftest import Roles
 from tests.harness import ProcessorProcess, read_to_end
@@ -131,6 +132,35 @@ def test_secured_platform_seals_signs_and_rotates(secure_roles: Roles, tmp_path:
         assert worker_events
         for key, value, headers in worker_events:
             assert verify(admin_ring, key, value, signature_of(headers))[0] == "worker"
+    finally:
+        replica.stop()
+
+
+def test_a_tag_set_is_routed_under_the_roles_acls(secure_roles: Roles, tmp_path: Path) -> None:
+    """Tags on a secured cluster (D38 with D25, D31): the processor makes a registered
+    queue's tag-set topics under the ``ready.<queue>.`` prefix its ACLs let it create, a
+    worker with the tag reads them by pattern under its own prefix, and the queue's lag
+    (per tag set) is read with the processor's Describe on the workers' groups."""
+    processor = secure_roles(Role.PROCESSOR, api_tokens={
+        token_digest(t): s for t, s in TOKENS.items()})
+    replica = ProcessorProcess(processor, tmp_path / "replica0").start(ready_timeout=120)
+    admin = secure_roles(Role.ADMIN)
+    gpu_topic = ready_topic(admin, "default", 0, ["gpu"])
+    assert gpu_topic not in list_topics(admin)
+    try:
+        with running_worker(app, secure_roles(Role.WORKER), concurrency=2, tags=["gpu"]), \
+                TaskProducer(secure_roles(Role.SUBMITTER, api_url=replica.url,
+                                          api_token="read-tok")) as producer:
+            handle = producer.submit("sec.echo", {"n": 7}, tags=["gpu"])
+            assert handle.result(timeout=90) == {"got": {"n": 7}}
+        assert gpu_topic in list_topics(admin)  # made by the processor, off the fold
+        with httpx.Client(base_url=replica.url, timeout=30) as http:
+            answer = http.get("/queues", headers={"Authorization": "Bearer read-tok"})
+        assert answer.status_code == 200, answer.text
+        lag = next(q for q in answer.json()["queues"] if q["name"] == "default")["lag"]
+        assert lag is not None, "the workers' group offsets were not readable"
+        gpu = [t for t in lag["topics"] if t["tags"] == ["gpu"]]
+        assert gpu and all(t["lag"] == 0 for t in gpu), lag
     finally:
         replica.stop()
 

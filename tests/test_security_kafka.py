@@ -9,7 +9,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from taskstream.acls import Role
 from taskstream.admin import TopicSpec, create_topics, list_topics
@@ -84,6 +91,21 @@ def read(settings: Settings, topic: str, group: str) -> KafkaError | None:
         consumer.close()
 
 
+def commit(settings: Settings, topic: str, group: str) -> KafkaError | None:
+    """Commit offset 0 of ``topic``'s partition 0 for ``group``; None when the broker lets
+    us, else the error (a commit needs READ on the group, describing it does not)."""
+    consumer = Consumer(consumer_config(settings, group, {"enable.auto.commit": False}))
+    try:
+        consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+        return None
+    except KafkaException as exc:
+        error = exc.args[0]
+        assert isinstance(error, KafkaError)
+        return error
+    finally:
+        consumer.close()
+
+
 def refused(error: KafkaError | None) -> bool:
     return error is not None and error.code() in DENIED
 
@@ -114,6 +136,7 @@ def test_each_role_can_do_what_it_must_and_nothing_else(secure_roles: Roles) -> 
 
     # a worker: reads ready topics, cancellations and queues; writes events and quarantine
     assert read(worker, ready, worker_group(s, "default")) is None
+    assert commit(worker, ready, worker_group(s, "default")) is None
     assert read(worker, cancellations_topic(s), worker_group(s, "control-x")) is None
     assert produce(worker, events_topic(s)) is None
     assert produce(worker, quarantine_topic(s)) is None
@@ -129,7 +152,8 @@ def test_each_role_can_do_what_it_must_and_nothing_else(secure_roles: Roles) -> 
                   quarantine_topic(s), queues_topic(s)):
         assert produce(processor, topic) is None, topic
     assert refused(read(processor, ready, processor_app_id(s)))
-    assert refused(read(processor, events_topic(s), worker_group(s, "default")))
+    # the workers' groups: described for their lag (D24, D38), never joined or moved
+    assert refused(commit(processor, ready, worker_group(s, "default")))
     assert creates(processor, ready_topic(s, "fresh", 0))
     assert creates(processor, f"{processor_app_id(s)}-extra-changelog")
     assert not creates(processor, s.topic("events2"))

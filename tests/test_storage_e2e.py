@@ -51,6 +51,12 @@ async def child(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return {"parent_blob": len(result["blob"])}
 
 
+@app.task(name="storage.grow_many", batch_size=10, batch_wait=0.5)
+async def grow_many(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch twin of storage.grow (D39): one call, one result per payload."""
+    return [{"seen": len(p["blob"]), "blob": "r" * p["size"]} for p in payloads]
+
+
 def with_storage(settings: Settings, env: dict[str, str], **extra: Any) -> Settings:
     return load_settings(bootstrap=settings.bootstrap, topic_prefix=settings.topic_prefix,
                          data_dir=settings.data_dir, kafka_home=settings.kafka_home,
@@ -305,4 +311,31 @@ def test_a_child_reads_its_parents_offloaded_result(
     finally:
         if reader is not None:
             reader.close()
+        replica.stop()
+
+
+def test_a_batch_handler_reads_and_writes_offloaded_sealed_values(
+        topics: Settings, s3_env: dict[str, str], tmp_path: Path) -> None:
+    """A batch (D39) of large sealed payloads (D27): each record's payload is fetched and
+    opened on its own, each large result sealed and stored under its own run's key, and a
+    small one stays inline beside them."""
+    from taskstream.security.keyring import keyring_json, new_secret
+
+    keyed = with_storage(topics, s3_env, payload_keys=keyring_json({"k1": new_secret()}, "k1"))
+    replica = ProcessorProcess(keyed, tmp_path / "replica0").start()
+    try:
+        keyed = keyed.model_copy(update={"api_url": replica.url})
+        with running_worker(app, keyed, concurrency=2, queues=keyed.queues), \
+                TaskProducer(keyed) as producer:
+            sizes = [(300_000, 200_000), (5, 2_000_000), (400_000, 3)]
+            handles = [producer.submit("storage.grow_many", {"blob": "p" * n, "size": m})
+                       for n, m in sizes]
+            values = [h.result(timeout=90) for h in handles]
+        assert values == [{"seen": n, "blob": "r" * m} for n, m in sizes]
+        states = StateReader(keyed)
+        done = [states.wait(h.task_id, lambda s: s.status is TaskStatus.SUCCEEDED, "done")
+                for h in handles]
+        assert [s.payload_ref is not None for s in done] == [True, False, True]
+        assert [s.result_ref is not None for s in done] == [True, True, False]
+    finally:
         replica.stop()

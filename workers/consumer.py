@@ -7,7 +7,11 @@ from a lock-protected buffer and reports them settled. See
 
 Group id ``<prefix>workers.<queue>``, manual commits, ``auto.offset.reset=earliest``.
 A newly assigned partition stays paused until its lag is known, so a backlog in
-a high level is never overtaken by a low one at start-up.
+a high level is never overtaken by a low one at start-up. A worker with tags
+subscribes to the ready topics of every subset of its tags by pattern (D38,
+:func:`taskstream.topics.ready_subscription`); workers of one queue with
+different tags share the group, and the assignor gives each topic's partitions
+only to the members subscribed to it.
 
 Assignment is ``roundrobin`` (docs/decisions.md, D21): a queue's work sits
 mostly in one level's topic, and ``cooperative-sticky`` balances only the
@@ -46,7 +50,7 @@ from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
 from taskstream.telemetry.context import TraceContext, from_headers
-from taskstream.topics import ready_topics, worker_group
+from taskstream.topics import ready_subscription, worker_group
 from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.flow import (
     TP,
@@ -113,11 +117,13 @@ class QueueConsumer:
 
     def __init__(self, settings: Settings, queue: str, *, prefetch: int, client_id: str,
                  emitter: EventEmitter, metrics: WorkerMetrics,
-                 on_records: Callable[[], object], trace_headers: bool = False) -> None:
+                 on_records: Callable[[], object], tags: tuple[str, ...] = (),
+                 trace_headers: bool = False) -> None:
         self.queue = queue
+        self.tags = tags
         self._trace_headers = trace_headers
         self.group_id = worker_group(settings, queue)
-        self._topics = ready_topics(settings, queue)
+        self._topics = ready_subscription(settings, queue, tags)
         self._timeout = settings.kafka_timeout_s
         self._prefetch = max(1, prefetch)
         self._emitter = emitter
@@ -137,6 +143,7 @@ class QueueConsumer:
         self._high: dict[TP, int] = {}
         self._backpressure = Backpressure(self._prefetch, STALL_S)
         self._stalled = False
+        self._lag_total = 0
         self._flow_due = 0.0  # when the pause rules are next applied; 0: at once
         self._queue_paused = False
         self._draining = False
@@ -173,6 +180,23 @@ class QueueConsumer:
         """The record was started (TaskStarted acknowledged) or needs no start."""
         with self._lock:
             self._tracker.settled(tp, offset)
+
+    def owns(self, tp: TP) -> bool:
+        """Is the partition still assigned here (a record of a revoked one must not start)?"""
+        with self._lock:
+            return tp in self._levels
+
+    def backlog(self) -> int:
+        """Records waiting for this worker: buffered here plus lag on its partitions (as of
+        the poll thread's last look)."""
+        with self._lock:
+            return self._buffered + self._lag_total
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """Buffer up to ``prefetch`` records (``--concurrency auto`` moves it)."""
+        with self._lock:
+            self._prefetch = max(1, prefetch)
+            self._backpressure.prefetch = self._prefetch
 
     def set_paused(self, paused: bool) -> None:
         with self._lock:
@@ -394,6 +418,7 @@ class QueueConsumer:
             self._flow_due = now + FLOW_EVERY_S
         lag = self._lag()
         with self._lock:
+            self._lag_total = sum(max(0, n) for n in lag.values())
             buffered: dict[int, int] = {lvl: len(b) for lvl, b in self._buffers.items()}
             want = desired_paused(self._levels, waiting_levels(self._levels, buffered, lag),
                                   full=stalled,

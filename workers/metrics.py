@@ -17,6 +17,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10000)
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300)
 
 
@@ -43,6 +44,11 @@ class WorkerMetrics:
         self.queue_wait = Histogram("taskstream_worker_queue_wait_seconds",
                                     "dispatch to start", ["queue"], buckets=_WAIT_BUCKETS,
                                     registry=r)
+        self.concurrency = Gauge("taskstream_worker_concurrency",
+                                 "slots: attempts (or batches) that may run at once",
+                                 registry=r)
+        self.batch_size = Histogram("taskstream_worker_batch_size", "tasks per batch call",
+                                    ["task"], buckets=_BATCH_BUCKETS, registry=r)
         self.in_flight = Gauge("taskstream_worker_in_flight", "attempts running now", registry=r)
         self.heartbeats = Counter("taskstream_worker_heartbeats", "LeaseRenewed events emitted",
                                   registry=r)
@@ -60,8 +66,6 @@ class WorkerMetrics:
         # per worker (docs/observability.md): who it is, and that it is alive
         self.info = Gauge("taskstream_worker_info", "1 per worker process, its facts as labels",
                           ["worker_id", "host", "queues", "pool"], registry=r)
-        self.concurrency = Gauge("taskstream_worker_concurrency", "attempts it may run at once",
-                                 registry=r)
         self.last_heartbeat = Gauge("taskstream_worker_last_heartbeat_timestamp_seconds",
                                     "when it last announced itself on the workers topic",
                                     registry=r)

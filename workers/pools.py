@@ -26,7 +26,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from taskstream.workers.outcome import Failure, Outcome, encode_result, failure_from_exception
+from taskstream.workers.outcome import Failure, encode_result, failure_from_exception
 
 #: bound on reaping a killed child
 _REAP_TIMEOUT_S = 5.0
@@ -61,9 +61,10 @@ async def run_in_thread(fn: Callable[..., Any], args: tuple[Any, ...], name: str
     return await fut
 
 
-def _child_main(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _child_main(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...],
+                convert: Callable[[Any], Any]) -> None:
     try:
-        outcome: Outcome = encode_result(fn(*args))
+        outcome: Any = convert(fn(*args))
     except BaseException as exc:
         outcome = failure_from_exception(exc)
     try:
@@ -97,12 +98,17 @@ async def _reap(proc: multiprocessing.process.BaseProcess) -> None:
     proc.join(0)
 
 
-async def run_in_process(fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> Outcome:
-    """Run ``fn(*args)`` in a new process; cancelling the await kills the process."""
+async def run_in_process(fn: Callable[..., Any], args: tuple[Any, ...], name: str,
+                         convert: Callable[[Any], Any] = encode_result) -> Any:
+    """Run ``fn(*args)`` in a new process; cancelling the await kills the process.
+
+    The child sends ``convert(result)`` back (an :class:`Outcome` by default; a batch sends
+    a list of them), or a :class:`Failure` when ``fn`` raised. ``convert`` must pickle (a
+    module-level function or a ``functools.partial`` of one)."""
     ctx = multiprocessing.get_context("forkserver")
     reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(writer, fn, args), name=f"task:{name}",
-                       daemon=True)
+    proc = ctx.Process(target=_child_main, args=(writer, fn, args, convert),
+                       name=f"task:{name}", daemon=True)
     try:
         proc.start()
     finally:
@@ -110,7 +116,7 @@ async def run_in_process(fn: Callable[..., Any], args: tuple[Any, ...], name: st
     try:
         await _readable(reader)
         try:
-            outcome: Outcome = reader.recv()
+            outcome: Any = reader.recv()
         except EOFError:
             await _reap(proc)
             return Failure(

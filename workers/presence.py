@@ -99,6 +99,8 @@ class WorkerRecord:
                 "heartbeat_age_s": round(max(0, now_ms - self.heartbeat_at_ms) / 1000, 3)}
 
 
+#: what a heartbeat reads from the worker: in_flight, the counts, and concurrency (its
+#: slots now: they move with ``--concurrency auto``, D40)
 Snapshot = Callable[[], dict[str, int]]
 
 
@@ -127,6 +129,7 @@ class Presence:
         counts = self._snapshot()
         self.record = replace(
             self.record, heartbeat_at_ms=now_ms(), state=state,
+            concurrency=counts.get("concurrency", self.record.concurrency),
             in_flight=counts.get("in_flight", 0), tasks_started=counts.get("tasks_started", 0),
             tasks_succeeded=counts.get("tasks_succeeded", 0),
             tasks_failed=counts.get("tasks_failed", 0))

@@ -5,9 +5,12 @@ your tasks module and pass to a :class:`~taskstream.workers.worker.Worker` (or
 name with ``taskstream worker -A module:attr``). There is no global registry.
 
 Handlers are coroutines or plain functions taking ``(payload)`` or
-``(payload, ctx)``; which one is decided once, at registration. The decorator
-returns the function unchanged, so it stays importable by name (a process pool
-needs that) and callable in unit tests.
+``(payload, ctx)``; which one is decided once, at registration. A batch handler
+(``@app.task(batch_size=100, batch_wait=0.05)``) takes ``(payloads)`` or
+``(payloads, ctxs)``: lists, one entry per task, and returns one result per task
+(an exception instance in the list fails that task alone; see workers/batch.py).
+The decorator returns the function unchanged, so it stays importable by name (a
+process pool needs that) and callable in unit tests.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from taskstream.workers.errors import RegistrationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: a batch waits this long for more tasks after its first, unless told otherwise
+DEFAULT_BATCH_WAIT_S = 0.05
+MAX_BATCH_SIZE = 10_000
+MAX_BATCH_WAIT_S = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class TaskDef:
@@ -36,6 +44,12 @@ class TaskDef:
     retry: Backoff | None = None
     is_coroutine: bool = False
     takes_context: bool = False
+    batch_size: int | None = None  # a batch handler: up to this many tasks per call
+    batch_wait_s: float = 0.0  # how long a batch waits to fill from its first task
+
+    @property
+    def is_batch(self) -> bool:
+        return self.batch_size is not None
 
     @property
     def timeout_ms(self) -> int | None:
@@ -82,6 +96,8 @@ class TaskRegistry:
         timeout: float | None = None,
         max_attempts: int | None = None,
         retry: Backoff | None = None,
+        batch_size: int | None = None,
+        batch_wait: float = DEFAULT_BATCH_WAIT_S,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -94,15 +110,19 @@ class TaskRegistry:
         timeout: float | None = None,
         max_attempts: int | None = None,
         retry: Backoff | None = None,
+        batch_size: int | None = None,
+        batch_wait: float = DEFAULT_BATCH_WAIT_S,
     ) -> Any:
         """Register a handler: ``@app.task`` or ``@app.task(name=..., queue=..., timeout=...)``.
 
-        ``name`` defaults to ``module.qualname``; ``timeout`` is in seconds.
+        ``name`` defaults to ``module.qualname``; ``timeout`` and ``batch_wait`` are in
+        seconds. ``batch_size`` makes it a batch handler (module docstring).
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
             self.add(func, name=name, queue=queue, timeout=timeout,
-                     max_attempts=max_attempts, retry=retry)
+                     max_attempts=max_attempts, retry=retry, batch_size=batch_size,
+                     batch_wait=batch_wait)
             return func
 
         return register(fn) if fn is not None else register
@@ -116,6 +136,8 @@ class TaskRegistry:
         timeout: float | None = None,
         max_attempts: int | None = None,
         retry: Backoff | None = None,
+        batch_size: int | None = None,
+        batch_wait: float = DEFAULT_BATCH_WAIT_S,
     ) -> TaskDef:
         """Register ``fn`` (the decorator's work, callable directly)."""
         task_name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -128,6 +150,13 @@ class TaskRegistry:
             raise RegistrationError(f"task {task_name!r}: timeout must be > 0 seconds")
         if max_attempts is not None and max_attempts < 1:
             raise RegistrationError(f"task {task_name!r}: max_attempts must be >= 1")
+        if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise RegistrationError(
+                f"task {task_name!r}: batch_size must be 1 to {MAX_BATCH_SIZE}; got {batch_size}")
+        if not 0 <= batch_wait <= MAX_BATCH_WAIT_S:
+            raise RegistrationError(
+                f"task {task_name!r}: batch_wait must be 0 to {MAX_BATCH_WAIT_S:g} seconds "
+                f"(tasks wait that long unstarted, with no lease); got {batch_wait!r}")
         existing = self._tasks.get(task_name)
         if existing is not None and existing.fn is not fn:
             raise RegistrationError(
@@ -143,6 +172,8 @@ class TaskRegistry:
             retry=retry,
             is_coroutine=inspect.iscoroutinefunction(fn),
             takes_context=_takes_context(fn, task_name),
+            batch_size=batch_size,
+            batch_wait_s=batch_wait,
         )
         self._tasks[task_name] = definition
         return definition

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 from taskstream.objectstore.offload import Offloader
 from taskstream.schemas.events import TaskDispatched
 from taskstream.security.sealing import Sealer
+from taskstream.workers.batch import batch_outcomes, whole_batch
 from taskstream.workers.blobs import fetch_payload, store_result
 from taskstream.workers.context import TaskContext
 from taskstream.workers.outcome import (
@@ -58,7 +61,8 @@ async def _call(task: TaskDef, args: tuple[Any, ...], pool: Pool) -> Outcome:
     if task.is_coroutine:
         return encode_result(await task.fn(*args))
     if pool is Pool.PROCESS:
-        return await run_in_process(task.fn, args, task.name)
+        outcome: Outcome = await run_in_process(task.fn, args, task.name)
+        return outcome
     return encode_result(await run_in_thread(task.fn, args, task.name))
 
 
@@ -85,9 +89,7 @@ async def _execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
     try:
         payload = decode_payload(raw, dispatched.content_type)
     except ValueError as exc:
-        return Failure("PayloadDecodeError",
-                       f"payload declared {dispatched.content_type} does not decode: {exc}",
-                       retryable=False)
+        return _payload_failure(dispatched, exc)
     args = (payload, ctx) if task.takes_context else (payload,)
     limit = timeout_seconds(task, dispatched)
     scope: asyncio.Timeout | None = None
@@ -104,4 +106,59 @@ async def _execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
         return failure_from_exception(exc)
 
 
-__all__ = ["Failure", "Outcome", "Pool", "Success", "execute", "timeout_seconds"]
+def _payload_failure(dispatched: TaskDispatched, exc: ValueError) -> Failure:
+    return Failure("PayloadDecodeError",
+                   f"payload declared {dispatched.content_type} does not decode: {exc}",
+                   retryable=False)
+
+
+async def _call_batch(task: TaskDef, args: tuple[Any, ...], count: int, pool: Pool
+                      ) -> list[Outcome]:
+    if task.is_coroutine:
+        return batch_outcomes(await task.fn(*args), count)
+    if pool is Pool.PROCESS:
+        sent = await run_in_process(task.fn, args, task.name,
+                                    functools.partial(batch_outcomes, count=count))
+        return whole_batch(sent, count) if isinstance(sent, Failure) else list(sent)
+    return batch_outcomes(await run_in_thread(task.fn, args, task.name), count)
+
+
+async def execute_batch(task: TaskDef, records: Sequence[TaskDispatched],
+                        ctxs: Sequence[TaskContext], pool: Pool = Pool.THREAD
+                        ) -> list[Outcome]:
+    """Run a batch handler once over ``records``: one outcome per record, in order.
+
+    A record whose payload does not decode fails alone and is left out of the call.
+    The batch's timeout is the shortest of its records' (workers/batch.py). Never
+    raises, except CancelledError when cancelled.
+    """
+    outcomes: dict[int, Outcome] = {}
+    payloads: list[Any] = []
+    chosen: list[int] = []
+    for i, dispatched in enumerate(records):
+        try:
+            payloads.append(decode_payload(dispatched.payload, dispatched.content_type))
+            chosen.append(i)
+        except ValueError as exc:
+            outcomes[i] = _payload_failure(dispatched, exc)
+    if chosen:
+        args: tuple[Any, ...] = (payloads, [ctxs[i] for i in chosen]) if task.takes_context \
+            else (payloads,)
+        limits = [t for t in (timeout_seconds(task, records[i]) for i in chosen) if t]
+        limit = min(limits) if limits else None
+        try:
+            async with asyncio.timeout(limit) as scope:
+                results = await _call_batch(task, args, len(chosen), pool)
+        except TimeoutError as exc:
+            failure = timeout_failure(limit or 0.0) if scope.expired() \
+                else failure_from_exception(exc)
+            results = whole_batch(failure, len(chosen))
+        except Exception as exc:
+            results = whole_batch(failure_from_exception(exc), len(chosen))
+        for i, outcome in zip(chosen, results, strict=True):
+            outcomes[i] = outcome
+    return [outcomes[i] for i in range(len(records))]
+
+
+__all__ = ["Failure", "Outcome", "Pool", "Success", "execute", "execute_batch",
+           "timeout_seconds"]

@@ -12,6 +12,18 @@ Life of one ready record (the order of durable steps matters):
 4. ``LeaseRenewed`` every ``lease_ms / 3`` while the handler runs;
 5. ``TaskSucceeded`` or ``TaskFailed`` is produced; the slot is freed.
 
+Steps 3-5 are :class:`~taskstream.workers.attempts.AttemptRunner`'s; this module
+owns the consumers, the slots, the dispatcher and the shutdown.
+
+A batch task's records (workers/batch.py, D39) wait in a :class:`Batcher`
+between steps 2 and 3, unstarted and unsettled, until their batch is full or
+its wait has passed; the batch then takes one slot and goes through steps 3-5
+record by record around a single handler call.
+
+Concurrency is a fixed number of slots, or ``auto`` (workers/autoscale.py, D40):
+a controller moves the number every second within bounds. A worker with tags
+reads the ready topics of every subset of them (D38).
+
 Shutdown (first SIGTERM/SIGINT, or :meth:`Worker.request_stop`): stop fetching
 and starting, let running attempts finish for up to ``grace_s`` and emit their
 outcomes, interrupt the rest without an outcome (their leases expire and the
@@ -22,6 +34,7 @@ signal (``immediate=True``) ends the grace period at once. Every wait is bounded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -29,72 +42,36 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from taskstream.objectstore.offload import Offloader
-from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.settings import Settings, load_settings
-from taskstream.telemetry.logs import TaskLogContext, set_task_context
 from taskstream.telemetry.tracing import Telemetry
-from taskstream.workers.consumer import QueueConsumer, ReadyRecord
-from taskstream.workers.context import TaskContext
+from taskstream.topics import MAX_WORKER_TAGS, canonical_tags
+from taskstream.workers.attempts import AttemptRunner, Batch, Job, Picked
+from taskstream.workers.autoscale import TICK_S, AutoConcurrency, Bounds, Sample
+from taskstream.workers.batch import Batcher
+from taskstream.workers.consumer import QueueConsumer
 from taskstream.workers.control import ControlReader
-from taskstream.workers.emitter import EventEmitter, Headers
+from taskstream.workers.emitter import EventEmitter
 from taskstream.workers.errors import WorkerError
+from taskstream.workers.machine import MachineLoad
 from taskstream.workers.metrics import WorkerMetrics
-from taskstream.workers.outcome import (
-    Failure,
-    Outcome,
-    cancelled_failure,
-    open_payload,
-    unknown_task_failure,
-)
 from taskstream.workers.presence import Presence
-from taskstream.workers.progress import ProgressThrottle, expired, fencing_token
 from taskstream.workers.queuectl import QueueCommand
-from taskstream.workers.registry import TaskDef, TaskRegistry
-from taskstream.workers.runtime import Pool, execute
-from taskstream.workers.tracing import AttemptTrace, AttemptTracing
+from taskstream.workers.registry import TaskRegistry
+from taskstream.workers.runtime import Pool
+from taskstream.workers.slots import Slots
+from taskstream.workers.tracing import AttemptTracing
 
 log = logging.getLogger("taskstream.worker")
 
 WAKEUP_S = 0.5
-MIN_RENEW_S = 0.05
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def lazy_progress(emitter: EventEmitter, envelope: Envelope) -> Callable[[float, str], object]:
-    """``ctx.progress``'s sink: a throttle made on the first report (most handlers never
-    report, and the worker's hot path makes one context per attempt)."""
-    throttle: ProgressThrottle | None = None
-
-    def report(fraction: float, note: str) -> object:
-        nonlocal throttle
-        if throttle is None:
-            throttle = ProgressThrottle(lambda f, n: emitter.progress(envelope, f, n))
-        return throttle.report(fraction, note)
-
-    return report
-
-
-@dataclass(slots=True)
-class _Running:
-    """An attempt whose handler runs: ``task`` is the asyncio task running it (the
-    record's own task); its next LeaseRenewed is due at ``renew_at`` (loop time)."""
-
-    envelope: Envelope
-    ctx: TaskContext
-    task: asyncio.Task[None]
-    renew_every_s: float
-    renew_at: float
-    cancel_requested: bool = False
-    #: what its LeaseRenewed events carry (the run span's traceparent; None: tracing off)
-    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 class Worker:
@@ -106,20 +83,35 @@ class Worker:
         settings: Settings | None = None,
         *,
         queues: Sequence[str] | None = None,
-        concurrency: int = 16,
+        concurrency: int | None = 16,
         pool: Pool | str = Pool.THREAD,
         grace_s: float = 30.0,
         metrics_port: int | None = None,
         worker_id: str | None = None,
+        tags: Sequence[str] = (),
+        auto_bounds: Bounds | None = None,
         fetch_result: Callable[[str], Any] | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise WorkerError(f"concurrency must be >= 1; got {concurrency}")
+        """``concurrency=None`` is ``--concurrency auto`` within ``auto_bounds``."""
+        if concurrency is not None and concurrency < 1:
+            raise WorkerError(f"concurrency must be >= 1 (or None for auto); got {concurrency}")
+        try:
+            self.tags = canonical_tags(tags, most=MAX_WORKER_TAGS)
+        except ValueError as exc:
+            raise WorkerError(f"--tags: {exc}") from None
         self.app = app
         self.settings = settings or load_settings()
         self.queues = list(queues or app.queues() or ["default"])
-        self.concurrency = concurrency
+        self.auto: AutoConcurrency | None = None
+        if concurrency is None:
+            self.auto = AutoConcurrency(auto_bounds or Bounds())
+            concurrency = self.auto.bounds.high
+        self.concurrency: int = concurrency
+        self._slots: Slots | None = None
+        self._batcher: Batcher[Picked] = Batcher()
+        self._batch_max = max((t.batch_size or 1 for t in app), default=1)
+        self._has_batches = any(t.is_batch for t in app)
         self.pool = Pool(pool)
         self.grace_s = grace_s
         self.metrics_port = metrics_port
@@ -127,18 +119,15 @@ class Worker:
         #: reads a parent's result for ctx.parent_results (the CLI passes the SDK's API client)
         self.fetch_result = fetch_result
         self.metrics = WorkerMetrics()
-        self._offloader = Offloader.from_settings(self.settings)
-        self.metrics.count_in_flight(lambda: len(self._running))
+        self.metrics.count_in_flight(lambda: self.in_flight)
         #: tracing (default: the settings' otlp_endpoint; off without one); run() owns it
         self._owns_telemetry = telemetry is None
         self.tracing = AttemptTracing(
             telemetry or Telemetry.from_settings(self.settings, "taskstream-worker",
                                                  self.worker_id), self.worker_id)
         self._presence: Presence | None = None
-        self._cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
         self._paused: dict[str, bool] = {}
-        self._running: dict[str, _Running] = {}
-        self._lease_sweep: asyncio.TimerHandle | None = None
+        self._attempts: AttemptRunner | None = None
         self._record_tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[QueueConsumer] = []
         self._rr = 0
@@ -192,6 +181,9 @@ class Worker:
         if self._stopping:
             return
         self._emitter = EventEmitter(self.settings, self.worker_id, self.metrics)
+        self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics, loop,
+                                       self.tracing, self.fetch_result,
+                                       Offloader.from_settings(self.settings))
         self._control = ControlReader(
             self.settings,
             on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),
@@ -203,37 +195,53 @@ class Worker:
         if self.metrics_port is not None:
             self._metrics_server, _ = self.metrics.serve(self.metrics_port)
         self.tracing.telemetry.install_global()
+        self._slots = Slots(self.concurrency if self.auto is None else self.auto.limit)
         for queue in self.queues:
             consumer = QueueConsumer(
-                self.settings, queue, prefetch=max(2 * self.concurrency, 8),
+                self.settings, queue, prefetch=self._prefetch(self._slots.limit),
                 client_id=self.worker_id, emitter=self._emitter, metrics=self.metrics,
                 on_records=lambda: loop.call_soon_threadsafe(self._wakeup.set),
-                trace_headers=self.tracing.enabled)
+                tags=self.tags, trace_headers=self.tracing.enabled)
             consumer.set_paused(self._paused.get(queue, False))
             consumer.start()
             self._consumers.append(consumer)
-        log.info("event=worker.started worker_id=%s queues=%s concurrency=%d pool=%s tasks=%d",
-                 self.worker_id, ",".join(self.queues), self.concurrency, self.pool.value,
-                 len(self.app))
-        # tags: issue 16 gives workers tags; until then the record carries none
+        log.info("event=worker.started worker_id=%s queues=%s concurrency=%s pool=%s tasks=%d "
+                 "tags=%s", self.worker_id, ",".join(self.queues),
+                 self.concurrency if self.auto is None else
+                 f"auto({self.auto.bounds.low}-{self.auto.bounds.high})",
+                 self.pool.value, len(self.app), ",".join(self.tags) or "-")
+        self.metrics.concurrency.set(self._slots.limit)
         self._presence = Presence(self.settings, self._emitter, worker_id=self.worker_id,
-                                  queues=self.queues, concurrency=self.concurrency,
-                                  pool=self.pool.value, snapshot=self._presence_snapshot,
-                                  metrics=self.metrics)
+                                  queues=self.queues, tags=self.tags,
+                                  concurrency=self._slots.limit, pool=self.pool.value,
+                                  snapshot=self._presence_snapshot, metrics=self.metrics)
         self._presence.start()
         self._started.set()
         loop.call_later(WAKEUP_S, self._nudge)
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
+        sizer = asyncio.create_task(self._autoscale(), name="taskstream-autoscale") \
+            if self.auto is not None else None
         await self._stop.wait()
+        if sizer is not None:
+            sizer.cancel()
         await self._shutdown(dispatcher)
 
     @property
     def in_flight(self) -> int:
-        return len(self._running)
+        return len(self._attempts.running) if self._attempts is not None else 0
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Slots now (moves with ``--concurrency auto``)."""
+        return self._slots.limit if self._slots is not None else self.concurrency
+
+    def _prefetch(self, limit: int) -> int:
+        return max(2 * limit, 8, self._batch_max)
 
     def _presence_snapshot(self) -> dict[str, int]:
-        """What each heartbeat reports besides the fixed facts."""
-        return {"in_flight": self.in_flight, **self.metrics.totals()}
+        """What each heartbeat reports besides the fixed facts (slots move with auto)."""
+        return {"in_flight": self.in_flight, "concurrency": self.concurrency_limit,
+                **self.metrics.totals()}
 
     def assignment(self) -> dict[str, set[tuple[str, int]]]:
         return {c.queue: c.assignment() for c in self._consumers}
@@ -248,14 +256,8 @@ class Worker:
         self.request_stop(immediate=immediate)
 
     def _on_cancel(self, task_id: str, attempt: int) -> None:
-        self._cancelled[task_id] = max(attempt, self._cancelled.get(task_id, 0))
-        running = self._running.get(task_id)
-        if running is not None and running.envelope.attempt <= self._cancelled[task_id]:
-            running.cancel_requested = True
-            running.ctx.mark_cancelled()
-            running.task.cancel()
-            log.info("event=task.cancelling task_id=%s attempt=%d", task_id,
-                     running.envelope.attempt)
+        if self._attempts is not None:
+            self._attempts.on_cancel(task_id, attempt)
 
     def _on_queue(self, command: QueueCommand) -> None:
         self._paused[command.queue] = command.paused
@@ -266,14 +268,11 @@ class Worker:
                  command.queue)
         self._wakeup.set()
 
-    def _is_cancelled(self, envelope: Envelope) -> bool:
-        attempt = self._cancelled.get(envelope.task_id)
-        return attempt is not None and envelope.attempt <= attempt
-
     # -- dispatch ------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
+        slots, attempts = self._slots, self._attempts
+        assert slots is not None and attempts is not None
 
         def done(task: asyncio.Task[None]) -> None:
             self._record_tasks.discard(task)
@@ -281,16 +280,37 @@ class Worker:
 
         while not self._stopping:
             await slots.acquire()
-            picked = self._take() or await self._wait_for_record()
-            if picked is None:
+            job = self._take_job() or await self._wait_for_job()
+            if job is None:
                 slots.release()
                 return
-            task = asyncio.create_task(self._run_record(*picked))
+            task = asyncio.create_task(attempts.run_batch(job) if isinstance(job, Batch)
+                                       else attempts.run_record(*job))
             self._record_tasks.add(task)
             task.add_done_callback(done)
 
-    def _take(self) -> tuple[QueueConsumer, ReadyRecord] | None:
-        """The next buffered record, the queues taken in turn; None when none."""
+    def _take_job(self) -> Job | None:
+        """A batch that is full or due, else the next buffered record (the queues taken in
+        turn); records of batch tasks go to the batcher on the way. None when none."""
+        if not self._has_batches:
+            return self._take()
+        while True:
+            now = time.monotonic()
+            due = self._batcher.pop_due(now) if self._batcher else None
+            if due is not None:
+                task = self.app.get(due[0])
+                assert task is not None
+                return Batch(task, due[1])
+            picked = self._take()
+            if picked is None:
+                return None
+            task = self.app.get(picked[1].dispatched.name)
+            if task is None or task.batch_size is None:
+                return picked
+            self._batcher.add(task.name, picked, now, size=task.batch_size,
+                              wait_s=task.batch_wait_s)
+
+    def _take(self) -> Picked | None:
         n = len(self._consumers)
         for i in range(n):
             consumer = self._consumers[(self._rr + i) % n]
@@ -300,16 +320,21 @@ class Worker:
                 return consumer, record
         return None
 
-    async def _wait_for_record(self) -> tuple[QueueConsumer, ReadyRecord] | None:
-        """Wait for the consumers' wake-up (records buffered, a queue resumed); a timer
-        also sets it every WAKEUP_S (``_nudge``), a safety net that costs no
-        ``wait_for`` per wait."""
+    async def _wait_for_job(self) -> Job | None:
+        """Wait for the consumers' wake-up (records buffered, a queue resumed) or the next
+        batch to fall due; a timer also sets the wake-up every WAKEUP_S (``_nudge``), a
+        safety net that costs no ``wait_for`` per wait."""
         while not self._stopping:
             self._wakeup.clear()
-            picked = self._take()
-            if picked is not None:
-                return picked
-            await self._wakeup.wait()
+            job = self._take_job()
+            if job is not None:
+                return job
+            wait = self._batcher.seconds_to_due(time.monotonic())
+            if wait is None:
+                await self._wakeup.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), min(WAKEUP_S, wait))
         return None
 
     def _nudge(self) -> None:
@@ -318,170 +343,26 @@ class Worker:
         if not self._stopping:
             self._loop.call_later(WAKEUP_S, self._nudge)
 
-    async def _run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
-        envelope, dispatched = record.envelope, record.dispatched
-        emitter = self._emitter
-        assert emitter is not None
-        set_task_context(TaskLogContext(envelope.task_id, envelope.attempt, dispatched.queue,
-                                        dispatched.name))  # this record's own asyncio task
-        if self._is_cancelled(envelope):
-            consumer.settle(record.tp, record.offset)
-            self.metrics.skipped.labels(consumer.queue).inc()
-            log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
-                     envelope.task_id, envelope.attempt)
-            return
-        if expired(dispatched):  # never started; the processor's expiry timer ends the task
-            consumer.settle(record.tp, record.offset)
-            self.metrics.skipped.labels(consumer.queue).inc()
-            log.info("event=task.skipped reason=expired task_id=%s attempt=%d",
-                     envelope.task_id, envelope.attempt)
-            return
-        task = self.app.get(dispatched.name)
-
-        def on_started(ok: bool) -> None:
-            if ok:
-                consumer.settle(record.tp, record.offset)
-
-        trace = (self.tracing.begin(envelope, dispatched, record.tp[0], record.trace)
-                 if self.tracing.enabled else None)
-        headers = trace.headers if trace is not None else None
-        emitter.started(envelope, on_delivered=on_started, headers=headers)
-        started = time.monotonic()
-        series = self.metrics.of_task(dispatched.name)
-        series.started.inc()
-        self.metrics.of_queue(dispatched.queue).observe(
-            max(0.0, time.time() - envelope.occurred_at_ms / 1000))
-        log.info("event=task.started task_id=%s attempt=%d name=%s queue=%s",
-                 envelope.task_id, envelope.attempt, dispatched.name, dispatched.queue)
-        opened = open_payload(dispatched, envelope.task_id, emitter.sealer)
-        if task is None:
-            outcome: Outcome | None = unknown_task_failure(dispatched.name, self.app.names())
-        elif isinstance(opened, Failure):
-            outcome = opened
-        else:
-            try:
-                outcome = await self._execute(task, envelope, opened, trace)
-            except asyncio.CancelledError:  # stopped without grace: no outcome
-                if trace is not None:
-                    self.tracing.end(trace, None)
-                raise
-        took = time.monotonic() - started
-        series.run_seconds.observe(took)
-        if trace is not None:
-            self.tracing.end(trace, outcome)
-        if outcome is None:
-            return
-        outcome = self._send_outcome(emitter, envelope, outcome, headers)
-        if isinstance(outcome, Failure):
-            self._log_failure(envelope, dispatched, outcome, took)
-        else:
-            series.succeeded.inc()
-            log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
-                     envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
-
-    @staticmethod
-    def _send_outcome(emitter: EventEmitter, envelope: Envelope, outcome: Outcome,
-                      headers: Headers | None) -> Outcome:
-        """Send the attempt's outcome; returns what to log (the result-too-large failure
-        sent instead of a result; a sealed error text kept out of the logs)."""
-        sent = emitter.outcome(envelope, outcome, headers=headers)
-        if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge":
-            return sent  # what the task got instead of its result
-        if emitter.sealer is not None and isinstance(outcome, Failure):
-            return replace(outcome, message="<sealed>")  # error texts stay out of logs
-        return outcome
-
-    async def _execute(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
-                       trace: AttemptTrace | None = None) -> Outcome | None:
-        """Run the handler in this record's own task; None when the worker stops it
-        without grace (no outcome: the lease recovers the attempt).
-
-        A cancellation of the task (``_on_cancel``) reaches the handler as
-        ``CancelledError`` and is reported as ``Cancelled``; a handler that raises
-        ``CancelledError`` of its own ends the same way. With tracing on, the run span
-        is current while the handler runs (its own spans are the run's children) and
-        the attempt's events carry its ``traceparent``.
-        """
-        emitter = self._emitter
-        loop = self._loop
-        assert emitter is not None and loop is not None
-        headers = trace.headers if trace is not None else None
-        ctx = TaskContext(task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
-                          idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-                          heartbeat=lambda: emitter.lease_renewed(envelope, headers),
-                          parents=dispatched.parents, fetch_result=self.fetch_result,
-                          dispatch_id=dispatched.dispatch_id,
-                          fencing_token=None if dispatched.concurrency_key is None
-                          else fencing_token(envelope.attempt, dispatched),
-                          progress=lazy_progress(emitter, envelope),
-                          queue=dispatched.queue)
-        me = asyncio.current_task()
-        assert me is not None
-        every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
-        running = _Running(envelope, ctx, me, every, loop.time() + every, headers=headers)
-        self._running[envelope.task_id] = running
-        self._sweep_leases_by(running.renew_at)
-        threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
-        try:
-            if trace is None:
-                outcome = await execute(task, dispatched, ctx, self.pool,
-                                        offloader=self._offloader, sealer=emitter.sealer)
-            else:
-                with self.tracing.telemetry.current(trace.span):
-                    outcome = await execute(task, dispatched, ctx, self.pool,
-                                            offloader=self._offloader, sealer=emitter.sealer)
-        except asyncio.CancelledError:
-            if me.cancelling() and not running.cancel_requested:
-                raise  # stop without grace
-            if running.cancel_requested:
-                me.uncancel()
-            if threaded:
-                self.metrics.abandoned_threads.inc()
-            return cancelled_failure()
-        finally:
-            if self._running.get(envelope.task_id) is running:
-                del self._running[envelope.task_id]
-        if running.cancel_requested:  # the handler swallowed the cancellation
-            me.uncancel()
-            return cancelled_failure()
-        if threaded and isinstance(outcome, Failure) and outcome.timed_out:
-            self.metrics.abandoned_threads.inc()
-        return outcome
-
-    def _sweep_leases_by(self, when: float) -> None:
-        """Make sure the lease sweep runs by ``when`` (loop time). One timer serves every
-        running attempt: a timer per attempt cost more than a no-op task's handler."""
-        loop = self._loop
-        assert loop is not None
-        sweep = self._lease_sweep
-        if sweep is None or when < sweep.when():
-            if sweep is not None:
-                sweep.cancel()
-            self._lease_sweep = loop.call_at(when, self._renew_leases)
-
-    def _renew_leases(self) -> None:
-        """Emit LeaseRenewed for every attempt that is due; schedule the next sweep."""
-        emitter, loop = self._emitter, self._loop
-        assert emitter is not None and loop is not None
-        self._lease_sweep = None
-        now = loop.time()
-        due: float | None = None
-        for running in list(self._running.values()):
-            if running.renew_at <= now:
-                running.renew_at = now + running.renew_every_s
-                emitter.lease_renewed(running.envelope, running.headers)
-            due = running.renew_at if due is None else min(due, running.renew_at)
-        if due is not None:
-            self._sweep_leases_by(due)
-
-    def _log_failure(self, envelope: Envelope, dispatched: TaskDispatched, outcome: Failure,
-                     took_s: float) -> None:
-        self.metrics.failed.labels(dispatched.name, outcome.error_type).inc()
-        event = "task.retry" if outcome.retryable else "task.failed"
-        log.warning("event=%s task_id=%s attempt=%d name=%s error_type=%s timed_out=%s "
-                    "took_ms=%d message=%r", event, envelope.task_id, envelope.attempt,
-                    dispatched.name, outcome.error_type, outcome.timed_out,
-                    took_s * 1000, outcome.message)
+    async def _autoscale(self) -> None:
+        """Every TICK_S: sample, let the controller decide, resize slots and prefetch."""
+        auto, slots = self.auto, self._slots
+        assert auto is not None and slots is not None
+        machine = MachineLoad()
+        while True:
+            await asyncio.sleep(TICK_S)
+            waiting = sum(c.backlog() for c in self._consumers) + len(self._batcher)
+            before = slots.limit
+            limit = auto.step(Sample(waiting=waiting, in_use=slots.in_use,
+                                     cpu_busy=machine.cpu_busy(),
+                                     mem_available=machine.mem_available()))
+            if limit != before:
+                slots.set_limit(limit)
+                for consumer in self._consumers:
+                    consumer.set_prefetch(self._prefetch(limit))
+                self.metrics.concurrency.set(limit)
+                log.info("event=concurrency.%s from=%d to=%d waiting=%d in_use=%d",
+                         "grow" if limit > before else "shrink", before, limit, waiting,
+                         slots.in_use)
 
     # -- shutdown ------------------------------------------------------------
 
@@ -496,6 +377,10 @@ class Worker:
         await asyncio.wait({dispatcher}, timeout=5)
         for consumer in self._consumers:
             consumer.drain()
+        held = self._batcher.drain()  # never started: their offsets stay uncommitted
+        if held:
+            log.info("event=batch.dropped records=%d (read again by the next worker)",
+                     len(held))
         pending = set(self._record_tasks)
         log.info("event=worker.stopping in_flight=%d grace_s=%g", len(pending), self.grace_s)
         deadline = time.monotonic() + self.grace_s

@@ -4,7 +4,8 @@
 and a list of effects; the processor (``processors/live/app.py``) performs them. Three
 effects carry a whole derived record (docs/decisions.md, D3):
 
-* :class:`Dispatch` — a ``TaskDispatched`` record for ``ready.<queue>.p<priority>``;
+* :class:`Dispatch` — a ``TaskDispatched`` record for ``ready.<queue>.p<priority>``
+  (``ready.<queue>.t.<tags>.p<priority>`` for a task with tags, D38);
 * :class:`DeadLetter` — a ``TaskDeadLettered`` copy for the ``dlq`` topic;
 * :class:`PublishCancel` — a ``TaskCancelled`` record for the ``cancellations`` topic.
 
@@ -56,9 +57,12 @@ PROCESSOR_SOURCE = "processor"
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Send ``envelope`` (body ``TaskDispatched``) to the task's ready topic."""
+    """Send ``envelope`` (body ``TaskDispatched``) to the task's ready topic: the one of
+    its queue, priority and ``tags`` (the task's routing tags, D38; the engine routes
+    them with ``taskstream.topics.dispatch_topic``)."""
 
     envelope: Envelope
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,13 @@ def make_dispatch_id(task_id: str, attempt: int, event_id: str) -> str:
     """A short id for one dispatch, a hash of what caused it (same on replay)."""
     text = f"{task_id}\x1f{attempt}\x1f{event_id}"
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def dispatch_of(state: TaskState, cause_event_id: str) -> Dispatch:
+    """The Dispatch of a READY state: its record, routed by the task's tags (D38). Every
+    dispatch is made here, so no path to READY can send a tagged task to the untagged
+    topic."""
+    return Dispatch(dispatch_envelope(state, cause_event_id), tuple(state.tags))
 
 
 def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:

@@ -34,10 +34,9 @@ from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.copy import fast_init
 from taskstream.processors.fold.effects import (
     ClearTimer,
-    Dispatch,
     Effect,
     SetTimer,
-    dispatch_envelope,
+    dispatch_of,
     emit_envelope,
     make_dispatch_id,
 )
@@ -159,7 +158,7 @@ def _dispatched(state: TaskState, event: Envelope, effects: bool) -> Accepted:
     )
     if not effects:
         return ready, []
-    return ready, [*_timer_cleared(state), Dispatch(dispatch_envelope(ready, event.event_id))]
+    return ready, [*_timer_cleared(state), dispatch_of(ready, event.event_id)]
 
 
 def grant_fits(state: TaskState, event: Envelope) -> str | None:

@@ -47,14 +47,13 @@ from taskstream.processors.fold.copy import copy_recorded
 from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     DeadLetter,
-    Dispatch,
     Effect,
     PublishCancel,
     Rejected,
     Removed,
     cancel_envelope,
     dead_letter_envelope,
-    dispatch_envelope,
+    dispatch_of,
 )
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import (
@@ -305,7 +304,7 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
     released = slot_released_again(state, cause_event_id)
     match state.status:
         case TaskStatus.READY:
-            return [Dispatch(dispatch_envelope(state, cause_event_id))]
+            return [dispatch_of(state, cause_event_id)]
         case TaskStatus.DEAD:
             return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)), *linked]
         case TaskStatus.CANCELLED | TaskStatus.EXPIRED:

@@ -21,7 +21,6 @@ from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
-    Dispatch,
     Duplicate,
     Effect,
     PublishCancel,
@@ -29,7 +28,7 @@ from taskstream.processors.fold.effects import (
     SetTimer,
     cancel_envelope,
     dead_letter_envelope,
-    dispatch_envelope,
+    dispatch_of,
     make_dispatch_id,
 )
 from taskstream.processors.fold.gates import (
@@ -126,7 +125,8 @@ def dispatch_next(state: TaskState, event: Envelope, effects: bool = True) -> Ac
     )
     if not effects:
         return ready, []
-    return ready, [*_clear_timer(state), Dispatch(dispatch_envelope(ready, event.event_id))]
+    return ready, [*_clear_timer(state),
+                   dispatch_of(ready, event.event_id)]
 
 
 def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryable: bool,
@@ -227,7 +227,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         return state, []
     if eta is not None and delayed:
         return state, [new_set_timer(eta, TimerKind.DELAY_DUE)]
-    return state, [Dispatch(dispatch_envelope(state, event.event_id))]
+    return state, [dispatch_of(state, event.event_id)]
 
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:

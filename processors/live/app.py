@@ -50,7 +50,7 @@ from taskstream.processors.live.guard import timer_round
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.live.standby import StandbyFollower, standby_partitions
 from taskstream.processors.tracing import FoldTracing
-from taskstream.queue_registry import read_registered
+from taskstream.queue_registry import make_route_topics, read_registered
 from taskstream.schemas.events import Envelope, TimerFired
 from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_state, encode_event
@@ -65,12 +65,14 @@ from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import (
     api_reader_group,
     cancellations_topic,
+    dispatch_topic,
     dlq_topic,
     events_topic,
     fold_group,
+    parse_route,
     processor_app_id,
     quarantine_topic,
-    ready_topic,
+    route_key,
     standby_group,
     task_changelog_topic,
 )
@@ -144,6 +146,12 @@ def _registered_queues(settings: Settings) -> set[str]:
                            api_reader_group(settings, uuid.uuid4().hex))
 
 
+def _make_route_topics(settings: Settings, route: str) -> None:
+    """Make the ready topics of a registered queue's tag set (blocking: run off the fold,
+    D38)."""
+    queue, tags = parse_route(route)
+    make_route_topics(settings, queue, tags)
+
 
 def retention_policy(settings: Settings) -> RetentionPolicy:
     """The replica's retention of finished tasks (D35): read when it sets their timers."""
@@ -212,7 +220,8 @@ class Processor:
             Topics(events=events_topic(settings), changelog=self._changelog,
                    dlq=dlq_topic(settings), cancellations=cancellations_topic(settings),
                    quarantine=quarantine_topic(settings),
-                   ready=partial(ready_topic, settings)),
+                   ready=partial(dispatch_topic, settings),
+                   route=partial(route_key, settings)),
             checks=checks,
             consumer_config=consumer_config(settings, fold_group(settings), {
                 "client.id": self.source,
@@ -223,6 +232,7 @@ class Processor:
             producer=self.producer,
             set_persisted_offset=self._set_persisted_offset,
             read_registry=self._read_registry,
+            make_route=self._make_route,
             # the runner registered the configured queues before the app started
             queues_ready=settings.queues,
             source=self.source,
@@ -303,6 +313,10 @@ class Processor:
         """The registered queues (taskstream/queue_registry.py), read off the fold for a
         queue it has not seen registered (D31)."""
         return await asyncio.to_thread(_registered_queues, self.settings)
+
+    async def _make_route(self, route: str) -> None:
+        """Make a registered queue's tag-set topics (D38), off the fold."""
+        await asyncio.to_thread(_make_route_topics, self.settings, route)
 
     # -- timers --------------------------------------------------------------
 

@@ -116,7 +116,8 @@ class PartitionFold:
     #: events applied, by type name (metrics)
     applied: Counter[str] = field(default_factory=Counter)
     #: the queues the batch dispatches to (their topics must exist first)
-    dispatch_queues: set[str] = field(default_factory=set)
+    #: (queue, tags) of the batch's dispatches: the ready topics they need (D38)
+    dispatch_queues: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
     #: the offset to commit once everything above is durable (last record + 1)
     next_offset: int = -1
 
@@ -185,7 +186,7 @@ def fold_partition(
             for effect in effects:
                 out.effects.append(Caused(effect, envelope, queue, offset))
                 if effect.__class__ is Dispatch:
-                    out.dispatch_queues.add(queue)
+                    out.dispatch_queues.add((queue, effect.tags))
     return out
 
 

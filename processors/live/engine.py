@@ -70,6 +70,7 @@ from taskstream.schemas.quarantine import quarantine_headers
 from taskstream.schemas.serde import encode_entity, encode_event
 from taskstream.security.signing import Signer
 from taskstream.statestore.tables import TaskTables
+from taskstream.topics import parse_route
 
 log = logging.getLogger("taskstream.processor")
 
@@ -151,7 +152,11 @@ class Topics:
     dlq: str
     cancellations: str
     quarantine: str
-    ready: Callable[[str, int], str]
+    #: (queue, level, tags) -> the ready topic of a dispatch (topics.dispatch_topic, D38)
+    ready: Callable[[str, int, tuple[str, ...]], str]
+    #: (queue, tags) -> the key its ready topics are set up under (topics.route_key):
+    #: the queue's name when untagged
+    route: Callable[[str, tuple[str, ...]], str]
 
 
 class FoldEngine:
@@ -175,6 +180,7 @@ class FoldEngine:
         producer: Producer,
         set_persisted_offset: Callable[[int, int], None],
         read_registry: Callable[[], Awaitable[set[str]]],
+        make_route: Callable[[str], Awaitable[None]],
         queues_ready: Iterable[str],
         source: str,
         legacy_group: str | None,
@@ -196,15 +202,19 @@ class FoldEngine:
         self.producer = producer
         self._set_persisted_offset = set_persisted_offset
         self._read_registry = read_registry
-        #: registered queues (their ready topics exist); queues the registry was just
-        #: read for and does not hold; queues waiting for a read of the registry
+        #: makes the ready topics of a registered queue's tag set (a route key, D38)
+        self._make_route = make_route
+        #: routes (topics.route_key: a queue's name, or a queue and tag set, D38) whose
+        #: ready topics exist: registered queues, and the tag sets made of them; routes
+        #: whose queue the registry was just read for and does not hold; routes waiting
+        #: for a read of the registry
         self._queues_ready: set[str] = set(queues_ready)
         self._queues_refused: set[str] = set()
         self._lookup_pending: set[str] = set()
         self._lookup: asyncio.Task[None] | None = None
         #: names this replica in the events it writes (cancellations of refused tasks)
         self.source = source
-        #: dispatches to queues still being set up, in fold order (see persist)
+        #: dispatches to routes still being looked up or set up, in fold order (persist)
         self._parked: list[tuple[int, int, Outbound, str]] = []
         self._legacy_group = legacy_group
         self.max_batch = max_batch
@@ -410,8 +420,9 @@ class FoldEngine:
             return
         deliveries = Deliveries(self.topics.changelog)
         outbound: list[Outbound] = []
-        for queue in {q for fold in folds for q in fold.dispatch_queues} - self._queues_ready:
-            self._look_up(queue)
+        routes = {self.topics.route(q, tags) for fold in folds for q, tags in fold.dispatch_queues}
+        for route in routes - self._queues_ready:
+            self._look_up(route)
         for fold in folds:
             outbound.extend(self._write_local(fold))
         fault_point("fold.after_state_write")
@@ -451,16 +462,17 @@ class FoldEngine:
         for caused in fold.effects:
             effect = caused.effect
             match effect:
-                case Dispatch(envelope=env):
+                case Dispatch(envelope=env, tags=tags):
                     body = env.body
                     assert isinstance(body, TaskDispatched)
-                    record = Outbound(self.topics.ready(body.queue, body.priority),
+                    record = Outbound(self.topics.ready(body.queue, body.priority, tags),
                                       env.task_id.encode(), encode_event(env),
                                       headers=caused.headers)
-                    if body.queue in self._queues_ready:
+                    route = self.topics.route(body.queue, tags)
+                    if route in self._queues_ready:
                         yield record
                     else:
-                        self._parked.append((fold.partition, caused.offset, record, body.queue))
+                        self._parked.append((fold.partition, caused.offset, record, route))
                 case DeadLetter(envelope=env):
                     yield Outbound(self.topics.dlq, env.task_id.encode(), encode_event(env),
                                    headers=caused.headers)
@@ -483,15 +495,19 @@ class FoldEngine:
 
     # -- queues met for the first time ---------------------------------------------------
 
-    def _look_up(self, queue: str) -> None:
-        """Have the registry read for a queue not known registered, off the fold (D31).
+    def _look_up(self, route: str) -> None:
+        """Have the registry read for a route whose queue is not known registered, off
+        the fold (D31); ``route`` is a queue's name, or a queue and tag set (D38).
 
-        One read at a time answers every queue asked for meanwhile. The fold never makes
-        topics: a queue the registry holds becomes ready (its topics exist, D20); one it
-        does not hold is refused, and :meth:`release_parked` cancels its parked tasks."""
-        if queue in self._lookup_pending or queue in self._queues_refused:
+        One read at a time answers every route asked for meanwhile. The fold never makes
+        a queue's topics: a queue the registry holds becomes ready (its topics exist,
+        D20); one it does not hold is refused, and :meth:`release_parked` cancels its
+        parked tasks. A tag set of a registered queue is no new queue: its ready topics
+        are made then, still off the fold (the same rule, the same ACL prefix), and
+        one of an unregistered queue is refused like its queue."""
+        if route in self._lookup_pending or route in self._queues_refused:
             return
-        self._lookup_pending.add(queue)
+        self._lookup_pending.add(route)
         if self._lookup is None or self._lookup.done():
             self._lookup = asyncio.ensure_future(self._read_pending())
 
@@ -501,18 +517,23 @@ class FoldEngine:
             asked = set(self._lookup_pending)
             try:
                 registered = await self._read_registry()
+                self._queues_ready |= registered
+                for route in sorted(asked - self._queues_ready):
+                    if parse_route(route)[0] in self._queues_ready:
+                        await self._make_route(route)  # a tag set's topics (D38)
+                        self._queues_ready.add(route)
             except Exception as exc:  # retried: the dispatches wait, nothing is lost
-                log.warning("the queue registry could not be read for %s (%s); trying "
-                            "again in %.1fs", sorted(asked), exc, backoff)
+                log.warning("the ready topics of %s could not be looked up or made (%s); "
+                            "trying again in %.1fs", sorted(asked), exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
                 continue
-            self._queues_ready |= registered
-            refused = asked - registered
+            refused = asked - self._queues_ready
             if refused:
                 log.warning("queue(s) %s are not registered: their tasks are cancelled, no "
                             "topic is made (register a queue with `taskstream topics "
-                            "create --queues` or POST /queues)", sorted(refused))
+                            "create --queues` or POST /queues)",
+                            sorted({parse_route(route)[0] for route in refused}))
             self._queues_refused |= refused
             self._lookup_pending -= asked
 
@@ -547,8 +568,8 @@ class FoldEngine:
             return
         deliveries = Deliveries(self.topics.changelog)
         self._send((record for _, _, record, _ in ready), deliveries)
-        self._send((self._cancellation(record, queue) for _, _, record, queue in refused),
-                   deliveries)
+        self._send((self._cancellation(record, parse_route(route)[0])
+                    for _, _, record, route in refused), deliveries)
         await self._deliver(deliveries)
         done = {id(entry) for entry in ready} | {id(entry) for entry in refused}
         self._parked = [entry for entry in self._parked if id(entry) not in done]

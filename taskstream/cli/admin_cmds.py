@@ -176,7 +176,37 @@ def queue_rows(queues: Sequence[dict[str, Any]]) -> str:
         rows.append([q["name"], "paused" if q.get("paused") else "running", q.get("total", 0),
                      *[q.get("counts", {}).get(s, 0) for s in present],
                      "-" if rate is None else f"{rate:g}/s"])
-    return render_table(["QUEUE", "STATUS", "TOTAL", *present, "SUCCEEDED/S (1 MIN)"], rows)
+    table = render_table(["QUEUE", "STATUS", "TOTAL", *present, "SUCCEEDED/S (1 MIN)"], rows)
+    return "\n".join([table, *unserved_notes(queues)])
+
+
+def unserved_notes(queues: Sequence[dict[str, Any]]) -> list[str]:
+    """A line per tag set whose tasks wait because no live worker has those tags (D38)."""
+    notes = []
+    for q in queues:
+        lag = q.get("lag") or {}
+        for entry in lag.get("unserved", []):
+            tags = ",".join(entry.get("tags", []))
+            who = f"no live worker has tags {tags}" if tags else "no live worker"
+            notes.append(f"queue {q['name']}: {entry.get('lag', 0)} task(s) "
+                         f"{'tagged ' + tags + ' ' if tags else ''}waiting: {who}")
+    return notes
+
+
+def lag_rows(queues: Sequence[dict[str, Any]]) -> str:
+    """``queues --lag``: each ready topic's lag and whether a live worker holds it."""
+    rows = []
+    for q in queues:
+        lag = q.get("lag")
+        if not lag:
+            rows.append([q["name"], "-", "-", "-", "-", "lag not read (Kafka slow?)"])
+            continue
+        rows.append([q["name"], lag["group"], lag["members"], "", lag["lag"], "total"])
+        for t in lag["topics"]:
+            rows.append(["", "", "", ",".join(t["tags"]) or "-", t["lag"],
+                         f"p{t['priority']} " + ("served" if t["served"] else "NO WORKER")])
+    table = render_table(["QUEUE", "GROUP", "MEMBERS", "TAGS", "LAG", ""], rows)
+    return "\n".join([table, *unserved_notes(queues)])
 
 
 def worker_rows(workers: Sequence[dict[str, Any]]) -> str:
@@ -299,14 +329,43 @@ def list_tasks(queue: str | None, state: str | None, name: str | None, since: st
 
 
 @click.command()
-@click.argument("task_id")
+@click.argument("task_id", required=False)
 @click.option("--reason", default="", help="recorded with the cancellation")
+@click.option("--queue", help="bulk: tasks of this queue")
+@click.option("--name", help="bulk: tasks of this name")
+@click.option("--state", help="bulk: tasks in this state (SCHEDULED, READY, RUNNING, ...)")
+@click.option("--submitted-before", help="bulk: submitted before (ISO-8601 or epoch ms)")
+@click.option("--dry-run", is_flag=True, help="bulk: only count what would be cancelled")
 @api_options
-def cancel(task_id: str, reason: str, as_json: bool, api_url: str | None) -> None:
-    """Cancel a task (workers running it are told to stop)."""
-    data = client_from(api_url).call("POST", f"/tasks/{task_id}/cancel",
-                                     body={"reason": reason})
-    emit(data, as_json, lambda d: f"cancel requested for {d['task_id']}")
+def cancel(task_id: str | None, reason: str, queue: str | None, name: str | None,
+           state: str | None, submitted_before: str | None, dry_run: bool, as_json: bool,
+           api_url: str | None) -> None:
+    """Cancel a task (workers running it are told to stop), or every live task matching
+    --queue/--name/--state/--submitted-before (try --dry-run first)."""
+    filters = {"queue": queue, "name": name, "state": state,
+               "submitted_before": submitted_before}
+    bulk = any(v is not None for v in filters.values())
+    if bulk == (task_id is not None):
+        raise click.UsageError("give a TASK_ID or a filter (--queue, --name, --state, "
+                               "--submitted-before), not both")
+    client = client_from(api_url)
+    if task_id is not None:
+        if dry_run:
+            raise click.UsageError("--dry-run applies to a cancel by filter")
+        data = client.call("POST", f"/tasks/{task_id}/cancel", body={"reason": reason})
+        emit(data, as_json, lambda d: f"cancel requested for {d['task_id']}")
+        return
+    body = {k: v for k, v in filters.items() if v is not None}
+    data = client.call("POST", "/tasks/cancel",
+                       body={**body, "dry_run": dry_run, "reason": reason})
+
+    def human(d: dict[str, Any]) -> str:
+        more = " (max_tasks reached: run it again for the rest)" if d.get("truncated") else ""
+        if d["dry_run"]:
+            return f"{d['matched']} task(s) would be cancelled (dry run){more}"
+        return f"cancel requested for {d['cancelled']} task(s){more}"
+
+    emit(data, as_json, human)
 
 
 @click.command()
@@ -323,11 +382,14 @@ def redrive(task_id: str, reason: str, max_attempts: int | None, as_json: bool,
 
 
 @click.command()
+@click.option("--lag", is_flag=True,
+              help="the worker groups' consumer lag per queue and ready topic instead")
 @api_options
-def queues(as_json: bool, api_url: str | None) -> None:
-    """Every queue: tasks by state, processing rate, paused or not."""
+def queues(lag: bool, as_json: bool, api_url: str | None) -> None:
+    """Every queue: tasks by state, processing rate, paused or not, and tasks waiting for a
+    worker with their tags."""
     data = client_from(api_url).call("GET", "/queues")
-    emit(data, as_json, lambda d: queue_rows(d["queues"]))
+    emit(data, as_json, lambda d: lag_rows(d["queues"]) if lag else queue_rows(d["queues"]))
 
 
 @click.command()

@@ -41,7 +41,7 @@ from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
 from taskstream.settings import Settings, mask_url
 from taskstream.statestore.tables import TABLE_NAMES
-from taskstream.topics import changelog_topic, ready_topic_parts
+from taskstream.topics import changelog_topic, parse_ready_topic
 from taskstream.workers.presence import WorkerRecord, now_ms
 from taskstream.workers.roster import live_by_queue, read_workers
 
@@ -236,8 +236,8 @@ def topic_facts(settings: Settings, client: AdminClient, metadata: Any,
 
 def planned_topics(settings: Settings, metadata: Any) -> tuple[list[TopicSpec], list[str]]:
     """The plan for this deployment, and the queues found on the cluster beyond the settings."""
-    seen = sorted({parts[0] for name in metadata.topics
-                   if (parts := ready_topic_parts(settings, name)) is not None}
+    seen = sorted({ready.queue for name in metadata.topics
+                   if (ready := parse_ready_topic(settings, name)) is not None}
                   - set(settings.queues))
     specs = topic_specs(settings, [*settings.queues, *seen])
     changelog_config = {"cleanup.policy": "compact"}

@@ -68,6 +68,22 @@ def up(nodes: str, port: int | None, data_dir: Path | None, timeout: float,
 
 
 @kafka.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="the folder to write into: kafka/, processor/, worker/, admin/")
+@click.option("--host", "hosts", multiple=True, required=True,
+              help="a host name the brokers are reached at (repeatable)")
+@exits_on_error
+def secrets(out: Path, hosts: tuple[str, ...]) -> None:
+    """Make a deployed cluster's CA, brokers' certificate and signing keyrings (kept if
+    there): one folder per reader (docker-compose.secure.yml, docs/deploy.md)."""
+    from taskstream.localkafka.secure import deploy_files
+
+    made = deploy_files(out, hosts)
+    for what, fresh in made.items():
+        click.echo(f"{what}: {'made' if fresh else 'kept'} ({out})")
+
+
+@kafka.command()
 @_data_dir_option
 @json_option
 @exits_on_error

@@ -39,6 +39,7 @@ _COMMANDS: dict[str, str] = {
     "storage": "taskstream.cli.storage_cmd:storage",
     "acls": "taskstream.cli.security_cmd:acls",
     "keys": "taskstream.cli.security_cmd:keys",
+    "users": "taskstream.cli.security_cmd:users",
 }
 
 

@@ -1,11 +1,14 @@
-"""``taskstream acls`` (least-privilege ACLs per role) and ``taskstream keys`` (keyrings).
+"""``taskstream acls`` (least-privilege ACLs per role), ``taskstream users`` (SCRAM users)
+and ``taskstream keys`` (keyrings).
 
 ``acls apply`` creates, under the topic prefix of the settings, the ACLs of each
 role for the principal named with ``--principal role=User:name`` (default:
 ``User:<role>``, the users of ``kafka up --secure``); it must run as a principal
-allowed to alter ACLs. ``acls show`` prints what a role is granted. ``keys new``
-makes a key and adds it to a keyring file (created 0600 when missing), optionally
-as the current one: the rotation step (docs/security.md, D25-D27).
+allowed to alter ACLs. ``acls show`` prints what a role is granted. ``users set``
+creates or changes SCRAM users through the Admin API, each password read from an
+environment variable (D41). ``keys new`` makes a key and adds it to a keyring file
+(created 0600 when missing), optionally as the current one: the rotation step
+(docs/security.md, D25-D27).
 """
 
 from __future__ import annotations
@@ -68,6 +71,36 @@ def show(role: str, as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['resource']:<8} {row['pattern']:<9} {row['name']:<40} "
                    f"{','.join(row['operations'])}")
+
+
+@click.group()
+def users() -> None:
+    """SCRAM users of the brokers (each role's principal on a SASL_SSL cluster)."""
+
+
+@users.command("set")
+@click.argument("pairs", nargs=-1, required=True, metavar="USER=ENV_VAR...")
+@exits_on_error
+def set_users(pairs: tuple[str, ...]) -> None:
+    """Create or change each USER's SCRAM-SHA-512 credential (idempotent), its password
+    read from the environment variable ENV_VAR: a password never goes on a command line.
+    Run it as a principal that may alter the cluster (a super user or the admin role)."""
+    from taskstream.users import set_scram_users
+
+    passwords: dict[str, str] = {}
+    for item in pairs:
+        user, sep, variable = item.partition("=")
+        if not sep or not user or not variable:
+            raise click.BadParameter(f"{item!r}: use USER=ENV_VAR, e.g. "
+                                     "worker=SCRAM_WORKER_PASSWORD", param_hint="USER=ENV_VAR")
+        value = os.environ.get(variable)
+        if not value:
+            raise click.BadParameter(f"the environment variable {variable} (the password of "
+                                     f"{user!r}) is not set", param_hint="USER=ENV_VAR")
+        passwords[user] = value
+    settings = load_settings_or_exit()
+    done = set_scram_users(settings, passwords)
+    click.echo(f"SCRAM users set on {settings.bootstrap}: {', '.join(done)}")
 
 
 @click.group()

@@ -25,6 +25,7 @@ _OPTION_OF_FIELD = {
     "idempotency_key": "--key",
     "max_attempts": "--max-attempts",
     "timeout": "--timeout",
+    "tags": "--tags",
     "name": "NAME",
     "rate_limit": "--rate-limit",
     "rate_key": "--rate-key",
@@ -67,6 +68,8 @@ def parse_payload(text: str | None) -> Any:
 @click.option("--key", default=None, help="idempotency key: the same NAME and KEY run once")
 @click.option("--max-attempts", type=int, default=None, help="attempts before DEAD")
 @click.option("--timeout", type=float, default=None, metavar="S", help="execution timeout")
+@click.option("--tags", default=None, metavar="T1,T2",
+              help="run only on workers started with these tags (--tags on the worker)")
 @click.option("--rate-limit", default=None, help="wait for a token of this rate limit")
 @click.option("--rate-key", default=None, help="its own bucket under --rate-limit")
 @click.option("--concurrency-key", default=None, help="at most --max-concurrency run at once")
@@ -86,6 +89,7 @@ def submit(
     key: str | None,
     max_attempts: int | None,
     timeout: float | None,
+    tags: str | None,
     rate_limit: str | None,
     rate_key: str | None,
     concurrency_key: str | None,
@@ -110,6 +114,7 @@ def submit(
             "idempotency_key": key,
             "max_attempts": max_attempts,
             "timeout": timeout,
+            "tags": [t.strip() for t in tags.split(",") if t.strip()] if tags else None,
             "rate_limit": rate_limit,
             "rate_key": rate_key,
             "concurrency_key": concurrency_key,

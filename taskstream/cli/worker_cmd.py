@@ -12,8 +12,16 @@ import click
               help="module holding the TaskRegistry/TaskApp (attr defaults to 'app')")
 @click.option("-Q", "--queues", default=None, metavar="Q1,Q2",
               help="queues to consume (default: the queues of the registered tasks)")
-@click.option("-c", "--concurrency", default=16, show_default=True, type=click.IntRange(1, 10_000),
-              help="attempts running at once")
+@click.option("-c", "--concurrency", default="16", show_default=True, metavar="N|auto",
+              help="attempts (or batches) running at once; 'auto' sizes itself between "
+                   "--concurrency-min and --concurrency-max from the backlog and the "
+                   "machine's CPU and memory")
+@click.option("--concurrency-min", default=2, show_default=True, type=click.IntRange(1, 10_000),
+              help="with --concurrency auto: the least")
+@click.option("--concurrency-max", default=64, show_default=True, type=click.IntRange(1, 10_000),
+              help="with --concurrency auto: the most")
+@click.option("--tags", default="", metavar="T1,T2",
+              help="run tasks whose tags are a subset of these (untagged tasks too)")
 @click.option("--pool", default="thread", show_default=True,
               type=click.Choice(["async", "thread", "process"]),
               help="where plain functions run (coroutines always run on the event loop)")
@@ -31,13 +39,15 @@ import click
 @click.option("--reload-dir", "reload_dirs", multiple=True,
               type=click.Path(exists=True, path_type=Path),
               help="with --reload: also watch this file or directory (repeatable)")
-def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: float,
+def worker(target: str, queues: str | None, concurrency: str, concurrency_min: int,
+           concurrency_max: int, tags: str, pool: str, grace: float,
            metrics_port: int | None, create_topics: bool | None, loglevel: str, reload_: bool,
            reload_dirs: tuple[Path, ...]) -> None:
     """Run tasks from the queues' ready topics until SIGTERM (twice: stop at once)."""
     from taskstream.cli.common import load_settings_or_exit
     from taskstream.errors import TaskstreamError
     from taskstream.telemetry.logs import configure_logging
+    from taskstream.workers.autoscale import Bounds, parse_concurrency
     from taskstream.workers.loader import load_registry
     from taskstream.workers.worker import Worker
 
@@ -46,20 +56,25 @@ def worker(target: str, queues: str | None, concurrency: int, pool: str, grace: 
     if create_topics is None:
         create_topics = settings.security_protocol == "PLAINTEXT"
     if reload_:
-        args = ["-A", target, "--concurrency", str(concurrency), "--pool", pool,
+        args = ["-A", target, "--concurrency", concurrency, "--pool", pool,
+                "--concurrency-min", str(concurrency_min),
+                "--concurrency-max", str(concurrency_max), "--tags", tags,
                 "--grace", str(grace), "--loglevel", loglevel,
                 "--create-topics" if create_topics else "--no-create-topics"]
         args += ["--queues", queues] if queues else []
         args += ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
         raise SystemExit(_supervise(target, args, grace, reload_dirs))
     try:
+        slots = parse_concurrency(concurrency)
+        bounds = Bounds(concurrency_min, concurrency_max)
         registry = load_registry(target)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+        tag_list = [t.strip() for t in tags.split(",") if t.strip()]
         from taskstream.producer.parents import parent_result_reader
 
-        w = Worker(registry, settings, queues=queue_list, concurrency=concurrency, pool=pool,
-                   grace_s=grace, metrics_port=metrics_port,
-                   fetch_result=parent_result_reader(settings))
+        w = Worker(registry, settings, queues=queue_list, concurrency=slots, pool=pool,
+                   grace_s=grace, metrics_port=metrics_port, tags=tag_list,
+                   auto_bounds=bounds, fetch_result=parent_result_reader(settings))
         if create_topics:
             from taskstream.admin import ensure_topics
 

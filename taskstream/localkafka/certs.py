@@ -57,6 +57,11 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         out.write(data)
 
 
+def ca_files(directory: Path) -> CertFiles:
+    """Where :func:`make_ca` puts the CA in ``directory``."""
+    return CertFiles(directory / "ca.pem", directory / "ca.key")
+
+
 def make_ca(directory: Path, common_name: str = "taskstream local CA") -> CertFiles:
     """A self-signed CA in ``directory`` (ca.pem, ca.key)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,7 +84,7 @@ def make_ca(directory: Path, common_name: str = "taskstream local CA") -> CertFi
                        critical=False)
         .sign(key, hashes.SHA256())
     )
-    files = CertFiles(directory / "ca.pem", directory / "ca.key")
+    files = ca_files(directory)
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(files.key, key)
     return files
@@ -117,3 +122,13 @@ def make_leaf(ca: CertFiles, directory: Path, stem: str, common_name: str,
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(files.key, key)
     return files
+
+
+def dns_names(cert: Path) -> tuple[str, ...]:
+    """The DNS names a certificate (PEM) is valid for."""
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    try:
+        alt = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(alt.value.get_values_for_type(x509.DNSName))

@@ -20,8 +20,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskstream.users import MECHANISM
+
 #: the principal the brokers run as (inter-broker SCRAM user and certificate CN)
 BROKER_USER = "broker"
+
+#: what every secured broker sets, whatever its listeners: ``kafka up --secure`` here, the
+#: compose stack's brokers in docker-compose.secure.yml (D25, D41; a test holds it to these).
+#: The certificate's CN is the principal (CN=broker -> User:broker, the only super user);
+#: the StandardAuthorizer denies whatever no ACL allows.
+SECURE_BROKER: dict[str, str] = {
+    "sasl.enabled.mechanisms": MECHANISM,
+    "ssl.keystore.type": "PEM",
+    "ssl.truststore.type": "PEM",
+    "ssl.principal.mapping.rules": "RULE:^.*CN=([^,]+).*$/$1/,DEFAULT",
+    "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "super.users": f"User:{BROKER_USER}",
+    "allow.everyone.if.no.acl.found": "false",
+}
+#: the JAAS line of a SCRAM listener that only accepts clients (no credential of its own)
+SCRAM_SERVER_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
 
 HOST = "127.0.0.1"
 
@@ -94,19 +112,12 @@ def _listener_lines(node: NodeLayout, security: BrokerSecurity | None) -> dict[s
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "SASL_SSL",
         "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
-        "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-        "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
-        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
-        "ssl.keystore.type": "PEM",
+        "sasl.mechanism.inter.broker.protocol": MECHANISM,
+        f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": jaas,
         "ssl.keystore.location": str(security.keystore),
-        "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(security.truststore),
         "listener.name.controller.ssl.client.auth": "required",
-        # the controller listener's principal is the certificate's CN: CN=broker -> broker
-        "ssl.principal.mapping.rules": "RULE:^.*CN=([^,]+).*$/$1/,DEFAULT",
-        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-        "super.users": f"User:{BROKER_USER}",
-        "allow.everyone.if.no.acl.found": "false",
+        **SECURE_BROKER,
     }
 
 
