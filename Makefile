@@ -1,7 +1,7 @@
 # make test: the whole check, from a fresh clone, the same on a laptop and in CI.
-#   venv (python3.11) -> install with constraints -> Kafka jars -> kustomize -> promtool ->
-#   chromium (installed under CI when missing, for the dashboard's browser tests) -> ruff ->
-#   a normal install of the package tree -> import-linter and mypy over it -> Kafka up ->
+#   venv (python3.11) -> install with constraints -> Kafka and S3Proxy jars -> kustomize ->
+#   promtool -> chromium (installed under CI when missing, for the dashboard's browser tests) ->
+#   ruff -> a normal install of the package tree -> import-linter and mypy over it -> Kafka up ->
 #   pytest -> Kafka down (always).
 
 PYTHON ?= python3.11
@@ -10,9 +10,10 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars kustomize promtool browser lint site typecheck pytest dev clean ui-screenshots
+.PHONY: test install kafka-jars s3proxy-jars kustomize promtool browser lint site typecheck pytest dev clean \
+	ui-screenshots
 
-test: install kafka-jars kustomize promtool browser lint typecheck pytest
+test: install kafka-jars s3proxy-jars kustomize promtool browser lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -23,6 +24,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 kafka-jars: install
 	$(BIN)/taskstream kafka install
+
+# S3Proxy (org.gaul:s3proxy, Maven Central): the S3-compatible server the storage tests
+# start themselves (D36); resolved once into ~/.cache/taskstream/s3proxy.
+s3proxy-jars: install
+	$(BIN)/taskstream storage install
 
 # kustomize renders k8s/ for tests/test_deploy_k8s.py: the pinned release, built once
 # with the Go toolchain into .ci-build/bin (Go's module and build caches keep later
@@ -123,7 +129,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]"
 	touch $@
 
-bench: $(VENV)/.installed-bench kafka-jars
+bench: $(VENV)/.installed-bench kafka-jars s3proxy-jars
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 bench-quick: $(VENV)/.installed-bench kafka-jars

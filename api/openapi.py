@@ -438,6 +438,26 @@ def _paths() -> dict[str, Any]:
             {"202": accepted, "400": bad, "404": not_found,
              "415": _error("the body is not application/json"), "503": unavailable},
             params=[_TASK_ID], body=_command_body(), scope="admin")},
+        "/tasks/{task_id}/result": {"get": _op(
+            "A SUCCEEDED task's result as its own bytes and content type, streamed when it "
+            "lives in object storage (X-Taskstream-Sha256 carries its sha256; "
+            "X-Taskstream-Sealed: 1 when the bytes are a sealed value, D27)",
+            {"200": {"description": "the result", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}},
+                "application/json": {"schema": {}}}},
+             "404": _error("no such task, or its result object is gone"),
+             "409": _error("the task has not SUCCEEDED"),
+             "501": _error("the result is offloaded but this replica has no storage"),
+             "502": _error("the object store refused the read"),
+             "503": _error("the object store or the task's partition is unavailable; retry")},
+            params=[_TASK_ID])},
+        "/tasks/{task_id}/purge": {"post": _op(
+            "Remove a finished task from the state now (a PurgeRequested event)",
+            {"202": accepted, "400": bad, "404": not_found,
+             "409": _error("the task is not finished (cancel it first)"),
+             "415": _error("the body is not application/json"), "503": unavailable},
+            params=[_TASK_ID], body=_command_body(), scope="admin")},
         "/tasks/{task_id}/redrive": {"post": _op(
             "Run a DEAD task again with a fresh attempt budget (a RedriveRequested event)",
             {"202": accepted, "400": bad, "404": not_found,

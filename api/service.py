@@ -60,7 +60,9 @@ from taskstream.api.query import (
     task_view,
 )
 from taskstream.api.ratelimit import RateLimiter
+from taskstream.api.results import ResultCache
 from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
+from taskstream.objectstore.offload import Offloader
 from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
 from taskstream.producer.build import EventBuilder
@@ -78,7 +80,7 @@ from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import SpecLimits, TaskSpec
 from taskstream.schemas.schedules import ScheduleRequest, ScheduleView
 from taskstream.schemas.serde import decode_entity, decode_state
-from taskstream.schemas.state import GroupState, ScheduleState, TaskState, TaskStatus
+from taskstream.schemas.state import TERMINAL, GroupState, ScheduleState, TaskState, TaskStatus
 from taskstream.security.sealing import payload_sealer
 from taskstream.security.tls import client_context, may_send_token
 from taskstream.settings import Settings
@@ -130,6 +132,7 @@ class Api:
         self.rates = RateWindow(window_s=60.0)
         #: with a payload keyring the API seals submissions and opens what it shows (D27)
         self.sealer = payload_sealer(processor.settings)
+        # POST /tasks keeps payloads inline (max_payload_bytes); the SDK offloads (D34)
         self.builder = EventBuilder(SOURCE, processor.settings.max_payload_bytes,
                                     limits=SpecLimits.from_settings(processor.settings),
                                     sealer=self.sealer,
@@ -141,6 +144,10 @@ class Api:
         self.tracing = SubmitTracing(telemetry, processor.events.get_topic_name())
         self.observer = Observer(processor, processor.metrics.registry,
                                  events_group or fold_group(processor.settings))
+        self.offloader = Offloader.from_settings(processor.settings)
+        self.result_cache = ResultCache(processor.settings.result_cache_bytes,
+                                        processor.settings.result_cache_item_bytes,
+                                        processor.metrics.registry)
         registry = processor.metrics.registry
         self.lag_gauge = Gauge("taskstream_consumer_lag",
                                "ready records not yet started, per queue and worker group",
@@ -506,6 +513,16 @@ class Api:
         task is DEAD when it arrives)."""
         await self._produce(task_id, self.builder.redrive(task_id, max_attempts, reason,
                                                           int(time.time() * 1000)))
+
+    async def purge(self, task_id: str, reason: str, headers: Mapping[str, str],
+                    proxied: bool) -> None:
+        """Ask the fold to remove a finished task now (D35); 409 for one in flight."""
+        view = await self.get_task(task_id, headers, proxied)
+        if view["status"] not in TERMINAL:
+            raise ApiError(409, "not_finished", f"task {task_id} is {view['status']}; only "
+                           "finished tasks are purged (cancel it first)")
+        await self._produce(task_id, self.builder.purge(task_id, reason,
+                                                        int(time.time() * 1000)))
 
     async def _produce_many(self, records: list[tuple[str, bytes]]) -> None:
         """Send events and wait for every acknowledgement (bounded)."""

@@ -14,7 +14,9 @@ The views only parse requests and call :class:`~taskstream.api.service.Api`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -42,8 +44,10 @@ from taskstream.api.query import (
     parse_wait_timeout,
     redact,
 )
+from taskstream.api.results import SEALED_HEADER, SHA256_HEADER, stream_object
+from taskstream.objectstore.errors import ObjectMissingError, ObjectStoreError
 from taskstream.schemas.entity_keys import LIMIT_NAME
-from taskstream.schemas.events import ScheduleOp
+from taskstream.schemas.events import ObjectRef, ScheduleOp
 from taskstream.schemas.flowspec import LimitSpec
 from taskstream.schemas.models import (
     GROUP_ID_PATTERN,
@@ -55,6 +59,7 @@ from taskstream.schemas.models import (
 )
 from taskstream.schemas.schedules import SCHEDULE_ID_PATTERN, ScheduleRequest
 from taskstream.schemas.state import TaskStatus
+from taskstream.security.sealing import is_sealed
 from taskstream.statestore.errors import IndexNotReady
 from taskstream.telemetry.context import TRACEPARENT, parse_traceparent
 from taskstream.topics import QUEUE_NAME
@@ -272,6 +277,68 @@ def _no_params(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
             raise bad_request(key, f"unknown query parameter {key!r}")
 
 
+def _result_headers(content_type: str, sha256: str, sealed: bool) -> dict[str, str]:
+    headers = {"Content-Type": content_type, SHA256_HEADER: sha256}
+    if sealed:
+        headers[SEALED_HEADER] = "1"
+    return headers
+
+
+async def send_result(request: web.Request, api: Api, view: dict[str, Any]
+                      ) -> web.StreamResponse:
+    """A SUCCEEDED task's result as its own bytes and content type (D34).
+
+    Inline results come from the view; offloaded ones from the cache or streamed
+    from object storage (api/results.py). A store error before the first byte is
+    an HTTP error (404 object missing, 503 store down); a checksum mismatch found
+    after the last byte cuts the connection, so the client never gets a whole body.
+    A sealed result (D27) is sent as it is stored, with ``X-Taskstream-Sealed: 1``:
+    an offloaded one always (the API streams, and a sealed value opens only whole),
+    an inline one when this replica has no payload keyring to open it with.
+    """
+    task_id = view["task_id"]
+    if view["status"] != TaskStatus.SUCCEEDED:
+        raise ApiError(409, "not_succeeded", f"task {task_id} is {view['status']}; only a "
+                       "SUCCEEDED task has a result")
+    content_type = view.get("result_content_type") or "application/octet-stream"
+    ref_view = view.get("result_ref")
+    if ref_view is None:
+        b64 = view.get("result_b64")
+        data = base64.b64decode(b64) if b64 is not None else encode_json(view.get("result"))
+        return web.Response(body=data, headers=_result_headers(
+            content_type, hashlib.sha256(data).hexdigest(), "result" in view.get("sealed", ())))
+    ref = ObjectRef(**ref_view)
+    cached = api.result_cache.get(ref)
+    if cached is not None:
+        return web.Response(body=cached, headers=_result_headers(
+            content_type, ref.sha256, is_sealed(cached[:4])))
+    offloader = api.offloader
+    if offloader is None:
+        raise ApiError(501, "storage_not_configured", "this result lives in object storage "
+                       "but this replica has no storage_bucket set")
+    chunks = stream_object(offloader.store, ref, api.result_cache)
+    try:
+        first = await anext(chunks, b"")
+    except ObjectMissingError as exc:
+        raise ApiError(404, "result_missing", str(exc)) from None
+    except ObjectStoreError as exc:
+        raise ApiError(503 if exc.retriable else 502, "storage_unavailable", str(exc)) from None
+    headers = _result_headers(content_type, ref.sha256, is_sealed(first[:4]))
+    response = web.StreamResponse(headers={**headers, "Content-Length": str(ref.size)})
+    await response.prepare(request)
+    try:
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+    except ObjectStoreError as exc:
+        log.error("result of %s broke off while streaming: %s", task_id, exc)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
 # -- the endpoints ------------------------------------------------------------------
 
 
@@ -292,6 +359,8 @@ class Endpoints:
             "/tasks/cancel": {"post": self.cancel_matching},
             "/tasks/{task_id}": {"get": self.get_task},
             "/tasks/{task_id}/wait": {"get": self.wait_task},
+            "/tasks/{task_id}/result": {"get": self.result},
+            "/tasks/{task_id}/purge": {"post": self.purge},
             "/tasks/{task_id}/cancel": {"post": self.cancel},
             "/tasks/{task_id}/redrive": {"post": self.redrive},
             "/queues": {"get": self.queues, "post": self.register_queues},
@@ -343,6 +412,16 @@ class Endpoints:
         timeout = parse_wait_timeout(request.query.get("timeout"))
         return self._shown(request, await self.api.wait_task(
             _task_id(task_id), timeout, request.headers, _proxied(request)))
+
+    async def result(self, request: web.Request, task_id: str) -> web.StreamResponse:
+        _no_params(request)
+        view = await self.api.get_task(_task_id(task_id), request.headers, _proxied(request))
+        return await send_result(request, self.api, view)
+
+    async def purge(self, request: web.Request, task_id: str) -> web.Response:
+        body = await _command(request, allow_attempts=False)
+        await self.api.purge(_task_id(task_id), body.reason, request.headers, _proxied(request))
+        return json_response({"task_id": task_id}, 202)
 
     async def list_tasks(self, request: web.Request) -> web.Response:
         query = parse_list_query(request.query)

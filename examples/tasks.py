@@ -11,6 +11,8 @@ Each one shows one behaviour of the runtime:
 * ``examples.hash_file`` — a plain function, run in a thread (or a process
   with ``--pool process``);
 * ``examples.sleepy`` — a 1 s timeout it may overrun (timeouts);
+* ``examples.blob`` — returns ``payload["size"]`` bytes (large results in object
+  storage, bench/bench_storage.py).
 * ``examples.progress`` — reports its progress step by step (``ctx.progress``).
 """
 
@@ -82,6 +84,10 @@ def sleepy(payload: dict[str, Any]) -> dict[str, Any]:
     return {"slept": seconds}
 
 
+@app.task(name="examples.blob")
+async def blob(payload: dict[str, Any]) -> bytes:
+    """A result of payload["size"] bytes (octet-stream): one copy, made here."""
+    return b"\xab" * int(payload["size"])
 @app.task(name="examples.progress")
 async def progress(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``payload["steps"]`` steps of ``payload["pause"]`` seconds, each one reported."""

@@ -14,14 +14,17 @@ other than loopback (D29): such a client is refused when it is made.
 
 from __future__ import annotations
 
+import hashlib
 import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from taskstream.errors import ConfigError
-from taskstream.producer.errors import ApiUnavailableError
+from taskstream.producer.errors import ApiUnavailableError, ResultIntegrityError
 from taskstream.security.tls import may_send_token
 
 #: every request's timeout unless the call gives its own (a long poll does)
@@ -74,6 +77,48 @@ def _params(params: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (params or {}).items() if v is not None}
 
 
+#: the header a streamed result carries its sha256 in (GET /tasks/{id}/result, D34)
+SHA256_HEADER = "X-Taskstream-Sha256"
+#: present ("1") when the streamed bytes are a sealed value (D27): open them with the keyring
+SEALED_HEADER = "X-Taskstream-Sealed"
+STREAM_CHUNK = 1024 * 1024
+
+
+@dataclass
+class Download:
+    """A streamed answer: the status, its content type, and the body in chunks.
+
+    On 200 the chunks are checked as they pass: the size against
+    ``Content-Length`` and the sha256 against ``X-Taskstream-Sha256``; a
+    mismatch raises :class:`ResultIntegrityError` after the last chunk.
+    """
+
+    status_code: int
+    content_type: str
+    expected_sha256: str | None
+    error: ApiResponse | None  # the JSON error of a non-200 answer
+    size: int | None = None  # Content-Length, when the server sent one
+    sealed: bool = False  # the bytes are sealed for the task (X-Taskstream-Sealed, D27)
+
+
+def _download(resp: httpx.Response) -> Download:
+    length = resp.headers.get("content-length", "")
+    return Download(resp.status_code, resp.headers.get("content-type", ""),
+                    resp.headers.get(SHA256_HEADER), None,
+                    int(length) if length.isdigit() else None,
+                    resp.headers.get(SEALED_HEADER) == "1")
+
+
+def _checked(url: str, expected: str | None, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if expected is not None and digest.hexdigest() != expected:
+        raise ResultIntegrityError(f"the result streamed from {url} does not match its "
+                                   f"sha256 {expected[:16]}...; retry")
+
+
 class ApiClient:
     """Blocking requests to the API at ``url``; one connection pool, closed by :meth:`close`."""
 
@@ -92,6 +137,24 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise _unreachable(self.url + path, exc) from exc
         return _answer(resp)
+
+    @contextmanager
+    def stream(self, path: str, *, timeout: float | None = None
+               ) -> Iterator[tuple[Download, Iterator[bytes]]]:
+        """``with client.stream(path) as (download, chunks):`` GET ``path`` streamed."""
+        url = self.url + path
+        try:
+            with self._http.stream("GET", path, timeout=timeout or REQUEST_TIMEOUT_S) as resp:
+                info = _download(resp)
+                if resp.status_code != 200:
+                    resp.read()
+                    info.error = _answer(resp)
+                    yield info, iter(())
+                    return
+                yield info, _checked(url, info.expected_sha256,
+                                     resp.iter_bytes(STREAM_CHUNK))
+        except httpx.TransportError as exc:
+            raise _unreachable(url, exc) from exc
 
     def close(self) -> None:
         self._http.close()
@@ -115,5 +178,40 @@ class AsyncApiClient:
             raise _unreachable(self.url + path, exc) from exc
         return _answer(resp)
 
+    @asynccontextmanager
+    async def stream(self, path: str, *, timeout: float | None = None
+                     ) -> AsyncIterator[tuple[Download, AsyncIterator[bytes]]]:
+        """The asyncio twin of :meth:`ApiClient.stream`."""
+        url = self.url + path
+        try:
+            async with self._http.stream("GET", path,
+                                         timeout=timeout or REQUEST_TIMEOUT_S) as resp:
+                info = _download(resp)
+                if resp.status_code != 200:
+                    await resp.aread()
+                    info.error = _answer(resp)
+                    yield info, _no_chunks()
+                    return
+                yield info, _achecked(url, info.expected_sha256,
+                                      resp.aiter_bytes(STREAM_CHUNK))
+        except httpx.TransportError as exc:
+            raise _unreachable(url, exc) from exc
+
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _achecked(url: str, expected: str | None, chunks: AsyncIterator[bytes]
+                    ) -> AsyncIterator[bytes]:
+    digest = hashlib.sha256()
+    async for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+    if expected is not None and digest.hexdigest() != expected:
+        raise ResultIntegrityError(f"the result streamed from {url} does not match its "
+                                   f"sha256 {expected[:16]}...; retry")

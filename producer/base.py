@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.config import default_source
 from taskstream.producer.core import ProducerCore
@@ -66,6 +67,7 @@ class ProducerBase:
             source or default_source(),
             self.settings.max_payload_bytes,
             limits=SpecLimits.from_settings(self.settings),
+            offloader=Offloader.from_settings(self.settings),
             sealer=self.sealer,
             max_event_bytes=self.settings.max_event_bytes,
         )

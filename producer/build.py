@@ -5,9 +5,14 @@ task ID comes from ``(name, idempotency_key)`` when a key is given (so
 duplicates share a partition and meet in one fold) and is a fresh ULID
 otherwise, and the envelope is Avro-encoded by the schemas package.
 
+No Kafka here; the one I/O is the offload of a payload over the threshold to
+object storage (D34), before its event is built, so the event never refers to
+an object that was not stored.
+
 With a payload sealer (D27) the payload is sealed for its task ID before it is
 encoded (the template fast path, which writes payloads straight into bytes, is
-skipped then). Every encoded event is held to the size budget
+skipped then); a payload that is offloaded is sealed first, so the bucket holds
+sealed bytes only. Every encoded event is held to the size budget
 (``max_event_bytes``, D28): over it, :class:`EventTooLargeError`, before
 anything is sent.
 """
@@ -23,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from taskstream.objectstore.offload import Offloader, should_offload
 from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
 from taskstream.producer.fastspec import SimpleSpecs
 from taskstream.producer.fastwire import SubmittedEncoder, encode_submitted, simple_encoder
@@ -33,6 +39,7 @@ from taskstream.schemas.events import (
     CancelRequested,
     Envelope,
     GroupCreated,
+    PurgeRequested,
     RedriveRequested,
     ScheduleCommand,
     ScheduleOp,
@@ -95,9 +102,11 @@ class EventBuilder:
         "_context",
         "_encode",
         "_encode_simple",
+        "_offloader",
         "_sealer",
         "_simple",
         "_templates",
+        "inline_limits",
         "limits",
         "max_event_bytes",
         "max_payload_bytes",
@@ -111,6 +120,7 @@ class EventBuilder:
         *,
         limits: SpecLimits | None = None,
         encoder: SubmittedEncoder | None = None,
+        offloader: Offloader | None = None,
         sealer: Sealer | None = None,
         max_event_bytes: int | None = None,
     ) -> None:
@@ -119,12 +129,25 @@ class EventBuilder:
         self.max_event_bytes = max_event_bytes
         self._sealer = sealer if sealer is not None and sealer.can_seal else None
         self.limits = limits if limits is not None else SpecLimits(max_payload_bytes)
+        #: what stays inline whatever the store: a schedule's task (each firing is a task
+        #: of its own, and an object is named for one task)
+        self.inline_limits = self.limits
+        self._offloader = offloader
+        # With object storage (D34) a task spec may carry up to max_offload_bytes; the fast
+        # paths keep to what stays inline, so a large payload takes the general path,
+        # which stores it (submitted()).
+        fast = self.limits
+        if offloader is not None:
+            fast = replace(
+                self.limits, max_payload_bytes=min(self.limits.max_payload_bytes,
+                                                   offloader.threshold))
+            self.limits = replace(self.limits, max_payload_bytes=offloader.max_bytes)
         self._context = {"limits": self.limits}
         self._encode = encoder if encoder is not None else encode_submitted
-        self._simple = SimpleSpecs(self.limits)
+        self._simple = SimpleSpecs(fast)
         self._encode_simple = simple_encoder()
         self._templates = TemplateItems(
-            self._simple, self._encode_simple, self.limits.max_payload_bytes, source
+            self._simple, self._encode_simple, fast.max_payload_bytes, source
         )
 
     def spec(self, name: str, payload: Any, options: Mapping[str, Any]) -> TaskSpec:
@@ -253,12 +276,6 @@ class EventBuilder:
         """(task ID, encoded TaskSubmitted envelope) of one spec (``task_id``: a graph
         helper's chosen ID, else derived or new)."""
         body = spec.to_submitted(at_ms, self.limits)
-        if len(body.payload) > self.max_payload_bytes:
-            raise InvalidTaskError(
-                f"payload: {len(body.payload)} bytes is over max_payload_bytes "
-                f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
-                ["payload"],
-            )
         member = spec.member_of
         if member is not None:
             task_id = member_task_id(member.group_id, member.slot)
@@ -267,8 +284,21 @@ class EventBuilder:
         if task_id in body.depends_on:
             raise InvalidTaskError(f"depends_on: task {task_id} would depend on itself",
                                    ["depends_on"])
+        offloader = self._offloader
+        if len(body.payload) > self.max_payload_bytes and (
+                offloader is None or not should_offload(len(body.payload), offloader.threshold)):
+            raise InvalidTaskError(
+                f"payload: {len(body.payload)} bytes is over max_payload_bytes "
+                f"({self.max_payload_bytes}); store large data elsewhere and pass a reference",
+                ["payload"],
+            )
         if self._sealer is not None:
+            # sealed first, so the object store holds the sealed bytes only (D27, D34)
             body = replace(body, payload=self._sealer.seal(body.payload, task_id))
+        if offloader is not None:
+            ref = offloader.payload(task_id, body.payload)
+            if ref is not None:
+                body = replace(body, payload=b"", payload_ref=ref)
         return task_id, self.budget(
             self._encode(new_event_id(), task_id, at_ms, self.source, body),
             f"task {body.name!r}")
@@ -296,7 +326,7 @@ class EventBuilder:
                 "or run this schedule without the payload keyring (docs/security.md)",
                 ["schedule"])
         try:
-            task = request.task_spec(self.limits).to_submitted(at_ms, self.limits)
+            task = request.task_spec(self.inline_limits).to_submitted(at_ms, self.limits)
         except InvalidSpecError as exc:
             raise InvalidTaskError(str(exc), ["task"]) from None
         key = schedule_key(request.schedule_id)
@@ -317,6 +347,12 @@ class EventBuilder:
     def cancel(self, task_id: str, reason: str, at_ms: int) -> bytes:
         check_task_id(task_id)
         body = CancelRequested(reason=str(reason))
+        return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
+
+    def purge(self, task_id: str, reason: str, at_ms: int) -> bytes:
+        """A ``PurgeRequested``: the fold removes the task if it is finished (D35)."""
+        check_task_id(task_id)
+        body = PurgeRequested(reason=str(reason))
         return encode_event(Envelope(new_event_id(), task_id, at_ms, self.source, 0, body))
 
     def redrive(self, task_id: str, max_attempts: int | None, reason: str, at_ms: int) -> bytes:

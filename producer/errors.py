@@ -191,3 +191,9 @@ class ApiUnavailableError(ResultError):
     """The taskstream HTTP API could not be reached or answered badly."""
 
     retriable = True
+
+
+class ResultIntegrityError(ResultError):
+    """A streamed result did not match its sha256 (a torn or corrupted transfer)."""
+
+    retriable = True

@@ -68,9 +68,9 @@ def make_simple_encoder(header: bytes) -> SimpleEncoder:
     after_source = NULL + NULL  # attempt 0, union branch 0 (TaskSubmitted)
     default_backoff = _backoff(Backoff())
     # headers {}, tags [], depends_on [], on_parent_failure CANCEL (symbol 0),
-    # dependency_timeout_ms null, dependents [], expires_at_ms null, flow null (v2; the
-    # self-check below proves the layout)
-    empty_tail = NULL * 8
+    # dependency_timeout_ms null, dependents [], expires_at_ms null, flow null, payload_ref
+    # null (v2; the self-check below proves the layout)
+    empty_tail = NULL * 9
     one_byte = SMALL_LONG
     # (at_ms, source) -> bytes; (name, queue, priority) -> bytes; options -> bytes
     memo_at: dict[tuple[int, str], bytes] = {}

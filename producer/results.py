@@ -8,21 +8,34 @@ processor failover (404 right after submit and 502/503/504 are retried).
 
 The decision what a response means is :func:`interpret`, pure and unit-tested.
 
+An offloaded result (the view carries ``result_ref``, D34) is then streamed from
+``GET /tasks/{id}/result`` into one buffer (the one whole copy of its bytes this
+process holds), its sha256 checked as it arrives, and decoded by content type:
+JSON into a value, anything else returned as bytes. :meth:`ResultClient.stream`
+hands the chunks to the caller instead, never holding the whole value (but for a
+sealed one, which opens only whole).
+
 Sealed results and error texts (D27) are opened with the producer's payload
 keyring; without one, a sealed result is a :class:`SealedResultError` that
-names the key it needs.
+names the key it needs. An offloaded result comes sealed from the store (the API
+sends ``X-Taskstream-Sealed``) and is opened here once all of it has arrived and
+its sha256 matched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskstream.producer.api_client import ApiClient, AsyncApiClient
+import orjson
+
+from taskstream.producer.api_client import ApiClient, ApiResponse, AsyncApiClient, Download
 from taskstream.producer.errors import (
     ApiUnavailableError,
     ResultTimeoutError,
@@ -31,7 +44,7 @@ from taskstream.producer.errors import (
     TaskFailedError,
 )
 from taskstream.schemas.state import TaskStatus
-from taskstream.schemas.view import Opener, open_view
+from taskstream.schemas.view import Opener, is_json, open_view
 from taskstream.security.errors import SealError
 
 #: Longest single long-poll; the loop makes up the rest of the caller's timeout.
@@ -44,6 +57,60 @@ _RETRY_STATUS = frozenset({404, 502, 503, 504})
 @dataclass(frozen=True, slots=True)
 class Finished:
     value: Any  # the decoded JSON result, or bytes for other content types
+    offloaded: bool = False  # the value is in object storage: fetch GET .../result
+
+
+def sized_buffer(size: int | None) -> io.BytesIO:
+    """A buffer grown to ``size`` at once, so the chunks are written in place (growing
+    it chunk by chunk reallocates, and a reallocation holds two copies for a moment)."""
+    buffer = io.BytesIO()
+    if size:
+        buffer.seek(size - 1)
+        buffer.write(b"\0")
+        buffer.seek(0)
+    return buffer
+
+
+def decode_streamed(buffer: io.BytesIO, content_type: str) -> Any:
+    """A streamed result's value: JSON decoded from the buffer, else its bytes.
+
+    ``BytesIO.getvalue()`` hands over the buffer's own bytes object when nothing else
+    holds it (CPython), so the bytes are not copied once more.
+    """
+    data = buffer.getvalue()
+    buffer.close()
+    return orjson.loads(data) if is_json(content_type) else data
+
+
+def open_streamed(task_id: str, info: Download, buffer: io.BytesIO, opener: Opener | None
+                  ) -> io.BytesIO:
+    """``buffer`` with a sealed result (``X-Taskstream-Sealed``, D27) opened in place of
+    its bytes; a :class:`SealedResultError` when it cannot be."""
+    if not info.sealed:
+        return buffer
+    if opener is None:
+        raise SealedResultError(
+            f"task {task_id}'s result is sealed; configure the payload keyring "
+            "(TASKSTREAM_PAYLOAD_KEYS or TASKSTREAM_PAYLOAD_KEYRING_FILE) to read it")
+    sealed = buffer.getvalue()
+    buffer.close()
+    try:
+        return io.BytesIO(opener.open(sealed, task_id))
+    except SealError as exc:
+        raise SealedResultError(f"task {task_id}: {exc}") from None
+
+
+def result_path(task_id: str) -> str:
+    return f"/tasks/{task_id}/result"
+
+
+def _refused(task_id: str, url: str, info: Download) -> Exception:
+    body = info.error.body if info.error is not None else ""
+    if info.status_code in (401, 403):
+        return ApiUnavailableError(f"the API at {url} refused the result of {task_id} "
+                                   f"({info.status_code}): set TASKSTREAM_API_TOKEN")
+    return ApiUnavailableError(f"the result of {task_id} could not be fetched from {url}: "
+                               f"HTTP {info.status_code} {str(body)[:300]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +160,8 @@ def interpret(task_id: str, url: str, status_code: int, body: Any,
         )
     status = str(body["status"])
     if status == TaskStatus.SUCCEEDED:
+        if body.get("result_ref"):
+            return Finished(None, offloaded=True)
         return Finished(decode_result(opened(task_id, body, opener)))
     if status == TaskStatus.DEAD:
         err = opened(task_id, body, opener).get("last_error")
@@ -125,10 +194,55 @@ class ResultClient:
                                         timeout=poll + 10)
             outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
             if isinstance(outcome, Finished):
+                if outcome.offloaded:
+                    return self.fetch(task_id, max(deadline - time.monotonic(), 1.0))
                 return outcome.value
             status = outcome.status
             if outcome.pause_s:
                 time.sleep(min(outcome.pause_s, max(deadline - time.monotonic(), 0)))
+
+    def request(self, method: str, path: str) -> ApiResponse:
+        """One plain request over this client's connection pool."""
+        return self._client.request(method, path)
+
+    def value_of(self, task_id: str, view: dict[str, Any], timeout: float) -> Any:
+        """The result of a SUCCEEDED view: inline (opened when sealed), or fetched from
+        ``GET .../result`` when it lives in object storage."""
+        outcome = interpret(task_id, self.api_url, 200, view, self._opener)
+        assert isinstance(outcome, Finished)  # a SUCCEEDED view
+        return self.fetch(task_id, timeout) if outcome.offloaded else outcome.value
+
+    def stream(self, task_id: str, sink: Callable[[bytes], object], timeout: float) -> str:
+        """Stream a finished task's result into ``sink`` chunk by chunk; its content type.
+
+        The last call to ``sink`` may be followed by ResultIntegrityError: a sink that
+        writes a file should write to a temporary name and rename after this returns.
+        """
+        path = result_path(task_id)
+        with self._client.stream(path, timeout=timeout) as (info, chunks):
+            if info.status_code != 200:
+                raise _refused(task_id, self.api_url + path, info)
+            if info.sealed:  # opened whole, once its sha256 matched (AES-GCM checks it all)
+                buffer = sized_buffer(info.size)
+                for chunk in chunks:
+                    buffer.write(chunk)
+                sink(open_streamed(task_id, info, buffer, self._opener).getvalue())
+                return info.content_type
+            for chunk in chunks:
+                sink(chunk)
+            return info.content_type
+
+    def fetch(self, task_id: str, timeout: float) -> Any:
+        """A finished task's result value, streamed into one buffer and decoded."""
+        path = result_path(task_id)
+        with self._client.stream(path, timeout=timeout) as (info, chunks):
+            if info.status_code != 200:
+                raise _refused(task_id, self.api_url + path, info)
+            buffer = sized_buffer(info.size)
+            for chunk in chunks:
+                buffer.write(chunk)
+            return decode_streamed(open_streamed(task_id, info, buffer, self._opener),
+                                   info.content_type)
 
     def close(self) -> None:
         self._client.close()
@@ -158,10 +272,24 @@ class AsyncResultClient:
                                               timeout=poll + 10)
             outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
             if isinstance(outcome, Finished):
+                if outcome.offloaded:
+                    return await self.fetch(task_id, max(deadline - loop.time(), 1.0))
                 return outcome.value
             status = outcome.status
             if outcome.pause_s:
                 await asyncio.sleep(min(outcome.pause_s, max(deadline - loop.time(), 0)))
+
+    async def fetch(self, task_id: str, timeout: float) -> Any:
+        """A finished task's result value, streamed into one buffer and decoded."""
+        path = result_path(task_id)
+        async with self._client.stream(path, timeout=timeout) as (info, chunks):
+            if info.status_code != 200:
+                raise _refused(task_id, self.api_url + path, info)
+            buffer = sized_buffer(info.size)
+            async for chunk in chunks:
+                buffer.write(chunk)
+            return decode_streamed(open_streamed(task_id, info, buffer, self._opener),
+                                   info.content_type)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -22,8 +22,9 @@ fingerprint and resolves it against the newest. :func:`check_evolution` is the
 rule a new version must pass against the previous one (tests run it on every
 consecutive pair): FULL compatibility (:func:`check_full_compatible`) for
 everything but new union branches and enum symbols, which may only be appended
-(v2 appends the event bodies of dependencies, groups and schedules (D37) and of
-flow control (D32, D33), ``TaskStatus.EXPIRED`` and five ``TimerKind`` symbols).
+(v2 appends the event bodies of dependencies, groups and schedules (D37), of
+flow control (D32, D33) and ``PurgeRequested`` (D35), ``TaskStatus.EXPIRED`` and six
+``TimerKind`` symbols, the last ``RETENTION_DUE``).
 New data that uses none of them is readable by the old version; data that does
 needs the new one (docs/schemas.md: upgrade readers first).
 """
@@ -339,7 +340,8 @@ BACKWARD_ONLY: Mapping[tuple[int, str], str] = {
     (2, ENVELOPE): (
         "v2 adds event bodies (DependencyRegistered, ParentUpdate, GroupCreated, ScheduleSet, "
         "ScheduleCommand) and timer kinds (DEPENDENCY_CHECK, SCHEDULE_DUE) for issue 15 "
-        "(D37): a v1 reader cannot read an event that uses one. Events shaped like v1's "
+        "(D37), flow control's (D32, D33) and PurgeRequested, RETENTION_DUE (D35): a v1 "
+        "reader cannot read an event that uses one. Events shaped like v1's "
         "still read with v1 (checked), but a v1 reader does not know v2's fingerprint "
         "anyway: upgrade every processor and worker before any producer writes v2"),
 }

@@ -27,6 +27,7 @@ from taskstream.schemas.events import (
     EventBody,
     FlowControl,
     MisfirePolicy,
+    ObjectRef,
     ParentFailurePolicy,
     ParentOutcome,
     ParentUpdate,
@@ -34,8 +35,10 @@ from taskstream.schemas.events import (
     ScheduleOp,
     ScheduleSet,
     ScheduleSpec,
+    TaskDeadLettered,
     TaskDispatched,
     TaskSubmitted,
+    TaskSucceeded,
     TimerFired,
     TimerKind,
 )
@@ -81,6 +84,17 @@ _flow_to = _flat_to(FlowControl)
 _submitted_flat = _flat_to(TaskSubmitted)
 _dispatched_flat = _flat_to(TaskDispatched)
 _state_flat = _flat_to(TaskState)
+_ref_to = _flat_to(ObjectRef)
+_dead_flat = _flat_to(TaskDeadLettered)
+_succeeded_flat = _flat_to(TaskSucceeded)
+
+
+def _ref_out(ref: ObjectRef | None) -> Record | None:
+    return None if ref is None else _ref_to(ref)
+
+
+def _ref_in(record: Record | None) -> ObjectRef | None:
+    return None if record is None else ObjectRef(**record)
 
 
 _dependent_to = _flat_to(Dependent)
@@ -94,6 +108,7 @@ def _submitted_to(body: TaskSubmitted) -> Record:
     record = _submitted_flat(body)
     record["backoff"] = _backoff_to(body.backoff)
     record["headers"] = _sorted_map(body.headers)
+    record["payload_ref"] = _ref_out(body.payload_ref)
     if body.dependents:
         record["dependents"] = [_dependent_to(d) for d in body.dependents]
     if body.flow is not None:
@@ -107,6 +122,7 @@ def _flow_from(record: Record | None) -> FlowControl | None:
 
 def _submitted_from(record: Record) -> TaskSubmitted:
     record["backoff"] = Backoff(**record["backoff"])
+    record["payload_ref"] = _ref_in(record["payload_ref"])
     record["on_parent_failure"] = ParentFailurePolicy(record["on_parent_failure"])
     record["dependents"] = _dependents_from(record["dependents"])
     record["flow"] = _flow_from(record["flow"])
@@ -141,7 +157,35 @@ def _command_from(record: Record) -> ScheduleCommand:
 def _dispatched_to(body: TaskDispatched) -> Record:
     record = _dispatched_flat(body)
     record["headers"] = _sorted_map(body.headers)
+    record["payload_ref"] = _ref_out(body.payload_ref)
     return record
+
+
+def _dispatched_from(record: Record) -> TaskDispatched:
+    record["payload_ref"] = _ref_in(record["payload_ref"])
+    return TaskDispatched(**record)
+
+
+def _dead_to(body: TaskDeadLettered) -> Record:
+    record = _dead_flat(body)
+    record["payload_ref"] = _ref_out(body.payload_ref)
+    return record
+
+
+def _dead_from(record: Record) -> TaskDeadLettered:
+    record["payload_ref"] = _ref_in(record["payload_ref"])
+    return TaskDeadLettered(**record)
+
+
+def _succeeded_to(body: TaskSucceeded) -> Record:
+    record = _succeeded_flat(body)
+    record["result_ref"] = _ref_out(body.result_ref)
+    return record
+
+
+def _succeeded_from(record: Record) -> TaskSucceeded:
+    record["result_ref"] = _ref_in(record["result_ref"])
+    return TaskSucceeded(**record)
 
 
 def _timer_from(record: Record) -> TimerFired:
@@ -155,11 +199,16 @@ def _body_codecs() -> tuple[
     special_to: dict[type, Callable[[Any], Record]] = {
         TaskSubmitted: _submitted_to,
         TaskDispatched: _dispatched_to,
+        TaskDeadLettered: _dead_to,
+        TaskSucceeded: _succeeded_to,
         ScheduleSet: lambda body: {"spec": _spec_to(body.spec)},
     }
     special_from: dict[type, Callable[[Record], EventBody]] = {
         TaskSubmitted: _submitted_from,
         TimerFired: _timer_from,
+        TaskDispatched: _dispatched_from,
+        TaskDeadLettered: _dead_from,
+        TaskSucceeded: _succeeded_from,
         ParentUpdate: _parent_update_from,
         ScheduleSet: lambda record: ScheduleSet(_spec_from(record["spec"])),
         ScheduleCommand: _command_from,
@@ -217,6 +266,10 @@ def state_to_record(state: TaskState) -> Record:
     record["headers"] = _sorted_map(state.headers)
     if state.last_error is not None:
         record["last_error"] = _error_to(state.last_error)
+    if state.payload_ref is not None:
+        record["payload_ref"] = _ref_to(state.payload_ref)
+    if state.result_ref is not None:
+        record["result_ref"] = _ref_to(state.result_ref)
     if state.dependents:
         record["dependents"] = [_dependent_to(d) for d in state.dependents]
     if state.flow is not None:
@@ -231,6 +284,8 @@ def state_from_record(record: Record) -> TaskState:
     error = record["last_error"]
     if error is not None:
         record["last_error"] = ErrorInfo(**error)
+    record["payload_ref"] = _ref_in(record["payload_ref"])
+    record["result_ref"] = _ref_in(record["result_ref"])
     record["on_parent_failure"] = ParentFailurePolicy(record["on_parent_failure"])
     record["dependents"] = _dependents_from(record["dependents"])
     record["flow"] = _flow_from(record["flow"])

@@ -48,6 +48,8 @@ class TimerKind(enum.StrEnum):
     EXPIRY_DUE = "EXPIRY_DUE"  # a task not started yet reached its ``expires_at_ms``
     WAIT_RETRY_DUE = "WAIT_RETRY_DUE"  # a WAITING task asks a full limit or key again
     TOKEN_DUE = "TOKEN_DUE"  # a rate-limit bucket with waiting requests has a token again
+    # --- storage (issue 22, D35) ---
+    RETENTION_DUE = "RETENTION_DUE"  # a finished task's retention has passed (D35)
 
 
 class ParentFailurePolicy(enum.StrEnum):
@@ -110,6 +112,21 @@ class FlowControl:
     max_concurrency: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """A payload or result kept in S3-compatible storage instead of the record (D34).
+
+    ``sha256`` is the hex digest of the object's bytes, checked on every read;
+    ``key_id`` names the encryption key of an encrypted object.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    key_id: str | None = None
+
+
 # --- client events ---------------------------------------------------------
 
 
@@ -137,6 +154,7 @@ class TaskSubmitted:
     dependents: list[Dependent] = field(default_factory=list)
     expires_at_ms: int | None = None  # no attempt starts at or after this time (EXPIRED)
     flow: FlowControl | None = None  # rate limit and concurrency key, if any
+    payload_ref: ObjectRef | None = None  # the payload is this object (payload is b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +166,13 @@ class CancelRequested:
 class RedriveRequested:
     reason: str = ""
     max_attempts: int | None = None  # fresh budget; None = the original max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRequested:
+    """An operator removes a finished task from the state now (D35)."""
+
+    reason: str = ""
 
 
 # --- worker events -----------------------------------------------------------
@@ -171,6 +196,7 @@ class TaskSucceeded:
     worker_id: str
     result: bytes = b""
     result_content_type: str = "application/json"
+    result_ref: ObjectRef | None = None  # the result is this object (result is b"")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +244,7 @@ class TaskDispatched:
     expires_at_ms: int | None = None  # a worker does not start the attempt at or after it
     concurrency_key: str | None = None
     fencing_token: int | None = None  # the key's grant sequence: grows with every holder
+    payload_ref: ObjectRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +259,7 @@ class TaskDeadLettered:
     message: str
     traceback: str
     attempts: int
+    payload_ref: ObjectRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +464,7 @@ EventBody = (
     | SlotGranted
     | WaitDeferred
     | TaskProgress
+    | PurgeRequested
 )
 
 #: Every body type, in the order of the Avro union (append only: never reorder).
@@ -468,10 +497,13 @@ BODY_TYPES: tuple[type, ...] = (
     SlotGranted,
     WaitDeferred,
     TaskProgress,
+    # --- storage (issue 22, D35) ---
+    PurgeRequested,
 )
 
 #: the flow-control bodies (issue 16): the events of limits and keys, and progress
-FLOW_BODY_TYPES: tuple[type, ...] = BODY_TYPES[BODY_TYPES.index(LimitSet):]
+FLOW_BODY_TYPES: tuple[type, ...] = BODY_TYPES[
+    BODY_TYPES.index(LimitSet):BODY_TYPES.index(TaskProgress) + 1]
 
 
 @dataclass(frozen=True, slots=True)

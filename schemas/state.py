@@ -15,6 +15,7 @@ from taskstream.schemas.events import (
     Backoff,
     Dependent,
     FlowControl,
+    ObjectRef,
     ParentFailurePolicy,
     ScheduleSpec,
 )
@@ -111,6 +112,9 @@ class TaskState:
     progress: float | None = None  # 0..1, the running attempt's last report
     progress_note: str | None = None
     progress_at_ms: int | None = None
+    # --- storage (issue 22, D34) ---
+    payload_ref: ObjectRef | None = None  # the payload lives in object storage (D34)
+    result_ref: ObjectRef | None = None  # the result lives in object storage (D34)
 
 
 # --- other entity kinds (issue 15, D37): stored under ``<kind>:<id>`` keys -------------

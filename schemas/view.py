@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskstream.schemas.events import ObjectRef
 from taskstream.schemas.state import ErrorInfo, TaskState
 from taskstream.security.errors import SealError
 from taskstream.security.sealing import is_sealed, is_sealed_text
@@ -111,6 +112,23 @@ class ErrorView(BaseModel):
         )
 
 
+class ObjectRefView(BaseModel):
+    """Where an offloaded payload or result lives (D34); fetch it with GET .../result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    key_id: str | None
+
+    @classmethod
+    def from_ref(cls, ref: ObjectRef | None) -> ObjectRefView | None:
+        if ref is None:
+            return None
+        return cls(bucket=ref.bucket, key=ref.key, size=ref.size, sha256=ref.sha256,
+                   key_id=ref.key_id)
 def _open_bytes(data: bytes | None, opener: Opener | None, owner: str) -> bytes | None:
     if opener is None or not is_sealed(data):
         return data
@@ -239,6 +257,8 @@ class TaskView(BaseModel):
     progress_note: str | None = None
     progress_at_ms: int | None = None
     progress_at: str | None = None
+    payload_ref: ObjectRefView | None = None
+    result_ref: ObjectRefView | None = None
     sealed: list[str] = []
 
     @classmethod
@@ -319,6 +339,8 @@ class TaskView(BaseModel):
             progress_note=s.progress_note,
             progress_at_ms=s.progress_at_ms,
             progress_at=iso(s.progress_at_ms),
+            payload_ref=ObjectRefView.from_ref(s.payload_ref),
+            result_ref=ObjectRefView.from_ref(s.result_ref),
             sealed=sealed,
         )
 

@@ -151,6 +151,35 @@ class Settings(BaseSettings):
     api_rate_burst: int = Field(20, ge=1, le=1_000_000,
                                 description="requests a caller may send at once above the rate")
 
+    # Object storage for large payloads and results, retention (issue 22; D34, D35)
+    storage_bucket: str | None = Field(
+        None, description="S3 bucket for payloads and results over offload_threshold_bytes; "
+        "unset = no offload (a payload over max_payload_bytes is refused)")
+    storage_endpoint: str | None = Field(
+        None, description="S3-compatible endpoint URL (S3Proxy, MinIO, ...); unset = AWS")
+    storage_region: str = "us-east-1"
+    storage_access_key: SecretStr | None = None
+    storage_secret_key: SecretStr | None = None
+    storage_kms_key_id: str | None = Field(
+        None, description="encrypt objects with this KMS key (SSE-KMS); its ID goes in the "
+        "reference")
+    storage_timeout_s: float = Field(10.0, gt=0, description="bound on one object store call")
+    offload_threshold_bytes: int = Field(256 * 1024, ge=0)
+    max_offload_bytes: int = Field(5 * 1024**3, ge=1, description="largest offloaded value")
+    result_cache_bytes: int = Field(64 * 1024**2, ge=0, description="API result cache size")
+    result_cache_item_bytes: int = Field(8 * 1024**2, ge=0,
+                                         description="largest result the API caches")
+    retention_s: float | None = Field(
+        None, ge=0, description="finished tasks leave the state this long after they finish; "
+        "unset = kept for ever")
+    retention_by_queue: dict[str, float | None] = Field(
+        default_factory=dict, description="queue -> retention_s for that queue (null = for ever)")
+    reaper_grace_s: float = Field(
+        3600.0, ge=0, description="the reaper leaves objects younger than this alone")
+    s3proxy_version: str = "3.0.0"
+    s3proxy_home: Path = Field(
+        Path(os.path.expanduser("~/.cache/taskstream/s3proxy")),
+        description="cache of the resolved S3Proxy jars (the local S3 server of tests and dev)")
     # Observability (docs/observability.md, D22-D24)
     otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP collector base URL (http://host:4318); unset: no tracing, "

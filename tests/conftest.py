@@ -25,6 +25,7 @@ import pytest
 from taskstream.acls import Role, apply_acls
 from taskstream.localkafka import cluster as localkafka
 from taskstream.localkafka import secure as security
+from taskstream.locals3.server import LocalS3
 from taskstream.queue_registry import set_up_platform
 from taskstream.settings import Settings, load_settings
 
@@ -83,6 +84,35 @@ def topics(settings: Settings) -> Settings:
     registered (what ``taskstream topics create`` does)."""
     set_up_platform(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3-compatible server (S3Proxy, filesystem backend) for the session (D36)."""
+    server = LocalS3.install(tmp_path_factory.mktemp("s3"), load_settings())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: LocalS3) -> dict[str, str]:
+    """TASKSTREAM_STORAGE_* variables of one test: the session's server, a bucket of its own
+    (created)."""
+    from taskstream.objectstore.store import ObjectStore
+
+    env = s3_server.settings_env(f"t{uuid.uuid4().hex[:12]}")
+    store = ObjectStore.from_settings(load_settings(**storage_fields(env)))
+    assert store is not None
+    store.ensure_bucket()
+    return env
+
+
+def storage_fields(env: dict[str, str]) -> dict[str, str]:
+    """TASKSTREAM_STORAGE_X=v as settings keywords (storage_x=v)."""
+    return {k.removeprefix("TASKSTREAM_").lower(): v for k, v in env.items()}
 
 
 @pytest.fixture(scope="session")

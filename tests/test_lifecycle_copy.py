@@ -26,7 +26,7 @@ from taskstream.processors.fold.copy import (
     new_state,
 )
 from taskstream.processors.fold.effects import Effect, SetTimer
-from taskstream.processors.fold.steps import dispatch_next, payload_digest, submit_new
+from taskstream.processors.fold.steps import dispatch_next, submit_new, submitted_digest
 from taskstream.schemas.codec.compiled import same
 from taskstream.schemas.events import (
     Envelope,
@@ -136,12 +136,13 @@ def _submit_in_two_builds(event: Envelope, body: TaskSubmitted) -> tuple[TaskSta
     state = TaskState(
         task_id=event.task_id, name=body.name, queue=body.queue, priority=body.priority,
         status=TaskStatus.SCHEDULED, payload=body.payload, content_type=body.content_type,
-        payload_digest=payload_digest(body.payload), max_attempts=body.max_attempts,
+        payload_digest=submitted_digest(body), max_attempts=body.max_attempts,
         backoff=body.backoff, timeout_ms=body.timeout_ms, lease_ms=body.lease_ms,
         submitted_at_ms=at, updated_at_ms=at, idempotency_key=body.idempotency_key,
         headers=dict(body.headers), tags=list(body.tags), depends_on=list(body.depends_on),
         on_parent_failure=body.on_parent_failure, dependents=list(body.dependents),
-        expires_at_ms=body.expires_at_ms, flow=body.flow)
+        expires_at_ms=body.expires_at_ms, flow=body.flow,
+        payload_ref=body.payload_ref)
     if body.eta_ms is not None and body.eta_ms > at:
         return (dataclasses.replace(state, due_at_ms=body.eta_ms),
                 [SetTimer(body.eta_ms, TimerKind.DELAY_DUE)])

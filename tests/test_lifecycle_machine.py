@@ -10,7 +10,9 @@ every step it checks:
   changed neither status nor attempt;
 * at most one completion is accepted per task life (SUCCEEDED ever, or DEAD by
   failure, between redrives);
-* terminal states stay terminal, except DEAD -> READY by RedriveRequested;
+* terminal states stay terminal, except DEAD -> READY by RedriveRequested, and
+  the removal of a finished task by a retention timer or a purge (D35), after
+  which a resubmission starts a new life;
 * the attempt never goes backwards;
 * re-applying an already-applied event changes nothing (and only the last one
   re-emits outbound records);
@@ -25,7 +27,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from taskstream.processors.fold.effects import OUTBOUND, Dispatch, Duplicate, Rejected
+from taskstream.processors.fold.effects import OUTBOUND, Dispatch, Duplicate, Rejected, Removed
 from taskstream.processors.fold.lifecycle import (
     TRANSITIONS,
     Limits,
@@ -34,12 +36,14 @@ from taskstream.processors.fold.lifecycle import (
     fold,
     timer_kind_for,
 )
+from taskstream.processors.fold.retention import REMOVAL_KEYS
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
     Envelope,
     EventBody,
     LeaseRenewed,
+    PurgeRequested,
     RedriveRequested,
     TaskDispatched,
     TaskFailed,
@@ -87,7 +91,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         accepted = not any(isinstance(e, Rejected | Duplicate) for e in effects)
         if after is None:
-            assert before is None and not accepted
+            self.check_removal(before, event, effects, accepted)
         else:
             self.check_transition(before, event, after, accepted)
         for effect in effects:
@@ -109,6 +113,18 @@ class LifecycleMachine(RuleBasedStateMachine):
         if quiet is not None and after is not None:
             assert quiet == after and encode_state(quiet) == encode_state(after)
         assert kept == [e for e in effects if isinstance(e, Rejected | Duplicate)]
+
+    def check_removal(self, before: TaskState | None, event: Envelope,
+                      effects: Sequence[object], accepted: bool) -> None:
+        """No state after the event: an event for no task, or a removal (D35) of a
+        finished one (retention timer or purge), after which a new life may begin."""
+        if event_key(event) not in REMOVAL_KEYS:
+            assert before is None and not accepted
+            return
+        assert [type(e) for e in effects] == [Removed]
+        if before is not None:
+            assert before.status.terminal
+            self.successes = self.completions = 0
 
     def check_repeat(self, before: TaskState, event: Envelope, after: TaskState | None,
                      effects: Sequence[object]) -> None:
@@ -210,6 +226,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             body = TaskFailed(dispatch_id, "w", "E", "m", retryable=retryable,
                               retry_after_ms=retry_after)
         self.step(self.envelope(body, attempt + attempt_skew, self.now - back_in_time))
+
+    @rule()
+    def purge(self) -> None:
+        self.step(self.envelope(PurgeRequested("p")))
 
     @rule()
     def cancel(self) -> None:

@@ -110,7 +110,8 @@ def assert_consecutive_full_compatible(schemas: Catalog) -> int:
 
 
 def test_released_versions_follow_the_evolution_rule() -> None:
-    """FULL compatible but for appended union branches and enum symbols (v2: issue 16)."""
+    """FULL compatible but for appended union branches and enum symbols (v2: issues 15, 16
+    and 22)."""
     schemas = catalog()
     assert schemas.versions[0] == 1
     assert schemas.versions == tuple(range(1, len(schemas.versions) + 1)), "no gaps"

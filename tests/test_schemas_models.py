@@ -132,7 +132,8 @@ SPEC_TO_SUBMITTED = {
 def test_every_spec_field_maps_to_a_submitted_field() -> None:
     submitted = {f.name for f in dataclasses.fields(TaskSubmitted)}
     assert set(TaskSpec.model_fields) == set(SPEC_TO_SUBMITTED)
-    assert set(SPEC_TO_SUBMITTED.values()) == submitted
+    # payload_ref is the SDK's, not the caller's: it offloads a large payload (D34)
+    assert set(SPEC_TO_SUBMITTED.values()) == submitted - {"payload_ref"}
 
 
 def test_every_view_field_renders_a_state_field_and_vice_versa() -> None:

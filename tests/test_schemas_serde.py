@@ -32,9 +32,11 @@ from taskstream.schemas.events import (
     LeaseRenewed,
     LimitSet,
     MisfirePolicy,
+    ObjectRef,
     ParentFailurePolicy,
     ParentOutcome,
     ParentUpdate,
+    PurgeRequested,
     RateGranted,
     RateRefused,
     RateRequested,
@@ -149,6 +151,17 @@ BODIES: list[Any] = [
     SlotGranted("account-7", 2**40),
     WaitDeferred("rate", NOW + 1000, "full"),
     TaskProgress("d1", "w1", 0.5, "half"),
+    # --- storage (issue 22; schema v2): offloaded payloads and results, purge ---
+    TaskSubmitted("n", "q", 0, b"", "application/json", None, 1, Backoff(), None, 1,
+                  payload_ref=ObjectRef("b", "tasks/t/payload", 300_000, "ab" * 32)),
+    TaskSucceeded("d1", "w1", b"", "application/json",
+                  ObjectRef("b", "tasks/t/result/1-d1", 10_000_000, "cd" * 32, "kms-1")),
+    TaskDispatched("d1", "n", "q", 0, b"", "application/json", None, 1, 1, NOW,
+                   payload_ref=ObjectRef("b", "tasks/t/payload", 1, "ef" * 32)),
+    TaskDeadLettered("n", "q", b"", "application/json", "E", "m", "", 1,
+                     ObjectRef("b", "k", 1, "00" * 32)),
+    PurgeRequested("operator"),
+    PurgeRequested(),
 ]
 
 

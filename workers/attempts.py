@@ -13,8 +13,11 @@ Each attempt carries its trace (D22, workers/tracing.py): a run span, current wh
 the handler runs, whose ``traceparent`` its events carry; in a batch each record
 has its own run span and events, and the one handler call runs under none of
 them. A sealed payload (D27) is opened before the handler sees it; one that does
-not open fails its attempt alone. Log lines of an attempt carry its task's fields
-(telemetry/logs.py); a batch's carry none (they are many tasks).
+not open fails its attempt alone. With object storage (D34, workers/blobs.py) an
+offloaded payload is fetched (and opened) first and a large result stored after;
+in a batch each record's fetch and store is its own, and a failed one fails that
+record alone. Log lines of an attempt carry its task's fields (telemetry/logs.py);
+a batch's carry none (they are many tasks).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.schemas.events import Envelope, TaskDispatched
 from taskstream.telemetry.logs import TaskLogContext, set_task_context
+from taskstream.workers.blobs import fetch_payload, store_result
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
 from taskstream.workers.emitter import EventEmitter, Headers
@@ -102,8 +107,11 @@ class AttemptRunner:
     def __init__(self, app: TaskRegistry, pool: Pool, emitter: EventEmitter,
                  metrics: WorkerMetrics, loop: asyncio.AbstractEventLoop,
                  tracing: AttemptTracing | None = None,
-                 fetch_result: Callable[[str], Any] | None = None) -> None:
+                 fetch_result: Callable[[str], Any] | None = None,
+                 offloader: Offloader | None = None) -> None:
         self.app = app
+        #: object storage for large payloads and results (D34; None: everything inline)
+        self.offloader = offloader
         self.tracing = tracing or AttemptTracing()
         #: reads a parent's result for ctx.parent_results (None: the context refuses)
         self.fetch_result = fetch_result
@@ -245,11 +253,14 @@ class AttemptRunner:
         self._sweep_leases_by(running.renew_at)
         threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
         try:
+            offloader, sealer = self.offloader, self.emitter.sealer
             if trace is None:
-                outcome = await execute(task, dispatched, ctx, self.pool)
+                outcome = await execute(task, dispatched, ctx, self.pool,
+                                        offloader=offloader, sealer=sealer)
             else:
                 with self.tracing.telemetry.current(trace.span):
-                    outcome = await execute(task, dispatched, ctx, self.pool)
+                    outcome = await execute(task, dispatched, ctx, self.pool,
+                                            offloader=offloader, sealer=sealer)
         except asyncio.CancelledError:
             if me.cancelling() and not running.cancel_requested:
                 raise  # stop without grace
@@ -327,10 +338,8 @@ class AttemptRunner:
             self._sweep_leases_by(entry.renew_at)
             running[i] = entry
         try:
-            if chosen:
-                results = await execute_batch(task, [records[i] for i in chosen],
-                                              [begun[i][0] for i in chosen], self.pool)
-                outcomes.update(zip(chosen, results, strict=True))
+            await self._call_batch(task, chosen, items, records,
+                                   [ctx for ctx, _ in begun], outcomes)
         except asyncio.CancelledError:  # stopped without grace: no outcomes
             for _, trace in begun:
                 if trace is not None:
@@ -360,6 +369,52 @@ class AttemptRunner:
             else:
                 opened[i] = one
         return failed, opened
+
+    async def _call_batch(self, task: TaskDef, chosen: list[int], items: list[Picked],
+                          records: dict[int, TaskDispatched], ctxs: list[TaskContext],
+                          outcomes: dict[int, Outcome]) -> None:
+        """The one handler call over the records at ``chosen``, their outcomes into
+        ``outcomes``; with object storage, payloads fetched before and large results
+        stored after (D34)."""
+        if self.offloader is not None:
+            chosen = await self._fetch_batch(chosen, items, records, outcomes)
+        if not chosen:
+            return
+        results = await execute_batch(task, [records[i] for i in chosen],
+                                      [ctxs[i] for i in chosen], self.pool)
+        outcomes.update(zip(chosen, results, strict=True))
+        if self.offloader is not None:
+            await self._store_batch(chosen, items, records, outcomes)
+
+    async def _fetch_batch(self, chosen: list[int], items: list[Picked],
+                           records: dict[int, TaskDispatched],
+                           outcomes: dict[int, Outcome]) -> list[int]:
+        """The offloaded payloads of a batch's records fetched (and opened) in place; a
+        record whose fetch fails gets that failure and leaves the call (D34)."""
+        kept = []
+        for i in chosen:
+            record = records[i]
+            if record.payload_ref is None:
+                kept.append(i)
+                continue
+            raw = await fetch_payload(self.offloader, record, items[i][1].envelope.task_id,
+                                      self.emitter.sealer)
+            if isinstance(raw, Failure):
+                outcomes[i] = raw
+            else:
+                records[i] = replace(record, payload=bytes(raw), payload_ref=None)
+                kept.append(i)
+        return kept
+
+    async def _store_batch(self, chosen: list[int], items: list[Picked],
+                           records: dict[int, TaskDispatched],
+                           outcomes: dict[int, Outcome]) -> None:
+        """A batch's large results moved to object storage, each under its own run's key."""
+        for i in chosen:
+            envelope = items[i][1].envelope
+            outcomes[i] = await store_result(self.offloader, envelope.task_id,
+                                             envelope.attempt, records[i], outcomes[i],
+                                             self.emitter.sealer)
 
     def _report_batch(self, task: TaskDef, items: list[Picked],
                       traces: list[AttemptTrace | None], outcomes: dict[int, Outcome],

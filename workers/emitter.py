@@ -75,8 +75,8 @@ def sealed_outcome(outcome: Outcome, task_id: str, sealer: Sealer | None) -> Out
         return replace(outcome, message=sealer.seal_text(message, task_id),
                        traceback=sealer.seal_text(outcome.traceback, task_id)
                        if outcome.traceback else "")
-    if sealer is None or not sealer.can_seal:
-        return outcome
+    if sealer is None or not sealer.can_seal or outcome.result_ref is not None:
+        return outcome  # an offloaded result was sealed before it was stored (workers/blobs.py)
     return replace(outcome, result=sealer.seal(outcome.result, task_id))
 
 
@@ -96,7 +96,8 @@ def outcome_body(outcome: Outcome, dispatch_id: str, worker_id: str) -> EventBod
             timed_out=outcome.timed_out, retry_after_ms=outcome.retry_after_ms,
         )
     return TaskSucceeded(dispatch_id=dispatch_id, worker_id=worker_id, result=outcome.result,
-                         result_content_type=outcome.content_type)
+                         result_content_type=outcome.content_type,
+                         result_ref=outcome.result_ref)
 
 
 class EventEmitter:

@@ -11,7 +11,7 @@ import traceback as tb
 from dataclasses import dataclass, replace
 from typing import Any
 
-from taskstream.schemas.events import TaskDispatched
+from taskstream.schemas.events import ObjectRef, TaskDispatched
 from taskstream.security.errors import SealError
 from taskstream.security.sealing import Sealer, is_sealed, sealed_key_id
 from taskstream.workers.errors import NonRetryableError, Retry
@@ -25,6 +25,7 @@ MAX_TRACEBACK_CHARS = 16_000
 class Success:
     result: bytes
     content_type: str = JSON
+    result_ref: ObjectRef | None = None  # the result is in object storage (D34)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Failure:
 Outcome = Success | Failure
 
 
-def decode_payload(payload: bytes, content_type: str) -> Any:
+def decode_payload(payload: bytes | bytearray, content_type: str) -> Any:
     """JSON payloads become Python values; anything else stays bytes.
 
     Raises ValueError when a JSON payload is not JSON.
@@ -65,17 +66,28 @@ def open_payload(dispatched: TaskDispatched, task_id: str, sealer: Sealer | None
     """The ready record with its payload opened when it is sealed (D27), or the failure
     that says why it cannot be (not retryable: another attempt would not open it either;
     fix the keyring and redrive)."""
-    payload = dispatched.payload
-    if not is_sealed(payload):
+    if not is_sealed(dispatched.payload):
         return dispatched
+    opened = open_sealed(dispatched.payload, task_id, sealer)
+    if isinstance(opened, Failure):
+        return opened
+    return replace(dispatched, payload=bytes(opened))  # bytes already: no copy
+
+
+def open_sealed(payload: bytes | bytearray, task_id: str, sealer: Sealer | None
+                ) -> bytes | bytearray | Failure:
+    """``payload`` opened when it is sealed (an inline payload, or one fetched from object
+    storage, D34), or the non-retryable failure that says why it cannot be."""
+    if not is_sealed(bytes(payload[:4])):
+        return payload
     if sealer is None:
         return Failure("PayloadSealed",
-                       f"the payload is sealed with key {sealed_key_id(payload)!r} and this "
-                       "worker has no payload keyring (TASKSTREAM_PAYLOAD_KEYS or "
+                       f"the payload is sealed with key {sealed_key_id(bytes(payload[:64]))!r} "
+                       "and this worker has no payload keyring (TASKSTREAM_PAYLOAD_KEYS or "
                        "TASKSTREAM_PAYLOAD_KEYRING_FILE); configure it and redrive the task",
                        retryable=False)
     try:
-        return replace(dispatched, payload=sealer.open(payload, task_id))
+        return sealer.open(payload if isinstance(payload, bytes) else bytes(payload), task_id)
     except SealError as exc:
         return Failure("PayloadSealError", str(exc), retryable=False)
 

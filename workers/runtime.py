@@ -23,8 +23,11 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.schemas.events import TaskDispatched
+from taskstream.security.sealing import Sealer
 from taskstream.workers.batch import batch_outcomes, whole_batch
+from taskstream.workers.blobs import fetch_payload, store_result
 from taskstream.workers.context import TaskContext
 from taskstream.workers.outcome import (
     Failure,
@@ -64,10 +67,27 @@ async def _call(task: TaskDef, args: tuple[Any, ...], pool: Pool) -> Outcome:
 
 
 async def execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
-                  pool: Pool = Pool.THREAD) -> Outcome:
-    """Run the handler once. Never raises, except CancelledError when cancelled."""
+                  pool: Pool = Pool.THREAD, *, offloader: Offloader | None = None,
+                  sealer: Sealer | None = None) -> Outcome:
+    """Run the handler once. Never raises, except CancelledError when cancelled.
+
+    With object storage (D34) the payload is fetched first (and opened, when sealed)
+    and a large result stored after (sealed first, when sealing; workers/blobs.py);
+    their failures are the attempt's outcome. An inline payload comes here opened.
+    """
+    if offloader is None and dispatched.payload_ref is None:  # the hot path: no extra await
+        return await _execute(task, dispatched, ctx, pool, dispatched.payload)
+    raw = await fetch_payload(offloader, dispatched, ctx.task_id, sealer)
+    if isinstance(raw, Failure):
+        return raw
+    outcome = await _execute(task, dispatched, ctx, pool, raw)
+    return await store_result(offloader, ctx.task_id, ctx.attempt, dispatched, outcome, sealer)
+
+
+async def _execute(task: TaskDef, dispatched: TaskDispatched, ctx: TaskContext,
+                   pool: Pool, raw: bytes | bytearray) -> Outcome:
     try:
-        payload = decode_payload(dispatched.payload, dispatched.content_type)
+        payload = decode_payload(raw, dispatched.content_type)
     except ValueError as exc:
         return _payload_failure(dispatched, exc)
     args = (payload, ctx) if task.takes_context else (payload,)

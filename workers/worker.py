@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+from taskstream.objectstore.offload import Offloader
 from taskstream.settings import Settings, load_settings
 from taskstream.telemetry.tracing import Telemetry
 from taskstream.topics import MAX_WORKER_TAGS, canonical_tags
@@ -181,7 +182,8 @@ class Worker:
             return
         self._emitter = EventEmitter(self.settings, self.worker_id, self.metrics)
         self._attempts = AttemptRunner(self.app, self.pool, self._emitter, self.metrics, loop,
-                                       self.tracing, self.fetch_result)
+                                       self.tracing, self.fetch_result,
+                                       Offloader.from_settings(self.settings))
         self._control = ControlReader(
             self.settings,
             on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),

@@ -149,5 +149,5 @@ else:
         TaskState, ("status", "worker_id", "started_at_ms", "due_at_ms"))
     copy_done = fast_replace_only(TaskState, (
         "status", "worker_id", "result", "result_content_type", "result_truncated",
-        "finished_at_ms", "due_at_ms"))
+        "finished_at_ms", "due_at_ms", "result_ref"))
     copy_recorded = fast_replace_only(TaskState, ("recent_event_ids", "updated_at_ms"))

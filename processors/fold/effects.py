@@ -43,6 +43,7 @@ from taskstream.processors.fold.copy import (
 from taskstream.schemas.events import (
     Envelope,
     EventBody,
+    ObjectRef,
     TaskCancelled,
     TaskDeadLettered,
     TaskDispatched,
@@ -131,6 +132,16 @@ class RetryScheduled:
     delay_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """The task leaves the state (retention or purge, D35): delete its key (a changelog
+    tombstone) and its index entries. ``objects`` are what it referenced, for the reaper;
+    empty when the task was already gone (the tombstone is sent again)."""
+
+    reason: str
+    objects: tuple[ObjectRef, ...] = ()
+
+
 Effect = (
     Dispatch
     | DeadLetter
@@ -141,6 +152,7 @@ Effect = (
     | Rejected
     | Duplicate
     | RetryScheduled
+    | Removed
 )
 
 #: the effects that leave the processor as records (the ones "redo" re-emits)
@@ -198,6 +210,7 @@ def dispatch_envelope(state: TaskState, cause_event_id: str) -> Envelope:
         expires_at_ms=state.expires_at_ms,
         concurrency_key=None if state.flow is None else state.flow.concurrency_key,
         fencing_token=state.slot_sequence,
+        payload_ref=state.payload_ref,
     )
     return _envelope(state, f"{cause_event_id}.dispatch", state.dispatched_at_ms, body)
 
@@ -214,6 +227,7 @@ def dead_letter_envelope(state: TaskState, cause_event_id: str) -> Envelope:
         message=error.message if error else "",
         traceback=error.traceback if error else "",
         attempts=state.attempt,
+        payload_ref=state.payload_ref,
     )
     return _envelope(state, f"{cause_event_id}.dlq", _finished(state), body)
 

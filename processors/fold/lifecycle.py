@@ -31,6 +31,11 @@ How one event is applied, in order:
    ``limits.recent_events`` kept) and ``updated_at_ms`` set to its time. A
    rejection also adds one to ``rejected`` and returns ``Rejected(reason)``. An
    event for an unknown task (other than a submission) leaves ``None``.
+4. A removal (``PurgeRequested``, ``TimerFired.RETENTION_DUE``; D35,
+   :mod:`~taskstream.processors.fold.retention`) of a finished task returns
+   ``None`` and :class:`Removed`: the caller deletes the task. For a task already
+   gone it returns ``Removed`` again (the tombstone is re-sent, as redo does).
+   With ``effects=False`` (replay) the state ``None`` alone says it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from taskstream.processors.fold.effects import (
     Effect,
     PublishCancel,
     Rejected,
+    Removed,
     cancel_envelope,
     dead_letter_envelope,
     dispatch_of,
@@ -55,6 +61,12 @@ from taskstream.processors.fold.gates import (
     holds_grant,
     release_stale_slot,
     slot_released_again,
+)
+from taskstream.processors.fold.retention import (
+    REMOVAL_KEYS,
+    check_purge,
+    check_retention_timer,
+    objects_of,
 )
 from taskstream.processors.fold.rules import (
     TRANSITIONS,
@@ -88,6 +100,7 @@ from taskstream.schemas.events import (
     Envelope,
     LeaseRenewed,
     ParentUpdate,
+    PurgeRequested,
     RateGranted,
     RateRefused,
     RedriveRequested,
@@ -138,9 +151,7 @@ def apply(
     body = event.body
     key = _PLAIN_KEYS.get(body.__class__) or event_key(event)
     if state is None:
-        if isinstance(body, TaskSubmitted):
-            return _create(event, body, limits, effects)
-        return None, [Rejected(f"{key} for unknown task {event.task_id}")]
+        return _unknown(event, key, limits, effects)
     if state.task_id != event.task_id:
         raise LifecycleError(
             f"event {event.event_id} is for task {event.task_id} but was applied to the "
@@ -155,6 +166,8 @@ def apply(
     if isinstance(body, TaskSubmitted):
         counted, made = submit_again(state, body)
         return _record(counted, event, limits, fresh=counted is not state), made
+    if key in REMOVAL_KEYS:
+        return _remove(state, event, limits, key, effects)
     allowed = _TABLE.get((state.status, key))
     if allowed is None:
         return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
@@ -168,6 +181,18 @@ def apply(
             state.status not in TERMINAL):  # settled now: tell the dependents (D37)
         made = [*made, *dependencies.notifications(after, event.event_id, event.occurred_at_ms)]
     return _record(after, event, limits, fresh=after is not state), made
+
+
+def _unknown(event: Envelope, key: str, limits: Limits,
+             effects: bool) -> tuple[TaskState | None, list[Effect]]:
+    """An event for a task this partition does not hold: a submission creates it, a
+    removal of a task already gone is sent again (D35), anything else is rejected."""
+    body = event.body
+    if isinstance(body, TaskSubmitted):
+        return _create(event, body, limits, effects)
+    if key in REMOVAL_KEYS:
+        return None, [Removed(f"{key} for a task already removed")] if effects else []
+    return None, [Rejected(f"{key} for unknown task {event.task_id}")]
 
 
 def _create(event: Envelope, body: TaskSubmitted, limits: Limits,
@@ -222,6 +247,20 @@ def _message_step(state: TaskState, event: Envelope, limits: Limits, effects: bo
             return refused(state, event, body, effects)
         case _:  # derived records never reach here: TRANSITIONS has no key for them
             return Refusal(f"{event.type_name} is not an events-topic record")
+
+
+def _remove(
+    state: TaskState, event: Envelope, limits: Limits, key: str, effects: bool
+) -> tuple[TaskState | None, list[Effect]]:
+    body = event.body
+    refusal = (check_retention_timer(state, event, body) if isinstance(body, TimerFired)
+               else check_purge(state))
+    if refusal is not None:
+        return _reject(state, event, limits, refusal)
+    if not effects:
+        return None, []
+    reason = body.reason if isinstance(body, PurgeRequested) and body.reason else key
+    return None, [Removed(reason, objects_of(state))]
 
 
 def _record(
@@ -280,7 +319,9 @@ def fold(events: Iterable[Envelope], limits: Limits = _DEFAULT_LIMITS) -> dict[s
     """Apply ``events`` in order, keeping one state per task id (replay and tests)."""
     states: dict[str, TaskState] = {}
     for event in events:
-        after, _ = apply(states.get(event.task_id), event, limits)
+        after, made = apply(states.get(event.task_id), event, limits)
         if after is not None:
             states[event.task_id] = after
+        elif made and made[0].__class__ is Removed:
+            states.pop(event.task_id, None)
     return states

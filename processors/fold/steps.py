@@ -89,6 +89,13 @@ def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def submitted_digest(body: TaskSubmitted) -> str:
+    """sha256 of the payload, inline or offloaded (the reference carries it: D34), so a
+    duplicate is told from a conflict the same way either way."""
+    return body.payload_ref.sha256 if body.payload_ref is not None else payload_digest(
+        body.payload)
+
+
 def _clear_timer(state: TaskState) -> list[Effect]:
     return [] if state.due_at_ms is None else [new_clear_timer(state.due_at_ms)]
 
@@ -193,7 +200,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
                 else TaskStatus.READY if ready_now else TaskStatus.SCHEDULED),
         payload=body.payload,
         content_type=body.content_type,
-        payload_digest=payload_digest(body.payload),
+        payload_digest=submitted_digest(body),
         max_attempts=body.max_attempts,
         backoff=body.backoff,
         timeout_ms=body.timeout_ms,
@@ -212,6 +219,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
         dependents=list(body.dependents),
         expires_at_ms=body.expires_at_ms,
         flow=body.flow,
+        payload_ref=body.payload_ref,
     )
     if gated and not delayed:
         return dispatch_next(state, event, effects)
@@ -224,7 +232,7 @@ def submit_new(event: Envelope, body: TaskSubmitted, effects: bool = True) -> Ac
 
 def submit_again(state: TaskState, body: TaskSubmitted) -> Accepted:
     """A second ``TaskSubmitted`` for a known task: counted, never acted on."""
-    conflict = body.name != state.name or payload_digest(body.payload) != state.payload_digest
+    conflict = body.name != state.name or submitted_digest(body) != state.payload_digest
     counted = replace(state, duplicates=state.duplicates + 1,
                       conflicts=state.conflicts + (1 if conflict else 0))
     return counted, [Duplicate(conflict)]
@@ -352,6 +360,7 @@ def succeeded(
         refusal = fence(state, event, body.dispatch_id)
         if refusal is not None:
             return refusal
+    # an offloaded result (D34) is its reference; the bytes stay in object storage
     truncated = len(body.result) > limits.max_result_bytes
     done = copy_done(
         state,
@@ -362,6 +371,7 @@ def succeeded(
         result_truncated=truncated,
         finished_at_ms=event.occurred_at_ms,
         due_at_ms=None,
+        result_ref=body.result_ref,
     )
     if not effects:
         return done, []

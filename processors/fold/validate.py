@@ -26,6 +26,11 @@ What is checked, in order:
    least 1 s, attempts, durations, payload and text sizes, and the count and
    size of headers, tags and ``depends_on`` (the same :class:`SpecLimits` the
    SDK and the API check a TaskSpec against).
+4. **Object references name the entity's own objects** (D34): a submission's
+   ``payload_ref`` is ``tasks/<its task ID>/payload-<its sha256>`` and a
+   result's ``result_ref`` ``tasks/<its task ID>/result-<attempt>-<its dispatch
+   ID>``, with empty inline bytes beside them; so no event can make a worker
+   read, or the API serve, another task's object.
 
 Bounds and keys are configuration: replay must run with the same (a record that
 breaks bounds set later would be refused on replay although the live fold took
@@ -38,6 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from taskstream.objectstore.keys import is_result_key, payload_key
 from taskstream.schemas.entity_keys import (
     CKEY_PREFIX,
     GROUP_PREFIX,
@@ -51,7 +57,9 @@ from taskstream.schemas.events import (
     GroupCreated,
     LeaseRenewed,
     LimitSet,
+    ObjectRef,
     ParentUpdate,
+    PurgeRequested,
     RateGranted,
     RateRefused,
     RateRequested,
@@ -111,6 +119,11 @@ MAX_ATTEMPTS = 1000
 MAX_ATTEMPT = 1_000_000
 MAX_MS = int(MAX_DURATION_S * 1000)
 MIN_LEASE_MS = int(MIN_LEASE_S * 1000)
+#: an object reference's fields (D34): S3 bucket names, a KMS key ID or ARN, sizes
+BUCKET = re.compile(r"^[A-Za-z0-9._-]{3,255}$")  # with legacy names (uppercase, _)
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+MAX_KEY_ID = 2048
+MAX_OBJECT_BYTES = 5 * 1024**4
 #: event times: after 2000-01-01 and before 2200 (an Avro long takes anything)
 MIN_TIME_MS = 946_684_800_000
 MAX_TIME_MS = 7_258_118_400_000
@@ -153,7 +166,7 @@ def check_record(checks: Checks, key: bytes | None, value: bytes,
         problem = _signature_problem(checks.keyring, body_type, key, value, headers)
         if problem is not None:
             return f"{envelope.type_name} refused: {problem}"
-    problem = _body_problem(checks, body)
+    problem = _body_problem(checks, body, entity)
     return None if problem is None else f"{envelope.type_name} refused: {problem}"
 
 
@@ -199,23 +212,31 @@ def _signature_problem(keyring: Keyring, body_type: type, key: bytes, value: byt
     return None
 
 
-def _body_problem(checks: Checks, body: object) -> str | None:
+def _body_problem(checks: Checks, body: object, entity: str) -> str | None:
     match body:
         case TaskSubmitted():
-            return _submitted_problem(checks.limits, body)
+            ref = body.payload_ref
+            return _submitted_problem(checks.limits, body) or (None if ref is None else (
+                _ref_problem("payload_ref", ref, body.payload,
+                             ref.key == payload_key(entity, ref.sha256),
+                             payload_key(entity, "<sha256>"))))
         case TaskStarted() | LeaseRenewed():
             return _worker_ids_problem(body.dispatch_id, body.worker_id)
         case TaskSucceeded():
             return (_worker_ids_problem(body.dispatch_id, body.worker_id)
                     or _text("result_content_type", body.result_content_type,
-                             MAX_CONTENT_TYPE))
+                             MAX_CONTENT_TYPE)
+                    or (None if body.result_ref is None else _ref_problem(
+                        "result_ref", body.result_ref, body.result,
+                        is_result_key(body.result_ref.key, entity, body.dispatch_id),
+                        f"the result key of task {entity}, dispatch {body.dispatch_id}")))
         case TaskFailed():
             return (_worker_ids_problem(body.dispatch_id, body.worker_id)
                     or _text("error_type", body.error_type, MAX_NAME)
                     or _text("message", body.message, MAX_TEXT)
                     or _text("traceback", body.traceback, MAX_TEXT)
                     or _duration("retry_after_ms", body.retry_after_ms, zero_ok=True))
-        case CancelRequested():
+        case CancelRequested() | PurgeRequested():
             return _text("reason", body.reason, 1000)
         case RedriveRequested():
             if body.max_attempts is not None and not 1 <= body.max_attempts <= MAX_ATTEMPTS:
@@ -230,6 +251,9 @@ def _entity_body_problem(checks: Checks, body: object) -> str | None:
     """The bounds of what clients and workers write about other entities (D37, D32)."""
     match body:
         case ScheduleSet():
+            if body.spec.task.payload_ref is not None:  # an object belongs to one task (D34)
+                return ("a schedule's task carries its payload inline: every firing is a task "
+                        "of its own, and a stored object is named for one task")
             return (_text("cron", body.spec.cron or "", MAX_NAME)
                     or _text("timezone", body.spec.timezone, MAX_NAME)
                     or _submitted_problem(checks.limits, body.spec.task))
@@ -242,6 +266,26 @@ def _entity_body_problem(checks: Checks, body: object) -> str | None:
         case TaskProgress():
             return (_worker_ids_problem(body.dispatch_id, body.worker_id)
                     or _text("note", body.note, 1000))
+    return None
+
+
+def _ref_problem(field: str, ref: ObjectRef, inline: bytes | None, owned: bool, shape: str
+                 ) -> str | None:
+    """None if ``ref`` names the entity's own object (``owned``: its key is ``shape``) with
+    nothing inline beside it, else why not."""
+    if not owned:
+        return (f"{field} names {ref.key[:120]!r}; an event may only refer to its own "
+                f"object ({shape})")
+    if BUCKET.match(ref.bucket) is None:
+        return f"{field}.bucket {ref.bucket[:80]!r} is not a bucket name"
+    if SHA256_HEX.match(ref.sha256) is None:
+        return f"{field}.sha256 is not 64 lowercase hex digits"
+    if not 0 <= ref.size <= MAX_OBJECT_BYTES:
+        return f"{field}.size {ref.size} is outside 0..{MAX_OBJECT_BYTES}"
+    if ref.key_id is not None and not 1 <= len(ref.key_id) <= MAX_KEY_ID:
+        return f"{field}.key_id must be 1 to {MAX_KEY_ID} characters"
+    if inline:
+        return f"{field} is set and the value is inline too: one or the other"
     return None
 
 

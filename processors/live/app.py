@@ -43,6 +43,7 @@ from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config, producer_config
 from taskstream.processors.fold.kinds import timer_of
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.retention import RetentionPolicy, removal_timer
 from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.engine import FoldEngine, Topics
 from taskstream.processors.live.guard import timer_round
@@ -58,6 +59,7 @@ from taskstream.security.signing import signer_for
 from taskstream.settings import Settings, advertised_url
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
+from taskstream.statestore.indexes import TimerOf
 from taskstream.statestore.tables import TaskTables
 from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import (
@@ -151,10 +153,30 @@ def _make_route_topics(settings: Settings, route: str) -> None:
     make_route_topics(settings, queue, tags)
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """The replica's retention of finished tasks (D35): read when it sets their timers."""
+    return RetentionPolicy.from_seconds(settings.retention_s, settings.retention_by_queue)
+
+
 def due_entry_of(state: EntityState | None) -> keys.DueEntry | None:
     """The due index entry of any entity's state: its kind's ``timer_of`` (D5; D37, D32)."""
     timer = timer_of(state)
     return None if timer is None else keys.DueEntry(*timer)
+
+
+def due_entries(policy: RetentionPolicy) -> TimerOf:
+    """:func:`due_entry_of`, and for a finished task the removal time of the replica's
+    retention ``policy`` (D35)."""
+    if not policy.enabled:
+        return due_entry_of
+
+    def with_retention(state: EntityState | None) -> keys.DueEntry | None:
+        timer = timer_of(state)
+        if timer is None and isinstance(state, TaskState):
+            timer = removal_timer(state, policy)
+        return None if timer is None else keys.DueEntry(*timer)
+
+    return with_retention
 
 
 class Processor:
@@ -171,8 +193,10 @@ class Processor:
         self.app = app = build_faust_app(settings)
         #: the API's admin events go out through Faust's producer (not the fold's)
         self.events = _raw_topic(app, events_topic(settings), settings.partitions)
+        self.retention = retention_policy(settings)
         self.tables = TaskTables(app, settings.partitions, settings.data_dir / "indexes",
-                                 can_build=self._restored, timer_of=due_entry_of)
+                                 can_build=self._restored,
+                                 timer_of=due_entries(self.retention))
         self._changelog = task_changelog_topic(settings)
         self.producer = Producer(producer_config(settings, {
             "client.id": self.source,

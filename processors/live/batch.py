@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from taskstream.processors.fold.effects import Dispatch, Effect
+from taskstream.processors.fold.effects import Dispatch, Effect, Removed
 from taskstream.processors.fold.kinds import kind_of
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.fold.validate import Checks, check_record
@@ -175,14 +175,11 @@ def fold_partition(
         out.applied[envelope.type_name] += 1
         if after is not None or state is not None:
             current[key] = after
-            change = changes.get(key)
-            if change is None:
-                change = changes[key] = Change(state, after)
-            else:
-                change.after = after
-            body = envelope.body
-            if isinstance(body, TimerFired):
-                change.fired_timers.append(body.due_at_ms)
+            _note(changes, key, state, after, envelope.body)
+        elif effects and effects[0].__class__ is Removed:
+            # a removal read again after the task is gone: its tombstone goes again (the
+            # first one may never have left before a crash; D35, the rule of D4)
+            changes.setdefault(key, Change(None, None))
         if effects:
             known = after or state
             queue = known.queue if isinstance(known, TaskState) else ""
@@ -191,3 +188,15 @@ def fold_partition(
                 if effect.__class__ is Dispatch:
                     out.dispatch_queues.add((queue, effect.tags))
     return out
+
+
+def _note(changes: dict[bytes, Change], key: bytes, state: EntityState | None,
+          after: EntityState | None, body: object) -> None:
+    """Record that the batch moved an entity from ``state`` to ``after``."""
+    change = changes.get(key)
+    if change is None:
+        change = changes[key] = Change(state, after)
+    else:
+        change.after = after
+    if isinstance(body, TimerFired):
+        change.fired_timers.append(body.due_at_ms)

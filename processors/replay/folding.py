@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,8 @@ class StateCache:
         self.hot: dict[str, EntityState] = {}
         self.dirty: set[str] = set()  # hot states the DB does not have
         self.finished: dict[str, bytes] = {}  # encoded states the DB does not have
-        self._pending: list[tuple[bytes, bytes]] = []
+        #: writes for the DB, in order; a None value deletes the key (a removed task, D35)
+        self._pending: list[tuple[bytes, bytes | None]] = []
         # every kind's state (D37); a task's still takes the compiled codec first
         self.encode = default_codec().encode_entity
 
@@ -203,6 +205,17 @@ class StateCache:
         if len(self.hot) > self.capacity:
             self.trim()
 
+    def remove(self, task_id: str) -> None:
+        """A task the fold removed (retention or purge, D35) leaves the cache and the DB."""
+        self.hot.pop(task_id, None)
+        self.dirty.discard(task_id)
+        self.finished.pop(task_id, None)
+        if not self.db_empty or self._pending:
+            # deleted now: a later submission of the same ID (it is free again) must not
+            # find the old state in the DB while the delete waits for a commit
+            self._pending.append((task_id.encode(), None))
+            self._commit()
+
     def trim(self) -> None:
         """Evict the oldest states (an eighth of the capacity) once over capacity."""
         hot, dirty, encode = self.hot, self.dirty, self.encode
@@ -228,10 +241,13 @@ class StateCache:
 
     def _commit(self) -> None:
         if self._pending:
-            self._pending.sort()
+            self._pending.sort(key=itemgetter(0))  # stable: a key's writes keep their order
             batch = WriteBatch(raw_mode=True)
             for key, value in self._pending:
-                batch.put(key, value)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             self.db.write(batch)
             self.db_empty = False
             self._pending = []
@@ -249,7 +265,7 @@ class StateCache:
     def flush(self) -> None:
         """Write every state into the DB."""
         self._commit()
-        self._pending = self._drain()
+        self._pending.extend(self._drain())
         self._commit()
 
     def flush_to_sst(self, path: Path) -> int:
@@ -331,12 +347,7 @@ def fold_messages(
     for batch in messages:
         for message in batch:
             value = message.value()
-            try:
-                envelope, end = read(value, start, len(value))
-                if end != len(value) or not value.startswith(header):
-                    raise ValueError  # not cleanly ours: decode_event decides
-            except Exception:
-                envelope = _decode_slowly(message, decode)
+            envelope = _read_envelope(message, value, read, header, start, decode)
             if envelope.__class__ is SkippedRecord or envelope.body.__class__ in _DERIVED or (
                     checks is not None and check_record(
                         checks, message.key(), value, message.headers(), envelope) is not None):
@@ -348,11 +359,13 @@ def fold_messages(
                 before = load(task_id)
             # a task ID is 0-9A-Z; other kinds' keys are lowercase (D37)
             after, _effects = appliers[task_id > "Z"](before, envelope, limits, effects=False)
-            if after is not None and after is not before:
+            if after is not before:
+                if after is None:  # removed: retention or purge (D35)
+                    cache.remove(task_id)
                 # cache.put, inline (limits and keys have no status: never finished)
-                if getattr(after, "status", None) in TERMINAL:
+                elif getattr(after, "status", None) in TERMINAL:
                     finished[task_id] = encode(after)
-                    if before is not None and hot.pop(task_id, None) is not None:
+                    if hot.pop(task_id, None) is not None:
                         dirty.discard(task_id)
                     if len(finished) > finished_capacity:
                         cache.spill_finished()
@@ -363,6 +376,19 @@ def fold_messages(
                         cache.trim()
             events += 1
     stats.events += events
+
+
+def _read_envelope(message: Any, value: Any, read: Callable[..., tuple[Any, int]],
+                   header: bytes, start: int, decode: Callable[[bytes], Envelope]) -> Any:
+    """The record's envelope by the compiled reader when it is cleanly ours (the newest
+    header, every byte read), else as :func:`_decode_slowly` finds it."""
+    try:
+        envelope, end = read(value, start, len(value))
+        if end != len(value) or not value.startswith(header):
+            raise ValueError  # not cleanly ours: decode_event decides
+    except Exception:
+        return _decode_slowly(message, decode)
+    return envelope
 
 
 def _decode_slowly(message: Any, decode: Callable[[bytes], Envelope]) -> Any:

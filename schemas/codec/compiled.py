@@ -49,6 +49,7 @@ from taskstream.schemas.events import (
     Envelope,
     FlowControl,
     MisfirePolicy,
+    ObjectRef,
     ParentFailurePolicy,
     ParentOutcome,
     ScheduleOp,
@@ -73,7 +74,7 @@ BINDINGS = Bindings(
     records={
         f"io.taskstream.{cls.__name__}": cls
         for cls in (Envelope, *BODY_TYPES, Backoff, TaskState, ErrorInfo, Dependent, ScheduleSpec,
-                    FlowControl)
+                    FlowControl, ObjectRef)
     },
     enums={
         f"io.taskstream.{cls.__name__}": cls

@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from taskstream.errors import TaskstreamError
-from taskstream.producer.api_client import REQUEST_TIMEOUT_S, ApiClient
+from taskstream.producer.api_client import REQUEST_TIMEOUT_S, ApiClient, ApiResponse
 from taskstream.producer.errors import ApiUnavailableError
 from taskstream.schemas.state import TERMINAL, TaskStatus
 from taskstream.schemas.view import Opener, open_view
@@ -47,6 +47,10 @@ class CommandClient:
 
     def close(self) -> None:
         self._api.close()
+
+    def raw(self, method: str, path: str) -> ApiResponse:
+        """The answer whatever its status (ApiUnavailableError when none came)."""
+        return self._api.request(method, path)
 
     def call(self, method: str, path: str, *, params: dict[str, Any] | None = None,
              body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:

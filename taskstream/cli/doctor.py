@@ -11,7 +11,10 @@ missing says so instead of running):
 3. **processors**: every events partition is folded by a replica that answers
    ``/healthz?verbose`` (the replica at ``api_url`` names the others);
 4. **workers**: every queue has a running worker on the workers topic; lost ones
-   (no heartbeat for 3 intervals) are named.
+   (no heartbeat for 3 intervals) are named;
+5. **storage** (only with ``storage_bucket`` set, D34): the bucket answers to these
+   credentials. The finding names the bucket and the endpoint (a password in its
+   URL masked), never the keys.
 
 Each :class:`Finding` is ``ok``, ``warn`` or ``fail`` with a message and, when
 something is wrong, the command or setting that fixes it. The comparisons are
@@ -32,9 +35,11 @@ from confluent_kafka.admin._resource import ResourceType
 
 from taskstream.admin import TopicSpec, admin_client, cluster_metadata, topic_specs
 from taskstream.errors import KafkaUnavailableError
+from taskstream.objectstore.errors import ObjectMissingError, ObjectStoreError
+from taskstream.objectstore.store import ObjectStore
 from taskstream.producer.api_client import ApiClient
 from taskstream.producer.errors import ApiUnavailableError
-from taskstream.settings import Settings
+from taskstream.settings import Settings, mask_url
 from taskstream.statestore.tables import TABLE_NAMES
 from taskstream.topics import changelog_topic, parse_ready_topic
 from taskstream.workers.presence import WorkerRecord, now_ms
@@ -176,6 +181,36 @@ def judge_workers(records: Sequence[WorkerRecord], required: Iterable[str],
     return found
 
 
+def judge_storage(settings: Settings, problem: ObjectStoreError | None) -> list[Finding]:
+    """The object store's answer (``problem`` None: the bucket answered); nothing to judge
+    without ``storage_bucket``."""
+    bucket = settings.storage_bucket
+    if bucket is None:
+        return []
+    where = mask_url(settings.storage_endpoint) if settings.storage_endpoint else "AWS S3"
+    keys = "TASKSTREAM_STORAGE_ACCESS_KEY / _SECRET_KEY"
+    if problem is None:
+        return [Finding("storage", OK, f"bucket {bucket} answers at {where}")]
+    if isinstance(problem, ObjectMissingError):
+        return [Finding("storage", FAIL, f"bucket {bucket} does not exist at {where}",
+                        "create it, or set TASKSTREAM_STORAGE_BUCKET to the bucket in use")]
+    return [Finding("storage", FAIL, f"bucket {bucket} at {where}: {mask_url(str(problem))}",
+                    f"check that the server is up, TASKSTREAM_STORAGE_ENDPOINT and {keys} "
+                    "(payloads and results over the offload threshold need it)")]
+
+
+def ask_storage(settings: Settings) -> ObjectStoreError | None:
+    """What the configured bucket answers (None: it is there and usable)."""
+    store = ObjectStore.from_settings(settings)
+    if store is None:
+        return None
+    try:
+        store.check_bucket()
+    except ObjectStoreError as exc:
+        return exc
+    return None
+
+
 # -- reading the deployment ---------------------------------------------------------------
 
 
@@ -246,6 +281,7 @@ def ask_replicas(api_url: str, token: str | None, timeout_s: float
 
 def examine(settings: Settings) -> list[Finding]:
     """Run every check against the deployment the settings describe."""
+    storage = judge_storage(settings, ask_storage(settings))
     client = admin_client(settings)
     try:
         metadata = cluster_metadata(settings, client)
@@ -253,7 +289,7 @@ def examine(settings: Settings) -> list[Finding]:
         return [Finding("brokers", FAIL, str(exc),
                         "start Kafka (`taskstream kafka up`) or fix TASKSTREAM_BOOTSTRAP"),
                 Finding("topics", WARN, "not checked: no broker answers"),
-                Finding("workers", WARN, "not checked: no broker answers")]
+                Finding("workers", WARN, "not checked: no broker answers"), *storage]
     findings = [judge_brokers(settings, len(metadata.brokers))]
     specs, seen = planned_topics(settings, metadata)
     try:
@@ -274,6 +310,6 @@ def examine(settings: Settings) -> list[Finding]:
     except TimeoutError as exc:
         findings.append(Finding("workers", FAIL, str(exc),
                                 "run `taskstream topics create`; check the broker"))
-        return findings
+        return findings + storage
     findings += judge_workers(records, settings.queues, seen, now_ms())
-    return findings
+    return findings + storage

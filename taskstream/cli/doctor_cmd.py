@@ -16,7 +16,8 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 @json_option
 @exits_on_error
 def doctor(api_url: str | None, as_json: bool) -> None:
-    """Check brokers, topics, processors and workers; say what is wrong and what to do.
+    """Check brokers, topics, processors, workers (and object storage when configured); say
+    what is wrong and what to do.
 
     Exit 0 when nothing failed (warnings allowed), 1 otherwise.
     """

@@ -74,6 +74,7 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
     )
     if settings.session_timeout_s is not None:
         env["TASKSTREAM_SESSION_TIMEOUT_S"] = str(settings.session_timeout_s)
+    env.update(storage_env(settings))
     env.update(security_env(settings))
     if settings.otlp_endpoint:  # one platform traces (and logs) the same way everywhere
         env["TASKSTREAM_OTLP_ENDPOINT"] = settings.otlp_endpoint
@@ -83,6 +84,28 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None,
     if pythonpath is not None:
         parts = [str(pythonpath), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+def storage_env(settings: Settings) -> dict[str, str]:
+    """The object storage and retention settings (issue 22), for every process of a platform."""
+    env = {
+        "TASKSTREAM_OFFLOAD_THRESHOLD_BYTES": str(settings.offload_threshold_bytes),
+        "TASKSTREAM_RETENTION_BY_QUEUE": json.dumps(settings.retention_by_queue),
+    }
+    optional = {
+        "TASKSTREAM_STORAGE_BUCKET": settings.storage_bucket,
+        "TASKSTREAM_STORAGE_ENDPOINT": settings.storage_endpoint,
+        "TASKSTREAM_STORAGE_REGION": settings.storage_region,
+        "TASKSTREAM_RETENTION_S": settings.retention_s,
+        "TASKSTREAM_STORAGE_ACCESS_KEY": settings.storage_access_key,
+        "TASKSTREAM_STORAGE_SECRET_KEY": settings.storage_secret_key,
+    }
+    for name, value in optional.items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            env[name] = str(value)
     return env
 
 

@@ -106,7 +106,7 @@ def ensure_kafka(kafka_home: Path, version: str, *, show_progress: bool = True) 
     if marker.exists():
         return KafkaInstall(java, libs, version)
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".lock", timeout=MAVEN_TIMEOUT_S):
+    with locked(root / ".lock", timeout=MAVEN_TIMEOUT_S):
         if not marker.exists():  # another process may have finished while we waited
             _resolve_with_maven(root, libs, version, show_progress)
             marker.write_text(f"kafka {version}, log4j {LOG4J_VERSION}\n")
@@ -141,7 +141,7 @@ def _resolve_with_maven(root: Path, libs: Path, version: str, show_progress: boo
 
 
 @contextmanager
-def _locked(path: Path, timeout: float) -> Iterator[None]:
+def locked(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive flock on ``path``, waited for at most ``timeout`` seconds."""
     with open(path, "a") as handle:
         deadline = time.monotonic() + timeout

@@ -150,11 +150,19 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+#: libraries whose DEBUG lines carry request headers: the S3 client's (boto3, D34) name the
+#: access key in ``Authorization``. They log at INFO at most, even at ``--loglevel debug``.
+HEADER_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
 def dict_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for taskstream's handler on the root logger (the
     processor hands it to Faust's worker, which would otherwise install its own)."""
     formatter = "taskstream.telemetry.logs.JsonFormatter" if fmt == "json" else \
         "taskstream.telemetry.logs.TextFormatter"
+    root = level.upper()
+    # a propagated record meets its own logger's level, not the root's: never below root
+    quiet = root if logging.getLevelName(root) in range(logging.INFO, 100) else "INFO"
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -163,7 +171,8 @@ def dict_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
         "handlers": {"taskstream": {"class": "logging.StreamHandler",
                                     "stream": "ext://sys.stderr",
                                     "formatter": "taskstream", "filters": ["task"]}},
-        "root": {"level": level.upper(), "handlers": ["taskstream"]},
+        "root": {"level": root, "handlers": ["taskstream"]},
+        "loggers": {name: {"level": quiet} for name in HEADER_LOGGERS},
     }
 
 
