@@ -78,8 +78,14 @@ class Bucket:
         return self.send(TimerFired(TimerKind.TOKEN_DUE, self.state.due_at_ms), at, 0)
 
     def granted(self) -> list[tuple[str, int]]:
-        """(task, time) of every grant, once per event id (a redo re-sends the same id)."""
-        seen = {e.event_id: e for e in self.out if isinstance(e.body, RateGranted)}
+        """(task, time) of every grant, once per event id, at its first sending: a redo,
+        or an old request read again past the idempotency window, sends the same id again
+        (derived from its cause), which the task takes once (a token is wasted, never
+        exceeded: the property test checks that)."""
+        seen: dict[str, Envelope] = {}
+        for e in self.out:
+            if isinstance(e.body, RateGranted):
+                seen.setdefault(e.event_id, e)
         return [(e.task_id, e.occurred_at_ms) for e in seen.values()]
 
 
