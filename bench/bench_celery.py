@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,12 @@ class CeleryRig:
         self.redis_version = ""
         os.environ["BENCH_REDIS_URL"] = self.url
         app.conf.broker_url, app.conf.result_backend = f"{self.url}/0", f"{self.url}/1"
+        # a rig before this one, in this process, left the app holding its stopped Redis:
+        # the producer pool and the result backend are cached on the app (Celery resets
+        # them only after a fork), so the next run's results went to the old port
+        app._after_fork()
+        app._backend_cache = None
+        app._local = threading.local()
         self.app, self.noop = app, noop
         self.results = redis.Redis(host="127.0.0.1", port=self.port, db=1)
 
