@@ -308,3 +308,19 @@ def test_with_a_keyring_grants_and_notifications_need_a_processor_signature() ->
         assert "not signed" in (check(env, checks) or ""), body
         assert "only a processor" in (check(env, checks, signer="w1") or ""), body
         assert check(env, checks, signer="p1") is None, body
+
+
+def test_the_check_never_refuses_an_event_a_kind_folds() -> None:
+    """ENTITY_EVENTS (what the record check lets through per key prefix) must hold every
+    event type a kind's own table takes, or the check would quarantine good events."""
+    from taskstream.processors.fold import group, limits, schedule
+    from taskstream.processors.fold.validate import ENTITY_EVENTS
+    from taskstream.schemas import events
+    from taskstream.schemas.entity_keys import GROUP_PREFIX, LIMIT_PREFIX, SCHEDULE_PREFIX
+
+    tables = {SCHEDULE_PREFIX: [k for _, k in schedule.TRANSITIONS],
+              GROUP_PREFIX: [k for _, k in group.TRANSITIONS],
+              LIMIT_PREFIX: [k for _, k in limits.LIMIT_EVENTS]}
+    for prefix, keys in tables.items():
+        folded = {getattr(events, key.split(".")[0]) for key in keys}
+        assert folded <= ENTITY_EVENTS[prefix], (prefix, folded - ENTITY_EVENTS[prefix])
