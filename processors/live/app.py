@@ -363,13 +363,11 @@ class Processor:
             body=TimerFired(entry.kind, entry.due_at_ms, entry.dispatch_id),
         )
         key, value = entry.task_id.encode(), encode_event(envelope)
-        headers: list[tuple[str, str | bytes | None]] = (
-            self.tracing.timer_headers(entry.task_id, entry.kind, entry.attempt,
-                                       entry.dispatch_id)
-            if self.tracing.enabled else [])
-        if self.signer is not None:
-            headers.append(self.signer.header(key, value))
-        self.engine.send(self.engine.topics.events, key, value, headers or None)
+        traced = (self.tracing.timer_headers(entry.task_id, entry.kind, entry.attempt,
+                                             entry.dispatch_id)
+                  if self.tracing.enabled else None)
+        self.engine.send(self.engine.topics.events, key, value,
+                         self.engine.signed(traced, key, value) or None)
         self.metrics.timers_fired.labels(entry.kind.value).inc()
         self.metrics.timer_lag.observe(max(0.0, (now_ms - entry.due_at_ms) / 1000))
 

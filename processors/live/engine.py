@@ -482,7 +482,7 @@ class FoldEngine:
                 case Emit(envelope=env):  # to the entity that acts next (D37, D32)
                     key, value = env.task_id.encode(), encode_event(env)
                     yield Outbound(self.topics.events, key, value,
-                                   headers=self._signed(caused.headers, key, value))
+                                   headers=self.signed(caused.headers, key, value))
                 case _:
                     pass
         for aside in fold.set_aside:
@@ -589,7 +589,7 @@ class FoldEngine:
                 "(taskstream topics create --queues, POST /queues) and submit again")))
         return Outbound(self.topics.events, dispatch.key, encode_event(envelope))
 
-    def _signed(self, headers: Headers | None, key: bytes, value: bytes) -> Headers | None:
+    def signed(self, headers: Headers | None, key: bytes, value: bytes) -> Headers | None:
         """``headers`` plus this replica's signature of the record (with a signer)."""
         if self.signer is None:
             return headers
