@@ -132,6 +132,25 @@ def listing_ms(rig: OursRig) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def data_dir_parts(root: Path) -> dict[str, float]:
+    """MiB of the processor's data directory by store and RocksDB file kind: the task
+    table (``tables``), the listing and due indexes; SSTs, write-ahead logs (``wal``)
+    and the rest (manifests, info logs)."""
+    parts: dict[str, float] = {}
+    for path in root.rglob("*"):
+        try:
+            size = path.lstat().st_size if path.is_file() else None
+        except FileNotFoundError:
+            continue
+        if size is None:
+            continue
+        store = ("tables" if "tables" in path.parts else
+                 path.parent.name if path.parent.name in ("listing", "due") else "other")
+        kind = {".sst": "sst", ".log": "wal"}.get(path.suffix, "rest")
+        parts[f"{store}_{kind}"] = parts.get(f"{store}_{kind}", 0.0) + size / MIB
+    return {k: round(v, 1) for k, v in sorted(parts.items())}
+
+
 def tasks_in_state(rig: OursRig) -> int | None:
     try:
         text = rig.http.get(f"{rig.api}/metrics").text
@@ -155,6 +174,7 @@ def run_retention(bootstrap: str, *, minutes: float, rate: float, retention_s: f
                 "tasks_in_state": tasks_in_state(rig),
                 "data_dir_mib": round(dir_bytes(rig.workdir / "replica0") / MIB, 1),
                 "listing_ms": round(listing_ms(rig), 1),
+                "data_dir_parts_mib": data_dir_parts(rig.workdir / "replica0"),
             })
 
     try:

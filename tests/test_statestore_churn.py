@@ -1,0 +1,130 @@
+"""The listing index under retention churn stays small to scan (issue 22, D48).
+
+Retention removes the oldest finished tasks; every task leaves three listing
+tombstones behind (READY, RUNNING, SUCCEEDED) and a listing scan from a run's
+start steps over every tombstone below the first live entry, and over the entry
+each one hides, until a compaction drops them. Measured by RocksDB itself
+(``rocksdb.number.iter.skip``), never by time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from taskstream.schemas.events import Backoff, TimerKind
+from taskstream.schemas.state import EntityState, TaskState, TaskStatus
+from taskstream.statestore import indexes, keys
+
+RATE, RETENTION_S, SECONDS = 20, 30, 300  # 6,000 tasks, 5,400 removed
+#: the compaction rule's floor (indexes.COMPACT_AFTER_DELETES; the live entries here are
+#: fewer): an index holds at most the deletions since its last compaction, plus one
+#: batch's. A listing scan seeks twice (the first queue, then its run), each stepping
+#: over two internal keys per tombstone below the first live entry at most (the
+#: tombstone and the entry it hides).
+DELETES_BOUND = 1024
+BATCH_DELETES = 3 * RATE
+
+
+def _timer_of(state: EntityState | None) -> keys.DueEntry | None:
+    if isinstance(state, TaskState) and state.status is TaskStatus.SUCCEEDED:
+        assert state.finished_at_ms is not None
+        return keys.DueEntry(state.finished_at_ms + RETENTION_S * 1000, state.task_id,
+                             TimerKind.RETENTION_DUE, state.attempt, "d")
+    return indexes.timer_of(state)
+
+
+def _task(task_id: str, now_ms: int) -> TaskState:
+    return TaskState(task_id=task_id, name="noop", queue="default", priority=0,
+                     status=TaskStatus.READY, payload=b"", content_type="application/json",
+                     payload_digest="", max_attempts=3, backoff=Backoff(), timeout_ms=None,
+                     lease_ms=30_000, submitted_at_ms=now_ms, updated_at_ms=now_ms,
+                     attempt=1, dispatch_id="d")
+
+
+def _skipped(options: Any) -> int:
+    found = re.search(r"rocksdb\.number\.iter\.skip COUNT : (\d+)", options.get_statistics())
+    assert found is not None
+    return int(found.group(1))
+
+
+def _tombstones(db: Any) -> int:
+    memtables = sum(int(db.property_value(f"rocksdb.num-deletes-{which}-mem-table{s}") or 0)
+                    for which, s in (("active", ""), ("imm", "s")))
+    return memtables + int(sum(f["num_deletions"] for f in db.live_files()))
+
+
+@pytest.fixture(scope="module")
+def churned(tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[indexes.PartitionIndex, Any]]:
+    """A partition index after the soak's writes: READY, RUNNING, SUCCEEDED per task,
+    removed ``RETENTION_S`` later; with RocksDB's statistics on its listing DB."""
+    opened: list[Any] = []
+
+    def counted() -> Any:
+        options = real()
+        options.enable_statistics()
+        opened.append(options)
+        return options
+
+    real = indexes.index_options
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(indexes, "index_options", counted)
+        index = indexes.PartitionIndex(tmp_path_factory.mktemp("churn"), _timer_of)
+    finished: list[tuple[int, TaskState]] = []
+    seq = 0
+    for second in range(SECONDS):
+        now = 1_800_000_000_000 + second * 1000
+        fresh = []
+        for _ in range(RATE):
+            seq += 1
+            fresh.append(_task(f"{now:013d}{seq:010d}", now))
+        batch = index.batch()
+        for state in fresh:
+            batch.move(None, state)
+        batch.commit()
+        batch = index.batch()
+        running = [dataclasses.replace(s, status=TaskStatus.RUNNING, due_at_ms=now + 30_000)
+                   for s in fresh]
+        for before, after in zip(fresh, running, strict=True):
+            batch.move(before, after)
+        batch.commit()
+        batch = index.batch()
+        for before in running:
+            done = dataclasses.replace(before, status=TaskStatus.SUCCEEDED, due_at_ms=None,
+                                       finished_at_ms=now)
+            batch.move(before, done)
+            finished.append((now, done))
+        while finished and finished[0][0] + RETENTION_S * 1000 <= now:
+            batch.remove(finished.pop(0)[1])
+        batch.commit()
+    yield index, opened[1]  # opened in order: due, listing
+    index.close()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22: listing tombstones wait for a memtable flush")
+def test_a_listing_scan_steps_over_a_bounded_number_of_removed_entries(
+        churned: tuple[indexes.PartitionIndex, Any]) -> None:
+    index, listing_options = churned
+    before = _skipped(listing_options)
+    listed = list(zip(range(100), index.scan_listing(None, TaskStatus.SUCCEEDED.value, ""),
+                      strict=False))
+    skipped = _skipped(listing_options) - before
+    assert len(listed) == 100
+    assert skipped <= 4 * (DELETES_BOUND + BATCH_DELETES), (
+        f"the listing scan stepped over {skipped} removed entries")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22: listing tombstones wait for a memtable flush")
+def test_the_index_holds_a_bounded_number_of_tombstones(
+        churned: tuple[indexes.PartitionIndex, Any]) -> None:
+    index, _ = churned
+    held = _tombstones(index.listing)
+    assert held <= DELETES_BOUND + BATCH_DELETES, f"the listing index holds {held} tombstones"
+    assert _tombstones(index.due) <= DELETES_BOUND + BATCH_DELETES
+    # the index still says exactly what the states say
+    assert sum(index.counts().values()) == RATE * RETENTION_S
