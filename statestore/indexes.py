@@ -32,7 +32,7 @@ from taskstream.schemas.events import TimerKind
 from taskstream.schemas.state import EntityState, TaskState, TaskStatus
 from taskstream.statestore import keys
 from taskstream.statestore.errors import IndexNotReady
-from taskstream.statestore.rocks import index_options
+from taskstream.statestore.rocks import Deletions, index_options
 
 _TIMED = {
     TaskStatus.SCHEDULED: TimerKind.DELAY_DUE,
@@ -87,6 +87,8 @@ class PartitionIndex:
         self.listing = _open(path / "listing")
         self._due_floor = b""
         self._counts: Counter[tuple[str, str, int]] | None = None
+        self.due_deletions = Deletions(self.due)
+        self.listing_deletions = Deletions(self.listing)
 
     def close(self) -> None:
         self.due.close()
@@ -102,6 +104,7 @@ class PartitionIndex:
 
     def drop_timer(self, due_at_ms: int, task_id: str) -> None:
         del self.due[keys.due_key(due_at_ms, task_id)]
+        self.due_deletions.add(1)
 
     def put_listing(self, state: TaskState) -> None:
         key = keys.listing_key(state.queue, state.status, state.task_id)
@@ -116,6 +119,7 @@ class PartitionIndex:
         if self._counts is not None:
             self._count(state.queue, state.status.value, self.listing.get(key), -1)
         del self.listing[key]
+        self.listing_deletions.add(1)
 
     def _count(self, queue: str, status: str, priority: bytes | None, delta: int) -> None:
         if priority is None or self._counts is None:
@@ -129,8 +133,12 @@ class PartitionIndex:
         """Moves to write together (the batched fold: one write per index per batch)."""
         return IndexBatch(self)
 
-    def _moved(self, counts: Counter[tuple[str, str, int]], due_floor: bytes | None) -> None:
-        """A batch was written: its count changes and lowest new timer apply now."""
+    def _moved(self, counts: Counter[tuple[str, str, int]], due_floor: bytes | None,
+               due_deletes: int, listing_deletes: int) -> None:
+        """A batch was written: its count changes and lowest new timer apply now, and its
+        deletions count towards the next compaction."""
+        self.due_deletions.add(due_deletes)
+        self.listing_deletions.add(listing_deletes)
         if self._counts is not None:
             self._counts.update(counts)
             for group in [g for g, n in self._counts.items() if n <= 0]:
@@ -200,6 +208,7 @@ class IndexBatch:
         self._listing = WriteBatch(raw_mode=True)
         self._counts: Counter[tuple[str, str, int]] = Counter()
         self._due_floor: bytes | None = None
+        self._due_deletes = self._listing_deletes = 0
 
     def move(self, before: EntityState | None, after: EntityState) -> None:
         timer_before, timer_after = self._timer_of(before), self._timer_of(after)
@@ -219,6 +228,7 @@ class IndexBatch:
             return
         if before is not None:
             self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
+            self._listing_deletes += 1
             self._counts[(before.queue, before.status.value, before.priority)] -= 1
         self._listing.put(keys.listing_key(after.queue, after.status, after.task_id),
                           str(after.priority).encode())
@@ -232,15 +242,18 @@ class IndexBatch:
         if not isinstance(before, TaskState):
             return
         self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
+        self._listing_deletes += 1
         self._counts[(before.queue, before.status.value, before.priority)] -= 1
 
     def drop_timer(self, due_at_ms: int, task_id: str) -> None:
         self._due.delete(keys.due_key(due_at_ms, task_id))
+        self._due_deletes += 1
 
     def commit(self) -> None:
         self._index.due.write(self._due)
         self._index.listing.write(self._listing)
-        self._index._moved(self._counts, self._due_floor)
+        self._index._moved(self._counts, self._due_floor, self._due_deletes,
+                           self._listing_deletes)
 
 
 def count_listing(db: Any) -> Counter[tuple[str, str, int]]:

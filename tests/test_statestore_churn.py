@@ -21,7 +21,7 @@ from taskstream.schemas.state import EntityState, TaskState, TaskStatus
 from taskstream.statestore import indexes, keys
 
 RATE, RETENTION_S, SECONDS = 20, 30, 300  # 6,000 tasks, 5,400 removed
-#: the compaction rule's floor (indexes.COMPACT_AFTER_DELETES; the live entries here are
+#: the compaction rule's floor (rocks.COMPACT_AFTER_DELETES; the live entries here are
 #: fewer): an index holds at most the deletions since its last compaction, plus one
 #: batch's. A listing scan seeks twice (the first queue, then its run), each stepping
 #: over two internal keys per tombstone below the first live entry at most (the
@@ -106,7 +106,6 @@ def churned(tmp_path_factory: pytest.TempPathFactory
     index.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22: listing tombstones wait for a memtable flush")
 def test_a_listing_scan_steps_over_a_bounded_number_of_removed_entries(
         churned: tuple[indexes.PartitionIndex, Any]) -> None:
     index, listing_options = churned
@@ -119,7 +118,6 @@ def test_a_listing_scan_steps_over_a_bounded_number_of_removed_entries(
         f"the listing scan stepped over {skipped} removed entries")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22: listing tombstones wait for a memtable flush")
 def test_the_index_holds_a_bounded_number_of_tombstones(
         churned: tuple[indexes.PartitionIndex, Any]) -> None:
     index, _ = churned
