@@ -11,7 +11,9 @@
 
 Only the fold writes: the batched fold writes a partition's RocksDB directly, one
 write batch per batch, and sends the changelog records itself (D19); the index
-entries move beside the states, on the same partition.
+entries move beside the states, on the same partition. A partition's DB is
+compacted after as many deletions (retention, purge) as it has live states, so
+removed states do not pile up as tombstones (D48).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from taskstream.schemas.serde import decode_entity
 from taskstream.schemas.state import EntityState
 from taskstream.statestore import keys
 from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, TimerOf, timer_of
-from taskstream.statestore.rocks import TABLE_OPTIONS
+from taskstream.statestore.rocks import TABLE_OPTIONS, Deletions
 from taskstream.topics import TASK_TABLE
 
 TABLE_NAMES = (TASK_TABLE,)
@@ -49,8 +51,10 @@ class PartitionWriter:
     rebalance (D10), so a crash in between leaves nothing behind.
     """
 
-    def __init__(self, db: Any, index: PartitionIndex) -> None:
+    def __init__(self, db: Any, index: PartitionIndex, deletions: Deletions) -> None:
         self._db = db
+        self._deletions = deletions
+        self._deletes = 0
         self._timer_of = index.timer_of
         self._index = index.batch()
         self._batch = WriteBatch(raw_mode=True)
@@ -69,12 +73,14 @@ class PartitionWriter:
     def delete(self, key: bytes, before: EntityState | None) -> None:
         """Stage an entity's removal: its state and every index entry of it go."""
         self._batch.delete(key)
+        self._deletes += 1
         if before is not None:
             self._index.remove(before)
 
     def commit(self) -> None:
         self._index.commit()
         self._db.write(self._batch)
+        self._deletions.add(self._deletes)  # compacts the partition's DB now and then (D48)
 
 
 class TaskTables:
@@ -91,13 +97,18 @@ class TaskTables:
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation, timer_of)
+        self._deletions: dict[int, Deletions] = {}
 
     # -- writes (the batched fold only) -------------------------------------------
 
     def writer(self, partition: int) -> PartitionWriter:
         """The batched fold's writes to one partition (see :class:`PartitionWriter`)."""
-        return PartitionWriter(self.partition_db(partition),
-                               self.indexes.for_partition(partition, restored=True))
+        db = self.partition_db(partition)
+        deletions = self._deletions.get(partition)
+        if deletions is None or deletions.db is not db:  # reopened after a rebalance
+            deletions = self._deletions[partition] = Deletions(db)
+        return PartitionWriter(db, self.indexes.for_partition(partition, restored=True),
+                               deletions)
 
     # -- reads ---------------------------------------------------------------------
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from rocksdict import Options, Rdict
 
 from taskstream.schemas.events import Backoff, TimerKind
 from taskstream.schemas.state import EntityState, TaskState, TaskStatus
 from taskstream.statestore import indexes, keys
+from taskstream.statestore.rocks import Deletions
+from taskstream.statestore.tables import PartitionWriter
 
 RATE, RETENTION_S, SECONDS = 20, 30, 300  # 6,000 tasks, 5,400 removed
 #: the compaction rule's floor (rocks.COMPACT_AFTER_DELETES; the live entries here are
@@ -126,3 +130,32 @@ def test_the_index_holds_a_bounded_number_of_tombstones(
     assert _tombstones(index.due) <= DELETES_BOUND + BATCH_DELETES
     # the index still says exactly what the states say
     assert sum(index.counts().values()) == RATE * RETENTION_S
+
+
+def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> None:
+    """The fold's writes to a partition's task table under retention: each removal is a
+    tombstone; the partition's DB is compacted after enough of them (D48)."""
+    db = Rdict(str(tmp_path / "tasks"), Options(raw_mode=True))
+    index = indexes.PartitionIndex(tmp_path / "idx", _timer_of)
+    deletions = Deletions(db)
+    finished: list[tuple[int, TaskState]] = []
+    seq = 0
+    for second in range(SECONDS):
+        now = 1_800_000_000_000 + second * 1000
+        writer = PartitionWriter(db, index, deletions)
+        for _ in range(RATE):
+            seq += 1
+            state = dataclasses.replace(_task(f"{now:013d}{seq:010d}", now),
+                                        status=TaskStatus.SUCCEEDED, finished_at_ms=now)
+            writer.put(state.task_id.encode(), b"x" * 300, None, state)
+            finished.append((now, state))
+        while finished and finished[0][0] + RETENTION_S * 1000 <= now:
+            gone = finished.pop(0)[1]
+            writer.delete(gone.task_id.encode(), gone)
+        writer.commit()
+    held = _tombstones(db)
+    assert held <= DELETES_BOUND + RATE, f"the task table holds {held} tombstones"
+    assert deletions.compactions >= (SECONDS - RETENTION_S) * RATE // (2 * DELETES_BOUND)
+    assert sum(1 for _ in db.items()) == RATE * RETENTION_S
+    index.close()
+    db.close()
