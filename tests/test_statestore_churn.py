@@ -132,6 +132,7 @@ def test_the_index_holds_a_bounded_number_of_tombstones(
     assert sum(index.counts().values()) == RATE * RETENTION_S
 
 
+@pytest.mark.xfail(strict=True, reason="issue 22: rewrites of a state count as live keys")
 def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> None:
     """The fold's writes to a partition's task table under retention: each removal is a
     tombstone; the partition's DB is compacted after enough of them (D48)."""
@@ -145,10 +146,14 @@ def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> 
         writer = PartitionWriter(db, index, deletions)
         for _ in range(RATE):
             seq += 1
-            state = dataclasses.replace(_task(f"{now:013d}{seq:010d}", now),
-                                        status=TaskStatus.SUCCEEDED, finished_at_ms=now)
-            writer.put(state.task_id.encode(), b"x" * 300, None, state)
-            finished.append((now, state))
+            ready = _task(f"{now:013d}{seq:010d}", now)
+            running = dataclasses.replace(ready, status=TaskStatus.RUNNING, due_at_ms=now + 30_000)
+            done = dataclasses.replace(running, status=TaskStatus.SUCCEEDED, due_at_ms=None,
+                                       finished_at_ms=now)
+            # a state is written once per event: three versions of each key
+            for before, after in ((None, ready), (ready, running), (running, done)):
+                writer.put(after.task_id.encode(), b"x" * 300, before, after)
+            finished.append((now, done))
         while finished and finished[0][0] + RETENTION_S * 1000 <= now:
             gone = finished.pop(0)[1]
             writer.delete(gone.task_id.encode(), gone)
