@@ -83,31 +83,57 @@ def index_options() -> Options:
 COMPACT_AFTER_DELETES = 1024
 
 
-def compact(db: Any) -> None:
-    """Flush ``db``'s memtable and compact it whole into its last level: the tombstones
-    and the entries they hide are gone, and so are the write-ahead logs."""
+def compact(db: Any, low: bytes | None = None, high: bytes | None = None) -> None:
+    """Flush ``db``'s memtable and compact the files holding keys in ``[low, high]``
+    (all by default) into its last level: the tombstones and the entries they hide
+    are gone, and so are the write-ahead logs."""
     options = CompactOptions()
     options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
-    db.compact_range(None, None, options)
+    db.compact_range(low, high, options)
+
+
+def stored_entries(db: Any) -> int:
+    """The entries in ``db``'s SST files less their deletions: after a compaction, its
+    live keys exactly. (``rocksdb.estimate-num-keys`` counts every version of a key in
+    the memtables: the task table writes a state once per event, so that estimate
+    grew faster than the deletions and the task table was never compacted.)"""
+    return max(0, sum(int(f["num_entries"]) - int(f["num_deletions"])
+                      for f in db.live_files()))
 
 
 class Deletions:
-    """Deletions written to one DB since its last compaction; at
-    ``max(COMPACT_AFTER_DELETES, live entries)`` the DB is compacted (D48). A
-    compaction rewrites the live entries once, so its cost per deletion stays O(1)
-    however large the DB, and a scan never steps over more tombstones than that."""
+    """Deletions written to one DB since its last compaction, and the key range they
+    span. At ``max(COMPACT_AFTER_DELETES, live entries)`` the range is compacted (D48):
+    at most the live entries are rewritten once per as many deletions, so the cost
+    per deletion stays O(1) however large the DB, and a scan never steps over more
+    tombstones than that. Retention deletes the oldest task IDs, so in a large task
+    table the range is the old end of it, not the whole DB.
+
+    The compaction runs on the caller's thread (the fold's), for as long as it takes
+    to rewrite the files of that range: milliseconds for the soak's 500 states per
+    partition; a partition holding millions of states under retention would pause its
+    fold for the seconds its old files take to rewrite."""
 
     def __init__(self, db: Any) -> None:
         self.db = db
         self.since = 0
         self.compactions = 0
+        self._low: bytes | None = None
+        self._high: bytes | None = None
 
-    def add(self, n: int) -> None:
-        self.since += n
+    def note(self, key: bytes) -> None:
+        """A deletion of ``key`` is staged (:meth:`written` follows its write)."""
+        self.since += 1
+        if self._low is None or key < self._low:
+            self._low = key
+        if self._high is None or key > self._high:
+            self._high = key
+
+    def written(self) -> None:
+        """The deletions noted so far are written: compact their range if it is time."""
         if self.since < COMPACT_AFTER_DELETES:
             return
-        live = int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0)
-        if self.since >= live:
-            compact(self.db)
-            self.since = 0
+        if self.since >= stored_entries(self.db):
+            compact(self.db, self._low, self._high)
+            self.since, self._low, self._high = 0, None, None
             self.compactions += 1

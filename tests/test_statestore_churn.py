@@ -132,7 +132,6 @@ def test_the_index_holds_a_bounded_number_of_tombstones(
     assert sum(index.counts().values()) == RATE * RETENTION_S
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22: rewrites of a state count as live keys")
 def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> None:
     """The fold's writes to a partition's task table under retention: each removal is a
     tombstone; the partition's DB is compacted after enough of them (D48)."""
