@@ -103,8 +103,10 @@ class PartitionIndex:
             self._due_floor = key
 
     def drop_timer(self, due_at_ms: int, task_id: str) -> None:
-        del self.due[keys.due_key(due_at_ms, task_id)]
-        self.due_deletions.add(1)
+        key = keys.due_key(due_at_ms, task_id)
+        del self.due[key]
+        self.due_deletions.note(key)
+        self.due_deletions.written()
 
     def put_listing(self, state: TaskState) -> None:
         key = keys.listing_key(state.queue, state.status, state.task_id)
@@ -119,7 +121,8 @@ class PartitionIndex:
         if self._counts is not None:
             self._count(state.queue, state.status.value, self.listing.get(key), -1)
         del self.listing[key]
-        self.listing_deletions.add(1)
+        self.listing_deletions.note(key)
+        self.listing_deletions.written()
 
     def _count(self, queue: str, status: str, priority: bytes | None, delta: int) -> None:
         if priority is None or self._counts is None:
@@ -133,12 +136,11 @@ class PartitionIndex:
         """Moves to write together (the batched fold: one write per index per batch)."""
         return IndexBatch(self)
 
-    def _moved(self, counts: Counter[tuple[str, str, int]], due_floor: bytes | None,
-               due_deletes: int, listing_deletes: int) -> None:
+    def _moved(self, counts: Counter[tuple[str, str, int]], due_floor: bytes | None) -> None:
         """A batch was written: its count changes and lowest new timer apply now, and its
-        deletions count towards the next compaction."""
-        self.due_deletions.add(due_deletes)
-        self.listing_deletions.add(listing_deletes)
+        deletions count towards the next compaction (D48)."""
+        self.due_deletions.written()
+        self.listing_deletions.written()
         if self._counts is not None:
             self._counts.update(counts)
             for group in [g for g, n in self._counts.items() if n <= 0]:
@@ -208,7 +210,6 @@ class IndexBatch:
         self._listing = WriteBatch(raw_mode=True)
         self._counts: Counter[tuple[str, str, int]] = Counter()
         self._due_floor: bytes | None = None
-        self._due_deletes = self._listing_deletes = 0
 
     def move(self, before: EntityState | None, after: EntityState) -> None:
         timer_before, timer_after = self._timer_of(before), self._timer_of(after)
@@ -227,9 +228,7 @@ class IndexBatch:
                 after.queue, after.status, after.priority):
             return
         if before is not None:
-            self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
-            self._listing_deletes += 1
-            self._counts[(before.queue, before.status.value, before.priority)] -= 1
+            self._drop_listing(before)
         self._listing.put(keys.listing_key(after.queue, after.status, after.task_id),
                           str(after.priority).encode())
         self._counts[(after.queue, after.status.value, after.priority)] += 1
@@ -241,19 +240,23 @@ class IndexBatch:
             self.drop_timer(timer.due_at_ms, timer.task_id)
         if not isinstance(before, TaskState):
             return
-        self._listing.delete(keys.listing_key(before.queue, before.status, before.task_id))
-        self._listing_deletes += 1
+        self._drop_listing(before)
+
+    def _drop_listing(self, before: TaskState) -> None:
+        key = keys.listing_key(before.queue, before.status, before.task_id)
+        self._listing.delete(key)
+        self._index.listing_deletions.note(key)
         self._counts[(before.queue, before.status.value, before.priority)] -= 1
 
     def drop_timer(self, due_at_ms: int, task_id: str) -> None:
-        self._due.delete(keys.due_key(due_at_ms, task_id))
-        self._due_deletes += 1
+        key = keys.due_key(due_at_ms, task_id)
+        self._due.delete(key)
+        self._index.due_deletions.note(key)
 
     def commit(self) -> None:
         self._index.due.write(self._due)
         self._index.listing.write(self._listing)
-        self._index._moved(self._counts, self._due_floor, self._due_deletes,
-                           self._listing_deletes)
+        self._index._moved(self._counts, self._due_floor)
 
 
 def count_listing(db: Any) -> Counter[tuple[str, str, int]]:

@@ -19,11 +19,11 @@ Deletions are compacted away on our side too (:class:`Deletions`, D48): RocksDB
 drops a tombstone only when a compaction into the last level meets it. A flush
 keeps it, and a flushed file that overlaps nothing below moves down whole, so
 under retention (every task's entries deleted a fixed time after they were
-written) the soak's listing index held 27,000-30,000 tombstones per partition,
-which every listing stepped over, and the task table's write-ahead logs grew
-with every removal until a memtable filled. So every store the fold deletes
-from counts its deletions and is compacted whole after as many as it has live
-entries (at least ``COMPACT_AFTER_DELETES``).
+written) the soak's listing index held up to 27,000 tombstones per partition,
+which every listing stepped over, and the write-ahead logs of memtables that took
+9 minutes to fill were most of the data directory. So every store the fold
+deletes from counts its deletions and compacts the range they span after as many
+as it holds live entries (at least ``COMPACT_AFTER_DELETES``).
 """
 
 from __future__ import annotations

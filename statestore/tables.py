@@ -54,7 +54,6 @@ class PartitionWriter:
     def __init__(self, db: Any, index: PartitionIndex, deletions: Deletions) -> None:
         self._db = db
         self._deletions = deletions
-        self._deletes = 0
         self._timer_of = index.timer_of
         self._index = index.batch()
         self._batch = WriteBatch(raw_mode=True)
@@ -73,14 +72,14 @@ class PartitionWriter:
     def delete(self, key: bytes, before: EntityState | None) -> None:
         """Stage an entity's removal: its state and every index entry of it go."""
         self._batch.delete(key)
-        self._deletes += 1
+        self._deletions.note(key)
         if before is not None:
             self._index.remove(before)
 
     def commit(self) -> None:
         self._index.commit()
         self._db.write(self._batch)
-        self._deletions.add(self._deletes)  # compacts the partition's DB now and then (D48)
+        self._deletions.written()  # compacts the partition's DB now and then (D48)
 
 
 class TaskTables:
