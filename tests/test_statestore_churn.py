@@ -20,7 +20,7 @@ from rocksdict import Options, Rdict
 
 from taskstream.schemas.events import Backoff, TimerKind
 from taskstream.schemas.state import EntityState, TaskState, TaskStatus
-from taskstream.statestore import indexes, keys
+from taskstream.statestore import indexes, keys, rocks
 from taskstream.statestore.rocks import Deletions
 from taskstream.statestore.tables import PartitionWriter
 
@@ -163,3 +163,17 @@ def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> 
     assert sum(1 for _ in db.items()) == RATE * RETENTION_S
     index.close()
     db.close()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 22: RocksDB's info log never rolls")
+def test_an_index_info_log_stays_bounded_however_many_compactions(tmp_path: Path) -> None:
+    """Each compaction adds a few KiB to RocksDB's info log (``LOG``), which by default
+    never rolls: an index's is capped (D48)."""
+    db = Rdict(str(tmp_path / "idx"), rocks.index_options())
+    for round_ in range(300):
+        db[b"k%d" % round_] = b"v"
+        del db[b"k%d" % round_]
+        rocks.compact(db)
+    db.close()
+    logs = sum(f.stat().st_size for f in (tmp_path / "idx").glob("LOG*"))
+    assert logs <= 3 * 256 * 1024, f"the info logs hold {logs} bytes"
