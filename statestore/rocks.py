@@ -51,6 +51,7 @@ TABLE_OPTIONS: dict[str, Any] = {
 INDEX_WRITE_BUFFER = 4 * MIB
 INDEX_MEMTABLE_BUDGET = 64 * MIB
 INDEX_BLOCK_CACHE = 32 * MIB
+INDEX_INFO_LOG_BYTES = 256 * 1024
 
 _shared: tuple[WriteBufferManager, Cache] | None = None
 
@@ -75,6 +76,10 @@ def index_options() -> Options:
     options.set_block_based_table_factory(table)
     # an SST where 64 of any 256 consecutive entries are deletions is compacted soon
     options.add_compact_on_deletion_collector_factory(256, 64, 0.0)
+    # RocksDB's info log (LOG) gets a few KiB per compaction and never rolls by
+    # default: at most 3 x 256 KiB per index (D48)
+    options.set_max_log_file_size(INDEX_INFO_LOG_BYTES)
+    options.set_keep_log_file_num(2)
     return options
 
 

@@ -165,7 +165,6 @@ def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> 
     db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22: RocksDB's info log never rolls")
 def test_an_index_info_log_stays_bounded_however_many_compactions(tmp_path: Path) -> None:
     """Each compaction adds a few KiB to RocksDB's info log (``LOG``), which by default
     never rolls: an index's is capped (D48)."""
