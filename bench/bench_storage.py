@@ -13,8 +13,9 @@ per process" check) and ``--concurrency`` (throughput).
 Part 2, retention: a soak of no-op tasks at ``--rate`` for ``--minutes`` with
 ``retention_s`` = ``--retention``. Sampled every ``--interval`` s: tasks in the
 state (``taskstream_tasks``), the processor's data directory, and the time of a
-listing (``GET /tasks?state=SUCCEEDED&limit=100``). With retention the state holds
-about rate x retention finished tasks, whatever the run's length.
+listing (``GET /tasks?state=SUCCEEDED&limit=100``), and the data directory by
+store and RocksDB file kind; at the end ``replay verify``. With retention the state
+holds about rate x retention finished tasks, whatever the run's length.
 
     python bench/bench_storage.py                       # both parts
     python bench/bench_storage.py --only large --tasks 20
@@ -195,10 +196,12 @@ def run_retention(bootstrap: str, *, minutes: float, rate: float, retention_s: f
 
         summary = {key: {"first_half": median(first, key), "second_half": median(last, key)}
                    for key in ("tasks_in_state", "data_dir_mib", "listing_ms")}
+        # the removals and the compactions they cause left the state a fold of the log
+        verdict = rig.verify(timeout=900.0)
         return {"minutes": minutes, "rate": rate, "achieved_rate": round(achieved, 1),
                 "retention_s": retention_s, "submitted": len(ids),
                 "expected_in_state": round(rate * retention_s), "summary": summary,
-                "samples": samples}
+                "replay_verify": verdict, "samples": samples}
     finally:
         rig.close()
 
