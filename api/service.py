@@ -62,6 +62,7 @@ from taskstream.api.query import (
 from taskstream.api.ratelimit import RateLimiter
 from taskstream.api.results import ResultCache
 from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
+from taskstream.faults import fault_point
 from taskstream.objectstore.offload import Offloader
 from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
@@ -293,6 +294,7 @@ class Api:
 
     def local_page(self, query: ListQuery) -> dict[str, Any]:
         """This replica's answer: the first ``limit`` matches over its active partitions."""
+        fault_point("api.list_scan")
         partitions = self.processor.active_partitions()
         runs = [self._candidates(p, query) for p in partitions]
         states = first_matches(merge_by_id(runs), query)

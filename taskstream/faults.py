@@ -57,6 +57,11 @@ POINTS: Mapping[str, str] = {
     "queue.look_up":
         "the fold is about to read the queue registry for a queue it has not seen "
         "registered (off the fold; its dispatches wait)",
+    "fold.start":
+        "a replica's tables are restored; its fold is about to start (off the event loop: "
+        "a sleep here is a replica that lags while its API serves)",
+    "api.list_scan":
+        "a listing is about to scan this replica's partitions",
 }
 
 
