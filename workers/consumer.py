@@ -44,6 +44,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config as kafka_consumer_config
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
@@ -317,6 +318,7 @@ class QueueConsumer:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                fault_point("worker.consumer_loop")
                 self._init_new_partitions()
                 stalled = self._apply_flow()
                 room = self._prefetch - self._buffered

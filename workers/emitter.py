@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from taskstream.faults import fault_point
 from taskstream.kafka_config import producer_config
 from taskstream.schemas.events import (
     Envelope,
@@ -170,6 +171,7 @@ class EventEmitter:
 
     def started(self, ready: Envelope, on_delivered: Delivered | None = None,
                 headers: Headers | None = None) -> None:
+        fault_point("worker.started_send")
         self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered,
                    headers=headers)
 
