@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+import examples.tasks as example_tasks
+from taskstream import faults
 from taskstream.schemas.events import Envelope
 from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
+from taskstream.workers.errors import WorkerThreadDied
 from tests.harness import settings_env, wait_for
-from tests.test_worker_support import Events, committed, ready_envelope
+from tests.test_worker_support import Events, committed, ready_envelope, running_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "workers.default"
@@ -59,7 +62,6 @@ def send_to_partition(settings: Settings, partition: int, envelopes: list[Envelo
 
 
 @pytest.mark.kafka
-@pytest.mark.xfail(strict=True, reason="issue 21: a dead queue-consumer thread goes unnoticed")
 def test_a_dead_consumer_thread_makes_the_worker_exit_non_zero(topics: Settings,
                                                                tmp_path: Path) -> None:
     """The queue's consumer thread raises in its loop: the worker stops (running attempts
@@ -95,7 +97,22 @@ def test_a_dead_consumer_thread_makes_the_worker_exit_non_zero(topics: Settings,
 
 
 @pytest.mark.kafka
-@pytest.mark.xfail(strict=True, reason="issue 21: a failed TaskStarted pins the commit point")
+def test_a_dead_consumer_thread_shows_in_the_metrics_and_run_raises(
+        topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process (the fault armed by hand): the watchdog counts the death, the health
+    gauge drops to 0, and ``Worker.run`` raises ``WorkerThreadDied`` after a clean stop."""
+    monkeypatch.setattr(faults, "_ARMED",
+                        faults.parse("worker.consumer_loop=raise:builtins:RuntimeError@5"))
+    with (pytest.raises(WorkerThreadDied, match="consumer queue=default"),
+          running_worker(example_tasks.app, topics, queues=["default"]) as worker):
+        wait_for("the watchdog", lambda: worker.died, timeout=60)
+    registry = worker.metrics.registry
+    assert registry.get_sample_value("taskstream_worker_healthy") == 0
+    assert registry.get_sample_value("taskstream_worker_thread_deaths_total",
+                                     {"thread": "consumer"}) == 1
+
+
+@pytest.mark.kafka
 def test_a_failed_task_started_does_not_rerun_later_tasks_after_a_rebalance(
         topics: Settings, tmp_path: Path) -> None:
     """The first TaskStarted is refused by the producer; the tasks behind it in its
