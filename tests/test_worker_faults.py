@@ -158,3 +158,31 @@ def test_a_failed_task_started_does_not_rerun_later_tasks_after_a_rebalance(
         if second is not None:
             stop(second)
         events.close()
+
+
+@pytest.mark.kafka
+def test_a_failed_task_started_is_made_good_by_a_lease_renewal_while_the_task_runs(
+        topics: Settings, tmp_path: Path) -> None:
+    """A long attempt whose TaskStarted was refused: a LeaseRenewed goes out (the fold
+    starts the task on it) and its ack settles the record, so the partition is committed
+    while the handler still runs, not only after its outcome."""
+    events = Events(topics)
+    env = ready_envelope("examples.slow", {"seconds": 120}, lease_ms=600_000)
+    log_path = tmp_path / "worker.log"
+    proc = start_worker(topics, log_path, "--grace", "0",
+                        faults="worker.started_send=raise:confluent_kafka:KafkaException@1")
+    group = f"{topics.topic_prefix}{GROUP}"
+    topic = ready_topic(topics, "default", 0)
+    try:
+        send_to_partition(topics, 0, [env])
+        events.wait_type(env.task_id, "LeaseRenewed", timeout=60)
+        wait_for("the record committed while its task runs",
+                 lambda: committed(topics, group, topic, topics.ready_partitions).get(0) == 1,
+                 timeout=60)
+        events.refresh()
+        assert not events.of(env.task_id, "TaskStarted")  # the refused start never went out
+        assert not events.of(env.task_id, "TaskSucceeded")  # it still runs
+        assert "event=task.start_unacked" in log_path.read_text()
+    finally:
+        stop(proc)
+        events.close()
