@@ -62,6 +62,13 @@ POINTS: Mapping[str, str] = {
         "a sleep here is a replica that lags while its API serves)",
     "api.list_scan":
         "a listing is about to scan this replica's partitions",
+    "worker.consumer_loop":
+        "a worker's queue-consumer thread begins one turn of its poll loop (a raise here "
+        "is that thread dying; D47)",
+    "worker.started_send":
+        "a worker is about to hand a TaskStarted to its producer (a raise of "
+        "confluent_kafka:KafkaException is the producer refusing it: the event never "
+        "reaches the broker; D47)",
 }
 
 
