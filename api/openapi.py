@@ -77,6 +77,12 @@ def _schemas() -> dict[str, Any]:
                     "message": {"type": "string"},
                     "field": {"type": ["string", "null"],
                               "description": "the offending field or parameter, if any"},
+                    "retry_after_s": {"type": "number", "description": "ask again after "
+                                      "this long (also the Retry-After header)"},
+                    "partition": {"type": "integer", "description": "pending: the task's "
+                                  "partition"},
+                    "behind": {"type": "integer", "minimum": 0, "description": "pending: "
+                               "records the owning replica has not folded yet (D46)"},
                 }}}},
         "TaskPage": {
             "type": "object", "required": ["items", "next_cursor"],
@@ -84,9 +90,20 @@ def _schemas() -> dict[str, Any]:
                 "items": {"type": "array", "items": _ref("TaskListItem")},
                 "next_cursor": {"type": ["string", "null"],
                                 "description": "pass as cursor for the next page; null: done"},
+                "scan_limit_reached": {
+                    "type": "boolean", "description": "the page ended early: a replica "
+                    "examined api_list_scan_max rows; go on from next_cursor (D46)"},
             }},
         "Accepted": {"type": "object", "required": ["task_id"],
                      "properties": {"task_id": {"type": "string"}}},
+        "Submitted": {
+            "type": "object", "required": ["task_id", "partition", "offset"],
+            "properties": {
+                "task_id": {"type": "string"},
+                "partition": {"type": "integer", "minimum": 0},
+                "offset": {"type": "integer", "minimum": 0,
+                           "description": "pass ?after=<partition>:<offset> to read this "
+                           "write (D46)"}}},
         "QueueCommand": {"type": "object", "required": ["queue", "paused"],
                          "properties": {"queue": {"type": "string"},
                                         "paused": {"type": "boolean"}}},
@@ -360,6 +377,9 @@ _FILTERS = [
     _query("before", {"type": "string"},
            "only tasks submitted before this time (ISO-8601 or epoch milliseconds)"),
 ]
+_AFTER = _query("after", {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                "<partition>:<offset> a submit answered: wait (bounded) until the owning "
+                "replica has folded past it (read-your-writes, D46)")
 _STATE = _query("state", {"type": "string", "enum": [s.value for s in TaskStatus]},
                 "only tasks in this state")
 
@@ -397,6 +417,8 @@ def _paths() -> dict[str, Any]:
     not_found = _error("no such task")
     bad = _error("a parameter is invalid; error.field names it")
     unavailable = _error("a rebalance or restore is in progress, or Kafka is slow; retry")
+    lagging = _error("pending: the owning replica has not folded the task yet (how far "
+                     "behind it is), or another 503 above; retry after Retry-After")
     return {
         "/tasks": {
             "get": _op("List tasks in task-ID order (scatter-gather over replicas)",
@@ -404,7 +426,8 @@ def _paths() -> dict[str, Any]:
                         "503": unavailable},
                        params=[*_FILTERS, _STATE, _LIMIT, _CURSOR]),
             "post": _op("Submit a task (to a registered queue: else 400 unknown_queue)",
-                        {"202": accepted, "400": bad,
+                        {"202": _json(_ref("Submitted"), "the event was written, here"),
+                         "400": bad,
                          "413": _error("the body or payload is over the limit"),
                          "415": _error("the body is not application/json"),
                          "503": unavailable},
@@ -424,15 +447,17 @@ def _paths() -> dict[str, Any]:
         "/tasks/{task_id}": {"get": _op(
             "A task's state, attempts, times, last error and result",
             {"200": _json(_ref("TaskView"), "the task"), "400": bad, "404": not_found,
-             "503": unavailable},
-            params=[_TASK_ID])},
+             "503": lagging},
+            params=[_TASK_ID, _AFTER])},
         "/tasks/{task_id}/wait": {"get": _op(
             "Long poll until the task is SUCCEEDED, DEAD or CANCELLED, or the timeout passes",
             {"200": _json(_ref("TaskView"), "the task (finished or not: see status)"),
-             "400": bad, "404": not_found, "503": unavailable},
+             "400": bad, "404": not_found,
+             "503": _error("pending (see GET /tasks/{task_id}), too_many_waiters (over "
+                           "api_max_waiters), or a rebalance; retry after Retry-After")},
             params=[_TASK_ID, _query("timeout", {"type": "number", "minimum": 0,
                                                  "maximum": MAX_WAIT_S, "default": 30},
-                                     "seconds to wait at most")])},
+                                     "seconds to wait at most"), _AFTER])},
         "/tasks/{task_id}/cancel": {"post": _op(
             "Request cancellation (a CancelRequested event)",
             {"202": accepted, "400": bad, "404": not_found,

@@ -8,6 +8,13 @@ the cursor; the coordinator merges the replicas' pages by ID and keeps the first
 ``limit``. A task that changes state between two pages is therefore neither
 skipped nor repeated by the *ID* walk; it may of course no longer match a state
 filter when its page is read.
+
+A replica examines at most ``api_list_scan_max`` rows per request (D46): a filter
+that matches little would otherwise decode a whole table for one page. A replica
+that stops at the bound says how far it got (``scanned_through``, the last ID it
+examined); the coordinator keeps only items up to the lowest such ID, and when the
+page is not full it answers that ID as ``next_cursor`` with ``scan_limit_reached``:
+the walk goes on from there, nothing skipped.
 """
 
 from __future__ import annotations
@@ -188,6 +195,32 @@ def first_matches(candidates: Iterable[TaskState], query: ListQuery) -> list[Tas
     return out
 
 
+@dataclass(frozen=True)
+class Scan:
+    """One replica's bounded scan: the matches, the rows examined, and the last ID
+    examined when the bound stopped the scan (None: the page filled or the rows ran out)."""
+
+    states: list[TaskState]
+    scanned: int
+    scanned_through: str | None
+
+
+def bounded_matches(candidates: Iterable[TaskState], query: ListQuery, max_scanned: int
+                    ) -> Scan:
+    """:func:`first_matches` examining at most ``max_scanned`` candidates (D46)."""
+    out: list[TaskState] = []
+    scanned = 0
+    for state in candidates:
+        scanned += 1
+        if state.task_id > query.cursor and query.matches(state):
+            out.append(state)
+            if len(out) >= query.limit:
+                return Scan(out, scanned, None)
+        if scanned >= max_scanned:
+            return Scan(out, scanned, state.task_id)
+    return Scan(out, scanned, None)
+
+
 def merge_by_id(runs: Iterable[Iterator[TaskState]]) -> Iterator[TaskState]:
     """Merge runs that are each in task-ID order into one run in ID order."""
     return heapq.merge(*runs, key=lambda s: s.task_id)
@@ -197,17 +230,26 @@ def merge_by_id(runs: Iterable[Iterator[TaskState]]) -> Iterator[TaskState]:
 class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
+    #: the page ended early: a replica examined ``api_list_scan_max`` rows (D46)
+    scan_limit_reached: bool = False
 
     def body(self) -> dict[str, Any]:
-        return {"items": self.items, "next_cursor": self.next_cursor}
+        return {"items": self.items, "next_cursor": self.next_cursor,
+                "scan_limit_reached": self.scan_limit_reached}
 
 
-def merge_pages(pages: Iterable[Sequence[Mapping[str, Any]]], limit: int) -> Page:
+def merge_pages(pages: Iterable[Sequence[Mapping[str, Any]]], limit: int,
+                scanned_through: Iterable[str | None] = ()) -> Page:
     """The coordinator's merge: replicas' pages (each in ID order) -> one page.
 
     A task that appears twice (a partition that moved during the request) is kept
     once. ``next_cursor`` is the last ID when the page is full, else None.
+    ``scanned_through``: each replica's, when its scan stopped at the bound; items
+    past the lowest are left out (a replica that stopped there has not looked
+    beyond), and a page that is not full continues from it (``scan_limit_reached``).
     """
+    stops = [s for s in scanned_through if s is not None]
+    horizon = min(stops) if stops else None
     merged = heapq.merge(*pages, key=lambda item: str(item["task_id"]))
     items: list[dict[str, Any]] = []
     last: str | None = None
@@ -215,11 +257,17 @@ def merge_pages(pages: Iterable[Sequence[Mapping[str, Any]]], limit: int) -> Pag
         task_id = str(item["task_id"])
         if task_id == last:
             continue
+        if horizon is not None and task_id > horizon:
+            break
         items.append(dict(item))
         last = task_id
         if len(items) >= limit:
             break
-    return Page(items, items[-1]["task_id"] if len(items) >= limit else None)
+    if len(items) >= limit:
+        return Page(items, items[-1]["task_id"])
+    if horizon is not None:
+        return Page(items, horizon, scan_limit_reached=True)
+    return Page(items, None)
 
 
 def missing_partitions(covered: Iterable[int], total: int) -> list[int]:

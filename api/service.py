@@ -3,11 +3,16 @@
 Every replica answers every request:
 
 * a task by ID is read on the replica that owns its partition
-  (``app.router.key_store``); another replica proxies the GET there;
+  (``app.router.key_store``); another replica proxies the GET there. A task the
+  owner has not folded yet is 503 ``pending``, never 404, while its fold lags; a
+  lookup carrying the submit's position waits (bounded) for the fold to pass it
+  (read-your-writes: api/progress.py, D46). At most ``api_max_waiters`` waits are
+  held at once (D46);
 * listings and queue counts are scatter-gather: each replica answers
   ``/internal/...`` from its *active* partitions and the replica that took the
   request merges. A page is only answered when the replicas' partitions cover
-  every partition (else 503: a rebalance is in progress; retry);
+  every partition (else 503: a rebalance is in progress; retry). A listing scans
+  at most ``api_list_scan_max`` rows per replica, on a thread (D46);
 * writes (submit, cancel, redrive, pause, resume) are events produced to Kafka
   and answered 202 once the broker has acknowledged them. A submission must name a
   registered queue (400 ``unknown_queue`` otherwise, D31); ``POST /queues`` (admin)
@@ -24,17 +29,19 @@ so no ID can turn into another path.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 from confluent_kafka import KafkaException
-from prometheus_client import Gauge, generate_latest
+from prometheus_client import Counter, Gauge, generate_latest
 from yarl import URL
 
 from taskstream.api.activity import STEP_S as ACTIVITY_STEP_S
@@ -44,14 +51,15 @@ from taskstream.api.console import Console
 from taskstream.api.errors import ApiError
 from taskstream.api.limits import limit_states, limit_view, merge_limits
 from taskstream.api.observe import SAMPLE_S, Observer
+from taskstream.api.progress import FoldProgress, Position, check_partition, pending_error
 from taskstream.api.query import (
     ListQuery,
     Page,
     QueueStats,
     RateWindow,
     aggregate_queues,
+    bounded_matches,
     count_rows,
-    first_matches,
     list_item,
     merge_by_id,
     merge_pages,
@@ -62,9 +70,11 @@ from taskstream.api.query import (
 from taskstream.api.ratelimit import RateLimiter
 from taskstream.api.results import ResultCache
 from taskstream.errors import KafkaUnavailableError, TopicError, UnknownQueueError
+from taskstream.faults import fault_point
 from taskstream.objectstore.offload import Offloader
 from taskstream.processors.fold.schedule import upcoming
 from taskstream.processors.live.guard import timer_round
+from taskstream.processors.replay.read import partition_for
 from taskstream.producer.build import EventBuilder
 from taskstream.producer.errors import EventTooLargeError, InvalidTaskError
 from taskstream.producer.tracing import SubmitTracing
@@ -85,6 +95,7 @@ from taskstream.security.sealing import payload_sealer
 from taskstream.security.tls import client_context, may_send_token
 from taskstream.settings import Settings
 from taskstream.statestore.errors import IndexNotReady
+from taskstream.statestore.indexes import PartitionIndex
 from taskstream.telemetry.context import TraceContext
 from taskstream.telemetry.tracing import OFF, Telemetry
 from taskstream.topics import api_reader_group, fold_group
@@ -105,6 +116,10 @@ RATE_SAMPLE_S = 10.0
 #: header set on requests one replica sends another, so they are never proxied again
 PROXIED = "X-Taskstream-Proxied"
 SOURCE = "api"
+#: what a waiter refused over api_max_waiters is asked to wait before it asks again
+WAITERS_RETRY_S = 1.0
+#: threads that run listing scans (each scan is bounded by api_list_scan_max rows)
+SCAN_THREADS = 2
 
 
 def _ident(url: URL) -> tuple[str, int]:
@@ -157,6 +172,20 @@ class Api:
             "ready records whose tags no live worker of the queue has (D38)",
             ["queue", "tags"], registry=registry)
         self._session: aiohttp.ClientSession | None = None
+        #: waits in progress on this replica (bounded by api_max_waiters, D46)
+        self.waiters = 0
+        self.waiters_gauge = Gauge("taskstream_api_waiters",
+                                   "GET /tasks/{id}/wait requests this replica holds now",
+                                   registry=registry)
+        self.waiters_refused = Counter(
+            "taskstream_api_waiters_refused_total",
+            "waits refused over api_max_waiters (503 too_many_waiters)", registry=registry)
+        #: how far the fold has got, for read-your-writes (api/progress.py, D46)
+        self.progress = FoldProgress(processor.settings, processor.events.get_topic_name(),
+                                     events_group or fold_group(processor.settings),
+                                     processor.engine.folded_offset)
+        #: listing scans run here, off the event loop (D46)
+        self._scans = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="taskstream-api-scan")
 
     # -- the cluster ---------------------------------------------------------------
 
@@ -172,6 +201,8 @@ class Api:
 
     async def close(self) -> None:
         self.observer.close()
+        self._scans.shutdown(wait=False)
+        self.progress.close()
         if self._session is not None:
             await self._session.close()
 
@@ -224,31 +255,76 @@ class Api:
     def local_state(self, task_id: str) -> TaskState | None:
         return self.processor.get_local(task_id)
 
-    async def get_task(self, task_id: str, headers: Mapping[str, str], proxied: bool
-                       ) -> dict[str, Any]:
+    async def get_task(self, task_id: str, headers: Mapping[str, str], proxied: bool,
+                       after: Position | None = None) -> dict[str, Any]:
+        """A task's view from its owner. Not in the owner's table: see :meth:`missing`."""
         owner = None if proxied else self.owner(task_id)
         if owner is not None:
-            status, body = await self.peer_get(owner, f"/tasks/{_segment(task_id)}", {},
-                                               headers)
+            params = {} if after is None else {"after": f"{after.partition}:{after.offset}"}
+            status, body = await self.peer_get(
+                owner, f"/tasks/{_segment(task_id)}", params, headers,
+                timeout_s=PEER_TIMEOUT_S + self.settings.api_read_wait_s)
             return self._peer_answer(status, body)
         state = self.local_state(task_id)
         if state is None:
-            raise ApiError(404, "not_found", f"no task {task_id!r} is known")
+            state = await self.missing(task_id, after)
         return task_view(state, self.sealer)
 
+    async def missing(self, task_id: str, after: Position | None) -> TaskState:
+        """A task not in this owner's table: the state once the fold has passed ``after``
+        (or the partition's end), a 404 when it has and the task is not there, else a 503
+        ``pending`` naming how far behind the fold is (api/progress.py, D46)."""
+        partition = partition_for(task_id.encode(), self.settings.partitions)
+        check_partition(after, partition, task_id)
+        end = await self.progress.end(partition)  # before the fold is looked at
+        if after is not None and after.offset >= end:
+            raise ApiError(400, "invalid_parameter", f"after names offset {after.offset}, "
+                           f"beyond partition {partition}'s end ({end}): pass the position "
+                           "the submit answered", "after")
+        target = after.offset + 1 if after is not None else end
+        folded = await self.progress.wait_folded(partition, target,
+                                                 self.settings.api_read_wait_s)
+        state = self.local_state(task_id)
+        if state is not None:
+            return state
+        if folded >= target:
+            raise ApiError(404, "not_found", f"no task {task_id!r} is known")
+        raise pending_error(task_id, partition, folded, end)
+
     async def wait_task(self, task_id: str, timeout_s: float, headers: Mapping[str, str],
-                        proxied: bool) -> dict[str, Any]:
+                        proxied: bool, after: Position | None = None) -> dict[str, Any]:
         """The task's view once it is terminal or ``timeout_s`` has passed.
 
         A task not known yet is waited for too (a submit may still be on its way to
-        the fold); it is a 404 only if still unknown when the time is up.
+        the fold); still unknown when the time is up, it is answered as
+        :meth:`missing` says. A replica holds at most ``api_max_waiters`` waits at once
+        (those it proxies included): over it, 503 ``too_many_waiters`` with
+        Retry-After (D46).
         """
+        limit = self.settings.api_max_waiters
+        if self.waiters >= limit:
+            self.waiters_refused.inc()
+            raise ApiError(503, "too_many_waiters", f"this replica already holds {limit} "
+                           "waiting requests (api_max_waiters); retry after the Retry-After "
+                           "seconds, or read GET /tasks/{id}", retry_after_s=WAITERS_RETRY_S)
+        self.waiters += 1
+        self.waiters_gauge.set(self.waiters)
+        try:
+            return await self._wait_task(task_id, timeout_s, headers, proxied, after)
+        finally:
+            self.waiters -= 1
+            self.waiters_gauge.set(self.waiters)
+
+    async def _wait_task(self, task_id: str, timeout_s: float, headers: Mapping[str, str],
+                         proxied: bool, after: Position | None) -> dict[str, Any]:
         owner = None if proxied else self.owner(task_id)
         if owner is not None:
+            params = {"timeout": f"{timeout_s:g}"}
+            if after is not None:
+                params["after"] = f"{after.partition}:{after.offset}"
             status, body = await self.peer_get(
-                owner, f"/tasks/{_segment(task_id)}/wait", {"timeout": f"{timeout_s:g}"},
-                headers,
-                timeout_s=timeout_s + PEER_TIMEOUT_S)
+                owner, f"/tasks/{_segment(task_id)}/wait", params, headers,
+                timeout_s=timeout_s + self.settings.api_read_wait_s + PEER_TIMEOUT_S)
             return self._peer_answer(status, body)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -257,7 +333,7 @@ class Api:
                 return task_view(state, self.sealer)
             if time.monotonic() >= deadline:
                 if state is None:
-                    raise ApiError(404, "not_found", f"no task {task_id!r} is known")
+                    state = await self.missing(task_id, after)
                 return task_view(state, self.sealer)
             await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
 
@@ -267,36 +343,51 @@ class Api:
             return body
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
-            raise ApiError(status, str(error.get("code")), str(error.get("message")),
-                           error.get("field"))
+            raise ApiError.from_body(status, error)
         raise ApiError(502, "replica_error", f"the owning replica answered HTTP {status}")
 
     # -- listings ------------------------------------------------------------------
 
-    def _candidates(self, partition: int, query: ListQuery) -> Iterator[TaskState]:
+    def _candidates(self, partition: int, query: ListQuery,
+                    index: PartitionIndex | None) -> Iterator[TaskState]:
         """One partition's tasks after the cursor, in ID order: from the listing index when
         a state is asked for, else the task table itself."""
         tables = self.processor.tables
-        if query.state is None:
-            yield from self._scan_states(partition, query.cursor)
+        if query.state is None or index is None:
+            for value in tables.scan_tasks(partition, query.cursor):
+                yield decode_state(value)
             return
-        for task_id in tables.scan_listing(partition, query.queue, query.state.value,
-                                           query.cursor):
+        for task_id in index.scan_listing(query.queue, query.state.value, query.cursor):
             raw = tables.get_in(partition, task_id)
             if raw is not None:
                 yield decode_state(raw)
 
-    def _scan_states(self, partition: int, after: str) -> Iterator[TaskState]:
-        """The task table of one partition after a cursor."""
-        for value in self.processor.tables.scan_tasks(partition, after):
-            yield decode_state(value)
+    async def local_page(self, query: ListQuery) -> dict[str, Any]:
+        """This replica's answer: the first ``limit`` matches over its active partitions,
+        at most ``api_list_scan_max`` rows examined (``scanned_through``: where the
+        bound stopped it), the scan on a thread of its own, off the event loop (D46).
 
-    def local_page(self, query: ListQuery) -> dict[str, Any]:
-        """This replica's answer: the first ``limit`` matches over its active partitions."""
+        The listing indexes are looked up (built, or refused during a restore) here on
+        the loop, where the fold builds them too; the thread only reads them."""
         partitions = self.processor.active_partitions()
-        runs = [self._candidates(p, query) for p in partitions]
-        states = first_matches(merge_by_id(runs), query)
-        return {"items": [list_item(s, self.sealer) for s in states], "partitions": partitions}
+        for partition in partitions:  # Faust opens a partition's DB on first use: here
+            self.processor.tables.partition_db(partition)
+        indexes: dict[int, PartitionIndex | None] = {p: None for p in partitions}
+        if query.state is not None:
+            indexes = {p: self.processor.tables.indexes.for_partition(p) for p in partitions}
+        loop = asyncio.get_running_loop()
+        page: dict[str, Any] = await loop.run_in_executor(
+            self._scans, self._scan_page, query, indexes)
+        return {**page, "partitions": partitions}
+
+    def _scan_page(self, query: ListQuery, indexes: Mapping[int, PartitionIndex | None]
+                   ) -> dict[str, Any]:
+        """The bounded scan itself (runs on a scan thread)."""
+        fault_point("api.list_scan")
+        runs = [self._candidates(p, query, index) for p, index in indexes.items()]
+        scan = bounded_matches(merge_by_id(runs), query, self.settings.api_list_scan_max)
+        return {"items": [list_item(s, self.sealer) for s in scan.states],
+                "scanned": scan.scanned, "scanned_through": scan.scanned_through}
 
     async def gather(self, path: str, params: Mapping[str, str], headers: Mapping[str, str],
                      local: Any) -> list[dict[str, Any]]:
@@ -316,7 +407,10 @@ class Api:
                            headers: Mapping[str, str], local: Any) -> dict[str, Any]:
         """One replica's answer to an internal endpoint; this one's is ``local()``."""
         if _ident(url) == _ident(self.me):
-            result: dict[str, Any] = local()
+            result = local()
+            if inspect.isawaitable(result):
+                result = await result
+            assert isinstance(result, dict)
             return result
         status, body = await self.peer_get(url, path, params, headers)
         return self._peer_answer(status, body)
@@ -324,7 +418,8 @@ class Api:
     async def list_tasks(self, query: ListQuery, headers: Mapping[str, str]) -> Page:
         answers = await self.gather("/internal/tasks", query.to_params(), headers,
                                     lambda: self.local_page(query))
-        return merge_pages([a["items"] for a in answers], query.limit)
+        return merge_pages([a["items"] for a in answers], query.limit,
+                           [a.get("scanned_through") for a in answers])
 
     # -- queues --------------------------------------------------------------------
 
@@ -424,9 +519,11 @@ class Api:
 
     # -- commands --------------------------------------------------------------------
 
-    async def submit(self, spec: TaskSpec, caller: TraceContext | None = None) -> str:
+    async def submit(self, spec: TaskSpec, caller: TraceContext | None = None
+                     ) -> tuple[str, Position]:
         """Produce the TaskSubmitted of a validated TaskSpec (the SDK's own encoding), for
-        a registered queue only (D31).
+        a registered queue only (D31); the task ID and where its record is (a lookup
+        passes that back as ``?after``: read-your-writes, D46).
 
         ``caller``: the request's ``traceparent``, linked from the task's submit span."""
         start_ns = time.time_ns()
@@ -438,11 +535,11 @@ class Api:
             status = 413 if field == "payload" or isinstance(exc, EventTooLargeError) else 400
             raise ApiError(status, "payload_too_large" if status == 413 else "invalid_parameter",
                            str(exc), field) from None
-        await self._produce(task_id, value)
+        position = await self._produce(task_id, value)
         if self.tracing.enabled:
             self.tracing.submitted(task_id, spec.name, start_ns, queue=spec.queue,
                                    depends_on=spec.depends_on, caller=caller)
-        return task_id
+        return task_id, position
 
     async def require_queue(self, queue: str) -> None:
         """400 ``unknown_queue`` unless ``queue`` is registered (the cache, then a read)."""
@@ -539,14 +636,16 @@ class Api:
                            f"{timeout:g} s; some may have been written: run the same request "
                            "again (cancelling twice changes nothing)") from None
 
-    async def _produce(self, task_id: str, value: bytes) -> None:
-        """Send one event and wait for the broker's acknowledgement (bounded)."""
+    async def _produce(self, task_id: str, value: bytes) -> Position:
+        """Send one event and wait for the broker's acknowledgement (bounded); where the
+        record is."""
         timeout = self.settings.kafka_timeout_s
         headers = [self.tracing.root(task_id).header()] if self.tracing.enabled else None
         try:
             pending = await self.processor.events.send(key=task_id.encode(), value=value,
                                                        headers=headers)
-            await asyncio.wait_for(asyncio.ensure_future(pending), timeout)
+            metadata = await asyncio.wait_for(asyncio.ensure_future(pending), timeout)
+            return Position(int(metadata.partition), int(metadata.offset))
         except TimeoutError:
             raise ApiError(503, "unavailable", f"Kafka did not acknowledge the event in "
                            f"{timeout:g} s; it may or may not have been written: check "

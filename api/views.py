@@ -37,6 +37,7 @@ from taskstream.api.dashboard import STATIC_PATH, UI_PATH, Dashboard
 from taskstream.api.errors import ApiError, AuthFailure, error_body
 from taskstream.api.limits import LimitBody
 from taskstream.api.openapi import openapi_document
+from taskstream.api.progress import Position, parse_after
 from taskstream.api.query import (
     MAX_REGISTERED_AT_ONCE,
     bad_request,
@@ -105,7 +106,7 @@ def make_middleware(api: Api) -> Any:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             return error_response(exc.status, exc.code, exc.message, None, headers)
         except ApiError as exc:
-            return json_response(exc.body(), exc.status)
+            return json_response(exc.body(), exc.status, exc.headers())
         except IndexNotReady as exc:  # a partition is being restored after a rebalance
             return error_response(503, "not_ready", str(exc))
         except web.HTTPException as exc:
@@ -402,16 +403,22 @@ class Endpoints:
         admin = self.api.auth.is_admin(request.headers.get("Authorization"))
         return json_response(redact(body, admin=admin))
 
+    def _after(self, request: web.Request) -> Position | None:
+        """``?after=<partition>:<offset>``: the submit's position (read-your-writes, D46)."""
+        return parse_after(request.query.get("after"), self.api.settings.partitions)
+
     async def get_task(self, request: web.Request, task_id: str) -> web.Response:
-        _no_params(request)
+        _no_params(request, ("after",))
+        after = self._after(request)
         return self._shown(request, await self.api.get_task(
-            _task_id(task_id), request.headers, _proxied(request)))
+            _task_id(task_id), request.headers, _proxied(request), after))
 
     async def wait_task(self, request: web.Request, task_id: str) -> web.Response:
-        _no_params(request, ("timeout",))
+        _no_params(request, ("timeout", "after"))
         timeout = parse_wait_timeout(request.query.get("timeout"))
+        after = self._after(request)
         return self._shown(request, await self.api.wait_task(
-            _task_id(task_id), timeout, request.headers, _proxied(request)))
+            _task_id(task_id), timeout, request.headers, _proxied(request), after))
 
     async def result(self, request: web.Request, task_id: str) -> web.StreamResponse:
         _no_params(request)
@@ -440,11 +447,12 @@ class Endpoints:
         _check_durations(data)
         spec = validated(TaskSpec, data, {"limits": self.limits})
         try:
-            task_id = await self.api.submit(spec, parse_traceparent(
+            task_id, position = await self.api.submit(spec, parse_traceparent(
                 request.headers.get(TRACEPARENT)))
         except OverflowError:
             raise bad_request("body", "a time or duration is out of range") from None
-        return json_response({"task_id": task_id}, 202)
+        return json_response({"task_id": task_id, "partition": position.partition,
+                              "offset": position.offset}, 202)
 
     def _check_payload_size(self, payload: Any) -> None:
         try:
@@ -583,7 +591,7 @@ class Endpoints:
         return json_response(self.api.local_schedules())
 
     async def internal_tasks(self, request: web.Request) -> web.Response:
-        return self._shown(request, self.api.local_page(parse_list_query(request.query)))
+        return self._shown(request, await self.api.local_page(parse_list_query(request.query)))
 
     async def internal_queues(self, request: web.Request) -> web.Response:
         return json_response(self.api.local_counts())

@@ -9,6 +9,7 @@ HTTP API, the task's result. See docs/producer.md.
 from taskstream.errors import UnknownQueueError
 from taskstream.producer.aio import AsyncTaskProducer
 from taskstream.producer.errors import (
+    ApiBusyError,
     ApiUnavailableError,
     BrokerUnreachableError,
     DeliveryError,
@@ -22,12 +23,14 @@ from taskstream.producer.errors import (
     ResultTimeoutError,
     TaskCancelledError,
     TaskFailedError,
+    TaskNotFoundError,
 )
 from taskstream.producer.handle import AsyncTaskHandle, TaskHandle
 from taskstream.producer.metrics import ProducerMetrics, producer_metrics
 from taskstream.producer.sync import TaskProducer
 
 __all__ = [
+    "ApiBusyError",
     "ApiUnavailableError",
     "AsyncTaskHandle",
     "AsyncTaskProducer",
@@ -45,6 +48,7 @@ __all__ = [
     "TaskCancelledError",
     "TaskFailedError",
     "TaskHandle",
+    "TaskNotFoundError",
     "TaskProducer",
     "UnknownQueueError",
     "producer_metrics",

@@ -193,6 +193,27 @@ class ApiUnavailableError(ResultError):
     retriable = True
 
 
+class ApiBusyError(ApiUnavailableError):
+    """The API asked this client to come back later (its wait was over the replica's
+    ``api_max_waiters``, or over the request rate) until the wait's time ran out. The
+    task is not affected: ask again later."""
+
+    retriable = True
+
+
+class TaskNotFoundError(ResultError):
+    """The replica owning the task has folded past its submit's record and holds no such
+    task: it was refused by the fold, or purged by retention (docs/storage.md). Waiting
+    longer will not make it appear."""
+
+    def __init__(self, task_id: str, detail: str = "") -> None:
+        self.task_id = task_id
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"task {task_id} is not known to the API although its replica has folded past "
+            f"its submit{extra}: it was refused (see the processor's log) or already purged")
+
+
 class ResultIntegrityError(ResultError):
     """A streamed result did not match its sha256 (a torn or corrupted transfer)."""
 

@@ -28,7 +28,8 @@ PENDING, DELIVERED, FAILED = 0, 1, 2
 class _Delivery:
     """Delivery state shared by the sync and asyncio handles."""
 
-    __slots__ = ("_core", "_failure", "_reported", "_state", "_t0", "event_type", "task_id")
+    __slots__ = ("_core", "_failure", "_reported", "_state", "_t0", "event_type", "offset",
+                 "partition", "task_id")
 
     def __init__(self, task_id: str, event_type: str, core: ProducerCore) -> None:
         self.task_id = task_id
@@ -38,6 +39,10 @@ class _Delivery:
         self._failure: FailedDelivery | None = None
         self._reported = False
         self._t0 = 0.0  # set when this delivery's latency is sampled
+        #: where the broker put the event (once delivered; None for the handles of a
+        #: batch): result() passes it, so the API answers only once it has folded it (D46)
+        self.partition: int | None = None
+        self.offset: int | None = None
 
     @property
     def done(self) -> bool:
@@ -48,9 +53,11 @@ class _Delivery:
     def failure(self) -> FailedDelivery | None:
         return self._failure
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
         # runs in the polling thread; keep it short
         if err is None:
+            if msg is not None:
+                self.partition, self.offset = msg.partition(), msg.offset()
             self._state = DELIVERED
             self._core.on_acked(self._t0)
         else:
@@ -63,6 +70,13 @@ class _Delivery:
 
     def _wake(self) -> None:
         """Tell a waiter (asyncio handles only)."""
+
+    @property
+    def position(self) -> str | None:
+        """``<partition>:<offset>`` of the delivered event (a lookup's ``?after``), or None."""
+        if self.partition is None or self.offset is None or self.offset < 0:
+            return None
+        return f"{self.partition}:{self.offset}"
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -185,14 +199,17 @@ class TaskHandle(_Delivery):
     def result(self, timeout: float = 60.0) -> Any:
         """Wait for the task to finish and return its result.
 
-        Raises TaskFailedError (DEAD), TaskCancelledError, ResultTimeoutError or
-        ApiUnavailableError. Confirms delivery first, so a lost submit is never
-        mistaken for a slow task.
+        Raises TaskFailedError (DEAD), TaskCancelledError, ResultTimeoutError,
+        ApiBusyError, TaskNotFoundError or ApiUnavailableError. Confirms delivery
+        first, so a lost submit is never mistaken for a slow task, and passes the
+        event's position, so a replica that has not folded it yet answers "pending",
+        never "no such task" (D46).
         """
         started = time.monotonic()
         self.delivered(timeout)
         client: ResultClient = self._core.result_client()
-        return client.wait(self.task_id, max(timeout - (time.monotonic() - started), 0.001))
+        return client.wait(self.task_id, max(timeout - (time.monotonic() - started), 0.001),
+                           after=self.position)
 
 
 class AsyncTaskHandle(_Delivery):
@@ -235,7 +252,8 @@ class AsyncTaskHandle(_Delivery):
         started = self._loop.time()
         await self.delivered(timeout)
         client: AsyncResultClient = self._core.async_result_client()
-        return await client.wait(self.task_id, max(timeout - (self._loop.time() - started), 0.001))
+        return await client.wait(self.task_id, max(timeout - (self._loop.time() - started), 0.001),
+                                 after=self.position)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -4,7 +4,17 @@
 task's JSON view as soon as the task is finished or after S seconds, whichever
 is first. :class:`ResultClient` repeats that call until the caller's deadline,
 so one ``result(timeout=600)`` survives server-side long-poll caps and a
-processor failover (404 right after submit and 502/503/504 are retried).
+processor failover (502/503/504 are retried).
+
+Read-your-writes (D46): the handle passes its event's position
+(``?after=<partition>:<offset>``), so the owning replica answers only once it has
+folded that record. A replica that lags answers 503 ``pending`` ("N records
+behind"): that is waited through, never taken for "no such task". A 404 for a
+lookup that carried the position means the record was folded and left no task:
+:class:`TaskNotFoundError`. Without a position (the handles of a batch) a 404 is
+retried as before. An answer that asks to come back later (503
+``too_many_waiters``, 429) is honoured with its ``retry_after_s``; if the time
+runs out on one, :class:`ApiBusyError` (retriable) says so.
 
 The decision what a response means is :func:`interpret`, pure and unit-tested.
 
@@ -37,11 +47,13 @@ import orjson
 
 from taskstream.producer.api_client import ApiClient, ApiResponse, AsyncApiClient, Download
 from taskstream.producer.errors import (
+    ApiBusyError,
     ApiUnavailableError,
     ResultTimeoutError,
     SealedResultError,
     TaskCancelledError,
     TaskFailedError,
+    TaskNotFoundError,
 )
 from taskstream.schemas.state import TaskStatus
 from taskstream.schemas.view import Opener, is_json, open_view
@@ -117,6 +129,7 @@ def _refused(task_id: str, url: str, info: Download) -> Exception:
 class Pending:
     status: str  # a TaskStatus name, or "UNKNOWN" when the API has not seen it yet
     pause_s: float = 0.0  # wait this long before asking again
+    busy: str = ""  # the API asked to come back later (its message): ApiBusyError at the end
 
 
 def decode_result(body: dict[str, Any]) -> Any:
@@ -143,9 +156,30 @@ def opened(task_id: str, body: dict[str, Any], opener: Opener | None) -> dict[st
         raise SealedResultError(f"task {task_id}: {exc}") from None
 
 
+def _error_of(body: Any) -> dict[str, Any]:
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _pause(error: dict[str, Any]) -> float:
+    retry = error.get("retry_after_s")
+    return float(retry) if isinstance(retry, int | float) and retry > 0 else RETRY_PAUSE_S
+
+
 def interpret(task_id: str, url: str, status_code: int, body: Any,
-              opener: Opener | None = None) -> Finished | Pending:
-    """What one API response means: finished, pending, or an exception raised."""
+              opener: Opener | None = None, *, after: bool = False) -> Finished | Pending:
+    """What one API response means: finished, pending, or an exception raised.
+    ``after``: the request carried the submit's position (D46)."""
+    error = _error_of(body)
+    code = error.get("code")
+    if status_code == 503 and code == "pending":
+        return Pending(f"PENDING (not folded yet: the replica is {error.get('behind')} "
+                       "record(s) behind)", _pause(error))
+    if (status_code == 503 and code == "too_many_waiters") or status_code == 429:
+        return Pending("UNKNOWN", _pause(error),
+                       busy=str(error.get("message") or f"HTTP {status_code}"))
+    if status_code == 404 and after and code == "not_found":
+        raise TaskNotFoundError(task_id, str(error.get("message") or ""))
     if status_code in _RETRY_STATUS:
         status = "UNKNOWN" if status_code == 404 else f"API {status_code}"
         return Pending(status, RETRY_PAUSE_S)
@@ -171,6 +205,16 @@ def interpret(task_id: str, url: str, status_code: int, body: Any,
     return Pending(status)
 
 
+def _timed_out(task_id: str, timeout: float, status: str, busy: str, url: str) -> Exception:
+    """The error when a wait's time ran out: ApiBusyError when the last answer asked to
+    come back later, else ResultTimeoutError with the last status seen."""
+    if busy:
+        return ApiBusyError(f"the API at {url} asked to come back later until the wait for "
+                            f"task {task_id} ran out ({timeout:g}s): {busy}. The task is not "
+                            "affected; call result() again later")
+    return ResultTimeoutError(task_id, timeout, status)
+
+
 class ResultClient:
     """Blocking waits on the API; one connection pool per producer."""
 
@@ -180,24 +224,27 @@ class ResultClient:
         self.api_url = self._client.url
         self._opener = opener
 
-    def wait(self, task_id: str, timeout: float) -> Any:
+    def wait(self, task_id: str, timeout: float, after: str | None = None) -> Any:
+        """The task's result once it has finished (``after``: its submit's position)."""
         deadline = time.monotonic() + timeout
         path = f"/tasks/{task_id}/wait"
         url = self.api_url + path
-        status = "UNKNOWN"
+        status, busy = "UNKNOWN", ""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ResultTimeoutError(task_id, timeout, status)
+                raise _timed_out(task_id, timeout, status, busy, url)
             poll = min(left, MAX_POLL_S)
-            resp = self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
+            resp = self._client.request("GET", path, params={"timeout": f"{poll:.3f}",
+                                                             "after": after},
                                         timeout=poll + 10)
-            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
+            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener,
+                                after=after is not None)
             if isinstance(outcome, Finished):
                 if outcome.offloaded:
                     return self.fetch(task_id, max(deadline - time.monotonic(), 1.0))
                 return outcome.value
-            status = outcome.status
+            status, busy = outcome.status, outcome.busy
             if outcome.pause_s:
                 time.sleep(min(outcome.pause_s, max(deadline - time.monotonic(), 0)))
 
@@ -257,25 +304,28 @@ class AsyncResultClient:
         self.api_url = self._client.url
         self._opener = opener
 
-    async def wait(self, task_id: str, timeout: float) -> Any:
+    async def wait(self, task_id: str, timeout: float, after: str | None = None) -> Any:
+        """The task's result once it has finished (``after``: its submit's position)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         path = f"/tasks/{task_id}/wait"
         url = self.api_url + path
-        status = "UNKNOWN"
+        status, busy = "UNKNOWN", ""
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise ResultTimeoutError(task_id, timeout, status)
+                raise _timed_out(task_id, timeout, status, busy, url)
             poll = min(left, MAX_POLL_S)
-            resp = await self._client.request("GET", path, params={"timeout": f"{poll:.3f}"},
+            resp = await self._client.request("GET", path,
+                                              params={"timeout": f"{poll:.3f}", "after": after},
                                               timeout=poll + 10)
-            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener)
+            outcome = interpret(task_id, url, resp.status_code, resp.body, self._opener,
+                                after=after is not None)
             if isinstance(outcome, Finished):
                 if outcome.offloaded:
                     return await self.fetch(task_id, max(deadline - loop.time(), 1.0))
                 return outcome.value
-            status = outcome.status
+            status, busy = outcome.status, outcome.busy
             if outcome.pause_s:
                 await asyncio.sleep(min(outcome.pause_s, max(deadline - loop.time(), 0)))
 

@@ -57,6 +57,18 @@ POINTS: Mapping[str, str] = {
     "queue.look_up":
         "the fold is about to read the queue registry for a queue it has not seen "
         "registered (off the fold; its dispatches wait)",
+    "fold.start":
+        "a replica's tables are restored; its fold is about to start (off the event loop: "
+        "a sleep here is a replica that lags while its API serves)",
+    "api.list_scan":
+        "a listing is about to scan this replica's partitions",
+    "worker.consumer_loop":
+        "a worker's queue-consumer thread begins one turn of its poll loop (a raise here "
+        "is that thread dying; D47)",
+    "worker.started_send":
+        "a worker is about to hand a TaskStarted to its producer (a raise of "
+        "confluent_kafka:KafkaException is the producer refusing it: the event never "
+        "reaches the broker; D47)",
 }
 
 

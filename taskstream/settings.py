@@ -150,6 +150,19 @@ class Settings(BaseSettings):
     )
     api_rate_burst: int = Field(20, ge=1, le=1_000_000,
                                 description="requests a caller may send at once above the rate")
+    # the query API under load and lag (issue 21, D46)
+    api_list_scan_max: int = Field(
+        10_000, ge=1, le=10_000_000,
+        description="rows one listing request may examine on one replica; a page that "
+        "reaches it ends early with scan_limit_reached and a cursor to go on from")
+    api_max_waiters: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="concurrent GET /tasks/{id}/wait requests one replica holds; over it: "
+        "503 too_many_waiters with Retry-After")
+    api_read_wait_s: float = Field(
+        5.0, ge=0, le=300,
+        description="longest a task lookup waits for the owning replica's fold to pass a "
+        "record (?after=<partition>:<offset>) or to reach the end before it answers 404")
 
     # Object storage for large payloads and results, retention (issue 22; D34, D35)
     storage_bucket: str | None = Field(

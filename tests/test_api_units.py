@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from taskstream.api.auth import Scope, TokenAuth, bearer_token, required_scope, token_digest
 from taskstream.api.errors import ApiError, AuthFailure
+from taskstream.api.progress import Position, check_partition, parse_after, pending_error
 from taskstream.api.query import (
     ListQuery,
     RateWindow,
     aggregate_queues,
+    bounded_matches,
     first_matches,
     merge_by_id,
     merge_pages,
@@ -183,7 +185,56 @@ def test_merge_pages_dedups_and_sets_cursor() -> None:
     assert [i["task_id"] for i in page.items] == ["a", "b", "c"]
     assert page.next_cursor == "c"
     last = merge_pages([[{"task_id": "d"}]], limit=3)
-    assert last.body() == {"items": [{"task_id": "d"}], "next_cursor": None}
+    assert last.body() == {"items": [{"task_id": "d"}], "next_cursor": None,
+                           "scan_limit_reached": False}
+
+
+def test_bounded_matches_stops_at_the_bound_and_says_where() -> None:
+    states = [_state(c) for c in "abcdef"]
+    q = ListQuery(name="nothing", limit=10)
+    scan = bounded_matches(states, q, max_scanned=4)
+    assert (scan.states, scan.scanned, scan.scanned_through) == ([], 4, "d")
+    full = bounded_matches(states, ListQuery(limit=2), max_scanned=2)
+    assert [s.task_id for s in full.states] == ["a", "b"] and full.scanned_through is None
+    done = bounded_matches(states, ListQuery(limit=10), max_scanned=100)
+    assert done.scanned == 6 and done.scanned_through is None
+
+
+def test_merge_pages_keeps_items_up_to_the_lowest_stop() -> None:
+    page = merge_pages([[{"task_id": "a"}, {"task_id": "e"}], [{"task_id": "b"}]], limit=5,
+                       scanned_through=["c", None])
+    assert [i["task_id"] for i in page.items] == ["a", "b"]
+    assert (page.next_cursor, page.scan_limit_reached) == ("c", True)
+    full = merge_pages([[{"task_id": "a"}, {"task_id": "b"}]], limit=2, scanned_through=["z"])
+    assert (full.next_cursor, full.scan_limit_reached) == ("b", False)
+
+
+@given(st.sets(st.text("0123456789ABCDEF", min_size=1, max_size=4), max_size=60),
+       st.integers(1, 7), st.integers(1, 4), st.integers(1, 9),
+       st.sets(st.text("0123456789ABCDEF", min_size=1, max_size=4), max_size=20))
+def test_bounded_paging_visits_every_match_once(ids: set[str], limit: int, shards: int,
+                                                bound: int, matching: set[str]) -> None:
+    """Scatter-gather paging where each shard examines at most ``bound`` rows per page
+    still yields every matching ID exactly once, in order, and ends."""
+    by_shard: list[list[TaskState]] = [[] for _ in range(shards)]
+    for task_id in sorted(ids):
+        by_shard[hash(task_id) % shards].append(_state(task_id, name=(
+            "m" if task_id in matching else "t")))
+    query = ListQuery(name="m", limit=limit)
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(len(ids) + 2):
+        scans = [bounded_matches([s for s in shard if s.task_id > cursor],
+                                 dataclasses.replace(query, cursor=cursor), bound)
+                 for shard in by_shard]
+        page = merge_pages([[{"task_id": s.task_id} for s in scan.states] for scan in scans],
+                           limit, [scan.scanned_through for scan in scans])
+        seen.extend(i["task_id"] for i in page.items)
+        if page.next_cursor is None:
+            break
+        assert page.next_cursor > cursor
+        cursor = page.next_cursor
+    assert seen == sorted(ids & matching)
 
 
 @given(st.sets(st.text("0123456789ABCDEF", min_size=1, max_size=4), max_size=60),
@@ -253,3 +304,39 @@ def test_rate_window_forgets_old_samples() -> None:
 
 def test_sum_rates() -> None:
     assert sum_rates([{"q": 1.0, "r": None}, {"q": 2.0}]) == {"q": 3.0, "r": None}
+
+
+# -- read-your-writes and retry hints (D46) -------------------------------------------
+
+
+def test_parse_after() -> None:
+    assert parse_after(None, 6) is None and parse_after("", 6) is None
+    assert parse_after("3:120", 6) == Position(3, 120)
+    for bad in ("3", "a:1", "3:-1", "1:2:3", "9:1", "³:1"):
+        with pytest.raises(ApiError) as info:
+            parse_after(bad, 6)
+        assert (info.value.status, info.value.field) == (400, "after")
+
+
+def test_after_must_be_the_tasks_partition() -> None:
+    check_partition(None, 2, "T")
+    check_partition(Position(2, 5), 2, "T")
+    with pytest.raises(ApiError, match="partition 2, not 4"):
+        check_partition(Position(4, 5), 2, "T")
+
+
+def test_pending_says_how_far_behind_and_when_to_retry() -> None:
+    error = pending_error("T", 3, folded=100, end=130)
+    assert error.status == 503 and error.retriable
+    body = error.body()["error"]
+    assert (body["code"], body["partition"], body["behind"]) == ("pending", 3, 30)
+    assert error.headers() == {"Retry-After": "1"}
+
+
+def test_an_error_passed_on_by_a_proxy_keeps_its_fields() -> None:
+    error = ApiError(503, "too_many_waiters", "busy", retry_after_s=2.5,
+                     details={"code": "shadowed", "extra": 1})
+    again = ApiError.from_body(503, error.body()["error"])
+    assert again.body() == error.body()
+    assert again.headers() == {"Retry-After": "3"}
+    assert ApiError(404, "not_found", "x").headers() is None

@@ -20,10 +20,12 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from taskstream.producer.errors import (
+    ApiBusyError,
     ApiUnavailableError,
     ResultTimeoutError,
     TaskCancelledError,
     TaskFailedError,
+    TaskNotFoundError,
 )
 from taskstream.producer.results import (
     AsyncResultClient,
@@ -256,3 +258,35 @@ def test_async_client_raises_cancelled(api: Api) -> None:
 
     with pytest.raises(TaskCancelledError):
         asyncio.run(go())
+
+
+# --- read-your-writes and busy answers (D46) -----------------------------------------
+
+
+def test_pending_fold_is_waited_through_with_the_servers_pause() -> None:
+    body = {"error": {"code": "pending", "message": "m", "behind": 7, "retry_after_s": 1.0}}
+    out = interpret(TID, URL, 503, body, after=True)
+    assert isinstance(out, Pending) and out.pause_s == 1.0 and "7 record(s) behind" in out.status
+
+
+def test_not_found_after_the_position_was_folded_is_final() -> None:
+    body = {"error": {"code": "not_found", "message": "no task is known"}}
+    with pytest.raises(TaskNotFoundError):
+        interpret(TID, URL, 404, body, after=True)
+    assert isinstance(interpret(TID, URL, 404, body), Pending)  # no position: not seen yet
+
+
+@pytest.mark.parametrize("code", [429, 503])
+def test_busy_api_is_retried_then_a_retriable_error(api: Api, code: int) -> None:
+    error = {"code": "too_many_waiters" if code == 503 else "rate_limited",
+             "message": "too many waiters", "retry_after_s": 0.1}
+    api.script[TID] = [(code, {"error": error})]
+    client = ResultClient(api.url, token=None)
+    try:
+        with pytest.raises(ApiBusyError, match="too many waiters") as info:
+            client.wait(TID, timeout=0.5, after="1:5")
+    finally:
+        client.close()
+    assert info.value.retriable
+    assert len(api.seen) >= 2  # asked again after the pause
+    assert all(q["after"] == ["1:5"] for _, q, _ in api.seen)

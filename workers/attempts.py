@@ -4,10 +4,23 @@ The order of durable steps for one record is the worker's (workers/worker.py,
 steps 3-5): ``TaskStarted`` produced and the handler started at once, the record
 settled when the broker acknowledges ``TaskStarted``, ``LeaseRenewed`` every
 ``lease_ms / 3`` (one timer sweeps every running attempt), then ``TaskSucceeded``
-or ``TaskFailed``. A batch (D39) does the same per record around one handler
-call, in the batch's own task. Cancellations are remembered here: a cancelled
-record is skipped, a running attempt interrupted (a batch's call goes on for the
-other records; the cancelled one is reported cancelled).
+or ``TaskFailed``.
+
+A record settles on the first acknowledged event of its attempt, not only its
+``TaskStarted`` (D47): the fold takes a ``LeaseRenewed`` or an outcome from READY
+as the start it missed, so once any of them is on the broker the attempt is
+known and its record must not be read again. A ``TaskStarted`` that fails makes
+the attempt's next ``LeaseRenewed`` due at once (the retry of the start); a short
+attempt's outcome settles it. Before, a failed ``TaskStarted`` left its record
+pending for ever: the partition's commit point stayed there, and the next
+rebalance re-ran every later record of the partition, finished ones included. A
+record none of whose events reached the broker stays unsettled on purpose: its
+task is READY with no timer, and only reading the record again runs it.
+
+A batch (D39) does the same per record around one handler call, in the batch's
+own task. Cancellations are remembered here: a cancelled record is skipped, a
+running attempt interrupted (a batch's call goes on for the other records; the
+cancelled one is reported cancelled).
 
 Each attempt carries its trace (D22, workers/tracing.py): a run span, current while
 the handler runs, whose ``traceparent`` its events carry; in a batch each record
@@ -36,7 +49,7 @@ from taskstream.telemetry.logs import TaskLogContext, set_task_context
 from taskstream.workers.blobs import fetch_payload, store_result
 from taskstream.workers.consumer import QueueConsumer, ReadyRecord
 from taskstream.workers.context import TaskContext
-from taskstream.workers.emitter import EventEmitter, Headers
+from taskstream.workers.emitter import Delivered, EventEmitter, Headers
 from taskstream.workers.metrics import WorkerMetrics
 from taskstream.workers.outcome import (
     Failure,
@@ -84,9 +97,26 @@ class _Running:
     in_batch: bool = False  # a cancellation marks it; the batch's call goes on for the rest
     #: what its LeaseRenewed events carry (the run span's traceparent; None: tracing off)
     headers: Headers | None = None
+    #: settles its record when one of its events is acknowledged (D47)
+    on_acked: Delivered | None = None
 
 
 Picked = tuple[QueueConsumer, ReadyRecord]
+
+
+def settler(consumer: QueueConsumer, record: ReadyRecord) -> Delivered:
+    """The delivery callback of every event of ``record``'s attempt: the first one
+    acknowledged settles the record (D47); the rest cost a flag check. Runs in the
+    emitter's thread (or the sender's, for a refused send)."""
+    done = False
+
+    def on_delivered(ok: bool) -> None:
+        nonlocal done
+        if ok and not done:
+            done = True
+            consumer.settle(record.tp, record.offset)
+
+    return on_delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +187,11 @@ class AttemptRunner:
                      envelope.task_id, envelope.attempt)
             return
         task = self.app.get(dispatched.name)
-
-        def on_started(ok: bool) -> None:
-            if ok:
-                consumer.settle(record.tp, record.offset)
-
+        settle = settler(consumer, record)
         trace = self._begin(record)
         headers = trace.headers if trace is not None else None
-        emitter.started(envelope, on_delivered=on_started, headers=headers)
+        emitter.started(envelope, on_delivered=self._on_started(envelope, settle),
+                        headers=headers)
         started = time.monotonic()
         series = self.metrics.of_task(dispatched.name)
         series.started.inc()
@@ -179,7 +206,7 @@ class AttemptRunner:
             outcome = opened
         else:
             try:
-                outcome = await self._execute(task, envelope, opened, trace)
+                outcome = await self._execute(task, envelope, opened, trace, settle)
             except asyncio.CancelledError:  # stopped without grace: no outcome
                 if trace is not None:
                     self.tracing.end(trace, None)
@@ -190,7 +217,7 @@ class AttemptRunner:
             self.tracing.end(trace, outcome)
         if outcome is None:
             return
-        outcome = self._send_outcome(envelope, outcome, headers)
+        outcome = self._send_outcome(envelope, outcome, headers, settle)
         if isinstance(outcome, Failure):
             self._log_failure(envelope, dispatched, outcome, took)
         else:
@@ -198,14 +225,39 @@ class AttemptRunner:
             log.info("event=task.succeeded task_id=%s attempt=%d name=%s took_ms=%d",
                      envelope.task_id, envelope.attempt, dispatched.name, took * 1000)
 
+    def _on_started(self, envelope: Envelope, settle: Delivered) -> Delivered:
+        """TaskStarted's delivery callback: settle on the ack; on a failure make the
+        attempt's next LeaseRenewed due now (the fold starts it on that, D47)."""
+        loop = self.loop
+
+        def on_started(ok: bool) -> None:
+            if ok:
+                settle(True)
+            else:
+                loop.call_soon_threadsafe(self._start_unacked, envelope)
+
+        return on_started
+
+    def _start_unacked(self, envelope: Envelope) -> None:
+        running = self.running.get(envelope.task_id)
+        here = running is not None and running.envelope.attempt == envelope.attempt
+        log.warning("event=task.start_unacked task_id=%s attempt=%d (its record settles "
+                    "when %s of the attempt is acknowledged)", envelope.task_id,
+                    envelope.attempt, "a LeaseRenewed sent now, or the outcome," if here
+                    else "the outcome")
+        if running is not None and here:
+            running.renew_at = self.loop.time()
+            self._sweep_leases_by(running.renew_at)
+
     def _context(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
-                 headers: Headers | None) -> TaskContext:
-        """The handler's context of one attempt (its heartbeats carry ``headers``)."""
+                 headers: Headers | None, settle: Delivered | None = None) -> TaskContext:
+        """The handler's context of one attempt (its heartbeats carry ``headers``; their
+        acks settle its record)."""
         emitter = self.emitter
         return TaskContext(
             task_id=envelope.task_id, attempt=envelope.attempt, name=task.name,
             idempotency_key=dispatched.idempotency_key, headers=dispatched.headers,
-            heartbeat=functools.partial(emitter.lease_renewed, envelope, headers),
+            heartbeat=functools.partial(emitter.lease_renewed, envelope, headers, settle),
             parents=dispatched.parents, fetch_result=self.fetch_result,
             dispatch_id=dispatched.dispatch_id,
             fencing_token=None if dispatched.concurrency_key is None
@@ -220,11 +272,12 @@ class AttemptRunner:
                                   record.trace)
 
     def _send_outcome(self, envelope: Envelope, outcome: Outcome,
-                      headers: Headers | None) -> Outcome:
-        """Send the attempt's outcome; returns what to log (the result-too-large failure
-        sent instead of a result; a sealed error text kept out of the logs)."""
+                      headers: Headers | None, settle: Delivered | None = None) -> Outcome:
+        """Send the attempt's outcome (its ack settles the record); returns what to log
+        (the result-too-large failure sent instead of a result; a sealed error text kept
+        out of the logs)."""
         emitter = self.emitter
-        sent = emitter.outcome(envelope, outcome, headers=headers)
+        sent = emitter.outcome(envelope, outcome, on_delivered=settle, headers=headers)
         if isinstance(sent, Failure) and sent.error_type == "ResultTooLarge":
             return sent  # what the task got instead of its result
         if emitter.sealer is not None and isinstance(outcome, Failure):
@@ -232,7 +285,8 @@ class AttemptRunner:
         return outcome
 
     async def _execute(self, task: TaskDef, envelope: Envelope, dispatched: TaskDispatched,
-                       trace: AttemptTrace | None = None) -> Outcome | None:
+                       trace: AttemptTrace | None = None, settle: Delivered | None = None
+                       ) -> Outcome | None:
         """Run the handler in this record's own task; None when the worker stops it
         without grace (no outcome: the lease recovers the attempt).
 
@@ -244,11 +298,12 @@ class AttemptRunner:
         """
         loop = self.loop
         headers = trace.headers if trace is not None else None
-        ctx = self._context(task, envelope, dispatched, headers)
+        ctx = self._context(task, envelope, dispatched, headers, settle)
         me = asyncio.current_task()
         assert me is not None
         every = max(dispatched.lease_ms / 3000, MIN_RENEW_S)
-        running = _Running(envelope, ctx, me, every, loop.time() + every, headers=headers)
+        running = _Running(envelope, ctx, me, every, loop.time() + every, headers=headers,
+                           on_acked=settle)
         self.running[envelope.task_id] = running
         self._sweep_leases_by(running.renew_at)
         threaded = not task.is_coroutine and self.pool is not Pool.PROCESS
@@ -290,7 +345,9 @@ class AttemptRunner:
             self._lease_sweep = loop.call_at(when, self._renew_leases)
 
     def _renew_leases(self) -> None:
-        """Emit LeaseRenewed for every attempt that is due; schedule the next sweep."""
+        """Emit LeaseRenewed for every attempt that is due; schedule the next sweep. A
+        send that raises is logged and skips that attempt this turn only: the sweep is
+        the one timer of every lease, so it must never stop (D47)."""
         emitter, loop = self.emitter, self.loop
         self._lease_sweep = None
         now = loop.time()
@@ -298,7 +355,11 @@ class AttemptRunner:
         for running in list(self.running.values()):
             if running.renew_at <= now:
                 running.renew_at = now + running.renew_every_s
-                emitter.lease_renewed(running.envelope, running.headers)
+                try:
+                    emitter.lease_renewed(running.envelope, running.headers, running.on_acked)
+                except Exception:
+                    log.exception("event=lease.renew_failed task_id=%s attempt=%d",
+                                  running.envelope.task_id, running.envelope.attempt)
             due = running.renew_at if due is None else min(due, running.renew_at)
         if due is not None:
             self._sweep_leases_by(due)
@@ -322,7 +383,7 @@ class AttemptRunner:
         loop = self.loop
         me = asyncio.current_task()
         assert me is not None
-        begun = self._start_batch(task, items)
+        begun, settles = self._start_batch(task, items)
         self.metrics.batch_size.labels(task.name).observe(len(items))
         log.info("event=batch.started name=%s size=%d", task.name, len(items))
         started = time.monotonic()
@@ -333,7 +394,8 @@ class AttemptRunner:
             record, (ctx, trace) = items[i][1], begun[i]
             every = max(record.dispatched.lease_ms / 3000, MIN_RENEW_S)
             entry = _Running(record.envelope, ctx, me, every, loop.time() + every, in_batch=True,
-                             headers=trace.headers if trace is not None else None)
+                             headers=trace.headers if trace is not None else None,
+                             on_acked=settles[i])
             self.running[record.envelope.task_id] = entry
             self._sweep_leases_by(entry.renew_at)
             running[i] = entry
@@ -353,7 +415,8 @@ class AttemptRunner:
         for i, entry in running.items():
             if entry.cancel_requested:
                 outcomes[i] = cancelled_failure()
-        self._report_batch(task, items, [trace for _, trace in begun], outcomes, took)
+        self._report_batch(task, items, [trace for _, trace in begun], outcomes, took,
+                           settles)
 
     def _open_batch(self, items: list[Picked]
                     ) -> tuple[dict[int, Outcome], dict[int, TaskDispatched]]:
@@ -418,8 +481,9 @@ class AttemptRunner:
 
     def _report_batch(self, task: TaskDef, items: list[Picked],
                       traces: list[AttemptTrace | None], outcomes: dict[int, Outcome],
-                      took: float) -> None:
-        """One outcome per record of a batch, each under its own run span."""
+                      took: float, settles: list[Delivered]) -> None:
+        """One outcome per record of a batch, each under its own run span (its ack
+        settles the record)."""
         series = self.metrics.of_task(task.name)
         for i, (_, record) in enumerate(items):
             series.run_seconds.observe(took)
@@ -427,7 +491,8 @@ class AttemptRunner:
             if trace is not None:
                 self.tracing.end(trace, final)
             sent = self._send_outcome(record.envelope, final,
-                                      trace.headers if trace is not None else None)
+                                      trace.headers if trace is not None else None,
+                                      settles[i])
             if isinstance(sent, Failure):
                 self._log_failure(record.envelope, record.dispatched, sent, took)
             else:
@@ -449,25 +514,25 @@ class AttemptRunner:
         return items
 
     def _start_batch(self, task: TaskDef, items: list[Picked]
-                     ) -> list[tuple[TaskContext, AttemptTrace | None]]:
-        """TaskStarted for each record (its offset settles on the ack); their contexts and
-        run spans (None with tracing off)."""
+                     ) -> tuple[list[tuple[TaskContext, AttemptTrace | None]], list[Delivered]]:
+        """TaskStarted for each record (its offset settles on the first ack of an event of
+        its attempt, D47); their contexts and run spans (None with tracing off), and their
+        settlers."""
         emitter = self.emitter
         series = self.metrics.of_task(task.name)
         begun = []
+        settles = []
         for consumer, record in items:
             envelope = record.envelope
-
-            def on_started(ok: bool, c: QueueConsumer = consumer, r: ReadyRecord = record
-                           ) -> None:
-                if ok:
-                    c.settle(r.tp, r.offset)
-
+            settle = settler(consumer, record)
+            settles.append(settle)
             trace = self._begin(record)
             headers = trace.headers if trace is not None else None
-            emitter.started(envelope, on_delivered=on_started, headers=headers)
+            emitter.started(envelope, on_delivered=self._on_started(envelope, settle),
+                            headers=headers)
             series.started.inc()
             self.metrics.of_queue(record.dispatched.queue).observe(
                 max(0.0, time.time() - envelope.occurred_at_ms / 1000))
-            begun.append((self._context(task, envelope, record.dispatched, headers), trace))
-        return begun
+            begun.append((self._context(task, envelope, record.dispatched, headers, settle),
+                          trace))
+        return begun, settles

@@ -44,6 +44,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from taskstream.faults import fault_point
 from taskstream.kafka_config import consumer_config as kafka_consumer_config
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import Envelope, TaskDispatched
@@ -218,6 +219,13 @@ class QueueConsumer:
             self._flow_due = 0.0
             self._drop_buffered(set(self._levels))
 
+    @property
+    def died(self) -> bool:
+        """Its poll thread ended before :meth:`close`: the queue is read no more (the
+        worker's watchdog asks, D47)."""
+        return (self._thread.ident is not None and not self._thread.is_alive()
+                and not self._stop.is_set())
+
     def close(self) -> None:
         """Final commit, leave the group, join the thread (bounded)."""
         self._stop.set()
@@ -317,6 +325,7 @@ class QueueConsumer:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                fault_point("worker.consumer_loop")
                 self._init_new_partitions()
                 stalled = self._apply_flow()
                 room = self._prefetch - self._buffered
@@ -329,8 +338,8 @@ class QueueConsumer:
                 if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
                     self._commit(asynchronous=True)
         except Exception:
-            log.exception("event=consumer.crashed queue=%s (leases recover started tasks)",
-                          self.queue)
+            log.exception("event=consumer.crashed queue=%s (the worker's watchdog stops the "
+                          "worker, D47; leases recover started tasks)", self.queue)
         finally:
             self._commit(asynchronous=False)
             try:

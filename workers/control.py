@@ -54,6 +54,13 @@ class ControlReader:
     def wait_caught_up(self, timeout_s: float) -> bool:
         return self._caught_up.wait(timeout_s)
 
+    @property
+    def died(self) -> bool:
+        """Its thread ended before :meth:`close`: cancellations and queue commands are read
+        no more (the worker's watchdog asks, D47)."""
+        return (self._thread.ident is not None and not self._thread.is_alive()
+                and not self._stop.is_set())
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(self._timeout + 5)

@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from taskstream.faults import fault_point
 from taskstream.kafka_config import producer_config
 from taskstream.schemas.events import (
     Envelope,
@@ -120,8 +121,20 @@ class EventEmitter:
         self._thread.start()
 
     def _serve(self) -> None:
+        """Serve delivery reports until closed. A callback that raises surfaces from
+        ``poll``: it is logged and serving goes on (this thread dying would stop every
+        settle and outcome report without a word; the worker's watchdog, D47, ends the
+        process if it dies anyway)."""
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except Exception:
+                log.exception("event=emitter.callback_failed (serving delivery reports goes on)")
+
+    @property
+    def died(self) -> bool:
+        """Its delivery thread ended before :meth:`close` (the watchdog's question)."""
+        return not self._thread.is_alive() and not self._stop.is_set()
 
     def _envelope(self, ready: Envelope, body: EventBody) -> Envelope:
         return Envelope(event_id=new_event_id(), task_id=ready.task_id,
@@ -129,14 +142,17 @@ class EventEmitter:
                         attempt=ready.attempt, body=body)
 
     def _emit(self, ready: Envelope, body: EventBody, on_delivered: Delivered | None,
-              value: bytes | None = None, headers: Headers | None = None) -> None:
+              value: bytes | None = None, headers: Headers | None = None,
+              point: str | None = None) -> None:
         """Produce ``body`` about ``ready``'s attempt (``value``: already encoded;
-        ``headers``: the trace context), signed when the worker holds a key."""
+        ``headers``: the trace context; ``point``: the fault point of the send), signed
+        when the worker holds a key. A send the producer refuses is reported to
+        ``on_delivered`` as not acknowledged, like a failed delivery."""
         if value is None:
             value = encode_event(self._envelope(ready, body))
         kind = type(body).__name__
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, _msg: Message | None) -> None:
             if err is not None:
                 self._metrics.delivery_errors.labels(kind).inc()
                 log.error("event=delivery.failed type=%s task_id=%s attempt=%d error=%s",
@@ -148,13 +164,19 @@ class EventEmitter:
         out: list[tuple[str, str | bytes | None]] = list(headers or [])
         if self._signer is not None:
             out.append(self._signer.header(key, value))
-        self._produce(self._events, key, value, report, headers=out or None)
+        self._produce(self._events, key, value, report, headers=out or None, point=point)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 report: Callable[[KafkaError | None, Message], None],
-                 headers: Headers | None = None) -> None:
+                 report: Callable[[KafkaError | None, Message | None], None],
+                 headers: Headers | None = None, point: str | None = None) -> None:
+        """Hand one record to the producer; a refusal (``KafkaException``: a fatal
+        producer error, an unknown topic, a record over the broker's size) goes to
+        ``report`` as a failed delivery, never up into the attempt that sent it (an
+        attempt whose TaskStarted raised here never ran and its record never settled)."""
         while True:
             try:
+                if point is not None:
+                    fault_point(point)
                 self._producer.produce(topic, value=value, key=key, headers=headers,
                                        on_delivery=report)
                 return
@@ -162,6 +184,11 @@ class EventEmitter:
                 # local queue full: wait for deliveries (bounded: librdkafka expires queued
                 # messages after delivery.timeout.ms, which frees space)
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) \
+                    else KafkaError(KafkaError._FAIL, str(exc))
+                report(err, None)
+                return
 
     @staticmethod
     def _dispatch_id(ready: Envelope) -> str:
@@ -171,10 +198,11 @@ class EventEmitter:
     def started(self, ready: Envelope, on_delivered: Delivered | None = None,
                 headers: Headers | None = None) -> None:
         self._emit(ready, TaskStarted(self._dispatch_id(ready), self.worker_id), on_delivered,
-                   headers=headers)
+                   headers=headers, point="worker.started_send")
 
-    def lease_renewed(self, ready: Envelope, headers: Headers | None = None) -> None:
-        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), None,
+    def lease_renewed(self, ready: Envelope, headers: Headers | None = None,
+                      on_delivered: Delivered | None = None) -> None:
+        self._emit(ready, LeaseRenewed(self._dispatch_id(ready), self.worker_id), on_delivered,
                    headers=headers)
         self._metrics.heartbeats.inc()
 
@@ -207,7 +235,7 @@ class EventEmitter:
         """A record of the worker's own (its presence on the workers topic); a failed
         delivery is counted and logged, the next heartbeat replaces it."""
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, _msg: Message | None) -> None:
             if err is not None:
                 self._metrics.delivery_errors.labels("presence").inc()
                 log.warning("event=presence.failed topic=%s error=%s", topic, err)
@@ -218,7 +246,7 @@ class EventEmitter:
                    value: bytes, reason: str, on_delivered: Delivered) -> None:
         """Copy a record byte for byte to the quarantine topic, the reason in its headers."""
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, _msg: Message | None) -> None:
             if err is not None:
                 self._metrics.delivery_errors.labels("quarantine").inc()
                 log.error("event=quarantine.failed topic=%s partition=%d offset=%d error=%s",

@@ -28,6 +28,18 @@ class RegistrationError(WorkerError):
     """A task could not be registered (duplicate name, bad queue name, bad signature)."""
 
 
+class WorkerThreadDied(WorkerError):
+    """A thread the worker cannot run without (a queue's consumer, the producer's delivery
+    thread, the control reader) or its dispatcher ended unexpectedly. The worker stopped
+    as on SIGTERM (running attempts got their grace) and the CLI exits with
+    :attr:`exit_code`: let the supervisor (systemd, Kubernetes, compose ``restart:``)
+    start it again (D47). The log line ``event=worker.thread_died`` says which and why."""
+
+    retriable = True
+    #: EX_SOFTWARE (sysexits.h): an internal error, not a usage or config error
+    exit_code = 70
+
+
 class Retry(TaskstreamError):
     """Raise from a handler to end this attempt as a retryable failure.
 

@@ -69,6 +69,14 @@ class WorkerMetrics:
         self.last_heartbeat = Gauge("taskstream_worker_last_heartbeat_timestamp_seconds",
                                     "when it last announced itself on the workers topic",
                                     registry=r)
+        # the watchdog (D47): a dead thread stops the worker, which exits non-zero
+        self.thread_deaths = Counter("taskstream_worker_thread_deaths",
+                                     "worker threads (consumer, emitter, control, dispatcher) "
+                                     "that ended unexpectedly; the worker then stops and exits "
+                                     "non-zero", ["thread"], registry=r)
+        self.healthy = Gauge("taskstream_worker_healthy",
+                             "1 while every thread of the worker runs; 0 once one died",
+                             registry=r)
         self._tasks: dict[str, TaskSeries] = {}
         self._queues: dict[str, Histogram] = {}
 

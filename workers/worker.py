@@ -29,6 +29,16 @@ and starting, let running attempts finish for up to ``grace_s`` and emit their
 outcomes, interrupt the rest without an outcome (their leases expire and the
 processor retries them), flush the producer, commit, leave the groups. A second
 signal (``immediate=True``) ends the grace period at once. Every wait is bounded.
+
+A watchdog (D47) looks every WATCH_S at the threads the worker cannot do without:
+each queue's consumer thread, the producer's delivery thread, the control reader,
+and the dispatcher task. One that ended unexpectedly would stop its part without
+a word (a dead consumer thread: its queue is read no more while the worker looks
+alive). The worker then logs ``event=worker.thread_died``, counts it
+(``taskstream_worker_thread_deaths``, ``taskstream_worker_healthy`` 0), shuts
+down as on SIGTERM and :meth:`Worker.run` raises :class:`WorkerThreadDied` (the
+CLI exits 70) for its supervisor to start a fresh process. It does not restart
+the thread in place: see D47.
 """
 
 from __future__ import annotations
@@ -55,7 +65,7 @@ from taskstream.workers.batch import Batcher
 from taskstream.workers.consumer import QueueConsumer
 from taskstream.workers.control import ControlReader
 from taskstream.workers.emitter import EventEmitter
-from taskstream.workers.errors import WorkerError
+from taskstream.workers.errors import WorkerError, WorkerThreadDied
 from taskstream.workers.machine import MachineLoad
 from taskstream.workers.metrics import WorkerMetrics
 from taskstream.workers.presence import Presence
@@ -68,6 +78,8 @@ from taskstream.workers.tracing import AttemptTracing
 log = logging.getLogger("taskstream.worker")
 
 WAKEUP_S = 0.5
+#: how often the watchdog looks at the worker's threads (D47)
+WATCH_S = 0.5
 
 
 def new_worker_id() -> str:
@@ -141,6 +153,8 @@ class Worker:
         self._hard_stop = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._signals = 0
+        #: what the watchdog found dead (D47); run() raises WorkerThreadDied after shutdown
+        self.died: list[str] = []
 
     # -- public ----------------------------------------------------------------
 
@@ -221,10 +235,17 @@ class Worker:
         dispatcher = asyncio.create_task(self._dispatch(), name="taskstream-dispatch")
         sizer = asyncio.create_task(self._autoscale(), name="taskstream-autoscale") \
             if self.auto is not None else None
+        self.metrics.healthy.set(1)
+        watchdog = asyncio.create_task(self._watch(dispatcher), name="taskstream-watchdog")
         await self._stop.wait()
+        watchdog.cancel()
         if sizer is not None:
             sizer.cancel()
         await self._shutdown(dispatcher)
+        if self.died:
+            raise WorkerThreadDied(
+                f"the worker stopped because {'; '.join(self.died)} ended unexpectedly (see "
+                "event=worker.thread_died in its log); start it again")
 
     @property
     def in_flight(self) -> int:
@@ -267,6 +288,38 @@ class Worker:
         log.info("event=queue.%s queue=%s", "paused" if command.paused else "resumed",
                  command.queue)
         self._wakeup.set()
+
+    # -- the watchdog (D47) ----------------------------------------------------
+
+    def _dead(self, dispatcher: asyncio.Task[None]) -> list[tuple[str, str]]:
+        """(thread, detail) of every part that ended while the worker runs."""
+        dead = [("consumer", f"queue={c.queue}") for c in self._consumers if c.died]
+        if self._emitter is not None and self._emitter.died:
+            dead.append(("emitter", "(delivery reports: no record settles, no outcome "
+                                    "is confirmed)"))
+        if self._control is not None and self._control.died:
+            dead.append(("control", "(cancellations and queue pauses are read no more)"))
+        if dispatcher.done() and not self._stopping:
+            error = None if dispatcher.cancelled() else dispatcher.exception()
+            dead.append(("dispatcher", f"error={error!r}"))
+        return dead
+
+    async def _watch(self, dispatcher: asyncio.Task[None]) -> None:
+        """Every WATCH_S: a part that died stops the worker (it exits non-zero)."""
+        while not self._stopping:
+            await asyncio.sleep(WATCH_S)
+            dead = self._dead(dispatcher)
+            if not dead:
+                continue
+            self.metrics.healthy.set(0)
+            for thread, detail in dead:
+                self.metrics.thread_deaths.labels(thread).inc()
+                log.error("event=worker.thread_died thread=%s %s action=stop exit=%d (its "
+                          "supervisor starts the worker again)", thread, detail,
+                          WorkerThreadDied.exit_code)
+                self.died.append(f"the {thread} {detail}".strip())
+            self.request_stop()
+            return
 
     # -- dispatch ------------------------------------------------------------
 

@@ -289,6 +289,7 @@ class Processor:
                 or self._folding_generation == generation):
             return
         self._folding_generation = generation
+        await asyncio.to_thread(fault_point, "fold.start")
         await self.engine.start(self.active_partitions(),
                                 lambda: self.app.consumer_generation_id == generation)
         self._keep_standbys()

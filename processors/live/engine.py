@@ -235,6 +235,11 @@ class FoldEngine:
         #: called between batches (the timer scan); never raises (guard.timer_round)
         self.between_batches: Callable[[], Awaitable[None]] | None = None
 
+    def folded_offset(self, partition: int) -> int | None:
+        """The offset past ``partition``'s last durable batch in this generation (None: no
+        batch yet): read-only, for the API's read-your-writes (api/progress.py, D46)."""
+        return self._folded.get(partition)
+
     # -- the two threads ---------------------------------------------------------------
 
     async def _consumer_call(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -81,7 +81,13 @@ def worker(target: str, queues: str | None, concurrency: str, concurrency_min: i
             ensure_topics(settings, w.queues)
     except TaskstreamError as exc:
         raise click.ClickException(str(exc)) from None
-    w.run_sync()
+    from taskstream.workers.errors import WorkerThreadDied
+
+    try:
+        w.run_sync()
+    except WorkerThreadDied as exc:  # D47: a supervisor restarts it
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
 
 
 def _supervise(target: str, args: list[str], grace: float, extra: tuple[Path, ...]) -> int:
