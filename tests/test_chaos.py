@@ -1,0 +1,44 @@
+"""The short seeded chaos run CI makes (issue 21, D42): a 3-node Kafka, two processor
+replicas, two workers, the mixed workload, and the faults that hold on main today;
+every invariant asserted. ``make chaos`` is the full run (docs/chaos.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from taskstream.chaos import schedule
+from taskstream.chaos.run import Options, run_chaos
+from taskstream.settings import load_settings
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+#: the faults CI injects. The others are in the full run (`make chaos`); the lead adds
+#: each here once the fix it waits for is merged (docs/chaos.md, "What holds today")
+SHORT_KINDS = (schedule.REPLICA_KILL, schedule.WORKER_KILL, schedule.PRODUCER_DUP,
+               schedule.BROKER_KILL)
+SEED = 21
+
+
+@pytest.mark.timeout(900)
+def test_short_seeded_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
+    settings = load_settings()
+    options = Options(seed=SEED, kinds=SHORT_KINDS, faults=len(SHORT_KINDS), gap_s=12.0,
+                      first_at_s=8.0, rate=5.0, replicas=2, workers=2, workdir=tmp_path,
+                      out_dir=tmp_path / "report", drain_timeout_s=180.0,
+                      command="tests/test_chaos.py")
+    outcome = run_chaos(settings, options, print)
+    report, found = outcome.report, outcome.findings
+    statuses = {"done"} if os.environ.get("CI") == "true" else {"done", "not-run"}
+    assert [(f["kind"], f["status"], f["note"]) for f in report["faults"]
+            if f["status"] not in statuses] == []
+    assert report["faults_injected"] >= 1 and found.tasks > 0
+    assert found.lost == [], f"lost: {found.not_terminal_status}"
+    assert found.double_accepted == {}
+    assert [(e.task_id, e.kind, e.why) for e in found.unattributed] == []
+    assert found.verify_ok, found.verify_detail
+    assert found.limit_max <= found.limit_allowed
+    assert found.ok()
+    assert {p.suffix for p in outcome.paths} == {".json", ".md"}
