@@ -10,10 +10,10 @@ BUILD := .ci-build
 PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
-.PHONY: test install kafka-jars s3proxy-jars kustomize promtool browser faketime lint site typecheck pytest dev clean \
+.PHONY: test install kafka-jars s3proxy-jars kustomize promtool browser lint site typecheck pytest dev clean \
 	ui-screenshots chaos
 
-test: install kafka-jars s3proxy-jars kustomize promtool browser faketime lint typecheck pytest
+test: install kafka-jars s3proxy-jars kustomize promtool browser lint typecheck pytest
 
 install: $(VENV)/.installed
 
@@ -90,29 +90,6 @@ browser:
 			"sudo, or install them first ($(APT_INSTALL))" >&2; exit 1; \
 	fi
 
-# The chaos harness's clock-skew fault (D42, docs/chaos.md) runs a worker under Debian's
-# faketime (libfaketime). Installed with apt under CI (CI=true) when missing, as the browser
-# is; elsewhere a machine without it reports that fault as not run.
-FAKETIME_INSTALL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y faketime
-
-faketime:
-	@if command -v faketime >/dev/null; then \
-		echo "faketime: $$(command -v faketime)"; \
-	elif [ "$$CI" != "true" ]; then \
-		echo "faketime: not installed: the chaos run's clock-skew fault will be reported as" \
-			"not run ($(FAKETIME_INSTALL))"; \
-	elif ! command -v apt-get >/dev/null; then \
-		echo "faketime: CI needs libfaketime's faketime and this machine has no apt-get" >&2; \
-		exit 1; \
-	elif [ "$$(id -u)" = 0 ]; then \
-		sh -c '$(FAKETIME_INSTALL)'; \
-	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
-		sudo sh -c '$(FAKETIME_INSTALL)'; \
-	else \
-		echo "faketime: CI needs faketime: run as root or with passwordless sudo, or" \
-			"install it first ($(FAKETIME_INSTALL))" >&2; exit 1; \
-	fi
-
 # ruff over the sources; import-linter (the contracts in pyproject.toml) over the
 # installed tree, the module graph mypy sees.
 lint: install site
@@ -162,5 +139,5 @@ bench-quick: $(VENV)/.installed-bench kafka-jars
 # 3 workers, every fault kind, >= 20 minutes and >= 30 faults; the report goes to
 # bench/results/chaos/<stamp>.json and .md. CI runs a short seeded run (tests/test_chaos.py).
 CHAOS_ARGS ?= --seed 42 --faults all --count 32 --gap 30 --duration 1200
-chaos: install kafka-jars faketime
+chaos: install kafka-jars
 	$(BIN)/taskstream chaos run $(CHAOS_ARGS)

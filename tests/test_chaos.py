@@ -11,7 +11,8 @@ import pytest
 
 from taskstream.chaos import schedule
 from taskstream.chaos.run import Options, run_chaos
-from taskstream.settings import load_settings
+from taskstream.settings import Settings, load_settings
+from tests.harness import ProcessorProcess
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -42,3 +43,25 @@ def test_short_seeded_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert found.limit_max <= found.limit_allowed
     assert found.ok()
     assert {p.suffix for p in outcome.paths} == {".json", ".md"}
+
+
+def test_against_a_deployment_only_our_own_processes_are_faulted(topics: Settings,
+                                                                   tmp_path: Path) -> None:
+    """``chaos run --bootstrap``: the platform is someone else's (here a replica this
+    test runs on the session's broker); the run starts only its workers and producers,
+    injects the faults it can there and reports the others as not run."""
+    replica = ProcessorProcess(topics, tmp_path / "replica").start(ready_timeout=120)
+    try:
+        options = Options(seed=SEED, kinds=(schedule.WORKER_KILL, schedule.REPLICA_KILL,
+                                            schedule.PRODUCER_DUP),
+                          faults=3, gap_s=8.0, first_at_s=5.0, rate=3.0, workers=1,
+                          local=False, workdir=tmp_path, out_dir=None, drain_timeout_s=120.0,
+                          command="tests/test_chaos.py (deployment)")
+        outcome = run_chaos(topics, options, print)
+    finally:
+        replica.stop()
+    statuses = {f["kind"]: f["status"] for f in outcome.report["faults"]}
+    assert statuses == {"worker-kill": "done", "replica-kill": "not-run",
+                        "producer-dup": "done"}
+    assert outcome.findings.ok(), outcome.findings.invariants()
+    assert outcome.paths == ()

@@ -4,7 +4,7 @@ Each function injects its fault, submits a canary task at once (the runner times
 recovery with it), holds for the planned time, heals (restarts what it killed,
 wakes what it stopped) and returns what it did as a
 :class:`~taskstream.chaos.checker.FaultRecord`. A fault that cannot be injected here
-(a remote deployment's brokers or replicas, a missing ``faketime``) is returned as
+(a remote deployment's brokers or replicas) is returned as
 ``not-run`` with the reason: reported, never silently skipped.
 """
 
@@ -20,7 +20,7 @@ from taskstream.chaos import schedule as s
 from taskstream.chaos.checker import FaultRecord, load_runs
 from taskstream.chaos.errors import ChaosError
 from taskstream.chaos.submitter import Submitter
-from taskstream.chaos.topology import Replica, Topology, faketime_binary
+from taskstream.chaos.topology import Replica, Topology
 from taskstream.dev.procs import Child
 
 #: how long worker-kill waits for its target to be running a task
@@ -53,8 +53,6 @@ def cannot_run(topology: Topology, kind: str) -> str:
     if kind in s.LOCAL_ONLY and not topology.local:
         return "needs the platform's own brokers and replicas (a local run); a deployment's " \
                "are not ours to kill"
-    if kind == s.CLOCK_SKEW and faketime_binary() is None:
-        return "libfaketime's `faketime` command is not installed (apt-get install faketime)"
     return ""
 
 

@@ -37,7 +37,7 @@ KINDS: dict[str, str] = {
     REPLICA_WIPE: "kill -9 a processor replica, delete its data dir (RocksDB), restart it",
     WORKER_KILL: "kill -9 a worker while it runs a task; start a new one",
     REBALANCE_STORM: "workers join and leave every few seconds",
-    CLOCK_SKEW: "a worker whose clock is an hour off (libfaketime) runs for a while",
+    CLOCK_SKEW: "a worker whose wall clock is an hour off runs for a while",
     PRODUCER_DUP: "a producer that retries after timeouts: every record is sent twice",
 }
 

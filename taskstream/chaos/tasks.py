@@ -5,8 +5,8 @@ Each handler records its run in the runs file named by ``TASKSTREAM_CHAOS_RUNS``
 one short line, so the workers of one machine share the file). The checker counts
 runs per task from these lines and measures how many attempts of one concurrency key
 ran at the same time (D42). Times are ``time.monotonic()``: one clock for every process
-of the machine, and the one libfaketime leaves alone with
-``FAKETIME_DONT_FAKE_MONOTONIC=1`` (the clock-skew fault shifts only the wall clock).
+of the machine, and one the clock-skew fault leaves alone (it shifts only the wall
+clock, :data:`taskstream.chaos.topology.SKEWED_CLOCK`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from taskstream.dev.procs import (
     stop_all,
     taskstream_argv,
 )
-from taskstream.errors import LocalKafkaError
+from taskstream.errors import KafkaUnavailableError, LocalKafkaError
 from taskstream.kafka_config import admin_config
 from taskstream.localkafka import cluster as localkafka
 from taskstream.queue_registry import register_queues, set_up_platform
@@ -49,9 +49,22 @@ ASSIGNED = "event=partitions.assigned"
 KAFKA_START_ATTEMPTS = 3
 
 
-def faketime_binary() -> str | None:
-    """The ``faketime`` command (Debian's package of libfaketime), if installed."""
-    return shutil.which("faketime")
+SKEW_ENV = "TASKSTREAM_CHAOS_CLOCK_OFFSET_MS"
+#: the clock-skew fault's worker starts with this ``sitecustomize`` first on its path: its
+#: wall clock (time.time, time.time_ns: every event time a worker writes) is off by
+#: ``TASKSTREAM_CHAOS_CLOCK_OFFSET_MS``; time.monotonic is left alone. Not libfaketime:
+#: under it (Debian's faketime 0.9.10, with or without FAKETIME_DONT_FAKE_MONOTONIC or
+#: FAKETIME_FORCE_MONOTONIC_FIX) librdkafka's metadata requests time out or hang, so the
+#: worker never joins (D42). The Kafka record timestamps (librdkafka's own clock) stay true.
+SKEWED_CLOCK = """\
+import os
+import time
+
+_offset_ns = int(os.environ.get("TASKSTREAM_CHAOS_CLOCK_OFFSET_MS", "0")) * 1_000_000
+_time_ns = time.time_ns
+time.time_ns = lambda: _time_ns() + _offset_ns
+time.time = lambda: (_time_ns() + _offset_ns) / 1e9
+"""
 
 
 @dataclass
@@ -105,9 +118,19 @@ class Topology:
             update={"bootstrap": result.cluster.bootstrap})
 
     def set_up_topics(self) -> None:
-        if self.local:
-            set_up_platform(self.settings)
-        register_queues(self.settings, [QUEUE])
+        """The platform's topics (local run) and the chaos queue; a fresh cluster may
+        refuse writes for a while (its internal topics' leaders settle): retried, bounded."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            try:
+                if self.local:
+                    set_up_platform(self.settings)
+                register_queues(self.settings, [QUEUE])
+                return
+            except KafkaUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
 
     def start_replicas(self, count: int) -> None:
         for i in range(count):
@@ -123,7 +146,7 @@ class Topology:
 
     def start_worker(self, skew_ms: int = 0, wait: bool = True) -> Child:
         """A worker of the chaos tasks; ``skew_ms``: its wall clock that far off
-        (libfaketime; ChaosError when the ``faketime`` command is missing)."""
+        (:data:`SKEWED_CLOCK`)."""
         self._workers_started += 1
         n = self._workers_started
         argv = taskstream_argv("worker", "-A", APP, "--queues", QUEUE, "--concurrency",
@@ -131,12 +154,11 @@ class Topology:
         env = settings_env(self.settings, pythonpath=Path.cwd())
         env[RUNS_ENV] = str(self.runs_path)
         if skew_ms:
-            faketime = faketime_binary()
-            if faketime is None:
-                raise ChaosError("the clock-skew fault needs libfaketime's `faketime` command "
-                                 "(Debian: apt-get install faketime)")
-            argv = (faketime, "-f", f"{skew_ms // 1000:+d}", *argv)
-            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            clock_dir = self.workdir / "skewed-clock"
+            clock_dir.mkdir(exist_ok=True)
+            (clock_dir / "sitecustomize.py").write_text(SKEWED_CLOCK)
+            env["PYTHONPATH"] = os.pathsep.join([str(clock_dir), env["PYTHONPATH"]])
+            env[SKEW_ENV] = str(skew_ms)
         name = f"worker{n}" + (f" (clock {skew_ms / 3_600_000:+.0f} h)" if skew_ms else "")
         child = Child(ChildSpec(name, argv, self.workdir / "logs" / f"worker{n}.log", env,
                                 Path.cwd()))
