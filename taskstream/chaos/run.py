@@ -47,6 +47,8 @@ from taskstream.settings import Settings
 RECOVERY_TIMEOUT_S = 90.0
 #: the processors' session timeout on a local run: a zombie must outlast it
 SESSION_TIMEOUT_S = 6.0
+#: the reads of replay verify and of the log check wait this long for a partition
+VERIFY_KAFKA_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def run_chaos(base: Settings, options: Options, say: Callable[[str], None] = pri
         until = time.monotonic()
         verify_ok, detail = _verify(topo.settings, options, workdir)
         say(f"replay verify: {'clean' if verify_ok else 'NOT clean'} {detail[:200]}")
-        facts = read_log(topo.settings)
+        facts = read_log(topo.settings, timeout=300.0)
         findings = check(ledger.tasks(), facts, load_runs(topo.runs_path), records,
                          topo.ended, topo.skewed, until, verify_ok, detail)
         meta = {"stamp": stamp, "command": options.command, "seed": options.seed,
@@ -183,10 +185,18 @@ def _heal(topo: Topology, options: Options) -> None:
 
 
 def _verify(settings: Settings, options: Options, workdir: Path) -> tuple[bool, str]:
-    try:
-        report = verify(settings, wait_timeout=options.verify_timeout_s, workdir=workdir)
-    except TaskstreamError as exc:
-        return False, f"replay verify could not run: {exc}"
+    """``replay verify`` with a patient reader (a machine loaded by the run itself can
+    leave a partition's fetch unanswered for more than the default 10 s), tried twice."""
+    patient = settings.model_copy(update={"kafka_timeout_s": VERIFY_KAFKA_TIMEOUT_S})
+    failure = ""
+    for _ in range(2):
+        try:
+            report = verify(patient, wait_timeout=options.verify_timeout_s, workdir=workdir)
+            break
+        except TaskstreamError as exc:
+            failure = f"replay verify could not run: {exc}"
+    else:
+        return False, failure
     if report.mismatches:
         text = "\n".join(explain(settings, m) for m in report.mismatches[:3])
         return False, f"{len(report.mismatches)} of {report.tasks} entities differ:\n{text}"
