@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 _KINDS_HELP = ("fault kinds, comma-separated, or all / none: broker-kill, replica-kill, "
                "replica-zombie, replica-wipe, worker-kill, rebalance-storm, clock-skew, "
@@ -19,6 +20,7 @@ def chaos() -> None:
 
 
 @chaos.command("run")
+@click.pass_context
 @click.option("--seed", default=1, show_default=True, type=int,
               help="the same seed gives the same workload mix and fault plan")
 @click.option("--faults", "kinds", default="all", show_default=True, help=_KINDS_HELP)
@@ -45,9 +47,9 @@ def chaos() -> None:
 @click.option("--drain-timeout", default=240.0, show_default=True,
               type=click.FloatRange(1, 3600),
               help="seconds to wait, after the faults, for every task to finish")
-def run(seed: int, kinds: str, count: int, gap: float, duration: float, rate: float,
-        replicas: int, workers: int, bootstrap: str | None, workdir: Path, out_dir: Path,
-        drain_timeout: float) -> None:
+def run(ctx: click.Context, seed: int, kinds: str, count: int, gap: float, duration: float,
+        rate: float, replicas: int, workers: int, bootstrap: str | None, workdir: Path,
+        out_dir: Path, drain_timeout: float) -> None:
     """Run a workload, inject a seeded plan of faults, check the invariants, report.
 
     Without --bootstrap the run is local: it starts 3 Kafka nodes (replication 3, min
@@ -72,6 +74,9 @@ def run(seed: int, kinds: str, count: int, gap: float, duration: float, rate: fl
     from taskstream.cli.common import load_settings_or_exit
     from taskstream.errors import TaskstreamError
 
+    if bootstrap and ctx.get_parameter_source("replicas") is not ParameterSource.DEFAULT:
+        raise click.BadParameter("a run against a deployment uses its replicas; it starts none",
+                                 param_hint="--replicas")
     try:
         selected = parse_kinds(kinds)
     except ChaosError as exc:
