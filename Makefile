@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
 .PHONY: test install kafka-jars s3proxy-jars kustomize promtool browser lint site typecheck pytest dev clean \
-	ui-screenshots
+	ui-screenshots chaos
 
 test: install kafka-jars s3proxy-jars kustomize promtool browser lint typecheck pytest
 
@@ -134,3 +134,10 @@ bench: $(VENV)/.installed-bench kafka-jars s3proxy-jars
 
 bench-quick: $(VENV)/.installed-bench kafka-jars
 	$(BIN)/python bench/run.py --quick --out bench/results/tmp $(BENCH_ARGS)
+
+# make chaos: the full fault-injection run (docs/chaos.md): a 3-node Kafka, 3 replicas,
+# 3 workers, every fault kind, >= 20 minutes and >= 30 faults; the report goes to
+# bench/results/chaos/<stamp>.json and .md. CI runs a short seeded run (tests/test_chaos.py).
+CHAOS_ARGS ?= --seed 42 --faults all --count 32 --gap 30 --duration 1200
+chaos: install kafka-jars
+	$(BIN)/taskstream chaos run $(CHAOS_ARGS)

@@ -40,6 +40,7 @@ _COMMANDS: dict[str, str] = {
     "acls": "taskstream.cli.security_cmd:acls",
     "keys": "taskstream.cli.security_cmd:keys",
     "users": "taskstream.cli.security_cmd:users",
+    "chaos": "taskstream.cli.chaos_cmd:chaos",
 }
 
 

@@ -26,7 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +392,30 @@ def down(data_dir: Path, *, keep: bool = False, timeout: float = 30.0) -> list[i
         if data_dir.exists() and not any(data_dir.iterdir()):
             data_dir.rmdir()
     return stopped
+
+
+def restart_node(settings: Settings, data_dir: Path, node_id: int,
+                 timeout: float = 120.0) -> Cluster:
+    """Start again one node of the cluster recorded in ``data_dir`` that no longer runs
+    (the fault harness kills one with SIGKILL, D42), with its own properties and data;
+    returns the cluster as now recorded, once every node answers again."""
+    cluster = read_state(data_dir.resolve())
+    if cluster is None:
+        raise LocalKafkaError(f"{data_dir} records no cluster to restart a node of")
+    node = next((n for n in cluster.nodes if n.node_id == node_id), None)
+    if node is None:
+        raise LocalKafkaError(f"the cluster in {data_dir} has no node {node_id}")
+    if not is_running(node):
+        install = ensure_kafka(settings.kafka_home, settings.kafka_version)
+        first = min(n.port for n in cluster.nodes)
+        spec = next(n for n in layout(cluster.data_dir, len(cluster.nodes), first)
+                    if n.node_id == node_id)
+        pid = _spawn(install, spec)
+        cluster = replace(cluster, nodes=tuple(replace(n, pid=pid) if n.node_id == node_id
+                                               else n for n in cluster.nodes))
+        _write_state(cluster)
+    _wait_until_ready(cluster, timeout)
+    return cluster
 
 
 def free_port_block(count: int, attempts: int = 50) -> int:

@@ -1,0 +1,326 @@
+"""The invariants of a chaos run, checked from the events log, the handlers' own
+record of their runs and the ledger, once the faults have healed (D42).
+
+* **lost**: a task the ledger holds (Kafka acknowledged it) that the fold of the log
+  does not leave in a terminal state;
+* **double-accepted**: a task whose fold entered a terminal state more than once (the
+  log is folded record by record, as a replica does, counting accepted transitions);
+* **extra runs**: handler runs beyond what the task's kind needs
+  (:data:`~taskstream.chaos.workload.EXPECTED_RUNS`), each attributed to a fault
+  (:func:`attribute`); an extra run no fault explains is a finding;
+* **limits**: at no moment more handler runs of the concurrency key than it allows;
+* ``replay verify`` clean (run by the runner; its result is passed in).
+
+Everything below :func:`read_log` is pure, so the rules are tested without a broker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from taskstream.chaos.workload import EXPECTED_RUNS, MAX_CONCURRENCY
+from taskstream.kafka_config import consumer_config
+from taskstream.processors.fold.kinds import TASK, apply_any, kind_of
+from taskstream.schemas.errors import DecodeError
+from taskstream.schemas.events import TaskStarted
+from taskstream.schemas.ids import new_event_id
+from taskstream.schemas.serde import decode_event
+from taskstream.schemas.state import TERMINAL, EntityState, TaskState
+from taskstream.settings import Settings
+from taskstream.topics import events_topic
+
+#: an extra run is put down to a fault whose window (start .. healed + this) holds it
+SETTLE_S = 20.0
+
+
+# -- facts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One handler run, from the runs file (``end`` None: it never returned)."""
+
+    task_id: str
+    attempt: int
+    pid: int
+    start: float
+    end: float | None = None
+    outcome: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRecord:
+    """One fault as it was carried out: its window (monotonic times) and the processes
+    it ended or started. ``status``: done, or not-run (``note`` says why)."""
+
+    index: int
+    kind: str
+    status: str
+    started: float
+    healed: float
+    target: str = ""
+    pids: tuple[int, ...] = ()
+    canary: str | None = None
+    recovery_s: float | None = None
+    note: str = ""
+
+    def to_json(self, t0: float) -> dict[str, Any]:
+        return {"index": self.index, "kind": self.kind, "status": self.status,
+                "target": self.target, "at_s": round(self.started - t0, 2),
+                "held_s": round(self.healed - self.started, 2), "pids": list(self.pids),
+                "canary": self.canary,
+                "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 2),
+                "note": self.note}
+
+
+@dataclass
+class LogFacts:
+    """What the fold of the events log says, per task."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    accepted_terminal: dict[str, int] = field(default_factory=dict)
+    started: dict[str, set[str]] = field(default_factory=dict)  # task -> dispatch IDs
+    records: int = 0
+    undecodable: int = 0
+
+
+def fold_facts(events: Iterable[tuple[str, bytes]]) -> LogFacts:
+    """Fold ``(key, value)`` records in log order (one partition's order per key is all
+    that matters) and count, per task, accepted entries into a terminal state and the
+    dispatches workers reported started."""
+    facts = LogFacts()
+    states: dict[str, EntityState] = {}
+    for key, value in events:
+        facts.records += 1
+        try:
+            env = decode_event(value)
+        except DecodeError:
+            facts.undecodable += 1
+            continue
+        if kind_of(key) is not TASK:
+            after, _ = apply_any(states.get(key), env, effects=False)
+            if after is not None:
+                states[key] = after
+            continue
+        if isinstance(env.body, TaskStarted):
+            facts.started.setdefault(key, set()).add(env.body.dispatch_id)
+        before = states.get(key)
+        after, _ = apply_any(before, env, effects=False)
+        if after is None:
+            continue
+        states[key] = after
+        assert isinstance(after, TaskState)
+        was_terminal = isinstance(before, TaskState) and before.status in TERMINAL
+        if after.status in TERMINAL and not was_terminal:
+            facts.accepted_terminal[key] = facts.accepted_terminal.get(key, 0) + 1
+        facts.status[key] = after.status.value
+    return facts
+
+
+def read_log(settings: Settings, timeout: float = 60.0) -> LogFacts:
+    """The events topic read from its beginning to its end now, folded (:func:`fold_facts`)."""
+    consumer = Consumer(consumer_config(settings, settings.topic(f"chaos-check.{new_event_id()}"),
+                                        {"enable.auto.commit": False}))
+    topic = events_topic(settings)
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in parts}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        return fold_facts(_records(consumer, ends, timeout))
+    finally:
+        consumer.close()
+
+
+def _records(consumer: Consumer, ends: Mapping[int, int], timeout: float
+             ) -> Iterable[tuple[str, bytes]]:
+    import time
+
+    left = {p for p, end in ends.items() if end > 0}
+    deadline = time.monotonic() + timeout
+    while left:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the events topic was not read to its end in {timeout:g} s")
+        for msg in consumer.consume(1000, 0.5):
+            if msg.error():
+                continue
+            part, offset = msg.partition(), msg.offset()
+            if part is None or offset is None or part not in left or offset >= ends[part]:
+                continue
+            key, value = msg.key(), msg.value()
+            if key is not None and value is not None:
+                yield key.decode(errors="replace"), value
+            if offset + 1 >= ends[part]:
+                left.discard(part)
+
+
+def load_runs(path: Path) -> list[Run]:
+    """The runs file as runs (a start without an end: a run that never returned)."""
+    if not path.exists():
+        return []
+    return parse_runs(path.read_text(errors="replace").splitlines())
+
+
+def parse_runs(lines: Iterable[str]) -> list[Run]:
+    open_runs: dict[tuple[str, int, int], dict[str, Any]] = {}
+    runs: list[Run] = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a SIGKILL mid-write
+        ident = (item["task"], item["attempt"], item["pid"])
+        if item["ev"] == "start":
+            if ident in open_runs:
+                runs.append(_run(open_runs.pop(ident), None, ""))
+            open_runs[ident] = item
+        elif ident in open_runs:
+            runs.append(_run(open_runs.pop(ident), item["mono"], item.get("outcome", "")))
+    runs += [_run(item, None, "") for item in open_runs.values()]
+    return sorted(runs, key=lambda r: r.start)
+
+
+def _run(start: Mapping[str, Any], end: float | None, outcome: str) -> Run:
+    return Run(str(start["task"]), int(start["attempt"]), int(start["pid"]),
+               float(start["mono"]), end, outcome)
+
+
+# -- the rules -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraRun:
+    task_id: str
+    kind: str
+    run: Run
+    cause: str  # "<fault kind> #<index>" or "unattributed"
+    why: str
+
+
+def attribute(extra: Run, previous: Run | None, faults: Sequence[FaultRecord],
+              ended: Mapping[int, float], skewed: Mapping[int, int]) -> tuple[str, str]:
+    """Which fault made ``extra`` happen, and why we think so:
+
+    1. the run before it never returned and its process was ended by a fault;
+    2. it, or the run before it, ran on a clock-skewed worker;
+    3. it started inside a fault's window (from the fault's start to ``SETTLE_S`` after
+       it healed): the latest such fault.
+
+    Otherwise ``("unattributed", ...)``."""
+    done = [f for f in faults if f.status == "done"]
+    if previous is not None and previous.end is None and previous.pid in ended:
+        for fault in done:
+            if previous.pid in fault.pids:
+                return _name(fault), f"the run before it (pid {previous.pid}) was ended by it"
+    for run in (previous, extra):
+        if run is not None and run.pid in skewed:
+            for fault in done:
+                if run.pid in fault.pids:
+                    return _name(fault), f"ran on the clock-skewed worker (pid {run.pid})"
+    inside = [f for f in done if f.started - 1.0 <= extra.start <= f.healed + SETTLE_S]
+    if inside:
+        fault = max(inside, key=lambda f: f.started)
+        return _name(fault), "started within its window"
+    return "unattributed", "no fault explains it"
+
+
+def _name(fault: FaultRecord) -> str:
+    return f"{fault.kind} #{fault.index}"
+
+
+def extra_runs(tasks: Mapping[str, str], runs: Sequence[Run], faults: Sequence[FaultRecord],
+               ended: Mapping[int, float], skewed: Mapping[int, int]) -> list[ExtraRun]:
+    """Every run beyond what its task's kind needs, with its cause."""
+    by_task: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.task_id in tasks:
+            by_task.setdefault(run.task_id, []).append(run)
+    extras = []
+    for task_id, task_runs in by_task.items():
+        kind = tasks[task_id]
+        task_runs.sort(key=lambda r: r.start)
+        for i in range(EXPECTED_RUNS.get(kind, 1), len(task_runs)):
+            cause, why = attribute(task_runs[i], task_runs[i - 1], faults, ended, skewed)
+            extras.append(ExtraRun(task_id, kind, task_runs[i], cause, why))
+    return extras
+
+
+def max_overlap(runs: Sequence[Run], ended: Mapping[int, float], until: float
+                ) -> tuple[int, float | None]:
+    """The most runs at one time (and when), a run lasting from its start to its end, or
+    to its process's end when it never returned (else ``until``)."""
+    points: list[tuple[float, int]] = []
+    for run in runs:
+        end = run.end if run.end is not None else ended.get(run.pid, until)
+        points += [(run.start, 1), (end, -1)]
+    points.sort(key=lambda p: (p[0], p[1]))  # an end before a start at the same instant
+    most, at, now = 0, None, 0
+    for t, step in points:
+        now += step
+        if now > most:
+            most, at = now, t
+    return most, at
+
+
+@dataclass
+class Findings:
+    tasks: int
+    by_kind: dict[str, int]
+    lost: list[str]
+    not_terminal_status: dict[str, str]
+    double_accepted: dict[str, int]
+    runs: int
+    extras: list[ExtraRun]
+    started_events: int
+    limit_max: int
+    limit_allowed: int
+    limit_exceeded_at: float | None
+    verify_ok: bool | None
+    verify_detail: str
+
+    @property
+    def unattributed(self) -> list[ExtraRun]:
+        return [e for e in self.extras if e.cause == "unattributed"]
+
+    def invariants(self) -> dict[str, bool | None]:
+        """Each invariant: True holds, False broken, None not checked."""
+        return {
+            "0 lost": not self.lost,
+            "0 double-accepted completions": not self.double_accepted,
+            "every extra run attributed to a fault": not self.unattributed,
+            "replay verify clean": self.verify_ok,
+            "limits never exceeded": self.limit_max <= self.limit_allowed,
+        }
+
+    def ok(self) -> bool:
+        return all(v is not False for v in self.invariants().values())
+
+
+def check(tasks: Mapping[str, str], facts: LogFacts, runs: Sequence[Run],
+          faults: Sequence[FaultRecord], ended: Mapping[int, float],
+          skewed: Mapping[int, int], until: float, verify_ok: bool | None,
+          verify_detail: str = "") -> Findings:
+    """Every invariant over one run's facts (pure)."""
+    lost = sorted(t for t in tasks if facts.status.get(t) not in TERMINAL)
+    limited = [r for r in runs if tasks.get(r.task_id) == "limited"]
+    most, at = max_overlap(limited, ended, until)
+    by_kind: dict[str, int] = {}
+    for kind in tasks.values():
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    return Findings(
+        tasks=len(tasks), by_kind=by_kind, lost=lost,
+        not_terminal_status={t: facts.status.get(t, "absent") for t in lost},
+        double_accepted={t: n for t, n in facts.accepted_terminal.items()
+                         if t in tasks and n > 1},
+        runs=sum(1 for r in runs if r.task_id in tasks),
+        extras=extra_runs(tasks, runs, faults, ended, skewed),
+        started_events=sum(len(d) for t, d in facts.started.items() if t in tasks),
+        limit_max=most, limit_allowed=MAX_CONCURRENCY,
+        limit_exceeded_at=at if most > MAX_CONCURRENCY else None,
+        verify_ok=verify_ok, verify_detail=verify_detail)

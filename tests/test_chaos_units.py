@@ -1,0 +1,150 @@
+"""The chaos harness's pure parts (D42): the seeded plan and mix, the runs file, the
+rules that attribute extra runs and measure a limit, the fold of the log's facts."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskstream.chaos import schedule
+from taskstream.chaos.checker import (
+    FaultRecord,
+    Run,
+    attribute,
+    check,
+    fold_facts,
+    max_overlap,
+    parse_runs,
+)
+from taskstream.chaos.errors import ChaosError
+from taskstream.chaos.workload import EXPECTED_RUNS, WEIGHTS, mix
+from taskstream.schemas.serde import encode_event
+from tests.lifecycle_support import Story
+
+
+@given(st.integers(0, 2**32), st.integers(0, 60))
+def test_the_same_seed_gives_the_same_plan(seed: int, count: int) -> None:
+    kinds = tuple(schedule.KINDS)
+    assert schedule.make_plan(seed, kinds, count) == schedule.make_plan(seed, kinds, count)
+
+
+@given(st.integers(0, 2**32))
+def test_a_plan_covers_every_selected_kind_once_per_round(seed: int) -> None:
+    kinds = (schedule.WORKER_KILL, schedule.REPLICA_KILL, schedule.PRODUCER_DUP)
+    plan = schedule.make_plan(seed, kinds, 6, gap_s=10.0)
+    assert {f.kind for f in plan[:3]} == set(kinds) == {f.kind for f in plan[3:]}
+    assert all(b.at_s > a.at_s for a, b in itertools.pairwise(plan))
+    low, high = schedule.HOLD_S[schedule.WORKER_KILL]
+    assert all(low <= f.hold_s <= high for f in plan if f.kind == schedule.WORKER_KILL)
+
+
+def test_clock_skew_is_an_hour_either_way_and_only_for_that_kind() -> None:
+    plan = schedule.make_plan(7, tuple(schedule.KINDS), 40)
+    assert {abs(f.skew_ms) for f in plan if f.kind == schedule.CLOCK_SKEW} == {3_600_000}
+    assert all(f.skew_ms == 0 for f in plan if f.kind != schedule.CLOCK_SKEW)
+
+
+def test_fault_kinds_are_parsed_and_unknown_ones_refused() -> None:
+    assert schedule.parse_kinds("all") == tuple(schedule.KINDS)
+    assert schedule.parse_kinds("none") == ()
+    assert schedule.parse_kinds("worker-kill, producer-dup,worker-kill") == (
+        "worker-kill", "producer-dup")
+    with pytest.raises(ChaosError, match="broker-kil"):
+        schedule.parse_kinds("broker-kil")
+    with pytest.raises(ChaosError):
+        schedule.make_plan(1, (), 3)
+
+
+def test_the_mix_is_seeded_and_has_every_kind() -> None:
+    first = [next(m) for m in [mix(5, "r")] for _ in range(400)]
+    again = mix(5, "r")
+    assert [next(again) for _ in range(400)] == first
+    assert {s.kind for s in first} == set(WEIGHTS)
+    dup = next(s for s in first if s.kind == "duplicate")
+    assert dup.options["idempotency_key"].startswith("r-dup-") and dup.repeat_after_s
+    limited = next(s for s in first if s.kind == "limited")
+    assert limited.options["concurrency_key"] == "r-ckey"
+    assert all(kind in EXPECTED_RUNS for kind in WEIGHTS)
+
+
+def test_runs_file_pairs_starts_with_ends_and_keeps_runs_that_never_returned() -> None:
+    lines = [
+        '{"task":"A","attempt":1,"pid":10,"ev":"start","mono":1.0,"outcome":""}',
+        '{"task":"B","attempt":1,"pid":11,"ev":"start","mono":1.5,"outcome":""}',
+        '{"task":"A","attempt":1,"pid":10,"ev":"end","mono":2.0,"outcome":"ok"}',
+        '{"task":"B","attempt":2,"pid":12,"ev":"sta',  # cut short by a SIGKILL
+    ]
+    assert parse_runs(lines) == [Run("A", 1, 10, 1.0, 2.0, "ok"), Run("B", 1, 11, 1.5)]
+
+
+def _fault(kind: str, index: int, start: float, healed: float,
+           pids: tuple[int, ...] = ()) -> FaultRecord:
+    return FaultRecord(index, kind, "done", start, healed, pids=pids)
+
+
+def test_an_extra_run_is_put_down_to_the_fault_that_killed_the_run_before_it() -> None:
+    faults = [_fault("worker-kill", 0, 100.0, 102.0, (10,)),
+              _fault("replica-kill", 1, 105.0, 110.0)]
+    before, extra = Run("A", 1, 10, 99.0), Run("A", 2, 11, 109.0, 109.1)
+    assert attribute(extra, before, faults, {10: 100.0}, {})[0] == "worker-kill #0"
+    # a run that returned does not point at its process: the window decides
+    done_before = Run("A", 1, 11, 99.0, 99.5)
+    assert attribute(extra, done_before, faults, {}, {})[0] == "replica-kill #1"
+    late = Run("A", 2, 11, 500.0, 500.1)
+    assert attribute(late, done_before, faults, {}, {})[0] == "unattributed"
+
+
+def test_runs_on_a_skewed_worker_are_the_clock_skews() -> None:
+    faults = [_fault("clock-skew", 3, 100.0, 130.0, (20,))]
+    assert attribute(Run("A", 2, 11, 400.0), Run("A", 1, 20, 120.0, 121.0), faults, {},
+                     {20: 3_600_000})[0] == "clock-skew #3"
+
+
+def test_max_overlap_ends_a_killed_run_when_its_process_ended() -> None:
+    runs = [Run("A", 1, 1, 0.0, 2.0), Run("B", 1, 2, 1.0), Run("C", 1, 3, 3.0, 4.0)]
+    assert max_overlap(runs, {2: 2.5}, until=10.0) == (2, 1.0)
+    assert max_overlap(runs, {}, until=10.0)[0] == 2  # B runs on: overlaps C too
+    assert max_overlap([*runs, Run("D", 1, 4, 3.5, 3.9)], {}, until=10.0)[0] == 3
+
+
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 10)), max_size=30))
+def test_max_overlap_is_the_most_runs_alive_at_any_start(spans: list[tuple[float, float]]
+                                                          ) -> None:
+    runs = [Run(str(i), 1, i, s, s + d) for i, (s, d) in enumerate(spans)]
+    most, _ = max_overlap(runs, {}, until=1e9)
+    brute = max((sum(1 for r in runs if r.start <= p.start < (r.end or 0)) for p in runs),
+                default=0)
+    assert most == brute
+
+
+def _log(*stories: Story) -> list[tuple[str, bytes]]:
+    return [(env.task_id, encode_event(env)) for story in stories for env in story.log]
+
+
+def test_the_log_fold_counts_accepted_completions_and_starts() -> None:
+    once = Story(task_id="T" + "1" * 25)
+    once.submit()
+    once.start()
+    once.succeed()
+    once.apply(once.log[-1])  # the same record read again: a duplicate, not a second one
+    never = Story(task_id="T" + "2" * 25)
+    never.submit()
+    facts = fold_facts(_log(once, never))
+    assert facts.accepted_terminal == {once.task_id: 1}
+    assert facts.status == {once.task_id: "SUCCEEDED", never.task_id: "READY"}
+    assert {t: len(d) for t, d in facts.started.items()} == {once.task_id: 1}
+    tasks = {once.task_id: "fast", never.task_id: "fast"}
+    found = check(tasks, facts, [Run(once.task_id, 1, 1, 1.0, 2.0),
+                                 Run(once.task_id, 2, 1, 3.0, 4.0)], [], {}, {}, 10.0, True)
+    assert found.lost == [never.task_id] and found.double_accepted == {}
+    assert [e.cause for e in found.extras] == ["unattributed"]
+    assert found.invariants()["0 lost"] is False and not found.ok()
+
+
+def test_a_random_mix_never_needs_more_runs_than_expected_by_kind() -> None:
+    rng = random.Random(1)
+    assert all(EXPECTED_RUNS[k] >= 1 for k in rng.sample(sorted(WEIGHTS), len(WEIGHTS)))
