@@ -308,7 +308,7 @@ class FoldEngine:
                 # only an empty client is waited on, on the consumer's thread
                 records = self._take(0)
                 if not records:
-                    records = await self._consumer_call(self._take, self.poll_wait_s)
+                    records = await self._consumer_call(self._wait_take, self.poll_wait_s)
                 if records:
                     try:
                         await self.fold(records)
@@ -337,6 +337,11 @@ class FoldEngine:
                 first[partition] = offset
         for partition, offset in first.items():
             self._consumer.seek(TopicPartition(self.topics.events, partition, offset))
+
+    def _wait_take(self, wait_s: float) -> list[Message]:
+        """:meth:`_take` on the consumer's thread, waiting up to ``wait_s``."""
+        fault_point("fold.consume")
+        return self._take(wait_s)
 
     def _take(self, wait_s: float) -> list[Message]:
         """Up to ``max_batch`` records: what is there, or the first within ``wait_s``
@@ -373,6 +378,7 @@ class FoldEngine:
             folds.append(fold_partition(partition, msgs, db.get, self.limits, self.checks))
         if self.tracing.enabled:
             trace_effects(self.tracing, folds, by_partition)
+        fault_point("fold.after_fold")
         await self.persist(folds)
 
     async def persist(self, folds: list[PartitionFold]) -> None:
