@@ -25,7 +25,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 STALL_HIT = 40
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: no liveness watchdog restarts a stalled fold")
 def test_stalled_fold_is_restarted_and_the_backlog_drains(topics: Settings,
                                                           tmp_path: Path) -> None:
     replica = ProcessorProcess(topics, tmp_path / "r0", env={
