@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from taskstream.processors.live.guard import EXIT_STALLED
 from taskstream.schemas.ids import new_task_id
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
@@ -47,3 +48,33 @@ def test_stalled_fold_is_restarted_and_the_backlog_drains(topics: Settings,
     finally:
         ready.close()
         replica.stop()
+
+
+def test_a_blocked_event_loop_ends_the_replica_for_its_supervisor(topics: Settings,
+                                                                  tmp_path: Path) -> None:
+    """The fold blocks the event loop itself (``sleep`` on the loop's thread): nothing in
+    the process can restart it, so the replica exits non-zero; started again (as its
+    supervisor would) on the same data, it folds what was left."""
+    env = {"TASKSTREAM_FOLD_STALL_S": "3"}
+    replica = ProcessorProcess(topics, tmp_path / "r0", env={
+        **env, "TASKSTREAM_FAULTS": "fold.after_fold=sleep:3600@1"}).start()
+    writer = EventWriter(topics)
+    ready = TopicReader(topics, ready_topic(topics, "default", 0))
+    again: ProcessorProcess | None = None
+    try:
+        task_id = new_task_id()
+        writer.send(task_id, submitted())
+        wait_for("the fold to block the event loop",
+                 lambda: "fold.after_fold hit 1: sleep" in replica.log(), timeout=60)
+        assert replica.proc is not None
+        code = wait_for("the replica to exit", replica.proc.poll, timeout=60)
+        assert code == EXIT_STALLED
+        assert "the event loop has not answered" in replica.log()
+        again = ProcessorProcess(topics, tmp_path / "r0", env=env).start()
+        wait_for("the task dispatched by the replica started again", lambda: any(
+            e.task_id == task_id for e in ready.envelopes(0.2)), timeout=90)
+    finally:
+        ready.close()
+        for process in (replica, again):
+            if process is not None:
+                process.stop()
