@@ -31,10 +31,11 @@ def test_stalled_fold_is_restarted_and_the_backlog_drains(topics: Settings,
     replica = ProcessorProcess(topics, tmp_path / "r0", env={
         "TASKSTREAM_FAULTS": f"fold.consume=sleep:3600@{STALL_HIT}",
         "TASKSTREAM_FOLD_STALL_S": "3",
-    }).start()
+    })
     writer = EventWriter(topics)
     ready = TopicReader(topics, ready_topic(topics, "default", 0))
     try:
+        replica.start(ready_timeout=180)  # a busy machine starts a replica slowly
         wait_for("the fold's consumer to stall",
                  lambda: f"fold.consume hit {STALL_HIT}: sleep" in replica.log(), timeout=60)
         tasks = {new_task_id() for _ in range(20)}
@@ -57,11 +58,12 @@ def test_a_blocked_event_loop_ends_the_replica_for_its_supervisor(topics: Settin
     supervisor would) on the same data, it folds what was left."""
     env = {"TASKSTREAM_FOLD_STALL_S": "3"}
     replica = ProcessorProcess(topics, tmp_path / "r0", env={
-        **env, "TASKSTREAM_FAULTS": "fold.after_fold=sleep:3600@1"}).start()
+        **env, "TASKSTREAM_FAULTS": "fold.after_fold=sleep:3600@1"})
     writer = EventWriter(topics)
     ready = TopicReader(topics, ready_topic(topics, "default", 0))
     again: ProcessorProcess | None = None
     try:
+        replica.start(ready_timeout=180)
         task_id = new_task_id()
         writer.send(task_id, submitted())
         wait_for("the fold to block the event loop",
@@ -70,7 +72,8 @@ def test_a_blocked_event_loop_ends_the_replica_for_its_supervisor(topics: Settin
         code = wait_for("the replica to exit", replica.proc.poll, timeout=60)
         assert code == EXIT_STALLED
         assert "the event loop has not answered" in replica.log()
-        again = ProcessorProcess(topics, tmp_path / "r0", env=env).start()
+        again = ProcessorProcess(topics, tmp_path / "r0", env=env)
+        again.start(ready_timeout=180)
         wait_for("the task dispatched by the replica started again", lambda: any(
             e.task_id == task_id for e in ready.envelopes(0.2)), timeout=90)
     finally:

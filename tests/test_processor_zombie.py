@@ -29,9 +29,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def test_zombie_replica_is_fenced(topics: Settings, tmp_path: Path) -> None:
-    survivor = ProcessorProcess(topics, tmp_path / "b").start()
+    survivor = ProcessorProcess(topics, tmp_path / "b")
     zombie = ProcessorProcess(topics, tmp_path / "a", env={
-        "TASKSTREAM_FAULTS": "fold.after_fold=stop@1"}).start()
+        "TASKSTREAM_FAULTS": "fold.after_fold=stop@1"})
     writer = EventWriter(topics)
     ready = TopicReader(topics, ready_topic(topics, "default", 0))
     dispatches: Counter[str] = Counter()
@@ -49,6 +49,8 @@ def test_zombie_replica_is_fenced(topics: Settings, tmp_path: Path) -> None:
             completed.add(env.task_id)
 
     try:
+        for replica in (survivor, zombie):
+            replica.start(ready_timeout=180)  # a busy machine starts a replica slowly
         wait_for("both replicas folding", lambda: all(
             "folding partitions" in r.log() for r in (survivor, zombie)), timeout=60)
         tasks = [new_task_id() for _ in range(40)]

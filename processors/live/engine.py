@@ -407,6 +407,14 @@ class FoldEngine:
                     fenced, len(records), self.fence_confirm_s)
         if records:
             await self._consumer_call(self._rewind, records)
+            # dispatches the batch parked are parked again when it is read again
+            first: dict[int, int] = {}
+            for msg in records:
+                partition, offset = msg.partition(), msg.offset()
+                if partition is not None and offset is not None:
+                    first.setdefault(partition, offset)
+            self._parked = [entry for entry in self._parked
+                            if not (entry[0] in first and entry[1] >= first[entry[0]])]
         deadline = time.monotonic() + self.fence_confirm_s
         while time.monotonic() < deadline and not self._stopping.is_set() and is_current():
             await asyncio.sleep(0.1)
