@@ -49,6 +49,12 @@ POINTS: Mapping[str, str] = {
     "fold.after_effect_send":
         "an effect (dispatch, dead letter, cancellation, quarantine copy) is handed to "
         "the producer, not yet acknowledged",
+    "fold.consume":
+        "the fold's consumer thread is about to wait for records (its loop waits on it: "
+        "``sleep`` here stalls the fold while the replica stays up, issue 21)",
+    "fold.after_fold":
+        "a batch is folded in memory; nothing of it is written yet (``stop`` here makes "
+        "a zombie that wakes with the batch in hand, issue 21)",
     "commit.before":
         "the processor is about to commit its events offsets",
     "queue.create_topics":

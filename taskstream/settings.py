@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         "broker, 1 s on `taskstream kafka up`'s), but at least 3 s",
     )
     timer_interval_s: float = Field(0.1, gt=0, le=60)
+    fold_stall_s: float = Field(
+        60.0, ge=1.0, le=3600.0,
+        description="how long a processor replica's fold may make no progress while it has "
+        "lag before its watchdog restarts the fold (and how long its event loop may not "
+        "answer before the replica exits non-zero for its supervisor to restart it); D43")
     fold_batch_max: int = Field(
         1_000, ge=1, le=100_000,
         description="most events-topic records the processor folds in one batch")

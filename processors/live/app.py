@@ -26,13 +26,14 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from functools import partial
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from faust.tables.manager import TableManager
 from faust.types import TP, TopicT
 from mode import Service
@@ -46,7 +47,12 @@ from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.fold.retention import RetentionPolicy, removal_timer
 from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.engine import FoldEngine, Topics
-from taskstream.processors.live.guard import timer_round
+from taskstream.processors.live.guard import (
+    EXIT_STALLED,
+    FoldWatchdog,
+    PauseFence,
+    timer_round,
+)
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.live.standby import StandbyFollower, standby_partitions
 from taskstream.processors.tracing import FoldTracing
@@ -207,6 +213,9 @@ class Processor:
             "allow.auto.create.topics": False,
         }))
         checks = Checks.from_settings(settings)
+        session_s = settings.session_timeout_s or STOCK_SESSION_MIN_S
+        #: a pause past half the session refuses the fold's writes (a zombie's, D43)
+        self.fence = PauseFence(session_s / 2)
         #: signs the timer and entity events this replica emits: folds verify them (D26)
         self.signer = signer_for(settings, "processor")
         if checks.keyring is not None and self.signer is None:
@@ -242,6 +251,8 @@ class Processor:
             flush_timeout_s=settings.kafka_timeout_s,
             tracing=self.tracing,
             signer=self.signer,
+            fence=self.fence,
+            fence_confirm_s=session_s,
         )
         self.standby = StandbyFollower(
             consumer_config(settings, standby_group(settings), {
@@ -254,6 +265,17 @@ class Processor:
         # (IndexNotReady) and the scan resumes once the partitions are restored
         self.engine.between_batches = timer_round(
             self._timers_if_due, "taskstream.timers", skip=(IndexNotReady,))
+        #: restarts a fold that stalls with lag; ends a replica whose loop is blocked (D43)
+        self.watchdog = FoldWatchdog(settings.fold_stall_s, self._fold_positions,
+                                     self._partition_ends, self._restart_fold_soon,
+                                     self._exit_stalled)
+        #: what the loop last told the watchdog: partition -> the fold's next offset, and
+        #: the partitions assigned here that the fold is not folding (yet)
+        self._positions: dict[int, int] = {}
+        self._waiting: list[int] = []
+        self._watermarks: Consumer | None = None
+        self._restarting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._emitted: dict[bytes, float] = {}
         self._last_scan = 0.0
         self._folding_generation: int | None = None
@@ -318,6 +340,84 @@ class Processor:
     async def _make_route(self, route: str) -> None:
         """Make a registered queue's tag-set topics (D38), off the fold."""
         await asyncio.to_thread(_make_route_topics, self.settings, route)
+
+    # -- liveness (D43) ----------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Beat for the watchdog every round, with where the fold is (on the loop: a
+        blocked loop stops beating, and the watchdog sees that too)."""
+        self._loop = asyncio.get_running_loop()
+        self.fence.start()
+        self.watchdog.start()
+        try:
+            while True:
+                folding = self.engine.partitions
+                self._positions = dict(self.engine.positions) if folding else {}
+                self._waiting = ([] if self.app.rebalancing else
+                                 [p for p in self.active_partitions() if p not in folding])
+                self.watchdog.beat()
+                await asyncio.sleep(self.watchdog.round_s)
+        finally:
+            self.watchdog.stop()
+            self.fence.stop()
+            if self._watermarks is not None:
+                self._watermarks.close()
+
+    def _watchdog_consumer(self) -> Consumer:
+        """The watchdog's own client (its thread): the fold's may be the part that hangs."""
+        if self._watermarks is None:
+            self._watermarks = Consumer(consumer_config(
+                self.settings, fold_group(self.settings),
+                {"client.id": f"{self.source}:watchdog"}))
+        return self._watermarks
+
+    def _fold_positions(self) -> dict[int, int]:
+        """Where the fold is; a partition assigned here but not folded stands at its
+        committed offset (the watchdog's thread)."""
+        positions, waiting = dict(self._positions), list(self._waiting)
+        if waiting:
+            topic = self.engine.topics.events
+            committed = self._watchdog_consumer().committed(
+                [TopicPartition(topic, p) for p in waiting], self.settings.kafka_timeout_s)
+            positions.update({tp.partition: max(0, tp.offset) for tp in committed})
+        return positions
+
+    def _partition_ends(self, partitions: list[int]) -> dict[int, int]:
+        """The end offsets of the events partitions (the watchdog's thread)."""
+        consumer, topic = self._watchdog_consumer(), self.engine.topics.events
+        timeout = self.settings.kafka_timeout_s
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout)[1]
+                for p in partitions}
+
+    def _restart_fold_soon(self) -> None:
+        """The watchdog found the fold stalled: restart it on the loop."""
+        self.metrics.stalls.labels("restart").inc()
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._restart_fold(), self._loop)
+
+    async def _restart_fold(self) -> None:
+        """A stalled fold starts again at its committed offsets; one that never started
+        for this generation waits for its recovery again and starts (D43)."""
+        if self._restarting:
+            return  # one restart at a time: the watchdog judges again after it
+        if self.engine.partitions:
+            self._restarting = True
+            try:
+                await self.engine.restart()
+            finally:
+                self._restarting = False
+            return
+        generation = self.app.consumer_generation_id
+        self._folding_generation = None
+        if self._starting is not None:
+            self._starting.cancel()
+        self._starting = asyncio.ensure_future(self._fold_when_restored(generation))
+
+    def _exit_stalled(self) -> None:
+        """The loop does not answer: end the process for its supervisor (D43)."""
+        self.metrics.stalls.labels("exit").inc()
+        sys.stderr.flush()
+        os._exit(EXIT_STALLED)
 
     # -- timers --------------------------------------------------------------
 
@@ -393,12 +493,17 @@ class Processor:
 
 
 class FoldService(Service):
-    """Stops the fold engine first when the worker stops (services stop in reverse order)."""
+    """Stops the fold engine first when the worker stops (services stop in reverse order);
+    runs the fold's watchdog (D43) while the worker runs."""
 
     def __init__(self, processor: Processor) -> None:
         super().__init__()
         self.processor = processor
 
+    async def on_started(self) -> None:
+        self.add_future(self.processor.watch())
+
     async def on_stop(self) -> None:
+        await asyncio.to_thread(self.processor.watchdog.stop)
         await asyncio.to_thread(self.processor.standby.stop)
         await self.processor.engine.close()

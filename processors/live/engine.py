@@ -62,6 +62,7 @@ from taskstream.processors.fold.effects import (
 from taskstream.processors.fold.lifecycle import Limits
 from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.batch import PartitionFold, fold_partition
+from taskstream.processors.live.guard import PauseFence, ReplicaFenced
 from taskstream.processors.live.metrics import ProcessorMetrics
 from taskstream.processors.tracing import FoldTracing, RecordHeaders
 from taskstream.schemas.events import CancelRequested, Envelope, TaskDispatched
@@ -189,6 +190,8 @@ class FoldEngine:
         flush_timeout_s: float,
         tracing: FoldTracing | None = None,
         signer: Signer | None = None,
+        fence: PauseFence | None = None,
+        fence_confirm_s: float = 0.0,
     ) -> None:
         self.tables = tables
         #: signs the events the fold emits to other entities: their folds verify (D26)
@@ -234,6 +237,15 @@ class FoldEngine:
         self._committing: dict[int, int] = {}
         #: called between batches (the timer scan); never raises (guard.timer_round)
         self.between_batches: Callable[[], Awaitable[None]] | None = None
+        #: refuses writes after a pause longer than the group's lease (D43); after one, the
+        #: fold waits ``fence_confirm_s`` for the group to take its partitions away
+        self.fence = fence
+        self.fence_confirm_s = fence_confirm_s
+        #: partition -> the next offset the fold reads (the watchdog's view, D43)
+        self.positions: dict[int, int] = {}
+        #: set once a pause fenced this generation: its last commit must not be made
+        self._fenced = False
+        self._is_current: Callable[[], bool] = lambda: False
 
     def folded_offset(self, partition: int) -> int | None:
         """The offset past ``partition``'s last durable batch in this generation (None: no
@@ -257,7 +269,12 @@ class FoldEngine:
         self._stopping = asyncio.Event()
         if self._consumer is None:
             self._consumer = await self._consumer_call(Consumer, self._consumer_config)
-        await self._consumer_call(self._assign, sorted(self.partitions))
+        committed = await self._consumer_call(self._assign, sorted(self.partitions))
+        self.positions = {p: max(0, offset) for p, offset in committed.items()}
+        self._fenced = False
+        self._is_current = is_current
+        if self.fence is not None:
+            self.fence.reset()
         log.info("folding partitions %s of %s", sorted(self.partitions), self.topics.events)
         self._task = asyncio.ensure_future(self._run(is_current))
 
@@ -276,6 +293,42 @@ class FoldEngine:
             if self._consumer is not None:
                 await self._consumer_call(self._consumer.unassign)
 
+    async def restart(self) -> None:
+        """Start a stalled fold again at its committed offsets (the watchdog, D43).
+
+        The generation's loop is asked to stop; one that does not within a second (it
+        waits on a call that does not return: its consumer or producer thread hangs,
+        or the brokers never acknowledge) is cancelled, and the threads
+        are left to their call: the fold gets new ones and a new consumer (the old one
+        is closed on its own thread once its call returns). What the stuck generation
+        held is redone from the committed offsets like after a crash (D4)."""
+        task = self._task
+        if task is None:
+            return
+        partitions, is_current = self.partitions, self._is_current
+        self._task = None
+        self._stopping.set()
+        for wait_s in (1.0, 1.0, 1.0):
+            done, _ = await asyncio.wait({task}, timeout=wait_s)
+            if done:
+                break
+            task.cancel()
+        else:
+            log.error("the stalled fold did not stop; its threads and consumer are left "
+                      "to finish their call")
+        stuck_consumer, stuck_io = self._consumer, self._consumer_io
+        self._consumer = None
+        self._consumer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-consumer")
+        if stuck_consumer is not None:
+            stuck_io.submit(stuck_consumer.close)  # runs once the stuck call returns
+        stuck_io.shutdown(wait=False)
+        self._producer_io.shutdown(wait=False)
+        self._producer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-producer")
+        self._forget()
+        self.partitions = frozenset()
+        if is_current():
+            await self.start(partitions, is_current)
+
     async def close(self) -> None:
         await self.stop()
         if self._lookup is not None:
@@ -286,7 +339,8 @@ class FoldEngine:
         self._consumer_io.shutdown(wait=False)
         self._producer_io.shutdown(wait=False)
 
-    def _assign(self, partitions: list[int]) -> None:
+    def _assign(self, partitions: list[int]) -> dict[int, int]:
+        """Assign ``partitions`` at their committed offsets; returns them (< 0: none)."""
         assert self._consumer is not None
         tps = [TopicPartition(self.topics.events, p) for p in partitions]
         timeout = self.flush_timeout_s
@@ -304,32 +358,77 @@ class FoldEngine:
         self._consumer.assign([
             TopicPartition(self.topics.events, p, offset if offset >= 0 else OFFSET_BEGINNING)
             for p, offset in committed.items()])
+        return committed
 
     async def _run(self, is_current: Callable[[], bool]) -> None:
         backoff = RESEND_BACKOFF_S
         try:
             while not self._stopping.is_set() and is_current():
-                # what the client already holds is taken on this thread, without a wait;
-                # only an empty client is waited on, on the consumer's thread
-                records = self._take(0)
-                if not records:
-                    records = await self._consumer_call(self._take, self.poll_wait_s)
-                if records:
-                    try:
-                        await self.fold(records)
-                        backoff = RESEND_BACKOFF_S
-                    except Exception:  # never skip a record: read the batch again (D11)
-                        log.exception("a batch of %d record(s) could not be made durable; "
-                                      "it is read again in %.1fs", len(records), backoff)
-                        self.metrics.batch_retries.inc()
-                        await self._consumer_call(self._rewind, records)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
-                await self.release_parked()
-                if self.between_batches is not None:
-                    await self.between_batches()
+                records: list[Message] = []
+                try:
+                    if self.fence is not None:
+                        self.fence.beat()
+                    # what the client already holds is taken on this thread, without a
+                    # wait; only an empty client is waited on, on the consumer's thread
+                    records = self._take(0)
+                    if not records:
+                        records = await self._consumer_call(self._wait_take, self.poll_wait_s)
+                    if records:
+                        try:
+                            await self.fold(records)
+                            backoff = RESEND_BACKOFF_S
+                        except ReplicaFenced:
+                            raise
+                        except Exception:  # never skip a record: read the batch again (D11)
+                            log.exception("a batch of %d record(s) could not be made "
+                                          "durable; it is read again in %.1fs",
+                                          len(records), backoff)
+                            self.metrics.batch_retries.inc()
+                            await self._consumer_call(self._rewind, records)
+                            await asyncio.sleep(backoff)
+                            backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                    await self.release_parked()
+                    if self.between_batches is not None:
+                        await self.between_batches()
+                except ReplicaFenced as fenced:
+                    await self._wait_for_group(fenced, records, is_current)
         finally:
-            await self._consumer_call(self._commit_last)
+            if not self._fenced:
+                await self._consumer_call(self._commit_last)
+            else:
+                self._forget()
+
+    async def _wait_for_group(self, fenced: ReplicaFenced, records: list[Message],
+                              is_current: Callable[[], bool]) -> None:
+        """After a pause (D43): nothing of the batch in hand was written past the fence;
+        it is read again if the group still gives this replica its partitions. The group
+        answers within a heartbeat of the wake-up (a replica it dropped is told so and
+        rejoins: its partitions are revoked and ``stop`` ends this generation); one that
+        says nothing for ``fence_confirm_s`` left the partitions here."""
+        self._fenced = True
+        self.metrics.fenced.inc()
+        log.warning("fenced: %s; the batch in hand (%d record(s)) is not written, and the "
+                    "fold waits up to %.0fs for the group before it reads it again (D43)",
+                    fenced, len(records), self.fence_confirm_s)
+        if records:
+            await self._consumer_call(self._rewind, records)
+            # dispatches the batch parked are parked again when it is read again
+            first: dict[int, int] = {}
+            for msg in records:
+                partition, offset = msg.partition(), msg.offset()
+                if partition is not None and offset is not None:
+                    first.setdefault(partition, offset)
+            self._parked = [entry for entry in self._parked
+                            if not (entry[0] in first and entry[1] >= first[entry[0]])]
+        deadline = time.monotonic() + self.fence_confirm_s
+        while time.monotonic() < deadline and not self._stopping.is_set() and is_current():
+            await asyncio.sleep(0.1)
+        if not self._stopping.is_set() and is_current():
+            log.info("the group kept this replica's partitions after the pause; folding "
+                     "again from the batch it held")
+            self._fenced = False
+        if self.fence is not None:
+            self.fence.reset()
 
     def _rewind(self, records: list[Message]) -> None:
         """Seek each partition of a batch back to its first record: the next take reads
@@ -342,6 +441,11 @@ class FoldEngine:
                 first[partition] = offset
         for partition, offset in first.items():
             self._consumer.seek(TopicPartition(self.topics.events, partition, offset))
+
+    def _wait_take(self, wait_s: float) -> list[Message]:
+        """:meth:`_take` on the consumer's thread, waiting up to ``wait_s``."""
+        fault_point("fold.consume")
+        return self._take(wait_s)
 
     def _take(self, wait_s: float) -> list[Message]:
         """Up to ``max_batch`` records: what is there, or the first within ``wait_s``
@@ -378,6 +482,7 @@ class FoldEngine:
             folds.append(fold_partition(partition, msgs, db.get, self.limits, self.checks))
         if self.tracing.enabled:
             trace_effects(self.tracing, folds, by_partition)
+        fault_point("fold.after_fold")
         await self.persist(folds)
 
     async def persist(self, folds: list[PartitionFold]) -> None:
@@ -428,9 +533,11 @@ class FoldEngine:
         routes = {self.topics.route(q, tags) for fold in folds for q, tags in fold.dispatch_queues}
         for route in routes - self._queues_ready:
             self._look_up(route)
+        self._check_fence("the local write")
         for fold in folds:
             outbound.extend(self._write_local(fold))
         fault_point("fold.after_state_write")
+        self._check_fence("the changelog and effect sends")
         self._send(outbound, deliveries)
         fault_point("fold.after_changelog_send")
         effects = [record for fold in folds for record in self._effect_records(fold)]
@@ -439,10 +546,12 @@ class FoldEngine:
         await self._deliver(deliveries)
         for partition, offset in deliveries.changelog_offsets.items():
             self._set_persisted_offset(partition, offset)
+        self._check_fence("the offset commit")
         for fold in folds:
             if fold.next_offset >= 0:
                 self._folded[fold.partition] = fold.next_offset
                 self._committing[fold.partition] = self._held(fold.partition)
+                self.positions[fold.partition] = fold.next_offset
         fault_point("commit.before")
         self._commit(asynchronous=True)
         self._count(folds)
@@ -564,6 +673,8 @@ class FoldEngine:
         the cancellation is a fact on the log that replay folds like the live fold. A
         crash before the commit redoes the dispatch and writes the cancellation again;
         the second one finds the task cancelled and changes nothing."""
+        if self._parked:
+            self._check_fence("sending parked dispatches")
         refused_queues, self._queues_refused = self._queues_refused, set()
         if not self._parked:
             return
@@ -661,10 +772,19 @@ class FoldEngine:
             log.warning("events offsets not committed (%s); those records will be read "
                         "again and found applied", exc)
 
+    def _check_fence(self, step: str) -> None:
+        if self.fence is not None:
+            self.fence.check(step)
+
     def _commit_last(self) -> None:
         """A generation ends: its last commit is waited for; what it held in memory goes
         (a parked dispatch is redone by whoever reads its record next, D4)."""
         self._commit(asynchronous=False)
+        self._forget()
+
+    def _forget(self) -> None:
+        """What a generation held in memory goes (not committed: a fenced one's offsets
+        may be behind the new owner's, D43)."""
         self._committing.clear()
         self._folded.clear()
         self._parked.clear()

@@ -48,6 +48,14 @@ class ProcessorMetrics:
             "taskstream_unregistered_queue_cancels_total",
             "Tasks cancelled because their queue is not registered (no topic is made, D31)",
             registry=r)
+        self.fenced = Counter(
+            "taskstream_fold_fenced_total",
+            "Rounds of the fold whose writes were refused after a pause longer than the "
+            "group's lease (a zombie woken up, D43)", registry=r)
+        self.stalls = Counter(
+            "taskstream_fold_stalls_total",
+            "Stalls the fold watchdog found (no progress with lag, or a blocked loop), by "
+            "what it did: restart or exit (D43)", ["action"], registry=r)
         self.batch_size = Histogram(
             "taskstream_fold_batch_records", "Events-topic records folded per batch",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)
