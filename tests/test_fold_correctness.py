@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,16 +41,11 @@ from taskstream.schemas.serde import decode_entity, encode_event
 from taskstream.schemas.state import TaskStatus
 from tests.lifecycle_support import T0, Story, submitted
 
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="issue 21: event times from the writer's clock, the 16-event "
-                         "idempotency window, cancellations never tombstoned")
-
 S = TaskStatus
 CHECKS = Checks()
 HOUR = 3_600_000
 TOLERANCE = 5_000
-CLAMPED = Limits(clock_tolerance_ms=TOLERANCE) if "clock_tolerance_ms" in (
-    Limits.__dataclass_fields__) else None
+CLAMPED: Limits | None = Limits(clock_tolerance_ms=TOLERANCE)
 TASK = "A" * 26
 
 
@@ -304,3 +298,19 @@ def test_a_cancel_of_a_retrying_task_is_settled_at_once() -> None:
     effects = story.send(CancelRequested("stop"))
     assert [e.__class__ for e in effects if isinstance(e, PublishCancel | fx.ForgetCancel)] == [
         PublishCancel, fx.ForgetCancel]
+
+
+def test_skew_is_exported_as_metrics() -> None:
+    """The engine adds a batch's clamps by writer kind and sets the largest skew seen."""
+    from types import SimpleNamespace
+
+    from taskstream.processors.live.engine import FoldEngine
+    from taskstream.processors.live.metrics import ProcessorMetrics
+    assert CLAMPED is not None
+    first = env(submitted(), T0 - HOUR, 1)  # source "worker:w1", an hour behind
+    out = fold_partition(0, [rec(first, 0, T0)], {}.get, CLAMPED, CHECKS)
+    metrics = ProcessorMetrics()
+    FoldEngine._count_clock(SimpleNamespace(metrics=metrics), [out])  # type: ignore[arg-type]
+    sample = metrics.registry.get_sample_value
+    assert sample("taskstream_event_times_clamped_total", {"writer": "worker"}) == 1
+    assert sample("taskstream_event_clock_skew_seconds") == HOUR / 1000

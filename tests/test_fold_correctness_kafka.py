@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin._resource import ResourceType
@@ -28,11 +27,6 @@ from taskstream.settings import Settings
 from taskstream.topics import cancellations_topic, events_topic, fold_group
 from tests.harness import EventWriter, ProcessorProcess, StateReader, read_to_end, wait_for
 from tests.lifecycle_support import submitted
-
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="issue 21: events topic on CreateTime, event times from the "
-                         "writer's clock, old re-read records re-applied, "
-                         "cancellations never tombstoned")
 
 S = TaskStatus
 HOUR = 3_600_000
