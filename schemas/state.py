@@ -40,6 +40,17 @@ class TaskStatus(enum.StrEnum):
 
 #: The statuses a task never leaves (but by a redrive). A StrEnum, so the names as
 #: plain strings (a JSON view's ``status``) are members too: ``"DEAD" in TERMINAL``.
+
+#: the first character of an entity's position entry, the first of its
+#: ``recent_event_ids`` (docs/decisions.md, D45; processors/fold/position.py)
+POSITION_MARK = "@"
+
+
+def applied_event_ids(ids: list[str]) -> list[str]:
+    """``recent_event_ids`` without the position entry (what views show, D45)."""
+    return ids[1:] if ids and ids[0][:1] == POSITION_MARK else list(ids)
+
+
 TERMINAL = frozenset(
     {TaskStatus.SUCCEEDED, TaskStatus.DEAD, TaskStatus.CANCELLED, TaskStatus.EXPIRED}
 )

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskstream.schemas.events import ObjectRef
-from taskstream.schemas.state import ErrorInfo, TaskState
+from taskstream.schemas.state import ErrorInfo, TaskState, applied_event_ids
 from taskstream.security.errors import SealError
 from taskstream.security.sealing import is_sealed, is_sealed_text
 
@@ -327,7 +327,7 @@ class TaskView(BaseModel):
             dependency_checks=s.dependency_checks,
             parent_failure=s.parent_failure,
             dependents=[DependentView(key=d.key, slot=d.slot) for d in s.dependents],
-            recent_event_ids=list(s.recent_event_ids),
+            recent_event_ids=applied_event_ids(s.recent_event_ids),
             expires_at_ms=s.expires_at_ms,
             expires_at=iso(s.expires_at_ms),
             flow=None if s.flow is None else FlowView(

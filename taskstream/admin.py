@@ -1,9 +1,18 @@
 """Topic administration: create the platform's topics (DESIGN.md, "Topics").
 
 ``ensure_topics`` is idempotent: it creates what is missing and leaves what
-exists alone (it never alters an existing topic's partitions or configs), so
-the processor, the test fixtures, ``taskstream topics create`` and
-``taskstream dev`` can all call it at start-up.
+exists alone (it never alters an existing topic's partitions or configs, with one
+exception below), so the processor, the test fixtures, ``taskstream topics create``
+and ``taskstream dev`` can all call it at start-up.
+
+The exception (docs/decisions.md, D44): the events topic's records carry the
+broker's append time (``message.timestamp.type=LogAppendTime``), which the fold
+holds event times to. An events topic made before D44 has Kafka's default
+CreateTime (the writer's clock, which is what D44 distrusts); ``ensure_topics``
+switches it to LogAppendTime (an online config change: records already written
+keep their timestamps, and replay reads those same ones). A principal that may
+not alter topic configs gets a :class:`ConfigError` naming the command to run (one
+that may not even read them, a worker's, is warned and goes on).
 
 Partitions: ``events``, ``cancellations``, ``dlq`` and ``quarantine`` are keyed
 by task ID and get ``settings.partitions``; ready topics get
@@ -15,6 +24,7 @@ every API replica, so one partition too.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +37,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
@@ -36,6 +46,8 @@ from taskstream import topics
 from taskstream.errors import ConfigError, KafkaAuthError, KafkaUnavailableError, TopicError
 from taskstream.kafka_config import ClientErrors, admin_config
 from taskstream.settings import Settings
+
+log = logging.getLogger("taskstream.admin")
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,11 @@ def _min_insync(replication: int) -> str:
     # a 3-node dev cluster defaults min.insync.replicas to 2; a topic with fewer
     # replicas than that could never take an acks=all write, so set it per topic
     return str(max(1, min(2, replication - 1)))
+
+
+#: the events topic's records are stamped by the broker, never by the writer (D44)
+TIMESTAMP_TYPE = "message.timestamp.type"
+LOG_APPEND_TIME = "LogAppendTime"
 
 
 def _delete(retention_ms: int, replication: int) -> dict[str, str]:
@@ -109,7 +126,8 @@ def topic_specs(settings: Settings, queues: Iterable[str] | None = None) -> list
     rf, n = settings.replication, settings.partitions
     specs = [
         TopicSpec(topics.events_topic(settings), n,
-                  _sized(settings, _delete(settings.events_retention_ms, rf))),
+                  {**_sized(settings, _delete(settings.events_retention_ms, rf)),
+                   TIMESTAMP_TYPE: LOG_APPEND_TIME}),
         TopicSpec(topics.queues_topic(settings), 1, _compact(rf)),
         TopicSpec(topics.cancellations_topic(settings), n, _compact(rf)),
         TopicSpec(topics.dlq_topic(settings), n,
@@ -232,8 +250,54 @@ def _wait_for_leaders(settings: Settings, client: AdminClient, names: list[str])
 
 
 def ensure_topics(settings: Settings, queues: Iterable[str] | None = None) -> dict[str, bool]:
-    """Create every platform topic that is missing. Name -> True when created now."""
-    return create_topics(settings, topic_specs(settings, queues))
+    """Create every platform topic that is missing, and make sure the events topic is
+    stamped with LogAppendTime (D44). Name -> True when created now."""
+    created = create_topics(settings, topic_specs(settings, queues))
+    if not created.get(topics.events_topic(settings)):
+        ensure_log_append_time(settings)
+    return created
+
+
+def ensure_log_append_time(settings: Settings) -> bool:
+    """Switch an existing events topic to ``message.timestamp.type=LogAppendTime``;
+    True when it was switched now (False: it already was).
+
+    Raises :class:`ConfigError` when the topic is on CreateTime and this principal may not
+    alter it (the fold would hold event times to the writers' own clocks); one that may
+    not even read the topic's configs is warned and goes on."""
+    name = topics.events_topic(settings)
+    admin = admin_client(settings)
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    command = (f"kafka-configs.sh --bootstrap-server {settings.bootstrap} --alter --entity-type "
+               f"topics --entity-name {name} --add-config {TIMESTAMP_TYPE}={LOG_APPEND_TIME}")
+    try:
+        futures = admin.client.describe_configs([resource],
+                                                request_timeout=settings.kafka_timeout_s)
+        entries = next(iter(futures.values())).result(timeout=settings.kafka_timeout_s * 2)
+        current = entries[TIMESTAMP_TYPE].value
+    except (KafkaException, KeyError, TimeoutError) as exc:
+        # a principal without DescribeConfigs on it (a worker's, say) cannot tell; the
+        # processor's role may read it and checks at its start
+        log.warning("could not read the events topic's %s (%s); if it is not %s, run `%s`",
+                    TIMESTAMP_TYPE, exc, LOG_APPEND_TIME, command)
+        return False
+    if current == LOG_APPEND_TIME:
+        return False
+    try:
+        change = ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+            ConfigEntry(TIMESTAMP_TYPE, LOG_APPEND_TIME,
+                        incremental_operation=AlterConfigOpType.SET)])
+        for future in admin.client.incremental_alter_configs(
+                [change], request_timeout=settings.kafka_timeout_s).values():
+            future.result(timeout=settings.kafka_timeout_s * 2)
+    except (KafkaException, KeyError, TimeoutError) as exc:
+        raise ConfigError(
+            f"the events topic {name} must stamp records with the broker's time "
+            f"({TIMESTAMP_TYPE}={LOG_APPEND_TIME}, D44), not {current}, and it could not be "
+            f"switched ({exc}); run with the admin credential, or run `{command}`") from None
+    log.warning("events topic %s switched to %s=%s (D44): event times are held to the "
+                "broker's clock", name, TIMESTAMP_TYPE, LOG_APPEND_TIME)
+    return True
 
 
 def ensure_queue_topics(settings: Settings, queue: str) -> dict[str, bool]:

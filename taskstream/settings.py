@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         1.0, ge=0, le=1_000,
         description="how long the processor's producer waits to fill a request")
     max_result_bytes: int = Field(256 * 1024, ge=0)
+    clock_tolerance_ms: int = Field(
+        5_000, ge=0, le=3_600_000,
+        description="how far an event's own time may stray from its record's broker "
+        "timestamp before the fold clamps it (D44); replay must use the same value")
     default_lease_s: float = Field(30.0, gt=0)
     # Dependencies (issue 15, D37)
     max_dependencies: int = Field(

@@ -19,6 +19,7 @@ from taskstream.processors.fold.effects import (
     Dispatch,
     Duplicate,
     Effect,
+    ForgetCancel,
     PublishCancel,
     Rejected,
     RetryScheduled,
@@ -121,6 +122,10 @@ EXPECTED: dict[TaskStatus, dict[str, TaskStatus | str]] = {
     S.CANCELLED: {},
 }
 
+#: a worker's end of the attempt a cancel stopped: not a transition, the cancellation
+#: record is tombstoned (issue 21); the matrix's CANCELLED task was cancelled READY
+SETTLES = {(S.CANCELLED, "succeeded"), (S.CANCELLED, "failed"), (S.CANCELLED, "failed_fatal")}
+
 CASES = [(status, name) for status in REACH for name in EVENTS]
 
 
@@ -135,7 +140,11 @@ def test_matrix(status: TaskStatus, event: str) -> None:
                 else EXPECTED[status].get(event, R))
     assert after.recent_event_ids[-1] == story.log[-1].event_id
     assert after.updated_at_ms == story.log[-1].occurred_at_ms
-    if expected == D:
+    if (status, event) in SETTLES:
+        assert effects == [ForgetCancel(before.task_id)]
+        assert after.status is status and after.rejected == before.rejected
+        assert after.last_error is not None and after.last_error.attempt == after.attempt
+    elif expected == D:
         assert effects == [Duplicate(False)]
         assert after.status is status and after.duplicates == before.duplicates + 1
     elif expected == R:
@@ -330,9 +339,11 @@ def test_cancel_clears_the_timer_and_publishes_the_cancellation() -> None:
 def test_a_cancelled_task_never_succeeds_later() -> None:
     story = _running()
     story.cancel()
-    effects = story.succeed()
-    assert isinstance(effects[0], Rejected) and story.s.status is S.CANCELLED
+    effects = story.succeed()  # it settles the cancellation (issue 21), nothing more
+    assert effects == [ForgetCancel(story.s.task_id)] and story.s.status is S.CANCELLED
     assert story.s.result is None
+    effects = story.succeed()  # a second end is refused
+    assert isinstance(effects[0], Rejected) and story.s.status is S.CANCELLED
 
 
 def test_redrive_gives_a_fresh_budget() -> None:

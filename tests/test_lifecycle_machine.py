@@ -27,7 +27,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from taskstream.processors.fold.effects import OUTBOUND, Dispatch, Duplicate, Rejected, Removed
+from taskstream.processors.fold.effects import (
+    OUTBOUND,
+    Dispatch,
+    Duplicate,
+    ForgetCancel,
+    Rejected,
+    Removed,
+)
 from taskstream.processors.fold.lifecycle import (
     TRANSITIONS,
     Limits,
@@ -121,7 +128,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         if event_key(event) not in REMOVAL_KEYS:
             assert before is None and not accepted
             return
-        assert [type(e) for e in effects] == [Removed]
+        settled = [ForgetCancel] if before is not None and before.status in (
+            S.CANCELLED, S.EXPIRED) else []  # its cancellation record goes too (issue 21)
+        assert [type(e) for e in effects] == [Removed, *settled]
         if before is not None:
             assert before.status.terminal
             self.successes = self.completions = 0
@@ -142,6 +151,11 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert before is not None
             assert (after.status, after.attempt, after.dispatch_id) == (
                 before.status, before.attempt, before.dispatch_id)
+            return
+        if before is not None and (status, event_key(event)) not in TRANSITIONS:
+            # a worker's end of the attempt a cancel stopped: it settles the cancellation
+            assert after.status is before.status and before.status in (S.CANCELLED, S.EXPIRED)
+            self.check_fenced(before, event)
             return
         assert after.status in TRANSITIONS[(status, event_key(event))], (status, event, after)
         if before is None:

@@ -209,7 +209,11 @@ def test_cancel_before_start_and_while_running(rig: Rig) -> None:
     cancellations = TopicReader(rig.settings, rig.settings.topic("cancellations"))
     wait_for("both cancellations published", lambda: {e.task_id for e in cancellations.envelopes()}
              >= {waiting, running} or None)
-    # a cancelled task never later succeeds
+    # a cancelled task never later succeeds: its attempt's late end only settles the
+    # cancellation (its record is tombstoned, issue 21); a second end is rejected
+    rig.writer.send(running, TaskSucceeded(dispatch.body.dispatch_id, "w1", b"1"), 1)
+    state = rig.states.wait(running, lambda s: s.last_error is not None, "settled")
+    assert state.status is TaskStatus.CANCELLED and state.result is None
     rig.writer.send(running, TaskSucceeded(dispatch.body.dispatch_id, "w1", b"1"), 1)
     state = rig.states.wait(running, lambda s: s.rejected >= 1, "late success rejected")
     assert state.status is TaskStatus.CANCELLED

@@ -8,6 +8,7 @@ effects carry a whole derived record (docs/decisions.md, D3):
   (``ready.<queue>.t.<tags>.p<priority>`` for a task with tags, D38);
 * :class:`DeadLetter` — a ``TaskDeadLettered`` copy for the ``dlq`` topic;
 * :class:`PublishCancel` — a ``TaskCancelled`` record for the ``cancellations`` topic.
+* :class:`ForgetCancel` — its tombstone, once the cancellation is settled.
 
 One more carries an event for the **events topic** (docs/decisions.md, D37, D32):
 
@@ -80,6 +81,14 @@ class PublishCancel:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetCancel:
+    """Send a tombstone for ``task_id`` to the cancellations topic: its cancellation is
+    settled (nothing of the task can still run or start), so compaction may drop it."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     """Send ``envelope`` to the events topic, keyed by ``envelope.task_id`` (D37)."""
     """Send ``envelope`` to the **events topic**, keyed by ``envelope.task_id`` (the key of
@@ -146,6 +155,7 @@ Effect = (
     Dispatch
     | DeadLetter
     | PublishCancel
+    | ForgetCancel
     | Emit
     | SetTimer
     | ClearTimer
@@ -156,7 +166,7 @@ Effect = (
 )
 
 #: the effects that leave the processor as records (the ones "redo" re-emits)
-OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel, Emit)
+OUTBOUND: tuple[type, ...] = (Dispatch, DeadLetter, PublishCancel, ForgetCancel, Emit)
 
 
 def _envelope(state: TaskState, event_id: str, occurred_at_ms: int,

@@ -48,6 +48,7 @@ from taskstream.processors.fold.copy import copy_state as replace
 from taskstream.processors.fold.effects import (
     DeadLetter,
     Effect,
+    ForgetCancel,
     PublishCancel,
     Rejected,
     Removed,
@@ -76,9 +77,11 @@ from taskstream.processors.fold.rules import (
     timer_kind_for,
 )
 from taskstream.processors.fold.steps import (
+    CANCEL_PUBLISHED,
     Refusal,
     Step,
     cancel,
+    cancel_settled,
     failed,
     gate_step,
     progress,
@@ -170,7 +173,7 @@ def apply(
         return _remove(state, event, limits, key, effects)
     allowed = _TABLE.get((state.status, key))
     if allowed is None:
-        return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
+        return _not_in_table(state, event, limits, key, effects)
     step = _step(state, event, limits, effects)
     if step.__class__ is Refusal:
         return _reject(state, event, limits, step.reason)
@@ -249,6 +252,31 @@ def _message_step(state: TaskState, event: Envelope, limits: Limits, effects: bo
             return Refusal(f"{event.type_name} is not an events-topic record")
 
 
+#: a worker's end of an attempt: after a cancel it settles the cancellation
+_ENDS = frozenset({"TaskSucceeded", "TaskFailed"})
+
+
+def _not_in_table(state: TaskState, event: Envelope, limits: Limits, key: str,
+                  effects: bool) -> tuple[TaskState, list[Effect]]:
+    """Rejected, but for a worker's end of an attempt after a cancel (not a transition)."""
+    if key in _ENDS and state.status in CANCEL_PUBLISHED:
+        return _settle(state, event, limits, effects)
+    return _reject(state, event, limits, f"{key} does not apply to a {state.status} task")
+
+
+def _settle(state: TaskState, event: Envelope, limits: Limits,
+            effects: bool) -> tuple[TaskState, list[Effect]]:
+    """A worker's end of the current attempt of a task cancelled (or expired) while the
+    attempt was out: the cancellation is settled, its record tombstoned (issue 21)."""
+    step = _step(state, event, limits, effects)  # their steps fence, then settle_cancel
+    if step.__class__ is Refusal:
+        return _reject(state, event, limits, step.reason)
+    after, made = step  # type: ignore[misc]
+    if after.status is not state.status:
+        check_transition(state.status, event_key(event), after.status)  # raises: a bug
+    return _record(after, event, limits, fresh=after is not state), made
+
+
 def _remove(
     state: TaskState, event: Envelope, limits: Limits, key: str, effects: bool
 ) -> tuple[TaskState | None, list[Effect]]:
@@ -260,6 +288,8 @@ def _remove(
     if not effects:
         return None, []
     reason = body.reason if isinstance(body, PurgeRequested) and body.reason else key
+    if state.status in CANCEL_PUBLISHED:  # its cancellation record goes with it
+        return None, [Removed(reason, objects_of(state)), ForgetCancel(state.task_id)]
     return None, [Removed(reason, objects_of(state))]
 
 
@@ -307,6 +337,8 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
             return [dispatch_of(state, cause_event_id)]
         case TaskStatus.DEAD:
             return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)), *linked]
+        case TaskStatus.CANCELLED | TaskStatus.EXPIRED if cancel_settled(state):
+            return [*released, ForgetCancel(state.task_id), *linked]  # the tombstone again
         case TaskStatus.CANCELLED | TaskStatus.EXPIRED:
             return [*released, PublishCancel(cancel_envelope(state, cause_event_id)), *linked]
         case TaskStatus.WAITING if state.due_at_ms is None:  # its request, unless deferred

@@ -9,8 +9,11 @@ checks, and refuses to produce a status the table does not list
 (:class:`LifecycleError`: a bug, never a bad event).
 
 Not in the table, because they are not transitions: a second ``TaskSubmitted``
-for a known task (a duplicate, counted), and every rejected event (counted,
-status unchanged).
+for a known task (a duplicate, counted), a worker's end (``TaskSucceeded``,
+``TaskFailed``) of the current attempt of a task cancelled or expired while that
+attempt was out (it settles the cancellation, status unchanged:
+:func:`~taskstream.processors.fold.steps.settle_cancel`), and every rejected event
+(counted, status unchanged).
 """
 
 from __future__ import annotations
@@ -53,12 +56,16 @@ class Limits:
     max_waiting: int = 1000
     #: how long a task deferred by a full concurrency key waits before asking again
     defer_ms: int = 1000
+    #: how far an event's time may stray from its record's broker timestamp (D44,
+    #: processors/fold/clock.py); None: event times are taken as written (pure tests)
+    clock_tolerance_ms: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         """The limits a processor folds with; replay folds with the same."""
         return cls(max_result_bytes=settings.max_result_bytes,
-                   max_dependencies=settings.max_dependencies)
+                   max_dependencies=settings.max_dependencies,
+                   clock_tolerance_ms=settings.clock_tolerance_ms)
 
     def __post_init__(self) -> None:
         if self.max_result_bytes < 0:
@@ -71,6 +78,9 @@ class Limits:
             raise LifecycleError(
                 f"recent_events must be >= 1, got {self.recent_events}; idempotency and "
                 "redo need at least the last applied event id")
+        if self.clock_tolerance_ms is not None and self.clock_tolerance_ms < 0:
+            raise LifecycleError(
+                f"clock_tolerance_ms must be >= 0, got {self.clock_tolerance_ms}")
         if self.max_waiting < 1 or self.defer_ms < 1:
             raise LifecycleError(
                 f"max_waiting ({self.max_waiting}) and defer_ms ({self.defer_ms}) must be >= 1")

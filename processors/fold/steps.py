@@ -23,6 +23,7 @@ from taskstream.processors.fold.effects import (
     DeadLetter,
     Duplicate,
     Effect,
+    ForgetCancel,
     PublishCancel,
     RetryScheduled,
     SetTimer,
@@ -245,7 +246,49 @@ def cancel(state: TaskState, event: Envelope, body: CancelRequested, effects: bo
         return cancelled, []
     return cancelled, [*_clear_timer(state),
                        *release(state, event.event_id, event.occurred_at_ms, "cancelled"),
-                       PublishCancel(cancel_envelope(cancelled, event.event_id))]
+                       *cancellation_records(cancelled, event.event_id)]
+
+
+# --- the cancellation record's life (docs/decisions.md, D45; issue 21) -----------------
+
+#: the statuses that published a cancellation record (a cancel, or an expiry from READY)
+CANCEL_PUBLISHED = (TaskStatus.CANCELLED, TaskStatus.EXPIRED)
+
+
+def cancel_settled(state: TaskState) -> bool:
+    """Whether a CANCELLED or EXPIRED task's cancellation record has done its work: no
+    dispatch of its current attempt was ever sent (``dispatch_id`` None: never
+    dispatched, or waiting at its gates), or that attempt has ended (``last_error`` is
+    the current attempt's: it failed before the cancel, RETRYING, or its worker reported
+    after the cancel, :func:`settle_cancel`). Then no worker can still start or run the
+    task and the record may go (a tombstone: the cancellations topic is compacted)."""
+    return state.dispatch_id is None or (
+        state.last_error is not None and state.last_error.attempt == state.attempt)
+
+
+def cancellation_records(state: TaskState, cause_event_id: str) -> list[Effect]:
+    """What the cancellations topic gets for a CANCELLED or EXPIRED ``state``: the
+    cancellation, then its tombstone once it is settled (the tombstone alone on a redo)."""
+    if not cancel_settled(state):
+        return [PublishCancel(cancel_envelope(state, cause_event_id))]
+    return [PublishCancel(cancel_envelope(state, cause_event_id)), ForgetCancel(state.task_id)]
+
+
+def settle_cancel(state: TaskState, event: Envelope, worker_id: str, error: ErrorInfo | None,
+                  effects: bool = True) -> Step:
+    """A worker's end of the current attempt, after the task was cancelled (or expired)
+    while that attempt was out: the cancellation has been acted on. The status stays;
+    ``last_error`` records how the attempt ended (a success's result is not kept), and
+    the cancellation record is tombstoned."""
+    if cancel_settled(state):
+        return Refusal(f"{event.type_name} for a {state.status} task whose cancellation "
+                       "is settled")
+    ended = error or ErrorInfo(
+        error_type="Cancelled", traceback="", attempt=state.attempt,
+        message="the attempt succeeded after the task was cancelled; its result is not kept")
+    settled = replace(state, last_error=ended,
+                      worker_id=state.worker_id or worker_id)
+    return settled, [ForgetCancel(state.task_id)] if effects else []
 
 
 def redrive(
@@ -360,6 +403,8 @@ def succeeded(
         refusal = fence(state, event, body.dispatch_id)
         if refusal is not None:
             return refusal
+    if state.status in CANCEL_PUBLISHED:
+        return settle_cancel(state, event, body.worker_id, None, effects)
     # an offloaded result (D34) is its reference; the bytes stay in object storage
     truncated = len(body.result) > limits.max_result_bytes
     done = copy_done(
@@ -387,6 +432,8 @@ def failed(state: TaskState, event: Envelope, body: TaskFailed, effects: bool = 
         return refusal
     error = ErrorInfo(error_type=body.error_type, message=body.message,
                       traceback=body.traceback, attempt=state.attempt, timed_out=body.timed_out)
+    if state.status in CANCEL_PUBLISHED:
+        return settle_cancel(state, event, body.worker_id, error, effects)
     if state.worker_id is None:
         state = replace(state, worker_id=body.worker_id)
     return fail_attempt(state, event, error, retryable=body.retryable,
@@ -412,7 +459,7 @@ def expire(state: TaskState, event: Envelope, effects: bool = True) -> Accepted:
         return expired, []
     out = [*_clear_timer(state), *release(state, event.event_id, event.occurred_at_ms, "expired")]
     if state.status is TaskStatus.READY:
-        out.append(PublishCancel(cancel_envelope(expired, event.event_id)))
+        out += cancellation_records(expired, event.event_id)
     return expired, out
 
 

@@ -23,6 +23,12 @@ the next record (D11). The entity's state stays as it was before that record.
 Replay runs the same check (processors/replay/folding.py), so the live tables
 stay the fold of the log.
 
+Before a record is applied its event time is held to the record's broker timestamp
+plus or minus ``Limits.clock_tolerance_ms`` (D44, processors/fold/clock.py), and a
+record at or before its entity's position (the offset of the newest record folded
+into it) is recognised as read again: before it, skipped (still written, as above);
+at it, applied for its redo (D45, processors/fold/position.py). Replay does the same.
+
 Every entity kind folds here (ENTITIES.md; D37, D32): a record's key picks its
 kind (:func:`~taskstream.processors.fold.kinds.kind_of`), whose pure ``apply``
 folds it; states of every kind are stored in the same partition table under
@@ -39,9 +45,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from taskstream.processors.fold.clock import Clamped, clamp
 from taskstream.processors.fold.effects import Dispatch, Effect, Removed
 from taskstream.processors.fold.kinds import kind_of
 from taskstream.processors.fold.lifecycle import Limits
+from taskstream.processors.fold.position import at_position, position_of
 from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import (
@@ -67,6 +75,7 @@ class Record(Protocol):
     def value(self) -> bytes | None: ...
     def offset(self) -> int | None: ...
     def headers(self) -> RecordHeaders | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 @dataclass(slots=True)
@@ -120,6 +129,10 @@ class PartitionFold:
     dispatch_queues: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
     #: the offset to commit once everything above is durable (last record + 1)
     next_offset: int = -1
+    #: event times held to their records' broker timestamps (D44; the skew metrics)
+    clamped: Clamped = field(default_factory=Clamped)
+    #: records read again at or before their entity's position: already folded (D45)
+    refolded: int = 0
 
 
 def _usable(record: Record, offset: int, checks: Checks) -> Envelope | SetAside:
@@ -151,6 +164,9 @@ def fold_partition(
     out = PartitionFold(partition)
     changes = out.changes
     current: dict[bytes, EntityState | None] = {}
+    #: entity key -> its position (the offset of the newest record folded into it, D45)
+    positions: dict[bytes, int | None] = {}
+    tolerance, clamped = limits.clock_tolerance_ms, out.clamped
     for record in records:
         offset = record.offset()
         assert offset is not None  # consumed records always have one
@@ -159,12 +175,22 @@ def fold_partition(
         if isinstance(envelope, SetAside):
             out.set_aside.append(envelope)
             continue
+        if tolerance is not None:  # event times held to the record's timestamp (D44)
+            envelope = clamp(envelope, record.timestamp()[1], tolerance, clamped)
         key = envelope.task_id.encode()
         if key in current:
             state = current[key]
         else:
             raw = read_state(key)
             state = current[key] = decode_entity(raw) if raw is not None else None
+            positions[key] = position_of(state) if state is not None else None
+        position = positions[key]
+        if position is not None and offset < position:
+            # already in the state, however many events came after it (D45); still
+            # written to the changelog, as a repeat is (issue 14, hole 1)
+            out.refolded += 1
+            _note(changes, key, state, state, None)
+            continue
         try:
             after, effects = kind_of(envelope.task_id).apply(state, envelope, limits)
         except Exception as exc:  # a bug must not skip the record silently (D11)
@@ -175,6 +201,7 @@ def fold_partition(
         out.applied[envelope.type_name] += 1
         if after is not None or state is not None:
             current[key] = after
+            positions[key] = offset if after is not None else None
             _note(changes, key, state, after, envelope.body)
         elif effects and effects[0].__class__ is Removed:
             # a removal read again after the task is gone: its tombstone goes again (the
@@ -187,7 +214,16 @@ def fold_partition(
                 out.effects.append(Caused(effect, envelope, queue, offset))
                 if effect.__class__ is Dispatch:
                     out.dispatch_queues.add((queue, effect.tags))
+    _positioned(changes, positions)
     return out
+
+
+def _positioned(changes: dict[bytes, Change], positions: dict[bytes, int | None]) -> None:
+    """Each state of the batch leaves with its position (D45)."""
+    for key, change in changes.items():
+        position = positions.get(key)
+        if change.after is not None and position is not None:
+            change.after = at_position(change.after, position)
 
 
 def _note(changes: dict[bytes, Change], key: bytes, state: EntityState | None,

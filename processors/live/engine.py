@@ -55,6 +55,7 @@ from taskstream.processors.fold.effects import (
     Dispatch,
     Duplicate,
     Emit,
+    ForgetCancel,
     PublishCancel,
     Rejected,
     RetryScheduled,
@@ -593,6 +594,8 @@ class FoldEngine:
                 case PublishCancel(envelope=env):
                     yield Outbound(self.topics.cancellations, env.task_id.encode(),
                                    encode_event(env), headers=caused.headers)
+                case ForgetCancel(task_id=task_id):  # a settled cancellation's tombstone
+                    yield Outbound(self.topics.cancellations, task_id.encode(), None)
                 case Emit(envelope=env):  # to the entity that acts next (D37, D32)
                     key, value = env.task_id.encode(), encode_event(env)
                     yield Outbound(self.topics.events, key, value,
@@ -796,6 +799,7 @@ class FoldEngine:
         applied: Counter[str] = Counter()
         outcomes: Counter[tuple[Any, str]] = Counter()
         quarantined = 0
+        self._count_clock(folds)
         for fold in folds:
             applied.update(fold.applied)
             quarantined += len(fold.set_aside)
@@ -818,3 +822,14 @@ class FoldEngine:
             metric.labels(label).inc(n)
         if quarantined:
             m.quarantined.labels(self.topics.events).inc(quarantined)
+
+    def _count_clock(self, folds: list[PartitionFold]) -> None:
+        """The writers' clock skew (D44) and the records found already folded (D45)."""
+        m, skew_ms = self.metrics, 0
+        for fold in folds:
+            skew_ms = max(skew_ms, fold.clamped.largest_ms)
+            for writer, n in fold.clamped.by_writer.items():
+                m.clock_clamped.labels(writer).inc(n)
+            if fold.refolded:
+                m.refolded.inc(fold.refolded)
+        m.clock_skew.set(skew_ms / 1000)

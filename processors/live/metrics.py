@@ -59,6 +59,20 @@ class ProcessorMetrics:
         self.batch_size = Histogram(
             "taskstream_fold_batch_records", "Events-topic records folded per batch",
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000), registry=r)
+        # event times held to the broker's clock (D44, processors/fold/clock.py)
+        self.clock_clamped = Counter(
+            "taskstream_event_times_clamped_total",
+            "Events whose own time strayed from their record's broker timestamp by more than "
+            "clock_tolerance_ms, by writer kind (worker, producer, api, processor): held to it",
+            ["writer"], registry=r)
+        self.clock_skew = Gauge(
+            "taskstream_event_clock_skew_seconds",
+            "The largest |event time - record broker timestamp| in the last folded batch "
+            "(a writer's clock skew, plus its send latency)", registry=r)
+        self.refolded = Counter(
+            "taskstream_events_refolded_total",
+            "Records read again at or before their entity's position: already folded, "
+            "not applied again (D45)", registry=r)
         self.tasks = Gauge(
             "taskstream_tasks", "Tasks in this replica's active partitions, by queue and state",
             ["queue", "state"], registry=r)

@@ -35,8 +35,10 @@ from rocksdict import (
     WriteOptions,
 )
 
+from taskstream.processors.fold.clock import clamp
 from taskstream.processors.fold.kinds import apply_any, status_of
 from taskstream.processors.fold.lifecycle import Limits, apply
+from taskstream.processors.fold.position import mark_in_place, position_of
 from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.processors.replay.read import (
     Advances,
@@ -343,6 +345,7 @@ def fold_messages(
     hot, dirty, finished, load = cache.hot, cache.dirty, cache.finished, cache.load
     encode, capacity, finished_capacity = cache.encode, cache.capacity, cache.finished_capacity
     appliers: tuple[Callable[..., tuple[Any, Any]], ...] = (apply, apply_any)
+    tolerance = limits.clock_tolerance_ms
     events = 0
     for batch in messages:
         for message in batch:
@@ -353,13 +356,21 @@ def fold_messages(
                         checks, message.key(), value, message.headers(), envelope) is not None):
                 stats.skip(_unusable(message, envelope, checks))
                 continue
+            envelope = _held(envelope, message, tolerance)  # as the live fold does (D44)
             task_id = envelope.task_id
             before = hot.get(task_id)
             if before is None:
                 before = load(task_id)
+            offset = message.offset()
+            if _folded_already(before, offset):  # as the live fold skips it (D45)
+                events += 1
+                continue
             # a task ID is 0-9A-Z; other kinds' keys are lowercase (D37)
             after, _effects = appliers[task_id > "Z"](before, envelope, limits, effects=False)
-            if after is not before:
+            # the position the live fold gives it (D45; the cache holds the only reference,
+            # so no copy): a state the event reached is stored again, its position moved
+            mark_in_place(after, offset)
+            if after is not None or before is not None:
                 if after is None:  # removed: retention or purge (D35)
                     cache.remove(task_id)
                 # cache.put, inline (limits and keys have no status: never finished)
@@ -376,6 +387,22 @@ def fold_messages(
                         cache.trim()
             events += 1
     stats.events += events
+
+
+def _held(envelope: Envelope, message: Any, tolerance: int | None) -> Envelope:
+    """The envelope with its times held to the record's broker timestamp (D44)."""
+    if tolerance is None:
+        return envelope
+    return clamp(envelope, message.timestamp()[1], tolerance)
+
+
+def _folded_already(state: EntityState | None, offset: int) -> bool:
+    """Whether the record at ``offset`` is older than ``state``'s position (D45): only a
+    state the fold read back after it went further (never in one pass over a log)."""
+    if state is None:
+        return False
+    position = position_of(state)
+    return position is not None and offset < position
 
 
 def _read_envelope(message: Any, value: Any, read: Callable[..., tuple[Any, int]],

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from taskstream.processors.fold.clock import clamp
 from taskstream.processors.fold.effects import (
     ClearTimer,
     DeadLetter,
@@ -180,6 +181,7 @@ def explain(envelopes: Iterable[tuple[int, int, int, Envelope | str]],
             entries.append(HistoryEntry(partition, offset, ts, None, SKIPPED, item, status,
                                         status, ()))
             continue
+        item = clamp(item, ts, limits.clock_tolerance_ms)  # as the fold holds it (D44)
         after, effects = apply_any(state, item, limits)
         outcome, reason = judge(state, after, effects)
         if after is not None:
