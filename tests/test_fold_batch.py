@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskstream.processors.fold.effects import Dispatch
 from taskstream.processors.fold.lifecycle import Limits, apply
 from taskstream.processors.fold.validate import Checks
 from taskstream.processors.live.batch import fold_partition
@@ -134,6 +135,21 @@ def test_redo_effects_come_from_the_last_applied_event_only() -> None:
     body = dispatched[0].envelope.body  # type: ignore[union-attr]
     assert isinstance(body, TaskDispatched)
     assert body.dispatch_id == first.changes[A.encode()].after.dispatch_id
+
+
+def test_a_copy_of_the_last_event_at_a_new_offset_dispatches_nothing() -> None:
+    """A client that sends the same submission again after a timeout (the chaos harness's
+    producer-dup fault ran every such task's handler twice): the copy is a new record at a
+    later offset, not the re-read D4 redoes, so it sends no second dispatch (D45)."""
+    submit = life(A)[:1]
+    stored: dict[bytes, bytes] = {}
+    first = fold_partition(0, records(submit), stored.get, LIMITS, CHECKS)
+    assert [c for c in first.effects if isinstance(c.effect, Dispatch)]
+    stored.update((k, encode_state(c.after)) for k, c in first.changes.items())
+    copy = fold_partition(0, records(submit, 7), stored.get, LIMITS, CHECKS)
+    assert [c.effect for c in copy.effects] == []
+    assert unpositioned({A: copy.changes[A.encode()].after}) == unpositioned(
+        {A: first.changes[A.encode()].after})
 
 
 def test_bad_records_are_set_aside_and_the_rest_goes_on() -> None:

@@ -26,6 +26,10 @@ names), so the id checks never match it, and no state schema version is needed (
 later state version can give it a field of its own). States written before D45 have
 no position until their next event.
 
+A copy of the state's last event at a later offset (a client that sent the same
+submission again) is applied like any other known id, but without the redo: only the
+record at the position is a re-read (processors/live/batch.py, ``_unless_a_copy``).
+
 Not covered by the position: a *new* record carrying an old event id (a client that
 sends the same event again, a redo that re-sends a derived event): that is a new
 offset, and stays the business of the id window and the fences (dispatch id,

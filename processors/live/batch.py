@@ -199,6 +199,7 @@ def fold_partition(
                                           f"fold failed: {type(exc).__name__}: {exc}"))
             continue
         out.applied[envelope.type_name] += 1
+        effects = _unless_a_copy(effects, state, envelope.event_id, offset, position)
         if after is not None or state is not None:
             current[key] = after
             positions[key] = offset if after is not None else None
@@ -236,3 +237,15 @@ def _note(changes: dict[bytes, Change], key: bytes, state: EntityState | None,
         change.after = after
     if isinstance(body, TimerFired):
         change.fired_timers.append(body.due_at_ms)
+
+
+def _unless_a_copy(effects: list[Effect], state: EntityState | None, event_id: str,
+                   offset: int, position: int | None) -> list[Effect]:
+    """``effects``, or none for a copy of the state's last event at a new offset (a client
+    that sent the same submission again after a timeout): that event's record was read
+    once and its effects went with it; only the record *at* the position is the re-read
+    that D4 redoes (D45). Replay keeps no effects, so it needs no such rule."""
+    if not effects or position is None or offset <= position or state is None:
+        return effects
+    ids = state.recent_event_ids
+    return [] if ids and ids[-1] == event_id else effects
