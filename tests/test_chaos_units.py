@@ -22,8 +22,12 @@ from taskstream.chaos.checker import (
 )
 from taskstream.chaos.errors import ChaosError
 from taskstream.chaos.workload import EXPECTED_RUNS, WEIGHTS, mix
+from taskstream.processors.fold.clock import clamp
+from taskstream.processors.fold.rules import Limits
+from taskstream.schemas.events import TimerKind
 from taskstream.schemas.serde import encode_event
-from tests.lifecycle_support import Story
+from taskstream.schemas.state import TaskStatus
+from tests.lifecycle_support import T0, Story, submitted
 
 
 @given(st.integers(0, 2**32), st.integers(0, 60))
@@ -121,8 +125,8 @@ def test_max_overlap_is_the_most_runs_alive_at_any_start(spans: list[tuple[float
     assert most == brute
 
 
-def _log(*stories: Story) -> list[tuple[str, bytes]]:
-    return [(env.task_id, encode_event(env)) for story in stories for env in story.log]
+def _log(*stories: Story) -> list[tuple[str, bytes, int | None]]:
+    return [(env.task_id, encode_event(env), None) for story in stories for env in story.log]
 
 
 def test_the_log_fold_counts_accepted_completions_and_starts() -> None:
@@ -148,3 +152,25 @@ def test_the_log_fold_counts_accepted_completions_and_starts() -> None:
 def test_a_random_mix_never_needs_more_runs_than_expected_by_kind() -> None:
     rng = random.Random(1)
     assert all(EXPECTED_RUNS[k] >= 1 for k in rng.sample(sorted(WEIGHTS), len(WEIGHTS)))
+
+
+def test_the_log_fold_holds_event_times_to_the_record_timestamps_as_a_replica_does() -> None:
+    """A delayed task whose submission the broker appended late (a broker was down while
+    the client held it): the replica holds its times to the record's timestamp (D44), so
+    its timer fires at the moved due time. The checker's fold must do the same, or it
+    refuses that timer as stale and calls a task that succeeded lost (a chaos run did)."""
+    tolerance = 5_000
+    limits = Limits(clock_tolerance_ms=tolerance)
+    story = Story(task_id="T" + "3" * 25, limits=limits)
+    appended = T0 + 20_000
+    submit = story.event(submitted(eta_ms=T0 + 5_000), at=T0)
+    story.apply(clamp(submit, appended, tolerance))
+    story.fire(TimerKind.DELAY_DUE)
+    story.start()
+    story.succeed()
+    assert story.s.status is TaskStatus.SUCCEEDED
+    log = [(story.task_id, encode_event(submit), appended)] + [
+        (story.task_id, encode_event(env), env.occurred_at_ms) for env in story.log[1:]]
+    facts = fold_facts(log, limits)
+    assert facts.status[story.task_id] == TaskStatus.SUCCEEDED.value
+    assert facts.accepted_terminal[story.task_id] == 1

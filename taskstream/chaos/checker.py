@@ -26,7 +26,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from taskstream.chaos.workload import EXPECTED_RUNS, MAX_CONCURRENCY
 from taskstream.kafka_config import consumer_config
+from taskstream.processors.fold.clock import clamp
 from taskstream.processors.fold.kinds import TASK, apply_any, kind_of
+from taskstream.processors.fold.rules import Limits
 from taskstream.schemas.errors import DecodeError
 from taskstream.schemas.events import TaskStarted
 from taskstream.schemas.ids import new_event_id
@@ -90,28 +92,33 @@ class LogFacts:
     undecodable: int = 0
 
 
-def fold_facts(events: Iterable[tuple[str, bytes]]) -> LogFacts:
-    """Fold ``(key, value)`` records in log order (one partition's order per key is all
-    that matters) and count, per task, accepted entries into a terminal state and the
-    dispatches workers reported started."""
+def fold_facts(events: Iterable[tuple[str, bytes, int | None]],
+               limits: Limits | None = None) -> LogFacts:
+    """Fold ``(key, value, record timestamp)`` records in log order (one partition's order
+    per key is all that matters), as a replica does: event times held to the record's
+    timestamp (D44) and the processor's limits, so a delayed task whose submission the
+    broker appended late is folded to the same state as live. Counts, per task, accepted
+    entries into a terminal state and the dispatches workers reported started."""
+    limits = limits or Limits()
+    tolerance = limits.clock_tolerance_ms
     facts = LogFacts()
     states: dict[str, EntityState] = {}
-    for key, value in events:
+    for key, value, record_ms in events:
         facts.records += 1
         try:
-            env = decode_event(value)
+            env = clamp(decode_event(value), record_ms, tolerance)
         except DecodeError:
             facts.undecodable += 1
             continue
         if kind_of(key) is not TASK:
-            after, _ = apply_any(states.get(key), env, effects=False)
+            after, _ = apply_any(states.get(key), env, limits, effects=False)
             if after is not None:
                 states[key] = after
             continue
         if isinstance(env.body, TaskStarted):
             facts.started.setdefault(key, set()).add(env.body.dispatch_id)
         before = states.get(key)
-        after, _ = apply_any(before, env, effects=False)
+        after, _ = apply_any(before, env, limits, effects=False)
         if after is None:
             continue
         states[key] = after
@@ -133,13 +140,13 @@ def read_log(settings: Settings, timeout: float = 60.0) -> LogFacts:
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
                 for p in parts}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        return fold_facts(_records(consumer, ends, timeout))
+        return fold_facts(_records(consumer, ends, timeout), Limits.from_settings(settings))
     finally:
         consumer.close()
 
 
 def _records(consumer: Consumer, ends: Mapping[int, int], timeout: float
-             ) -> Iterable[tuple[str, bytes]]:
+             ) -> Iterable[tuple[str, bytes, int | None]]:
     import time
 
     left = {p for p, end in ends.items() if end > 0}
@@ -155,7 +162,7 @@ def _records(consumer: Consumer, ends: Mapping[int, int], timeout: float
                 continue
             key, value = msg.key(), msg.value()
             if key is not None and value is not None:
-                yield key.decode(errors="replace"), value
+                yield key.decode(errors="replace"), value, msg.timestamp()[1]
             if offset + 1 >= ends[part]:
                 left.discard(part)
 
