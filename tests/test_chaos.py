@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 #: the faults CI injects: those that keep every invariant on main today. The others run
 #: in the full run (`make chaos`); docs/chaos.md ("What holds today") names the invariant
 #: each breaks, and the lead adds it here once the fix it waits for is merged
-SHORT_KINDS = (schedule.REPLICA_KILL, schedule.WORKER_KILL, schedule.PRODUCER_DUP)
+SHORT_KINDS = (schedule.REPLICA_KILL, schedule.WORKER_KILL, schedule.PRODUCER_DUP,
+               schedule.CLOCK_SKEW, schedule.REPLICA_ZOMBIE)
 SEED = 21
 
 
