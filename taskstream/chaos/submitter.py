@@ -103,6 +103,7 @@ class Submitter(threading.Thread):
         self._pending: list[tuple[Any, Entry]] = []  # (handle, entry once acknowledged)
         self._later: list[_Later] = []
         self._seq = 0
+        self._previous: str | None = None  # the last task sent: a dependent's parent
         self._lock = threading.RLock()  # the SDK producer and _pending, shared with canary()
 
     def run(self) -> None:
@@ -135,11 +136,15 @@ class Submitter(threading.Thread):
             self._schedule(sub.cancel_after_s, "cancel", sub, task_id)
 
     def _send(self, sub: Submission) -> str:
+        options = dict(sub.options)
+        if sub.after_previous and self._previous is not None:
+            options["depends_on"] = [self._previous]
         with self._lock:
-            handle = self.producer.submit(sub.name, sub.payload, **sub.options)
+            handle = self.producer.submit(sub.name, sub.payload, **options)
             self._pending.append((handle, Entry(handle.task_id, sub.kind, "TaskSubmitted",
                                                 0.0, "sdk", sub.n)))
-        return str(handle.task_id)
+        self._previous = str(handle.task_id)
+        return self._previous
 
     def _schedule(self, after: float, action: str, sub: Submission, task_id: str) -> None:
         self._seq += 1

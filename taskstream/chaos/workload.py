@@ -8,6 +8,9 @@ Kinds, and what the checker expects of each:
 * ``cancel``: a delayed slow task, cancelled before it is due: CANCELLED, or
   SUCCEEDED when the cancellation lost the race (either is terminal);
 * ``limited``: under one concurrency key, at most :data:`MAX_CONCURRENCY` at a time;
+* ``dependent``: a fast task that depends on the task submitted just before it (D37):
+  SUCCEEDED after its parent, or CANCELLED when its parent was (a ``cancel`` task); a
+  dependency left WAITING is lost like any other task;
 * ``canary``: a fast task the runner submits as each fault strikes, to time recovery.
 
 The ledger is one JSON line per submission Kafka acknowledged (events it refused or
@@ -29,11 +32,11 @@ from taskstream.chaos.tasks import FLAKY_SUCCEEDS_ON, QUEUE
 
 #: relative weights of the kinds in the steady mix
 WEIGHTS: dict[str, int] = {"fast": 45, "slow": 10, "flaky": 10, "delayed": 10,
-                           "duplicate": 8, "cancel": 7, "limited": 10}
+                           "duplicate": 8, "cancel": 7, "limited": 10, "dependent": 6}
 #: handler runs each kind needs when nothing goes wrong (cancel: at most this many)
 EXPECTED_RUNS: dict[str, int] = {"fast": 1, "slow": 1, "flaky": FLAKY_SUCCEEDS_ON,
                                  "delayed": 1, "duplicate": 1, "cancel": 1, "limited": 1,
-                                 "canary": 1}
+                                 "dependent": 1, "canary": 1}
 MAX_CONCURRENCY = 2
 #: short leases and backoffs: a task whose worker died is dispatched again in seconds
 LEASE_S = 8.0
@@ -52,6 +55,7 @@ class Submission:
     options: Mapping[str, Any]
     repeat_after_s: float | None = None  # duplicate: submit the same again
     cancel_after_s: float | None = None  # cancel: ask to cancel it this much later
+    after_previous: bool = False  # dependent: depends on the task submitted before it
 
 
 def task_options(**extra: Any) -> dict[str, Any]:
@@ -83,6 +87,8 @@ def make_submission(rng: random.Random, n: int, run_id: str) -> Submission:
                           {"seconds": round(rng.uniform(0.2, 0.6), 2)},
                           task_options(concurrency_key=f"{run_id}-ckey",
                                    max_concurrency=MAX_CONCURRENCY))
+    if kind == "dependent":
+        return Submission(n, kind, "chaos.fast", {"n": n}, task_options(), after_previous=True)
     return Submission(n, "fast", "chaos.fast", {"n": n}, task_options())
 
 
