@@ -19,7 +19,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 #: the faults CI injects: those that keep every invariant on main today. The others run
 #: in the full run (`make chaos`); docs/chaos.md ("What holds today") names the invariant
 #: each breaks, and the lead adds it here once the fix it waits for is merged
-SHORT_KINDS = (schedule.REPLICA_KILL, schedule.WORKER_KILL, schedule.PRODUCER_DUP,
+#: worker-kill is out until a dispatch the fold has moved past is no longer started: a
+#: killed worker's uncommitted dispatch, read again by another worker after its lease
+#: expired and its slot went on, runs beside the key's new holders (traced in
+#: docs/chaos.md; full run 3 and a short run broke the limit invariant that way)
+SHORT_KINDS = (schedule.REPLICA_KILL, schedule.REPLICA_WIPE, schedule.PRODUCER_DUP,
                schedule.CLOCK_SKEW, schedule.REPLICA_ZOMBIE)
 SEED = 21
 
@@ -53,7 +57,7 @@ def test_against_a_deployment_only_our_own_processes_are_faulted(topics: Setting
     injects the faults it can there and reports the others as not run."""
     replica = ProcessorProcess(topics, tmp_path / "replica").start(ready_timeout=120)
     try:
-        options = Options(seed=SEED, kinds=(schedule.WORKER_KILL, schedule.REPLICA_KILL,
+        options = Options(seed=SEED, kinds=(schedule.CLOCK_SKEW, schedule.REPLICA_KILL,
                                             schedule.PRODUCER_DUP),
                           faults=3, gap_s=8.0, first_at_s=5.0, rate=3.0, workers=1,
                           local=False, workdir=tmp_path, out_dir=None, drain_timeout_s=120.0,
@@ -62,7 +66,7 @@ def test_against_a_deployment_only_our_own_processes_are_faulted(topics: Setting
     finally:
         replica.stop()
     statuses = {f["kind"]: f["status"] for f in outcome.report["faults"]}
-    assert statuses == {"worker-kill": "done", "replica-kill": "not-run",
+    assert statuses == {"clock-skew": "done", "replica-kill": "not-run",
                         "producer-dup": "done"}
     assert outcome.findings.ok(), outcome.findings.invariants()
     assert outcome.paths == ()
