@@ -276,3 +276,9 @@ def registry_reader_group_prefix(settings: Settings) -> str:
 def registry_reader_group(settings: Settings, instance: str) -> str:
     """A group id for one read of the queue registry by a client (never joined)."""
     return f"{registry_reader_group_prefix(settings)}{instance}"
+
+
+def chaos_reader_group(settings: Settings, role: str, instance: str) -> str:
+    """A group id for one read by the chaos harness (``role``: check, observer; never
+    joined, D42)."""
+    return settings.topic(f"chaos-{role}.{instance}")

@@ -35,7 +35,7 @@ from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_event
 from taskstream.schemas.state import TERMINAL, EntityState, TaskState
 from taskstream.settings import Settings
-from taskstream.topics import events_topic
+from taskstream.topics import chaos_reader_group, events_topic
 
 #: an extra run is put down to a fault whose window (start .. healed + this) holds it
 SETTLE_S = 20.0
@@ -132,8 +132,8 @@ def fold_facts(events: Iterable[tuple[str, bytes, int | None]],
 
 def read_log(settings: Settings, timeout: float = 60.0) -> LogFacts:
     """The events topic read from its beginning to its end now, folded (:func:`fold_facts`)."""
-    consumer = Consumer(consumer_config(settings, settings.topic(f"chaos-check.{new_event_id()}"),
-                                        {"enable.auto.commit": False}))
+    group = chaos_reader_group(settings, "check", new_event_id())
+    consumer = Consumer(consumer_config(settings, group, {"enable.auto.commit": False}))
     topic = events_topic(settings)
     try:
         parts = sorted(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)

@@ -18,7 +18,7 @@ from taskstream.schemas.ids import new_event_id
 from taskstream.schemas.serde import decode_entity
 from taskstream.schemas.state import TERMINAL, TaskState
 from taskstream.settings import Settings
-from taskstream.topics import task_changelog_topic
+from taskstream.topics import chaos_reader_group, task_changelog_topic
 
 
 class Observer(threading.Thread):
@@ -32,7 +32,7 @@ class Observer(threading.Thread):
         self.status: dict[str, str] = {}
         self._halt = threading.Event()
         self.consumer = Consumer(consumer_config(
-            settings, settings.topic(f"chaos-observer.{new_event_id()}"),
+            settings, chaos_reader_group(settings, "observer", new_event_id()),
             {"enable.auto.commit": False}))
         topic = task_changelog_topic(settings)
         parts = self.consumer.list_topics(topic, timeout=settings.kafka_timeout_s
