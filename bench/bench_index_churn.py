@@ -56,6 +56,38 @@ def task(task_id: str, now_ms: int) -> TaskState:
                      attempt=1, dispatch_id="d")
 
 
+def churn_second(index: indexes.PartitionIndex, now: int, rate: int, seq: int,
+                 finished: list[tuple[int, TaskState]], retention_s: int) -> int:
+    """One second of the retention soak's index writes at ``now``: ``rate`` tasks READY,
+    RUNNING, SUCCEEDED (a batch each), and the finished ones older than ``retention_s``
+    removed; returns the last task sequence number (tests/test_statestore_churn.py
+    drives the same writes)."""
+    fresh = []
+    for _ in range(rate):
+        seq += 1
+        fresh.append(task(f"{now:013d}{seq:010d}", now))
+    batch = index.batch()
+    for state in fresh:
+        batch.move(None, state)
+    batch.commit()
+    batch = index.batch()
+    running = [dataclasses.replace(s, status=TaskStatus.RUNNING, due_at_ms=now + 30_000)
+               for s in fresh]
+    for before, after in zip(fresh, running, strict=True):
+        batch.move(before, after)
+    batch.commit()
+    batch = index.batch()
+    for before in running:
+        after = dataclasses.replace(before, status=TaskStatus.SUCCEEDED, due_at_ms=None,
+                                    finished_at_ms=now)
+        batch.move(before, after)
+        finished.append((now, after))
+    while finished and finished[0][0] + retention_s * 1000 <= now:
+        batch.remove(finished.pop(0)[1])
+    batch.commit()
+    return seq
+
+
 def skipped(options: Any) -> int:
     found = re.search(r"rocksdb\.number\.iter\.skip COUNT : (\d+)", options.get_statistics())
     return int(found.group(1)) if found else 0
@@ -97,29 +129,7 @@ def run(rate: int, retention_s: int, minutes: float, every: int, path: Path
     began = time.perf_counter()
     for second in range(int(minutes * 60)):
         now = 1_800_000_000_000 + second * 1000
-        fresh = []
-        for _ in range(rate):
-            seq += 1
-            fresh.append(task(f"{now:013d}{seq:010d}", now))
-        batch = index.batch()
-        for state in fresh:
-            batch.move(None, state)
-        batch.commit()
-        batch = index.batch()
-        running = [dataclasses.replace(s, status=TaskStatus.RUNNING, due_at_ms=now + 30_000)
-                   for s in fresh]
-        for before, after in zip(fresh, running, strict=True):
-            batch.move(before, after)
-        batch.commit()
-        batch = index.batch()
-        for before in running:
-            after = dataclasses.replace(before, status=TaskStatus.SUCCEEDED, due_at_ms=None,
-                                        finished_at_ms=now)
-            batch.move(before, after)
-            finished.append((now, after))
-        while finished and finished[0][0] + retention_s * 1000 <= now:
-            batch.remove(finished.pop(0)[1])
-        batch.commit()
+        seq = churn_second(index, now, rate, seq, finished, retention_s)
         if (second + 1) % every == 0:
             before_skip = skipped(listing_options)
             started = time.perf_counter()

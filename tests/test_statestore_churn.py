@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from rocksdict import Options, Rdict
 
-from taskstream.schemas.events import Backoff, TimerKind
+from bench.bench_index_churn import churn_second, task
+from taskstream.schemas.events import TimerKind
 from taskstream.schemas.state import EntityState, TaskState, TaskStatus
 from taskstream.statestore import indexes, keys, rocks
 from taskstream.statestore.rocks import Deletions
@@ -40,14 +41,6 @@ def _timer_of(state: EntityState | None) -> keys.DueEntry | None:
         return keys.DueEntry(state.finished_at_ms + RETENTION_S * 1000, state.task_id,
                              TimerKind.RETENTION_DUE, state.attempt, "d")
     return indexes.timer_of(state)
-
-
-def _task(task_id: str, now_ms: int) -> TaskState:
-    return TaskState(task_id=task_id, name="noop", queue="default", priority=0,
-                     status=TaskStatus.READY, payload=b"", content_type="application/json",
-                     payload_digest="", max_attempts=3, backoff=Backoff(), timeout_ms=None,
-                     lease_ms=30_000, submitted_at_ms=now_ms, updated_at_ms=now_ms,
-                     attempt=1, dispatch_id="d")
 
 
 def _skipped(options: Any) -> int:
@@ -82,30 +75,8 @@ def churned(tmp_path_factory: pytest.TempPathFactory
     finished: list[tuple[int, TaskState]] = []
     seq = 0
     for second in range(SECONDS):
-        now = 1_800_000_000_000 + second * 1000
-        fresh = []
-        for _ in range(RATE):
-            seq += 1
-            fresh.append(_task(f"{now:013d}{seq:010d}", now))
-        batch = index.batch()
-        for state in fresh:
-            batch.move(None, state)
-        batch.commit()
-        batch = index.batch()
-        running = [dataclasses.replace(s, status=TaskStatus.RUNNING, due_at_ms=now + 30_000)
-                   for s in fresh]
-        for before, after in zip(fresh, running, strict=True):
-            batch.move(before, after)
-        batch.commit()
-        batch = index.batch()
-        for before in running:
-            done = dataclasses.replace(before, status=TaskStatus.SUCCEEDED, due_at_ms=None,
-                                       finished_at_ms=now)
-            batch.move(before, done)
-            finished.append((now, done))
-        while finished and finished[0][0] + RETENTION_S * 1000 <= now:
-            batch.remove(finished.pop(0)[1])
-        batch.commit()
+        seq = churn_second(index, 1_800_000_000_000 + second * 1000, RATE, seq, finished,
+                           RETENTION_S)
     yield index, opened[1]  # opened in order: due, listing
     index.close()
 
@@ -145,7 +116,7 @@ def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> 
         writer = PartitionWriter(db, index, deletions)
         for _ in range(RATE):
             seq += 1
-            ready = _task(f"{now:013d}{seq:010d}", now)
+            ready = task(f"{now:013d}{seq:010d}", now)
             running = dataclasses.replace(ready, status=TaskStatus.RUNNING, due_at_ms=now + 30_000)
             done = dataclasses.replace(running, status=TaskStatus.SUCCEEDED, due_at_ms=None,
                                        finished_at_ms=now)
