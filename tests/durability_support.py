@@ -35,7 +35,14 @@ from taskstream.schemas.serde import decode_event
 from taskstream.schemas.state import TaskState, TaskStatus
 from taskstream.settings import Settings
 from taskstream.topics import events_topic, quarantine_topic
-from tests.harness import EventWriter, ProcessorProcess, StateReader, TopicReader, wait_for
+from tests.harness import (
+    EventWriter,
+    ProcessorProcess,
+    StateReader,
+    TopicReader,
+    stop_process,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: how long a processor's producer waits for an acknowledgement before a send is reported
@@ -81,13 +88,7 @@ class Rig:
 
     def stop_workers(self) -> None:
         for proc in self.workers:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_process(proc)
 
     def close(self) -> None:
         self.stop_workers()

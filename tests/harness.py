@@ -242,3 +242,14 @@ class StateReader:
             return state if state is not None and predicate(state) else None
 
         return wait_for(f"task {task_id}: {what}", check, timeout=timeout, interval=0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process the test started, SIGKILL it after 30 s (a bounded wait)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -22,7 +22,7 @@ from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
 from taskstream.topics import ready_topic
 from taskstream.workers.errors import WorkerThreadDied
-from tests.harness import settings_env, wait_for
+from tests.harness import settings_env, stop_process, wait_for
 from tests.test_worker_support import Events, committed, ready_envelope, running_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,16 +39,6 @@ def start_worker(settings: Settings, log_path: Path, *args: str,
             [sys.executable, "-m", "taskstream", "worker", "-A", "examples.tasks",
              "--queues", "default", "--no-create-topics", *args],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def send_to_partition(settings: Settings, partition: int, envelopes: list[Envelope]) -> None:
@@ -90,9 +80,9 @@ def test_a_dead_consumer_thread_makes_the_worker_exit_non_zero(topics: Settings,
         again = start_worker(topics, tmp_path / "worker2.log")
         events.wait_type(late.task_id, "TaskSucceeded", timeout=60)
     finally:
-        stop(proc)
+        stop_process(proc)
         if again is not None:
-            stop(again)
+            stop_process(again)
         events.close()
 
 
@@ -154,9 +144,9 @@ def test_a_failed_task_started_does_not_rerun_later_tasks_after_a_rebalance(
         again = {task_id: n for task_id, n in runs.items() if n > 1}
         assert not again, f"{len(again)} tasks ran again after the rebalance: {again}"
     finally:
-        stop(first)
+        stop_process(first)
         if second is not None:
-            stop(second)
+            stop_process(second)
         events.close()
 
 
@@ -184,5 +174,5 @@ def test_a_failed_task_started_is_made_good_by_a_lease_renewal_while_the_task_ru
         assert not events.of(env.task_id, "TaskSucceeded")  # it still runs
         assert "event=task.start_unacked" in log_path.read_text()
     finally:
-        stop(proc)
+        stop_process(proc)
         events.close()
