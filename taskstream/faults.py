@@ -75,6 +75,10 @@ POINTS: Mapping[str, str] = {
         "a worker is about to hand a TaskStarted to its producer (a raise of "
         "confluent_kafka:KafkaException is the producer refusing it: the event never "
         "reaches the broker; D47)",
+    "worker.commit":
+        "a worker's queue consumer is about to commit the offsets of settled records "
+        "(``kill`` here is a worker that dies with started attempts not yet committed: "
+        "their records are read again by the partitions' next owner, D49)",
 }
 
 

@@ -500,6 +500,7 @@ class QueueConsumer:
                        if tp in self._levels and (only is None or tp in only)}
         if not targets:
             return
+        fault_point("worker.commit")
         offsets = [TopicPartition(t, p, off) for (t, p), off in sorted(targets.items())]
         try:
             if asynchronous:
