@@ -25,7 +25,12 @@ from taskstream.processors.fold.effects import (
     RetryScheduled,
     SetTimer,
 )
-from taskstream.processors.fold.lifecycle import TRANSITIONS, LifecycleError, Limits
+from taskstream.processors.fold.lifecycle import (
+    TRANSITIONS,
+    LifecycleError,
+    Limits,
+    redo_effects,
+)
 from taskstream.processors.fold.rules import FLOW_EVENT_KEYS
 from taskstream.schemas.events import ParentOutcome, TimerKind
 from taskstream.schemas.state import TaskStatus
@@ -323,6 +328,38 @@ def test_lease_expiry_on_the_last_attempt_dead_letters() -> None:
     story.start()
     effects = story.fire(TimerKind.LEASE_EXPIRED)
     assert story.s.status is S.DEAD and any(isinstance(e, DeadLetter) for e in effects)
+
+
+def test_lease_expiry_withdraws_the_attempt_before_anything_else() -> None:
+    """D49: the expired attempt's cancellations record goes out first (before the slot it
+    held can be granted again): a worker that reads its dispatch again skips it. It names
+    the expired attempt, so the next one is not touched."""
+    story = _running()
+    effects = story.fire(TimerKind.LEASE_EXPIRED)
+    revoke = effects[0]
+    assert isinstance(revoke, PublishCancel)
+    assert revoke.envelope.attempt == 1 and revoke.envelope.task_id == story.s.task_id
+    assert revoke.envelope.event_id == f"{story.log[-1].event_id}.revoke"
+    assert "lease of attempt 1 ran out" in revoke.envelope.body.reason  # type: ignore[union-attr]
+    assert redo_effects(story.s, story.log[-1].event_id)[0] == revoke  # a redo sends it again
+    story.fire(TimerKind.RETRY_DUE)
+    assert story.s.attempt == 2
+    story.start()
+    assert story.succeed()[-1] == ForgetCancel(story.s.task_id)  # final: its tombstone
+
+
+def test_lease_expiry_on_the_last_attempt_withdraws_it_and_tombstones_at_once() -> None:
+    story = Story()
+    story.submit(max_attempts=1)
+    story.start()
+    effects = story.fire(TimerKind.LEASE_EXPIRED)
+    assert isinstance(effects[0], PublishCancel)
+    assert effects[-1] == ForgetCancel(story.s.task_id)
+
+
+def test_a_task_that_never_retried_sends_no_tombstone() -> None:
+    story = _running()
+    assert not any(isinstance(e, ForgetCancel) for e in story.succeed())
 
 
 def test_cancel_clears_the_timer_and_publishes_the_cancellation() -> None:

@@ -88,8 +88,6 @@ def test_killed_worker_lease_expires_and_another_worker_completes(
         replica.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21, D49: a dispatch whose lease ran out is "
-                   "started again by the partition's next owner")
 def test_an_attempt_whose_lease_ran_out_is_not_started_by_the_next_worker(
         topics: Settings, tmp_path: Path) -> None:
     """The first worker dies as it is about to commit the offset of a task it started

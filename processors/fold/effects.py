@@ -248,6 +248,15 @@ def cancel_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     return _envelope(state, f"{cause_event_id}.cancel", _finished(state), body)
 
 
+def revoke_envelope(state: TaskState, cause_event_id: str, occurred_at_ms: int) -> Envelope:
+    """The cancellations record that withdraws ``state``'s current attempt, whose lease ran
+    out (D49): workers skip its dispatch if they read it again, and stop it if it still
+    runs. Its ``attempt`` is the expired one, so the next attempt is not touched."""
+    body = new_cancelled(reason=f"the lease of attempt {state.attempt} ran out; "
+                                "a later attempt takes its place")
+    return _envelope(state, f"{cause_event_id}.revoke", occurred_at_ms, body)
+
+
 def _finished(state: TaskState) -> int:
     return state.finished_at_ms if state.finished_at_ms is not None else state.updated_at_ms
 

@@ -55,6 +55,7 @@ from taskstream.processors.fold.effects import (
     cancel_envelope,
     dead_letter_envelope,
     dispatch_of,
+    revoke_envelope,
 )
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import (
@@ -83,7 +84,9 @@ from taskstream.processors.fold.steps import (
     cancel,
     cancel_settled,
     failed,
+    forget_revoked,
     gate_step,
+    lease_ran_out,
     progress,
     redrive,
     refused,
@@ -336,7 +339,13 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
         case TaskStatus.READY:
             return [dispatch_of(state, cause_event_id)]
         case TaskStatus.DEAD:
-            return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)), *linked]
+            return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)),
+                    *forget_revoked(state, state.last_error), *linked]
+        case TaskStatus.RETRYING if lease_ran_out(state):  # its withdrawal again (D49)
+            return [PublishCancel(revoke_envelope(state, cause_event_id, state.updated_at_ms)),
+                    *released, *linked]
+        case TaskStatus.SUCCEEDED:
+            return [*released, *forget_revoked(state), *linked]
         case TaskStatus.CANCELLED | TaskStatus.EXPIRED if cancel_settled(state):
             return [*released, ForgetCancel(state.task_id), *linked]  # the tombstone again
         case TaskStatus.CANCELLED | TaskStatus.EXPIRED:

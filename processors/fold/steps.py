@@ -31,6 +31,7 @@ from taskstream.processors.fold.effects import (
     dead_letter_envelope,
     dispatch_of,
     make_dispatch_id,
+    revoke_envelope,
 )
 from taskstream.processors.fold.gates import (
     GATE_RATE,
@@ -148,7 +149,8 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
         if not effects:
             return dead, []
         return dead, [*_clear_timer(state), *released,
-                      DeadLetter(dead_letter_envelope(dead, event.event_id))]
+                      DeadLetter(dead_letter_envelope(dead, event.event_id)),
+                      *forget_revoked(dead, error)]
     if retry_after_ms is not None:
         delay = max(0, retry_after_ms)
     else:
@@ -274,6 +276,22 @@ def cancellation_records(state: TaskState, cause_event_id: str) -> list[Effect]:
     return [PublishCancel(cancel_envelope(state, cause_event_id)), ForgetCancel(state.task_id)]
 
 
+def lease_ran_out(state: TaskState) -> bool:
+    """Whether ``state``'s current attempt ended because its lease ran out (its withdrawal,
+    :func:`~taskstream.processors.fold.effects.revoke_envelope`, was published)."""
+    error = state.last_error
+    return (error is not None and error.attempt == state.attempt
+            and error.error_type == LEASE_EXPIRED_ERROR)
+
+
+def forget_revoked(state: TaskState, error: ErrorInfo | None = None) -> list[Effect]:
+    """The tombstone of any attempt withdrawn earlier (D49), once ``state`` is final: an
+    attempt of it retried before (``retries``), or the one that just ran out its lease.
+    A tombstone for a key never written costs a record and changes nothing."""
+    ran_out = error is not None and error.error_type == LEASE_EXPIRED_ERROR
+    return [ForgetCancel(state.task_id)] if state.retries or ran_out else []
+
+
 def settle_cancel(state: TaskState, event: Envelope, worker_id: str, error: ErrorInfo | None,
                   effects: bool = True) -> Step:
     """A worker's end of the current attempt, after the task was cancelled (or expired)
@@ -338,8 +356,13 @@ def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = T
             attempt=state.attempt,
             timed_out=True,
         )
-        return fail_attempt(state, event, error, retryable=True, retry_after_ms=None,
-                            effects=effects)
+        after, out = fail_attempt(state, event, error, retryable=True, retry_after_ms=None,
+                                  effects=effects)
+        if not effects:
+            return after, out
+        # the withdrawal goes out first, before the slot this attempt held is granted again
+        revoke = revoke_envelope(after, event.event_id, event.occurred_at_ms)
+        return after, [PublishCancel(revoke), *out]
     if kind is TimerKind.WAIT_RETRY_DUE:
         if event.attempt != state.attempt:
             return Refusal(f"stale timer {kind}: attempt {event.attempt}, task at {state.attempt}")
@@ -422,7 +445,10 @@ def succeeded(
         return done, []
     if state.flow is not None:
         return done, [*_clear_timer(state),
-                      *release(state, event.event_id, event.occurred_at_ms, "succeeded")]
+                      *release(state, event.event_id, event.occurred_at_ms, "succeeded"),
+                      *forget_revoked(done)]
+    if state.retries:
+        return done, [*_clear_timer(state), *forget_revoked(done)]
     return done, _clear_timer(state)
 
 
@@ -460,6 +486,8 @@ def expire(state: TaskState, event: Envelope, effects: bool = True) -> Accepted:
     out = [*_clear_timer(state), *release(state, event.event_id, event.occurred_at_ms, "expired")]
     if state.status is TaskStatus.READY:
         out += cancellation_records(expired, event.event_id)
+    else:
+        out += forget_revoked(expired)
     return expired, out
 
 
