@@ -1,6 +1,7 @@
 """The short seeded chaos run CI makes (issue 21, D42): a 3-node Kafka, two processor
-replicas, two workers, the mixed workload, and the faults that hold on main today;
-every invariant asserted. ``make chaos`` is the full run (docs/chaos.md)."""
+replicas, two workers, the mixed workload with its two schedules, and the faults that
+hold on main today; every invariant asserted, one firing per schedule tick included.
+``make chaos`` is the full run (docs/chaos.md)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def test_short_seeded_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     assert [(e.task_id, e.kind, e.why) for e in found.unattributed] == []
     assert found.verify_ok, found.verify_detail
     assert found.limit_max <= found.limit_allowed
+    ticks = report["schedule_ticks"]
+    assert len(ticks["schedules"]) == 2 and ticks["fired"] > 0, ticks
+    assert found.invariants()["one firing per schedule tick"] is True, ticks
     assert found.ok()
     assert {p.suffix for p in outcome.paths} == {".json", ".md"}
 

@@ -1,8 +1,10 @@
 """The chaos harness's pure parts (D42): the seeded plan and mix, the runs file, the
-rules that attribute extra runs and measure a limit, the fold of the log's facts."""
+rules that attribute extra runs and measure a limit, the fold of the log's facts, and
+the rule of one firing per schedule tick."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
@@ -14,19 +16,41 @@ from taskstream.chaos import schedule
 from taskstream.chaos.checker import (
     FaultRecord,
     Run,
+    ScheduleFacts,
+    TickFindings,
+    TimerPass,
     attribute,
     check,
+    check_ticks,
     fold_facts,
     max_overlap,
     parse_runs,
 )
 from taskstream.chaos.errors import ChaosError
-from taskstream.chaos.workload import EXPECTED_RUNS, WEIGHTS, mix
+from taskstream.chaos.report import markdown, to_json
+from taskstream.chaos.workload import EXPECTED_RUNS, WEIGHTS, mix, schedules
 from taskstream.processors.fold.clock import clamp
+from taskstream.processors.fold.effects import Emit
 from taskstream.processors.fold.rules import Limits
-from taskstream.schemas.events import TimerKind
+from taskstream.processors.fold.schedule import apply as apply_schedule
+from taskstream.schemas.entity_keys import schedule_key
+from taskstream.schemas.events import (
+    Backoff,
+    Envelope,
+    EventBody,
+    MisfirePolicy,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+    ScheduleSpec,
+    TaskSubmitted,
+    TimerFired,
+    TimerKind,
+)
+from taskstream.schemas.ids import firing_task_id
+from taskstream.schemas.schedules import ScheduleRequest
 from taskstream.schemas.serde import encode_event
-from taskstream.schemas.state import TaskStatus
+from taskstream.schemas.state import ScheduleState, TaskStatus
 from tests.lifecycle_support import T0, Story, submitted
 
 
@@ -174,3 +198,194 @@ def test_the_log_fold_holds_event_times_to_the_record_timestamps_as_a_replica_do
     facts = fold_facts(log, limits)
     assert facts.status[story.task_id] == TaskStatus.SUCCEEDED.value
     assert facts.accepted_terminal[story.task_id] == 1
+
+
+# -- one firing per schedule tick ---------------------------------------------------------
+
+TICK_TEMPLATE = TaskSubmitted("chaos.fast", "chaos", 0, b"{}", "application/json", None, 10,
+                              Backoff(), None, 8_000)
+TICK_KEY = schedule_key("tick")
+
+
+class ScheduleLog:
+    """One schedule's log, written by the platform's own fold: its ScheduleSet, the
+    timer passes, the TaskSubmitted records its firings emit, its deletion."""
+
+    def __init__(self, misfire: MisfirePolicy = MisfirePolicy.CATCH_UP) -> None:
+        self.spec = ScheduleSpec(TICK_TEMPLATE, every_ms=2_000, misfire=misfire,
+                                 catch_up_max=1000)
+        self.state: ScheduleState | None = None
+        self.records: list[Envelope] = []
+        self.n = 0
+
+    def send(self, body: EventBody, at: int) -> list[Envelope]:
+        self.n += 1
+        env = Envelope(f"E{self.n}", TICK_KEY, at, "test", 0, body)
+        self.records.append(env)
+        self.state, effects = apply_schedule(self.state, env)
+        return [e.envelope for e in effects if isinstance(e, Emit)]
+
+    def fire(self, at: int | None = None, deliver: bool = True) -> list[Envelope]:
+        """The owner's timer pass (at the due time by default); its firings reach the
+        log unless ``deliver`` is False (an emission lost)."""
+        assert self.state is not None and self.state.due_at_ms is not None
+        due = self.state.due_at_ms
+        emitted = self.send(TimerFired(TimerKind.SCHEDULE_DUE, due), due if at is None else at)
+        if deliver:
+            self.records += emitted
+        return emitted
+
+    def log(self) -> list[tuple[str, bytes, int | None]]:
+        return [(e.task_id, encode_event(e), None) for e in self.records]
+
+
+def _ticks(log: ScheduleLog) -> TickFindings:
+    facts = fold_facts(log.log())
+    return check_ticks(facts.schedules[TICK_KEY], facts.status)
+
+
+def test_a_clean_tick_sequence_passes_and_a_redo_is_no_second_firing() -> None:
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    for _ in range(5):
+        emitted = log.fire()
+    log.records.append(emitted[0])  # the last firing sent again by a redo (same event ID)
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 10_500)
+    found = _ticks(log)
+    assert (found.expected, found.fired, found.skipped, found.pending) == (5, 5, 0, 0)
+    assert found.ok and found.removed and not found.missed and not found.duplicated
+
+
+def test_a_tick_fired_twice_is_caught_though_the_task_fold_keeps_one_task() -> None:
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire()
+    second = log.fire()[0]
+    # a replica that fired the same tick from a timer of its own (a zombie): same task ID,
+    # another event ID
+    log.records.append(dataclasses.replace(second, event_id="zombie-timer.fire.x"))
+    log.fire()
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 6_500)
+    found = _ticks(log)
+    fire_at = T0 + 4_000
+    assert list(found.duplicated) == [fire_at] and "distinct event IDs" in found.duplicated[
+        fire_at]
+    assert found.fired == 3 and not found.missed and not found.ok
+
+
+def test_a_firing_that_never_reached_the_log_is_a_missed_tick() -> None:
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire()
+    log.fire(deliver=False)  # the schedule moved on, its TaskSubmitted was lost
+    log.fire()
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 6_500)
+    found = _ticks(log)
+    assert found.missed == [T0 + 4_000] and found.fired == 2 and not found.ok
+
+
+def test_ticks_a_stalled_timer_never_reached_are_missed_unless_still_pending() -> None:
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire()  # T0+2 s; then the owner stalls, and the schedule is deleted at T0+30.5 s
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 30_500)
+    found = _ticks(log)
+    # 4 .. 20 s are missed; 22 .. 30 s were due less than PENDING_MS before the removal
+    assert found.missed == list(range(T0 + 4_000, T0 + 20_001, 2_000))
+    assert found.pending == len(range(T0 + 22_000, T0 + 30_001, 2_000))
+    assert found.expected == 1 + len(found.missed) and not found.ok
+
+
+@pytest.mark.parametrize("misfire", [MisfirePolicy.CATCH_UP, MisfirePolicy.RUN_ONCE])
+def test_a_late_timer_pass_fires_what_the_misfire_policy_promises(misfire: MisfirePolicy
+                                                                   ) -> None:
+    """A timer pass 18 s late (the owner was down): catch-up fires all ten due ticks,
+    run-once the latest and skips nine, as D37 documents; neither is a missed tick."""
+    log = ScheduleLog(misfire)
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire(at=T0 + 20_100)
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 20_500)
+    found = _ticks(log)
+    skipped = 9 if misfire is MisfirePolicy.RUN_ONCE else 0
+    assert (found.expected, found.fired, found.skipped) == (10, 10 - skipped, skipped)
+    assert found.ok, found
+
+
+def test_a_pass_that_skips_what_catch_up_promises_is_caught() -> None:
+    """The same late pass, as facts, when only its latest tick fired: under run-once the
+    nine others are skipped; under catch-up (1000 at most) they are missed."""
+    ticks = range(T0 + 2_000, T0 + 20_001, 2_000)
+    for misfire, missed in ((MisfirePolicy.RUN_ONCE, []),
+                            (MisfirePolicy.CATCH_UP, list(ticks)[:-1])):
+        spec = ScheduleSpec(TICK_TEMPLATE, every_ms=2_000, misfire=misfire,
+                            catch_up_max=1000)
+        task = firing_task_id("tick", T0 + 20_000)
+        facts = ScheduleFacts(TICK_KEY, spec, T0 + 500, T0 + 20_500,
+                              passes=[TimerPass(T0 + 20_100, T0 + 2_000)],
+                              fold_fired={T0 + 20_000: 1},
+                              submitted={T0 + 20_000: {"E2.fire"}}, tasks={T0 + 20_000: task})
+        assert check_ticks(facts, {task: "SUCCEEDED"}).missed == missed
+
+
+def test_a_firing_after_the_removal_is_unexpected() -> None:
+    spec = ScheduleSpec(TICK_TEMPLATE, every_ms=2_000)
+    facts = ScheduleFacts(TICK_KEY, spec, T0 + 500, T0 + 2_500,
+                          passes=[TimerPass(T0 + 2_000, T0 + 2_000)],
+                          submitted={T0 + 2_000: {"a"}, T0 + 4_000: {"b"}},
+                          tasks={T0 + 2_000: "A", T0 + 4_000: "B"})
+    found = check_ticks(facts, {"A": "SUCCEEDED", "B": "SUCCEEDED"})
+    assert found.unexpected == [T0 + 4_000] and found.fired == 1 and not found.ok
+
+
+def test_the_tick_rule_is_an_invariant_and_its_tasks_join_the_others() -> None:
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire()
+    log.fire(deliver=False)
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 4_500)
+    facts = fold_facts(log.log())
+    found = check({}, facts, [], [], {}, {}, 10.0, True, schedules=[TICK_KEY])
+    assert found.invariants()["one firing per schedule tick"] is False and not found.ok()
+    first = firing_task_id("tick", T0 + 2_000)
+    assert found.by_kind == {"tick": 1} and found.lost == [first]  # READY: not terminal
+    assert check({}, facts, [], [], {}, {}, 10.0, True).invariants()[
+        "one firing per schedule tick"] is None  # no schedule in the run: not checked
+
+
+def test_the_run_creates_two_schedules_the_sdk_accepts() -> None:
+    made = schedules("21-20261130t120000z")
+    assert len(made) == 2 and len({sid for sid, _ in made}) == 2
+    for schedule_id, kwargs in made:
+        request = ScheduleRequest.build(schedule_id=schedule_id, **kwargs)
+        assert request.queue == "chaos" and request.task_name == "chaos.fast"
+
+
+def test_a_tick_fired_by_a_pass_folded_before_a_removal_stamped_earlier_counts() -> None:
+    """The deletion's clock says T0+4.4 s, but the pass at T0+4.5 s (firing the 4 s tick)
+    reached the log before it: the platform fired that tick rightly."""
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire()
+    log.fire(at=T0 + 4_500)
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 4_400)
+    found = _ticks(log)
+    assert (found.expected, found.fired, found.unexpected) == (2, 2, []) and found.ok
+
+
+def test_the_report_shows_the_schedule_figures_and_the_tick_invariant() -> None:
+    log = ScheduleLog()
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    log.fire()
+    twice = log.fire()[0]
+    log.records.append(dataclasses.replace(twice, event_id="zombie.fire.x"))
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), T0 + 4_500)
+    found = check({}, fold_facts(log.log()), [], [], {}, {}, 10.0, True,
+                  schedules=[TICK_KEY])
+    meta = {"stamp": "s", "command": "c", "seed": 1, "kinds": [], "duration_s": 1.0,
+            "topology": "t", "refused": 0}
+    report = to_json(meta, [], found, 0.0)
+    assert report["schedule_ticks"]["fired"] == 2
+    assert report["schedule_ticks"]["duplicated"] == 1 and report["ok"] is False
+    text = markdown(report)
+    assert "| schedule ticks duplicated | 1 |" in text
+    assert "| one firing per schedule tick | BROKEN |" in text

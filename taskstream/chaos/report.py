@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from taskstream.chaos.checker import FaultRecord, Findings
+from taskstream.chaos.checker import FaultRecord, Findings, TickFindings
 
 
 def by_kind(faults: Sequence[FaultRecord], findings: Findings) -> dict[str, dict[str, Any]]:
@@ -33,6 +33,25 @@ def by_kind(faults: Sequence[FaultRecord], findings: Findings) -> dict[str, dict
     return rows
 
 
+def ticks_json(ticks: Sequence[TickFindings]) -> dict[str, Any]:
+    """The schedules' figures: totals, and each schedule's (fire times listed, 50 at most)."""
+    return {
+        "expected": sum(t.expected for t in ticks),
+        "fired": sum(t.fired for t in ticks),
+        "skipped": sum(t.skipped for t in ticks),
+        "pending": sum(t.pending for t in ticks),
+        "duplicated": sum(len(t.duplicated) for t in ticks),
+        "missed": sum(len(t.missed) for t in ticks),
+        "unexpected": sum(len(t.unexpected) for t in ticks),
+        "schedules": [
+            {"schedule": t.schedule, "expected": t.expected, "fired": t.fired,
+             "skipped": t.skipped, "pending": t.pending, "removed": t.removed,
+             "duplicated": {str(k): v for k, v in list(t.duplicated.items())[:50]},
+             "missed": t.missed[:50], "unexpected": t.unexpected[:50], "note": t.note}
+            for t in ticks],
+    }
+
+
 def to_json(meta: Mapping[str, Any], faults: Sequence[FaultRecord], findings: Findings,
             t0: float) -> dict[str, Any]:
     return {
@@ -55,6 +74,7 @@ def to_json(meta: Mapping[str, Any], faults: Sequence[FaultRecord], findings: Fi
                   "exceeded_at_s": None if findings.limit_exceeded_at is None
                   else round(findings.limit_exceeded_at - t0, 2)},
         "replay_verify": {"clean": findings.verify_ok, "detail": findings.verify_detail},
+        "schedule_ticks": ticks_json(findings.ticks),
         "faults_injected": sum(1 for f in faults if f.status == "done"),
         "faults_not_run": sum(1 for f in faults if f.status == "not-run"),
         "faults_failed": sum(1 for f in faults if f.status == "error"),
@@ -69,6 +89,20 @@ def _mark(value: bool | None) -> str:
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
+
+
+def _tick_rows(ticks: Mapping[str, Any] | None) -> list[str]:
+    if not ticks or not ticks["schedules"]:
+        return ["| schedule ticks | no schedule in this run |"]
+    return [
+        f"| schedule ticks expected | {ticks['expected']} ({len(ticks['schedules'])} "
+        f"schedules; {ticks['skipped']} skipped by their misfire policy, {ticks['pending']} "
+        "still pending at removal: not counted) |",
+        f"| schedule ticks fired | {ticks['fired']} |",
+        f"| schedule ticks duplicated | {ticks['duplicated']} |",
+        f"| schedule ticks missed | {ticks['missed']} (fired outside the window or against "
+        f"the policy: {ticks['unexpected']}) |",
+    ]
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -87,7 +121,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"(not run: {report['faults_not_run']}, failed to inject: "
         f"{report['faults_failed']}) |",
         f"| tasks acknowledged | {report['tasks']} ({report['refused']} refused or never "
-        "acknowledged: not counted) |",
+        "acknowledged: not counted; schedule ticks' tasks: "
+        f"{report['tasks_by_kind'].get('tick', 0)}) |",
         f"| lost | {len(report['lost'])} |",
         f"| double-accepted completions | {len(report['double_accepted'])} |",
         f"| handler runs | {report['handler_runs']} (TaskStarted events: "
@@ -97,6 +132,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"| most concurrent runs of the key | {report['limit']['max_concurrent']} "
         f"(allowed {report['limit']['allowed']}) |",
         f"| replay verify | {_mark(report['replay_verify']['clean'])} |",
+        *_tick_rows(report.get("schedule_ticks")),
         "",
         "| invariant | result |",
         "|---|---|",

@@ -6,13 +6,15 @@ Order of steps, each wait bounded:
    Kafka, the topics, the replicas, the workers; against a deployment only our workers
    (on the ``chaos`` queue, registered if missing);
 2. the observer (the task changelog, tailed), then the workload (a thread submitting
-   the seeded mix and keeping the ledger);
+   the seeded mix and keeping the ledger) and the run's two schedules (created through
+   the SDK, their creation in the ledger);
 3. the seeded plan, fault after fault: each is injected at its planned time (or when
    the one before it healed, whichever is later), held, healed, and its canary waited
    for (recovery time);
-4. the workload stops; the run waits until every acknowledged task is seen terminal
-   (or ``drain_timeout_s``), then runs ``replay verify``, reads the events log to its
-   end and the handlers' runs file, and checks the invariants
+4. the schedules are deleted once their latest ticks were seen (bounded), the workload
+   stops; the run waits until every acknowledged task, and every task a tick
+   submitted, is seen terminal (or ``drain_timeout_s``), then runs ``replay verify``,
+   reads the events log to its end and the handlers' runs file, and checks the invariants
    (:mod:`taskstream.chaos.checker`);
 5. the report: ``<out>/<stamp>.json`` and ``<stamp>.md``;
 6. every process this run started is stopped (also on an error or Ctrl-C).
@@ -37,9 +39,10 @@ from taskstream.chaos.report import markdown, to_json
 from taskstream.chaos.submitter import Submitter
 from taskstream.chaos.tasks import QUEUE
 from taskstream.chaos.topology import Topology
-from taskstream.chaos.workload import Ledger, mix
+from taskstream.chaos.workload import Ledger, mix, schedules
 from taskstream.errors import TaskstreamError
 from taskstream.processors.replay.verify import explain, verify
+from taskstream.producer.build import now_ms
 from taskstream.settings import Settings
 
 #: how long the runner waits for a fault's canary before going on (recorded as no
@@ -49,6 +52,11 @@ RECOVERY_TIMEOUT_S = 90.0
 SESSION_TIMEOUT_S = 6.0
 #: the reads of replay verify and of the log check wait this long for a partition
 VERIFY_KAFKA_TIMEOUT_S = 60.0
+#: before deleting its schedules the run waits (this long at most) for a tick of each
+#: fired at most TICK_FRESH_MS before: the platform is given its chance to be current,
+#: so a tick the checker calls missed is not one the run cut off
+TICK_WAIT_S = 60.0
+TICK_FRESH_MS = 6_000
 
 
 @dataclass(frozen=True)
@@ -116,21 +124,36 @@ def run_chaos(base: Settings, options: Options, say: Callable[[str], None] = pri
         observer.start()
         submitter = Submitter(topo.settings, mix(options.seed, run_id), ledger, options.rate)
         submitter.start()
+        planned = schedules(run_id)
+        say(f"Schedules: creating {', '.join(sid for sid, _ in planned)}")
+        submitter.create_schedules(planned)
         t0 = time.monotonic()
         records = _faults(Context(topo, submitter, options.seed), observer, options, t0, say)
         _sleep_until(t0 + options.min_duration_s)
+        ids = [sid for sid, _ in planned]
+        current = observer.wait_ticks_since(ids, now_ms() - TICK_FRESH_MS, TICK_WAIT_S)
+        say(f"Schedules: deleting them ({'current' if current else 'NOT current'}: "
+            f"{len(observer.tick_tasks(ids))} ticks seen)")
+        submitter.delete_schedules()
         say("Workload: stopping; waiting for every acknowledged task to finish")
         submitter.finish(60.0)
         _heal(topo, options)
-        left = observer.wait_done(set(ledger.tasks()), options.drain_timeout_s)
-        say(f"Drained: {len(ledger.tasks()) - len(left)} of {len(ledger.tasks())} tasks "
+        started = time.monotonic()
+        awaited = set(ledger.tasks()) | observer.tick_tasks(ids)
+        left = observer.wait_done(awaited, options.drain_timeout_s)
+        spent = time.monotonic() - started
+        late = observer.tick_tasks(ids) - awaited  # ticks fired just before the deletion
+        left |= observer.wait_done(late, max(10.0, options.drain_timeout_s - spent))
+        awaited |= late
+        say(f"Drained: {len(awaited) - len(left)} of {len(awaited)} tasks (ticks included) "
             "seen terminal")
         until = time.monotonic()
         verify_ok, detail = _verify(topo.settings, options, workdir)
         say(f"replay verify: {'clean' if verify_ok else 'NOT clean'} {detail[:200]}")
         facts = read_log(topo.settings, timeout=300.0)
         findings = check(ledger.tasks(), facts, load_runs(topo.runs_path), records,
-                         topo.ended, topo.skewed, until, verify_ok, detail)
+                         topo.ended, topo.skewed, until, verify_ok, detail,
+                         schedules=ledger.schedules())
         meta = {"stamp": stamp, "command": options.command, "seed": options.seed,
                 "kinds": list(options.kinds), "duration_s": until - t0,
                 "topology": _describe(topo, options), "rate": options.rate,
@@ -143,7 +166,13 @@ def run_chaos(base: Settings, options: Options, say: Callable[[str], None] = pri
     finally:
         try:
             if submitter is not None and submitter.is_alive():
-                submitter.finish(10.0)
+                submitter.finish(10.0)  # deletes the schedules still live
+            elif submitter is not None and submitter.live_schedules:
+                try:  # none left firing on a deployment
+                    submitter.delete_schedules()
+                    submitter.producer.flush(10.0)
+                except TaskstreamError as exc:
+                    say(f"  the run's schedules could not be deleted: {exc}")
             if observer is not None:
                 observer.close()
         finally:

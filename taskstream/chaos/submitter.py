@@ -105,6 +105,7 @@ class Submitter(threading.Thread):
         self._seq = 0
         self._previous: str | None = None  # the last task sent: a dependent's parent
         self._lock = threading.RLock()  # the SDK producer and _pending, shared with canary()
+        self.live_schedules: list[str] = []  # IDs created and not yet deleted
 
     def run(self) -> None:
         started = time.monotonic()
@@ -183,6 +184,26 @@ class Submitter(threading.Thread):
         with self._lock:
             self._pending[:0] = still
 
+    def create_schedules(self, defs: list[tuple[str, dict[str, Any]]]) -> None:
+        """Create the run's schedules through the SDK, as a user does; each creation goes
+        to the ledger (``ScheduleSet``) once Kafka acknowledged it."""
+        for schedule_id, kwargs in defs:
+            with self._lock:
+                handle = self.producer.schedule(schedule_id, **kwargs)
+                self._pending.append((handle, Entry(handle.task_id, "schedule", "ScheduleSet",
+                                                    0.0)))
+            self.live_schedules.append(schedule_id)
+
+    def delete_schedules(self) -> None:
+        """Delete every schedule this run created and has not deleted yet (the run can
+        then finish; against a deployment, none is left firing)."""
+        while self.live_schedules:
+            schedule_id = self.live_schedules.pop()
+            with self._lock:
+                handle = self.producer.unschedule(schedule_id, "chaos run: draining")
+                self._pending.append((handle, Entry(handle.task_id, "schedule",
+                                                    "ScheduleCommand", 0.0)))
+
     def canary(self) -> str:
         """Submit one fast task now (the runner times recovery with it); its ID."""
         with self._lock:
@@ -193,9 +214,11 @@ class Submitter(threading.Thread):
         return str(handle.task_id)
 
     def finish(self, timeout: float) -> None:
-        """Stop submitting; wait (bounded) for what is pending to be acknowledged or refused."""
+        """Stop submitting (and delete the schedules still live); wait (bounded) for what
+        is pending to be acknowledged or refused."""
         self._halt.set()
         self.join(timeout)
+        self._guarded(self.delete_schedules)
         deadline = time.monotonic() + timeout
         while self._later and time.monotonic() < deadline:
             self._guarded(self._due_later)

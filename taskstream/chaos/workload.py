@@ -11,7 +11,10 @@ Kinds, and what the checker expects of each:
 * ``dependent``: a fast task that depends on the task submitted just before it (D37):
   SUCCEEDED after its parent, or CANCELLED when its parent was (a ``cancel`` task); a
   dependency left WAITING is lost like any other task;
-* ``canary``: a fast task the runner submits as each fault strikes, to time recovery.
+* ``canary``: a fast task the runner submits as each fault strikes, to time recovery;
+* ``tick``: a fast task one of the run's two schedules (:func:`schedules`) submitted at
+  one of its fire times; not in the ledger (the platform submits it), the checker
+  finds them in the log. One run each, like ``fast``.
 
 The ledger is one JSON line per submission Kafka acknowledged (events it refused or
 never acknowledged are counted, not recorded): the checker's list of what must not
@@ -36,7 +39,9 @@ WEIGHTS: dict[str, int] = {"fast": 45, "slow": 10, "flaky": 10, "delayed": 10,
 #: handler runs each kind needs when nothing goes wrong (cancel: at most this many)
 EXPECTED_RUNS: dict[str, int] = {"fast": 1, "slow": 1, "flaky": FLAKY_SUCCEEDS_ON,
                                  "delayed": 1, "duplicate": 1, "cancel": 1, "limited": 1,
-                                 "dependent": 1, "canary": 1}
+                                 "dependent": 1, "canary": 1, "tick": 1}
+#: the kind of a task a schedule's tick submitted (the checker adds them from the log)
+TICK_KIND = "tick"
 MAX_CONCURRENCY = 2
 #: short leases and backoffs: a task whose worker died is dispatched again in seconds
 LEASE_S = 8.0
@@ -92,6 +97,22 @@ def make_submission(rng: random.Random, n: int, run_id: str) -> Submission:
     return Submission(n, "fast", "chaos.fast", {"n": n}, task_options())
 
 
+def schedules(run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The run's schedules, created at its start and deleted before its drain: (schedule
+    ID, the keyword arguments of the SDK's ``producer.schedule``). One every 2 s that
+    catches up every missed tick (so none may be skipped), one a cron every 3 s that
+    runs the latest missed tick once (so a stall's ticks but the last are skipped, as
+    D37 documents)."""
+    return [
+        (f"chaos-{run_id}-every", {"task_name": "chaos.fast", "payload": {"tick": "every"},
+                                   "every": 2.0, "misfire": "catch_up",
+                                   "catch_up_max": 1000, **task_options()}),
+        (f"chaos-{run_id}-cron", {"task_name": "chaos.fast", "payload": {"tick": "cron"},
+                                  "cron": "* * * * * */3", "misfire": "run_once",
+                                  **task_options()}),
+    ]
+
+
 def mix(seed: int, run_id: str) -> Iterator[Submission]:
     """The run's submissions, in order, for ever (the same seed: the same mix)."""
     rng = random.Random(seed)
@@ -106,8 +127,9 @@ def mix(seed: int, run_id: str) -> Iterator[Submission]:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One acknowledged submission (or cancellation): ``event`` TaskSubmitted or
-    CancelRequested; ``via`` sdk or retrying-producer; ``mono``: time.monotonic()."""
+    """One acknowledged submission (or cancellation, or schedule write): ``event``
+    TaskSubmitted, CancelRequested, ScheduleSet or ScheduleCommand (``task_id`` then the
+    schedule's key); ``via`` sdk or retrying-producer; ``mono``: time.monotonic()."""
 
     task_id: str
     kind: str
@@ -147,6 +169,10 @@ class Ledger:
     def tasks(self) -> dict[str, str]:
         """Task ID -> kind of every acknowledged task."""
         return {e.task_id: e.kind for e in self.entries if e.event == "TaskSubmitted"}
+
+    def schedules(self) -> set[str]:
+        """The keys (``schedule:<id>``) of every schedule whose creation Kafka acknowledged."""
+        return {e.task_id for e in self.entries if e.event == "ScheduleSet"}
 
     def cancelled(self) -> set[str]:
         return {e.task_id for e in self.entries if e.event == "CancelRequested"}
