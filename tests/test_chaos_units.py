@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from taskstream.chaos import schedule
 from taskstream.chaos.checker import (
+    PENDING_MS,
     FaultRecord,
     Run,
     ScheduleFacts,
@@ -389,3 +390,24 @@ def test_the_report_shows_the_schedule_figures_and_the_tick_invariant() -> None:
     text = markdown(report)
     assert "| schedule ticks duplicated | 1 |" in text
     assert "| one firing per schedule tick | BROKEN |" in text
+
+
+@given(st.sampled_from(list(MisfirePolicy)),
+       st.lists(st.integers(0, 90_000), min_size=1, max_size=12),
+       st.integers(0, PENDING_MS - 1))
+def test_the_platforms_own_fold_always_keeps_the_tick_rule(
+        misfire: MisfirePolicy, delays: list[int], delete_after: int) -> None:
+    """Whatever lateness its timer passes have, the schedule fold's firings, all
+    delivered, break no rule (the rule re-derives the policy: no false finding), when
+    the removal comes before the timer stalls for PENDING_MS (a stall is a finding:
+    test_ticks_a_stalled_timer_never_reached_are_missed_unless_still_pending)."""
+    log = ScheduleLog(misfire)
+    log.send(ScheduleSet(log.spec), T0 + 500)
+    for delay in delays:
+        assert log.state is not None and log.state.due_at_ms is not None
+        log.fire(at=log.state.due_at_ms + delay)
+    last = log.records[-1].occurred_at_ms
+    log.send(ScheduleCommand(ScheduleOp.DELETE, "done"), last + delete_after)
+    found = _ticks(log)
+    assert found.ok, found
+    assert found.fired + found.skipped + len(found.missed) == found.expected
