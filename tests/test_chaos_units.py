@@ -351,6 +351,8 @@ def test_the_tick_rule_is_an_invariant_and_its_tasks_join_the_others() -> None:
     assert found.by_kind == {"tick": 1} and found.lost == [first]  # READY: not terminal
     assert check({}, facts, [], [], {}, {}, 10.0, True).invariants()[
         "one firing per schedule tick"] is None  # no schedule in the run: not checked
+    lost = check({}, facts, [], [], {}, {}, 10.0, True, schedules=[schedule_key("gone")])
+    assert [t.created for t in lost.ticks] == [False] and not lost.ok()  # ack'd, not in log
 
 
 def test_the_run_creates_two_schedules_the_sdk_accepts() -> None:

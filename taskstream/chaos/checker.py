@@ -394,11 +394,12 @@ class TickFindings:
     duplicated: dict[int, str]  # fire time -> what fired it twice
     unexpected: list[int]  # fired, but not a fire time of the window, or one to skip
     removed: bool
+    created: bool = True  # False: Kafka acknowledged its ScheduleSet, the log has none
     note: str = ""
 
     @property
     def ok(self) -> bool:
-        return not (self.missed or self.duplicated or self.unexpected)
+        return self.created and not (self.missed or self.duplicated or self.unexpected)
 
 
 def fire_times(spec: ScheduleSpec, after_ms: int, until_ms: int) -> list[int]:
@@ -446,7 +447,7 @@ def check_ticks(sched: ScheduleFacts, known: Mapping[str, str]) -> TickFindings:
     """
     if sched.spec is None or sched.created_ms is None:
         return TickFindings(sched.key, 0, 0, 0, 0, [], {}, sorted(sched.submitted), False,
-                            "its creation is not in the log")
+                            created=False, note="its acknowledged creation is not in the log")
     spec = sched.spec
     removed = sched.removed_ms is not None
     # a pass folded before the removal fires what it finds due, even a time past the

@@ -46,6 +46,7 @@ def ticks_json(ticks: Sequence[TickFindings]) -> dict[str, Any]:
         "schedules": [
             {"schedule": t.schedule, "expected": t.expected, "fired": t.fired,
              "skipped": t.skipped, "pending": t.pending, "removed": t.removed,
+             "created": t.created,
              "duplicated": {str(k): v for k, v in list(t.duplicated.items())[:50]},
              "missed": t.missed[:50], "unexpected": t.unexpected[:50], "note": t.note}
             for t in ticks],
