@@ -38,7 +38,7 @@ from taskstream.processors.fold.effects import Effect, Rejected
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import GATE_CONCURRENCY
 from taskstream.processors.fold.outbox import in_line, recorded, rejected, sent
-from taskstream.processors.fold.rules import Limits, event_key
+from taskstream.processors.fold.rules import Limits, body_types, event_key
 from taskstream.schemas.entity_keys import parse_ckey_key
 from taskstream.schemas.events import (
     Envelope,
@@ -48,7 +48,7 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.flowstate import ConcurrencyState, GateOut, SlotHolder, SlotWaiter
 
-__all__ = ["CONCURRENCY_EVENTS", "apply", "redo_effects"]
+__all__ = ["CONCURRENCY_EVENTS", "EVENT_TYPES", "apply", "redo_effects"]
 
 _DEFAULT_LIMITS = Limits()
 _copy = fast_replace(ConcurrencyState)
@@ -121,6 +121,9 @@ CONCURRENCY_EVENTS: Mapping[str, Handler] = MappingProxyType({
     "SlotRequested": _request,
     "SlotReleased": _release,
 })
+#: the body types a key takes (the record check refuses any other under its key): no
+#: TimerFired, keys have no timers
+EVENT_TYPES: frozenset[type] = body_types(CONCURRENCY_EVENTS)
 
 
 def apply(state: ConcurrencyState | None, event: Envelope, limits: Limits = _DEFAULT_LIMITS,
