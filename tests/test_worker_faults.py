@@ -179,8 +179,6 @@ def test_a_failed_task_started_is_made_good_by_a_lease_renewal_while_the_task_ru
 
 
 @pytest.mark.kafka
-@pytest.mark.xfail(strict=True, reason="issue 21: a worker runs again an attempt it has "
-                   "itself finished when its record is read again")
 def test_a_record_read_again_after_its_attempt_finished_here_is_not_run_again(
         topics: Settings) -> None:
     """A worker whose group session times out (its coordinator's broker died: chaos full
