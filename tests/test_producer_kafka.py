@@ -298,7 +298,6 @@ def test_submit_many_record_refused_by_the_client_fails_only_that_task(
     assert keys == {h.task_id for i, h in enumerate(handles) if i != 2}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: submit_many's handles carry no position")
 def test_every_handle_knows_its_records_position_batches_too(settings: Settings) -> None:
     """Read-your-writes (D46) needs each handle's ``partition:offset``: a single submit's
     from its own delivery report, a ``submit_many`` handle's from the batch's (issue 21:
