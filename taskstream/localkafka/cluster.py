@@ -429,11 +429,11 @@ def port_candidates(count: int, ephemeral: tuple[int, int]) -> tuple[int, int]:
     """The range ``[low, high)`` a block of ``count`` ports starts in: below the kernel's
     ephemeral range if there is room, else above it.
 
-    Never inside it. A node killed by the fault harness (D42) leaves its port free while
-    clients keep reconnecting to it, and a connect to a local port nobody listens on can
-    get that very port as its source port (a TCP self-connect: Linux lets it, and the
-    socket then holds the port). The node started again then fails with "Address
-    already in use": two broker kills in each of chaos full runs 3 and 5 did, leaving
+    Never inside it. A node killed by the fault harness (D42) leaves its port free, and
+    the kernel may hand it out as the source port of any new outgoing connection on the
+    machine (busy during a fault: every client reconnects; one reconnecting to that very
+    port can even connect to itself, a TCP self-connect). While such a socket holds the
+    port, the node started again fails with "Address already in use": two broker kills in each of chaos full runs 3 and 5 did, leaving
     the cluster a node short. A kernel whose ephemeral range leaves no room on either
     side gets any port, as before."""
     first, last = ephemeral
