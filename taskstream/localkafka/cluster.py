@@ -433,9 +433,9 @@ def port_candidates(count: int, ephemeral: tuple[int, int]) -> tuple[int, int]:
     the kernel may hand it out as the source port of any new outgoing connection on the
     machine (busy during a fault: every client reconnects; one reconnecting to that very
     port can even connect to itself, a TCP self-connect). While such a socket holds the
-    port, the node started again fails with "Address already in use": two broker kills in each of chaos full runs 3 and 5 did, leaving
-    the cluster a node short. A kernel whose ephemeral range leaves no room on either
-    side gets any port, as before."""
+    port, the node started again fails with "Address already in use": two broker kills
+    in each of chaos full runs 3 and 5 did, leaving the cluster a node short. A kernel
+    whose ephemeral range leaves no room on either side gets any port, as before."""
     first, last = ephemeral
     if first - LOWEST_PORT > count:
         return LOWEST_PORT, first - count
