@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -251,8 +250,6 @@ def test_every_kind_folds_in_a_batch_and_emits_to_its_target() -> None:
     assert isinstance(waiting, TaskState) and waiting.status is TaskStatus.WAITING
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a key's redo sends only its last event's "
-                   "grants; one lost before that is never sent again")
 def test_a_refold_after_a_crash_sends_every_holders_grant_again() -> None:
     """A key grants A (its record at offset 0) and B (offset 1) in one batch; the replica
     dies after its state is stored and before the grants are acknowledged (fault point

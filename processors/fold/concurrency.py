@@ -158,5 +158,18 @@ def _emits(state: ConcurrencyState, out: list[GateOut]) -> list[Effect]:
 
 
 def redo_effects(state: ConcurrencyState) -> list[Effect]:
-    """What the last applied event sent, sent again under the same ids."""
-    return _emits(state, state.last_out) if state.recent_event_ids else []
+    """What the last applied event sent, sent again under the same ids, and every other
+    holder's grant with it (issue 21).
+
+    A redo is the record at the state's position read again after a crash; the records
+    before it are skipped (D45), so grants they made that never reached the broker would
+    never be sent: their tasks would wait for ever, each holding a slot (chaos full run 5
+    left one so). A holder granted by an earlier event gets its grant again under this
+    event's id, with its own sequence: a task that has it already keeps it (it holds that
+    sequence), one still waiting takes it."""
+    if not state.recent_event_ids:
+        return []
+    again = {(o.task_id, o.attempt, o.sequence) for o in state.last_out if o.what == "grant"}
+    held = [GateOut("grant", h.task_id, h.attempt, h.granted_at_ms, sequence=h.sequence)
+            for h in state.holders if (h.task_id, h.attempt, h.sequence) not in again]
+    return _emits(state, [*state.last_out, *held])
