@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from bench_e2e import OursRig, System, measure_max, measure_paced
+from bench_e2e import Done, OursRig, System, measure_max, measure_paced
 from cpu import CpuMeter
 
 from taskstream.dev.platform import DevOptions
@@ -129,12 +129,16 @@ def _drain_timeout(tasks: float) -> float:
     return 60.0 + tasks / 100.0
 
 
-def with_cpu(meter: CpuMeter, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``measure`` between two /proc readings; CPU per done task per role."""
+def with_cpu(meter: CpuMeter, measure: Callable[[Done], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``measure`` between two /proc readings; CPU per done task per role. The second
+    reading is taken when ``measure`` calls the hook it is given: once every task is
+    done, before the harness reads their times back (before, the processor's figure
+    included serving that read-back of every task's state)."""
     before = meter.read()
-    row = measure()
-    after = meter.read()
-    row["cpu_us_per_task"] = meter.per_task_us(before, after, int(row.get("done") or 0))
+    after: dict[str, float] = {}
+    row = measure(lambda: after.update(meter.read()))
+    row["cpu_us_per_task"] = meter.per_task_us(before, after or meter.read(),
+                                               int(row.get("done") or 0))
     return row
 
 
@@ -146,11 +150,12 @@ def one_run(system: Any, meter: CpuMeter, plan: Plan) -> dict[str, Any]:
     """Bursts, sustainable rate and paced load on one started, warmed-up system."""
     out: dict[str, Any] = {"bursts": []}
     for n in plan.bursts:
-        row = with_cpu(meter, lambda n=n: measure_max(system, n, _drain_timeout(n)))
+        row = with_cpu(meter, lambda done, n=n: measure_max(system, n, _drain_timeout(n), done))
         out["bursts"].append(_strip(row))
     out["sustainable"] = sustainable_rate(system, plan, _drain_timeout)
-    out["paced"] = with_cpu(meter, lambda: measure_paced(
-        system, plan.paced_rate, plan.paced_s, _drain_timeout(plan.paced_rate * plan.paced_s)))
+    out["paced"] = with_cpu(meter, lambda done: measure_paced(
+        system, plan.paced_rate, plan.paced_s, _drain_timeout(plan.paced_rate * plan.paced_s),
+        done=done))
     return out
 
 

@@ -170,8 +170,8 @@ class Bench:
                 while len(rig.workers) < count:
                     rig.add_worker()
                 rig.warm_up(40)
-                row = bench_compare.with_cpu(rig.meter(),
-                                             lambda: measure_max(rig, n, _max_timeout(n)))
+                row = bench_compare.with_cpu(
+                    rig.meter(), lambda done: measure_max(rig, n, _max_timeout(n), done))
                 rows.append({"processors": count, "workers": count, **_strip(row)})
         finally:
             rig.close()
@@ -194,8 +194,8 @@ class Bench:
                     rig.add_worker()
                 rig.warm_up(40)
                 n = int(workers * ideal_per_worker * self.sizes.io_seconds)
-                row = bench_compare.with_cpu(rig.meter(),
-                                             lambda n=n: measure_max(rig, n, _max_timeout(n)))
+                row = bench_compare.with_cpu(
+                    rig.meter(), lambda done, n=n: measure_max(rig, n, _max_timeout(n), done))
                 rows.append({"workers": workers, "ideal_tasks_per_s": workers * ideal_per_worker,
                              **_strip(row)})
         finally:

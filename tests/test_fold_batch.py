@@ -248,3 +248,29 @@ def test_every_kind_folds_in_a_batch_and_emits_to_its_target() -> None:
     assert [(e.task_id, e.event_id) for e in emitted] == [(limit_key("emails"), f"{task}-E3.rate")]
     waiting = fold.changes[task.encode()].after
     assert isinstance(waiting, TaskState) and waiting.status is TaskStatus.WAITING
+
+
+def test_a_refold_after_a_crash_sends_every_holders_grant_again() -> None:
+    """A key grants A (its record at offset 0) and B (offset 1) in one batch; the replica
+    dies after its state is stored and before the grants are acknowledged (fault point
+    ``fold.after_state_write``). Read again, offset 0 is before the stored position and
+    is skipped (D45), and offset 1's redo sent only its own grant: A never heard and
+    waited for ever while it held a slot (chaos full run 5's limited task left WAITING)."""
+    from taskstream.processors.fold.effects import Emit
+    from taskstream.schemas.entity_keys import ckey_key
+    from taskstream.schemas.events import SlotGranted, SlotRequested
+    from taskstream.schemas.serde import encode_entity
+
+    key = ckey_key("pool")
+    asks = [env(key, n, SlotRequested(task, "pool", 2, T0 + n), attempt=1)
+            for n, task in enumerate((A, B))]
+    first = fold_partition(0, records(asks), {}.get, LIMITS, CHECKS)
+    granted = {c.effect.envelope.task_id for c in first.effects
+               if isinstance(c.effect, Emit) and isinstance(c.effect.envelope.body, SlotGranted)}
+    assert granted == {A, B}
+    stored = {k: encode_entity(c.after) for k, c in first.changes.items() if c.after}
+    again = fold_partition(0, records(asks), stored.get, LIMITS, CHECKS)
+    regranted = {c.effect.envelope.task_id: c.effect.envelope.body.sequence  # type: ignore[union-attr]
+                 for c in again.effects if isinstance(c.effect, Emit)
+                 and isinstance(c.effect.envelope.body, SlotGranted)}
+    assert regranted == {A: 1, B: 2}

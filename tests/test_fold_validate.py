@@ -4,22 +4,35 @@ refused with a clear reason, good ones pass, and nothing makes the check or the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from taskstream.processors.fold.effects import Effect, Rejected
+from taskstream.processors.fold.kinds import KINDS, EntityKind, kind_of
 from taskstream.processors.fold.lifecycle import apply
+from taskstream.processors.fold.rules import Limits
 from taskstream.processors.fold.validate import Checks, check_record
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
+    Dependent,
     Envelope,
     EventBody,
+    FlowControl,
+    GroupCreated,
     LeaseRenewed,
+    PurgeRequested,
     RedriveRequested,
+    ScheduleCommand,
+    ScheduleOp,
+    ScheduleSet,
+    ScheduleSpec,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
@@ -32,6 +45,8 @@ from taskstream.schemas.serde import decode_event, encode_event
 from taskstream.security.keyring import Keyring, keyring_json, new_secret, parse_keyring
 from taskstream.security.signing import Signer
 from taskstream.settings import load_settings
+from tests.flow_support import World, flow_submitted, task_id
+from tests.test_schemas_serde import BODIES as ONE_OF_EACH_BODY
 
 T0 = 1_800_000_000_000
 TASK = new_task_id()
@@ -310,17 +325,113 @@ def test_with_a_keyring_grants_and_notifications_need_a_processor_signature() ->
         assert check(env, checks, signer="p1") is None, body
 
 
-def test_the_check_never_refuses_an_event_a_kind_folds() -> None:
-    """ENTITY_EVENTS (what the record check lets through per key prefix) must hold every
-    event type a kind's own table takes, or the check would quarantine good events."""
-    from taskstream.processors.fold import group, limits, schedule
-    from taskstream.processors.fold.validate import ENTITY_EVENTS
-    from taskstream.schemas import events
-    from taskstream.schemas.entity_keys import GROUP_PREFIX, LIMIT_PREFIX, SCHEDULE_PREFIX
+# -- what each kind takes: one statement, EntityKind.events (processors/fold/kinds.py) ---------
 
-    tables = {SCHEDULE_PREFIX: [k for _, k in schedule.TRANSITIONS],
-              GROUP_PREFIX: [k for _, k in group.TRANSITIONS],
-              LIMIT_PREFIX: [k for _, k in limits.LIMIT_EVENTS]}
-    for prefix, keys in tables.items():
-        folded = {getattr(events, key.split(".")[0]) for key in keys}
-        assert folded <= ENTITY_EVENTS[prefix], (prefix, folded - ENTITY_EVENTS[prefix])
+@dataclasses.dataclass
+class _Recording(World):
+    """A world that notes, per kind, the body types its apply took without a rejection."""
+
+    took: dict[str, set[type]] = dataclasses.field(default_factory=dict)
+
+    def apply(self, env: Envelope) -> list[Effect]:
+        effects = super().apply(env)
+        if not any(isinstance(e, Rejected) for e in effects):
+            self.took.setdefault(kind_of(env.task_id).name, set()).add(type(env.body))
+        return effects
+
+
+def _deliver_all(world: World) -> None:
+    while world.inflight:
+        world.deliver(0)
+
+
+@functools.cache
+def _every_kind_at_work() -> _Recording:
+    """Tasks, a schedule, a group, a limit and a key, each sent every event it folds."""
+    world = _Recording(limits=Limits(max_waiting=1))
+    # a task that fails once (a worker renews its lease and reports progress first)
+    failing = world.submit(1)
+    _deliver_all(world)
+    world.take(0)
+    attempt = world.running[failing].attempt
+    dispatch = world.task(failing).dispatch_id or ""
+    world.send(failing, LeaseRenewed(dispatch, "w"), attempt=attempt, source="worker")
+    world.send(failing, TaskProgress(dispatch, "w", 0.5, "half"), attempt=attempt,
+               source="worker")
+    _deliver_all(world)
+    world.finish(failing, ok=False)  # RETRYING: its timer fires later
+    world.submit(2, delay_ms=5_000)  # SCHEDULED: a timer
+    # a schedule: set, paused, resumed, fired until it ends
+    spec = ScheduleSpec(flow_submitted(), every_ms=60_000, end_at_ms=world.now + 150_000)
+    world.send("schedule:s", ScheduleSet(spec))
+    world.send("schedule:s", ScheduleCommand(ScheduleOp.PAUSE))
+    world.send("schedule:s", ScheduleCommand(ScheduleOp.RESUME))
+    # a group of two members and a callback; a child of a task
+    world.send("group:g", GroupCreated(2))
+    for slot in (0, 1):
+        world.send(task_id(10 + slot), dataclasses.replace(
+            flow_submitted(), dependents=[Dependent("group:g", slot)]))
+    world.send(task_id(12), dataclasses.replace(
+        flow_submitted(), depends_on=["group:g"], dependency_timeout_ms=600_000))
+    world.send(task_id(13), dataclasses.replace(
+        flow_submitted(), depends_on=[task_id(2)], dependency_timeout_ms=600_000))
+    # a limit of one token a second: one task waits for a token, one is deferred (the
+    # bucket keeps one waiting), one is cancelled while it waits; a limit nobody set
+    world.set_limit("emails", 1, 1_000, 1)
+    emails = FlowControl(rate_limit="emails")
+    for n in (20, 21, 22, 23):
+        world.submit(n, flow=emails)
+    world.cancel(task_id(23))
+    refused = world.submit(24, flow=FlowControl(rate_limit="nosuch"))
+    # a concurrency key of one: the second task waits for the first one's release
+    for n in (30, 31):
+        world.submit(n, flow=FlowControl(concurrency_key="acct", max_concurrency=1))
+    world.settle()
+    world.send(refused, RedriveRequested("again"))  # DEAD again: no such limit
+    world.settle()
+    world.send(refused, PurgeRequested("done"))
+    world.settle()
+    return world
+
+
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+def test_every_event_a_kind_takes_is_folded_and_no_other(kind: EntityKind) -> None:
+    """A kind's ``events`` (what the record check lets through under its keys) is exactly
+    what its apply folds: every type in it is folded somewhere in a world where every kind
+    is at work, and a body of any other type is refused by its apply, for a new entity
+    and for one that exists."""
+    world = _every_kind_at_work()
+    assert world.took[kind.name] == kind.events, (
+        sorted(t.__name__ for t in world.took[kind.name] ^ kind.events))
+    states = [(key, state) for key, state in world.states.items() if kind_of(key) is kind]
+    assert states, kind.name
+    key, live = states[0]
+    for body in ONE_OF_EACH_BODY:
+        if type(body) in kind.events:
+            continue
+        for state in (None, live):
+            env = envelope(body, key, attempt=0)
+            after, effects = kind.apply(state, env, Limits())
+            assert any(isinstance(e, Rejected) for e in effects), (kind.name, body)
+            assert (after is None) if state is None else (  # refused: nothing folded
+                getattr(after, "status", None) == getattr(state, "status", None))
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.prefix], ids=lambda k: k.name)
+def test_the_check_lets_through_under_a_kinds_key_exactly_its_events(kind: EntityKind) -> None:
+    for body in ONE_OF_EACH_BODY:
+        reason = check(envelope(body, f"{kind.prefix}thing")) or ""
+        assert ("does not take" in reason) is (type(body) not in kind.events), (kind, reason)
+
+
+def test_a_timer_for_a_group_or_a_key_is_refused_at_the_check() -> None:
+    """Groups and concurrency keys have no timers: their apply refuses every TimerFired,
+    and so does the check, with the reason; schedules and limits have timers."""
+    for key in ("group:g", "ckey:acct"):
+        reason = check(envelope(TimerFired(TimerKind.RETRY_DUE, T0, "d"), key)) or ""
+        assert "does not take TimerFired events" in reason and "has no timers" in reason, reason
+    for key, kind in (("schedule:s", TimerKind.SCHEDULE_DUE),
+                      ("limit:emails", TimerKind.TOKEN_DUE)):
+        assert check(envelope(TimerFired(kind, T0, ""), key)) is None, key

@@ -289,3 +289,26 @@ def test_a_stock_brokers_minimum_is_taken_when_unset(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(admin, "session_timeout_bounds", lambda s: None)
     assert choose_session_timeout(settings) == 6.0
     assert choose_session_timeout(settings.model_copy(update={"session_timeout_s": 2.0})) == 2.0
+
+
+@pytest.mark.parametrize("ephemeral", [(32768, 60999), (1024, 65535), (10000, 40000),
+                                       (40000, 65000)])
+def test_local_ports_stay_out_of_the_ephemeral_range(ephemeral: tuple[int, int]) -> None:
+    """A killed node's port must not be taken as a reconnecting client's source port (a
+    TCP self-connect held node 2's port and it never came back: chaos full run 5)."""
+    low, high = localkafka.port_candidates(6, ephemeral)
+    first, last = ephemeral
+    assert low < high
+    if (first, last) == (1024, 65535):  # no room on either side: any port, as before
+        assert (low, high) == (localkafka.LOWEST_PORT, 65530)
+        return
+    for base in (low, high - 1):
+        block = range(base, base + 6)
+        assert block.stop <= 65536
+        assert not any(first <= port <= last for port in block), (base, ephemeral)
+
+
+def test_a_free_port_block_is_free_and_outside_the_ephemeral_range() -> None:
+    first, last = localkafka._ephemeral_range()
+    base = localkafka.free_port_block(3)
+    assert not any(first <= p <= last for p in range(base, base + 3))

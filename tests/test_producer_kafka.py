@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -295,3 +296,33 @@ def test_submit_many_record_refused_by_the_client_fails_only_that_task(
     assert handles[2].failure is not None and not handles[0].failure
     keys = {k.decode() for _, k, _ in read_all(settings, 5)}
     assert keys == {h.task_id for i, h in enumerate(handles) if i != 2}
+
+
+def test_every_handle_knows_its_records_position_batches_too(settings: Settings) -> None:
+    """Read-your-writes (D46) needs each handle's ``partition:offset``: a single submit's
+    from its own delivery report, a ``submit_many`` handle's from the batch's (issue 21:
+    they had none). On a fresh topic the handles' offsets in each partition are exactly
+    0..end-1: each handle holds its own record's position, none another's."""
+    with TaskProducer(settings) as producer:
+        handles = producer.submit_many({"name": "bulk", "payload": i} for i in range(600))
+        handles += [producer.submit("single", i) for i in range(50)]
+
+    async def more() -> list[Any]:
+        async with AsyncTaskProducer(settings) as aio:
+            return list(await aio.submit_many({"name": "a", "payload": i} for i in range(300)))
+
+    handles += asyncio.run(more())
+    assert all(h.done and h.failure is None for h in handles)
+    by_partition: dict[int, list[int]] = {}
+    for h in handles:
+        assert h.position == f"{h.partition}:{h.offset}"
+        assert h.partition == java_partition(h.task_id.encode())
+        by_partition.setdefault(h.partition, []).append(h.offset)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "ends"})
+    try:
+        for partition, offsets in by_partition.items():
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(events_topic(settings), partition), timeout=10)
+            assert sorted(offsets) == list(range(low, high)), partition
+    finally:
+        consumer.close()

@@ -176,3 +176,26 @@ def test_a_failed_task_started_is_made_good_by_a_lease_renewal_while_the_task_ru
     finally:
         stop_process(proc)
         events.close()
+
+
+@pytest.mark.kafka
+def test_a_record_read_again_after_its_attempt_finished_here_is_not_run_again(
+        topics: Settings) -> None:
+    """A worker whose group session times out (its coordinator's broker died: chaos full
+    run 4, broker-kill #22) loses its partitions before it can commit, gets them back
+    and reads again what it had run: here the same dispatch record delivered twice. The
+    attempt finished here (its outcome acknowledged), so the repeat must be skipped; it
+    ran again beside the concurrency key's next holders, 3 runs of 2."""
+    events = Events(topics)
+    first, after = ready_envelope("examples.noop"), ready_envelope("examples.noop")
+    try:
+        with running_worker(example_tasks.app, topics, queues=["default"], concurrency=1):
+            send_to_partition(topics, 0, [first])
+            events.wait_type(first.task_id, "TaskSucceeded", timeout=60)
+            send_to_partition(topics, 0, [first, after])  # the repeat, then a later task
+            events.wait_type(after.task_id, "TaskSucceeded", timeout=60)
+        starts = [e.attempt for e in events.refresh()
+                  if e.task_id == first.task_id and e.type_name == "TaskStarted"]
+        assert starts == [1], f"attempt 1 started {len(starts)} times"
+    finally:
+        events.close()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -104,16 +105,52 @@ class _Running:
 Picked = tuple[QueueConsumer, ReadyRecord]
 
 
-def settler(consumer: QueueConsumer, record: ReadyRecord) -> Delivered:
+#: how many settled attempts a worker remembers (about 100 bytes each): more than it
+#: settles between two commits of a partition and a session timeout after them, the
+#: span a record can be read again in at any rate this machine class reaches
+SETTLED_REMEMBERED = 100_000
+
+
+class SettledAttempts:
+    """The attempts whose records settled on this worker, newest last, bounded.
+
+    A record settles once an event of its attempt is acknowledged (D47): from then on
+    the fold knows the attempt, and this worker runs it or has run it. Its record can
+    still be read again before its offset is committed: the group session times out
+    when the coordinator's broker dies, the partitions are lost uncommitted and come
+    back, or a rebalance hands them back. Such a repeat is skipped here, however long
+    ago its attempt finished (chaos full run 4 ran one again beside the concurrency
+    key's next two holders). Written from the emitter's thread, read on the loop."""
+
+    def __init__(self, capacity: int = SETTLED_REMEMBERED) -> None:
+        self._capacity = capacity
+        self._seen: dict[tuple[str, int], None] = {}
+        self._lock = threading.Lock()
+
+    def add(self, envelope: Envelope) -> None:
+        with self._lock:
+            seen = self._seen
+            seen[(envelope.task_id, envelope.attempt)] = None
+            if len(seen) > self._capacity:
+                del seen[next(iter(seen))]
+
+    def __contains__(self, envelope: Envelope) -> bool:
+        return (envelope.task_id, envelope.attempt) in self._seen
+
+
+def settler(consumer: QueueConsumer, record: ReadyRecord,
+            settled: SettledAttempts) -> Delivered:
     """The delivery callback of every event of ``record``'s attempt: the first one
-    acknowledged settles the record (D47); the rest cost a flag check. Runs in the
-    emitter's thread (or the sender's, for a refused send)."""
+    acknowledged settles the record (D47) and remembers its attempt in ``settled``; the
+    rest cost a flag check. Runs in the emitter's thread (or the sender's, for a
+    refused send)."""
     done = False
 
     def on_delivered(ok: bool) -> None:
         nonlocal done
         if ok and not done:
             done = True
+            settled.add(record.envelope)
             consumer.settle(record.tp, record.offset)
 
     return on_delivered
@@ -150,6 +187,7 @@ class AttemptRunner:
         self.metrics = metrics
         self.loop = loop
         self.cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
+        self.settled = SettledAttempts()
         self.running: dict[str, _Running] = {}
         self._lease_sweep: asyncio.TimerHandle | None = None
 
@@ -180,6 +218,12 @@ class AttemptRunner:
             log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
                      envelope.task_id, envelope.attempt)
             return
+        if envelope in self.settled:  # read again: this attempt ran, or runs, here
+            consumer.settle(record.tp, record.offset)
+            self.metrics.skipped.labels(consumer.queue).inc()
+            log.info("event=task.skipped reason=settled_here task_id=%s attempt=%d",
+                     envelope.task_id, envelope.attempt)
+            return
         if expired(dispatched):  # never started; the processor's expiry timer ends the task
             consumer.settle(record.tp, record.offset)
             self.metrics.skipped.labels(consumer.queue).inc()
@@ -187,7 +231,7 @@ class AttemptRunner:
                      envelope.task_id, envelope.attempt)
             return
         task = self.app.get(dispatched.name)
-        settle = settler(consumer, record)
+        settle = settler(consumer, record, self.settled)
         trace = self._begin(record)
         headers = trace.headers if trace is not None else None
         emitter.started(envelope, on_delivered=self._on_started(envelope, settle),
@@ -500,13 +544,14 @@ class AttemptRunner:
 
     def _startable(self, picked: list[Picked]) -> list[Picked]:
         """A batch's records that may start: not revoked while they waited (the new owner
-        reads them again), not cancelled or expired (settled and skipped, as single records
-        are)."""
+        reads them again), not cancelled or expired, and not an attempt settled here before
+        (settled and skipped, as single records are)."""
         items = []
         for consumer, record in picked:
             if not consumer.owns(record.tp):
                 continue
-            if self.is_cancelled(record.envelope) or expired(record.dispatched):
+            if (self.is_cancelled(record.envelope) or expired(record.dispatched)
+                    or record.envelope in self.settled):
                 consumer.settle(record.tp, record.offset)
                 self.metrics.skipped.labels(consumer.queue).inc()
                 continue
@@ -524,7 +569,7 @@ class AttemptRunner:
         settles = []
         for consumer, record in items:
             envelope = record.envelope
-            settle = settler(consumer, record)
+            settle = settler(consumer, record, self.settled)
             settles.append(settle)
             trace = self._begin(record)
             headers = trace.headers if trace is not None else None

@@ -38,7 +38,7 @@ from taskstream.processors.fold.effects import Effect, Rejected
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import GATE_CONCURRENCY
 from taskstream.processors.fold.outbox import in_line, recorded, rejected, sent
-from taskstream.processors.fold.rules import Limits, event_key
+from taskstream.processors.fold.rules import Limits, body_types, event_key
 from taskstream.schemas.entity_keys import parse_ckey_key
 from taskstream.schemas.events import (
     Envelope,
@@ -48,7 +48,7 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.flowstate import ConcurrencyState, GateOut, SlotHolder, SlotWaiter
 
-__all__ = ["CONCURRENCY_EVENTS", "apply", "redo_effects"]
+__all__ = ["CONCURRENCY_EVENTS", "EVENT_TYPES", "apply", "redo_effects"]
 
 _DEFAULT_LIMITS = Limits()
 _copy = fast_replace(ConcurrencyState)
@@ -121,6 +121,9 @@ CONCURRENCY_EVENTS: Mapping[str, Handler] = MappingProxyType({
     "SlotRequested": _request,
     "SlotReleased": _release,
 })
+#: the body types a key takes (the record check refuses any other under its key): no
+#: TimerFired, keys have no timers
+EVENT_TYPES: frozenset[type] = body_types(CONCURRENCY_EVENTS)
 
 
 def apply(state: ConcurrencyState | None, event: Envelope, limits: Limits = _DEFAULT_LIMITS,
@@ -155,5 +158,18 @@ def _emits(state: ConcurrencyState, out: list[GateOut]) -> list[Effect]:
 
 
 def redo_effects(state: ConcurrencyState) -> list[Effect]:
-    """What the last applied event sent, sent again under the same ids."""
-    return _emits(state, state.last_out) if state.recent_event_ids else []
+    """What the last applied event sent, sent again under the same ids, and every other
+    holder's grant with it (issue 21).
+
+    A redo is the record at the state's position read again after a crash; the records
+    before it are skipped (D45), so grants they made that never reached the broker would
+    never be sent: their tasks would wait for ever, each holding a slot (chaos full run 5
+    left one so). A holder granted by an earlier event gets its grant again under this
+    event's id, with its own sequence: a task that has it already keeps it (it holds that
+    sequence), one still waiting takes it."""
+    if not state.recent_event_ids:
+        return []
+    again = {(o.task_id, o.attempt, o.sequence) for o in state.last_out if o.what == "grant"}
+    held = [GateOut("grant", h.task_id, h.attempt, h.granted_at_ms, sequence=h.sequence)
+            for h in state.holders if (h.task_id, h.attempt, h.sequence) not in again]
+    return _emits(state, [*state.last_out, *held])

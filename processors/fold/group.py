@@ -29,7 +29,7 @@ from dataclasses import replace
 from taskstream.processors.fold.effects import Effect, emit_envelope
 from taskstream.processors.fold.entity import Step, apply_entity
 from taskstream.processors.fold.errors import LifecycleError
-from taskstream.processors.fold.rules import Limits
+from taskstream.processors.fold.rules import Limits, body_types
 from taskstream.schemas.entity_keys import GROUP_PREFIX, group_key
 from taskstream.schemas.events import (
     DependencyRegistered,
@@ -56,6 +56,9 @@ TRANSITIONS: dict[tuple[GroupStatus | None, str], frozenset[GroupStatus]] = {
     **{(s, "DependencyRegistered"): frozenset({s}) for s in _SETTLED},
     **{(s, "GroupCreated"): frozenset({s}) for s in _SETTLED},  # a repeat: no change
 }
+#: the body types a group takes (the record check refuses any other under a group key):
+#: no TimerFired, groups have no timers
+EVENT_TYPES: frozenset[type] = body_types(key for _, key in TRANSITIONS)
 
 _DEFAULT_LIMITS = Limits()
 

@@ -8,9 +8,20 @@ every task ID: a scan of tasks stops at the first key ``>= b"a"``
 (:data:`~taskstream.schemas.entity_keys.FIRST_ENTITY_KEY`).
 
 :data:`KINDS` is the one registry the live engine and replay dispatch on: per kind,
-its key prefix, its state type, its pure ``apply`` (same signature for all:
-``apply(state, envelope, limits, *, effects)``) and its ``timer_of`` (the one due
-index entry its state implies, D5, :mod:`~taskstream.processors.fold.timers`).
+its key prefix, its state type, the body types it takes (``events``), its pure
+``apply`` (same signature for all: ``apply(state, envelope, limits, *, effects)``) and
+its ``timer_of`` (the one due index entry its state implies, D5,
+:mod:`~taskstream.processors.fold.timers`).
+
+``events`` is stated once, by the kind's own module, from the table its ``apply``
+dispatches on (:func:`~taskstream.processors.fold.rules.body_types` of its event
+keys): ``EVENT_TYPES`` of groups, schedules, limits and keys; for tasks, the keys of
+:data:`~taskstream.processors.fold.rules.TRANSITIONS` and the removals
+(:data:`~taskstream.processors.fold.retention.REMOVAL_KEYS`), put together here
+because rules.py cannot import retention.py (retention -> timers -> rules). The
+record check (:mod:`~taskstream.processors.fold.validate`) reads it to refuse, under
+another kind's key, a body that kind's ``apply`` would refuse anyway (a ``TimerFired``
+for a group or a key: they have no timers).
 States are stored as single-object Avro (``schemas.serde.encode_entity`` /
 ``decode_entity``: the fingerprints tell the kinds apart; the fold imports no
 codec). The engine folds a partition's records through :func:`kind_of` ``(key)``,
@@ -28,7 +39,8 @@ from typing import Any
 
 from taskstream.processors.fold import concurrency, group, lifecycle, limits, schedule
 from taskstream.processors.fold.effects import Effect, Emit
-from taskstream.processors.fold.rules import Limits
+from taskstream.processors.fold.retention import REMOVAL_KEYS
+from taskstream.processors.fold.rules import TRANSITIONS, Limits, body_types
 from taskstream.processors.fold.timers import (
     Timer,
     concurrency_timer,
@@ -50,29 +62,37 @@ from taskstream.schemas.state import EntityState, GroupState, ScheduleState, Tas
 
 __all__ = [
     "CONCURRENCY_KEY", "FIRST_ENTITY_KEY", "GROUP", "KINDS", "LIMIT", "SCHEDULE", "TASK",
-    "EntityKind", "Timer", "apply_any", "fold_all", "kind_of", "schedule_timer", "status_of",
-    "task_timer", "timer_of",
+    "TASK_EVENT_TYPES", "EntityKind", "Timer", "apply_any", "fold_all", "kind_of",
+    "schedule_timer", "status_of", "task_timer", "timer_of",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class EntityKind:
-    """One entity kind: how its events fold and what timer its state implies."""
+    """One entity kind: which events it takes, how they fold, what timer its state implies."""
 
     name: str
     prefix: str  # "" for tasks (a task ID has no prefix)
     state_type: type
+    #: the body types its ``apply`` takes (any other is refused, by the record check too)
+    events: frozenset[type]
     apply: Callable[..., tuple[Any, list[Effect]]]  # (state | None, envelope, limits, *, effects)
     timer_of: Callable[[Any], Timer | None]
 
 
-TASK = EntityKind("task", "", TaskState, lifecycle.apply, task_timer)
-SCHEDULE = EntityKind("schedule", SCHEDULE_PREFIX, ScheduleState, schedule.apply,
-                      schedule_timer)
-GROUP = EntityKind("group", GROUP_PREFIX, GroupState, group.apply, group_timer)
-LIMIT = EntityKind("limit", LIMIT_PREFIX, LimitState, limits.apply, limit_timer)
-CONCURRENCY_KEY = EntityKind("ckey", CKEY_PREFIX, ConcurrencyState, concurrency.apply,
-                             concurrency_timer)
+#: the body types a task takes: its transitions' and its removals' (lifecycle.apply)
+TASK_EVENT_TYPES: frozenset[type] = body_types([*(key for _, key in TRANSITIONS),
+                                                *REMOVAL_KEYS])
+
+TASK = EntityKind("task", "", TaskState, TASK_EVENT_TYPES, lifecycle.apply, task_timer)
+SCHEDULE = EntityKind("schedule", SCHEDULE_PREFIX, ScheduleState, schedule.EVENT_TYPES,
+                      schedule.apply, schedule_timer)
+GROUP = EntityKind("group", GROUP_PREFIX, GroupState, group.EVENT_TYPES, group.apply,
+                   group_timer)
+LIMIT = EntityKind("limit", LIMIT_PREFIX, LimitState, limits.EVENT_TYPES, limits.apply,
+                   limit_timer)
+CONCURRENCY_KEY = EntityKind("ckey", CKEY_PREFIX, ConcurrencyState, concurrency.EVENT_TYPES,
+                             concurrency.apply, concurrency_timer)
 
 #: every kind; tasks first (the commonest)
 KINDS: tuple[EntityKind, ...] = (TASK, SCHEDULE, GROUP, LIMIT, CONCURRENCY_KEY)

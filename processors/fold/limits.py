@@ -43,7 +43,7 @@ from taskstream.processors.fold.effects import Effect, Rejected, emit_envelope
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import GATE_RATE
 from taskstream.processors.fold.outbox import in_line, recorded, rejected, sent
-from taskstream.processors.fold.rules import Limits, event_key
+from taskstream.processors.fold.rules import Limits, body_types, event_key
 from taskstream.schemas.entity_keys import limit_key, parse_limit_key
 from taskstream.schemas.events import (
     Envelope,
@@ -57,7 +57,7 @@ from taskstream.schemas.events import (
 )
 from taskstream.schemas.flowstate import GateOut, LimitState, LimitWaiter
 
-__all__ = ["LIMIT_EVENTS", "apply", "fill_at", "redo_effects", "timer_of"]
+__all__ = ["EVENT_TYPES", "LIMIT_EVENTS", "apply", "fill_at", "redo_effects", "timer_of"]
 
 DEFINITION, BUCKET = "definition", "bucket"
 
@@ -197,6 +197,9 @@ LIMIT_EVENTS: Mapping[tuple[str, str], Handler] = MappingProxyType({
     (BUCKET, "RateWithdrawn"): _withdraw,
     (BUCKET, "TimerFired.TOKEN_DUE"): _timer,
 })
+#: the body types a limit takes, either role (the record check refuses any other under
+#: its key); what a definition forwards is among them
+EVENT_TYPES: frozenset[type] = body_types(key for _, key in LIMIT_EVENTS)
 
 
 # --- the fold ------------------------------------------------------------------------

@@ -5,13 +5,16 @@ Both remember the ids of applied events (the newest ``limits.recent_events``) an
 the time of the last one, and keep what the last event sent (``last_out``: grants and
 deferrals, :class:`~taskstream.schemas.flowstate.GateOut`) so that a repeat of that
 event sends it again under the same ids (redo, docs/decisions.md D4). An emitted
-event's id is ``<cause>.<what>.<task>.<attempt>`` (and ``.<sequence>`` for a slot):
-unique per grant, the same on every redo.
+event's id is ``<cause>.<what>.<task>.<attempt>``: unique per grant, the same on every
+redo. A slot grant's is ``<key digest>.grant.<task>.<attempt>.<sequence>`` instead,
+the same whichever event causes it: a key's redo sends every holder's grant again
+(concurrency.redo_effects, issue 21), and a grant sent again must be the same event.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -59,6 +62,12 @@ def rejected(state: S | None, copy: Callable[..., S], event: Envelope, limits: L
     return recorded(counted, copy, event, limits, []), [Rejected(reason)]
 
 
+def _key_tag(key: str) -> str:
+    """A short, stable name of an entity key for event ids (a key may be 200 characters;
+    an event id at most 128)."""
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
 def sent(state: LimitState | ConcurrencyState, out: list[GateOut], gate: str,
          grant: Callable[[GateOut], EventBody]) -> list[Effect]:
     """The events ``out`` stands for, caused by the state's last applied event."""
@@ -67,9 +76,9 @@ def sent(state: LimitState | ConcurrencyState, out: list[GateOut], gate: str,
     for o in out:
         body = grant(o) if o.what == "grant" else WaitDeferred(
             gate=gate, retry_at_ms=o.retry_at_ms or 0, reason=o.reason)
-        # a slot grant's id names its sequence: a repeat of an old request, granted again
-        # after its first hold ended, must not look like a repeat of that first grant
-        held = "" if o.sequence is None else f".{o.sequence}"
-        made.append(emit_envelope(o.task_id, f"{cause}.{o.what}.{o.task_id}.{o.attempt}{held}",
-                                  o.at_ms, o.attempt, body))
+        if o.sequence is None:
+            event_id = f"{cause}.{o.what}.{o.task_id}.{o.attempt}"
+        else:  # a slot's: its sequence is unique in its key, whatever caused the grant
+            event_id = f"{_key_tag(state.key)}.grant.{o.task_id}.{o.attempt}.{o.sequence}"
+        made.append(emit_envelope(o.task_id, event_id, o.at_ms, o.attempt, body))
     return made

@@ -18,13 +18,13 @@ attempt was out (it settles the cancellation, status unchanged:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from taskstream.processors.fold.errors import LifecycleError
-from taskstream.schemas.events import Envelope, TimerFired, TimerKind
+from taskstream.schemas.events import BODY_TYPES, Envelope, TimerFired, TimerKind
 from taskstream.schemas.state import TaskStatus
 
 if TYPE_CHECKING:
@@ -167,6 +167,26 @@ def event_key(event: Envelope) -> str:
     if isinstance(body, TimerFired):
         return f"TimerFired.{TimerKind(body.kind).value}"
     return type(body).__name__
+
+
+#: every body type by its name (an event key's part before the dot)
+_BODY_TYPE_BY_NAME: Mapping[str, type] = MappingProxyType({t.__name__: t for t in BODY_TYPES})
+
+
+def body_types(keys: Iterable[str]) -> frozenset[type]:
+    """The body types of the event keys ``keys`` (a type name, or ``<type>.<detail>`` such
+    as ``TimerFired.RETRY_DUE``): what a kind whose table lists those keys takes. Each
+    kind states its set this way from the table its ``apply`` dispatches on, so the
+    record check (processors/fold/validate.py, via ``EntityKind.events``) and ``apply``
+    read one statement (D37)."""
+    found: set[type] = set()
+    for key in keys:
+        name = key.partition(".")[0]
+        body_type = _BODY_TYPE_BY_NAME.get(name)
+        if body_type is None:
+            raise LifecycleError(f"event key {key!r} names no body type (schemas/events.py)")
+        found.add(body_type)
+    return frozenset(found)
 
 
 def check_transition(before: TaskStatus | None, key: str, after: TaskStatus) -> None:

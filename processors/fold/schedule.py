@@ -35,7 +35,7 @@ from taskstream.processors.fold.backoff import stable_fraction
 from taskstream.processors.fold.effects import Effect, Emit, emit_envelope
 from taskstream.processors.fold.entity import Step, apply_entity
 from taskstream.processors.fold.errors import LifecycleError
-from taskstream.processors.fold.rules import Limits
+from taskstream.processors.fold.rules import Limits, body_types
 from taskstream.schemas.cron import Cron, check_spec, next_cron_ms, zone
 from taskstream.schemas.entity_keys import SCHEDULE_PREFIX as PREFIX
 from taskstream.schemas.entity_keys import schedule_key
@@ -78,6 +78,8 @@ TRANSITIONS: dict[tuple[ScheduleStatus | None, str], frozenset[ScheduleStatus]] 
     (S.ACTIVE, "TimerFired.SCHEDULE_DUE"): frozenset({S.ACTIVE, S.ENDED}),
 }
 assert all(to <= _ANY for to in TRANSITIONS.values())
+#: the body types a schedule takes (the record check refuses any other under its key)
+EVENT_TYPES: frozenset[type] = body_types(key for _, key in TRANSITIONS)
 
 _DEFAULT_LIMITS = Limits()
 

@@ -16,7 +16,15 @@ What is checked, in order:
 1. **The entity is the record key.** ``envelope.task_id`` (the entity key,
    ENTITIES.md) equals the Kafka key, so an event can only reach the partition
    and the state of the entity it names. Task events name a task ID (26
-   Crockford characters); other kinds name ``<kind>:<id>``.
+   Crockford characters); other kinds name ``<kind>:<id>``, and their body must
+   be one the kind takes: its ``events`` in the registry
+   (:data:`~taskstream.processors.fold.kinds.KINDS`), which the kind's own module
+   derives from the table its ``apply`` dispatches on, so the check refuses only
+   types that ``apply`` refuses in every state (a ``TimerFired`` for a group or a
+   key: they have no timers). This module imports the registry
+   (kinds.py imports the kinds, none of which imports this module: no cycle).
+   Under a task ID every body type still reaches ``apply``, which counts a
+   rejection on the task (``KINDS``' task entry lists what it takes).
 2. **Who wrote it** (only with a signing keyring, D26): worker events
    (``TaskStarted``, ``LeaseRenewed``, ``TaskSucceeded``, ``TaskFailed``) must be
    signed by a worker key, processor events (:data:`PROCESSOR_EVENTS`:
@@ -44,17 +52,11 @@ import re
 from dataclasses import dataclass, field
 
 from taskstream.objectstore.keys import is_result_key, payload_key
-from taskstream.schemas.entity_keys import (
-    CKEY_PREFIX,
-    GROUP_PREFIX,
-    LIMIT_PREFIX,
-    SCHEDULE_PREFIX,
-)
+from taskstream.processors.fold.kinds import KINDS, EntityKind
 from taskstream.schemas.events import (
     CancelRequested,
     DependencyRegistered,
     Envelope,
-    GroupCreated,
     LeaseRenewed,
     LimitSet,
     ObjectRef,
@@ -65,7 +67,6 @@ from taskstream.schemas.events import (
     RateRequested,
     RateWithdrawn,
     RedriveRequested,
-    ScheduleCommand,
     ScheduleSet,
     SlotGranted,
     SlotReleased,
@@ -101,14 +102,8 @@ WORKER_EVENTS: frozenset[type] = frozenset({TaskStarted, LeaseRenewed, TaskSucce
 PROCESSOR_EVENTS: frozenset[type] = frozenset({
     TimerFired, DependencyRegistered, ParentUpdate, RateRequested, RateWithdrawn,
     RateGranted, RateRefused, SlotRequested, SlotReleased, SlotGranted, WaitDeferred})
-#: the body types each kind other than tasks folds, by key prefix: a record of another
-#: type under such a key is refused (a task ID key takes the task events)
-ENTITY_EVENTS: dict[str, frozenset[type]] = {
-    SCHEDULE_PREFIX: frozenset({ScheduleSet, ScheduleCommand, TimerFired}),
-    GROUP_PREFIX: frozenset({GroupCreated, ParentUpdate, DependencyRegistered, TimerFired}),
-    LIMIT_PREFIX: frozenset({LimitSet, RateRequested, RateWithdrawn, TimerFired}),
-    CKEY_PREFIX: frozenset({SlotRequested, SlotReleased, TimerFired}),
-}
+#: the kinds other than tasks by key prefix (``<kind>:``): what each takes is its ``events``
+_KIND_BY_PREFIX: dict[str, EntityKind] = {kind.prefix: kind for kind in KINDS if kind.prefix}
 #: the fields nobody needs longer: ids, names of workers and sources
 MAX_ID = 128
 MAX_SOURCE = 256
@@ -176,11 +171,14 @@ def _entity_key_problem(entity: str, body_type: type) -> str | None:
         return (f"{entity[:64]!r} is neither a task ID (26 Crockford base32 characters) nor "
                 "an entity key <kind>:<id>")
     prefix = entity[:entity.index(":") + 1]
-    bodies = ENTITY_EVENTS.get(prefix)
-    if bodies is None:
+    kind = _KIND_BY_PREFIX.get(prefix)
+    if kind is None:
         return f"{entity[:64]!r}: no entity kind has the prefix {prefix!r}"
-    if body_type not in bodies:
-        return f"a {prefix[:-1]} does not take {body_type.__name__} events"
+    if body_type not in kind.events:
+        takes = ", ".join(sorted(t.__name__ for t in kind.events))
+        why = f" (a {kind.name} has no timers)" if body_type is TimerFired else ""
+        return (f"a {kind.name} does not take {body_type.__name__} events{why}; it takes "
+                f"{takes}")
     return None
 
 

@@ -108,6 +108,7 @@ def run_chaos(base: Settings, options: Options, say: Callable[[str], None] = pri
                     workdir / "runs.jsonl")
     observer: Observer | None = None
     submitter: Submitter | None = None
+    keep_log = False  # the brokers' data stays when an invariant broke: it is the evidence
     try:
         if options.local:
             say(f"Kafka: starting 3 nodes in {workdir / 'kafka'}")
@@ -162,6 +163,7 @@ def run_chaos(base: Settings, options: Options, say: Callable[[str], None] = pri
                     options.seed, options.kinds, options.faults,
                     first_at_s=options.first_at_s, gap_s=options.gap_s)]}
         report = to_json(meta, records, findings, t0)
+        keep_log = not findings.ok()
         return Outcome(report, findings, _write(report, options.out_dir, stamp))
     finally:
         try:
@@ -176,8 +178,11 @@ def run_chaos(base: Settings, options: Options, say: Callable[[str], None] = pri
             if observer is not None:
                 observer.close()
         finally:
-            for line in topo.close():
+            for line in topo.close(keep_kafka=keep_log):
                 say(f"  {line}")
+            if keep_log and options.local:
+                say(f"Kafka data kept in {workdir / 'kafka'} (an invariant broke: the log "
+                    "is the evidence; `taskstream kafka up --data-dir` it to read it)")
 
 
 def _faults(ctx: Context, observer: Observer, options: Options, t0: float,

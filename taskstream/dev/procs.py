@@ -24,6 +24,7 @@ import httpx
 from pydantic import SecretStr
 
 from taskstream.dev.errors import DevError
+from taskstream.localkafka import cluster as localkafka
 from taskstream.settings import Settings
 
 HOST = "127.0.0.1"
@@ -31,10 +32,10 @@ LOG_TAIL_LINES = 25
 
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 right now, outside the kernel's ephemeral
+    range: a replica the fault harness restarts takes its port again
+    (:func:`taskstream.localkafka.cluster.port_candidates` says why that matters)."""
+    return localkafka.free_port_block(1)
 
 
 def port_is_free(port: int) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -418,14 +419,46 @@ def restart_node(settings: Settings, data_dir: Path, node_id: int,
     return cluster
 
 
+#: where the kernel picks the source ports of outgoing connections
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+#: the lowest port a local cluster takes (below: well-known and registered services)
+LOWEST_PORT = 20_000
+
+
+def port_candidates(count: int, ephemeral: tuple[int, int]) -> tuple[int, int]:
+    """The range ``[low, high)`` a block of ``count`` ports starts in: below the kernel's
+    ephemeral range if there is room, else above it.
+
+    Never inside it. A node killed by the fault harness (D42) leaves its port free, and
+    the kernel may hand it out as the source port of any new outgoing connection on the
+    machine (busy during a fault: every client reconnects; one reconnecting to that very
+    port can even connect to itself, a TCP self-connect). While such a socket holds the
+    port, the node started again fails with "Address already in use": two broker kills
+    in each of chaos full runs 3 and 5 did, leaving the cluster a node short. A kernel
+    whose ephemeral range leaves no room on either side gets any port, as before."""
+    first, last = ephemeral
+    if first - LOWEST_PORT > count:
+        return LOWEST_PORT, first - count
+    if 65536 - count > last + 1:
+        return last + 1, 65536 - count
+    return LOWEST_PORT, 65536 - count  # the kernel lends out every port: no way around it
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        first, last = EPHEMERAL_RANGE.read_text().split()
+        return int(first), int(last)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port_block(count: int, attempts: int = 50) -> int:
-    """A port P such that P..P+count-1 are all free on 127.0.0.1 right now."""
+    """A port P such that P..P+count-1 are all free on 127.0.0.1 right now, outside the
+    ephemeral range (:func:`port_candidates` says why)."""
+    low, high = port_candidates(count, _ephemeral_range())
+    rng = random.Random()
     for _ in range(attempts):
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            base = int(sock.getsockname()[1])
-        if base + count > 65535:
-            continue
+        base = rng.randrange(low, high)
         try:
             for port in range(base, base + count):
                 _check_port_free(port)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from taskstream.localkafka.cluster import free_port_block
 from taskstream.localkafka.install import MAVEN_TIMEOUT_S, find_java, find_maven, locked
 from taskstream.locals3.errors import LocalS3Error
 from taskstream.settings import Settings
@@ -84,10 +85,8 @@ def _resolve(root: Path, libs: Path, version: str, show_progress: bool) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port on 127.0.0.1, outside the ephemeral range (as every local service's)."""
+    return free_port_block(1)
 
 
 @dataclass
