@@ -110,3 +110,14 @@ def firing_task_id(schedule_id: str, fire_at_ms: int) -> str:
 def member_task_id(group_id: str, slot: int) -> str:
     """The task ID of a group's member ``slot``: derived, so the group never stores them."""
     return derived_task_id(group_key(group_id), str(slot))
+
+
+#: the event-id suffix of a cancellations record that withdraws one ended attempt (D49),
+#: not the task: workers keep those in a bounded memory (they matter only while a copy
+#: of the attempt's dispatch can still be read again), a cancellation for ever
+WITHDRAWAL_SUFFIX = ".revoke"
+
+
+def is_withdrawal(event_id: str) -> bool:
+    """Whether a cancellations record withdraws one attempt rather than cancel the task."""
+    return event_id.endswith(WITHDRAWAL_SUFFIX)

@@ -357,6 +357,33 @@ def test_lease_expiry_on_the_last_attempt_withdraws_it_and_tombstones_at_once() 
     assert effects[-1] == ForgetCancel(story.s.task_id)
 
 
+def test_an_attempt_holding_a_key_is_withdrawn_when_it_ends() -> None:
+    """D49: a task under a concurrency key withdraws each attempt as it ends, before its
+    slot is released (the key grants it on at once): a worker that reads the finished
+    attempt's dispatch again skips it instead of running it beside the next holders."""
+    from dataclasses import replace as copy
+
+    from taskstream.schemas.events import FlowControl, SlotGranted
+    from tests.lifecycle_support import submitted
+
+    story = Story()
+    story.send(copy(submitted(), flow=FlowControl(concurrency_key="pool",
+                                                  max_concurrency=2)))
+    assert story.s.status is S.WAITING
+    story.send(SlotGranted(key="pool", sequence=1), attempt=1)
+    story.start()
+    failed = story.fail()
+    assert isinstance(failed[0], PublishCancel) and failed[0].envelope.attempt == 1
+    assert failed[0].envelope.event_id.endswith(".revoke")
+    assert "ended and gave back its slot" in failed[0].envelope.body.reason  # type: ignore[union-attr]
+    story.fire(TimerKind.RETRY_DUE)
+    story.send(SlotGranted(key="pool", sequence=2), attempt=2)
+    story.start()
+    done = story.succeed()
+    assert isinstance(done[0], PublishCancel) and done[0].envelope.attempt == 2
+    assert done[-1] == ForgetCancel(story.s.task_id)  # final: the tombstone
+
+
 def test_a_task_that_never_retried_sends_no_tombstone() -> None:
     story = _running()
     assert not any(isinstance(e, ForgetCancel) for e in story.succeed())

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import examples.tasks as example_tasks
 from taskstream.schemas.events import TaskDispatched
 from taskstream.workers import NonRetryableError, Retry, TaskContext, TaskRegistry, fail
-from taskstream.workers.attempts import SettledAttempts
+from taskstream.workers.attempts import AttemptMemory
 from taskstream.workers.errors import RegistrationError, TaskLoadError
 from taskstream.workers.flow import (
     Backpressure,
@@ -365,15 +365,16 @@ def test_queue_commands_round_trip() -> None:
     assert parse_command(None, encode_command(True, 1)) is None
 
 
-def test_settled_attempts_remember_the_newest_and_tell_attempts_apart() -> None:
-    """A worker skips a record read again whose attempt settled here (issue 21); the
-    memory is bounded, oldest forgotten first, and a later attempt is a new one."""
+def test_attempt_memory_keeps_the_newest_and_tells_attempts_apart() -> None:
+    """A worker skips a record read again whose attempt settled here, or was withdrawn
+    (issue 21, D49); the memory is bounded, oldest forgotten first, and a later attempt
+    is a new one."""
     from tests.test_worker_support import ready_envelope
-    settled = SettledAttempts(capacity=2)
+    memory = AttemptMemory(capacity=2)
     a, b, c = (ready_envelope("examples.noop") for _ in range(3))
-    settled.add(a)
-    assert a in settled and b not in settled
-    assert ready_envelope("examples.noop", task_id=a.task_id, attempt=2) not in settled
-    settled.add(b)
-    settled.add(c)
-    assert a not in settled and b in settled and c in settled
+    memory.add(a.task_id, a.attempt)
+    assert a in memory and b not in memory
+    assert ready_envelope("examples.noop", task_id=a.task_id, attempt=2) not in memory
+    memory.add(b.task_id, b.attempt)
+    memory.add(c.task_id, c.attempt)
+    assert a not in memory and b in memory and c in memory

@@ -111,26 +111,30 @@ Picked = tuple[QueueConsumer, ReadyRecord]
 SETTLED_REMEMBERED = 100_000
 
 
-class SettledAttempts:
-    """The attempts whose records settled on this worker, newest last, bounded.
+class AttemptMemory:
+    """Attempts of tasks, newest last, bounded (oldest forgotten first).
 
-    A record settles once an event of its attempt is acknowledged (D47): from then on
-    the fold knows the attempt, and this worker runs it or has run it. Its record can
-    still be read again before its offset is committed: the group session times out
-    when the coordinator's broker dies, the partitions are lost uncommitted and come
-    back, or a rebalance hands them back. Such a repeat is skipped here, however long
-    ago its attempt finished (chaos full run 4 ran one again beside the concurrency
-    key's next two holders). Written from the emitter's thread, read on the loop."""
+    Two uses, each an instance. **Settled here**: the attempts whose records settled on
+    this worker (an event of the attempt acknowledged, D47: the fold knows it, and this
+    worker runs it or has run it). Its record can still be read again before its offset
+    is committed: the group session times out when the coordinator's broker dies, the
+    partitions are lost uncommitted and come back, or a rebalance hands them back. Such
+    a repeat is skipped, however long ago its attempt finished (chaos full run 4 ran one
+    again beside the concurrency key's next two holders). **Withdrawn**: ended attempts
+    the fold withdrew on the cancellations topic (D49), skipped wherever their dispatch
+    is read again. Both matter only while a copy of the attempt's record can still be
+    read, so a bound fits; a cancellation of a task is kept for ever instead. Written
+    from the emitter's (or the loop's) thread, read on the loop."""
 
     def __init__(self, capacity: int = SETTLED_REMEMBERED) -> None:
         self._capacity = capacity
         self._seen: dict[tuple[str, int], None] = {}
         self._lock = threading.Lock()
 
-    def add(self, envelope: Envelope) -> None:
+    def add(self, task_id: str, attempt: int) -> None:
         with self._lock:
             seen = self._seen
-            seen[(envelope.task_id, envelope.attempt)] = None
+            seen[(task_id, attempt)] = None
             if len(seen) > self._capacity:
                 del seen[next(iter(seen))]
 
@@ -139,7 +143,7 @@ class SettledAttempts:
 
 
 def settler(consumer: QueueConsumer, record: ReadyRecord,
-            settled: SettledAttempts) -> Delivered:
+            settled: AttemptMemory) -> Delivered:
     """The delivery callback of every event of ``record``'s attempt: the first one
     acknowledged settles the record (D47) and remembers its attempt in ``settled``; the
     rest cost a flag check. Runs in the emitter's thread (or the sender's, for a
@@ -150,7 +154,7 @@ def settler(consumer: QueueConsumer, record: ReadyRecord,
         nonlocal done
         if ok and not done:
             done = True
-            settled.add(record.envelope)
+            settled.add(record.envelope.task_id, record.envelope.attempt)
             consumer.settle(record.tp, record.offset)
 
     return on_delivered
@@ -187,15 +191,23 @@ class AttemptRunner:
         self.metrics = metrics
         self.loop = loop
         self.cancelled: dict[str, int] = {}  # task_id -> attempt of the cancellation
-        self.settled = SettledAttempts()
+        self.settled = AttemptMemory()
+        self.withdrawn = AttemptMemory()
         self.running: dict[str, _Running] = {}
         self._lease_sweep: asyncio.TimerHandle | None = None
 
-    def on_cancel(self, task_id: str, attempt: int) -> None:
-        """A cancellation arrived: remember it; interrupt the attempt if it runs here."""
-        self.cancelled[task_id] = max(attempt, self.cancelled.get(task_id, 0))
+    def on_cancel(self, task_id: str, attempt: int, *, withdrawn: bool = False) -> None:
+        """A cancellation arrived: remember it; interrupt the attempt if it runs here. A
+        withdrawal (D49) names one ended attempt: that one is remembered, in a bounded
+        memory, and interrupted if a copy of it runs here."""
+        if withdrawn:
+            self.withdrawn.add(task_id, attempt)
+            limit = attempt
+        else:
+            limit = self.cancelled[task_id] = max(attempt, self.cancelled.get(task_id, 0))
         running = self.running.get(task_id)
-        if running is not None and running.envelope.attempt <= self.cancelled[task_id]:
+        if running is not None and (running.envelope.attempt == attempt if withdrawn
+                                    else running.envelope.attempt <= limit):
             running.cancel_requested = True
             running.ctx.mark_cancelled()
             if not running.in_batch:
@@ -205,7 +217,7 @@ class AttemptRunner:
 
     def is_cancelled(self, envelope: Envelope) -> bool:
         attempt = self.cancelled.get(envelope.task_id)
-        return attempt is not None and envelope.attempt <= attempt
+        return (attempt is not None and envelope.attempt <= attempt) or envelope in self.withdrawn
 
     async def run_record(self, consumer: QueueConsumer, record: ReadyRecord) -> None:
         envelope, dispatched = record.envelope, record.dispatched

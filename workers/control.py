@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from taskstream.kafka_config import consumer_config
 from taskstream.schemas.errors import DecodeError
+from taskstream.schemas.ids import is_withdrawal
 from taskstream.schemas.serde import decode_event
 from taskstream.settings import Settings
 from taskstream.topics import cancellations_topic, queues_topic, worker_control_group
@@ -26,7 +27,9 @@ from taskstream.workers.queuectl import QueueCommand, parse_command
 
 log = logging.getLogger("taskstream.worker")
 
-OnCancel = Callable[[str, int], object]  # task_id, attempt
+#: task_id, attempt, and whether the record withdraws that one ended attempt (D49)
+#: rather than cancel the task
+OnCancel = Callable[[str, int, bool], object]
 OnQueue = Callable[[QueueCommand], object]
 RETRY_METADATA_S = 5.0
 
@@ -130,7 +133,8 @@ class ControlReader:
                     log.warning("event=control.undecodable topic=%s offset=%d error=%s",
                                 topic, offset, exc)
                 else:
-                    self._on_cancel(envelope.task_id, envelope.attempt)
+                    self._on_cancel(envelope.task_id, envelope.attempt,
+                                    is_withdrawal(envelope.event_id))
         else:
             command = parse_command(msg.key(), msg.value())
             if command is not None:

@@ -200,7 +200,8 @@ class Worker:
                                        Offloader.from_settings(self.settings))
         self._control = ControlReader(
             self.settings,
-            on_cancel=lambda tid, att: loop.call_soon_threadsafe(self._on_cancel, tid, att),
+            on_cancel=lambda tid, att, withdrawn: loop.call_soon_threadsafe(
+                self._on_cancel, tid, att, withdrawn),
             on_queue=lambda cmd: loop.call_soon_threadsafe(self._on_queue, cmd),
         )
         self._control.start()
@@ -276,9 +277,9 @@ class Worker:
                  "stop-now" if immediate else "graceful-stop")
         self.request_stop(immediate=immediate)
 
-    def _on_cancel(self, task_id: str, attempt: int) -> None:
+    def _on_cancel(self, task_id: str, attempt: int, withdrawn: bool) -> None:
         if self._attempts is not None:
-            self._attempts.on_cancel(task_id, attempt)
+            self._attempts.on_cancel(task_id, attempt, withdrawn=withdrawn)
 
     def _on_queue(self, command: QueueCommand) -> None:
         self._paused[command.queue] = command.paused

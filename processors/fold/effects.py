@@ -50,6 +50,7 @@ from taskstream.schemas.events import (
     TaskDispatched,
     TimerKind,
 )
+from taskstream.schemas.ids import WITHDRAWAL_SUFFIX
 from taskstream.schemas.state import TaskState
 
 #: ``source`` of every record the lifecycle derives
@@ -248,13 +249,13 @@ def cancel_envelope(state: TaskState, cause_event_id: str) -> Envelope:
     return _envelope(state, f"{cause_event_id}.cancel", _finished(state), body)
 
 
-def revoke_envelope(state: TaskState, cause_event_id: str, occurred_at_ms: int) -> Envelope:
-    """The cancellations record that withdraws ``state``'s current attempt, whose lease ran
-    out (D49): workers skip its dispatch if they read it again, and stop it if it still
-    runs. Its ``attempt`` is the expired one, so the next attempt is not touched."""
-    body = new_cancelled(reason=f"the lease of attempt {state.attempt} ran out; "
-                                "a later attempt takes its place")
-    return _envelope(state, f"{cause_event_id}.revoke", occurred_at_ms, body)
+def revoke_envelope(state: TaskState, cause_event_id: str, occurred_at_ms: int,
+                    reason: str) -> Envelope:
+    """The cancellations record that withdraws ``state``'s current attempt, which has
+    ended (D49): workers skip its dispatch if they read it again, and stop it if it still
+    runs. Its ``attempt`` is the ended one, so the next attempt is not touched."""
+    return _envelope(state, f"{cause_event_id}{WITHDRAWAL_SUFFIX}", occurred_at_ms,
+                     new_cancelled(reason=reason))
 
 
 def _finished(state: TaskState) -> int:

@@ -55,7 +55,6 @@ from taskstream.processors.fold.effects import (
     cancel_envelope,
     dead_letter_envelope,
     dispatch_of,
-    revoke_envelope,
 )
 from taskstream.processors.fold.errors import LifecycleError
 from taskstream.processors.fold.gates import (
@@ -86,6 +85,7 @@ from taskstream.processors.fold.steps import (
     failed,
     forget_revoked,
     gate_step,
+    holds_a_key,
     lease_ran_out,
     progress,
     redrive,
@@ -98,6 +98,7 @@ from taskstream.processors.fold.steps import (
     timer,
     timer_fence,
     waits_for_parents,
+    withdrawal,
 )
 from taskstream.schemas.events import (
     BODY_TYPES,
@@ -341,9 +342,10 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
         case TaskStatus.DEAD:
             return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)),
                     *forget_revoked(state, state.last_error), *linked]
-        case TaskStatus.RETRYING if lease_ran_out(state):  # its withdrawal again (D49)
-            return [PublishCancel(revoke_envelope(state, cause_event_id, state.updated_at_ms)),
-                    *released, *linked]
+        case TaskStatus.RETRYING if lease_ran_out(state) or holds_a_key(state):
+            # its ended attempt's withdrawal again (D49), before the slot's release
+            return [*withdrawal(state, cause_event_id, state.updated_at_ms), *released,
+                    *linked]
         case TaskStatus.SUCCEEDED:
             return [*released, *forget_revoked(state), *linked]
         case TaskStatus.CANCELLED | TaskStatus.EXPIRED if cancel_settled(state):

@@ -144,11 +144,14 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
     used = state.attempt - state.attempt_base
     released = (release(state, event.event_id, event.occurred_at_ms, error.error_type)
                 if effects and state.flow is not None else [])
+    # the ended attempt is withdrawn first, before its slot can be granted again (D49)
+    withdrawn = (withdrawal(cleared, event.event_id, event.occurred_at_ms)
+                 if effects and (holds_a_key(state) or lease_ran_out(cleared)) else [])
     if not retryable or used >= state.max_attempts:
         dead = replace(cleared, status=TaskStatus.DEAD, finished_at_ms=event.occurred_at_ms)
         if not effects:
             return dead, []
-        return dead, [*_clear_timer(state), *released,
+        return dead, [*withdrawn, *_clear_timer(state), *released,
                       DeadLetter(dead_letter_envelope(dead, event.event_id)),
                       *forget_revoked(dead, error)]
     if retry_after_ms is not None:
@@ -160,8 +163,8 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
                        due_at_ms=due)
     if not effects:
         return retrying, []
-    return retrying, [*_clear_timer(state), *released, new_set_timer(due, TimerKind.RETRY_DUE),
-                      RetryScheduled(delay)]
+    return retrying, [*withdrawn, *_clear_timer(state), *released,
+                      new_set_timer(due, TimerKind.RETRY_DUE), RetryScheduled(delay)]
 
 
 # --- client events -------------------------------------------------------------
@@ -284,12 +287,33 @@ def lease_ran_out(state: TaskState) -> bool:
             and error.error_type == LEASE_EXPIRED_ERROR)
 
 
+def holds_a_key(state: TaskState) -> bool:
+    """Whether ``state``'s attempts hold a concurrency key's slot while they run: each one
+    is withdrawn when it ends (D49), so a copy of its dispatch read again never runs
+    beside the key's next holders."""
+    flow = state.flow
+    return flow is not None and flow.concurrency_key is not None
+
+
+def withdrawal(state: TaskState, cause_event_id: str, at_ms: int) -> list[Effect]:
+    """The cancellations record withdrawing ``state``'s current attempt, which has ended
+    (its lease ran out, or it finished holding a key's slot; D49)."""
+    if lease_ran_out(state):
+        why = f"the lease of attempt {state.attempt} ran out; a later attempt takes its place"
+    else:
+        why = (f"attempt {state.attempt} ended and gave back its slot; a copy of its "
+               "dispatch read again must not run")
+    return [PublishCancel(revoke_envelope(state, cause_event_id, at_ms, why))]
+
+
 def forget_revoked(state: TaskState, error: ErrorInfo | None = None) -> list[Effect]:
     """The tombstone of any attempt withdrawn earlier (D49), once ``state`` is final: an
-    attempt of it retried before (``retries``), or the one that just ran out its lease.
-    A tombstone for a key never written costs a record and changes nothing."""
+    attempt of it retried before (``retries``), the one that just ran out its lease, or
+    any attempt of a task that holds a key. A tombstone for a key never written costs a
+    record and changes nothing."""
     ran_out = error is not None and error.error_type == LEASE_EXPIRED_ERROR
-    return [ForgetCancel(state.task_id)] if state.retries or ran_out else []
+    return ([ForgetCancel(state.task_id)] if state.retries or ran_out or holds_a_key(state)
+            else [])
 
 
 def settle_cancel(state: TaskState, event: Envelope, worker_id: str, error: ErrorInfo | None,
@@ -356,13 +380,8 @@ def timer(state: TaskState, event: Envelope, body: TimerFired, effects: bool = T
             attempt=state.attempt,
             timed_out=True,
         )
-        after, out = fail_attempt(state, event, error, retryable=True, retry_after_ms=None,
-                                  effects=effects)
-        if not effects:
-            return after, out
-        # the withdrawal goes out first, before the slot this attempt held is granted again
-        revoke = revoke_envelope(after, event.event_id, event.occurred_at_ms)
-        return after, [PublishCancel(revoke), *out]
+        return fail_attempt(state, event, error, retryable=True, retry_after_ms=None,
+                            effects=effects)  # it withdraws the attempt first (D49)
     if kind is TimerKind.WAIT_RETRY_DUE:
         if event.attempt != state.attempt:
             return Refusal(f"stale timer {kind}: attempt {event.attempt}, task at {state.attempt}")
@@ -444,7 +463,9 @@ def succeeded(
     if not effects:
         return done, []
     if state.flow is not None:
-        return done, [*_clear_timer(state),
+        withdrawn = (withdrawal(done, event.event_id, event.occurred_at_ms)
+                     if holds_a_key(state) else [])
+        return done, [*withdrawn, *_clear_timer(state),
                       *release(state, event.event_id, event.occurred_at_ms, "succeeded"),
                       *forget_revoked(done)]
     if state.retries:
