@@ -131,7 +131,8 @@ class BatchDelivery:
         # runs in the polling thread, once per event: keep the common case short
         if err is None:
             self.acked += 1
-            self._positions[msg.key()] = (msg.partition(), msg.offset())
+            if msg is not None:
+                self._positions[msg.key()] = (msg.partition(), msg.offset())
         else:
             self._fail_key(msg.key(), err)
         if self.acked + self.failed >= self.size:
