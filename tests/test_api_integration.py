@@ -38,7 +38,7 @@ from taskstream.schemas.events import Envelope, EventBody, TaskFailed, TaskStart
 from taskstream.schemas.ids import new_event_id, new_task_id
 from taskstream.schemas.serde import encode_event
 from taskstream.settings import Settings
-from tests.harness import free_port, wait_for
+from tests.harness import free_port, stop_process, wait_for
 from tests.lifecycle_support import submitted
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -641,12 +641,7 @@ def test_pause_stops_dispatch_to_workers_and_resume_restarts_it(cluster: Cluster
             assert a.post("/queues/default/resume").status_code == 202
             cluster.when(a, held, "SUCCEEDED", timeout=30)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
+        stop_process(worker)
         assert worker.returncode is not None, log_path.read_text()
 
 

@@ -215,6 +215,20 @@ class AttemptRunner:
             log.info("event=task.cancelling task_id=%s attempt=%d", task_id,
                      running.envelope.attempt)
 
+    def skip_reason(self, record: ReadyRecord) -> str | None:
+        """Why ``record`` must not start here (it is settled and skipped), or None: its task
+        or attempt was cancelled or withdrawn; its attempt settled here before (read again:
+        it ran, or runs, here); or its task's expiry has come (never started: the
+        processor's expiry timer ends the task)."""
+        envelope = record.envelope
+        if self.is_cancelled(envelope):
+            return "cancelled"
+        if envelope in self.settled:
+            return "settled_here"
+        if expired(record.dispatched):
+            return "expired"
+        return None
+
     def is_cancelled(self, envelope: Envelope) -> bool:
         attempt = self.cancelled.get(envelope.task_id)
         return (attempt is not None and envelope.attempt <= attempt) or envelope in self.withdrawn
@@ -224,22 +238,11 @@ class AttemptRunner:
         emitter = self.emitter
         set_task_context(TaskLogContext(envelope.task_id, envelope.attempt, dispatched.queue,
                                         dispatched.name))  # this record's own asyncio task
-        if self.is_cancelled(envelope):
+        skip = self.skip_reason(record)
+        if skip is not None:
             consumer.settle(record.tp, record.offset)
             self.metrics.skipped.labels(consumer.queue).inc()
-            log.info("event=task.skipped reason=cancelled task_id=%s attempt=%d",
-                     envelope.task_id, envelope.attempt)
-            return
-        if envelope in self.settled:  # read again: this attempt ran, or runs, here
-            consumer.settle(record.tp, record.offset)
-            self.metrics.skipped.labels(consumer.queue).inc()
-            log.info("event=task.skipped reason=settled_here task_id=%s attempt=%d",
-                     envelope.task_id, envelope.attempt)
-            return
-        if expired(dispatched):  # never started; the processor's expiry timer ends the task
-            consumer.settle(record.tp, record.offset)
-            self.metrics.skipped.labels(consumer.queue).inc()
-            log.info("event=task.skipped reason=expired task_id=%s attempt=%d",
+            log.info("event=task.skipped reason=%s task_id=%s attempt=%d", skip,
                      envelope.task_id, envelope.attempt)
             return
         task = self.app.get(dispatched.name)
@@ -562,8 +565,7 @@ class AttemptRunner:
         for consumer, record in picked:
             if not consumer.owns(record.tp):
                 continue
-            if (self.is_cancelled(record.envelope) or expired(record.dispatched)
-                    or record.envelope in self.settled):
+            if self.skip_reason(record) is not None:
                 consumer.settle(record.tp, record.offset)
                 self.metrics.skipped.labels(consumer.queue).inc()
                 continue

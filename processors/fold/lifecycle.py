@@ -341,7 +341,7 @@ def redo_effects(state: TaskState, cause_event_id: str) -> list[Effect]:
             return [dispatch_of(state, cause_event_id)]
         case TaskStatus.DEAD:
             return [*released, DeadLetter(dead_letter_envelope(state, cause_event_id)),
-                    *forget_revoked(state, state.last_error), *linked]
+                    *forget_revoked(state), *linked]
         case TaskStatus.RETRYING if lease_ran_out(state) or holds_a_key(state):
             # its ended attempt's withdrawal again (D49), before the slot's release
             return [*withdrawal(state, cause_event_id, state.updated_at_ms), *released,

@@ -153,7 +153,7 @@ def fail_attempt(state: TaskState, event: Envelope, error: ErrorInfo, *, retryab
             return dead, []
         return dead, [*withdrawn, *_clear_timer(state), *released,
                       DeadLetter(dead_letter_envelope(dead, event.event_id)),
-                      *forget_revoked(dead, error)]
+                      *forget_revoked(dead)]
     if retry_after_ms is not None:
         delay = max(0, retry_after_ms)
     else:
@@ -306,14 +306,14 @@ def withdrawal(state: TaskState, cause_event_id: str, at_ms: int) -> list[Effect
     return [PublishCancel(revoke_envelope(state, cause_event_id, at_ms, why))]
 
 
-def forget_revoked(state: TaskState, error: ErrorInfo | None = None) -> list[Effect]:
+def forget_revoked(state: TaskState) -> list[Effect]:
     """The tombstone of any attempt withdrawn earlier (D49), once ``state`` is final: an
-    attempt of it retried before (``retries``), the one that just ran out its lease, or
+    attempt of it retried before (``retries``), the last one if it ran out its lease, or
     any attempt of a task that holds a key. A tombstone for a key never written costs a
     record and changes nothing."""
-    ran_out = error is not None and error.error_type == LEASE_EXPIRED_ERROR
-    return ([ForgetCancel(state.task_id)] if state.retries or ran_out or holds_a_key(state)
-            else [])
+    if state.retries or lease_ran_out(state) or holds_a_key(state):
+        return [ForgetCancel(state.task_id)]
+    return []
 
 
 def settle_cancel(state: TaskState, event: Envelope, worker_id: str, error: ErrorInfo | None,
@@ -462,15 +462,13 @@ def succeeded(
     )
     if not effects:
         return done, []
-    if state.flow is not None:
-        withdrawn = (withdrawal(done, event.event_id, event.occurred_at_ms)
-                     if holds_a_key(state) else [])
-        return done, [*withdrawn, *_clear_timer(state),
-                      *release(state, event.event_id, event.occurred_at_ms, "succeeded"),
-                      *forget_revoked(done)]
-    if state.retries:
-        return done, [*_clear_timer(state), *forget_revoked(done)]
-    return done, _clear_timer(state)
+    if state.flow is None and not state.retries:  # the common case: nothing held or withdrawn
+        return done, _clear_timer(state)
+    withdrawn = (withdrawal(done, event.event_id, event.occurred_at_ms)
+                 if holds_a_key(state) else [])
+    return done, [*withdrawn, *_clear_timer(state),
+                  *release(state, event.event_id, event.occurred_at_ms, "succeeded"),
+                  *forget_revoked(done)]
 
 
 def failed(state: TaskState, event: Envelope, body: TaskFailed, effects: bool = True) -> Step:
