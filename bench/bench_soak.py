@@ -6,6 +6,9 @@ no-op tasks (one ``submit`` call each) for ``--minutes``; every ``--interval``
 seconds the resident set (``VmRSS``) of the processor, the worker, the broker's
 JVM (when this run started it) and this process (the producer) is sampled, with
 the size of the processor's data directory (its RocksDB state) and the tasks done.
+CPU per task of each process is read from /proc around the paced part (submit to
+all done), and ``taskstream replay verify`` checks the live state against the log
+at the end (issue 12: verify clean after every bench run).
 
 Reported per process, after a warm-up (the first fifth of the run, at most two
 minutes: caches, RocksDB memtables and the JVM heap fill up first): the resident
@@ -159,15 +162,19 @@ def run(bootstrap: str, *, minutes: float, rate: float, interval: float,
                 "producer (this process)": os.getpid()}
         pids.update({f"broker {i + 1}": pid for i, pid in enumerate(broker_pids)})
         sampler = Sampler(pids, rig.workdir / "replica0", lambda: _succeeded(rig), interval)
+        meter = rig.meter()
         since = int(time.time() * 1000) - 1
         began_ms = time.time() * 1000
         sampler.start()
+        cpu_before = meter.read()
         ids, achieved = paced(lambda: rig.submit_one(), rate, seconds)
         rig.flush()
         all_done = rig.wait_all_done(300.0)
+        cpu_after = meter.read()
         sampler.stop.set()
         sampler.join(interval + 30)
         times = rig.times(ids, since)
+        verified = rig.verify()
         return {
             "minutes": minutes, "target_rate": rate, "achieved_rate": round(achieved, 1),
             "interval_s": interval, "warmup_s": warmup_s, "concurrency": concurrency,
@@ -175,6 +182,8 @@ def run(bootstrap: str, *, minutes: float, rate: float, interval: float,
             "memory": {name: summarize(sampler.series(name), warmup_s) for name in pids},
             "data_dir": summarize(sampler.series("data_dir_mib"), warmup_s),
             "submit_to_start_ms": stats([t.started_ms - t.submitted_ms for t in times]),
+            "cpu_per_task_us": meter.per_task_us(cpu_before, cpu_after, len(ids)),
+            "verify": verified,
             "per_minute": per_minute(times, began_ms),
             "samples": sampler.rows,
         }
@@ -194,6 +203,11 @@ def report(result: dict[str, Any]) -> str:
             halves = f"{m['max_first_half_mib']} / {m['max_second_half_mib']}"
             lines.append(f"{name:<26}{m['start_mib']:>10}{m['end_mib']:>10}{m['max_mib']:>10}"
                          f"{m['slope_mib_per_min']:>9}{halves:>18}")
+    cpu = ", ".join(f"{role} {us}" for role, us in result["cpu_per_task_us"].items()
+                    if not role.startswith("_"))
+    lines.append(f"CPU per task (us): {cpu}")
+    verify = result["verify"]
+    lines.append("replay verify: " + ("clean" if verify.get("ok") else f"NOT clean: {verify}"))
     for row in result["per_minute"]:
         lines.append(f"minute {row['minute']}: submit->start p50 {row['p50']:.0f} ms, "
                      f"p99 {row['p99']:.0f} ms ({row['n']} tasks)")

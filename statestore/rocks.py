@@ -9,7 +9,10 @@ tasks/s in the soak benchmark, never flushed), and every deleted index entry
 stayed a tombstone that range scans had to step over.
 
 * Faust's task table (``TABLE_OPTIONS``, passed as the table's ``options``):
-  8 MiB memtables, at most two per database, a 16 MiB block cache each.
+  8 MiB memtables, at most two per database, a 16 MiB block cache each. Faust
+  builds a rocksdict database's options from a fixed list and drops any other
+  option it is given, so the info log's cap is set by :class:`TableOptions`,
+  which the task table's store uses instead of Faust's own.
 * Our indexes (``index_options``): 4 MiB memtables under one write buffer
   manager per process (64 MiB for all of them), one shared 32 MiB block cache,
   and a collector that marks an SST with many deletions for compaction, so the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.stores.rocksdb import RocksDBOptions
 from rocksdict import (
     BlockBasedOptions,
     BottommostLevelCompaction,
@@ -51,7 +55,10 @@ TABLE_OPTIONS: dict[str, Any] = {
 INDEX_WRITE_BUFFER = 4 * MIB
 INDEX_MEMTABLE_BUDGET = 64 * MIB
 INDEX_BLOCK_CACHE = 32 * MIB
-INDEX_INFO_LOG_BYTES = 256 * 1024
+#: RocksDB's info log (LOG) gets a few KiB per compaction and stats dump and never
+#: rolls by default: each database keeps at most 3 files of this size (D48)
+INFO_LOG_BYTES = 256 * 1024
+INFO_LOGS_KEPT = 2
 
 _shared: tuple[WriteBufferManager, Cache] | None = None
 
@@ -76,11 +83,23 @@ def index_options() -> Options:
     options.set_block_based_table_factory(table)
     # an SST where 64 of any 256 consecutive entries are deletions is compacted soon
     options.add_compact_on_deletion_collector_factory(256, 64, 0.0)
-    # RocksDB's info log (LOG) gets a few KiB per compaction and never rolls by
-    # default: at most 3 x 256 KiB per index (D48)
-    options.set_max_log_file_size(INDEX_INFO_LOG_BYTES)
-    options.set_keep_log_file_num(2)
+    return capped_info_log(options)
+
+
+def capped_info_log(options: Options) -> Options:
+    """``options`` with the info log rolled at ``INFO_LOG_BYTES``, ``INFO_LOGS_KEPT`` old
+    files kept."""
+    options.set_max_log_file_size(INFO_LOG_BYTES)
+    options.set_keep_log_file_num(INFO_LOGS_KEPT)
     return options
+
+
+class TableOptions(RocksDBOptions):
+    """Faust's options for a task table partition, with the info log capped."""
+
+    def as_options(self) -> Any:
+        options = super().as_options()
+        return capped_info_log(options) if self.use_rocksdict else options
 
 
 #: a DB is compacted once this many deletions were written to it since its last

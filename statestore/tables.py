@@ -31,7 +31,7 @@ from taskstream.schemas.serde import decode_entity
 from taskstream.schemas.state import EntityState
 from taskstream.statestore import keys
 from taskstream.statestore.indexes import LocalIndexes, PartitionIndex, TimerOf, timer_of
-from taskstream.statestore.rocks import TABLE_OPTIONS, Deletions
+from taskstream.statestore.rocks import TABLE_OPTIONS, Deletions, TableOptions
 from taskstream.topics import TASK_TABLE
 
 TABLE_NAMES = (TASK_TABLE,)
@@ -95,6 +95,10 @@ class TaskTables:
         self.tasks: Any = app.Table(TASK_TABLE, key_type=bytes, value_type=bytes,
                                     partitions=partitions, default=None,
                                     options=dict(TABLE_OPTIONS))
+        store: Any = self.tasks.data
+        # Faust's rocksdict options drop the info log cap (statestore/rocks.py)
+        store.rocksdb_options = TableOptions(**TABLE_OPTIONS,
+                                             use_rocksdict=store.rocksdb_options.use_rocksdict)
         self.indexes = LocalIndexes(index_dir, self.states_in, can_build, generation, timer_of)
         self._deletions: dict[int, Deletions] = {}
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faust
 import pytest
 from rocksdict import Options, Rdict
 
@@ -23,7 +24,7 @@ from taskstream.schemas.events import TimerKind
 from taskstream.schemas.state import EntityState, TaskState, TaskStatus
 from taskstream.statestore import indexes, keys, rocks
 from taskstream.statestore.rocks import Deletions
-from taskstream.statestore.tables import PartitionWriter
+from taskstream.statestore.tables import PartitionWriter, TaskTables
 
 RATE, RETENTION_S, SECONDS = 20, 30, 300  # 6,000 tasks, 5,400 removed
 #: the compaction rule's floor (rocks.COMPACT_AFTER_DELETES; the live entries here are
@@ -136,14 +137,44 @@ def test_the_task_table_holds_a_bounded_number_of_tombstones(tmp_path: Path) -> 
     db.close()
 
 
-def test_an_index_info_log_stays_bounded_however_many_compactions(tmp_path: Path) -> None:
-    """Each compaction adds a few KiB to RocksDB's info log (``LOG``), which by default
-    never rolls: an index's is capped (D48)."""
-    db = Rdict(str(tmp_path / "idx"), rocks.index_options())
+def _compact_often(db: Rdict) -> None:
     for round_ in range(300):
         db[b"k%d" % round_] = b"v"
         del db[b"k%d" % round_]
         rocks.compact(db)
     db.close()
-    logs = sum(f.stat().st_size for f in (tmp_path / "idx").glob("LOG*"))
-    assert logs <= 3 * 256 * 1024, f"the info logs hold {logs} bytes"
+
+
+def _info_log_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("LOG*"))
+
+
+def test_an_index_info_log_stays_bounded_however_many_compactions(tmp_path: Path) -> None:
+    """Each compaction adds a few KiB to RocksDB's info log (``LOG``), which by default
+    never rolls: an index's is capped (D48)."""
+    _compact_often(Rdict(str(tmp_path / "idx"), rocks.index_options()))
+    logs = _info_log_bytes(tmp_path / "idx")
+    assert logs <= 3 * rocks.INFO_LOG_BYTES, f"the info logs hold {logs} bytes"
+
+
+def test_a_task_table_info_log_stays_bounded_however_many_compactions(
+        tmp_path: Path) -> None:
+    """The task table's partitions are opened by Faust, whose rocksdict options drop
+    any option outside its list: the table's store uses :class:`rocks.TableOptions`,
+    which caps the info log as an index's is."""
+    _compact_often(rocks.TableOptions(**rocks.TABLE_OPTIONS, use_rocksdict=True)
+                   .open(tmp_path / "table"))
+    logs = _info_log_bytes(tmp_path / "table")
+    assert logs <= 3 * rocks.INFO_LOG_BYTES, f"the info logs hold {logs} bytes"
+
+
+def test_the_task_table_opens_its_partitions_with_the_capped_info_log(
+        tmp_path: Path) -> None:
+    """The cap reaches the partitions Faust opens for the processor's table."""
+    app = faust.App("churn-test", broker="kafka://127.0.0.1:1", store="rocksdb://",
+                    datadir=str(tmp_path), autodiscover=False)
+    tables = TaskTables(app, 2, tmp_path / "idx", lambda: True)
+    tables.partition_db(0)
+    options = next(tmp_path.rglob("tasks*-0.db/OPTIONS-*")).read_text()
+    assert f"max_log_file_size={rocks.INFO_LOG_BYTES}" in options
+    assert f"keep_log_file_num={rocks.INFO_LOGS_KEPT}" in options
