@@ -25,6 +25,14 @@ taskstream, Celery, ...), and measures on it, in this order:
 4. taskstream only: ``taskstream replay verify`` against the rig's topics, its
    verdict recorded (the live task table must be exactly the fold of the log).
 
+Before each burst, each step of the search and the paced load, the harness waits
+until the rig is quiet (``settle``: its processes together below ``QUIET_CORES`` of a
+core over a second, at most ``SETTLE_MAX_S``), the same rule for every system: the
+work a system defers (RocksDB flushes and compactions after a 50,000-task burst, a
+Redis AOF rewrite) otherwise lands on the first seconds of the next step, and one
+100 ms stall in a 15 s step at 100 tasks/s is already its p99. The wait is reported
+(``settled_s``).
+
 The summary per system is the median over runs of every figure. Figures come
 from the task states (submitted, started and finished times), never from the
 harness's clock around a call; nothing is asserted.
@@ -51,6 +59,11 @@ SYSTEMS = ("taskstream", "celery-prefork", "celery-threads")
 HELD_P99_MS = 100.0
 #: the client must have submitted at least this share of the offered rate
 HELD_ACHIEVED = 0.95
+#: a rig is quiet when its processes together use at most this much of one core...
+QUIET_CORES = 0.25
+#: ... over this window (s); the wait for it ends after SETTLE_MAX_S in any case
+QUIET_WINDOW_S = 1.0
+SETTLE_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,16 +120,33 @@ def next_rate(rate: float, ok: bool, best: float | None, worst: float | None, pl
     return (best + worst) / 2, best, worst
 
 
+def settle(meter: CpuMeter) -> float:
+    """Wait until the rig's processes (not the harness) use at most ``QUIET_CORES`` of
+    a core over ``QUIET_WINDOW_S``, or ``SETTLE_MAX_S`` passed; the seconds waited."""
+    began = time.monotonic()
+    last = meter.read()
+    while time.monotonic() - began < SETTLE_MAX_S:
+        time.sleep(QUIET_WINDOW_S)
+        now = meter.read()
+        used = sum(now[role] - last[role] for role in meter.roles)
+        if used <= QUIET_CORES * (now["_wall"] - last["_wall"]):
+            break
+        last = now
+    return round(time.monotonic() - began, 1)
+
+
 def sustainable_rate(system: System, plan: Plan, drain_timeout: Callable[[float], float],
-                     ) -> dict[str, Any]:
-    """The highest rate ``held``, searched by ``next_rate``; every step reported."""
+                     quiet: Callable[[], float] = lambda: 0.0) -> dict[str, Any]:
+    """The highest rate ``held``, searched by ``next_rate``, each step begun once
+    ``quiet`` returns; every step reported."""
     steps: list[dict[str, Any]] = []
     rate: float | None = plan.search_start
     best = worst = None
     while rate is not None and len(steps) < plan.max_steps:
+        settled_s = quiet()
         row = measure_paced(system, rate, plan.step_s, drain_timeout(rate * plan.step_s))
         ok, why = held(row)
-        steps.append({**row, "held": ok, "verdict": why})
+        steps.append({**row, "settled_s": settled_s, "held": ok, "verdict": why})
         rate, best, worst = next_rate(rate, ok, best, worst, plan)
     return {"rate": best, "lowest_failed": worst, "step_s": plan.step_s,
             "rule": f"p99 submit->start <= {HELD_P99_MS:g} ms over the step and over its last "
@@ -150,12 +180,15 @@ def one_run(system: Any, meter: CpuMeter, plan: Plan) -> dict[str, Any]:
     """Bursts, sustainable rate and paced load on one started, warmed-up system."""
     out: dict[str, Any] = {"bursts": []}
     for n in plan.bursts:
+        settled_s = settle(meter)
         row = with_cpu(meter, lambda done, n=n: measure_max(system, n, _drain_timeout(n), done))
-        out["bursts"].append(_strip(row))
-    out["sustainable"] = sustainable_rate(system, plan, _drain_timeout)
+        out["bursts"].append({**_strip(row), "settled_s": settled_s})
+    out["sustainable"] = sustainable_rate(system, plan, _drain_timeout, lambda: settle(meter))
+    settled_s = settle(meter)
     out["paced"] = with_cpu(meter, lambda done: measure_paced(
         system, plan.paced_rate, plan.paced_s, _drain_timeout(plan.paced_rate * plan.paced_s),
         done=done))
+    out["paced"]["settled_s"] = settled_s
     return out
 
 

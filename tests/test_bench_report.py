@@ -11,7 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from bench_compare import QUICK, Plan, held, next_rate, summarize
+import bench_compare
+from bench_compare import QUICK, Plan, held, next_rate, settle, summarize
 from bench_e2e import Times, _rates, paced, stats
 from bench_failover import _recovery
 from cpu import CpuMeter, cpu_seconds, tree
@@ -248,3 +249,36 @@ def test_soak_latency_is_bucketed_by_the_minute_of_submission() -> None:
     rows = per_minute(times, began_ms=1_000)
     assert [(r["minute"], r["n"]) for r in rows] == [(0, 60), (1, 60), (2, 30)]
     assert [r["p50"] for r in rows] == [10, 11, 12]
+
+
+class _ScriptedMeter(CpuMeter):
+    """A meter whose rig used ``busy`` core-seconds per second for its first readings,
+    then ``idle``; one second passes per reading (the harness sleeps a window)."""
+
+    def __init__(self, busy_readings: int, busy: float = 1.5, idle: float = 0.05) -> None:
+        super().__init__()
+        self.add("processor", 1)
+        self.add_alone("client", 2)
+        self.readings, self.cpu = 0, 0.0
+        self.busy_readings, self.busy, self.idle = busy_readings, busy, idle
+
+    def read(self) -> dict[str, float]:
+        if self.readings:
+            self.cpu += self.busy if self.readings <= self.busy_readings else self.idle
+        self.readings += 1
+        # the harness's own CPU must not count towards the rig's
+        return {"processor": self.cpu, "client": 1000.0 * self.readings,
+                "_wall": float(self.readings)}
+
+
+def test_settle_waits_for_a_quiet_rig_and_no_longer_than_its_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_compare.time, "sleep", lambda s: None)
+    busy = _ScriptedMeter(busy_readings=4)
+    settle(busy)
+    assert busy.readings == 6  # 4 busy windows, then the first quiet one
+    clock = iter(range(1000))
+    monkeypatch.setattr(bench_compare.time, "monotonic", lambda: float(next(clock)))
+    never = _ScriptedMeter(busy_readings=10_000)
+    assert settle(never) >= bench_compare.SETTLE_MAX_S
+    assert never.readings <= bench_compare.SETTLE_MAX_S + 2
