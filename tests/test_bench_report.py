@@ -15,9 +15,14 @@ import bench_compare
 from bench_compare import QUICK, Plan, held, next_rate, settle, summarize
 from bench_e2e import Times, _rates, paced, stats
 from bench_failover import _recovery
+from bench_hops import HOPS, hop_stats, stamps_of
 from cpu import CpuMeter, cpu_seconds, tree
 from plots import write_plots
 from report import markdown
+
+from taskstream.schemas.events import TaskStarted
+from taskstream.schemas.serde import encode_event
+from tests.test_fold_validate import envelope, submitted
 
 
 def test_rates_overall_and_steady() -> None:
@@ -282,3 +287,26 @@ def test_settle_waits_for_a_quiet_rig_and_no_longer_than_its_bound(
     never = _ScriptedMeter(busy_readings=10_000)
     assert settle(never) >= bench_compare.SETTLE_MAX_S
     assert never.readings <= bench_compare.SETTLE_MAX_S + 2
+
+
+def test_hops_split_each_task_at_its_own_records_first_of_each_kind() -> None:
+    def rows(task: str, t: int) -> list[tuple[str, int, bytes]]:
+        submit = envelope(submitted(), task_id=task, occurred_at_ms=t)
+        start = envelope(TaskStarted("d", "w"), task_id=task, occurred_at_ms=t + 20)
+        return [("events", t + 5, encode_event(submit)),
+                ("ready.default.p1", t + 9, encode_event(submit)),
+                ("events", t + 26, encode_event(start)),
+                # a retry's records come later and do not count
+                ("ready.default.p1", t + 900, encode_event(submit)),
+                ("events", t + 990, encode_event(start))]
+
+    a, b = "0" * 25 + "A", "0" * 25 + "B"
+    stamps = stamps_of([*rows(a, 1_000), *rows(b, 5_000)], "ready.")
+    assert stamps[a] == {"submit_called": 1_000, "submitted_appended": 1_005,
+                         "dispatch_produced": 1_009, "started": 1_020,
+                         "started_appended": 1_026}
+    hops = hop_stats(stamps)
+    assert hops["tasks"] == 2
+    assert [hops[hop]["p50"] for hop, _, _ in HOPS] == [5, 4, 11, 20, 6]
+    assert hop_stats(stamps, skip_ms=1_000)["tasks"] == 1  # the first second left out
+    assert hop_stats({a: {"submit_called": 1}})["tasks"] == 0  # no task with every stamp
