@@ -1,8 +1,9 @@
 """Where a task's submit->start time goes, hop by hop, read back from the log.
 
 A paced run of single submits on a fresh rig (one processor, one worker, as the
-compare section starts them), then every record of those tasks is read back and
-each task's submit->start split at the timestamps the log already holds:
+compare section starts them; CPU per task of each process read around it), then
+every record of those tasks is read back and each task's submit->start split at
+the timestamps the log already holds:
 
 1. **client**: ``submit()`` called (the envelope's ``occurred_at_ms``, the client's
    clock) -> the broker appended the ``TaskSubmitted`` record (the events topic's
@@ -22,6 +23,9 @@ before its paced steps; ``--skip-s`` leaves out the first seconds of the paced r
 
     python bench/bench_hops.py --rate 200 --seconds 60 --burst 20000 --skip-s 5
 
+Settings come from the environment as for any taskstream process (for example
+``TASKSTREAM_LINGER_MS=1`` for the client's producer linger).
+
 writes ``bench/results/hops-<rate>.json``.
 """
 
@@ -33,7 +37,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +119,21 @@ def read_back(bootstrap: str, topics: list[str], wanted: set[bytes],
 
 
 def run(bootstrap: str, *, rate: float, seconds: float, burst: int, skip_s: float,
-        concurrency: int = 64) -> dict[str, Any]:
-    rig = OursRig(bootstrap, concurrency=concurrency)
+        broker_pids: Sequence[int] = (), concurrency: int = 64) -> dict[str, Any]:
+    rig = OursRig(bootstrap, concurrency=concurrency, broker_pids=broker_pids)
     try:
         rig.add_processor()
         rig.add_worker()
         rig.warm_up()
         if burst:
             measure_max(rig, burst, 300.0)
+        meter = rig.meter()
+        before = meter.read()
         ids, achieved = paced(lambda: rig.submit_one(), rate, seconds)
         rig.flush()
         all_done = rig.wait_all_done(120.0)
+        cpu = meter.per_task_us(before, meter.read(), len(ids))
+        linger_ms = rig.settings.linger_ms
         prefix = ready_topic_prefix(rig.settings)
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-hops-list"})
         try:
@@ -138,7 +146,8 @@ def run(bootstrap: str, *, rate: float, seconds: float, burst: int, skip_s: floa
         rig.close()
     return {"rate": rate, "achieved_rate": round(achieved, 1), "seconds": seconds,
             "burst_before": burst, "skip_s": skip_s, "all_done_in_time": all_done,
-            "hops_ms": hop_stats(stamps, int(skip_s * 1000))}
+            "client_linger_ms": linger_ms,
+            "cpu_us_per_task": cpu, "hops_ms": hop_stats(stamps, int(skip_s * 1000))}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -146,6 +155,9 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"{hops['tasks']} tasks at {result['achieved_rate']}/s (the first "
              f"{result['skip_s']:g} s left out; a burst of {result['burst_before']} before)",
              f"{'hop (ms)':<48}{'p50':>6}{'p95':>6}{'p99':>6}{'max':>6}"]
+    lines.append("CPU per task (us, the whole paced part): " + ", ".join(
+        f"{role} {us}" for role, us in result["cpu_us_per_task"].items()
+        if not role.startswith("_")))
     for hop, _, _ in HOPS:
         s = hops.get(hop)
         if s:
@@ -166,9 +178,9 @@ def main() -> None:
     args = parser.parse_args()
     from run import broker_for_run
 
-    with broker_for_run(args.bootstrap) as (bootstrap, _):
+    with broker_for_run(args.bootstrap) as (bootstrap, broker_pids):
         result = run(bootstrap, rate=args.rate, seconds=args.seconds, burst=args.burst,
-                     skip_s=args.skip_s)
+                     skip_s=args.skip_s, broker_pids=broker_pids)
     result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       "command": " ".join(["python", "bench/bench_hops.py", *sys.argv[1:]]),
                       "cpus": os.cpu_count(), "python": platform.python_version(),
