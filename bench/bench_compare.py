@@ -27,7 +27,7 @@ taskstream, Celery, ...), and measures on it, in this order:
 
 Before each burst, each step of the search and the paced load, the harness waits
 until the rig is quiet (``settle``: its processes together below ``QUIET_CORES`` of a
-core over a second, at most ``SETTLE_MAX_S``), the same rule for every system: the
+core over a second, at most ``Plan.settle_max_s``), the same rule for every system: the
 work a system defers (RocksDB flushes and compactions after a 50,000-task burst, a
 Redis AOF rewrite) otherwise lands on the first seconds of the next step, and one
 100 ms stall in a 15 s step at 100 tasks/s is already its p99. The wait is reported
@@ -61,9 +61,8 @@ HELD_P99_MS = 100.0
 HELD_ACHIEVED = 0.95
 #: a rig is quiet when its processes together use at most this much of one core...
 QUIET_CORES = 0.25
-#: ... over this window (s); the wait for it ends after SETTLE_MAX_S in any case
+#: ... over this window (s); the wait for it ends after ``Plan.settle_max_s`` in any case
 QUIET_WINDOW_S = 1.0
-SETTLE_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,11 +75,12 @@ class Plan:
     step_s: float = 15.0
     max_steps: int = 9
     precision: float = 0.1  # stop when the bracket [held, failed] is this narrow
+    settle_max_s: float = 30.0  # the longest wait for a quiet rig (``settle``)
 
 
 FULL = Plan()
 QUICK = Plan(bursts=(500, 1_500), paced_s=3.0, search_start=50.0, step_s=4.0, max_steps=4,
-             precision=0.25)
+             precision=0.25, settle_max_s=5.0)
 
 
 def held(row: dict[str, Any], limit_ms: float = HELD_P99_MS) -> tuple[bool, str]:
@@ -120,12 +120,12 @@ def next_rate(rate: float, ok: bool, best: float | None, worst: float | None, pl
     return (best + worst) / 2, best, worst
 
 
-def settle(meter: CpuMeter) -> float:
+def settle(meter: CpuMeter, most_s: float = FULL.settle_max_s) -> float:
     """Wait until the rig's processes (not the harness) use at most ``QUIET_CORES`` of
-    a core over ``QUIET_WINDOW_S``, or ``SETTLE_MAX_S`` passed; the seconds waited."""
+    a core over ``QUIET_WINDOW_S``, or ``most_s`` passed; the seconds waited."""
     began = time.monotonic()
     last = meter.read()
-    while time.monotonic() - began < SETTLE_MAX_S:
+    while time.monotonic() - began < most_s:
         time.sleep(QUIET_WINDOW_S)
         now = meter.read()
         used = sum(now[role] - last[role] for role in meter.roles)
@@ -179,12 +179,15 @@ def _strip(row: dict[str, Any]) -> dict[str, Any]:
 def one_run(system: Any, meter: CpuMeter, plan: Plan) -> dict[str, Any]:
     """Bursts, sustainable rate and paced load on one started, warmed-up system."""
     out: dict[str, Any] = {"bursts": []}
+    def quiet() -> float:
+        return settle(meter, plan.settle_max_s)
+
     for n in plan.bursts:
-        settled_s = settle(meter)
+        settled_s = quiet()
         row = with_cpu(meter, lambda done, n=n: measure_max(system, n, _drain_timeout(n), done))
         out["bursts"].append({**_strip(row), "settled_s": settled_s})
-    out["sustainable"] = sustainable_rate(system, plan, _drain_timeout, lambda: settle(meter))
-    settled_s = settle(meter)
+    out["sustainable"] = sustainable_rate(system, plan, _drain_timeout, quiet)
+    settled_s = quiet()
     out["paced"] = with_cpu(meter, lambda done: measure_paced(
         system, plan.paced_rate, plan.paced_s, _drain_timeout(plan.paced_rate * plan.paced_s),
         done=done))
