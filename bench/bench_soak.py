@@ -153,7 +153,7 @@ def run(bootstrap: str, *, minutes: float, rate: float, interval: float,
         broker_pids: Sequence[int] = (), concurrency: int = 64) -> dict[str, Any]:
     seconds = minutes * 60.0
     warmup_s = min(120.0, seconds / 5)
-    rig = OursRig(bootstrap, concurrency=concurrency)
+    rig = OursRig(bootstrap, concurrency=concurrency, broker_pids=broker_pids)
     try:
         rig.add_processor()
         rig.add_worker()
