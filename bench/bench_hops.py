@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, measure_max, paced, stats
 from confluent_kafka import Consumer, TopicPartition
+from meta import run_meta
 
 from taskstream.schemas.serde import decode_event
 from taskstream.topics import events_topic, ready_topic_prefix
@@ -92,18 +92,17 @@ def stamps_of(records: Iterable[tuple[str, int, bytes]],
     return out
 
 
-def read_back(bootstrap: str, topics: list[str], wanted: set[bytes],
+def read_back(bootstrap: str, events: str, ready_prefix: str, wanted: set[bytes],
               idle_s: float = 3.0) -> list[tuple[str, int, bytes]]:
-    """Every record of ``topics`` keyed by a wanted task, from the start until the topics
-    gave nothing for ``idle_s``."""
+    """Every record of the events topic and the ready topics keyed by a wanted task,
+    from the start until the topics gave nothing for ``idle_s``."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-hops",
                          "enable.auto.commit": False})
     try:
-        assigned = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            assigned += [TopicPartition(topic, p, 0) for p in meta.partitions]
-        consumer.assign(assigned)
+        topics = consumer.list_topics(timeout=10).topics
+        consumer.assign([TopicPartition(name, p, 0) for name, meta in topics.items()
+                         if name == events or name.startswith(ready_prefix)
+                         for p in meta.partitions])
         rows: list[tuple[str, int, bytes]] = []
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < idle_s:
@@ -119,8 +118,8 @@ def read_back(bootstrap: str, topics: list[str], wanted: set[bytes],
 
 
 def run(bootstrap: str, *, rate: float, seconds: float, burst: int, skip_s: float,
-        broker_pids: Sequence[int] = (), concurrency: int = 64) -> dict[str, Any]:
-    rig = OursRig(bootstrap, concurrency=concurrency, broker_pids=broker_pids)
+        broker_pids: Sequence[int] = ()) -> dict[str, Any]:
+    rig = OursRig(bootstrap, broker_pids=broker_pids)  # dev's concurrency, as compare
     try:
         rig.add_processor()
         rig.add_worker()
@@ -135,13 +134,8 @@ def run(bootstrap: str, *, rate: float, seconds: float, burst: int, skip_s: floa
         cpu = meter.per_task_us(before, meter.read(), len(ids))
         linger_ms = rig.settings.linger_ms
         prefix = ready_topic_prefix(rig.settings)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-hops-list"})
-        try:
-            names = list(consumer.list_topics(timeout=10).topics)
-        finally:
-            consumer.close()
-        topics = [events_topic(rig.settings), *(n for n in names if n.startswith(prefix))]
-        stamps = stamps_of(read_back(bootstrap, topics, {i.encode() for i in ids}), prefix)
+        stamps = stamps_of(read_back(bootstrap, events_topic(rig.settings), prefix,
+                                     {i.encode() for i in ids}), prefix)
     finally:
         rig.close()
     return {"rate": rate, "achieved_rate": round(achieved, 1), "seconds": seconds,
@@ -154,10 +148,10 @@ def report(result: dict[str, Any]) -> str:
     hops = result["hops_ms"]
     lines = [f"{hops['tasks']} tasks at {result['achieved_rate']}/s (the first "
              f"{result['skip_s']:g} s left out; a burst of {result['burst_before']} before)",
+             "CPU per task (us, the whole paced part): " + ", ".join(
+                 f"{role} {us}" for role, us in result["cpu_us_per_task"].items()
+                 if not role.startswith("_")),
              f"{'hop (ms)':<48}{'p50':>6}{'p95':>6}{'p99':>6}{'max':>6}"]
-    lines.append("CPU per task (us, the whole paced part): " + ", ".join(
-        f"{role} {us}" for role, us in result["cpu_us_per_task"].items()
-        if not role.startswith("_")))
     for hop, _, _ in HOPS:
         s = hops.get(hop)
         if s:
@@ -181,10 +175,7 @@ def main() -> None:
     with broker_for_run(args.bootstrap) as (bootstrap, broker_pids):
         result = run(bootstrap, rate=args.rate, seconds=args.seconds, burst=args.burst,
                      skip_s=args.skip_s, broker_pids=broker_pids)
-    result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "command": " ".join(["python", "bench/bench_hops.py", *sys.argv[1:]]),
-                      "cpus": os.cpu_count(), "python": platform.python_version(),
-                      "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    result["meta"] = run_meta("bench_hops.py")
     out = args.out or RESULTS / f"hops-{args.rate:g}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

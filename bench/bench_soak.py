@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, Times, paced, stats
+from meta import run_meta
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MIB = 1024 * 1024
@@ -229,11 +229,7 @@ def main() -> None:
     with broker_for_run(args.bootstrap) as (bootstrap, broker_pids):
         result = run(bootstrap, minutes=args.minutes, rate=args.rate, interval=args.interval,
                      broker_pids=broker_pids, concurrency=args.concurrency)
-    load = os.getloadavg()
-    result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "command": " ".join(["python", "bench/bench_soak.py", *sys.argv[1:]]),
-                      "cpus": os.cpu_count(), "python": platform.python_version(),
-                      "load_average_at_end": [round(x, 2) for x in load]}
+    result["meta"] = run_meta("bench_soak.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(report(result))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, paced
 from bench_soak import dir_bytes, rss_bytes
+from meta import run_meta
 
 from taskstream.locals3.server import LocalS3
 from taskstream.producer.sync import TaskProducer
@@ -234,10 +234,7 @@ def main() -> None:
             result["retention"] = run_retention(bootstrap, minutes=args.minutes,
                                                 rate=args.rate, retention_s=args.retention,
                                                 interval=args.interval)
-    result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "command": " ".join(["python", "bench/bench_storage.py", *sys.argv[1:]]),
-                      "cpus": os.cpu_count(), "python": platform.python_version(),
-                      "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    result["meta"] = run_meta("bench_storage.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "retention"}, indent=2))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from cpu import CpuMeter
+from meta import run_meta
 
 from taskstream.admin import ensure_topics
 from taskstream.dev.platform import DevOptions
@@ -324,10 +324,7 @@ def main() -> None:
             result = run(bootstrap, n=args.n, rate=args.rate, seconds=args.seconds,
                          concurrency=args.concurrency, workers=args.workers,
                          broker_pids=broker_pids, runs=args.runs)
-    result["meta"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "command": " ".join(["python", "bench/bench_worker.py", *sys.argv[1:]]),
-                      "cpus": os.cpu_count(), "python": platform.python_version(),
-                      "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    result["meta"] = run_meta("bench_worker.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=1))
