@@ -44,6 +44,7 @@ from taskstream.processors.fold.lifecycle import (
     timer_kind_for,
 )
 from taskstream.processors.fold.retention import REMOVAL_KEYS
+from taskstream.processors.fold.steps import lease_ran_out
 from taskstream.schemas.events import (
     Backoff,
     CancelRequested,
@@ -72,9 +73,7 @@ def redo_count(state: TaskState) -> int:
     letter or cancellation it implies, and D49's withdrawal of an attempt whose lease ran
     out (RETRYING) or the withdrawals' tombstone once final (a task that retried, or
     whose last attempt ran out its lease)."""
-    error = state.last_error
-    ran_out = (error is not None and error.error_type == "LeaseExpired"
-               and error.attempt == state.attempt)
+    ran_out = lease_ran_out(state)
     count = 1 if state.status in (S.READY, S.DEAD, S.CANCELLED) else 0
     if state.status is S.RETRYING and ran_out:
         count += 1
