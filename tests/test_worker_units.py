@@ -378,3 +378,19 @@ def test_attempt_memory_keeps_the_newest_and_tells_attempts_apart() -> None:
     memory.add(b.task_id, b.attempt)
     memory.add(c.task_id, c.attempt)
     assert a not in memory and b in memory and c in memory
+    # an attempt settled twice (two of its events acknowledged) is one entry, and
+    # keeps its place: the next new one forgets b, the oldest, not c
+    memory.add(c.task_id, c.attempt)
+    memory.add(a.task_id, a.attempt)
+    assert b not in memory and c in memory and a in memory
+
+
+def test_attempt_memory_forgets_in_order_far_past_its_bound() -> None:
+    """Many times its capacity: exactly the newest ``capacity`` attempts are kept."""
+    from tests.test_worker_support import ready_envelope
+    memory = AttemptMemory(capacity=100)
+    attempts = [ready_envelope("examples.noop") for _ in range(2_500)]
+    for envelope in attempts:
+        memory.add(envelope.task_id, envelope.attempt)
+    assert [i for i, envelope in enumerate(attempts) if envelope in memory] == list(
+        range(2_400, 2_500))

@@ -40,6 +40,7 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -124,19 +125,29 @@ class AttemptMemory:
     the fold withdrew on the cancellations topic (D49), skipped wherever their dispatch
     is read again. Both matter only while a copy of the attempt's record can still be
     read, so a bound fits; a cancellation of a task is kept for ever instead. Written
-    from the emitter's (or the loop's) thread, read on the loop."""
+    from the emitter's (or the loop's) thread, read on the loop.
+
+    The oldest is found in a deque, not as the first key of a dict: a dict that drops
+    its first key on every add keeps the dropped slots until it is resized, and finding
+    its first key walks over all of them. At 100,000 entries that cost 111 us per add
+    against 2 us below the bound, in every task's settle, once a worker had settled
+    100,000 attempts (issue 12)."""
 
     def __init__(self, capacity: int = SETTLED_REMEMBERED) -> None:
         self._capacity = capacity
-        self._seen: dict[tuple[str, int], None] = {}
+        self._seen: set[tuple[str, int]] = set()
+        self._order: deque[tuple[str, int]] = deque()
         self._lock = threading.Lock()
 
     def add(self, task_id: str, attempt: int) -> None:
+        key = (task_id, attempt)
         with self._lock:
-            seen = self._seen
-            seen[(task_id, attempt)] = None
-            if len(seen) > self._capacity:
-                del seen[next(iter(seen))]
+            if key in self._seen:
+                return
+            self._seen.add(key)
+            self._order.append(key)
+            if len(self._order) > self._capacity:
+                self._seen.discard(self._order.popleft())
 
     def __contains__(self, envelope: Envelope) -> bool:
         return (envelope.task_id, envelope.attempt) in self._seen
