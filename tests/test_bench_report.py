@@ -3,6 +3,7 @@ markdown report, plots."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_compare
+from bench_broker import parse_counts, per_task, thread_group, thread_seconds
 from bench_compare import QUICK, Plan, held, next_rate, settle, summarize
 from bench_e2e import Times, _rates, paced, stats
 from bench_failover import _recovery
@@ -310,3 +312,31 @@ def test_hops_split_each_task_at_its_own_records_first_of_each_kind() -> None:
     assert [hops[hop]["p50"] for hop, _, _ in HOPS] == [5, 4, 11, 20, 6]
     assert hop_stats(stamps, skip_ms=1_000)["tasks"] == 1  # the first second left out
     assert hop_stats({a: {"submit_called": 1}})["tasks"] == 0  # no task with every stamp
+
+
+def test_broker_threads_are_grouped_by_their_kernel_names() -> None:
+    assert thread_group("data-plane-kaf") == "request handling"  # 15 characters kept
+    assert thread_group("C2 CompilerThre") == thread_group("C1 CompilerThre") == "JIT compiler"
+    assert thread_group("GC Thread#1") == thread_group("G1 Conc#0") == "GC"
+    assert thread_group("kafka-scheduler") == "other"
+    # this process's own threads read and sum to its CPU time so far
+    own = thread_seconds(os.getpid())
+    assert own.get("other", 0) > 0 and set(own) <= {"other"}
+
+
+def test_broker_counts_are_keyed_by_metric_and_request_or_topic() -> None:
+    text = ("kafka.network:type=RequestMetrics,name=RequestsPerSec,request=Produce,version=9\t40\n"
+            "kafka.network:type=RequestMetrics,name=RequestsPerSec,request=Produce,version=11\t2\n"
+            "kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec,topic=t.events\t300\n"
+            "kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec\t310\n"
+            "no metric here\t5\n")
+    counts = parse_counts(text)
+    assert counts == {"RequestsPerSec:Produce": 42.0, "MessagesInPerSec:t.events": 300.0,
+                      "MessagesInPerSec:all": 310.0}
+    later = {**counts, "RequestsPerSec:Produce": 142.0, "RequestsPerSec:Fetch": 50.0}
+    assert per_task(counts, later, 100) == {"RequestsPerSec:Produce": 1.0,
+                                            "RequestsPerSec:Fetch": 0.5}
+    assert list(per_task(counts, later, 100)) == ["RequestsPerSec:Produce",
+                                                  "RequestsPerSec:Fetch"]  # largest first
+    assert per_task({"x": 1.0}, {"x": 3.0}, 4, 1e6) == {"x": 500000.0}
+    assert per_task(counts, later, 0) == {}
