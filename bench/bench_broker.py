@@ -18,6 +18,8 @@ large part of the first paced run's broker CPU (see the README). Nothing is
 asserted: figures are reported.
 
     python bench/bench_broker.py --rate 1000 --seconds 40 --reps 3
+    python bench/bench_broker.py --set partitions=3 --set ready_partitions=1 \
+        --out bench/results/broker-1000-p3.json
 
 writes ``bench/results/broker-<rate>.json``.
 """
@@ -121,9 +123,27 @@ def per_task(before: Mapping[str, float], after: Mapping[str, float], tasks: int
     return {k: round(v, 3) for k, v in sorted(grown.items(), key=lambda kv: -kv[1])}
 
 
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings (``partitions=3``): numbers as numbers, the rest as text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE (a setting's name), not {pair!r}")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = value
+    return out
+
+
 def run(bootstrap: str, *, broker_pid: int, rate: float, seconds: float, reps: int,
-        burst: int) -> dict[str, Any]:
-    rig = OursRig(bootstrap, broker_pids=[broker_pid])  # dev's concurrency, as compare
+        burst: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    # dev's concurrency and partitions, as compare, unless ``overrides`` say otherwise
+    rig = OursRig(bootstrap, broker_pids=[broker_pid], **overrides)
     rows = []
     try:
         rig.add_processor()
@@ -149,7 +169,8 @@ def run(bootstrap: str, *, broker_pid: int, rate: float, seconds: float, reps: i
             })
     finally:
         rig.close()
-    return {"rate": rate, "seconds": seconds, "burst_before": burst, "reps": rows}
+    return {"rate": rate, "seconds": seconds, "burst_before": burst,
+            "settings": dict(overrides), "reps": rows}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -179,14 +200,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--burst", type=int, default=20_000)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every process of the rig (partitions=3)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    overrides = parse_overrides(args.set)
     from run import broker_for_run
 
     started = time.monotonic()
     with broker_for_run(None) as (bootstrap, broker_pids):
         result = run(bootstrap, broker_pid=broker_pids[0], rate=args.rate,
-                     seconds=args.seconds, reps=args.reps, burst=args.burst)
+                     seconds=args.seconds, reps=args.reps, burst=args.burst,
+                     overrides=overrides)
     result["meta"] = {**run_meta("bench_broker.py"),
                       "wall_s": round(time.monotonic() - started, 1)}
     out = args.out or RESULTS / f"broker-{args.rate:g}.json"

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_compare
-from bench_broker import parse_counts, per_task, thread_group, thread_seconds
+from bench_broker import parse_counts, parse_overrides, per_task, thread_group, thread_seconds
 from bench_compare import QUICK, Plan, held, next_rate, settle, summarize
 from bench_e2e import Times, _rates, paced, stats
 from bench_failover import _recovery
@@ -340,3 +340,11 @@ def test_broker_counts_are_keyed_by_metric_and_request_or_topic() -> None:
                                                   "RequestsPerSec:Fetch"]  # largest first
     assert per_task({"x": 1.0}, {"x": 3.0}, 4, 1e6) == {"x": 500000.0}
     assert per_task(counts, later, 0) == {}
+
+
+def test_broker_bench_settings_are_typed_and_a_bad_pair_is_refused() -> None:
+    assert parse_overrides(["partitions=3", "processor_linger_ms=2.5", "compression=lz4"]) == {
+        "partitions": 3, "processor_linger_ms": 2.5, "compression": "lz4"}
+    assert parse_overrides([]) == {}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        parse_overrides(["partitions"])
