@@ -27,8 +27,6 @@ writes ``bench/results/broker-<rate>.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import subprocess
 import sys
@@ -42,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_compare import settle, with_cpu
 from bench_e2e import OursRig, measure_max, measure_paced
-from cpu import CLK_TCK
-from meta import run_meta
+from cpu import thread_seconds
+from meta import write_result
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -73,19 +71,11 @@ def thread_group(name: str) -> str:
     return "other"
 
 
-def thread_seconds(pid: int) -> dict[str, float]:
+def group_seconds(pid: int) -> dict[str, float]:
     """CPU seconds so far of a process's live threads, summed by :func:`thread_group`."""
     out: Counter[str] = Counter()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii",
-                      errors="replace") as handle:
-                text = handle.read()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended between the listing and the read
-        name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text[text.rindex(")") + 2:].split()
-        out[thread_group(name)] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for name, seconds in thread_seconds(pid):
+        out[thread_group(name)] += seconds
     return dict(out)
 
 
@@ -154,10 +144,10 @@ def run(bootstrap: str, *, broker_pid: int, rate: float, seconds: float, reps: i
         meter = rig.meter()
         for _ in range(reps):
             settle(meter, 30.0)
-            threads0, counts0 = thread_seconds(broker_pid), broker_counts(broker_pid)
+            threads0, counts0 = group_seconds(broker_pid), broker_counts(broker_pid)
             row = with_cpu(meter, lambda done: measure_paced(
                 rig, rate, seconds, 60.0 + rate * seconds / 100.0, done=done))
-            threads1, counts1 = thread_seconds(broker_pid), broker_counts(broker_pid)
+            threads1, counts1 = group_seconds(broker_pid), broker_counts(broker_pid)
             tasks = int(row.get("done") or 0)
             rows.append({
                 "achieved_rate": row.get("achieved_rate"),
@@ -212,11 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = run(bootstrap, broker_pid=broker_pids[0], rate=args.rate,
                      seconds=args.seconds, reps=args.reps, burst=args.burst,
                      overrides=overrides)
-    result["meta"] = {**run_meta("bench_broker.py"),
-                      "wall_s": round(time.monotonic() - started, 1)}
-    out = args.out or RESULTS / f"broker-{args.rate:g}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, "bench_broker.py",
+                       args.out or RESULTS / f"broker-{args.rate:g}.json",
+                       wall_s=round(time.monotonic() - started, 1))
     print(report(result))
     print(f"wrote {out}")
 

@@ -32,7 +32,6 @@ writes ``bench/results/hops-<rate>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -44,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, measure_max, paced, stats
 from confluent_kafka import Consumer, TopicPartition
-from meta import run_meta
+from meta import write_result
 
 from taskstream.schemas.serde import decode_event
 from taskstream.topics import events_topic, ready_topic_prefix
@@ -175,10 +174,7 @@ def main() -> None:
     with broker_for_run(args.bootstrap) as (bootstrap, broker_pids):
         result = run(bootstrap, rate=args.rate, seconds=args.seconds, burst=args.burst,
                      skip_s=args.skip_s, broker_pids=broker_pids)
-    result["meta"] = run_meta("bench_hops.py")
-    out = args.out or RESULTS / f"hops-{args.rate:g}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, "bench_hops.py", args.out or RESULTS / f"hops-{args.rate:g}.json")
     print(report(result))
     print(f"wrote {out}")
 

@@ -26,7 +26,6 @@ writes ``bench/results/soak.json``. Nothing is asserted: figures are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, Times, paced, stats
-from meta import run_meta
+from meta import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 MIB = 1024 * 1024
@@ -229,9 +228,7 @@ def main() -> None:
     with broker_for_run(args.bootstrap) as (bootstrap, broker_pids):
         result = run(bootstrap, minutes=args.minutes, rate=args.rate, interval=args.interval,
                      broker_pids=broker_pids, concurrency=args.concurrency)
-    result["meta"] = run_meta("bench_soak.py")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, "bench_soak.py", args.out)
     print(report(result))
     print(f"wrote {args.out}")
 

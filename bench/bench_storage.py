@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_e2e import OursRig, paced
 from bench_soak import dir_bytes, rss_bytes
-from meta import run_meta
+from meta import write_result
 
 from taskstream.locals3.server import LocalS3
 from taskstream.producer.sync import TaskProducer
@@ -234,9 +234,7 @@ def main() -> None:
             result["retention"] = run_retention(bootstrap, minutes=args.minutes,
                                                 rate=args.rate, retention_s=args.retention,
                                                 interval=args.interval)
-    result["meta"] = run_meta("bench_storage.py")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, "bench_storage.py", args.out)
     print(json.dumps({k: v for k, v in result.items() if k != "retention"}, indent=2))
     if "retention" in result:
         print(json.dumps(result["retention"]["summary"], indent=2))

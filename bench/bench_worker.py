@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from cpu import CpuMeter
-from meta import run_meta
+from meta import write_result
 
 from taskstream.admin import ensure_topics
 from taskstream.dev.platform import DevOptions
@@ -324,9 +324,7 @@ def main() -> None:
             result = run(bootstrap, n=args.n, rate=args.rate, seconds=args.seconds,
                          concurrency=args.concurrency, workers=args.workers,
                          broker_pids=broker_pids, runs=args.runs)
-    result["meta"] = run_meta("bench_worker.py")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, "bench_worker.py", args.out)
     print(json.dumps({k: v for k, v in result.items() if k != "meta"}, indent=1))
     print(f"wrote {args.out}")
 

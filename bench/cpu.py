@@ -26,15 +26,21 @@ from dataclasses import dataclass, field
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name; None once it is gone."""
+def _read_stat(path: str) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it) of a ``stat`` file; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        with open(path, encoding="ascii", errors="replace") as handle:
             text = handle.read()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # the command name is in parentheses and may hold spaces or parentheses itself
-    return text[text.rindex(")") + 2 :].split()
+    return text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name; None once it is gone."""
+    read = _read_stat(f"/proc/{pid}/stat")
+    return read[1] if read is not None else None
 
 
 # positions in the list _stat returns (field numbers of proc(5) minus 3)
@@ -44,6 +50,17 @@ _PPID, _UTIME, _STIME, _CUTIME, _CSTIME = 1, 11, 12, 13, 14
 def _ticks(fields: list[str], reaped: bool = True) -> int:
     fields_used = (_UTIME, _STIME, _CUTIME, _CSTIME) if reaped else (_UTIME, _STIME)
     return sum(int(fields[i]) for i in fields_used)
+
+
+def thread_seconds(pid: int) -> list[tuple[str, float]]:
+    """(name, CPU seconds so far) of each live thread of a process; the kernel keeps
+    the first 15 characters of a name. A thread that ends meanwhile is left out."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        read = _read_stat(f"/proc/{pid}/task/{tid}/stat")
+        if read is not None:
+            out.append((read[0], _ticks(read[1], reaped=False) / CLK_TCK))
+    return out
 
 
 def _children_by_parent() -> dict[int, list[int]]:

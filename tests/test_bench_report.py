@@ -3,6 +3,7 @@ markdown report, plots."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_compare
-from bench_broker import parse_counts, parse_overrides, per_task, thread_group, thread_seconds
+from bench_broker import group_seconds, parse_counts, parse_overrides, per_task, thread_group
 from bench_compare import QUICK, Plan, held, next_rate, settle, summarize
 from bench_e2e import Times, _rates, paced, stats
 from bench_failover import _recovery
 from bench_hops import HOPS, hop_stats, stamps_of
 from cpu import CpuMeter, cpu_seconds, tree
+from meta import write_result
 from plots import write_plots
 from report import markdown
 
@@ -320,7 +322,7 @@ def test_broker_threads_are_grouped_by_their_kernel_names() -> None:
     assert thread_group("GC Thread#1") == thread_group("G1 Conc#0") == "GC"
     assert thread_group("kafka-scheduler") == "other"
     # this process's own threads read and sum to its CPU time so far
-    own = thread_seconds(os.getpid())
+    own = group_seconds(os.getpid())
     assert own.get("other", 0) > 0 and set(own) <= {"other"}
 
 
@@ -348,3 +350,12 @@ def test_broker_bench_settings_are_typed_and_a_bad_pair_is_refused() -> None:
     assert parse_overrides([]) == {}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         parse_overrides(["partitions"])
+
+
+def test_a_result_is_written_with_its_meta_into_a_new_folder(tmp_path: Path) -> None:
+    out = write_result({"rate": 5}, "bench_x.py", tmp_path / "new" / "x.json", wall_s=1.5)
+    assert out == tmp_path / "new" / "x.json"
+    written = json.loads(out.read_text())
+    assert written["rate"] == 5 and written["meta"]["wall_s"] == 1.5
+    assert written["meta"]["command"].startswith("python bench/bench_x.py")
+    assert {"when", "cpus", "python", "load_average_at_end"} <= written["meta"].keys()
