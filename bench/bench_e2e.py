@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,6 +172,15 @@ def measure_paced(system: System, rate: float, seconds: float, timeout: float,
     return result
 
 
+def override_env(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Settings as a child's ``TASKSTREAM_*`` variables (JSON for what is not a scalar)."""
+    env = {}
+    for key, value in overrides.items():
+        text = str(value) if isinstance(value, (str, int, float)) else json.dumps(value)
+        env[f"TASKSTREAM_{key.upper()}"] = text
+    return env
+
+
 class OursRig:
     """A processor (or more) and worker(s) on fresh topics; a TaskProducer to submit.
 
@@ -193,6 +202,9 @@ class OursRig:
             "bootstrap": bootstrap, "topic_prefix": f"bench{uuid.uuid4().hex[:8]}.",
             "partitions": 6, "ready_partitions": 3, "standby_replicas": 1,
             "kafka_timeout_s": 30.0, "data_dir": self.workdir / "data", **overrides})
+        #: the overrides as the children's environment: settings_env passes only the
+        #: settings every process of a platform shares (broker, prefix, partitions)
+        self.env = override_env(overrides)
         self.concurrency = concurrency
         self.ready_timeout = ready_timeout
         self.broker_pids = list(broker_pids)
@@ -213,7 +225,7 @@ class OursRig:
         i = len(self.processors)
         child = start_processor(self.settings, self.workdir / f"replica{i}", port,
                                 self.workdir / f"processor{i}.log", ROOT,
-                                ready_timeout=self.ready_timeout)
+                                ready_timeout=self.ready_timeout, env=self.env)
         url = f"http://127.0.0.1:{port}"
         self.processors.append((child, url))
         return url
@@ -224,7 +236,8 @@ class OursRig:
         i = len(self.workers)
         self.workers.append(start_worker(self.settings, self.app,
                                          self.workdir / f"worker{i}.log", ROOT,
-                                         concurrency=self.concurrency, pool="async"))
+                                         concurrency=self.concurrency, pool="async",
+                                         env=self.env))
         wait_group_stable(self.settings, len(self.workers), timeout)
 
     def remove_worker(self) -> None:

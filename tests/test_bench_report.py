@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import bench_compare
 from bench_broker import group_seconds, parse_counts, parse_overrides, per_task, thread_group
 from bench_compare import QUICK, Plan, held, next_rate, settle, summarize
-from bench_e2e import Times, _rates, paced, stats
+from bench_e2e import Times, _rates, override_env, paced, stats
 from bench_failover import _recovery
 from bench_hops import HOPS, hop_stats, stamps_of
 from cpu import CpuMeter, cpu_seconds, tree
@@ -25,6 +25,7 @@ from plots import write_plots
 from report import markdown
 
 from taskstream.schemas.events import TaskStarted
+from taskstream.settings import load_settings
 from taskstream.schemas.serde import encode_event
 from tests.test_fold_validate import envelope, submitted
 
@@ -350,6 +351,22 @@ def test_broker_bench_settings_are_typed_and_a_bad_pair_is_refused() -> None:
     assert parse_overrides([]) == {}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         parse_overrides(["partitions"])
+
+
+def test_a_rigs_settings_reach_its_children_as_variables_their_settings_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bench's ``--set`` must reach the processor and the worker: settings_env passes
+    only what every process of a platform shares, so the rig passes the rest."""
+    env = override_env({"changelog_window_ms": 0, "processor_linger_ms": 2.5,
+                        "retention_by_queue": {"q": 60}})
+    assert env == {"TASKSTREAM_CHANGELOG_WINDOW_MS": "0",
+                   "TASKSTREAM_PROCESSOR_LINGER_MS": "2.5",
+                   "TASKSTREAM_RETENTION_BY_QUEUE": '{"q": 60}'}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.changelog_window_ms == 0 and settings.processor_linger_ms == 2.5
+    assert settings.retention_by_queue == {"q": 60}
 
 
 def test_a_result_is_written_with_its_meta_into_a_new_folder(tmp_path: Path) -> None:

@@ -228,13 +228,15 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 def start_processor(settings: Settings, data_dir: Path, web_port: int, log: Path, cwd: Path,
-                    *, ready_timeout: float = 60.0, loglevel: str = "warning") -> Child:
-    """A processor replica (``taskstream processor``), returned once ``/readyz`` is 200."""
+                    *, ready_timeout: float = 60.0, loglevel: str = "warning",
+                    env: Mapping[str, str] | None = None) -> Child:
+    """A processor replica (``taskstream processor``), returned once ``/readyz`` is 200.
+    ``env``: more variables over :func:`settings_env`'s (a bench's other settings)."""
     child = Child(ChildSpec(
         f"processor :{web_port}",
         taskstream_argv("processor", "--web-port", str(web_port), "--data-dir", str(data_dir),
                         "--loglevel", loglevel),
-        log, settings_env(settings), cwd))
+        log, {**settings_env(settings), **(env or {})}, cwd))
     try:
         child.wait_until("ready (GET /readyz)",
                          lambda: http_ok(f"http://{HOST}:{web_port}/readyz"), ready_timeout)
@@ -247,9 +249,11 @@ def start_processor(settings: Settings, data_dir: Path, web_port: int, log: Path
 def start_worker(settings: Settings, app: str, log: Path, cwd: Path, *,
                  concurrency: int = 16, pool: str = "async", queues: Sequence[str] = (),
                  metrics_port: int | None = None, pythonpath: Path | None = None,
-                 loglevel: str = "warning", reload: bool = False) -> Child:
+                 loglevel: str = "warning", reload: bool = False,
+                 env: Mapping[str, str] | None = None) -> Child:
     """A worker (``taskstream worker -A app``, with ``--reload`` if asked). It is ready
-    when its consumer group has joined; callers check that by running a task through."""
+    when its consumer group has joined; callers check that by running a task through.
+    ``env``: more variables over :func:`settings_env`'s."""
     argv = ["worker", "-A", app, "--concurrency", str(concurrency), "--pool", pool,
             "--loglevel", loglevel, "--grace", "10", *(["--reload"] if reload else [])]
     if queues:
@@ -257,7 +261,8 @@ def start_worker(settings: Settings, app: str, log: Path, cwd: Path, *,
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     return Child(ChildSpec(f"worker {app}", taskstream_argv(*argv), log,
-                           settings_env(settings, pythonpath=pythonpath or cwd), cwd))
+                           {**settings_env(settings, pythonpath=pythonpath or cwd),
+                            **(env or {})}, cwd))
 
 
 def stop_all(children: Sequence[Child], grace: float = 20.0) -> list[str]:
