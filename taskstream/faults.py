@@ -45,7 +45,11 @@ POINTS: Mapping[str, str] = {
     "fold.after_state_write":
         "a task's new state is in the local RocksDB; its changelog record is not sent yet",
     "fold.after_changelog_send":
-        "the state's changelog record is handed to the producer; effects not sent yet",
+        "the open window's changelog records are handed to the producer; the batch's "
+        "effects not sent yet (D50)",
+    "fold.window_open":
+        "a batch's effects are acknowledged; its changelog records wait in the open "
+        "window, its offsets are not committed (D50)",
     "fold.after_effect_send":
         "an effect (dispatch, dead letter, cancellation, quarantine copy) is handed to "
         "the producer, not yet acknowledged",

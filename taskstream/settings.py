@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     fold_batch_max: int = Field(
         1_000, ge=1, le=100_000,
         description="most events-topic records the processor folds in one batch")
+    changelog_window_ms: float = Field(
+        50.0, ge=0, le=10_000,
+        description="how long the processor gathers its batches' changelog records (the "
+        "latest state of each entity touched) before it sends them and commits the events "
+        "offsets past those batches; dispatches go out every batch. 0: every batch (D50)")
     processor_linger_ms: float = Field(
         1.0, ge=0, le=1_000,
         description="how long the processor's producer waits to fill a request")

@@ -59,6 +59,7 @@ def test_crash_after_the_state_write_restores_the_fold(topics: Settings, tmp_pat
     ("fold.after_state_write", (40, 25)),
     ("fold.after_changelog_send", (40, 25)),
     ("fold.after_effect_send", (40, 25)),
+    ("fold.window_open", (40, 25)),
     ("commit.before", (3, 3)),
 ])
 def test_crash_at_each_dangerous_point_restores_the_fold(

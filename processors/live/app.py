@@ -249,6 +249,7 @@ class Processor:
             max_batch=settings.fold_batch_max,
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
+            window_s=settings.changelog_window_ms / 1000,
             tracing=self.tracing,
             signer=self.signer,
             fence=self.fence,

@@ -189,6 +189,7 @@ class FoldEngine:
         max_batch: int,
         poll_wait_s: float,
         flush_timeout_s: float,
+        window_s: float = 0.0,
         tracing: FoldTracing | None = None,
         signer: Signer | None = None,
         fence: PauseFence | None = None,
@@ -224,6 +225,16 @@ class FoldEngine:
         self.max_batch = max_batch
         self.poll_wait_s = poll_wait_s
         self.flush_timeout_s = flush_timeout_s
+        #: how long batches gather their changelog records before they are sent and the
+        #: events offsets past them committed (0: every batch, D50)
+        self.window_s = window_s
+        #: the open window: changelog partition -> entity key -> its latest encoded state
+        #: (None: a tombstone), written locally and not sent yet (D50)
+        self._window: dict[int, dict[bytes, bytes | None]] = {}
+        #: partition -> the offset past the window's last batch
+        self._window_folded: dict[int, int] = {}
+        #: when the open window's first batch was folded (monotonic; None: no window)
+        self._window_opened: float | None = None
         #: spans of the effects, trace context on their records (off: one check per batch)
         self.tracing = tracing or FoldTracing()
         self.partitions: frozenset[int] = frozenset()
@@ -232,9 +243,13 @@ class FoldEngine:
         self._producer_io = ThreadPoolExecutor(1, thread_name_prefix="taskstream-fold-producer")
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        #: partition -> the offset past its last durable batch
+        #: partition -> the offset past its last batch folded into the local table, its
+        #: effects acknowledged (what the API's read-your-writes waits for, D46)
         self._folded: dict[int, int] = {}
-        #: partition -> the offset to commit (the folded one, held back by parked dispatches)
+        #: partition -> the offset past its last batch whose changelog records are
+        #: acknowledged too: what may be committed (D50)
+        self._durable: dict[int, int] = {}
+        #: partition -> the offset to commit (the durable one, held back by parked dispatches)
         self._committing: dict[int, int] = {}
         #: called between batches (the timer scan); never raises (guard.timer_round)
         self.between_batches: Callable[[], Awaitable[None]] | None = None
@@ -249,8 +264,11 @@ class FoldEngine:
         self._is_current: Callable[[], bool] = lambda: False
 
     def folded_offset(self, partition: int) -> int | None:
-        """The offset past ``partition``'s last durable batch in this generation (None: no
-        batch yet): read-only, for the API's read-your-writes (api/progress.py, D46)."""
+        """The offset past ``partition``'s last batch in this generation whose states are in
+        the local table and whose effects are acknowledged (None: no batch yet): read-only,
+        for the API's read-your-writes (api/progress.py, D46). Its changelog records may
+        still wait in the open window (D50): a crash before they are sent folds the
+        batch again before the replica serves its partition."""
         return self._folded.get(partition)
 
     # -- the two threads ---------------------------------------------------------------
@@ -280,7 +298,8 @@ class FoldEngine:
         self._task = asyncio.ensure_future(self._run(is_current))
 
     async def stop(self) -> None:
-        """Stop folding: the batch in hand is made durable first (bounded by its flush)."""
+        """Stop folding: the batch in hand and the open window are made durable first
+        (bounded by their flush)."""
         task, self._task = self._task, None
         if task is None:
             return
@@ -373,21 +392,24 @@ class FoldEngine:
                     # wait; only an empty client is waited on, on the consumer's thread
                     records = self._take(0)
                     if not records:
-                        records = await self._consumer_call(self._wait_take, self.poll_wait_s)
-                    if records:
-                        try:
+                        # an open window is closed when it is due, records or not (D50)
+                        records = await self._consumer_call(self._wait_take, self._wait_s())
+                    try:
+                        if records:
                             await self.fold(records)
-                            backoff = RESEND_BACKOFF_S
-                        except ReplicaFenced:
-                            raise
-                        except Exception:  # never skip a record: read the batch again (D11)
-                            log.exception("a batch of %d record(s) could not be made "
-                                          "durable; it is read again in %.1fs",
-                                          len(records), backoff)
-                            self.metrics.batch_retries.inc()
-                            await self._consumer_call(self._rewind, records)
-                            await asyncio.sleep(backoff)
-                            backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
+                        elif self._window_due():
+                            await self.close_window()
+                        backoff = RESEND_BACKOFF_S
+                    except ReplicaFenced:
+                        raise
+                    except Exception:  # never skip a record: read the batch again (D11)
+                        log.exception("a batch of %d record(s) could not be made "
+                                      "durable; it is read again in %.1fs",
+                                      len(records), backoff)
+                        self.metrics.batch_retries.inc()
+                        await self._consumer_call(self._rewind, records)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, RESEND_BACKOFF_MAX_S)
                     await self.release_parked()
                     if self.between_batches is not None:
                         await self.between_batches()
@@ -395,9 +417,21 @@ class FoldEngine:
                     await self._wait_for_group(fenced, records, is_current)
         finally:
             if not self._fenced:
+                await self._close_last_window()
                 await self._consumer_call(self._commit_last)
             else:
                 self._forget()
+
+    async def _close_last_window(self) -> None:
+        """A generation ends: its open window is sent and committed first; one that cannot
+        be is left to the partitions' next owner, which folds its batches again (D50)."""
+        if self._window_opened is None:
+            return
+        try:
+            await self.close_window()
+        except Exception:
+            log.exception("the open window could not be made durable as the fold stops; its "
+                          "records will be folded again by the partitions' next owner")
 
     async def _wait_for_group(self, fenced: ReplicaFenced, records: list[Message],
                               is_current: Callable[[], bool]) -> None:
@@ -467,6 +501,18 @@ class FoldEngine:
                 log.warning("events consumer: %s", err)
         return good
 
+    def _wait_s(self) -> float:
+        """How long an empty client is waited on: no longer than the open window has left."""
+        if self._window_opened is None:
+            return self.poll_wait_s
+        left = self._window_opened + self.window_s - time.monotonic()
+        return max(0.0, min(self.poll_wait_s, left))
+
+    def _window_due(self) -> bool:
+        """The open window has lasted ``window_s`` (an empty one is never due)."""
+        return (self._window_opened is not None
+                and time.monotonic() - self._window_opened >= self.window_s)
+
     # -- one batch -----------------------------------------------------------------------
 
     async def fold(self, records: list[Message]) -> None:
@@ -492,86 +538,133 @@ class FoldEngine:
         1. **Local state.** Each partition's final states go to its RocksDB in one
            write batch, and the due and listing index entries move beside them
            (local, derived, rebuilt from the task table after any rebalance: D10).
-        2. **Changelog records**, one per entity the batch touched (tasks and the
-           other kinds alike: ENTITIES.md), to the table's changelog partition of
-           the same number.
+           The changelog record of each entity the batch touched (tasks and the other
+           kinds alike: ENTITIES.md) joins the open **window**: one record per entity,
+           its latest state (D50).
+        2. **Changelog records**, once the window has lasted ``window_s`` (every batch
+           when it is 0): the window's records, to the table's changelog partition of
+           the same number (:meth:`close_window`).
         3. **Effects** (dispatches, dlq copies, cancellations, and the events one
            entity emits to another: ``Emit``, to the events topic keyed by the
            target entity, D37, D32) and records set aside for the quarantine
-           topic. A dispatch to a queue not registered yet is parked instead
-           (:meth:`release_parked`): its queue is set up off the fold, and its
+           topic, every batch. A dispatch to a queue not registered yet is parked
+           instead (:meth:`release_parked`): its queue is set up off the fold, and its
            partition commits no further than the record that caused it.
         4. **Flush**: every record of 2 and 3 is acknowledged by the brokers
            (acks=all, idempotent). A record that failed is sent again, with
-           backoff, until it is acknowledged; nothing moves on before.
+           backoff, until it is acknowledged; nothing moves on before. A batch whose
+           changelog records wait in the window ends here (``fold.window_open``).
         5. **Persisted changelog offset** of each partition (Faust's key in the
            partition's RocksDB): a restart on this data directory restores from the
            changelog only past it.
-        6. **Commit** the events offsets past the batch.
+        6. **Commit** the events offsets past the window's batches.
 
-        A crash before 6 reads the batch again. Its events are then already in the
-        local state (after 1) or not (before 1): ``apply`` recognises a repeat by
-        its event id and changes nothing, and the last applied event of a task
-        returns the effects its state implies (D4), so records of 3 that never left
-        are sent now (an ``Emit`` redone carries the same derived event id, so its
-        receiver drops the repeat). Every touched entity is written to the changelog again (2) even
-        when the repeat changed nothing, so a state that reached only the local
-        RocksDB reaches the changelog too (issue 14, hole 1). Restoring this data
-        directory after a crash between 1 and 5 applies the changelog past the
+        A crash before 6 reads the window's batches again. Their events are then
+        already in the local state (after 1) or not (before 1): ``apply`` recognises a
+        repeat by its log position (D45) and changes nothing, and the last applied
+        event of a task returns the effects its state implies (D4), so records of 3
+        that never left are sent now (an ``Emit`` redone carries the same derived event
+        id, so its receiver drops the repeat). Every touched entity joins the window
+        again (1) even when the repeat changed nothing, so a state that reached only
+        the local RocksDB reaches the changelog too (issue 14, hole 1). Restoring this
+        data directory after a crash between 1 and 5 applies the changelog past the
         persisted offset over the local state: records older than the local state
-        may be applied, and the re-read batch brings the state forward again
+        may be applied, and the re-read batches bring the state forward again
         before the commit. A fresh replica restores from the changelog alone,
         which after 4 holds every state the commit covers.
 
-        The fault points after 1, 2, 3 and before 6 (``fold.after_state_write``,
-        ``fold.after_changelog_send``, ``fold.after_effect_send``, ``commit.before``)
-        are where tests/test_durability.py kills the replica to prove this.
+        The fault points after 1, 2, 3, 4 and before 6 (``fold.after_state_write``,
+        ``fold.after_changelog_send``, ``fold.after_effect_send``,
+        ``fold.window_open``, ``commit.before``) are where tests/test_durability.py
+        kills the replica to prove this.
         """
         if not folds:
             return
         deliveries = Deliveries(self.topics.changelog)
-        outbound: list[Outbound] = []
         routes = {self.topics.route(q, tags) for fold in folds for q, tags in fold.dispatch_queues}
         for route in routes - self._queues_ready:
             self._look_up(route)
         self._check_fence("the local write")
+        if self._window_opened is None:
+            self._window_opened = time.monotonic()
         for fold in folds:
-            outbound.extend(self._write_local(fold))
+            self._write_local(fold)
         fault_point("fold.after_state_write")
         self._check_fence("the changelog and effect sends")
-        self._send(outbound, deliveries)
-        fault_point("fold.after_changelog_send")
+        closing = self._window_due()
+        if closing:
+            self._send_window(deliveries)
+            fault_point("fold.after_changelog_send")
         effects = [record for fold in folds for record in self._effect_records(fold)]
         self._send(effects, deliveries)
         fault_point("fold.after_effect_send")
         await self._deliver(deliveries)
-        for partition, offset in deliveries.changelog_offsets.items():
-            self._set_persisted_offset(partition, offset)
-        self._check_fence("the offset commit")
         for fold in folds:
             if fold.next_offset >= 0:
                 self._folded[fold.partition] = fold.next_offset
-                self._committing[fold.partition] = self._held(fold.partition)
+                self._window_folded[fold.partition] = fold.next_offset
                 self.positions[fold.partition] = fold.next_offset
-        fault_point("commit.before")
-        self._commit(asynchronous=True)
+        if closing:
+            self._window_closed(deliveries)
+        else:
+            fault_point("fold.window_open")
         self._count(folds)
 
-    def _write_local(self, fold: PartitionFold) -> list[Outbound]:
-        """Step 1 for one partition; returns its changelog records (step 2)."""
-        topic, partition = self.topics.changelog, fold.partition
+    async def close_window(self) -> None:
+        """Steps 2 and 4 to 6 for the open window (:meth:`persist`), with no batch in hand."""
+        if self._window_opened is None:
+            return
+        self._check_fence("the changelog send")
+        deliveries = Deliveries(self.topics.changelog)
+        self._send_window(deliveries)
+        fault_point("fold.after_changelog_send")
+        await self._deliver(deliveries)
+        self._window_closed(deliveries)
+
+    def _send_window(self, deliveries: Deliveries) -> None:
+        """Step 2: hand the window's changelog records to the producer. The window stays
+        open until they are acknowledged (:meth:`_window_closed`): a batch that fails
+        before then is folded again, and the records of the window's earlier batches are
+        still here to be sent."""
+        topic = self.topics.changelog
+        self._send((Outbound(topic, key, value, partition)
+                    for partition, states in self._window.items()
+                    for key, value in states.items()), deliveries)
+
+    def _window_closed(self, deliveries: Deliveries) -> None:
+        """Steps 5 and 6, once every record of the window is acknowledged: the commit
+        covers the window's batches whose effects are acknowledged too (a batch that
+        failed is not among them: it is read again)."""
+        for partition, offset in deliveries.changelog_offsets.items():
+            self._set_persisted_offset(partition, offset)
+        self._check_fence("the offset commit")
+        covered = dict(self._window_folded)
+        self._window.clear()
+        self._window_folded.clear()
+        self._window_opened = None
+        for partition, offset in covered.items():
+            self._durable[partition] = offset
+            held = self._held(partition)
+            if held is not None:
+                self._committing[partition] = held
+        fault_point("commit.before")
+        self._commit(asynchronous=True)
+
+    def _write_local(self, fold: PartitionFold) -> None:
+        """Step 1 for one partition: its states to RocksDB, their changelog records to the
+        open window (a later state of an entity replaces its earlier one there)."""
+        partition = fold.partition
         writer = self.tables.writer(partition)
-        records = []
+        window = self._window.setdefault(partition, {})
         for key, change in fold.changes.items():
             if change.after is None:
                 writer.delete(key, change.before)
-                records.append(Outbound(topic, key, None, partition))  # a tombstone
+                window[key] = None  # a tombstone
                 continue
             encoded = encode_entity(change.after)
             writer.put(key, encoded, change.before, change.after, change.fired_timers)
-            records.append(Outbound(topic, key, encoded, partition))
+            window[key] = encoded
         writer.commit()
-        return records
 
     def _effect_records(self, fold: PartitionFold) -> Iterable[Outbound]:
         for caused in fold.effects:
@@ -654,11 +747,14 @@ class FoldEngine:
             self._queues_refused |= refused
             self._lookup_pending -= asked
 
-    def _held(self, partition: int) -> int:
-        """The offset a partition may commit: past its last durable batch, but not past
-        its first parked dispatch."""
-        parked = [o for p, o, _, _ in self._parked if p == partition]
-        return min([self._folded[partition], *parked])
+    def _held(self, partition: int) -> int | None:
+        """The offset a partition may commit: past its last durable batch (its changelog
+        records acknowledged), but not past its first parked dispatch; None before its
+        first durable batch."""
+        durable = self._durable.get(partition)
+        if durable is None:
+            return None
+        return min([durable, *(o for p, o, _, _ in self._parked if p == partition)])
 
     async def release_parked(self) -> None:
         """Send the parked dispatches whose queues are ready now, in fold order, cancel
@@ -693,7 +789,9 @@ class FoldEngine:
         done = {id(entry) for entry in ready} | {id(entry) for entry in refused}
         self._parked = [entry for entry in self._parked if id(entry) not in done]
         for partition in {p for p, _, _, _ in ready} | {p for p, _, _, _ in refused}:
-            self._committing[partition] = self._held(partition)
+            held = self._held(partition)
+            if held is not None:
+                self._committing[partition] = held
         self._commit(asynchronous=True)
         if refused:
             self.metrics.unregistered.inc(len(refused))
@@ -790,7 +888,11 @@ class FoldEngine:
         may be behind the new owner's, D43)."""
         self._committing.clear()
         self._folded.clear()
+        self._durable.clear()
         self._parked.clear()
+        self._window.clear()
+        self._window_folded.clear()
+        self._window_opened = None
 
     def _count(self, folds: list[PartitionFold]) -> None:
         """The batch's metrics, added once per label (a labelled inc per record costs
