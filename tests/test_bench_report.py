@@ -25,8 +25,8 @@ from plots import write_plots
 from report import markdown
 
 from taskstream.schemas.events import TaskStarted
-from taskstream.settings import load_settings
 from taskstream.schemas.serde import encode_event
+from taskstream.settings import load_settings
 from tests.test_fold_validate import envelope, submitted
 
 
