@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     fold_batch_max: int = Field(
         1_000, ge=1, le=100_000,
         description="most events-topic records the processor folds in one batch")
+    fold_round_ms: float = Field(
+        3.0, ge=0, le=1_000,
+        description="the least time between the starts of two batches of the processor's "
+        "fold: under load, what arrives meanwhile joins the next batch; an idle fold takes "
+        "a record at once; 0: no wait (D51)")
     changelog_window_ms: float = Field(
         50.0, ge=0, le=10_000,
         description="how long the processor gathers its batches' changelog records (the "

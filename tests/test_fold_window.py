@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -233,3 +234,52 @@ def test_the_window_is_due_once_it_has_lasted_its_time() -> None:
     assert rig.engine._wait_s() <= 0.05
     asyncio.run(asyncio.sleep(0.2))
     assert rig.engine._window_due() and rig.engine._wait_s() == 0.0
+
+
+class Consumed(Rec):
+    def error(self) -> None:
+        return None
+
+
+class BusyConsumer(FakeConsumer):
+    """Always holds one more record: a fold under steady load."""
+
+    def consume(self, n: int, timeout: float) -> list[Consumed]:
+        return [Consumed(b"k", b"v", 0)]
+
+    def poll(self, timeout: float) -> Consumed:
+        return Consumed(b"k", b"v", 0)
+
+
+def rounds_begun(round_s: float, for_s: float) -> list[float]:
+    """When each round of the loop took its batch, on a client that always has records."""
+    rig = Rig(window_s=3600.0)
+    engine = rig.engine
+    engine._consumer = BusyConsumer()  # type: ignore[assignment]
+    engine.round_s = round_s
+    begun: list[float] = []
+
+    async def fold(records: list[Any]) -> None:
+        begun.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0)
+
+    engine.fold = fold  # type: ignore[method-assign]
+
+    async def run() -> None:
+        loop = asyncio.create_task(engine._run(lambda: True))
+        await asyncio.sleep(for_s)
+        engine._stopping.set()
+        await loop
+
+    asyncio.run(run())
+    return begun
+
+
+def test_rounds_under_load_begin_no_closer_than_the_round_time() -> None:
+    """Given a client that always has records, rounds begin at least ``fold_round_ms``
+    apart (D51); with 0 the loop takes batches back to back."""
+    spaced = rounds_begun(0.05, 0.5)
+    gaps = [b - a for a, b in pairwise(spaced)]
+    assert len(spaced) >= 2 and min(gaps) >= 0.045
+    assert len(spaced) <= 11
+    assert len(rounds_begun(0.0, 0.5)) > 50

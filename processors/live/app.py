@@ -250,6 +250,7 @@ class Processor:
             poll_wait_s=min(POLL_WAIT_S, settings.timer_interval_s),
             flush_timeout_s=settings.kafka_timeout_s,
             window_s=settings.changelog_window_ms / 1000,
+            round_s=settings.fold_round_ms / 1000,
             tracing=self.tracing,
             signer=self.signer,
             fence=self.fence,

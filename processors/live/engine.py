@@ -190,6 +190,7 @@ class FoldEngine:
         poll_wait_s: float,
         flush_timeout_s: float,
         window_s: float = 0.0,
+        round_s: float = 0.0,
         tracing: FoldTracing | None = None,
         signer: Signer | None = None,
         fence: PauseFence | None = None,
@@ -228,6 +229,9 @@ class FoldEngine:
         #: how long batches gather their changelog records before they are sent and the
         #: events offsets past them committed (0: every batch, D50)
         self.window_s = window_s
+        #: the least time between the starts of two rounds of the loop (0: none)
+        self.round_s = round_s
+        self._round_begun = 0.0
         #: the open window: changelog partition -> entity key -> its latest encoded state
         #: (None: a tombstone), written locally and not sent yet (D50)
         self._window: dict[int, dict[bytes, bytes | None]] = {}
@@ -390,6 +394,12 @@ class FoldEngine:
                         self.fence.beat()
                     # what the client already holds is taken on this thread, without a
                     # wait; only an empty client is waited on, on the consumer's thread
+                    # rounds under load begin no closer than ``round_s`` apart: what
+                    # arrives meanwhile joins the next batch; an idle fold does not wait
+                    wait = self._round_begun + self.round_s - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    self._round_begun = time.monotonic()
                     records = self._take(0)
                     if not records:
                         # an open window is closed when it is due, records or not (D50)
