@@ -229,7 +229,7 @@ class FoldEngine:
         #: how long batches gather their changelog records before they are sent and the
         #: events offsets past them committed (0: every batch, D50)
         self.window_s = window_s
-        #: the least time between the starts of two rounds of the loop (0: none)
+        #: the least time between the starts of two rounds of the loop (0: none, D51)
         self.round_s = round_s
         self._round_begun = 0.0
         #: the open window: changelog partition -> entity key -> its latest encoded state
@@ -392,14 +392,15 @@ class FoldEngine:
                 try:
                     if self.fence is not None:
                         self.fence.beat()
-                    # what the client already holds is taken on this thread, without a
-                    # wait; only an empty client is waited on, on the consumer's thread
                     # rounds under load begin no closer than ``round_s`` apart: what
                     # arrives meanwhile joins the next batch; an idle fold does not wait
+                    # (D51)
                     wait = self._round_begun + self.round_s - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
                     self._round_begun = time.monotonic()
+                    # what the client already holds is taken on this thread, without a
+                    # wait; only an empty client is waited on, on the consumer's thread
                     records = self._take(0)
                     if not records:
                         # an open window is closed when it is due, records or not (D50)
