@@ -235,8 +235,6 @@ class FoldEngine:
         #: the open window: changelog partition -> entity key -> its latest encoded state
         #: (None: a tombstone), written locally and not sent yet (D50)
         self._window: dict[int, dict[bytes, bytes | None]] = {}
-        #: partition -> the offset past the window's last batch
-        self._window_folded: dict[int, int] = {}
         #: when the open window's first batch was folded (monotonic; None: no window)
         self._window_opened: float | None = None
         #: spans of the effects, trace context on their records (off: one check per batch)
@@ -251,7 +249,8 @@ class FoldEngine:
         #: effects acknowledged (what the API's read-your-writes waits for, D46)
         self._folded: dict[int, int] = {}
         #: partition -> the offset past its last batch whose changelog records are
-        #: acknowledged too: what may be committed (D50)
+        #: acknowledged too: what may be committed (D50); a window's close brings it up
+        #: to ``_folded``
         self._durable: dict[int, int] = {}
         #: partition -> the offset to commit (the durable one, held back by parked dispatches)
         self._committing: dict[int, int] = {}
@@ -436,8 +435,6 @@ class FoldEngine:
     async def _close_last_window(self) -> None:
         """A generation ends: its open window is sent and committed first; one that cannot
         be is left to the partitions' next owner, which folds its batches again (D50)."""
-        if self._window_opened is None:
-            return
         try:
             await self.close_window()
         except Exception:
@@ -605,7 +602,6 @@ class FoldEngine:
         closing = self._window_due()
         if closing:
             self._send_window(deliveries)
-            fault_point("fold.after_changelog_send")
         effects = [record for fold in folds for record in self._effect_records(fold)]
         self._send(effects, deliveries)
         fault_point("fold.after_effect_send")
@@ -613,7 +609,6 @@ class FoldEngine:
         for fold in folds:
             if fold.next_offset >= 0:
                 self._folded[fold.partition] = fold.next_offset
-                self._window_folded[fold.partition] = fold.next_offset
                 self.positions[fold.partition] = fold.next_offset
         if closing:
             self._window_closed(deliveries)
@@ -628,7 +623,6 @@ class FoldEngine:
         self._check_fence("the changelog send")
         deliveries = Deliveries(self.topics.changelog)
         self._send_window(deliveries)
-        fault_point("fold.after_changelog_send")
         await self._deliver(deliveries)
         self._window_closed(deliveries)
 
@@ -641,19 +635,19 @@ class FoldEngine:
         self._send((Outbound(topic, key, value, partition)
                     for partition, states in self._window.items()
                     for key, value in states.items()), deliveries)
+        fault_point("fold.after_changelog_send")
 
     def _window_closed(self, deliveries: Deliveries) -> None:
         """Steps 5 and 6, once every record of the window is acknowledged: the commit
-        covers the window's batches whose effects are acknowledged too (a batch that
-        failed is not among them: it is read again)."""
+        covers every batch whose effects are acknowledged too (``_folded``: each one's
+        changelog records joined this window or an earlier one; a batch that failed is
+        not among them, it is read again)."""
         for partition, offset in deliveries.changelog_offsets.items():
             self._set_persisted_offset(partition, offset)
         self._check_fence("the offset commit")
-        covered = dict(self._window_folded)
         self._window.clear()
-        self._window_folded.clear()
         self._window_opened = None
-        for partition, offset in covered.items():
+        for partition, offset in self._folded.items():
             self._durable[partition] = offset
             held = self._held(partition)
             if held is not None:
@@ -902,7 +896,6 @@ class FoldEngine:
         self._durable.clear()
         self._parked.clear()
         self._window.clear()
-        self._window_folded.clear()
         self._window_opened = None
 
     def _count(self, folds: list[PartitionFold]) -> None:
