@@ -55,7 +55,7 @@ def signing_ring(current: str | None = None) -> Keyring:
     (keyring_json({"k1": base64.b64encode(b"short").decode()}, None), "is 5 bytes"),
     (keyring_json({"bad id!": K1}, None), "key ID"),
     (keyring_json({"k1": K1}, "k9"), "current key 'k9'"),
-])
+], ids=["json", "no-keys", "base64", "length", "key-id", "current"])  # K1 is random: ids stay
 def test_a_bad_payload_keyring_is_refused_with_the_reason(text: str, says: str) -> None:
     with pytest.raises(KeyringError, match="test") as info:
         parse_keyring(text, "payload", "test")
