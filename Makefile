@@ -7,11 +7,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BUILD := .ci-build
-# Two pytest processes, one test file to each at a time (pytest-xdist --dist loadfile,
-# D52): the Kafka tier mostly waits on brokers and child processes, and a file's tests
-# keep their order and module fixtures. PYTEST_WORKERS=0 runs the suite in one process.
-PYTEST_WORKERS ?= 2
-PYTEST_ARGS ?= -q --durations=15 -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST_ARGS ?= -q --durations=15
 BIN := $(VENV)/bin
 
 .PHONY: test install kafka-jars s3proxy-jars kustomize promtool browser lint site typecheck pytest dev clean \
