@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     max_tag_bytes: int = Field(256, ge=1, description="bytes of one tag")
 
     # Producer
-    linger_ms: int = Field(5, ge=0, le=60_000)
+    linger_ms: int = Field(
+        1, ge=0, le=60_000,
+        description="how long the SDK's producer waits to fill a request (the worker's "
+        "emitter: at most 5); a submit waits this long before it is sent (D52)")
     compression: str = Field("lz4")
     max_payload_bytes: int = Field(
         900 * 1024, ge=1, description="encoded payload; below max_event_bytes (the rest of an "
