@@ -237,7 +237,6 @@ def test_restart_keeps_state(rig: Rig) -> None:
     assert [e.attempt for e in dispatches if e.task_id == task_id] == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="Faust's worker closes the tables before the fold stops")
 def test_a_stop_sends_and_commits_the_open_window_first(topics: Settings,
                                                         tmp_path: Path) -> None:
     """SIGTERM while the changelog window is open: the fold sends it and commits past

@@ -495,7 +495,8 @@ class Processor:
 
 
 class FoldService(Service):
-    """Stops the fold engine first when the worker stops (services stop in reverse order);
+    """Stops the fold engine first when the worker stops (it starts after the app, so it
+    stops before it: ``runners.processor.ProcessorWorker``);
     runs the fold's watchdog (D43) while the worker runs."""
 
     def __init__(self, processor: Processor) -> None:

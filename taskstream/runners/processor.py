@@ -8,7 +8,10 @@ replica take the same settings from ``taskstream.kafka_config``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import faust
+from mode import ServiceT
 
 from taskstream.admin import TopicSpec, choose_session_timeout, create_topics
 from taskstream.api.service import register_api
@@ -71,6 +74,20 @@ def ensure_changelog_topics(settings: Settings) -> dict[str, bool]:
         for name in TABLE_NAMES])
 
 
+class ProcessorWorker(faust.Worker):
+    """Faust's worker with the app started first and stopped last.
+
+    ``faust.Worker`` makes its services the app's elders: they start before it and stop
+    after it, and the app's stop closes the tables' RocksDB stores first thing. The
+    fold's service must stop while they are open: its last window is written, sent and
+    committed then (D50), or the next start folds it again and redoes its dispatches
+    (D4)."""
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        dependencies = list(super().on_init_dependencies())
+        return [self.app, *(d for d in dependencies if d is not self.app)]
+
+
 def run_processor(settings: Settings, loglevel: str = "info") -> None:
     """Create missing topics, then run the Faust worker until a signal stops it."""
     # the set-up's own lines (Kafka clients included) take the process's log format too
@@ -83,9 +100,9 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     telemetry = Telemetry.from_settings(settings, "taskstream-processor",
                                         advertised_url(settings))
     processor = build_processor(settings, telemetry)
-    # the fold's service stops first (services stop in reverse), before Faust leaves its group;
+    # the fold's service stops first, before Faust leaves its group and closes the tables;
     # taskstream's log format (text or JSON lines, telemetry/logs.py) instead of Faust's own
-    worker = faust.Worker(processor.app, processor.service(), loglevel=loglevel, quiet=True,
+    worker = ProcessorWorker(processor.app, processor.service(), loglevel=loglevel, quiet=True,
                           logging_config=dict_config(loglevel, settings.log_format))
     try:
         worker.execute_from_commandline()
