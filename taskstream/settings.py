@@ -87,8 +87,14 @@ class Settings(BaseSettings):
     # Producer
     linger_ms: int = Field(
         1, ge=0, le=60_000,
-        description="how long the SDK's producer waits to fill a request (the worker's "
-        "emitter: at most 5); a submit waits this long before it is sent (D52)")
+        description="how long the SDK's producer waits to fill a request; a submit waits "
+        "this long before it is sent (D52)")
+    worker_linger_ms: float = Field(
+        5.0, ge=0, le=1_000,
+        description="how long a worker's emitter waits to fill a request (its TaskStarted "
+        "and outcome events): a task's start and end times are taken before, so it delays "
+        "when the processor learns of them (a result readable, a dependent dispatched), "
+        "not the times recorded (D53)")
     compression: str = Field("lz4")
     max_payload_bytes: int = Field(
         900 * 1024, ge=1, description="encoded payload; below max_event_bytes (the rest of an "

@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 import examples.tasks as example_tasks
 from taskstream.schemas.events import TaskDispatched
+from taskstream.settings import load_settings
 from taskstream.workers import NonRetryableError, Retry, TaskContext, TaskRegistry, fail
 from taskstream.workers.attempts import AttemptMemory
+from taskstream.workers.emitter import emitter_config
 from taskstream.workers.errors import RegistrationError, TaskLoadError
 from taskstream.workers.flow import (
     Backpressure,
@@ -123,6 +125,13 @@ def test_payloads_decode_as_json_loads_decides(value: Any, encoding: str) -> Non
 @given(_JSON)
 def test_results_encode_as_json_dumps_did(value: Any) -> None:
     assert encode_result(value) == Success(json.dumps(value, separators=(",", ":")).encode())
+
+
+def test_the_emitter_lingers_its_own_setting_not_the_sdks() -> None:
+    settings = load_settings(bootstrap="127.0.0.1:1", linger_ms=1, worker_linger_ms=7.5)
+    config = emitter_config(settings)
+    assert config["linger.ms"] == 7.5
+    assert config["acks"] == "all" and config["enable.idempotence"] is True
 
 
 # -- runtime -------------------------------------------------------------------

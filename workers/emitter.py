@@ -55,7 +55,7 @@ Headers = list[tuple[str, str | bytes | None]]
 
 def emitter_config(settings: Settings) -> dict[str, Any]:
     return producer_config(settings, {
-        "linger.ms": min(settings.linger_ms, 5),
+        "linger.ms": settings.worker_linger_ms,
         # worker events are a few hundred bytes each: compression saves little, and a
         # consumer without the codec (aiokafka needs the lz4 package) could not read them
         "compression.type": "none",
