@@ -103,7 +103,7 @@ def run_processor(settings: Settings, loglevel: str = "info") -> None:
     # the fold's service stops first, before Faust leaves its group and closes the tables;
     # taskstream's log format (text or JSON lines, telemetry/logs.py) instead of Faust's own
     worker = ProcessorWorker(processor.app, processor.service(), loglevel=loglevel, quiet=True,
-                          logging_config=dict_config(loglevel, settings.log_format))
+                             logging_config=dict_config(loglevel, settings.log_format))
     try:
         worker.execute_from_commandline()
     finally:
